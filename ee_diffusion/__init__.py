@@ -1,0 +1,52 @@
+"""ee-diffusion: early exit for diffusers denoisers.
+
+The public names are imported lazily, so `import ee_diffusion` stays cheap and has no side effects.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "EarlyExitConfig": "ee_diffusion.config",
+    "ExitStats": "ee_diffusion.stats",
+    "UncertaintyHeads": "ee_diffusion.heads",
+    "apply_early_exit": "ee_diffusion.engine",
+    "remove_early_exit": "ee_diffusion.engine",
+    "set_exit_config": "ee_diffusion.engine",
+    "get_exit_stats": "ee_diffusion.engine",
+    "record_exit_stats": "ee_diffusion.engine",
+    "early_exit": "ee_diffusion.engine",
+    "is_early_exit_applied": "ee_diffusion.engine",
+    "EarlyExitDiTPipeline": "ee_diffusion.pipelines",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .config import EarlyExitConfig
+    from .engine import (
+        apply_early_exit,
+        early_exit,
+        get_exit_stats,
+        is_early_exit_applied,
+        record_exit_stats,
+        remove_early_exit,
+        set_exit_config,
+    )
+    from .heads import UncertaintyHeads
+    from .pipelines import EarlyExitDiTPipeline
+    from .stats import ExitStats
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'ee_diffusion' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

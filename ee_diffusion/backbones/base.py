@@ -1,0 +1,81 @@
+"""The contract between the early-exit engine and one family of diffusers models."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+class BackboneAdapter:
+    """Knows where a model's blocks are and how to decode any block's hidden state.
+
+    One adapter serves one family of diffusers models (see `model_classes`). The engine asks it for the
+    block list, which block inputs carry a batch dimension (so they can be sliced to the rows that are still
+    running) and how to turn a block's hidden state into a prediction with the model's own output head.
+    Training uses the same `decode`, so inference and the layer-wise losses share one code path.
+    """
+
+    #: diffusers model classes this adapter accepts (exact classes, checked with `isinstance`).
+    model_classes: ClassVar[tuple[type, ...]] = ()
+    #: names of block-forward parameters whose first dimension is the batch.
+    batch_inputs: ClassVar[tuple[str, ...]] = ()
+    #: name of the block-forward parameter that carries the timestep.
+    timestep_input: ClassVar[str] = "timestep"
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        # The parameter names of a block's forward, used to map positional arguments to names when a caller
+        # (for example gradient checkpointing) passes them positionally.
+        self._block_params = tuple(inspect.signature(self.blocks[0].forward).parameters)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        raise NotImplementedError
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def prediction_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the noise prediction (without a learned-variance half)."""
+        raise NotImplementedError
+
+    def hidden_dim(self) -> int:
+        raise NotImplementedError
+
+    def timestep_embedding(self, timestep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The model's own embedding of `timestep` (B,) -> (B, D), used by timestep-conditioned heads."""
+        raise NotImplementedError
+
+    def decode(self, hidden_states: torch.Tensor, **model_inputs: Any) -> torch.Tensor:
+        """Apply the model's output head to a block's hidden state; returns what the model would return."""
+        raise NotImplementedError
+
+    def batch_and_timesteps(self, inputs: dict[str, Any]) -> tuple[int, torch.Tensor]:
+        """From the model's call arguments: the batch size B and a (B,) float tensor of per-row timesteps."""
+        hidden = inputs["hidden_states"]
+        batch = hidden.shape[0]
+        timestep = inputs.get(self.timestep_input)
+        if timestep is None:
+            raise ValueError("early exit needs the model's `timestep` argument; it was not given")
+        timestep = torch.as_tensor(timestep, device=hidden.device)
+        if timestep.ndim == 0:
+            timestep = timestep.expand(batch)
+        if timestep.shape != (batch,):
+            raise ValueError(f"timestep must be a scalar or have shape ({batch},), got {tuple(timestep.shape)}")
+        return batch, timestep.float()
+
+    def is_cfg_pair_batch(self, inputs: dict[str, Any], timesteps: torch.Tensor) -> bool:
+        """Whether the batch is [conditional rows; their unconditional partners] (classifier-free guidance)."""
+        return False
+
+    def named_block_inputs(self, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Merge positional block arguments into `kwargs` by parameter name."""
+        if not args:
+            return kwargs
+        merged = dict(zip(self._block_params, args))
+        merged.update(kwargs)
+        return merged

@@ -1,0 +1,427 @@
+"""Early exit on a stock diffusers model, through diffusers' hook registry.
+
+Two kinds of hook do the work:
+
+- a model hook (`pre_forward`/`post_forward` on the model) opens a fresh `_CallState` at every model call -
+  batch size, per-row timesteps, the exit plan - and records the exit statistics when the call ends;
+- a block hook (`new_forward` on every block) runs the block on the rows that are still active only, asks
+  the policy which of them stop, parks the stopped rows' hidden states and hands the smaller batch on.
+
+Rows leave the batch for good: a row that exited after block k is never seen by blocks k+1..N-1 (its inputs
+are gathered away, and a block whose rows have all exited is not called at all). After the last block the
+parked rows are scattered back, so the model's own output head decodes every row from the hidden state of
+its own exit block - DiT-family models share that head across blocks, which makes this exactly the
+"decode of the exit block".
+
+Nothing is stored on the model but the hooks; `remove_early_exit` restores the original forwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._compat import HookRegistry, ModelHook
+from .backbones import BackboneAdapter, get_adapter
+from .config import EarlyExitConfig
+from .heads import UncertaintyHeads
+from .schedules.base import ExitContext
+from .stats import ExitStats
+
+_MODEL_HOOK = "ee_diffusion.early_exit"
+_BLOCK_HOOK = "ee_diffusion.early_exit.block"
+
+
+class _CallState:
+    """Everything that lives for one model call. Tensors are on the model's device unless noted."""
+
+    def __init__(self, batch_size: int, timesteps: torch.Tensor, num_blocks: int, cfg_paired: bool) -> None:
+        self.batch_size = batch_size
+        self.timesteps = timesteps  # (B,) float
+        self.cfg_paired = cfg_paired
+        device = timesteps.device
+        self.rows = torch.arange(batch_size, device=device)  # (A,) positions of the active rows, ascending
+        self.compacted = False  # True once some row has left, i.e. A < B
+        self.done = False  # True once every row has exited: later blocks are skipped
+        self.exit_depth = torch.full((batch_size,), num_blocks, dtype=torch.long, device=device)  # (B,)
+        self.parked: torch.Tensor | None = None  # (B, L, D) hidden states of rows that exited
+        self.sliced: dict[str, torch.Tensor] = {}  # block inputs already gathered to the active rows
+        self.active_timesteps = timesteps  # (A,)
+        self.condition: torch.Tensor | None = None  # (B, D) timestep embedding for conditioned heads
+        self.scratch: dict[str, Any] = {}
+        # Static plan: either one depth for every row, or per block the (local exit, global exit, local keep)
+        # index triples, computed once so that no block needs a device-to-host sync.
+        self.uniform_depth: int | None = None
+        self.plan: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] | None = None
+
+
+class _EarlyExitEngine:
+    """The state the hooks share: adapter, config, heads, and the current call."""
+
+    def __init__(self, adapter: BackboneAdapter, config: EarlyExitConfig, heads: UncertaintyHeads | None) -> None:
+        self.adapter = adapter
+        self.num_blocks = adapter.num_blocks
+        self.config = config
+        self.heads = heads
+        self.call: _CallState | None = None
+        self.last_stats: ExitStats | None = None
+        self.recorders: list[ExitStats] = []
+        self._model_params = tuple(inspect.signature(adapter.model.forward).parameters)
+
+    # ----------------------------------------------------------------------------------------------- model call
+    def begin(self, args: tuple, kwargs: dict[str, Any]) -> None:
+        inputs = dict(zip(self._model_params, args))
+        inputs.update(kwargs)
+        batch_size, timesteps = self.adapter.batch_and_timesteps(inputs)
+        policy = self.config.policy
+        paired = (
+            policy is not None
+            and self.config.cfg_pairing == "together"
+            and self.adapter.is_cfg_pair_batch(inputs, timesteps)
+        )
+        state = _CallState(batch_size, timesteps, self.num_blocks, paired)
+        self.call = state
+        if policy is None:
+            return
+        if policy.needs_certainty:
+            param = next(self.heads.parameters())
+            if param.device != timesteps.device:
+                raise ValueError(
+                    f"the uncertainty heads are on {param.device} but the model runs on {timesteps.device}; "
+                    f"move them with `heads.to({str(timesteps.device)!r})`"
+                )
+            if self.heads.conditioned:
+                state.condition = self.adapter.timestep_embedding(timesteps, param.dtype)
+        if hasattr(policy, "plan_depths"):
+            self._plan(state, policy.plan_depths(timesteps, self.num_blocks))
+
+    def _plan(self, state: _CallState, depths: torch.Tensor) -> None:
+        """Turn (B,) per-row depths into per-block index tensors, with one device-to-host copy."""
+        n = self.num_blocks
+        if depths.shape != (state.batch_size,):
+            raise ValueError(f"plan_depths must return shape ({state.batch_size},), got {tuple(depths.shape)}")
+        if state.cfg_paired:
+            half = state.batch_size // 2
+            pair_depth = torch.maximum(depths[:half], depths[half:])
+            depths = torch.cat([pair_depth, pair_depth])
+        depths = depths.clamp(1, n)
+        state.exit_depth = depths.to(torch.long)
+        host = depths.cpu()
+        lo, hi = int(host.min()), int(host.max())
+        if lo == hi:
+            state.uniform_depth = lo
+            return
+        device = depths.device
+        plan: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] = [None] * n
+        active = torch.arange(state.batch_size)
+        for block in range(lo - 1, hi - 1):
+            leaving = host[active] == block + 1  # (A,) bool, on the CPU
+            if leaving.any():
+                plan[block] = (
+                    leaving.nonzero().squeeze(1).to(device),
+                    active[leaving].to(device),
+                    (~leaving).nonzero().squeeze(1).to(device),
+                )
+                active = active[~leaving]
+        state.plan = plan
+
+    def end(self) -> None:
+        state = self.call
+        self.call = None
+        if state is None:
+            return
+        stats = ExitStats(self.num_blocks)
+        stats.record(state.timesteps, state.exit_depth, state.cfg_paired)
+        self.last_stats = stats
+        for recorder in self.recorders:
+            recorder.record(state.timesteps, state.exit_depth, state.cfg_paired)
+
+    # ---------------------------------------------------------------------------------------------- block call
+    def run_block(self, index: int, forward: Callable, args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
+        state = self.call
+        if state is None or self.config.policy is None:
+            return forward(*args, **kwargs)
+        inputs = self.adapter.named_block_inputs(args, kwargs)
+        hidden = inputs.pop("hidden_states")
+        if state.done:
+            # Every row has exited: the block is not computed; the parked states flow on to the output head.
+            return hidden
+        if state.compacted:
+            inputs = self._slice_inputs(state, inputs)
+        out = forward(hidden, **inputs)  # (A, L, D)
+
+        if index == self.num_blocks - 1:
+            if state.parked is None:
+                return out
+            state.parked.index_copy_(0, state.rows, out)
+            return state.parked
+
+        if state.uniform_depth is not None:
+            if index == state.uniform_depth - 1:
+                state.done = True  # all rows stop here; out is the full batch
+            return out
+        if state.plan is not None:
+            step = state.plan[index]
+            if step is None:
+                return out
+            return self._commit(state, out, *step)
+        return self._decide(state, index, out)
+
+    def _slice_inputs(self, state: _CallState, inputs: dict[str, Any]) -> dict[str, Any]:
+        for name in self.adapter.batch_inputs:
+            value = inputs.get(name)
+            if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == state.batch_size:
+                cached = state.sliced.get(name)
+                if cached is None:
+                    cached = state.sliced[name] = value.index_select(0, state.rows)
+                inputs[name] = cached
+        return inputs
+
+    def _decide(self, state: _CallState, index: int, out: torch.Tensor) -> torch.Tensor:
+        """Dynamic policy: ask it which active rows stop after block `index`."""
+        policy = self.config.policy
+        certainty = None
+        if policy.needs_certainty:
+            condition = None
+            if state.condition is not None:
+                condition = state.condition.index_select(0, state.rows) if state.compacted else state.condition
+            certainty = self.heads(index, out, condition).float().mean(dim=(1, 2, 3))  # (A,)
+        ctx = ExitContext(
+            block_index=index,
+            num_blocks=self.num_blocks,
+            timesteps=state.active_timesteps,
+            certainty=certainty,
+            rows=state.rows,
+            batch_size=state.batch_size,
+            scratch=state.scratch,
+        )
+        mask = policy.exit_mask(ctx)
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != state.rows.shape:
+            got = f"{mask.dtype} tensor of shape {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask)
+            raise ValueError(
+                f"{type(policy).__name__}.exit_mask must return a bool tensor of shape {tuple(state.rows.shape)} "
+                f"(one entry per active row), got {got}"
+            )
+        if state.cfg_paired:
+            # A pair stops only when both halves want to; partners are always active together in this mode.
+            half = state.batch_size // 2
+            wanted = torch.zeros(state.batch_size, dtype=torch.bool, device=mask.device)
+            wanted[state.rows] = mask
+            both = wanted[:half] & wanted[half:]
+            mask = torch.cat([both, both])[state.rows]
+        leaving = mask.nonzero().squeeze(1)  # the one host sync of a dynamic policy, per block
+        if leaving.numel() == 0:
+            return out
+        staying = (~mask).nonzero().squeeze(1)
+        state.exit_depth[state.rows[leaving]] = index + 1
+        return self._commit(state, out, leaving, state.rows[leaving], staying)
+
+    def _commit(
+        self,
+        state: _CallState,
+        out: torch.Tensor,
+        leaving: torch.Tensor,
+        leaving_rows: torch.Tensor,
+        staying: torch.Tensor,
+    ) -> torch.Tensor:
+        """Park rows `leaving` (local indices into `out`; `leaving_rows` are their batch positions)."""
+        if staying.numel() == 0:
+            state.done = True
+            if state.parked is None:  # nobody left before, so `out` is the whole batch in order
+                return out
+            state.parked.index_copy_(0, leaving_rows, out)
+            return state.parked
+        if state.parked is None:
+            state.parked = out.new_empty((state.batch_size, *out.shape[1:]))
+        state.parked.index_copy_(0, leaving_rows, out.index_select(0, leaving))
+        state.rows = state.rows.index_select(0, staying)
+        state.active_timesteps = state.active_timesteps.index_select(0, staying)
+        state.compacted = True
+        state.sliced.clear()
+        return out.index_select(0, staying)
+
+
+class _ModelHook(ModelHook):
+    def __init__(self, engine: _EarlyExitEngine) -> None:
+        super().__init__()
+        self.engine = engine
+
+    def pre_forward(self, module: nn.Module, *args, **kwargs):
+        self.engine.begin(args, kwargs)
+        return args, kwargs
+
+    def post_forward(self, module: nn.Module, output: Any) -> Any:
+        self.engine.end()
+        return output
+
+
+class _BlockHook(ModelHook):
+    def __init__(self, engine: _EarlyExitEngine, index: int) -> None:
+        super().__init__()
+        self.engine = engine
+        self.index = index
+
+    def new_forward(self, module: nn.Module, *args, **kwargs):
+        return self.engine.run_block(self.index, self.fn_ref.original_forward, args, kwargs)
+
+
+# --------------------------------------------------------------------------------------------------- public API
+def _engine_of(model: nn.Module) -> _EarlyExitEngine | None:
+    registry = getattr(model, "_diffusers_hook", None)
+    hook = registry.get_hook(_MODEL_HOOK) if registry is not None else None
+    return hook.engine if hook is not None else None
+
+
+def _require_engine(model: nn.Module) -> _EarlyExitEngine:
+    engine = _engine_of(model)
+    if engine is None:
+        raise ValueError(f"early exit is not applied to this {type(model).__name__}; call apply_early_exit first")
+    return engine
+
+
+def _check_setup(adapter: BackboneAdapter, config: EarlyExitConfig, heads: UncertaintyHeads | None) -> None:
+    if not isinstance(config, EarlyExitConfig):
+        raise TypeError(f"config must be an EarlyExitConfig, got {type(config).__name__}")
+    if heads is not None:
+        if not isinstance(heads, UncertaintyHeads):
+            raise TypeError(f"heads must be UncertaintyHeads or None, got {type(heads).__name__}")
+        heads.check_model(adapter.model)
+    policy = config.policy
+    if policy is None:
+        return
+    if policy.needs_certainty and heads is None:
+        raise ValueError(
+            f"{type(policy).__name__} needs certainties: pass `heads=UncertaintyHeads(...)` made for this model"
+        )
+    validate = getattr(policy, "validate_for", None)
+    if validate is not None:
+        validate(adapter.num_blocks)
+
+
+def is_early_exit_applied(model: nn.Module) -> bool:
+    """Whether `apply_early_exit` hooks are on `model`."""
+    return _engine_of(model) is not None
+
+
+def apply_early_exit(
+    model: nn.Module, config: EarlyExitConfig | None = None, heads: UncertaintyHeads | None = None
+) -> None:
+    """Hook early exit into a stock diffusers model, in place.
+
+    Args:
+        model: a supported diffusers transformer (`DiTTransformer2DModel`), e.g. `pipe.transformer`.
+        config: the exit policy and options; `EarlyExitConfig()` (the default) never exits.
+        heads: `UncertaintyHeads` made for this model; required by uncertainty policies.
+
+    After every model call, `get_exit_stats(model)` tells how many blocks each row ran.
+
+    ```py
+    >>> import torch
+    >>> from diffusers import DiTTransformer2DModel
+    >>> from ee_diffusion import EarlyExitConfig, apply_early_exit, get_exit_stats, remove_early_exit
+    >>> from ee_diffusion.schedules import TimestepSchedule
+    >>> model = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=1, num_layers=4,
+    ...                               sample_size=8, patch_size=2, num_embeds_ada_norm=10, norm_num_groups=1).eval()
+    >>> apply_early_exit(model, EarlyExitConfig(policy=TimestepSchedule(boundaries=[500], depths=[4, 2])))
+    >>> out = model(torch.randn(2, 1, 8, 8), timestep=torch.tensor([100, 900]), class_labels=torch.tensor([3, 5]))
+    >>> get_exit_stats(model).blocks_run[0].tolist()
+    [4, 2]
+    >>> remove_early_exit(model)
+    ```
+    """
+    config = EarlyExitConfig() if config is None else config
+    adapter = get_adapter(model)
+    if is_early_exit_applied(model):
+        raise ValueError(
+            f"early exit is already applied to this {type(model).__name__}; call remove_early_exit(model) first, "
+            f"or change the policy with set_exit_config(model, config)"
+        )
+    _check_setup(adapter, config, heads)
+    engine = _EarlyExitEngine(adapter, config, heads)
+    HookRegistry.check_if_exists_or_initialize(model).register_hook(_ModelHook(engine), _MODEL_HOOK)
+    for index, block in enumerate(adapter.blocks):
+        HookRegistry.check_if_exists_or_initialize(block).register_hook(_BlockHook(engine, index), _BLOCK_HOOK)
+
+
+def _unhook(module: nn.Module, name: str) -> None:
+    registry = getattr(module, "_diffusers_hook", None)
+    if registry is None:
+        return
+    registry.remove_hook(name, recurse=False)
+    if not registry.hooks:
+        # Leave the module as it was before any hook: no registry, no instance-level forward.
+        del module._diffusers_hook
+        forward = module.__dict__.get("forward")
+        if getattr(forward, "__func__", None) is type(module).forward and forward.__self__ is module:
+            del module.__dict__["forward"]
+
+
+def remove_early_exit(model: nn.Module) -> None:
+    """Remove the hooks of `apply_early_exit`; the model computes exactly what it did before."""
+    engine = _require_engine(model)
+    for block in engine.adapter.blocks:
+        _unhook(block, _BLOCK_HOOK)
+    _unhook(model, _MODEL_HOOK)
+    engine.call = None
+    engine.recorders.clear()
+
+
+def set_exit_config(
+    model: nn.Module, config: EarlyExitConfig, heads: UncertaintyHeads | None | str = "keep"
+) -> None:
+    """Change the policy (and optionally the heads) of a model that already has early exit applied."""
+    engine = _require_engine(model)
+    heads = engine.heads if isinstance(heads, str) and heads == "keep" else heads
+    _check_setup(engine.adapter, config, heads)
+    engine.config = config
+    engine.heads = heads
+
+
+def get_exit_stats(model: nn.Module) -> ExitStats | None:
+    """Statistics of the last model call (None before the first call)."""
+    return _require_engine(model).last_stats
+
+
+@contextlib.contextmanager
+def record_exit_stats(model: nn.Module) -> Iterator[ExitStats]:
+    """Collect the statistics of every model call inside the `with` block into one `ExitStats`."""
+    engine = _require_engine(model)
+    stats = ExitStats(engine.num_blocks)
+    engine.recorders.append(stats)
+    try:
+        yield stats
+    finally:
+        engine.recorders = [r for r in engine.recorders if r is not stats]
+
+
+@contextlib.contextmanager
+def early_exit(
+    model: nn.Module, config: EarlyExitConfig | None = None, heads: UncertaintyHeads | None = None
+) -> Iterator[ExitStats]:
+    """Run the `with` block with early exit on `model`, then leave the model exactly as it was.
+
+    If the model already has early exit applied, its config and heads are swapped for the block's duration;
+    otherwise the hooks are applied and removed again. Yields the statistics of every call in the block.
+    """
+    config = EarlyExitConfig() if config is None else config
+    engine = _engine_of(model)
+    if engine is None:
+        apply_early_exit(model, config, heads)
+        try:
+            with record_exit_stats(model) as stats:
+                yield stats
+        finally:
+            remove_early_exit(model)
+        return
+    previous = (engine.config, engine.heads)
+    set_exit_config(model, config, heads)
+    try:
+        with record_exit_stats(model) as stats:
+            yield stats
+    finally:
+        engine.config, engine.heads = previous

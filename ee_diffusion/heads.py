@@ -1,0 +1,112 @@
+"""DeeDiff uncertainty estimation modules (UEM): one small head per block."""
+
+from __future__ import annotations
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from .backbones import get_adapter
+from .backbones.dit import unpatchify
+
+
+class UncertaintyHeads(ModelMixin, ConfigMixin):
+    """One certainty head per block of a transformer backbone.
+
+    Head i maps block i's *detached* hidden state (B, L, D) to a per-pixel, per-channel certainty map shaped
+    like the noise prediction (B, C, H, W), values in (0, 1): `sigmoid(Linear(D -> p*p*C))` on every patch
+    token, then unpatchified (the DeeDiff authors' code form). With `condition_dim > 0` each head also sees
+    the model's timestep embedding, concatenated to every token (the paper form `f(w^T [h_i, emb(t)] + b)`).
+
+    The heads remember the shape of the model they were made for and refuse any other (`check_model`).
+
+    ```py
+    >>> from diffusers import DiTTransformer2DModel
+    >>> from ee_diffusion import UncertaintyHeads
+    >>> model = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=1, num_layers=2,
+    ...                               sample_size=8, patch_size=2, num_embeds_ada_norm=10, norm_num_groups=1)
+    >>> heads = UncertaintyHeads.from_model(model)
+    >>> heads.config.num_blocks, heads.config.out_channels
+    (2, 1)
+    ```
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        num_blocks: int,
+        hidden_dim: int,
+        patch_size: int,
+        out_channels: int,
+        sample_size: int,
+        condition_dim: int = 0,
+        model_class: str = "DiTTransformer2DModel",
+    ) -> None:
+        super().__init__()
+        for name, value in (("num_blocks", num_blocks), ("hidden_dim", hidden_dim), ("patch_size", patch_size),
+                            ("out_channels", out_channels), ("sample_size", sample_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(condition_dim, bool) or not isinstance(condition_dim, int) or condition_dim < 0:
+            raise ValueError(f"condition_dim must be an integer >= 0 (0 = no timestep input), got {condition_dim!r}")
+        self.heads = nn.ModuleList(
+            nn.Linear(hidden_dim + condition_dim, patch_size * patch_size * out_channels) for _ in range(num_blocks)
+        )
+
+    @classmethod
+    def from_model(cls, model: nn.Module, condition_on_timestep: bool = False) -> "UncertaintyHeads":
+        """Make heads shaped for `model` (a supported diffusers transformer)."""
+        adapter = get_adapter(model)
+        channels, height, _ = adapter.prediction_shape()
+        dim = adapter.hidden_dim()
+        heads = cls(
+            num_blocks=adapter.num_blocks,
+            hidden_dim=dim,
+            patch_size=int(model.config.patch_size),
+            out_channels=channels,
+            sample_size=height,
+            condition_dim=dim if condition_on_timestep else 0,
+            model_class=type(model).__name__,
+        )
+        param = next(model.parameters())
+        heads = heads.to(param.device)
+        return heads if param.dtype == torch.float32 else heads.to(param.dtype)
+
+    @property
+    def conditioned(self) -> bool:
+        return self.config.condition_dim > 0
+
+    def expected_config(self, model: nn.Module) -> dict:
+        adapter = get_adapter(model)
+        channels, height, _ = adapter.prediction_shape()
+        return {
+            "model_class": type(model).__name__,
+            "num_blocks": adapter.num_blocks,
+            "hidden_dim": adapter.hidden_dim(),
+            "patch_size": int(model.config.patch_size),
+            "out_channels": channels,
+            "sample_size": height,
+        }
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise `ValueError` listing every field where `model` differs from the model these heads fit."""
+        expected = self.expected_config(model)
+        wrong = [f"{k}: heads have {self.config[k]!r}, model has {v!r}" for k, v in expected.items() if self.config[k] != v]
+        if wrong:
+            raise ValueError("these uncertainty heads were made for a different model (" + "; ".join(wrong) + ")")
+
+    def forward(
+        self, block_index: int, hidden_states: torch.Tensor, condition: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Certainty map of block `block_index`: (B, L, D) hidden [+ (B, D_c) condition] -> (B, C, H, W)."""
+        if not 0 <= block_index < self.config.num_blocks:
+            raise ValueError(f"block_index must be in 0..{self.config.num_blocks - 1}, got {block_index}")
+        # Detached: the certainty loss must not train the backbone through the head's input.
+        tokens = hidden_states.detach()
+        if self.conditioned:
+            if condition is None:
+                raise ValueError("these heads are timestep-conditioned: pass the timestep embedding as `condition`")
+            tokens = torch.cat([tokens, condition.detach()[:, None, :].expand(-1, tokens.shape[1], -1).to(tokens.dtype)], dim=-1)
+        logits = self.heads[block_index](tokens)  # (B, L, p*p*C)
+        return torch.sigmoid(unpatchify(logits, self.config.patch_size, self.config.out_channels))

@@ -1,0 +1,88 @@
+"""The exit-policy protocol: what the engine asks a policy after every block."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass
+class ExitContext:
+    """What a policy sees after block `block_index` has run on the rows that are still active.
+
+    Attributes:
+        block_index: index of the block that just ran (0-based); exiting now returns the decode of its output.
+        num_blocks: number of blocks N of the model.
+        timesteps: (A,) float tensor, the timestep of every active row, in training units (0..999 for a
+            1000-step schedule).
+        certainty: (A,) mean certainty of every active row from the uncertainty heads, or None when the
+            policy does not need heads.
+        rows: (A,) long tensor, the position of every active row in the model's input batch.
+        batch_size: B, the model's input batch size.
+        scratch: a dict that lives for one model call, for policies that remember something across blocks
+            (for example a per-row streak); the engine empties it at every model call.
+    """
+
+    block_index: int
+    num_blocks: int
+    timesteps: torch.Tensor
+    certainty: torch.Tensor | None
+    rows: torch.Tensor
+    batch_size: int
+    scratch: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ExitPolicy(Protocol):
+    """Decides, after each block, which active rows stop.
+
+    Write your own policy with one method and one attribute:
+
+    ```py
+    class ExitWhenNoisy:
+        needs_certainty = False
+
+        def exit_mask(self, ctx: ExitContext) -> torch.Tensor:
+            # (A,) bool: rows with t >= 900 stop after block 2
+            return (ctx.timesteps >= 900) & (ctx.block_index >= 1)
+    ```
+
+    A policy whose decisions depend only on the timestep may also implement
+    `plan_depths(timesteps, num_blocks) -> LongTensor (B,)` (the number of blocks each row runs); the engine then
+    plans the whole forward pass up front and never synchronises with the device between blocks.
+    """
+
+    needs_certainty: bool
+
+    def exit_mask(self, ctx: ExitContext) -> torch.Tensor:
+        """Return a (A,) bool tensor on the rows' device: True for rows that exit after this block."""
+        ...
+
+
+class SerializablePolicy:
+    """Mixin for the built-in policies: round-trips through a JSON-friendly dict with a `type` key."""
+
+    registry: ClassVar[dict[str, type]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__name__.startswith("_"):
+            SerializablePolicy.registry[cls.__name__] = cls
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+def policy_from_dict(data: dict[str, Any]) -> ExitPolicy:
+    """Rebuild a built-in policy from `policy.to_dict()`."""
+    if not isinstance(data, dict) or "type" not in data:
+        raise ValueError(f"a policy dict needs a 'type' key, got {data!r}")
+    kind = data["type"]
+    if kind not in SerializablePolicy.registry:
+        raise ValueError(
+            f"unknown policy type {kind!r}; known types: {', '.join(sorted(SerializablePolicy.registry))}"
+        )
+    kwargs = {k: v for k, v in data.items() if k != "type"}
+    return SerializablePolicy.registry[kind](**kwargs)

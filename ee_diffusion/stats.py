@@ -1,0 +1,74 @@
+"""Exit statistics: how many blocks every row ran at every model call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(eq=False)
+class ExitStats:
+    """Blocks run per model call and per row.
+
+    A sampling loop calls the model once per step (twice for Heun-type schedulers), so "call" below is a
+    step or a half step. All tensors live on the CPU.
+
+    Attributes:
+        num_blocks: the model's number of blocks N (full depth).
+        timesteps: one (B,) float tensor per call, the timestep of every row.
+        blocks_run: one (B,) long tensor per call, the number of blocks every row ran (N = no exit).
+        cfg_paired: one bool per call, whether classifier-free-guidance pairs exited together.
+    """
+
+    num_blocks: int
+    timesteps: list[torch.Tensor] = field(default_factory=list)
+    blocks_run: list[torch.Tensor] = field(default_factory=list)
+    cfg_paired: list[bool] = field(default_factory=list)
+
+    def record(self, timesteps: torch.Tensor, blocks_run: torch.Tensor, cfg_paired: bool) -> None:
+        self.timesteps.append(timesteps.detach().float().cpu())
+        self.blocks_run.append(blocks_run.detach().cpu())
+        self.cfg_paired.append(cfg_paired)
+
+    @property
+    def num_calls(self) -> int:
+        return len(self.blocks_run)
+
+    @property
+    def total_blocks(self) -> int:
+        """Block evaluations summed over rows and calls."""
+        return int(sum(int(b.sum()) for b in self.blocks_run))
+
+    @property
+    def full_blocks(self) -> int:
+        """Block evaluations the full model would have spent on the same calls."""
+        return int(sum(b.numel() for b in self.blocks_run)) * self.num_blocks
+
+    @property
+    def depth_fraction(self) -> float:
+        """Fraction of full depth that ran (1.0 = no exits)."""
+        full = self.full_blocks
+        return self.total_blocks / full if full else 1.0
+
+    def per_call_mean(self) -> list[float]:
+        """Mean blocks run per row, for each call."""
+        return [float(b.float().mean()) for b in self.blocks_run]
+
+    def to_dict(self) -> dict:
+        return {
+            "num_blocks": self.num_blocks,
+            "num_calls": self.num_calls,
+            "total_blocks": self.total_blocks,
+            "full_blocks": self.full_blocks,
+            "depth_fraction": self.depth_fraction,
+            "timesteps": [t.tolist() for t in self.timesteps],
+            "blocks_run": [b.tolist() for b in self.blocks_run],
+            "cfg_paired": list(self.cfg_paired),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"ExitStats(calls={self.num_calls}, blocks={self.total_blocks}/{self.full_blocks}, "
+            f"depth_fraction={self.depth_fraction:.3f})"
+        )
