@@ -1,0 +1,258 @@
+"""Training losses: DeeDiff (L_simple + L_u + L_UAL) and ASE (diffusion loss at the scheduled exit block).
+
+Every intermediate prediction is the backbone adapter's `decode` of a block's hidden state - the same code path
+the early-exit engine uses at inference - so what is trained is exactly what is run.
+
+Squared norms `||a - b||^2` are means over all elements (batch, channels, pixels), as in the authors' code
+(`mean_flat` followed by a batch mean).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones import get_adapter
+from ..heads import UncertaintyHeads
+from ..schedules.static import StaticDepth, TimestepSchedule
+
+UNCERTAINTY_REDUCTIONS = ("mean", "sum")
+LAYER_WEIGHTINGS = ("normalized", "paper")
+
+
+def _check_weight(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+@dataclass
+class DeeDiffLossConfig:
+    """Options of the DeeDiff loss `L = simple_weight * L_simple + lambda_u * L_u + beta * L_UAL`.
+
+    Args:
+        lambda_u: weight of the certainty loss L_u (paper: lambda = 1).
+        beta: weight of the uncertainty-aware layer-wise loss L_UAL (paper: beta = 1).
+        simple_weight: weight of L_simple (1; the paper has no knob for it).
+        uncertainty_reduction: `"mean"` over layers for L_u (authors' code) or `"sum"` (paper).
+        layer_weighting: `"normalized"`: w_i = cbar_i / sum_j cbar_j (authors' code); `"paper"`: w_i = cbar_i,
+            i.e. `(1 - u_i)` without normalisation.
+        condition_on_timestep: heads see the model's timestep embedding (paper form of the UEM). The heads
+            given to the loss must have been built to match (`UncertaintyHeads.from_model(model, True)`).
+
+    ```py
+    >>> DeeDiffLossConfig(layer_weighting="paper").to_dict()["layer_weighting"]
+    'paper'
+
+    ```
+    """
+
+    lambda_u: float = 1.0
+    beta: float = 1.0
+    simple_weight: float = 1.0
+    uncertainty_reduction: str = "mean"
+    layer_weighting: str = "normalized"
+    condition_on_timestep: bool = False
+
+    def __post_init__(self) -> None:
+        self.lambda_u = _check_weight(self.lambda_u, "lambda_u")
+        self.beta = _check_weight(self.beta, "beta")
+        self.simple_weight = _check_weight(self.simple_weight, "simple_weight")
+        if self.uncertainty_reduction not in UNCERTAINTY_REDUCTIONS:
+            raise ValueError(
+                f"uncertainty_reduction must be one of {UNCERTAINTY_REDUCTIONS}, got {self.uncertainty_reduction!r}"
+            )
+        if self.layer_weighting not in LAYER_WEIGHTINGS:
+            raise ValueError(f"layer_weighting must be one of {LAYER_WEIGHTINGS}, got {self.layer_weighting!r}")
+        if not isinstance(self.condition_on_timestep, bool):
+            raise ValueError(f"condition_on_timestep must be a bool, got {self.condition_on_timestep!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ASELossConfig:
+    """Options of the ASE loss: the exit schedule S(t) whose exit blocks are trained.
+
+    `schedule` is a `TimestepSchedule`/`StaticDepth` or its `to_dict()`.
+
+    ```py
+    >>> ASELossConfig(schedule={"type": "TimestepSchedule", "boundaries": [500], "depths": [8, 4]}).schedule.depths
+    [8, 4]
+
+    ```
+    """
+
+    schedule: Any = field(default_factory=lambda: TimestepSchedule(boundaries=[200, 400, 600, 800], depths=[8, 7, 6, 5, 4]))
+
+    def __post_init__(self) -> None:
+        if isinstance(self.schedule, dict):
+            kind = self.schedule.get("type")
+            kwargs = {k: v for k, v in self.schedule.items() if k != "type"}
+            known = {"TimestepSchedule": TimestepSchedule, "StaticDepth": StaticDepth}
+            if kind not in known:
+                raise ValueError(f"ASE schedule type must be one of {sorted(known)}, got {kind!r}")
+            self.schedule = known[kind](**kwargs)
+        if not isinstance(self.schedule, (TimestepSchedule, StaticDepth)):
+            raise ValueError(
+                f"schedule must be a TimestepSchedule or StaticDepth (or its dict), got {type(self.schedule).__name__}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schedule": self.schedule.to_dict()}
+
+
+def eps_channels(prediction: torch.Tensor, channels: int) -> torch.Tensor:
+    """The noise half of a prediction: models with a learned variance output 2C channels, eps is the first C."""
+    return prediction[:, :channels]
+
+
+def block_predictions(
+    model: nn.Module, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """One pass through every block: (hidden states h_i (B, L, D), eps predictions eps_i = g(h_i) (B, C, H, W)).
+
+    eps_i keeps only the eps channels of a learned-sigma model; the last one is the model's own output.
+    """
+    adapter = get_adapter(model)
+    channels = adapter.prediction_shape()[0]
+    hidden = adapter.hidden_states_per_block(sample, timestep, class_labels)
+    eps = [eps_channels(adapter.decode(h, timestep=timestep, class_labels=class_labels), channels) for h in hidden]
+    return hidden, eps
+
+
+def deediff_loss_terms(
+    eps_blocks: list[torch.Tensor],
+    certainties: list[torch.Tensor],
+    noise: torch.Tensor,
+    config: DeeDiffLossConfig,
+) -> dict[str, torch.Tensor]:
+    """The DeeDiff loss from per-block predictions and certainty maps (all shaped like `noise`, (B, C, H, W)).
+
+    Returns a dict with `loss` (the weighted total), `simple`, `uncertainty`, `ual`, `block_mse` ((N,), detached
+    per-block ||eps_i - eps||^2) and `certainty` ((N,), detached cbar_i).
+    """
+    if len(eps_blocks) != len(certainties) or not eps_blocks:
+        raise ValueError(f"need one certainty map per block, got {len(eps_blocks)} predictions and {len(certainties)} maps")
+    # Per-block squared error, mean over batch and pixels: (N,)
+    block_mse = torch.stack([(eps_i.float() - noise.float()).pow(2).mean() for eps_i in eps_blocks])
+    simple = block_mse[-1]
+    # L_u: certainty target 1 - tanh|eps_i - eps|, detached (it must not train the backbone).
+    u_terms = torch.stack([
+        F.mse_loss(c_i.float(), (1 - torch.tanh((eps_i.float() - noise.float()).abs())).detach())
+        for c_i, eps_i in zip(certainties, eps_blocks)
+    ])
+    uncertainty = u_terms.mean() if config.uncertainty_reduction == "mean" else u_terms.sum()
+    # L_UAL: layer weights from the mean certainty of each layer, NOT detached (it also trains the heads).
+    cbar = torch.stack([c_i.float().mean() for c_i in certainties])  # (N,)
+    weights = cbar / cbar.sum() if config.layer_weighting == "normalized" else cbar
+    ual = (weights * block_mse).sum()
+    loss = config.simple_weight * simple + config.lambda_u * uncertainty + config.beta * ual
+    return {
+        "loss": loss,
+        "simple": simple,
+        "uncertainty": uncertainty,
+        "ual": ual,
+        "block_mse": block_mse.detach(),
+        "certainty": cbar.detach(),
+    }
+
+
+def deediff_loss(
+    model: nn.Module,
+    heads: UncertaintyHeads,
+    noisy: torch.Tensor,
+    noise: torch.Tensor,
+    timestep: torch.Tensor,
+    class_labels: torch.Tensor,
+    config: DeeDiffLossConfig | None = None,
+) -> dict[str, torch.Tensor]:
+    """DeeDiff's joint loss on one batch of noised samples `noisy` = add_noise(x0, `noise`, `timestep`).
+
+    ```py
+    >>> import torch
+    >>> from ee_diffusion.testing import tiny_dit
+    >>> from ee_diffusion import UncertaintyHeads
+    >>> model = tiny_dit(num_layers=2); heads = UncertaintyHeads.from_model(model)
+    >>> x, n = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
+    >>> out = deediff_loss(model, heads, x, n, torch.tensor([5, 700]), torch.tensor([1, 2]))
+    >>> sorted(out)
+    ['block_mse', 'certainty', 'loss', 'simple', 'ual', 'uncertainty']
+
+    ```
+    """
+    config = DeeDiffLossConfig() if config is None else config
+    if heads.conditioned != config.condition_on_timestep:
+        raise ValueError(
+            f"the loss config says condition_on_timestep={config.condition_on_timestep} but the heads are "
+            f"{'' if heads.conditioned else 'not '}timestep-conditioned; build them with "
+            f"UncertaintyHeads.from_model(model, condition_on_timestep={config.condition_on_timestep})"
+        )
+    hidden, eps = block_predictions(model, noisy, timestep, class_labels)
+    condition = None
+    if heads.conditioned:
+        condition = get_adapter(model).timestep_embedding(timestep, hidden[0].dtype)
+    # Heads read detached block outputs (UncertaintyHeads.forward detaches its inputs).
+    certainties = [heads(i, h, condition) for i, h in enumerate(hidden)]
+    return deediff_loss_terms(eps, certainties, noise, config)
+
+
+def simple_loss(
+    model: nn.Module, noisy: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The ordinary diffusion loss ||eps - eps_theta||^2 on the model's own output (eps channels only)."""
+    channels = get_adapter(model).prediction_shape()[0]
+    prediction = model(noisy, timestep=timestep, class_labels=class_labels).sample
+    simple = (eps_channels(prediction, channels).float() - noise.float()).pow(2).mean()
+    return {"loss": simple, "simple": simple}
+
+
+def ase_loss(
+    model: nn.Module,
+    noisy: torch.Tensor,
+    noise: torch.Tensor,
+    timestep: torch.Tensor,
+    class_labels: torch.Tensor,
+    config: ASELossConfig | None = None,
+) -> dict[str, torch.Tensor]:
+    """ASE: the diffusion loss on the prediction decoded at each sample's scheduled exit block S(t).
+
+    All blocks run once; each row's hidden state after block S(t_row) - 1 is picked and decoded with the model's
+    output head. Returns `loss` (= `ase`), `ase`, `block_mse` ((N,) detached per-block error, for logging) and
+    `depth` (mean scheduled depth).
+
+    ```py
+    >>> import torch
+    >>> from ee_diffusion.testing import tiny_dit
+    >>> model = tiny_dit(num_layers=2)
+    >>> cfg = ASELossConfig(schedule={"type": "TimestepSchedule", "boundaries": [500], "depths": [2, 1]})
+    >>> out = ase_loss(model, torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8), torch.tensor([5, 700]),
+    ...                torch.tensor([1, 2]), cfg)
+    >>> float(out["depth"])
+    1.5
+
+    ```
+    """
+    config = ASELossConfig() if config is None else config
+    adapter = get_adapter(model)
+    config.schedule.validate_for(adapter.num_blocks)
+    hidden = adapter.hidden_states_per_block(noisy, timestep, class_labels)
+    depths = config.schedule.plan_depths(timestep.float(), adapter.num_blocks)  # (B,) in 1..N
+    stacked = torch.stack(hidden)  # (N, B, L, D)
+    rows = torch.arange(noisy.shape[0], device=noisy.device)
+    exit_hidden = stacked[depths.to(stacked.device) - 1, rows]  # (B, L, D)
+    channels = adapter.prediction_shape()[0]
+    prediction = eps_channels(adapter.decode(exit_hidden, timestep=timestep, class_labels=class_labels), channels)
+    ase = (prediction.float() - noise.float()).pow(2).mean()
+    with torch.no_grad():
+        block_mse = torch.stack([
+            (eps_channels(adapter.decode(h, timestep=timestep, class_labels=class_labels), channels).float()
+             - noise.float()).pow(2).mean()
+            for h in hidden
+        ])
+    return {"loss": ase, "ase": ase, "block_mse": block_mse, "depth": depths.float().mean()}
