@@ -61,6 +61,29 @@ class DiTAdapter(BackboneAdapter):
         """(B, C, H, W) latents -> (B, L, D) patch tokens with position embedding."""
         return self.model.pos_embed(sample)
 
+    def hidden_states_per_block(
+        self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Run every block once, as the model's own forward does; return the N hidden states, each (B, L, D).
+
+        `decode(hidden_states_per_block(x, t, y)[-1], t, y)` is the model's output `model(x, t, y).sample`.
+        Training uses this to get every block's exit prediction from a single pass.
+        """
+        hidden_states = self.embed(sample)
+        outputs = []
+        for block in self.blocks:
+            hidden_states = block(
+                hidden_states,
+                attention_mask=None,
+                encoder_hidden_states=None,
+                encoder_attention_mask=None,
+                timestep=timestep,
+                cross_attention_kwargs=None,
+                class_labels=class_labels,
+            )
+            outputs.append(hidden_states)
+        return outputs
+
     def decode(
         self, hidden_states: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor, **unused
     ) -> torch.Tensor:
