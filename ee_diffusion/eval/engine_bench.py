@@ -1,0 +1,124 @@
+"""Does per-row compaction save real wall-clock? A benchmark of the engine alone (random weights).
+
+At batch B on a 12-block DiT, compare one forward of:
+- `full`: the stock model, no hooks;
+- `hooks_off`: hooks applied, `EarlyExitConfig()` (never exits);
+- `heads_no_exit`: uncertainty heads evaluated after every block, threshold never reached;
+- `half_exit_planned`: half the rows exit after block 2 (a `TimestepSchedule`, planned up front);
+- `half_exit_dynamic`: the same rows exit after block 2, decided per block by a custom policy (host sync);
+- `static_depth_2`: every row exits after block 2 (the floor for what early rows cost).
+
+The ideal ratio for "half the rows exit after block 2 of 12" is (2 + 0.5 * 10) / 12 = 0.583.
+
+Run: `python -m ee_diffusion.eval.engine_bench --out bench_out`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+from ..config import EarlyExitConfig
+from ..engine import apply_early_exit, remove_early_exit, set_exit_config
+from ..heads import UncertaintyHeads
+from ..schedules import ExitContext, StaticDepth, TimestepSchedule, UncertaintyThreshold
+from ..testing import tiny_dit
+from .timing import interleaved_timings, summarize_timings
+
+
+class _ExitAfterBlock:
+    """Rows with t >= 500 exit after block `depth - 1`, decided per block (exercises the dynamic path)."""
+
+    needs_certainty = False
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+
+    def exit_mask(self, ctx: ExitContext) -> torch.Tensor:
+        return (ctx.timesteps >= 500) & (ctx.block_index == self.depth - 1)
+
+
+def run(batch_size: int = 64, num_layers: int = 12, width: int = 128, sample_size: int = 16,
+        repeats: int = 30, warmup: int = 3) -> dict:
+    torch.manual_seed(0)
+    model = tiny_dit(num_layers=num_layers, sample_size=sample_size, in_channels=4, width=width, heads=4)
+    heads = UncertaintyHeads.from_model(model)
+    x = torch.randn(batch_size, 4, sample_size, sample_size)
+    # Half the rows near pure noise (t = 900), half near the data (t = 100).
+    t = torch.tensor([900, 100] * (batch_size // 2))
+    y = torch.arange(batch_size) % 10
+
+    configs = {
+        "hooks_off": (EarlyExitConfig(), None),
+        "heads_no_exit": (EarlyExitConfig(policy=UncertaintyThreshold(0.999999, patience=1)), heads),
+        "half_exit_planned": (EarlyExitConfig(policy=TimestepSchedule([500], [num_layers, 2])), None),
+        "half_exit_dynamic": (EarlyExitConfig(policy=_ExitAfterBlock(2)), None),
+        "static_depth_2": (EarlyExitConfig(policy=StaticDepth(2)), None),
+    }
+
+    def full():
+        remove_early_exit(model) if hooked[0] else None
+        hooked[0] = False
+        return model(x, t, y).sample
+
+    hooked = [False]
+
+    def make(config, hds):
+        def call():
+            if not hooked[0]:
+                apply_early_exit(model, EarlyExitConfig())
+                hooked[0] = True
+            set_exit_config(model, config, heads=hds)
+            return model(x, t, y).sample
+        return call
+
+    methods = {"full": full, **{name: make(*cfg) for name, cfg in configs.items()}}
+    with torch.no_grad():
+        times = interleaved_timings(methods, repeats=repeats, warmup=warmup)
+    if hooked[0]:
+        remove_early_exit(model)
+    summary = summarize_timings(times, reference="full")
+    return {
+        "setting": {
+            "batch_size": batch_size, "num_layers": num_layers, "width": width, "sample_size": sample_size,
+            "tokens": (sample_size // 2) ** 2, "repeats": repeats, "warmup": warmup,
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
+            "ideal_half_exit_ratio": (2 + 0.5 * (num_layers - 2)) / num_layers,
+        },
+        "results": summary,
+    }
+
+
+def format_table(report: dict) -> str:
+    lines = ["| method | median ms | ratio to full |", "|---|---:|---:|"]
+    for name, row in report["results"].items():
+        lines.append(f"| {name} | {row['median_s'] * 1e3:.2f} | {row['ratio_to_reference']:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-layers", type=int, default=12)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--sample-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=None, help="folder for engine_bench.json and .md")
+    args = parser.parse_args(argv)
+    report = run(args.batch_size, args.num_layers, args.width, args.sample_size, args.repeats)
+    table = format_table(report)
+    print(json.dumps(report["setting"]))
+    print(table)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "engine_bench.json").write_text(json.dumps(report, indent=2))
+        (args.out / "engine_bench.md").write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
