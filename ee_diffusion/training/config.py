@@ -1,0 +1,218 @@
+"""What an experiment trains, as validated dataclasses that round-trip through JSON.
+
+An `ExperimentConfig` is saved as `experiment.json` next to the run's checkpoints; `ee-diffusion train --config
+experiment.json` runs it. How a run executes (output folder, resume, CPU) are command-line flags, not config.
+
+```py
+>>> config = ExperimentConfig(train=TrainConfig(mode="scratch", max_steps=10))
+>>> ExperimentConfig.from_json(config.to_json()) == config
+True
+
+```
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .losses import ASELossConfig, DeeDiffLossConfig
+
+TRAIN_MODES = ("scratch", "deediff", "heads", "ase")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def _int(value: Any, name: str, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _float(value: Any, name: str, low: float = 0.0, high: float | None = None, low_open: bool = False) -> float:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and value == value
+    ok = ok and (value > low if low_open else value >= low) and (high is None or value <= high)
+    if not ok:
+        bound = f"{'>' if low_open else '>='} {low}" + ("" if high is None else f" and <= {high}")
+        raise ValueError(f"{name} must be a number {bound}, got {value!r}")
+    return float(value)
+
+
+def _choice(value: Any, name: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def _from_dict(cls: type, data: Any, where: str) -> Any:
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a dict, got {type(data).__name__}")
+    names = {f.name for f in fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"unknown {where} keys {sorted(unknown)}; allowed: {sorted(names)}")
+    return cls(**data)
+
+
+@dataclass
+class DatasetConfig:
+    """A registered dataset (`ee_diffusion.training.data.available_datasets()`) and its options."""
+
+    name: str = "digits"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from .data import available_datasets
+
+        if self.name not in available_datasets():
+            raise ValueError(f"unknown dataset {self.name!r}; known datasets: {', '.join(available_datasets())}")
+        if not isinstance(self.options, dict):
+            raise ValueError(f"dataset options must be a dict, got {self.options!r}")
+
+
+@dataclass
+class ModelConfig:
+    """The DiT to train: built from these numbers, or loaded from a pipeline folder (`init_from`).
+
+    `init_from` is a folder saved by this trainer or by `EarlyExitDiTPipeline.save_pretrained` (subfolders
+    `transformer/` and optionally `exit_heads/`); the shape fields are then ignored.
+    """
+
+    sample_size: int = 8
+    in_channels: int = 1
+    patch_size: int = 2
+    num_layers: int = 8
+    width: int = 128
+    num_heads: int = 4
+    num_classes: int = 10
+    learn_sigma: bool = False
+    init_from: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("sample_size", "in_channels", "patch_size", "num_layers", "width", "num_heads", "num_classes"):
+            _int(getattr(self, name), name)
+        if self.width % self.num_heads:
+            raise ValueError(f"width must be divisible by num_heads, got width={self.width}, num_heads={self.num_heads}")
+        if self.sample_size % self.patch_size:
+            raise ValueError(f"sample_size {self.sample_size} must be divisible by patch_size {self.patch_size}")
+        if not isinstance(self.learn_sigma, bool):
+            raise ValueError(f"learn_sigma must be a bool, got {self.learn_sigma!r}")
+        if self.init_from is not None and not isinstance(self.init_from, str):
+            raise ValueError(f"init_from must be a folder path or None, got {self.init_from!r}")
+
+
+@dataclass
+class TrainConfig:
+    """How the model is trained.
+
+    Modes: `scratch` (L_simple only, no heads), `deediff` (all weights and heads, DeeDiff loss), `heads` (frozen
+    backbone, heads only, DeeDiff loss), `ase` (all weights but the timestep embedder, ASE loss).
+    `batch_size` is the global batch of one micro-step (split over processes); an optimizer step sees
+    `batch_size * gradient_accumulation_steps` samples. `label_dropout` replaces a sample's class by the null
+    class with that probability (classifier-free guidance training). `ema_decay = 0` disables EMA. `lr_schedule`: linear warmup over `warmup_steps`, then
+    constant or cosine decay to 0 at `max_steps`.
+    """
+
+    mode: str = "scratch"
+    max_steps: int = 1000
+    batch_size: int = 64
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"
+    max_grad_norm: float = 1.0
+    ema_decay: float = 0.999
+    label_dropout: float = 0.1
+    mixed_precision: str = "no"
+    seed: int = 0
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    deediff: DeeDiffLossConfig = field(default_factory=DeeDiffLossConfig)
+    ase: ASELossConfig = field(default_factory=ASELossConfig)
+    log_every: int = 10
+    checkpoint_every: int = 0
+    checkpoints_total_limit: int = 2
+
+    def __post_init__(self) -> None:
+        _choice(self.mode, "mode", TRAIN_MODES)
+        _int(self.max_steps, "max_steps")
+        _int(self.batch_size, "batch_size")
+        _int(self.gradient_accumulation_steps, "gradient_accumulation_steps")
+        self.learning_rate = _float(self.learning_rate, "learning_rate", low_open=True)
+        self.weight_decay = _float(self.weight_decay, "weight_decay")
+        _int(self.warmup_steps, "warmup_steps", low=0)
+        _choice(self.lr_schedule, "lr_schedule", LR_SCHEDULES)
+        self.max_grad_norm = _float(self.max_grad_norm, "max_grad_norm")
+        self.ema_decay = _float(self.ema_decay, "ema_decay", high=1.0)
+        if self.ema_decay == 1.0:
+            raise ValueError("ema_decay must be < 1 (0 disables EMA), got 1.0")
+        self.label_dropout = _float(self.label_dropout, "label_dropout", high=1.0)
+        _choice(self.mixed_precision, "mixed_precision", MIXED_PRECISION)
+        _int(self.seed, "seed", low=0)
+        _int(self.num_train_timesteps, "num_train_timesteps")
+        _choice(self.beta_schedule, "beta_schedule", BETA_SCHEDULES)
+        self.deediff = _from_dict(DeeDiffLossConfig, self.deediff, "deediff loss config")
+        self.ase = _from_dict(ASELossConfig, self.ase, "ase loss config")
+        _int(self.log_every, "log_every")
+        _int(self.checkpoint_every, "checkpoint_every", low=0)
+        _int(self.checkpoints_total_limit, "checkpoints_total_limit")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["deediff"] = self.deediff.to_dict()
+        data["ase"] = self.ase.to_dict()
+        return data
+
+
+@dataclass
+class ExperimentConfig:
+    """Dataset + model + training, and the exit config stored as default in the saved pipelines."""
+
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    exit_config: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.dataset = _from_dict(DatasetConfig, self.dataset, "dataset config")
+        self.model = _from_dict(ModelConfig, self.model, "model config")
+        self.train = _from_dict(TrainConfig, self.train, "train config")
+        if self.exit_config is not None:
+            from ..config import EarlyExitConfig
+
+            EarlyExitConfig.from_dict(self.exit_config)  # validates
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": {"name": self.dataset.name, "options": dict(self.dataset.options)},
+            "model": {f.name: getattr(self.model, f.name) for f in fields(self.model)},
+            "train": self.train.to_dict(),
+            "exit_config": self.exit_config,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ExperimentConfig":
+        return _from_dict(cls, data, "experiment config")
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ExperimentConfig":
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ExperimentConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"experiment config {str(path)!r} does not exist")
+        return cls.from_json(path.read_text())

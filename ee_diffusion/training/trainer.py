@@ -1,0 +1,386 @@
+"""A thin accelerate trainer for DiT diffusion models with early exit (scratch, DeeDiff, heads-only, ASE).
+
+The run is a pure function of (config, step): the batch of step s comes from `StepBatches`, and the noise,
+timesteps and label dropout of a micro-step come from a generator seeded with (seed, micro-step, rank). A run
+stopped at step k and resumed from its checkpoint (`accelerator.save_state`: weights, optimizer, LR schedule,
+EMA) therefore continues exactly as the uninterrupted run.
+
+```py
+>>> import tempfile
+>>> from ee_diffusion.training.config import ExperimentConfig, ModelConfig, TrainConfig
+>>> config = ExperimentConfig(model=ModelConfig(num_layers=2, width=16, num_heads=2),
+...                           train=TrainConfig(mode="scratch", max_steps=2, batch_size=8, log_every=1))
+>>> trainer = Trainer(config, tempfile.mkdtemp(), progress=False)
+>>> trainer.train()["step"]
+2
+
+```
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
+from diffusers import DDPMScheduler, DiTTransformer2DModel
+from diffusers.training_utils import EMAModel
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..backbones import get_adapter
+from ..heads import UncertaintyHeads
+from .config import ExperimentConfig, ModelConfig, TrainConfig
+from .data import StepBatches, get_dataset
+from .losses import ase_loss, block_predictions, deediff_loss, eps_channels
+
+CHECKPOINT_PREFIX = "step_"
+STATE_FILE = "trainer_state.json"
+
+
+# ----------------------------------------------------------------------------------------------------- model
+def build_transformer(config: ModelConfig) -> DiTTransformer2DModel:
+    """A fresh DiT from `config`, or the transformer of the pipeline folder `config.init_from`."""
+    if config.init_from is not None:
+        model = DiTTransformer2DModel.from_pretrained(config.init_from, subfolder="transformer")
+    else:
+        model = DiTTransformer2DModel(
+            num_attention_heads=config.num_heads,
+            attention_head_dim=config.width // config.num_heads,
+            in_channels=config.in_channels,
+            out_channels=2 * config.in_channels if config.learn_sigma else None,
+            num_layers=config.num_layers,
+            sample_size=config.sample_size,
+            patch_size=config.patch_size,
+            num_embeds_ada_norm=config.num_classes,
+            norm_num_groups=1,
+        )
+    # Label dropout is done once per sample by the trainer; every block's embedder would otherwise drop
+    # labels independently (and differently per block) in train mode.
+    for block in model.transformer_blocks:
+        block.norm1.emb.class_embedder.dropout_prob = 0.0
+    return model
+
+
+def build_heads(model: DiTTransformer2DModel, config: ExperimentConfig) -> UncertaintyHeads | None:
+    """The uncertainty heads the mode needs: loaded from `init_from/exit_heads` when present and matching."""
+    train = config.train
+    if train.mode not in ("deediff", "heads"):
+        return None
+    conditioned = train.deediff.condition_on_timestep
+    folder = config.model.init_from
+    if folder is not None and (Path(folder) / "exit_heads").is_dir():
+        heads = UncertaintyHeads.from_pretrained(folder, subfolder="exit_heads")
+        heads.check_model(model)
+        if heads.conditioned == conditioned:
+            return heads
+    return UncertaintyHeads.from_model(model, condition_on_timestep=conditioned)
+
+
+class TrainingObjective(nn.Module):
+    """The transformer (and heads) with the mode's loss as `forward`, so DDP wraps one module.
+
+    `forward(noisy, noise, timestep, class_labels, block_errors)` returns a dict with `loss` and the terms to
+    log; with `block_errors=True` it includes `block_mse` (N,), each block's decoded error (detached).
+    """
+
+    def __init__(self, transformer: nn.Module, heads: UncertaintyHeads | None, config: TrainConfig) -> None:
+        super().__init__()
+        self.transformer = transformer
+        self.heads = heads
+        self.mode = config.mode
+        self.deediff = config.deediff
+        self.ase = config.ase
+
+    def forward(
+        self,
+        noisy: torch.Tensor,
+        noise: torch.Tensor,
+        timestep: torch.Tensor,
+        class_labels: torch.Tensor,
+        block_errors: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        if self.mode in ("deediff", "heads"):
+            return deediff_loss(self.transformer, self.heads, noisy, noise, timestep, class_labels, self.deediff)
+        if self.mode == "ase":
+            return ase_loss(self.transformer, noisy, noise, timestep, class_labels, self.ase)
+        # scratch: L_simple on the final block; the other blocks' errors only when asked (for the log).
+        adapter = get_adapter(self.transformer)
+        channels = adapter.prediction_shape()[0]
+        hidden = adapter.hidden_states_per_block(noisy, timestep, class_labels)
+        final = eps_channels(adapter.decode(hidden[-1], timestep=timestep, class_labels=class_labels), channels)
+        simple = (final.float() - noise.float()).pow(2).mean()
+        out = {"loss": simple, "simple": simple}
+        if block_errors:
+            with torch.no_grad():
+                out["block_mse"] = torch.stack([
+                    (eps_channels(adapter.decode(h, timestep=timestep, class_labels=class_labels), channels).float()
+                     - noise.float()).pow(2).mean()
+                    for h in hidden
+                ])
+        return out
+
+
+def freeze_for_mode(transformer: nn.Module, mode: str) -> None:
+    """heads: the backbone is frozen; ase: the timestep embedders are frozen (ASE fine-tuning)."""
+    for name, param in transformer.named_parameters():
+        if mode == "heads":
+            param.requires_grad_(False)
+        elif mode == "ase" and ".timestep_embedder." in name:
+            param.requires_grad_(False)
+
+
+def make_noise_scheduler(config: TrainConfig) -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule)
+
+
+def lr_factor(config: TrainConfig):
+    """Step -> LR multiplier: linear warmup, then constant or cosine decay to 0 at `max_steps`."""
+    warmup, total, cosine = config.warmup_steps, config.max_steps, config.lr_schedule == "cosine"
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if not cosine:
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
+    # Independent, reproducible stream per (seed, micro-step, rank), with no state to checkpoint.
+    state = np.random.SeedSequence([seed, micro_step, rank]).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+
+
+# --------------------------------------------------------------------------------------------------- trainer
+class Trainer:
+    """Builds everything from an `ExperimentConfig` and trains it under accelerate.
+
+    Output folder layout: `experiment.json`, `log.jsonl` (one line per logged step: every loss term,
+    per-block error, lr), `checkpoints/step_XXXXXXX/` (accelerate state + `trainer_state.json`) and
+    `pipeline/` (final `save_pretrained` pipeline folder with EMA weights).
+    """
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        output_dir: str | Path,
+        *,
+        cpu: bool = False,
+        progress: bool = True,
+        accelerator: Accelerator | None = None,
+    ) -> None:
+        self.config = config
+        train = config.train
+        self.output_dir = Path(output_dir)
+        self.accelerator = accelerator or Accelerator(
+            mixed_precision=train.mixed_precision,
+            gradient_accumulation_steps=train.gradient_accumulation_steps,
+            cpu=cpu,
+            # ASE leaves the blocks after the deepest scheduled exit of a batch without gradient.
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=train.mode == "ase")],
+        )
+        acc = self.accelerator
+        self.progress = progress and acc.is_main_process
+
+        self.dataset = get_dataset(config.dataset.name, **config.dataset.options)
+        self.batches = StepBatches(self.dataset, train.batch_size, train.seed, acc.process_index, acc.num_processes)
+        # Seeded initialisation, without touching the caller's global RNG state.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(train.seed)
+            self.transformer = build_transformer(config.model)
+            self._check_data(self.transformer)
+            self.heads = build_heads(self.transformer, config)
+        if train.mode == "ase":
+            train.ase.schedule.validate_for(len(self.transformer.transformer_blocks))
+        freeze_for_mode(self.transformer, train.mode)
+        self.null_class = int(self.transformer.config.num_embeds_ada_norm)
+        self.noise_scheduler = make_noise_scheduler(train)
+        self.alphas_cumprod = self.noise_scheduler.alphas_cumprod
+
+        objective = TrainingObjective(self.transformer, self.heads, train).train()
+        trainable = [p for p in objective.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=train.learning_rate, weight_decay=train.weight_decay)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(train))
+        self.ema: EMAModel | None = None
+        if train.ema_decay > 0:
+            self.ema = EMAModel(list(objective.parameters()), decay=train.ema_decay)
+        self.objective, self.optimizer = acc.prepare(objective, optimizer)
+        # The LR schedule steps once per optimizer step whatever the process count: keep it unprepared.
+        acc.register_for_checkpointing(self.lr_scheduler)
+        if self.ema is not None:
+            acc.register_for_checkpointing(self.ema)
+        self.step = 0
+        self.log_path = self.output_dir / "log.jsonl"
+
+    def _check_data(self, model: DiTTransformer2DModel) -> None:
+        mc = model.config
+        ds = self.dataset
+        if (ds.channels, ds.image_size) != (mc.in_channels, mc.sample_size):
+            raise ValueError(
+                f"dataset images are {ds.channels}x{ds.image_size}x{ds.image_size} but the model takes "
+                f"{mc.in_channels}x{mc.sample_size}x{mc.sample_size}; change the dataset options or the model"
+            )
+        if ds.num_classes > mc.num_embeds_ada_norm:
+            raise ValueError(f"dataset has {ds.num_classes} classes but the model only {mc.num_embeds_ada_norm}")
+
+    # ---------------------------------------------------------------------------------------------- one step
+    def micro_batch(self, micro_step: int) -> tuple[torch.Tensor, ...]:
+        """(noisy, noise, timesteps, labels) of one micro-step on this process, all on the device."""
+        images, labels = self.batches.batch(micro_step)
+        g = _step_generator(self.config.train.seed, micro_step, self.accelerator.process_index)
+        n = images.shape[0]
+        noise = torch.randn(images.shape, generator=g)
+        timesteps = torch.randint(0, self.config.train.num_train_timesteps, (n,), generator=g)
+        drop = torch.rand(n, generator=g) < self.config.train.label_dropout
+        labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
+        noisy = self.noise_scheduler.add_noise(images, noise, timesteps)
+        device = self.accelerator.device
+        return noisy.to(device), noise.to(device), timesteps.to(device), labels.to(device)
+
+    def train_step(self, log: bool) -> dict[str, torch.Tensor]:
+        """One optimizer step (all its micro-steps); returns the terms averaged over micro-steps (detached)."""
+        acc = self.accelerator
+        train = self.config.train
+        totals: dict[str, torch.Tensor] = {}
+        for k in range(train.gradient_accumulation_steps):
+            micro = self.step * train.gradient_accumulation_steps + k
+            noisy, noise, timesteps, labels = self.micro_batch(micro)
+            with acc.accumulate(self.objective), acc.autocast():
+                out = self.objective(noisy, noise, timesteps, labels, block_errors=log)
+                acc.backward(out["loss"])
+                if acc.sync_gradients and train.max_grad_norm > 0:
+                    acc.clip_grad_norm_([p for p in self.objective.parameters() if p.requires_grad], train.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            if log:
+                for key, value in out.items():
+                    value = value.detach().float() / train.gradient_accumulation_steps
+                    totals[key] = totals[key] + value if key in totals else value
+        self.lr_scheduler.step()
+        if self.ema is not None:
+            self.ema.step(self.objective_module.parameters())
+        self.step += 1
+        return totals
+
+    @property
+    def objective_module(self) -> TrainingObjective:
+        return self.accelerator.unwrap_model(self.objective)
+
+    # -------------------------------------------------------------------------------------------------- loop
+    def train(self, max_steps: int | None = None) -> dict[str, Any]:
+        """Train up to `max_steps` (default: the config's); returns the last logged record."""
+        acc = self.accelerator
+        train = self.config.train
+        end = train.max_steps if max_steps is None else max_steps
+        if acc.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self.config.save(self.output_dir / "experiment.json")
+        bar = tqdm(total=end, initial=self.step, disable=not self.progress, desc=train.mode, dynamic_ncols=True)
+        record: dict[str, Any] = {"step": self.step}
+        started = time.perf_counter()
+        while self.step < end:
+            log = (self.step + 1) % train.log_every == 0 or self.step + 1 == end
+            terms = self.train_step(log)
+            bar.update(1)
+            if log:
+                record = self._log(terms, time.perf_counter() - started)
+                bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if isinstance(v, float) and k != "lr"})
+            if train.checkpoint_every and self.step % train.checkpoint_every == 0:
+                self.save_checkpoint()
+        bar.close()
+        acc.wait_for_everyone()
+        return record
+
+    def _log(self, terms: dict[str, torch.Tensor], elapsed: float) -> dict[str, Any]:
+        acc = self.accelerator
+        record: dict[str, Any] = {"step": self.step, "lr": self.lr_scheduler.get_last_lr()[0], "time_s": round(elapsed, 3)}
+        for key in sorted(terms):
+            value = acc.reduce(terms[key].to(acc.device), reduction="mean").cpu()
+            record[key] = value.item() if value.ndim == 0 else [round(v, 6) for v in value.tolist()]
+        if acc.is_main_process:
+            with self.log_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        return record
+
+    # --------------------------------------------------------------------------------------------- saving
+    def checkpoint_dir(self, step: int | None = None) -> Path:
+        return self.output_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{self.step if step is None else step:07d}"
+
+    def save_checkpoint(self) -> Path:
+        """`accelerator.save_state` + the step number; keeps the newest `checkpoints_total_limit` checkpoints."""
+        acc = self.accelerator
+        folder = self.checkpoint_dir()
+        acc.save_state(str(folder))
+        if acc.is_main_process:
+            (folder / STATE_FILE).write_text(json.dumps({"step": self.step}) + "\n")
+            old = sorted((self.output_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*"))
+            for stale in old[: -self.config.train.checkpoints_total_limit]:
+                shutil.rmtree(stale)
+        acc.wait_for_everyone()
+        return folder
+
+    def load_checkpoint(self, folder: str | Path | None = None) -> int:
+        """Restore a checkpoint (default: the newest under `output_dir/checkpoints`); returns its step."""
+        if folder is None:
+            found = sorted((self.output_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*"))
+            if not found:
+                raise ValueError(f"no checkpoint to resume from under {str(self.output_dir / 'checkpoints')!r}")
+            folder = found[-1]
+        folder = Path(folder)
+        if not (folder / STATE_FILE).is_file():
+            raise ValueError(f"{str(folder)!r} is not a checkpoint of this trainer (no {STATE_FILE})")
+        self.accelerator.load_state(str(folder))
+        self.step = int(json.loads((folder / STATE_FILE).read_text())["step"])
+        return self.step
+
+    def save_pipeline(self, folder: str | Path | None = None, use_ema: bool = True) -> Path:
+        """Save an `EarlyExitDiTPipeline` folder (pixel space, DDPM scheduler) with the EMA weights if any."""
+        from ..pipelines import EarlyExitDiTPipeline
+
+        folder = Path(folder) if folder is not None else self.output_dir / "pipeline"
+        acc = self.accelerator
+        module = self.objective_module
+        swap = use_ema and self.ema is not None
+        if swap:
+            self.ema.store(module.parameters())
+            self.ema.copy_to(module.parameters())
+        try:
+            if acc.is_main_process:
+                pipe = EarlyExitDiTPipeline(
+                    transformer=module.transformer,
+                    scheduler=make_noise_scheduler(self.config.train),
+                    vae=None,
+                    exit_heads=module.heads,
+                    id2label=self.dataset.id2label(),
+                    exit_config=self.config.exit_config,
+                )
+                pipe.save_pretrained(str(folder))
+        finally:
+            if swap:
+                self.ema.restore(module.parameters())
+        acc.wait_for_everyone()
+        return folder
+
+
+def train(config: ExperimentConfig, output_dir: str | Path, *, resume: str | None = None, cpu: bool = False,
+          progress: bool = True) -> Trainer:
+    """Train `config` into `output_dir` (resume: a checkpoint folder or "latest"), save the pipeline; return the trainer."""
+    trainer = Trainer(config, output_dir, cpu=cpu, progress=progress)
+    if resume is not None:
+        trainer.load_checkpoint(None if resume == "latest" else resume)
+    trainer.train()
+    if config.train.checkpoint_every:
+        trainer.save_checkpoint()
+    trainer.save_pipeline()
+    return trainer
