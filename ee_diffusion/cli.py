@@ -42,11 +42,26 @@ def _run_bench_engine(args: argparse.Namespace) -> int:
     return engine_bench.main(argv)
 
 
+def _add_train(subparsers) -> None:
+    from .training.cli import add_train_arguments
+
+    parser = subparsers.add_parser("train", help="train a model from an experiment config: --config experiment.json")
+    add_train_arguments(parser)
+    parser.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .training.cli import run_train
+
+    return run_train(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ee-diffusion", description="Early exit for diffusers denoisers.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_demo(subparsers)
     _add_bench_engine(subparsers)
+    _add_train(subparsers)
     return parser
 
 
