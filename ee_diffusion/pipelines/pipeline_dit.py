@@ -1,0 +1,358 @@
+"""`EarlyExitDiTPipeline`: class-conditional DiT sampling with early exit, latent or pixel space.
+
+The pipeline follows diffusers' pipeline contract (components registered with `register_modules`, a
+`check_inputs` that raises, `@torch.no_grad()` on `__call__`, an output dataclass) and leaves the exit
+mechanics to the engine: every call wraps its denoising loop in `early_exit(transformer, config, heads)`,
+which hooks the transformer for the duration of the call and restores it exactly afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, DiTTransformer2DModel
+from diffusers.schedulers import KarrasDiffusionSchedulers
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..config import EarlyExitConfig
+from ..engine import early_exit
+from ..heads import UncertaintyHeads
+from ..stats import ExitStats
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# Scheduler variance types that consume the model's learned-variance channels in `scheduler.step`.
+_LEARNED_VARIANCE = ("learned", "learned_range")
+
+
+@dataclass
+class EarlyExitPipelineOutput(BaseOutput):
+    """Output of `EarlyExitDiTPipeline`.
+
+    Attributes:
+        images: the samples in [0, 1]: a list of `PIL.Image` (`output_type="pil"`), a (B, H, W, C) float32
+            array (`"np"`) or a (B, C, H, W) tensor (`"pt"`); with `"latent"`, the final latents (B, C, h, w)
+            before decoding (pixel space: the raw samples, neither clamped nor rescaled).
+        exit_stats: blocks run at every model call of the run, per row (guided runs: B conditional rows
+            followed by their B unconditional partners); see `ExitStats`.
+    """
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    exit_stats: ExitStats
+
+
+class EarlyExitDiTPipeline(DiffusionPipeline):
+    r"""Class-conditional image generation with a DiT whose denoiser may stop early.
+
+    A drop-in extension of diffusers' `DiTPipeline`: it loads a folder saved by `DiTPipeline`, and with exits
+    off it computes exactly what `DiTPipeline` computes. On top of that it accepts an exit policy per call
+    (or a pipeline default saved in `model_index.json`), optional DeeDiff uncertainty heads, and works without
+    a VAE (the transformer then denoises images in [-1, 1] directly).
+
+    Args:
+        transformer: the class-conditional `DiTTransformer2DModel`. Its `num_embeds_ada_norm` is the number of
+            classes and also the id of the null class used for classifier-free guidance.
+        scheduler: any diffusers scheduler (DDPM, DDIM, DPM-Solver, Euler, Heun, ...).
+        vae: `AutoencoderKL` for latent-space models, or `None` for pixel-space models.
+        exit_heads: `UncertaintyHeads` made for `transformer`; needed by uncertainty policies only.
+        id2label: optional `{class id: "name, other name"}` map for `get_label_ids`.
+        exit_config: the default exit config as a dict (`EarlyExitConfig.to_dict()`) or an `EarlyExitConfig`;
+            used by calls that pass no `exit_config`. `None` means never exit.
+
+    ```py
+    >>> import torch
+    >>> from diffusers import DDIMScheduler
+    >>> from ee_diffusion import EarlyExitConfig
+    >>> from ee_diffusion.pipelines import EarlyExitDiTPipeline
+    >>> from ee_diffusion.schedules import StaticDepth
+    >>> from ee_diffusion.testing import tiny_dit
+    >>> pipe = EarlyExitDiTPipeline(transformer=tiny_dit(num_layers=4), scheduler=DDIMScheduler())
+    >>> pipe.set_progress_bar_config(disable=True)
+    >>> out = pipe(class_labels=[1, 7], num_inference_steps=3, exit_config=EarlyExitConfig(policy=StaticDepth(2)),
+    ...            generator=torch.Generator().manual_seed(0), output_type="np")
+    >>> out.images.shape
+    (2, 8, 8, 1)
+    >>> out.exit_stats.num_calls, out.exit_stats.blocks_run[0].tolist(), out.exit_stats.depth_fraction
+    (3, [2, 2, 2, 2], 0.5)
+
+    ```
+    """
+
+    model_cpu_offload_seq = "transformer->vae"
+    _optional_components = ["vae", "exit_heads"]
+    # The heads run inside the transformer's forward; keep them on the execution device under CPU offload.
+    _exclude_from_cpu_offload = ["exit_heads"]
+
+    def __init__(
+        self,
+        transformer: DiTTransformer2DModel,
+        scheduler: KarrasDiffusionSchedulers,
+        vae: AutoencoderKL | None = None,
+        exit_heads: UncertaintyHeads | None = None,
+        id2label: dict | None = None,
+        exit_config: dict[str, Any] | EarlyExitConfig | None = None,
+    ) -> None:
+        super().__init__()
+        if exit_heads is not None and not isinstance(exit_heads, UncertaintyHeads):
+            raise TypeError(f"exit_heads must be UncertaintyHeads or None, got {type(exit_heads).__name__}")
+        if exit_heads is not None:
+            exit_heads.check_model(transformer)
+        self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae, exit_heads=exit_heads)
+
+        # JSON object keys are strings: store "id" -> "names" so that save/load round-trips unchanged.
+        self.labels: dict[str, int] = {}
+        if id2label is not None:
+            if not isinstance(id2label, dict):
+                raise TypeError(
+                    f"id2label must be a dict {{class id: 'name, other name'}}, got {type(id2label).__name__}"
+                )
+            id2label = {str(int(key)): str(value) for key, value in id2label.items()}
+            for key, names in id2label.items():
+                for name in names.split(","):
+                    self.labels[name.strip()] = int(key)
+            self.labels = dict(sorted(self.labels.items()))
+        self.register_to_config(id2label=id2label)
+        self.set_default_exit_config(exit_config)
+
+    # ------------------------------------------------------------------------------------------ configuration
+    @property
+    def default_exit_config(self) -> EarlyExitConfig:
+        """The exit config used by calls without `exit_config` (a fresh copy; `EarlyExitConfig()` if none)."""
+        data = self.config.get("exit_config")
+        return EarlyExitConfig() if data is None else EarlyExitConfig.from_dict(copy.deepcopy(dict(data)))
+
+    def set_default_exit_config(self, config: EarlyExitConfig | dict[str, Any] | None) -> None:
+        """Set the default exit config; it is saved in `model_index.json` by `save_pretrained`."""
+        if isinstance(config, dict):
+            config = EarlyExitConfig.from_dict(config)
+        if config is not None and not isinstance(config, EarlyExitConfig):
+            raise TypeError(f"exit_config must be an EarlyExitConfig, a dict or None, got {type(config).__name__}")
+        # A deep copy: the saved dict must not share lists with a policy the caller may still change.
+        self.register_to_config(exit_config=None if config is None else copy.deepcopy(config.to_dict()))
+
+    @property
+    def num_classes(self) -> int:
+        """Number of real classes; the id `num_classes` itself is the null class (guidance)."""
+        return int(self.transformer.config.num_embeds_ada_norm)
+
+    @property
+    def is_pixel_space(self) -> bool:
+        return self.vae is None
+
+    def get_label_ids(self, labels: str | Sequence[str]) -> list[int]:
+        """Map label names (from `id2label`) to class ids; one name or a list of names.
+
+        Raises `ValueError` listing every unknown name.
+        """
+        if not self.labels:
+            raise ValueError("this pipeline has no label names; pass `id2label={id: 'name'}` when building it")
+        if isinstance(labels, str):
+            labels = [labels]
+        unknown = [name for name in labels if name not in self.labels]
+        if unknown:
+            raise ValueError(f"unknown labels {unknown}; known labels: {sorted(self.labels)}")
+        return [self.labels[name] for name in labels]
+
+    # -------------------------------------------------------------------------------------------- validation
+    def _label_tensor(self, class_labels: Any) -> torch.Tensor:
+        """Validate `class_labels` and return them as a (B,) long tensor on the CPU."""
+        allowed = f"an int or a non-empty list/tuple/1-D tensor of ints in [0, {self.num_classes})"
+        if isinstance(class_labels, str):
+            raise TypeError(
+                f"class_labels must be {allowed}, got the string {class_labels!r}; "
+                f"map names to ids with pipe.get_label_ids(...)"
+            )
+        if isinstance(class_labels, torch.Tensor):
+            if class_labels.ndim > 1 or class_labels.dtype.is_floating_point or class_labels.dtype.is_complex \
+                    or class_labels.dtype == torch.bool:
+                raise TypeError(
+                    f"class_labels must be {allowed}, got a {class_labels.dtype} tensor of shape "
+                    f"{tuple(class_labels.shape)}"
+                )
+            labels = class_labels.detach().reshape(-1).cpu().long()
+        elif isinstance(class_labels, Integral) and not isinstance(class_labels, bool):
+            labels = torch.tensor([int(class_labels)])
+        elif isinstance(class_labels, (list, tuple)):
+            bad = [v for v in class_labels if isinstance(v, bool) or not isinstance(v, Integral)]
+            if bad:
+                raise TypeError(f"class_labels must be {allowed}, got non-integer entries {bad!r}")
+            labels = torch.tensor([int(v) for v in class_labels], dtype=torch.long)
+        else:
+            raise TypeError(f"class_labels must be {allowed}, got {type(class_labels).__name__}")
+        if labels.numel() == 0:
+            raise ValueError(f"class_labels must be {allowed}, got an empty sequence")
+        out_of_range = labels[(labels < 0) | (labels >= self.num_classes)]
+        if out_of_range.numel():
+            raise ValueError(f"class_labels must be {allowed}, got out-of-range ids {out_of_range.tolist()}")
+        return labels
+
+    def check_inputs(
+        self,
+        class_labels: Any,
+        guidance_scale: Any,
+        num_inference_steps: Any,
+        latents: Any,
+        exit_config: Any,
+        output_type: Any,
+    ) -> torch.Tensor:
+        """Raise `ValueError`/`TypeError` naming the bad value and the allowed ones; return the (B,) labels."""
+        labels = self._label_tensor(class_labels)
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, Integral):
+            raise TypeError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        allowed = "a finite number >= 0 (guidance is on when > 1)"
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, Real):
+            raise TypeError(f"guidance_scale must be {allowed}, got {guidance_scale!r}")
+        if not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be {allowed}, got {guidance_scale!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if latents is not None:
+            if not isinstance(latents, torch.Tensor):
+                raise TypeError(f"latents must be a torch.Tensor or None, got {type(latents).__name__}")
+            config = self.transformer.config
+            expected = (labels.numel(), config.in_channels, config.sample_size, config.sample_size)
+            if tuple(latents.shape) != expected:
+                raise ValueError(
+                    f"latents must have shape (batch, channels, height, width) = {expected} for "
+                    f"{labels.numel()} labels, got {tuple(latents.shape)}"
+                )
+        if exit_config is not None and not isinstance(exit_config, EarlyExitConfig):
+            raise TypeError(f"exit_config must be an EarlyExitConfig or None, got {type(exit_config).__name__}")
+        config = exit_config if exit_config is not None else self.default_exit_config
+        if config.policy is not None and config.policy.needs_certainty and self.exit_heads is None:
+            raise ValueError(
+                f"the exit policy {type(config.policy).__name__} needs uncertainty heads, but this pipeline has "
+                f"exit_heads=None; build it with `exit_heads=UncertaintyHeads...` or load it with "
+                f"`from_pretrained(folder, exit_heads=heads)`"
+            )
+        return labels
+
+    # ------------------------------------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: int | Sequence[int] | torch.Tensor,
+        guidance_scale: float = 4.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int = 50,
+        latents: torch.Tensor | None = None,
+        exit_config: EarlyExitConfig | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> EarlyExitPipelineOutput | tuple:
+        r"""Generate one image per class label.
+
+        Args:
+            class_labels: class ids in `[0, num_classes)`: an int, or a list/tuple/1-D tensor of ints. Names
+                map to ids with `get_label_ids`.
+            guidance_scale: classifier-free guidance weight; guidance is on when `> 1` (the batch then runs
+                every row twice, with its label and with the null class `num_classes`).
+            generator: `torch.Generator`(s) for the initial noise and for stochastic schedulers.
+            num_inference_steps: number of denoising steps (Heun-type schedulers call the model about twice per
+                step; the loop follows `scheduler.timesteps`).
+            latents: optional initial noise of shape (B, C, H, W), scaled by the scheduler's
+                `init_noise_sigma` like freshly drawn noise.
+            exit_config: the exit policy for this call; `None` uses `default_exit_config`.
+            output_type: `"pil"`, `"np"`, `"pt"` or `"latent"`.
+            return_dict: return an `EarlyExitPipelineOutput` (else a tuple `(images, exit_stats)`).
+
+        Returns:
+            `EarlyExitPipelineOutput` with `images` and `exit_stats` (every model call of the run).
+
+        ```py
+        >>> import torch
+        >>> from diffusers import DDIMScheduler
+        >>> from ee_diffusion.pipelines import EarlyExitDiTPipeline
+        >>> from ee_diffusion.testing import tiny_dit
+        >>> pipe = EarlyExitDiTPipeline(transformer=tiny_dit(num_layers=2), scheduler=DDIMScheduler())
+        >>> pipe.set_progress_bar_config(disable=True)
+        >>> images = pipe(class_labels=3, num_inference_steps=2, output_type="pil").images
+        >>> images[0].size, images[0].mode
+        ((8, 8), 'L')
+
+        ```
+        """
+        labels = self.check_inputs(
+            class_labels, guidance_scale, num_inference_steps, latents, exit_config, output_type
+        )
+        config = exit_config if exit_config is not None else self.default_exit_config
+        device = self._execution_device
+        dtype = self.transformer.dtype
+        batch_size = labels.numel()
+        channels = self.transformer.config.in_channels
+        size = self.transformer.config.sample_size
+        guided = guidance_scale > 1
+
+        # 1. Initial noise (B, C, H, W).
+        if latents is None:
+            latents = randn_tensor((batch_size, channels, size, size), generator=generator, device=device, dtype=dtype)
+        else:
+            latents = latents.to(device=device, dtype=dtype)
+        latents = latents * self.scheduler.init_noise_sigma
+
+        # 2. Labels: guided batches are [x; x] with labels [y; null] - the layout DiTPipeline uses and the engine
+        #    recognises as classifier-free-guidance pairs (`EarlyExitConfig.cfg_pairing`).
+        labels = labels.to(device)
+        if guided:
+            null = torch.full_like(labels, self.num_classes)
+            labels = torch.cat([labels, null])
+
+        # 3. Timesteps, and the extra arguments this scheduler's `step` takes.
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        step_kwargs = {}
+        if "generator" in inspect.signature(self.scheduler.step).parameters:
+            step_kwargs["generator"] = generator
+        learned_sigma = self.transformer.config.out_channels == 2 * channels
+        keep_sigma = learned_sigma and self.scheduler.config.get("variance_type") in _LEARNED_VARIANCE
+
+        # 4. Denoising loop, with the transformer hooked for this call only.
+        with early_exit(self.transformer, config, heads=self.exit_heads) as exit_stats:
+            for t in self.progress_bar(self.scheduler.timesteps):
+                model_input = self.scheduler.scale_model_input(latents, t)
+                if guided:
+                    model_input = torch.cat([model_input, model_input])
+                timestep = t.to(device).expand(model_input.shape[0])  # (B,) or (2B,)
+                noise_pred = self.transformer(model_input, timestep=timestep, class_labels=labels).sample
+
+                # Guidance acts on the noise channels only; a learned variance (the second half of the channels
+                # of a learned-sigma model) is taken from the conditional rows, as in the DiT reference code.
+                eps, sigma = noise_pred[:, :channels], noise_pred[:, channels:]
+                if guided:
+                    cond_eps, uncond_eps = eps.chunk(2)
+                    eps = uncond_eps + guidance_scale * (cond_eps - uncond_eps)
+                    sigma = sigma[:batch_size]
+                model_output = torch.cat([eps, sigma], dim=1) if keep_sigma else eps
+
+                latents = self.scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
+
+        # 5. Decode: latent space through the VAE, pixel space as is; both map [-1, 1] to [0, 1].
+        if output_type == "latent":
+            images = latents
+        else:
+            if self.vae is not None:
+                # `latents * (1 / scaling_factor)` rather than `/`: the exact arithmetic of DiTPipeline.
+                latents = latents.to(self.vae.dtype) * (1 / self.vae.config.scaling_factor)
+                samples = self.vae.decode(latents).sample
+            else:
+                samples = latents
+            images = (samples / 2 + 0.5).clamp(0, 1)
+            if output_type != "pt":
+                images = images.cpu().permute(0, 2, 3, 1).float().numpy()
+                if output_type == "pil":
+                    images = self.numpy_to_pil(images)
+
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, exit_stats
+        return EarlyExitPipelineOutput(images=images, exit_stats=exit_stats)
