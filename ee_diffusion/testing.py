@@ -25,6 +25,7 @@ def tiny_dit(
     >>> model = tiny_dit(num_layers=4)
     >>> len(model.transformer_blocks), model.training
     (4, False)
+
     ```
     """
     if width % heads:
@@ -34,7 +35,7 @@ def tiny_dit(
         num_attention_heads=heads,
         attention_head_dim=width // heads,
         in_channels=in_channels,
-        out_channels=2 * in_channels if learn_sigma else None,
+        out_channels=2 * in_channels if learn_sigma else in_channels,
         num_layers=num_layers,
         sample_size=sample_size,
         patch_size=2,
