@@ -20,8 +20,9 @@ class EarlyExitConfig:
             exits: the model then computes exactly what the stock model computes.
         cfg_pairing: when the batch holds classifier-free-guidance pairs (the second half repeats the first
             half's latents and timesteps with the null class), `"together"` makes a conditional row and its
-            unconditional partner exit at the same block - the later of the two - so the guided prediction
-            mixes two outputs of equal depth; `"independent"` lets each half decide alone (DeeDiff authors'
+            unconditional partner exit together, at the first block where the policy lets both stop, so the
+            guided prediction mixes two outputs of equal depth (timestep policies give both halves the same
+            depth anyway); `"independent"` lets each half decide alone (DeeDiff authors'
             behaviour). Pairs are recognised from the inputs, so this also works on a stock `DiTPipeline`.
 
     ```py
@@ -30,6 +31,7 @@ class EarlyExitConfig:
     >>> config = EarlyExitConfig(policy=TimestepSchedule(boundaries=[500], depths=[8, 4]))
     >>> EarlyExitConfig.from_dict(config.to_dict()) == config
     True
+
     ```
     """
 
@@ -39,6 +41,11 @@ class EarlyExitConfig:
     def __post_init__(self) -> None:
         if isinstance(self.policy, dict):
             self.policy = policy_from_dict(self.policy)
+        if isinstance(self.policy, type):
+            raise TypeError(
+                f"policy must be an ExitPolicy protocol instance, got the class {self.policy.__name__}; "
+                f"instantiate it, e.g. {self.policy.__name__}(...)"
+            )
         if self.policy is not None and not (
             callable(getattr(self.policy, "exit_mask", None)) and hasattr(self.policy, "needs_certainty")
         ):

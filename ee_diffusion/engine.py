@@ -2,8 +2,9 @@
 
 Two kinds of hook do the work:
 
-- a model hook (`pre_forward`/`post_forward` on the model) opens a fresh `_CallState` at every model call -
-  batch size, per-row timesteps, the exit plan - and records the exit statistics when the call ends;
+- a model hook (`new_forward` on the model) opens a fresh `_CallState` at every model call - batch size,
+  per-row timesteps, the exit plan - records the exit statistics when the call ends, and drops the state
+  when the call raises;
 - a block hook (`new_forward` on every block) runs the block on the rows that are still active only, asks
   the policy which of them stop, parks the stopped rows' hidden states and hands the smaller batch on.
 
@@ -119,7 +120,9 @@ class _EarlyExitEngine:
         device = depths.device
         plan: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] = [None] * n
         active = torch.arange(state.batch_size)
-        for block in range(lo - 1, hi - 1):
+        # Up to and including block hi-1, where the deepest rows leave (the last block needs no entry: its
+        # output is scattered back anyway).
+        for block in range(lo - 1, min(hi, n - 1)):
             leaving = host[active] == block + 1  # (A,) bool, on the CPU
             if leaving.any():
                 plan[block] = (
@@ -251,11 +254,14 @@ class _ModelHook(ModelHook):
         super().__init__()
         self.engine = engine
 
-    def pre_forward(self, module: nn.Module, *args, **kwargs):
-        self.engine.begin(args, kwargs)
-        return args, kwargs
-
-    def post_forward(self, module: nn.Module, output: Any) -> Any:
+    def new_forward(self, module: nn.Module, *args, **kwargs):
+        try:
+            self.engine.begin(args, kwargs)
+            output = self.fn_ref.original_forward(*args, **kwargs)
+        except BaseException:
+            # Drop the half-finished call: a stale state would hijack later direct block calls.
+            self.engine.call = None
+            raise
         self.engine.end()
         return output
 
@@ -332,6 +338,7 @@ def apply_early_exit(
     >>> get_exit_stats(model).blocks_run[0].tolist()
     [4, 2]
     >>> remove_early_exit(model)
+
     ```
     """
     config = EarlyExitConfig() if config is None else config

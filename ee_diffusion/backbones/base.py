@@ -62,10 +62,13 @@ class BackboneAdapter:
         if timestep is None:
             raise ValueError("early exit needs the model's `timestep` argument; it was not given")
         timestep = torch.as_tensor(timestep, device=hidden.device)
-        if timestep.ndim == 0:
-            timestep = timestep.expand(batch)
+        if timestep.ndim == 0 or timestep.shape == (1,):
+            # One timestep for the whole batch; the stock models broadcast a (1,) timestep too.
+            timestep = timestep.reshape(1).expand(batch)
         if timestep.shape != (batch,):
-            raise ValueError(f"timestep must be a scalar or have shape ({batch},), got {tuple(timestep.shape)}")
+            raise ValueError(
+                f"timestep must be a scalar or have shape (1,) or ({batch},), got {tuple(timestep.shape)}"
+            )
         return batch, timestep.float()
 
     def is_cfg_pair_batch(self, inputs: dict[str, Any], timesteps: torch.Tensor) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -84,5 +85,19 @@ def policy_from_dict(data: dict[str, Any]) -> ExitPolicy:
         raise ValueError(
             f"unknown policy type {kind!r}; known types: {', '.join(sorted(SerializablePolicy.registry))}"
         )
+    cls = SerializablePolicy.registry[kind]
     kwargs = {k: v for k, v in data.items() if k != "type"}
-    return SerializablePolicy.registry[kind](**kwargs)
+    if dataclasses.is_dataclass(cls):
+        fields = [f for f in dataclasses.fields(cls) if f.init]
+        allowed = sorted(f.name for f in fields)
+        unknown = sorted(set(kwargs) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown {kind} fields {unknown}; allowed: {allowed}")
+        missing = [
+            f.name
+            for f in fields
+            if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        if missing:
+            raise ValueError(f"{kind} needs the fields {missing}, got {data!r}")
+    return cls(**kwargs)

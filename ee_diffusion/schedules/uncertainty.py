@@ -37,6 +37,7 @@ class UncertaintyThreshold(SerializablePolicy):
     >>> policy = UncertaintyThreshold(0.9, per_timestep={"boundaries": [500], "thresholds": [0.95, 0.85]})
     >>> policy.needs_certainty
     True
+
     ```
     """
 
@@ -56,9 +57,13 @@ class UncertaintyThreshold(SerializablePolicy):
                     "per_timestep must be a dict with exactly the keys 'boundaries' and 'thresholds', "
                     f"got {self.per_timestep!r}"
                 )
+            for key in ("boundaries", "thresholds"):
+                value = self.per_timestep[key]
+                if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+                    raise ValueError(f"per_timestep {key!r} must be a list of numbers, got {value!r}")
             boundaries = list(self.per_timestep["boundaries"])
             thresholds = [_check_threshold(c, "every per_timestep threshold") for c in self.per_timestep["thresholds"]]
-            if any(not isinstance(b, (int, float)) or isinstance(b, bool) for b in boundaries):
+            if any(not isinstance(b, (int, float)) or isinstance(b, bool) or b != b for b in boundaries):
                 raise ValueError(f"per_timestep boundaries must be numbers, got {boundaries!r}")
             if any(b1 >= b2 for b1, b2 in zip(boundaries, boundaries[1:])):
                 raise ValueError(f"per_timestep boundaries must be strictly increasing, got {boundaries!r}")
