@@ -22,12 +22,14 @@ _EXPORTS = {
     "early_exit": "ee_diffusion.engine",
     "is_early_exit_applied": "ee_diffusion.engine",
     "EarlyExitDiTPipeline": "ee_diffusion.pipelines",
+    "load_default_pipeline": "ee_diffusion.default_model",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from .config import EarlyExitConfig
+    from .default_model import load_default_pipeline
     from .engine import (
         apply_early_exit,
         early_exit,

@@ -24,6 +24,7 @@ TRAIN_MODES = ("scratch", "deediff", "heads", "ase")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 LR_SCHEDULES = ("constant", "cosine")
+SAMPLING_SCHEDULERS = ("ddim", "ddpm")
 
 
 def _int(value: Any, name: str, low: int = 1) -> int:
@@ -172,14 +173,17 @@ class TrainConfig:
 
 @dataclass
 class ExperimentConfig:
-    """Dataset + model + training, and the exit config stored as default in the saved pipelines."""
+    """Dataset + model + training; the saved pipelines get `exit_config` as their default exit config and a
+    `sampling_scheduler` ("ddim" or "ddpm") with the training noise schedule."""
 
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     exit_config: dict[str, Any] | None = None
+    sampling_scheduler: str = "ddim"
 
     def __post_init__(self) -> None:
+        _choice(self.sampling_scheduler, "sampling_scheduler", SAMPLING_SCHEDULERS)
         self.dataset = _from_dict(DatasetConfig, self.dataset, "dataset config")
         self.model = _from_dict(ModelConfig, self.model, "model config")
         self.train = _from_dict(TrainConfig, self.train, "train config")
@@ -194,6 +198,7 @@ class ExperimentConfig:
             "model": {f.name: getattr(self.model, f.name) for f in fields(self.model)},
             "train": self.train.to_dict(),
             "exit_config": self.exit_config,
+            "sampling_scheduler": self.sampling_scheduler,
         }
 
     @classmethod

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
-from diffusers import DDPMScheduler, DiTTransformer2DModel
+from diffusers import DDIMScheduler, DDPMScheduler, DiTTransformer2DModel
 from diffusers.training_utils import EMAModel
 from torch import nn
 from tqdm.auto import tqdm
@@ -139,6 +139,12 @@ def freeze_for_mode(transformer: nn.Module, mode: str) -> None:
 
 def make_noise_scheduler(config: TrainConfig) -> DDPMScheduler:
     return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule)
+
+
+def make_sampling_scheduler(config: ExperimentConfig) -> DDPMScheduler | DDIMScheduler:
+    """The scheduler saved with the pipeline: the training noise schedule, DDIM or DDPM sampling."""
+    noise = make_noise_scheduler(config.train)
+    return noise if config.sampling_scheduler == "ddpm" else DDIMScheduler.from_config(noise.config)
 
 
 def lr_factor(config: TrainConfig):
@@ -345,7 +351,7 @@ class Trainer:
         return self.step
 
     def save_pipeline(self, folder: str | Path | None = None, use_ema: bool = True) -> Path:
-        """Save an `EarlyExitDiTPipeline` folder (pixel space, DDPM scheduler) with the EMA weights if any."""
+        """Save an `EarlyExitDiTPipeline` folder (pixel space) with the EMA weights if any."""
         from ..pipelines import EarlyExitDiTPipeline
 
         folder = Path(folder) if folder is not None else self.output_dir / "pipeline"
@@ -359,7 +365,7 @@ class Trainer:
             if acc.is_main_process:
                 pipe = EarlyExitDiTPipeline(
                     transformer=module.transformer,
-                    scheduler=make_noise_scheduler(self.config.train),
+                    scheduler=make_sampling_scheduler(self.config),
                     vae=None,
                     exit_heads=module.heads,
                     id2label=self.dataset.id2label(),

@@ -1,0 +1,43 @@
+"""The shipped default model: a class-conditional DiT on 8x8 digits with DeeDiff exit heads.
+
+It lives in `ee_diffusion/assets/digits-dit/` as an `EarlyExitDiTPipeline` folder (fp16 safetensors + JSON,
+loaded as float32), with its recommended exit config as the pipeline's default. How it was trained and how it
+scores: `assets/digits-dit/TRAINING.md`; to rebuild it: `scripts/train_default_model.sh`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from .pipelines import EarlyExitDiTPipeline
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "digits-dit"
+
+
+def load_default_pipeline(device: str | torch.device | None = None) -> "EarlyExitDiTPipeline":
+    """Load the shipped digits pipeline (transformer, DDIM scheduler, exit heads, default exit config).
+
+    ```py
+    >>> from ee_diffusion import load_default_pipeline
+    >>> pipe = load_default_pipeline()
+    >>> pipe.set_progress_bar_config(disable=True)
+    >>> out = pipe(class_labels=[3, 7], num_inference_steps=5, output_type="np")
+    >>> out.images.shape, pipe.exit_heads is not None
+    ((2, 8, 8, 1), True)
+
+    ```
+    """
+    from .pipelines import EarlyExitDiTPipeline
+
+    if not (DEFAULT_MODEL_DIR / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"the default model is missing from {str(DEFAULT_MODEL_DIR)!r}; rebuild it with "
+            f"scripts/train_default_model.sh"
+        )
+    # Weights are stored in fp16 to keep the package small; diffusers loads them into float32 modules.
+    pipe = EarlyExitDiTPipeline.from_pretrained(str(DEFAULT_MODEL_DIR))
+    return pipe if device is None else pipe.to(device)
