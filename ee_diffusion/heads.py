@@ -29,6 +29,7 @@ class UncertaintyHeads(ModelMixin, ConfigMixin):
     >>> heads = UncertaintyHeads.from_model(model)
     >>> heads.config.num_blocks, heads.config.out_channels
     (2, 1)
+
     ```
     """
 

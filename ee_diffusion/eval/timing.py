@@ -29,6 +29,7 @@ def interleaved_timings(
     >>> times = interleaved_timings({"a": lambda: sum(range(100)), "b": lambda: None}, repeats=3, warmup=1)
     >>> sorted(times), len(times["a"])
     (['a', 'b'], 3)
+
     ```
     """
     if repeats < 1 or warmup < 0:

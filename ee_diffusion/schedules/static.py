@@ -52,6 +52,7 @@ class StaticDepth(_PlannedPolicy):
     >>> from ee_diffusion.schedules import StaticDepth
     >>> StaticDepth(depth=4).to_dict()
     {'type': 'StaticDepth', 'depth': 4}
+
     ```
     """
 
@@ -84,6 +85,7 @@ class TimestepSchedule(_PlannedPolicy):
     >>> s = TimestepSchedule(boundaries=[500], depths=[8, 4])
     >>> s.plan_depths(torch.tensor([10.0, 499.0, 500.0, 999.0]), num_blocks=8).tolist()
     [8, 8, 4, 4]
+
     ```
     """
 
