@@ -40,6 +40,7 @@ def test_resume_matches_uninterrupted_run_exactly(tmp_path):
     first = Trainer(config, tmp_path / "split", progress=False)
     first.train(max_steps=2)
     first.save_checkpoint()
+    first.train(max_steps=3)  # logged past the checkpoint, then "crashed": the resumed run redoes step 3
     resumed = Trainer(config, tmp_path / "split", progress=False)
     assert resumed.load_checkpoint() == 2
     resumed.train()

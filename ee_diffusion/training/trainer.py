@@ -348,6 +348,11 @@ class Trainer:
             raise ValueError(f"{str(folder)!r} is not a checkpoint of this trainer (no {STATE_FILE})")
         self.accelerator.load_state(str(folder))
         self.step = int(json.loads((folder / STATE_FILE).read_text())["step"])
+        if self.accelerator.is_main_process and self.log_path.is_file():
+            # Drop records logged after the checkpoint: the resumed run logs those steps again.
+            kept = [line for line in self.log_path.read_text().splitlines() if json.loads(line)["step"] <= self.step]
+            self.log_path.write_text("".join(line + "\n" for line in kept))
+        self.accelerator.wait_for_everyone()
         return self.step
 
     def save_pipeline(self, folder: str | Path | None = None, use_ema: bool = True) -> Path:
