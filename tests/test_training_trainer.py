@@ -137,3 +137,18 @@ def test_experiment_config_round_trip_and_validation(tmp_path):
         Trainer(_config(mode="ase"), tmp_path)
     with pytest.raises(ValueError, match="dataset images are 1x8x8 but the model takes 1x16x16"):
         Trainer(ExperimentConfig(model=ModelConfig(num_layers=1, width=16, num_heads=2, sample_size=16)), tmp_path)
+
+
+def test_cli_train_and_resume(tmp_path, capsys):
+    from ee_diffusion.cli import main
+
+    config = _config(max_steps=2, checkpoint_every=2)
+    config.save(tmp_path / "experiment.json")
+    out = tmp_path / "run"
+    args = ["train", "--config", str(tmp_path / "experiment.json"), "--output-dir", str(out), "--no-progress", "--cpu"]
+    assert main(args) == 0
+    assert (out / "pipeline" / "model_index.json").is_file()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert main(args + ["--resume", "latest", "--max-steps", "3"]) == 0
+    assert "trained 3 steps" in capsys.readouterr().out
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3]

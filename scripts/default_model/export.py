@@ -34,7 +34,9 @@ def candidates(num_blocks: int) -> dict[str, EarlyExitConfig]:
         policy=TimestepSchedule(boundaries=[250, 500, 750], depths=[8, 6, 4, 3]))
     for threshold in (0.6, 0.7, 0.8, 0.85, 0.9):
         configs[f"UncertaintyThreshold({threshold})"] = EarlyExitConfig(policy=UncertaintyThreshold(threshold))
-    return configs
+    # Keep the configs that fit this model (the depths above are for the 8-block default).
+    fits = lambda c: c.policy is None or not hasattr(c.policy, "plan_depths") or max(c.policy._all_depths()) <= num_blocks
+    return {name: config for name, config in configs.items() if fits(config)}
 
 
 def curve_rows(log: Path, every: int) -> list[dict]:
@@ -85,6 +87,9 @@ def main() -> None:
     pipe.transformer.to(torch.float16)
     pipe.exit_heads.to(torch.float16)
     pipe.save_pretrained(str(out))
+    index = json.loads((out / "model_index.json").read_text())
+    index.pop("_name_or_path", None)  # a path on the machine that trained it
+    (out / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     evaluation = {"classifier_held_out_accuracy": classifier.held_out_accuracy, "per_class": args.per_class,
                   "num_inference_steps": args.steps, "guidance_scale": args.guidance, "recommended": chosen, "results": results}
     (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
@@ -115,7 +120,7 @@ def training_md(evaluation: dict, logs: list[Path]) -> str:
         deediff = "uncertainty" in records[-1]
         lines += [f"## {log.parent.name} (`{log.name}`): {records[-1]['step']} steps, "
                   f"{records[-1]['time_s'] / 60:.1f} min wall", ""]
-        header = "| step | lr | loss | L_simple |" + (" L_u | L_UAL |" if deediff else "") + " per-block eps MSE (blocks 1..8) |"
+        header = "| step | lr | loss | L_simple |" + (" L_u | L_UAL |" if deediff else "") + f" per-block eps MSE (blocks 1..{len(records[-1].get('block_mse', []))}) |"
         lines += [header, "|" + "---|" * (header.count("|") - 1)]
         for r in rows:
             extra = f" {r['uncertainty']:.4f} | {r['ual']:.4f} |" if deediff else ""
