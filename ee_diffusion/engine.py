@@ -89,6 +89,7 @@ class _EarlyExitEngine:
         self.call = state
         if policy is None:
             return
+        self.adapter.check_call(inputs)
         if policy.needs_certainty:
             param = next(self.heads.parameters())
             if param.device != timesteps.device:
@@ -145,35 +146,37 @@ class _EarlyExitEngine:
             recorder.record(state.timesteps, state.exit_depth, state.cfg_paired)
 
     # ---------------------------------------------------------------------------------------------- block call
-    def run_block(self, index: int, forward: Callable, args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
+    def run_block(self, index: int, forward: Callable, args: tuple, kwargs: dict[str, Any]) -> Any:
         state = self.call
         if state is None or self.config.policy is None:
             return forward(*args, **kwargs)
-        inputs = self.adapter.named_block_inputs(args, kwargs)
+        adapter = self.adapter
+        inputs = adapter.named_block_inputs(args, kwargs)
         hidden = inputs.pop("hidden_states")
         if state.done:
             # Every row has exited: the block is not computed; the parked states flow on to the output head.
-            return hidden
+            return adapter.passthrough(hidden, inputs)
         if state.compacted:
             inputs = self._slice_inputs(state, inputs)
-        out = forward(hidden, **inputs)  # (A, L, D)
+        # out: (A, L, D); carried: what else the block returns (SD3: the text stream), None for DiT.
+        out, carried = adapter.split_block_output(forward(hidden, **inputs))
 
         if index == self.num_blocks - 1:
             if state.parked is None:
-                return out
+                return adapter.join_block_output(out, carried)
             state.parked.index_copy_(0, state.rows, out)
-            return state.parked
+            return adapter.join_block_output(state.parked, carried)
 
         if state.uniform_depth is not None:
             if index == state.uniform_depth - 1:
                 state.done = True  # all rows stop here; out is the full batch
-            return out
+            return adapter.join_block_output(out, carried)
         if state.plan is not None:
             step = state.plan[index]
             if step is None:
-                return out
-            return self._commit(state, out, *step)
-        return self._decide(state, index, out)
+                return adapter.join_block_output(out, carried)
+            return adapter.join_block_output(*self._commit(state, out, *step, carried=carried))
+        return adapter.join_block_output(*self._decide(state, index, out, carried))
 
     def _slice_inputs(self, state: _CallState, inputs: dict[str, Any]) -> dict[str, Any]:
         for name in self.adapter.batch_inputs:
@@ -185,15 +188,21 @@ class _EarlyExitEngine:
                 inputs[name] = cached
         return inputs
 
-    def _decide(self, state: _CallState, index: int, out: torch.Tensor) -> torch.Tensor:
-        """Dynamic policy: ask it which active rows stop after block `index`."""
+    def _decide(
+        self, state: _CallState, index: int, out: torch.Tensor, carried: Any = None, feature: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, Any]:
+        """Dynamic policy: ask it which active rows stop after block `index`; returns (hidden, carried).
+
+        `feature` is what the uncertainty head reads (default: `out`, the block's hidden state).
+        """
         policy = self.config.policy
         certainty = None
         if policy.needs_certainty:
             condition = None
             if state.condition is not None:
                 condition = state.condition.index_select(0, state.rows) if state.compacted else state.condition
-            certainty = self.heads(index, out, condition).float().mean(dim=(1, 2, 3))  # (A,)
+            feature = out if feature is None else feature
+            certainty = self.heads(index, feature, condition).float().mean(dim=(1, 2, 3))  # (A,)
         ctx = ExitContext(
             block_index=index,
             num_blocks=self.num_blocks,
@@ -219,10 +228,10 @@ class _EarlyExitEngine:
             mask = torch.cat([both, both])[state.rows]
         leaving = mask.nonzero().squeeze(1)  # the one host sync of a dynamic policy, per block
         if leaving.numel() == 0:
-            return out
+            return out, carried
         staying = (~mask).nonzero().squeeze(1)
         state.exit_depth[state.rows[leaving]] = index + 1
-        return self._commit(state, out, leaving, state.rows[leaving], staying)
+        return self._commit(state, out, leaving, state.rows[leaving], staying, carried=carried)
 
     def _commit(
         self,
@@ -231,22 +240,29 @@ class _EarlyExitEngine:
         leaving: torch.Tensor,
         leaving_rows: torch.Tensor,
         staying: torch.Tensor,
-    ) -> torch.Tensor:
-        """Park rows `leaving` (local indices into `out`; `leaving_rows` are their batch positions)."""
+        carried: Any = None,
+    ) -> tuple[torch.Tensor, Any]:
+        """Park rows `leaving` (local indices into `out`; `leaving_rows` are their batch positions).
+
+        Returns (hidden, carried) for the next block: the staying rows only, unless every row has left. A
+        carried stream (SD3's text tokens, (A, L_text, D)) is compacted with the hidden state.
+        """
         if staying.numel() == 0:
             state.done = True
             if state.parked is None:  # nobody left before, so `out` is the whole batch in order
-                return out
+                return out, carried
             state.parked.index_copy_(0, leaving_rows, out)
-            return state.parked
+            return state.parked, carried
         if state.parked is None:
             state.parked = out.new_empty((state.batch_size, *out.shape[1:]))
         state.parked.index_copy_(0, leaving_rows, out.index_select(0, leaving))
+        if isinstance(carried, torch.Tensor) and carried.ndim > 0 and carried.shape[0] == out.shape[0]:
+            carried = carried.index_select(0, staying)
         state.rows = state.rows.index_select(0, staying)
         state.active_timesteps = state.active_timesteps.index_select(0, staying)
         state.compacted = True
         state.sliced.clear()
-        return out.index_select(0, staying)
+        return out.index_select(0, staying), carried
 
 
 class _ModelHook(ModelHook):

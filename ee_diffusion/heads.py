@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
@@ -12,12 +13,17 @@ from .backbones.dit import unpatchify
 
 
 class UncertaintyHeads(ModelMixin, ConfigMixin):
-    """One certainty head per block of a transformer backbone.
+    """One certainty head per block (transformers) or per level (U-Nets) of a backbone.
 
-    Head i maps block i's *detached* hidden state (B, L, D) to a per-pixel, per-channel certainty map shaped
-    like the noise prediction (B, C, H, W), values in (0, 1): `sigmoid(Linear(D -> p*p*C))` on every patch
-    token, then unpatchified (the DeeDiff authors' code form). With `condition_dim > 0` each head also sees
-    the model's timestep embedding, concatenated to every token (the paper form `f(w^T [h_i, emb(t)] + b)`).
+    Transformers (`feature_channels=None`): head i maps block i's *detached* hidden state (B, L, D) to a
+    per-pixel, per-channel certainty map shaped like the noise prediction (B, C, H, W), values in (0, 1):
+    `sigmoid(Linear(D -> p*p*C))` on every patch token, then unpatchified (the DeeDiff authors' code form).
+    With `condition_dim > 0` each head also sees the model's timestep embedding, concatenated to every token
+    (the paper form `f(w^T [h_i, emb(t)] + b)`).
+
+    U-Nets (`feature_channels=[C_0, ..., C_{N-1}]`): head i reads level i's feature map (B, C_i, H/2^i, W/2^i)
+    - the output of down block i, before the part of the network an exit skips - and is
+    `sigmoid(Conv1x1(C_i -> C) [+ Linear(emb(t))])`, upsampled (nearest) to (B, C, H, W).
 
     The heads remember the shape of the model they were made for and refuse any other (`check_model`).
 
@@ -43,6 +49,7 @@ class UncertaintyHeads(ModelMixin, ConfigMixin):
         sample_size: int,
         condition_dim: int = 0,
         model_class: str = "DiTTransformer2DModel",
+        feature_channels: list[int] | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("num_blocks", num_blocks), ("hidden_dim", hidden_dim), ("patch_size", patch_size),
@@ -51,23 +58,32 @@ class UncertaintyHeads(ModelMixin, ConfigMixin):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if isinstance(condition_dim, bool) or not isinstance(condition_dim, int) or condition_dim < 0:
             raise ValueError(f"condition_dim must be an integer >= 0 (0 = no timestep input), got {condition_dim!r}")
-        self.heads = nn.ModuleList(
-            nn.Linear(hidden_dim + condition_dim, patch_size * patch_size * out_channels) for _ in range(num_blocks)
-        )
+        if feature_channels is None:
+            self.heads = nn.ModuleList(
+                nn.Linear(hidden_dim + condition_dim, patch_size * patch_size * out_channels) for _ in range(num_blocks)
+            )
+            return
+        if (
+            not isinstance(feature_channels, (list, tuple))
+            or len(feature_channels) != num_blocks
+            or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in feature_channels)
+        ):
+            raise ValueError(
+                f"feature_channels must be None (token heads) or a list of {num_blocks} positive integers "
+                f"(one per level), got {feature_channels!r}"
+            )
+        self.heads = nn.ModuleList(nn.Conv2d(c, out_channels, kernel_size=1) for c in feature_channels)
+        if condition_dim:
+            self.condition_proj = nn.ModuleList(nn.Linear(condition_dim, out_channels) for _ in feature_channels)
 
     @classmethod
     def from_model(cls, model: nn.Module, condition_on_timestep: bool = False) -> "UncertaintyHeads":
-        """Make heads shaped for `model` (a supported diffusers transformer)."""
+        """Make heads shaped for `model` (a supported diffusers model)."""
         adapter = get_adapter(model)
-        channels, height, _ = adapter.prediction_shape()
-        dim = adapter.hidden_dim()
+        fields = adapter.head_config()
         heads = cls(
-            num_blocks=adapter.num_blocks,
-            hidden_dim=dim,
-            patch_size=int(model.config.patch_size),
-            out_channels=channels,
-            sample_size=height,
-            condition_dim=dim if condition_on_timestep else 0,
+            **fields,
+            condition_dim=fields["hidden_dim"] if condition_on_timestep else 0,
             model_class=type(model).__name__,
         )
         param = next(model.parameters())
@@ -79,16 +95,7 @@ class UncertaintyHeads(ModelMixin, ConfigMixin):
         return self.config.condition_dim > 0
 
     def expected_config(self, model: nn.Module) -> dict:
-        adapter = get_adapter(model)
-        channels, height, _ = adapter.prediction_shape()
-        return {
-            "model_class": type(model).__name__,
-            "num_blocks": adapter.num_blocks,
-            "hidden_dim": adapter.hidden_dim(),
-            "patch_size": int(model.config.patch_size),
-            "out_channels": channels,
-            "sample_size": height,
-        }
+        return {"model_class": type(model).__name__, **get_adapter(model).head_config()}
 
     def check_model(self, model: nn.Module) -> None:
         """Raise `ValueError` listing every field where `model` differs from the model these heads fit."""
@@ -100,14 +107,30 @@ class UncertaintyHeads(ModelMixin, ConfigMixin):
     def forward(
         self, block_index: int, hidden_states: torch.Tensor, condition: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Certainty map of block `block_index`: (B, L, D) hidden [+ (B, D_c) condition] -> (B, C, H, W)."""
+        """Certainty map of block `block_index`: (B, L, D) hidden [+ (B, D_c) condition] -> (B, C, H, W).
+
+        U-Net heads take level `block_index`'s feature map (B, C_i, H_i, W_i) instead of tokens.
+        """
         if not 0 <= block_index < self.config.num_blocks:
             raise ValueError(f"block_index must be in 0..{self.config.num_blocks - 1}, got {block_index}")
         # Detached: the certainty loss must not train the backbone through the head's input.
         tokens = hidden_states.detach()
+        if self.config.feature_channels is not None:
+            return self._conv_head(block_index, tokens, condition)
         if self.conditioned:
             if condition is None:
                 raise ValueError("these heads are timestep-conditioned: pass the timestep embedding as `condition`")
             tokens = torch.cat([tokens, condition.detach()[:, None, :].expand(-1, tokens.shape[1], -1).to(tokens.dtype)], dim=-1)
         logits = self.heads[block_index](tokens)  # (B, L, p*p*C)
         return torch.sigmoid(unpatchify(logits, self.config.patch_size, self.config.out_channels))
+
+    def _conv_head(self, block_index: int, feature: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
+        logits = self.heads[block_index](feature)  # (B, C, H_i, W_i)
+        if self.conditioned:
+            if condition is None:
+                raise ValueError("these heads are timestep-conditioned: pass the timestep embedding as `condition`")
+            logits = logits + self.condition_proj[block_index](condition.detach().to(logits.dtype))[:, :, None, None]
+        # Level i is at 1/2^i of the sample's resolution; nearest upsampling keeps the per-row mean unchanged.
+        if block_index:
+            logits = F.interpolate(logits, scale_factor=2**block_index, mode="nearest")
+        return torch.sigmoid(logits)

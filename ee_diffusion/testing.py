@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from diffusers import DiTTransformer2DModel
+from diffusers import DiTTransformer2DModel, PixArtTransformer2DModel, SD3Transformer2DModel
 
 
 def tiny_dit(
@@ -47,4 +47,76 @@ def tiny_dit(
             param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
     for block in model.transformer_blocks:
         block.norm1.emb.class_embedder.dropout_prob = 0.0
+    return model.eval()
+
+
+def _randomise(model: torch.nn.Module, seed: int, scale: float = 0.2) -> None:
+    """Overwrite every parameter with N(0, scale^2): no zero-initialised gate makes a block the identity."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * scale)
+
+
+def tiny_pixart(
+    num_layers: int = 4, sample_size: int = 8, in_channels: int = 4, caption_channels: int = 16, seed: int = 0
+) -> PixArtTransformer2DModel:
+    """A randomly initialised PixArt transformer (width 16, 2 heads, patch 2) in eval mode.
+
+    Text embeddings have `caption_channels` features; the output has `2 * in_channels` channels (learned
+    variance, as PixArt-alpha).
+
+    ```py
+    >>> model = tiny_pixart(num_layers=2)
+    >>> len(model.transformer_blocks), model.config.out_channels
+    (2, 8)
+
+    ```
+    """
+    model = PixArtTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=in_channels,
+        out_channels=2 * in_channels,
+        num_layers=num_layers,
+        norm_num_groups=1,
+        cross_attention_dim=16,
+        sample_size=sample_size,
+        patch_size=2,
+        caption_channels=caption_channels,
+        use_additional_conditions=False,
+    )
+    _randomise(model, seed)
+    return model.eval()
+
+
+def tiny_sd3(
+    num_layers: int = 4, sample_size: int = 8, in_channels: int = 4, text_dim: int = 16, pooled_dim: int = 8,
+    seed: int = 0,
+) -> SD3Transformer2DModel:
+    """A randomly initialised SD3 MMDiT (width 16, 2 heads, patch 2) in eval mode.
+
+    Text tokens have `text_dim` features (`joint_attention_dim`), the pooled text embedding `pooled_dim`.
+
+    ```py
+    >>> model = tiny_sd3(num_layers=2)
+    >>> [block.context_pre_only for block in model.transformer_blocks]
+    [False, True]
+
+    ```
+    """
+    model = SD3Transformer2DModel(
+        sample_size=sample_size,
+        patch_size=2,
+        in_channels=in_channels,
+        num_layers=num_layers,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=text_dim,
+        caption_projection_dim=16,
+        pooled_projection_dim=pooled_dim,
+        out_channels=in_channels,
+        pos_embed_max_size=sample_size,
+    )
+    _randomise(model, seed)
     return model.eval()

@@ -6,8 +6,10 @@ from torch import nn
 
 from .base import BackboneAdapter
 from .dit import DiTAdapter
+from .pixart import PixArtAdapter
+from .sd3 import SD3Adapter
 
-ADAPTERS: tuple[type[BackboneAdapter], ...] = (DiTAdapter,)
+ADAPTERS: tuple[type[BackboneAdapter], ...] = (DiTAdapter, PixArtAdapter, SD3Adapter)
 
 
 def supported_model_classes() -> list[str]:
@@ -26,4 +28,11 @@ def get_adapter(model: nn.Module) -> BackboneAdapter:
     )
 
 
-__all__ = ["BackboneAdapter", "DiTAdapter", "get_adapter", "supported_model_classes"]
+__all__ = [
+    "BackboneAdapter",
+    "DiTAdapter",
+    "PixArtAdapter",
+    "SD3Adapter",
+    "get_adapter",
+    "supported_model_classes",
+]

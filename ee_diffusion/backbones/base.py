@@ -75,6 +75,46 @@ class BackboneAdapter:
         """Whether the batch is [conditional rows; their unconditional partners] (classifier-free guidance)."""
         return False
 
+    def latent_cfg_pair(self, inputs: dict[str, Any], timesteps: torch.Tensor) -> bool:
+        """Whether the batch is `cat([x, x])` with equal timesteps in both halves (one host sync).
+
+        Text-to-image pipelines (PixArt, SD3, Stable Diffusion) build their guidance batch this way, with the
+        negative and the positive prompt embeddings in the two halves; no null id marks the unconditional half.
+        """
+        hidden = inputs["hidden_states"]
+        batch = hidden.shape[0]
+        if batch % 2:
+            return False
+        half = batch // 2
+        return bool((timesteps[:half] == timesteps[half:]).all() & (hidden[:half] == hidden[half:]).all())
+
+    def check_call(self, inputs: dict[str, Any]) -> None:
+        """Raise `ValueError` for model-call arguments that early exit cannot honour (exits on only)."""
+
+    def split_block_output(self, output: Any) -> tuple[torch.Tensor, Any]:
+        """A block's return value -> (hidden state the engine compacts and parks, carried rest or None)."""
+        return output, None
+
+    def join_block_output(self, hidden_states: torch.Tensor, carried: Any) -> Any:
+        """Inverse of `split_block_output`: what the block hook returns to the model's forward."""
+        return hidden_states
+
+    def passthrough(self, hidden_states: torch.Tensor, inputs: dict[str, Any]) -> Any:
+        """What a block that is not computed (every row has exited) returns: its inputs, unchanged."""
+        return hidden_states
+
+    def head_config(self) -> dict[str, Any]:
+        """The shape fields `UncertaintyHeads` needs for this model (see `UncertaintyHeads.from_model`)."""
+        channels, height, _ = self.prediction_shape()
+        return {
+            "num_blocks": self.num_blocks,
+            "hidden_dim": self.hidden_dim(),
+            "patch_size": int(self.model.config.patch_size),
+            "out_channels": channels,
+            "sample_size": height,
+            "feature_channels": None,
+        }
+
     def named_block_inputs(self, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Merge positional block arguments into `kwargs` by parameter name."""
         if not args:
