@@ -20,6 +20,7 @@ Nothing is stored on the model but the hooks; `remove_early_exit` restores the o
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -59,6 +60,13 @@ class _CallState:
         # index triples, computed once so that no block needs a device-to-host sync.
         self.uniform_depth: int | None = None
         self.plan: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] | None = None
+        # U-Nets only. level_rows[i]: the rows that ran down block i (None = all rows), present once it ran;
+        # joins[i]: (leaving, staying, bridged) of the rows that truncated after down block i, local indices
+        # into level_rows[i] (None, None when all of them left), bridged (J, C, H, W) their replacement input
+        # of up block N-1-i; level_sliced[i]: up-block inputs already gathered to level_rows[i].
+        self.level_rows: dict[int, torch.Tensor | None] = {}
+        self.joins: dict[int, tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]] = {}
+        self.level_sliced: dict[int, dict[str, torch.Tensor]] = {}
 
 
 class _EarlyExitEngine:
@@ -73,6 +81,10 @@ class _EarlyExitEngine:
         self.last_stats: ExitStats | None = None
         self.recorders: list[ExitStats] = []
         self._model_params = tuple(inspect.signature(adapter.model.forward).parameters)
+
+    def hook_targets(self) -> list[tuple[nn.Module, Callable]]:
+        """(module, runner) for every module whose forward the engine replaces; runner(forward, args, kwargs)."""
+        return [(block, functools.partial(self.run_block, index)) for index, block in enumerate(self.adapter.blocks)]
 
     # ----------------------------------------------------------------------------------------------- model call
     def begin(self, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -265,6 +277,127 @@ class _EarlyExitEngine:
         return out.index_select(0, staying), carried
 
 
+class _UNetEngine(_EarlyExitEngine):
+    """Depth truncation of a U-Net (see `ee_diffusion.backbones.unet`): rows leave after a down block and rejoin
+    at the matching up block with their bridged features; the inner levels run on the deeper rows only."""
+
+    def __init__(self, adapter: BackboneAdapter, config: EarlyExitConfig, heads: UncertaintyHeads | None,
+                 bridges: nn.Module | None) -> None:
+        super().__init__(adapter, config, heads)
+        self.bridges = bridges
+
+    def hook_targets(self) -> list[tuple[nn.Module, Callable]]:
+        model = self.adapter.model
+        n = self.num_blocks
+        targets = [(down, functools.partial(self.run_down, i, down)) for i, down in enumerate(model.down_blocks)]
+        if model.mid_block is not None:
+            targets.append((model.mid_block, functools.partial(self.run_mid, model.mid_block)))
+        targets += [(up, functools.partial(self.run_up, n - 1 - j, up)) for j, up in enumerate(model.up_blocks)]
+        return targets
+
+    def run_down(self, level: int, module: nn.Module, forward: Callable, args: tuple, kwargs: dict[str, Any]) -> Any:
+        state = self.call
+        if state is None or self.config.policy is None:
+            return forward(*args, **kwargs)
+        adapter = self.adapter
+        inputs = adapter.named_inputs(module, args, kwargs)
+        hidden = inputs.pop("hidden_states")
+        if state.done:
+            # No row reaches this level: not computed. The placeholders keep the model's skip bookkeeping
+            # (how many res samples each block adds) intact; only skipped up blocks would read them.
+            return hidden, (hidden,) * adapter.num_res_samples(level)
+        if state.compacted:
+            inputs = self._slice_inputs(state, inputs)
+        state.level_rows[level] = state.rows if state.compacted else None
+        out, res = forward(hidden, **inputs)  # (A, C, H/2, W/2), res_samples at this level's rows
+        if level == self.num_blocks - 1:
+            return out, res
+        # The level's feature map before downsampling (A, C_i, H_i, W_i): what the bridge and the head read.
+        feature = res[adapter.feature_index(level)]
+        carried = (level, res, feature, inputs["temb"])
+        if state.uniform_depth is not None:
+            if level == state.uniform_depth - 1:
+                everyone = torch.arange(out.shape[0], device=out.device)
+                out, carried = self._commit(state, out, everyone, everyone, everyone[:0], carried=carried)
+        elif state.plan is not None:
+            step = state.plan[level]
+            if step is not None:
+                out, carried = self._commit(state, out, *step, carried=carried)
+        else:
+            out, carried = self._decide(state, level, out, carried, feature=feature)
+        return out, carried[1]  # (hidden for the next down block, res_samples)
+
+    def _commit(
+        self,
+        state: _CallState,
+        out: torch.Tensor,
+        leaving: torch.Tensor,
+        leaving_rows: torch.Tensor,
+        staying: torch.Tensor,
+        carried: Any = None,
+    ) -> tuple[torch.Tensor, Any]:
+        """Bridge the leaving rows' features for their rejoin; compact what flows deeper.
+
+        `carried` is (level, res_samples, feature, temb); returns (out, carried) with both compacted.
+        """
+        level, res, feature, temb = carried
+        if staying.numel() == 0:
+            state.joins[level] = (None, None, self.bridges(level, feature, temb))
+            state.done = True
+            return out, carried
+        bridged = self.bridges(level, feature.index_select(0, leaving), temb.index_select(0, leaving))
+        state.joins[level] = (leaving, staying, bridged)
+        # The downsampled output (last res sample) feeds the next level's up block: staying rows only.
+        res = (*res[:-1], res[-1].index_select(0, staying))
+        state.rows = state.rows.index_select(0, staying)
+        state.active_timesteps = state.active_timesteps.index_select(0, staying)
+        state.compacted = True
+        state.sliced.clear()
+        return out.index_select(0, staying), (level, res, feature, temb)
+
+    def run_mid(self, module: nn.Module, forward: Callable, args: tuple, kwargs: dict[str, Any]) -> Any:
+        state = self.call
+        if state is None or self.config.policy is None:
+            return forward(*args, **kwargs)
+        inputs = self.adapter.named_inputs(module, args, kwargs)
+        hidden = inputs.pop("hidden_states")
+        if state.done:
+            return hidden
+        if state.compacted:
+            inputs = self._slice_inputs(state, inputs)
+        return forward(hidden, **inputs)
+
+    def run_up(self, level: int, module: nn.Module, forward: Callable, args: tuple, kwargs: dict[str, Any]) -> Any:
+        state = self.call
+        if state is None or self.config.policy is None:
+            return forward(*args, **kwargs)
+        inputs = self.adapter.named_inputs(module, args, kwargs)
+        hidden = inputs.pop("hidden_states")
+        if level not in state.level_rows:
+            return hidden  # no row reached this level: the up block is skipped with its down block
+        join = state.joins.get(level)
+        if join is not None:
+            leaving, staying, bridged = join
+            if leaving is None:
+                hidden = bridged  # every row of this level truncated here
+            else:
+                # Rejoin in batch order: (A_i, C, H, W) from the deeper rows (A_{i+1}) and the bridged ones (J).
+                merged = bridged.new_empty((leaving.shape[0] + staying.shape[0], *bridged.shape[1:]))
+                merged.index_copy_(0, leaving, bridged)
+                merged.index_copy_(0, staying, hidden.to(bridged.dtype))
+                hidden = merged
+        rows = state.level_rows[level]
+        if rows is not None:
+            cache = state.level_sliced.setdefault(level, {})
+            for name in self.adapter.batch_inputs:
+                value = inputs.get(name)
+                if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == state.batch_size:
+                    if name not in cache:
+                        cache[name] = value.index_select(0, rows)
+                    inputs[name] = cache[name]
+        return forward(hidden, **inputs)
+
+
 class _ModelHook(ModelHook):
     def __init__(self, engine: _EarlyExitEngine) -> None:
         super().__init__()
@@ -283,13 +416,12 @@ class _ModelHook(ModelHook):
 
 
 class _BlockHook(ModelHook):
-    def __init__(self, engine: _EarlyExitEngine, index: int) -> None:
+    def __init__(self, run: Callable) -> None:
         super().__init__()
-        self.engine = engine
-        self.index = index
+        self.run = run  # run(forward, args, kwargs), bound to the engine and the block's index
 
     def new_forward(self, module: nn.Module, *args, **kwargs):
-        return self.engine.run_block(self.index, self.fn_ref.original_forward, args, kwargs)
+        return self.run(self.fn_ref.original_forward, args, kwargs)
 
 
 # --------------------------------------------------------------------------------------------------- public API
@@ -306,7 +438,24 @@ def _require_engine(model: nn.Module) -> _EarlyExitEngine:
     return engine
 
 
-def _check_setup(adapter: BackboneAdapter, config: EarlyExitConfig, heads: UncertaintyHeads | None) -> None:
+def _check_bridges(adapter: BackboneAdapter, bridges: nn.Module | None) -> None:
+    from .backbones.unet import UNetExitBridges
+
+    if bridges is None:
+        return
+    if not getattr(adapter, "truncates", False):
+        raise ValueError(
+            f"bridges are for U-Nets (UNet2DModel, UNet2DConditionModel); {type(adapter.model).__name__} exits by "
+            f"decoding a block's hidden state with its own head: pass bridges=None"
+        )
+    if not isinstance(bridges, UNetExitBridges):
+        raise TypeError(f"bridges must be UNetExitBridges or None, got {type(bridges).__name__}")
+    bridges.check_model(adapter.model)
+
+
+def _check_setup(
+    adapter: BackboneAdapter, config: EarlyExitConfig, heads: UncertaintyHeads | None, bridges: nn.Module | None = None
+) -> None:
     if not isinstance(config, EarlyExitConfig):
         raise TypeError(f"config must be an EarlyExitConfig, got {type(config).__name__}")
     if heads is not None:
@@ -316,6 +465,11 @@ def _check_setup(adapter: BackboneAdapter, config: EarlyExitConfig, heads: Uncer
     policy = config.policy
     if policy is None:
         return
+    if getattr(adapter, "truncates", False) and bridges is None:
+        raise ValueError(
+            f"early exit on a {type(adapter.model).__name__} truncates its inner levels and needs their learned "
+            f"replacement: pass `bridges=UNetExitBridges.from_model(model)` (fine-tuned) to apply_early_exit"
+        )
     if policy.needs_certainty and heads is None:
         raise ValueError(
             f"{type(policy).__name__} needs certainties: pass `heads=UncertaintyHeads(...)` made for this model"
@@ -331,14 +485,22 @@ def is_early_exit_applied(model: nn.Module) -> bool:
 
 
 def apply_early_exit(
-    model: nn.Module, config: EarlyExitConfig | None = None, heads: UncertaintyHeads | None = None
+    model: nn.Module,
+    config: EarlyExitConfig | None = None,
+    heads: UncertaintyHeads | None = None,
+    bridges: nn.Module | None = None,
 ) -> None:
     """Hook early exit into a stock diffusers model, in place.
 
     Args:
-        model: a supported diffusers transformer (`DiTTransformer2DModel`), e.g. `pipe.transformer`.
+        model: a supported diffusers denoiser, e.g. `pipe.transformer` (`DiTTransformer2DModel`,
+            `PixArtTransformer2DModel`, `SD3Transformer2DModel`) or `pipe.unet` (`UNet2DModel`,
+            `UNet2DConditionModel`).
         config: the exit policy and options; `EarlyExitConfig()` (the default) never exits.
         heads: `UncertaintyHeads` made for this model; required by uncertainty policies.
+        bridges: U-Nets only, `UNetExitBridges` made for this model: the learned replacement of the inner
+            levels that a truncated row skips (see `ee_diffusion.backbones.unet`); required when a U-Net
+            policy is set.
 
     After every model call, `get_exit_stats(model)` tells how many blocks each row ran.
 
@@ -364,11 +526,15 @@ def apply_early_exit(
             f"early exit is already applied to this {type(model).__name__}; call remove_early_exit(model) first, "
             f"or change the policy with set_exit_config(model, config)"
         )
-    _check_setup(adapter, config, heads)
-    engine = _EarlyExitEngine(adapter, config, heads)
+    _check_bridges(adapter, bridges)
+    _check_setup(adapter, config, heads, bridges)
+    if getattr(adapter, "truncates", False):
+        engine: _EarlyExitEngine = _UNetEngine(adapter, config, heads, bridges)
+    else:
+        engine = _EarlyExitEngine(adapter, config, heads)
     HookRegistry.check_if_exists_or_initialize(model).register_hook(_ModelHook(engine), _MODEL_HOOK)
-    for index, block in enumerate(adapter.blocks):
-        HookRegistry.check_if_exists_or_initialize(block).register_hook(_BlockHook(engine, index), _BLOCK_HOOK)
+    for module, run in engine.hook_targets():
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(_BlockHook(run), _BLOCK_HOOK)
 
 
 def _unhook(module: nn.Module, name: str) -> None:
@@ -387,8 +553,8 @@ def _unhook(module: nn.Module, name: str) -> None:
 def remove_early_exit(model: nn.Module) -> None:
     """Remove the hooks of `apply_early_exit`; the model computes exactly what it did before."""
     engine = _require_engine(model)
-    for block in engine.adapter.blocks:
-        _unhook(block, _BLOCK_HOOK)
+    for module, _ in engine.hook_targets():
+        _unhook(module, _BLOCK_HOOK)
     _unhook(model, _MODEL_HOOK)
     engine.call = None
     engine.recorders.clear()
@@ -400,7 +566,7 @@ def set_exit_config(
     """Change the policy (and optionally the heads) of a model that already has early exit applied."""
     engine = _require_engine(model)
     heads = engine.heads if isinstance(heads, str) and heads == "keep" else heads
-    _check_setup(engine.adapter, config, heads)
+    _check_setup(engine.adapter, config, heads, getattr(engine, "bridges", None))
     engine.config = config
     engine.heads = heads
 
@@ -424,17 +590,21 @@ def record_exit_stats(model: nn.Module) -> Iterator[ExitStats]:
 
 @contextlib.contextmanager
 def early_exit(
-    model: nn.Module, config: EarlyExitConfig | None = None, heads: UncertaintyHeads | None = None
+    model: nn.Module,
+    config: EarlyExitConfig | None = None,
+    heads: UncertaintyHeads | None = None,
+    bridges: nn.Module | None = None,
 ) -> Iterator[ExitStats]:
     """Run the `with` block with early exit on `model`, then leave the model exactly as it was.
 
     If the model already has early exit applied, its config and heads are swapped for the block's duration;
-    otherwise the hooks are applied and removed again. Yields the statistics of every call in the block.
+    otherwise the hooks are applied and removed again (U-Nets: with `bridges`; an applied engine keeps its
+    own). Yields the statistics of every call in the block.
     """
     config = EarlyExitConfig() if config is None else config
     engine = _engine_of(model)
     if engine is None:
-        apply_early_exit(model, config, heads)
+        apply_early_exit(model, config, heads, bridges)
         try:
             with record_exit_stats(model) as stats:
                 yield stats

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from diffusers import DiTTransformer2DModel, PixArtTransformer2DModel, SD3Transformer2DModel
+from diffusers import (
+    DiTTransformer2DModel,
+    PixArtTransformer2DModel,
+    SD3Transformer2DModel,
+    UNet2DConditionModel,
+    UNet2DModel,
+)
+
+if TYPE_CHECKING:
+    from .backbones.unet import UNetExitBridges
 
 
 def tiny_dit(
@@ -120,3 +131,68 @@ def tiny_sd3(
     )
     _randomise(model, seed)
     return model.eval()
+
+
+def tiny_unet(
+    sample_size: int = 8, in_channels: int = 1, num_class_embeds: int | None = None, seed: int = 0
+) -> UNet2DModel:
+    """A randomly initialised 3-level `UNet2DModel` (channels 8/16/16, attention on level 1) in eval mode.
+
+    ```py
+    >>> model = tiny_unet()
+    >>> [type(b).__name__ for b in model.down_blocks]
+    ['DownBlock2D', 'AttnDownBlock2D', 'DownBlock2D']
+
+    ```
+    """
+    model = UNet2DModel(
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        layers_per_block=1,
+        block_out_channels=(8, 16, 16),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        attention_head_dim=8,
+        num_class_embeds=num_class_embeds,
+    )
+    _randomise(model, seed, scale=0.2)
+    return model.eval()
+
+
+def tiny_unet_condition(
+    sample_size: int = 8, in_channels: int = 4, cross_attention_dim: int = 16, seed: int = 0
+) -> UNet2DConditionModel:
+    """A randomly initialised 3-level text-conditioned `UNet2DConditionModel` (Stable Diffusion layout) in eval mode.
+
+    ```py
+    >>> model = tiny_unet_condition()
+    >>> [type(b).__name__ for b in model.up_blocks]
+    ['UpBlock2D', 'CrossAttnUpBlock2D', 'CrossAttnUpBlock2D']
+
+    ```
+    """
+    model = UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        layers_per_block=1,
+        block_out_channels=(8, 16, 16),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        norm_num_groups=4,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=4,
+    )
+    _randomise(model, seed, scale=0.2)
+    return model.eval()
+
+
+def random_bridges(model: torch.nn.Module, seed: int = 1) -> "UNetExitBridges":
+    """`UNetExitBridges` for `model` with random (not zero) weights, so that tests see what a bridge adds."""
+    from .backbones.unet import UNetExitBridges
+
+    bridges = UNetExitBridges.from_model(model)
+    _randomise(bridges, seed, scale=0.1)
+    return bridges.eval()

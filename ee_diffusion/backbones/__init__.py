@@ -8,8 +8,9 @@ from .base import BackboneAdapter
 from .dit import DiTAdapter
 from .pixart import PixArtAdapter
 from .sd3 import SD3Adapter
+from .unet import UNetAdapter, UNetExitBridges
 
-ADAPTERS: tuple[type[BackboneAdapter], ...] = (DiTAdapter, PixArtAdapter, SD3Adapter)
+ADAPTERS: tuple[type[BackboneAdapter], ...] = (DiTAdapter, PixArtAdapter, SD3Adapter, UNetAdapter)
 
 
 def supported_model_classes() -> list[str]:
@@ -23,8 +24,8 @@ def get_adapter(model: nn.Module) -> BackboneAdapter:
             return adapter(model)
     raise TypeError(
         f"early exit does not support {type(model).__name__}; supported model classes: "
-        f"{', '.join(supported_model_classes())}. If you hold a pipeline, pass its transformer "
-        f"(e.g. `pipe.transformer`)."
+        f"{', '.join(supported_model_classes())}. If you hold a pipeline, pass its denoiser "
+        f"(`pipe.transformer` or `pipe.unet`)."
     )
 
 
@@ -33,6 +34,8 @@ __all__ = [
     "DiTAdapter",
     "PixArtAdapter",
     "SD3Adapter",
+    "UNetAdapter",
+    "UNetExitBridges",
     "get_adapter",
     "supported_model_classes",
 ]

@@ -1,0 +1,62 @@
+"""Early exit on a tiny real PixArtTransformer2DModel: the engine's property suite, plus PixArt specifics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _backbone_properties import *  # noqa: F401,F403 - the shared property tests, collected here
+from _backbone_properties import Case, T, count_pre_hooks, run
+
+from ee_diffusion.backbones import PixArtAdapter, get_adapter
+from ee_diffusion.heads import UncertaintyHeads
+from ee_diffusion.testing import tiny_pixart
+
+NUM_BLOCKS = 4
+
+
+def hand_exit(model, inputs, k):
+    adapter = PixArtAdapter(model)
+    with torch.no_grad():
+        hidden = adapter.hidden_states_per_block(
+            inputs["hidden_states"], inputs["timestep"], inputs["encoder_hidden_states"],
+            encoder_attention_mask=inputs.get("encoder_attention_mask"),
+        )
+        return adapter.decode(hidden[k - 1], timestep=inputs["timestep"])
+
+
+@pytest.fixture
+def case():
+    model = tiny_pixart(num_layers=NUM_BLOCKS)
+    g = torch.Generator().manual_seed(1)
+    mask = torch.ones(4, 5)
+    mask[1, 3:] = 0  # a padded prompt: the mask must be sliced with its row
+    inputs = {
+        "hidden_states": torch.randn(4, 4, 8, 8, generator=g),
+        "timestep": T,
+        "encoder_hidden_states": torch.randn(4, 5, 16, generator=g),
+        "encoder_attention_mask": mask,
+    }
+    return Case(
+        model=model,
+        inputs=inputs,
+        num_blocks=NUM_BLOCKS,
+        hand_exit=lambda inp, k: hand_exit(model, inp, k),
+        count=lambda m: count_pre_hooks([(i, b.attn1) for i, b in enumerate(m.transformer_blocks)]),
+    )
+
+
+def test_adapter_is_found_and_heads_fit():
+    model = tiny_pixart(num_layers=2)
+    assert isinstance(get_adapter(model), PixArtAdapter)
+    heads = UncertaintyHeads.from_model(model)
+    assert heads.config.model_class == "PixArtTransformer2DModel"
+    assert heads.config.out_channels == 4  # eps channels, not the learned-variance half
+    x = torch.randn(2, 4, 8, 8)
+    hidden = PixArtAdapter(model).hidden_states_per_block(x, torch.tensor([1, 2]), torch.randn(2, 5, 16))
+    assert heads(1, hidden[1]).shape == (2, 4, 8, 8)
+
+
+def test_mask_matters(case):
+    """Guards the mask-slicing test above: the padded row's output depends on its mask."""
+    inputs = dict(case.inputs, encoder_attention_mask=torch.ones(4, 5))
+    assert not torch.allclose(run(case, inputs)[1], run(case)[1], atol=1e-5)
