@@ -5,7 +5,8 @@
 - `UncertaintyThreshold(threshold, patience, per_timestep)`: DeeDiff, a row stops when its uncertainty
   head is confident enough (needs `UncertaintyHeads`).
 
-Write your own by implementing the `ExitPolicy` protocol.
+Calibration to a budget or tolerance, and distillation of a dynamic policy into a static schedule:
+`ee_diffusion.schedules.calibrate`. Write your own policy by implementing the `ExitPolicy` protocol.
 """
 
 from .base import ExitContext, ExitPolicy, policy_from_dict
@@ -18,5 +19,21 @@ __all__ = [
     "StaticDepth",
     "TimestepSchedule",
     "UncertaintyThreshold",
+    "calibrate_schedule",
+    "calibrate_thresholds",
+    "distil_schedule",
+    "load_policy",
     "policy_from_dict",
 ]
+
+
+_CALIBRATION = ("calibrate_schedule", "calibrate_thresholds", "distil_schedule", "load_policy")
+
+
+def __getattr__(name: str):
+    # Calibration imports the config (which imports this package): load it on first use.
+    if name in _CALIBRATION:
+        from . import calibrate
+
+        return getattr(calibrate, name)
+    raise AttributeError(f"module 'ee_diffusion.schedules' has no attribute {name!r}")

@@ -206,3 +206,7 @@ class StepBatches:
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         index = self.indices(step)
         return self.dataset.images[index], self.dataset.labels[index]
+
+
+# Datasets defined in their own modules register themselves on import.
+from . import datasets_glyphs  # noqa: E402,F401  ("glyphs")

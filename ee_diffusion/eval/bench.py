@@ -1,0 +1,447 @@
+"""`ee-diffusion bench`: quality, speed and compute of every method on the same weights and noise, in one run.
+
+For each setting (the shipped digits model; the harder 16x16 glyphs model) the benchmark samples the same
+class-balanced, seeded images with every method and reports FID/KID (shipped feature network), class accuracy,
+block evaluations, FLOPs (heads and decode included), wall-clock (batch sampling calls, warm-up, interleaved,
+medians, ratios to the full model) and peak memory, next to the real-vs-real floor and the spread between noise
+seeds of the full model. Methods: full model; fewer steps (a sweep, and matched to every method's compute);
+static depth N/4, N/2, 3N/4; ASE schedules; DeeDiff thresholds (per sample, CFG pairs exit together);
+calibrated schedules and thresholds (ours, calibrated on separate seeds); a DeeDiff policy distilled into a
+static schedule; diffusers' FirstBlockCache.
+
+Writes OUT/report.json, OUT/report.md and OUT/pareto.png. Presets: `ci` (digits, small counts, < 5 minutes on 2
+cores) and `full`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import EarlyExitConfig
+from ..schedules import StaticDepth, TimestepSchedule, UncertaintyThreshold
+from ..schedules.calibrate import (
+    CalibrationSet,
+    calibrate_thresholds,
+    distil_schedule,
+    measure_depth_deviation,
+    schedule_from_deviation,
+)
+from .baselines import fbc_pipeline, first_block_cache
+from .compute import count_flops, overhead_breakdown, peak_memory
+from .features import load_feature_net
+from .quality import QualityEvaluator, balanced_subset, real_images
+from .sampling import generate
+from .timing import interleaved_timings
+
+GLYPHS_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "glyphs-dit"
+
+
+@dataclass
+class Preset:
+    settings: tuple[str, ...] = ("digits",)
+    num_images: int = 200
+    steps: int = 20
+    guidance_scale: float = 4.0
+    extra_seeds: int = 1  # seeds of the full model beyond seed 0, for the spread
+    fewer_steps: tuple[int, ...] = (6, 10, 14)
+    thresholds: tuple[float, ...] = (0.8, 0.9)
+    budgets: tuple[float, ...] = (0.45, 0.6)
+    threshold_budgets: tuple[float, ...] = (0.6,)
+    fbc_thresholds: tuple[float, ...] = (0.1, 0.3)
+    calib_images: int = 20
+    calib_buckets: int = 4
+    calib_depths: tuple[int, ...] | None = None  # depths measured per bucket (None: all); others interpolated
+    timing_batch: int = 64
+    timing_repeats: int = 2
+    timing_warmup: int = 1
+    extra_batch_sizes: tuple[int, ...] = ()  # images/s of full + recommended at these batch sizes
+    flops_images: int = 2
+    matched_fewer_steps: bool = True
+    sample_batch: int = 100
+
+
+PRESETS = {
+    "ci": Preset(),
+    "full": Preset(
+        settings=("digits", "glyphs"), num_images=1000, steps=25, extra_seeds=2, fewer_steps=(6, 9, 12, 16, 20),
+        thresholds=(0.7, 0.8, 0.85, 0.9, 0.95), budgets=(0.4, 0.45, 0.5, 0.6, 0.75), threshold_budgets=(0.5, 0.6),
+        fbc_thresholds=(0.05, 0.1, 0.2, 0.4), calib_images=60, calib_buckets=5, timing_repeats=5, timing_warmup=1,
+        extra_batch_sizes=(1, 16), flops_images=4,
+    ),
+}
+
+
+@dataclass
+class Method:
+    name: str
+    family: str
+    exit_config: EarlyExitConfig | None = None
+    steps: int | None = None  # None: the preset's steps
+    fbc_threshold: float | None = None
+    seed: int = 0
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self, preset_steps: int) -> dict[str, Any]:
+        config = self.exit_config or EarlyExitConfig()
+        return {"name": self.name, "family": self.family, "exit_config": config.to_dict(),
+                "num_inference_steps": self.steps or preset_steps, "fbc_threshold": self.fbc_threshold,
+                "seed": self.seed, **({"notes": self.notes} if self.notes else {})}
+
+
+def load_setting_pipeline(setting: str, model_path: str | None = None) -> Any:
+    from ..pipelines import EarlyExitDiTPipeline
+
+    if model_path is not None:
+        pipe = EarlyExitDiTPipeline.from_pretrained(model_path)
+    elif setting == "digits":
+        from ..default_model import load_default_pipeline
+
+        pipe = load_default_pipeline()
+    elif setting == "glyphs":
+        if not (GLYPHS_MODEL_DIR / "model_index.json").is_file():
+            raise FileNotFoundError(f"no glyphs model at {GLYPHS_MODEL_DIR}; train it with scripts/glyphs/train.sh "
+                                    f"or pass --glyphs-model PATH")
+        pipe = EarlyExitDiTPipeline.from_pretrained(str(GLYPHS_MODEL_DIR))
+    else:
+        raise ValueError(f"unknown setting {setting!r}; known: digits, glyphs")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _ase_schedules(n: int) -> dict[str, TimestepSchedule]:
+    """The released DiT-XL/2 ASE schedule scaled to n blocks, and a more aggressive one."""
+    released = [max(1, min(n, round(d * n / 28))) for d in (28, 24, 20, 16, 12)]
+    aggressive = [n, max(1, round(0.75 * n)), max(1, round(0.5 * n)), max(1, round(0.375 * n)), max(1, round(0.25 * n))]
+    bounds = [200, 400, 600, 800]
+    return {"ase_released": TimestepSchedule(bounds, released), "ase_aggressive": TimestepSchedule(bounds, aggressive)}
+
+
+class _Progress:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.start = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            print(f"[{time.perf_counter() - self.start:7.1f}s] {message}", flush=True)
+
+
+def run_setting(setting: str, preset: Preset, model_path: str | None = None, log: _Progress | None = None) -> dict:
+    log = log or _Progress(False)
+    pipe = load_setting_pipeline(setting, model_path)
+    n = len(pipe.transformer.transformer_blocks)
+    num_classes = int(pipe.transformer.config.num_embeds_ada_norm)
+    S = preset.steps
+    net = load_feature_net(setting)
+    real, _ = real_images(setting, "reference")
+    floor_images, floor_labels = real_images(setting, "floor")
+    evaluator = QualityEvaluator(net, real)
+    floor_x, floor_y = balanced_subset(floor_images, floor_labels, preset.num_images, num_classes)
+    floor = evaluator.score(floor_x, floor_y)
+    log(f"{setting}: {n} blocks, {num_classes} classes; floor FID {floor['fid']:.3f} at {preset.num_images} images")
+
+    # ---------------------------------------------------------------------------------------- calibration
+    calib = CalibrationSet(num_images=preset.calib_images, num_inference_steps=S, guidance_scale=preset.guidance_scale,
+                           num_buckets=preset.calib_buckets, batch_size=preset.sample_batch)
+    t0 = time.perf_counter()
+    measurement = measure_depth_deviation(pipe, calib, feature_net=net, depths=list(preset.calib_depths) if preset.calib_depths else None)
+    calibration_s = time.perf_counter() - t0
+    log(f"calibration measurement: {calibration_s:.1f}s")
+
+    methods: list[Method] = [Method("full", "full")]
+    methods += [Method(f"full_seed{s}", "seed", seed=s) for s in range(1, preset.extra_seeds + 1)]
+    methods += [Method(f"steps_{k}", "fewer_steps", steps=k) for k in preset.fewer_steps if k < S]
+    for k in sorted({max(1, n // 4), max(1, n // 2), max(1, 3 * n // 4)}):
+        methods.append(Method(f"static_{k}", "static_depth", EarlyExitConfig(policy=StaticDepth(k))))
+    for name, schedule in _ase_schedules(n).items():
+        methods.append(Method(name, "ase", EarlyExitConfig(policy=schedule)))
+    if pipe.exit_heads is not None:
+        for c in preset.thresholds:
+            methods.append(Method(f"deediff_{c}", "deediff",
+                                  EarlyExitConfig(policy=UncertaintyThreshold(c, patience=2), cfg_pairing="together")))
+    for budget in preset.budgets:
+        schedule, info = schedule_from_deviation(measurement, budget=budget)
+        methods.append(Method(f"calibrated_schedule_{budget}", "calibrated_schedule", EarlyExitConfig(policy=schedule),
+                              notes={"budget": budget, **info}))
+    if pipe.exit_heads is not None:
+        for budget in preset.threshold_budgets:
+            t0 = time.perf_counter()
+            result = calibrate_thresholds(pipe, budget, calib=calib, feature_net=net, measurement=measurement)
+            calibration_s += time.perf_counter() - t0
+            methods.append(Method(f"calibrated_thresholds_{budget}", "calibrated_thresholds", result.exit_config,
+                                  notes={"budget": budget, "calibration_fraction": result.info["block_fraction"]}))
+        # Distil the middle DeeDiff threshold's observed exits (on the calibration set) into a static schedule.
+        c = preset.thresholds[len(preset.thresholds) // 2]
+        observed = pipe(class_labels=[i % num_classes for i in range(calib.num_images)], num_inference_steps=S,
+                        guidance_scale=preset.guidance_scale, generator=torch.Generator().manual_seed(calib.seed),
+                        exit_config=EarlyExitConfig(policy=UncertaintyThreshold(c, patience=2)), output_type="latent")
+        distilled = distil_schedule(observed.exit_stats)
+        methods.append(Method(f"distilled_deediff_{c}", "distilled", EarlyExitConfig(policy=distilled),
+                              notes={"observed_fraction": observed.exit_stats.depth_fraction}))
+    log(f"calibration total: {calibration_s:.1f}s; {len(methods)} methods")
+
+    fbc = fbc_pipeline(pipe)
+    for threshold in preset.fbc_thresholds:
+        methods.append(Method(f"fbc_{threshold}", "first_block_cache", fbc_threshold=threshold))
+
+    def sample(method: Method, indices) -> Any:
+        target = fbc if method.fbc_threshold is not None else pipe
+        wrapper = (lambda: first_block_cache(fbc.transformer, method.fbc_threshold)) if method.fbc_threshold is not None else None
+        return generate(target, indices, exit_config=method.exit_config, num_inference_steps=method.steps or S,
+                        guidance_scale=preset.guidance_scale, seed=method.seed, batch_size=preset.sample_batch,
+                        call_wrapper=wrapper)
+
+    # ------------------------------------------------------------------------------------------- quality
+    rows: dict[str, dict[str, Any]] = {}
+    full_evals = None
+    for method in methods:
+        t0 = time.perf_counter()
+        run = sample(method, range(preset.num_images))
+        quality = evaluator.score(run.images, run.labels)
+        if full_evals is None:
+            full_evals = run.block_evals
+        rows[method.name] = {**method.describe(S), **quality, "block_fraction": run.block_evals / full_evals,
+                             "block_evals_per_image": run.block_evals / preset.num_images, "sample_s": time.perf_counter() - t0}
+        log(f"{method.name:32s} FID {quality['fid']:8.3f} acc {quality.get('accuracy', float('nan')):.3f} "
+            f"blocks {rows[method.name]['block_fraction']:.3f}")
+
+    # Fewer steps matched to each method's compute.
+    if preset.matched_fewer_steps:
+        have = {m.steps or S: m.name for m in methods if m.family in ("full", "fewer_steps")}
+        for method in list(methods):
+            if method.family in ("full", "seed", "fewer_steps"):
+                continue
+            k = max(1, round(rows[method.name]["block_fraction"] * S))
+            if k not in have:
+                extra = Method(f"steps_{k}", "fewer_steps", steps=k)
+                run = sample(extra, range(preset.num_images))
+                rows[extra.name] = {**extra.describe(S), **evaluator.score(run.images, run.labels),
+                                    "block_fraction": run.block_evals / full_evals,
+                                    "block_evals_per_image": run.block_evals / preset.num_images}
+                methods.append(extra)
+                have[k] = extra.name
+                log(f"{extra.name:32s} FID {rows[extra.name]['fid']:8.3f} (matched)")
+            rows[method.name]["matched_fewer_steps"] = have[k]
+
+    # ------------------------------------------------------------------------------------------- FLOPs
+    for method in methods:
+        flops = count_flops(lambda: sample(method, range(preset.flops_images)))
+        rows[method.name]["gflops_per_image"] = flops["total"] / preset.flops_images / 1e9
+        rows[method.name]["heads_gflops_per_image"] = flops["heads"] / preset.flops_images / 1e9
+
+    # ------------------------------------------------------------------------------------------ wall-clock
+    timed = [m for m in methods if m.family != "seed"]
+    batch = list(range(preset.timing_batch))
+    fns = {m.name: (lambda m=m: sample(m, batch)) for m in timed}
+    times = interleaved_timings(fns, repeats=preset.timing_repeats, warmup=preset.timing_warmup)
+    for name, values in times.items():
+        ratios = [r / v for v, r in zip(values, times["full"])]  # speedup per round
+        rows[name]["time_s"] = float(np.median(values))
+        rows[name]["speedup"] = float(np.median(ratios))
+        rows[name]["time_ratio"] = 1.0 / rows[name]["speedup"]
+        rows[name]["images_per_s"] = preset.timing_batch / rows[name]["time_s"]
+    log("timing done")
+
+    # -------------------------------------------------------------------------------- summary, recommendation
+    full = rows["full"]
+    seed_fids = [full["fid"]] + [rows[m.name]["fid"] for m in methods if m.family == "seed"]
+    spread = max(seed_fids) - min(seed_fids)
+    for name, row in rows.items():
+        row["within_seed_spread"] = row["fid"] <= full["fid"] + spread
+    candidates = [r for r in rows.values() if r["family"] in ("calibrated_schedule", "calibrated_thresholds", "distilled",
+                                                              "deediff", "ase", "static_depth") and r["within_seed_spread"]]
+    recommended = max(candidates, key=lambda r: r["speedup"]) if candidates else None
+    extra_batches = {}
+    if preset.extra_batch_sizes and recommended is not None:
+        rec = next(m for m in methods if m.name == recommended["name"])
+        for b in preset.extra_batch_sizes:
+            fns_b = {"full": lambda: sample(methods[0], range(b)), rec.name: lambda: sample(rec, range(b))}
+            tb = interleaved_timings(fns_b, repeats=preset.timing_repeats, warmup=1)
+            extra_batches[str(b)] = {k: {"median_s": float(np.median(v)), "images_per_s": b / float(np.median(v))}
+                                     for k, v in tb.items()}
+    memory = {"full": peak_memory(lambda: sample(methods[0], batch))}
+    if recommended is not None:
+        rec = next(m for m in methods if m.name == recommended["name"])
+        memory[rec.name] = peak_memory(lambda: sample(rec, batch))
+    overhead = overhead_breakdown(pipe, preset.timing_batch, repeats=max(3, preset.timing_repeats * 2),
+                                  guided=preset.guidance_scale > 1)
+    targets = _targets(setting, rows, spread, recommended)
+    return {
+        "setting": setting, "num_blocks": n, "num_classes": num_classes, "num_images": preset.num_images,
+        "steps": S, "guidance_scale": preset.guidance_scale, "cfg_pairing": "together (DeeDiff and calibrated "
+        "thresholds: a conditional row and its unconditional partner exit at the same block)",
+        "feature_net": {"name": setting, **{k: v for k, v in getattr(net, "meta", {}).items() if k != "class_names"}},
+        "floor_fid": floor["fid"], "floor_kid": floor.get("kid_mean"), "floor_accuracy": floor.get("accuracy"),
+        "full_fid_seeds": seed_fids, "seed_spread": spread, "calibration_s": calibration_s,
+        "calibration_measurement": measurement, "methods": rows, "recommended": recommended["name"] if recommended else None,
+        "batch_sizes": extra_batches, "peak_memory": memory, "overhead": overhead, "targets": targets,
+        "timing": {"batch": preset.timing_batch, "repeats": preset.timing_repeats, "warmup": preset.timing_warmup,
+                   "what": "one pipeline call (all steps) per method per round, methods interleaved; speedup = median "
+                           "of per-round full/method ratios"},
+    }
+
+
+def _interp(curve: list[tuple[float, float]], x: float) -> float:
+    curve = sorted(curve)
+    xs = [p[0] for p in curve]
+    ys = [p[1] for p in curve]
+    return float(np.interp(x, xs, ys))
+
+
+def _targets(setting: str, rows: dict, spread: float, recommended: dict | None) -> dict:
+    full = rows["full"]
+    out: dict[str, Any] = {}
+    if setting == "digits":
+        out["speedup_2x_within_spread"] = {
+            "goal": "speedup >= 2.0 at FID <= full FID + seed spread (batch timing on this machine)",
+            "best_within_spread": recommended["name"] if recommended else None,
+            "speedup": recommended["speedup"] if recommended else None,
+            "met": bool(recommended and recommended["speedup"] >= 2.0),
+        }
+        fastest = [r for r in rows.values() if r["family"] not in ("full", "seed", "fewer_steps") and r["speedup"] >= 2.0]
+        if fastest:
+            best = min(fastest, key=lambda r: r["fid"])
+            out["speedup_2x_within_spread"]["best_at_2x"] = {"name": best["name"], "fid": best["fid"],
+                                                            "fid_gap_over_spread": best["fid"] - full["fid"] - spread}
+    # Early exit against fewer steps and static depth at equal block evaluations.
+    steps_curve = [(r["block_fraction"], r["fid"]) for r in rows.values() if r["family"] in ("full", "fewer_steps")]
+    static_curve = [(r["block_fraction"], r["fid"]) for r in rows.values() if r["family"] == "static_depth"] + [(1.0, full["fid"])]
+    wins = []
+    for r in rows.values():
+        if r["family"] in ("full", "seed", "fewer_steps", "static_depth", "first_block_cache"):
+            continue
+        x = r["block_fraction"]
+        steps_fid, static_fid = _interp(steps_curve, x), _interp(static_curve, x)
+        if r["fid"] < steps_fid and r["fid"] < static_fid:
+            wins.append({"name": r["name"], "block_fraction": x, "fid": r["fid"], "fewer_steps_fid": steps_fid,
+                         "static_depth_fid": static_fid})
+    out["beats_fewer_steps_and_static"] = {
+        "goal": "an early-exit method below both the fewer-steps and the static-depth curves at equal block evaluations",
+        "met": bool(wins), "wins": wins,
+    }
+    return out
+
+
+# -------------------------------------------------------------------------------------------------- reports
+def markdown(report: dict) -> str:
+    lines = [f"# ee-diffusion bench (preset {report['preset']})", "",
+             f"Command: `{report['command']}`", "",
+             f"torch {report['environment']['torch']}, {report['environment']['threads']} threads, "
+             f"{report['environment']['machine']}; total {report['elapsed_s']:.0f} s.", ""]
+    for s in report["settings"]:
+        lines += [f"## {s['setting']} ({s['num_blocks']} blocks, {s['num_classes']} classes, {s['num_images']} images, "
+                  f"{s['steps']} DDIM steps, guidance {s['guidance_scale']})", "",
+                  f"Floor (real vs real, {s['num_images']} images): FID {s['floor_fid']:.3f}. Full model over seeds: "
+                  f"{', '.join(f'{v:.3f}' for v in s['full_fid_seeds'])} (spread {s['seed_spread']:.3f}). "
+                  f"CFG pairing: {s['cfg_pairing']}.", "",
+                  "| method | family | FID | KID | acc | blocks | GFLOP/img | speedup @%d | matched steps FID |" % s["timing"]["batch"],
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in s["methods"].values():
+            matched = r.get("matched_fewer_steps")
+            mfid = f"{s['methods'][matched]['fid']:.3f} ({matched})" if matched else ""
+            lines.append(
+                f"| {r['name']} | {r['family']} | {r['fid']:.3f} | {r.get('kid_mean', float('nan')):.1f} | "
+                f"{r.get('accuracy', float('nan')):.3f} | {r['block_fraction']:.3f} | {r.get('gflops_per_image', float('nan')):.3f} | "
+                f"{r.get('speedup', float('nan')):.2f}x | {mfid} |")
+        o = s["overhead"]
+        lines += ["", f"Recommended (fastest early exit within the seed spread): **{s['recommended']}**.", "",
+                  f"Overheads at {o['rows_per_call']} rows per model call: hooks {o['hook_overhead_fraction']:+.1%}, "
+                  f"heads {o.get('heads_overhead_fraction', float('nan')):+.1%}, gather/scatter "
+                  f"{o['gather_scatter_overhead_fraction']:+.1%} of a full call.", ""]
+        mem = ", ".join(f"{k} {v['peak_above_start_mib']:.0f} MiB" for k, v in s["peak_memory"].items())
+        lines += [f"Peak memory above start ({next(iter(s['peak_memory'].values()))['kind']}): {mem}.", ""]
+        for b, res in s["batch_sizes"].items():
+            lines.append(f"Batch {b}: " + ", ".join(f"{k} {v['images_per_s']:.1f} img/s" for k, v in res.items()) + ".")
+        lines.append("")
+        for key, t in s["targets"].items():
+            lines.append(f"- Target `{key}`: {'MET' if t['met'] else 'NOT MET'} - {t['goal']}. "
+                         + json.dumps({k: v for k, v in t.items() if k not in ('goal', 'met')}, default=str)[:600])
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+FAMILY_STYLE = {
+    "full": ("black", "*"), "fewer_steps": ("tab:gray", "o"), "static_depth": ("tab:blue", "s"),
+    "ase": ("tab:cyan", "^"), "deediff": ("tab:orange", "v"), "calibrated_schedule": ("tab:red", "D"),
+    "calibrated_thresholds": ("tab:purple", "P"), "distilled": ("tab:brown", "X"), "first_block_cache": ("tab:green", "h"),
+}
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = report["settings"]
+    fig, axes = plt.subplots(len(settings), 2, figsize=(12, 4.5 * len(settings)), squeeze=False)
+    for row, s in zip(axes, settings):
+        for ax, key, label in ((row[0], "block_fraction", "block evaluations (fraction of full)"),
+                               (row[1], "time_ratio", f"wall-clock at batch {s['timing']['batch']} (fraction of full)")):
+            ax.axhspan(0, s["floor_fid"], color="tab:green", alpha=0.12, label="real-vs-real floor")
+            full = s["methods"]["full"]["fid"]
+            ax.axhspan(full, full + s["seed_spread"], color="black", alpha=0.08, label="full model seed spread")
+            for family, (color, marker) in FAMILY_STYLE.items():
+                pts = sorted((r[key], r["fid"]) for r in s["methods"].values() if r["family"] == family and key in r)
+                if family == "fewer_steps":
+                    pts = sorted(pts + [(s["methods"]["full"][key], full)])
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color, label=family)
+            ax.set_xlabel(label)
+            ax.set_ylabel("FID (shipped %s feature net)" % s["setting"])
+            ax.set_yscale("log")
+            ax.set_title(s["setting"])
+            ax.grid(alpha=0.3)
+        row[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(preset: str | Preset = "ci", out: str | Path = "bench_out", settings: tuple[str, ...] | None = None,
+        model_paths: dict[str, str] | None = None, progress: bool = True, command: str = "") -> dict:
+    preset_name = preset if isinstance(preset, str) else "custom"
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
+        preset = PRESETS[preset]
+    if settings:
+        preset = replace(preset, settings=tuple(settings))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = _Progress(progress)
+    start = time.perf_counter()
+    results = []
+    with torch.no_grad():
+        for setting in preset.settings:
+            results.append(run_setting(setting, preset, (model_paths or {}).get(setting), log))
+    report = {
+        "preset": preset_name, "preset_values": asdict(preset), "command": command,
+        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+                        "python": platform.python_version()},
+        "elapsed_s": time.perf_counter() - start, "settings": results,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+    (out / "report.md").write_text(markdown(report))
+    plot(report, out / "pareto.png")
+    log(f"wrote {out / 'report.json'}, report.md, pareto.png")
+    return report
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,215 @@
+"""Feature networks for FID/KID: small classifiers trained by the package on real data, shipped as safetensors.
+
+FID needs a network that maps images to feature vectors. The standard one (Inception-v3) cannot be downloaded
+here and says little about 8x8 digits, so the package trains a small CNN classifier per data set on its real
+images and uses its penultimate layer (before the ReLU) as the feature. Its class logits give the "accuracy of
+samples against their conditioning labels". FID values are only comparable under the same feature network.
+
+Shipped networks (`ee_diffusion/assets/feature-nets/<name>.safetensors` + `.json`): `digits` (scikit-learn's
+8x8 digits) and `glyphs` (the 16x16 font glyphs of `ee_diffusion.training.datasets_glyphs`). Rebuild them with
+`python -m ee_diffusion.eval.features --name digits` (deterministic: fixed seed, fixed data order, one thread).
+
+Inception features: when torch-fidelity is installed and the FID Inception weights file is on disk, pass
+`inception_feature_net(weights_path)` instead (torchmetrics' `NoTrainInceptionV3`, 2048-d); see docs/evaluation.md.
+
+```py
+>>> import torch
+>>> from ee_diffusion.eval.features import load_feature_net
+>>> net = load_feature_net("digits")
+>>> net(torch.rand(4, 1, 8, 8)).shape, net.num_features
+(torch.Size([4, 64]), 64)
+
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+FEATURE_NET_DIR = Path(__file__).resolve().parent.parent / "assets" / "feature-nets"
+
+# What each shipped network is trained on: dataset name, options of the training draw and of a held-out draw
+# (None: a 25% split of the training set), and the number of optimizer steps.
+RECIPES: dict[str, dict[str, Any]] = {
+    "digits": {"dataset": "digits", "train_options": {}, "test_options": None, "steps": 1500, "lr": 2e-3, "pct_start": 0.3},
+    "glyphs": {
+        "dataset": "glyphs",
+        "train_options": {"image_size": 16, "per_font": 8, "charset": "alnum", "seed": 100},
+        "test_options": {"image_size": 16, "per_font": 2, "charset": "alnum", "seed": 101},
+        "steps": 3000,
+        "lr": 3e-3,
+        "pct_start": 0.15,
+    },
+}
+
+
+class FeatureNet(nn.Module):
+    """A small CNN classifier; `forward` returns the `feature_dim` features of images in [0, 1], (B, C, H, W).
+
+    `logits(images)` gives the class scores. `num_features` is what torchmetrics reads to size its state.
+    """
+
+    def __init__(self, in_channels: int, image_size: int, num_classes: int, width: int = 32, feature_dim: int = 64):
+        super().__init__()
+        self.config = {"in_channels": in_channels, "image_size": image_size, "num_classes": num_classes,
+                       "width": width, "feature_dim": feature_dim}
+        self.num_features = feature_dim
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1, stride=2), nn.ReLU(),
+            nn.Conv2d(2 * width, 4 * width, 3, padding=1, stride=2), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(4 * width, feature_dim),
+        )
+        self.classifier = nn.Linear(feature_dim, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # torchmetrics hands the images over unchanged (custom network, normalize=False): floats in [0, 1].
+        return self.body(images.float() * 2.0 - 1.0)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier(F.relu(self(images)))
+
+
+def _to_unit(images: torch.Tensor) -> torch.Tensor:
+    return (images + 1.0) / 2.0  # datasets hold [-1, 1]; feature nets take [0, 1]
+
+
+def _augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random shifts by up to one pixel and mild pixel noise, so features are robust to sampler artefacts."""
+    b = images.shape[0]
+    padded = F.pad(images, (1, 1, 1, 1), value=0.0)
+    dx, dy = torch.randint(0, 3, (2,), generator=generator).tolist()
+    size = images.shape[-1]
+    shifted = padded[..., dy : dy + size, dx : dx + size]
+    noise = torch.randn(shifted.shape, generator=generator) * 0.05 * torch.rand((b, 1, 1, 1), generator=generator)
+    return (shifted + noise).clamp(0, 1)
+
+
+def train_feature_net(name: str, steps: int | None = None, seed: int = 0, progress: bool = False) -> tuple[FeatureNet, dict]:
+    """Train the feature network of recipe `name` from scratch; returns it and its metadata (accuracy etc.).
+
+    Deterministic for a given seed on one machine: the initialisation, batches and augmentation come from
+    seeded generators and training runs on one intra-op thread.
+    """
+    from ..training.data import get_dataset
+
+    if name not in RECIPES:
+        raise ValueError(f"unknown feature net recipe {name!r}; known: {sorted(RECIPES)}")
+    recipe = RECIPES[name]
+    steps = recipe["steps"] if steps is None else steps
+    train_set = get_dataset(recipe["dataset"], **recipe["train_options"])
+    x, y = _to_unit(train_set.images), train_set.labels
+    if recipe["test_options"] is None:
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+        cut = len(y) * 3 // 4
+        x_test, y_test = x[order[cut:]], y[order[cut:]]
+        x, y = x[order[:cut]], y[order[:cut]]
+    else:
+        test_set = get_dataset(recipe["dataset"], **recipe["test_options"])
+        x_test, y_test = _to_unit(test_set.images), test_set.labels
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = FeatureNet(train_set.channels, train_set.image_size, train_set.num_classes)
+        generator = torch.Generator().manual_seed(seed + 1)
+        optimizer = torch.optim.AdamW(net.parameters(), lr=recipe["lr"], weight_decay=1e-4)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe["lr"], total_steps=steps,
+                                                       pct_start=recipe["pct_start"])
+        net.train()
+        for step in range(steps):
+            index = torch.randint(0, len(y), (128,), generator=generator)
+            loss = F.cross_entropy(net.logits(_augment(x[index], generator)), y[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            if progress and step % 250 == 0:
+                print(f"step {step} loss {loss.item():.3f}", flush=True)
+        net.eval()
+        with torch.no_grad():
+            accuracy = float((net.logits(x_test).argmax(1) == y_test).float().mean())
+    finally:
+        torch.set_num_threads(threads)
+    meta = {"recipe": name, **recipe, "steps": steps, "seed": seed, "held_out_accuracy": accuracy,
+            "num_classes": train_set.num_classes, "class_names": train_set.class_names}
+    return net, meta
+
+
+def save_feature_net(net: FeatureNet, meta: dict, path: str | Path) -> None:
+    """Write `path.safetensors` (weights) and `path.json` (architecture + metadata)."""
+    path = Path(path)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path.with_suffix(".safetensors")))
+    path.with_suffix(".json").write_text(json.dumps({"config": net.config, "meta": meta}, indent=2) + "\n")
+
+
+def load_feature_net(name_or_path: str | Path) -> FeatureNet:
+    """A shipped network by name (`"digits"`, `"glyphs"`) or one saved with `save_feature_net` (path, no suffix)."""
+    path = Path(name_or_path)
+    if str(name_or_path) in RECIPES:
+        path = FEATURE_NET_DIR / str(name_or_path)
+    if not path.with_suffix(".json").is_file():
+        raise FileNotFoundError(
+            f"no feature network at {str(path)!r}; shipped: {sorted(RECIPES)}; "
+            f"rebuild with `python -m ee_diffusion.eval.features --name NAME`"
+        )
+    info = json.loads(path.with_suffix(".json").read_text())
+    net = FeatureNet(**info["config"])
+    net.load_state_dict(load_file(str(path.with_suffix(".safetensors"))))
+    net.meta = info["meta"]
+    return net.eval().requires_grad_(False)
+
+
+class InceptionFeatures(nn.Module):
+    """Inception-v3 pool features (2048-d) from a local weights file, for images in [0, 1] (any size, 1 or 3 ch)."""
+
+    def __init__(self, weights_path: str | Path) -> None:
+        super().__init__()
+        try:
+            from torchmetrics.image.fid import NoTrainInceptionV3
+        except ImportError as error:  # pragma: no cover - depends on the environment
+            raise ImportError("Inception features need torch-fidelity: pip install torch-fidelity") from error
+        self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                                      feature_extractor_weights_path=str(weights_path))
+        self.num_features = 2048
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        return self.net((images.clamp(0, 1) * 255).to(torch.uint8))
+
+
+def inception_feature_net(weights_path: str | Path) -> nn.Module:
+    """Inception features for FID when `weights_path` (pt_inception-2015-12-05 weights) exists locally."""
+    if not Path(weights_path).is_file():
+        raise FileNotFoundError(f"Inception weights not found at {str(weights_path)!r} (they cannot be downloaded here)")
+    return InceptionFeatures(weights_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Train and save a shipped feature network.")
+    parser.add_argument("--name", choices=sorted(RECIPES), required=True)
+    parser.add_argument("--out", type=Path, default=None, help="path without suffix (default: the shipped asset)")
+    parser.add_argument("--steps", type=int, default=None)
+    args = parser.parse_args(argv)
+    net, meta = train_feature_net(args.name, steps=args.steps, progress=True)
+    out = args.out if args.out is not None else FEATURE_NET_DIR / args.name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_feature_net(net, meta, out)
+    print(f"{args.name}: held-out accuracy {meta['held_out_accuracy']:.4f}; saved to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,392 @@
+"""Calibration: choose a depth schedule or per-timestep thresholds for a compute budget or a quality tolerance.
+
+Three tools, all measured on a *calibration set* (seeds disjoint from any evaluation):
+
+- `calibrate_schedule(pipe, budget=0.5)`: a static `TimestepSchedule`. The sampling steps are grouped into
+  timestep buckets; for every bucket and every shallower depth the calibration set is sampled once with only
+  that bucket shortened, and the deviation of the final samples from the full model's (same noise, in the
+  feature space of a feature network, or pixels) is recorded. Assuming the deviations add up, a small dynamic
+  programme picks the depth per bucket with the least total deviation whose block evaluations fit the budget.
+  With `tolerance=` instead of a budget it returns the cheapest schedule whose predicted deviation stays within
+  `tolerance` times the typical distance between two different full-model samples.
+- `calibrate_thresholds(pipe, budget=0.5)`: DeeDiff per-timestep certainty thresholds
+  (`UncertaintyThreshold(per_timestep=...)`), each bucket's threshold set by bisection so that the rows'
+  simulated mean exit depth matches the bucket's depth of the calibrated schedule; then checked by a real run
+  and tightened until the measured fraction fits the budget.
+- `distil_schedule(exit_stats)`: a dynamic policy observed over many samples becomes a static schedule (mean
+  depth per timestep). Static schedules plan every row's depth up front: no host synchronisation per block,
+  and they run under `torch.compile`.
+
+`save_calibration(result, path)` writes JSON (`{"exit_config": ..., "calibration": ...}`), `load_policy(path)`
+reads it back as an `EarlyExitConfig`.
+
+```py
+>>> from ee_diffusion.schedules.calibrate import allocate_depths
+>>> # 2 buckets of 10 steps; shortening bucket 1 (noisy) is cheap, bucket 0 is expensive; 8 blocks, half budget
+>>> deviation = [[9, 8, 7, 6, 5, 4, 2, 0], [0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.01, 0]]
+>>> allocate_depths(deviation, steps_per_bucket=[10, 10], num_blocks=8, budget=0.5)
+[7, 1]
+
+```
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import EarlyExitConfig
+from ..stats import ExitStats
+from .base import ExitContext
+from .static import TimestepSchedule
+from .uncertainty import UncertaintyThreshold
+
+
+@dataclass
+class CalibrationSet:
+    """The images calibration samples: `num_images` class-balanced images with noise seeds `seed`."""
+
+    num_images: int = 40
+    seed: int = 9001
+    num_inference_steps: int = 20
+    guidance_scale: float = 4.0
+    batch_size: int = 64
+    num_buckets: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("num_images", "num_inference_steps", "batch_size", "num_buckets"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass
+class CalibrationResult:
+    """The chosen exit config and what calibration measured (budget, fractions, per-bucket numbers)."""
+
+    exit_config: EarlyExitConfig
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"exit_config": self.exit_config.to_dict(), "calibration": self.info}
+
+
+def save_calibration(result: CalibrationResult, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+
+
+def load_policy(path: str | Path) -> EarlyExitConfig:
+    """Read a calibration JSON (or a bare `EarlyExitConfig` JSON) back as an `EarlyExitConfig`."""
+    data = json.loads(Path(path).read_text())
+    return EarlyExitConfig.from_dict(data["exit_config"] if "exit_config" in data else data)
+
+
+# ----------------------------------------------------------------------------------------------- buckets
+def step_buckets(timesteps: list[float], num_buckets: int) -> tuple[list[float], list[int]]:
+    """Group the sampling timesteps (any order) into `num_buckets` runs of consecutive steps.
+
+    Returns the bucket boundaries (ascending, midpoints between neighbouring steps of different buckets, as
+    `TimestepSchedule` wants them) and the number of steps per bucket (bucket 0 = lowest timesteps).
+    """
+    ts = sorted(float(t) for t in timesteps)
+    k = max(1, min(num_buckets, len(ts)))
+    edges = [round(i * len(ts) / k) for i in range(k + 1)]
+    counts = [edges[i + 1] - edges[i] for i in range(k)]
+    boundaries = [(ts[edges[i] - 1] + ts[edges[i]]) / 2 for i in range(1, k)]
+    return boundaries, counts
+
+
+def allocate_depths(
+    deviation: list[list[float]], steps_per_bucket: list[int], num_blocks: int, budget: float
+) -> list[int]:
+    """Depth per bucket minimising the summed deviation with block evaluations <= budget * steps * num_blocks.
+
+    `deviation[j][k-1]` is the (additive) cost of running bucket j at depth k (k = num_blocks costs 0).
+    """
+    if not 0 < budget <= 1:
+        raise ValueError(f"budget must be a fraction of block evaluations in (0, 1], got {budget!r}")
+    total_steps = sum(steps_per_bucket)
+    capacity = math.floor(budget * total_steps * num_blocks + 1e-9)
+    best: dict[int, tuple[float, list[int]]] = {0: (0.0, [])}
+    for j, steps in enumerate(steps_per_bucket):
+        nxt: dict[int, tuple[float, list[int]]] = {}
+        for used, (cost, depths) in best.items():
+            for k in range(1, num_blocks + 1):
+                spent = used + steps * k
+                if spent > capacity:
+                    break
+                value = (cost + float(deviation[j][k - 1]), depths + [k])
+                if spent not in nxt or value[0] < nxt[spent][0] - 1e-15:
+                    nxt[spent] = value
+        best = nxt
+    if not best:
+        raise ValueError(f"budget {budget} is below one block per step ({1 / num_blocks:.3f}); nothing fits")
+    # Least deviation; among ties the cheaper plan.
+    used, (cost, depths) = min(best.items(), key=lambda item: (item[1][0], item[0]))
+    return depths
+
+
+# ----------------------------------------------------------------------------------------------- sampling
+def _sample(pipe: Any, calib: CalibrationSet, exit_config: EarlyExitConfig | None):
+    from ..eval.sampling import generate
+
+    return generate(
+        pipe, range(calib.num_images), exit_config=exit_config, num_inference_steps=calib.num_inference_steps,
+        guidance_scale=calib.guidance_scale, seed=calib.seed, batch_size=calib.batch_size,
+    )
+
+
+def _embed(images: torch.Tensor, feature_net: Any) -> torch.Tensor:
+    if feature_net is None:
+        return images.flatten(1).double()
+    with torch.no_grad():
+        return feature_net(images).double()
+
+
+def _sampling_timesteps(pipe: Any, steps: int) -> list[float]:
+    pipe.scheduler.set_timesteps(steps)
+    return [float(t) for t in pipe.scheduler.timesteps]
+
+
+def measure_depth_deviation(
+    pipe: Any, calib: CalibrationSet, feature_net: Any = None, depths: list[int] | None = None, progress: bool = False
+) -> dict[str, Any]:
+    """Deviation of the final samples when one timestep bucket runs at a smaller depth (the rest at full depth).
+
+    Returns `{"boundaries", "steps_per_bucket", "deviation" (buckets x num_blocks, mean squared distance),
+    "typical_distance" (mean squared distance between two different full-model samples of one class),
+    "num_blocks"}`. Depths not measured are interpolated (monotone in depth).
+    """
+    num_blocks = len(pipe.transformer.transformer_blocks)
+    boundaries, counts = step_buckets(_sampling_timesteps(pipe, calib.num_inference_steps), calib.num_buckets)
+    reference = _embed(_sample(pipe, calib, None).images, feature_net)
+    # The typical distance: each sample against the next sample of the same class (a different noise draw).
+    num_classes = int(pipe.transformer.config.num_embeds_ada_norm)
+    shift = num_classes if calib.num_images > num_classes else 1
+    typical = float(((reference[shift:] - reference[:-shift]) ** 2).sum(1).mean())
+    depths = sorted(set(depths or range(1, num_blocks)))
+    measured: list[dict[int, float]] = []
+    for j in range(len(counts)):
+        row = {num_blocks: 0.0}
+        for k in depths:
+            plan = [num_blocks] * len(counts)
+            plan[j] = k
+            config = EarlyExitConfig(policy=TimestepSchedule(boundaries=boundaries, depths=plan))
+            images = _sample(pipe, calib, config).images
+            row[k] = float(((_embed(images, feature_net) - reference) ** 2).sum(1).mean())
+            if progress:
+                print(f"bucket {j} depth {k}: deviation {row[k]:.4g}", flush=True)
+        measured.append(row)
+    deviation = []
+    for row in measured:
+        known = sorted(row)
+        full = []
+        for k in range(1, num_blocks + 1):
+            if k in row:
+                full.append(row[k])
+            elif k < known[0]:
+                full.append(row[known[0]] * 2.0)  # shallower than anything measured: assume much worse
+            else:
+                lo = max(d for d in known if d < k)
+                hi = min(d for d in known if d > k)
+                full.append(row[lo] + (row[hi] - row[lo]) * (k - lo) / (hi - lo))
+        # Deviation can only be trusted to fall with depth: enforce it (measurement noise otherwise).
+        for k in range(num_blocks - 2, -1, -1):
+            full[k] = max(full[k], full[k + 1])
+        deviation.append(full)
+    return {"boundaries": boundaries, "steps_per_bucket": counts, "deviation": deviation,
+            "typical_distance": typical, "num_blocks": num_blocks}
+
+
+def schedule_from_deviation(measurement: dict[str, Any], budget: float | None = None,
+                            tolerance: float | None = None) -> tuple[TimestepSchedule, dict[str, Any]]:
+    """The calibrated schedule for a budget (fraction of block evaluations) or a tolerance (see module doc)."""
+    if (budget is None) == (tolerance is None):
+        raise ValueError(f"give exactly one of budget and tolerance, got budget={budget!r}, tolerance={tolerance!r}")
+    n = measurement["num_blocks"]
+    counts = measurement["steps_per_bucket"]
+    deviation = measurement["deviation"]
+    if budget is not None:
+        depths = allocate_depths(deviation, counts, n, budget)
+    else:
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0:
+            raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
+        allowed = tolerance * measurement["typical_distance"]
+        depths = [n] * len(counts)
+        total_blocks = sum(counts) * n
+        for used in range(sum(counts), total_blocks + 1):  # cheapest plan that stays within the tolerance
+            plan = allocate_depths(deviation, counts, n, used / total_blocks)
+            if sum(deviation[j][k - 1] for j, k in enumerate(plan)) <= allowed:
+                depths = plan
+                break
+    predicted = sum(deviation[j][k - 1] for j, k in enumerate(depths))
+    fraction = sum(c * k for c, k in zip(counts, depths)) / (sum(counts) * n)
+    info = {"depths": depths, "predicted_deviation": predicted,
+            "predicted_relative_deviation": predicted / max(measurement["typical_distance"], 1e-12),
+            "block_fraction": fraction}
+    return TimestepSchedule(boundaries=measurement["boundaries"], depths=depths), info
+
+
+def calibrate_schedule(
+    pipe: Any, budget: float | None = None, tolerance: float | None = None, calib: CalibrationSet | None = None,
+    feature_net: Any = None, measurement: dict[str, Any] | None = None, progress: bool = False,
+) -> CalibrationResult:
+    """A `TimestepSchedule` calibrated to `budget` (fraction of full-depth block evaluations) or `tolerance`."""
+    calib = calib or CalibrationSet()
+    measurement = measurement or measure_depth_deviation(pipe, calib, feature_net, progress=progress)
+    schedule, info = schedule_from_deviation(measurement, budget=budget, tolerance=tolerance)
+    info.update({"kind": "schedule", "budget": budget, "tolerance": tolerance, "calibration_set": vars(calib).copy(),
+                 "measurement": measurement})
+    return CalibrationResult(EarlyExitConfig(policy=schedule), info)
+
+
+# --------------------------------------------------------------------------------------------- thresholds
+class _CertaintyRecorder:
+    """A policy that never exits and records every active row's certainty after every block."""
+
+    needs_certainty = True
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def exit_mask(self, ctx: ExitContext) -> torch.Tensor:
+        if ctx.block_index == 0:
+            self.calls.append({"timesteps": ctx.timesteps.detach().cpu(), "certainty": []})
+        self.calls[-1]["certainty"].append(ctx.certainty.detach().float().cpu())
+        return torch.zeros_like(ctx.timesteps, dtype=torch.bool)
+
+
+def record_certainties(pipe: Any, calib: CalibrationSet) -> list[dict[str, torch.Tensor]]:
+    """Full-depth sampling of the calibration set; per model call the (R,) timesteps and (R, N-1) certainties."""
+    recorder = _CertaintyRecorder()
+    _sample(pipe, calib, EarlyExitConfig(policy=recorder))
+    return [{"timesteps": c["timesteps"], "certainty": torch.stack(c["certainty"], dim=1)} for c in recorder.calls]
+
+
+def simulate_depths(certainty: torch.Tensor, thresholds: torch.Tensor, patience: int, num_blocks: int,
+                    paired: bool) -> torch.Tensor:
+    """(R, N-1) certainties and (R,) thresholds -> (R,) depths under `UncertaintyThreshold`'s rule."""
+    rows, blocks = certainty.shape
+    passed = certainty > thresholds[:, None]
+    streak = torch.zeros(rows, dtype=torch.long)
+    wants = torch.zeros(rows, blocks, dtype=torch.bool)
+    for i in range(blocks):
+        streak = torch.where(passed[:, i], streak + 1, torch.zeros_like(streak))
+        wants[:, i] = passed[:, i] if (patience == 1 or i >= num_blocks // 2) else streak >= patience
+    if paired and rows % 2 == 0:
+        half = rows // 2
+        both = wants[:half] & wants[half:]
+        wants = torch.cat([both, both])
+    depth = torch.full((rows,), num_blocks, dtype=torch.long)
+    first = torch.where(wants.any(1), wants.float().argmax(1) + 1, depth)
+    return first
+
+
+def calibrate_thresholds(
+    pipe: Any, budget: float, calib: CalibrationSet | None = None, feature_net: Any = None, patience: int = 2,
+    cfg_pairing: str = "together", measurement: dict[str, Any] | None = None, max_rounds: int = 4,
+    progress: bool = False,
+) -> CalibrationResult:
+    """Per-timestep DeeDiff thresholds whose measured block fraction on the calibration set fits `budget`."""
+    if pipe.exit_heads is None:
+        raise ValueError("calibrate_thresholds needs a pipeline with exit_heads (UncertaintyHeads)")
+    calib = calib or CalibrationSet()
+    measurement = measurement or measure_depth_deviation(pipe, calib, feature_net, progress=progress)
+    n = measurement["num_blocks"]
+    boundaries = measurement["boundaries"]
+    calls = record_certainties(pipe, calib)
+    edges = torch.tensor(boundaries, dtype=torch.float64)
+    certainty = torch.cat([c["certainty"] for c in calls])
+    timesteps = torch.cat([c["timesteps"] for c in calls])
+    call_rows = [c["timesteps"].numel() for c in calls]
+    bucket = torch.bucketize(timesteps.double(), edges, right=True)
+    paired = cfg_pairing == "together" and calib.guidance_scale > 1
+
+    def simulate(thresholds: list[float]) -> torch.Tensor:
+        per_row = torch.tensor(thresholds, dtype=torch.float32)[bucket]
+        parts, start = [], 0
+        for rows in call_rows:  # pairs live within one call
+            parts.append(simulate_depths(certainty[start:start + rows], per_row[start:start + rows], patience, n, paired))
+            start += rows
+        return torch.cat(parts)
+
+    target_budget = budget
+    history = []
+    for _ in range(max_rounds):
+        _, sched_info = schedule_from_deviation(measurement, budget=target_budget)
+        targets = sched_info["depths"]
+        thresholds = [0.5] * len(targets)
+        for j, target in enumerate(targets):
+            lo, hi = 1e-4, 1 - 1e-6  # depth grows with the threshold
+            for _ in range(30):
+                mid = (lo + hi) / 2
+                trial = list(thresholds)
+                trial[j] = mid
+                depth = simulate(trial)[bucket == j].float().mean()
+                lo, hi = (mid, hi) if depth < target else (lo, mid)
+            thresholds[j] = hi
+        policy = UncertaintyThreshold(threshold=thresholds[0], patience=patience,
+                                      per_timestep={"boundaries": boundaries, "thresholds": thresholds})
+        config = EarlyExitConfig(policy=policy, cfg_pairing=cfg_pairing)
+        run = _sample(pipe, calib, config)
+        fraction = run.block_evals / (run.model_rows * n)
+        history.append({"target_budget": target_budget, "targets": targets, "thresholds": thresholds,
+                        "simulated_fraction": float(simulate(thresholds).float().mean() / n),
+                        "measured_fraction": fraction})
+        if progress:
+            print(f"thresholds {['%.4f' % t for t in thresholds]}: measured fraction {fraction:.3f}", flush=True)
+        if fraction <= budget + 1e-9:
+            break
+        target_budget = max(1.0 / n, target_budget - (fraction - budget) - 0.01)
+    info = {"kind": "thresholds", "budget": budget, "patience": patience, "cfg_pairing": cfg_pairing,
+            "block_fraction": history[-1]["measured_fraction"], "rounds": history,
+            "calibration_set": vars(calib).copy()}
+    return CalibrationResult(config, info)
+
+
+# ------------------------------------------------------------------------------------------------ distil
+def distil_schedule(stats: ExitStats, boundaries: list[float] | None = None, rounding: str = "ceil") -> TimestepSchedule:
+    """A static `TimestepSchedule` from the exits a dynamic policy made (an `ExitStats` over many samples).
+
+    Without `boundaries`, every distinct observed timestep gets its own bucket (boundaries at midpoints,
+    equal neighbours merged); each bucket's depth is the mean observed depth, rounded up (`"ceil"`) or to the
+    nearest integer (`"round"`).
+
+    ```py
+    >>> import torch
+    >>> from ee_diffusion.stats import ExitStats
+    >>> stats = ExitStats(num_blocks=8)
+    >>> stats.record(torch.tensor([900.0, 900.0]), torch.tensor([2, 3]), False)
+    >>> stats.record(torch.tensor([100.0, 100.0]), torch.tensor([8, 7]), False)
+    >>> distil_schedule(stats).to_dict()
+    {'type': 'TimestepSchedule', 'boundaries': [500.0], 'depths': [8, 3]}
+
+    ```
+    """
+    if rounding not in ("ceil", "round"):
+        raise ValueError(f"rounding must be 'ceil' or 'round', got {rounding!r}")
+    if stats.num_calls == 0:
+        raise ValueError("distil_schedule needs the statistics of at least one model call")
+    timesteps = torch.cat(stats.timesteps).double()
+    depths = torch.cat(stats.blocks_run).double()
+    if boundaries is None:
+        distinct = torch.unique(timesteps).tolist()
+        boundaries = [(a + b) / 2 for a, b in zip(distinct, distinct[1:])]
+    bucket = torch.bucketize(timesteps, torch.tensor(boundaries, dtype=torch.float64), right=True)
+    per_bucket = []
+    for j in range(len(boundaries) + 1):
+        chosen = depths[bucket == j]
+        mean = float(chosen.mean()) if chosen.numel() else float(stats.num_blocks)
+        per_bucket.append(max(1, min(stats.num_blocks, math.ceil(mean - 1e-9) if rounding == "ceil" else round(mean))))
+    # Merge neighbouring buckets of equal depth.
+    merged_b, merged_d = [], [per_bucket[0]]
+    for b, d in zip(boundaries, per_bucket[1:]):
+        if d != merged_d[-1]:
+            merged_b.append(float(b))
+            merged_d.append(d)
+    return TimestepSchedule(boundaries=merged_b, depths=merged_d)
