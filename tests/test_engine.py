@@ -328,12 +328,14 @@ def test_remove_without_apply_raises(dit):
 
 
 def test_unsupported_models_raise_type_error():
+    # U-Nets are supported (tests/test_backbone_unet.py), but not with skip blocks
     unet = UNet2DModel(
         sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 8),
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
+        down_block_types=("SkipDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "SkipUpBlock2D"),
+        norm_num_groups=4,
     )
-    for model in (torch.nn.Linear(2, 2), unet):
-        with pytest.raises(TypeError, match="DiTTransformer2DModel"):
+    for model, match in ((torch.nn.Linear(2, 2), "DiTTransformer2DModel"), (unet, "SkipDownBlock2D")):
+        with pytest.raises(TypeError, match=match):
             apply_early_exit(model, EarlyExitConfig())
         assert not hasattr(model, "_diffusers_hook")
         assert "forward" not in model.__dict__
