@@ -60,3 +60,16 @@ def test_mask_matters(case):
     """Guards the mask-slicing test above: the padded row's output depends on its mask."""
     inputs = dict(case.inputs, encoder_attention_mask=torch.ones(4, 5))
     assert not torch.allclose(run(case, inputs)[1], run(case)[1], atol=1e-5)
+
+
+def test_exit_outputs_for_training(case):
+    from ee_diffusion.training.losses import DeeDiffLossConfig, deediff_loss_terms
+
+    conditioning = {k: case.inputs[k] for k in ("encoder_hidden_states", "encoder_attention_mask")}
+    hidden, predictions = PixArtAdapter(case.model).exit_outputs(case.inputs["hidden_states"], T, **conditioning)
+    assert torch.equal(predictions[-1].detach(), run(case)[:, :4])  # eps half of the learned-variance output
+    heads = UncertaintyHeads.from_model(case.model)
+    terms = deediff_loss_terms(predictions, [heads(i, h) for i, h in enumerate(hidden)],
+                               torch.randn(4, 4, 8, 8), DeeDiffLossConfig())
+    terms["loss"].backward()
+    assert case.model.transformer_blocks[0].attn2.to_k.weight.grad is not None

@@ -66,3 +66,17 @@ def test_unsupported_arguments_raise(case, name, value):
     apply_early_exit(case.model, EarlyExitConfig(policy=StaticDepth(2)))
     with pytest.raises(ValueError, match=name):
         run(case, dict(case.inputs, **{name: value}))
+
+
+def test_exit_outputs_for_training(case):
+    from ee_diffusion.heads import UncertaintyHeads
+    from ee_diffusion.training.losses import DeeDiffLossConfig, deediff_loss_terms
+
+    conditioning = {k: case.inputs[k] for k in ("encoder_hidden_states", "pooled_projections")}
+    hidden, predictions = SD3Adapter(case.model).exit_outputs(case.inputs["hidden_states"], T.float(), **conditioning)
+    assert torch.equal(predictions[-1].detach(), run(case))
+    heads = UncertaintyHeads.from_model(case.model)
+    terms = deediff_loss_terms(predictions, [heads(i, h) for i, h in enumerate(hidden)],
+                               torch.randn(4, 4, 8, 8), DeeDiffLossConfig())
+    terms["loss"].backward()
+    assert case.model.transformer_blocks[0].attn.to_q.weight.grad is not None

@@ -141,3 +141,22 @@ def test_unsupported_layouts_raise_type_error():
         get_adapter(skip)
     with pytest.raises(TypeError, match="SkipDownBlock2D"):
         apply_early_exit(skip)
+
+
+def test_exit_outputs_for_training_match_the_engine_and_train_the_bridges(case):
+    from ee_diffusion.engine import early_exit
+    from ee_diffusion.training.losses import DeeDiffLossConfig, deediff_loss_terms
+
+    model, bridges = case.model, case.apply_kwargs["bridges"]
+    conditioning = {k: v for k, v in case.inputs.items() if k not in ("sample", "timestep")}
+    features, predictions = UNetAdapter(model).exit_outputs(case.inputs["sample"], T, bridges=bridges, **conditioning)
+    assert [tuple(f.shape[1:]) for f in features] == [(8, 8, 8), (16, 4, 4), (16, 2, 2)]
+    for depth, prediction in enumerate(predictions, start=1):
+        with early_exit(model, EarlyExitConfig(policy=StaticDepth(depth)), bridges=bridges):
+            torch.testing.assert_close(prediction.detach(), run(case), rtol=0, atol=1e-5)
+    heads = UncertaintyHeads.from_model(model)
+    noise = torch.randn_like(case.inputs["sample"])
+    terms = deediff_loss_terms(predictions, [heads(i, f) for i, f in enumerate(features)], noise, DeeDiffLossConfig())
+    terms["loss"].backward()
+    assert all(p.grad is not None for p in bridges.parameters())
+    assert all(p.grad is not None for p in heads.parameters())

@@ -122,3 +122,16 @@ def test_stock_pipeline(kind):
 @pytest.mark.parametrize("scheduler", sorted(SCHEDULERS))
 def test_stable_diffusion_pipeline_with_schedulers(scheduler):
     check_pipeline("sd", scheduler, calls_per_step=2 if scheduler == "Heun" else 1)
+
+
+def test_docs_backbones_runs(capsys):
+    """Every ```python block of docs/backbones.md runs, in order, in one namespace."""
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).parent.parent / "docs" / "backbones.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 3
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "docs/backbones.md", "exec"), namespace)

@@ -54,6 +54,20 @@ class BackboneAdapter:
         """Apply the model's output head to a block's hidden state; returns what the model would return."""
         raise NotImplementedError
 
+    def exit_outputs(
+        self, sample: torch.Tensor, timestep: torch.Tensor, **conditioning: Any
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """One pass for training: (what head i reads, the eps prediction of exit i) for every exit i.
+
+        `conditioning` holds the model's other keyword inputs (DiT: `class_labels`; PixArt:
+        `encoder_hidden_states`, optionally `encoder_attention_mask`; SD3: `encoder_hidden_states`,
+        `pooled_projections`). Predictions keep the eps channels only (the first C of a learned-variance
+        output); the last one is the model's own output.
+        """
+        hidden = self.hidden_states_per_block(sample, timestep, **conditioning)
+        channels = self.prediction_shape()[0]
+        return hidden, [self.decode(h, timestep=timestep, **conditioning)[:, :channels] for h in hidden]
+
     def batch_and_timesteps(self, inputs: dict[str, Any]) -> tuple[int, torch.Tensor]:
         """From the model's call arguments: the batch size B and a (B,) float tensor of per-row timesteps."""
         hidden = inputs["hidden_states"]

@@ -177,6 +177,64 @@ class UNetAdapter(BackboneAdapter):
         model = self.model
         return model.time_embedding(model.time_proj(timestep).to(dtype=dtype))
 
+    def exit_outputs(
+        self, sample: torch.Tensor, timestep: torch.Tensor, bridges: UNetExitBridges | None = None, **conditioning: Any
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """One pass for training: every level's feature map and the eps prediction of every depth 1..N.
+
+        The model runs once, as its own forward does (so every embedding and conditioning path is the
+        model's); hooks record each block's inputs and outputs. Then, for every depth d < N, the shallow up
+        path (up blocks N-d..N-1 and the output head) is run again from `bridges`' replacement of the inner
+        levels. `predictions[d - 1]` equals the model under `StaticDepth(d)`; the last is the model's output.
+        Gradients reach the U-Net and the bridges.
+        """
+        model = self.model
+        n = self.num_blocks
+        if bridges is None:
+            raise ValueError("U-Net exits need `bridges=UNetExitBridges.from_model(model)` to replace the inner levels")
+        record: dict[Any, Any] = {}
+
+        def keep(key):
+            def hook(module, args, kwargs, output):
+                record[key] = (self.named_inputs(module, args, kwargs) if key != "conv_in" else None, output)
+
+            return hook
+
+        modules = [("conv_in", model.conv_in)] + [(("down", i), b) for i, b in enumerate(model.down_blocks)]
+        modules += [(("up", j), b) for j, b in enumerate(model.up_blocks)]
+        handles = [m.register_forward_hook(keep(key), with_kwargs=True) for key, m in modules]
+        try:
+            output = model(sample, timestep, **conditioning).sample
+        finally:
+            for handle in handles:
+                handle.remove()
+        channels = self.prediction_shape()[0]
+        features = [record[("down", i)][1][1][self.feature_index(i)] for i in range(n)]  # (B, C_i, H_i, W_i)
+        predictions = []
+        for depth in range(1, n):
+            temb = record[("down", depth - 1)][0]["temb"]
+            hidden = bridges(depth - 1, features[depth - 1], temb)
+            skips = [record["conv_in"][1]]
+            for i in range(depth):
+                skips += list(record[("down", i)][1][1])
+            skips = skips[:-1]  # down block d-1's downsampled output feeds only the skipped levels
+            for j in range(n - depth, n):
+                up = model.up_blocks[j]
+                inputs = dict(record[("up", j)][0])
+                k = len(up.resnets)
+                inputs["hidden_states"], inputs["res_hidden_states_tuple"] = hidden, tuple(skips[-k:])
+                skips = skips[:-k]
+                hidden = up(**inputs)
+            prediction = model.conv_out(model.conv_act(model.conv_norm_out(hidden)))
+            if isinstance(model, UNet2DModel) and model.config.time_embedding_type == "fourier":
+                # UNet2DModel divides a fourier-embedded model's output by sigma (its `timestep`)
+                sigma = torch.as_tensor(timestep, device=prediction.device).float()
+                sigma = sigma.reshape(-1, 1, 1, 1) if sigma.ndim else sigma
+                prediction = prediction / sigma
+            predictions.append(prediction[:, :channels])
+        predictions.append(output[:, :channels])
+        return features, predictions
+
 
 class UNetExitBridges(ModelMixin, ConfigMixin):
     """The learned replacement of a U-Net's skipped inner levels: one small bridge per truncation depth.
