@@ -16,16 +16,22 @@ if TYPE_CHECKING:
     from .pipelines import EarlyExitDiTPipeline
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "digits-dit"
+#: Guidance scale to sample the default model with. This small pixel-space model over-saturates under strong
+#: classifier-free guidance: class accuracy of its samples is 0.97 at 1 (no guidance), 0.99 at 2, 0.51 at 4.
+DEFAULT_GUIDANCE_SCALE = 1.0
 
 
 def load_default_pipeline(device: str | torch.device | None = None) -> "EarlyExitDiTPipeline":
     """Load the shipped digits pipeline (transformer, DDIM scheduler, exit heads, default exit config).
 
+    Sample it with `guidance_scale=DEFAULT_GUIDANCE_SCALE` (1.0): the pipeline's generic default of 4.0 ruins
+    this model's digits (see `assets/digits-dit/TRAINING.md`).
+
     ```py
     >>> from ee_diffusion import load_default_pipeline
     >>> pipe = load_default_pipeline()
     >>> pipe.set_progress_bar_config(disable=True)
-    >>> out = pipe(class_labels=[3, 7], num_inference_steps=5, output_type="np")
+    >>> out = pipe(class_labels=[3, 7], num_inference_steps=5, guidance_scale=DEFAULT_GUIDANCE_SCALE, output_type="np")
     >>> out.images.shape, pipe.exit_heads is not None
     ((2, 8, 8, 1), True)
 

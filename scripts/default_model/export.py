@@ -36,7 +36,13 @@ def candidates(num_blocks: int) -> dict[str, EarlyExitConfig]:
     for threshold in (0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95):
         configs[f"UncertaintyThreshold({threshold})"] = EarlyExitConfig(policy=UncertaintyThreshold(threshold))
     # Keep the configs that fit this model (the depths above are for the 8-block default).
-    fits = lambda c: c.policy is None or not hasattr(c.policy, "plan_depths") or max(c.policy._all_depths()) <= num_blocks
+    def fits(config: EarlyExitConfig) -> bool:
+        try:
+            getattr(config.policy, "validate_for", lambda n: None)(num_blocks)
+        except ValueError:
+            return False
+        return True
+
     return {name: config for name, config in configs.items() if fits(config)}
 
 
