@@ -160,3 +160,22 @@ def test_exit_outputs_for_training_match_the_engine_and_train_the_bridges(case):
     terms["loss"].backward()
     assert all(p.grad is not None for p in bridges.parameters())
     assert all(p.grad is not None for p in heads.parameters())
+
+
+def test_training_losses_take_u_nets(case):
+    from ee_diffusion.schedules import TimestepSchedule
+    from ee_diffusion.training.losses import ASELossConfig, ase_loss, deediff_loss
+
+    model, bridges = case.model.train(), case.apply_kwargs["bridges"]
+    x = case.inputs["sample"]
+    conditioning = {k: v for k, v in case.inputs.items() if k not in ("sample", "timestep")}
+    noise = torch.randn_like(x)
+    config = ASELossConfig(schedule=TimestepSchedule(boundaries=[200, 800], depths=[3, 2, 1]))
+    out = ase_loss(model, x, noise, T, config=config, bridges=bridges, **conditioning)
+    assert out["depth"].item() == pytest.approx((3 + 2 + 2 + 1) / 4)
+    out["loss"].backward()
+    assert all(p.grad is not None for p in bridges.parameters())
+    heads = UncertaintyHeads.from_model(model)
+    out = deediff_loss(model, heads, x, noise, T, bridges=bridges, **conditioning)
+    assert out["block_mse"].shape == (LEVELS,)
+    model.eval()

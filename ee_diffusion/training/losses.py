@@ -113,17 +113,21 @@ def eps_channels(prediction: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 def block_predictions(
-    model: nn.Module, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor
+    model: nn.Module,
+    sample: torch.Tensor,
+    timestep: torch.Tensor,
+    class_labels: torch.Tensor | None = None,
+    **conditioning: Any,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """One pass through every block: (hidden states h_i (B, L, D), eps predictions eps_i = g(h_i) (B, C, H, W)).
 
-    eps_i keeps only the eps channels of a learned-sigma model; the last one is the model's own output.
+    eps_i keeps only the eps channels of a learned-sigma model; the last one is the model's own output. Other
+    backbones take their conditioning as keywords (`adapter.exit_outputs`; U-Nets also `bridges=`, and h_i is
+    then level i's feature map).
     """
-    adapter = get_adapter(model)
-    channels = adapter.prediction_shape()[0]
-    hidden = adapter.hidden_states_per_block(sample, timestep, class_labels)
-    eps = [eps_channels(adapter.decode(h, timestep=timestep, class_labels=class_labels), channels) for h in hidden]
-    return hidden, eps
+    if class_labels is not None:
+        conditioning["class_labels"] = class_labels
+    return get_adapter(model).exit_outputs(sample, timestep, **conditioning)
 
 
 def deediff_loss_terms(
@@ -169,10 +173,13 @@ def deediff_loss(
     noisy: torch.Tensor,
     noise: torch.Tensor,
     timestep: torch.Tensor,
-    class_labels: torch.Tensor,
+    class_labels: torch.Tensor | None = None,
     config: DeeDiffLossConfig | None = None,
+    **conditioning: Any,
 ) -> dict[str, torch.Tensor]:
     """DeeDiff's joint loss on one batch of noised samples `noisy` = add_noise(x0, `noise`, `timestep`).
+
+    `conditioning`: the inputs of non-DiT backbones, as for `block_predictions`.
 
     ```py
     >>> import torch
@@ -193,7 +200,7 @@ def deediff_loss(
             f"{'' if heads.conditioned else 'not '}timestep-conditioned; build them with "
             f"UncertaintyHeads.from_model(model, condition_on_timestep={config.condition_on_timestep})"
         )
-    hidden, eps = block_predictions(model, noisy, timestep, class_labels)
+    hidden, eps = block_predictions(model, noisy, timestep, class_labels, **conditioning)
     condition = None
     if heads.conditioned:
         condition = get_adapter(model).timestep_embedding(timestep, hidden[0].dtype)
@@ -217,14 +224,15 @@ def ase_loss(
     noisy: torch.Tensor,
     noise: torch.Tensor,
     timestep: torch.Tensor,
-    class_labels: torch.Tensor,
+    class_labels: torch.Tensor | None = None,
     config: ASELossConfig | None = None,
+    **conditioning: Any,
 ) -> dict[str, torch.Tensor]:
     """ASE: the diffusion loss on the prediction decoded at each sample's scheduled exit block S(t).
 
-    All blocks run once; each row's hidden state after block S(t_row) - 1 is picked and decoded with the model's
-    output head. Returns `loss` (= `ase`), `ase`, `block_mse` ((N,) detached per-block error, for logging) and
-    `depth` (mean scheduled depth).
+    All blocks run once and every block is decoded with the model's output head; each row's prediction at
+    block S(t_row) - 1 is picked. Returns `loss` (= `ase`), `ase`, `block_mse` ((N,) detached per-block error,
+    for logging) and `depth` (mean scheduled depth). `conditioning`: as for `block_predictions`.
 
     ```py
     >>> import torch
@@ -241,18 +249,12 @@ def ase_loss(
     config = ASELossConfig() if config is None else config
     adapter = get_adapter(model)
     config.schedule.validate_for(adapter.num_blocks)
-    hidden = adapter.hidden_states_per_block(noisy, timestep, class_labels)
+    _, eps = block_predictions(model, noisy, timestep, class_labels, **conditioning)
     depths = config.schedule.plan_depths(timestep.float(), adapter.num_blocks)  # (B,) in 1..N
-    stacked = torch.stack(hidden)  # (N, B, L, D)
+    stacked = torch.stack(eps)  # (N, B, C, H, W)
     rows = torch.arange(noisy.shape[0], device=noisy.device)
-    exit_hidden = stacked[depths.to(stacked.device) - 1, rows]  # (B, L, D)
-    channels = adapter.prediction_shape()[0]
-    prediction = eps_channels(adapter.decode(exit_hidden, timestep=timestep, class_labels=class_labels), channels)
+    prediction = stacked[depths.to(stacked.device) - 1, rows]  # (B, C, H, W)
     ase = (prediction.float() - noise.float()).pow(2).mean()
     with torch.no_grad():
-        block_mse = torch.stack([
-            (eps_channels(adapter.decode(h, timestep=timestep, class_labels=class_labels), channels).float()
-             - noise.float()).pow(2).mean()
-            for h in hidden
-        ])
+        block_mse = torch.stack([(e.float() - noise.float()).pow(2).mean() for e in eps])
     return {"loss": ase, "ase": ase, "block_mse": block_mse, "depth": depths.float().mean()}
