@@ -83,6 +83,10 @@ def test_heads_mode_freezes_backbone_and_ase_freezes_timestep_embedder(tmp_path)
     frozen = [k for k in before if ".timestep_embedder." in k]
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
     assert any(not torch.equal(before[k], after[k]) for k in before if k not in frozen)
+    from ee_diffusion.pipelines import EarlyExitDiTPipeline
+
+    pipe = EarlyExitDiTPipeline.from_pretrained(trainer.save_pipeline())
+    assert pipe.exit_heads is None and pipe.default_exit_config.policy.depths == [2, 1]
 
 
 def test_label_dropout_is_per_sample_to_null_id_and_embedder_dropout_is_off(tmp_path):

@@ -355,6 +355,14 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         return self.step
 
+    def default_exit_config(self) -> dict[str, Any] | None:
+        """The saved pipeline's default exit config: the experiment's, else (ASE) the schedule it was tuned for."""
+        if self.config.exit_config is not None:
+            return self.config.exit_config
+        if self.config.train.mode == "ase":
+            return {"policy": self.config.train.ase.schedule.to_dict(), "cfg_pairing": "together"}
+        return None
+
     def save_pipeline(self, folder: str | Path | None = None, use_ema: bool = True) -> Path:
         """Save an `EarlyExitDiTPipeline` folder (pixel space) with the EMA weights if any."""
         from ..pipelines import EarlyExitDiTPipeline
@@ -374,7 +382,7 @@ class Trainer:
                     vae=None,
                     exit_heads=module.heads,
                     id2label=self.dataset.id2label(),
-                    exit_config=self.config.exit_config,
+                    exit_config=self.default_exit_config(),
                 )
                 pipe.save_pretrained(str(folder))
         finally:
