@@ -14,6 +14,7 @@ _EXPORTS = {
     "EarlyExitConfig": "ee_diffusion.config",
     "ExitStats": "ee_diffusion.stats",
     "UncertaintyHeads": "ee_diffusion.heads",
+    "UNetExitBridges": "ee_diffusion.backbones.unet",
     "apply_early_exit": "ee_diffusion.engine",
     "remove_early_exit": "ee_diffusion.engine",
     "set_exit_config": "ee_diffusion.engine",
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
         remove_early_exit,
         set_exit_config,
     )
+    from .backbones.unet import UNetExitBridges
     from .heads import UncertaintyHeads
     from .pipelines import EarlyExitDiTPipeline
     from .stats import ExitStats
