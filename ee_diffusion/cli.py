@@ -1,4 +1,4 @@
-"""The `ee-diffusion` command line: `ee-diffusion demo | bench-engine` (see `ee-diffusion --help`)."""
+"""The `ee-diffusion` command line: `ee-diffusion demo | bench-engine | train | bench | calibrate` (see `ee-diffusion --help`)."""
 
 from __future__ import annotations
 
@@ -56,12 +56,74 @@ def _run_train(args: argparse.Namespace) -> int:
     return run_train(args)
 
 
+def _add_bench(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench", help="FID, speed and compute of every method and baseline; writes report.json/.md and pareto.png"
+    )
+    parser.add_argument("--preset", choices=("ci", "full"), default="ci")
+    parser.add_argument("--out", type=Path, default=Path("bench_out"))
+    parser.add_argument("--settings", nargs="+", choices=("digits", "glyphs"), default=None,
+                        help="override the preset's settings")
+    parser.add_argument("--digits-model", default=None, help="pipeline folder (default: the shipped digits model)")
+    parser.add_argument("--glyphs-model", default=None, help="pipeline folder (default: assets/glyphs-dit)")
+    parser.set_defaults(func=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from .eval.bench import run
+
+    paths = {k: v for k, v in (("digits", args.digits_model), ("glyphs", args.glyphs_model)) if v}
+    run(args.preset, args.out, settings=args.settings, model_paths=paths,
+        command="ee-diffusion " + " ".join(sys.argv[1:]))
+    return 0
+
+
+def _add_calibrate(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "calibrate", help="choose a depth schedule or per-timestep thresholds for a compute budget or quality tolerance"
+    )
+    parser.add_argument("--model", default="digits", help='"digits" (shipped), "glyphs", or a pipeline folder')
+    parser.add_argument("--kind", choices=("schedule", "thresholds", "distil"), default="schedule")
+    goal = parser.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--budget", type=float, help="fraction of full-depth block evaluations, in (0, 1]")
+    goal.add_argument("--tolerance", type=float,
+                      help="schedule only: allowed sample deviation, as a fraction of the typical distance between "
+                           "two full-model samples")
+    parser.add_argument("--threshold", type=float, default=0.9, help="distil: the DeeDiff threshold to observe")
+    parser.add_argument("--images", type=int, default=40, help="calibration images (seeds disjoint from bench)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("--buckets", type=int, default=4, help="timestep buckets of the schedule")
+    parser.add_argument("--out", type=Path, default=Path("policy.json"))
+    parser.set_defaults(func=_run_calibrate)
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from .eval.bench import load_setting_pipeline
+    from .eval.features import load_feature_net
+    from .schedules.calibrate import run_calibration
+
+    setting = args.model if args.model in ("digits", "glyphs") else None
+    pipe = load_setting_pipeline(setting or "digits", None if setting else args.model)
+    feature_net = load_feature_net(setting) if setting else None
+    result = run_calibration(pipe, kind=args.kind, budget=args.budget, tolerance=args.tolerance,
+                             threshold=args.threshold, num_images=args.images, steps=args.steps,
+                             guidance_scale=args.guidance, num_buckets=args.buckets, feature_net=feature_net)
+    from .schedules.calibrate import save_calibration
+
+    save_calibration(result, args.out)
+    print(f"{result.exit_config.to_json()}\nblock fraction {result.info.get('block_fraction'):.3f}; saved to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ee-diffusion", description="Early exit for diffusers denoisers.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_demo(subparsers)
     _add_bench_engine(subparsers)
     _add_train(subparsers)
+    _add_bench(subparsers)
+    _add_calibrate(subparsers)
     return parser
 
 

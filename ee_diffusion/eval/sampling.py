@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..config import EarlyExitConfig
+from ..stats import ExitStats
 
 _SEED_STRIDE = 1_000_003
 
@@ -99,6 +100,7 @@ def generate(
     num_classes = int(transformer.config.num_embeds_ada_norm)
     counter = BlockCounter(transformer.transformer_blocks)
     images, model_rows = [], 0
+    stats = ExitStats(len(transformer.transformer_blocks))
     try:
         for start in range(0, len(indices), batch_size):
             chunk = indices[start : start + batch_size]
@@ -117,6 +119,8 @@ def generate(
                 )
             images.append(out.images.float().cpu())
             model_rows += sum(b.numel() for b in out.exit_stats.blocks_run)
+            for t, b, p in zip(out.exit_stats.timesteps, out.exit_stats.blocks_run, out.exit_stats.cfg_paired):
+                stats.record(t, b, p)
     finally:
         counter.close()
     return SampleRun(
@@ -125,6 +129,7 @@ def generate(
         indices=torch.tensor(indices),
         block_evals=counter.rows,
         model_rows=model_rows,
+        extra={"exit_stats": stats},
     )
 
 

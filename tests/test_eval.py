@@ -1,0 +1,128 @@
+"""Evaluation: FID/KID properties, seeded sampling, FLOPs, FirstBlockCache baseline, the bench report."""
+
+import json
+
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from ee_diffusion import EarlyExitConfig, UncertaintyHeads
+from ee_diffusion.eval.baselines import fbc_pipeline, first_block_cache
+from ee_diffusion.eval.compute import count_flops
+from ee_diffusion.eval.features import load_feature_net, train_feature_net
+from ee_diffusion.eval.quality import QualityEvaluator, corrupt, real_images
+from ee_diffusion.eval.sampling import generate
+from ee_diffusion.pipelines import EarlyExitDiTPipeline
+from ee_diffusion.schedules import StaticDepth, UncertaintyThreshold
+from ee_diffusion.testing import tiny_dit
+
+
+@pytest.fixture(scope="module")
+def evaluator():
+    real, _ = real_images("digits", "reference")
+    return QualityEvaluator(load_feature_net("digits"), real[:400])
+
+
+@pytest.fixture(scope="module")
+def floor_set():
+    images, labels = real_images("digits", "floor")
+    return images[:400], labels[:400]
+
+
+def _pipe(num_layers=4, heads=False):
+    model = tiny_dit(num_layers=num_layers)
+    pipe = EarlyExitDiTPipeline(transformer=model, scheduler=DDIMScheduler(),
+                                exit_heads=UncertaintyHeads.from_model(model) if heads else None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_fid_of_a_set_with_itself_is_zero(evaluator):
+    real, labels = real_images("digits", "reference")
+    score = evaluator.score(real[:400], labels[:400])
+    assert score["fid"] == pytest.approx(0.0, abs=1e-3)
+    assert score["accuracy"] > 0.95
+
+
+def test_fid_grows_monotonically_with_corruption(evaluator, floor_set):
+    images, labels = floor_set
+    fids = [evaluator.score(corrupt(images, level), labels, kid=False)["fid"] for level in (0.0, 0.15, 0.3, 0.6)]
+    assert all(a < b for a, b in zip(fids, fids[1:])), fids
+    kids = [evaluator.kid(corrupt(images, level))["kid_mean"] for level in (0.0, 0.6)]
+    assert kids[0] < kids[1]
+
+
+def test_feature_net_training_is_deterministic():
+    a, meta_a = train_feature_net("digits", steps=15)
+    b, _ = train_feature_net("digits", steps=15)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+    assert 0 <= meta_a["held_out_accuracy"] <= 1
+
+
+def test_shipped_feature_nets_are_small_and_accurate():
+    for name, minimum in (("digits", 0.95),):
+        net = load_feature_net(name)
+        assert net.meta["held_out_accuracy"] >= minimum
+    from ee_diffusion.eval.features import FEATURE_NET_DIR
+
+    assert all(f.stat().st_size < 2 * 2**20 for f in FEATURE_NET_DIR.iterdir())
+
+
+def test_images_do_not_depend_on_batching_and_every_method_sees_the_same_noise():
+    pipe = _pipe()
+    one = generate(pipe, range(5), num_inference_steps=3, batch_size=5)
+    split = generate(pipe, range(5), num_inference_steps=3, batch_size=2)
+    tail = generate(pipe, [3, 4], num_inference_steps=3)
+    torch.testing.assert_close(one.images, split.images, rtol=0, atol=2e-4)
+    torch.testing.assert_close(one.images[3:], tail.images, rtol=0, atol=2e-4)
+    assert one.labels.tolist() == [0, 1, 2, 3, 4]
+    # A 1-step schedule's output is a function of the initial noise and the model: same noise, same exits.
+    shallow = generate(pipe, range(5), num_inference_steps=3, exit_config=EarlyExitConfig(policy=StaticDepth(2)))
+    assert shallow.block_evals * 2 == one.block_evals
+
+
+def test_flops_count_blocks_heads_and_shrink_with_exits():
+    pipe = _pipe(heads=True)
+    call = lambda config: count_flops(lambda: generate(pipe, range(2), num_inference_steps=2, exit_config=config))
+    full = call(None)
+    half = call(EarlyExitConfig(policy=StaticDepth(2)))
+    heads = call(EarlyExitConfig(policy=UncertaintyThreshold(0.999, patience=1)))
+    assert full["heads"] == 0 and heads["heads"] > 0
+    assert half["total"] < full["total"] < heads["total"]
+
+
+def test_first_block_cache_runs_on_a_copy_and_skips_blocks():
+    pipe = _pipe()
+    reference = generate(pipe, range(3), num_inference_steps=6)
+    fbc = fbc_pipeline(pipe)
+    cached = generate(fbc, range(3), num_inference_steps=6, call_wrapper=lambda: first_block_cache(fbc.transformer, 5.0))
+    assert cached.block_evals < reference.block_evals
+    # The original pipeline is untouched, and the copy is clean again after the call.
+    again = generate(pipe, range(3), num_inference_steps=6)
+    torch.testing.assert_close(again.images, reference.images, rtol=0, atol=0)
+    plain = generate(fbc, range(3), num_inference_steps=6)
+    torch.testing.assert_close(plain.images, reference.images, rtol=1e-6, atol=1e-6)
+
+
+def test_bench_writes_report_with_loadable_exit_configs(tmp_path):
+    from ee_diffusion.eval.bench import Preset, run
+
+    pipe = _pipe(num_layers=4, heads=True)
+    pipe.save_pretrained(tmp_path / "model")
+    preset = Preset(num_images=10, steps=3, extra_seeds=1, fewer_steps=(2,), thresholds=(0.5,), budgets=(0.5,),
+                    threshold_budgets=(0.6,), fbc_thresholds=(0.5,), calib_images=4, calib_buckets=2,
+                    calib_depths=(2,), timing_batch=2, timing_repeats=1, timing_warmup=0, flops_images=1,
+                    sample_batch=10)
+    report = run(preset, tmp_path / "out", model_paths={"digits": str(tmp_path / "model")}, progress=False)
+    for name in ("report.json", "report.md", "pareto.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    methods = data["settings"][0]["methods"]
+    families = {m["family"] for m in methods.values()}
+    assert {"full", "fewer_steps", "static_depth", "ase", "deediff", "calibrated_schedule", "calibrated_thresholds",
+            "distilled", "first_block_cache"} <= families
+    for method in methods.values():
+        EarlyExitConfig.from_dict(method["exit_config"])  # every config loads back
+    assert report["settings"][0]["floor_fid"] >= 0
+    assert "| full |" in (tmp_path / "out" / "report.md").read_text()
