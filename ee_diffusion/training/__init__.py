@@ -16,7 +16,7 @@ _EXPORTS = {
     "ase_loss": "ee_diffusion.training.losses",
     "simple_loss": "ee_diffusion.training.losses",
     "block_predictions": "ee_diffusion.training.losses",
-    "TrainConfig": "ee_diffusion.training.trainer",
+    "TrainConfig": "ee_diffusion.training.config",
     "Trainer": "ee_diffusion.training.trainer",
     "train": "ee_diffusion.training.trainer",
     "ExperimentConfig": "ee_diffusion.training.config",
