@@ -14,6 +14,11 @@ parked rows are scattered back, so the model's own output head decodes every row
 its own exit block - DiT-family models share that head across blocks, which makes this exactly the
 "decode of the exit block".
 
+Blocks that return more than the hidden state (SD3's `(encoder_hidden_states, hidden_states)`) go through the
+adapter's `split_block_output`/`join_block_output`: the hidden state is parked, the carried stream is compacted
+with its rows. U-Nets use `_UNetEngine`: rows truncate after a down block and rejoin at the matching up block
+with a learned replacement of the skipped inner levels (see `ee_diffusion.backbones.unet`).
+
 Nothing is stored on the model but the hooks; `remove_early_exit` restores the original forwards.
 """
 
