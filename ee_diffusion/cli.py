@@ -13,6 +13,7 @@ def _add_demo(subparsers) -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
     parser.add_argument("--steps", type=int, default=25, help="sampling steps (default: 25)")
+    parser.add_argument("--batch-size", type=int, default=64, help="rows per batch (default: 64)")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=_run_demo)
 
@@ -20,7 +21,7 @@ def _add_demo(subparsers) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(out_dir=args.out, num_inference_steps=args.steps, seed=args.seed)
+    return run_demo(out_dir=args.out, num_inference_steps=args.steps, seed=args.seed, batch_size=args.batch_size)
 
 
 def _add_bench_engine(subparsers) -> None:

@@ -13,46 +13,56 @@ from .config import EarlyExitConfig
 
 
 def _demo_pipeline():
-    """The shipped digits model with its recommended exit config."""
-    from .default_model import load_default_pipeline
+    """The shipped digits model with its recommended exit config, and the guidance scale it is sampled with."""
+    from .default_model import DEFAULT_GUIDANCE_SCALE, load_default_pipeline
 
-    return load_default_pipeline(), "shipped digits DiT (trained)"
+    return load_default_pipeline(), DEFAULT_GUIDANCE_SCALE
 
 
-def _save_grid(path: Path, rows: list[tuple[str, np.ndarray]]) -> None:
-    """rows: (title, images (B, H, W, C) in [0, 1]) -> one labelled PNG, one row of images per entry."""
+def _save_grid(path: Path, groups: list[tuple[str, np.ndarray]], columns: int) -> None:
+    """groups: (title, images (B, H, W, C) in [0, 1]) -> one labelled PNG; each group fills rows of `columns`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = rows[0][1].shape[0]
-    fig, axes = plt.subplots(len(rows), cols, figsize=(cols * 0.9, len(rows) * 1.25), squeeze=False)
-    for r, (title, images) in enumerate(rows):
-        for c in range(cols):
-            ax = axes[r][c]
-            ax.imshow(images[c].squeeze(-1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    rows_per_group = -(-groups[0][1].shape[0] // columns)
+    fig, axes = plt.subplots(len(groups) * rows_per_group, columns,
+                             figsize=(columns * 0.9, len(groups) * rows_per_group * 1.0), squeeze=False)
+    for g, (title, images) in enumerate(groups):
+        for i in range(rows_per_group * columns):
+            ax = axes[g * rows_per_group + i // columns][i % columns]
+            if i < images.shape[0]:
+                ax.imshow(images[i].squeeze(-1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-        axes[r][0].set_ylabel(title, rotation=0, ha="right", va="center", fontsize=8)
+        axes[g * rows_per_group][0].set_ylabel(title, rotation=0, ha="right", va="center", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def run_demo(out_dir: Path, num_inference_steps: int = 25, seed: int = 0, repeats: int = 3) -> int:
-    """Sample one image per class at full depth and with the recommended early exit; time both (interleaved)."""
+def run_demo(
+    out_dir: Path, num_inference_steps: int = 25, seed: int = 0, batch_size: int = 64, repeats: int = 3
+) -> int:
+    """Sample a batch (classes in turn) at full depth and with the recommended early exit, from the same noise.
+
+    Both are timed interleaved (warm-up, then `repeats` rounds, medians); the grid shows two images per class.
+    """
     if num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-    pipe, description = _demo_pipeline()
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    pipe, guidance_scale = _demo_pipeline()
     pipe.set_progress_bar_config(disable=True)
-    labels = list(range(pipe.transformer.config.num_embeds_ada_norm))
+    num_classes = pipe.transformer.config.num_embeds_ada_norm
+    labels = [i % num_classes for i in range(batch_size)]
     configs = {"full depth": EarlyExitConfig(), "early exit": pipe.default_exit_config}
 
     def sample(config: EarlyExitConfig):
         generator = torch.Generator().manual_seed(seed)  # same noise for both
-        return pipe(class_labels=labels, num_inference_steps=num_inference_steps, generator=generator,
-                    exit_config=config, output_type="np")
+        return pipe(class_labels=labels, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                    generator=generator, exit_config=config, output_type="np")
 
     outputs = {name: sample(config) for name, config in configs.items()}  # also the warm-up
     times: dict[str, list[float]] = {name: [] for name in configs}
@@ -67,11 +77,13 @@ def run_demo(out_dir: Path, num_inference_steps: int = 25, seed: int = 0, repeat
 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "demo.png"
+    shown = slice(0, min(batch_size, 2 * num_classes))
     _save_grid(path, [
-        (f"full depth\n{num_blocks} blocks", outputs["full depth"].images),
-        (f"early exit\n{fraction:.0%} of blocks", outputs["early exit"].images),
-    ])
-    print(f"model: {description}; {len(labels)} images, {num_inference_steps} steps, same noise")
+        (f"full depth\n{num_blocks} blocks", outputs["full depth"].images[shown]),
+        (f"early exit\n{fraction:.0%} of blocks", outputs["early exit"].images[shown]),
+    ], columns=num_classes)
+    print(f"model: shipped digits DiT; batch {batch_size}, {num_inference_steps} steps, guidance "
+          f"{guidance_scale}, same noise for both")
     print(f"exit policy: {pipe.default_exit_config.to_dict()}")
     print(f"full depth: {median['full depth'] * 1e3:.0f} ms per batch (median of {repeats})")
     print(f"early exit: {median['early exit'] * 1e3:.0f} ms per batch, {fraction:.1%} of the block evaluations")
