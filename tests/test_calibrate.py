@@ -160,3 +160,16 @@ def test_timestep_schedule_under_torch_compile_matches_eager():
     with torch.no_grad():
         stock = model(x, timestep=torch.full((4,), 900), class_labels=y).sample
     assert not torch.allclose(stock, eager[900])
+
+
+def test_calibrate_cli_writes_a_loadable_policy(pipe, tmp_path):
+    from ee_diffusion.cli import main
+
+    pipe.save_pretrained(tmp_path / "model")
+    for kind, extra in (("schedule", ["--budget", "0.5"]), ("distil", ["--budget", "1.0", "--threshold", "0.5"])):
+        out = tmp_path / f"{kind}.json"
+        code = main(["calibrate", "--model", str(tmp_path / "model"), "--kind", kind, *extra, "--images", "4",
+                     "--steps", "3", "--buckets", "2", "--out", str(out)])
+        assert code == 0
+        config = load_policy(out)
+        assert isinstance(config.policy, TimestepSchedule)

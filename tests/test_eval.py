@@ -126,3 +126,12 @@ def test_bench_writes_report_with_loadable_exit_configs(tmp_path):
         EarlyExitConfig.from_dict(method["exit_config"])  # every config loads back
     assert report["settings"][0]["floor_fid"] >= 0
     assert "| full |" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_gpu_check_runs_small_shapes_on_cpu(tmp_path):
+    from ee_diffusion.eval.gpu_check import run
+
+    report = run(tmp_path, small=True, steps=2, repeats=1, warmup=0)
+    methods = report["results"]["2"]["methods"]
+    assert {"full", "hooks_off", "ase_released", "static_2", "half_rows_exit_2", "half_rows_exit_2_dynamic"} <= set(methods)
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["ideal_ratios"]["static_2"] == 0.5
