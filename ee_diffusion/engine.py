@@ -65,6 +65,8 @@ class _CallState:
         # index triples, computed once so that no block needs a device-to-host sync.
         self.uniform_depth: int | None = None
         self.plan: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] | None = None
+        # (B,) bool, made on first use: rows a non-finite certainty or exit state kept from exiting (dynamic).
+        self.fallback: torch.Tensor | None = None
         # U-Nets only. level_rows[i]: the rows that ran down block i (None = all rows), present once it ran;
         # joins[i]: (leaving, staying, bridged) of the rows that truncated after down block i, local indices
         # into level_rows[i] (None, None when all of them left), bridged (J, C, H, W) their replacement input
@@ -106,6 +108,8 @@ class _EarlyExitEngine:
         self.call = state
         if policy is None:
             return
+        if batch_size == 0:
+            raise ValueError("early exit needs a batch of at least one row, got an empty batch (batch size 0)")
         self.adapter.check_call(inputs)
         if policy.needs_certainty:
             param = next(self.heads.parameters())
@@ -151,16 +155,37 @@ class _EarlyExitEngine:
                 active = active[~leaving]
         state.plan = plan
 
-    def end(self) -> None:
+    def end(self, output: Any = None) -> None:
         state = self.call
         self.call = None
         if state is None:
             return
+        nonfinite = self._nonfinite_rows(state, output)
         stats = ExitStats(self.num_blocks)
-        stats.record(state.timesteps, state.exit_depth, state.cfg_paired)
+        stats.record(state.timesteps, state.exit_depth, state.cfg_paired, state.fallback, nonfinite)
         self.last_stats = stats
         for recorder in self.recorders:
-            recorder.record(state.timesteps, state.exit_depth, state.cfg_paired)
+            recorder.record(state.timesteps, state.exit_depth, state.cfg_paired, state.fallback, nonfinite)
+        bad = stats.nonfinite[0]  # (B,) bool, on the CPU: the per-call sync that recording needs anyway
+        if self.config.on_nonfinite == "raise" and bool(bad.any()):
+            fell_back = stats.fallbacks[0].nonzero().flatten().tolist()
+            raise ValueError(
+                f"the model output holds NaN/inf for rows {bad.nonzero().flatten().tolist()} of a batch of "
+                f"{state.batch_size} (timesteps {stats.timesteps[0][bad].tolist()}, blocks run "
+                f"{stats.blocks_run[0][bad].tolist()} of {self.num_blocks}"
+                + (f"; rows {fell_back} had already been kept from exiting by non-finite values" if fell_back else "")
+                + "); EarlyExitConfig(on_nonfinite='raise'). With on_nonfinite='fallback' such rows are recorded "
+                "in ExitStats.nonfinite instead"
+            )
+
+    def _nonfinite_rows(self, state: _CallState, output: Any) -> torch.Tensor | None:
+        """(B,) bool: rows whose model output holds NaN/inf; None with exits off or an output not batched by row."""
+        if self.config.policy is None or output is None:
+            return None
+        sample = output[0] if isinstance(output, (tuple, list)) else getattr(output, "sample", output)
+        if not isinstance(sample, torch.Tensor) or sample.ndim == 0 or sample.shape[0] != state.batch_size:
+            return None
+        return ~torch.isfinite(sample.detach()).reshape(state.batch_size, -1).all(1)
 
     # ---------------------------------------------------------------------------------------------- block call
     def run_block(self, index: int, forward: Callable, args: tuple, kwargs: dict[str, Any]) -> Any:
@@ -205,6 +230,22 @@ class _EarlyExitEngine:
                 inputs[name] = cached
         return inputs
 
+    def _guard_nonfinite(
+        self, state: _CallState, mask: torch.Tensor, exit_value: torch.Tensor, certainty: torch.Tensor | None
+    ) -> torch.Tensor:
+        """(A,) mask -> (A,) mask without the rows whose certainty or exit state is NaN/inf (`on_nonfinite`).
+
+        Those rows keep running and are marked in `state.fallback`. No host sync: the caller's `nonzero` is the
+        block's one sync.
+        """
+        finite = torch.isfinite(exit_value.detach()).reshape(exit_value.shape[0], -1).all(1)  # (A,)
+        if certainty is not None:
+            finite = finite & torch.isfinite(certainty)
+        if state.fallback is None:
+            state.fallback = torch.zeros(state.batch_size, dtype=torch.bool, device=mask.device)
+        state.fallback[state.rows] |= mask & ~finite
+        return mask & finite
+
     def _decide(
         self, state: _CallState, index: int, out: torch.Tensor, carried: Any = None, feature: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, Any]:
@@ -236,6 +277,7 @@ class _EarlyExitEngine:
                 f"{type(policy).__name__}.exit_mask must return a bool tensor of shape {tuple(state.rows.shape)} "
                 f"(one entry per active row), got {got}"
             )
+        mask = self._guard_nonfinite(state, mask, out if feature is None else feature, certainty)
         if state.cfg_paired:
             # A pair stops only when both halves want to; partners are always active together in this mode.
             half = state.batch_size // 2
@@ -416,7 +458,7 @@ class _ModelHook(ModelHook):
             # Drop the half-finished call: a stale state would hijack later direct block calls.
             self.engine.call = None
             raise
-        self.engine.end()
+        self.engine.end(output)
         return output
 
 

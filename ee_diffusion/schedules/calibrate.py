@@ -141,6 +141,44 @@ def _sample(pipe: Any, calib: CalibrationSet, exit_config: EarlyExitConfig | Non
     )
 
 
+class _VariantPlan:
+    """Planned depths for a batch made of `len(table)` variants of the same `per_variant` images, variant-major
+    (guided batches repeat the layout for the unconditional half): row r runs `table[variant(r), bucket(t_r)]`."""
+
+    needs_certainty = False
+
+    def __init__(self, boundaries: list[float], table: torch.Tensor, per_variant: int) -> None:
+        self.boundaries = boundaries
+        self.table = table
+        self.per_variant = per_variant
+
+    def plan_depths(self, timesteps: torch.Tensor, num_blocks: int) -> torch.Tensor:
+        rows = torch.arange(timesteps.shape[0], device=timesteps.device)
+        variant = (rows % (self.table.shape[0] * self.per_variant)) // self.per_variant
+        edges = torch.tensor(self.boundaries, dtype=torch.float64, device=timesteps.device)
+        bucket = torch.bucketize(timesteps.to(torch.float64), edges, right=True)
+        return self.table.to(timesteps.device)[variant, bucket].clamp(max=num_blocks)
+
+    def exit_mask(self, ctx: ExitContext) -> torch.Tensor:
+        return self.plan_depths(ctx.timesteps, ctx.num_blocks)[ctx.rows] == ctx.block_index + 1
+
+
+def _sample_variants(pipe: Any, calib: CalibrationSet, boundaries: list[float], table: torch.Tensor) -> torch.Tensor:
+    """Images (V * n, C, H, W) of the calibration set under each row of `table`, in one pipeline call."""
+    from ..eval.sampling import class_labels, image_generators
+
+    transformer = pipe.transformer
+    shape = (transformer.config.in_channels, transformer.config.sample_size, transformer.config.sample_size)
+    indices = list(range(calib.num_images)) * table.shape[0]
+    noise = torch.stack([torch.randn(shape, generator=g) for g in image_generators(indices, calib.seed)])
+    out = pipe(
+        class_labels=class_labels(indices, int(transformer.config.num_embeds_ada_norm)),
+        num_inference_steps=calib.num_inference_steps, guidance_scale=calib.guidance_scale, latents=noise,
+        exit_config=EarlyExitConfig(policy=_VariantPlan(boundaries, table, calib.num_images)), output_type="pt",
+    )
+    return out.images.float().cpu()
+
+
 def _embed(images: torch.Tensor, feature_net: Any) -> torch.Tensor:
     if feature_net is None:
         return images.flatten(1).double()
@@ -164,24 +202,26 @@ def measure_depth_deviation(
     """
     num_blocks = len(pipe.transformer.transformer_blocks)
     boundaries, counts = step_buckets(_sampling_timesteps(pipe, calib.num_inference_steps), calib.num_buckets)
-    reference = _embed(_sample(pipe, calib, None).images, feature_net)
+    depths = sorted(set(depths or range(1, num_blocks)))
+    # Every (bucket, depth) variant samples the same calibration images; all variants run as one batch, each
+    # row planned with its variant's schedule (large batches use the CPU far better than many small calls).
+    # Variant 0 is the full model, the reference.
+    variants = [(j, k) for j in range(len(counts)) for k in depths]
+    table = torch.full((1 + len(variants), len(counts)), num_blocks, dtype=torch.long)
+    for v, (j, k) in enumerate(variants, start=1):
+        table[v, j] = k
+    images = _sample_variants(pipe, calib, boundaries, table)
+    reference = _embed(images[: calib.num_images], feature_net)
     # The typical distance: each sample against the next sample of the same class (a different noise draw).
     num_classes = int(pipe.transformer.config.num_embeds_ada_norm)
     shift = num_classes if calib.num_images > num_classes else 1
     typical = float(((reference[shift:] - reference[:-shift]) ** 2).sum(1).mean())
-    depths = sorted(set(depths or range(1, num_blocks)))
-    measured: list[dict[int, float]] = []
-    for j in range(len(counts)):
-        row = {num_blocks: 0.0}
-        for k in depths:
-            plan = [num_blocks] * len(counts)
-            plan[j] = k
-            config = EarlyExitConfig(policy=TimestepSchedule(boundaries=boundaries, depths=plan))
-            images = _sample(pipe, calib, config).images
-            row[k] = float(((_embed(images, feature_net) - reference) ** 2).sum(1).mean())
-            if progress:
-                print(f"bucket {j} depth {k}: deviation {row[k]:.4g}", flush=True)
-        measured.append(row)
+    measured: list[dict[int, float]] = [{num_blocks: 0.0} for _ in counts]
+    for v, (j, k) in enumerate(variants, start=1):
+        chunk = images[v * calib.num_images : (v + 1) * calib.num_images]
+        measured[j][k] = float(((_embed(chunk, feature_net) - reference) ** 2).sum(1).mean())
+        if progress:
+            print(f"bucket {j} depth {k}: deviation {measured[j][k]:.4g}", flush=True)
     deviation = []
     for row in measured:
         known = sorted(row)
