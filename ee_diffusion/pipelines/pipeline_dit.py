@@ -185,6 +185,9 @@ class EarlyExitDiTPipeline(DiffusionPipeline):
             bad = [v for v in class_labels if isinstance(v, bool) or not isinstance(v, Integral)]
             if bad:
                 raise TypeError(f"class_labels must be {allowed}, got non-integer entries {bad!r}")
+            huge = [int(v) for v in class_labels if not -(2**62) < int(v) < 2**62]
+            if huge:
+                raise ValueError(f"class_labels must be {allowed}, got out-of-range ids {huge}")
             labels = torch.tensor([int(v) for v in class_labels], dtype=torch.long)
         else:
             raise TypeError(f"class_labels must be {allowed}, got {type(class_labels).__name__}")
