@@ -22,6 +22,8 @@ _EXPORTS = {
     "record_exit_stats": "ee_diffusion.engine",
     "early_exit": "ee_diffusion.engine",
     "is_early_exit_applied": "ee_diffusion.engine",
+    "reset_exit_state": "ee_diffusion.engine",
+    "exit_state_nbytes": "ee_diffusion.engine",
     "EarlyExitDiTPipeline": "ee_diffusion.pipelines",
     "load_default_pipeline": "ee_diffusion.default_model",
 }
@@ -34,10 +36,12 @@ if TYPE_CHECKING:
     from .engine import (
         apply_early_exit,
         early_exit,
+        exit_state_nbytes,
         get_exit_stats,
         is_early_exit_applied,
         record_exit_stats,
         remove_early_exit,
+        reset_exit_state,
         set_exit_config,
     )
     from .backbones.unet import UNetExitBridges

@@ -87,6 +87,8 @@ class _EarlyExitEngine:
         self.call: _CallState | None = None
         self.last_stats: ExitStats | None = None
         self.recorders: list[ExitStats] = []
+        # Per-row state of policies that remember across calls (CachedTailResidual); see ExitContext.persistent.
+        self.persistent: dict[str, Any] = {}
         self._model_params = tuple(inspect.signature(adapter.model.forward).parameters)
 
     def hook_targets(self) -> list[tuple[nn.Module, Callable]]:
@@ -204,6 +206,9 @@ class _EarlyExitEngine:
         out, carried = adapter.split_block_output(forward(hidden, **inputs))
 
         if index == self.num_blocks - 1:
+            on_final = getattr(self.config.policy, "on_final", None)
+            if on_final is not None:
+                on_final(self._context(state, index, None, out, hidden))
             if state.parked is None:
                 return adapter.join_block_output(out, carried)
             state.parked.index_copy_(0, state.rows, out)
@@ -218,7 +223,7 @@ class _EarlyExitEngine:
             if step is None:
                 return adapter.join_block_output(out, carried)
             return adapter.join_block_output(*self._commit(state, out, *step, carried=carried))
-        return adapter.join_block_output(*self._decide(state, index, out, carried))
+        return adapter.join_block_output(*self._decide(state, index, out, carried, block_input=hidden))
 
     def _slice_inputs(self, state: _CallState, inputs: dict[str, Any]) -> dict[str, Any]:
         for name in self.adapter.batch_inputs:
@@ -229,6 +234,23 @@ class _EarlyExitEngine:
                     cached = state.sliced[name] = value.index_select(0, state.rows)
                 inputs[name] = cached
         return inputs
+
+    def _context(
+        self, state: _CallState, index: int, certainty: torch.Tensor | None, out: torch.Tensor | None,
+        block_input: torch.Tensor | None,
+    ) -> ExitContext:
+        return ExitContext(
+            block_index=index,
+            num_blocks=self.num_blocks,
+            timesteps=state.active_timesteps,
+            certainty=certainty,
+            rows=state.rows,
+            batch_size=state.batch_size,
+            scratch=state.scratch,
+            hidden=out,
+            block_input=block_input,
+            persistent=self.persistent,
+        )
 
     def _guard_nonfinite(
         self, state: _CallState, mask: torch.Tensor, exit_value: torch.Tensor, certainty: torch.Tensor | None
@@ -247,11 +269,13 @@ class _EarlyExitEngine:
         return mask & finite
 
     def _decide(
-        self, state: _CallState, index: int, out: torch.Tensor, carried: Any = None, feature: torch.Tensor | None = None
+        self, state: _CallState, index: int, out: torch.Tensor, carried: Any = None, feature: torch.Tensor | None = None,
+        block_input: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Any]:
         """Dynamic policy: ask it which active rows stop after block `index`; returns (hidden, carried).
 
-        `feature` is what the uncertainty head reads (default: `out`, the block's hidden state).
+        `feature` is what the uncertainty head reads (default: `out`, the block's hidden state); `block_input`
+        is the block's input hidden state (transformers; None for U-Net levels).
         """
         policy = self.config.policy
         certainty = None
@@ -259,17 +283,8 @@ class _EarlyExitEngine:
             condition = None
             if state.condition is not None:
                 condition = state.condition.index_select(0, state.rows) if state.compacted else state.condition
-            feature = out if feature is None else feature
-            certainty = self.heads(index, feature, condition).float().mean(dim=(1, 2, 3))  # (A,)
-        ctx = ExitContext(
-            block_index=index,
-            num_blocks=self.num_blocks,
-            timesteps=state.active_timesteps,
-            certainty=certainty,
-            rows=state.rows,
-            batch_size=state.batch_size,
-            scratch=state.scratch,
-        )
+            certainty = self.heads(index, out if feature is None else feature, condition).float().mean(dim=(1, 2, 3))
+        ctx = self._context(state, index, certainty, out if feature is None else None, block_input)
         mask = policy.exit_mask(ctx)
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != state.rows.shape:
             got = f"{mask.dtype} tensor of shape {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask)
@@ -285,12 +300,18 @@ class _EarlyExitEngine:
             wanted[state.rows] = mask
             both = wanted[:half] & wanted[half:]
             mask = torch.cat([both, both])[state.rows]
+        on_decision = getattr(policy, "on_decision", None)
+        # (A, ...) what exiting rows park instead of their hidden state (e.g. h_k + cached tail residual), or None.
+        parked_values = on_decision(ctx, mask) if on_decision is not None else None
         leaving = mask.nonzero().squeeze(1)  # the one host sync of a dynamic policy, per block
         if leaving.numel() == 0:
             return out, carried
         staying = (~mask).nonzero().squeeze(1)
         state.exit_depth[state.rows[leaving]] = index + 1
-        return self._commit(state, out, leaving, state.rows[leaving], staying, carried=carried)
+        if parked_values is None:  # (U-Net levels park their own way and never receive values)
+            return self._commit(state, out, leaving, state.rows[leaving], staying, carried=carried)
+        return self._commit(state, out, leaving, state.rows[leaving], staying, carried=carried,
+                            parked_values=parked_values)
 
     def _commit(
         self,
@@ -300,21 +321,24 @@ class _EarlyExitEngine:
         leaving_rows: torch.Tensor,
         staying: torch.Tensor,
         carried: Any = None,
+        parked_values: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Any]:
         """Park rows `leaving` (local indices into `out`; `leaving_rows` are their batch positions).
 
+        `parked_values` (A, ...) replaces `out` as what the leaving rows park (default: `out` itself).
         Returns (hidden, carried) for the next block: the staying rows only, unless every row has left. A
         carried stream (SD3's text tokens, (A, L_text, D)) is compacted with the hidden state.
         """
+        source = out if parked_values is None else parked_values
         if staying.numel() == 0:
             state.done = True
-            if state.parked is None:  # nobody left before, so `out` is the whole batch in order
-                return out, carried
-            state.parked.index_copy_(0, leaving_rows, out)
+            if state.parked is None:  # nobody left before, so `source` is the whole batch in order
+                return source, carried
+            state.parked.index_copy_(0, leaving_rows, source)
             return state.parked, carried
         if state.parked is None:
             state.parked = out.new_empty((state.batch_size, *out.shape[1:]))
-        state.parked.index_copy_(0, leaving_rows, out.index_select(0, leaving))
+        state.parked.index_copy_(0, leaving_rows, source.index_select(0, leaving))
         if isinstance(carried, torch.Tensor) and carried.ndim > 0 and carried.shape[0] == out.shape[0]:
             carried = carried.index_select(0, staying)
         state.rows = state.rows.index_select(0, staying)
@@ -605,6 +629,27 @@ def remove_early_exit(model: nn.Module) -> None:
     _unhook(model, _MODEL_HOOK)
     engine.call = None
     engine.recorders.clear()
+    engine.persistent = {}
+
+
+def reset_exit_state(model: nn.Module) -> None:
+    """Forget the per-row state that policies keep across model calls (e.g. `CachedTailResidual`'s caches).
+
+    The state also resets by itself when a new sampling run starts, when the exit config changes and on
+    `remove_early_exit`; call this to start afresh explicitly, e.g. between two runs at the same timesteps.
+    """
+    _require_engine(model).persistent = {}
+
+
+def exit_state_nbytes(model: nn.Module) -> int:
+    """Bytes held by the per-row state that policies keep across model calls (0 when there is none)."""
+    total = 0
+    for value in _require_engine(model).persistent.values():
+        if isinstance(value, torch.Tensor):
+            total += value.numel() * value.element_size()
+        elif hasattr(value, "nbytes"):
+            total += int(value.nbytes())
+    return total
 
 
 def set_exit_config(
@@ -616,6 +661,7 @@ def set_exit_config(
     _check_setup(engine.adapter, config, heads, getattr(engine, "bridges", None))
     engine.config = config
     engine.heads = heads
+    engine.persistent = {}
 
 
 def get_exit_stats(model: nn.Module) -> ExitStats | None:

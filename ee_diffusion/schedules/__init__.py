@@ -4,6 +4,8 @@
 - `TimestepSchedule(boundaries, depths)`: ASE, depth chosen from each row's timestep.
 - `UncertaintyThreshold(threshold, patience, per_timestep)`: DeeDiff, a row stops when its uncertainty
   head is confident enough (needs `UncertaintyHeads`).
+- `CachedTailResidual(threshold, ...)`: training-free, for pretrained models: a row that skips the tail
+  adds its own tail residual cached from its last full call (FirstBlockCache's idea, decided per row).
 
 Calibration to a budget or tolerance, and distillation of a dynamic policy into a static schedule:
 `ee_diffusion.schedules.calibrate`. Write your own policy by implementing the `ExitPolicy` protocol.
@@ -11,9 +13,11 @@ Calibration to a budget or tolerance, and distillation of a dynamic policy into 
 
 from .base import ExitContext, ExitPolicy, policy_from_dict
 from .static import StaticDepth, TimestepSchedule
+from .tail_cache import CachedTailResidual
 from .uncertainty import UncertaintyThreshold
 
 __all__ = [
+    "CachedTailResidual",
     "ExitContext",
     "ExitPolicy",
     "StaticDepth",

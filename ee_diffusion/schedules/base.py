@@ -24,6 +24,10 @@ class ExitContext:
         batch_size: B, the model's input batch size.
         scratch: a dict that lives for one model call, for policies that remember something across blocks
             (for example a per-row streak); the engine empties it at every model call.
+        hidden: (A, L, D) the block's output hidden state for the active rows (transformer backbones).
+        block_input: (A, L, D) the block's input hidden state for the active rows (transformer backbones).
+        persistent: a dict that lives across model calls (a sampling run), for policies with per-row caches;
+            the engine empties it when the exit config changes and on `remove_early_exit`.
     """
 
     block_index: int
@@ -33,6 +37,9 @@ class ExitContext:
     rows: torch.Tensor
     batch_size: int
     scratch: dict[str, Any] = field(default_factory=dict)
+    hidden: torch.Tensor | None = None
+    block_input: torch.Tensor | None = None
+    persistent: dict[str, Any] | None = None
 
 
 @runtime_checkable
@@ -49,6 +56,11 @@ class ExitPolicy(Protocol):
             # (A,) bool: rows with t >= 900 stop after block 2
             return (ctx.timesteps >= 900) & (ctx.block_index >= 1)
     ```
+
+    A policy that keeps per-row state across calls (see `CachedTailResidual`) may implement
+    `on_decision(ctx, mask) -> Tensor (A, ...) | None`, called after the final decision of a block (with
+    guidance pairing applied): it returns what the exiting rows park instead of their hidden state; and
+    `on_final(ctx)`, called after the last block with the rows that ran fully.
 
     A policy whose decisions depend only on the timestep may also implement
     `plan_depths(timesteps, num_blocks) -> LongTensor (B,)` (the number of blocks each row runs); the engine then

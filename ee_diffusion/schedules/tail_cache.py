@@ -1,0 +1,191 @@
+"""Training-free per-row exits for pretrained models: reuse each row's cached tail residual.
+
+A stock model decodes badly from an intermediate block, so a row that skips the tail does not return the
+decode of `h_k`. Like diffusers' FirstBlockCache and TeaCache, it returns the decode of `h_k + r`, where `r` is
+the tail residual `h_N - h_k` of the last call on which that row ran the tail. Unlike those caches, the decision
+and the cache are per row (and per classifier-free-guidance branch, since the conditional and unconditional
+halves are different rows): one hard sample no longer forces full compute on the whole batch, and an easy
+batch average no longer lets a hard sample be skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .base import ExitContext, SerializablePolicy
+
+CRITERIA = ("residual", "uncertainty", "timestep")
+_STATE_KEY = "tail_cache"
+
+
+def _check_number(value: Any, name: str, low: float, high: float | None = None, low_open: bool = False) -> float:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and value == value
+    ok = ok and (value > low if low_open else value >= low) and (high is None or value <= high)
+    if not ok:
+        bound = f"{'>' if low_open else '>='} {low}" + ("" if high is None else f" and <= {high}")
+        raise ValueError(f"{name} must be a number {bound}, got {value!r}")
+    return float(value)
+
+
+class _RowCache:
+    """Per-row tensors that live across the model calls of one sampling run.
+
+    Shapes: B rows (both guidance halves), hidden states (B, L, D).
+    """
+
+    def __init__(self, batch_size: int, hidden: torch.Tensor) -> None:
+        shape = (batch_size, *hidden.shape[1:])
+        device = hidden.device
+        self.batch_size = batch_size
+        self.last_t = torch.full((batch_size,), float("inf"), device=device)  # (B,) timestep of the last call
+        self.valid = torch.zeros(batch_size, dtype=torch.bool, device=device)  # (B,) row has a tail residual
+        self.cached_calls = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,) consecutive skips
+        self.head_residual = hidden.new_zeros(shape)  # decision block's residual at the last full call
+        self.exit_hidden = hidden.new_zeros(shape)  # h_k of the current call (rows that run the tail)
+        self.tail = hidden.new_zeros(shape)  # h_N - h_k at the last full call
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in vars(self).values() if isinstance(t, torch.Tensor))
+
+
+@dataclass
+class CachedTailResidual(SerializablePolicy):
+    """Skip the tail of the network per row, adding the row's own cached tail residual.
+
+    After block `exit_block - 1` (FirstBlockCache: the first block), each row decides whether to skip the rest.
+    A skipping row returns `h_k + r` (decoded by the model's own output head), `r` being its tail residual
+    `h_N - h_k` from the last call on which it ran fully. The decision per row:
+
+    - `criterion="residual"` (default): the relative L1 change of the decision block's residual
+      `h_k - h_{k-1}` since the row's last full call, `mean|res - res_prev| / mean|res_prev|`, is below
+      `threshold` (FirstBlockCache's criterion, per row; FirstBlockCache skips at `<=`, this policy at `<`, so
+      `threshold=0` never skips and reproduces the stock model exactly);
+    - `criterion="uncertainty"`: the row's mean certainty from `UncertaintyHeads` exceeds
+      `certainty_threshold` (needs heads);
+    - `criterion="timestep"`: the row's timestep is at least `skip_above_t`.
+
+    Whatever the criterion, a row runs fully on its first call, after `max_cached_calls` consecutive skipped
+    calls, and whenever its timestep is below `full_below_t` (the last steps of sampling).
+
+    The per-row state (three (B, L, D) tensors and a few (B,) ones) lives in the engine, is reset when a new
+    sampling run starts (a row's timestep goes up, or the batch size changes), when the exit config changes and
+    on `remove_early_exit`; `exit_state_nbytes(model)` reports its size. Works with any scheduler, including
+    Heun-type ones that call the model twice per step (each call is one "call" here).
+
+    ```py
+    >>> from ee_diffusion.schedules import CachedTailResidual
+    >>> CachedTailResidual(threshold=0.1, max_cached_calls=2).to_dict()["criterion"]
+    'residual'
+
+    ```
+    """
+
+    threshold: float = 0.1
+    exit_block: int = 1
+    criterion: str = "residual"
+    certainty_threshold: float = 0.9
+    skip_above_t: float = 500.0
+    max_cached_calls: int = 3
+    full_below_t: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.threshold = _check_number(self.threshold, "threshold", 0.0)
+        if isinstance(self.exit_block, bool) or not isinstance(self.exit_block, int) or self.exit_block < 1:
+            raise ValueError(f"exit_block must be an integer >= 1 (blocks run by a skipping row), got {self.exit_block!r}")
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
+        self.certainty_threshold = _check_number(self.certainty_threshold, "certainty_threshold", 0.0, 1.0, True)
+        self.skip_above_t = _check_number(self.skip_above_t, "skip_above_t", 0.0)
+        if isinstance(self.max_cached_calls, bool) or not isinstance(self.max_cached_calls, int) or self.max_cached_calls < 1:
+            raise ValueError(f"max_cached_calls must be an integer >= 1, got {self.max_cached_calls!r}")
+        self.full_below_t = _check_number(self.full_below_t, "full_below_t", 0.0)
+
+    @property
+    def needs_certainty(self) -> bool:
+        return self.criterion == "uncertainty"
+
+    def validate_for(self, num_blocks: int) -> None:
+        if self.exit_block >= num_blocks:
+            raise ValueError(
+                f"exit_block must be below the model's {num_blocks} blocks (a skipping row must leave a tail to "
+                f"skip), got {self.exit_block}"
+            )
+
+    # ------------------------------------------------------------------------------------------ engine protocol
+    def exit_mask(self, ctx: ExitContext) -> torch.Tensor:
+        """(A,) bool: at the decision block, rows whose criterion says the tail may be skipped."""
+        if ctx.block_index != self.exit_block - 1:
+            return torch.zeros(ctx.rows.shape, dtype=torch.bool, device=ctx.rows.device)
+        if ctx.hidden is None or ctx.block_input is None or ctx.persistent is None:
+            raise ValueError("CachedTailResidual needs a transformer backbone (block inputs and outputs per row)")
+        cache = self._cache(ctx)
+        rows = ctx.rows  # all rows: nobody leaves before the decision block
+        if self.criterion == "residual":
+            residual = ctx.hidden - ctx.block_input  # (A, L, D)
+            previous = cache.head_residual.index_select(0, rows)
+            dims = tuple(range(1, residual.ndim))
+            change = (residual - previous).abs().float().mean(dim=dims)
+            scale = previous.abs().float().mean(dim=dims)
+            wants = change < self.threshold * scale  # (A,); same as change / scale < threshold, without 0/0
+        elif self.criterion == "uncertainty":
+            wants = ctx.certainty > self.certainty_threshold
+        else:
+            wants = ctx.timesteps >= self.skip_above_t
+        allowed = (
+            cache.valid.index_select(0, rows)
+            & (cache.cached_calls.index_select(0, rows) < self.max_cached_calls)
+            & (ctx.timesteps >= self.full_below_t)
+        )
+        return wants & allowed
+
+    def on_decision(self, ctx: ExitContext, mask: torch.Tensor) -> torch.Tensor | None:
+        """After the final decision (CFG pairing applied): update the cache; return what skipping rows park."""
+        if ctx.block_index != self.exit_block - 1:
+            return None
+        cache = ctx.persistent[_STATE_KEY]
+        rows = ctx.rows
+        keep = (~mask)[:, None, None]  # (A, 1, 1) rows that run the tail
+        residual = ctx.hidden - ctx.block_input
+        # Rows that run the tail store this call's head residual and h_k; skipping rows keep their old ones.
+        cache.head_residual.index_copy_(0, rows, torch.where(keep, residual, cache.head_residual.index_select(0, rows)))
+        cache.exit_hidden.index_copy_(0, rows, ctx.hidden)
+        cache.cached_calls.index_copy_(0, rows, torch.where(mask, cache.cached_calls.index_select(0, rows) + 1, 0))
+        # (A, L, D): h_k + r for every row; the engine parks the skipping rows' entries.
+        return ctx.hidden + cache.tail.index_select(0, rows)
+
+    def on_final(self, ctx: ExitContext) -> None:
+        """After the last block: the rows that ran fully refresh their tail residual r = h_N - h_k."""
+        cache = ctx.persistent.get(_STATE_KEY)
+        if cache is None:
+            return
+        rows = ctx.rows
+        cache.tail.index_copy_(0, rows, ctx.hidden - cache.exit_hidden.index_select(0, rows))
+        cache.valid.index_fill_(0, rows, True)
+
+    def _cache(self, ctx: ExitContext) -> _RowCache:
+        """The run's cache, made anew when a new sampling run starts (a timestep went up or B changed)."""
+        cache = ctx.persistent.get(_STATE_KEY)
+        if cache is not None and cache.batch_size == ctx.batch_size and cache.head_residual.shape[1:] == ctx.hidden.shape[1:]:
+            # One host sync per call: did any row's timestep go up since the last call?
+            if not bool((ctx.timesteps > cache.last_t.index_select(0, ctx.rows)).any()):
+                cache.last_t.index_copy_(0, ctx.rows, ctx.timesteps.float())
+                return cache
+        cache = _RowCache(ctx.batch_size, ctx.hidden)
+        cache.last_t.index_copy_(0, ctx.rows, ctx.timesteps.float())
+        ctx.persistent[_STATE_KEY] = cache
+        return cache
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": "CachedTailResidual",
+            "threshold": self.threshold,
+            "exit_block": self.exit_block,
+            "criterion": self.criterion,
+            "certainty_threshold": self.certainty_threshold,
+            "skip_above_t": self.skip_above_t,
+            "max_cached_calls": self.max_cached_calls,
+            "full_below_t": self.full_below_t,
+        }

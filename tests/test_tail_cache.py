@@ -1,0 +1,234 @@
+"""CachedTailResidual: training-free per-row exits that add each row's cached tail residual."""
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, HeunDiscreteScheduler
+
+from ee_diffusion import (
+    EarlyExitConfig,
+    UncertaintyHeads,
+    apply_early_exit,
+    exit_state_nbytes,
+    get_exit_stats,
+    record_exit_stats,
+    remove_early_exit,
+    reset_exit_state,
+)
+from ee_diffusion.eval.baselines import first_block_cache
+from ee_diffusion.schedules import CachedTailResidual
+from ee_diffusion.testing import tiny_dit
+
+
+def _sample(model, x, labels, scheduler, steps=6):
+    """A plain scheduler loop; returns the final sample (B, C, H, W)."""
+    scheduler.set_timesteps(steps)
+    x = x * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        model_input = scheduler.scale_model_input(x, t)
+        eps = model(model_input, timestep=t.expand(x.shape[0]), class_labels=labels).sample
+        x = scheduler.step(eps, t, x).prev_sample
+    return x
+
+
+@pytest.fixture
+def setup():
+    model = tiny_dit(num_layers=6)
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    labels = torch.tensor([1, 2, 3, 4])
+    return model, x, labels
+
+
+@torch.no_grad()
+def test_threshold_zero_reproduces_the_stock_model_exactly(setup):
+    model, x, labels = setup
+    reference = _sample(model, x, labels, DDIMScheduler())
+    apply_early_exit(model, EarlyExitConfig(policy=CachedTailResidual(threshold=0.0)))
+    with record_exit_stats(model) as stats:
+        out = _sample(model, x, labels, DDIMScheduler())
+    assert torch.equal(out, reference)
+    assert stats.depth_fraction == 1.0
+    assert exit_state_nbytes(model) > 0
+    remove_early_exit(model)
+    assert torch.equal(_sample(model, x, labels, DDIMScheduler()), reference)
+
+
+@torch.no_grad()
+def test_state_is_reported_and_reset(setup):
+    model, x, labels = setup
+    apply_early_exit(model, EarlyExitConfig(policy=CachedTailResidual(threshold=0.5)))
+    _sample(model, x, labels, DDIMScheduler(), steps=3)
+    # Three (B, L, D) float32 tensors dominate: 3 * 4 rows * 16 tokens * 32 width * 4 bytes.
+    assert exit_state_nbytes(model) >= 3 * 4 * 16 * 32 * 4
+    reset_exit_state(model)
+    assert exit_state_nbytes(model) == 0
+    remove_early_exit(model)
+
+
+@torch.no_grad()
+def test_unchanged_rows_skip_and_a_changed_row_runs_fully(setup):
+    """The batch-global failure, handled per row: three rows repeat their input, one row changes a lot."""
+    model, x, labels = setup
+    t = torch.full((4,), 500)
+    x2 = x.clone()
+    x2[3] = torch.randn(1, 8, 8, generator=torch.Generator().manual_seed(9)) * 3
+    stock_first = model(x, t, labels).sample
+    stock_second = model(x2, t, labels).sample
+
+    apply_early_exit(model, EarlyExitConfig(policy=CachedTailResidual(threshold=0.3)))
+    first = model(x, t, labels).sample  # first call: every row runs fully and fills its cache
+    assert get_exit_stats(model).blocks_run[0].tolist() == [6, 6, 6, 6]
+    second = model(x2, t, labels).sample
+    assert get_exit_stats(model).blocks_run[0].tolist() == [1, 1, 1, 6]
+    remove_early_exit(model)
+
+    assert torch.equal(first, stock_first)
+    # Rows 0-2 skip: h_1 + (h_N - h_1) from the previous call with the same input, i.e. the stock output.
+    torch.testing.assert_close(second[:3], stock_second[:3], atol=1e-5, rtol=0)
+    # Row 3 changed a lot and ran the whole network itself.
+    torch.testing.assert_close(second[3], stock_second[3], atol=1e-5, rtol=0)
+
+    # diffusers' FirstBlockCache decides once for the batch: with the same threshold and inputs, the mean
+    # change over the batch is below it, so the whole batch - row 3 included - reuses stale residuals.
+    with first_block_cache(model, threshold=0.3):
+        model(x, t, labels)
+        fbc_second = model(x2, t, labels).sample
+    assert (fbc_second[3] - stock_second[3]).abs().max() > 0.1
+
+
+@torch.no_grad()
+def test_rows_match_their_own_single_row_runs(setup):
+    model, x, labels = setup
+    # Random tiny weights change a lot between steps (relative changes 0.9-2.7): 1.5 splits the rows.
+    policy = CachedTailResidual(threshold=1.5, max_cached_calls=2)
+    apply_early_exit(model, EarlyExitConfig(policy=policy))
+    with record_exit_stats(model) as stats:
+        batched = _sample(model, x, labels, DDIMScheduler(), steps=8)
+    depths = torch.stack(stats.blocks_run)  # (calls, B)
+    assert (depths == 1).any() and (depths == 6).any(), "the setting should make some rows skip"
+    for row in range(4):
+        reset_exit_state(model)
+        with record_exit_stats(model) as alone_stats:
+            alone = _sample(model, x[row:row + 1], labels[row:row + 1], DDIMScheduler(), steps=8)
+        torch.testing.assert_close(alone[0], batched[row], atol=1e-5, rtol=0)
+        assert torch.stack(alone_stats.blocks_run)[:, 0].tolist() == depths[:, row].tolist()
+    remove_early_exit(model)
+
+
+@torch.no_grad()
+def test_forced_full_calls(setup):
+    model, x, labels = setup
+    t = torch.full((4,), 400)
+    # Identical inputs: every row wants to skip on every call after the first; max_cached_calls=2 forces a
+    # full call after two skipped ones.
+    apply_early_exit(model, EarlyExitConfig(policy=CachedTailResidual(threshold=0.5, max_cached_calls=2)))
+    runs = []
+    for _ in range(6):
+        model(x, t, labels)
+        runs.append(get_exit_stats(model).blocks_run[0][0].item())
+    assert runs == [6, 1, 1, 6, 1, 1]
+    # Rows below full_below_t always run fully.
+    reset_exit_state(model)
+    from ee_diffusion import set_exit_config
+
+    set_exit_config(model, EarlyExitConfig(policy=CachedTailResidual(threshold=0.5, full_below_t=450)))
+    low = torch.tensor([400, 400, 900, 900])
+    model(x, low, labels)
+    model(x, low, labels)
+    assert get_exit_stats(model).blocks_run[0].tolist() == [6, 6, 1, 1]
+    remove_early_exit(model)
+
+
+@torch.no_grad()
+def test_a_new_sampling_run_starts_with_full_calls(setup):
+    model, x, labels = setup
+    apply_early_exit(model, EarlyExitConfig(policy=CachedTailResidual(threshold=0.5)))
+    for _ in range(2):
+        with record_exit_stats(model) as stats:
+            _sample(model, x, labels, DDIMScheduler(), steps=4)
+        assert stats.blocks_run[0].tolist() == [6, 6, 6, 6]  # timesteps went up: the cache was dropped
+    remove_early_exit(model)
+
+
+@torch.no_grad()
+def test_heun_calls_twice_per_step(setup):
+    model, x, labels = setup
+    reference = _sample(model, x, labels, HeunDiscreteScheduler(), steps=4)
+    apply_early_exit(model, EarlyExitConfig(policy=CachedTailResidual(threshold=0.0)))
+    assert torch.equal(_sample(model, x, labels, HeunDiscreteScheduler(), steps=4), reference)
+    set_config = EarlyExitConfig(policy=CachedTailResidual(threshold=0.3))
+    from ee_diffusion import set_exit_config
+
+    set_exit_config(model, set_config)
+    with record_exit_stats(model) as stats:
+        out = _sample(model, x, labels, HeunDiscreteScheduler(), steps=4)
+    assert stats.num_calls == 7 and torch.isfinite(out).all()
+    remove_early_exit(model)
+
+
+@torch.no_grad()
+def test_guidance_pairs_skip_together_or_alone():
+    model = tiny_dit(num_layers=6)
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    batch = torch.cat([x, x])
+    labels = torch.tensor([3, 4, 10, 10])  # [cond; uncond], null id 10
+    for pairing in ("together", "independent"):
+        apply_early_exit(model, EarlyExitConfig(policy=CachedTailResidual(threshold=0.2), cfg_pairing=pairing))
+        with record_exit_stats(model) as stats:
+            for t in (900, 850, 800, 750, 700, 650):
+                model(batch, torch.full((4,), t), labels)
+        depths = torch.stack(stats.blocks_run)
+        if pairing == "together":
+            assert all(stats.cfg_paired)
+            assert torch.equal(depths[:, :2], depths[:, 2:])
+        remove_early_exit(model)
+
+
+@torch.no_grad()
+def test_other_criteria():
+    model = tiny_dit(num_layers=6)
+    x = torch.randn(4, 1, 8, 8)
+    labels = torch.tensor([1, 2, 3, 4])
+    t = torch.tensor([100, 300, 700, 900])
+    apply_early_exit(model, EarlyExitConfig(policy=CachedTailResidual(criterion="timestep", skip_above_t=500)))
+    model(x, t, labels)
+    model(x, t, labels)
+    assert get_exit_stats(model).blocks_run[0].tolist() == [6, 6, 1, 1]
+    remove_early_exit(model)
+
+    heads = UncertaintyHeads.from_model(model)
+    with torch.no_grad():
+        for head in heads.heads:
+            head.weight.zero_()
+            head.bias.fill_(3.0)  # certainty sigmoid(3) = 0.95 everywhere
+    policy = CachedTailResidual(criterion="uncertainty", certainty_threshold=0.9)
+    assert policy.needs_certainty
+    apply_early_exit(model, EarlyExitConfig(policy=policy), heads=heads)
+    model(x, t, labels)
+    model(x, t, labels)
+    assert get_exit_stats(model).blocks_run[0].tolist() == [1, 1, 1, 1]
+    remove_early_exit(model)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"threshold": -0.1}, "threshold"),
+        ({"threshold": "0.1"}, "threshold"),
+        ({"exit_block": 0}, "exit_block"),
+        ({"criterion": "batch"}, "criterion"),
+        ({"certainty_threshold": 1.5}, "certainty_threshold"),
+        ({"max_cached_calls": 0}, "max_cached_calls"),
+        ({"full_below_t": -5}, "full_below_t"),
+    ],
+)
+def test_invalid_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CachedTailResidual(**kwargs)
+
+
+def test_exit_block_must_leave_a_tail_and_config_round_trips():
+    model = tiny_dit(num_layers=4)
+    with pytest.raises(ValueError, match="exit_block"):
+        apply_early_exit(model, EarlyExitConfig(policy=CachedTailResidual(exit_block=4)))
+    config = EarlyExitConfig(policy=CachedTailResidual(threshold=0.05, exit_block=2, max_cached_calls=4))
+    assert EarlyExitConfig.from_json(config.to_json()) == config
