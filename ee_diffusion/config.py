@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from .schedules.base import ExitPolicy, SerializablePolicy, policy_from_dict
 
 CFG_PAIRING_MODES = ("together", "independent")
+ON_NONFINITE_MODES = ("fallback", "raise")
 
 
 @dataclass
@@ -24,6 +27,18 @@ class EarlyExitConfig:
             guided prediction mixes two outputs of equal depth (timestep policies give both halves the same
             depth anyway); `"independent"` lets each half decide alone (DeeDiff authors'
             behaviour). Pairs are recognised from the inputs, so this also works on a stock `DiTPipeline`.
+        on_nonfinite: what happens when a block, a head or the output produces NaN/inf (exits on only):
+
+            - dynamic policies (per-block decisions, e.g. `UncertaintyThreshold`): a row whose certainty or exit
+              hidden state is not finite does not exit at that block - it keeps running towards full depth -
+              and `ExitStats.fallbacks` marks it. This check rides on the host sync the decision needs anyway.
+            - every policy: at the end of each model call the output is checked once per row (one host sync per
+              call, none per block; planned policies re-run nothing). Rows whose output is still not finite are
+              marked in `ExitStats.nonfinite` with `"fallback"` (the default), or the call raises `ValueError`
+              naming the rows, their timesteps and exit depths with `"raise"`.
+
+            `EarlyExitDiTPipeline` raises `ValueError` rather than return non-finite images in either mode.
+            `to_dict` writes this key only when it is not the default, so older saved configs stay unchanged.
 
     ```py
     >>> from ee_diffusion import EarlyExitConfig
@@ -37,6 +52,7 @@ class EarlyExitConfig:
 
     policy: ExitPolicy | None = None
     cfg_pairing: Literal["together", "independent"] = "together"
+    on_nonfinite: Literal["fallback", "raise"] = "fallback"
 
     def __post_init__(self) -> None:
         if isinstance(self.policy, dict):
@@ -55,6 +71,8 @@ class EarlyExitConfig:
             )
         if self.cfg_pairing not in CFG_PAIRING_MODES:
             raise ValueError(f"cfg_pairing must be one of {CFG_PAIRING_MODES}, got {self.cfg_pairing!r}")
+        if not isinstance(self.on_nonfinite, str) or self.on_nonfinite not in ON_NONFINITE_MODES:
+            raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE_MODES}, got {self.on_nonfinite!r}")
 
     @property
     def exits(self) -> bool:
@@ -63,23 +81,51 @@ class EarlyExitConfig:
     def to_dict(self) -> dict[str, Any]:
         if self.policy is not None and not isinstance(self.policy, SerializablePolicy):
             raise ValueError(f"custom policy {type(self.policy).__name__} cannot be serialised; give it a to_dict()")
-        return {
+        data: dict[str, Any] = {
             "policy": None if self.policy is None else self.policy.to_dict(),
             "cfg_pairing": self.cfg_pairing,
         }
+        if self.on_nonfinite != "fallback":
+            data["on_nonfinite"] = self.on_nonfinite
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EarlyExitConfig":
         if not isinstance(data, dict):
             raise ValueError(f"an exit config must be a dict, got {type(data).__name__}")
-        unknown = set(data) - {"policy", "cfg_pairing"}
+        unknown = set(data) - {"policy", "cfg_pairing", "on_nonfinite"}
         if unknown:
-            raise ValueError(f"unknown exit config keys {sorted(unknown)}; allowed: ['cfg_pairing', 'policy']")
+            raise ValueError(
+                f"unknown exit config keys {sorted(map(str, unknown))}; "
+                f"allowed: ['cfg_pairing', 'on_nonfinite', 'policy']"
+            )
         return cls(**data)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> "EarlyExitConfig":
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str | bytes) -> "EarlyExitConfig":
+        """Parse `to_json()` output; raises `ValueError` for text that is not a JSON exit config."""
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise TypeError(f"from_json takes the JSON text (str), got {type(text).__name__}; for a file use from_file")
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"an exit config must be JSON text, got unparsable input ({error})") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "EarlyExitConfig":
+        """Load an exit config JSON file; errors name the file."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"exit config file {str(path)!r} does not exist") from None
+        except (UnicodeDecodeError, IsADirectoryError, PermissionError) as error:
+            raise ValueError(f"cannot read exit config file {str(path)!r}: {error}") from None
+        try:
+            return cls.from_json(text)
+        except (ValueError, TypeError) as error:
+            raise type(error)(f"{str(path)!r}: {error}") from None

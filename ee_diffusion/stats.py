@@ -19,17 +19,32 @@ class ExitStats:
         timesteps: one (B,) float tensor per call, the timestep of every row.
         blocks_run: one (B,) long tensor per call, the number of blocks every row ran (N = no exit).
         cfg_paired: one bool per call, whether classifier-free-guidance pairs exited together.
+        fallbacks: one (B,) bool tensor per call: rows that a non-finite certainty or exit hidden state kept
+            from exiting at some block (dynamic policies; see `EarlyExitConfig.on_nonfinite`).
+        nonfinite: one (B,) bool tensor per call: rows whose model output held NaN/inf (checked with exits on).
     """
 
     num_blocks: int
     timesteps: list[torch.Tensor] = field(default_factory=list)
     blocks_run: list[torch.Tensor] = field(default_factory=list)
     cfg_paired: list[bool] = field(default_factory=list)
+    fallbacks: list[torch.Tensor] = field(default_factory=list)
+    nonfinite: list[torch.Tensor] = field(default_factory=list)
 
-    def record(self, timesteps: torch.Tensor, blocks_run: torch.Tensor, cfg_paired: bool) -> None:
+    def record(
+        self,
+        timesteps: torch.Tensor,
+        blocks_run: torch.Tensor,
+        cfg_paired: bool,
+        fallbacks: torch.Tensor | None = None,
+        nonfinite: torch.Tensor | None = None,
+    ) -> None:
         self.timesteps.append(timesteps.detach().float().cpu())
         self.blocks_run.append(blocks_run.detach().cpu())
         self.cfg_paired.append(cfg_paired)
+        none = torch.zeros(blocks_run.shape, dtype=torch.bool)
+        self.fallbacks.append(none if fallbacks is None else fallbacks.detach().cpu())
+        self.nonfinite.append(none if nonfinite is None else nonfinite.detach().cpu())
 
     @property
     def num_calls(self) -> int:
@@ -51,6 +66,16 @@ class ExitStats:
         full = self.full_blocks
         return self.total_blocks / full if full else 1.0
 
+    @property
+    def num_fallbacks(self) -> int:
+        """Row-calls where a non-finite value kept a row from exiting (it ran on towards full depth)."""
+        return int(sum(int(f.sum()) for f in self.fallbacks))
+
+    @property
+    def num_nonfinite(self) -> int:
+        """Row-calls whose model output held NaN/inf."""
+        return int(sum(int(f.sum()) for f in self.nonfinite))
+
     def per_call_mean(self) -> list[float]:
         """Mean blocks run per row, for each call."""
         return [float(b.float().mean()) for b in self.blocks_run]
@@ -65,6 +90,11 @@ class ExitStats:
             "timesteps": [t.tolist() for t in self.timesteps],
             "blocks_run": [b.tolist() for b in self.blocks_run],
             "cfg_paired": list(self.cfg_paired),
+            "num_fallbacks": self.num_fallbacks,
+            "num_nonfinite": self.num_nonfinite,
+            # Per call, the rows (batch positions) concerned; empty lists when every value was finite.
+            "fallback_rows": [f.nonzero().flatten().tolist() for f in self.fallbacks],
+            "nonfinite_rows": [f.nonzero().flatten().tolist() for f in self.nonfinite],
         }
 
     def __repr__(self) -> str:

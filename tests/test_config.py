@@ -100,7 +100,7 @@ def test_policy_given_as_dict():
 
 
 def test_from_dict_errors():
-    with pytest.raises(ValueError, match=r"unknown exit config keys \['polcy'\]; allowed: \['cfg_pairing', 'policy'\]"):
+    with pytest.raises(ValueError, match=r"unknown exit config keys \['polcy'\]; allowed: \['cfg_pairing', 'on_nonfinite', 'policy'\]"):
         EarlyExitConfig.from_dict({"polcy": None})
     with pytest.raises(ValueError, match=r"unknown exit config keys \['a', 'b'\]"):
         EarlyExitConfig.from_dict({"policy": None, "a": 1, "b": 2})
