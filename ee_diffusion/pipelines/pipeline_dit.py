@@ -20,7 +20,7 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, DiTTransformer2DModel
-from diffusers.schedulers import KarrasDiffusionSchedulers
+from diffusers.schedulers import KarrasDiffusionSchedulers, SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -32,6 +32,40 @@ from ..stats import ExitStats
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 # Scheduler variance types that consume the model's learned-variance channels in `scheduler.step`.
 _LEARNED_VARIANCE = ("learned", "learned_range")
+
+
+def _check_components(transformer: Any, scheduler: Any, vae: Any) -> None:
+    """Refuse components of the wrong kind up front, before they fail deep inside a sampling loop."""
+    if not isinstance(transformer, DiTTransformer2DModel):
+        raise TypeError(f"transformer must be a diffusers DiTTransformer2DModel, got {type(transformer).__name__}")
+    if transformer.config.num_embeds_ada_norm is None:
+        raise ValueError("transformer must be class-conditional (num_embeds_ada_norm set), got num_embeds_ada_norm=None")
+    if not isinstance(scheduler, SchedulerMixin):
+        raise TypeError(
+            f"scheduler must be a diffusers scheduler (SchedulerMixin, e.g. DDIMScheduler), got {type(scheduler).__name__}"
+        )
+    if vae is not None:
+        if not isinstance(vae, AutoencoderKL):
+            raise TypeError(f"vae must be an AutoencoderKL (latent space) or None (pixel space), got {type(vae).__name__}")
+        if vae.config.latent_channels != transformer.config.in_channels:
+            raise ValueError(
+                f"the vae's latent_channels ({vae.config.latent_channels}) must equal the transformer's in_channels "
+                f"({transformer.config.in_channels}): this vae was made for another model"
+            )
+
+
+def _check_finite(values: torch.Tensor, what: str, exit_stats: ExitStats) -> None:
+    """Raise `ValueError` instead of returning NaN/inf images (one host sync per pipeline call)."""
+    finite = torch.isfinite(values).reshape(values.shape[0], -1).all(1)
+    if bool(finite.all()):
+        return
+    rows = (~finite).nonzero().flatten().tolist()
+    raise ValueError(
+        f"sampling produced NaN/inf in rows {rows} of the {what}; over {exit_stats.num_calls} model calls "
+        f"{exit_stats.num_nonfinite} row outputs were non-finite and {exit_stats.num_fallbacks} rows fell back "
+        f"towards full depth (ExitStats.nonfinite/fallbacks). Check the weights, the latents and the scheduler; "
+        f"exit_config=EarlyExitConfig() runs the full model for comparison"
+    )
 
 
 @dataclass
@@ -102,6 +136,7 @@ class EarlyExitDiTPipeline(DiffusionPipeline):
         exit_config: dict[str, Any] | EarlyExitConfig | None = None,
     ) -> None:
         super().__init__()
+        _check_components(transformer, scheduler, vae)
         if exit_heads is not None and not isinstance(exit_heads, UncertaintyHeads):
             raise TypeError(f"exit_heads must be UncertaintyHeads or None, got {type(exit_heads).__name__}")
         if exit_heads is not None:
@@ -115,7 +150,10 @@ class EarlyExitDiTPipeline(DiffusionPipeline):
                 raise TypeError(
                     f"id2label must be a dict {{class id: 'name, other name'}}, got {type(id2label).__name__}"
                 )
-            id2label = {str(int(key)): str(value) for key, value in id2label.items()}
+            try:
+                id2label = {str(int(key)): str(value) for key, value in id2label.items()}
+            except (TypeError, ValueError):
+                raise ValueError(f"id2label keys must be class ids (ints or digit strings), got {list(id2label)!r}") from None
             for key, names in id2label.items():
                 for name in names.split(","):
                     self.labels[name.strip()] = int(key)
@@ -206,9 +244,22 @@ class EarlyExitDiTPipeline(DiffusionPipeline):
         latents: Any,
         exit_config: Any,
         output_type: Any,
+        generator: Any = None,
+        return_dict: Any = True,
     ) -> torch.Tensor:
         """Raise `ValueError`/`TypeError` naming the bad value and the allowed ones; return the (B,) labels."""
         labels = self._label_tensor(class_labels)
+        if generator is not None:
+            generators = generator if isinstance(generator, list) else [generator]
+            bad = [type(g).__name__ for g in generators if not isinstance(g, torch.Generator)]
+            if bad or not generators:
+                raise TypeError(f"generator must be a torch.Generator, a list of them or None, got {bad or generator!r}")
+            if len(generators) not in (1, labels.numel()) and isinstance(generator, list):
+                raise ValueError(
+                    f"a list of generators needs one per image ({labels.numel()}) or exactly one, got {len(generators)}"
+                )
+        if not isinstance(return_dict, bool):
+            raise TypeError(f"return_dict must be True or False, got {return_dict!r}")
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, Integral):
             raise TypeError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
         if num_inference_steps < 1:
@@ -229,6 +280,13 @@ class EarlyExitDiTPipeline(DiffusionPipeline):
                 raise ValueError(
                     f"latents must have shape (batch, channels, height, width) = {expected} for "
                     f"{labels.numel()} labels, got {tuple(latents.shape)}"
+                )
+            if not latents.dtype.is_floating_point:
+                raise TypeError(f"latents must be a floating-point tensor, got {latents.dtype}")
+            if not bool(torch.isfinite(latents).all()):
+                raise ValueError(
+                    f"latents must be finite, got NaN/inf in rows "
+                    f"{(~torch.isfinite(latents).reshape(latents.shape[0], -1).all(1)).nonzero().flatten().tolist()}"
                 )
         if exit_config is not None and not isinstance(exit_config, EarlyExitConfig):
             raise TypeError(f"exit_config must be an EarlyExitConfig or None, got {type(exit_config).__name__}")
@@ -287,7 +345,7 @@ class EarlyExitDiTPipeline(DiffusionPipeline):
         ```
         """
         labels = self.check_inputs(
-            class_labels, guidance_scale, num_inference_steps, latents, exit_config, output_type
+            class_labels, guidance_scale, num_inference_steps, latents, exit_config, output_type, generator, return_dict
         )
         config = exit_config if exit_config is not None else self.default_exit_config
         device = self._execution_device
@@ -339,7 +397,9 @@ class EarlyExitDiTPipeline(DiffusionPipeline):
 
                 latents = self.scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
 
-        # 5. Decode: latent space through the VAE, pixel space as is; both map [-1, 1] to [0, 1].
+        # 5. Decode: latent space through the VAE, pixel space as is; both map [-1, 1] to [0, 1]. Never return
+        #    NaN/inf images (see EarlyExitConfig.on_nonfinite): one check of the latents, one of the decode.
+        _check_finite(latents, "final latents", exit_stats)
         if output_type == "latent":
             images = latents
         else:
@@ -347,6 +407,7 @@ class EarlyExitDiTPipeline(DiffusionPipeline):
                 # `latents * (1 / scaling_factor)` rather than `/`: the exact arithmetic of DiTPipeline.
                 latents = latents.to(self.vae.dtype) * (1 / self.vae.config.scaling_factor)
                 samples = self.vae.decode(latents).sample
+                _check_finite(samples, "VAE-decoded images", exit_stats)
             else:
                 samples = latents
             images = (samples / 2 + 0.5).clamp(0, 1)
