@@ -126,7 +126,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--backbones", nargs="*", default=["DiT", "PixArt", "SD3", "UNet2DModel", "UNet2DConditionModel"])
+    parser.add_argument("--backbones", nargs="*",
+                        default=["DiT", "PixArt", "SD3", "UNet2DModel", "UNet2DConditionModel"])
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -135,7 +136,8 @@ def main() -> None:
         row = bench(kind, args.batch, args.steps, args.repeats)
         rows.append(row)
         print(f"{kind:22s} {row['unit']:6s} fraction {row['block_fraction']:.3f}  wall-clock ratio "
-              f"{row['wall_clock_ratio']:.3f}  (stock {row['stock_median_s']:.3f} s, early {row['early_exit_median_s']:.3f} s "
+              f"{row['wall_clock_ratio']:.3f}  (stock {row['stock_median_s']:.3f} s, "
+              f"early {row['early_exit_median_s']:.3f} s "
               f"per {args.steps}-step schedule, {row['parameters_m']:.1f}M params)", flush=True)
     report = {"batch": args.batch, "steps": args.steps, "repeats": args.repeats, "threads": args.threads,
               "torch": torch.__version__, "machine": platform.platform(), "results": rows}

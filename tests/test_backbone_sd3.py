@@ -22,7 +22,8 @@ def hand_exit(model, inputs, k):
         hidden = adapter.hidden_states_per_block(
             inputs["hidden_states"], inputs["timestep"], inputs["encoder_hidden_states"], inputs["pooled_projections"]
         )
-        return adapter.decode(hidden[k - 1], timestep=inputs["timestep"], pooled_projections=inputs["pooled_projections"])
+        pooled = inputs["pooled_projections"]
+        return adapter.decode(hidden[k - 1], timestep=inputs["timestep"], pooled_projections=pooled)
 
 
 @pytest.fixture

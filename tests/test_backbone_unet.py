@@ -60,7 +60,8 @@ def case(request):
     g = torch.Generator().manual_seed(1)
     if request.param == "UNet2DModel":
         model = tiny_unet(num_class_embeds=10)
-        inputs = {"sample": torch.randn(4, 1, 8, 8, generator=g), "timestep": T, "class_labels": torch.tensor([1, 2, 3, 4])}
+        inputs = {"sample": torch.randn(4, 1, 8, 8, generator=g), "timestep": T,
+                  "class_labels": torch.tensor([1, 2, 3, 4])}
     else:
         model = tiny_unet_condition()
         inputs = {"sample": torch.randn(4, 4, 8, 8, generator=g), "timestep": T,

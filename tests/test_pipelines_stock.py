@@ -69,7 +69,8 @@ def make(kind, scheduler="DDIM"):
         return pipe, unet, {"bridges": random_bridges(unet)}, common
     if kind == "pixart":
         model = tiny_pixart()
-        pipe = PixArtAlphaPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=model, scheduler=DDIMScheduler())
+        pipe = PixArtAlphaPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=model,
+                                   scheduler=DDIMScheduler())
         mask = torch.ones(2, 5)
         call = {**common, "negative_prompt": None, "prompt_attention_mask": mask,
                 "negative_prompt_attention_mask": mask, "use_resolution_binning": False}

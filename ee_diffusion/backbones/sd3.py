@@ -63,7 +63,8 @@ class SD3Adapter(BackboneAdapter):
         for name in ("block_controlnet_hidden_states", "skip_layers"):
             if inputs.get(name) is not None:
                 raise ValueError(
-                    f"early exit on SD3Transformer2DModel does not support `{name}`; got {type(inputs[name]).__name__}. "
+                    f"early exit on SD3Transformer2DModel does not support `{name}`; got "
+                    f"{type(inputs[name]).__name__}. "
                     f"Call the model without it, or run with EarlyExitConfig() (no exits)"
                 )
         kwargs = inputs.get("joint_attention_kwargs") or {}

@@ -89,7 +89,9 @@ class UNetAdapter(BackboneAdapter):
                 )
         n = len(downs)
         if n < 2 or len(ups) != n:
-            raise TypeError(f"early exit needs a U-Net with >= 2 levels and as many up as down blocks, got {n}/{len(ups)}")
+            raise TypeError(
+                f"early exit needs a U-Net with >= 2 levels and as many up as down blocks, got {n}/{len(ups)}"
+            )
         for i, down in enumerate(downs):
             has_down = getattr(down, "downsamplers", None) is not None
             if has_down != (i < n - 1) or len(ups[n - 1 - i].resnets) != len(down.resnets) + 1:
@@ -274,7 +276,9 @@ class UNetExitBridges(ModelMixin, ConfigMixin):
     def from_model(cls, model: nn.Module) -> "UNetExitBridges":
         """Bridges shaped for `model` (a `UNet2DModel` or `UNet2DConditionModel`), on its device and dtype."""
         if not isinstance(model, UNetAdapter.model_classes):
-            raise TypeError(f"UNetExitBridges are made for UNet2DModel or UNet2DConditionModel, got {type(model).__name__}")
+            raise TypeError(
+                f"UNetExitBridges are made for UNet2DModel or UNet2DConditionModel, got {type(model).__name__}"
+            )
         adapter = UNetAdapter(model)
         bridges = cls(adapter.level_channels(), adapter.temb_dim(), type(model).__name__)
         param = next(model.parameters())

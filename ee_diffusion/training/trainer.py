@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ from diffusers.training_utils import EMAModel
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._io import atomic_write_text, load_safetensors, read_json_file, replace_dir
 from ..backbones import get_adapter
 from ..heads import UncertaintyHeads
 from .config import ExperimentConfig, ModelConfig, TrainConfig
@@ -42,7 +44,14 @@ from .data import StepBatches, get_dataset
 from .losses import ase_loss, block_predictions, deediff_loss, eps_channels
 
 CHECKPOINT_PREFIX = "step_"
+#: Written last into a checkpoint: a folder without it is incomplete and never resumed from.
 STATE_FILE = "trainer_state.json"
+#: The EMA weights and the LR schedule, written by the trainer as safetensors + JSON (accelerate would pickle
+#: them as `custom_checkpoint_*.pkl` and load them with `weights_only=False`).
+EMA_FILE = "ema.safetensors"
+EXTRA_STATE_FILE = "trainer_extra.json"
+_CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}\d{{7}}$")
+_TMP_PREFIX = ".tmp-"
 
 
 # ----------------------------------------------------------------------------------------------------- model
@@ -175,6 +184,13 @@ class Trainer:
     Output folder layout: `experiment.json`, `log.jsonl` (one line per logged step: every loss term,
     per-block error, lr), `checkpoints/step_XXXXXXX/` (accelerate state + `trainer_state.json`) and
     `pipeline/` (final `save_pretrained` pipeline folder with EMA weights).
+
+    Checkpoints are crash-safe: each is written into `checkpoints/.tmp-step_XXXXXXX/`, flushed, completed
+    with `trainer_state.json` and only then renamed to `step_XXXXXXX`; resuming considers complete folders only.
+    The model is saved as safetensors, the EMA weights as `ema.safetensors`, the LR schedule and EMA counters
+    as JSON. The optimizer and RNG states are accelerate's `optimizer.bin` / `random_states_0.pkl`
+    (`torch.save`), which accelerate 1.15 loads with `torch.load(weights_only=True)`: tensors and plain
+    containers only, no arbitrary unpickling.
     """
 
     def __init__(
@@ -223,9 +239,8 @@ class Trainer:
             self.ema = EMAModel(list(objective.parameters()), decay=train.ema_decay)
         self.objective, self.optimizer = acc.prepare(objective, optimizer)
         # The LR schedule steps once per optimizer step whatever the process count: keep it unprepared.
-        acc.register_for_checkpointing(self.lr_scheduler)
-        if self.ema is not None:
-            acc.register_for_checkpointing(self.ema)
+        # The LR schedule and the EMA are saved by `save_checkpoint` (JSON + safetensors), not registered with
+        # accelerate, whose custom-object state is pickled and loaded with `weights_only=False`.
         self.step = 0
         self.log_path = self.output_dir / "log.jsonl"
 
@@ -317,41 +332,111 @@ class Trainer:
         if acc.is_main_process:
             with self.log_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+                f.flush()
         return record
 
     # --------------------------------------------------------------------------------------------- saving
     def checkpoint_dir(self, step: int | None = None) -> Path:
         return self.output_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{self.step if step is None else step:07d}"
 
+    def complete_checkpoints(self) -> list[Path]:
+        """Checkpoint folders under `output_dir/checkpoints` that were written to the end, oldest first."""
+        root = self.output_dir / "checkpoints"
+        if not root.is_dir():
+            return []
+        return sorted(p for p in root.iterdir() if _CHECKPOINT_NAME.match(p.name) and (p / STATE_FILE).is_file())
+
     def save_checkpoint(self) -> Path:
-        """`accelerator.save_state` + the step number; keeps the newest `checkpoints_total_limit` checkpoints."""
+        """Write a checkpoint atomically; keeps the newest `checkpoints_total_limit` complete checkpoints.
+
+        Every process writes `accelerator.save_state` into a temporary sibling folder; the main process adds the
+        EMA weights (safetensors), the LR schedule (JSON) and last `trainer_state.json`, flushes everything
+        and renames the folder into place. A process killed at any point leaves no folder under a checkpoint
+        name that is incomplete.
+        """
         acc = self.accelerator
         folder = self.checkpoint_dir()
-        acc.save_state(str(folder))
+        tmp = folder.with_name(_TMP_PREFIX + folder.name)
         if acc.is_main_process:
-            (folder / STATE_FILE).write_text(json.dumps({"step": self.step}) + "\n")
-            old = sorted((self.output_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*"))
-            for stale in old[: -self.config.train.checkpoints_total_limit]:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            for stale in folder.parent.glob(_TMP_PREFIX + "*"):  # left by a killed run
+                shutil.rmtree(stale, ignore_errors=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            self._save_extra_state(tmp)
+            atomic_write_text(tmp / STATE_FILE, json.dumps({"step": self.step}) + "\n")
+            replace_dir(tmp, folder)
+            for stale in self.complete_checkpoints()[: -self.config.train.checkpoints_total_limit]:
                 shutil.rmtree(stale)
         acc.wait_for_everyone()
         return folder
 
+    def _save_extra_state(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        extra: dict[str, Any] = {"lr_scheduler": self.lr_scheduler.state_dict()}
+        if self.ema is not None:
+            state = self.ema.state_dict()
+            shadow = state.pop("shadow_params")
+            extra["ema"] = state
+            save_file({str(i): p.detach().cpu().contiguous() for i, p in enumerate(shadow)}, str(folder / EMA_FILE))
+        atomic_write_text(folder / EXTRA_STATE_FILE, json.dumps(extra) + "\n")
+
+    def _load_extra_state(self, folder: Path) -> None:
+        extra = read_json_file(folder / EXTRA_STATE_FILE, "trainer checkpoint state")
+        if not isinstance(extra, dict) or "lr_scheduler" not in extra:
+            raise ValueError(f"{str(folder / EXTRA_STATE_FILE)!r} has no 'lr_scheduler' entry: not a checkpoint of this trainer")
+        self.lr_scheduler.load_state_dict(extra["lr_scheduler"])
+        if self.ema is None:
+            return
+        if "ema" not in extra:
+            raise ValueError(f"this run keeps an EMA but checkpoint {str(folder)!r} has none (ema_decay changed?)")
+        tensors = load_safetensors(folder / EMA_FILE, "EMA weights")
+        current = self.ema.shadow_params
+        if len(tensors) != len(current) or any(tensors.get(str(i)) is None or tensors[str(i)].shape != p.shape
+                                               for i, p in enumerate(current)):
+            raise ValueError(
+                f"EMA weights {str(folder / EMA_FILE)!r} do not fit this model ({len(tensors)} tensors for "
+                f"{len(current)} parameters or shapes differ): the checkpoint belongs to another experiment"
+            )
+        shadow = [tensors[str(i)].to(device=p.device, dtype=p.dtype) for i, p in enumerate(current)]
+        self.ema.load_state_dict({**extra["ema"], "shadow_params": shadow})
+
     def load_checkpoint(self, folder: str | Path | None = None) -> int:
-        """Restore a checkpoint (default: the newest under `output_dir/checkpoints`); returns its step."""
+        """Restore a checkpoint (default: the newest complete one under `output_dir/checkpoints`); returns its step."""
         if folder is None:
-            found = sorted((self.output_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*"))
+            found = self.complete_checkpoints()
             if not found:
-                raise ValueError(f"no checkpoint to resume from under {str(self.output_dir / 'checkpoints')!r}")
+                raise ValueError(f"no complete checkpoint to resume from under {str(self.output_dir / 'checkpoints')!r}")
             folder = found[-1]
         folder = Path(folder)
         if not (folder / STATE_FILE).is_file():
-            raise ValueError(f"{str(folder)!r} is not a checkpoint of this trainer (no {STATE_FILE})")
-        self.accelerator.load_state(str(folder))
-        self.step = int(json.loads((folder / STATE_FILE).read_text())["step"])
+            raise ValueError(f"{str(folder)!r} is not a complete checkpoint of this trainer (no {STATE_FILE})")
+        if not (folder / EXTRA_STATE_FILE).is_file() and any(folder.glob("custom_checkpoint_*.pkl")):
+            raise ValueError(
+                f"{str(folder)!r} was written by an older ee_diffusion that pickled the EMA and LR state "
+                f"(custom_checkpoint_*.pkl); this version never unpickles: start the run afresh"
+            )
+        try:
+            self.accelerator.load_state(str(folder))
+        except Exception as error:  # accelerate names the part, not always the folder
+            raise ValueError(f"cannot restore checkpoint {str(folder)!r}: {type(error).__name__}: {error}") from error
+        self._load_extra_state(folder)
+        self.step = int(read_json_file(folder / STATE_FILE, "trainer state")["step"])
         if self.accelerator.is_main_process and self.log_path.is_file():
-            # Drop records logged after the checkpoint: the resumed run logs those steps again.
-            kept = [line for line in self.log_path.read_text().splitlines() if json.loads(line)["step"] <= self.step]
-            self.log_path.write_text("".join(line + "\n" for line in kept))
+            # Drop records logged after the checkpoint: the resumed run logs those steps again. A line cut short
+            # by a killed process is dropped too.
+            kept = []
+            for line in self.log_path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict) and record.get("step", math.inf) <= self.step:
+                    kept.append(line)
+            atomic_write_text(self.log_path, "".join(line + "\n" for line in kept))
         self.accelerator.wait_for_everyone()
         return self.step
 
@@ -384,7 +469,12 @@ class Trainer:
                     id2label=self.dataset.id2label(),
                     exit_config=self.default_exit_config(),
                 )
-                pipe.save_pretrained(str(folder))
+                # Saved next to its destination and renamed into place: never a half-written pipeline folder.
+                tmp = folder.with_name(_TMP_PREFIX + folder.name)
+                if tmp.exists():
+                    shutil.rmtree(tmp)
+                pipe.save_pretrained(str(tmp))
+                replace_dir(tmp, folder)
         finally:
             if swap:
                 self.ema.restore(module.parameters())
