@@ -26,13 +26,14 @@ _EXPORTS = {
     "exit_state_nbytes": "ee_diffusion.engine",
     "EarlyExitDiTPipeline": "ee_diffusion.pipelines",
     "load_default_pipeline": "ee_diffusion.default_model",
+    "load_pretrained_pipeline": "ee_diffusion.default_model",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from .config import EarlyExitConfig
-    from .default_model import load_default_pipeline
+    from .default_model import load_default_pipeline, load_pretrained_pipeline
     from .engine import (
         apply_early_exit,
         early_exit,

@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from .pipelines import EarlyExitDiTPipeline
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "digits-dit"
+#: The same DiT after pre-training only (L_simple, no exit heads, no layer-wise fine-tuning): the "stock
+#: pretrained model" on which training-free exits (`CachedTailResidual`) are measured.
+PRETRAINED_MODEL_DIR = Path(__file__).parent / "assets" / "digits-dit-pretrained"
 #: Guidance scale to sample the default model with. This small pixel-space model over-saturates under strong
 #: classifier-free guidance: class accuracy of its samples is 0.97 at 1 (no guidance), 0.99 at 2, 0.51 at 4.
 DEFAULT_GUIDANCE_SCALE = 1.0
@@ -46,4 +49,29 @@ def load_default_pipeline(device: str | torch.device | None = None) -> "EarlyExi
         )
     # Weights are stored in fp16 to keep the package small; diffusers loads them into float32 modules.
     pipe = EarlyExitDiTPipeline.from_pretrained(str(DEFAULT_MODEL_DIR))
+    return pipe if device is None else pipe.to(device)
+
+
+def load_pretrained_pipeline(device: str | torch.device | None = None) -> "EarlyExitDiTPipeline":
+    """Load the shipped digits DiT as it was after plain pre-training: no exit heads, no layer-wise losses.
+
+    Stage 1 of `scripts/train_default_model.sh` (the stage-2 DeeDiff fine-tune starts from it). Its default
+    exit config is the training-free `CachedTailResidual` operating point chosen by
+    `python -m ee_diffusion.eval.tail_cache_bench` (see docs/tail_cache.md).
+
+    ```py
+    >>> pipe = load_pretrained_pipeline()
+    >>> pipe.exit_heads is None, pipe.transformer.config.num_layers
+    (True, 8)
+
+    ```
+    """
+    from .pipelines import EarlyExitDiTPipeline
+
+    if not (PRETRAINED_MODEL_DIR / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"the pre-trained model is missing from {str(PRETRAINED_MODEL_DIR)!r}; rebuild it with "
+            f"scripts/train_default_model.sh"
+        )
+    pipe = EarlyExitDiTPipeline.from_pretrained(str(PRETRAINED_MODEL_DIR))
     return pipe if device is None else pipe.to(device)
