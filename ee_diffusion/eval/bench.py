@@ -59,6 +59,8 @@ class Preset:
     budgets: tuple[float, ...] = (0.45, 0.6)
     threshold_budgets: tuple[float, ...] = (0.6,)
     fbc_thresholds: tuple[float, ...] = (0.1, 0.3)
+    # Early exit composed with fewer steps: (steps, budget) -> a schedule calibrated at that step count.
+    combined: tuple[tuple[int, float], ...] = ((12, 0.8), (14, 0.7))
     calib_images: int = 20
     calib_buckets: int = 4
     calib_depths: tuple[int, ...] | None = None  # depths measured per bucket (None: all); others interpolated
@@ -69,15 +71,16 @@ class Preset:
     flops_images: int = 2
     matched_fewer_steps: bool = True
     sample_batch: int = 100
+    overhead_repeats: int = 4
 
 
 PRESETS = {
-    "ci": Preset(calib_depths=(2, 3, 4, 6)),
+    "ci": Preset(calib_depths=(2, 3, 4, 6), fewer_steps=(5, 8, 10, 12, 14, 16), matched_fewer_steps=False),
     "full": Preset(
         settings=("digits", "glyphs"), num_images=1000, steps=25, extra_seeds=2, fewer_steps=(6, 9, 12, 16, 20),
         thresholds=(0.7, 0.8, 0.85, 0.9, 0.95), budgets=(0.4, 0.45, 0.5, 0.6, 0.75), threshold_budgets=(0.5, 0.6),
         fbc_thresholds=(0.05, 0.1, 0.2, 0.4), calib_images=60, calib_buckets=5, timing_repeats=5, timing_warmup=1,
-        extra_batch_sizes=(1, 16), flops_images=4,
+        extra_batch_sizes=(1, 16), flops_images=4, combined=((15, 0.8), (18, 0.7), (12, 0.9)),
     ),
 }
 
@@ -176,6 +179,15 @@ def run_setting(setting: str, preset: Preset, model_path: str | None = None, log
         schedule, info = schedule_from_deviation(measurement, budget=budget)
         methods.append(Method(f"calibrated_schedule_{budget}", "calibrated_schedule", EarlyExitConfig(policy=schedule),
                               notes={"budget": budget, **info}))
+    for k, budget in preset.combined:
+        if k >= S:
+            continue
+        t0 = time.perf_counter()
+        m_k = measure_depth_deviation(pipe, replace(calib, num_inference_steps=k), feature_net=net, depths=depths)
+        calibration_s += time.perf_counter() - t0
+        schedule, info = schedule_from_deviation(m_k, budget=budget)
+        methods.append(Method(f"calibrated_schedule_{budget}_steps{k}", "calibrated_steps",
+                              EarlyExitConfig(policy=schedule), steps=k, notes={"budget": budget, **info}))
     if pipe.exit_heads is not None:
         for budget in preset.threshold_budgets:
             t0 = time.perf_counter()
@@ -236,6 +248,10 @@ def run_setting(setting: str, preset: Preset, model_path: str | None = None, log
                 log(f"{extra.name:32s} FID {rows[extra.name]['fid']:8.3f} (matched)")
             rows[method.name]["matched_fewer_steps"] = have[k]
 
+    steps_curve = [(r["block_fraction"], r["fid"]) for r in rows.values() if r["family"] in ("full", "fewer_steps")]
+    for row in rows.values():
+        row["fewer_steps_fid_at_same_blocks"] = _interp(steps_curve, row["block_fraction"])
+
     # ------------------------------------------------------------------------------------------- FLOPs
     for method in methods:
         flops = count_flops(lambda: sample(method, range(preset.flops_images)))
@@ -261,7 +277,7 @@ def run_setting(setting: str, preset: Preset, model_path: str | None = None, log
     spread = max(seed_fids) - min(seed_fids)
     for name, row in rows.items():
         row["within_seed_spread"] = row["fid"] <= full["fid"] + spread
-    candidates = [r for r in rows.values() if r["family"] in ("calibrated_schedule", "calibrated_thresholds", "distilled",
+    candidates = [r for r in rows.values() if r["family"] in ("calibrated_schedule", "calibrated_thresholds", "distilled", "calibrated_steps",
                                                               "deediff", "ase", "static_depth") and r["within_seed_spread"]]
     recommended = max(candidates, key=lambda r: r["speedup"]) if candidates else None
     extra_batches = {}
@@ -276,7 +292,7 @@ def run_setting(setting: str, preset: Preset, model_path: str | None = None, log
     if recommended is not None:
         rec = next(m for m in methods if m.name == recommended["name"])
         memory[rec.name] = peak_memory(lambda: sample(rec, batch))
-    overhead = overhead_breakdown(pipe, preset.timing_batch, repeats=max(3, preset.timing_repeats * 2),
+    overhead = overhead_breakdown(pipe, preset.timing_batch, repeats=preset.overhead_repeats, warmup=min(1, preset.overhead_repeats),
                                   guided=guidance > 1)
     targets = _targets(setting, rows, spread, recommended)
     return {
@@ -351,7 +367,12 @@ def markdown(report: dict) -> str:
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in s["methods"].values():
             matched = r.get("matched_fewer_steps")
-            mfid = f"{s['methods'][matched]['fid']:.3f} ({matched})" if matched else ""
+            if matched:
+                mfid = f"{s['methods'][matched]['fid']:.3f} ({matched})"
+            elif r["family"] in ("full", "seed", "fewer_steps"):
+                mfid = ""
+            else:
+                mfid = f"{r['fewer_steps_fid_at_same_blocks']:.3f} (interp.)"
             lines.append(
                 f"| {r['name']} | {r['family']} | {r['fid']:.3f} | {r.get('kid_mean', float('nan')):.1f} | "
                 f"{r.get('accuracy', float('nan')):.3f} | {r['block_fraction']:.3f} | {r.get('gflops_per_image', float('nan')):.3f} | "
@@ -377,6 +398,7 @@ FAMILY_STYLE = {
     "full": ("black", "*"), "fewer_steps": ("tab:gray", "o"), "static_depth": ("tab:blue", "s"),
     "ase": ("tab:cyan", "^"), "deediff": ("tab:orange", "v"), "calibrated_schedule": ("tab:red", "D"),
     "calibrated_thresholds": ("tab:purple", "P"), "distilled": ("tab:brown", "X"), "first_block_cache": ("tab:green", "h"),
+    "calibrated_steps": ("magenta", "d"),
 }
 
 
@@ -449,3 +471,20 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, float) and math.isnan(value):
         return None
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def set_recommended_exit_config(report_path: str | Path, model_dir: str | Path, setting: str = "digits") -> dict:
+    """Write the report's recommended exit config for `setting` into `model_dir/model_index.json` as the
+    pipeline's default exit config (what calls without `exit_config` use). Returns the config dict."""
+    report = json.loads(Path(report_path).read_text())
+    entry = next(s for s in report["settings"] if s["setting"] == setting)
+    if entry["recommended"] is None:
+        raise ValueError(f"the report recommends no early-exit method for {setting!r}")
+    method = entry["methods"][entry["recommended"]]
+    config = EarlyExitConfig.from_dict(method["exit_config"]).to_dict()  # validates
+    index_path = Path(model_dir) / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index["exit_config"] = config
+    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return {"method": entry["recommended"], "exit_config": config,
+            "num_inference_steps": method["num_inference_steps"], "guidance_scale": entry["guidance_scale"]}
