@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -77,6 +80,29 @@ class UncertaintyHeads(ModelMixin, ConfigMixin):
             self.condition_proj = nn.ModuleList(nn.Linear(condition_dim, out_channels) for _ in feature_channels)
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "UncertaintyHeads":
+        """Load heads saved with `save_pretrained`: safetensors only (never a pickled `.bin`).
+
+        A missing, truncated or corrupted file, or a `config.json` that does not match the weights (e.g. a
+        changed `num_blocks`), raises naming the folder - diffusers alone would initialise missing heads at
+        random with a warning.
+        """
+        kwargs.setdefault("use_safetensors", True)
+        want_info = kwargs.pop("output_loading_info", False)
+        where = os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
+        try:
+            heads, info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
+        except OSError as error:
+            raise OSError(f"cannot load UncertaintyHeads from {where!r}: {error}") from error
+        missing, unexpected = info.get("missing_keys") or [], info.get("unexpected_keys") or []
+        if missing or unexpected:
+            raise ValueError(
+                f"the config.json in {where!r} does not match its weights: missing {sorted(missing)[:6]}, unexpected "
+                f"{sorted(unexpected)[:6]} (was num_blocks or feature_channels edited?)"
+            )
+        return (heads, info) if want_info else heads
+
+    @classmethod
     def from_model(cls, model: nn.Module, condition_on_timestep: bool = False) -> "UncertaintyHeads":
         """Make heads shaped for `model` (a supported diffusers model)."""
         adapter = get_adapter(model)
@@ -113,6 +139,15 @@ class UncertaintyHeads(ModelMixin, ConfigMixin):
         """
         if not 0 <= block_index < self.config.num_blocks:
             raise ValueError(f"block_index must be in 0..{self.config.num_blocks - 1}, got {block_index}")
+        if not isinstance(hidden_states, torch.Tensor):
+            raise TypeError(f"hidden_states must be a torch.Tensor, got {type(hidden_states).__name__}")
+        if self.config.feature_channels is None and (
+            hidden_states.ndim != 3 or hidden_states.shape[-1] != self.config.hidden_dim
+        ):
+            raise ValueError(
+                f"hidden_states must be (batch, tokens, {self.config.hidden_dim}) for these heads, got "
+                f"{tuple(hidden_states.shape)}"
+            )
         # Detached: the certainty loss must not train the backbone through the head's input.
         tokens = hidden_states.detach()
         if self.config.feature_channels is not None:

@@ -113,7 +113,8 @@ def test_bench_writes_report_with_loadable_exit_configs(tmp_path):
     preset = Preset(num_images=10, steps=3, extra_seeds=1, fewer_steps=(2,), thresholds=(0.5,), budgets=(0.5,),
                     threshold_budgets=(0.6,), fbc_thresholds=(0.5,), calib_images=4, calib_buckets=2,
                     calib_depths=(2,), timing_batch=2, timing_repeats=1, timing_warmup=0, flops_images=1,
-                    sample_batch=10, combined=((2, 0.9),), overhead_repeats=1)
+                    sample_batch=10, combined=((2, 0.9),), overhead_repeats=1,
+                    threshold_fractions=(0.6,))
     report = run(preset, tmp_path / "out", model_paths={"digits": str(tmp_path / "model")}, progress=False)
     for name in ("report.json", "report.md", "pareto.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0

@@ -33,6 +33,7 @@ from ..schedules.calibrate import (
     calibrate_thresholds,
     distil_schedule,
     measure_depth_deviation,
+    thresholds_for_fractions,
     schedule_from_deviation,
 )
 from .baselines import fbc_pipeline, first_block_cache
@@ -56,6 +57,9 @@ class Preset:
     extra_seeds: int = 1  # seeds of the full model beyond seed 0, for the spread
     fewer_steps: tuple[int, ...] = (6, 10, 14)
     thresholds: tuple[float, ...] = (0.7, 0.8, 0.9)
+    # If set, the DeeDiff sweep's thresholds are instead chosen on the calibration set to hit these block
+    # fractions (the heads' certainty scale differs between models).
+    threshold_fractions: tuple[float, ...] | None = None
     budgets: tuple[float, ...] = (0.45, 0.6)
     threshold_budgets: tuple[float, ...] = (0.6,)
     fbc_thresholds: tuple[float, ...] = (0.1, 0.3)
@@ -75,12 +79,13 @@ class Preset:
 
 
 PRESETS = {
-    "ci": Preset(calib_depths=(2, 3, 4, 6), fewer_steps=(5, 8, 10, 12, 14, 16), matched_fewer_steps=False),
+    "ci": Preset(calib_depths=(2, 3, 4, 6), fewer_steps=(5, 8, 10, 12, 14, 16), matched_fewer_steps=False,
+                 threshold_fractions=(0.45, 0.6, 0.8)),
     "full": Preset(
         settings=("digits", "glyphs"), num_images=1000, steps=25, extra_seeds=2, fewer_steps=(6, 9, 12, 16, 20),
         thresholds=(0.7, 0.8, 0.85, 0.9, 0.95), budgets=(0.4, 0.45, 0.5, 0.6, 0.75), threshold_budgets=(0.5, 0.6),
         fbc_thresholds=(0.05, 0.1, 0.2, 0.4), calib_images=60, calib_buckets=5, timing_repeats=5, timing_warmup=1,
-        extra_batch_sizes=(1, 16), flops_images=4, combined=((15, 0.8), (18, 0.7), (12, 0.9)),
+        extra_batch_sizes=(1, 16), flops_images=4, threshold_fractions=(0.4, 0.5, 0.6, 0.7, 0.85), combined=((15, 0.8), (18, 0.7), (12, 0.9)),
     ),
 }
 
@@ -171,8 +176,12 @@ def run_setting(setting: str, preset: Preset, model_path: str | None = None, log
         methods.append(Method(f"static_{k}", "static_depth", EarlyExitConfig(policy=StaticDepth(k))))
     for name, schedule in _ase_schedules(n).items():
         methods.append(Method(name, "ase", EarlyExitConfig(policy=schedule)))
+    sweep = list(preset.thresholds)
+    if pipe.exit_heads is not None and preset.threshold_fractions:
+        sweep = thresholds_for_fractions(pipe, list(preset.threshold_fractions), calib)
+        log(f"DeeDiff thresholds for block fractions {preset.threshold_fractions}: {sweep}")
     if pipe.exit_heads is not None:
-        for c in preset.thresholds:
+        for c in sweep:
             methods.append(Method(f"deediff_{c}", "deediff",
                                   EarlyExitConfig(policy=UncertaintyThreshold(c, patience=2), cfg_pairing="together")))
     for budget in preset.budgets:
@@ -196,7 +205,7 @@ def run_setting(setting: str, preset: Preset, model_path: str | None = None, log
             methods.append(Method(f"calibrated_thresholds_{budget}", "calibrated_thresholds", result.exit_config,
                                   notes={"budget": budget, "calibration_fraction": result.info["block_fraction"]}))
         # Distil the middle DeeDiff threshold's observed exits (on the calibration set) into a static schedule.
-        c = preset.thresholds[len(preset.thresholds) // 2]
+        c = sweep[len(sweep) // 2]
         observed = pipe(class_labels=[i % num_classes for i in range(calib.num_images)], num_inference_steps=S,
                         guidance_scale=guidance, generator=torch.Generator().manual_seed(calib.seed),
                         exit_config=EarlyExitConfig(policy=UncertaintyThreshold(c, patience=2)), output_type="latent")

@@ -467,3 +467,27 @@ def _bucket_steps(pipe: Any, steps: int, schedule: TimestepSchedule) -> list[int
     timesteps = torch.tensor(_sampling_timesteps(pipe, steps), dtype=torch.float64)
     bucket = torch.bucketize(timesteps, torch.tensor(schedule.boundaries, dtype=torch.float64), right=True)
     return [int((bucket == j).sum()) for j in range(len(schedule.depths))]
+
+
+def thresholds_for_fractions(pipe: Any, fractions: list[float], calib: CalibrationSet | None = None,
+                             patience: int = 2, cfg_pairing: str = "together") -> list[float]:
+    """Global DeeDiff thresholds whose simulated block fraction on the calibration set is each of `fractions`
+    (a threshold sweep placed at chosen compute levels, whatever the heads' certainty scale)."""
+    calib = calib or CalibrationSet()
+    n = len(pipe.transformer.transformer_blocks)
+    calls = record_certainties(pipe, calib)
+    paired = cfg_pairing == "together" and calib.guidance_scale > 1
+
+    def fraction(threshold: float) -> float:
+        depths = [simulate_depths(c["certainty"], torch.full((c["certainty"].shape[0],), threshold), patience, n, paired)
+                  for c in calls]
+        return float(torch.cat(depths).float().mean()) / n
+
+    thresholds = []
+    for goal in fractions:
+        lo, hi = 1e-4, 1 - 1e-6
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if fraction(mid) < goal else (lo, mid)
+        thresholds.append(round(hi, 4))
+    return thresholds
