@@ -89,11 +89,12 @@ class UncertaintyHeads(ModelMixin, ConfigMixin):
         """
         kwargs.setdefault("use_safetensors", True)
         want_info = kwargs.pop("output_loading_info", False)
-        where = os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
+        subfolder = kwargs.get("subfolder")
+        where = os.path.join(str(pretrained_model_name_or_path), subfolder) if subfolder else str(pretrained_model_name_or_path)
         try:
             heads, info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
-        except OSError as error:
-            raise OSError(f"cannot load UncertaintyHeads from {where!r}: {error}") from error
+        except (OSError, ValueError) as error:
+            raise type(error)(f"cannot load UncertaintyHeads from {where!r}: {error}") from error
         missing, unexpected = info.get("missing_keys") or [], info.get("unexpected_keys") or []
         if missing or unexpected:
             raise ValueError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
@@ -52,6 +53,28 @@ def _check_components(transformer: Any, scheduler: Any, vae: Any) -> None:
                 f"the vae's latent_channels ({vae.config.latent_channels}) must equal the transformer's in_channels "
                 f"({transformer.config.in_channels}): this vae was made for another model"
             )
+
+
+def _check_weights_match(model: torch.nn.Module, folder: str, variant: str | None) -> None:
+    """Raise `ValueError` when the weights file of `folder` lacks parameters of `model` or has extra ones.
+
+    Reads the safetensors header only (names), no tensor data.
+    """
+    from safetensors import safe_open
+
+    name = "diffusion_pytorch_model" + (f".{variant}" if variant else "") + ".safetensors"
+    file = os.path.join(folder, name)
+    if not os.path.isfile(file):  # sharded or otherwise named: diffusers has checked what it loaded
+        return
+    with safe_open(file, framework="pt") as f:
+        stored = set(f.keys())
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - stored), sorted(stored - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"{file!r} does not match {os.path.join(folder, 'config.json')!r}: missing {missing[:6]}, unexpected "
+            f"{unexpected[:6]} ({len(missing)} missing, {len(unexpected)} unexpected; was the config edited?)"
+        )
 
 
 def _check_finite(values: torch.Tensor, what: str, exit_stats: ExitStats) -> None:
@@ -160,6 +183,28 @@ class EarlyExitDiTPipeline(DiffusionPipeline):
             self.labels = dict(sorted(self.labels.items()))
         self.register_to_config(id2label=id2label)
         self.set_default_exit_config(exit_config)
+
+    # ------------------------------------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "EarlyExitDiTPipeline":
+        """Load a pipeline folder (or a stock `DiTPipeline` folder): weights through safetensors only.
+
+        Beyond diffusers' own loading, a missing folder raises `FileNotFoundError` naming it, and a component whose
+        `config.json` does not match its weights (diffusers would initialise the missing blocks at random with a
+        warning) raises `ValueError` naming the file. Components passed as keywords are used as given.
+        """
+        kwargs.setdefault("use_safetensors", True)
+        path = str(pretrained_model_name_or_path)
+        hub_id = not os.path.isabs(path) and not path.startswith(".") and path.count("/") == 1  # "org/name"
+        if not os.path.isdir(path) and not hub_id:
+            raise FileNotFoundError(f"no pipeline folder at {path!r}")
+        pipe = super().from_pretrained(path, **kwargs)
+        if os.path.isdir(path):
+            for name in ("transformer", "vae"):
+                component = getattr(pipe, name, None)
+                if component is not None and name not in kwargs:
+                    _check_weights_match(component, os.path.join(path, name), kwargs.get("variant"))
+        return pipe
 
     # ------------------------------------------------------------------------------------------ configuration
     @property
