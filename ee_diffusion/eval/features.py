@@ -164,9 +164,19 @@ def load_feature_net(name_or_path: str | Path) -> FeatureNet:
             f"no feature network at {str(path)!r}; shipped: {sorted(RECIPES)}; "
             f"rebuild with `python -m ee_diffusion.eval.features --name NAME`"
         )
-    info = json.loads(path.with_suffix(".json").read_text())
+    from .._io import load_safetensors, read_json_file
+
+    info = read_json_file(path.with_suffix(".json"), "feature network config")
+    if not isinstance(info, dict) or not isinstance(info.get("config"), dict) or "meta" not in info:
+        raise ValueError(f"{str(path.with_suffix('.json'))!r} is not a feature network config (needs 'config', 'meta')")
     net = FeatureNet(**info["config"])
-    net.load_state_dict(load_file(str(path.with_suffix(".safetensors"))))
+    weights = load_safetensors(path.with_suffix(".safetensors"), "feature network weights")
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as error:
+        raise ValueError(
+            f"{str(path.with_suffix('.safetensors'))!r} does not match {str(path.with_suffix('.json'))!r}: {error}"
+        ) from None
     net.meta = info["meta"]
     return net.eval().requires_grad_(False)
 

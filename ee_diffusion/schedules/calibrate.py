@@ -82,8 +82,13 @@ def save_calibration(result: CalibrationResult, path: str | Path) -> None:
 
 def load_policy(path: str | Path) -> EarlyExitConfig:
     """Read a calibration JSON (or a bare `EarlyExitConfig` JSON) back as an `EarlyExitConfig`."""
-    data = json.loads(Path(path).read_text())
-    return EarlyExitConfig.from_dict(data["exit_config"] if "exit_config" in data else data)
+    from .._io import read_json_file
+
+    data = read_json_file(path, "calibration JSON")
+    try:
+        return EarlyExitConfig.from_dict(data["exit_config"] if isinstance(data, dict) and "exit_config" in data else data)
+    except (ValueError, TypeError) as error:
+        raise type(error)(f"{str(path)!r}: {error}") from None
 
 
 # ----------------------------------------------------------------------------------------------- buckets
