@@ -135,8 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quality-batch-sizes", type=int, nargs="+", default=[8, 64])
     parser.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS))
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (1 is steadier on a shared machine); default: torch's choice")
     parser.add_argument("--out", type=Path, default=Path("bench_out/tail_cache"))
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     start = time.perf_counter()
     report = run(args.num_images, args.steps, tuple(args.batch_sizes), tuple(args.quality_batch_sizes),
                  tuple(args.thresholds), args.repeats)
