@@ -102,6 +102,8 @@ class TimestepSchedule(_PlannedPolicy):
         for b in self.boundaries:
             if isinstance(b, bool) or not isinstance(b, (int, float)) or b != b:
                 raise ValueError(f"boundaries must be numbers, got {self.boundaries!r}")
+            if abs(b) == float("inf"):
+                raise ValueError(f"boundaries must be finite timesteps, got {self.boundaries!r}")
         if any(b1 >= b2 for b1, b2 in zip(self.boundaries, self.boundaries[1:])):
             raise ValueError(f"boundaries must be strictly increasing, got {self.boundaries!r}")
         if len(self.depths) != len(self.boundaries) + 1:

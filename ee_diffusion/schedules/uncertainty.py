@@ -63,8 +63,9 @@ class UncertaintyThreshold(SerializablePolicy):
                     raise ValueError(f"per_timestep {key!r} must be a list of numbers, got {value!r}")
             boundaries = list(self.per_timestep["boundaries"])
             thresholds = [_check_threshold(c, "every per_timestep threshold") for c in self.per_timestep["thresholds"]]
-            if any(not isinstance(b, (int, float)) or isinstance(b, bool) or b != b for b in boundaries):
-                raise ValueError(f"per_timestep boundaries must be numbers, got {boundaries!r}")
+            if any(not isinstance(b, (int, float)) or isinstance(b, bool) or b != b or abs(b) == float("inf")
+                   for b in boundaries):
+                raise ValueError(f"per_timestep boundaries must be numbers (finite), got {boundaries!r}")
             if any(b1 >= b2 for b1, b2 in zip(boundaries, boundaries[1:])):
                 raise ValueError(f"per_timestep boundaries must be strictly increasing, got {boundaries!r}")
             if len(thresholds) != len(boundaries) + 1:
