@@ -31,7 +31,7 @@ from ..config import EarlyExitConfig
 from ..schedules import CachedTailResidual
 from .baselines import first_block_cache
 from .features import load_feature_net
-from .quality import QualityEvaluator, balanced_subset, real_images
+from .quality import QualityEvaluator, real_images
 from .sampling import generate
 from .timing import interleaved_timings
 
@@ -110,7 +110,6 @@ def run(num_images: int = 500, steps: int = 25, batch_sizes: tuple[int, ...] = (
 
 def markdown(report: dict) -> str:
     s = report["setting"]
-    qbs = max(s["quality_batch_sizes"])
     lines = [
         f"Plain pre-trained digits DiT, DDIM {s['steps']} steps, {s['num_images']} images. FID floor (real vs real): "
         f"{report['floor_fid']:.2f}; seed spread of the full model: {report['seed_spread_fid']:.2f}.",
