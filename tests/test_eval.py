@@ -106,7 +106,7 @@ def test_first_block_cache_runs_on_a_copy_and_skips_blocks():
 
 
 def test_bench_writes_report_with_loadable_exit_configs(tmp_path):
-    from ee_diffusion.eval.bench import Preset, run
+    from ee_diffusion.eval.bench import Preset, rerender, run
 
     pipe = _pipe(num_layers=4, heads=True)
     pipe.save_pretrained(tmp_path / "model")
@@ -127,6 +127,9 @@ def test_bench_writes_report_with_loadable_exit_configs(tmp_path):
         EarlyExitConfig.from_dict(method["exit_config"])  # every config loads back
     assert report["settings"][0]["floor_fid"] >= 0
     assert "| full |" in (tmp_path / "out" / "report.md").read_text()
+    again = rerender(tmp_path / "out")  # recomputes the recommendation and targets from the measurements
+    assert again["settings"][0]["recommended"] == report["settings"][0]["recommended"]
+    assert "full_depth_clearly_better_than_half" in again["settings"][0]["targets"]
 
 
 def test_gpu_check_runs_small_shapes_on_cpu(tmp_path):

@@ -284,11 +284,7 @@ def run_setting(setting: str, preset: Preset, model_path: str | None = None, log
     full = rows["full"]
     seed_fids = [full["fid"]] + [rows[m.name]["fid"] for m in methods if m.family == "seed"]
     spread = max(seed_fids) - min(seed_fids)
-    for name, row in rows.items():
-        row["within_seed_spread"] = row["fid"] <= full["fid"] + spread
-    candidates = [r for r in rows.values() if r["family"] in ("calibrated_schedule", "calibrated_thresholds", "distilled", "calibrated_steps",
-                                                              "deediff", "ase", "static_depth") and r["within_seed_spread"]]
-    recommended = max(candidates, key=lambda r: r["speedup"]) if candidates else None
+    recommended = _recommend(rows, S, spread)
     extra_batches = {}
     if preset.extra_batch_sizes and recommended is not None:
         rec = next(m for m in methods if m.name == recommended["name"])
@@ -319,6 +315,34 @@ def run_setting(setting: str, preset: Preset, model_path: str | None = None, log
     }
 
 
+def _recommend(rows: dict, steps: int, spread: float) -> dict | None:
+    """The fastest early-exit method within the full model's seed spread, at the reference number of steps.
+
+    The recommendation becomes a pipeline's default exit config, which cannot carry a step count, so early exit
+    composed with fewer steps is reported apart (see the targets)."""
+    full = rows["full"]
+    for row in rows.values():
+        row["within_seed_spread"] = row["fid"] <= full["fid"] + spread
+    candidates = [r for r in rows.values() if r["family"] in ("calibrated_schedule", "calibrated_thresholds", "distilled",
+                                                              "deediff", "ase", "static_depth")
+                  and r["within_seed_spread"] and r["num_inference_steps"] == steps]
+    return max(candidates, key=lambda r: r["speedup"]) if candidates else None
+
+
+def rerender(out: str | Path) -> dict:
+    """Recompute the recommendation and targets of OUT/report.json from its measurements; rewrite the files."""
+    out = Path(out)
+    report = json.loads((out / "report.json").read_text())
+    for entry in report["settings"]:
+        rec = _recommend(entry["methods"], entry["steps"], entry["seed_spread"])
+        entry["recommended"] = rec["name"] if rec else None
+        entry["targets"] = _targets(entry["setting"], entry["methods"], entry["seed_spread"], rec)
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+    (out / "report.md").write_text(markdown(report))
+    plot(report, out / "pareto.png")
+    return report
+
+
 def _interp(curve: list[tuple[float, float]], x: float) -> float:
     curve = sorted(curve)
     xs = [p[0] for p in curve]
@@ -330,17 +354,27 @@ def _targets(setting: str, rows: dict, spread: float, recommended: dict | None) 
     full = rows["full"]
     out: dict[str, Any] = {}
     if setting == "digits":
+        def fastest_within(families_out: tuple[str, ...], families_in: tuple[str, ...] | None = None):
+            pool = [r for r in rows.values() if r["within_seed_spread"] and r["family"] not in families_out
+                    and (families_in is None or r["family"] in families_in)]
+            return max(pool, key=lambda r: r["speedup"]) if pool else None
+
+        best = fastest_within(("full", "seed", "fewer_steps", "first_block_cache"))
+        steps = fastest_within((), ("fewer_steps",))
         out["speedup_2x_within_spread"] = {
-            "goal": "speedup >= 2.0 at FID <= full FID + seed spread (batch timing on this machine)",
-            "best_within_spread": recommended["name"] if recommended else None,
-            "speedup": recommended["speedup"] if recommended else None,
-            "met": bool(recommended and recommended["speedup"] >= 2.0),
+            "goal": "an early-exit method with speedup >= 2.0 at FID <= full FID + seed spread (batch timing here)",
+            "best_within_spread": best["name"] if best else None,
+            "speedup": best["speedup"] if best else None,
+            "fid": best["fid"] if best else None,
+            "fid_limit": full["fid"] + spread,
+            "fewer_steps_best_within_spread": {"name": steps["name"], "speedup": steps["speedup"]} if steps else None,
+            "met": bool(best and best["speedup"] >= 2.0),
         }
         fastest = [r for r in rows.values() if r["family"] not in ("full", "seed", "fewer_steps") and r["speedup"] >= 2.0]
         if fastest:
-            best = min(fastest, key=lambda r: r["fid"])
-            out["speedup_2x_within_spread"]["best_at_2x"] = {"name": best["name"], "fid": best["fid"],
-                                                            "fid_gap_over_spread": best["fid"] - full["fid"] - spread}
+            at2x = min(fastest, key=lambda r: r["fid"])
+            out["speedup_2x_within_spread"]["best_at_2x"] = {"name": at2x["name"], "fid": at2x["fid"],
+                                                            "fid_gap_over_spread": at2x["fid"] - full["fid"] - spread}
     # Early exit against fewer steps and static depth at equal block evaluations.
     steps_curve = [(r["block_fraction"], r["fid"]) for r in rows.values() if r["family"] in ("full", "fewer_steps")]
     static_curve = [(r["block_fraction"], r["fid"]) for r in rows.values() if r["family"] == "static_depth"] + [(1.0, full["fid"])]
@@ -353,6 +387,14 @@ def _targets(setting: str, rows: dict, spread: float, recommended: dict | None) 
         if r["fid"] < steps_fid and r["fid"] < static_fid:
             wins.append({"name": r["name"], "block_fraction": x, "fid": r["fid"], "fewer_steps_fid": steps_fid,
                          "static_depth_fid": static_fid})
+    half = [r for r in rows.values() if r["family"] == "static_depth" and abs(r["block_fraction"] - 0.5) < 1e-6]
+    if half:
+        gap = half[0]["fid"] - full["fid"]
+        out["full_depth_clearly_better_than_half"] = {
+            "goal": "static depth N/2 worse than the full model by more than the seed spread",
+            "full_fid": full["fid"], "half_depth_fid": half[0]["fid"], "gap": gap, "seed_spread": spread,
+            "met": bool(gap > spread),
+        }
     out["beats_fewer_steps_and_static"] = {
         "goal": "an early-exit method below both the fewer-steps and the static-depth curves at equal block evaluations",
         "met": bool(wins), "wins": wins,
