@@ -25,6 +25,7 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 LR_SCHEDULES = ("constant", "cosine")
 SAMPLING_SCHEDULERS = ("ddim", "ddpm")
+MODEL_KINDS = ("dit", "unet")
 
 
 def _int(value: Any, name: str, low: int = 1) -> int:
@@ -46,6 +47,10 @@ def _choice(value: Any, name: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     return value
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def _from_dict(cls: type, data: Any, where: str) -> Any:
@@ -78,10 +83,16 @@ class DatasetConfig:
 
 @dataclass
 class ModelConfig:
-    """The DiT to train: built from these numbers, or loaded from a pipeline folder (`init_from`).
+    """The denoiser to train: a DiT (`kind="dit"`) or a class-conditional `UNet2DModel` (`kind="unet"`), built
+    from these numbers or loaded from a pipeline folder (`init_from`).
 
-    `init_from` is a folder saved by this trainer or by `EarlyExitDiTPipeline.save_pretrained` (subfolders
-    `transformer/` and optionally `exit_heads/`); the shape fields are then ignored.
+    DiT: `patch_size`, `num_layers`, `width`, `num_heads`, `learn_sigma`. U-Net: `unet_channels` (one entry per
+    level; every level but the last downsamples, so `sample_size` must be divisible by 2^(levels-1)),
+    `unet_layers_per_block`, `unet_attention_levels` (levels with self-attention) and `unet_norm_groups`; the
+    class embedding has `num_classes + 1` rows, the last being the null class of guidance dropout, and the
+    trainer adds `UNetExitBridges` for the exit modes. `init_from` is a folder saved by this trainer (DiT: or by
+    `EarlyExitDiTPipeline.save_pretrained`): subfolders `transformer/` or `unet/` and optionally `exit_heads/`
+    and `exit_bridges/`; the shape fields are then ignored.
     """
 
     sample_size: int = 8
@@ -93,18 +104,48 @@ class ModelConfig:
     num_classes: int = 10
     learn_sigma: bool = False
     init_from: str | None = None
+    kind: str = "dit"
+    unet_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    unet_layers_per_block: int = 1
+    unet_attention_levels: list[int] = field(default_factory=list)
+    unet_norm_groups: int = 8
 
     def __post_init__(self) -> None:
+        _choice(self.kind, "kind", MODEL_KINDS)
         for name in ("sample_size", "in_channels", "patch_size", "num_layers", "width", "num_heads", "num_classes"):
             _int(getattr(self, name), name)
-        if self.width % self.num_heads:
-            raise ValueError(f"width must be divisible by num_heads, got width={self.width}, num_heads={self.num_heads}")
-        if self.sample_size % self.patch_size:
-            raise ValueError(f"sample_size {self.sample_size} must be divisible by patch_size {self.patch_size}")
         if not isinstance(self.learn_sigma, bool):
             raise ValueError(f"learn_sigma must be a bool, got {self.learn_sigma!r}")
         if self.init_from is not None and not isinstance(self.init_from, str):
             raise ValueError(f"init_from must be a folder path or None, got {self.init_from!r}")
+        if self.kind == "dit":
+            if self.width % self.num_heads:
+                raise ValueError(f"width must be divisible by num_heads, got width={self.width}, num_heads={self.num_heads}")
+            if self.sample_size % self.patch_size:
+                raise ValueError(f"sample_size {self.sample_size} must be divisible by patch_size {self.patch_size}")
+            return
+        channels = self.unet_channels
+        if not isinstance(channels, (list, tuple)) or len(channels) < 2:
+            raise ValueError(f"unet_channels must be a list of >= 2 positive integers, got {channels!r}")
+        self.unet_channels = [_int(c, "unet_channels entry") for c in channels]
+        _int(self.unet_layers_per_block, "unet_layers_per_block")
+        _int(self.unet_norm_groups, "unet_norm_groups")
+        bad = [c for c in self.unet_channels if c % self.unet_norm_groups]
+        if bad:
+            raise ValueError(f"unet_channels {self.unet_channels} must be divisible by unet_norm_groups {self.unet_norm_groups}")
+        levels = self.unet_attention_levels
+        if not isinstance(levels, (list, tuple)) or any(
+            isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(self.unet_channels) for i in levels
+        ):
+            raise ValueError(f"unet_attention_levels must be a list of level indices in 0..{len(self.unet_channels) - 1}, got {levels!r}")
+        self.unet_attention_levels = sorted(set(levels))
+        if self.sample_size % 2 ** (len(self.unet_channels) - 1):
+            raise ValueError(
+                f"sample_size {self.sample_size} must be divisible by 2^{len(self.unet_channels) - 1} for a "
+                f"{len(self.unet_channels)}-level U-Net"
+            )
+        if self.learn_sigma:
+            raise ValueError("learn_sigma is for DiTs; a U-Net predicts eps only")
 
 
 @dataclass
@@ -195,7 +236,7 @@ class ExperimentConfig:
     def to_dict(self) -> dict[str, Any]:
         return {
             "dataset": {"name": self.dataset.name, "options": dict(self.dataset.options)},
-            "model": {f.name: getattr(self.model, f.name) for f in fields(self.model)},
+            "model": {f.name: _plain(getattr(self.model, f.name)) for f in fields(self.model)},
             "train": self.train.to_dict(),
             "exit_config": self.exit_config,
             "sampling_scheduler": self.sampling_scheduler,

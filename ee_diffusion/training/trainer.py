@@ -1,4 +1,7 @@
-"""A thin accelerate trainer for DiT diffusion models with early exit (scratch, DeeDiff, heads-only, ASE).
+"""A thin accelerate trainer for DiT and U-Net diffusion models with early exit (scratch, DeeDiff, heads-only, ASE).
+
+U-Nets (`ModelConfig(kind="unet")`, a class-conditional `UNet2DModel`) exit by depth truncation: the exit
+modes train their `UNetExitBridges` jointly with the U-Net, through the same losses (`adapter.exit_outputs`).
 
 The run is a pure function of (config, step): the batch of step s comes from `StepBatches`, and the noise,
 timesteps and label dropout of a micro-step come from a generator seeded with (seed, micro-step, rank). A run
@@ -31,13 +34,14 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
-from diffusers import DDIMScheduler, DDPMScheduler, DiTTransformer2DModel
+from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, DiTTransformer2DModel, UNet2DModel
 from diffusers.training_utils import EMAModel
 from torch import nn
 from tqdm.auto import tqdm
 
 from .._io import atomic_write_text, load_safetensors, read_json_file, replace_dir
 from ..backbones import get_adapter
+from ..backbones.unet import UNetExitBridges
 from ..heads import UncertaintyHeads
 from .config import ExperimentConfig, ModelConfig, TrainConfig
 from .data import StepBatches, get_dataset
@@ -50,13 +54,18 @@ STATE_FILE = "trainer_state.json"
 #: them as `custom_checkpoint_*.pkl` and load them with `weights_only=False`).
 EMA_FILE = "ema.safetensors"
 EXTRA_STATE_FILE = "trainer_extra.json"
+#: What a U-Net pipeline folder holds besides `DDPMPipeline`'s `unet/` and `scheduler/`: labels, null class and
+#: default exit config (`exit_bridges/` and `exit_heads/` are subfolders).
+UNET_INFO_FILE = "early_exit.json"
 _CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}\d{{7}}$")
 _TMP_PREFIX = ".tmp-"
 
 
 # ----------------------------------------------------------------------------------------------------- model
 def build_transformer(config: ModelConfig) -> DiTTransformer2DModel:
-    """A fresh DiT from `config`, or the transformer of the pipeline folder `config.init_from`."""
+    """A fresh DiT from `config`, or the transformer of the pipeline folder `config.init_from` (U-Nets: `build_unet`)."""
+    if config.kind == "unet":
+        return build_unet(config)
     if config.init_from is not None:
         model = DiTTransformer2DModel.from_pretrained(config.init_from, subfolder="transformer")
     else:
@@ -78,7 +87,46 @@ def build_transformer(config: ModelConfig) -> DiTTransformer2DModel:
     return model
 
 
-def build_heads(model: DiTTransformer2DModel, config: ExperimentConfig) -> UncertaintyHeads | None:
+def build_unet(config: ModelConfig) -> UNet2DModel:
+    """A fresh class-conditional `UNet2DModel` (class embedding with a null row) or `init_from/unet`."""
+    if config.init_from is not None:
+        return UNet2DModel.from_pretrained(config.init_from, subfolder="unet")
+    attention = set(config.unet_attention_levels)
+    levels = range(len(config.unet_channels))
+    return UNet2DModel(
+        sample_size=config.sample_size,
+        in_channels=config.in_channels,
+        out_channels=config.in_channels,
+        layers_per_block=config.unet_layers_per_block,
+        block_out_channels=tuple(config.unet_channels),
+        down_block_types=tuple("AttnDownBlock2D" if i in attention else "DownBlock2D" for i in levels),
+        up_block_types=tuple("AttnUpBlock2D" if len(levels) - 1 - j in attention else "UpBlock2D" for j in levels),
+        norm_num_groups=config.unet_norm_groups,
+        attention_head_dim=min(config.unet_channels),
+        num_class_embeds=config.num_classes + 1,  # the last row is the null class (guidance dropout)
+    )
+
+
+def build_bridges(model: nn.Module, config: ExperimentConfig) -> UNetExitBridges | None:
+    """U-Nets in an exit mode: the bridges, loaded from `init_from/exit_bridges` when present."""
+    if not isinstance(model, UNet2DModel) or config.train.mode == "scratch":
+        return None
+    folder = config.model.init_from
+    if folder is not None and (Path(folder) / "exit_bridges").is_dir():
+        bridges = UNetExitBridges.from_pretrained(folder, subfolder="exit_bridges")
+        bridges.check_model(model)
+        return bridges
+    return UNetExitBridges.from_model(model)
+
+
+def null_class_of(model: nn.Module) -> int:
+    """The class id of guidance dropout: DiT `num_embeds_ada_norm`; U-Net the last class-embedding row."""
+    if isinstance(model, UNet2DModel):
+        return int(model.config.num_class_embeds) - 1
+    return int(model.config.num_embeds_ada_norm)
+
+
+def build_heads(model: nn.Module, config: ExperimentConfig) -> UncertaintyHeads | None:
     """The uncertainty heads the mode needs: loaded from `init_from/exit_heads` when present and matching."""
     train = config.train
     if train.mode not in ("deediff", "heads"):
@@ -94,16 +142,19 @@ def build_heads(model: DiTTransformer2DModel, config: ExperimentConfig) -> Uncer
 
 
 class TrainingObjective(nn.Module):
-    """The transformer (and heads) with the mode's loss as `forward`, so DDP wraps one module.
+    """The denoiser (`transformer`: the DiT or the U-Net), heads and U-Net bridges with the mode's loss as
+    `forward`, so DDP wraps one module.
 
     `forward(noisy, noise, timestep, class_labels, block_errors)` returns a dict with `loss` and the terms to
     log; with `block_errors=True` it includes `block_mse` (N,), each block's decoded error (detached).
     """
 
-    def __init__(self, transformer: nn.Module, heads: UncertaintyHeads | None, config: TrainConfig) -> None:
+    def __init__(self, transformer: nn.Module, heads: UncertaintyHeads | None, config: TrainConfig,
+                 bridges: UNetExitBridges | None = None) -> None:
         super().__init__()
         self.transformer = transformer
         self.heads = heads
+        self.bridges = bridges
         self.mode = config.mode
         self.deediff = config.deediff
         self.ase = config.ase
@@ -116,10 +167,16 @@ class TrainingObjective(nn.Module):
         class_labels: torch.Tensor,
         block_errors: bool = False,
     ) -> dict[str, torch.Tensor]:
+        extra = {} if self.bridges is None else {"bridges": self.bridges}
         if self.mode in ("deediff", "heads"):
-            return deediff_loss(self.transformer, self.heads, noisy, noise, timestep, class_labels, self.deediff)
+            return deediff_loss(self.transformer, self.heads, noisy, noise, timestep, class_labels, self.deediff, **extra)
         if self.mode == "ase":
-            return ase_loss(self.transformer, noisy, noise, timestep, class_labels, self.ase)
+            return ase_loss(self.transformer, noisy, noise, timestep, class_labels, self.ase, **extra)
+        if isinstance(self.transformer, UNet2DModel):
+            # scratch U-Net: L_simple on the model's output (no bridges, so no per-depth errors).
+            prediction = self.transformer(noisy, timestep, class_labels=class_labels).sample
+            simple = (prediction.float() - noise.float()).pow(2).mean()
+            return {"loss": simple, "simple": simple}
         # scratch: L_simple on the final block; the other blocks' errors only when asked (for the log).
         adapter = get_adapter(self.transformer)
         channels = adapter.prediction_shape()[0]
@@ -142,7 +199,7 @@ def freeze_for_mode(transformer: nn.Module, mode: str) -> None:
     for name, param in transformer.named_parameters():
         if mode == "heads":
             param.requires_grad_(False)
-        elif mode == "ase" and ".timestep_embedder." in name:
+        elif mode == "ase" and (".timestep_embedder." in name or name.startswith("time_embedding.")):
             param.requires_grad_(False)
 
 
@@ -223,14 +280,15 @@ class Trainer:
             self.transformer = build_transformer(config.model)
             self._check_data(self.transformer)
             self.heads = build_heads(self.transformer, config)
+            self.bridges = build_bridges(self.transformer, config)
         if train.mode == "ase":
-            train.ase.schedule.validate_for(len(self.transformer.transformer_blocks))
+            train.ase.schedule.validate_for(get_adapter(self.transformer).num_blocks)
         freeze_for_mode(self.transformer, train.mode)
-        self.null_class = int(self.transformer.config.num_embeds_ada_norm)
+        self.null_class = null_class_of(self.transformer)
         self.noise_scheduler = make_noise_scheduler(train)
         self.alphas_cumprod = self.noise_scheduler.alphas_cumprod
 
-        objective = TrainingObjective(self.transformer, self.heads, train).train()
+        objective = TrainingObjective(self.transformer, self.heads, train, self.bridges).train()
         trainable = [p for p in objective.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=train.learning_rate, weight_decay=train.weight_decay)
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(train))
@@ -244,16 +302,17 @@ class Trainer:
         self.step = 0
         self.log_path = self.output_dir / "log.jsonl"
 
-    def _check_data(self, model: DiTTransformer2DModel) -> None:
+    def _check_data(self, model: nn.Module) -> None:
         mc = model.config
         ds = self.dataset
+        classes = null_class_of(model)
         if (ds.channels, ds.image_size) != (mc.in_channels, mc.sample_size):
             raise ValueError(
                 f"dataset images are {ds.channels}x{ds.image_size}x{ds.image_size} but the model takes "
                 f"{mc.in_channels}x{mc.sample_size}x{mc.sample_size}; change the dataset options or the model"
             )
-        if ds.num_classes > mc.num_embeds_ada_norm:
-            raise ValueError(f"dataset has {ds.num_classes} classes but the model only {mc.num_embeds_ada_norm}")
+        if ds.num_classes > classes:
+            raise ValueError(f"dataset has {ds.num_classes} classes but the model only {classes}")
 
     # ---------------------------------------------------------------------------------------------- one step
     def micro_batch(self, micro_step: int) -> tuple[torch.Tensor, ...]:
@@ -449,7 +508,12 @@ class Trainer:
         return None
 
     def save_pipeline(self, folder: str | Path | None = None, use_ema: bool = True) -> Path:
-        """Save an `EarlyExitDiTPipeline` folder (pixel space) with the EMA weights if any."""
+        """Save an `EarlyExitDiTPipeline` folder (pixel space) with the EMA weights if any.
+
+        U-Nets: a `DDPMPipeline` folder (`unet/`, `scheduler/`) plus `exit_bridges/`, `exit_heads/` (when
+        trained) and `early_exit.json` (labels, null class, default exit config); load it with
+        `ee_diffusion.eval.unet_sampling.load_unet_folder`.
+        """
         from ..pipelines import EarlyExitDiTPipeline
 
         folder = Path(folder) if folder is not None else self.output_dir / "pipeline"
@@ -460,7 +524,20 @@ class Trainer:
             self.ema.store(module.parameters())
             self.ema.copy_to(module.parameters())
         try:
-            if acc.is_main_process:
+            if acc.is_main_process and isinstance(module.transformer, UNet2DModel):
+                tmp = folder.with_name(_TMP_PREFIX + folder.name)
+                if tmp.exists():
+                    shutil.rmtree(tmp)
+                DDPMPipeline(unet=module.transformer, scheduler=make_sampling_scheduler(self.config)).save_pretrained(str(tmp))
+                if module.bridges is not None:
+                    module.bridges.save_pretrained(str(tmp / "exit_bridges"))
+                if module.heads is not None:
+                    module.heads.save_pretrained(str(tmp / "exit_heads"))
+                info = {"id2label": {str(k): v for k, v in self.dataset.id2label().items()},
+                        "null_class": self.null_class, "exit_config": self.default_exit_config()}
+                atomic_write_text(tmp / UNET_INFO_FILE, json.dumps(info, indent=2) + "\n")
+                replace_dir(tmp, folder)
+            elif acc.is_main_process:
                 pipe = EarlyExitDiTPipeline(
                     transformer=module.transformer,
                     scheduler=make_sampling_scheduler(self.config),

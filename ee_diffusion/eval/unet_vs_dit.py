@@ -1,0 +1,152 @@
+"""The digits U-Net (depth truncation + bridges) against the shipped digits DiT, on one protocol.
+
+Both models draw the same images: image i has class i % 10 and the initial noise of generator (seed, i);
+DDIM, `--steps` steps, guidance 1.0. Every method is scored with the digits feature net against the
+reference half of the digits (FID, class accuracy), its fraction of full depth (DiT: blocks; U-Net: levels)
+and its wall-clock time relative to the same model at full depth (interleaved repeats of one batch, medians).
+
+    python -m ee_diffusion.eval.unet_vs_dit --unet runs/unet-digits/pipeline --num-images 300 --out runs/unet_vs_dit
+
+writes `results.json` and `table.md` into `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import EarlyExitConfig
+from ..schedules import StaticDepth, TimestepSchedule
+from .sampling import class_labels, generate, image_generators
+from .timing import interleaved_timings, summarize_timings
+from .unet_sampling import load_unet_folder, sample_unet
+
+DIT_METHODS = {
+    "full (8 blocks)": None,
+    "StaticDepth(6)": StaticDepth(6),
+    "TimestepSchedule [8,7,6,5,4] @ 200/400/600/800": TimestepSchedule([200, 400, 600, 800], [8, 7, 6, 5, 4]),
+}
+UNET_METHODS = {
+    "full (3 levels)": None,
+    "StaticDepth(2)": StaticDepth(2),
+    "TimestepSchedule [3,2] @ 500": TimestepSchedule([500], [3, 2]),
+    "TimestepSchedule [3,2,1] @ 300/700": TimestepSchedule([300, 700], [3, 2, 1]),
+}
+
+
+def _config(policy: Any) -> EarlyExitConfig | None:
+    return None if policy is None else EarlyExitConfig(policy=policy)
+
+
+def _unet_generate(bundle: Any, indices: list[int], policy: Any, steps: int, seed: int, batch_size: int):
+    images, total, full = [], 0, 0
+    unet = bundle.unet
+    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start : start + batch_size]
+        noise = torch.stack([torch.randn(shape, generator=g) for g in image_generators(chunk, seed)])
+        out, stats = sample_unet(unet, bundle.scheduler, class_labels(chunk, 10), num_inference_steps=steps,
+                                 latents=noise, exit_config=_config(policy), bridges=bundle.bridges)
+        images.append(out)
+        total, full = total + stats.total_blocks, full + stats.full_blocks
+    return torch.cat(images), torch.tensor(class_labels(indices, 10)), total / full
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--unet", required=True, help="U-Net pipeline folder written by the trainer")
+    parser.add_argument("--num-images", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--timing-repeats", type=int, default=5)
+    parser.add_argument("--out", default="runs/unet_vs_dit")
+    args = parser.parse_args(argv)
+
+    from ..default_model import load_default_pipeline
+    from .features import load_feature_net
+    from .quality import QualityEvaluator, real_images
+
+    torch.manual_seed(0)
+    evaluator = QualityEvaluator(load_feature_net("digits"), real_images("digits")[0])
+    floor_images, floor_labels = real_images("digits", "floor")
+    floor = evaluator.score(floor_images[: args.num_images], floor_labels[: args.num_images], kid=False)
+    indices = list(range(args.num_images))
+    pipe = load_default_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    bundle = load_unet_folder(args.unet)
+    params = {
+        "DiT": sum(p.numel() for p in pipe.transformer.parameters()),
+        "U-Net": sum(p.numel() for p in bundle.unet.parameters()) + sum(p.numel() for p in bundle.bridges.parameters()),
+    }
+    rows: list[dict[str, Any]] = []
+    timed: dict[str, Any] = {}
+    timing_batch = list(range(min(args.batch_size, args.num_images)))
+    for name, policy in DIT_METHODS.items():
+        started = time.perf_counter()
+        run = generate(pipe, indices, exit_config=_config(policy), num_inference_steps=args.steps,
+                       guidance_scale=1.0, seed=args.seed, batch_size=args.batch_size)
+        seconds = time.perf_counter() - started
+        score = evaluator.score(run.images, run.labels, kid=False)
+        rows.append({"backbone": "DiT", "method": name, "policy": None if policy is None else policy.to_dict(),
+                     "depth_fraction": run.extra["exit_stats"].depth_fraction, "generate_s": seconds, **score})
+        timed["DiT/" + name] = (lambda p=policy: generate(
+            pipe, timing_batch, exit_config=_config(p), num_inference_steps=args.steps, guidance_scale=1.0,
+            seed=args.seed, batch_size=args.batch_size))
+    for name, policy in UNET_METHODS.items():
+        started = time.perf_counter()
+        images, labels, fraction = _unet_generate(bundle, indices, policy, args.steps, args.seed, args.batch_size)
+        seconds = time.perf_counter() - started
+        score = evaluator.score(images, labels, kid=False)
+        rows.append({"backbone": "U-Net", "method": name, "policy": None if policy is None else policy.to_dict(),
+                     "depth_fraction": fraction, "generate_s": seconds, **score})
+        timed["U-Net/" + name] = (lambda p=policy: _unet_generate(
+            bundle, timing_batch, p, args.steps, args.seed, args.batch_size))
+    times = interleaved_timings(timed, repeats=args.timing_repeats, warmup=1)
+    for backbone, methods in (("DiT", DIT_METHODS), ("U-Net", UNET_METHODS)):
+        keys = [f"{backbone}/{m}" for m in methods]
+        summary = summarize_timings({k: times[k] for k in keys}, reference=keys[0])
+        for row in rows:
+            key = f"{row['backbone']}/{row['method']}"
+            if key in summary:
+                row["median_s"] = summary[key]["median_s"]
+                row["wall_ratio"] = summary[key]["ratio_to_reference"]
+    result = {
+        "protocol": {"num_images": args.num_images, "steps": args.steps, "scheduler": "DDIM", "guidance_scale": 1.0,
+                     "seed": args.seed, "timing_batch": len(timing_batch), "timing_repeats": args.timing_repeats,
+                     "torch_threads": torch.get_num_threads(), "unet": str(args.unet)},
+        "parameters": params,
+        "real_floor": floor,
+        "rows": rows,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown_table(result)
+    (out / "table.md").write_text(table)
+    print(table)
+    return 0
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    lines = [
+        "| backbone | method | depth fraction | FID | accuracy | wall-clock vs own full |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        lines.append(
+            f"| {row['backbone']} | {row['method']} | {row['depth_fraction']:.3f} | {row['fid']:.2f} | "
+            f"{row.get('accuracy', float('nan')):.3f} | {row.get('wall_ratio', float('nan')):.2f} |"
+        )
+    floor = result["real_floor"]
+    lines.append(f"| real digits (floor) | held-out half | - | {floor['fid']:.2f} | {floor.get('accuracy', float('nan')):.3f} | - |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
