@@ -224,6 +224,9 @@ class _EarlyExitEngine:
             if step is None:
                 return adapter.join_block_output(out, carried)
             return adapter.join_block_output(*self._commit(state, out, *step, carried=carried))
+        decides_after = getattr(self.config.policy, "decides_after", None)
+        if decides_after is not None and not decides_after(index, self.num_blocks):
+            return adapter.join_block_output(out, carried)  # the policy never stops a row here: no work, no sync
         return adapter.join_block_output(*self._decide(state, index, out, carried, block_input=hidden))
 
     def _slice_inputs(self, state: _CallState, inputs: dict[str, Any]) -> dict[str, Any]:

@@ -57,6 +57,9 @@ class ExitPolicy(Protocol):
             return (ctx.timesteps >= 900) & (ctx.block_index >= 1)
     ```
 
+    A policy that only ever stops rows after some blocks may implement `decides_after(block_index, num_blocks)
+    -> bool`; the engine then skips the decision (and its host sync) after every other block.
+
     A policy that keeps per-row state across calls (see `CachedTailResidual`) may implement
     `on_decision(ctx, mask) -> Tensor (A, ...) | None`, called after the final decision of a block (with
     guidance pairing applied): it returns what the exiting rows park instead of their hidden state; and

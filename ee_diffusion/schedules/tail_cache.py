@@ -115,6 +115,10 @@ class CachedTailResidual(SerializablePolicy):
             )
 
     # ------------------------------------------------------------------------------------------ engine protocol
+    def decides_after(self, block_index: int, num_blocks: int) -> bool:
+        """Rows only ever stop after the decision block."""
+        return block_index == self.exit_block - 1
+
     def exit_mask(self, ctx: ExitContext) -> torch.Tensor:
         """(A,) bool: at the decision block, rows whose criterion says the tail may be skipped."""
         if ctx.block_index != self.exit_block - 1:
