@@ -101,3 +101,16 @@ def test_unet_pipeline_folder_reloads_bridges_and_samples(tmp_path):
                     tmp_path / "again", progress=False)
     for saved, loaded in zip(bundle.bridges.parameters(), again.bridges.parameters()):
         torch.testing.assert_close(loaded, saved)
+
+
+def test_shipped_digits_unet_loads_and_samples_with_exits():
+    from ee_diffusion.eval.unet_sampling import load_digits_unet
+
+    bundle = load_digits_unet()
+    assert bundle.null_class == 10 and bundle.bridges is not None
+    assert next(bundle.unet.parameters()).dtype == torch.float32
+    images, stats = sample_unet(bundle.unet, bundle.scheduler, [3, 7], num_inference_steps=3,
+                                generator=torch.Generator().manual_seed(0),
+                                exit_config=EarlyExitConfig(policy=StaticDepth(2)), bridges=bundle.bridges)
+    assert images.shape == (2, 1, 8, 8) and torch.isfinite(images).all()
+    assert stats.depth_fraction == pytest.approx(2 / 3)

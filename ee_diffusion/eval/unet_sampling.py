@@ -37,6 +37,8 @@ from ..engine import early_exit
 from ..stats import ExitStats
 
 INFO_FILE = "early_exit.json"
+#: The shipped class-conditional digits U-Net (8x8, 3 levels, DeeDiff-trained with its bridges; fp16 on disk).
+DIGITS_UNET_DIR = Path(__file__).resolve().parent.parent / "assets" / "digits-unet"
 
 
 @dataclass
@@ -82,6 +84,14 @@ def load_unet_folder(folder: str | Path, device: str | torch.device | None = Non
         id2label={int(k): v for k, v in info.get("id2label", {}).items()},
         exit_config=info.get("exit_config"),
     )
+
+
+def load_digits_unet(device: str | torch.device | None = None) -> UNetBundle:
+    """The shipped digits U-Net (`scripts/unet_digits/`; compare it with the DiT by `python -m
+    ee_diffusion.eval.unet_vs_dit`). Sample it with `sample_unet(..., guidance_scale=1.0)`."""
+    if not (DIGITS_UNET_DIR / "unet").is_dir():
+        raise FileNotFoundError(f"the digits U-Net is missing from {str(DIGITS_UNET_DIR)!r}; see docs/backbones.md")
+    return load_unet_folder(DIGITS_UNET_DIR, device)
 
 
 def _default_null(unet: UNet2DModel) -> int | None:
