@@ -135,16 +135,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown_table(result: dict[str, Any]) -> str:
     lines = [
-        "| backbone | method | depth fraction | FID | accuracy | wall-clock vs own full |",
-        "|---|---|---|---|---|---|",
+        "| backbone | method | depth fraction | FID | accuracy | wall-clock vs own full | s per batch |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         lines.append(
             f"| {row['backbone']} | {row['method']} | {row['depth_fraction']:.3f} | {row['fid']:.2f} | "
-            f"{row.get('accuracy', float('nan')):.3f} | {row.get('wall_ratio', float('nan')):.2f} |"
+            f"{row.get('accuracy', float('nan')):.3f} | {row.get('wall_ratio', float('nan')):.2f} | "
+            f"{row.get('median_s', float('nan')):.2f} |"
         )
     floor = result["real_floor"]
-    lines.append(f"| real digits (floor) | held-out half | - | {floor['fid']:.2f} | {floor.get('accuracy', float('nan')):.3f} | - |")
+    lines.append(f"| real digits (floor) | held-out half | - | {floor['fid']:.2f} | {floor.get('accuracy', float('nan')):.3f} | - | - |")
     return "\n".join(lines) + "\n"
 
 
