@@ -118,7 +118,7 @@ def load_setting_pipeline(setting: str, model_path: str | None = None) -> Any:
         pipe = load_default_pipeline()
     elif setting == "glyphs":
         if not (GLYPHS_MODEL_DIR / "model_index.json").is_file():
-            raise FileNotFoundError(f"no glyphs model at {GLYPHS_MODEL_DIR}; train it with scripts/glyphs/train.sh "
+            raise FileNotFoundError(f"no glyphs model at {GLYPHS_MODEL_DIR}; train scripts/glyphs/glyphs_dit.json "
                                     f"or pass --glyphs-model PATH")
         pipe = EarlyExitDiTPipeline.from_pretrained(str(GLYPHS_MODEL_DIR))
     else:
