@@ -334,10 +334,14 @@ def simulate_depths(certainty: torch.Tensor, thresholds: torch.Tensor, patience:
 
 def calibrate_thresholds(
     pipe: Any, budget: float, calib: CalibrationSet | None = None, feature_net: Any = None, patience: int = 2,
-    cfg_pairing: str = "together", measurement: dict[str, Any] | None = None, max_rounds: int = 4,
+    cfg_pairing: str = "together", measurement: dict[str, Any] | None = None, max_rounds: int = 12,
     progress: bool = False,
 ) -> CalibrationResult:
-    """Per-timestep DeeDiff thresholds whose measured block fraction on the calibration set fits `budget`."""
+    """Per-timestep DeeDiff thresholds whose measured block fraction on the calibration set fits `budget`.
+
+    Each round simulates thresholds for per-bucket target depths, then measures them for real; while the
+    measurement is over budget the targets are lowered. Raises `ValueError` if no round fits the budget.
+    """
     if pipe.exit_heads is None:
         raise ValueError("calibrate_thresholds needs a pipeline with exit_heads (UncertaintyHeads)")
     calib = calib or CalibrationSet()
@@ -387,7 +391,16 @@ def calibrate_thresholds(
             print(f"thresholds {['%.4f' % t for t in thresholds]}: measured fraction {fraction:.3f}", flush=True)
         if fraction <= budget + 1e-9:
             break
-        target_budget = max(1.0 / n, target_budget - (fraction - budget) - 0.01)
+        lowered = max(1.0 / n, target_budget - (fraction - budget) - 0.01)
+        if lowered >= target_budget:
+            break  # the targets cannot go lower
+        target_budget = lowered
+    if history[-1]["measured_fraction"] > budget + 1e-9:
+        raise ValueError(
+            f"no thresholds fit the budget {budget} on the calibration set: the cheapest tried ran "
+            f"{min(h['measured_fraction'] for h in history):.3f} of the blocks (patience={patience} keeps rows "
+            f"running in the first half of the network); raise the budget or lower patience"
+        )
     info = {"kind": "thresholds", "budget": budget, "patience": patience, "cfg_pairing": cfg_pairing,
             "block_fraction": history[-1]["measured_fraction"], "rounds": history,
             "calibration_set": vars(calib).copy()}
