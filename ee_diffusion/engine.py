@@ -264,9 +264,12 @@ class _EarlyExitEngine:
         Those rows keep running and are marked in `state.fallback`. No host sync: the caller's `nonzero` is the
         block's one sync.
         """
-        finite = torch.isfinite(exit_value.detach()).reshape(exit_value.shape[0], -1).all(1)  # (A,)
         if certainty is not None:
-            finite = finite & torch.isfinite(certainty)
+            # A NaN/inf anywhere in a row's exit state reaches its head's logits, hence its mean certainty:
+            # checking the (A,) certainties is enough and far cheaper than the (A, L, D) state.
+            finite = torch.isfinite(certainty)
+        else:
+            finite = torch.isfinite(exit_value.detach()).reshape(exit_value.shape[0], -1).all(1)  # (A,)
         if state.fallback is None:
             state.fallback = torch.zeros(state.batch_size, dtype=torch.bool, device=mask.device)
         state.fallback[state.rows] |= mask & ~finite
@@ -287,7 +290,7 @@ class _EarlyExitEngine:
             condition = None
             if state.condition is not None:
                 condition = state.condition.index_select(0, state.rows) if state.compacted else state.condition
-            certainty = self.heads(index, out if feature is None else feature, condition).float().mean(dim=(1, 2, 3))
+            certainty = self.heads.mean_certainty(index, out if feature is None else feature, condition)  # (A,)
         ctx = self._context(state, index, certainty, out if feature is None else None, block_input)
         mask = policy.exit_mask(ctx)
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != state.rows.shape:

@@ -153,12 +153,38 @@ class UncertaintyHeads(ModelMixin, ConfigMixin):
         tokens = hidden_states.detach()
         if self.config.feature_channels is not None:
             return self._conv_head(block_index, tokens, condition)
-        if self.conditioned:
-            if condition is None:
-                raise ValueError("these heads are timestep-conditioned: pass the timestep embedding as `condition`")
-            tokens = torch.cat([tokens, condition.detach()[:, None, :].expand(-1, tokens.shape[1], -1).to(tokens.dtype)], dim=-1)
-        logits = self.heads[block_index](tokens)  # (B, L, p*p*C)
+        logits = self._token_logits(block_index, tokens, condition)  # (B, L, p*p*C)
         return torch.sigmoid(unpatchify(logits, self.config.patch_size, self.config.out_channels))
+
+    def mean_certainty(
+        self, block_index: int, hidden_states: torch.Tensor, condition: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B,) float32: each row's certainty map averaged over channels and pixels, as `forward(...).mean`.
+
+        What the exit policies use at inference; it skips the unpatchify (a permutation, which leaves the mean
+        unchanged) and the upsampling of U-Net levels (nearest, which leaves it unchanged too).
+        """
+        if self.config.feature_channels is not None:
+            return self.forward(block_index, hidden_states, condition).float().mean(dim=(1, 2, 3))
+        if not 0 <= block_index < self.config.num_blocks:
+            raise ValueError(f"block_index must be in 0..{self.config.num_blocks - 1}, got {block_index}")
+        logits = self._token_logits(block_index, hidden_states.detach(), condition)
+        return torch.sigmoid(logits).float().mean(dim=(1, 2))
+
+    def _token_logits(
+        self, block_index: int, tokens: torch.Tensor, condition: torch.Tensor | None
+    ) -> torch.Tensor:
+        """(B, L, D) tokens [+ (B, D_c) condition] -> (B, L, p*p*C) logits of head `block_index`."""
+        head = self.heads[block_index]
+        if not self.conditioned:
+            return head(tokens)
+        if condition is None:
+            raise ValueError("these heads are timestep-conditioned: pass the timestep embedding as `condition`")
+        # Linear([h, c]) = W_h h + (W_c c + b): the condition's part once per row, not once per token.
+        dim = tokens.shape[-1]
+        token_part = F.linear(tokens, head.weight[:, :dim])
+        row_part = F.linear(condition.detach().to(tokens.dtype), head.weight[:, dim:], head.bias)  # (B, p*p*C)
+        return token_part + row_part[:, None, :]
 
     def _conv_head(self, block_index: int, feature: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
         logits = self.heads[block_index](feature)  # (B, C, H_i, W_i)

@@ -413,3 +413,14 @@ def test_set_exit_config_keeps_heads(dit, inputs):
     assert get_exit_stats(dit).blocks_run[0].tolist() == [4] * 4
     with pytest.raises(ValueError, match="heads"):
         set_exit_config(dit, EarlyExitConfig(policy=UncertaintyThreshold(0.65)), heads=None)
+
+
+@pytest.mark.parametrize("conditioned", [False, True])
+def test_mean_certainty_equals_the_mean_of_the_certainty_map(conditioned):
+    model = tiny_dit(num_layers=3)
+    heads = UncertaintyHeads.from_model(model, condition_on_timestep=conditioned)
+    hidden = torch.randn(5, 16, 32)
+    condition = torch.randn(5, 32) if conditioned else None
+    for index in range(3):
+        expected = heads(index, hidden, condition).float().mean(dim=(1, 2, 3))
+        torch.testing.assert_close(heads.mean_certainty(index, hidden, condition), expected, atol=1e-6, rtol=0)

@@ -107,8 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--sample-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (1 is steadier on a shared machine); default: torch's choice")
     parser.add_argument("--out", type=Path, default=None, help="folder for engine_bench.json and .md")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     report = run(args.batch_size, args.num_layers, args.width, args.sample_size, args.repeats)
     table = format_table(report)
     print(json.dumps(report["setting"]))
