@@ -29,9 +29,9 @@ def fbc_pipeline(pipe: Any) -> Any:
 @contextlib.contextmanager
 def first_block_cache(transformer: nn.Module, threshold: float) -> Iterator[None]:
     """Apply FirstBlockCache(threshold) to `transformer` for one sampling call, with a cache context set."""
-    from diffusers.hooks import FirstBlockCacheConfig, HookRegistry, apply_first_block_cache
-    from diffusers.hooks.first_block_cache import _FBC_BLOCK_HOOK, _FBC_LEADER_BLOCK_HOOK
-    from diffusers.hooks.hooks import CacheContext, _set_cache_context
+    from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
+
+    from .._compat import _FBC_BLOCK_HOOK, _FBC_LEADER_BLOCK_HOOK, CacheContext, HookRegistry, _set_cache_context
 
     apply_first_block_cache(transformer, FirstBlockCacheConfig(threshold=threshold))
     _set_cache_context(transformer, CacheContext("ee_diffusion.bench"))

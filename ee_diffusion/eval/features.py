@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 FEATURE_NET_DIR = Path(__file__).resolve().parent.parent / "assets" / "feature-nets"

@@ -45,7 +45,7 @@ from ..backbones.unet import UNetExitBridges
 from ..heads import UncertaintyHeads
 from .config import ExperimentConfig, ModelConfig, TrainConfig
 from .data import StepBatches, get_dataset
-from .losses import ase_loss, block_predictions, deediff_loss, eps_channels
+from .losses import ase_loss, deediff_loss, eps_channels
 
 CHECKPOINT_PREFIX = "step_"
 #: Written last into a checkpoint: a folder without it is incomplete and never resumed from.
