@@ -290,7 +290,7 @@ class _EarlyExitEngine:
             condition = None
             if state.condition is not None:
                 condition = state.condition.index_select(0, state.rows) if state.compacted else state.condition
-            certainty = self.heads.mean_certainty(index, out if feature is None else feature, condition)  # (A,)
+            certainty = self.heads(index, out if feature is None else feature, condition, mean=True)  # (A,)
         ctx = self._context(state, index, certainty, out if feature is None else None, block_input)
         mask = policy.exit_mask(ctx)
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != state.rows.shape:

@@ -132,11 +132,14 @@ class UncertaintyHeads(ModelMixin, ConfigMixin):
             raise ValueError("these uncertainty heads were made for a different model (" + "; ".join(wrong) + ")")
 
     def forward(
-        self, block_index: int, hidden_states: torch.Tensor, condition: torch.Tensor | None = None
+        self, block_index: int, hidden_states: torch.Tensor, condition: torch.Tensor | None = None,
+        mean: bool = False,
     ) -> torch.Tensor:
         """Certainty map of block `block_index`: (B, L, D) hidden [+ (B, D_c) condition] -> (B, C, H, W).
 
-        U-Net heads take level `block_index`'s feature map (B, C_i, H_i, W_i) instead of tokens.
+        U-Net heads take level `block_index`'s feature map (B, C_i, H_i, W_i) instead of tokens. With
+        `mean=True`, returns each row's map averaged over channels and pixels, (B,) float32 - what exit policies
+        use at inference; it skips the unpatchify (a permutation, which leaves the mean unchanged).
         """
         if not 0 <= block_index < self.config.num_blocks:
             raise ValueError(f"block_index must be in 0..{self.config.num_blocks - 1}, got {block_index}")
@@ -152,24 +155,12 @@ class UncertaintyHeads(ModelMixin, ConfigMixin):
         # Detached: the certainty loss must not train the backbone through the head's input.
         tokens = hidden_states.detach()
         if self.config.feature_channels is not None:
-            return self._conv_head(block_index, tokens, condition)
+            certainty = self._conv_head(block_index, tokens, condition)
+            return certainty.float().mean(dim=(1, 2, 3)) if mean else certainty
         logits = self._token_logits(block_index, tokens, condition)  # (B, L, p*p*C)
+        if mean:
+            return torch.sigmoid(logits).float().mean(dim=(1, 2))
         return torch.sigmoid(unpatchify(logits, self.config.patch_size, self.config.out_channels))
-
-    def mean_certainty(
-        self, block_index: int, hidden_states: torch.Tensor, condition: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """(B,) float32: each row's certainty map averaged over channels and pixels, as `forward(...).mean`.
-
-        What the exit policies use at inference; it skips the unpatchify (a permutation, which leaves the mean
-        unchanged) and the upsampling of U-Net levels (nearest, which leaves it unchanged too).
-        """
-        if self.config.feature_channels is not None:
-            return self.forward(block_index, hidden_states, condition).float().mean(dim=(1, 2, 3))
-        if not 0 <= block_index < self.config.num_blocks:
-            raise ValueError(f"block_index must be in 0..{self.config.num_blocks - 1}, got {block_index}")
-        logits = self._token_logits(block_index, hidden_states.detach(), condition)
-        return torch.sigmoid(logits).float().mean(dim=(1, 2))
 
     def _token_logits(
         self, block_index: int, tokens: torch.Tensor, condition: torch.Tensor | None

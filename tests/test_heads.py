@@ -423,4 +423,4 @@ def test_mean_certainty_equals_the_mean_of_the_certainty_map(conditioned):
     condition = torch.randn(5, 32) if conditioned else None
     for index in range(3):
         expected = heads(index, hidden, condition).float().mean(dim=(1, 2, 3))
-        torch.testing.assert_close(heads.mean_certainty(index, hidden, condition), expected, atol=1e-6, rtol=0)
+        torch.testing.assert_close(heads(index, hidden, condition, mean=True), expected, atol=1e-6, rtol=0)
