@@ -33,6 +33,7 @@ reads it back as an `EarlyExitConfig`.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,8 @@ import torch
 from ..config import EarlyExitConfig
 from ..stats import ExitStats
 from .base import ExitContext
+
+logger = logging.getLogger(__name__)
 from .static import TimestepSchedule
 from .uncertainty import UncertaintyThreshold
 
@@ -226,7 +229,7 @@ def measure_depth_deviation(
         chunk = images[v * calib.num_images : (v + 1) * calib.num_images]
         measured[j][k] = float(((_embed(chunk, feature_net) - reference) ** 2).sum(1).mean())
         if progress:
-            print(f"bucket {j} depth {k}: deviation {measured[j][k]:.4g}", flush=True)
+            logger.info("bucket %d depth %d: deviation %.4g", j, k, measured[j][k])
     deviation = []
     for row in measured:
         known = sorted(row)
@@ -388,7 +391,7 @@ def calibrate_thresholds(
                         "simulated_fraction": float(simulate(thresholds).float().mean() / n),
                         "measured_fraction": fraction})
         if progress:
-            print(f"thresholds {['%.4f' % t for t in thresholds]}: measured fraction {fraction:.3f}", flush=True)
+            logger.info("thresholds %s: measured fraction %.3f", ["%.4f" % t for t in thresholds], fraction)
         if fraction <= budget + 1e-9:
             break
         lowered = max(1.0 / n, target_budget - (fraction - budget) - 0.01)
