@@ -21,7 +21,9 @@ def _add_demo(subparsers) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(out_dir=args.out, num_inference_steps=args.steps, seed=args.seed, batch_size=args.batch_size)
+    lines = run_demo(out_dir=args.out, num_inference_steps=args.steps, seed=args.seed, batch_size=args.batch_size)
+    print("\n".join(lines))
+    return 0
 
 
 def _add_bench_engine(subparsers) -> None:

@@ -44,10 +44,11 @@ def _save_grid(path: Path, groups: list[tuple[str, np.ndarray]], columns: int) -
 
 def run_demo(
     out_dir: Path, num_inference_steps: int = 25, seed: int = 0, batch_size: int = 64, repeats: int = 3
-) -> int:
+) -> list[str]:
     """Sample a batch (classes in turn) at full depth and with the recommended early exit, from the same noise.
 
     Both are timed interleaved (warm-up, then `repeats` rounds, medians); the grid shows two images per class.
+    Returns the summary lines (model, policy, timings, measured speedup, the PNG's path).
     """
     if num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
@@ -82,11 +83,12 @@ def run_demo(
         (f"full depth\n{num_blocks} blocks", outputs["full depth"].images[shown]),
         (f"early exit\n{fraction:.0%} of blocks", outputs["early exit"].images[shown]),
     ], columns=num_classes)
-    print(f"model: shipped digits DiT; batch {batch_size}, {num_inference_steps} steps, guidance "
-          f"{guidance_scale}, same noise for both")
-    print(f"exit policy: {pipe.default_exit_config.to_dict()}")
-    print(f"full depth: {median['full depth'] * 1e3:.0f} ms per batch (median of {repeats})")
-    print(f"early exit: {median['early exit'] * 1e3:.0f} ms per batch, {fraction:.1%} of the block evaluations")
-    print(f"measured speedup: {median['full depth'] / median['early exit']:.2f}x")
-    print(f"wrote {path}")
-    return 0
+    return [
+        f"model: shipped digits DiT; batch {batch_size}, {num_inference_steps} steps, guidance {guidance_scale}, "
+        f"same noise for both",
+        f"exit policy: {pipe.default_exit_config.to_dict()}",
+        f"full depth: {median['full depth'] * 1e3:.0f} ms per batch (median of {repeats})",
+        f"early exit: {median['early exit'] * 1e3:.0f} ms per batch, {fraction:.1%} of the block evaluations",
+        f"measured speedup: {median['full depth'] / median['early exit']:.2f}x",
+        f"wrote {path}",
+    ]
