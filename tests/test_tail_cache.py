@@ -1,5 +1,7 @@
 """CachedTailResidual: training-free per-row exits that add each row's cached tail residual."""
 
+import json
+
 import pytest
 import torch
 from diffusers import DDIMScheduler, HeunDiscreteScheduler
@@ -219,6 +221,8 @@ def test_other_criteria():
         ({"certainty_threshold": 1.5}, "certainty_threshold"),
         ({"max_cached_calls": 0}, "max_cached_calls"),
         ({"full_below_t": -5}, "full_below_t"),
+        ({"threshold": 0.2, "join_threshold": 0.3}, "join_threshold"),
+        ({"join_threshold": 0.05, "criterion": "timestep"}, "join_threshold needs criterion='residual'"),
     ],
 )
 def test_invalid_arguments(kwargs, match):
@@ -232,3 +236,43 @@ def test_exit_block_must_leave_a_tail_and_config_round_trips():
         apply_early_exit(model, EarlyExitConfig(policy=CachedTailResidual(exit_block=4)))
     config = EarlyExitConfig(policy=CachedTailResidual(threshold=0.05, exit_block=2, max_cached_calls=4))
     assert EarlyExitConfig.from_json(config.to_json()) == config
+    joined = EarlyExitConfig(policy=CachedTailResidual(threshold=0.3, join_threshold=0.1))
+    assert EarlyExitConfig.from_json(joined.to_json()) == joined
+
+
+@torch.no_grad()
+def test_rows_due_soon_join_a_tail_that_runs_anyway(setup):
+    """join_threshold: rows 0-2 repeat their input (change 0), row 3 changes a lot and must run the tail."""
+    model, x, labels = setup
+    t = torch.full((4,), 500)
+    x2 = x.clone()
+    x2[3] = torch.randn(1, 8, 8, generator=torch.Generator().manual_seed(9)) * 3
+    stock_second = model(x2, t, labels).sample
+
+    def depths(join_threshold, second_input):
+        apply_early_exit(model, EarlyExitConfig(policy=CachedTailResidual(threshold=0.3, join_threshold=join_threshold)))
+        model(x, t, labels)
+        out = model(second_input, t, labels).sample
+        blocks = get_exit_stats(model).blocks_run[0].tolist()
+        remove_early_exit(model)
+        return blocks, out
+
+    assert depths(None, x2)[0] == [1, 1, 1, 6]  # rows decide alone
+    assert depths(0.3, x2)[0] == [1, 1, 1, 6]  # a change of 0 is below join_threshold: no join
+    blocks, out = depths(0.0, x2)  # every row joins the tail that row 3 runs
+    assert blocks == [6, 6, 6, 6]
+    assert torch.equal(out, stock_second)
+    assert depths(0.0, x)[0] == [1, 1, 1, 1]  # no row must run: nobody runs the tail
+
+
+def test_benchmark_against_first_block_cache_runs_end_to_end(tmp_path):
+    """`python -m ee_diffusion.eval.tail_cache_bench` at toy counts: every method is scored and timed."""
+    from ee_diffusion.eval import tail_cache_bench
+
+    assert tail_cache_bench.main(["--num-images", "20", "--steps", "3", "--batch-sizes", "4", "--quality-batch-sizes", "10",
+                                  "--thresholds", "0.2", "--join-ratios", "0.5", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "tail_cache.json").read_text())
+    assert set(report["quality"]) == {"full|bs=10", "ours@0.2|bs=10", "ours+join0.5@0.2|bs=10", "fbc@0.2|bs=10"}
+    assert set(report["speed"]) == {"full|bs=4", "ours@0.2|bs=4", "ours+join0.5@0.2|bs=4", "fbc@0.2|bs=4"}
+    assert report["quality"]["full|bs=10"]["block_fraction"] == 1.0
+    assert "| ours+join0.5@0.2 | 10 |" in (tmp_path / "tail_cache.md").read_text()

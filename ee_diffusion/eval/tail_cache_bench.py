@@ -38,11 +38,16 @@ from .timing import interleaved_timings
 THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5)
 
 
-def _methods(thresholds: tuple[float, ...]) -> dict[str, tuple[EarlyExitConfig | None, float | None]]:
-    """name -> (exit config, FirstBlockCache threshold)."""
+def _methods(thresholds: tuple[float, ...], join_ratios: tuple[float, ...] = (),
+             max_cached_calls: int = 3) -> dict[str, tuple[EarlyExitConfig | None, float | None]]:
+    """name -> (exit config, FirstBlockCache threshold). `ours+join{r}@τ` sets join_threshold = r * τ."""
     methods: dict[str, tuple[EarlyExitConfig | None, float | None]] = {"full": (None, None)}
     for tau in thresholds:
-        methods[f"ours@{tau}"] = (EarlyExitConfig(policy=CachedTailResidual(threshold=tau)), None)
+        methods[f"ours@{tau}"] = (
+            EarlyExitConfig(policy=CachedTailResidual(threshold=tau, max_cached_calls=max_cached_calls)), None)
+        for r in join_ratios:
+            policy = CachedTailResidual(threshold=tau, max_cached_calls=max_cached_calls, join_threshold=r * tau)
+            methods[f"ours+join{r}@{tau}"] = (EarlyExitConfig(policy=policy), None)
         methods[f"fbc@{tau}"] = (None, tau)
     return methods
 
@@ -55,13 +60,13 @@ def _sample(pipe, indices, config, fbc, steps, batch_size, seed=0):
 
 def run(num_images: int = 500, steps: int = 25, batch_sizes: tuple[int, ...] = (1, 8, 64),
         quality_batch_sizes: tuple[int, ...] = (8, 64), thresholds: tuple[float, ...] = THRESHOLDS,
-        repeats: int = 5, timing_images: int = 8) -> dict:
+        repeats: int = 5, timing_images: int = 8, join_ratios: tuple[float, ...] = (), max_cached_calls: int = 3) -> dict:
     from ..default_model import load_pretrained_pipeline
 
     pipe = load_pretrained_pipeline()
     pipe.set_progress_bar_config(disable=True)
     num_blocks = pipe.transformer.config.num_layers
-    methods = _methods(thresholds)
+    methods = _methods(thresholds, join_ratios, max_cached_calls)
     real, real_labels = real_images("digits", "reference")
     evaluator = QualityEvaluator(load_feature_net("digits"), real)
     floor_images, _ = real_images("digits", "floor")
@@ -70,8 +75,9 @@ def run(num_images: int = 500, steps: int = 25, batch_sizes: tuple[int, ...] = (
 
     indices = range(num_images)
     quality: dict[str, dict] = {}
+    # Per-row decisions make `ours` independent of the batch size, except with join_threshold.
     jobs = [(bs, name) for bs in quality_batch_sizes for name in methods
-            if not (name.startswith("ours") and bs != max(quality_batch_sizes))]
+            if not (name.startswith("ours@") and bs != max(quality_batch_sizes))]
     for bs, name in tqdm(jobs, desc="quality"):
         config, fbc = methods[name]
         run_ = _sample(pipe, indices, config, fbc, steps, bs)
@@ -98,7 +104,8 @@ def run(num_images: int = 500, steps: int = 25, batch_sizes: tuple[int, ...] = (
         "setting": {"model": "digits-dit-pretrained (no heads, no layer-wise fine-tuning)", "scheduler": "DDIM",
                     "steps": steps, "guidance_scale": 1.0, "num_images": num_images, "num_blocks": num_blocks,
                     "batch_sizes": list(batch_sizes), "quality_batch_sizes": list(quality_batch_sizes),
-                    "repeats": repeats, "timing_images": timing_images, "torch_threads": torch.get_num_threads()},
+                    "repeats": repeats, "timing_images": timing_images, "torch_threads": torch.get_num_threads(),
+                    "join_ratios": list(join_ratios), "max_cached_calls": max_cached_calls},
         "floor_fid": floor,
         "seed_spread_fid": seed_spread,
         "quality": quality,
@@ -119,7 +126,7 @@ def markdown(report: dict) -> str:
     ]
     for key, row in report["quality"].items():
         name, bs = key.split("|bs=")
-        shown_bs = "any" if name.startswith("ours") else bs
+        shown_bs = "any" if name.startswith("ours@") else bs
         ratios = ", ".join(f"{report['speed'][f'{name}|bs={b}']['ratio_to_full']:.2f}" for b in s["batch_sizes"])
         lines.append(f"| {name} | {shown_bs} | {row['fid']:.2f} | {row.get('accuracy', float('nan')):.3f} | "
                      f"{row['block_fraction']:.2f} | {ratios} |")
@@ -134,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quality-batch-sizes", type=int, nargs="+", default=[8, 64])
     parser.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS))
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--join-ratios", type=float, nargs="*", default=[],
+                        help="also run ours with join_threshold = ratio * threshold (rows due soon join the tail)")
+    parser.add_argument("--max-cached-calls", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (1 is steadier on a shared machine); default: torch's choice")
     parser.add_argument("--out", type=Path, default=Path("bench_out/tail_cache"))
@@ -142,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     report = run(args.num_images, args.steps, tuple(args.batch_sizes), tuple(args.quality_batch_sizes),
-                 tuple(args.thresholds), args.repeats)
+                 tuple(args.thresholds), args.repeats, join_ratios=tuple(args.join_ratios),
+                 max_cached_calls=args.max_cached_calls)
     report["wall_seconds"] = time.perf_counter() - start
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "tail_cache.json").write_text(json.dumps(report, indent=2))

@@ -19,6 +19,20 @@ from .base import ExitContext, SerializablePolicy
 
 CRITERIA = ("residual", "uncertainty", "timestep")
 _STATE_KEY = "tail_cache"
+_RESIDUAL_KEY = "tail_cache.residual"  # ctx.scratch: the decision block's (A, L, D) residual of this call
+
+
+def _take(state: torch.Tensor, rows: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """state[rows]; state itself when the rows are the whole batch (in order, as the engine keeps them)."""
+    return state if rows.numel() == batch_size else state.index_select(0, rows)
+
+
+def _put(state: torch.Tensor, rows: torch.Tensor, batch_size: int, values: torch.Tensor) -> None:
+    """state[rows] = values, in place; a plain copy when the rows are the whole batch."""
+    if rows.numel() == batch_size:
+        state.copy_(values)
+    else:
+        state.index_copy_(0, rows, values)
 
 
 def _check_number(value: Any, name: str, low: float, high: float | None = None, low_open: bool = False) -> float:
@@ -70,6 +84,12 @@ class CachedTailResidual(SerializablePolicy):
     Whatever the criterion, a row runs fully on its first call, after `max_cached_calls` consecutive skipped
     calls, and whenever its timestep is below `full_below_t` (the last steps of sampling).
 
+    `join_threshold` (residual criterion; None by default) trades the rows' independence for speed: when the
+    tail runs for some row anyway, the rows whose change is at least `join_threshold` (<= `threshold`) run it
+    too. On a small model or batch, a block costs nearly as much for a few rows as for all of them, so rows that
+    are nearly due refresh together and the tail is skipped on more calls. A row then depends on its batch (as
+    with FirstBlockCache), though a row that changes a lot still runs alone.
+
     The per-row state (three (B, L, D) tensors and a few (B,) ones) lives in the engine, is reset when a new
     sampling run starts (a row's timestep goes up, or the batch size changes), when the exit config changes and
     on `remove_early_exit`; `exit_state_nbytes(model)` reports its size. Works with any scheduler, including
@@ -90,6 +110,7 @@ class CachedTailResidual(SerializablePolicy):
     skip_above_t: float = 500.0
     max_cached_calls: int = 3
     full_below_t: float = 0.0
+    join_threshold: float | None = None
 
     def __post_init__(self) -> None:
         self.threshold = _check_number(self.threshold, "threshold", 0.0)
@@ -102,6 +123,10 @@ class CachedTailResidual(SerializablePolicy):
         if isinstance(self.max_cached_calls, bool) or not isinstance(self.max_cached_calls, int) or self.max_cached_calls < 1:
             raise ValueError(f"max_cached_calls must be an integer >= 1, got {self.max_cached_calls!r}")
         self.full_below_t = _check_number(self.full_below_t, "full_below_t", 0.0)
+        if self.join_threshold is not None:
+            if self.criterion != "residual":
+                raise ValueError(f"join_threshold needs criterion='residual', got criterion={self.criterion!r}")
+            self.join_threshold = _check_number(self.join_threshold, "join_threshold", 0.0, self.threshold)
 
     @property
     def needs_certainty(self) -> bool:
@@ -126,47 +151,56 @@ class CachedTailResidual(SerializablePolicy):
         if ctx.hidden is None or ctx.block_input is None or ctx.persistent is None:
             raise ValueError("CachedTailResidual needs a transformer backbone (block inputs and outputs per row)")
         cache = self._cache(ctx)
-        rows = ctx.rows  # all rows: nobody leaves before the decision block
+        rows = ctx.rows  # nobody leaves before the decision block, so these are all B rows, in order
+        joins = None  # (A,) rows that run the tail whenever some other row does (join_threshold)
         if self.criterion == "residual":
             residual = ctx.hidden - ctx.block_input  # (A, L, D)
-            previous = cache.head_residual.index_select(0, rows)
+            ctx.scratch[_RESIDUAL_KEY] = residual  # on_decision stores it
+            previous = _take(cache.head_residual, rows, cache.batch_size)
             dims = tuple(range(1, residual.ndim))
             change = (residual - previous).abs().float().mean(dim=dims)
             scale = previous.abs().float().mean(dim=dims)
             wants = change < self.threshold * scale  # (A,); same as change / scale < threshold, without 0/0
+            joins = change >= self.join_threshold * scale if self.join_threshold is not None else None
         elif self.criterion == "uncertainty":
             wants = ctx.certainty > self.certainty_threshold
         else:
             wants = ctx.timesteps >= self.skip_above_t
         allowed = (
-            cache.valid.index_select(0, rows)
-            & (cache.cached_calls.index_select(0, rows) < self.max_cached_calls)
+            _take(cache.valid, rows, cache.batch_size)
+            & (_take(cache.cached_calls, rows, cache.batch_size) < self.max_cached_calls)
             & (ctx.timesteps >= self.full_below_t)
         )
-        return wants & allowed
+        skips = wants & allowed
+        if joins is not None:
+            # If any row runs the tail, the rows due soon run with it (a 0-dim `any`: no host sync).
+            skips = skips & ~(joins & (~skips).any())
+        return skips
 
     def on_decision(self, ctx: ExitContext, mask: torch.Tensor) -> torch.Tensor | None:
         """After the final decision (CFG pairing applied): update the cache; return what skipping rows park."""
         if ctx.block_index != self.exit_block - 1:
             return None
         cache = ctx.persistent[_STATE_KEY]
-        rows = ctx.rows
+        rows, b = ctx.rows, cache.batch_size
         keep = (~mask)[:, None, None]  # (A, 1, 1) rows that run the tail
-        residual = ctx.hidden - ctx.block_input
+        residual = ctx.scratch.get(_RESIDUAL_KEY)
+        if residual is None:
+            residual = ctx.hidden - ctx.block_input
         # Rows that run the tail store this call's head residual and h_k; skipping rows keep their old ones.
-        cache.head_residual.index_copy_(0, rows, torch.where(keep, residual, cache.head_residual.index_select(0, rows)))
-        cache.exit_hidden.index_copy_(0, rows, ctx.hidden)
-        cache.cached_calls.index_copy_(0, rows, torch.where(mask, cache.cached_calls.index_select(0, rows) + 1, 0))
+        _put(cache.head_residual, rows, b, torch.where(keep, residual, _take(cache.head_residual, rows, b)))
+        _put(cache.exit_hidden, rows, b, ctx.hidden)
+        _put(cache.cached_calls, rows, b, torch.where(mask, _take(cache.cached_calls, rows, b) + 1, 0))
         # (A, L, D): h_k + r for every row; the engine parks the skipping rows' entries.
-        return ctx.hidden + cache.tail.index_select(0, rows)
+        return ctx.hidden + _take(cache.tail, rows, b)
 
     def on_final(self, ctx: ExitContext) -> None:
         """After the last block: the rows that ran fully refresh their tail residual r = h_N - h_k."""
         cache = ctx.persistent.get(_STATE_KEY)
         if cache is None:
             return
-        rows = ctx.rows
-        cache.tail.index_copy_(0, rows, ctx.hidden - cache.exit_hidden.index_select(0, rows))
+        rows, b = ctx.rows, cache.batch_size
+        _put(cache.tail, rows, b, ctx.hidden - _take(cache.exit_hidden, rows, b))
         cache.valid.index_fill_(0, rows, True)
 
     def _cache(self, ctx: ExitContext) -> _RowCache:
@@ -192,4 +226,5 @@ class CachedTailResidual(SerializablePolicy):
             "skip_above_t": self.skip_above_t,
             "max_cached_calls": self.max_cached_calls,
             "full_below_t": self.full_below_t,
+            "join_threshold": self.join_threshold,
         }
