@@ -55,9 +55,9 @@ def load_default_pipeline(device: str | torch.device | None = None) -> "EarlyExi
 def load_pretrained_pipeline(device: str | torch.device | None = None) -> "EarlyExitDiTPipeline":
     """Load the shipped digits DiT as it was after plain pre-training: no exit heads, no layer-wise losses.
 
-    Stage 1 of `scripts/train_default_model.sh` (the stage-2 DeeDiff fine-tune starts from it). Its default
-    exit config is the training-free `CachedTailResidual` operating point chosen by
-    `python -m ee_diffusion.eval.tail_cache_bench` (see docs/tail_cache.md).
+    Stage 1 of `scripts/train_default_model.sh` (the stage-2 DeeDiff fine-tune starts from it). It has no
+    default exit config (a call without `exit_config` runs the full model); training-free per-row exits
+    (`CachedTailResidual`) and their measured operating points are in docs/tail_cache.md.
 
     ```py
     >>> pipe = load_pretrained_pipeline()
