@@ -22,3 +22,18 @@ def test_glyphs_reject_bad_options():
         get_dataset("glyphs", charset="greek")
     with pytest.raises(ValueError, match="per_font"):
         get_dataset("glyphs", per_font=0)
+
+
+def test_a_class_balanced_glyph_subset_draws_from_every_font():
+    """The renderer goes font by font; the real sets are shuffled once, so a balanced subset of 8 images per
+    class is a fair sample: its FID against the reference is small (without the shuffle it was above 100)."""
+    from ee_diffusion.eval.features import load_feature_net
+    from ee_diffusion.eval.quality import QualityEvaluator, balanced_subset, real_images
+
+    reference, _ = real_images("glyphs", "reference")
+    images, labels = real_images("glyphs", "floor")
+    subset, subset_labels = balanced_subset(images, labels, 208, 26)
+    assert torch.bincount(subset_labels).tolist() == [8] * 26
+    score = QualityEvaluator(load_feature_net("glyphs"), reference).score(subset, subset_labels, kid=False)
+    assert score["fid"] < 15
+    assert score["accuracy"] > 0.8

@@ -1,6 +1,6 @@
 """`ee-diffusion bench`: quality, speed and compute of every method on the same weights and noise, in one run.
 
-For each setting (the shipped digits model; the harder 16x16 glyphs model) the benchmark samples the same
+For each setting (the shipped digits model; the harder 8x8 upper-case glyphs model) the benchmark samples the same
 class-balanced, seeded images with every method and reports FID/KID (shipped feature network), class accuracy,
 block evaluations, FLOPs (heads and decode included), wall-clock (batch sampling calls, warm-up, interleaved,
 medians, ratios to the full model) and peak memory, next to the real-vs-real floor and the spread between noise
@@ -118,8 +118,8 @@ def load_setting_pipeline(setting: str, model_path: str | None = None) -> Any:
         pipe = load_default_pipeline()
     elif setting == "glyphs":
         if not (GLYPHS_MODEL_DIR / "model_index.json").is_file():
-            raise FileNotFoundError(f"no glyphs model at {GLYPHS_MODEL_DIR}; train scripts/glyphs/glyphs_dit.json "
-                                    f"or pass --glyphs-model PATH")
+            raise FileNotFoundError(f"no glyphs model at {GLYPHS_MODEL_DIR}; train it with the configs in "
+                                    f"scripts/glyphs/ (see docs/evaluation.md) or pass --glyphs-model PATH")
         pipe = EarlyExitDiTPipeline.from_pretrained(str(GLYPHS_MODEL_DIR))
     else:
         raise ValueError(f"unknown setting {setting!r}; known: digits, glyphs")

@@ -6,7 +6,7 @@ images and uses its penultimate layer (before the ReLU) as the feature. Its clas
 samples against their conditioning labels". FID values are only comparable under the same feature network.
 
 Shipped networks (`ee_diffusion/assets/feature-nets/<name>.safetensors` + `.json`): `digits` (scikit-learn's
-8x8 digits) and `glyphs` (the 16x16 font glyphs of `ee_diffusion.training.datasets_glyphs`). Rebuild them with
+8x8 digits) and `glyphs` (the 8x8 upper-case font glyphs of `ee_diffusion.training.datasets_glyphs`). Rebuild them with
 `python -m ee_diffusion.eval.features --name digits` (deterministic: fixed seed, fixed data order, one thread).
 
 Inception features: when torch-fidelity is installed and the FID Inception weights file is on disk, pass
@@ -42,8 +42,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "digits": {"dataset": "digits", "train_options": {}, "test_options": None, "steps": 1500, "lr": 2e-3, "pct_start": 0.3},
     "glyphs": {
         "dataset": "glyphs",
-        "train_options": {"image_size": 16, "per_font": 8, "charset": "alnum", "seed": 100},
-        "test_options": {"image_size": 16, "per_font": 2, "charset": "alnum", "seed": 101},
+        "train_options": {"image_size": 8, "per_font": 16, "charset": "upper", "seed": 100},
+        "test_options": {"image_size": 8, "per_font": 4, "charset": "upper", "seed": 101},
         "steps": 3000,
         "lr": 3e-3,
         "pct_start": 0.15,

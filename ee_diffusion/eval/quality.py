@@ -29,8 +29,8 @@ REAL_SETS: dict[str, dict[str, Any]] = {
     "digits": {"dataset": "digits", "options": {}},
     "glyphs": {
         "dataset": "glyphs",
-        "reference": {"image_size": 16, "per_font": 2, "charset": "alnum", "seed": 200},
-        "floor": {"image_size": 16, "per_font": 2, "charset": "alnum", "seed": 201},
+        "reference": {"image_size": 8, "per_font": 4, "charset": "upper", "seed": 200},
+        "floor": {"image_size": 8, "per_font": 4, "charset": "upper", "seed": 201},
     },
 }
 _REAL_CACHE: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -58,7 +58,10 @@ def real_images(setting: str, split: str = "reference") -> tuple[torch.Tensor, t
             images, labels = ds.images[part], ds.labels[part]
         else:
             ds = get_dataset(spec["dataset"], **spec[split])
-            images, labels = ds.images, ds.labels
+            # The renderer goes font by font; a fixed shuffle lets `balanced_subset` take each class from every
+            # font instead of the first few.
+            order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))
+            images, labels = ds.images[order], ds.labels[order]
         _REAL_CACHE[key] = ((images + 1) / 2, labels)
     return _REAL_CACHE[key]
 

@@ -1,7 +1,7 @@
 """Write the trained glyphs pipeline as a small asset (fp16 safetensors + JSON), loaded back as float32.
 
-python scripts/glyphs/export.py --pipeline runs/glyphs-dit/pipeline --log runs/glyphs-dit/log.jsonl \
-    --out ee_diffusion/assets/glyphs-dit
+python scripts/glyphs/export.py --pipeline runs/glyphs-dit/pipeline \
+    --log runs/glyphs-pretrain/log.jsonl runs/glyphs-dit/log.jsonl --out ee_diffusion/assets/glyphs-dit
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ee_diffusion.pipelines import EarlyExitDiTPipeline
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pipeline", required=True)
-    parser.add_argument("--log", default=None)
+    parser.add_argument("--log", nargs="*", default=[], help="training logs (log.jsonl), one table per stage")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     pipe = EarlyExitDiTPipeline.from_pretrained(args.pipeline)
@@ -31,19 +31,24 @@ def main() -> None:
         pipe.exit_heads.to(torch.float16)
     pipe.save_pretrained(str(out))
     lines = ["# glyphs-dit", "",
-             "The harder benchmark setting's model: a class-conditional DiT (16x16x1, patch 4, 8 blocks, width 128, "
-             "4 heads, 62 classes) with timestep-conditioned DeeDiff heads, trained from scratch with the DeeDiff loss "
-             "on the `glyphs` dataset (`ee_diffusion/training/datasets_glyphs.py`). Rebuild: "
-             "`ee-diffusion train --config scripts/glyphs/glyphs_dit.json --output-dir runs/glyphs-dit`, then "
-             "`python scripts/glyphs/export.py --pipeline runs/glyphs-dit/pipeline --log runs/glyphs-dit/log.jsonl "
-             "--out ee_diffusion/assets/glyphs-dit`. Weights fp16, loaded as float32.", ""]
-    if args.log:
-        records = [json.loads(line) for line in Path(args.log).read_text().splitlines()]
-        lines += ["| step | wall s | loss | per-block eps MSE (blocks 1..8) |", "|---|---|---|---|"]
+             "The harder benchmark setting's model: a class-conditional DiT (8x8x1, patch 2, 8 blocks, width 128, "
+             "4 heads, 26 classes: the upper-case letters of 20 typefaces with random affine jitter) with "
+             "timestep-conditioned DeeDiff heads, trained like the default digits model: from scratch with L_simple, "
+             "then fine-tuned with the DeeDiff loss, on the `glyphs` dataset "
+             "(`ee_diffusion/training/datasets_glyphs.py`). Rebuild: "
+             "`ee-diffusion train --config scripts/glyphs/pretrain.json --output-dir runs/glyphs-pretrain`, "
+             "`ee-diffusion train --config scripts/glyphs/deediff.json --output-dir runs/glyphs-dit`, then "
+             "`python scripts/glyphs/export.py --pipeline runs/glyphs-dit/pipeline --log runs/glyphs-pretrain/log.jsonl "
+             "runs/glyphs-dit/log.jsonl --out ee_diffusion/assets/glyphs-dit`. Weights fp16, loaded as float32.", ""]
+    for log in args.log:
+        records = [json.loads(line) for line in Path(log).read_text().splitlines()]
+        lines += [f"## {Path(log).parent.name}: {records[-1]['step']} steps, {records[-1]['time_s'] / 60:.1f} min wall", "",
+                  "| step | wall s | loss | per-block eps MSE (blocks 1..8) |", "|---|---|---|---|"]
         for r in records:
-            if r["step"] % 200 == 0 or r is records[-1]:
+            if r["step"] % 250 == 0 or r is records[-1]:
                 lines.append(f"| {r['step']} | {r['time_s']:.0f} | {r['loss']:.4f} | "
                              + " ".join(f"{v:.4f}" for v in r["block_mse"]) + " |")
+        lines.append("")
     (out / "TRAINING.md").write_text("\n".join(lines) + "\n")
     print(f"saved to {out}: {sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 2**20:.1f} MiB")
 
