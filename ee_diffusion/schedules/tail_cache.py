@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .._validation import check_number
 from .base import ExitContext, SerializablePolicy
 
 CRITERIA = ("residual", "uncertainty", "timestep")
@@ -33,15 +34,6 @@ def _put(state: torch.Tensor, rows: torch.Tensor, batch_size: int, values: torch
         state.copy_(values)
     else:
         state.index_copy_(0, rows, values)
-
-
-def _check_number(value: Any, name: str, low: float, high: float | None = None, low_open: bool = False) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and value == value
-    ok = ok and (value > low if low_open else value >= low) and (high is None or value <= high)
-    if not ok:
-        bound = f"{'>' if low_open else '>='} {low}" + ("" if high is None else f" and <= {high}")
-        raise ValueError(f"{name} must be a number {bound}, got {value!r}")
-    return float(value)
 
 
 class _RowCache:
@@ -113,20 +105,20 @@ class CachedTailResidual(SerializablePolicy):
     join_threshold: float | None = None
 
     def __post_init__(self) -> None:
-        self.threshold = _check_number(self.threshold, "threshold", 0.0)
+        self.threshold = check_number(self.threshold, "threshold", 0.0)
         if isinstance(self.exit_block, bool) or not isinstance(self.exit_block, int) or self.exit_block < 1:
             raise ValueError(f"exit_block must be an integer >= 1 (blocks run by a skipping row), got {self.exit_block!r}")
         if self.criterion not in CRITERIA:
             raise ValueError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
-        self.certainty_threshold = _check_number(self.certainty_threshold, "certainty_threshold", 0.0, 1.0, True)
-        self.skip_above_t = _check_number(self.skip_above_t, "skip_above_t", 0.0)
+        self.certainty_threshold = check_number(self.certainty_threshold, "certainty_threshold", 0.0, 1.0, True)
+        self.skip_above_t = check_number(self.skip_above_t, "skip_above_t", 0.0)
         if isinstance(self.max_cached_calls, bool) or not isinstance(self.max_cached_calls, int) or self.max_cached_calls < 1:
             raise ValueError(f"max_cached_calls must be an integer >= 1, got {self.max_cached_calls!r}")
-        self.full_below_t = _check_number(self.full_below_t, "full_below_t", 0.0)
+        self.full_below_t = check_number(self.full_below_t, "full_below_t", 0.0)
         if self.join_threshold is not None:
             if self.criterion != "residual":
                 raise ValueError(f"join_threshold needs criterion='residual', got criterion={self.criterion!r}")
-            self.join_threshold = _check_number(self.join_threshold, "join_threshold", 0.0, self.threshold)
+            self.join_threshold = check_number(self.join_threshold, "join_threshold", 0.0, self.threshold)
 
     @property
     def needs_certainty(self) -> bool:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .._validation import check_number
 from .losses import ASELossConfig, DeeDiffLossConfig
 
 TRAIN_MODES = ("scratch", "deediff", "heads", "ase")
@@ -32,15 +33,6 @@ def _int(value: Any, name: str, low: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     return value
-
-
-def _float(value: Any, name: str, low: float = 0.0, high: float | None = None, low_open: bool = False) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and value == value
-    ok = ok and (value > low if low_open else value >= low) and (high is None or value <= high)
-    if not ok:
-        bound = f"{'>' if low_open else '>='} {low}" + ("" if high is None else f" and <= {high}")
-        raise ValueError(f"{name} must be a number {bound}, got {value!r}")
-    return float(value)
 
 
 def _choice(value: Any, name: str, allowed: tuple[str, ...]) -> str:
@@ -186,15 +178,15 @@ class TrainConfig:
         _int(self.max_steps, "max_steps")
         _int(self.batch_size, "batch_size")
         _int(self.gradient_accumulation_steps, "gradient_accumulation_steps")
-        self.learning_rate = _float(self.learning_rate, "learning_rate", low_open=True)
-        self.weight_decay = _float(self.weight_decay, "weight_decay")
+        self.learning_rate = check_number(self.learning_rate, "learning_rate", low_open=True)
+        self.weight_decay = check_number(self.weight_decay, "weight_decay")
         _int(self.warmup_steps, "warmup_steps", low=0)
         _choice(self.lr_schedule, "lr_schedule", LR_SCHEDULES)
-        self.max_grad_norm = _float(self.max_grad_norm, "max_grad_norm")
-        self.ema_decay = _float(self.ema_decay, "ema_decay", high=1.0)
+        self.max_grad_norm = check_number(self.max_grad_norm, "max_grad_norm")
+        self.ema_decay = check_number(self.ema_decay, "ema_decay", high=1.0)
         if self.ema_decay == 1.0:
             raise ValueError("ema_decay must be < 1 (0 disables EMA), got 1.0")
-        self.label_dropout = _float(self.label_dropout, "label_dropout", high=1.0)
+        self.label_dropout = check_number(self.label_dropout, "label_dropout", high=1.0)
         _choice(self.mixed_precision, "mixed_precision", MIXED_PRECISION)
         _int(self.seed, "seed", low=0)
         _int(self.num_train_timesteps, "num_train_timesteps")
