@@ -32,6 +32,13 @@ def _sample(model, x, labels, scheduler, steps=6):
     return x
 
 
+def _with_row_3_changed(x):
+    """x (4, 1, 8, 8) with row 3 replaced by a large, unrelated input; rows 0-2 unchanged."""
+    x2 = x.clone()
+    x2[3] = torch.randn(1, 8, 8, generator=torch.Generator().manual_seed(9)) * 3
+    return x2
+
+
 @pytest.fixture
 def setup():
     model = tiny_dit(num_layers=6)
@@ -71,8 +78,7 @@ def test_unchanged_rows_skip_and_a_changed_row_runs_fully(setup):
     """The batch-global failure, handled per row: three rows repeat their input, one row changes a lot."""
     model, x, labels = setup
     t = torch.full((4,), 500)
-    x2 = x.clone()
-    x2[3] = torch.randn(1, 8, 8, generator=torch.Generator().manual_seed(9)) * 3
+    x2 = _with_row_3_changed(x)
     stock_first = model(x, t, labels).sample
     stock_second = model(x2, t, labels).sample
 
@@ -245,8 +251,7 @@ def test_rows_due_soon_join_a_tail_that_runs_anyway(setup):
     """join_threshold: rows 0-2 repeat their input (change 0), row 3 changes a lot and must run the tail."""
     model, x, labels = setup
     t = torch.full((4,), 500)
-    x2 = x.clone()
-    x2[3] = torch.randn(1, 8, 8, generator=torch.Generator().manual_seed(9)) * 3
+    x2 = _with_row_3_changed(x)
     stock_second = model(x2, t, labels).sample
 
     def depths(join_threshold, second_input):
