@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "BatchLayout": "ee_diffusion.layout",
     "EarlyExitConfig": "ee_diffusion.config",
     "ExitStats": "ee_diffusion.stats",
     "UncertaintyHeads": "ee_diffusion.heads",
-    "UNetExitBridges": "ee_diffusion.backbones.unet",
+    "UNetExitBridges": "ee_diffusion.unet",
     "apply_early_exit": "ee_diffusion.engine",
     "remove_early_exit": "ee_diffusion.engine",
     "set_exit_config": "ee_diffusion.engine",
@@ -33,6 +34,7 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from .config import EarlyExitConfig
+    from .layout import BatchLayout
     from .default_model import load_default_pipeline, load_pretrained_pipeline
     from .engine import (
         apply_early_exit,
@@ -45,10 +47,10 @@ if TYPE_CHECKING:
         reset_exit_state,
         set_exit_config,
     )
-    from .backbones.unet import UNetExitBridges
     from .heads import UncertaintyHeads
     from .pipelines import EarlyExitDiTPipeline
     from .stats import ExitStats
+    from .unet import UNetExitBridges
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""Argument checks shared by the validated dataclass configs."""
+"""Argument checks shared by the validated dataclass configs and the public functions."""
 
 from __future__ import annotations
 
@@ -13,3 +13,11 @@ def check_number(value: Any, name: str, low: float = 0.0, high: float | None = N
         bound = f"{'>' if low_open else '>='} {low}" + ("" if high is None else f" and <= {high}")
         raise ValueError(f"{name} must be a number {bound}, got {value!r}")
     return float(value)
+
+
+def check_int(value: Any, name: str, low: int = 1, what: str = "") -> int:
+    """`value` if it is an integer (not a bool) >= `low`; else a ValueError naming it (and `what` it counts)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        suffix = f" ({what})" if what else ""
+        raise ValueError(f"{name} must be an integer >= {low}{suffix}, got {value!r}")
+    return value

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .schedules.base import ExitPolicy, SerializablePolicy, policy_from_dict
+from .schedules.base import ExitPolicy, SerializablePolicy, as_exit_policy, policy_from_dict
 
 CFG_PAIRING_MODES = ("together", "independent")
 ON_NONFINITE_MODES = ("fallback", "raise")
@@ -26,7 +26,8 @@ class EarlyExitConfig:
             unconditional partner exit together, at the first block where the policy lets both stop, so the
             guided prediction mixes two outputs of equal depth (timestep policies give both halves the same
             depth anyway); `"independent"` lets each half decide alone (DeeDiff authors'
-            behaviour). Pairs are recognised from the inputs, so this also works on a stock `DiTPipeline`.
+            behaviour). Our pipelines declare their batch layout (`BatchLayout`); for stock pipelines such as
+            `DiTPipeline` the engine recognises pairs from the inputs.
         on_nonfinite: what happens when a block, a head or the output produces NaN/inf (exits on only):
 
             - dynamic policies (per-block decisions, e.g. `UncertaintyThreshold`): a row whose certainty or exit
@@ -57,18 +58,8 @@ class EarlyExitConfig:
     def __post_init__(self) -> None:
         if isinstance(self.policy, dict):
             self.policy = policy_from_dict(self.policy)
-        if isinstance(self.policy, type):
-            raise TypeError(
-                f"policy must be an ExitPolicy protocol instance, got the class {self.policy.__name__}; "
-                f"instantiate it, e.g. {self.policy.__name__}(...)"
-            )
-        if self.policy is not None and not (
-            callable(getattr(self.policy, "exit_mask", None)) and hasattr(self.policy, "needs_certainty")
-        ):
-            raise TypeError(
-                f"policy must implement the ExitPolicy protocol (an `exit_mask(ctx)` method and a "
-                f"`needs_certainty` attribute) or be None, got {type(self.policy).__name__}"
-            )
+        if self.policy is not None:
+            as_exit_policy(self.policy)  # raises TypeError, saying how to subclass, for what cannot run
         if self.cfg_pairing not in CFG_PAIRING_MODES:
             raise ValueError(f"cfg_pairing must be one of {CFG_PAIRING_MODES}, got {self.cfg_pairing!r}")
         if not isinstance(self.on_nonfinite, str) or self.on_nonfinite not in ON_NONFINITE_MODES:

@@ -11,7 +11,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from .backbones import get_adapter
+from .backbones.registry import get_adapter
 from .backbones.dit import unpatchify
 
 
@@ -110,7 +110,7 @@ class UncertaintyHeads(ModelMixin, ConfigMixin):
         fields = adapter.head_config()
         heads = cls(
             **fields,
-            condition_dim=fields["hidden_dim"] if condition_on_timestep else 0,
+            condition_dim=adapter.embedding_dim() if condition_on_timestep else 0,
             model_class=type(model).__name__,
         )
         param = next(model.parameters())

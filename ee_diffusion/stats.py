@@ -46,6 +46,13 @@ class ExitStats:
         self.fallbacks.append(none if fallbacks is None else fallbacks.detach().cpu())
         self.nonfinite.append(none if nonfinite is None else nonfinite.detach().cpu())
 
+    def extend(self, other: "ExitStats") -> None:
+        """Append every call of `other` (same model depth), with its fallback and non-finite flags."""
+        if other.num_blocks != self.num_blocks:
+            raise ValueError(f"cannot merge statistics of a {other.num_blocks}-block model into {self.num_blocks} blocks")
+        for name in ("timesteps", "blocks_run", "cfg_paired", "fallbacks", "nonfinite"):
+            getattr(self, name).extend(getattr(other, name))
+
     @property
     def num_calls(self) -> int:
         return len(self.blocks_run)

@@ -14,7 +14,7 @@ from diffusers import (
 )
 
 if TYPE_CHECKING:
-    from .backbones.unet import UNetExitBridges
+    from .unet import UNetExitBridges
 
 
 def tiny_dit(
@@ -191,7 +191,7 @@ def tiny_unet_condition(
 
 def random_bridges(model: torch.nn.Module, seed: int = 1) -> "UNetExitBridges":
     """`UNetExitBridges` for `model` with random (not zero) weights, so that tests see what a bridge adds."""
-    from .backbones.unet import UNetExitBridges
+    from .unet import UNetExitBridges
 
     bridges = UNetExitBridges.from_model(model)
     _randomise(bridges, seed, scale=0.1)

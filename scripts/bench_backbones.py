@@ -25,7 +25,7 @@ from diffusers import (
 )
 
 from ee_diffusion import EarlyExitConfig, apply_early_exit, record_exit_stats, remove_early_exit
-from ee_diffusion.backbones import UNetExitBridges
+from ee_diffusion.unet import UNetExitBridges
 from ee_diffusion.eval.timing import interleaved_timings, summarize_timings
 from ee_diffusion.schedules import TimestepSchedule
 

@@ -7,7 +7,8 @@ import torch
 from _backbone_properties import *  # noqa: F401,F403 - the shared property tests, collected here
 from _backbone_properties import Case, T, count_pre_hooks, run
 
-from ee_diffusion.backbones import PixArtAdapter, get_adapter
+from ee_diffusion.backbones import PixArtAdapter
+from ee_diffusion.backbones.registry import get_adapter
 from ee_diffusion.heads import UncertaintyHeads
 from ee_diffusion.testing import tiny_pixart
 

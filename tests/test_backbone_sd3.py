@@ -7,7 +7,8 @@ import torch
 from _backbone_properties import *  # noqa: F401,F403 - the shared property tests, collected here
 from _backbone_properties import Case, T, count_pre_hooks, run
 
-from ee_diffusion.backbones import SD3Adapter, get_adapter
+from ee_diffusion.backbones import SD3Adapter
+from ee_diffusion.backbones.registry import get_adapter
 from ee_diffusion.config import EarlyExitConfig
 from ee_diffusion.engine import apply_early_exit
 from ee_diffusion.schedules import StaticDepth

@@ -11,7 +11,7 @@ from ee_diffusion import EarlyExitConfig, UncertaintyHeads, apply_early_exit, ge
 from ee_diffusion.eval.sampling import generate
 from ee_diffusion.pipelines import EarlyExitDiTPipeline
 from ee_diffusion.schedules import StaticDepth, TimestepSchedule, UncertaintyThreshold
-from ee_diffusion.schedules.calibrate import (
+from ee_diffusion.calibration import (
     CalibrationSet,
     allocate_depths,
     calibrate_schedule,

@@ -45,7 +45,7 @@ def test_bad_cfg_pairing(mode):
 
 @pytest.mark.parametrize("policy", ["abc", 3, 0.9, [StaticDepth(2)], StaticDepth, object()])
 def test_bad_policy_type(policy):
-    with pytest.raises(TypeError, match="ExitPolicy protocol"):
+    with pytest.raises(TypeError, match="policy must be an ExitPolicy"):
         EarlyExitConfig(policy=policy)
 
 

@@ -4,6 +4,7 @@ hook removal, statistics and gradients."""
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from ee_diffusion.engine import (
     remove_early_exit,
     set_exit_config,
 )
-from ee_diffusion.schedules import ExitContext, StaticDepth, TimestepSchedule
+from ee_diffusion.schedules import ExitContext, ExitPolicy, StaticDepth, TimestepSchedule
 from ee_diffusion.testing import tiny_dit
 
 NUM_BLOCKS = 6  # the `dit` fixture
@@ -99,10 +100,8 @@ class WantsFrom:
         return self.first[ctx.rows] <= ctx.block_index
 
 
-class PlannedRowDepths:
+class PlannedRowDepths(ExitPolicy):
     """A custom policy with `plan_depths` (planned up front, no per-block decisions)."""
-
-    needs_certainty = False
 
     def __init__(self, depths):
         self.depths = torch.as_tensor(depths)
@@ -538,7 +537,7 @@ def test_custom_policy_bad_mask_raises(dit, inputs, make):
 def test_custom_planned_policy_bad_shape_raises(dit, inputs):
     x, t, y = inputs
     apply_early_exit(dit, EarlyExitConfig(policy=PlannedRowDepths([2, 2, 2])))
-    with pytest.raises(ValueError, match=r"plan_depths must return shape \(4,\)"):
+    with pytest.raises(ValueError, match=r"plan_depths must return a tensor of shape \(4,\)"):
         run(dit, x, t, y)
 
 
@@ -726,10 +725,14 @@ def test_static_depth_backward(dit, inputs):
 
 
 def test_per_row_exits_backward_matches_reference(dit, inputs):
-    """Input gradients through compacted rows equal those of each row's own hand-decoded exit."""
+    """Input gradients through compacted rows equal those of each row's own hand-decoded exit.
+
+    In float64: batched and single-row backward passes sum in different orders, which float32 rounding shows.
+    """
     x, t, y = inputs
+    dit = copy.deepcopy(dit).double()
     depths = [6, 4, 3, 1]
-    x = x.clone().requires_grad_(True)
+    x = x.double().requires_grad_(True)
     expected = []
     for r, d in enumerate(depths):
         xr = x.detach()[r : r + 1].clone().requires_grad_(True)
@@ -741,4 +744,4 @@ def test_per_row_exits_backward_matches_reference(dit, inputs):
     with torch.enable_grad():
         dit(x, timestep=t, class_labels=y).sample.square().sum().backward()
     assert get_exit_stats(dit).blocks_run[0].tolist() == depths
-    torch.testing.assert_close(x.grad, torch.cat(expected), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(x.grad, torch.cat(expected), rtol=1e-9, atol=1e-12)

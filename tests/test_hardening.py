@@ -131,17 +131,17 @@ def test_thousands_of_calls_keep_engine_state_flat():
 
 
 def test_apply_remove_200_times_leaks_no_hooks():
-    from ee_diffusion.engine import _BlockHook, _ModelHook
+    from ee_diffusion.engine_base import BlockCallHook, ModelCallHook
 
     model = tiny_dit(num_layers=2)
     reference = model(X, timestep=T, class_labels=Y).sample
     gc.collect()
-    before = sum(isinstance(o, (_ModelHook, _BlockHook)) for o in gc.get_objects())
+    before = sum(isinstance(o, (ModelCallHook, BlockCallHook)) for o in gc.get_objects())
     for _ in range(200):
         apply_early_exit(model, EarlyExitConfig(policy=StaticDepth(1)))
         remove_early_exit(model)
     gc.collect()
-    after = sum(isinstance(o, (_ModelHook, _BlockHook)) for o in gc.get_objects())
+    after = sum(isinstance(o, (ModelCallHook, BlockCallHook)) for o in gc.get_objects())
     assert after == before == 0
     assert not any(hasattr(m, "_diffusers_hook") for m in model.modules())
     assert torch.equal(model(X, timestep=T, class_labels=Y).sample, reference)

@@ -13,7 +13,7 @@ from ee_diffusion.backbones import DiTAdapter
 from ee_diffusion.config import EarlyExitConfig
 from ee_diffusion.engine import apply_early_exit, early_exit, get_exit_stats, remove_early_exit, set_exit_config
 from ee_diffusion.heads import UncertaintyHeads
-from ee_diffusion.schedules import StaticDepth, UncertaintyThreshold
+from ee_diffusion.schedules import ExitPolicy, StaticDepth, UncertaintyThreshold
 from ee_diffusion.testing import tiny_dit
 
 NUM_BLOCKS = 6  # the `dit` fixture; its first half (where patience applies) is blocks 0, 1, 2
@@ -125,7 +125,7 @@ def well_separated_threshold(cert, patience, margin=1e-4):
     return best
 
 
-class RecordingThreshold:
+class RecordingThreshold(ExitPolicy):
     """A custom certainty policy that records what the engine hands it and delegates to UncertaintyThreshold."""
 
     needs_certainty = True
@@ -133,6 +133,9 @@ class RecordingThreshold:
     def __init__(self, inner):
         self.inner = inner
         self.seen = []
+
+    def create_call_state(self, batch_size, device):
+        return self.inner.create_call_state(batch_size, device)
 
     def exit_mask(self, ctx):
         self.seen.append((ctx.block_index, ctx.rows.clone(), ctx.certainty.clone()))

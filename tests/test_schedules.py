@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ee_diffusion.backbones import DiTAdapter
 from ee_diffusion.schedules import (
     ExitContext,
     ExitPolicy,
@@ -17,9 +18,10 @@ from ee_diffusion.schedules import (
     UncertaintyThreshold,
     policy_from_dict,
 )
+from ee_diffusion.testing import tiny_dit
 
 
-def ctx(block, timesteps, certainty=None, rows=None, num_blocks=6, batch_size=None, scratch=None):
+def ctx(block, timesteps, certainty=None, rows=None, num_blocks=6, batch_size=None, call_state=None):
     timesteps = torch.as_tensor(timesteps, dtype=torch.float32)
     rows = torch.arange(timesteps.shape[0]) if rows is None else torch.as_tensor(rows)
     return ExitContext(
@@ -29,8 +31,13 @@ def ctx(block, timesteps, certainty=None, rows=None, num_blocks=6, batch_size=No
         certainty=None if certainty is None else torch.as_tensor(certainty, dtype=torch.float32),
         rows=rows,
         batch_size=timesteps.shape[0] if batch_size is None else batch_size,
-        scratch={} if scratch is None else scratch,
+        call_state=call_state,
     )
+
+
+def adapter(num_blocks):
+    """The backbone adapter of a tiny DiT with `num_blocks` blocks (what `validate_for` checks against)."""
+    return DiTAdapter(tiny_dit(num_layers=num_blocks))
 
 
 def bucket(boundaries, t):
@@ -59,9 +66,9 @@ def test_static_depth_plan_and_mask():
     assert policy.plan_depths(t, 2).tolist() == [2, 2, 2]  # never deeper than the model
     for block in range(6):
         assert policy.exit_mask(ctx(block, t)).tolist() == [block == 2] * 3
-    policy.validate_for(3)
+    policy.validate_for(adapter(3))
     with pytest.raises(ValueError, match="depth 3 but the model has 2 blocks"):
-        policy.validate_for(2)
+        policy.validate_for(adapter(2))
 
 
 # ------------------------------------------------------------------------------------------------ TimestepSchedule
@@ -97,9 +104,9 @@ def test_timestep_schedule_examples():
     t = torch.tensor([0, 199, 200, 399.5, 400, 600, 799, 800, 999, 5000])
     assert ase.plan_depths(t, 28).tolist() == [28, 28, 24, 24, 20, 16, 16, 12, 12, 12]
     assert ase.plan_depths(t, 20).tolist() == [20, 20, 20, 20, 20, 16, 16, 12, 12, 12]  # clamped
-    ase.validate_for(28)
+    ase.validate_for(adapter(28))
     with pytest.raises(ValueError, match="depth 28 but the model has 27 blocks"):
-        ase.validate_for(27)
+        ase.validate_for(adapter(27))
     single = TimestepSchedule(boundaries=[], depths=[5])  # one interval: a static depth
     assert single.plan_depths(t, 6).tolist() == [5] * 10
     tuples = TimestepSchedule(boundaries=(100.5,), depths=(2, 1))
@@ -169,8 +176,8 @@ def test_patience_validation(patience):
         ({"boundaries": [500, 500], "thresholds": [0.9, 0.8, 0.7]}, "strictly increasing"),
         ({"boundaries": ["500"], "thresholds": [0.9, 0.8]}, "boundaries must be numbers"),
         ({"boundaries": [math.nan], "thresholds": [0.9, 0.8]}, "boundaries must be numbers"),
-        ({"boundaries": "500", "thresholds": [0.9, 0.8]}, "'boundaries' must be a list"),
-        ({"boundaries": 500, "thresholds": [0.9, 0.8]}, "'boundaries' must be a list"),
+        ({"boundaries": "500", "thresholds": [0.9, 0.8]}, "per_timestep boundaries must be a list"),
+        ({"boundaries": 500, "thresholds": [0.9, 0.8]}, "per_timestep boundaries must be a list"),
         ({"boundaries": [500], "thresholds": 0.9}, "'thresholds' must be a list"),
         ({"boundaries": [500], "thresholds": [0.9, 1.0]}, "every per_timestep threshold"),
         ({"boundaries": [500], "thresholds": [0.0, 0.5]}, "every per_timestep threshold"),
@@ -221,12 +228,12 @@ def test_threshold_mask_needs_certainty():
 def test_patience_rule_with_rows_leaving():
     """Streaks are kept per batch row across blocks, while the set of active rows shrinks."""
     policy = UncertaintyThreshold(0.5, patience=2)
-    scratch: dict = {}
+    call = policy.create_call_state(4, torch.device("cpu"))
     t = [0.0] * 4
 
     def step(block, rows, certainty):
         rows_t = torch.tensor(rows)
-        c = ctx(block, [t[r] for r in rows], certainty=certainty, rows=rows_t, batch_size=4, scratch=scratch)
+        c = ctx(block, [t[r] for r in rows], certainty=certainty, rows=rows_t, batch_size=4, call_state=call)
         return policy.exit_mask(c).tolist()
 
     # block 0 (first half of 6): nobody exits on a single pass
@@ -237,8 +244,8 @@ def test_patience_rule_with_rows_leaving():
     assert step(2, [1, 2], [0.9, 0.9]) == [False, True]
     # block 3 (second half): one pass is enough
     assert step(3, [1], [0.51]) == [True]
-    # a fresh call (fresh scratch) starts from zero
-    scratch.clear()
+    # a fresh call (fresh call state) starts from zero
+    call = policy.create_call_state(4, torch.device("cpu"))
     assert step(0, [0, 1, 2, 3], [0.9] * 4) == [False] * 4
 
 
@@ -246,7 +253,8 @@ def test_patience_one_and_first_half_boundary():
     assert UncertaintyThreshold(0.5, patience=1).exit_mask(ctx(0, [0.0], certainty=[0.9])).tolist() == [True]
     # odd depth: the first half of 5 blocks is blocks 0 and 1
     policy = UncertaintyThreshold(0.5, patience=3)
-    assert policy.exit_mask(ctx(1, [0.0], certainty=[0.9], num_blocks=5)).tolist() == [False]
+    call = policy.create_call_state(1, torch.device("cpu"))
+    assert policy.exit_mask(ctx(1, [0.0], certainty=[0.9], num_blocks=5, call_state=call)).tolist() == [False]
     assert policy.exit_mask(ctx(2, [0.0], certainty=[0.9], num_blocks=5)).tolist() == [True]
 
 

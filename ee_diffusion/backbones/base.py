@@ -18,8 +18,11 @@ class BackboneAdapter:
     Training uses the same `decode`, so inference and the layer-wise losses share one code path.
     """
 
-    #: diffusers model classes this adapter accepts (exact classes, checked with `isinstance`).
+    #: diffusers model classes this adapter accepts (subclasses too: checked with `isinstance`).
     model_classes: ClassVar[tuple[type, ...]] = ()
+    #: True for models whose blocks run one after another on (B, L, D) tokens, where an exit decodes a block's
+    #: hidden state with the model's own head (the sequential engine); False for U-Nets (depth truncation).
+    sequential: ClassVar[bool] = True
     #: names of block-forward parameters whose first dimension is the batch.
     batch_inputs: ClassVar[tuple[str, ...]] = ()
     #: name of the block-forward parameter that carries the timestep.
@@ -44,7 +47,16 @@ class BackboneAdapter:
         raise NotImplementedError
 
     def hidden_dim(self) -> int:
+        """Width D of the block hidden states (B, L, D)."""
         raise NotImplementedError
+
+    def embedding_dim(self) -> int:
+        """Width of `timestep_embedding`'s output (what timestep-conditioned heads read)."""
+        return self.hidden_dim()
+
+    def null_class_id(self) -> int | None:
+        """The class id the model reserves for "no class" (classifier-free guidance), or None if it has none."""
+        return None
 
     def timestep_embedding(self, timestep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The model's own embedding of `timestep` (B,) -> (B, D), used by timestep-conditioned heads."""

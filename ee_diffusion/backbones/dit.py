@@ -33,9 +33,10 @@ class DiTAdapter(BackboneAdapter):
     def hidden_dim(self) -> int:
         return self.model.inner_dim
 
-    def null_class_id(self) -> int:
-        """The label id the model reserves for "no class" (classifier-free guidance)."""
-        return int(self.model.config.num_embeds_ada_norm)
+    def null_class_id(self) -> int | None:
+        """`num_embeds_ada_norm`: the label id the model reserves for "no class" (classifier-free guidance)."""
+        classes = self.model.config.num_embeds_ada_norm
+        return None if classes is None else int(classes)
 
     def is_cfg_pair_batch(self, inputs: dict, timesteps: torch.Tensor) -> bool:
         # DiTPipeline and EarlyExitDiTPipeline build guidance batches as cat([x, x]) with labels

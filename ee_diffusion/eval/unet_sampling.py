@@ -10,7 +10,7 @@ and `sample_unet` runs the scheduler loop (classifier-free guidance with the nul
 >>> from diffusers import DDIMScheduler
 >>> from ee_diffusion import EarlyExitConfig
 >>> from ee_diffusion.schedules import StaticDepth
->>> from ee_diffusion.backbones import UNetExitBridges
+>>> from ee_diffusion.unet import UNetExitBridges
 >>> from ee_diffusion.testing import tiny_unet
 >>> unet = tiny_unet(num_class_embeds=11)
 >>> images, stats = sample_unet(unet, DDIMScheduler(), [1, 2], num_inference_steps=3,
@@ -56,7 +56,7 @@ class UNetBundle:
 
 def load_unet_folder(folder: str | Path, device: str | torch.device | None = None) -> UNetBundle:
     """Load a trainer's U-Net pipeline folder (DDIM scheduler from its saved noise schedule)."""
-    from ..backbones.unet import UNetExitBridges
+    from ..unet import UNetExitBridges
     from ..heads import UncertaintyHeads
 
     folder = Path(folder)

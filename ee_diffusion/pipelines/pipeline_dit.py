@@ -28,6 +28,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..config import EarlyExitConfig
 from ..engine import early_exit
 from ..heads import UncertaintyHeads
+from ..layout import BatchLayout
 from ..stats import ExitStats
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -423,7 +424,9 @@ class EarlyExitDiTPipeline(DiffusionPipeline):
         keep_sigma = learned_sigma and self.scheduler.config.get("variance_type") in _LEARNED_VARIANCE
 
         # 4. Denoising loop, with the transformer hooked for this call only.
-        with early_exit(self.transformer, config, heads=self.exit_heads) as exit_stats:
+        # The engine is told the guidance layout, so it never compares tensors to find the pairs.
+        layout = BatchLayout(guidance_pairs=guided)
+        with early_exit(self.transformer, config, heads=self.exit_heads, layout=layout) as exit_stats:
             for t in self.progress_bar(self.scheduler.timesteps):
                 model_input = self.scheduler.scale_model_input(latents, t)
                 if guided:

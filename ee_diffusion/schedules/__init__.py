@@ -7,37 +7,25 @@
 - `CachedTailResidual(threshold, ...)`: training-free, for pretrained models: a row that skips the tail
   adds its own tail residual cached from its last full call (FirstBlockCache's idea, decided per row).
 
-Calibration to a budget or tolerance, and distillation of a dynamic policy into a static schedule:
-`ee_diffusion.schedules.calibrate`. Write your own policy by implementing the `ExitPolicy` protocol.
+Write your own policy by subclassing `ExitPolicy`. Calibration of policies to a budget or a tolerance lives in
+`ee_diffusion.calibration` (it samples pipelines, so it sits above the core).
 """
 
-from .base import ExitContext, ExitPolicy, policy_from_dict
+from .base import ExitContext, ExitPolicy, PolicyState, SerializablePolicy, as_exit_policy, policy_from_dict
 from .static import StaticDepth, TimestepSchedule
-from .tail_cache import CachedTailResidual
+from .tail_cache import CachedTailResidual, TailCacheState
 from .uncertainty import UncertaintyThreshold
 
 __all__ = [
     "CachedTailResidual",
     "ExitContext",
     "ExitPolicy",
+    "PolicyState",
+    "SerializablePolicy",
     "StaticDepth",
+    "TailCacheState",
     "TimestepSchedule",
     "UncertaintyThreshold",
-    "calibrate_schedule",
-    "calibrate_thresholds",
-    "distil_schedule",
-    "load_policy",
+    "as_exit_policy",
     "policy_from_dict",
 ]
-
-
-_CALIBRATION = ("calibrate_schedule", "calibrate_thresholds", "distil_schedule", "load_policy")
-
-
-def __getattr__(name: str):
-    # Calibration imports the config (which imports this package): load it on first use.
-    if name in _CALIBRATION:
-        from . import calibrate
-
-        return getattr(calibrate, name)
-    raise AttributeError(f"module 'ee_diffusion.schedules' has no attribute {name!r}")

@@ -1,12 +1,44 @@
-"""The exit-policy protocol: what the engine asks a policy after every block."""
+"""The exit-policy contract: what the engine asks a policy, and when.
+
+`ExitPolicy` declares every extension point as a method with a no-op default, the way diffusers' `ModelHook`
+declares its callbacks; the engine calls them, it never probes a policy for optional attributes. A policy
+that remembers something keeps it in typed objects it creates itself: `create_call_state` (one model call,
+e.g. a per-row streak across blocks) and `create_state` (a `PolicyState` that lives across the calls of a
+sampling run, e.g. per-row caches). The engine creates, resets and sizes them.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+
+if TYPE_CHECKING:
+    from ..backbones.base import BackboneAdapter
+
+#: Extension points a policy declares by subclassing `ExitPolicy` (a plain object cannot declare them).
+EXTENSION_POINTS = ("plan_depths", "decides_after", "on_decision", "on_final", "validate_for", "create_state",
+                    "create_call_state")
+
+
+class PolicyState:
+    """What a stateful policy remembers across the model calls of one sampling run.
+
+    The policy makes it (`ExitPolicy.create_state`); the engine owns it: it creates one when a policy is
+    applied or the exit config changes, calls `reset()` on `reset_exit_state`, drops it on
+    `remove_early_exit`, and reports `nbytes()` through `exit_state_nbytes`. Tensor attributes are counted
+    by the default `nbytes`.
+    """
+
+    def reset(self) -> None:
+        """Forget everything (the next call starts a new run)."""
+        raise NotImplementedError
+
+    def nbytes(self) -> int:
+        """Bytes held by the tensor attributes of this state."""
+        return sum(t.numel() * t.element_size() for t in vars(self).values() if isinstance(t, torch.Tensor))
 
 
 @dataclass
@@ -20,14 +52,13 @@ class ExitContext:
             1000-step schedule).
         certainty: (A,) mean certainty of every active row from the uncertainty heads, or None when the
             policy does not need heads.
-        rows: (A,) long tensor, the position of every active row in the model's input batch.
+        rows: (A,) long tensor, the position of every active row in the model's input batch (ascending).
         batch_size: B, the model's input batch size.
-        scratch: a dict that lives for one model call, for policies that remember something across blocks
-            (for example a per-row streak); the engine empties it at every model call.
-        hidden: (A, L, D) the block's output hidden state for the active rows (transformer backbones).
+        hidden: (A, L, D) the block's output hidden state for the active rows (transformer backbones; None on
+            U-Nets).
         block_input: (A, L, D) the block's input hidden state for the active rows (transformer backbones).
-        persistent: a dict that lives across model calls (a sampling run), for policies with per-row caches;
-            the engine empties it when the exit config changes and on `remove_early_exit`.
+        state: the policy's `PolicyState` (from `create_state`), or None.
+        call_state: what the policy's `create_call_state` made for this model call, or None.
     """
 
     block_index: int
@@ -36,49 +67,107 @@ class ExitContext:
     certainty: torch.Tensor | None
     rows: torch.Tensor
     batch_size: int
-    scratch: dict[str, Any] = field(default_factory=dict)
     hidden: torch.Tensor | None = None
     block_input: torch.Tensor | None = None
-    persistent: dict[str, Any] | None = None
+    state: PolicyState | None = None
+    call_state: Any = None
 
 
-@runtime_checkable
-class ExitPolicy(Protocol):
-    """Decides, after each block, which active rows stop.
+class ExitPolicy:
+    """Decides, after each block, which active rows stop. Subclass it and override what you need.
 
-    Write your own policy with one method and one attribute:
+    The one method most policies override is `exit_mask`; the defaults of the others make a policy that
+    decides after every block, plans nothing and keeps no state.
 
     ```py
-    class ExitWhenNoisy:
-        needs_certainty = False
+    >>> import torch
+    >>> from ee_diffusion.schedules import ExitContext, ExitPolicy
+    >>> class ExitWhenNoisy(ExitPolicy):
+    ...     def exit_mask(self, ctx: ExitContext) -> torch.Tensor:
+    ...         return (ctx.timesteps >= 900) & (ctx.block_index >= 1)  # (A,) bool
+    >>> ctx = ExitContext(block_index=1, num_blocks=4, timesteps=torch.tensor([100.0, 950.0]), certainty=None,
+    ...                   rows=torch.arange(2), batch_size=2)
+    >>> ExitWhenNoisy().exit_mask(ctx).tolist()
+    [False, True]
 
-        def exit_mask(self, ctx: ExitContext) -> torch.Tensor:
-            # (A,) bool: rows with t >= 900 stop after block 2
-            return (ctx.timesteps >= 900) & (ctx.block_index >= 1)
     ```
-
-    A policy that only ever stops rows after some blocks may implement `decides_after(block_index, num_blocks)
-    -> bool`; the engine then skips the decision (and its host sync) after every other block.
-
-    A policy that keeps per-row state across calls (see `CachedTailResidual`) may implement
-    `on_decision(ctx, mask) -> Tensor (A, ...) | None`, called after the final decision of a block (with
-    guidance pairing applied): it returns what the exiting rows park instead of their hidden state; and
-    `on_final(ctx)`, called after the last block with the rows that ran fully.
-
-    A policy whose decisions depend only on the timestep may also implement
-    `plan_depths(timesteps, num_blocks) -> LongTensor (B,)` (the number of blocks each row runs); the engine then
-    plans the whole forward pass up front and never synchronises with the device between blocks.
     """
 
-    needs_certainty: bool
+    #: Whether the policy reads `ctx.certainty` (the engine then needs `UncertaintyHeads`).
+    needs_certainty: ClassVar[bool] = False
 
     def exit_mask(self, ctx: ExitContext) -> torch.Tensor:
-        """Return a (A,) bool tensor on the rows' device: True for rows that exit after this block."""
-        ...
+        """(A,) bool tensor on the rows' device: True for rows that exit after this block. Default: none."""
+        return torch.zeros(ctx.rows.shape, dtype=torch.bool, device=ctx.rows.device)
+
+    def plan_depths(self, timesteps: torch.Tensor, num_blocks: int) -> torch.Tensor | None:
+        """(B,) timesteps -> (B,) long number of blocks each row runs, for policies that depend on the timestep
+        only; the engine then plans the forward pass up front with no device sync between blocks. Default:
+        None (decide after each block with `exit_mask`)."""
+        return None
+
+    def decides_after(self, block_index: int, num_blocks: int) -> bool:
+        """Whether rows may stop after this block; False skips the decision (and its host sync). Default: True."""
+        return True
+
+    def on_decision(self, ctx: ExitContext, mask: torch.Tensor) -> torch.Tensor | None:
+        """Called with the final (A,) mask of a block (guidance pairing applied). Return (A, ...) values that the
+        exiting rows park instead of their hidden state, or None (default: the hidden state)."""
+        return None
+
+    def on_final(self, ctx: ExitContext) -> None:
+        """Called after the last block with the rows that ran fully (`ctx.hidden` is h_N). Default: nothing."""
+
+    def validate_for(self, adapter: BackboneAdapter) -> None:
+        """Raise `ValueError` if the policy cannot run on this backbone (checked at apply time). Default: runs."""
+
+    def create_state(self) -> PolicyState | None:
+        """A fresh `PolicyState` for a policy that remembers across model calls; None (default) for none."""
+        return None
+
+    def create_call_state(self, batch_size: int, device: torch.device) -> Any:
+        """What the policy remembers across the blocks of one model call (`ctx.call_state`); default None."""
+        return None
 
 
-class SerializablePolicy:
-    """Mixin for the built-in policies: round-trips through a JSON-friendly dict with a `type` key."""
+class _PlainPolicy(ExitPolicy):
+    """A user's plain object with `needs_certainty` and `exit_mask(ctx)`, run as an `ExitPolicy`."""
+
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+
+    @property
+    def needs_certainty(self) -> bool:  # type: ignore[override]
+        return bool(self.policy.needs_certainty)
+
+    def exit_mask(self, ctx: ExitContext) -> torch.Tensor:
+        return self.policy.exit_mask(ctx)
+
+
+def as_exit_policy(policy: Any) -> ExitPolicy:
+    """`policy` itself if it is an `ExitPolicy`; a plain object with `needs_certainty` and `exit_mask(ctx)`
+    wrapped as one; else a `TypeError` that says how to subclass."""
+    if isinstance(policy, ExitPolicy):
+        return policy
+    name = type(policy).__name__
+    if isinstance(policy, type):
+        raise TypeError(f"policy must be an ExitPolicy instance, got the class {policy.__name__}; instantiate it")
+    if not (callable(getattr(policy, "exit_mask", None)) and hasattr(policy, "needs_certainty")):
+        raise TypeError(
+            f"policy must be an ExitPolicy (subclass ee_diffusion.schedules.ExitPolicy and override exit_mask), a "
+            f"plain object with a `needs_certainty` attribute and an `exit_mask(ctx)` method, or None; got {name}"
+        )
+    declared = [point for point in EXTENSION_POINTS if hasattr(policy, point)]
+    if declared:
+        raise TypeError(
+            f"{name} defines {declared} but is not an ExitPolicy, so the engine would ignore them: subclass "
+            f"ee_diffusion.schedules.ExitPolicy (class {name}(ExitPolicy): ...) to declare them"
+        )
+    return _PlainPolicy(policy)
+
+
+class SerializablePolicy(ExitPolicy):
+    """Base of the built-in policies: round-trips through a JSON-friendly dict with a `type` key."""
 
     registry: ClassVar[dict[str, type]] = {}
 

@@ -4,29 +4,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .._validation import check_int
 from .base import ExitContext, SerializablePolicy
+from .buckets import bucket_index, check_boundaries
+
+if TYPE_CHECKING:
+    from ..backbones.base import BackboneAdapter
 
 
 def _check_depth(depth: Any, name: str) -> int:
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"{name} must be an integer >= 1 (number of blocks to run), got {depth!r}")
-    return depth
+    return check_int(depth, name, 1, "number of blocks to run")
 
 
 class _PlannedPolicy(SerializablePolicy):
     """Shared behaviour of policies that know every row's depth before the forward pass."""
 
-    needs_certainty = False
-
     def plan_depths(self, timesteps: torch.Tensor, num_blocks: int) -> torch.Tensor:
         """(B,) timesteps -> (B,) long: how many blocks each row runs."""
         raise NotImplementedError
 
-    def validate_for(self, num_blocks: int) -> None:
+    def validate_for(self, adapter: BackboneAdapter) -> None:
+        num_blocks = adapter.num_blocks
         deepest = max(self._all_depths())
         if deepest > num_blocks:
             raise ValueError(
@@ -93,19 +95,10 @@ class TimestepSchedule(_PlannedPolicy):
     depths: Sequence[int]
 
     def __post_init__(self) -> None:
-        if isinstance(self.boundaries, (str, bytes)) or not isinstance(self.boundaries, Sequence):
-            raise ValueError(f"boundaries must be a list of timesteps, got {self.boundaries!r}")
+        self.boundaries = check_boundaries(self.boundaries, "boundaries")
         if isinstance(self.depths, (str, bytes)) or not isinstance(self.depths, Sequence):
             raise ValueError(f"depths must be a list of integers, got {self.depths!r}")
-        self.boundaries = list(self.boundaries)
         self.depths = list(self.depths)
-        for b in self.boundaries:
-            if isinstance(b, bool) or not isinstance(b, (int, float)) or b != b:
-                raise ValueError(f"boundaries must be numbers, got {self.boundaries!r}")
-            if abs(b) == float("inf"):
-                raise ValueError(f"boundaries must be finite timesteps, got {self.boundaries!r}")
-        if any(b1 >= b2 for b1, b2 in zip(self.boundaries, self.boundaries[1:])):
-            raise ValueError(f"boundaries must be strictly increasing, got {self.boundaries!r}")
         if len(self.depths) != len(self.boundaries) + 1:
             raise ValueError(
                 f"depths needs one entry more than boundaries (one per interval): got {len(self.boundaries)} "
@@ -115,11 +108,9 @@ class TimestepSchedule(_PlannedPolicy):
             _check_depth(d, "every entry of depths")
 
     def plan_depths(self, timesteps: torch.Tensor, num_blocks: int) -> torch.Tensor:
-        # (B,) -> (B,): bucket j = number of boundaries <= t, looked up vectorised (no per-row Python).
-        edges = torch.tensor(self.boundaries, dtype=torch.float64, device=timesteps.device)
+        # (B,) -> (B,): bucket j = number of boundaries <= t.
         table = torch.tensor(self.depths, dtype=torch.long, device=timesteps.device)
-        bucket = torch.bucketize(timesteps.to(torch.float64), edges, right=True)
-        return table[bucket].clamp(max=num_blocks)
+        return table[bucket_index(timesteps, self.boundaries)].clamp(max=num_blocks)
 
     def _all_depths(self) -> list[int]:
         return list(self.depths)

@@ -11,16 +11,17 @@ batch average no longer lets a hard sample be skipped.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .._validation import check_number
-from .base import ExitContext, SerializablePolicy
+from .._validation import check_int, check_number
+from .base import ExitContext, PolicyState, SerializablePolicy
+
+if TYPE_CHECKING:
+    from ..backbones.base import BackboneAdapter
 
 CRITERIA = ("residual", "uncertainty", "timestep")
-_STATE_KEY = "tail_cache"
-_RESIDUAL_KEY = "tail_cache.residual"  # ctx.scratch: the decision block's (A, L, D) residual of this call
 
 
 def _take(state: torch.Tensor, rows: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -36,25 +37,48 @@ def _put(state: torch.Tensor, rows: torch.Tensor, batch_size: int, values: torch
         state.index_copy_(0, rows, values)
 
 
-class _RowCache:
-    """Per-row tensors that live across the model calls of one sampling run.
+class TailCacheState(PolicyState):
+    """Per-row tensors of `CachedTailResidual` that live across the model calls of one sampling run.
 
-    Shapes: B rows (both guidance halves), hidden states (B, L, D).
+    Shapes: B rows (both guidance halves), hidden states (B, L, D). Empty (`batch_size == 0`) until the first
+    call of a run allocates it.
     """
 
-    def __init__(self, batch_size: int, hidden: torch.Tensor) -> None:
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.batch_size = 0
+        self.last_t: torch.Tensor | None = None  # (B,) timestep of the row's last call
+        self.valid: torch.Tensor | None = None  # (B,) bool: the row has a tail residual
+        self.cached_calls: torch.Tensor | None = None  # (B,) long: consecutive skipped calls
+        self.head_residual: torch.Tensor | None = None  # decision block's residual at the last full call
+        self.exit_hidden: torch.Tensor | None = None  # h_k of the current call (rows that run the tail)
+        self.tail: torch.Tensor | None = None  # h_N - h_k at the last full call
+
+    def allocate(self, batch_size: int, hidden: torch.Tensor) -> None:
+        """Start a new run for `batch_size` rows whose hidden states look like `hidden` (A, L, D)."""
         shape = (batch_size, *hidden.shape[1:])
         device = hidden.device
         self.batch_size = batch_size
-        self.last_t = torch.full((batch_size,), float("inf"), device=device)  # (B,) timestep of the last call
-        self.valid = torch.zeros(batch_size, dtype=torch.bool, device=device)  # (B,) row has a tail residual
-        self.cached_calls = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,) consecutive skips
-        self.head_residual = hidden.new_zeros(shape)  # decision block's residual at the last full call
-        self.exit_hidden = hidden.new_zeros(shape)  # h_k of the current call (rows that run the tail)
-        self.tail = hidden.new_zeros(shape)  # h_N - h_k at the last full call
+        self.last_t = torch.full((batch_size,), float("inf"), device=device)
+        self.valid = torch.zeros(batch_size, dtype=torch.bool, device=device)
+        self.cached_calls = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.head_residual = hidden.new_zeros(shape)
+        self.exit_hidden = hidden.new_zeros(shape)
+        self.tail = hidden.new_zeros(shape)
 
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in vars(self).values() if isinstance(t, torch.Tensor))
+    def fits(self, batch_size: int, hidden: torch.Tensor) -> bool:
+        """Whether the allocated tensors belong to batches of this size and hidden shape."""
+        return self.batch_size == batch_size and self.head_residual is not None \
+            and self.head_residual.shape[1:] == hidden.shape[1:]
+
+
+class _CallResidual:
+    """One model call's (A, L, D) residual of the decision block, computed by `exit_mask`, stored by `on_decision`."""
+
+    def __init__(self) -> None:
+        self.residual: torch.Tensor | None = None
 
 
 @dataclass
@@ -82,9 +106,11 @@ class CachedTailResidual(SerializablePolicy):
     are nearly due refresh together and the tail is skipped on more calls. A row then depends on its batch (as
     with FirstBlockCache), though a row that changes a lot still runs alone.
 
-    The per-row state (three (B, L, D) tensors and a few (B,) ones) lives in the engine, is reset when a new
-    sampling run starts (a row's timestep goes up, or the batch size changes), when the exit config changes and
-    on `remove_early_exit`; `exit_state_nbytes(model)` reports its size. Works with any scheduler, including
+    The per-row state (`TailCacheState`: three (B, L, D) tensors and a few (B,) ones) is owned by the engine,
+    made anew when the exit config changes, emptied by `reset_exit_state` and dropped on `remove_early_exit`;
+    the policy itself starts a new run when a row's timestep goes up or the batch size changes.
+    `exit_state_nbytes(model)` reports its size. Transformer backbones only (it needs every row's block input
+    and output); on a U-Net it is refused at `apply_early_exit`. Works with any scheduler, including
     Heun-type ones that call the model twice per step (each call is one "call" here).
 
     ```py
@@ -106,14 +132,12 @@ class CachedTailResidual(SerializablePolicy):
 
     def __post_init__(self) -> None:
         self.threshold = check_number(self.threshold, "threshold", 0.0)
-        if isinstance(self.exit_block, bool) or not isinstance(self.exit_block, int) or self.exit_block < 1:
-            raise ValueError(f"exit_block must be an integer >= 1 (blocks run by a skipping row), got {self.exit_block!r}")
+        check_int(self.exit_block, "exit_block", 1, "blocks run by a skipping row")
         if self.criterion not in CRITERIA:
             raise ValueError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
         self.certainty_threshold = check_number(self.certainty_threshold, "certainty_threshold", 0.0, 1.0, True)
         self.skip_above_t = check_number(self.skip_above_t, "skip_above_t", 0.0)
-        if isinstance(self.max_cached_calls, bool) or not isinstance(self.max_cached_calls, int) or self.max_cached_calls < 1:
-            raise ValueError(f"max_cached_calls must be an integer >= 1, got {self.max_cached_calls!r}")
+        check_int(self.max_cached_calls, "max_cached_calls", 1)
         self.full_below_t = check_number(self.full_below_t, "full_below_t", 0.0)
         if self.join_threshold is not None:
             if self.criterion != "residual":
@@ -124,7 +148,14 @@ class CachedTailResidual(SerializablePolicy):
     def needs_certainty(self) -> bool:
         return self.criterion == "uncertainty"
 
-    def validate_for(self, num_blocks: int) -> None:
+    def validate_for(self, adapter: BackboneAdapter) -> None:
+        if not adapter.sequential:
+            raise ValueError(
+                f"CachedTailResidual needs every row's block input and output hidden states, which "
+                f"{type(adapter.model).__name__} (exits by depth truncation) does not have; use StaticDepth, "
+                f"TimestepSchedule or UncertaintyThreshold on U-Nets"
+            )
+        num_blocks = adapter.num_blocks
         if self.exit_block >= num_blocks:
             raise ValueError(
                 f"exit_block must be below the model's {num_blocks} blocks (a skipping row must leave a tail to "
@@ -132,6 +163,12 @@ class CachedTailResidual(SerializablePolicy):
             )
 
     # ------------------------------------------------------------------------------------------ engine protocol
+    def create_state(self) -> TailCacheState:
+        return TailCacheState()
+
+    def create_call_state(self, batch_size: int, device: torch.device) -> _CallResidual:
+        return _CallResidual()
+
     def decides_after(self, block_index: int, num_blocks: int) -> bool:
         """Rows only ever stop after the decision block."""
         return block_index == self.exit_block - 1
@@ -140,14 +177,15 @@ class CachedTailResidual(SerializablePolicy):
         """(A,) bool: at the decision block, rows whose criterion says the tail may be skipped."""
         if ctx.block_index != self.exit_block - 1:
             return torch.zeros(ctx.rows.shape, dtype=torch.bool, device=ctx.rows.device)
-        if ctx.hidden is None or ctx.block_input is None or ctx.persistent is None:
-            raise ValueError("CachedTailResidual needs a transformer backbone (block inputs and outputs per row)")
-        cache = self._cache(ctx)
+        if ctx.hidden is None or ctx.block_input is None or not isinstance(ctx.state, TailCacheState):
+            raise ValueError("CachedTailResidual needs a transformer backbone (block inputs and outputs per row) and "
+                             "its TailCacheState (ctx.state)")
+        cache = self._start_call(ctx)
         rows = ctx.rows  # nobody leaves before the decision block, so these are all B rows, in order
         joins = None  # (A,) rows that run the tail whenever some other row does (join_threshold)
         if self.criterion == "residual":
             residual = ctx.hidden - ctx.block_input  # (A, L, D)
-            ctx.scratch[_RESIDUAL_KEY] = residual  # on_decision stores it
+            ctx.call_state.residual = residual  # on_decision stores it
             previous = _take(cache.head_residual, rows, cache.batch_size)
             dims = tuple(range(1, residual.ndim))
             change = (residual - previous).abs().float().mean(dim=dims)
@@ -173,10 +211,10 @@ class CachedTailResidual(SerializablePolicy):
         """After the final decision (CFG pairing applied): update the cache; return what skipping rows park."""
         if ctx.block_index != self.exit_block - 1:
             return None
-        cache = ctx.persistent[_STATE_KEY]
+        cache = ctx.state
         rows, b = ctx.rows, cache.batch_size
         keep = (~mask)[:, None, None]  # (A, 1, 1) rows that run the tail
-        residual = ctx.scratch.get(_RESIDUAL_KEY)
+        residual = ctx.call_state.residual
         if residual is None:
             residual = ctx.hidden - ctx.block_input
         # Rows that run the tail store this call's head residual and h_k; skipping rows keep their old ones.
@@ -188,24 +226,22 @@ class CachedTailResidual(SerializablePolicy):
 
     def on_final(self, ctx: ExitContext) -> None:
         """After the last block: the rows that ran fully refresh their tail residual r = h_N - h_k."""
-        cache = ctx.persistent.get(_STATE_KEY)
-        if cache is None:
+        cache = ctx.state
+        if not isinstance(cache, TailCacheState) or cache.batch_size == 0:
             return
         rows, b = ctx.rows, cache.batch_size
         _put(cache.tail, rows, b, ctx.hidden - _take(cache.exit_hidden, rows, b))
         cache.valid.index_fill_(0, rows, True)
 
-    def _cache(self, ctx: ExitContext) -> _RowCache:
-        """The run's cache, made anew when a new sampling run starts (a timestep went up or B changed)."""
-        cache = ctx.persistent.get(_STATE_KEY)
-        if cache is not None and cache.batch_size == ctx.batch_size and cache.head_residual.shape[1:] == ctx.hidden.shape[1:]:
-            # One host sync per call: did any row's timestep go up since the last call?
-            if not bool((ctx.timesteps > cache.last_t.index_select(0, ctx.rows)).any()):
-                cache.last_t.index_copy_(0, ctx.rows, ctx.timesteps.float())
-                return cache
-        cache = _RowCache(ctx.batch_size, ctx.hidden)
+    def _start_call(self, ctx: ExitContext) -> TailCacheState:
+        """The run's state; a new run starts when a row's timestep went up or the batch shape changed."""
+        cache = ctx.state
+        # One host sync per call: did any row's timestep go up since the last call?
+        if not cache.fits(ctx.batch_size, ctx.hidden) or bool(
+            (ctx.timesteps > cache.last_t.index_select(0, ctx.rows)).any()
+        ):
+            cache.allocate(ctx.batch_size, ctx.hidden)
         cache.last_t.index_copy_(0, ctx.rows, ctx.timesteps.float())
-        ctx.persistent[_STATE_KEY] = cache
         return cache
 
     def to_dict(self) -> dict[str, Any]:

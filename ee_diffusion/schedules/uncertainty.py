@@ -8,7 +8,9 @@ from typing import Any
 
 import torch
 
+from .._validation import check_int
 from .base import ExitContext, SerializablePolicy
+from .buckets import bucket_index, check_boundaries
 
 
 def _check_threshold(value: Any, name: str) -> float:
@@ -49,25 +51,18 @@ class UncertaintyThreshold(SerializablePolicy):
 
     def __post_init__(self) -> None:
         self.threshold = _check_threshold(self.threshold, "threshold")
-        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
-            raise ValueError(f"patience must be an integer >= 1, got {self.patience!r}")
+        check_int(self.patience, "patience", 1)
         if self.per_timestep is not None:
             if not isinstance(self.per_timestep, Mapping) or set(self.per_timestep) != {"boundaries", "thresholds"}:
                 raise ValueError(
                     "per_timestep must be a dict with exactly the keys 'boundaries' and 'thresholds', "
                     f"got {self.per_timestep!r}"
                 )
-            for key in ("boundaries", "thresholds"):
-                value = self.per_timestep[key]
-                if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-                    raise ValueError(f"per_timestep {key!r} must be a list of numbers, got {value!r}")
-            boundaries = list(self.per_timestep["boundaries"])
-            thresholds = [_check_threshold(c, "every per_timestep threshold") for c in self.per_timestep["thresholds"]]
-            if any(not isinstance(b, (int, float)) or isinstance(b, bool) or b != b or abs(b) == float("inf")
-                   for b in boundaries):
-                raise ValueError(f"per_timestep boundaries must be numbers (finite), got {boundaries!r}")
-            if any(b1 >= b2 for b1, b2 in zip(boundaries, boundaries[1:])):
-                raise ValueError(f"per_timestep boundaries must be strictly increasing, got {boundaries!r}")
+            boundaries = check_boundaries(self.per_timestep["boundaries"], "per_timestep boundaries")
+            values = self.per_timestep["thresholds"]
+            if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+                raise ValueError(f"per_timestep 'thresholds' must be a list of numbers, got {values!r}")
+            thresholds = [_check_threshold(c, "every per_timestep threshold") for c in values]
             if len(thresholds) != len(boundaries) + 1:
                 raise ValueError(
                     f"per_timestep needs one threshold more than boundaries: got {len(boundaries)} boundaries "
@@ -79,9 +74,12 @@ class UncertaintyThreshold(SerializablePolicy):
         """(A,) timesteps -> (A,) thresholds (float32, on the timesteps' device)."""
         if self.per_timestep is None:
             return torch.full(timesteps.shape, self.threshold, dtype=torch.float32, device=timesteps.device)
-        edges = torch.tensor(self.per_timestep["boundaries"], dtype=torch.float64, device=timesteps.device)
         table = torch.tensor(self.per_timestep["thresholds"], dtype=torch.float32, device=timesteps.device)
-        return table[torch.bucketize(timesteps.to(torch.float64), edges, right=True)]
+        return table[bucket_index(timesteps, self.per_timestep["boundaries"])]
+
+    def create_call_state(self, batch_size: int, device: torch.device) -> torch.Tensor | None:
+        """(B,) long: every row's count of consecutive passes in this call (only with patience > 1)."""
+        return None if self.patience == 1 else torch.zeros(batch_size, dtype=torch.long, device=device)
 
     def exit_mask(self, ctx: ExitContext) -> torch.Tensor:
         if ctx.certainty is None:
@@ -89,10 +87,9 @@ class UncertaintyThreshold(SerializablePolicy):
         passed = ctx.certainty.float() > self.thresholds_for(ctx.timesteps)  # (A,)
         if self.patience == 1 or ctx.block_index >= ctx.num_blocks // 2:
             return passed
-        # Per-row count of consecutive passes, kept for the whole batch (B,) across the blocks of one call.
-        streak = ctx.scratch.get("streak")
+        streak = ctx.call_state  # (B,) consecutive passes, across the blocks of this call
         if streak is None:
-            streak = ctx.scratch["streak"] = torch.zeros(ctx.batch_size, dtype=torch.long, device=passed.device)
+            raise ValueError("UncertaintyThreshold with patience > 1 needs ctx.call_state from create_call_state()")
         count = torch.where(passed, streak[ctx.rows] + 1, torch.zeros_like(streak[ctx.rows]))
         streak[ctx.rows] = count
         return count >= self.patience

@@ -1,8 +1,8 @@
-"""Early exit on U-Nets by depth truncation: the engine subclass the hooks use for `UNet2DModel`-style models.
+"""The engine for U-Nets: rows truncate after a down block and rejoin at the matching up block.
 
-Rows leave after a down block and rejoin at the matching up block with a learned replacement (`UNetExitBridges`)
-of the inner levels they skipped; the mid block and the inner up blocks run on the deeper rows only. The
-design and why: `ee_diffusion.backbones.unet` and docs/backbones.md.
+A row of depth d leaves after down block d-1 and rejoins at up block N-d with its bridged features (the learned
+replacement of the inner levels it skipped, `UNetExitBridges`); the mid block and the inner up blocks run on
+the deeper rows only. The design and why: `ee_diffusion.unet.adapter` and docs/backbones.md.
 """
 
 from __future__ import annotations
@@ -14,17 +14,31 @@ from typing import Any
 import torch
 from torch import nn
 
-from .backbones import BackboneAdapter
-from .config import EarlyExitConfig
-from .engine import _CallState, _EarlyExitEngine
-from .heads import UncertaintyHeads
+from ..backbones.base import BackboneAdapter
+from ..config import EarlyExitConfig
+from ..engine_base import CallState, EngineBase
 
 
-class _UNetEngine(_EarlyExitEngine):
-    """Depth truncation of a U-Net (see `ee_diffusion.backbones.unet`): rows leave after a down block and rejoin
-    at the matching up block with their bridged features; the inner levels run on the deeper rows only."""
+class UNetCallState(CallState):
+    """A U-Net call: which rows ran each level, and the rows that truncated there with their bridged input.
 
-    def __init__(self, adapter: BackboneAdapter, config: EarlyExitConfig, heads: UncertaintyHeads | None,
+    level_rows[i]: the rows that ran down block i (None = all rows), present once it ran; joins[i]: (leaving,
+    staying, bridged) of the rows that truncated after down block i, local indices into level_rows[i] (None,
+    None when all of them left), bridged (J, C, H, W) their replacement input of up block N-1-i;
+    level_sliced[i]: up-block inputs already gathered to level_rows[i].
+    """
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.level_rows: dict[int, torch.Tensor | None] = {}
+        self.joins: dict[int, tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]] = {}
+        self.level_sliced: dict[int, dict[str, torch.Tensor]] = {}
+
+
+class UNetEngine(EngineBase):
+    """Depth truncation of a U-Net: hooks its down blocks, mid block and up blocks."""
+
+    def __init__(self, adapter: BackboneAdapter, config: EarlyExitConfig, heads: nn.Module | None,
                  bridges: nn.Module | None) -> None:
         super().__init__(adapter, config, heads)
         self.bridges = bridges
@@ -38,9 +52,12 @@ class _UNetEngine(_EarlyExitEngine):
         targets += [(up, functools.partial(self.run_up, n - 1 - j, up)) for j, up in enumerate(model.up_blocks)]
         return targets
 
+    def new_call_state(self, batch_size: int, timesteps: torch.Tensor, paired: bool) -> UNetCallState:
+        return UNetCallState(batch_size, timesteps, self.num_blocks, paired)
+
     def run_down(self, level: int, module: nn.Module, forward: Callable, args: tuple, kwargs: dict[str, Any]) -> Any:
         state = self.call
-        if state is None or self.config.policy is None:
+        if state is None or self.policy is None:
             return forward(*args, **kwargs)
         adapter = self.adapter
         inputs = adapter.named_inputs(module, args, kwargs)
@@ -50,7 +67,7 @@ class _UNetEngine(_EarlyExitEngine):
             # (how many res samples each block adds) intact; only skipped up blocks would read them.
             return hidden, (hidden,) * adapter.num_res_samples(level)
         if state.compacted:
-            inputs = self._slice_inputs(state, inputs)
+            inputs = self.slice_inputs(state, inputs, state.rows, state.sliced)
         state.level_rows[level] = state.rows if state.compacted else None
         out, res = forward(hidden, **inputs)  # (A, C, H/2, W/2), res_samples at this level's rows
         if level == self.num_blocks - 1:
@@ -61,27 +78,23 @@ class _UNetEngine(_EarlyExitEngine):
         if state.uniform_depth is not None:
             if level == state.uniform_depth - 1:
                 everyone = torch.arange(out.shape[0], device=out.device)
-                out, carried = self._commit(state, out, everyone, everyone, everyone[:0], carried=carried)
+                out, carried = self.commit(state, out, everyone, everyone, everyone[:0], carried)
         elif state.plan is not None:
             step = state.plan[level]
             if step is not None:
-                out, carried = self._commit(state, out, *step, carried=carried)
-        else:
-            out, carried = self._decide(state, level, out, carried, feature=feature)
+                out, carried = self.commit(state, out, *step, carried)
+        elif self.policy.decides_after(level, self.num_blocks):
+            out, carried = self.decide(state, level, out, carried, head_input=feature, hidden=None, block_input=None)
         return out, carried[1]  # (hidden for the next down block, res_samples)
 
-    def _commit(
-        self,
-        state: _CallState,
-        out: torch.Tensor,
-        leaving: torch.Tensor,
-        leaving_rows: torch.Tensor,
-        staying: torch.Tensor,
-        carried: Any = None,
+    def commit(
+        self, state: UNetCallState, out: torch.Tensor, leaving: torch.Tensor, leaving_rows: torch.Tensor,
+        staying: torch.Tensor, carried: Any, parked_values: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Any]:
         """Bridge the leaving rows' features for their rejoin; compact what flows deeper.
 
-        `carried` is (level, res_samples, feature, temb); returns (out, carried) with both compacted.
+        `carried` is (level, res_samples, feature, temb); returns (out, carried) with both compacted. Policies
+        that park values of their own (`on_decision`) are refused for U-Nets at apply time.
         """
         level, res, feature, temb = carried
         if staying.numel() == 0:
@@ -92,27 +105,24 @@ class _UNetEngine(_EarlyExitEngine):
         state.joins[level] = (leaving, staying, bridged)
         # The downsampled output (last res sample) feeds the next level's up block: staying rows only.
         res = (*res[:-1], res[-1].index_select(0, staying))
-        state.rows = state.rows.index_select(0, staying)
-        state.active_timesteps = state.active_timesteps.index_select(0, staying)
-        state.compacted = True
-        state.sliced.clear()
+        state.keep_rows(staying)
         return out.index_select(0, staying), (level, res, feature, temb)
 
     def run_mid(self, module: nn.Module, forward: Callable, args: tuple, kwargs: dict[str, Any]) -> Any:
         state = self.call
-        if state is None or self.config.policy is None:
+        if state is None or self.policy is None:
             return forward(*args, **kwargs)
         inputs = self.adapter.named_inputs(module, args, kwargs)
         hidden = inputs.pop("hidden_states")
         if state.done:
             return hidden
         if state.compacted:
-            inputs = self._slice_inputs(state, inputs)
+            inputs = self.slice_inputs(state, inputs, state.rows, state.sliced)
         return forward(hidden, **inputs)
 
     def run_up(self, level: int, module: nn.Module, forward: Callable, args: tuple, kwargs: dict[str, Any]) -> Any:
         state = self.call
-        if state is None or self.config.policy is None:
+        if state is None or self.policy is None:
             return forward(*args, **kwargs)
         inputs = self.adapter.named_inputs(module, args, kwargs)
         hidden = inputs.pop("hidden_states")
@@ -131,11 +141,5 @@ class _UNetEngine(_EarlyExitEngine):
                 hidden = merged
         rows = state.level_rows[level]
         if rows is not None:
-            cache = state.level_sliced.setdefault(level, {})
-            for name in self.adapter.batch_inputs:
-                value = inputs.get(name)
-                if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == state.batch_size:
-                    if name not in cache:
-                        cache[name] = value.index_select(0, rows)
-                    inputs[name] = cache[name]
+            inputs = self.slice_inputs(state, inputs, rows, state.level_sliced.setdefault(level, {}))
         return forward(hidden, **inputs)

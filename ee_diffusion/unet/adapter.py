@@ -1,4 +1,4 @@
-"""U-Net early exit by depth truncation: `UNet2DModel` and `UNet2DConditionModel`.
+"""The engine's view of a U-Net (`UNet2DModel`, `UNet2DConditionModel`): early exit by depth truncation.
 
 A U-Net has no flat block list: its decoder needs every encoder skip tensor, and only the last up block
 matches the output head. So a U-Net "exits" by *truncating its depth*. Number the levels from the outside
@@ -26,16 +26,16 @@ rows. Exit statistics count levels: `blocks_run` of a row is its depth d (N = fu
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from diffusers import UNet2DConditionModel, UNet2DModel
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from .base import BackboneAdapter
+from ..backbones.base import BackboneAdapter
+
+if TYPE_CHECKING:
+    from .bridges import UNetExitBridges
 
 #: Block classes whose call contract the engine knows: down blocks return (hidden, res_samples); up blocks
 #: take `res_hidden_states_tuple`; mid blocks return the hidden state.
@@ -51,7 +51,7 @@ class UNetAdapter(BackboneAdapter):
     the mid block and the up blocks (see the module docstring for the design).
 
     ```py
-    >>> from ee_diffusion.backbones import UNetAdapter
+    >>> from ee_diffusion.unet import UNetAdapter
     >>> from ee_diffusion.testing import tiny_unet
     >>> adapter = UNetAdapter(tiny_unet())
     >>> adapter.num_blocks, adapter.level_channels(), adapter.bridge_shapes()
@@ -62,8 +62,8 @@ class UNetAdapter(BackboneAdapter):
 
     model_classes = (UNet2DModel, UNet2DConditionModel)
     batch_inputs = ("temb", "encoder_hidden_states", "attention_mask", "encoder_attention_mask")
-    #: the engine runs U-Nets with `_UNetEngine` (truncation and rejoin) instead of the sequential engine.
-    truncates = True
+    #: U-Nets exit by truncating their depth (`ee_diffusion.unet.engine`), not by decoding a block's tokens.
+    sequential = False
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -105,9 +105,6 @@ class UNetAdapter(BackboneAdapter):
     def blocks(self) -> nn.ModuleList:
         return self.model.down_blocks
 
-    def block_params(self, module: nn.Module) -> tuple[str, ...]:
-        return self._params[id(module)]
-
     def named_inputs(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Merge positional arguments of `module`'s forward into `kwargs` by parameter name."""
         if not args:
@@ -142,13 +139,19 @@ class UNetAdapter(BackboneAdapter):
         height, width = (size, size) if isinstance(size, int) else tuple(size)
         return (config.in_channels, height, width)
 
-    def hidden_dim(self) -> int:
+    def embedding_dim(self) -> int:
         return self.temb_dim()
+
+    def null_class_id(self) -> int | None:
+        """The last class-embedding row is the null class (guidance dropout); None without class embeddings."""
+        rows = getattr(self.model.config, "num_class_embeds", None)
+        return None if rows is None else int(rows) - 1
 
     def head_config(self) -> dict[str, Any]:
         channels, height, _ = self.prediction_shape()
         return {
             "num_blocks": self.num_blocks,
+            # U-Net heads read feature maps (`feature_channels`); this width is the timestep embedding's.
             "hidden_dim": self.temb_dim(),
             "patch_size": 1,
             "out_channels": channels,
@@ -180,7 +183,7 @@ class UNetAdapter(BackboneAdapter):
         return model.time_embedding(model.time_proj(timestep).to(dtype=dtype))
 
     def exit_outputs(
-        self, sample: torch.Tensor, timestep: torch.Tensor, bridges: UNetExitBridges | None = None, **conditioning: Any
+        self, sample: torch.Tensor, timestep: torch.Tensor, bridges: "UNetExitBridges | None" = None, **conditioning: Any
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """One pass for training: every level's feature map and the eps prediction of every depth 1..N.
 
@@ -236,88 +239,3 @@ class UNetAdapter(BackboneAdapter):
             predictions.append(prediction[:, :channels])
         predictions.append(output[:, :channels])
         return features, predictions
-
-
-class UNetExitBridges(ModelMixin, ConfigMixin):
-    """The learned replacement of a U-Net's skipped inner levels: one small bridge per truncation depth.
-
-    Bridge i (used by rows of depth i+1) maps level i's feature map (B, C_i, H_i, W_i) and the timestep
-    embedding (B, D_t) to the input of up block N-1-i, (B, C_{i+1}, H_i, W_i):
-    `conv_out(silu(conv_in(silu(h)) + proj(silu(temb))))`, 3x3 convolutions. `conv_out` starts at zero, so
-    untrained bridges replace the inner levels by zeros; fine-tune them (with the U-Net) with the ASE or
-    DeeDiff losses.
-
-    ```py
-    >>> from ee_diffusion.backbones import UNetExitBridges
-    >>> from ee_diffusion.testing import tiny_unet
-    >>> bridges = UNetExitBridges.from_model(tiny_unet())
-    >>> len(bridges.bridges), bridges.config.level_channels
-    (2, [8, 16, 16])
-
-    ```
-    """
-
-    @register_to_config
-    def __init__(self, level_channels: list[int], temb_dim: int, model_class: str = "UNet2DModel") -> None:
-        super().__init__()
-        if (
-            not isinstance(level_channels, (list, tuple))
-            or len(level_channels) < 2
-            or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in level_channels)
-        ):
-            raise ValueError(f"level_channels must be a list of >= 2 positive integers, got {level_channels!r}")
-        if isinstance(temb_dim, bool) or not isinstance(temb_dim, int) or temb_dim < 1:
-            raise ValueError(f"temb_dim must be a positive integer, got {temb_dim!r}")
-        self.bridges = nn.ModuleList(
-            _Bridge(level_channels[i], level_channels[i + 1], temb_dim) for i in range(len(level_channels) - 1)
-        )
-
-    @classmethod
-    def from_model(cls, model: nn.Module) -> "UNetExitBridges":
-        """Bridges shaped for `model` (a `UNet2DModel` or `UNet2DConditionModel`), on its device and dtype."""
-        if not isinstance(model, UNetAdapter.model_classes):
-            raise TypeError(
-                f"UNetExitBridges are made for UNet2DModel or UNet2DConditionModel, got {type(model).__name__}"
-            )
-        adapter = UNetAdapter(model)
-        bridges = cls(adapter.level_channels(), adapter.temb_dim(), type(model).__name__)
-        param = next(model.parameters())
-        bridges = bridges.to(param.device)
-        return bridges if param.dtype == torch.float32 else bridges.to(param.dtype)
-
-    def check_model(self, model: nn.Module) -> None:
-        """Raise `ValueError` naming every field where `model` differs from the model these bridges fit."""
-        adapter = UNetAdapter(model)
-        expected = {
-            "model_class": type(model).__name__,
-            "level_channels": adapter.level_channels(),
-            "temb_dim": adapter.temb_dim(),
-        }
-        wrong = [f"{k}: bridges have {self.config[k]!r}, model has {v!r}" for k, v in expected.items()
-                 if list_or_value(self.config[k]) != v]
-        if wrong:
-            raise ValueError("these U-Net bridges were made for a different model (" + "; ".join(wrong) + ")")
-
-    def forward(self, level: int, feature: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        """Bridge of depth `level + 1`: (B, C_i, H_i, W_i) feature, (B, D_t) temb -> (B, C_{i+1}, H_i, W_i)."""
-        if not 0 <= level < len(self.bridges):
-            raise ValueError(f"level must be in 0..{len(self.bridges) - 1}, got {level}")
-        return self.bridges[level](feature, temb)
-
-
-def list_or_value(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
-
-
-class _Bridge(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, temb_dim: int) -> None:
-        super().__init__()
-        self.conv_in = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
-        self.time_proj = nn.Linear(temb_dim, out_channels)
-        self.conv_out = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
-        nn.init.zeros_(self.conv_out.weight)
-        nn.init.zeros_(self.conv_out.bias)
-
-    def forward(self, feature: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        hidden = self.conv_in(F.silu(feature)) + self.time_proj(F.silu(temb.to(feature.dtype)))[:, :, None, None]
-        return self.conv_out(F.silu(hidden))

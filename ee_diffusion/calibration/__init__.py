@@ -1,0 +1,42 @@
+"""Calibration (a tool: it samples pipelines): choose an exit policy for a compute budget or a quality tolerance.
+
+- `calibrate_schedule(pipe, budget=0.5)` or `tolerance=`: a static `TimestepSchedule` (`schedule.py`);
+- `calibrate_thresholds(pipe, budget=0.5)`: per-timestep DeeDiff thresholds, simulated through the policy
+  itself on recorded certainties, then checked by a real run (`thresholds.py`);
+- `distil_schedule(exit_stats)`: the exits of a dynamic policy as a static schedule (`distil.py`).
+
+`save_calibration(result, path)` writes JSON (`{"exit_config": ..., "calibration": ...}`); `load_policy(path)`
+reads it back as an `EarlyExitConfig`. All measurements use a calibration set whose seeds are disjoint from
+any evaluation's.
+"""
+
+from .common import CalibrationResult, CalibrationSet, bisect_increasing, load_policy, save_calibration
+from .distil import distil_schedule
+from .run import run_calibration
+from .schedule import (
+    allocate_depths,
+    calibrate_schedule,
+    measure_depth_deviation,
+    schedule_from_deviation,
+    step_buckets,
+)
+from .thresholds import calibrate_thresholds, record_certainties, simulate_depths, thresholds_for_fractions
+
+__all__ = [
+    "CalibrationResult",
+    "CalibrationSet",
+    "allocate_depths",
+    "bisect_increasing",
+    "calibrate_schedule",
+    "calibrate_thresholds",
+    "distil_schedule",
+    "load_policy",
+    "measure_depth_deviation",
+    "record_certainties",
+    "run_calibration",
+    "save_calibration",
+    "schedule_from_deviation",
+    "simulate_depths",
+    "step_buckets",
+    "thresholds_for_fractions",
+]

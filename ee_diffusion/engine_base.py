@@ -1,0 +1,322 @@
+"""What both engines share: the model-call lifecycle, the exit plan, per-block decisions and the hooks.
+
+A model hook (`new_forward` on the model) opens a fresh `CallState` at every model call - batch size, per-row
+timesteps, guidance pairs, the exit plan - records the exit statistics when the call ends, and drops the state
+when the call raises. Block hooks (`new_forward` on every block) hand each block call to the engine, which
+runs the block on the rows that are still active and asks the policy which of them stop. How a stopped row
+leaves depends on the backbone: `engine_sequential.SequentialEngine` (transformers: park the hidden state,
+decode it with the model's head) or `unet.engine.UNetEngine` (depth truncation).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._compat import ModelHook
+from .backbones.base import BackboneAdapter
+from .config import EarlyExitConfig
+from .layout import BatchLayout
+from .schedules.base import ExitContext, ExitPolicy, PolicyState, as_exit_policy
+from .stats import ExitStats
+
+MODEL_HOOK = "ee_diffusion.early_exit"
+BLOCK_HOOK = "ee_diffusion.early_exit.block"
+
+
+class CallState:
+    """Everything that lives for one model call. Tensors are on the model's device unless noted."""
+
+    def __init__(self, batch_size: int, timesteps: torch.Tensor, num_blocks: int, paired: bool) -> None:
+        self.batch_size = batch_size
+        self.timesteps = timesteps  # (B,) float
+        self.paired = paired  # rows i and B/2 + i are a guidance pair that exits together
+        device = timesteps.device
+        self.rows = torch.arange(batch_size, device=device)  # (A,) positions of the active rows, ascending
+        self.compacted = False  # True once some row has left, i.e. A < B
+        self.done = False  # True once every row has exited: later blocks are skipped
+        self.exit_depth = torch.full((batch_size,), num_blocks, dtype=torch.long, device=device)  # (B,)
+        self.sliced: dict[str, torch.Tensor] = {}  # block inputs already gathered to the active rows
+        self.active_timesteps = timesteps  # (A,)
+        self.condition: torch.Tensor | None = None  # (B, D) timestep embedding for conditioned heads
+        self.policy_call: Any = None  # what the policy's create_call_state made for this call
+        # Static plan: either one depth for every row, or per block the (local exit, global exit, local keep)
+        # index triples, computed once so that no block needs a device-to-host sync.
+        self.uniform_depth: int | None = None
+        self.plan: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] | None = None
+        # (B,) bool, made on first use: rows a non-finite certainty or exit state kept from exiting (dynamic).
+        self.fallback: torch.Tensor | None = None
+
+    def keep_rows(self, staying: torch.Tensor) -> None:
+        """Only the active rows at local indices `staying` (A',) go on to the next block."""
+        self.rows = self.rows.index_select(0, staying)
+        self.active_timesteps = self.active_timesteps.index_select(0, staying)
+        self.compacted = True
+        self.sliced.clear()
+
+
+def pair_mask(wanted: torch.Tensor) -> torch.Tensor:
+    """(B,) per-row wishes of a paired batch -> (B,) exits: a pair stops only when both halves want to."""
+    half = wanted.shape[0] // 2
+    both = wanted[:half] & wanted[half:]
+    return torch.cat([both, both])
+
+
+class EngineBase:
+    """The state the hooks share: adapter, config, policy and its state, heads, and the current call."""
+
+    def __init__(self, adapter: BackboneAdapter, config: EarlyExitConfig, heads: nn.Module | None) -> None:
+        self.adapter = adapter
+        self.num_blocks = adapter.num_blocks
+        self.call: CallState | None = None
+        self.last_stats: ExitStats | None = None
+        self.recorders: list[ExitStats] = []
+        self.layout: BatchLayout | None = None  # declared by the caller (our pipelines); None: infer pairs
+        self._model_params = tuple(inspect.signature(adapter.model.forward).parameters)
+        self.configure(config, heads)
+
+    def configure(self, config: EarlyExitConfig, heads: nn.Module | None, state: PolicyState | None = None) -> None:
+        """Set the config and heads; the policy's state is `state`, or a fresh one from the policy."""
+        self.config = config
+        self.heads = heads
+        self.policy: ExitPolicy | None = None if config.policy is None else as_exit_policy(config.policy)
+        if state is None and self.policy is not None:
+            state = self.policy.create_state()
+        self.policy_state = state
+
+    def hook_targets(self) -> list[tuple[nn.Module, Callable]]:
+        """(module, runner) for every module whose forward the engine replaces; runner(forward, args, kwargs)."""
+        raise NotImplementedError
+
+    def new_call_state(self, batch_size: int, timesteps: torch.Tensor, paired: bool) -> CallState:
+        return CallState(batch_size, timesteps, self.num_blocks, paired)
+
+    # ----------------------------------------------------------------------------------------------- model call
+    def begin(self, args: tuple, kwargs: dict[str, Any]) -> None:
+        inputs = dict(zip(self._model_params, args))
+        inputs.update(kwargs)
+        batch_size, timesteps = self.adapter.batch_and_timesteps(inputs)
+        policy = self.policy
+        paired = policy is not None and self.config.cfg_pairing == "together" and self._paired(inputs, timesteps)
+        state = self.new_call_state(batch_size, timesteps, paired)
+        self.call = state
+        if policy is None:
+            return
+        if batch_size == 0:
+            raise ValueError("early exit needs a batch of at least one row, got an empty batch (batch size 0)")
+        self.adapter.check_call(inputs)
+        if policy.needs_certainty:
+            param = next(self.heads.parameters())
+            if param.device != timesteps.device:
+                raise ValueError(
+                    f"the uncertainty heads are on {param.device} but the model runs on {timesteps.device}; "
+                    f"move them with `heads.to({str(timesteps.device)!r})`"
+                )
+            if self.heads.conditioned:
+                state.condition = self.adapter.timestep_embedding(timesteps, param.dtype)
+        state.policy_call = policy.create_call_state(batch_size, timesteps.device)
+        depths = policy.plan_depths(timesteps, self.num_blocks)
+        if depths is not None:
+            self._plan(state, depths)
+
+    def _paired(self, inputs: dict[str, Any], timesteps: torch.Tensor) -> bool:
+        """Guidance pairs: as declared by the caller's layout, else inferred from the inputs (stock pipelines)."""
+        if self.layout is not None:
+            return self.layout.paired(timesteps.shape[0])
+        return self.adapter.is_cfg_pair_batch(inputs, timesteps)
+
+    def _plan(self, state: CallState, depths: torch.Tensor) -> None:
+        """Turn (B,) per-row depths into per-block index tensors, with one device-to-host copy."""
+        n = self.num_blocks
+        if not isinstance(depths, torch.Tensor) or depths.shape != (state.batch_size,):
+            got = tuple(depths.shape) if isinstance(depths, torch.Tensor) else type(depths).__name__
+            raise ValueError(f"plan_depths must return a tensor of shape ({state.batch_size},), got {got}")
+        if state.paired:
+            half = state.batch_size // 2
+            pair_depth = torch.maximum(depths[:half], depths[half:])
+            depths = torch.cat([pair_depth, pair_depth])
+        depths = depths.clamp(1, n)
+        state.exit_depth = depths.to(torch.long)
+        host = depths.cpu()
+        lo, hi = int(host.min()), int(host.max())
+        if lo == hi:
+            state.uniform_depth = lo
+            return
+        device = depths.device
+        plan: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] = [None] * n
+        active = torch.arange(state.batch_size)
+        # Up to and including block hi-1, where the deepest rows leave (the last block needs no entry: its
+        # output is scattered back anyway).
+        for block in range(lo - 1, min(hi, n - 1)):
+            leaving = host[active] == block + 1  # (A,) bool, on the CPU
+            if leaving.any():
+                plan[block] = (
+                    leaving.nonzero().squeeze(1).to(device),
+                    active[leaving].to(device),
+                    (~leaving).nonzero().squeeze(1).to(device),
+                )
+                active = active[~leaving]
+        state.plan = plan
+
+    def end(self, output: Any = None) -> None:
+        state = self.call
+        self.call = None
+        if state is None:
+            return
+        nonfinite = self._nonfinite_rows(state, output)
+        stats = ExitStats(self.num_blocks)
+        stats.record(state.timesteps, state.exit_depth, state.paired, state.fallback, nonfinite)
+        self.last_stats = stats
+        for recorder in self.recorders:
+            recorder.extend(stats)
+        bad = stats.nonfinite[0]  # (B,) bool, on the CPU: the per-call sync that recording needs anyway
+        if self.config.on_nonfinite == "raise" and bool(bad.any()):
+            fell_back = stats.fallbacks[0].nonzero().flatten().tolist()
+            raise ValueError(
+                f"the model output holds NaN/inf for rows {bad.nonzero().flatten().tolist()} of a batch of "
+                f"{state.batch_size} (timesteps {stats.timesteps[0][bad].tolist()}, blocks run "
+                f"{stats.blocks_run[0][bad].tolist()} of {self.num_blocks}"
+                + (f"; rows {fell_back} had already been kept from exiting by non-finite values" if fell_back else "")
+                + "); EarlyExitConfig(on_nonfinite='raise'). With on_nonfinite='fallback' such rows are recorded "
+                "in ExitStats.nonfinite instead"
+            )
+
+    def _nonfinite_rows(self, state: CallState, output: Any) -> torch.Tensor | None:
+        """(B,) bool: rows whose model output holds NaN/inf; None with exits off or an output not batched by row."""
+        if self.policy is None or output is None:
+            return None
+        sample = output[0] if isinstance(output, (tuple, list)) else getattr(output, "sample", output)
+        if not isinstance(sample, torch.Tensor) or sample.ndim == 0 or sample.shape[0] != state.batch_size:
+            return None
+        return ~torch.isfinite(sample.detach()).reshape(state.batch_size, -1).all(1)
+
+    # ---------------------------------------------------------------------------------------------- block call
+    def slice_inputs(
+        self, state: CallState, inputs: dict[str, Any], rows: torch.Tensor, cache: dict[str, torch.Tensor]
+    ) -> dict[str, Any]:
+        """Gather the batch-dimension block inputs (B, ...) to `rows` (A,), once per input name per `cache`."""
+        for name in self.adapter.batch_inputs:
+            value = inputs.get(name)
+            if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == state.batch_size:
+                if name not in cache:
+                    cache[name] = value.index_select(0, rows)
+                inputs[name] = cache[name]
+        return inputs
+
+    def context(
+        self, state: CallState, index: int, certainty: torch.Tensor | None, hidden: torch.Tensor | None,
+        block_input: torch.Tensor | None,
+    ) -> ExitContext:
+        return ExitContext(
+            block_index=index,
+            num_blocks=self.num_blocks,
+            timesteps=state.active_timesteps,
+            certainty=certainty,
+            rows=state.rows,
+            batch_size=state.batch_size,
+            hidden=hidden,
+            block_input=block_input,
+            state=self.policy_state,
+            call_state=state.policy_call,
+        )
+
+    def _guard_nonfinite(
+        self, state: CallState, mask: torch.Tensor, head_input: torch.Tensor, certainty: torch.Tensor | None
+    ) -> torch.Tensor:
+        """(A,) mask -> (A,) mask without the rows whose certainty or exit state is NaN/inf (`on_nonfinite`).
+
+        Those rows keep running and are marked in `state.fallback`. No host sync: the caller's `nonzero` is the
+        block's one sync.
+        """
+        if certainty is not None:
+            # A NaN/inf anywhere in a row's exit state reaches its head's logits, hence its mean certainty:
+            # checking the (A,) certainties is enough and far cheaper than the (A, L, D) state.
+            finite = torch.isfinite(certainty)
+        else:
+            finite = torch.isfinite(head_input.detach()).reshape(head_input.shape[0], -1).all(1)  # (A,)
+        if state.fallback is None:
+            state.fallback = torch.zeros(state.batch_size, dtype=torch.bool, device=mask.device)
+        state.fallback[state.rows] |= mask & ~finite
+        return mask & finite
+
+    def decide(
+        self, state: CallState, index: int, out: torch.Tensor, carried: Any, *, head_input: torch.Tensor,
+        hidden: torch.Tensor | None, block_input: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, Any]:
+        """Dynamic policy: ask it which active rows stop after block `index`; returns (out, carried) for what goes on.
+
+        `head_input` is what the uncertainty head reads and what the NaN guard checks (a transformer block's
+        output tokens; a U-Net level's feature map); `hidden`/`block_input` are the block's output and input
+        tokens that transformer policies see (None on U-Nets).
+        """
+        policy = self.policy
+        certainty = None
+        if policy.needs_certainty:
+            condition = None
+            if state.condition is not None:
+                condition = state.condition.index_select(0, state.rows) if state.compacted else state.condition
+            certainty = self.heads(index, head_input, condition, mean=True)  # (A,)
+        ctx = self.context(state, index, certainty, hidden, block_input)
+        mask = policy.exit_mask(ctx)
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != state.rows.shape:
+            got = f"{mask.dtype} tensor of shape {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask)
+            raise ValueError(
+                f"{type(policy).__name__}.exit_mask must return a bool tensor of shape {tuple(state.rows.shape)} "
+                f"(one entry per active row), got {got}"
+            )
+        mask = self._guard_nonfinite(state, mask, head_input, certainty)
+        if state.paired:
+            # Partners are always active together in this mode.
+            wanted = torch.zeros(state.batch_size, dtype=torch.bool, device=mask.device)
+            wanted[state.rows] = mask
+            mask = pair_mask(wanted)[state.rows]
+        # (A, ...) what exiting rows park instead of their hidden state (e.g. h_k + cached tail residual), or None.
+        parked_values = policy.on_decision(ctx, mask)
+        leaving = mask.nonzero().squeeze(1)  # the one host sync of a dynamic policy, per block
+        if leaving.numel() == 0:
+            return out, carried
+        staying = (~mask).nonzero().squeeze(1)
+        state.exit_depth[state.rows[leaving]] = index + 1
+        return self.commit(state, out, leaving, state.rows[leaving], staying, carried, parked_values)
+
+    def commit(
+        self, state: CallState, out: torch.Tensor, leaving: torch.Tensor, leaving_rows: torch.Tensor,
+        staying: torch.Tensor, carried: Any, parked_values: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, Any]:
+        """Rows `leaving` (local indices into `out`; `leaving_rows` their batch positions) stop after this block;
+        return (out, carried) for the rows `staying`."""
+        raise NotImplementedError
+
+
+class ModelCallHook(ModelHook):
+    """On the model: one `CallState` per call; statistics at its end; no stale state after an error."""
+
+    def __init__(self, engine: EngineBase) -> None:
+        super().__init__()
+        self.engine = engine
+
+    def new_forward(self, module: nn.Module, *args, **kwargs):
+        try:
+            self.engine.begin(args, kwargs)
+            output = self.fn_ref.original_forward(*args, **kwargs)
+        except BaseException:
+            # Drop the half-finished call: a stale state would hijack later direct block calls.
+            self.engine.call = None
+            raise
+        self.engine.end(output)
+        return output
+
+
+class BlockCallHook(ModelHook):
+    """On a block: hands the call to the engine's runner for that block."""
+
+    def __init__(self, run: Callable) -> None:
+        super().__init__()
+        self.run = run  # run(forward, args, kwargs), bound to the engine and the block's index
+
+    def new_forward(self, module: nn.Module, *args, **kwargs):
+        return self.run(self.fn_ref.original_forward, args, kwargs)

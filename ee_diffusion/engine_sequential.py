@@ -1,0 +1,101 @@
+"""The engine for sequential transformers (DiT, PixArt, SD3): per-row exits with batch compaction.
+
+Rows leave the batch for good: a row that exited after block k is never seen by blocks k+1..N-1 (its inputs
+are gathered away, and a block whose rows have all exited is not called at all). After the last block the
+parked rows are scattered back, so the model's own output head decodes every row from the hidden state of
+its own exit block - DiT-family models share that head across blocks, which makes this exactly the
+"decode of the exit block".
+
+Blocks that return more than the hidden state (SD3's `(encoder_hidden_states, hidden_states)`) go through the
+adapter's `split_block_output`/`join_block_output`: the hidden state is parked, the carried stream is compacted
+with its rows.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .engine_base import CallState, EngineBase
+
+
+class SequentialCallState(CallState):
+    """A call of a sequential transformer: adds the parked hidden states of the rows that exited."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.parked: torch.Tensor | None = None  # (B, L, D) hidden states of rows that exited
+
+
+class SequentialEngine(EngineBase):
+    """Hooks every block of `adapter.blocks`; an exiting row parks its hidden state until the output head."""
+
+    def hook_targets(self) -> list[tuple[nn.Module, Callable]]:
+        return [(block, functools.partial(self.run_block, index)) for index, block in enumerate(self.adapter.blocks)]
+
+    def new_call_state(self, batch_size: int, timesteps: torch.Tensor, paired: bool) -> SequentialCallState:
+        return SequentialCallState(batch_size, timesteps, self.num_blocks, paired)
+
+    def run_block(self, index: int, forward: Callable, args: tuple, kwargs: dict[str, Any]) -> Any:
+        state = self.call
+        if state is None or self.policy is None:
+            return forward(*args, **kwargs)
+        adapter = self.adapter
+        inputs = adapter.named_block_inputs(args, kwargs)
+        hidden = inputs.pop("hidden_states")
+        if state.done:
+            # Every row has exited: the block is not computed; the parked states flow on to the output head.
+            return adapter.passthrough(hidden, inputs)
+        if state.compacted:
+            inputs = self.slice_inputs(state, inputs, state.rows, state.sliced)
+        # out: (A, L, D); carried: what else the block returns (SD3: the text stream), None for DiT.
+        out, carried = adapter.split_block_output(forward(hidden, **inputs))
+
+        if index == self.num_blocks - 1:
+            self.policy.on_final(self.context(state, index, None, out, hidden))
+            if state.parked is None:
+                return adapter.join_block_output(out, carried)
+            state.parked.index_copy_(0, state.rows, out)
+            return adapter.join_block_output(state.parked, carried)
+
+        if state.uniform_depth is not None:
+            if index == state.uniform_depth - 1:
+                state.done = True  # all rows stop here; out is the full batch
+            return adapter.join_block_output(out, carried)
+        if state.plan is not None:
+            step = state.plan[index]
+            if step is None:
+                return adapter.join_block_output(out, carried)
+            return adapter.join_block_output(*self.commit(state, out, *step, carried))
+        if not self.policy.decides_after(index, self.num_blocks):
+            return adapter.join_block_output(out, carried)  # the policy never stops a row here: no work, no sync
+        decided = self.decide(state, index, out, carried, head_input=out, hidden=out, block_input=hidden)
+        return adapter.join_block_output(*decided)
+
+    def commit(
+        self, state: SequentialCallState, out: torch.Tensor, leaving: torch.Tensor, leaving_rows: torch.Tensor,
+        staying: torch.Tensor, carried: Any, parked_values: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, Any]:
+        """Park rows `leaving`; return (hidden, carried) of the staying rows, unless every row has left.
+
+        `parked_values` (A, ...) replaces `out` as what the leaving rows park (default: `out` itself). A carried
+        stream (SD3's text tokens, (A, L_text, D)) is compacted with the hidden state.
+        """
+        source = out if parked_values is None else parked_values
+        if staying.numel() == 0:
+            state.done = True
+            if state.parked is None:  # nobody left before, so `source` is the whole batch in order
+                return source, carried
+            state.parked.index_copy_(0, leaving_rows, source)
+            return state.parked, carried
+        if state.parked is None:
+            state.parked = out.new_empty((state.batch_size, *out.shape[1:]))
+        state.parked.index_copy_(0, leaving_rows, source.index_select(0, leaving))
+        if isinstance(carried, torch.Tensor) and carried.ndim > 0 and carried.shape[0] == out.shape[0]:
+            carried = carried.index_select(0, staying)
+        state.keep_rows(staying)
+        return out.index_select(0, staying), carried
