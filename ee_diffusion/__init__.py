@@ -26,6 +26,8 @@ _EXPORTS = {
     "reset_exit_state": "ee_diffusion.engine",
     "exit_state_nbytes": "ee_diffusion.engine",
     "EarlyExitDiTPipeline": "ee_diffusion.pipelines",
+    "EarlyExitUNetPipeline": "ee_diffusion.pipelines",
+    "load_digits_unet": "ee_diffusion.default_model",
     "load_default_pipeline": "ee_diffusion.default_model",
     "load_pretrained_pipeline": "ee_diffusion.default_model",
 }
@@ -35,7 +37,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from .config import EarlyExitConfig
     from .layout import BatchLayout
-    from .default_model import load_default_pipeline, load_pretrained_pipeline
+    from .default_model import load_default_pipeline, load_digits_unet, load_pretrained_pipeline
     from .engine import (
         apply_early_exit,
         early_exit,
@@ -48,7 +50,7 @@ if TYPE_CHECKING:
         set_exit_config,
     )
     from .heads import UncertaintyHeads
-    from .pipelines import EarlyExitDiTPipeline
+    from .pipelines import EarlyExitDiTPipeline, EarlyExitUNetPipeline
     from .stats import ExitStats
     from .unet import UNetExitBridges
 

@@ -13,15 +13,18 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from .pipelines import EarlyExitDiTPipeline
+    from .pipelines import EarlyExitDiTPipeline, EarlyExitUNetPipeline
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "digits-dit"
 #: The same DiT after pre-training only (L_simple, no exit heads, no layer-wise fine-tuning): the "stock
 #: pretrained model" on which training-free exits (`CachedTailResidual`) are measured.
 PRETRAINED_MODEL_DIR = Path(__file__).parent / "assets" / "digits-dit-pretrained"
 #: Guidance scale to sample the default model with. This small pixel-space model over-saturates under strong
-#: classifier-free guidance: class accuracy of its samples is 0.97 at 1 (no guidance), 0.99 at 2, 0.51 at 4.
+#: classifier-free guidance (class accuracy per guidance scale: assets/digits-dit/TRAINING.md).
 DEFAULT_GUIDANCE_SCALE = 1.0
+#: The class-conditional digits U-Net (8x8, 3 levels, DeeDiff-trained with its bridges; fp16 on disk), an
+#: `EarlyExitUNetPipeline` folder; how it was trained and how it compares with the DiT: docs/backbones.md.
+DIGITS_UNET_DIR = Path(__file__).parent / "assets" / "digits-unet"
 
 
 def load_default_pipeline(device: str | torch.device | None = None) -> "EarlyExitDiTPipeline":
@@ -74,4 +77,23 @@ def load_pretrained_pipeline(device: str | torch.device | None = None) -> "Early
             f"scripts/train_default_model.sh"
         )
     pipe = EarlyExitDiTPipeline.from_pretrained(str(PRETRAINED_MODEL_DIR))
+    return pipe if device is None else pipe.to(device)
+
+
+def load_digits_unet(device: str | torch.device | None = None) -> "EarlyExitUNetPipeline":
+    """Load the shipped digits U-Net pipeline (U-Net, DDIM scheduler, exit bridges and heads); sample it without
+    guidance (`guidance_scale=1.0`, the pipeline's default).
+
+    ```py
+    >>> pipe = load_digits_unet()
+    >>> pipe.exit_bridges is not None, pipe.num_classes
+    (True, 10)
+
+    ```
+    """
+    from .pipelines import EarlyExitUNetPipeline
+
+    if not (DIGITS_UNET_DIR / "model_index.json").is_file():
+        raise FileNotFoundError(f"the digits U-Net is missing from {str(DIGITS_UNET_DIR)!r}; see docs/backbones.md")
+    pipe = EarlyExitUNetPipeline.from_pretrained(str(DIGITS_UNET_DIR))
     return pipe if device is None else pipe.to(device)

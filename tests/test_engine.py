@@ -13,15 +13,26 @@ from diffusers import UNet2DModel
 from ee_diffusion.backbones import DiTAdapter
 from ee_diffusion.config import EarlyExitConfig
 from ee_diffusion.engine import (
+    _engine_of,
     apply_early_exit,
     early_exit,
+    exit_state_nbytes,
     get_exit_stats,
     is_early_exit_applied,
     record_exit_stats,
     remove_early_exit,
+    reset_exit_state,
     set_exit_config,
 )
-from ee_diffusion.schedules import ExitContext, ExitPolicy, StaticDepth, TimestepSchedule
+from ee_diffusion.layout import BatchLayout
+from ee_diffusion.schedules import (
+    CachedTailResidual,
+    ExitContext,
+    ExitPolicy,
+    StaticDepth,
+    TailCacheState,
+    TimestepSchedule,
+)
 from ee_diffusion.testing import tiny_dit
 
 NUM_BLOCKS = 6  # the `dit` fixture
@@ -745,3 +756,67 @@ def test_per_row_exits_backward_matches_reference(dit, inputs):
         dit(x, timestep=t, class_labels=y).sample.square().sum().backward()
     assert get_exit_stats(dit).blocks_run[0].tolist() == depths
     torch.testing.assert_close(x.grad, torch.cat(expected), rtol=1e-9, atol=1e-12)
+
+
+def test_a_declared_layout_replaces_inferring_the_pairs(dit, inputs, monkeypatch):
+    x, t, y = cfg_batch(*[v[:2] for v in inputs])
+    config = EarlyExitConfig(policy=WantsFrom([1, 1, 3, 3]), cfg_pairing="together")
+    # Declared pairs: the adapter's tensor comparison must not run.
+    monkeypatch.setattr(DiTAdapter, "is_cfg_pair_batch", lambda *a: pytest.fail("pairs were inferred"))
+    with early_exit(dit, config, layout=BatchLayout(guidance_pairs=True)) as stats:
+        run(dit, x, t, y)
+    assert stats.cfg_paired == [True] and stats.blocks_run[0].tolist() == [4, 4, 4, 4]
+    # Declared "no pairs" wins over what the tensors would suggest.
+    with early_exit(dit, config, layout=BatchLayout(guidance_pairs=False)) as stats:
+        run(dit, x, t, y)
+    assert stats.cfg_paired == [False] and stats.blocks_run[0].tolist() == [2, 2, 4, 4]
+    monkeypatch.undo()
+    with early_exit(dit, config) as stats:  # no layout: inferred from the inputs (stock pipelines)
+        run(dit, x, t, y)
+    assert stats.cfg_paired == [True]
+    with pytest.raises(ValueError, match="batch size must be even, got 3"):
+        with early_exit(dit, config, layout=BatchLayout(guidance_pairs=True)):
+            run(dit, x[:3], t[:3], y[:3])
+    with pytest.raises(TypeError, match="layout must be a BatchLayout"):
+        apply_early_exit(dit, config, layout=True)
+
+
+def test_early_exit_restores_the_previous_config_state_and_layout(dit, inputs):
+    x, t, y = inputs
+    policy = CachedTailResidual(threshold=0.5)
+    apply_early_exit(dit, EarlyExitConfig(policy=policy), layout=BatchLayout(guidance_pairs=False))
+    run(dit, x, t, y)
+    engine = _engine_of(dit)
+    state, nbytes = engine.policy_state, exit_state_nbytes(dit)
+    assert isinstance(state, TailCacheState) and nbytes > 0
+    with early_exit(dit, EarlyExitConfig(policy=StaticDepth(2))):
+        assert engine.policy_state is None and engine.layout is None
+        run(dit, x, t, y)
+    assert engine.policy_state is state and exit_state_nbytes(dit) == nbytes
+    assert engine.layout == BatchLayout(guidance_pairs=False) and engine.config.policy is policy
+    reset_exit_state(dit)
+    assert exit_state_nbytes(dit) == 0 and engine.policy_state is state
+    set_exit_config(dit, EarlyExitConfig(policy=CachedTailResidual(threshold=0.5)))
+    assert engine.policy_state is not state  # a new config starts with a new state
+    remove_early_exit(dit)
+    assert engine.policy_state is None
+
+
+def test_plain_policy_objects_run_or_say_how_to_subclass(dit, inputs):
+    x, t, y = inputs
+
+    class Plain:
+        needs_certainty = False
+
+        def exit_mask(self, ctx):
+            return ctx.timesteps > 500
+
+    class PlainWithPlan(Plain):
+        def plan_depths(self, timesteps, num_blocks):
+            return torch.ones_like(timesteps, dtype=torch.long)
+
+    with early_exit(dit, EarlyExitConfig(policy=Plain())) as stats:
+        run(dit, x, t, y)
+    assert stats.blocks_run[0].tolist() == [1 if v > 500 else NUM_BLOCKS for v in t.tolist()]
+    with pytest.raises(TypeError, match=r"defines \['plan_depths'\] but is not an ExitPolicy.*subclass"):
+        EarlyExitConfig(policy=PlainWithPlan())

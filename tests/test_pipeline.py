@@ -28,7 +28,7 @@ from ee_diffusion import (
     remove_early_exit,
 )
 from ee_diffusion.pipelines import CUSTOM_PIPELINE_FILE, EarlyExitDiTPipeline, EarlyExitPipelineOutput
-from ee_diffusion.schedules import StaticDepth, UncertaintyThreshold
+from ee_diffusion.schedules import StaticDepth, TimestepSchedule, UncertaintyThreshold
 from ee_diffusion.testing import tiny_dit
 
 STEPS = 4
@@ -397,3 +397,18 @@ def test_docs_loading_runs(tmp_path, monkeypatch):
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, "docs/loading.md", "exec"), namespace)
+
+
+def test_the_pipeline_declares_its_guidance_pairs(monkeypatch):
+    """Guided calls tell the engine the layout: no tensor comparison, no host sync to find the pairs."""
+    from ee_diffusion.backbones import DiTAdapter
+
+    monkeypatch.setattr(DiTAdapter, "is_cfg_pair_batch", lambda *a: pytest.fail("pairs were inferred"))
+    pipe = make_pipe(tiny_dit(num_layers=4))
+    config = EarlyExitConfig(policy=TimestepSchedule(boundaries=[500], depths=[4, 2]))
+    guided = pipe([1, 2], num_inference_steps=STEPS, guidance_scale=3.0, generator=seed(), exit_config=config,
+                  output_type="pt").exit_stats
+    assert guided.cfg_paired == [True] * STEPS and all(b.numel() == 4 for b in guided.blocks_run)
+    plain = pipe([1, 2], num_inference_steps=STEPS, guidance_scale=1.0, generator=seed(), exit_config=config,
+                 output_type="pt").exit_stats
+    assert plain.cfg_paired == [False] * STEPS

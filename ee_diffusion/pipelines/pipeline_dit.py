@@ -1,114 +1,24 @@
 """`EarlyExitDiTPipeline`: class-conditional DiT sampling with early exit, latent or pixel space.
 
-The pipeline follows diffusers' pipeline contract (components registered with `register_modules`, a
-`check_inputs` that raises, `@torch.no_grad()` on `__call__`, an output dataclass) and leaves the exit
-mechanics to the engine: every call wraps its denoising loop in `early_exit(transformer, config, heads)`,
-which hooks the transformer for the duration of the call and restores it exactly afterwards.
+The shared machinery (inputs, labels, default exit config, the denoising loop under `early_exit`) is in
+`ee_diffusion.pipelines.base`; this module holds what is DiT's: its components and its model call.
 """
 
 from __future__ import annotations
 
-import copy
-import inspect
-import math
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from numbers import Integral, Real
 from typing import Any
 
-import numpy as np
-import PIL.Image
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline, DiTTransformer2DModel
-from diffusers.schedulers import KarrasDiffusionSchedulers, SchedulerMixin
-from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
+from diffusers import AutoencoderKL, DiTTransformer2DModel
+from diffusers.schedulers import KarrasDiffusionSchedulers
 
 from ..config import EarlyExitConfig
-from ..engine import early_exit
 from ..heads import UncertaintyHeads
-from ..layout import BatchLayout
-from ..stats import ExitStats
-
-OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-# Scheduler variance types that consume the model's learned-variance channels in `scheduler.step`.
-_LEARNED_VARIANCE = ("learned", "learned_range")
+from .base import ClassConditionalExitPipeline, EarlyExitPipelineOutput, check_components
 
 
-def _check_components(transformer: Any, scheduler: Any, vae: Any) -> None:
-    """Refuse components of the wrong kind up front, before they fail deep inside a sampling loop."""
-    if not isinstance(transformer, DiTTransformer2DModel):
-        raise TypeError(f"transformer must be a diffusers DiTTransformer2DModel, got {type(transformer).__name__}")
-    if transformer.config.num_embeds_ada_norm is None:
-        raise ValueError("transformer must be class-conditional (num_embeds_ada_norm set), got num_embeds_ada_norm=None")
-    if not isinstance(scheduler, SchedulerMixin):
-        raise TypeError(
-            f"scheduler must be a diffusers scheduler (SchedulerMixin, e.g. DDIMScheduler), got {type(scheduler).__name__}"
-        )
-    if vae is not None:
-        if not isinstance(vae, AutoencoderKL):
-            raise TypeError(f"vae must be an AutoencoderKL (latent space) or None (pixel space), got {type(vae).__name__}")
-        if vae.config.latent_channels != transformer.config.in_channels:
-            raise ValueError(
-                f"the vae's latent_channels ({vae.config.latent_channels}) must equal the transformer's in_channels "
-                f"({transformer.config.in_channels}): this vae was made for another model"
-            )
-
-
-def _check_weights_match(model: torch.nn.Module, folder: str, variant: str | None) -> None:
-    """Raise `ValueError` when the weights file of `folder` lacks parameters of `model` or has extra ones.
-
-    Reads the safetensors header only (names), no tensor data.
-    """
-    from safetensors import safe_open
-
-    name = "diffusion_pytorch_model" + (f".{variant}" if variant else "") + ".safetensors"
-    file = os.path.join(folder, name)
-    if not os.path.isfile(file):  # sharded or otherwise named: diffusers has checked what it loaded
-        return
-    with safe_open(file, framework="pt") as f:
-        stored = set(f.keys())
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - stored), sorted(stored - expected)
-    if missing or unexpected:
-        raise ValueError(
-            f"{file!r} does not match {os.path.join(folder, 'config.json')!r}: missing {missing[:6]}, unexpected "
-            f"{unexpected[:6]} ({len(missing)} missing, {len(unexpected)} unexpected; was the config edited?)"
-        )
-
-
-def _check_finite(values: torch.Tensor, what: str, exit_stats: ExitStats) -> None:
-    """Raise `ValueError` instead of returning NaN/inf images (one host sync per pipeline call)."""
-    finite = torch.isfinite(values).reshape(values.shape[0], -1).all(1)
-    if bool(finite.all()):
-        return
-    rows = (~finite).nonzero().flatten().tolist()
-    raise ValueError(
-        f"sampling produced NaN/inf in rows {rows} of the {what}; over {exit_stats.num_calls} model calls "
-        f"{exit_stats.num_nonfinite} row outputs were non-finite and {exit_stats.num_fallbacks} rows fell back "
-        f"towards full depth (ExitStats.nonfinite/fallbacks). Check the weights, the latents and the scheduler; "
-        f"exit_config=EarlyExitConfig() runs the full model for comparison"
-    )
-
-
-@dataclass
-class EarlyExitPipelineOutput(BaseOutput):
-    """Output of `EarlyExitDiTPipeline`.
-
-    Attributes:
-        images: the samples in [0, 1]: a list of `PIL.Image` (`output_type="pil"`), a (B, H, W, C) float32
-            array (`"np"`) or a (B, C, H, W) tensor (`"pt"`); with `"latent"`, the final latents (B, C, h, w)
-            before decoding (pixel space: the raw samples, neither clamped nor rescaled).
-        exit_stats: blocks run at every model call of the run, per row (guided runs: B conditional rows
-            followed by their B unconditional partners); see `ExitStats`.
-    """
-
-    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
-    exit_stats: ExitStats
-
-
-class EarlyExitDiTPipeline(DiffusionPipeline):
+class EarlyExitDiTPipeline(ClassConditionalExitPipeline):
     r"""Class-conditional image generation with a DiT whose denoiser may stop early.
 
     A drop-in extension of diffusers' `DiTPipeline`: it loads a folder saved by `DiTPipeline`, and with exits
@@ -145,6 +55,8 @@ class EarlyExitDiTPipeline(DiffusionPipeline):
     ```
     """
 
+    denoiser_name = "transformer"
+    _checked_components = ("transformer", "vae")
     model_cpu_offload_seq = "transformer->vae"
     _optional_components = ["vae", "exit_heads"]
     # The heads run inside the transformer's forward; keep them on the execution device under CPU offload.
@@ -160,190 +72,18 @@ class EarlyExitDiTPipeline(DiffusionPipeline):
         exit_config: dict[str, Any] | EarlyExitConfig | None = None,
     ) -> None:
         super().__init__()
-        _check_components(transformer, scheduler, vae)
-        if exit_heads is not None and not isinstance(exit_heads, UncertaintyHeads):
-            raise TypeError(f"exit_heads must be UncertaintyHeads or None, got {type(exit_heads).__name__}")
-        if exit_heads is not None:
-            exit_heads.check_model(transformer)
-        self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae, exit_heads=exit_heads)
-
-        # JSON object keys are strings: store "id" -> "names" so that save/load round-trips unchanged.
-        self.labels: dict[str, int] = {}
-        if id2label is not None:
-            if not isinstance(id2label, dict):
-                raise TypeError(
-                    f"id2label must be a dict {{class id: 'name, other name'}}, got {type(id2label).__name__}"
-                )
-            try:
-                id2label = {str(int(key)): str(value) for key, value in id2label.items()}
-            except (TypeError, ValueError):
-                raise ValueError(f"id2label keys must be class ids (ints or digit strings), got {list(id2label)!r}") from None
-            for key, names in id2label.items():
-                for name in names.split(","):
-                    self.labels[name.strip()] = int(key)
-            self.labels = dict(sorted(self.labels.items()))
-        self.register_to_config(id2label=id2label)
-        self.set_default_exit_config(exit_config)
-
-    # ------------------------------------------------------------------------------------------------ loading
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "EarlyExitDiTPipeline":
-        """Load a pipeline folder (or a stock `DiTPipeline` folder): weights through safetensors only.
-
-        Beyond diffusers' own loading, a missing folder raises `FileNotFoundError` naming it, and a component whose
-        `config.json` does not match its weights (diffusers would initialise the missing blocks at random with a
-        warning) raises `ValueError` naming the file. Components passed as keywords are used as given.
-        """
-        kwargs.setdefault("use_safetensors", True)
-        path = str(pretrained_model_name_or_path)
-        hub_id = not os.path.isabs(path) and not path.startswith(".") and path.count("/") == 1  # "org/name"
-        if not os.path.isdir(path) and not hub_id:
-            raise FileNotFoundError(f"no pipeline folder at {path!r}")
-        pipe = super().from_pretrained(path, **kwargs)
-        if os.path.isdir(path):
-            for name in ("transformer", "vae"):
-                component = getattr(pipe, name, None)
-                if component is not None and name not in kwargs:
-                    _check_weights_match(component, os.path.join(path, name), kwargs.get("variant"))
-        return pipe
-
-    # ------------------------------------------------------------------------------------------ configuration
-    @property
-    def default_exit_config(self) -> EarlyExitConfig:
-        """The exit config used by calls without `exit_config` (a fresh copy; `EarlyExitConfig()` if none)."""
-        data = self.config.get("exit_config")
-        return EarlyExitConfig() if data is None else EarlyExitConfig.from_dict(copy.deepcopy(dict(data)))
-
-    def set_default_exit_config(self, config: EarlyExitConfig | dict[str, Any] | None) -> None:
-        """Set the default exit config; it is saved in `model_index.json` by `save_pretrained`."""
-        if isinstance(config, dict):
-            config = EarlyExitConfig.from_dict(config)
-        if config is not None and not isinstance(config, EarlyExitConfig):
-            raise TypeError(f"exit_config must be an EarlyExitConfig, a dict or None, got {type(config).__name__}")
-        # A deep copy: the saved dict must not share lists with a policy the caller may still change.
-        self.register_to_config(exit_config=None if config is None else copy.deepcopy(config.to_dict()))
-
-    @property
-    def num_classes(self) -> int:
-        """Number of real classes; the id `num_classes` itself is the null class (guidance)."""
-        return int(self.transformer.config.num_embeds_ada_norm)
-
-    @property
-    def is_pixel_space(self) -> bool:
-        return self.vae is None
-
-    def get_label_ids(self, labels: str | Sequence[str]) -> list[int]:
-        """Map label names (from `id2label`) to class ids; one name or a list of names.
-
-        Raises `ValueError` listing every unknown name.
-        """
-        if not self.labels:
-            raise ValueError("this pipeline has no label names; pass `id2label={id: 'name'}` when building it")
-        if isinstance(labels, str):
-            labels = [labels]
-        unknown = [name for name in labels if name not in self.labels]
-        if unknown:
-            raise ValueError(f"unknown labels {unknown}; known labels: {sorted(self.labels)}")
-        return [self.labels[name] for name in labels]
-
-    # -------------------------------------------------------------------------------------------- validation
-    def _label_tensor(self, class_labels: Any) -> torch.Tensor:
-        """Validate `class_labels` and return them as a (B,) long tensor on the CPU."""
-        allowed = f"an int or a non-empty list/tuple/1-D tensor of ints in [0, {self.num_classes})"
-        if isinstance(class_labels, str):
-            raise TypeError(
-                f"class_labels must be {allowed}, got the string {class_labels!r}; "
-                f"map names to ids with pipe.get_label_ids(...)"
-            )
-        if isinstance(class_labels, torch.Tensor):
-            if class_labels.ndim > 1 or class_labels.dtype.is_floating_point or class_labels.dtype.is_complex \
-                    or class_labels.dtype == torch.bool:
-                raise TypeError(
-                    f"class_labels must be {allowed}, got a {class_labels.dtype} tensor of shape "
-                    f"{tuple(class_labels.shape)}"
-                )
-            labels = class_labels.detach().reshape(-1).cpu().long()
-        elif isinstance(class_labels, Integral) and not isinstance(class_labels, bool):
-            labels = torch.tensor([int(class_labels)])
-        elif isinstance(class_labels, (list, tuple)):
-            bad = [v for v in class_labels if isinstance(v, bool) or not isinstance(v, Integral)]
-            if bad:
-                raise TypeError(f"class_labels must be {allowed}, got non-integer entries {bad!r}")
-            huge = [int(v) for v in class_labels if not -(2**62) < int(v) < 2**62]
-            if huge:
-                raise ValueError(f"class_labels must be {allowed}, got out-of-range ids {huge}")
-            labels = torch.tensor([int(v) for v in class_labels], dtype=torch.long)
-        else:
-            raise TypeError(f"class_labels must be {allowed}, got {type(class_labels).__name__}")
-        if labels.numel() == 0:
-            raise ValueError(f"class_labels must be {allowed}, got an empty sequence")
-        out_of_range = labels[(labels < 0) | (labels >= self.num_classes)]
-        if out_of_range.numel():
-            raise ValueError(f"class_labels must be {allowed}, got out-of-range ids {out_of_range.tolist()}")
-        return labels
-
-    def check_inputs(
-        self,
-        class_labels: Any,
-        guidance_scale: Any,
-        num_inference_steps: Any,
-        latents: Any,
-        exit_config: Any,
-        output_type: Any,
-        generator: Any = None,
-        return_dict: Any = True,
-    ) -> torch.Tensor:
-        """Raise `ValueError`/`TypeError` naming the bad value and the allowed ones; return the (B,) labels."""
-        labels = self._label_tensor(class_labels)
-        if generator is not None:
-            generators = generator if isinstance(generator, list) else [generator]
-            bad = [type(g).__name__ for g in generators if not isinstance(g, torch.Generator)]
-            if bad or not generators:
-                raise TypeError(f"generator must be a torch.Generator, a list of them or None, got {bad or generator!r}")
-            if len(generators) not in (1, labels.numel()) and isinstance(generator, list):
-                raise ValueError(
-                    f"a list of generators needs one per image ({labels.numel()}) or exactly one, got {len(generators)}"
-                )
-        if not isinstance(return_dict, bool):
-            raise TypeError(f"return_dict must be True or False, got {return_dict!r}")
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, Integral):
-            raise TypeError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
-        allowed = "a finite number >= 0 (guidance is on when > 1)"
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, Real):
-            raise TypeError(f"guidance_scale must be {allowed}, got {guidance_scale!r}")
-        if not math.isfinite(guidance_scale) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be {allowed}, got {guidance_scale!r}")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if latents is not None:
-            if not isinstance(latents, torch.Tensor):
-                raise TypeError(f"latents must be a torch.Tensor or None, got {type(latents).__name__}")
-            config = self.transformer.config
-            expected = (labels.numel(), config.in_channels, config.sample_size, config.sample_size)
-            if tuple(latents.shape) != expected:
-                raise ValueError(
-                    f"latents must have shape (batch, channels, height, width) = {expected} for "
-                    f"{labels.numel()} labels, got {tuple(latents.shape)}"
-                )
-            if not latents.dtype.is_floating_point:
-                raise TypeError(f"latents must be a floating-point tensor, got {latents.dtype}")
-            if not bool(torch.isfinite(latents).all()):
-                raise ValueError(
-                    f"latents must be finite, got NaN/inf in rows "
-                    f"{(~torch.isfinite(latents).reshape(latents.shape[0], -1).all(1)).nonzero().flatten().tolist()}"
-                )
-        if exit_config is not None and not isinstance(exit_config, EarlyExitConfig):
-            raise TypeError(f"exit_config must be an EarlyExitConfig or None, got {type(exit_config).__name__}")
-        config = exit_config if exit_config is not None else self.default_exit_config
-        if config.policy is not None and config.policy.needs_certainty and self.exit_heads is None:
+        if not isinstance(transformer, DiTTransformer2DModel):
+            raise TypeError(f"transformer must be a diffusers DiTTransformer2DModel, got {type(transformer).__name__}")
+        if transformer.config.num_embeds_ada_norm is None:
             raise ValueError(
-                f"the exit policy {type(config.policy).__name__} needs uncertainty heads, but this pipeline has "
-                f"exit_heads=None; build it with `exit_heads=UncertaintyHeads...` or load it with "
-                f"`from_pretrained(folder, exit_heads=heads)`"
+                "transformer must be class-conditional (num_embeds_ada_norm set), got num_embeds_ada_norm=None"
             )
-        return labels
+        check_components("transformer", transformer, scheduler, vae, exit_heads)
+        self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae, exit_heads=exit_heads)
+        self._init_config(id2label, exit_config)
+
+    def predict(self, model_input: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.transformer(model_input, timestep=timesteps, class_labels=labels).sample
 
     # ------------------------------------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -394,77 +134,5 @@ class EarlyExitDiTPipeline(DiffusionPipeline):
             class_labels, guidance_scale, num_inference_steps, latents, exit_config, output_type, generator, return_dict
         )
         config = exit_config if exit_config is not None else self.default_exit_config
-        device = self._execution_device
-        dtype = self.transformer.dtype
-        batch_size = labels.numel()
-        channels = self.transformer.config.in_channels
-        size = self.transformer.config.sample_size
-        guided = guidance_scale > 1
-
-        # 1. Initial noise (B, C, H, W).
-        if latents is None:
-            latents = randn_tensor((batch_size, channels, size, size), generator=generator, device=device, dtype=dtype)
-        else:
-            latents = latents.to(device=device, dtype=dtype)
-        latents = latents * self.scheduler.init_noise_sigma
-
-        # 2. Labels: guided batches are [x; x] with labels [y; null] - the layout DiTPipeline uses and the engine
-        #    recognises as classifier-free-guidance pairs (`EarlyExitConfig.cfg_pairing`).
-        labels = labels.to(device)
-        if guided:
-            null = torch.full_like(labels, self.num_classes)
-            labels = torch.cat([labels, null])
-
-        # 3. Timesteps, and the extra arguments this scheduler's `step` takes.
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        step_kwargs = {}
-        if "generator" in inspect.signature(self.scheduler.step).parameters:
-            step_kwargs["generator"] = generator
-        learned_sigma = self.transformer.config.out_channels == 2 * channels
-        keep_sigma = learned_sigma and self.scheduler.config.get("variance_type") in _LEARNED_VARIANCE
-
-        # 4. Denoising loop, with the transformer hooked for this call only.
-        # The engine is told the guidance layout, so it never compares tensors to find the pairs.
-        layout = BatchLayout(guidance_pairs=guided)
-        with early_exit(self.transformer, config, heads=self.exit_heads, layout=layout) as exit_stats:
-            for t in self.progress_bar(self.scheduler.timesteps):
-                model_input = self.scheduler.scale_model_input(latents, t)
-                if guided:
-                    model_input = torch.cat([model_input, model_input])
-                timestep = t.to(device).expand(model_input.shape[0])  # (B,) or (2B,)
-                noise_pred = self.transformer(model_input, timestep=timestep, class_labels=labels).sample
-
-                # Guidance acts on the noise channels only; a learned variance (the second half of the channels
-                # of a learned-sigma model) is taken from the conditional rows, as in the DiT reference code.
-                eps, sigma = noise_pred[:, :channels], noise_pred[:, channels:]
-                if guided:
-                    cond_eps, uncond_eps = eps.chunk(2)
-                    eps = uncond_eps + guidance_scale * (cond_eps - uncond_eps)
-                    sigma = sigma[:batch_size]
-                model_output = torch.cat([eps, sigma], dim=1) if keep_sigma else eps
-
-                latents = self.scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
-
-        # 5. Decode: latent space through the VAE, pixel space as is; both map [-1, 1] to [0, 1]. Never return
-        #    NaN/inf images (see EarlyExitConfig.on_nonfinite): one check of the latents, one of the decode.
-        _check_finite(latents, "final latents", exit_stats)
-        if output_type == "latent":
-            images = latents
-        else:
-            if self.vae is not None:
-                # `latents * (1 / scaling_factor)` rather than `/`: the exact arithmetic of DiTPipeline.
-                latents = latents.to(self.vae.dtype) * (1 / self.vae.config.scaling_factor)
-                samples = self.vae.decode(latents).sample
-                _check_finite(samples, "VAE-decoded images", exit_stats)
-            else:
-                samples = latents
-            images = (samples / 2 + 0.5).clamp(0, 1)
-            if output_type != "pt":
-                images = images.cpu().permute(0, 2, 3, 1).float().numpy()
-                if output_type == "pil":
-                    images = self.numpy_to_pil(images)
-
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return images, exit_stats
-        return EarlyExitPipelineOutput(images=images, exit_stats=exit_stats)
+        return self.sample(labels, guidance_scale, generator, num_inference_steps, latents, config, output_type,
+                           return_dict)
