@@ -36,7 +36,8 @@ class BackboneAdapter:
 
     @property
     def blocks(self) -> nn.ModuleList:
-        raise NotImplementedError
+        """The blocks the engine hooks, in order (diffusers' transformers: `transformer_blocks`)."""
+        return self.model.transformer_blocks
 
     @property
     def num_blocks(self) -> int:
@@ -44,11 +45,12 @@ class BackboneAdapter:
 
     def prediction_shape(self) -> tuple[int, int, int]:
         """(channels, height, width) of the noise prediction (without a learned-variance half)."""
-        raise NotImplementedError
+        config = self.model.config
+        return (config.in_channels, config.sample_size, config.sample_size)
 
     def hidden_dim(self) -> int:
         """Width D of the block hidden states (B, L, D)."""
-        raise NotImplementedError
+        return self.model.inner_dim
 
     def embedding_dim(self) -> int:
         """Width of `timestep_embedding`'s output (what timestep-conditioned heads read)."""

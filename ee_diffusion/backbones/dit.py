@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from diffusers import DiTTransformer2DModel
-from torch import nn
 
 from .base import BackboneAdapter
 
@@ -21,17 +20,6 @@ class DiTAdapter(BackboneAdapter):
 
     model_classes = (DiTTransformer2DModel,)
     batch_inputs = ("timestep", "class_labels", "attention_mask", "encoder_hidden_states", "encoder_attention_mask")
-
-    @property
-    def blocks(self) -> nn.ModuleList:
-        return self.model.transformer_blocks
-
-    def prediction_shape(self) -> tuple[int, int, int]:
-        config = self.model.config
-        return (config.in_channels, config.sample_size, config.sample_size)
-
-    def hidden_dim(self) -> int:
-        return self.model.inner_dim
 
     def null_class_id(self) -> int | None:
         """`num_embeds_ada_norm`: the label id the model reserves for "no class" (classifier-free guidance)."""

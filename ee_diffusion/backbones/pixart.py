@@ -6,7 +6,6 @@ from typing import Any
 
 import torch
 from diffusers import PixArtTransformer2DModel
-from torch import nn
 
 from .base import BackboneAdapter
 from .dit import unpatchify
@@ -38,17 +37,6 @@ class PixArtAdapter(BackboneAdapter):
 
     model_classes = (PixArtTransformer2DModel,)
     batch_inputs = ("timestep", "attention_mask", "encoder_hidden_states", "encoder_attention_mask")
-
-    @property
-    def blocks(self) -> nn.ModuleList:
-        return self.model.transformer_blocks
-
-    def prediction_shape(self) -> tuple[int, int, int]:
-        config = self.model.config
-        return (config.in_channels, config.sample_size, config.sample_size)
-
-    def hidden_dim(self) -> int:
-        return self.model.inner_dim
 
     def is_cfg_pair_batch(self, inputs: dict, timesteps: torch.Tensor) -> bool:
         return self.latent_cfg_pair(inputs, timesteps)

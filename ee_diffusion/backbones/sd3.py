@@ -6,7 +6,6 @@ from typing import Any
 
 import torch
 from diffusers import SD3Transformer2DModel
-from torch import nn
 
 from .base import BackboneAdapter
 from .dit import unpatchify
@@ -44,17 +43,6 @@ class SD3Adapter(BackboneAdapter):
 
     model_classes = (SD3Transformer2DModel,)
     batch_inputs = ("temb",)
-
-    @property
-    def blocks(self) -> nn.ModuleList:
-        return self.model.transformer_blocks
-
-    def prediction_shape(self) -> tuple[int, int, int]:
-        config = self.model.config
-        return (config.in_channels, config.sample_size, config.sample_size)
-
-    def hidden_dim(self) -> int:
-        return self.model.inner_dim
 
     def is_cfg_pair_batch(self, inputs: dict, timesteps: torch.Tensor) -> bool:
         return self.latent_cfg_pair(inputs, timesteps)

@@ -42,21 +42,6 @@ class CalibrationResult:
 
 
 def save_calibration(result: CalibrationResult, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-
-
-def load_policy(path: str | Path) -> EarlyExitConfig:
-    """Read a calibration JSON (or a bare `EarlyExitConfig` JSON) back as an `EarlyExitConfig`."""
-    from .._io import read_json_file
-
-    data = read_json_file(path, "calibration JSON")
-    try:
-        return EarlyExitConfig.from_dict(data["exit_config"] if isinstance(data, dict) and "exit_config" in data else data)
-    except (ValueError, TypeError) as error:
-        raise type(error)(f"{str(path)!r}: {error}") from None
-
-
-def save_calibration(result: CalibrationResult, path: str | Path) -> None:
     """Write `{"exit_config": ..., "calibration": ...}` as JSON (atomically: never a half-written file)."""
     atomic_write_text(path, json.dumps(result.to_dict(), indent=2) + "\n")
 

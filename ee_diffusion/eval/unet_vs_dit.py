@@ -5,7 +5,7 @@ DDIM, `--steps` steps, guidance 1.0. Every method is scored with the digits feat
 reference half of the digits (FID, class accuracy), its fraction of full depth (DiT: blocks; U-Net: levels)
 and its wall-clock time relative to the same model at full depth (interleaved repeats of one batch, medians).
 
-    python -m ee_diffusion.eval.unet_vs_dit --unet runs/unet-digits/pipeline --num-images 300 --out runs/unet_vs_dit
+    python -m ee_diffusion.eval.unet_vs_dit --num-images 300 --out runs/unet_vs_dit
 
 writes `results.json` and `table.md` into `--out`.
 """
@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
+from .._io import atomic_write_text
 from ..config import EarlyExitConfig
 from ..schedules import StaticDepth, TimestepSchedule
 from .sampling import class_labels, generate, image_generators
 from .timing import interleaved_timings, summarize_timings
-from .unet_sampling import load_unet_folder, sample_unet
 
 DIT_METHODS = {
     "full (8 blocks)": None,
@@ -43,23 +43,23 @@ def _config(policy: Any) -> EarlyExitConfig | None:
     return None if policy is None else EarlyExitConfig(policy=policy)
 
 
-def _unet_generate(bundle: Any, indices: list[int], policy: Any, steps: int, seed: int, batch_size: int):
+def _unet_generate(unet_pipe: Any, indices: list[int], policy: Any, steps: int, seed: int, batch_size: int):
     images, total, full = [], 0, 0
-    unet = bundle.unet
-    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    shape = unet_pipe.sample_shape()
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]
         noise = torch.stack([torch.randn(shape, generator=g) for g in image_generators(chunk, seed)])
-        out, stats = sample_unet(unet, bundle.scheduler, class_labels(chunk, 10), num_inference_steps=steps,
-                                 latents=noise, exit_config=_config(policy), bridges=bundle.bridges)
-        images.append(out)
-        total, full = total + stats.total_blocks, full + stats.full_blocks
+        out = unet_pipe(class_labels(chunk, 10), num_inference_steps=steps, guidance_scale=1.0, latents=noise,
+                        exit_config=_config(policy) or EarlyExitConfig(), output_type="pt")
+        images.append(out.images.float().cpu())
+        total, full = total + out.exit_stats.total_blocks, full + out.exit_stats.full_blocks
     return torch.cat(images), torch.tensor(class_labels(indices, 10)), total / full
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--unet", required=True, help="U-Net pipeline folder written by the trainer")
+    parser.add_argument("--unet", default=None,
+                        help="EarlyExitUNetPipeline folder (default: the shipped digits U-Net)")
     parser.add_argument("--num-images", type=int, default=300)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/unet_vs_dit")
     args = parser.parse_args(argv)
 
-    from ..default_model import load_default_pipeline
+    from ..default_model import load_default_pipeline, load_digits_unet
+    from ..pipelines import EarlyExitUNetPipeline
     from .features import load_feature_net
     from .quality import QualityEvaluator, real_images
 
@@ -79,10 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     indices = list(range(args.num_images))
     pipe = load_default_pipeline()
     pipe.set_progress_bar_config(disable=True)
-    bundle = load_unet_folder(args.unet)
+    unet_pipe = load_digits_unet() if args.unet is None else EarlyExitUNetPipeline.from_pretrained(args.unet)
+    unet_pipe.set_progress_bar_config(disable=True)
     params = {
         "DiT": sum(p.numel() for p in pipe.transformer.parameters()),
-        "U-Net": sum(p.numel() for p in bundle.unet.parameters()) + sum(p.numel() for p in bundle.bridges.parameters()),
+        "U-Net": sum(p.numel() for p in unet_pipe.unet.parameters())
+        + sum(p.numel() for p in unet_pipe.exit_bridges.parameters()),
     }
     rows: list[dict[str, Any]] = []
     timed: dict[str, Any] = {}
@@ -100,13 +103,13 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed, batch_size=args.batch_size))
     for name, policy in UNET_METHODS.items():
         started = time.perf_counter()
-        images, labels, fraction = _unet_generate(bundle, indices, policy, args.steps, args.seed, args.batch_size)
+        images, labels, fraction = _unet_generate(unet_pipe, indices, policy, args.steps, args.seed, args.batch_size)
         seconds = time.perf_counter() - started
         score = evaluator.score(images, labels, kid=False)
         rows.append({"backbone": "U-Net", "method": name, "policy": None if policy is None else policy.to_dict(),
                      "depth_fraction": fraction, "generate_s": seconds, **score})
         timed["U-Net/" + name] = (lambda p=policy: _unet_generate(
-            bundle, timing_batch, p, args.steps, args.seed, args.batch_size))
+            unet_pipe, timing_batch, p, args.steps, args.seed, args.batch_size))
     times = interleaved_timings(timed, repeats=args.timing_repeats, warmup=1)
     for backbone, methods in (("DiT", DIT_METHODS), ("U-Net", UNET_METHODS)):
         keys = [f"{backbone}/{m}" for m in methods]
@@ -119,16 +122,16 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "protocol": {"num_images": args.num_images, "steps": args.steps, "scheduler": "DDIM", "guidance_scale": 1.0,
                      "seed": args.seed, "timing_batch": len(timing_batch), "timing_repeats": args.timing_repeats,
-                     "torch_threads": torch.get_num_threads(), "unet": str(args.unet)},
+                     "torch_threads": torch.get_num_threads(), "unet": str(args.unet or "shipped digits U-Net")},
         "parameters": params,
         "real_floor": floor,
         "rows": rows,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
     table = markdown_table(result)
-    (out / "table.md").write_text(table)
+    atomic_write_text(out / "table.md", table)
     print(table)
     return 0
 

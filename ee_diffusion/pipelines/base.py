@@ -21,8 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline
-from diffusers.schedulers import SchedulerMixin
+from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
@@ -30,9 +29,9 @@ from torch import nn
 from ..backbones.registry import get_adapter
 from ..config import EarlyExitConfig
 from ..engine import early_exit
-from ..heads import UncertaintyHeads
 from ..layout import BatchLayout
 from ..stats import ExitStats
+from .checks import check_finite, check_weights_match, id2label_labels
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 # Scheduler variance types that consume the model's learned-variance channels in `scheduler.step`.
@@ -55,86 +54,6 @@ class EarlyExitPipelineOutput(BaseOutput):
     exit_stats: ExitStats
 
 
-def check_components(name: str, denoiser: nn.Module, scheduler: Any, vae: Any, exit_heads: Any) -> None:
-    """Refuse components of the wrong kind up front, before they fail deep inside a sampling loop.
-
-    `name` is the denoiser's component name ("transformer", "unet"), for the messages.
-    """
-    in_channels = denoiser.config.in_channels
-    if not isinstance(scheduler, SchedulerMixin):
-        raise TypeError(
-            f"scheduler must be a diffusers scheduler (SchedulerMixin, e.g. DDIMScheduler), got {type(scheduler).__name__}"
-        )
-    if vae is not None:
-        if not isinstance(vae, AutoencoderKL):
-            raise TypeError(f"vae must be an AutoencoderKL (latent space) or None (pixel space), got {type(vae).__name__}")
-        if vae.config.latent_channels != in_channels:
-            raise ValueError(
-                f"the vae's latent_channels ({vae.config.latent_channels}) must equal the {name}'s in_channels "
-                f"({in_channels}): this vae was made for another model"
-            )
-    if exit_heads is not None:
-        if not isinstance(exit_heads, UncertaintyHeads):
-            raise TypeError(f"exit_heads must be UncertaintyHeads or None, got {type(exit_heads).__name__}")
-        exit_heads.check_model(denoiser)
-    if get_adapter(denoiser).null_class_id() is None:
-        raise ValueError(
-            f"the {type(denoiser).__name__} must be class-conditional with a null class for guidance "
-            f"(DiT: num_embeds_ada_norm; UNet2DModel: num_class_embeds = classes + 1), got none"
-        )
-
-
-def _check_weights_match(model: nn.Module, folder: str, variant: str | None) -> None:
-    """Raise `ValueError` when the weights file of `folder` lacks parameters of `model` or has extra ones.
-
-    Reads the safetensors header only (names), no tensor data.
-    """
-    from safetensors import safe_open
-
-    name = "diffusion_pytorch_model" + (f".{variant}" if variant else "") + ".safetensors"
-    file = os.path.join(folder, name)
-    if not os.path.isfile(file):  # sharded or otherwise named: diffusers has checked what it loaded
-        return
-    with safe_open(file, framework="pt") as f:
-        stored = set(f.keys())
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - stored), sorted(stored - expected)
-    if missing or unexpected:
-        raise ValueError(
-            f"{file!r} does not match {os.path.join(folder, 'config.json')!r}: missing {missing[:6]}, unexpected "
-            f"{unexpected[:6]} ({len(missing)} missing, {len(unexpected)} unexpected; was the config edited?)"
-        )
-
-
-def _check_finite(values: torch.Tensor, what: str, exit_stats: ExitStats) -> None:
-    """Raise `ValueError` instead of returning NaN/inf images (one host sync per pipeline call)."""
-    finite = torch.isfinite(values).reshape(values.shape[0], -1).all(1)
-    if bool(finite.all()):
-        return
-    rows = (~finite).nonzero().flatten().tolist()
-    raise ValueError(
-        f"sampling produced NaN/inf in rows {rows} of the {what}; over {exit_stats.num_calls} model calls "
-        f"{exit_stats.num_nonfinite} row outputs were non-finite and {exit_stats.num_fallbacks} rows fell back "
-        f"towards full depth (ExitStats.nonfinite/fallbacks). Check the weights, the latents and the scheduler; "
-        f"exit_config=EarlyExitConfig() runs the full model for comparison"
-    )
-
-
-def _id2label_labels(id2label: Any) -> tuple[dict[str, str] | None, dict[str, int]]:
-    """`{id: "name, other name"}` -> (the JSON-safe map `{"id": "names"}`, `{name: id}` sorted by name)."""
-    if id2label is None:
-        return None, {}
-    if not isinstance(id2label, dict):
-        raise TypeError(f"id2label must be a dict {{class id: 'name, other name'}}, got {type(id2label).__name__}")
-    try:
-        # JSON object keys are strings: store "id" -> "names" so that save/load round-trips unchanged.
-        stored = {str(int(key)): str(value) for key, value in id2label.items()}
-    except (TypeError, ValueError):
-        raise ValueError(f"id2label keys must be class ids (ints or digit strings), got {list(id2label)!r}") from None
-    labels = {name.strip(): int(key) for key, names in stored.items() for name in names.split(",")}
-    return stored, dict(sorted(labels.items()))
-
-
 class ClassConditionalExitPipeline(DiffusionPipeline):
     """Base of `EarlyExitDiTPipeline` and `EarlyExitUNetPipeline`: everything but the denoiser's call.
 
@@ -144,11 +63,13 @@ class ClassConditionalExitPipeline(DiffusionPipeline):
 
     #: The attribute that holds the denoiser ("transformer" or "unet").
     denoiser_name: ClassVar[str] = ""
+    #: What a call without `guidance_scale` uses.
+    default_guidance_scale: ClassVar[float] = 1.0
     #: Components whose weights file `from_pretrained` checks against their config.
     _checked_components: ClassVar[tuple[str, ...]] = ()
 
     def _init_config(self, id2label: Any, exit_config: Any) -> None:
-        stored, self.labels = _id2label_labels(id2label)
+        stored, self.labels = id2label_labels(id2label)
         self.register_to_config(id2label=stored)
         self.set_default_exit_config(exit_config)
 
@@ -179,7 +100,7 @@ class ClassConditionalExitPipeline(DiffusionPipeline):
             for name in cls._checked_components:
                 component = getattr(pipe, name, None)
                 if component is not None and name not in kwargs:
-                    _check_weights_match(component, os.path.join(path, name), kwargs.get("variant"))
+                    check_weights_match(component, os.path.join(path, name), kwargs.get("variant"))
         return pipe
 
     # ------------------------------------------------------------------------------------------ configuration
@@ -331,11 +252,57 @@ class ClassConditionalExitPipeline(DiffusionPipeline):
         """The keyword arguments `early_exit` needs besides the config (heads; U-Nets also their bridges)."""
         return {"heads": self.exit_heads}
 
-    def sample(
-        self, labels: torch.Tensor, guidance_scale: float, generator: Any, num_inference_steps: int,
-        latents: torch.Tensor | None, config: EarlyExitConfig, output_type: str, return_dict: bool,
+    # ---------------------------------------------------------------------------------------------- the call
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: int | Sequence[int] | torch.Tensor,
+        guidance_scale: float | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int = 50,
+        latents: torch.Tensor | None = None,
+        exit_config: EarlyExitConfig | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
     ) -> EarlyExitPipelineOutput | tuple:
-        """The denoising loop of `__call__`, on validated inputs."""
+        r"""Generate one image per class label.
+
+        Args:
+            class_labels: class ids in `[0, num_classes)`: an int, or a list/tuple/1-D tensor of ints. Names
+                map to ids with `get_label_ids`.
+            guidance_scale: classifier-free guidance weight; guidance is on when `> 1` (the batch then runs
+                every row twice, with its label and with the null class `num_classes`). None: the pipeline's
+                `default_guidance_scale` (DiT 4.0 as `DiTPipeline`; U-Net 1.0).
+            generator: `torch.Generator`(s) for the initial noise and for stochastic schedulers.
+            num_inference_steps: number of denoising steps (Heun-type schedulers call the model about twice per
+                step; the loop follows `scheduler.timesteps`).
+            latents: optional initial noise of shape (B, C, H, W), scaled by the scheduler's
+                `init_noise_sigma` like freshly drawn noise.
+            exit_config: the exit policy for this call; `None` uses `default_exit_config`.
+            output_type: `"pil"`, `"np"`, `"pt"` or `"latent"`.
+            return_dict: return an `EarlyExitPipelineOutput` (else a tuple `(images, exit_stats)`).
+
+        Returns:
+            `EarlyExitPipelineOutput` with `images` and `exit_stats` (every model call of the run).
+
+        ```py
+        >>> import torch
+        >>> from diffusers import DDIMScheduler
+        >>> from ee_diffusion.pipelines import EarlyExitDiTPipeline
+        >>> from ee_diffusion.testing import tiny_dit
+        >>> pipe = EarlyExitDiTPipeline(transformer=tiny_dit(num_layers=2), scheduler=DDIMScheduler())
+        >>> pipe.set_progress_bar_config(disable=True)
+        >>> images = pipe(class_labels=3, num_inference_steps=2, output_type="pil").images
+        >>> images[0].size, images[0].mode
+        ((8, 8), 'L')
+
+        ```
+        """
+        guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
+        labels = self.check_inputs(
+            class_labels, guidance_scale, num_inference_steps, latents, exit_config, output_type, generator, return_dict
+        )
+        config = exit_config if exit_config is not None else self.default_exit_config
         device = self._execution_device
         denoiser = self.denoiser
         dtype = denoiser.dtype
@@ -388,7 +355,7 @@ class ClassConditionalExitPipeline(DiffusionPipeline):
 
         # 5. Decode: latent space through the VAE, pixel space as is; both map [-1, 1] to [0, 1]. Never return
         #    NaN/inf images (see EarlyExitConfig.on_nonfinite): one check of the latents, one of the decode.
-        _check_finite(latents, "final latents", exit_stats)
+        check_finite(latents, "final latents", exit_stats)
         if output_type == "latent":
             images = latents
         else:
@@ -396,7 +363,7 @@ class ClassConditionalExitPipeline(DiffusionPipeline):
                 # `latents * (1 / scaling_factor)` rather than `/`: the exact arithmetic of DiTPipeline.
                 latents = latents.to(self.vae.dtype) * (1 / self.vae.config.scaling_factor)
                 samples = self.vae.decode(latents).sample
-                _check_finite(samples, "VAE-decoded images", exit_stats)
+                check_finite(samples, "VAE-decoded images", exit_stats)
             else:
                 samples = latents
             images = (samples / 2 + 0.5).clamp(0, 1)

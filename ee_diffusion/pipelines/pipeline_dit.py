@@ -6,7 +6,6 @@ The shared machinery (inputs, labels, default exit config, the denoising loop un
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -15,7 +14,8 @@ from diffusers.schedulers import KarrasDiffusionSchedulers
 
 from ..config import EarlyExitConfig
 from ..heads import UncertaintyHeads
-from .base import ClassConditionalExitPipeline, EarlyExitPipelineOutput, check_components
+from .base import ClassConditionalExitPipeline
+from .checks import check_components
 
 
 class EarlyExitDiTPipeline(ClassConditionalExitPipeline):
@@ -56,6 +56,8 @@ class EarlyExitDiTPipeline(ClassConditionalExitPipeline):
     """
 
     denoiser_name = "transformer"
+    #: `DiTPipeline`'s default, kept for drop-in use; small pixel-space models want less (see their model cards).
+    default_guidance_scale = 4.0
     _checked_components = ("transformer", "vae")
     model_cpu_offload_seq = "transformer->vae"
     _optional_components = ["vae", "exit_heads"]
@@ -84,55 +86,3 @@ class EarlyExitDiTPipeline(ClassConditionalExitPipeline):
 
     def predict(self, model_input: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.transformer(model_input, timestep=timesteps, class_labels=labels).sample
-
-    # ------------------------------------------------------------------------------------------------ sampling
-    @torch.no_grad()
-    def __call__(
-        self,
-        class_labels: int | Sequence[int] | torch.Tensor,
-        guidance_scale: float = 4.0,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        num_inference_steps: int = 50,
-        latents: torch.Tensor | None = None,
-        exit_config: EarlyExitConfig | None = None,
-        output_type: str = "pil",
-        return_dict: bool = True,
-    ) -> EarlyExitPipelineOutput | tuple:
-        r"""Generate one image per class label.
-
-        Args:
-            class_labels: class ids in `[0, num_classes)`: an int, or a list/tuple/1-D tensor of ints. Names
-                map to ids with `get_label_ids`.
-            guidance_scale: classifier-free guidance weight; guidance is on when `> 1` (the batch then runs
-                every row twice, with its label and with the null class `num_classes`).
-            generator: `torch.Generator`(s) for the initial noise and for stochastic schedulers.
-            num_inference_steps: number of denoising steps (Heun-type schedulers call the model about twice per
-                step; the loop follows `scheduler.timesteps`).
-            latents: optional initial noise of shape (B, C, H, W), scaled by the scheduler's
-                `init_noise_sigma` like freshly drawn noise.
-            exit_config: the exit policy for this call; `None` uses `default_exit_config`.
-            output_type: `"pil"`, `"np"`, `"pt"` or `"latent"`.
-            return_dict: return an `EarlyExitPipelineOutput` (else a tuple `(images, exit_stats)`).
-
-        Returns:
-            `EarlyExitPipelineOutput` with `images` and `exit_stats` (every model call of the run).
-
-        ```py
-        >>> import torch
-        >>> from diffusers import DDIMScheduler
-        >>> from ee_diffusion.pipelines import EarlyExitDiTPipeline
-        >>> from ee_diffusion.testing import tiny_dit
-        >>> pipe = EarlyExitDiTPipeline(transformer=tiny_dit(num_layers=2), scheduler=DDIMScheduler())
-        >>> pipe.set_progress_bar_config(disable=True)
-        >>> images = pipe(class_labels=3, num_inference_steps=2, output_type="pil").images
-        >>> images[0].size, images[0].mode
-        ((8, 8), 'L')
-
-        ```
-        """
-        labels = self.check_inputs(
-            class_labels, guidance_scale, num_inference_steps, latents, exit_config, output_type, generator, return_dict
-        )
-        config = exit_config if exit_config is not None else self.default_exit_config
-        return self.sample(labels, guidance_scale, generator, num_inference_steps, latents, config, output_type,
-                           return_dict)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,8 @@ from .._io import read_json_file
 from ..config import EarlyExitConfig
 from ..heads import UncertaintyHeads
 from ..unet import UNetExitBridges
-from .base import ClassConditionalExitPipeline, EarlyExitPipelineOutput, check_components
+from .base import ClassConditionalExitPipeline
+from .checks import check_components
 
 #: The sidecar of ee-diffusion 0.1's U-Net folders (labels, null class, default exit config).
 LEGACY_INFO_FILE = "early_exit.json"
@@ -149,28 +149,3 @@ class EarlyExitUNetPipeline(ClassConditionalExitPipeline):
         components.setdefault("id2label", info.get("id2label"))
         components.setdefault("exit_config", info.get("exit_config"))
         return cls(**components)
-
-    # ------------------------------------------------------------------------------------------------ sampling
-    @torch.no_grad()
-    def __call__(
-        self,
-        class_labels: int | Sequence[int] | torch.Tensor,
-        guidance_scale: float = 1.0,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        num_inference_steps: int = 50,
-        latents: torch.Tensor | None = None,
-        exit_config: EarlyExitConfig | None = None,
-        output_type: str = "pil",
-        return_dict: bool = True,
-    ) -> EarlyExitPipelineOutput | tuple:
-        r"""Generate one image per class label (same arguments and output as `EarlyExitDiTPipeline.__call__`).
-
-        Guidance (`guidance_scale > 1`) runs every row twice, with its label and with the null class
-        `num_classes` (the U-Net's last class-embedding row); `exit_stats.blocks_run` counts levels (N = full).
-        """
-        labels = self.check_inputs(
-            class_labels, guidance_scale, num_inference_steps, latents, exit_config, output_type, generator, return_dict
-        )
-        config = exit_config if exit_config is not None else self.default_exit_config
-        return self.sample(labels, guidance_scale, generator, num_inference_steps, latents, config, output_type,
-                           return_dict)

@@ -12,28 +12,21 @@ from pathlib import Path
 
 import torch
 
-from ee_diffusion.eval.unet_sampling import INFO_FILE, load_unet_folder
+from ee_diffusion.pipelines import EarlyExitUNetPipeline
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--pipeline", required=True)
+    parser.add_argument("--pipeline", required=True, help="EarlyExitUNetPipeline folder written by the trainer")
     parser.add_argument("--log", default=None)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    source, out = Path(args.pipeline), Path(args.out)
-    bundle = load_unet_folder(source)
+    out = Path(args.out)
+    pipe = EarlyExitUNetPipeline.from_pretrained(args.pipeline)
     if out.exists():
         shutil.rmtree(out)
-    out.mkdir(parents=True)
     # fp16 on disk keeps the package small; diffusers loads the weights into float32 modules.
-    bundle.unet.to(torch.float16).save_pretrained(str(out / "unet"))
-    bundle.bridges.to(torch.float16).save_pretrained(str(out / "exit_bridges"))
-    if bundle.heads is not None:
-        bundle.heads.to(torch.float16).save_pretrained(str(out / "exit_heads"))
-    shutil.copytree(source / "scheduler", out / "scheduler")
-    for name in ("model_index.json", INFO_FILE):
-        shutil.copy(source / name, out / name)
+    pipe.to(torch.float16).save_pretrained(str(out))
     if args.log:
         shutil.copy(args.log, out / "log.jsonl")
 
