@@ -1,6 +1,9 @@
 """Training for early-exit diffusion models: losses (DeeDiff, ASE), datasets and a thin accelerate trainer.
 
-Submodules are imported on use, so `import ee_diffusion.training` stays cheap.
+`losses` (the loss functions), `data` (datasets), `config` (the experiment config), `models` (the denoiser,
+heads and bridges a run builds, with the mode's loss as one module), `checkpoints` (the trainer's checkpoint
+files), `trainer` (`Trainer`, `train`) and `digits_eval` (class accuracy of digits samples). Submodules are
+imported on use, so `import ee_diffusion.training` stays cheap.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ _EXPORTS = {
     "Trainer": "ee_diffusion.training.trainer",
     "train": "ee_diffusion.training.trainer",
     "ExperimentConfig": "ee_diffusion.training.config",
+    "build_denoiser": "ee_diffusion.training.models",
+    "TrainingObjective": "ee_diffusion.training.models",
     "get_dataset": "ee_diffusion.training.data",
     "register_dataset": "ee_diffusion.training.data",
     "available_datasets": "ee_diffusion.training.data",

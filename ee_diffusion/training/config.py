@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .._validation import check_number
+from .._validation import check_int, check_number
 from .losses import ASELossConfig, DeeDiffLossConfig
 
 TRAIN_MODES = ("scratch", "deediff", "heads", "ase")
@@ -27,12 +27,6 @@ BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 LR_SCHEDULES = ("constant", "cosine")
 SAMPLING_SCHEDULERS = ("ddim", "ddpm")
 MODEL_KINDS = ("dit", "unet")
-
-
-def _int(value: Any, name: str, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
 
 
 def _choice(value: Any, name: str, allowed: tuple[str, ...]) -> str:
@@ -105,7 +99,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _choice(self.kind, "kind", MODEL_KINDS)
         for name in ("sample_size", "in_channels", "patch_size", "num_layers", "width", "num_heads", "num_classes"):
-            _int(getattr(self, name), name)
+            check_int(getattr(self, name), name)
         if not isinstance(self.learn_sigma, bool):
             raise ValueError(f"learn_sigma must be a bool, got {self.learn_sigma!r}")
         if self.init_from is not None and not isinstance(self.init_from, str):
@@ -119,11 +113,10 @@ class ModelConfig:
         channels = self.unet_channels
         if not isinstance(channels, (list, tuple)) or len(channels) < 2:
             raise ValueError(f"unet_channels must be a list of >= 2 positive integers, got {channels!r}")
-        self.unet_channels = [_int(c, "unet_channels entry") for c in channels]
-        _int(self.unet_layers_per_block, "unet_layers_per_block")
-        _int(self.unet_norm_groups, "unet_norm_groups")
-        bad = [c for c in self.unet_channels if c % self.unet_norm_groups]
-        if bad:
+        self.unet_channels = [check_int(c, "unet_channels entry") for c in channels]
+        check_int(self.unet_layers_per_block, "unet_layers_per_block")
+        check_int(self.unet_norm_groups, "unet_norm_groups")
+        if any(c % self.unet_norm_groups for c in self.unet_channels):
             raise ValueError(f"unet_channels {self.unet_channels} must be divisible by unet_norm_groups {self.unet_norm_groups}")
         levels = self.unet_attention_levels
         if not isinstance(levels, (list, tuple)) or any(
@@ -148,8 +141,8 @@ class TrainConfig:
     backbone, heads only, DeeDiff loss), `ase` (all weights but the timestep embedder, ASE loss).
     `batch_size` is the global batch of one micro-step (split over processes); an optimizer step sees
     `batch_size * gradient_accumulation_steps` samples. `label_dropout` replaces a sample's class by the null
-    class with that probability (classifier-free guidance training). `ema_decay = 0` disables EMA. `lr_schedule`: linear warmup over `warmup_steps`, then
-    constant or cosine decay to 0 at `max_steps`.
+    class with that probability (classifier-free guidance training). `ema_decay = 0` disables EMA.
+    `lr_schedule`: linear warmup over `warmup_steps`, then constant or cosine decay to 0 at `max_steps`.
     """
 
     mode: str = "scratch"
@@ -175,12 +168,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _choice(self.mode, "mode", TRAIN_MODES)
-        _int(self.max_steps, "max_steps")
-        _int(self.batch_size, "batch_size")
-        _int(self.gradient_accumulation_steps, "gradient_accumulation_steps")
+        check_int(self.max_steps, "max_steps")
+        check_int(self.batch_size, "batch_size")
+        check_int(self.gradient_accumulation_steps, "gradient_accumulation_steps", what="micro-steps per step")
         self.learning_rate = check_number(self.learning_rate, "learning_rate", low_open=True)
         self.weight_decay = check_number(self.weight_decay, "weight_decay")
-        _int(self.warmup_steps, "warmup_steps", low=0)
+        check_int(self.warmup_steps, "warmup_steps", low=0, what="0: no warmup")
         _choice(self.lr_schedule, "lr_schedule", LR_SCHEDULES)
         self.max_grad_norm = check_number(self.max_grad_norm, "max_grad_norm")
         self.ema_decay = check_number(self.ema_decay, "ema_decay", high=1.0)
@@ -188,14 +181,14 @@ class TrainConfig:
             raise ValueError("ema_decay must be < 1 (0 disables EMA), got 1.0")
         self.label_dropout = check_number(self.label_dropout, "label_dropout", high=1.0)
         _choice(self.mixed_precision, "mixed_precision", MIXED_PRECISION)
-        _int(self.seed, "seed", low=0)
-        _int(self.num_train_timesteps, "num_train_timesteps")
+        check_int(self.seed, "seed", low=0)
+        check_int(self.num_train_timesteps, "num_train_timesteps")
         _choice(self.beta_schedule, "beta_schedule", BETA_SCHEDULES)
         self.deediff = _from_dict(DeeDiffLossConfig, self.deediff, "deediff loss config")
         self.ase = _from_dict(ASELossConfig, self.ase, "ase loss config")
-        _int(self.log_every, "log_every")
-        _int(self.checkpoint_every, "checkpoint_every", low=0)
-        _int(self.checkpoints_total_limit, "checkpoints_total_limit")
+        check_int(self.log_every, "log_every")
+        check_int(self.checkpoint_every, "checkpoint_every", low=0, what="steps between checkpoints; 0: none")
+        check_int(self.checkpoints_total_limit, "checkpoints_total_limit", what="checkpoints kept")
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -1,4 +1,4 @@
-"""Datasets for training: scikit-learn's digits, an image folder, and a registry for more.
+"""Datasets for training: scikit-learn's digits, an image folder, font glyphs, and a registry for more.
 
 Every dataset is a `TensorImageDataset`: images (N, C, H, W) float32 in [-1, 1] and labels (N,) long, held in
 memory (the datasets this package trains on are small). `get_dataset(name, **options)` builds a registered one:
@@ -15,53 +15,20 @@ Add a dataset with `@register_dataset("name")` on a function that returns a `Ten
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+
+from .._validation import check_int
+from .datasets_base import TensorImageDataset
+from .datasets_glyphs import glyphs
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 RESIZE_MODES = ("pad", "nearest", "bilinear")
-
-
-class TensorImageDataset(Dataset):
-    """Images (N, C, H, W) in [-1, 1] with class labels (N,); `ds[i]` is `(image, label)`."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]) -> None:
-        if images.ndim != 4 or images.shape[-1] != images.shape[-2]:
-            raise ValueError(f"images must be (N, C, S, S) square images, got shape {tuple(images.shape)}")
-        if labels.shape != (images.shape[0],):
-            raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
-        self.images = images.float().contiguous()
-        self.labels = labels.long().contiguous()
-        self.class_names = list(class_names)
-        if len(self.labels) and int(self.labels.max()) >= len(self.class_names):
-            raise ValueError(f"label {int(self.labels.max())} has no name; {len(self.class_names)} class names given")
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[index], self.labels[index]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def image_size(self) -> int:
-        return self.images.shape[-1]
-
-    @property
-    def channels(self) -> int:
-        return self.images.shape[1]
-
-    def id2label(self) -> dict[int, str]:
-        return dict(enumerate(self.class_names))
 
 
 _REGISTRY: dict[str, Callable[..., TensorImageDataset]] = {}
@@ -92,6 +59,10 @@ def get_dataset(name: str, **options: Any) -> TensorImageDataset:
     return _REGISTRY[name](**options)
 
 
+# A dataset in a module of its own is registered here, so that the module needs nothing from this one.
+register_dataset("glyphs")(glyphs)
+
+
 def resize(images: torch.Tensor, size: int, mode: str = "pad") -> torch.Tensor:
     """Square images (N, C, S, S) in [-1, 1] -> (N, C, size, size).
 
@@ -112,12 +83,6 @@ def resize(images: torch.Tensor, size: int, mode: str = "pad") -> torch.Tensor:
     return F.interpolate(images, size=(size, size), mode=mode, **kwargs).clamp(-1, 1)
 
 
-def _check_size(image_size: Any) -> int:
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
-    return image_size
-
-
 @register_dataset("digits")
 def digits(image_size: int = 8, resize_mode: str = "pad") -> TensorImageDataset:
     """scikit-learn's 1797 handwritten digits (8x8, values 0..16), scaled to [-1, 1]; labels 0..9."""
@@ -125,7 +90,7 @@ def digits(image_size: int = 8, resize_mode: str = "pad") -> TensorImageDataset:
 
     data = load_digits()
     images = torch.from_numpy(data.images.astype(np.float32) / 8.0 - 1.0)[:, None]  # (N, 1, 8, 8)
-    images = resize(images, _check_size(image_size), resize_mode)
+    images = resize(images, check_int(image_size, "image_size", what="pixels"), resize_mode)
     return TensorImageDataset(images, torch.from_numpy(data.target), [str(d) for d in range(10)])
 
 
@@ -138,7 +103,7 @@ def image_folder(root: str, image_size: int, channels: int = 3, resize_mode: str
     """
     from PIL import Image
 
-    size = _check_size(image_size)
+    size = check_int(image_size, "image_size", what="pixels")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
     if resize_mode not in RESIZE_MODES:
@@ -206,7 +171,3 @@ class StepBatches:
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         index = self.indices(step)
         return self.dataset.images[index], self.dataset.labels[index]
-
-
-# Datasets defined in their own modules register themselves on import.
-from . import datasets_glyphs  # noqa: E402,F401  ("glyphs")

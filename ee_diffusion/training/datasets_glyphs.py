@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import TensorImageDataset, register_dataset
+from .._validation import check_int
+from .datasets_base import TensorImageDataset
 
 CHARSETS = {
     "alnum": string.digits + string.ascii_uppercase + string.ascii_lowercase,  # 62 classes
@@ -86,7 +87,6 @@ def _jitter(glyph: "np.ndarray", rng: np.random.Generator, size: int) -> "np.nda
     return np.asarray(image, dtype=np.float32) / 255.0
 
 
-@register_dataset("glyphs")
 def glyphs(image_size: int = 16, per_font: int = 8, charset: str = "alnum", seed: int = 0) -> TensorImageDataset:
     """`per_font` jittered renderings of every character of `charset` in each of the 20 fonts; [-1, 1], 1 channel.
 
@@ -94,11 +94,9 @@ def glyphs(image_size: int = 16, per_font: int = 8, charset: str = "alnum", seed
     """
     if charset not in CHARSETS:
         raise ValueError(f"charset must be one of {sorted(CHARSETS)}, got {charset!r}")
-    for name, value in (("image_size", image_size), ("per_font", per_font)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    check_int(image_size, "image_size", what="pixels")
+    check_int(per_font, "per_font", what="renderings of each character in each font")
+    check_int(seed, "seed", low=0)
     chars = CHARSETS[charset]
     rng = np.random.default_rng(seed)
     canvas = image_size * _SUPERSAMPLE

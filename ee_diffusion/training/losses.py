@@ -16,18 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import get_adapter
+from .._validation import check_number
+from ..backbones.registry import get_adapter
 from ..heads import UncertaintyHeads
 from ..schedules.static import StaticDepth, TimestepSchedule
 
 UNCERTAINTY_REDUCTIONS = ("mean", "sum")
 LAYER_WEIGHTINGS = ("normalized", "paper")
-
-
-def _check_weight(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-    return float(value)
 
 
 @dataclass
@@ -59,9 +54,9 @@ class DeeDiffLossConfig:
     condition_on_timestep: bool = False
 
     def __post_init__(self) -> None:
-        self.lambda_u = _check_weight(self.lambda_u, "lambda_u")
-        self.beta = _check_weight(self.beta, "beta")
-        self.simple_weight = _check_weight(self.simple_weight, "simple_weight")
+        self.lambda_u = check_number(self.lambda_u, "lambda_u")
+        self.beta = check_number(self.beta, "beta")
+        self.simple_weight = check_number(self.simple_weight, "simple_weight")
         if self.uncertainty_reduction not in UNCERTAINTY_REDUCTIONS:
             raise ValueError(
                 f"uncertainty_reduction must be one of {UNCERTAINTY_REDUCTIONS}, got {self.uncertainty_reduction!r}"
@@ -248,7 +243,7 @@ def ase_loss(
     """
     config = ASELossConfig() if config is None else config
     adapter = get_adapter(model)
-    config.schedule.validate_for(adapter.num_blocks)
+    config.schedule.validate_for(adapter)
     _, eps = block_predictions(model, noisy, timestep, class_labels, **conditioning)
     depths = config.schedule.plan_depths(timestep.float(), adapter.num_blocks)  # (B,) in 1..N
     stacked = torch.stack(eps)  # (N, B, C, H, W)
