@@ -8,9 +8,11 @@ safetensors only; nothing here unpickles.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +38,70 @@ def fsync_tree(folder: str | os.PathLike) -> None:
         _fsync(Path(root))
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` so that readers see the old content or the new one, never a part."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary file name next to `path` for writers that want a name (matplotlib, safetensors).
+
+    When the block ends normally the file is flushed and renamed onto `path`; when it raises, the partial file
+    is removed and `path` keeps its old content.
+
+    ```py
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> target = Path(tempfile.mkdtemp()) / "notes.txt"
+    >>> with atomic_path(target) as tmp:
+    ...     _ = tmp.write_text("done")
+    >>> target.read_text(), sorted(p.name for p in target.parent.iterdir())
+    ('done', ['notes.txt'])
+
+    ```
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left when the writer failed: the rename consumed it otherwise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` so that readers see the old content or the new one, never a part."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any, **dumps_kwargs: Any) -> None:
+    """`json.dumps(data, **dumps_kwargs)` plus a final newline, written with `atomic_write_text`.
+
+    ```py
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> target = Path(tempfile.mkdtemp()) / "report.json"
+    >>> atomic_write_json(target, {"fid": 1.5}, indent=1)
+    >>> target.read_text()
+    '{\\n "fid": 1.5\\n}\\n'
+
+    ```
+    """
+    atomic_write_text(path, json.dumps(data, **dumps_kwargs) + "\n")
+
+
+def atomic_save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """`safetensors.torch.save_file` through a temporary name, so a crash never leaves a truncated file."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(dict(tensors), str(tmp))
+
+
+def atomic_save_figure(figure: Any, path: str | os.PathLike, **savefig_kwargs: Any) -> None:
+    """`figure.savefig(path)` (a matplotlib figure) through a temporary name; the format follows `path`'s suffix."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        # The temporary name has no image suffix, so matplotlib must be told the format.
+        figure.savefig(tmp, format=path.suffix.lstrip(".") or "png", **savefig_kwargs)
 
 
 def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:

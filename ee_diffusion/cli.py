@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -76,8 +77,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     from .eval.bench import run
 
     paths = {k: v for k, v in (("digits", args.digits_model), ("glyphs", args.glyphs_model)) if v}
-    run(args.preset, args.out, settings=args.settings, model_paths=paths,
-        command="ee-diffusion " + " ".join(sys.argv[1:]))
+    run(args.preset, args.out, settings=args.settings, model_paths=paths, command=args.command_line)
     return 0
 
 
@@ -104,7 +104,7 @@ def _add_calibrate(subparsers) -> None:
 def _run_calibrate(args: argparse.Namespace) -> int:
     from .eval.bench import load_setting_pipeline
     from .eval.features import load_feature_net
-    from .schedules.calibrate import run_calibration
+    from .calibration import run_calibration
 
     setting = args.model if args.model in ("digits", "glyphs") else None
     pipe = load_setting_pipeline(setting or "digits", None if setting else args.model)
@@ -112,7 +112,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     result = run_calibration(pipe, kind=args.kind, budget=args.budget, tolerance=args.tolerance,
                              threshold=args.threshold, num_images=args.images, steps=args.steps,
                              guidance_scale=args.guidance, num_buckets=args.buckets, feature_net=feature_net)
-    from .schedules.calibrate import save_calibration
+    from .calibration import save_calibration
 
     save_calibration(result, args.out)
     print(f"{result.exit_config.to_json()}\nblock fraction {result.info.get('block_fraction'):.3f}; saved to {args.out}")
@@ -131,8 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run the command line `argv` (default: the process's arguments); returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    # Reports record the command that made them; when `main` is called from Python, sys.argv is not it.
+    args.command_line = shlex.join(["ee-diffusion", *argv])
     return args.func(args)
 
 

@@ -8,12 +8,11 @@ scores: `assets/digits-dit/TRAINING.md`; to rebuild it: `scripts/train_default_m
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from .pipelines import EarlyExitDiTPipeline, EarlyExitUNetPipeline
+from .pipelines import ClassConditionalExitPipeline, EarlyExitDiTPipeline, EarlyExitUNetPipeline
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "digits-dit"
 #: The same DiT after pre-training only (L_simple, no exit heads, no layer-wise fine-tuning): the "stock
@@ -27,7 +26,7 @@ DEFAULT_GUIDANCE_SCALE = 1.0
 DIGITS_UNET_DIR = Path(__file__).parent / "assets" / "digits-unet"
 
 
-def load_default_pipeline(device: str | torch.device | None = None) -> "EarlyExitDiTPipeline":
+def load_default_pipeline(device: str | torch.device | None = None) -> EarlyExitDiTPipeline:
     """Load the shipped digits pipeline (transformer, DDIM scheduler, exit heads, default exit config).
 
     Sample it with `guidance_scale=DEFAULT_GUIDANCE_SCALE` (1.0): the pipeline's generic default of 4.0 ruins
@@ -43,19 +42,10 @@ def load_default_pipeline(device: str | torch.device | None = None) -> "EarlyExi
 
     ```
     """
-    from .pipelines import EarlyExitDiTPipeline
-
-    if not (DEFAULT_MODEL_DIR / "model_index.json").is_file():
-        raise FileNotFoundError(
-            f"the default model is missing from {str(DEFAULT_MODEL_DIR)!r}; rebuild it with "
-            f"scripts/train_default_model.sh"
-        )
-    # Weights are stored in fp16 to keep the package small; diffusers loads them into float32 modules.
-    pipe = EarlyExitDiTPipeline.from_pretrained(str(DEFAULT_MODEL_DIR))
-    return pipe if device is None else pipe.to(device)
+    return _load(EarlyExitDiTPipeline, DEFAULT_MODEL_DIR, "the default model", "scripts/train_default_model.sh", device)
 
 
-def load_pretrained_pipeline(device: str | torch.device | None = None) -> "EarlyExitDiTPipeline":
+def load_pretrained_pipeline(device: str | torch.device | None = None) -> EarlyExitDiTPipeline:
     """Load the shipped digits DiT as it was after plain pre-training: no exit heads, no layer-wise losses.
 
     Stage 1 of `scripts/train_default_model.sh` (the stage-2 DeeDiff fine-tune starts from it). It has no
@@ -69,18 +59,11 @@ def load_pretrained_pipeline(device: str | torch.device | None = None) -> "Early
 
     ```
     """
-    from .pipelines import EarlyExitDiTPipeline
-
-    if not (PRETRAINED_MODEL_DIR / "model_index.json").is_file():
-        raise FileNotFoundError(
-            f"the pre-trained model is missing from {str(PRETRAINED_MODEL_DIR)!r}; rebuild it with "
-            f"scripts/train_default_model.sh"
-        )
-    pipe = EarlyExitDiTPipeline.from_pretrained(str(PRETRAINED_MODEL_DIR))
-    return pipe if device is None else pipe.to(device)
+    return _load(EarlyExitDiTPipeline, PRETRAINED_MODEL_DIR, "the pre-trained model", "scripts/train_default_model.sh",
+                 device)
 
 
-def load_digits_unet(device: str | torch.device | None = None) -> "EarlyExitUNetPipeline":
+def load_digits_unet(device: str | torch.device | None = None) -> EarlyExitUNetPipeline:
     """Load the shipped digits U-Net pipeline (U-Net, DDIM scheduler, exit bridges and heads); sample it without
     guidance (`guidance_scale=1.0`, the pipeline's default).
 
@@ -91,9 +74,14 @@ def load_digits_unet(device: str | torch.device | None = None) -> "EarlyExitUNet
 
     ```
     """
-    from .pipelines import EarlyExitUNetPipeline
+    return _load(EarlyExitUNetPipeline, DIGITS_UNET_DIR, "the digits U-Net", "scripts/unet_digits/", device)
 
-    if not (DIGITS_UNET_DIR / "model_index.json").is_file():
-        raise FileNotFoundError(f"the digits U-Net is missing from {str(DIGITS_UNET_DIR)!r}; see docs/backbones.md")
-    pipe = EarlyExitUNetPipeline.from_pretrained(str(DIGITS_UNET_DIR))
+
+def _load(pipeline_class: type[ClassConditionalExitPipeline], folder: Path, what: str, rebuild: str,
+          device: str | torch.device | None) -> Any:
+    """A shipped pipeline folder, or a FileNotFoundError saying what is missing and how to rebuild it."""
+    if not (folder / "model_index.json").is_file():
+        raise FileNotFoundError(f"{what} is missing from {str(folder)!r}; rebuild it with {rebuild}")
+    # Weights are stored in fp16 to keep the package small; diffusers loads them into float32 modules.
+    pipe = pipeline_class.from_pretrained(str(folder))
     return pipe if device is None else pipe.to(device)

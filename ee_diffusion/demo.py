@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ._io import atomic_save_figure
+from ._validation import check_int
 from .config import EarlyExitConfig
+from .eval.timing import interleaved_timings
 
 
 def _demo_pipeline():
@@ -38,22 +40,21 @@ def _save_grid(path: Path, groups: list[tuple[str, np.ndarray]], columns: int) -
             ax.set_yticks([])
         axes[g * rows_per_group][0].set_ylabel(title, rotation=0, ha="right", va="center", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
 def run_demo(
-    out_dir: Path, num_inference_steps: int = 25, seed: int = 0, batch_size: int = 64, repeats: int = 3
+    out_dir: str | Path, num_inference_steps: int = 25, seed: int = 0, batch_size: int = 64, repeats: int = 3
 ) -> list[str]:
     """Sample a batch (classes in turn) at full depth and with the recommended early exit, from the same noise.
 
     Both are timed interleaved (warm-up, then `repeats` rounds, medians); the grid shows two images per class.
     Returns the summary lines (model, policy, timings, measured speedup, the PNG's path).
     """
-    if num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_int(num_inference_steps, "num_inference_steps", 1, "sampling steps")
+    check_int(batch_size, "batch_size", 1, "rows per batch")
+    check_int(repeats, "repeats", 1, "timed rounds")
     pipe, guidance_scale = _demo_pipeline()
     pipe.set_progress_bar_config(disable=True)
     num_classes = pipe.transformer.config.num_embeds_ada_norm
@@ -66,16 +67,13 @@ def run_demo(
                     generator=generator, exit_config=config, output_type="np")
 
     outputs = {name: sample(config) for name, config in configs.items()}  # also the warm-up
-    times: dict[str, list[float]] = {name: [] for name in configs}
-    for _ in range(repeats):
-        for name, config in configs.items():
-            start = time.perf_counter()
-            sample(config)
-            times[name].append(time.perf_counter() - start)
+    times = interleaved_timings({name: lambda c=config: sample(c) for name, config in configs.items()},
+                                repeats=repeats, warmup=0)
     median = {name: statistics.median(values) for name, values in times.items()}
     fraction = outputs["early exit"].exit_stats.depth_fraction
     num_blocks = pipe.transformer.config.num_layers
 
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "demo.png"
     shown = slice(0, min(batch_size, 2 * num_classes))

@@ -26,17 +26,22 @@ def test_glyphs_reject_bad_options():
 
 def test_a_class_balanced_glyph_subset_draws_from_every_font():
     """The renderer goes font by font; the real sets are shuffled once, so a balanced subset of 8 images per
-    class is a fair sample: its FID against the reference is small (without the shuffle it was above 100)."""
+    class is a fair sample: its FID against the reference is small, unlike that of the first fonts alone."""
     from ee_diffusion.eval.features import load_feature_net
-    from ee_diffusion.eval.quality import QualityEvaluator, balanced_subset, real_images
+    from ee_diffusion.eval.quality import REAL_SETS, QualityEvaluator, balanced_subset, real_images
 
     reference, _ = real_images("glyphs", "reference")
     images, labels = real_images("glyphs", "floor")
     subset, subset_labels = balanced_subset(images, labels, 208, 26)
     assert torch.bincount(subset_labels).tolist() == [8] * 26
-    score = QualityEvaluator(load_feature_net("glyphs"), reference).score(subset, subset_labels, kid=False)
+    evaluator = QualityEvaluator(load_feature_net("glyphs"), reference)
+    score = evaluator.score(subset, subset_labels, kid=False)
     assert score["fid"] < 15
     assert score["accuracy"] > 0.8
+    # The same draw in rendering order: the balanced subset then comes from the first fonts only.
+    rendered = get_dataset("glyphs", **REAL_SETS["glyphs"]["floor"])
+    first_fonts, _ = balanced_subset((rendered.images + 1) / 2, rendered.labels, 208, 26)
+    assert evaluator.score(first_fonts, kid=False)["fid"] > 2 * score["fid"]
 
 
 def test_the_shipped_glyphs_model_matches_its_setting():

@@ -3,6 +3,7 @@ other value raises ValueError/TypeError only."""
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -27,6 +28,15 @@ configs = st.builds(EarlyExitConfig, policy=policies, cfg_pairing=st.sampled_fro
 anything = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
                      st.text(max_size=5), st.lists(st.integers(-5, 5), max_size=3),
                      st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """A 4-block model on a shared 2-core machine: a second intra-op thread only waits on the other's barrier."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @FAST
@@ -79,22 +89,48 @@ def test_any_wrong_value_raises_value_or_type_error(field, value):
         made = make(value)
     except (ValueError, TypeError):
         return
-    # Accepted values must be valid ones.
+    # Accepted values must be valid ones, and kept as given.
+    def count(v, low):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
     if field == "depth":
-        assert isinstance(value, int) and value >= 1
+        assert count(value, 1) and made.depth == value
+    elif field == "boundaries":  # one boundary for two depths: a finite number
+        assert isinstance(value, list) and len(value) == 1 and not isinstance(value[0], bool)
+        assert math.isfinite(value[0]) and list(made.boundaries) == value
+    elif field == "depths":
+        assert isinstance(value, list) and len(value) == 2 and all(count(d, 1) for d in value)
+        assert list(made.depths) == value
     elif field == "threshold":
-        assert 0 < value < 1 and not math.isnan(value)
+        assert 0 < value < 1 and not math.isnan(value) and made.threshold == value
+    elif field == "patience":
+        assert count(value, 1) and made.patience == value
     elif field in ("cfg_pairing", "on_nonfinite"):
-        assert value in ("together", "independent", "fallback", "raise")
-    elif field == "policy":
+        assert value in ("together", "independent", "fallback", "raise") and getattr(made, field) == value
+    else:
         assert value is None and made.policy is None
 
 
+POLICY_TYPES = ("StaticDepth", "TimestepSchedule", "UncertaintyThreshold")
+FIELDS = ("depth", "boundaries", "depths", "threshold", "patience", "x")
+# Mostly a known type with random fields (so that some dicts are accepted), sometimes a random type.
+policy_dicts = st.one_of(
+    st.builds(lambda kind, fields: {"type": kind, **fields}, st.sampled_from(POLICY_TYPES),
+              st.dictionaries(st.sampled_from(FIELDS), st.one_of(anything, st.integers(1, N), thresholds), max_size=3)),
+    st.dictionaries(st.sampled_from(("type",) + FIELDS), anything, max_size=4),
+    policies.filter(lambda p: p is not None).map(lambda p: p.to_dict()),
+)
+
+
 @FAST
-@given(st.dictionaries(st.sampled_from(["type", "depth", "boundaries", "depths", "threshold", "x"]), anything,
-                       max_size=4))
-def test_policy_dicts_from_json_never_crash_badly(data):
+@given(policy_dicts)
+def test_policy_dicts_from_json_raise_or_load_exactly_what_they_say(data):
     try:
-        EarlyExitConfig.from_dict({"policy": data})
+        config = EarlyExitConfig.from_dict({"policy": data})
     except (ValueError, TypeError):
-        pass
+        return
+    # Accepted: the type named, every given field kept as given, and the policy saves back to the same dict.
+    assert type(config.policy).__name__ == data["type"]
+    saved = config.policy.to_dict()
+    assert set(data) <= set(saved) and all(saved[key] == value for key, value in data.items())
+    assert EarlyExitConfig.from_dict(config.to_dict()) == config

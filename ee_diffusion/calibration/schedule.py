@@ -102,7 +102,7 @@ def _sample_variants(pipe: Any, calib: CalibrationSet, boundaries: list[float], 
     indices = list(range(calib.num_images)) * table.shape[0]
     noise = torch.stack([torch.randn(shape, generator=g) for g in image_generators(indices, calib.seed)])
     out = pipe(
-        class_labels=class_labels(indices, int(transformer.config.num_embeds_ada_norm)),
+        class_labels=class_labels(indices, pipe.num_classes),
         num_inference_steps=calib.num_inference_steps, guidance_scale=calib.guidance_scale, latents=noise,
         exit_config=EarlyExitConfig(policy=_VariantPlan(boundaries, table, calib.num_images)), output_type="pt",
     )
@@ -143,7 +143,7 @@ def measure_depth_deviation(
     images = _sample_variants(pipe, calib, boundaries, table)
     reference = _embed(images[: calib.num_images], feature_net)
     # The typical distance: each sample against the next sample of the same class (a different noise draw).
-    num_classes = int(pipe.transformer.config.num_embeds_ada_norm)
+    num_classes = pipe.num_classes
     shift = num_classes if calib.num_images > num_classes else 1
     typical = float(((reference[shift:] - reference[:-shift]) ** 2).sum(1).mean())
     measured: list[dict[int, float]] = [{num_blocks: 0.0} for _ in counts]

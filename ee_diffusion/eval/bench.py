@@ -9,14 +9,13 @@ static depth N/4, N/2, 3N/4; ASE schedules; DeeDiff thresholds (per sample, CFG 
 calibrated schedules and thresholds (ours, calibrated on separate seeds); a DeeDiff policy distilled into a
 static schedule; diffusers' FirstBlockCache.
 
-Writes OUT/report.json, OUT/report.md and OUT/pareto.png. Presets: `ci` (digits, small counts, < 5 minutes on 2
-cores) and `full`.
+Writes OUT/report.json, OUT/report.md and OUT/pareto.png through `ee_diffusion.eval.report` (which also
+re-renders a saved report). Presets: `ci` (digits, small counts; a committed run: docs/bench-ci-report.md) and
+`full` (both settings; docs/bench-full-digits-report.md).
 """
 
 from __future__ import annotations
 
-import json
-import math
 import platform
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -26,9 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import EarlyExitConfig
-from ..schedules import StaticDepth, TimestepSchedule, UncertaintyThreshold
-from ..schedules.calibrate import (
+from ..calibration import (
     CalibrationSet,
     calibrate_thresholds,
     distil_schedule,
@@ -36,10 +33,13 @@ from ..schedules.calibrate import (
     thresholds_for_fractions,
     schedule_from_deviation,
 )
+from ..config import EarlyExitConfig
+from ..schedules import StaticDepth, TimestepSchedule, UncertaintyThreshold
 from .baselines import fbc_pipeline, first_block_cache
 from .compute import count_flops, overhead_breakdown, peak_memory
 from .features import load_feature_net
 from .quality import QualityEvaluator, balanced_subset, real_images
+from .report import _interp, _recommend, _targets, write_report
 from .sampling import generate
 from .timing import interleaved_timings
 
@@ -48,11 +48,13 @@ GLYPHS_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "glyphs-d
 
 @dataclass
 class Preset:
+    """What a bench run measures and how much: settings, counts, sweeps and timing rounds (see `PRESETS`)."""
+
     settings: tuple[str, ...] = ("digits",)
     num_images: int = 200
     steps: int = 20
-    # Per setting. Both small pixel-space models sample best without guidance (digits, its TRAINING.md: accuracy
-    # 0.965 at guidance 1, 0.505 at 4; glyphs: FID 17 at guidance 1, 121 at 2, 208 images).
+    # Per setting. Both small pixel-space models sample best without guidance: strong guidance over-saturates
+    # them (measured in assets/digits-dit/TRAINING.md and in docs/evaluation.md's table of settings).
     guidance: tuple[tuple[str, float], ...] = (("digits", 1.0), ("glyphs", 1.0))
     extra_seeds: int = 1  # seeds of the full model beyond seed 0, for the spread
     fewer_steps: tuple[int, ...] = (6, 10, 14)
@@ -92,6 +94,8 @@ PRESETS = {
 
 @dataclass
 class Method:
+    """One row of the report: an exit config or a FirstBlockCache threshold, a step count and a noise seed."""
+
     name: str
     family: str
     exit_config: EarlyExitConfig | None = None
@@ -108,6 +112,7 @@ class Method:
 
 
 def load_setting_pipeline(setting: str, model_path: str | None = None) -> Any:
+    """The pipeline of a benchmark setting (`"digits"`, `"glyphs"`): its shipped model, or the folder `model_path`."""
     from ..pipelines import EarlyExitDiTPipeline
 
     if model_path is not None:
@@ -146,6 +151,8 @@ class _Progress:
 
 
 def run_setting(setting: str, preset: Preset, model_path: str | None = None, log: _Progress | None = None) -> dict:
+    """Measure every method on one setting; returns the setting's entry of the report (rows, floor, seed spread,
+    recommendation, targets, overheads)."""
     log = log or _Progress(False)
     pipe = load_setting_pipeline(setting, model_path)
     n = len(pipe.transformer.transformer_blocks)
@@ -299,7 +306,7 @@ def run_setting(setting: str, preset: Preset, model_path: str | None = None, log
         memory[rec.name] = peak_memory(lambda: sample(rec, batch))
     overhead = overhead_breakdown(pipe, preset.timing_batch, repeats=preset.overhead_repeats, warmup=min(1, preset.overhead_repeats),
                                   guided=guidance > 1)
-    targets = _targets(setting, rows, spread, recommended)
+    targets = _targets(setting, rows, spread)
     return {
         "setting": setting, "num_blocks": n, "num_classes": num_classes, "num_images": preset.num_images,
         "steps": S, "guidance_scale": guidance, "cfg_pairing": ("together: a conditional row and its unconditional partner exit at the same block"
@@ -315,177 +322,11 @@ def run_setting(setting: str, preset: Preset, model_path: str | None = None, log
     }
 
 
-def _recommend(rows: dict, steps: int, spread: float) -> dict | None:
-    """The fastest early-exit method within the full model's seed spread, at the reference number of steps.
-
-    The recommendation becomes a pipeline's default exit config, which cannot carry a step count, so early exit
-    composed with fewer steps is reported apart (see the targets)."""
-    full = rows["full"]
-    for row in rows.values():
-        row["within_seed_spread"] = row["fid"] <= full["fid"] + spread
-    candidates = [r for r in rows.values() if r["family"] in ("calibrated_schedule", "calibrated_thresholds", "distilled",
-                                                              "deediff", "ase", "static_depth")
-                  and r["within_seed_spread"] and r["num_inference_steps"] == steps]
-    return max(candidates, key=lambda r: r["speedup"]) if candidates else None
-
-
-def rerender(out: str | Path) -> dict:
-    """Recompute the recommendation and targets of OUT/report.json from its measurements; rewrite the files."""
-    out = Path(out)
-    report = json.loads((out / "report.json").read_text())
-    for entry in report["settings"]:
-        rec = _recommend(entry["methods"], entry["steps"], entry["seed_spread"])
-        entry["recommended"] = rec["name"] if rec else None
-        entry["targets"] = _targets(entry["setting"], entry["methods"], entry["seed_spread"], rec)
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
-    (out / "report.md").write_text(markdown(report))
-    plot(report, out / "pareto.png")
-    return report
-
-
-def _interp(curve: list[tuple[float, float]], x: float) -> float:
-    curve = sorted(curve)
-    xs = [p[0] for p in curve]
-    ys = [p[1] for p in curve]
-    return float(np.interp(x, xs, ys))
-
-
-def _targets(setting: str, rows: dict, spread: float, recommended: dict | None) -> dict:
-    full = rows["full"]
-    out: dict[str, Any] = {}
-    if setting == "digits":
-        def fastest_within(families_out: tuple[str, ...], families_in: tuple[str, ...] | None = None):
-            pool = [r for r in rows.values() if r["within_seed_spread"] and r["family"] not in families_out
-                    and (families_in is None or r["family"] in families_in)]
-            return max(pool, key=lambda r: r["speedup"]) if pool else None
-
-        best = fastest_within(("full", "seed", "fewer_steps", "first_block_cache"))
-        steps = fastest_within((), ("fewer_steps",))
-        out["speedup_2x_within_spread"] = {
-            "goal": "an early-exit method with speedup >= 2.0 at FID <= full FID + seed spread (batch timing here)",
-            "best_within_spread": best["name"] if best else None,
-            "speedup": best["speedup"] if best else None,
-            "fid": best["fid"] if best else None,
-            "fid_limit": full["fid"] + spread,
-            "fewer_steps_best_within_spread": {"name": steps["name"], "speedup": steps["speedup"]} if steps else None,
-            "met": bool(best and best["speedup"] >= 2.0),
-        }
-        fastest = [r for r in rows.values() if r["family"] not in ("full", "seed", "fewer_steps") and r["speedup"] >= 2.0]
-        if fastest:
-            at2x = min(fastest, key=lambda r: r["fid"])
-            out["speedup_2x_within_spread"]["best_at_2x"] = {"name": at2x["name"], "fid": at2x["fid"],
-                                                            "fid_gap_over_spread": at2x["fid"] - full["fid"] - spread}
-    # Early exit against fewer steps and static depth at equal block evaluations.
-    steps_curve = [(r["block_fraction"], r["fid"]) for r in rows.values() if r["family"] in ("full", "fewer_steps")]
-    static_curve = [(r["block_fraction"], r["fid"]) for r in rows.values() if r["family"] == "static_depth"] + [(1.0, full["fid"])]
-    wins = []
-    for r in rows.values():
-        if r["family"] in ("full", "seed", "fewer_steps", "static_depth", "first_block_cache"):
-            continue
-        x = r["block_fraction"]
-        steps_fid, static_fid = _interp(steps_curve, x), _interp(static_curve, x)
-        if r["fid"] < steps_fid and r["fid"] < static_fid:
-            wins.append({"name": r["name"], "block_fraction": x, "fid": r["fid"], "fewer_steps_fid": steps_fid,
-                         "static_depth_fid": static_fid})
-    half = [r for r in rows.values() if r["family"] == "static_depth" and abs(r["block_fraction"] - 0.5) < 1e-6]
-    if half:
-        gap = half[0]["fid"] - full["fid"]
-        out["full_depth_clearly_better_than_half"] = {
-            "goal": "static depth N/2 worse than the full model by more than the seed spread",
-            "full_fid": full["fid"], "half_depth_fid": half[0]["fid"], "gap": gap, "seed_spread": spread,
-            "met": bool(gap > spread),
-        }
-    out["beats_fewer_steps_and_static"] = {
-        "goal": "an early-exit method below both the fewer-steps and the static-depth curves at equal block evaluations",
-        "met": bool(wins), "wins": wins,
-    }
-    return out
-
-
-# -------------------------------------------------------------------------------------------------- reports
-def markdown(report: dict) -> str:
-    lines = [f"# ee-diffusion bench (preset {report['preset']})", "",
-             f"Command: `{report['command']}`", "",
-             f"torch {report['environment']['torch']}, {report['environment']['threads']} threads, "
-             f"{report['environment']['machine']}; total {report['elapsed_s']:.0f} s.", ""]
-    for s in report["settings"]:
-        lines += [f"## {s['setting']} ({s['num_blocks']} blocks, {s['num_classes']} classes, {s['num_images']} images, "
-                  f"{s['steps']} DDIM steps, guidance {s['guidance_scale']})", "",
-                  f"Floor (real vs real, {s['num_images']} images): FID {s['floor_fid']:.3f}. Full model over seeds: "
-                  f"{', '.join(f'{v:.3f}' for v in s['full_fid_seeds'])} (spread {s['seed_spread']:.3f}). "
-                  f"CFG pairing: {s['cfg_pairing']}.", "",
-                  "| method | family | FID | KID | acc | blocks | GFLOP/img | speedup @%d | matched steps FID |" % s["timing"]["batch"],
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in s["methods"].values():
-            matched = r.get("matched_fewer_steps")
-            if matched:
-                mfid = f"{s['methods'][matched]['fid']:.3f} ({matched})"
-            elif r["family"] in ("full", "seed", "fewer_steps"):
-                mfid = ""
-            else:
-                mfid = f"{r['fewer_steps_fid_at_same_blocks']:.3f} (interp.)"
-            lines.append(
-                f"| {r['name']} | {r['family']} | {r['fid']:.3f} | {r.get('kid_mean', float('nan')):.1f} | "
-                f"{r.get('accuracy', float('nan')):.3f} | {r['block_fraction']:.3f} | {r.get('gflops_per_image', float('nan')):.3f} | "
-                f"{r.get('speedup', float('nan')):.2f}x | {mfid} |")
-        o = s["overhead"]
-        lines += ["", f"Recommended (fastest early exit within the seed spread): **{s['recommended']}**.", "",
-                  f"Overheads at {o['rows_per_call']} rows per model call: hooks {o['hook_overhead_fraction']:+.1%}, "
-                  f"heads {o.get('heads_overhead_fraction', float('nan')):+.1%}, gather/scatter "
-                  f"{o['gather_scatter_overhead_fraction']:+.1%} of a full call.", ""]
-        mem = ", ".join(f"{k} {v['peak_above_start_mib']:.0f} MiB" for k, v in s["peak_memory"].items())
-        lines += [f"Peak memory above start ({next(iter(s['peak_memory'].values()))['kind']}): {mem}.", ""]
-        for b, res in s["batch_sizes"].items():
-            lines.append(f"Batch {b}: " + ", ".join(f"{k} {v['images_per_s']:.1f} img/s" for k, v in res.items()) + ".")
-        lines.append("")
-        for key, t in s["targets"].items():
-            lines.append(f"- Target `{key}`: {'MET' if t['met'] else 'NOT MET'} - {t['goal']}. "
-                         + json.dumps({k: v for k, v in t.items() if k not in ('goal', 'met')}, default=str)[:600])
-        lines.append("")
-    return "\n".join(lines) + "\n"
-
-
-FAMILY_STYLE = {
-    "full": ("black", "*"), "fewer_steps": ("tab:gray", "o"), "static_depth": ("tab:blue", "s"),
-    "ase": ("tab:cyan", "^"), "deediff": ("tab:orange", "v"), "calibrated_schedule": ("tab:red", "D"),
-    "calibrated_thresholds": ("tab:purple", "P"), "distilled": ("tab:brown", "X"), "first_block_cache": ("tab:green", "h"),
-    "calibrated_steps": ("magenta", "d"),
-}
-
-
-def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    settings = report["settings"]
-    fig, axes = plt.subplots(len(settings), 2, figsize=(12, 4.5 * len(settings)), squeeze=False)
-    for row, s in zip(axes, settings):
-        for ax, key, label in ((row[0], "block_fraction", "block evaluations (fraction of full)"),
-                               (row[1], "time_ratio", f"wall-clock at batch {s['timing']['batch']} (fraction of full)")):
-            ax.axhspan(0, s["floor_fid"], color="tab:green", alpha=0.12, label="real-vs-real floor")
-            full = s["methods"]["full"]["fid"]
-            ax.axhspan(full, full + s["seed_spread"], color="black", alpha=0.08, label="full model seed spread")
-            for family, (color, marker) in FAMILY_STYLE.items():
-                pts = sorted((r[key], r["fid"]) for r in s["methods"].values() if r["family"] == family and key in r)
-                if family == "fewer_steps":
-                    pts = sorted(pts + [(s["methods"]["full"][key], full)])
-                if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color, label=family)
-            ax.set_xlabel(label)
-            ax.set_ylabel("FID (shipped %s feature net)" % s["setting"])
-            ax.set_yscale("log")
-            ax.set_title(s["setting"])
-            ax.grid(alpha=0.3)
-        row[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def run(preset: str | Preset = "ci", out: str | Path = "bench_out", settings: tuple[str, ...] | None = None,
         model_paths: dict[str, str] | None = None, progress: bool = True, command: str = "") -> dict:
+    """Run the benchmark of `preset` (a name in `PRESETS` or a `Preset`) on its settings (or `settings`) and
+    write OUT/report.json, report.md and pareto.png. `model_paths` maps a setting to a pipeline folder that
+    replaces its shipped model; `command` is recorded in the report. Returns the report."""
     preset_name = preset if isinstance(preset, str) else "custom"
     if isinstance(preset, str):
         if preset not in PRESETS:
@@ -507,35 +348,6 @@ def run(preset: str | Preset = "ci", out: str | Path = "bench_out", settings: tu
                         "python": platform.python_version()},
         "elapsed_s": time.perf_counter() - start, "settings": results,
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
-    (out / "report.md").write_text(markdown(report))
-    plot(report, out / "pareto.png")
+    write_report(report, out)
     log(f"wrote {out / 'report.json'}, report.md, pareto.png")
     return report
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def set_recommended_exit_config(report_path: str | Path, model_dir: str | Path, setting: str = "digits") -> dict:
-    """Write the report's recommended exit config for `setting` into `model_dir/model_index.json` as the
-    pipeline's default exit config (what calls without `exit_config` use). Returns the config dict."""
-    report = json.loads(Path(report_path).read_text())
-    entry = next(s for s in report["settings"] if s["setting"] == setting)
-    if entry["recommended"] is None:
-        raise ValueError(f"the report recommends no early-exit method for {setting!r}")
-    method = entry["methods"][entry["recommended"]]
-    config = EarlyExitConfig.from_dict(method["exit_config"]).to_dict()  # validates
-    index_path = Path(model_dir) / "model_index.json"
-    index = json.loads(index_path.read_text())
-    index["exit_config"] = config
-    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    return {"method": entry["recommended"], "exit_config": config,
-            "num_inference_steps": method["num_inference_steps"], "guidance_scale": entry["guidance_scale"]}

@@ -22,18 +22,17 @@ from pathlib import Path
 
 import torch
 
+from .._io import atomic_write_json, atomic_write_text
 from ..config import EarlyExitConfig
 from ..engine import apply_early_exit, remove_early_exit, set_exit_config
 from ..heads import UncertaintyHeads
-from ..schedules import ExitContext, StaticDepth, TimestepSchedule, UncertaintyThreshold
+from ..schedules import ExitContext, ExitPolicy, StaticDepth, TimestepSchedule, UncertaintyThreshold
 from ..testing import tiny_dit
 from .timing import interleaved_timings, summarize_timings
 
 
-class _ExitAfterBlock:
+class _ExitAfterBlock(ExitPolicy):
     """Rows with t >= 500 exit after block `depth - 1`, decided per block (exercises the dynamic path)."""
-
-    needs_certainty = False
 
     def __init__(self, depth: int) -> None:
         self.depth = depth
@@ -119,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "engine_bench.json").write_text(json.dumps(report, indent=2))
-        (args.out / "engine_bench.md").write_text(table + "\n")
+        atomic_write_json(args.out / "engine_bench.json", report, indent=2)
+        atomic_write_text(args.out / "engine_bench.md", table + "\n")
     return 0
 
 

@@ -25,14 +25,14 @@ Inception features: when torch-fidelity is installed and the FID Inception weigh
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
+
+from .._io import atomic_save_safetensors, atomic_write_json, load_safetensors, read_json_file
 
 FEATURE_NET_DIR = Path(__file__).resolve().parent.parent / "assets" / "feature-nets"
 
@@ -150,8 +150,10 @@ def train_feature_net(name: str, steps: int | None = None, seed: int = 0, progre
 def save_feature_net(net: FeatureNet, meta: dict, path: str | Path) -> None:
     """Write `path.safetensors` (weights) and `path.json` (architecture + metadata)."""
     path = Path(path)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path.with_suffix(".safetensors")))
-    path.with_suffix(".json").write_text(json.dumps({"config": net.config, "meta": meta}, indent=2) + "\n")
+    # Weights first: the .json is what marks a network as present, so a crash in between never leaves a new
+    # config without its weights.
+    atomic_save_safetensors({k: v.contiguous() for k, v in net.state_dict().items()}, path.with_suffix(".safetensors"))
+    atomic_write_json(path.with_suffix(".json"), {"config": net.config, "meta": meta}, indent=2)
 
 
 def load_feature_net(name_or_path: str | Path) -> FeatureNet:
@@ -164,8 +166,6 @@ def load_feature_net(name_or_path: str | Path) -> FeatureNet:
             f"no feature network at {str(path)!r}; shipped: {sorted(RECIPES)}; "
             f"rebuild with `python -m ee_diffusion.eval.features --name NAME`"
         )
-    from .._io import load_safetensors, read_json_file
-
     info = read_json_file(path.with_suffix(".json"), "feature network config")
     if not isinstance(info, dict) or not isinstance(info.get("config"), dict) or "meta" not in info:
         raise ValueError(f"{str(path.with_suffix('.json'))!r} is not a feature network config (needs 'config', 'meta')")

@@ -18,34 +18,23 @@ Quality is not measurable with random weights; this is about wall-clock. `--smal
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
 
 import torch
 
+from .._io import atomic_write_json
 from ..config import EarlyExitConfig
 from ..engine import apply_early_exit, remove_early_exit, set_exit_config
-from ..schedules import ExitContext, StaticDepth, TimestepSchedule
+from ..schedules import StaticDepth, TimestepSchedule
+from .engine_bench import _ExitAfterBlock
 from .timing import interleaved_timings, summarize_timings
 
 XL = {"num_layers": 28, "num_attention_heads": 16, "attention_head_dim": 72, "in_channels": 4, "out_channels": 8,
       "sample_size": 32, "patch_size": 2, "num_embeds_ada_norm": 1000}
 SMALL = {"num_layers": 4, "num_attention_heads": 2, "attention_head_dim": 16, "in_channels": 4, "out_channels": 8,
          "sample_size": 8, "patch_size": 2, "num_embeds_ada_norm": 10}
-
-
-class _HalfRowsDynamic:
-    """Rows with t >= 500 exit after block `depth - 1`, decided per block (host sync per block)."""
-
-    needs_certainty = False
-
-    def __init__(self, depth: int) -> None:
-        self.depth = depth
-
-    def exit_mask(self, ctx: ExitContext) -> torch.Tensor:
-        return (ctx.timesteps >= 500) & (ctx.block_index == self.depth - 1)
 
 
 def build_model(shape: dict, device: torch.device, dtype: torch.dtype):
@@ -63,7 +52,7 @@ def build_model(shape: dict, device: torch.device, dtype: torch.dtype):
     return model.to(device=device, dtype=dtype).eval()
 
 
-def run(out: Path, small: bool = False, steps: int = 25, batch_sizes: tuple[int, ...] | None = None,
+def run(out: str | Path, small: bool = False, steps: int = 25, batch_sizes: tuple[int, ...] | None = None,
         repeats: int = 5, warmup: int = 2) -> dict:
     cuda = torch.cuda.is_available() and not small
     device = torch.device("cuda" if cuda else "cpu")
@@ -114,7 +103,7 @@ def run(out: Path, small: bool = False, steps: int = 25, batch_sizes: tuple[int,
         # full-depth call costs the same whatever the timestep values, so `full` stays their reference.
         for name in (f"half_rows_exit_{half}", f"half_rows_exit_{half}_dynamic"):
             config = EarlyExitConfig(policy=TimestepSchedule([500], [n, half])) if "dynamic" not in name else \
-                EarlyExitConfig(policy=_HalfRowsDynamic(half))
+                EarlyExitConfig(policy=_ExitAfterBlock(half))
             methods[name] = loop(config, per_row=True)
         with torch.no_grad():
             times = interleaved_timings(methods, repeats=repeats, warmup=warmup, device=device)
@@ -144,8 +133,9 @@ def run(out: Path, small: bool = False, steps: int = 25, batch_sizes: tuple[int,
         "ideal_ratios": ideal, "results": results, "elapsed_s": time.perf_counter() - start,
         "note": "ratio_to_reference < 1 is faster than full; ideal_ratios are block fractions (no overhead)",
     }
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(out / "gpu_check.json", report, indent=2)
     return report
 
 

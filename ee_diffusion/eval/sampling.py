@@ -8,6 +8,7 @@ that drew it: every method sees exactly the same initial noise, and an evaluatio
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,7 +107,7 @@ def generate(
             chunk = indices[start : start + batch_size]
             generators = image_generators(chunk, seed)
             noise = torch.stack([torch.randn(shape, generator=g) for g in generators])
-            wrapper = call_wrapper() if call_wrapper is not None else _null_context()
+            wrapper = call_wrapper() if call_wrapper is not None else contextlib.nullcontext()
             with wrapper:
                 out = pipe(
                     class_labels=class_labels(chunk, num_classes),
@@ -119,8 +120,7 @@ def generate(
                 )
             images.append(out.images.float().cpu())
             model_rows += sum(b.numel() for b in out.exit_stats.blocks_run)
-            for t, b, p in zip(out.exit_stats.timesteps, out.exit_stats.blocks_run, out.exit_stats.cfg_paired):
-                stats.record(t, b, p)
+            stats.extend(out.exit_stats)
     finally:
         counter.close()
     return SampleRun(
@@ -131,14 +131,6 @@ def generate(
         model_rows=model_rows,
         extra={"exit_stats": stats},
     )
-
-
-class _null_context:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def generate_distributed(pipe: Any, num_images: int, accelerator: Any = None, **kwargs: Any) -> SampleRun:

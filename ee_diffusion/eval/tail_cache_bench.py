@@ -19,7 +19,6 @@ Run: `python -m ee_diffusion.eval.tail_cache_bench --out bench_out/tail_cache`
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .._io import atomic_write_json, atomic_write_text
 from ..config import EarlyExitConfig
 from ..schedules import CachedTailResidual
 from .baselines import first_block_cache
@@ -67,7 +67,7 @@ def run(num_images: int = 500, steps: int = 25, batch_sizes: tuple[int, ...] = (
     pipe.set_progress_bar_config(disable=True)
     num_blocks = pipe.transformer.config.num_layers
     methods = _methods(thresholds, join_ratios, max_cached_calls)
-    real, real_labels = real_images("digits", "reference")
+    real, _ = real_images("digits", "reference")
     evaluator = QualityEvaluator(load_feature_net("digits"), real)
     floor_images, _ = real_images("digits", "floor")
     count = min(num_images, floor_images.shape[0])
@@ -156,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
                  max_cached_calls=args.max_cached_calls)
     report["wall_seconds"] = time.perf_counter() - start
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tail_cache.json").write_text(json.dumps(report, indent=2))
+    atomic_write_json(args.out / "tail_cache.json", report, indent=2)
     table = markdown(report)
-    (args.out / "tail_cache.md").write_text(table)
+    atomic_write_text(args.out / "tail_cache.md", table)
     print(table)
     return 0
 

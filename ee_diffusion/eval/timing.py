@@ -8,6 +8,8 @@ from collections.abc import Callable, Mapping
 
 import torch
 
+from .._validation import check_int
+
 
 def _sync(device: torch.device | None) -> None:
     if device is not None and device.type == "cuda":
@@ -32,8 +34,8 @@ def interleaved_timings(
 
     ```
     """
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    check_int(repeats, "repeats", 1, "timed rounds")
+    check_int(warmup, "warmup", 0, "untimed rounds")
     if not methods:
         raise ValueError("methods must not be empty")
     for _ in range(warmup):
@@ -52,10 +54,24 @@ def interleaved_timings(
 
 
 def summarize_timings(times: Mapping[str, list[float]], reference: str) -> dict[str, dict[str, float]]:
-    """Median seconds per method and its ratio to `reference`: median of per-round ratios (robust to drift)."""
+    """Median seconds per method and its ratio to `reference`: median of per-round ratios (robust to drift).
+
+    Round i of every method is divided by round i of `reference` (they ran back to back), and the median of
+    those ratios is reported, not the ratio of the medians.
+
+    ```py
+    >>> summary = summarize_timings({"full": [1.0, 3.0, 2.0], "fast": [0.8, 0.6, 1.2]}, reference="full")
+    >>> summary["fast"]["median_s"], summary["fast"]["ratio_to_reference"]  # ratios 0.8, 0.2, 0.6
+    (0.8, 0.6)
+
+    ```
+    """
     if reference not in times:
         raise ValueError(f"reference {reference!r} is not among the timed methods {sorted(times)}")
     ref = times[reference]
+    rounds = {name: len(values) for name, values in times.items()}
+    if set(rounds.values()) != {len(ref)}:
+        raise ValueError(f"every method needs as many rounds as {reference!r} ({len(ref)}), got {rounds}")
     summary = {}
     for name, values in times.items():
         ratios = [v / r for v, r in zip(values, ref)]

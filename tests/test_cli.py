@@ -1,0 +1,61 @@
+"""The `ee-diffusion` command line, run in-process at toy sizes: what each command writes and prints."""
+
+import json
+
+import pytest
+import torch
+
+from ee_diffusion.cli import main
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: a second intra-op thread only waits on the other's barrier."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bench_engine_writes_its_json_and_table(tmp_path, capsys):
+    assert main(["bench-engine", "--out", str(tmp_path), "--repeats", "1", "--batch-size", "4"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["engine_bench.json", "engine_bench.md"]
+    report = json.loads((tmp_path / "engine_bench.json").read_text())
+    methods = ["full", "hooks_off", "heads_no_exit", "half_exit_planned", "half_exit_dynamic", "static_depth_2"]
+    assert list(report["results"]) == methods
+    for name, row in report["results"].items():
+        assert set(row) == {"median_s", "min_s", "ratio_to_reference"}, name
+        assert row["median_s"] > 0 and row["ratio_to_reference"] > 0
+    assert report["results"]["full"]["ratio_to_reference"] == 1.0
+    setting = report["setting"]
+    assert (setting["batch_size"], setting["repeats"], setting["num_layers"]) == (4, 1, 12)
+    assert setting["ideal_half_exit_ratio"] == pytest.approx((2 + 0.5 * 10) / 12)
+    table = (tmp_path / "engine_bench.md").read_text().splitlines()
+    assert table[0] == "| method | median ms | ratio to full |"
+    assert [line.split(" | ")[0].lstrip("| ") for line in table[2:]] == methods
+    assert table[2] in capsys.readouterr().out
+
+
+def test_demo_writes_the_grid_and_prints_the_measured_speedup(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--steps", "2", "--batch-size", "4"]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["demo.png"]
+    assert (tmp_path / "demo.png").read_bytes().startswith(b"\x89PNG")
+    out = capsys.readouterr().out
+    assert "batch 4, 2 steps" in out and "measured speedup: " in out and f"wrote {tmp_path / 'demo.png'}" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--steps", "0"], r"num_inference_steps must be an integer >= 1 \(sampling steps\), got 0"),
+    (["demo", "--batch-size", "-2"], r"batch_size must be an integer >= 1 \(rows per batch\), got -2"),
+])
+def test_demo_rejects_bad_counts_before_loading_anything(tmp_path, argv, message):
+    with pytest.raises(ValueError, match=message):
+        main([*argv, "--out", str(tmp_path)])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unknown_command_exits_with_usage(capsys):
+    with pytest.raises(SystemExit) as error:
+        main(["benchmark"])
+    assert error.value.code == 2
+    assert "invalid choice: 'benchmark'" in capsys.readouterr().err

@@ -1,0 +1,48 @@
+"""The timing harness: interleaved rounds, and summaries as medians of per-round ratios."""
+
+import pytest
+
+from ee_diffusion.eval.timing import interleaved_timings, summarize_timings
+
+
+def test_summary_is_the_median_time_and_the_median_of_per_round_ratios():
+    times = {"full": [1.0, 3.0, 2.0, 4.0, 1.0], "fast": [0.8, 0.6, 1.2, 2.0, 0.9], "slow": [2.0, 6.0, 4.0, 8.0, 2.0]}
+    summary = summarize_timings(times, reference="full")
+    # fast/full per round: 0.8, 0.2, 0.6, 0.5, 0.9 -> median 0.6 (the ratio of the medians would be 0.9 / 2 = 0.45).
+    assert summary["fast"] == {"median_s": 0.9, "min_s": 0.6, "ratio_to_reference": 0.6}
+    assert summary["slow"] == {"median_s": 4.0, "min_s": 2.0, "ratio_to_reference": 2.0}
+    assert summary["full"] == {"median_s": 2.0, "min_s": 1.0, "ratio_to_reference": 1.0}
+    # A drift that slows one round of every method alike does not move the ratios.
+    drifted = {name: [v * (10.0 if i == 3 else 1.0) for i, v in enumerate(values)] for name, values in times.items()}
+    assert summarize_timings(drifted, "full")["fast"]["ratio_to_reference"] == 0.6
+
+
+def test_summary_rejects_an_unknown_reference_and_uneven_rounds():
+    with pytest.raises(ValueError, match=r"reference 'ful' is not among the timed methods \['fast', 'full'\]"):
+        summarize_timings({"full": [1.0], "fast": [0.5]}, reference="ful")
+    with pytest.raises(ValueError, match=r"as many rounds as 'full' \(2\), got \{'full': 2, 'fast': 1\}"):
+        summarize_timings({"full": [1.0, 1.0], "fast": [0.5]}, reference="full")
+
+
+def test_methods_are_interleaved_after_the_warmup():
+    calls = []
+    times = interleaved_timings({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=2, warmup=1)
+    assert calls == ["a", "b"] * 3
+    assert {name: len(values) for name, values in times.items()} == {"a": 2, "b": 2}
+    assert all(v >= 0 for values in times.values() for v in values)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"repeats": 0}, r"repeats must be an integer >= 1 \(timed rounds\), got 0"),
+    ({"repeats": 2.0}, r"repeats must be an integer >= 1 \(timed rounds\), got 2.0"),
+    ({"warmup": -1}, r"warmup must be an integer >= 0 \(untimed rounds\), got -1"),
+    ({"warmup": True}, r"warmup must be an integer >= 0 \(untimed rounds\), got True"),
+])
+def test_bad_counts_raise_naming_the_value(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        interleaved_timings({"a": lambda: None}, **kwargs)
+
+
+def test_no_methods_raises():
+    with pytest.raises(ValueError, match="methods must not be empty"):
+        interleaved_timings({})
