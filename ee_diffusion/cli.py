@@ -38,7 +38,7 @@ def _add_bench_engine(subparsers) -> None:
 
 
 def _run_bench_engine(args: argparse.Namespace) -> int:
-    from .eval import engine_bench
+    from .benchmarks import engine_bench
 
     argv = ["--batch-size", str(args.batch_size), "--repeats", str(args.repeats)]
     if args.out is not None:
@@ -74,7 +74,7 @@ def _add_bench(subparsers) -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from .eval.bench import run
+    from .benchmarks.bench import run
 
     paths = {k: v for k, v in (("digits", args.digits_model), ("glyphs", args.glyphs_model)) if v}
     run(args.preset, args.out, settings=args.settings, model_paths=paths, command=args.command_line)
@@ -102,7 +102,7 @@ def _add_calibrate(subparsers) -> None:
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:
-    from .eval.bench import load_setting_pipeline
+    from .default_model import load_setting_pipeline
     from .eval.features import load_feature_net
     from .calibration import run_calibration
 

@@ -24,6 +24,8 @@ DEFAULT_GUIDANCE_SCALE = 1.0
 #: The class-conditional digits U-Net (8x8, 3 levels, DeeDiff-trained with its bridges; fp16 on disk), an
 #: `EarlyExitUNetPipeline` folder; how it was trained and how it compares with the DiT: docs/backbones.md.
 DIGITS_UNET_DIR = Path(__file__).parent / "assets" / "digits-unet"
+#: The harder benchmark setting: a DiT on 8x8 upper-case glyphs with DeeDiff heads (docs/evaluation.md).
+GLYPHS_MODEL_DIR = Path(__file__).parent / "assets" / "glyphs-dit"
 
 
 def load_default_pipeline(device: str | torch.device | None = None) -> EarlyExitDiTPipeline:
@@ -75,6 +77,21 @@ def load_digits_unet(device: str | torch.device | None = None) -> EarlyExitUNetP
     ```
     """
     return _load(EarlyExitUNetPipeline, DIGITS_UNET_DIR, "the digits U-Net", "scripts/unet_digits/", device)
+
+
+def load_setting_pipeline(setting: str, model_path: str | None = None) -> Any:
+    """The pipeline of a benchmark setting (`"digits"`, `"glyphs"`): its shipped model, or the folder `model_path`."""
+    if model_path is not None:
+        pipe = EarlyExitDiTPipeline.from_pretrained(model_path)
+    elif setting == "digits":
+        pipe = load_default_pipeline()
+    elif setting == "glyphs":
+        pipe = _load(EarlyExitDiTPipeline, GLYPHS_MODEL_DIR, "the glyphs model", "scripts/glyphs/train.sh "
+                     "(see docs/evaluation.md), or pass --glyphs-model PATH", None)
+    else:
+        raise ValueError(f"unknown setting {setting!r}; known: digits, glyphs")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def _load(pipeline_class: type[ClassConditionalExitPipeline], folder: Path, what: str, rebuild: str,

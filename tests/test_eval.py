@@ -174,7 +174,7 @@ def test_first_block_cache_runs_on_a_copy_and_skips_blocks():
 
 
 def test_bench_writes_report_with_loadable_exit_configs(tmp_path):
-    from ee_diffusion.eval.bench import Preset, run
+    from ee_diffusion.benchmarks.bench import Preset, run
 
     pipe = _pipe(num_layers=4, heads=True)
     pipe.save_pretrained(tmp_path / "model")
@@ -209,7 +209,7 @@ def test_bench_writes_report_with_loadable_exit_configs(tmp_path):
 
 
 def test_gpu_check_runs_small_shapes_on_cpu(tmp_path):
-    from ee_diffusion.eval.gpu_check import run
+    from ee_diffusion.benchmarks.gpu_check import run
 
     report = run(tmp_path, small=True, steps=2, repeats=1, warmup=0)
     methods = report["results"]["2"]["methods"]

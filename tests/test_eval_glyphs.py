@@ -45,7 +45,7 @@ def test_a_class_balanced_glyph_subset_draws_from_every_font():
 
 
 def test_the_shipped_glyphs_model_matches_its_setting():
-    from ee_diffusion.eval.bench import load_setting_pipeline
+    from ee_diffusion.default_model import load_setting_pipeline
     from ee_diffusion.eval.quality import real_images
 
     pipe = load_setting_pipeline("glyphs")

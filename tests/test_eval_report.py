@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ee_diffusion import EarlyExitConfig
-from ee_diffusion.eval.report import (
+from ee_diffusion.benchmarks.report import (
     RECOMMENDABLE_FAMILIES,
     _recommend,
     _targets,

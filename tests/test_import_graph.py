@@ -17,7 +17,7 @@ ROOT = Path(ee_diffusion.__file__).parent
 PACKAGE = "ee_diffusion"
 #: The layers by module-name prefix; every other module of the package is core.
 INTEGRATION = ("ee_diffusion.pipelines", "ee_diffusion.training", "ee_diffusion.default_model")
-TOOLS = ("ee_diffusion.calibration", "ee_diffusion.eval", "ee_diffusion.cli", "ee_diffusion.demo")
+TOOLS = ("ee_diffusion.calibration", "ee_diffusion.eval", "ee_diffusion.benchmarks", "ee_diffusion.cli", "ee_diffusion.demo")
 #: The package root only re-exports public names lazily (by string, through importlib).
 FACADE = "ee_diffusion"
 

@@ -271,8 +271,8 @@ def test_rows_due_soon_join_a_tail_that_runs_anyway(setup):
 
 
 def test_benchmark_against_first_block_cache_runs_end_to_end(tmp_path):
-    """`python -m ee_diffusion.eval.tail_cache_bench` at toy counts: every method is scored and timed."""
-    from ee_diffusion.eval import tail_cache_bench
+    """`python -m ee_diffusion.benchmarks.tail_cache_bench` at toy counts: every method is scored and timed."""
+    from ee_diffusion.benchmarks import tail_cache_bench
 
     assert tail_cache_bench.main(["--num-images", "20", "--steps", "3", "--batch-sizes", "4", "--quality-batch-sizes", "10",
                                   "--thresholds", "0.2", "--join-ratios", "0.5", "--repeats", "1", "--out", str(tmp_path)]) == 0

@@ -1,4 +1,6 @@
-"""Evaluation: timing harness and benchmarks."""
+"""Evaluation library (tools layer): seeded sampling, FID/KID and accuracy with shipped feature networks, fair
+wall-clock timing, FLOPs and memory, and diffusers' FirstBlockCache as a baseline. The benchmark commands built
+on it are in `ee_diffusion.benchmarks`."""
 
 from .timing import interleaved_timings, summarize_timings
 

@@ -20,12 +20,13 @@ from pathlib import Path
 import torch
 
 from ee_diffusion import EarlyExitConfig
+from ee_diffusion.backbones.registry import get_adapter
 from ee_diffusion.pipelines import EarlyExitDiTPipeline
 from ee_diffusion.schedules import StaticDepth, TimestepSchedule, UncertaintyThreshold
 from ee_diffusion.training.digits_eval import digits_classifier, sample_accuracy
 
 
-def candidates(num_blocks: int) -> dict[str, EarlyExitConfig]:
+def candidates(transformer: torch.nn.Module) -> dict[str, EarlyExitConfig]:
     configs = {"full depth": EarlyExitConfig()}
     for depth in (6, 4):
         configs[f"StaticDepth({depth})"] = EarlyExitConfig(policy=StaticDepth(depth))
@@ -36,9 +37,13 @@ def candidates(num_blocks: int) -> dict[str, EarlyExitConfig]:
     for threshold in (0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95):
         configs[f"UncertaintyThreshold({threshold})"] = EarlyExitConfig(policy=UncertaintyThreshold(threshold))
     # Keep the configs that fit this model (the depths above are for the 8-block default).
+    adapter = get_adapter(transformer)
+
     def fits(config: EarlyExitConfig) -> bool:
+        if config.policy is None:
+            return True
         try:
-            getattr(config.policy, "validate_for", lambda n: None)(num_blocks)
+            config.policy.validate_for(adapter)
         except ValueError:
             return False
         return True
@@ -71,7 +76,7 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     classifier = digits_classifier()
     results = {}
-    for name, config in candidates(pipe.transformer.config.num_layers).items():
+    for name, config in candidates(pipe.transformer).items():
         start = time.perf_counter()
         results[name] = sample_accuracy(
             pipe, classifier, config, per_class=args.per_class, num_inference_steps=args.steps,

@@ -10,7 +10,7 @@ At batch B on a 12-block DiT, compare one forward of:
 
 The ideal ratio for "half the rows exit after block 2 of 12" is (2 + 0.5 * 10) / 12 = 0.583.
 
-Run: `python -m ee_diffusion.eval.engine_bench --out bench_out`
+Run: `python -m ee_diffusion.benchmarks.engine_bench --out bench_out`
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from ..engine import apply_early_exit, remove_early_exit, set_exit_config
 from ..heads import UncertaintyHeads
 from ..schedules import ExitContext, ExitPolicy, StaticDepth, TimestepSchedule, UncertaintyThreshold
 from ..testing import tiny_dit
-from .timing import interleaved_timings, summarize_timings
+from ..eval.timing import interleaved_timings, summarize_timings
 
 
 class _ExitAfterBlock(ExitPolicy):

@@ -1,6 +1,6 @@
 """One prepared GPU check: DiT-XL/2-shaped throughput with early exit (random weights), JSON out, < 8 minutes.
 
-`python -m ee_diffusion.eval.gpu_check --out gpu_out` on a CUDA machine measures, for a DiT-XL/2-shaped
+`python -m ee_diffusion.benchmarks.gpu_check --out gpu_out` on a CUDA machine measures, for a DiT-XL/2-shaped
 transformer (28 blocks, width 1152, 16 heads, 32x32x4 latents, patch 2: 256 tokens; learned sigma; 1000
 classes) in bf16 with torch SDPA, a denoising loop of `--steps` model calls at several batch sizes:
 
@@ -29,7 +29,7 @@ from ..config import EarlyExitConfig
 from ..engine import apply_early_exit, remove_early_exit, set_exit_config
 from ..schedules import StaticDepth, TimestepSchedule
 from .engine_bench import _ExitAfterBlock
-from .timing import interleaved_timings, summarize_timings
+from ..eval.timing import interleaved_timings, summarize_timings
 
 XL = {"num_layers": 28, "num_attention_heads": 16, "attention_head_dim": 72, "in_channels": 4, "out_channels": 8,
       "sample_size": 32, "patch_size": 2, "num_embeds_ada_norm": 1000}

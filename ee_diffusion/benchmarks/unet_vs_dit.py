@@ -5,7 +5,7 @@ DDIM, `--steps` steps, guidance 1.0. Every method is scored with the digits feat
 reference half of the digits (FID, class accuracy), its fraction of full depth (DiT: blocks; U-Net: levels)
 and its wall-clock time relative to the same model at full depth (interleaved repeats of one batch, medians).
 
-    python -m ee_diffusion.eval.unet_vs_dit --num-images 300 --out runs/unet_vs_dit
+    python -m ee_diffusion.benchmarks.unet_vs_dit --num-images 300 --out runs/unet_vs_dit
 
 writes `results.json` and `table.md` into `--out`.
 """
@@ -23,8 +23,8 @@ import torch
 from .._io import atomic_write_text
 from ..config import EarlyExitConfig
 from ..schedules import StaticDepth, TimestepSchedule
-from .sampling import class_labels, generate, image_generators
-from .timing import interleaved_timings, summarize_timings
+from ..eval.sampling import class_labels, generate, image_generators
+from ..eval.timing import interleaved_timings, summarize_timings
 
 DIT_METHODS = {
     "full (8 blocks)": None,
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..default_model import load_default_pipeline, load_digits_unet
     from ..pipelines import EarlyExitUNetPipeline
-    from .features import load_feature_net
-    from .quality import QualityEvaluator, real_images
+    from ..eval.features import load_feature_net
+    from ..eval.quality import QualityEvaluator, real_images
 
     torch.manual_seed(0)
     evaluator = QualityEvaluator(load_feature_net("digits"), real_images("digits")[0])

@@ -13,7 +13,7 @@ count; spread = full model, two seeds) is measured at the batch sizes in `--qual
 images depend on the batch size, ours do not (per row). Wall-clock per image is measured at every batch size
 in `--batch-sizes`, interleaved, medians, as a ratio to the full model at the same batch size.
 
-Run: `python -m ee_diffusion.eval.tail_cache_bench --out bench_out/tail_cache`
+Run: `python -m ee_diffusion.benchmarks.tail_cache_bench --out bench_out/tail_cache`
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from tqdm.auto import tqdm
 from .._io import atomic_write_json, atomic_write_text
 from ..config import EarlyExitConfig
 from ..schedules import CachedTailResidual
-from .baselines import first_block_cache
-from .features import load_feature_net
-from .quality import QualityEvaluator, real_images
-from .sampling import generate
-from .timing import interleaved_timings
+from ..eval.baselines import first_block_cache
+from ..eval.features import load_feature_net
+from ..eval.quality import QualityEvaluator, real_images
+from ..eval.sampling import generate
+from ..eval.timing import interleaved_timings
 
 THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5)
 

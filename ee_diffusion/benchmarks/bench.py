@@ -9,7 +9,7 @@ static depth N/4, N/2, 3N/4; ASE schedules; DeeDiff thresholds (per sample, CFG 
 calibrated schedules and thresholds (ours, calibrated on separate seeds); a DeeDiff policy distilled into a
 static schedule; diffusers' FirstBlockCache.
 
-Writes OUT/report.json, OUT/report.md and OUT/pareto.png through `ee_diffusion.eval.report` (which also
+Writes OUT/report.json, OUT/report.md and OUT/pareto.png through `ee_diffusion.benchmarks.report` (which also
 re-renders a saved report). Presets: `ci` (digits, small counts; a committed run: docs/bench-ci-report.md) and
 `full` (both settings; docs/bench-full-digits-report.md).
 """
@@ -34,17 +34,15 @@ from ..calibration import (
     schedule_from_deviation,
 )
 from ..config import EarlyExitConfig
+from ..default_model import load_setting_pipeline
 from ..schedules import StaticDepth, TimestepSchedule, UncertaintyThreshold
-from .baselines import fbc_pipeline, first_block_cache
-from .compute import count_flops, overhead_breakdown, peak_memory
-from .features import load_feature_net
-from .quality import QualityEvaluator, balanced_subset, real_images
+from ..eval.baselines import fbc_pipeline, first_block_cache
+from ..eval.compute import count_flops, overhead_breakdown, peak_memory
+from ..eval.features import load_feature_net
+from ..eval.quality import QualityEvaluator, balanced_subset, real_images
 from .report import _interp, _recommend, _targets, write_report
-from .sampling import generate
-from .timing import interleaved_timings
-
-GLYPHS_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "glyphs-dit"
-
+from ..eval.sampling import generate
+from ..eval.timing import interleaved_timings
 
 @dataclass
 class Preset:
@@ -109,27 +107,6 @@ class Method:
         return {"name": self.name, "family": self.family, "exit_config": config.to_dict(),
                 "num_inference_steps": self.steps or preset_steps, "fbc_threshold": self.fbc_threshold,
                 "seed": self.seed, **({"notes": self.notes} if self.notes else {})}
-
-
-def load_setting_pipeline(setting: str, model_path: str | None = None) -> Any:
-    """The pipeline of a benchmark setting (`"digits"`, `"glyphs"`): its shipped model, or the folder `model_path`."""
-    from ..pipelines import EarlyExitDiTPipeline
-
-    if model_path is not None:
-        pipe = EarlyExitDiTPipeline.from_pretrained(model_path)
-    elif setting == "digits":
-        from ..default_model import load_default_pipeline
-
-        pipe = load_default_pipeline()
-    elif setting == "glyphs":
-        if not (GLYPHS_MODEL_DIR / "model_index.json").is_file():
-            raise FileNotFoundError(f"no glyphs model at {GLYPHS_MODEL_DIR}; train it with the configs in "
-                                    f"scripts/glyphs/ (see docs/evaluation.md) or pass --glyphs-model PATH")
-        pipe = EarlyExitDiTPipeline.from_pretrained(str(GLYPHS_MODEL_DIR))
-    else:
-        raise ValueError(f"unknown setting {setting!r}; known: digits, glyphs")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def _ase_schedules(n: int) -> dict[str, TimestepSchedule]:

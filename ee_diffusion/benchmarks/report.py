@@ -1,6 +1,6 @@
 """The bench report: the recommendation and targets computed from the measured rows, and its files.
 
-`ee_diffusion.eval.bench.run` measures every method and hands the report here; everything in this module is a
+`ee_diffusion.benchmarks.bench.run` measures every method and hands the report here; everything in this module is a
 function of the report alone, so `rerender(out)` recomputes the recommendation and targets of a saved
 OUT/report.json (after a change of the rules, say) and rewrites OUT/report.json, OUT/report.md and
 OUT/pareto.png without sampling anything. Files are written atomically (`ee_diffusion._io`): a reader never

@@ -1,0 +1,10 @@
+"""Benchmark commands (tools layer): each module is one runnable benchmark that writes JSON + Markdown.
+
+- `bench.py` (+ `report.py`): `ee-diffusion bench`, quality, speed and compute of every method on a setting;
+- `engine_bench.py`: `ee-diffusion bench-engine`, the engine alone (hook overhead, compaction);
+- `tail_cache_bench.py`: `CachedTailResidual` against diffusers' FirstBlockCache;
+- `unet_vs_dit.py`: the digits U-Net against the digits DiT on one protocol;
+- `gpu_check.py`: the GPU checks (fused attention, bf16, compile) in one short script.
+
+The measuring library they share (seeded sampling, FID, timing, FLOPs, feature networks) is `ee_diffusion.eval`.
+"""
