@@ -57,7 +57,7 @@ def run_demo(
     check_int(repeats, "repeats", 1, "timed rounds")
     pipe, guidance_scale = _demo_pipeline()
     pipe.set_progress_bar_config(disable=True)
-    num_classes = pipe.transformer.config.num_embeds_ada_norm
+    num_classes = pipe.num_classes
     labels = [i % num_classes for i in range(batch_size)]
     configs = {"full depth": EarlyExitConfig(), "early exit": pipe.default_exit_config}
 

@@ -11,6 +11,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from ._validation import check_int
 from .backbones.registry import get_adapter
 from .backbones.dit import unpatchify
 
@@ -57,10 +58,8 @@ class UncertaintyHeads(ModelMixin, ConfigMixin):
         super().__init__()
         for name, value in (("num_blocks", num_blocks), ("hidden_dim", hidden_dim), ("patch_size", patch_size),
                             ("out_channels", out_channels), ("sample_size", sample_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if isinstance(condition_dim, bool) or not isinstance(condition_dim, int) or condition_dim < 0:
-            raise ValueError(f"condition_dim must be an integer >= 0 (0 = no timestep input), got {condition_dim!r}")
+            check_int(value, name, 1)
+        check_int(condition_dim, "condition_dim", 0, "0 = no timestep input")
         if feature_channels is None:
             self.heads = nn.ModuleList(
                 nn.Linear(hidden_dim + condition_dim, patch_size * patch_size * out_channels) for _ in range(num_blocks)

@@ -12,7 +12,6 @@ Run: `python scripts/bench_backbones.py --out bench_backbones.json` (about 2-4 m
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 
 import torch
@@ -25,6 +24,7 @@ from diffusers import (
 )
 
 from ee_diffusion import EarlyExitConfig, apply_early_exit, record_exit_stats, remove_early_exit
+from ee_diffusion._io import atomic_write_json
 from ee_diffusion.unet import UNetExitBridges
 from ee_diffusion.eval.timing import interleaved_timings, summarize_timings
 from ee_diffusion.schedules import TimestepSchedule
@@ -142,8 +142,7 @@ def main() -> None:
     report = {"batch": args.batch, "steps": args.steps, "repeats": args.repeats, "threads": args.threads,
               "torch": torch.__version__, "machine": platform.platform(), "results": rows}
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
+        atomic_write_json(args.out, report, indent=2)
 
 
 if __name__ == "__main__":

@@ -109,13 +109,7 @@ class WantsFrom:
         return self.first[ctx.rows] <= ctx.block_index
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; on a shared CPU, more threads make them 10-40x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------------ exits off
@@ -266,4 +260,4 @@ def count_pre_hooks(modules: list[tuple[int, nn.Module]]):
             handle.remove()
 
 
-__all__ = [name for name in dict(globals()) if name.startswith("test_")] + ["_one_thread"]
+__all__ = [name for name in dict(globals()) if name.startswith("test_")] + ["pytestmark"]

@@ -3,18 +3,11 @@
 import json
 
 import pytest
-import torch
 
 from ee_diffusion.cli import main
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: a second intra-op thread only waits on the other's barrier."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_bench_engine_writes_its_json_and_table(tmp_path, capsys):

@@ -17,13 +17,7 @@ from ee_diffusion.schedules import StaticDepth, UncertaintyThreshold
 from ee_diffusion.testing import tiny_dit
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: a second intra-op thread only waits on the other's barrier."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

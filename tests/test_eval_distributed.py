@@ -31,7 +31,9 @@ WORKER = textwrap.dedent(
     run = generate_distributed(pipe, 7, accelerator, num_inference_steps=3, seed=5)
     rank = accelerator.process_index
     save_file({"images": run.images, "indices": run.indices}, f"{sys.argv[1]}/rank{rank}.safetensors")
-    info = {"world": accelerator.num_processes, "evals": run.block_evals, "backend": accelerator.state.backend}
+    stats = run.extra["exit_stats"]
+    info = {"world": accelerator.num_processes, "evals": run.block_evals, "backend": accelerator.state.backend,
+            "stats_blocks": stats.total_blocks, "stats_calls": stats.num_calls}
     open(f"{sys.argv[1]}/rank{rank}.json", "w").write(json.dumps(info))
     """
 )
@@ -64,4 +66,7 @@ def test_two_processes_generate_the_images_of_one(tmp_path):
         # Equal up to float32 rounding: the batch shapes differ (7 rows vs 4 + 3), so BLAS sums in another order.
         torch.testing.assert_close(gathered["images"], single.images, rtol=0, atol=2e-4)
         info = json.loads((tmp_path / f"rank{rank}.json").read_text())
-        assert info == {"world": 2, "evals": single.block_evals, "backend": "gloo"}
+        stats = single.extra["exit_stats"]
+        assert info == {"world": 2, "evals": single.block_evals, "backend": "gloo",
+                        # each rank ran its own 3 steps: the merged statistics hold both ranks' calls
+                        "stats_blocks": stats.total_blocks, "stats_calls": 2 * stats.num_calls}

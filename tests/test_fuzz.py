@@ -30,13 +30,7 @@ anything = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.fl
                      st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A 4-block model on a shared 2-core machine: a second intra-op thread only waits on the other's barrier."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @FAST

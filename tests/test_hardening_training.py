@@ -48,16 +48,6 @@ def _cli(config_path: Path, out: Path, *extra: str) -> list[str]:
             "--cpu", "--no-progress", *extra]
 
 
-@pytest.fixture
-def one_thread():
-    # The killed run is a subprocess with OMP_NUM_THREADS=1; in-process runs use one thread too, so that the
-    # float reductions happen in the same order.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(tmp_path, one_thread):
     from ee_diffusion.training.trainer import train
 

@@ -40,12 +40,7 @@ SCHEDULERS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def embeds(n, length=5, dim=16, seed=0):

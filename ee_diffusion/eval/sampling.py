@@ -98,7 +98,7 @@ def generate(
     config = exit_config if exit_config is not None else EarlyExitConfig()
     transformer = pipe.transformer
     shape = (transformer.config.in_channels, transformer.config.sample_size, transformer.config.sample_size)
-    num_classes = int(transformer.config.num_embeds_ada_norm)
+    num_classes = pipe.num_classes
     counter = BlockCounter(transformer.transformer_blocks)
     images, model_rows = [], 0
     stats = ExitStats(len(transformer.transformer_blocks))
@@ -137,7 +137,8 @@ def generate_distributed(pipe: Any, num_images: int, accelerator: Any = None, **
     """`generate` for images 0..num_images-1 split across the processes of `accelerator`; every rank gets all.
 
     Each rank draws the global indices `rank, rank + world, ...` (its own seeds), and the results are gathered
-    and put back in index order, so the images equal those of a single process.
+    and put back in index order, so the images equal those of a single process. The exit statistics of all
+    ranks are merged, rank by rank (`extra["exit_stats"]`).
     """
     from accelerate import Accelerator
     from accelerate.utils import gather_object
@@ -148,13 +149,18 @@ def generate_distributed(pipe: Any, num_images: int, accelerator: Any = None, **
     run = generate(pipe, mine, **kwargs)
     if world == 1:
         return run
-    parts = gather_object([(run.indices, run.images, run.labels, run.block_evals, run.model_rows)])
+    parts = gather_object([(run.indices, run.images, run.labels, run.block_evals, run.model_rows,
+                             run.extra["exit_stats"])])
     indices = torch.cat([p[0] for p in parts])
     order = torch.argsort(indices)
+    stats = ExitStats(parts[0][5].num_blocks)
+    for part in parts:
+        stats.extend(part[5])
     return SampleRun(
         images=torch.cat([p[1] for p in parts])[order],
         labels=torch.cat([p[2] for p in parts])[order],
         indices=indices[order],
         block_evals=sum(p[3] for p in parts),
         model_rows=sum(p[4] for p in parts),
+        extra={"exit_stats": stats},
     )

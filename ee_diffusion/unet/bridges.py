@@ -10,6 +10,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from .._validation import check_int
 from .adapter import UNetAdapter
 
 
@@ -41,8 +42,7 @@ class UNetExitBridges(ModelMixin, ConfigMixin):
             or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in level_channels)
         ):
             raise ValueError(f"level_channels must be a list of >= 2 positive integers, got {level_channels!r}")
-        if isinstance(temb_dim, bool) or not isinstance(temb_dim, int) or temb_dim < 1:
-            raise ValueError(f"temb_dim must be a positive integer, got {temb_dim!r}")
+        check_int(temb_dim, "temb_dim", 1)
         self.bridges = nn.ModuleList(
             _Bridge(level_channels[i], level_channels[i + 1], temb_dim) for i in range(len(level_channels) - 1)
         )

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ee_diffusion import EarlyExitConfig
+from ee_diffusion._io import atomic_write_text
 from ee_diffusion.backbones.registry import get_adapter
 from ee_diffusion.pipelines import EarlyExitDiTPipeline
 from ee_diffusion.schedules import StaticDepth, TimestepSchedule, UncertaintyThreshold
@@ -107,12 +108,12 @@ def main() -> None:
     pipe.save_pretrained(str(out))
     index = json.loads((out / "model_index.json").read_text())
     index.pop("_name_or_path", None)  # a path on the machine that trained it
-    (out / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out / "model_index.json", json.dumps(index, indent=2, sort_keys=True) + "\n")
     evaluation = {"classifier_held_out_accuracy": classifier.held_out_accuracy, "per_class": args.per_class,
                   "num_inference_steps": args.steps, "guidance_scale": args.guidance, "recommended": chosen, "results": results,
                   "full_depth_by_guidance": {str(k): v for k, v in guided.items()}}
-    (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
-    (out / "TRAINING.md").write_text(training_md(evaluation, [Path(p) for p in args.logs]))
+    atomic_write_text(out / "evaluation.json", json.dumps(evaluation, indent=2) + "\n")
+    atomic_write_text(out / "TRAINING.md", training_md(evaluation, [Path(p) for p in args.logs]))
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote {out} ({size / 1e6:.2f} MB)")
 

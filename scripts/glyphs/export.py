@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ee_diffusion._io import atomic_write_text
 from ee_diffusion.pipelines import EarlyExitDiTPipeline
 
 
@@ -47,7 +48,7 @@ def main() -> None:
                 lines.append(f"| {r['step']} | {r['time_s']:.0f} | {r['loss']:.4f} | "
                              + " ".join(f"{v:.4f}" for v in r["block_mse"]) + " |")
         lines.append("")
-    (out / "TRAINING.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "TRAINING.md", "\n".join(lines) + "\n")
     print(f"saved to {out}: {sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 2**20:.1f} MiB")
 
 
