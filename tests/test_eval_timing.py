@@ -46,3 +46,39 @@ def test_bad_counts_raise_naming_the_value(kwargs, message):
 def test_no_methods_raises():
     with pytest.raises(ValueError, match="methods must not be empty"):
         interleaved_timings({})
+
+
+def test_setup_steps_run_before_every_call_and_are_not_timed():
+    import time
+
+    calls = []
+    methods = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    setup = {"a": lambda: (calls.append("setup a"), time.sleep(0.02))}
+    times = interleaved_timings(methods, repeats=2, warmup=1, setup=setup)
+    assert calls == ["setup a", "a", "b"] * 3
+    assert max(times["a"]) < 0.01  # the 20 ms setup is outside the timed region
+    with pytest.raises(ValueError, match=r"setup names methods that are not timed: \['c'\]"):
+        interleaved_timings(methods, repeats=1, setup={"c": lambda: None})
+
+
+def test_exit_config_switch_leaves_the_model_unhooked_and_times_hooked_methods_hooked():
+    import torch
+
+    from ee_diffusion import EarlyExitConfig, get_exit_stats, is_early_exit_applied
+    from ee_diffusion.eval.timing import ExitConfigSwitch
+    from ee_diffusion.schedules import StaticDepth
+    from ee_diffusion.testing import tiny_dit
+
+    model = tiny_dit(num_layers=3)
+    x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([10, 900]), torch.tensor([1, 2])
+    seen = []
+
+    def call():
+        model(x, t, y)
+        seen.append(get_exit_stats(model).blocks_run[0].tolist() if is_early_exit_applied(model) else "stock")
+
+    switch = ExitConfigSwitch(model)
+    interleaved_timings({"full": call, "static_1": call}, repeats=1, warmup=0,
+                        setup={"full": switch.stock, "static_1": switch.use(EarlyExitConfig(policy=StaticDepth(1)))})
+    switch.close()
+    assert seen == ["stock", [1, 1]] and not is_early_exit_applied(model)

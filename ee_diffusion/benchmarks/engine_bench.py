@@ -24,11 +24,10 @@ import torch
 
 from .._io import atomic_write_json, atomic_write_text
 from ..config import EarlyExitConfig
-from ..engine import apply_early_exit, remove_early_exit, set_exit_config
 from ..heads import UncertaintyHeads
 from ..schedules import ExitContext, ExitPolicy, StaticDepth, TimestepSchedule, UncertaintyThreshold
 from ..testing import tiny_dit
-from ..eval.timing import interleaved_timings, summarize_timings
+from ..eval.timing import ExitConfigSwitch, interleaved_timings, summarize_timings
 
 
 class _ExitAfterBlock(ExitPolicy):
@@ -59,27 +58,18 @@ def run(batch_size: int = 64, num_layers: int = 12, width: int = 128, sample_siz
         "static_depth_2": (EarlyExitConfig(policy=StaticDepth(2)), None),
     }
 
-    def full():
-        remove_early_exit(model) if hooked[0] else None
-        hooked[0] = False
+    switch = ExitConfigSwitch(model)
+
+    def call() -> torch.Tensor:  # every method makes the same call; only the hooks (set up untimed) differ
         return model(x, t, y).sample
 
-    hooked = [False]
-
-    def make(config, hds):
-        def call():
-            if not hooked[0]:
-                apply_early_exit(model, EarlyExitConfig())
-                hooked[0] = True
-            set_exit_config(model, config, heads=hds)
-            return model(x, t, y).sample
-        return call
-
-    methods = {"full": full, **{name: make(*cfg) for name, cfg in configs.items()}}
-    with torch.no_grad():
-        times = interleaved_timings(methods, repeats=repeats, warmup=warmup)
-    if hooked[0]:
-        remove_early_exit(model)
+    methods = {"full": call, **{name: call for name in configs}}
+    setup = {"full": switch.stock, **{name: switch.use(config, hds) for name, (config, hds) in configs.items()}}
+    try:
+        with torch.no_grad():
+            times = interleaved_timings(methods, repeats=repeats, warmup=warmup, setup=setup)
+    finally:
+        switch.close()
     summary = summarize_timings(times, reference="full")
     return {
         "setting": {

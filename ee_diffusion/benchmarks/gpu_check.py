@@ -26,10 +26,9 @@ import torch
 
 from .._io import atomic_write_json
 from ..config import EarlyExitConfig
-from ..engine import apply_early_exit, remove_early_exit, set_exit_config
 from ..schedules import StaticDepth, TimestepSchedule
 from .engine_bench import _ExitAfterBlock
-from ..eval.timing import interleaved_timings, summarize_timings
+from ..eval.timing import ExitConfigSwitch, interleaved_timings, summarize_timings
 
 XL = {"num_layers": 28, "num_attention_heads": 16, "attention_head_dim": 72, "in_channels": 4, "out_channels": 8,
       "sample_size": 32, "patch_size": 2, "num_embeds_ada_norm": 1000}
@@ -74,54 +73,40 @@ def run(out: str | Path, small: bool = False, steps: int = 25, batch_sizes: tupl
         x = torch.randn(batch, shape["in_channels"], size, size, device=device, dtype=dtype)
         y = torch.arange(batch, device=device) % shape["num_embeds_ada_norm"]
         mixed = torch.tensor([900, 100] * (batch // 2) + [100] * (batch % 2), device=device)
-        state = {"hooked": False}
+        switch = ExitConfigSwitch(model)
 
-        def loop(config: EarlyExitConfig | None, per_row: bool = False):
+        def loop(per_row: bool = False):
             def call():
-                if config is None and state["hooked"]:
-                    remove_early_exit(model)
-                    state["hooked"] = False
-                if config is not None:
-                    if not state["hooked"]:
-                        apply_early_exit(model, EarlyExitConfig())
-                        state["hooked"] = True
-                    set_exit_config(model, config)
                 for t in trajectory:
                     timestep = mixed if per_row else torch.full((batch,), float(t), device=device)
                     model(x, timestep=timestep, class_labels=y)
             return call
 
-        methods = {
-            "full": loop(None),
-            "hooks_off": loop(EarlyExitConfig()),
-            "ase_released": loop(EarlyExitConfig(policy=TimestepSchedule([200, 400, 600, 800], released))),
-            f"static_{half}": loop(EarlyExitConfig(policy=StaticDepth(half))),
-            f"half_rows_exit_{half}": None,
-            f"half_rows_exit_{half}_dynamic": None,
+        configs = {
+            "hooks_off": EarlyExitConfig(),
+            "ase_released": EarlyExitConfig(policy=TimestepSchedule([200, 400, 600, 800], released)),
+            f"static_{half}": EarlyExitConfig(policy=StaticDepth(half)),
+            f"half_rows_exit_{half}": EarlyExitConfig(policy=TimestepSchedule([500], [n, half])),
+            f"half_rows_exit_{half}_dynamic": EarlyExitConfig(policy=_ExitAfterBlock(half)),
         }
         # The per-row methods feed mixed timesteps (half the rows near noise) so that half the rows exit; a
         # full-depth call costs the same whatever the timestep values, so `full` stays their reference.
-        for name in (f"half_rows_exit_{half}", f"half_rows_exit_{half}_dynamic"):
-            config = EarlyExitConfig(policy=TimestepSchedule([500], [n, half])) if "dynamic" not in name else \
-                EarlyExitConfig(policy=_ExitAfterBlock(half))
-            methods[name] = loop(config, per_row=True)
+        methods = {"full": loop(), **{name: loop(per_row=name.startswith("half_rows")) for name in configs}}
+        setup = {"full": switch.stock, **{name: switch.use(config) for name, config in configs.items()}}
         with torch.no_grad():
-            times = interleaved_timings(methods, repeats=repeats, warmup=warmup, device=device)
+            times = interleaved_timings(methods, repeats=repeats, warmup=warmup, device=device, setup=setup)
             summary = summarize_timings(times, reference="full")
-            if state["hooked"]:
-                remove_early_exit(model)
-                state["hooked"] = False
+            switch.close()
             entry = {"methods": summary, "rows": batch, "steps": steps}
             entry["images_per_s_full"] = batch / summary["full"]["median_s"]
             try:
                 import xformers  # noqa: F401
 
                 model.enable_xformers_memory_efficient_attention()
-                xt = interleaved_timings({"full_xformers": loop(None), "ase_released_xformers": methods["ase_released"]},
-                                         repeats=repeats, warmup=1, device=device)
-                if state["hooked"]:
-                    remove_early_exit(model)
-                    state["hooked"] = False
+                xt = interleaved_timings({"full_xformers": loop(), "ase_released_xformers": loop()}, repeats=repeats,
+                                         warmup=1, device=device, setup={"full_xformers": switch.stock,
+                                                                         "ase_released_xformers": switch.use(configs["ase_released"])})
+                switch.close()
                 model.disable_xformers_memory_efficient_attention()
                 entry["xformers"] = {k: {"median_s": sorted(v)[len(v) // 2]} for k, v in xt.items()}
             except Exception as error:  # not installed, or no CUDA kernels

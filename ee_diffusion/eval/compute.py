@@ -17,7 +17,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..config import EarlyExitConfig
-from .timing import interleaved_timings, summarize_timings
+from .timing import ExitConfigSwitch, interleaved_timings, summarize_timings
 
 
 def count_flops(fn: Callable[[], Any]) -> dict[str, int]:
@@ -82,7 +82,6 @@ def overhead_breakdown(pipe: Any, batch_size: int, repeats: int = 10, warmup: in
     `half_rows_exit_k` (half the rows exit after block k, planned: compaction). The gather/scatter overhead is
     `half_rows_exit_k` minus the ideal `(static_k + full) / 2`.
     """
-    from ..engine import apply_early_exit, remove_early_exit, set_exit_config
     from ..schedules import StaticDepth, TimestepSchedule, UncertaintyThreshold
 
     model = pipe.transformer
@@ -103,28 +102,17 @@ def overhead_breakdown(pipe: Any, batch_size: int, repeats: int = 10, warmup: in
     }
     if pipe.exit_heads is not None:
         configs["heads_no_exit"] = (EarlyExitConfig(policy=UncertaintyThreshold(0.999999, patience=1)), pipe.exit_heads, t_uniform)
-    state = {"hooked": False}
-
-    def full():
-        if state["hooked"]:
-            remove_early_exit(model)
-            state["hooked"] = False
-        return model(x, t_uniform, y).sample
-
-    def make(config, heads, t):
-        def call():
-            if not state["hooked"]:
-                apply_early_exit(model, EarlyExitConfig())
-                state["hooked"] = True
-            set_exit_config(model, config, heads=heads)
-            return model(x, t, y).sample
-        return call
-
-    methods = {"full": full, **{name: make(*spec) for name, spec in configs.items()}}
-    with torch.no_grad():
-        times = interleaved_timings(methods, repeats=repeats, warmup=warmup, device=device)
-    if state["hooked"]:
-        remove_early_exit(model)
+    switch = ExitConfigSwitch(model)
+    methods = {"full": lambda: model(x, t_uniform, y).sample}
+    setup = {"full": switch.stock}
+    for name, (config, heads, t) in configs.items():
+        methods[name] = lambda t=t: model(x, t, y).sample
+        setup[name] = switch.use(config, heads)
+    try:
+        with torch.no_grad():
+            times = interleaved_timings(methods, repeats=repeats, warmup=warmup, device=device, setup=setup)
+    finally:
+        switch.close()
     summary = summarize_timings(times, reference="full")
     full_s = summary["full"]["median_s"]
     ideal_half = (summary[f"static_{k}"]["median_s"] + full_s) / 2

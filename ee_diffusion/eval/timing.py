@@ -9,6 +9,8 @@ from collections.abc import Callable, Mapping
 import torch
 
 from .._validation import check_int
+from ..config import EarlyExitConfig
+from ..engine import apply_early_exit, is_early_exit_applied, remove_early_exit, set_exit_config
 
 
 def _sync(device: torch.device | None) -> None:
@@ -21,11 +23,13 @@ def interleaved_timings(
     repeats: int = 20,
     warmup: int = 3,
     device: torch.device | None = None,
+    setup: Mapping[str, Callable[[], object]] | None = None,
 ) -> dict[str, list[float]]:
     """Time every method `repeats` times in round-robin order (A B C A B C ...), after `warmup` rounds.
 
     Interleaving makes slow drifts of the machine (other processes, clock changes) hit every method alike.
-    Returns seconds per call, per method.
+    `setup[name]`, if given, runs before every call of that method, outside the timed region (e.g. putting
+    the hooks a method needs on the model: `ExitConfigSwitch`). Returns seconds per call, per method.
 
     ```py
     >>> times = interleaved_timings({"a": lambda: sum(range(100)), "b": lambda: None}, repeats=3, warmup=1)
@@ -38,19 +42,73 @@ def interleaved_timings(
     check_int(warmup, "warmup", 0, "untimed rounds")
     if not methods:
         raise ValueError("methods must not be empty")
+    setup = setup or {}
+    unknown = sorted(set(setup) - set(methods))
+    if unknown:
+        raise ValueError(f"setup names methods that are not timed: {unknown}; timed: {sorted(methods)}")
     for _ in range(warmup):
-        for fn in methods.values():
+        for name, fn in methods.items():
+            setup.get(name, _nothing)()
             fn()
     _sync(device)
     times: dict[str, list[float]] = {name: [] for name in methods}
     for _ in range(repeats):
         for name, fn in methods.items():
+            setup.get(name, _nothing)()
             _sync(device)
             start = time.perf_counter()
             fn()
             _sync(device)
             times[name].append(time.perf_counter() - start)
     return times
+
+
+def _nothing() -> None:
+    return None
+
+
+class ExitConfigSwitch:
+    """Puts `model` in the state a timed method needs - stock (no hooks) or hooked with an exit config - as an
+    untimed `setup` step of `interleaved_timings`, so applying and removing hooks never counts in a method's time.
+
+    ```py
+    >>> import torch
+    >>> from ee_diffusion import EarlyExitConfig, is_early_exit_applied
+    >>> from ee_diffusion.schedules import StaticDepth
+    >>> from ee_diffusion.testing import tiny_dit
+    >>> model = tiny_dit(num_layers=2)
+    >>> x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([10, 900]), torch.tensor([1, 2])
+    >>> switch = ExitConfigSwitch(model)
+    >>> call = lambda: model(x, t, y)
+    >>> times = interleaved_timings({"full": call, "static_1": call}, repeats=2, warmup=0,
+    ...                             setup={"full": switch.stock, "static_1": switch.use(EarlyExitConfig(StaticDepth(1)))})
+    >>> switch.close(); is_early_exit_applied(model)
+    False
+
+    ```
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def stock(self) -> None:
+        """The stock model: no hooks at all."""
+        if is_early_exit_applied(self.model):
+            remove_early_exit(self.model)
+
+    def use(self, config: EarlyExitConfig, heads: torch.nn.Module | None = None) -> Callable[[], None]:
+        """A setup step that hooks the model (if needed) and sets `config` (and `heads`)."""
+
+        def setup() -> None:
+            if not is_early_exit_applied(self.model):
+                apply_early_exit(self.model, EarlyExitConfig())
+            set_exit_config(self.model, config, heads=heads)
+
+        return setup
+
+    def close(self) -> None:
+        """Leave the model as it was found: unhooked."""
+        self.stock()
 
 
 def summarize_timings(times: Mapping[str, list[float]], reference: str) -> dict[str, dict[str, float]]:
