@@ -182,3 +182,21 @@ def test_cli_train_and_resume(tmp_path, capsys):
     assert main(args + ["--resume", "latest", "--max-steps", "3"]) == 0
     assert "trained 3 steps" in capsys.readouterr().out
     assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_a_checkpoint_of_version_0_1_still_resumes(tmp_path):
+    """0.1 named the objective's denoiser `transformer`: its checkpoints' weight names must still load."""
+    from safetensors.torch import load_file, save_file
+
+    config = _config()
+    first = Trainer(config, tmp_path, progress=False)
+    first.train(max_steps=2)
+    folder = first.save_checkpoint()
+    weights = folder / "model.safetensors"
+    tensors = load_file(weights)
+    assert any(k.startswith("denoiser.") for k in tensors)
+    save_file({k.replace("denoiser.", "transformer.", 1): v for k, v in tensors.items()}, weights)
+    resumed = Trainer(config, tmp_path, progress=False)
+    assert resumed.load_checkpoint() == 2
+    for name, value in first.objective_module.state_dict().items():
+        torch.testing.assert_close(resumed.objective_module.state_dict()[name], value, rtol=0, atol=0, msg=name)

@@ -17,6 +17,7 @@ the mode's loss around them (`TrainingObjective`) and the noise schedulers.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DiTTransformer2DModel, UNet2DModel
@@ -156,6 +157,7 @@ class TrainingObjective(nn.Module):
         self.mode = config.mode
         self.deediff = config.deediff
         self.ase = config.ase
+        self._register_load_state_dict_pre_hook(_rename_legacy_keys)
 
     def forward(
         self,
@@ -187,6 +189,14 @@ class TrainingObjective(nn.Module):
             with torch.no_grad():
                 out["block_mse"] = torch.stack([(eps_at(h).float() - noise.float()).pow(2).mean() for h in hidden])
         return out
+
+
+def _rename_legacy_keys(state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Checkpoints of version 0.1 named the denoiser `transformer`: map `transformer.*` to `denoiser.*` in place,
+    so their runs resume exactly."""
+    legacy = prefix + "transformer."
+    for key in [k for k in state_dict if k.startswith(legacy)]:
+        state_dict[prefix + "denoiser." + key[len(legacy):]] = state_dict.pop(key)
 
 
 def freeze_for_mode(denoiser: nn.Module, mode: str) -> None:
