@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
 import sys
 from pathlib import Path
@@ -76,6 +77,8 @@ def _add_bench(subparsers) -> None:
 def _run_bench(args: argparse.Namespace) -> int:
     from .benchmarks.bench import run
 
+    # The bench reports progress through logging; show it on the terminal, as its output.
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     paths = {k: v for k, v in (("digits", args.digits_model), ("glyphs", args.glyphs_model)) if v}
     run(args.preset, args.out, settings=args.settings, model_paths=paths, command=args.command_line)
     return 0

@@ -16,6 +16,7 @@ re-renders a saved report). Presets: `ci` (digits, small counts; a committed run
 
 from __future__ import annotations
 
+import logging
 import platform
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -30,19 +31,21 @@ from ..calibration import (
     calibrate_thresholds,
     distil_schedule,
     measure_depth_deviation,
-    thresholds_for_fractions,
     schedule_from_deviation,
+    thresholds_for_fractions,
 )
 from ..config import EarlyExitConfig
 from ..default_model import load_setting_pipeline
-from ..schedules import StaticDepth, TimestepSchedule, UncertaintyThreshold
 from ..eval.baselines import fbc_pipeline, first_block_cache
 from ..eval.compute import count_flops, overhead_breakdown, peak_memory
 from ..eval.features import load_feature_net
 from ..eval.quality import QualityEvaluator, balanced_subset, real_images
-from .report import _interp, _recommend, _targets, write_report
 from ..eval.sampling import generate
 from ..eval.timing import interleaved_timings
+from ..schedules import StaticDepth, TimestepSchedule, UncertaintyThreshold
+from .report import _interp, _recommend, _targets, write_report
+
+logger = logging.getLogger(__name__)
 
 @dataclass
 class Preset:
@@ -118,13 +121,15 @@ def _ase_schedules(n: int) -> dict[str, TimestepSchedule]:
 
 
 class _Progress:
+    """Progress lines with the seconds since the run started, through `logging` (the CLI shows INFO)."""
+
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.start = time.perf_counter()
 
     def __call__(self, message: str) -> None:
         if self.enabled:
-            print(f"[{time.perf_counter() - self.start:7.1f}s] {message}", flush=True)
+            logger.info("[%7.1fs] %s", time.perf_counter() - self.start, message)
 
 
 def run_setting(setting: str, preset: Preset, model_path: str | None = None, log: _Progress | None = None) -> dict:

@@ -103,9 +103,9 @@ def run(out: str | Path, small: bool = False, steps: int = 25, batch_sizes: tupl
                 import xformers  # noqa: F401
 
                 model.enable_xformers_memory_efficient_attention()
-                xt = interleaved_timings({"full_xformers": loop(), "ase_released_xformers": loop()}, repeats=repeats,
-                                         warmup=1, device=device, setup={"full_xformers": switch.stock,
-                                                                         "ase_released_xformers": switch.use(configs["ase_released"])})
+                xt_setup = {"full_xformers": switch.stock, "ase_released_xformers": switch.use(configs["ase_released"])}
+                xt = interleaved_timings({name: loop() for name in xt_setup}, repeats=repeats, warmup=1, device=device,
+                                         setup=xt_setup)
                 switch.close()
                 model.disable_xformers_memory_efficient_attention()
                 entry["xformers"] = {k: {"median_s": sorted(v)[len(v) // 2]} for k, v in xt.items()}
