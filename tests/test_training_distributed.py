@@ -29,7 +29,9 @@ WORKER = textwrap.dedent(
     state = {k: v.contiguous() for k, v in trainer.objective_module.state_dict().items()}
     save_file(state, f"{out}/rank{rank}.safetensors")
     acc = trainer.accelerator
-    print("world", acc.num_processes, "rank", rank, "batch", trainer.micro_batch(0)[0].shape[0], acc.state.backend)
+    # One file per rank: lines printed by two processes to one pipe may interleave.
+    with open(f"{out}/rank{rank}.txt", "w") as f:
+        f.write(f"world {acc.num_processes} rank {rank} batch {trainer.micro_batch(0)[0].shape[0]} {acc.state.backend}")
     """
 )
 
@@ -53,7 +55,8 @@ def test_two_process_training_keeps_ranks_identical(tmp_path):
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=150)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "world 2 rank 0 batch 4 gloo" in done.stdout and "world 2 rank 1 batch 4 gloo" in done.stdout
+    for rank in (0, 1):
+        assert (tmp_path / f"rank{rank}.txt").read_text() == f"world 2 rank {rank} batch 4 gloo"
     rank0 = load_file(tmp_path / "rank0.safetensors")
     rank1 = load_file(tmp_path / "rank1.safetensors")
     init = load_file(tmp_path / "init.safetensors")
