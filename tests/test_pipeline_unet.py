@@ -138,3 +138,13 @@ def test_shipped_digits_unet_samples_with_exits():
                exit_config=EarlyExitConfig(policy=StaticDepth(2)))
     assert out.images.shape == (2, 1, 8, 8) and torch.isfinite(out.images).all()
     assert out.exit_stats.depth_fraction == pytest.approx(2 / 3)
+
+
+def test_a_version_0_1_folder_naming_an_unknown_scheduler_is_refused(pipe, tmp_path):
+    DDPMPipeline(unet=pipe.unet, scheduler=pipe.scheduler).save_pretrained(tmp_path)
+    (tmp_path / "early_exit.json").write_text(json.dumps({"id2label": None, "exit_config": None}))
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", "NoSuchScheduler"]
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    with pytest.warns(FutureWarning), pytest.raises(ValueError, match="names the scheduler.*NoSuchScheduler"):
+        EarlyExitUNetPipeline.from_pretrained(tmp_path)

@@ -18,7 +18,7 @@ from typing import Any
 import diffusers
 import torch
 from diffusers import AutoencoderKL, UNet2DModel
-from diffusers.schedulers import KarrasDiffusionSchedulers
+from diffusers.schedulers import KarrasDiffusionSchedulers, SchedulerMixin
 
 from .._io import read_json_file
 from ..config import EarlyExitConfig
@@ -101,8 +101,10 @@ class EarlyExitUNetPipeline(ClassConditionalExitPipeline):
     def exit_parts(self) -> dict[str, Any]:
         return {"heads": self.exit_heads, "bridges": self.exit_bridges}
 
-    def check_inputs(self, class_labels: Any, guidance_scale: Any, num_inference_steps: Any, latents: Any,
-                     exit_config: Any, output_type: Any, generator: Any = None, return_dict: Any = True) -> torch.Tensor:
+    def check_inputs(
+        self, class_labels: Any, guidance_scale: Any, num_inference_steps: Any, latents: Any, exit_config: Any,
+        output_type: Any, generator: Any = None, return_dict: Any = True,
+    ) -> torch.Tensor:
         labels = super().check_inputs(class_labels, guidance_scale, num_inference_steps, latents, exit_config,
                                       output_type, generator, return_dict)
         config = exit_config if exit_config is not None else self.default_exit_config
@@ -116,7 +118,9 @@ class EarlyExitUNetPipeline(ClassConditionalExitPipeline):
 
     # ------------------------------------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "EarlyExitUNetPipeline":
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any
+    ) -> "EarlyExitUNetPipeline":
         """Load a pipeline folder; a folder of ee-diffusion 0.1 (with `early_exit.json`) loads with a FutureWarning."""
         folder = Path(pretrained_model_name_or_path)
         if (folder / LEGACY_INFO_FILE).is_file():
@@ -140,7 +144,14 @@ class EarlyExitUNetPipeline(ClassConditionalExitPipeline):
         if "unet" not in kwargs:
             components["unet"] = UNet2DModel.from_pretrained(str(folder), subfolder="unet").eval()
         if "scheduler" not in kwargs:
-            scheduler_class = getattr(diffusers, index["scheduler"][1])
+            entry = index["scheduler"]
+            name = entry[1] if isinstance(entry, list) and len(entry) == 2 else None
+            scheduler_class = getattr(diffusers, name, None) if isinstance(name, str) else None
+            if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, SchedulerMixin)):
+                raise ValueError(
+                    f"{str(folder / 'model_index.json')!r} names the scheduler {index['scheduler']!r}; expected "
+                    f'["diffusers", "<a diffusers scheduler class>"], e.g. ["diffusers", "DDIMScheduler"]'
+                )
             components["scheduler"] = scheduler_class.from_pretrained(str(folder), subfolder="scheduler")
         for name, loader in (("exit_bridges", UNetExitBridges), ("exit_heads", UncertaintyHeads)):
             if name not in kwargs and (folder / name).is_dir():
