@@ -71,12 +71,19 @@ def _add_bench(subparsers) -> None:
                         help="override the preset's settings")
     parser.add_argument("--digits-model", default=None, help="pipeline folder (default: the shipped digits model)")
     parser.add_argument("--glyphs-model", default=None, help="pipeline folder (default: assets/glyphs-dit)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch CPU threads, fixed for the whole run and recorded in the report (default: 2)")
     parser.set_defaults(func=_run_bench)
 
 
 def _run_bench(args: argparse.Namespace) -> int:
+    import torch
+
     from .benchmarks.bench import run
 
+    if args.threads < 1:
+        raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     # The bench reports progress through logging; show it on the terminal, as its output.
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     paths = {k: v for k, v in (("digits", args.digits_model), ("glyphs", args.glyphs_model)) if v}

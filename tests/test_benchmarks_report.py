@@ -1,179 +1,196 @@
-"""The bench report: the recommendation rule and the targets on crafted rows, re-rendering a saved report after
-an edit, and writing the recommendation into a pipeline folder."""
+"""The bench's decisions on crafted rows (paired intervals, knees, frontier wins, the recommendation and its
+operating point), re-rendering a saved report after an edit, and writing the operating point into a folder."""
 
 import json
-import shutil
-from pathlib import Path
 
+import numpy as np
 import pytest
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
 from ee_diffusion import EarlyExitConfig
-from ee_diffusion.benchmarks.report import (
-    RECOMMENDABLE_FAMILIES,
-    _recommend,
-    _targets,
-    rerender,
-    set_recommended_exit_config,
-)
+from ee_diffusion.benchmarks import frontier
+from ee_diffusion.benchmarks.report import rerender, write_operating_point, write_report
+from ee_diffusion.operating_point import OperatingPoint
+from ee_diffusion.pipelines import EarlyExitDiTPipeline
+from ee_diffusion.schedules import StaticDepth
+from ee_diffusion.testing import tiny_dit
 
-COMMITTED_REPORT = Path(__file__).resolve().parents[1] / "docs" / "bench-ci-report.json"
-STEPS, FULL_FID, SPREAD = 20, 10.0, 2.0
+REF_FID = 10.0
+CONFIDENCE = 0.9
+# Shared resampling noise: every row's resampled FIDs are the reference's plus its own offsets, so the paired
+# interval of a row against the reference is exactly the 5%..95% range of those offsets.
+BASE = REF_FID + np.random.default_rng(0).normal(0, 1.0, 400)
 
 
-def _row(name, family, fid, speedup=None, steps=STEPS, block_fraction=0.5):
-    row = {"name": name, "family": family, "fid": fid, "num_inference_steps": steps, "block_fraction": block_fraction}
-    if speedup is not None:  # the bench times every method but the other seeds
-        row["speedup"] = speedup
+def _row(name, family, delta, spread=0.1, solver="ddim", steps=25, blocks=1.0, time=None, config=None):
+    offsets = np.linspace(delta - spread, delta + spread, BASE.size)
+    row = {"name": name, "family": family, "solver": solver, "steps": steps, "fid": REF_FID + delta,
+           "fid_resamples": (BASE + offsets).tolist(), "block_fraction": blocks,
+           "exit_config": None if config is None else EarlyExitConfig(StaticDepth(config)).to_dict()}
+    if time is not None:
+        row["time_ratio"], row["speedup"] = time, 1 / time
     return row
 
 
 def _rows(*rows):
-    references = [_row("full", "full", FULL_FID, 1.0, block_fraction=1.0),
-                  _row("full_seed1", "seed", FULL_FID + SPREAD, block_fraction=1.0)]
-    return {r["name"]: r for r in references + list(rows)}
+    ref = _row("ddim25", "reference", 0.0, spread=0.0, time=1.0)
+    return {r["name"]: r for r in (ref, *rows)}
 
 
-def test_the_fastest_early_exit_within_the_spread_at_the_reference_steps_wins():
+def test_paired_interval_is_the_range_of_the_paired_differences():
+    a, b = _row("a", "static_depth", 1.0, spread=0.5), _row("b", "static_depth", 0.25, spread=0.0)
+    d = frontier.paired_interval(a, b, CONFIDENCE)
+    assert d["delta"] == pytest.approx(0.75)
+    assert d["low"] == pytest.approx(0.75 - 0.45, abs=0.01) and d["high"] == pytest.approx(0.75 + 0.45, abs=0.01)
+
+
+@pytest.mark.parametrize("low, high, holds", [(-0.5, 0.5, True), (-2.0, -1.0, True), (0.2, 0.99, True),
+                                              (0.2, 1.0, False), (0.5, 3.0, False)])
+def test_unchanged_quality_is_decided_by_the_interval_alone(low, high, holds):
+    assert frontier.holds_quality({"delta": (low + high) / 2, "low": low, "high": high}, REF_FID) is holds
+
+
+def test_the_knee_is_the_fewest_steps_per_solver_whose_interval_reaches_zero():
+    rows = _rows(_row("ddim20", "fewer_steps", 0.05, 0.1, steps=20, blocks=0.8, time=0.8),
+                 _row("ddim12", "fewer_steps", 1.5, 0.2, steps=12, blocks=0.48, time=0.48),
+                 _row("dpmpp9", "fewer_steps", 0.5, 0.2, solver="dpmpp", steps=9, blocks=0.36, time=0.36),
+                 _row("dpmpp8", "fewer_steps", 0.0, 0.3, solver="dpmpp", steps=8, blocks=0.32, time=0.32),
+                 _row("dpmpp6", "fewer_steps", 2.0, 0.3, solver="dpmpp", steps=6, blocks=0.24, time=0.24))
+    decisions = frontier.decide(rows, CONFIDENCE)
+    # Not monotone in steps: dpmpp9 is worse than dpmpp8, and the fewest steps that reach 0 win.
+    assert decisions["knees"] == {"ddim": "ddim20", "dpmpp": "dpmpp8"}
+    assert decisions["knee"] == "dpmpp8" and decisions["recommended"] == "dpmpp8"
+    assert "does not beat the fewer-steps frontier" in decisions["verdict"]
+
+
+def test_a_frontier_win_needs_the_whole_interval_below_at_equal_time_and_blocks():
+    frontier_rows = [_row("dpmpp8", "fewer_steps", 1.0, 0.2, solver="dpmpp", steps=8, blocks=0.32, time=0.33),
+                     _row("dpmpp10", "fewer_steps", 0.0, 0.2, solver="dpmpp", steps=10, blocks=0.40, time=0.41)]
+    win = _row("static7@dpmpp10", "static_depth", 0.0, 0.3, solver="dpmpp", steps=10, blocks=0.35, time=0.37, config=7)
+    overlap = _row("static6@dpmpp10", "static_depth", 0.7, 0.3, solver="dpmpp", steps=10, blocks=0.33, time=0.35,
+                   config=6)
+    slow = _row("tail@dpmpp10", "tail_cache", 0.0, 0.1, solver="dpmpp", steps=10, blocks=0.33, time=0.45, config=5)
+    rows = _rows(*frontier_rows, win, overlap, slow)
+    frontier.decide(rows, CONFIDENCE)
+    vs = rows["static7@dpmpp10"]["vs_frontier"]
+    # Matched to dpmpp8 on both axes (dpmpp10 costs more); the margin is frontier low - row high.
+    assert vs["time_ratio"]["frontier"] == vs["block_fraction"]["frontier"] == "dpmpp8"
+    assert vs["beats"] and vs["time_ratio"]["margin"] == pytest.approx(0.82 - 0.27, abs=0.01)
+    assert not rows["static6@dpmpp10"]["vs_frontier"]["beats"]  # intervals overlap: no win
+    # Fewer blocks than dpmpp10 but slower than it in wall-clock: matched to dpmpp10 by time, which is as good.
+    slow_vs = rows["tail@dpmpp10"]["vs_frontier"]
+    assert slow_vs["time_ratio"]["frontier"] == "dpmpp10" and not slow_vs["beats"]
+
+
+def test_cheaper_than_every_frontier_point_is_no_win():
+    rows = _rows(_row("ddim20", "fewer_steps", 0.0, steps=20, blocks=0.8, time=0.8),
+                 _row("static1", "static_depth", -5.0, 0.1, blocks=0.125, time=0.2, config=1))
+    frontier.decide(rows, CONFIDENCE)
+    vs = rows["static1"]["vs_frontier"]
+    assert vs["beats"] is False and vs["time_ratio"]["frontier"] is None
+
+
+def test_the_recommendation_prefers_the_fastest_quality_holding_frontier_win():
     rows = _rows(
-        _row("ase", "ase", 11.5, 1.3),
-        _row("edge", "calibrated_schedule", FULL_FID + SPREAD, 1.6),  # exactly on the limit: within
-        _row("outside", "static_depth", FULL_FID + SPREAD + 1e-9, 3.0),  # faster, just outside the spread
-        _row("other_steps", "calibrated_thresholds", 9.0, 2.5, steps=12),  # faster, at another step count
-        _row("composed", "calibrated_steps", 9.0, 2.2, steps=12),
-        _row("steps_10", "fewer_steps", 9.0, 4.0),  # faster, but a reference
-        _row("fbc", "first_block_cache", 9.0, 5.0),  # faster, but not an exit config
+        _row("dpmpp10", "fewer_steps", 0.0, 0.2, solver="dpmpp", steps=10, blocks=0.40, time=0.41),
+        _row("dpmpp8", "fewer_steps", 1.2, 0.2, solver="dpmpp", steps=8, blocks=0.32, time=0.33),
+        _row("dpmpp7", "fewer_steps", 2.0, 0.2, solver="dpmpp", steps=7, blocks=0.28, time=0.29),
+        _row("static7@dpmpp8", "static_depth", 0.1, 0.2, solver="dpmpp", steps=8, blocks=0.28, time=0.30, config=7),
+        _row("static6@dpmpp8", "static_depth", 0.1, 0.2, solver="dpmpp", steps=8, blocks=0.24, time=0.25, config=6),
+        _row("fbc@ddim25", "first_block_cache", -1.0, 0.1, blocks=0.2, time=0.1),  # a baseline: never stored
     )
-    assert _recommend(rows, STEPS, SPREAD)["name"] == "edge"
-    within = {name: row["within_seed_spread"] for name, row in rows.items()}
-    assert within == {"full": True, "full_seed1": True, "ase": True, "edge": True, "outside": False,
-                      "other_steps": True, "composed": True, "steps_10": True, "fbc": True}
-    del rows["edge"]
-    assert _recommend(rows, STEPS, SPREAD)["name"] == "ase"
-    del rows["ase"]
-    assert _recommend(rows, STEPS, SPREAD) is None
-    assert _recommend(_rows(), STEPS, SPREAD) is None
+    # static6 holds quality but is cheaper than every frontier point: not a proven win, so static7 is chosen.
+    decisions = frontier.decide(rows, CONFIDENCE)
+    assert decisions["recommended"] == "static7@dpmpp8"
+    assert decisions["exit_rows_beating_frontier"] == ["static7@dpmpp8"]
+    assert "uses early exit" in decisions["verdict"]
+    point = frontier.operating_point(rows, decisions["recommended"], {"ddim": "DDIMScheduler", "dpmpp": "DPMS"},
+                                     1.0, 25, CONFIDENCE, "here")
+    assert point["scheduler"] == "DPMS" and point["num_inference_steps"] == 8
+    assert point["exit_config"] == rows["static7@dpmpp8"]["exit_config"]
+    assert point["exit_configs_by_steps"] == {"8": rows["static7@dpmpp8"]["exit_config"]}
+    assert OperatingPoint.from_dict(point).to_dict() == point
+    # Without the win, steps alone: the fastest frontier point that holds quality.
+    rows["static7@dpmpp8"].update(fid=REF_FID + 2.0, fid_resamples=(np.asarray(rows["dpmpp7"]["fid_resamples"])).tolist())
+    decisions = frontier.decide(rows, CONFIDENCE)
+    assert decisions["recommended"] == "dpmpp10" and decisions["exit_rows_beating_frontier"] == []
+    point = frontier.operating_point(rows, "dpmpp10", {"ddim": "DDIMScheduler", "dpmpp": "DPMS"}, 1.0, 25,
+                                     CONFIDENCE, "")
+    assert point["exit_config"] is None and point["exit_configs_by_steps"] == {"8": None}
 
 
-@pytest.mark.parametrize("family", ["full", "seed", "fewer_steps", "first_block_cache", "calibrated_steps", "new"])
-def test_rows_of_other_families_are_never_recommended(family):
-    assert _recommend(_rows(_row("candidate", family, FULL_FID, 9.0)), STEPS, SPREAD) is None
-
-
-@pytest.mark.parametrize("family", RECOMMENDABLE_FAMILIES)
-def test_every_early_exit_family_can_be_recommended(family):
-    assert _recommend(_rows(_row("candidate", family, FULL_FID, 1.1)), STEPS, SPREAD)["name"] == "candidate"
-
-
-def _targets_of(*rows, setting="digits"):
-    table = _rows(_row("steps_10", "fewer_steps", 20.0, 1.9), _row("static_half", "static_depth", 30.0, 1.8), *rows)
-    _recommend(table, STEPS, SPREAD)  # marks within_seed_spread, which the targets read
-    return _targets(setting, table, SPREAD)
-
-
-def test_the_2x_target_takes_the_fastest_early_exit_within_the_spread_at_any_step_count():
-    targets = _targets_of(_row("composed", "calibrated_steps", 11.0, 2.2, steps=12),
-                          _row("ase", "ase", 11.5, 1.3),
-                          _row("fast_bad", "static_depth", 25.0, 3.0, block_fraction=0.25))
-    target = targets["speedup_2x_within_spread"]
-    best = (target["best_within_spread"], target["speedup"], target["fid"], target["met"])
-    assert best == ("composed", 2.2, 11.0, True)
-    assert target["fid_limit"] == FULL_FID + SPREAD
-    assert target["fewer_steps_best_within_spread"] is None  # steps_10 (FID 20) is outside the spread
-    # Among everything at >= 2x, the best FID, and how far it is beyond the spread.
-    assert target["best_at_2x"] == {"name": "composed", "fid": 11.0, "fid_gap_over_spread": 11.0 - FULL_FID - SPREAD}
-    slow = _targets_of(_row("ase", "ase", 11.5, 1.3))["speedup_2x_within_spread"]
-    assert (slow["best_within_spread"], slow["met"]) == ("ase", False) and "best_at_2x" not in slow
-    assert "speedup_2x_within_spread" not in _targets_of(setting="glyphs")
-
-
-def test_full_depth_beats_half_depth_only_by_more_than_the_spread():
-    met = _targets_of()["full_depth_clearly_better_than_half"]
-    assert (met["gap"], met["met"]) == (30.0 - FULL_FID, True)
-    table = _rows(_row("static_half", "static_depth", FULL_FID + SPREAD, 1.8))
-    _recommend(table, STEPS, SPREAD)
-    assert _targets("digits", table, SPREAD)["full_depth_clearly_better_than_half"]["met"] is False
-
-
-def test_a_win_is_below_both_the_fewer_steps_and_the_static_depth_curves():
-    # At 0.75 of the blocks the fewer-steps curve (1.0 -> 10, 0.5 -> 20) reads 15, the static one (1.0 -> 10,
-    # 0.5 -> 30) reads 20.
-    targets = _targets_of(_row("good", "ase", 14.0, 1.3, block_fraction=0.75),
-                          _row("tie", "deediff", 15.0, 1.3, block_fraction=0.75),
-                          _row("fbc", "first_block_cache", 5.0, 1.3, block_fraction=0.75))
-    wins = targets["beats_fewer_steps_and_static"]
-    assert wins["met"] is True
-    assert wins["wins"] == [{"name": "good", "block_fraction": 0.75, "fid": 14.0, "fewer_steps_fid": 15.0,
-                             "static_depth_fid": 20.0}]
-    tie_only = _targets_of(_row("tie", "deediff", 15.0, 1.3, block_fraction=0.75))
-    assert tie_only["beats_fewer_steps_and_static"] == {**wins, "met": False, "wins": []}
+def _entry(rows):
+    return {
+        "setting": "digits", "num_blocks": 8, "num_classes": 10, "num_images": 400, "reference_steps": 25,
+        "reference": "ddim25", "guidance_scale": 1.0,
+        "solvers": {"ddim": {"class": "DDIMScheduler", "config": dict(DDIMScheduler().config)},
+                    "dpmpp": {"class": "DPMSolverMultistepScheduler",
+                              "config": dict(DPMSolverMultistepScheduler(algorithm_type="dpmsolver++").config)}},
+        "feature_net": {"name": "digits", "features": 64}, "real_images": 899,
+        "floor": {"fid": 2.0, "num_images": 898}, "seed_spread": 0.5,
+        "bootstrap": {"resamples": BASE.size, "confidence": CONFIDENCE, "seed": 0}, "rows": rows,
+        "operating_point": {"measured_in": ""}, "not_attached": {},
+        "timing": {"batches": [64], "repeats": 1, "warmup": 0, "what": "crafted"},
+        "overhead": {"rows_per_call": 64, "hook_overhead_fraction": 0.0, "gather_scatter_overhead_fraction": 0.0},
+        "peak_memory": {"ddim25": {"peak_above_start_mib": 1.0}},
+    }
 
 
 def _saved_report(tmp_path):
-    shutil.copy(COMMITTED_REPORT, tmp_path / "report.json")
-    return json.loads((tmp_path / "report.json").read_text())
+    rows = _rows(_row("dpmpp10", "fewer_steps", 0.0, 0.2, solver="dpmpp", steps=10, blocks=0.40, time=0.41),
+                 _row("dpmpp8", "fewer_steps", 1.2, 0.2, solver="dpmpp", steps=8, blocks=0.32, time=0.33),
+                 _row("static7@dpmpp10", "static_depth", 1.5, 0.2, solver="dpmpp", steps=10, blocks=0.35, time=0.36,
+                      config=7))
+    for r in rows.values():
+        r["fidelity"] = {"psnr_db": 30.0, "ssim": 0.99, "feature_distance": 1.0}
+        r["timing"] = {"64": {"speedup": r["speedup"]}}
+    report = {"preset": "custom", "command": "crafted", "elapsed_s": 1.0, "settings": [_entry(rows)],
+              "environment": {"torch": "x", "threads": 2, "machine": "x", "cpu_count": 2}}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    return rerender(tmp_path)
 
 
-def test_rerender_applies_the_rule_to_edited_measurements(tmp_path):
+def test_rerender_redecides_from_edited_measurements(tmp_path):
     report = _saved_report(tmp_path)
     entry = report["settings"][0]
-    rows, limit = entry["methods"], entry["methods"]["full"]["fid"] + entry["seed_spread"]
-    before = entry["recommended"]
-    # The slowest early exit at the report's step count becomes the fastest method, at the edge of the spread.
-    pool = [r for r in rows.values()
-            if r["family"] in RECOMMENDABLE_FAMILIES and r["num_inference_steps"] == entry["steps"]]
-    chosen = min(pool, key=lambda r: r["speedup"])["name"]
-    assert chosen != before
-    rows[chosen].update(fid=limit, speedup=max(r.get("speedup", 0.0) for r in rows.values()) + 1.0)
+    assert entry["decisions"]["recommended"] == "dpmpp10" and entry["operating_point"]["exit_config"] is None
+    # The exit point becomes as good as the reference: it now beats dpmpp8 at its cost and is recommended.
+    row = entry["rows"]["static7@dpmpp10"]
+    row.update(fid=REF_FID, fid_resamples=[v - 1.5 for v in row["fid_resamples"]])
     (tmp_path / "report.json").write_text(json.dumps(report))
-
-    again = rerender(tmp_path)
-    assert again["settings"][0]["recommended"] == chosen
-    saved = json.loads((tmp_path / "report.json").read_text())["settings"][0]
-    assert saved["recommended"] == chosen
-    assert saved["targets"]["speedup_2x_within_spread"]["best_within_spread"] == chosen
-    assert f"**{chosen}**" in (tmp_path / "report.md").read_text()
+    again = rerender(tmp_path)["settings"][0]
+    assert again["decisions"]["recommended"] == "static7@dpmpp10"
+    assert again["operating_point"]["exit_config"] == row["exit_config"]
+    text = (tmp_path / "report.md").read_text()
+    assert "Recommended operating point: `static7@dpmpp10`" in text and "uses early exit" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pareto.png", "report.json", "report.md"]
 
-    # Just beyond the spread it drops out, and the measured recommendation comes back.
-    rows[chosen]["fid"] = limit + 1e-6
-    (tmp_path / "report.json").write_text(json.dumps(report))
-    saved = rerender(tmp_path)["settings"][0]
-    assert saved["recommended"] == before and saved["methods"][chosen]["within_seed_spread"] is False
+
+def test_a_report_never_holds_nan(tmp_path):
+    report = _saved_report(tmp_path)
+    report["settings"][0]["calibration"] = {"deviation": [float("nan"), float("-inf"), 1.0]}
+    write_report(report, tmp_path)
+    saved = json.loads((tmp_path / "report.json").read_text())  # strict JSON: no NaN or Infinity tokens
+    assert saved["settings"][0]["calibration"] == {"deviation": [None, None, 1.0]}
 
 
-def test_rerender_recomputes_a_target_from_edited_rows(tmp_path):
+def test_the_operating_point_becomes_the_default_of_a_pipeline_folder(tmp_path):
     report = _saved_report(tmp_path)
     entry = report["settings"][0]
-    half = next(r for r in entry["methods"].values() if r["family"] == "static_depth" and r["block_fraction"] == 0.5)
-    assert entry["targets"]["full_depth_clearly_better_than_half"]["met"] is True
-    half["fid"] = entry["methods"]["full"]["fid"] + entry["seed_spread"]  # a gap of exactly the spread is not "clearly"
+    row = entry["rows"]["static7@dpmpp10"]
+    row.update(fid=REF_FID, fid_resamples=[v - 1.5 for v in row["fid_resamples"]])
     (tmp_path / "report.json").write_text(json.dumps(report))
-    target = rerender(tmp_path)["settings"][0]["targets"]["full_depth_clearly_better_than_half"]
-    assert target["met"] is False and target["half_depth_fid"] == half["fid"]
-    assert "Target `full_depth_clearly_better_than_half`: NOT MET" in (tmp_path / "report.md").read_text()
-
-
-def test_the_recommendation_becomes_the_default_of_a_pipeline_folder(tmp_path):
-    report = _saved_report(tmp_path)
-    entry = report["settings"][0]
+    rerender(tmp_path)
     model = tmp_path / "model"
-    model.mkdir()
-    (model / "model_index.json").write_text(json.dumps({"_class_name": "EarlyExitDiTPipeline", "exit_config": None,
-                                                        "scheduler": ["diffusers", "DDIMScheduler"]}))
-    result = set_recommended_exit_config(tmp_path / "report.json", model)
-    expected = EarlyExitConfig.from_dict(entry["methods"][entry["recommended"]]["exit_config"]).to_dict()
-    assert result == {"method": entry["recommended"], "exit_config": expected,
-                      "num_inference_steps": entry["steps"], "guidance_scale": entry["guidance_scale"]}
-    index = json.loads((model / "model_index.json").read_text())
-    assert index == {"_class_name": "EarlyExitDiTPipeline", "exit_config": expected,
-                     "scheduler": ["diffusers", "DDIMScheduler"]}
-    assert [p.name for p in model.iterdir()] == ["model_index.json"]
-
+    EarlyExitDiTPipeline(transformer=tiny_dit(num_layers=8), scheduler=DDIMScheduler()).save_pretrained(model)
+    point = write_operating_point(tmp_path / "report.json", model, "digits", measured_in="crafted report")
+    pipe = EarlyExitDiTPipeline.from_pretrained(model)
+    assert isinstance(pipe.scheduler, DPMSolverMultistepScheduler)
+    assert pipe.scheduler.config.algorithm_type == "dpmsolver++"
+    assert pipe.operating_point.to_dict() == point and point["measured_in"] == "crafted report"
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(class_labels=[1, 2], output_type="np")
+    assert out.operating_point["num_inference_steps"] == 10 and out.operating_point["source"] == "default operating point"
+    assert out.exit_stats.num_calls == 10 and out.exit_stats.depth_fraction == pytest.approx(7 / 8)
     with pytest.raises(ValueError, match=r"has no setting 'glyphs'; it has \['digits'\]"):
-        set_recommended_exit_config(tmp_path / "report.json", model, setting="glyphs")
-    entry["recommended"] = None
-    (tmp_path / "report.json").write_text(json.dumps(report))
-    with pytest.raises(ValueError, match="recommends no early-exit method for 'digits'"):
-        set_recommended_exit_config(tmp_path / "report.json", model)
-    with pytest.raises(FileNotFoundError, match="pipeline index"):
-        set_recommended_exit_config(COMMITTED_REPORT, tmp_path / "missing")
+        write_operating_point(tmp_path / "report.json", model, "glyphs", measured_in="")

@@ -1,22 +1,30 @@
-"""`ee-diffusion bench`: quality, speed and compute of every method on the same weights and noise, in one run.
+"""`ee-diffusion bench`: every method against the fewer-steps frontier, paired, on the same weights and noise.
 
-For each setting (the shipped digits model; the harder 8x8 upper-case glyphs model) the benchmark samples the same
-class-balanced, seeded images with every method and reports FID/KID (shipped feature network), class accuracy,
-block evaluations, FLOPs (heads and decode included), wall-clock (batch sampling calls, warm-up, interleaved,
-medians, ratios to the full model) and peak memory, next to the real-vs-real floor and the spread between noise
-seeds of the full model. Methods: full model; fewer steps (a sweep, and matched to every method's compute);
-static depth N/4, N/2, 3N/4; ASE schedules; DeeDiff thresholds (per sample, CFG pairs exit together);
-calibrated schedules and thresholds (ours, calibrated on separate seeds); a DeeDiff policy distilled into a
-static schedule; diffusers' FirstBlockCache.
+For each setting (the shipped digits model; the 8x8 upper-case glyphs model) every method samples the same images
+(image i from noise seeded by (seed, i)) and is scored by FID on the shipped feature network, with paired
+bootstrap intervals against the reference (the stock model at 25 DDIM steps) and against the knee:
+- the frontier: fewer steps at full depth with DDIM and DPM-Solver++ (multistep), a sweep plus the step counts
+  matched to every other method's cost (no interpolation);
+- early exit composed with steps: on a grid of (solver, steps), every exit family - static depth, ASE schedules,
+  DeeDiff thresholds, calibrated schedules and thresholds (calibrated at that grid point on separate seeds), a
+  distilled schedule and the training-free `CachedTailResidual`;
+- diffusers' own caches on the same transformer (FirstBlockCache, TaylorSeerCache, MagCache with its
+  calibration run, SeaCache), sampled at the batch they are timed at (they decide per batch);
+- per-image fidelity to the reference's image from the same noise (PSNR, SSIM, feature distance), class accuracy,
+  block evaluations, FLOPs, peak memory, and wall-clock at batch 64 (every method), 8 and 1 (the key ones):
+  warm-up, interleaved rounds in rotating order, hooks put on and taken off outside the timed region, medians of
+  per-round ratios to the stock model without hooks.
 
-Writes OUT/report.json, OUT/report.md and OUT/pareto.png through `ee_diffusion.benchmarks.report` (which also
-re-renders a saved report). Presets: `ci` (digits, small counts; a committed run: docs/bench-ci-report.md) and
-`full` (both settings; docs/bench-full-digits-report.md).
+`frontier.py` decides (knees, frontier wins, the recommendation and its operating point) from the rows alone and
+`report.py` writes OUT/report.json, report.md and pareto.png. Presets: `ci` (digits, a few hundred images, under 5
+minutes on 2 cores; its intervals are wide and say so) and `full` (both settings, >= 2000 digits images).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -26,98 +34,70 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..calibration import (
-    CalibrationSet,
-    calibrate_thresholds,
-    distil_schedule,
-    measure_depth_deviation,
-    schedule_from_deviation,
-    thresholds_for_fractions,
-)
 from ..config import EarlyExitConfig
 from ..default_model import load_setting_pipeline
-from ..eval.baselines import fbc_pipeline, first_block_cache
 from ..eval.compute import count_flops, overhead_breakdown, peak_memory
 from ..eval.features import load_feature_net
-from ..eval.quality import QualityEvaluator, balanced_subset, real_images
+from ..eval.paired import FrechetReference, PairedFID, fidelity
+from ..eval.quality import real_images
 from ..eval.sampling import generate
-from ..eval.timing import interleaved_timings
-from ..schedules import StaticDepth, TimestepSchedule, UncertaintyThreshold
-from .report import _interp, _recommend, _targets, write_report
+from ..eval.timing import ExitConfigSwitch, interleaved_timings
+from . import frontier
+from .grid import GridPoint, Method, SOLVERS, cache_methods, exit_methods, make_schedulers
+from .report import write_report
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class Preset:
-    """What a bench run measures and how much: settings, counts, sweeps and timing rounds (see `PRESETS`)."""
+    """What a bench run measures and how much (see `PRESETS`)."""
 
     settings: tuple[str, ...] = ("digits",)
-    num_images: int = 200
-    steps: int = 20
-    # Per setting. Both small pixel-space models sample best without guidance: strong guidance over-saturates
-    # them (measured in assets/digits-dit/TRAINING.md and in docs/evaluation.md's table of settings).
+    num_images: int = 300
+    reference_steps: int = 25
+    # Per setting. Both small pixel-space models sample best without guidance (their TRAINING.md).
     guidance: tuple[tuple[str, float], ...] = (("digits", 1.0), ("glyphs", 1.0))
-    extra_seeds: int = 1  # seeds of the full model beyond seed 0, for the spread
-    fewer_steps: tuple[int, ...] = (6, 10, 14)
-    thresholds: tuple[float, ...] = (0.7, 0.8, 0.9)
-    # If set, the DeeDiff sweep's thresholds are instead chosen on the calibration set to hit these block
-    # fractions (the heads' certainty scale differs between models).
-    threshold_fractions: tuple[float, ...] | None = None
-    budgets: tuple[float, ...] = (0.45, 0.6)
-    threshold_budgets: tuple[float, ...] = (0.6,)
-    fbc_thresholds: tuple[float, ...] = (0.1, 0.3)
-    # Early exit composed with fewer steps: (steps, budget) -> a schedule calibrated at that step count.
-    combined: tuple[tuple[int, float], ...] = ((12, 0.8), (14, 0.7))
+    extra_seeds: int = 0  # reference runs at other noise seeds: the unpaired spread, reported beside the CI
+    frontier: tuple[tuple[str, tuple[int, ...]], ...] = (("ddim", (8, 12, 16, 20)), ("dpmpp", (4, 6, 8, 10, 12)))
+    grid: tuple[GridPoint, ...] = (("ddim", 25), ("dpmpp", 8))  # every exit family at each (solver, steps)
+    cache_grid: tuple[GridPoint, ...] = (("ddim", 25),)
+    static_fractions: tuple[float, ...] = (0.5, 0.75, 0.875)
+    ase: tuple[str, ...] = ("released",)
+    threshold_fractions: tuple[float, ...] = (0.6, 0.8)
+    budgets: tuple[float, ...] = (0.6,)
+    threshold_budgets: tuple[float, ...] = ()
+    distil: bool = False
+    tail_thresholds: tuple[float, ...] = (0.1,)
+    fbc_thresholds: tuple[float, ...] = (0.1,)
+    taylorseer_intervals: tuple[int, ...] = (2,)
+    mag_thresholds: tuple[float, ...] = ()
+    sea_thresholds: tuple[float, ...] = (0.1,)
     calib_images: int = 20
     calib_buckets: int = 4
-    calib_depths: tuple[int, ...] | None = None  # depths measured per bucket (None: all); others interpolated
-    timing_batch: int = 64
+    calib_depths: tuple[int, ...] | None = (2, 4, 6, 7)
+    timing_batches: tuple[int, ...] = (64, 8, 1)
     timing_repeats: int = 2
     timing_warmup: int = 1
-    extra_batch_sizes: tuple[int, ...] = ()  # images/s of full + recommended at these batch sizes
     flops_images: int = 2
-    matched_fewer_steps: bool = True
-    sample_batch: int = 100
-    overhead_repeats: int = 4
+    sample_batch: int = 500
+    bootstrap: int = 200
+    confidence: float = 0.9
+    overhead_repeats: int = 2
 
 
 PRESETS = {
-    "ci": Preset(calib_depths=(2, 3, 4, 6), fewer_steps=(5, 8, 10, 12, 14, 16), matched_fewer_steps=False,
-                 threshold_fractions=(0.45, 0.6, 0.8)),
+    "ci": Preset(),
     "full": Preset(
-        settings=("digits", "glyphs"), num_images=1000, steps=25, extra_seeds=2, fewer_steps=(6, 9, 12, 16, 20),
-        thresholds=(0.7, 0.8, 0.85, 0.9, 0.95), budgets=(0.4, 0.45, 0.5, 0.6, 0.75), threshold_budgets=(0.5, 0.6),
-        fbc_thresholds=(0.05, 0.1, 0.2, 0.4), calib_images=60, calib_buckets=5, timing_repeats=5, timing_warmup=1,
-        extra_batch_sizes=(1, 16), flops_images=4, threshold_fractions=(0.4, 0.5, 0.6, 0.7, 0.85), combined=((15, 0.8), (18, 0.7), (12, 0.9)),
+        settings=("digits", "glyphs"), num_images=2000, extra_seeds=1,
+        frontier=(("ddim", (6, 8, 10, 12, 14, 16, 18, 20, 22)), ("dpmpp", (4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 20))),
+        grid=(("ddim", 25), ("dpmpp", 10), ("dpmpp", 8)), cache_grid=(("ddim", 25), ("dpmpp", 10)),
+        ase=("released", "aggressive"), threshold_fractions=(0.6, 0.8), budgets=(0.5, 0.75), threshold_budgets=(0.6,),
+        distil=True, tail_thresholds=(0.1, 0.2), fbc_thresholds=(0.05, 0.1), taylorseer_intervals=(2,),
+        mag_thresholds=(0.02,), sea_thresholds=(0.1, 0.2), calib_images=40, timing_repeats=5,
+        calib_depths=(2, 4, 5, 6, 7), overhead_repeats=4,
     ),
 }
-
-
-@dataclass
-class Method:
-    """One row of the report: an exit config or a FirstBlockCache threshold, a step count and a noise seed."""
-
-    name: str
-    family: str
-    exit_config: EarlyExitConfig | None = None
-    steps: int | None = None  # None: the preset's steps
-    fbc_threshold: float | None = None
-    seed: int = 0
-    notes: dict[str, Any] = field(default_factory=dict)
-
-    def describe(self, preset_steps: int) -> dict[str, Any]:
-        config = self.exit_config or EarlyExitConfig()
-        return {"name": self.name, "family": self.family, "exit_config": config.to_dict(),
-                "num_inference_steps": self.steps or preset_steps, "fbc_threshold": self.fbc_threshold,
-                "seed": self.seed, **({"notes": self.notes} if self.notes else {})}
-
-
-def _ase_schedules(n: int) -> dict[str, TimestepSchedule]:
-    """The released DiT-XL/2 ASE schedule scaled to n blocks, and a more aggressive one."""
-    released = [max(1, min(n, round(d * n / 28))) for d in (28, 24, 20, 16, 12)]
-    aggressive = [n, max(1, round(0.75 * n)), max(1, round(0.5 * n)), max(1, round(0.375 * n)), max(1, round(0.25 * n))]
-    bounds = [200, 400, 600, 800]
-    return {"ase_released": TimestepSchedule(bounds, released), "ase_aggressive": TimestepSchedule(bounds, aggressive)}
 
 
 class _Progress:
@@ -132,176 +112,232 @@ class _Progress:
             logger.info("[%7.1fs] %s", time.perf_counter() - self.start, message)
 
 
+class _Sampler:
+    """Samples any `Method` on one pipeline: its solver, its exit config or diffusers cache, its step count."""
+
+    def __init__(self, pipe: Any, guidance: float, sample_batch: int, cache_batch: int) -> None:
+        self.pipe = pipe
+        self.guidance = guidance
+        self.schedulers = make_schedulers(pipe.scheduler)
+        self.sample_batch = sample_batch
+        self.cache_batch = cache_batch
+        self.switch = ExitConfigSwitch(pipe.transformer)
+
+    def use_solver(self, solver: str) -> None:
+        self.pipe.scheduler = self.schedulers[solver]
+
+    def cache_context(self, method: Method) -> Any:
+        from ..eval.baselines import diffusers_cache
+
+        if method.cache is None:
+            return contextlib.nullcontext()
+        return diffusers_cache(self.pipe.transformer, method.cache, self.pipe.scheduler, method.steps)
+
+    def __call__(self, method: Method, indices: Any, batch_size: int | None = None, in_timing: bool = False) -> Any:
+        self.use_solver(method.solver)
+        batch = batch_size or (self.cache_batch if method.cache is not None else self.sample_batch)
+        wrapper = None if in_timing or method.cache is None else (lambda: self.cache_context(method))
+        return generate(self.pipe, indices, exit_config=method.exit_config, num_inference_steps=method.steps,
+                        guidance_scale=self.guidance, seed=method.seed, batch_size=batch, call_wrapper=wrapper)
+
+    def timed(self, methods: list[Method], batch: int, repeats: int, warmup: int) -> dict[str, list[float]]:
+        """Interleaved timings of one pipeline call on `batch` images per method; the stock model has no hooks,
+        exit methods get theirs and caches get theirs in untimed setup steps."""
+        indices = list(range(batch))
+        fns, setup, teardown = {}, {}, {}
+        stacks: dict[str, contextlib.ExitStack] = {}
+        for m in methods:
+            fns[m.name] = lambda m=m: self(m, indices, batch_size=batch, in_timing=True)
+            hook = self.switch.use(m.exit_config, heads=self.pipe.exit_heads) if m.exit_config is not None \
+                else self.switch.stock
+
+            def enter(m=m, hook=hook) -> None:
+                hook()
+                self.use_solver(m.solver)
+                if m.cache is not None:
+                    stacks[m.name] = contextlib.ExitStack()
+                    stacks[m.name].enter_context(self.cache_context(m))
+
+            setup[m.name] = enter
+            teardown[m.name] = lambda m=m: stacks.pop(m.name).close() if m.name in stacks else None
+        try:
+            return interleaved_timings(fns, repeats=repeats, warmup=warmup, setup=setup, teardown=teardown)
+        finally:
+            for stack in stacks.values():
+                stack.close()
+            self.switch.close()
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def run_setting(setting: str, preset: Preset, model_path: str | None = None, log: _Progress | None = None) -> dict:
-    """Measure every method on one setting; returns the setting's entry of the report (rows, floor, seed spread,
-    recommendation, targets, overheads)."""
+    """Measure every method on one setting; returns the setting's entry of the report."""
     log = log or _Progress(False)
+    started = time.perf_counter()
     pipe = load_setting_pipeline(setting, model_path)
     n = len(pipe.transformer.transformer_blocks)
-    num_classes = pipe.num_classes
-    S = preset.steps
+    S, N = preset.reference_steps, preset.num_images
     guidance = dict(preset.guidance).get(setting, 1.0)
     net = load_feature_net(setting)
     real, _ = real_images(setting, "reference")
-    floor_images, floor_labels = real_images(setting, "floor")
-    evaluator = QualityEvaluator(net, real)
-    floor_x, floor_y = balanced_subset(floor_images, floor_labels, preset.num_images, num_classes)
-    floor = evaluator.score(floor_x, floor_y)
-    log(f"{setting}: {n} blocks, {num_classes} classes; floor FID {floor['fid']:.3f} at {preset.num_images} images")
+    floor_images, _ = real_images(setting, "floor")
+    with torch.no_grad():
+        real_features = net(real)
+        floor = FrechetReference(real_features).fid(net(floor_images))
+    paired = PairedFID(real_features, N, num_resamples=preset.bootstrap, confidence=preset.confidence)
+    sampler = _Sampler(pipe, guidance, preset.sample_batch, preset.timing_batches[0])
+    log(f"{setting}: {n} blocks, {pipe.num_classes} classes, {N} images; floor FID {floor:.3f} "
+        f"({floor_images.shape[0]} vs {real.shape[0]} real images)")
 
-    # ---------------------------------------------------------------------------------------- calibration
-    calib = CalibrationSet(num_images=preset.calib_images, num_inference_steps=S, guidance_scale=guidance,
-                           num_buckets=preset.calib_buckets, batch_size=preset.sample_batch)
-    t0 = time.perf_counter()
-    depths = [d for d in preset.calib_depths if d < n] if preset.calib_depths else None
-    measurement = measure_depth_deviation(pipe, calib, feature_net=net, depths=depths)
-    calibration_s = time.perf_counter() - t0
-    log(f"calibration measurement: {calibration_s:.1f}s")
-
-    methods: list[Method] = [Method("full", "full")]
-    methods += [Method(f"full_seed{s}", "seed", seed=s) for s in range(1, preset.extra_seeds + 1)]
-    methods += [Method(f"steps_{k}", "fewer_steps", steps=k) for k in preset.fewer_steps if k < S]
-    for k in sorted({max(1, n // 4), max(1, n // 2), max(1, 3 * n // 4)}):
-        methods.append(Method(f"static_{k}", "static_depth", EarlyExitConfig(policy=StaticDepth(k))))
-    for name, schedule in _ase_schedules(n).items():
-        methods.append(Method(name, "ase", EarlyExitConfig(policy=schedule)))
-    sweep = list(preset.thresholds)
-    if pipe.exit_heads is not None and preset.threshold_fractions:
-        sweep = thresholds_for_fractions(pipe, list(preset.threshold_fractions), calib)
-        log(f"DeeDiff thresholds for block fractions {preset.threshold_fractions}: {sweep}")
-    if pipe.exit_heads is not None:
-        for c in sweep:
-            methods.append(Method(f"deediff_{c}", "deediff",
-                                  EarlyExitConfig(policy=UncertaintyThreshold(c, patience=2), cfg_pairing="together")))
-    for budget in preset.budgets:
-        schedule, info = schedule_from_deviation(measurement, budget=budget)
-        methods.append(Method(f"calibrated_schedule_{budget}", "calibrated_schedule", EarlyExitConfig(policy=schedule),
-                              notes={"budget": budget, **info}))
-    for k, budget in preset.combined:
-        if k >= S:
-            continue
-        t0 = time.perf_counter()
-        m_k = measure_depth_deviation(pipe, replace(calib, num_inference_steps=k), feature_net=net, depths=depths)
-        calibration_s += time.perf_counter() - t0
-        schedule, info = schedule_from_deviation(m_k, budget=budget)
-        methods.append(Method(f"calibrated_schedule_{budget}_steps{k}", "calibrated_steps",
-                              EarlyExitConfig(policy=schedule), steps=k, notes={"budget": budget, **info}))
-    if pipe.exit_heads is not None:
-        for budget in preset.threshold_budgets:
-            t0 = time.perf_counter()
-            result = calibrate_thresholds(pipe, budget, calib=calib, feature_net=net, measurement=measurement)
-            calibration_s += time.perf_counter() - t0
-            methods.append(Method(f"calibrated_thresholds_{budget}", "calibrated_thresholds", result.exit_config,
-                                  notes={"budget": budget, "calibration_fraction": result.info["block_fraction"]}))
-        # Distil the middle DeeDiff threshold's observed exits (on the calibration set) into a static schedule.
-        c = sweep[len(sweep) // 2]
-        observed = pipe(class_labels=[i % num_classes for i in range(calib.num_images)], num_inference_steps=S,
-                        guidance_scale=guidance, generator=torch.Generator().manual_seed(calib.seed),
-                        exit_config=EarlyExitConfig(policy=UncertaintyThreshold(c, patience=2)), output_type="latent")
-        distilled = distil_schedule(observed.exit_stats)
-        methods.append(Method(f"distilled_deediff_{c}", "distilled", EarlyExitConfig(policy=distilled),
-                              notes={"observed_fraction": observed.exit_stats.depth_fraction}))
-    log(f"calibration total: {calibration_s:.1f}s; {len(methods)} methods")
-
-    fbc = fbc_pipeline(pipe)
-    for threshold in preset.fbc_thresholds:
-        methods.append(Method(f"fbc_{threshold}", "first_block_cache", fbc_threshold=threshold))
-
-    def sample(method: Method, indices) -> Any:
-        target = fbc if method.fbc_threshold is not None else pipe
-        wrapper = (lambda: first_block_cache(fbc.transformer, method.fbc_threshold)) if method.fbc_threshold is not None else None
-        return generate(target, indices, exit_config=method.exit_config, num_inference_steps=method.steps or S,
-                        guidance_scale=guidance, seed=method.seed, batch_size=preset.sample_batch,
-                        call_wrapper=wrapper)
-
-    # ------------------------------------------------------------------------------------------- quality
     rows: dict[str, dict[str, Any]] = {}
-    full_evals = None
-    for method in methods:
+    methods: dict[str, Method] = {}
+    images: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def measure(method: Method) -> dict:
+        if method.name in rows:
+            return rows[method.name]
         t0 = time.perf_counter()
-        run = sample(method, range(preset.num_images))
-        quality = evaluator.score(run.images, run.labels)
-        if full_evals is None:
-            full_evals = run.block_evals
-        rows[method.name] = {**method.describe(S), **quality, "block_fraction": run.block_evals / full_evals,
-                             "block_evals_per_image": run.block_evals / preset.num_images, "sample_s": time.perf_counter() - t0}
-        log(f"{method.name:32s} FID {quality['fid']:8.3f} acc {quality.get('accuracy', float('nan')):.3f} "
-            f"blocks {rows[method.name]['block_fraction']:.3f}")
+        run = sampler(method, range(N))
+        with torch.no_grad():
+            features = net(run.images)
+            accuracy = float((net.logits(run.images).argmax(1) == run.labels).float().mean())
+        paired.add(method.name, features)
+        if not images:
+            images["reference"] = (run.images, features)
+        ref_images, ref_features = images["reference"]
+        row = {**method.describe(), "fid": paired.point[method.name],
+               "fid_resamples": [round(float(v), 5) for v in paired.resampled[method.name]],
+               "accuracy": accuracy, "block_evals_per_image": run.block_evals / N,
+               "fidelity": fidelity(run.images, ref_images, features, ref_features),
+               "sample_s": time.perf_counter() - t0}
+        rows[method.name], methods[method.name] = row, method
+        row["block_fraction"] = row["block_evals_per_image"] / rows[next(iter(rows))]["block_evals_per_image"]
+        log(f"{method.name:34s} FID {row['fid']:8.3f}  blocks {row['block_fraction']:.3f}  "
+            f"PSNR {row['fidelity']['psnr_db']:5.1f}  ({row['sample_s']:.1f}s)")
+        return row
 
-    # Fewer steps matched to each method's compute.
-    if preset.matched_fewer_steps:
-        have = {m.steps or S: m.name for m in methods if m.family in ("full", "fewer_steps")}
-        for method in list(methods):
-            if method.family in ("full", "seed", "fewer_steps"):
-                continue
-            k = max(1, round(rows[method.name]["block_fraction"] * S))
-            if k not in have:
-                extra = Method(f"steps_{k}", "fewer_steps", steps=k)
-                run = sample(extra, range(preset.num_images))
-                rows[extra.name] = {**extra.describe(S), **evaluator.score(run.images, run.labels),
-                                    "block_fraction": run.block_evals / full_evals,
-                                    "block_evals_per_image": run.block_evals / preset.num_images}
-                methods.append(extra)
-                have[k] = extra.name
-                log(f"{extra.name:32s} FID {rows[extra.name]['fid']:8.3f} (matched)")
-            rows[method.name]["matched_fewer_steps"] = have[k]
+    # 1. The reference (first: block fractions are relative to it), other seeds, the frontier sweep.
+    measure(Method(f"ddim{S}", "reference", "ddim", S))
+    for seed in range(1, preset.extra_seeds + 1):
+        measure(Method(f"ddim{S}_seed{seed}", "seed", "ddim", S, seed=seed))
+    for solver, steps_list in preset.frontier:
+        for k in steps_list:
+            if k <= S and f"{solver}{k}" not in rows:
+                measure(Method(f"{solver}{k}", "fewer_steps", solver, k))
 
-    steps_curve = [(r["block_fraction"], r["fid"]) for r in rows.values() if r["family"] in ("full", "fewer_steps")]
-    for row in rows.values():
-        row["fewer_steps_fid_at_same_blocks"] = _interp(steps_curve, row["block_fraction"])
+    # 2. Early exit composed with steps, calibrated per grid point on separate seeds; diffusers' caches.
+    t0 = time.perf_counter()
+    calibration: dict[str, Any] = {}
+    for point in preset.grid:
+        sampler.use_solver(point[0])
+        grid_methods, info = exit_methods(pipe, point, preset, net, guidance, sampler)
+        calibration[f"{point[0]}{point[1]}"] = info
+        for method in grid_methods:
+            measure(method)
+    not_attached: dict[str, str] = {}
+    mag_ratios: dict[str, list[float]] = {}
+    for point in preset.cache_grid:
+        sampler.use_solver(point[0])
+        grid_methods, ratios, refused = cache_methods(pipe, point, preset, guidance, sampler)
+        not_attached.update(refused)
+        if ratios is not None:
+            mag_ratios[f"{point[0]}{point[1]}"] = ratios
+        for method in grid_methods:
+            measure(method)
+    log(f"exit and cache methods done ({time.perf_counter() - t0:.0f}s with their calibration)")
 
-    # ------------------------------------------------------------------------------------------- FLOPs
-    for method in methods:
-        flops = count_flops(lambda: sample(method, range(preset.flops_images)))
-        rows[method.name]["gflops_per_image"] = flops["total"] / preset.flops_images / 1e9
-        rows[method.name]["heads_gflops_per_image"] = flops["heads"] / preset.flops_images / 1e9
+    # 3. The frontier at every other method's block cost: the step counts just below and above it, per solver.
+    for row in list(rows.values()):
+        if row["family"] in frontier.FRONTIER_FAMILIES + ("seed",):
+            continue
+        for solver in SOLVERS:
+            exact = row["block_fraction"] * S
+            for k in {int(np.floor(exact + 1e-9)), int(np.ceil(exact - 1e-9))}:
+                if 1 <= k <= S and f"{solver}{k}" not in rows and not (solver == "ddim" and k == S):
+                    measure(Method(f"{solver}{k}", "fewer_steps", solver, k, notes={"matched": True}))
 
-    # ------------------------------------------------------------------------------------------ wall-clock
-    timed = [m for m in methods if m.family != "seed"]
-    batch = list(range(preset.timing_batch))
-    fns = {m.name: (lambda m=m: sample(m, batch)) for m in timed}
-    times = interleaved_timings(fns, repeats=preset.timing_repeats, warmup=preset.timing_warmup)
-    for name, values in times.items():
-        ratios = [r / v for v, r in zip(values, times["full"])]  # speedup per round
-        rows[name]["time_s"] = float(np.median(values))
-        rows[name]["speedup"] = float(np.median(ratios))
-        rows[name]["time_ratio"] = 1.0 / rows[name]["speedup"]
-        rows[name]["images_per_s"] = preset.timing_batch / rows[name]["time_s"]
-    log("timing done")
+    # 4. FLOPs (a couple of images, heads and decode included) and batch-64 wall-clock of every method.
+    for name, method in methods.items():
+        flops = count_flops(lambda m=method: sampler(m, range(preset.flops_images), batch_size=preset.flops_images))
+        rows[name]["gflops_per_image"] = flops["total"] / preset.flops_images / 1e9
+        rows[name]["heads_gflops_per_image"] = flops["heads"] / preset.flops_images / 1e9
+    timed = [m for m in methods.values() if m.family != "seed"]
+    reference_name = timed[0].name
+    timing: dict[str, Any] = {}
+    big = preset.timing_batches[0]
+    times = sampler.timed(timed, big, preset.timing_repeats, preset.timing_warmup)
+    _store_times(rows, times, reference_name, big, primary=True)
+    log(f"timing at batch {big} done ({len(timed)} methods x {preset.timing_repeats} rounds)")
 
-    # -------------------------------------------------------------------------------- summary, recommendation
-    full = rows["full"]
-    seed_fids = [full["fid"]] + [rows[m.name]["fid"] for m in methods if m.family == "seed"]
-    spread = max(seed_fids) - min(seed_fids)
-    recommended = _recommend(rows, S, spread)
-    extra_batches = {}
-    if preset.extra_batch_sizes and recommended is not None:
-        rec = next(m for m in methods if m.name == recommended["name"])
-        for b in preset.extra_batch_sizes:
-            fns_b = {"full": lambda: sample(methods[0], range(b)), rec.name: lambda: sample(rec, range(b))}
-            tb = interleaved_timings(fns_b, repeats=preset.timing_repeats, warmup=1)
-            extra_batches[str(b)] = {k: {"median_s": float(np.median(v)), "images_per_s": b / float(np.median(v))}
-                                     for k, v in tb.items()}
-    memory = {"full": peak_memory(lambda: sample(methods[0], batch))}
-    if recommended is not None:
-        rec = next(m for m in methods if m.name == recommended["name"])
-        memory[rec.name] = peak_memory(lambda: sample(rec, batch))
-    overhead = overhead_breakdown(pipe, preset.timing_batch, repeats=preset.overhead_repeats, warmup=min(1, preset.overhead_repeats),
-                                  guided=guidance > 1)
-    targets = _targets(setting, rows, spread)
+    # 5. Decisions; wall-clock of the key rows at the other batch sizes.
+    decisions = frontier.decide(rows, preset.confidence)
+    key = [reference_name, decisions["knee"], decisions["recommended"]]
+    key += [r["name"] for r in _fastest_holding(rows)]
+    key = [k for k in dict.fromkeys(key)]
+    for batch in preset.timing_batches[1:]:
+        times = sampler.timed([methods[k] for k in key], batch, preset.timing_repeats, preset.timing_warmup)
+        _store_times(rows, times, reference_name, batch, primary=False)
+    log(f"decisions: {decisions['verdict']}")
+
+    recommended = methods[decisions["recommended"]]
+    memory = {reference_name: peak_memory(lambda: sampler(methods[reference_name], range(big), batch_size=big))}
+    memory[recommended.name] = peak_memory(lambda: sampler(recommended, range(big), batch_size=big))
+    sampler.use_solver("ddim")
+    overhead = overhead_breakdown(pipe, big, repeats=preset.overhead_repeats, warmup=1, guided=guidance > 1)
+    classes = {name: cls.__name__ for name, cls in ((s, type(x)) for s, x in sampler.schedulers.items())}
+    point = frontier.operating_point(rows, decisions["recommended"], classes, guidance, S, preset.confidence, "")
     return {
-        "setting": setting, "num_blocks": n, "num_classes": num_classes, "num_images": preset.num_images,
-        "steps": S, "guidance_scale": guidance, "cfg_pairing": ("together: a conditional row and its unconditional partner exit at the same block"
-                        if guidance > 1 else "none: guidance 1 runs no unconditional rows"),
-        "feature_net": {"name": setting, **{k: v for k, v in getattr(net, "meta", {}).items() if k != "class_names"}},
-        "floor_fid": floor["fid"], "floor_kid": floor.get("kid_mean"), "floor_accuracy": floor.get("accuracy"),
-        "full_fid_seeds": seed_fids, "seed_spread": spread, "calibration_s": calibration_s,
-        "calibration_measurement": measurement, "methods": rows, "recommended": recommended["name"] if recommended else None,
-        "batch_sizes": extra_batches, "peak_memory": memory, "overhead": overhead, "targets": targets,
-        "timing": {"batch": preset.timing_batch, "repeats": preset.timing_repeats, "warmup": preset.timing_warmup,
-                   "what": "one pipeline call (all steps) per method per round, methods interleaved; speedup = median "
-                           "of per-round full/method ratios"},
+        "setting": setting, "num_blocks": n, "num_classes": pipe.num_classes, "num_images": N, "reference_steps": S,
+        "reference": reference_name, "guidance_scale": guidance,
+        "solvers": {s: {"class": classes[s], "config": dict(x.config)} for s, x in sampler.schedulers.items()},
+        "feature_net": {"name": setting, "features": int(real_features.shape[1]),
+                        **{k: v for k, v in getattr(net, "meta", {}).items() if k != "class_names"}},
+        "real_images": int(real.shape[0]),
+        "floor": {"fid": floor, "num_images": int(floor_images.shape[0]),
+                  "what": "FID of the disjoint real floor set against the real reference set"},
+        "seed_spread": max((abs(r["fid"] - rows[reference_name]["fid"]) for r in rows.values() if r["family"] == "seed"),
+                           default=None),
+        "bootstrap": {"resamples": preset.bootstrap, "confidence": preset.confidence, "seed": 0,
+                      "what": "percentile intervals over resamples of image indices shared by every method; the "
+                              "real statistics stay fixed"},
+        "calibration": calibration, "mag_ratios": mag_ratios, "not_attached": not_attached,
+        "rows": rows, "decisions": decisions, "operating_point": point,
+        "timing": {"batches": list(preset.timing_batches), "repeats": preset.timing_repeats,
+                   "warmup": preset.timing_warmup, "key_rows": key,
+                   "what": "one pipeline call on `batch` images per method per round; rounds interleave the methods in "
+                           "rotating order; hooks and caches are put on and taken off outside the timed region; "
+                           "speedup = median over rounds of (stock model time / method time)"},
+        "peak_memory": memory, "overhead": overhead, "elapsed_s": time.perf_counter() - started,
     }
+
+
+def _store_times(rows: dict, times: dict[str, list[float]], reference: str, batch: int, primary: bool) -> None:
+    """Per-row timing at `batch`; the primary batch's speedup is the row's `speedup` (what decisions use)."""
+    for name, values in times.items():
+        ratios = [r / v for v, r in zip(values, times[reference])]
+        entry = {"median_s": float(np.median(values)), "speedup": float(np.median(ratios)),
+                 "images_per_s": batch / float(np.median(values)), "rounds": len(values)}
+        rows[name].setdefault("timing", {})[str(batch)] = entry
+        if primary:
+            rows[name]["speedup"] = entry["speedup"]
+            rows[name]["time_ratio"] = 1.0 / entry["speedup"]
+
+
+def _fastest_holding(rows: dict) -> list[dict]:
+    """The fastest quality-holding exit row and frontier row (timed at every batch size)."""
+    out = []
+    for families in (frontier.FRONTIER_FAMILIES, None):
+        pool = [r for r in rows.values() if r.get("holds_quality") and "speedup" in r
+                and (r["family"] in frontier.FRONTIER_FAMILIES) == (families is not None)
+                and r["family"] not in frontier.NOT_STORABLE]
+        if pool:
+            out.append(max(pool, key=lambda r: r["speedup"]))
+    return out
 
 
 def run(preset: str | Preset = "ci", out: str | Path = "bench_out", settings: tuple[str, ...] | None = None,
@@ -320,6 +356,7 @@ def run(preset: str | Preset = "ci", out: str | Path = "bench_out", settings: tu
     out.mkdir(parents=True, exist_ok=True)
     log = _Progress(progress)
     start = time.perf_counter()
+    load_before = _load_average()
     results = []
     with torch.no_grad():
         for setting in preset.settings:
@@ -327,9 +364,12 @@ def run(preset: str | Preset = "ci", out: str | Path = "bench_out", settings: tu
     report = {
         "preset": preset_name, "preset_values": asdict(preset), "command": command,
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
-                        "python": platform.python_version()},
+                        "python": platform.python_version(), "cpu_count": os.cpu_count(),
+                        "load_average_before": load_before, "load_average_after": _load_average()},
         "elapsed_s": time.perf_counter() - start, "settings": results,
     }
+    for entry in results:
+        entry["operating_point"]["measured_in"] = f"{out / 'report.json'} ({command or 'ee-diffusion bench'})"
     write_report(report, out)
     log(f"wrote {out / 'report.json'}, report.md, pareto.png")
     return report

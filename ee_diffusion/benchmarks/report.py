@@ -1,15 +1,14 @@
-"""The bench report: the recommendation and targets computed from the measured rows, and its files.
+"""The bench report's files: Markdown tables and the Pareto plot, rendered from OUT/report.json alone.
 
-`ee_diffusion.benchmarks.bench.run` measures every method and hands the report here; everything in this module is a
-function of the report alone, so `rerender(out)` recomputes the recommendation and targets of a saved
-OUT/report.json (after a change of the rules, say) and rewrites OUT/report.json, OUT/report.md and
-OUT/pareto.png without sampling anything. Files are written atomically (`ee_diffusion._io`): a reader never
-sees a half-written report or model index.
+`ee_diffusion.benchmarks.bench.run` measures and decides; everything here is a function of the report, so
+`rerender(out)` re-decides (`frontier.decide`, from the stored bootstrap resamples) and rewrites OUT/report.json,
+OUT/report.md and OUT/pareto.png without sampling anything. `write_operating_point` copies a report's
+recommended operating point into a pipeline folder's `model_index.json` (and its scheduler). Files are written
+atomically (`ee_diffusion._io`): a reader never sees a half-written report or model index.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,174 +16,158 @@ import numpy as np
 import torch
 
 from .._io import atomic_save_figure, atomic_write_json, atomic_write_text, read_json_file
-from ..config import EarlyExitConfig
-
-#: Families whose exit config can become a pipeline's default. Not recommendable: the references (full model,
-#: other seeds, fewer steps), FirstBlockCache (not an exit config) and early exit composed with fewer steps (a
-#: default exit config cannot carry a step count).
-RECOMMENDABLE_FAMILIES = ("calibrated_schedule", "calibrated_thresholds", "distilled", "deediff", "ase", "static_depth")
+from ..operating_point import OperatingPoint
+from . import frontier
 
 
-def _interp(curve: list[tuple[float, float]], x: float) -> float:
-    curve = sorted(curve)
-    xs = [p[0] for p in curve]
-    ys = [p[1] for p in curve]
-    return float(np.interp(x, xs, ys))
+def _interval(d: dict[str, float] | None) -> str:
+    return "" if d is None else f"{d['delta']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
 
 
-def _recommend(rows: dict, steps: int, spread: float) -> dict | None:
-    """The fastest early-exit method within the full model's seed spread, at the reference number of steps.
-
-    The recommendation becomes a pipeline's default exit config, which cannot carry a step count, so early exit
-    composed with fewer steps is reported apart (see the targets). Marks every row's `within_seed_spread`
-    (FID <= full FID + spread), which `_targets` reads."""
-    full = rows["full"]
-    for row in rows.values():
-        row["within_seed_spread"] = row["fid"] <= full["fid"] + spread
-    candidates = [r for r in rows.values() if r["family"] in RECOMMENDABLE_FAMILIES
-                  and r["within_seed_spread"] and r["num_inference_steps"] == steps]
-    return max(candidates, key=lambda r: r["speedup"]) if candidates else None
+def _speed(row: dict, batch: str) -> str:
+    entry = row.get("timing", {}).get(batch)
+    return "" if entry is None else f"{entry['speedup']:.2f}x"
 
 
-def _targets(setting: str, rows: dict, spread: float) -> dict:
-    """The report's goals, each with the rows that decide it and whether it is met. Reads the rows'
-    `within_seed_spread`, which `_recommend` sets."""
-    full = rows["full"]
-    out: dict[str, Any] = {}
-    if setting == "digits":
-        def fastest_within(families_out: tuple[str, ...], families_in: tuple[str, ...] | None = None):
-            pool = [r for r in rows.values() if r["within_seed_spread"] and r["family"] not in families_out
-                    and (families_in is None or r["family"] in families_in)]
-            return max(pool, key=lambda r: r["speedup"]) if pool else None
-
-        best = fastest_within(("full", "seed", "fewer_steps", "first_block_cache"))
-        steps = fastest_within((), ("fewer_steps",))
-        out["speedup_2x_within_spread"] = {
-            "goal": "an early-exit method with speedup >= 2.0 at FID <= full FID + seed spread (batch timing here)",
-            "best_within_spread": best["name"] if best else None,
-            "speedup": best["speedup"] if best else None,
-            "fid": best["fid"] if best else None,
-            "fid_limit": full["fid"] + spread,
-            "fewer_steps_best_within_spread": {"name": steps["name"], "speedup": steps["speedup"]} if steps else None,
-            "met": bool(best and best["speedup"] >= 2.0),
-        }
-        fastest = [r for r in rows.values() if r["family"] not in ("full", "seed", "fewer_steps") and r["speedup"] >= 2.0]
-        if fastest:
-            at2x = min(fastest, key=lambda r: r["fid"])
-            out["speedup_2x_within_spread"]["best_at_2x"] = {"name": at2x["name"], "fid": at2x["fid"],
-                                                            "fid_gap_over_spread": at2x["fid"] - full["fid"] - spread}
-    # Early exit against fewer steps and static depth at equal block evaluations.
-    steps_curve = [(r["block_fraction"], r["fid"]) for r in rows.values() if r["family"] in ("full", "fewer_steps")]
-    static_curve = [(r["block_fraction"], r["fid"]) for r in rows.values() if r["family"] == "static_depth"] + [(1.0, full["fid"])]
-    wins = []
-    for r in rows.values():
-        if r["family"] in ("full", "seed", "fewer_steps", "static_depth", "first_block_cache"):
-            continue
-        x = r["block_fraction"]
-        steps_fid, static_fid = _interp(steps_curve, x), _interp(static_curve, x)
-        if r["fid"] < steps_fid and r["fid"] < static_fid:
-            wins.append({"name": r["name"], "block_fraction": x, "fid": r["fid"], "fewer_steps_fid": steps_fid,
-                         "static_depth_fid": static_fid})
-    half = [r for r in rows.values() if r["family"] == "static_depth" and abs(r["block_fraction"] - 0.5) < 1e-6]
-    if half:
-        gap = half[0]["fid"] - full["fid"]
-        out["full_depth_clearly_better_than_half"] = {
-            "goal": "static depth N/2 worse than the full model by more than the seed spread",
-            "full_fid": full["fid"], "half_depth_fid": half[0]["fid"], "gap": gap, "seed_spread": spread,
-            "met": bool(gap > spread),
-        }
-    out["beats_fewer_steps_and_static"] = {
-        "goal": "an early-exit method below both the fewer-steps and the static-depth curves at equal block evaluations",
-        "met": bool(wins), "wins": wins,
-    }
-    return out
+def rows_table(entry: dict, names: list[str] | None = None) -> list[str]:
+    """The Markdown table of `names` (default: every row, frontier first, by cost)."""
+    rows = entry["rows"]
+    batches = [str(b) for b in entry["timing"]["batches"]]
+    names = names or sorted(rows, key=lambda n: (rows[n]["family"] not in frontier.FRONTIER_FAMILIES,
+                                                 rows[n]["solver"], -rows[n]["block_fraction"]))
+    lines = ["| method | family | FID | dFID vs reference (90% CI) | dFID vs knee | holds quality | beats frontier "
+             "(margin) | blocks | " + " | ".join(f"speedup @{b}" for b in batches) + " | PSNR dB | SSIM | feat. dist | acc |",
+             "|---|---|---:|---|---|:-:|---|---:|" + "---:|" * len(batches) + "---:|---:|---:|---:|"]
+    for name in names:
+        r = rows[name]
+        vs = r.get("vs_frontier")
+        if vs is None:
+            beats = ""
+        else:
+            margins = [vs[c]["margin"] for c in frontier.COST_KEYS if c in vs and "margin" in vs[c]]
+            beats = ("yes" if vs["beats"] else "no") + (f" ({min(margins):+.2f})" if margins else "")
+        f = r["fidelity"]
+        lines.append(
+            f"| {name} | {r['family']} | {r['fid']:.3f} | {_interval(r.get('dfid_reference'))} | "
+            f"{_interval(r.get('dfid_knee'))} | {'yes' if r.get('holds_quality') else 'no'} | {beats} | "
+            f"{r['block_fraction']:.3f} | " + " | ".join(_speed(r, b) for b in batches) +
+            f" | {f['psnr_db']:.1f} | {f['ssim']:.4f} | {f.get('feature_distance', float('nan')):.3f} | "
+            f"{r.get('accuracy', float('nan')):.3f} |")
+    return lines
 
 
 def markdown(report: dict) -> str:
-    """The report as markdown: per setting, the table of every method, the recommendation, overheads and targets."""
+    """The report as Markdown: per setting the verdict, the frontier comparison, the table of every method."""
+    env = report["environment"]
     lines = [f"# ee-diffusion bench (preset {report['preset']})", "",
              f"Command: `{report['command']}`", "",
-             f"torch {report['environment']['torch']}, {report['environment']['threads']} threads, "
-             f"{report['environment']['machine']}; total {report['elapsed_s']:.0f} s.", ""]
+             f"torch {env['torch']}, {env['threads']} threads, {env['machine']} ({env.get('cpu_count')} CPUs); load "
+             f"average before {env.get('load_average_before')}, after {env.get('load_average_after')}; total "
+             f"{report['elapsed_s']:.0f} s.", ""]
     for s in report["settings"]:
+        d = s["decisions"]
+        rows = s["rows"]
+        ref = rows[s["reference"]]
+        b = s["bootstrap"]
         lines += [f"## {s['setting']} ({s['num_blocks']} blocks, {s['num_classes']} classes, {s['num_images']} images, "
-                  f"{s['steps']} DDIM steps, guidance {s['guidance_scale']})", "",
-                  f"Floor (real vs real, {s['num_images']} images): FID {s['floor_fid']:.3f}. Full model over seeds: "
-                  f"{', '.join(f'{v:.3f}' for v in s['full_fid_seeds'])} (spread {s['seed_spread']:.3f}). "
-                  f"CFG pairing: {s['cfg_pairing']}.", "",
-                  "| method | family | FID | KID | acc | blocks | GFLOP/img | speedup @%d | matched steps FID |" % s["timing"]["batch"],
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in s["methods"].values():
-            matched = r.get("matched_fewer_steps")
-            if matched:
-                mfid = f"{s['methods'][matched]['fid']:.3f} ({matched})"
-            elif r["family"] in ("full", "seed", "fewer_steps"):
-                mfid = ""
-            else:
-                mfid = f"{r['fewer_steps_fid_at_same_blocks']:.3f} (interp.)"
-            lines.append(
-                f"| {r['name']} | {r['family']} | {r['fid']:.3f} | {r.get('kid_mean', float('nan')):.1f} | "
-                f"{r.get('accuracy', float('nan')):.3f} | {r['block_fraction']:.3f} | {r.get('gflops_per_image', float('nan')):.3f} | "
-                f"{r.get('speedup', float('nan')):.2f}x | {mfid} |")
+                  f"guidance {s['guidance_scale']})", "",
+                  f"**Verdict.** {d['verdict']}", "",
+                  f"Reference: `{s['reference']}` (stock model, no hooks), FID {ref['fid']:.3f} on the shipped "
+                  f"{s['feature_net']['name']} feature net ({s['feature_net']['features']} features, "
+                  f"{s['real_images']} real images). Floor: {s['floor']['fid']:.3f} ({s['floor']['num_images']} real "
+                  f"images against the reference set). Intervals: {b['confidence']:.0%} paired bootstrap, "
+                  f"{b['resamples']} resamples of image indices."
+                  + (f" Unpaired spread between two noise seeds of the reference: {s['seed_spread']:.3f}."
+                     if s.get("seed_spread") is not None else ""), "",
+                  f"Knee (fewest steps whose interval against the reference includes 0 or lies below it): "
+                  + ", ".join(f"{k}: `{v}`" for k, v in d["knees"].items()) + f"; the knee used: `{d['knee']}`.", "",
+                  f"Recommended operating point: `{d['recommended']}` - "
+                  f"{_describe_point(s['operating_point'])}.", ""]
+        if d["exit_rows_beating_frontier"]:
+            lines += ["Early-exit points whose whole interval lies below the frontier's at equal wall-clock and "
+                      "equal block evaluations:", ""]
+            lines += rows_table(s, d["exit_rows_beating_frontier"])
+        else:
+            lines += ["No early-exit point beats the fewer-steps frontier at its cost on this model."]
+        lines += ["", "### Every method", ""] + rows_table(s) + [""]
+        if s.get("not_attached"):
+            lines += ["Diffusers caches that could not attach: " + "; ".join(f"{k}: {v}" for k, v in s["not_attached"].items()), ""]
         o = s["overhead"]
-        lines += ["", f"Recommended (fastest early exit within the seed spread): **{s['recommended']}**.", "",
-                  f"Overheads at {o['rows_per_call']} rows per model call: hooks {o['hook_overhead_fraction']:+.1%}, "
+        lines += [f"Overheads at {o['rows_per_call']} rows per model call: hooks {o['hook_overhead_fraction']:+.1%}, "
                   f"heads {o.get('heads_overhead_fraction', float('nan')):+.1%}, gather/scatter "
-                  f"{o['gather_scatter_overhead_fraction']:+.1%} of a full call.", ""]
-        mem = ", ".join(f"{k} {v['peak_above_start_mib']:.0f} MiB" for k, v in s["peak_memory"].items())
-        lines += [f"Peak memory above start ({next(iter(s['peak_memory'].values()))['kind']}): {mem}.", ""]
-        for b, res in s["batch_sizes"].items():
-            lines.append(f"Batch {b}: " + ", ".join(f"{k} {v['images_per_s']:.1f} img/s" for k, v in res.items()) + ".")
-        lines.append("")
-        for key, t in s["targets"].items():
-            lines.append(f"- Target `{key}`: {'MET' if t['met'] else 'NOT MET'} - {t['goal']}. "
-                         + json.dumps({k: v for k, v in t.items() if k not in ('goal', 'met')}, default=str)[:600])
-        lines.append("")
+                  f"{o['gather_scatter_overhead_fraction']:+.1%} of a full call.",
+                  "Peak memory above start: " + ", ".join(f"{k} {v['peak_above_start_mib']:.0f} MiB"
+                                                        for k, v in s["peak_memory"].items()) + ".",
+                  f"Timing: {s['timing']['what']}; {s['timing']['repeats']} rounds after {s['timing']['warmup']} "
+                  f"warm-up; batches {s['timing']['batches']} (batches after the first: the key rows only).", ""]
     return "\n".join(lines) + "\n"
 
 
+def _describe_point(point: dict) -> str:
+    config = point["exit_config"]
+    policy = "full depth" if config is None or config.get("policy") is None else config["policy"]["type"]
+    return (f"{point['scheduler']}, {point['num_inference_steps']} steps, guidance {point['guidance_scale']}, "
+            f"{policy}")
+
+
 FAMILY_STYLE = {
-    "full": ("black", "*"), "fewer_steps": ("tab:gray", "o"), "static_depth": ("tab:blue", "s"),
-    "ase": ("tab:cyan", "^"), "deediff": ("tab:orange", "v"), "calibrated_schedule": ("tab:red", "D"),
-    "calibrated_thresholds": ("tab:purple", "P"), "distilled": ("tab:brown", "X"), "first_block_cache": ("tab:green", "h"),
-    "calibrated_steps": ("magenta", "d"),
+    "reference": ("black", "*"), "seed": ("gray", "x"), "static_depth": ("tab:blue", "s"), "ase": ("tab:cyan", "^"),
+    "deediff": ("tab:orange", "v"), "calibrated_schedule": ("tab:red", "D"), "calibrated_thresholds": ("tab:purple", "P"),
+    "distilled": ("tab:brown", "X"), "tail_cache": ("tab:pink", "<"), "first_block_cache": ("tab:green", "h"),
+    "taylorseer_cache": ("olive", "8"), "mag_cache": ("teal", "p"), "sea_cache": ("navy", ">"),
 }
+SOLVER_STYLE = {"ddim": ("dimgray", "-"), "dpmpp": ("darkgoldenrod", "--")}
 
 
 def plot(report: dict, path: str | Path) -> None:
-    """FID against block evaluations and against wall-clock, per family, next to the floor and the seed spread."""
+    """FID with its interval against batch-64 wall-clock, the frontier per solver as lines, the floor as a band
+    and the recommended point marked; one panel per setting."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     settings = report["settings"]
-    fig, axes = plt.subplots(len(settings), 2, figsize=(12, 4.5 * len(settings)), squeeze=False)
-    for row, s in zip(axes, settings):
-        for ax, key, label in ((row[0], "block_fraction", "block evaluations (fraction of full)"),
-                               (row[1], "time_ratio", f"wall-clock at batch {s['timing']['batch']} (fraction of full)")):
-            ax.axhspan(0, s["floor_fid"], color="tab:green", alpha=0.12, label="real-vs-real floor")
-            full = s["methods"]["full"]["fid"]
-            ax.axhspan(full, full + s["seed_spread"], color="black", alpha=0.08, label="full model seed spread")
-            for family, (color, marker) in FAMILY_STYLE.items():
-                pts = sorted((r[key], r["fid"]) for r in s["methods"].values() if r["family"] == family and key in r)
-                if family == "fewer_steps":
-                    pts = sorted(pts + [(s["methods"]["full"][key], full)])
-                if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color, label=family)
-            ax.set_xlabel(label)
-            ax.set_ylabel("FID (shipped %s feature net)" % s["setting"])
-            ax.set_yscale("log")
-            ax.set_title(s["setting"])
-            ax.grid(alpha=0.3)
-        row[0].legend(fontsize=7)
+    fig, axes = plt.subplots(1, len(settings), figsize=(8 * len(settings), 6), squeeze=False)
+    for ax, s in zip(axes[0], settings):
+        rows = [r for r in s["rows"].values() if "time_ratio" in r]
+        ax.axhspan(0, s["floor"]["fid"], color="tab:green", alpha=0.12, label="real-vs-real floor")
+        for solver, (color, style) in SOLVER_STYLE.items():
+            pts = sorted((r["time_ratio"], r["fid"]) for r in rows if r["family"] in frontier.FRONTIER_FAMILIES
+                         and r["solver"] == solver)
+            if pts:
+                ax.plot(*zip(*pts), style, color=color, lw=1.5, label=f"fewer steps ({solver})")
+        for r in rows:
+            if r["family"] in frontier.FRONTIER_FAMILIES:
+                color, marker = SOLVER_STYLE[r["solver"]][0], "o"
+            else:
+                color, marker = FAMILY_STYLE.get(r["family"], ("gray", "."))
+            # The bars are the paired interval of dFID against the reference, placed around the row's FID (the
+            # bootstrap FIDs themselves are biased upwards by repeated images; the paired differences are not).
+            d = r["dfid_reference"]
+            below, above = max(d["delta"] - d["low"], 0.0), max(d["high"] - d["delta"], 0.0)
+            ax.errorbar(r["time_ratio"], r["fid"], yerr=[[below], [above]], fmt=marker, color=color, ms=5,
+                        capsize=2, alpha=0.85)
+        for family, (color, marker) in FAMILY_STYLE.items():
+            if any(r["family"] == family for r in rows):
+                ax.plot([], [], marker, color=color, label=family)
+        rec = s["rows"][s["decisions"]["recommended"]]
+        if "time_ratio" in rec:
+            ax.plot(rec["time_ratio"], rec["fid"], "o", ms=16, mfc="none", mec="red", mew=2, label="recommended")
+        ax.set_xlabel(f"wall-clock at batch {s['timing']['batches'][0]} (fraction of the stock model at "
+                      f"{s['reference_steps']} DDIM steps)")
+        ax.set_ylabel(f"FID ({s['feature_net']['name']} feature net); bars: {s['bootstrap']['confidence']:.0%} paired "
+                      f"interval against the reference")
+        ax.set_title(f"{s['setting']}: {s['num_images']} images")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
 def _json_default(value: Any) -> Any:
-    # json calls this only for types it cannot encode itself (floats, NaN included, it encodes).
+    # json calls this only for types it cannot encode itself.
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
     if isinstance(value, torch.Tensor):
@@ -192,41 +175,70 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def _finite(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None: strict JSON has no NaN or infinity (a calibration
+    bucket that no depth fits, say, stores null)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        return None
+    return value
+
+
 def write_report(report: dict, out: str | Path) -> None:
     """Write OUT/report.json, OUT/report.md and OUT/pareto.png (the folder must exist), each atomically."""
     out = Path(out)
-    atomic_write_json(out / "report.json", report, indent=2, default=_json_default)
+    report.update(_finite(report))
+    atomic_write_json(out / "report.json", report, indent=1, default=_json_default, allow_nan=False)
     atomic_write_text(out / "report.md", markdown(report))
     plot(report, out / "pareto.png")
 
 
 def rerender(out: str | Path) -> dict:
-    """Recompute the recommendation and targets of OUT/report.json from its measurements; rewrite the files."""
+    """Re-decide OUT/report.json from its measurements (after a change of the rules, say); rewrite the files."""
     out = Path(out)
     report = read_json_file(out / "report.json", "bench report")
     for entry in report["settings"]:
-        rec = _recommend(entry["methods"], entry["steps"], entry["seed_spread"])
-        entry["recommended"] = rec["name"] if rec else None
-        entry["targets"] = _targets(entry["setting"], entry["methods"], entry["seed_spread"])
+        confidence = entry["bootstrap"]["confidence"]
+        entry["decisions"] = frontier.decide(entry["rows"], confidence)
+        classes = {name: solver["class"] for name, solver in entry["solvers"].items()}
+        entry["operating_point"] = frontier.operating_point(
+            entry["rows"], entry["decisions"]["recommended"], classes, entry["guidance_scale"],
+            entry["reference_steps"], confidence, entry["operating_point"].get("measured_in", ""))
     write_report(report, out)
     return report
 
 
-def set_recommended_exit_config(report_path: str | Path, model_dir: str | Path, setting: str = "digits") -> dict:
-    """Write the report's recommended exit config for `setting` into `model_dir/model_index.json` as the
-    pipeline's default exit config (what calls without `exit_config` use). Returns the config dict."""
+def report_operating_point(report_path: str | Path, setting: str) -> OperatingPoint:
+    """The recommended operating point of `setting` in a saved report (validated)."""
     report = read_json_file(report_path, "bench report")
     entries = {s["setting"]: s for s in report["settings"]}
     if setting not in entries:
         raise ValueError(f"the report {str(report_path)!r} has no setting {setting!r}; it has {sorted(entries)}")
-    entry = entries[setting]
-    if entry["recommended"] is None:
-        raise ValueError(f"the report recommends no early-exit method for {setting!r}")
-    method = entry["methods"][entry["recommended"]]
-    config = EarlyExitConfig.from_dict(method["exit_config"]).to_dict()  # validates
-    index_path = Path(model_dir) / "model_index.json"
+    return OperatingPoint.from_dict(entries[setting]["operating_point"])
+
+
+def write_operating_point(report_path: str | Path, model_dir: str | Path, setting: str, measured_in: str) -> dict:
+    """Make a report's recommended operating point the pipeline folder's default: `model_index.json` gets the
+    point, and the folder's scheduler becomes the point's solver (same training schedule). Returns the point."""
+    import diffusers
+
+    point = report_operating_point(report_path, setting)
+    point.measured_in = measured_in
+    model_dir = Path(model_dir)
+    index_path = model_dir / "model_index.json"
     index = read_json_file(index_path, "pipeline index")
-    index["exit_config"] = config
+    scheduler_dir = model_dir / "scheduler"
+    current = read_json_file(scheduler_dir / "scheduler_config.json", "scheduler config")
+    if current.get("_class_name") != point.scheduler:
+        entries = {s["setting"]: s for s in read_json_file(report_path, "bench report")["settings"]}
+        solver = next(s for s in entries[setting]["solvers"].values() if s["class"] == point.scheduler)
+        scheduler = getattr(diffusers, point.scheduler).from_config(solver["config"])
+        scheduler.save_pretrained(str(scheduler_dir))
+        index["scheduler"] = ["diffusers", point.scheduler]
+    index["operating_point"] = point.to_dict()
+    index["exit_config"] = None
     atomic_write_json(index_path, index, indent=2, sort_keys=True)
-    return {"method": entry["recommended"], "exit_config": config,
-            "num_inference_steps": method["num_inference_steps"], "guidance_scale": entry["guidance_scale"]}
+    return point.to_dict()

@@ -1,21 +1,55 @@
-"""Baselines that are not exit policies: diffusers' own FirstBlockCache on the same transformer.
+"""Baselines that are not exit policies: diffusers' own training-free caches on the same transformer.
 
-FirstBlockCache (diffusers.hooks) keeps its state per *cache context*. Pipelines with `CacheMixin` transformers
-open one around every denoiser call (`transformer.cache_context("cond")`); DiT has no `CacheMixin` and the DiT
-pipelines open none, so FirstBlockCache on DiT raises "No cache context is set". The benchmark therefore sets a
-context itself, once around every sampling call (through diffusers' private `_set_cache_context`; the batch
-holds the conditional and unconditional rows together, so one context covers both), and resets the cached
-residuals after the call. The skip decision is batch-global, as in diffusers.
+diffusers 0.42 ships four caches under `diffusers.hooks`: FirstBlockCache, TaylorSeerCache, MagCache and SeaCache.
+Their hooks keep state per *cache context*, which pipelines with `CacheMixin` transformers open around every
+denoiser call (`transformer.cache_context(...)`). `DiTTransformer2DModel` has no `CacheMixin` and our pipelines
+open no context, so `diffusers_cache` does it by hand: a forward pre-hook on the transformer sets a context before
+every model call, carrying what the caches read - the step index (the call's position in the loop), the step
+count, the timestep and the noise level sigma = sqrt(1 - alpha_bar_t) of the scheduler's training schedule (in
+[0, 1], which SeaCache requires). Every call of one sampling run shares the context name, so the batch (the
+conditional and unconditional rows together) is one trajectory; the caches' decisions are batch-global, as in
+diffusers. After the run the hooks' state is reset and every hook the cache added is removed again.
+
+How each attaches to a DiT (what the report states):
+- FirstBlockCache: as is, on the `transformer_blocks`.
+- TaylorSeerCache: as is; it hooks every block and counts steps itself.
+- MagCache: needs per-step magnitude ratios of the model; `calibrate_mag_ratios` runs diffusers' own calibration
+  mode (one full sampling run) and reads the ratios it records.
+- SeaCache: needs the raw latents of the trajectory, shaped (C, T, H, W) as for video; an image batch is given as
+  one trajectory of T = 1 frames per sample (`_image_trajectory`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
+
+KINDS = ("first_block_cache", "taylorseer_cache", "mag_cache", "sea_cache")
+
+
+@dataclass(frozen=True)
+class CacheBaseline:
+    """One diffusers cache and its settings (the keyword arguments of its diffusers config class).
+
+    `mag_cache` needs `mag_ratios` (from `calibrate_mag_ratios`); the step count is filled in per run.
+    """
+
+    kind: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown diffusers cache {self.kind!r}; known: {list(KINDS)}")
+
+    def describe(self) -> dict[str, Any]:
+        params = {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in self.params.items()}
+        return {"kind": self.kind, "params": params}
 
 
 def fbc_pipeline(pipe: Any) -> Any:
@@ -26,20 +60,125 @@ def fbc_pipeline(pipe: Any) -> Any:
     return clone
 
 
+def _config(baseline: CacheBaseline, num_inference_steps: int) -> tuple[Any, Callable[[nn.Module, Any], None]]:
+    """The diffusers config object and apply function of `baseline`."""
+    from diffusers.hooks import (
+        FirstBlockCacheConfig,
+        MagCacheConfig,
+        SeaCacheConfig,
+        TaylorSeerCacheConfig,
+        apply_first_block_cache,
+        apply_mag_cache,
+        apply_sea_cache,
+        apply_taylorseer_cache,
+    )
+
+    params = dict(baseline.params)
+    if baseline.kind == "first_block_cache":
+        return FirstBlockCacheConfig(**params), apply_first_block_cache
+    if baseline.kind == "taylorseer_cache":
+        params.setdefault("taylor_factors_dtype", torch.float32)
+        return TaylorSeerCacheConfig(**params), apply_taylorseer_cache
+    if baseline.kind == "mag_cache":
+        params["num_inference_steps"] = num_inference_steps
+        return MagCacheConfig(**params), apply_mag_cache
+    params.setdefault("raw_vision_callback", _image_trajectory)
+    return SeaCacheConfig(**params), apply_sea_cache
+
+
+def _image_trajectory(module: nn.Module, args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    """SeaCache's raw latents for an image batch: hidden_states (B, C, H, W) as B clips of one frame (C, 1, H, W)."""
+    hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+    return [x.unsqueeze(1) for x in hidden]
+
+
+def _noise_levels(scheduler: Any) -> torch.Tensor:
+    """sqrt(1 - alpha_bar_t) for every training timestep t (shape (T,)): the std of the noise in x_t, in [0, 1]."""
+    alphas_cumprod = getattr(scheduler, "alphas_cumprod", None)
+    if alphas_cumprod is None:
+        raise ValueError(f"the scheduler {type(scheduler).__name__} has no alphas_cumprod: cannot give caches sigma")
+    return (1 - alphas_cumprod.double()).clamp(min=0).sqrt()
+
+
 @contextlib.contextmanager
-def first_block_cache(transformer: nn.Module, threshold: float) -> Iterator[None]:
-    """Apply FirstBlockCache(threshold) to `transformer` for one sampling call, with a cache context set."""
-    from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
+def diffusers_cache(transformer: nn.Module, baseline: CacheBaseline, scheduler: Any,
+                    num_inference_steps: int) -> Iterator[dict[str, Any]]:
+    """Apply `baseline` to `transformer` for one sampling run of `num_inference_steps` model calls, with a cache
+    context set before every call; yields a dict that records `calls`. Removes every hook it added afterwards."""
+    from .._compat import CacheContext, HookRegistry, _set_cache_context
 
-    from .._compat import _FBC_BLOCK_HOOK, _FBC_LEADER_BLOCK_HOOK, CacheContext, HookRegistry, _set_cache_context
+    config, apply = _config(baseline, num_inference_steps)
+    before = _hook_names(transformer)
+    apply(transformer, config)
+    sigmas = _noise_levels(scheduler)
+    record = {"calls": 0}
 
-    apply_first_block_cache(transformer, FirstBlockCacheConfig(threshold=threshold))
-    _set_cache_context(transformer, CacheContext("ee_diffusion.bench"))
+    def set_context(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        t = int(timestep.flatten()[0]) if isinstance(timestep, torch.Tensor) else int(timestep)
+        context = CacheContext("ee_diffusion.bench", step_index=min(record["calls"], num_inference_steps - 1),
+                               num_inference_steps=num_inference_steps, timestep=t, sigma=float(sigmas[t]))
+        _set_cache_context(module, context)
+        record["calls"] += 1
+
+    handle = transformer.register_forward_pre_hook(set_context, with_kwargs=True)
     try:
-        yield
+        yield record
+    finally:
+        handle.remove()
+        _set_cache_context(transformer, None)
+        HookRegistry.check_if_exists_or_initialize(transformer).reset_stateful_hooks()
+        _remove_hooks_since(transformer, before)
+
+
+def _hook_names(module: nn.Module) -> dict[str, list[str]]:
+    """Names of the diffusers hooks on every submodule (by qualified name) of `module`."""
+    from .._compat import registry_hook_names
+
+    return {name: registry_hook_names(m) for name, m in module.named_modules()}
+
+
+def _remove_hooks_since(module: nn.Module, before: dict[str, list[str]]) -> None:
+    """Remove the diffusers hooks added to `module`'s submodules since `before` (newest first)."""
+    from .._compat import HookRegistry, registry_hook_names
+
+    for name, m in module.named_modules():
+        added = [h for h in registry_hook_names(m) if h not in before.get(name, [])]
+        if added:
+            registry = HookRegistry.check_if_exists_or_initialize(m)
+            for hook in reversed(added):
+                registry.remove_hook(hook, recurse=False)
+
+
+@torch.no_grad()
+def calibrate_mag_ratios(run: Callable[[], Any], transformer: nn.Module, scheduler: Any,
+                         num_inference_steps: int) -> list[float]:
+    """MagCache's per-step magnitude ratios of `transformer`, from diffusers' calibration mode (no skipping) during
+    `run()` (one sampling run of `num_inference_steps` steps, e.g. a few calibration images)."""
+    from diffusers.hooks import MagCacheConfig, apply_mag_cache
+
+    from .._compat import CacheContext, HookRegistry, _set_cache_context
+
+    before = _hook_names(transformer)
+    apply_mag_cache(transformer, MagCacheConfig(calibrate=True, num_inference_steps=num_inference_steps + 1))
+    _set_cache_context(transformer, CacheContext("ee_diffusion.calibration"))
+    try:
+        run()
+        ratios = _mag_calibration_ratios(transformer)
     finally:
         _set_cache_context(transformer, None)
-        registry = HookRegistry.check_if_exists_or_initialize(transformer)
-        registry.reset_stateful_hooks()
-        registry.remove_hook(_FBC_LEADER_BLOCK_HOOK, recurse=True)
-        registry.remove_hook(_FBC_BLOCK_HOOK, recurse=True)
+        HookRegistry.check_if_exists_or_initialize(transformer).reset_stateful_hooks()
+        _remove_hooks_since(transformer, before)
+    if len(ratios) != num_inference_steps:
+        raise RuntimeError(f"MagCache calibration recorded {len(ratios)} ratios for {num_inference_steps} steps")
+    return ratios
+
+
+def _mag_calibration_ratios(transformer: nn.Module) -> list[float]:
+    """The ratios MagCache's calibration recorded in its shared state (read before the state is reset)."""
+    from .._compat import mag_cache_states
+
+    for state in mag_cache_states(transformer):
+        if state.calibration_ratios:
+            return [float(r) for r in state.calibration_ratios]
+    return []

@@ -34,17 +34,19 @@ def class_labels(indices: list[int] | range, num_classes: int) -> list[int]:
 class BlockCounter:
     """Counts block evaluations (rows that really went through a block), whatever skipped the others.
 
-    It hooks the first submodule of every block that only runs when the block computes (a DiT block's
-    `norm1`), so it counts early exit, FirstBlockCache and anything else alike.
+    It hooks the first module of every block that runs only when the block's attention computes (a DiT block's
+    `attn1.to_q`; other blocks: their first submodule), so it counts early exit, FirstBlockCache (which skips
+    whole blocks) and TaylorSeerCache (which replaces the attention and feed-forward outputs by a forecast) alike.
     """
 
     def __init__(self, blocks: nn.ModuleList) -> None:
         self.rows = 0
-        self._handles = [self._first_child(b).register_forward_pre_hook(self._count) for b in blocks]
+        self._handles = [self._counted(b).register_forward_pre_hook(self._count) for b in blocks]
 
     @staticmethod
-    def _first_child(block: nn.Module) -> nn.Module:
-        return next(iter(block.children()))
+    def _counted(block: nn.Module) -> nn.Module:
+        query = getattr(getattr(block, "attn1", None), "to_q", None)
+        return query if isinstance(query, nn.Module) else next(iter(block.children()))
 
     def _count(self, module: nn.Module, args: tuple) -> None:
         self.rows += int(args[0].shape[0])

@@ -24,12 +24,15 @@ def interleaved_timings(
     warmup: int = 3,
     device: torch.device | None = None,
     setup: Mapping[str, Callable[[], object]] | None = None,
+    teardown: Mapping[str, Callable[[], object]] | None = None,
 ) -> dict[str, list[float]]:
-    """Time every method `repeats` times in round-robin order (A B C A B C ...), after `warmup` rounds.
+    """Time every method `repeats` times, interleaved, after `warmup` untimed rounds.
 
-    Interleaving makes slow drifts of the machine (other processes, clock changes) hit every method alike.
-    `setup[name]`, if given, runs before every call of that method, outside the timed region (e.g. putting
-    the hooks a method needs on the model: `ExitConfigSwitch`). Returns seconds per call, per method.
+    Every round runs each method once; round r starts at method r (mod the number of methods), so no method
+    always runs first or right after the same neighbour, and slow drifts of the machine (other processes, clock
+    changes) hit every method alike. `setup[name]` runs before and `teardown[name]` after every call of that
+    method, outside the timed region (e.g. putting on and taking off the hooks a method needs: `ExitConfigSwitch`).
+    Returns seconds per call, per method, in round order.
 
     ```py
     >>> times = interleaved_timings({"a": lambda: sum(range(100)), "b": lambda: None}, repeats=3, warmup=1)
@@ -42,24 +45,25 @@ def interleaved_timings(
     check_int(warmup, "warmup", 0, "untimed rounds")
     if not methods:
         raise ValueError("methods must not be empty")
-    setup = setup or {}
-    unknown = sorted(set(setup) - set(methods))
-    if unknown:
-        raise ValueError(f"setup names methods that are not timed: {unknown}; timed: {sorted(methods)}")
-    for _ in range(warmup):
-        for name, fn in methods.items():
-            setup.get(name, _nothing)()
-            fn()
-    _sync(device)
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(repeats):
-        for name, fn in methods.items():
+    setup, teardown = setup or {}, teardown or {}
+    for what, table in (("setup", setup), ("teardown", teardown)):
+        unknown = sorted(set(table) - set(methods))
+        if unknown:
+            raise ValueError(f"{what} names methods that are not timed: {unknown}; timed: {sorted(methods)}")
+    names = list(methods)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(warmup + repeats):
+        start_at = round_index % len(names)
+        for name in names[start_at:] + names[:start_at]:
             setup.get(name, _nothing)()
             _sync(device)
             start = time.perf_counter()
-            fn()
+            methods[name]()
             _sync(device)
-            times[name].append(time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            teardown.get(name, _nothing)()
+            if round_index >= warmup:
+                times[name].append(elapsed)
     return times
 
 

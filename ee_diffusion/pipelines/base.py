@@ -9,6 +9,7 @@ tells the engine the guidance layout, and restores the model exactly afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import math
@@ -28,8 +29,9 @@ from torch import nn
 
 from ..backbones.registry import get_adapter
 from ..config import EarlyExitConfig
-from ..engine import early_exit
+from ..engine import early_exit, is_early_exit_applied
 from ..layout import BatchLayout
+from ..operating_point import OperatingPoint, ResolvedCall
 from ..stats import ExitStats
 from .checks import check_finite, check_weights_match, id2label_labels
 
@@ -48,10 +50,13 @@ class EarlyExitPipelineOutput(BaseOutput):
             before decoding (pixel space: the raw samples, neither clamped nor rescaled).
         exit_stats: blocks run at every model call of the run, per row (guided runs: B conditional rows
             followed by their B unconditional partners); see `ExitStats`.
+        operating_point: what ran and why: `num_inference_steps`, `guidance_scale`, `exit_config` and `source`
+            (e.g. "default operating point", "exit_config given").
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     exit_stats: ExitStats
+    operating_point: dict[str, Any] | None = None
 
 
 class ClassConditionalExitPipeline(DiffusionPipeline):
@@ -68,9 +73,13 @@ class ClassConditionalExitPipeline(DiffusionPipeline):
     #: Components whose weights file `from_pretrained` checks against their config.
     _checked_components: ClassVar[tuple[str, ...]] = ()
 
-    def _init_config(self, id2label: Any, exit_config: Any) -> None:
+    #: Steps of a call that gives none, on a pipeline without an operating point (diffusers' default).
+    fallback_num_inference_steps: ClassVar[int] = 50
+
+    def _init_config(self, id2label: Any, exit_config: Any, operating_point: Any = None) -> None:
         stored, self.labels = id2label_labels(id2label)
         self.register_to_config(id2label=stored)
+        self.set_operating_point(operating_point)
         self.set_default_exit_config(exit_config)
 
     @property
@@ -106,18 +115,63 @@ class ClassConditionalExitPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------------------------------ configuration
     @property
     def default_exit_config(self) -> EarlyExitConfig:
-        """The exit config used by calls without `exit_config` (a fresh copy; `EarlyExitConfig()` if none)."""
-        data = self.config.get("exit_config")
-        return EarlyExitConfig() if data is None else EarlyExitConfig.from_dict(copy.deepcopy(dict(data)))
+        """The exit config of a call without arguments (a fresh copy; `EarlyExitConfig()` if none): the
+        operating point's when the pipeline has one (see `resolve_call` for calls that give their steps)."""
+        return self.resolve_call(None, None, None).exit_config
 
     def set_default_exit_config(self, config: EarlyExitConfig | dict[str, Any] | None) -> None:
-        """Set the default exit config; it is saved in `model_index.json` by `save_pretrained`."""
+        """Set the default exit config; it is saved in `model_index.json` by `save_pretrained`.
+
+        On a pipeline with an operating point, this replaces the operating point's exit config (at its steps)."""
         if isinstance(config, dict):
             config = EarlyExitConfig.from_dict(config)
         if config is not None and not isinstance(config, EarlyExitConfig):
             raise TypeError(f"exit_config must be an EarlyExitConfig, a dict or None, got {type(config).__name__}")
+        point = self.operating_point
+        if point is not None and config is not None:
+            point.exit_config = copy.deepcopy(config)
+            if point.exit_configs_by_steps:
+                point.exit_configs_by_steps[point.num_inference_steps] = copy.deepcopy(config)
+            self.set_operating_point(point)
+            config = None
         # A deep copy: the saved dict must not share lists with a policy the caller may still change.
         self.register_to_config(exit_config=None if config is None else copy.deepcopy(config.to_dict()))
+
+    @property
+    def operating_point(self) -> OperatingPoint | None:
+        """The recommended (scheduler, steps, guidance, exit config) of this pipeline, or None (a fresh copy)."""
+        data = self.config.get("operating_point")
+        return None if data is None else OperatingPoint.from_dict(copy.deepcopy(dict(data)))
+
+    def set_operating_point(self, point: OperatingPoint | dict[str, Any] | None) -> None:
+        """Set (or clear, with None) the operating point; `save_pretrained` writes it into `model_index.json`."""
+        if isinstance(point, dict):
+            point = OperatingPoint.from_dict(point)
+        if point is not None and not isinstance(point, OperatingPoint):
+            raise TypeError(f"operating_point must be an OperatingPoint, a dict or None, got {type(point).__name__}")
+        self.register_to_config(operating_point=None if point is None else point.to_dict())
+
+    def resolve_call(self, num_inference_steps: int | None, guidance_scale: float | None,
+                     exit_config: EarlyExitConfig | None) -> ResolvedCall:
+        """What a call with these arguments (None: not given) runs: the operating point fills in what the caller
+        did not give (see `OperatingPoint.resolve`); without one, 50 steps, `default_guidance_scale` and the
+        pipeline's default exit config."""
+        if exit_config is not None and not isinstance(exit_config, EarlyExitConfig):
+            raise TypeError(f"exit_config must be an EarlyExitConfig or None, got {type(exit_config).__name__}")
+        point = self.operating_point
+        if point is not None:
+            resolved = point.resolve(num_inference_steps, guidance_scale, type(self.scheduler).__name__)
+        else:
+            data = self.config.get("exit_config")
+            config = EarlyExitConfig() if data is None else EarlyExitConfig.from_dict(copy.deepcopy(dict(data)))
+            resolved = ResolvedCall(
+                self.fallback_num_inference_steps if num_inference_steps is None else num_inference_steps,
+                self.default_guidance_scale if guidance_scale is None else guidance_scale,
+                config, "pipeline default exit config (no operating point)")
+        if exit_config is not None:
+            resolved.exit_config = exit_config
+            resolved.source = "exit_config given"
+        return resolved
 
     @property
     def num_classes(self) -> int:
@@ -259,7 +313,7 @@ class ClassConditionalExitPipeline(DiffusionPipeline):
         class_labels: int | Sequence[int] | torch.Tensor,
         guidance_scale: float | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
-        num_inference_steps: int = 50,
+        num_inference_steps: int | None = None,
         latents: torch.Tensor | None = None,
         exit_config: EarlyExitConfig | None = None,
         output_type: str = "pil",
@@ -271,19 +325,21 @@ class ClassConditionalExitPipeline(DiffusionPipeline):
             class_labels: class ids in `[0, num_classes)`: an int, or a list/tuple/1-D tensor of ints. Names
                 map to ids with `get_label_ids`.
             guidance_scale: classifier-free guidance weight; guidance is on when `> 1` (the batch then runs
-                every row twice, with its label and with the null class `num_classes`). None: the pipeline's
-                `default_guidance_scale` (DiT 4.0 as `DiTPipeline`; U-Net 1.0).
+                every row twice, with its label and with the null class `num_classes`). None: the operating
+                point's, else the pipeline's `default_guidance_scale` (DiT 4.0 as `DiTPipeline`; U-Net 1.0).
             generator: `torch.Generator`(s) for the initial noise and for stochastic schedulers.
             num_inference_steps: number of denoising steps (Heun-type schedulers call the model about twice per
-                step; the loop follows `scheduler.timesteps`).
+                step; the loop follows `scheduler.timesteps`). None: the operating point's (else 50).
             latents: optional initial noise of shape (B, C, H, W), scaled by the scheduler's
                 `init_noise_sigma` like freshly drawn noise.
-            exit_config: the exit policy for this call; `None` uses `default_exit_config`.
+            exit_config: the exit policy for this call; `None`: the operating point's for these steps (see
+                `resolve_call`), else `default_exit_config`.
             output_type: `"pil"`, `"np"`, `"pt"` or `"latent"`.
             return_dict: return an `EarlyExitPipelineOutput` (else a tuple `(images, exit_stats)`).
 
         Returns:
-            `EarlyExitPipelineOutput` with `images` and `exit_stats` (every model call of the run).
+            `EarlyExitPipelineOutput` with `images`, `exit_stats` (every model call of the run) and
+            `operating_point` (what ran, and why).
 
         ```py
         >>> import torch
@@ -298,11 +354,12 @@ class ClassConditionalExitPipeline(DiffusionPipeline):
 
         ```
         """
-        guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
+        resolved = self.resolve_call(num_inference_steps, guidance_scale, exit_config)
+        guidance_scale, num_inference_steps = resolved.guidance_scale, resolved.num_inference_steps
+        config = resolved.exit_config
         labels = self.check_inputs(
-            class_labels, guidance_scale, num_inference_steps, latents, exit_config, output_type, generator, return_dict
+            class_labels, guidance_scale, num_inference_steps, latents, config, output_type, generator, return_dict
         )
-        config = exit_config if exit_config is not None else self.default_exit_config
         device = self._execution_device
         denoiser = self.denoiser
         dtype = denoiser.dtype
@@ -333,14 +390,23 @@ class ClassConditionalExitPipeline(DiffusionPipeline):
         learned_sigma = denoiser.config.out_channels == 2 * channels
         keep_sigma = learned_sigma and self.scheduler.config.get("variance_type") in _LEARNED_VARIANCE
 
-        # 4. Denoising loop, with the denoiser hooked for this call only.
-        with early_exit(denoiser, config, layout=layout, **self.exit_parts()) as exit_stats:
+        # 4. Denoising loop, with the denoiser hooked for this call only. Without a policy (and without hooks a
+        #    user applied) the stock denoiser runs unhooked - exactly the stock model, at its speed - and the
+        #    statistics record full depth for every row.
+        if config.policy is None and not is_early_exit_applied(denoiser):
+            context, unhooked = contextlib.nullcontext(ExitStats(get_adapter(denoiser).num_blocks)), True
+        else:
+            context, unhooked = early_exit(denoiser, config, layout=layout, **self.exit_parts()), False
+        with context as exit_stats:
             for t in self.progress_bar(self.scheduler.timesteps):
                 model_input = self.scheduler.scale_model_input(latents, t)
                 if guided:
                     model_input = torch.cat([model_input, model_input])
                 timestep = t.to(device).expand(model_input.shape[0])  # (B,) or (2B,)
                 noise_pred = self.predict(model_input, timestep, labels)
+                if unhooked:
+                    rows = timestep.shape[0]
+                    exit_stats.record(timestep, torch.full((rows,), exit_stats.num_blocks), cfg_paired=guided)
 
                 # Guidance acts on the noise channels only; a learned variance (the second half of the channels
                 # of a learned-sigma model) is taken from the conditional rows, as in the DiT reference code.
@@ -375,4 +441,4 @@ class ClassConditionalExitPipeline(DiffusionPipeline):
         self.maybe_free_model_hooks()
         if not return_dict:
             return images, exit_stats
-        return EarlyExitPipelineOutput(images=images, exit_stats=exit_stats)
+        return EarlyExitPipelineOutput(images=images, exit_stats=exit_stats, operating_point=resolved.as_output())

@@ -14,6 +14,7 @@ from diffusers.schedulers import KarrasDiffusionSchedulers
 
 from ..config import EarlyExitConfig
 from ..heads import UncertaintyHeads
+from ..operating_point import OperatingPoint
 from .base import ClassConditionalExitPipeline
 from .checks import check_components
 
@@ -72,6 +73,7 @@ class EarlyExitDiTPipeline(ClassConditionalExitPipeline):
         exit_heads: UncertaintyHeads | None = None,
         id2label: dict | None = None,
         exit_config: dict[str, Any] | EarlyExitConfig | None = None,
+        operating_point: dict[str, Any] | OperatingPoint | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(transformer, DiTTransformer2DModel):
@@ -82,7 +84,7 @@ class EarlyExitDiTPipeline(ClassConditionalExitPipeline):
             )
         check_components("transformer", transformer, scheduler, vae, exit_heads)
         self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae, exit_heads=exit_heads)
-        self._init_config(id2label, exit_config)
+        self._init_config(id2label, exit_config, operating_point)
 
     def predict(self, model_input: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.transformer(model_input, timestep=timesteps, class_labels=labels).sample

@@ -23,6 +23,7 @@ from diffusers.schedulers import KarrasDiffusionSchedulers, SchedulerMixin
 from .._io import read_json_file
 from ..config import EarlyExitConfig
 from ..heads import UncertaintyHeads
+from ..operating_point import OperatingPoint
 from ..unet import UNetExitBridges
 from .base import ClassConditionalExitPipeline
 from .checks import check_components
@@ -82,6 +83,7 @@ class EarlyExitUNetPipeline(ClassConditionalExitPipeline):
         vae: AutoencoderKL | None = None,
         id2label: dict | None = None,
         exit_config: dict[str, Any] | EarlyExitConfig | None = None,
+        operating_point: dict[str, Any] | OperatingPoint | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(unet, UNet2DModel):
@@ -93,7 +95,7 @@ class EarlyExitUNetPipeline(ClassConditionalExitPipeline):
             exit_bridges.check_model(unet)
         self.register_modules(unet=unet, scheduler=scheduler, exit_bridges=exit_bridges, exit_heads=exit_heads,
                               vae=vae)
-        self._init_config(id2label, exit_config)
+        self._init_config(id2label, exit_config, operating_point)
 
     def predict(self, model_input: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.unet(model_input, timesteps, class_labels=labels).sample

@@ -1,0 +1,146 @@
+"""The bench's decisions, as functions of the measured rows alone (so `rerender` can redo them from a report).
+
+Definitions (docs/evaluation.md):
+- reference: the stock model at the conventional steps (`family == "reference"`);
+- dFID intervals are paired: every row stores its FID on the same bootstrap resamples of image indices
+  (`fid_resamples`), so the interval of FID(a) - FID(b) is the percentile interval of the differences;
+- unchanged quality: the interval against the reference includes 0 or lies below it (`low <= 0`), or lies wholly
+  below +10% of the reference FID;
+- the frontier: fewer steps at full depth (every solver), the reference included; the knee of a solver is its
+  fewest steps whose interval against the reference includes 0 (or lies below it);
+- a row beats the frontier at its cost when its whole interval lies below the interval of the best frontier point
+  that costs no more - by wall-clock and by block evaluations, both (`margin` = frontier low - row high > 0). Only
+  measured frontier points count: no interpolation between step counts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+#: Rows that are references or baselines, never an operating point a pipeline folder can store.
+FRONTIER_FAMILIES = ("reference", "fewer_steps")
+NOT_STORABLE = ("seed", "first_block_cache", "taylorseer_cache", "mag_cache", "sea_cache")
+COST_KEYS = ("time_ratio", "block_fraction")
+QUALITY_TOLERANCE = 0.10  # unchanged quality may also mean: the interval lies wholly below +10% of the reference
+
+
+def paired_interval(a: dict, b: dict, confidence: float) -> dict[str, float]:
+    """FID(a) - FID(b) and its paired percentile interval over the shared resamples."""
+    diffs = np.asarray(a["fid_resamples"], dtype=np.float64) - np.asarray(b["fid_resamples"], dtype=np.float64)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(diffs, [tail, 1 - tail])
+    return {"delta": float(a["fid"] - b["fid"]), "low": float(low), "high": float(high)}
+
+
+def reference_row(rows: dict[str, dict]) -> dict:
+    found = [r for r in rows.values() if r["family"] == "reference"]
+    if len(found) != 1:
+        raise ValueError(f"a report needs exactly one reference row, found {len(found)}")
+    return found[0]
+
+
+def holds_quality(interval: dict[str, float], reference_fid: float, tolerance: float = QUALITY_TOLERANCE) -> bool:
+    """Unchanged quality by the paired interval against the reference (docs/evaluation.md)."""
+    return interval["low"] <= 0 or interval["high"] < tolerance * reference_fid
+
+
+def knees(rows: dict[str, dict]) -> dict[str, str]:
+    """Per solver, the frontier row with the fewest steps whose interval against the reference has low <= 0."""
+    out: dict[str, str] = {}
+    for r in sorted((r for r in rows.values() if r["family"] in FRONTIER_FAMILIES), key=lambda r: r["steps"]):
+        if r["solver"] not in out and r["dfid_reference"]["low"] <= 0:
+            out[r["solver"]] = r["name"]
+    return out
+
+
+def matched_frontier(row: dict, rows: dict[str, dict], cost: str) -> dict | None:
+    """The frontier row with the lowest FID among those that cost no more than `row` (by `cost`), or None."""
+    pool = [r for r in rows.values() if r["family"] in FRONTIER_FAMILIES and cost in r and r["name"] != row["name"]
+            and r[cost] <= row[cost] * (1 + 1e-9)]
+    return min(pool, key=lambda r: r["fid"]) if pool else None
+
+
+def frontier_comparison(row: dict, rows: dict[str, dict], confidence: float) -> dict[str, Any]:
+    """How `row` compares with the frontier at its wall-clock and at its block evaluations."""
+    out: dict[str, Any] = {}
+    for cost in COST_KEYS:
+        if cost not in row:
+            continue
+        match = matched_frontier(row, rows, cost)
+        if match is None:
+            out[cost] = {"frontier": None, "beats": False, "why": "no frontier point this cheap was measured"}
+            continue
+        margin = match["dfid_reference"]["low"] - row["dfid_reference"]["high"]
+        out[cost] = {"frontier": match["name"], "beats": bool(margin > 0), "margin": margin,
+                     "paired_vs_frontier": paired_interval(row, match, confidence)}
+    out["beats"] = bool(out) and all(out[c]["beats"] for c in COST_KEYS if c in out)
+    return out
+
+
+def decide(rows: dict[str, dict], confidence: float) -> dict[str, Any]:
+    """Fill every row's intervals and frontier comparison; return the knees and the recommendation.
+
+    Recommendation: if some early-exit row holds quality and beats the frontier, the fastest row (batch-64
+    wall-clock) among the frontier rows that hold quality and those exit rows; else the fastest frontier row that
+    holds quality (steps alone).
+    """
+    ref = reference_row(rows)
+    for r in rows.values():
+        r["dfid_reference"] = paired_interval(r, ref, confidence)
+        r["holds_quality"] = holds_quality(r["dfid_reference"], ref["fid"])
+    knee_names = knees(rows)
+    knee = min((rows[n] for n in knee_names.values()), key=lambda r: r.get("time_ratio", r["block_fraction"]),
+               default=ref)
+    for r in rows.values():
+        r["dfid_knee"] = paired_interval(r, knee, confidence)
+        if r["family"] not in FRONTIER_FAMILIES and r["family"] != "seed":
+            r["vs_frontier"] = frontier_comparison(r, rows, confidence)
+    exits = [r for r in rows.values() if r["family"] not in FRONTIER_FAMILIES + NOT_STORABLE]
+    winners = [r for r in exits if r["holds_quality"] and r["vs_frontier"]["beats"]]
+    frontier_ok = [r for r in rows.values() if r["family"] in FRONTIER_FAMILIES and r["holds_quality"]]
+    pool = frontier_ok + winners
+    recommended = max(pool, key=lambda r: r.get("speedup", 1 / r["block_fraction"])) if pool else ref
+    beating = sorted((r["name"] for r in exits if r["vs_frontier"]["beats"]), key=lambda n: rows[n]["block_fraction"])
+    return {"knees": knee_names, "knee": knee["name"], "recommended": recommended["name"],
+            "exit_rows_beating_frontier": beating,
+            "verdict": verdict(recommended, ref, beating, rows)}
+
+
+def verdict(recommended: dict, ref: dict, beating: list[str], rows: dict[str, dict]) -> str:
+    """One plain sentence: what to run, how much faster, and whether early exit beats fewer steps here."""
+    speed = recommended.get("speedup")
+    d = recommended["dfid_reference"]
+    what = (f"{recommended['name']} runs {speed:.2f}x faster than {ref['name']} (batch-64 wall-clock)"
+            if speed is not None else f"{recommended['name']} runs {recommended['block_fraction']:.2f} of the blocks")
+    quality = f"dFID {d['delta']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+    if not beating:
+        return (f"Early exit does not beat the fewer-steps frontier on this model: the recommendation is steps "
+                f"alone. {what}, {quality}.")
+    exit_part = "; the recommended point uses early exit" if recommended["family"] not in FRONTIER_FAMILIES else \
+        "; the recommended point is steps alone (faster than every exit point that holds quality)"
+    return f"{what}, {quality}. {len(beating)} early-exit points beat the fewer-steps frontier{exit_part}."
+
+
+def operating_point(rows: dict[str, dict], recommended: str, scheduler_classes: dict[str, str], guidance: float,
+                    reference_steps: int, confidence: float, measured_in: str) -> dict[str, Any]:
+    """The `OperatingPoint` dict of the recommendation; per step count measured with its solver, the fastest exit
+    config that beats the frontier without losing quality against full depth at those steps (else None)."""
+    rec = rows[recommended]
+    solver = rec["solver"]
+    by_steps: dict[str, Any] = {}
+    exits = [r for r in rows.values() if r["family"] not in FRONTIER_FAMILIES + NOT_STORABLE and r["solver"] == solver]
+    for steps in sorted({r["steps"] for r in exits}):
+        full = next((r for r in rows.values() if r["family"] in FRONTIER_FAMILIES and r["solver"] == solver
+                     and r["steps"] == steps), None)
+        good = [r for r in exits if r["steps"] == steps and r["vs_frontier"]["beats"] and full is not None
+                and holds_quality(paired_interval(r, full, confidence), full["fid"])]
+        best = max(good, key=lambda r: r.get("speedup", 1 / r["block_fraction"])) if good else None
+        by_steps[str(steps)] = None if best is None else best["exit_config"]
+    exit_config = rec["exit_config"] if rec["family"] not in FRONTIER_FAMILIES else None
+    if exit_config is not None:
+        by_steps[str(rec["steps"])] = exit_config
+    return {"scheduler": scheduler_classes[solver], "num_inference_steps": rec["steps"], "guidance_scale": guidance,
+            "exit_config": exit_config, "exit_configs_by_steps": by_steps, "reference_steps": reference_steps,
+            "measured_in": measured_in}

@@ -1,0 +1,159 @@
+"""The bench's methods: solvers, the composed (solver, steps) x exit-family grid, and diffusers' caches.
+
+A `Method` is one row of the report: a solver and step count, plus an exit config (early exit composed with
+fewer steps) or a diffusers cache (a baseline), or neither (the frontier: fewer steps at full depth). Exit
+families that need calibration are calibrated at their grid point, on the calibration seeds (never the
+evaluation images).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..calibration import (
+    CalibrationSet,
+    calibrate_thresholds,
+    distil_schedule,
+    measure_depth_deviation,
+    schedule_from_deviation,
+    thresholds_for_fractions,
+)
+from ..config import EarlyExitConfig
+from ..eval.baselines import CacheBaseline, calibrate_mag_ratios
+from ..schedules import CachedTailResidual, StaticDepth, TimestepSchedule, UncertaintyThreshold
+
+if TYPE_CHECKING:
+    from .bench import Preset
+
+#: (solver, steps): a point of the composed grid.
+GridPoint = tuple[str, int]
+
+#: Solver name -> (diffusers scheduler class, options over the model's own scheduler config).
+SOLVERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ddim": ("DDIMScheduler", {}),
+    "dpmpp": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+}
+
+#: TaylorSeer forecasts the outputs of these modules of a DiT block (diffusers' default patterns expect attention
+#: modules named `attn`; DiT's are `attn1`, so its default would hook nothing).
+TAYLORSEER_DIT_MODULES = [r"transformer_blocks\.\d+\.attn1", r"transformer_blocks\.\d+\.ff"]
+
+
+@dataclass
+class Method:
+    """One row of the report (see the module doc)."""
+
+    name: str
+    family: str
+    solver: str
+    steps: int
+    exit_config: EarlyExitConfig | None = None
+    cache: CacheBaseline | None = None
+    seed: int = 0
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "family": self.family, "solver": self.solver, "steps": self.steps,
+                "exit_config": None if self.exit_config is None else self.exit_config.to_dict(),
+                "cache": None if self.cache is None else self.cache.describe(), "seed": self.seed,
+                **({"notes": self.notes} if self.notes else {})}
+
+
+def make_schedulers(scheduler: Any) -> dict[str, Any]:
+    """One scheduler per solver, from the model's own scheduler config (betas, prediction type, spacing)."""
+    import diffusers
+
+    out = {}
+    for name, (class_name, options) in SOLVERS.items():
+        out[name] = getattr(diffusers, class_name).from_config(scheduler.config, **options)
+    return out
+
+
+def ase_schedules(n: int) -> dict[str, TimestepSchedule]:
+    """The released DiT-XL/2 ASE schedule (28, 24, 20, 16, 12 blocks over five timestep buckets) scaled to n
+    blocks, and a more aggressive one."""
+    released = [max(1, min(n, round(d * n / 28))) for d in (28, 24, 20, 16, 12)]
+    aggressive = [n, max(1, round(0.75 * n)), max(1, round(0.5 * n)), max(1, round(0.375 * n)), max(1, round(0.25 * n))]
+    bounds = [200, 400, 600, 800]
+    return {"released": TimestepSchedule(bounds, released), "aggressive": TimestepSchedule(bounds, aggressive)}
+
+
+def exit_methods(pipe: Any, point: GridPoint, preset: Preset, feature_net: Any, guidance: float,
+                 sampler: Any) -> tuple[list[Method], dict[str, Any]]:
+    """Every exit family at `point` (the pipeline's scheduler is already the point's solver)."""
+    solver, k = point
+    at = f"@{solver}{k}"
+    n = len(pipe.transformer.transformer_blocks)
+    methods = []
+    for d in sorted({max(1, min(n - 1, round(f * n))) for f in preset.static_fractions}):
+        methods.append(Method(f"static{d}{at}", "static_depth", solver, k, EarlyExitConfig(StaticDepth(d))))
+    schedules = ase_schedules(n)
+    for kind in preset.ase:
+        methods.append(Method(f"ase_{kind}{at}", "ase", solver, k, EarlyExitConfig(schedules[kind])))
+    for tau in preset.tail_thresholds:
+        methods.append(Method(f"tail{tau}{at}", "tail_cache", solver, k,
+                              EarlyExitConfig(CachedTailResidual(threshold=tau))))
+    calib = CalibrationSet(num_images=preset.calib_images, num_inference_steps=k, guidance_scale=guidance,
+                           num_buckets=preset.calib_buckets, batch_size=preset.sample_batch)
+    depths = [d for d in preset.calib_depths if d < n] if preset.calib_depths else None
+    info: dict[str, Any] = {}
+    measurement = None
+    if preset.budgets or preset.threshold_budgets:
+        measurement = measure_depth_deviation(pipe, calib, feature_net=feature_net, depths=depths)
+    for budget in preset.budgets:
+        schedule, details = schedule_from_deviation(measurement, budget=budget)
+        methods.append(Method(f"calsched{budget}{at}", "calibrated_schedule", solver, k, EarlyExitConfig(schedule),
+                              notes={"budget": budget, **details}))
+    if pipe.exit_heads is not None:
+        sweep = thresholds_for_fractions(pipe, list(preset.threshold_fractions), calib) if preset.threshold_fractions else []
+        info["deediff_thresholds"] = dict(zip(map(str, preset.threshold_fractions), sweep))
+        for fraction, c in zip(preset.threshold_fractions, sweep):
+            methods.append(Method(f"deediff{fraction}{at}", "deediff", solver, k,
+                                  EarlyExitConfig(UncertaintyThreshold(c, patience=2), cfg_pairing="together"),
+                                  notes={"threshold": c, "calibration_fraction": fraction}))
+        for budget in preset.threshold_budgets:
+            result = calibrate_thresholds(pipe, budget, calib=calib, feature_net=feature_net, measurement=measurement)
+            methods.append(Method(f"calthr{budget}{at}", "calibrated_thresholds", solver, k, result.exit_config,
+                                  notes={"budget": budget, "calibration_fraction": result.info["block_fraction"]}))
+        if preset.distil and sweep:
+            c = sweep[len(sweep) // 2]
+            observed = sampler(Method("observe", "deediff", solver, k, EarlyExitConfig(UncertaintyThreshold(c, patience=2))),
+                               range(calib.seed, calib.seed + calib.num_images))
+            schedule = distil_schedule(observed.extra["exit_stats"])
+            methods.append(Method(f"distilled{at}", "distilled", solver, k, EarlyExitConfig(schedule),
+                                  notes={"threshold": c}))
+    return methods, info
+
+
+def cache_methods(pipe: Any, point: GridPoint, preset: Preset, guidance: float,
+                  sampler: Any) -> tuple[list[Method], list[float] | None, dict[str, str]]:
+    """diffusers' caches at `point`: (methods, MagCache's calibrated ratios, {kind: why it cannot attach})."""
+    solver, k = point
+    at = f"@{solver}{k}"
+    candidates = [Method(f"fbc{t}{at}", "first_block_cache", solver, k, cache=CacheBaseline("first_block_cache", {"threshold": t}))
+                  for t in preset.fbc_thresholds]
+    candidates += [Method(f"taylorseer{i}{at}", "taylorseer_cache", solver, k, cache=CacheBaseline(
+        "taylorseer_cache", {"cache_interval": i, "disable_cache_before_step": max(1, k // 8), "max_order": 1,
+                             "cache_identifiers": TAYLORSEER_DIT_MODULES})) for i in preset.taylorseer_intervals]
+    candidates += [Method(f"sea{t}{at}", "sea_cache", solver, k, cache=CacheBaseline("sea_cache", {"threshold": t}))
+                   for t in preset.sea_thresholds]
+    ratios = None
+    refused: dict[str, str] = {}
+    if preset.mag_thresholds:
+        full = Method("calibrate", "reference", solver, k)
+        try:
+            ratios = calibrate_mag_ratios(lambda: sampler(full, range(10_000, 10_000 + preset.calib_images)),
+                                          pipe.transformer, pipe.scheduler, k)
+            candidates += [Method(f"mag{t}{at}", "mag_cache", solver, k, cache=CacheBaseline(
+                "mag_cache", {"threshold": t, "mag_ratios": ratios})) for t in preset.mag_thresholds]
+        except (ValueError, RuntimeError, TypeError) as error:
+            refused["mag_cache"] = f"calibration failed: {error}"
+    methods = []
+    for method in candidates:
+        try:  # a two-image trial: a cache that cannot attach is reported, not fatal
+            sampler(method, range(2), batch_size=2)
+            methods.append(method)
+        except (ValueError, RuntimeError, TypeError, KeyError) as error:
+            refused[method.family] = f"{type(error).__name__}: {error}"
+    return methods, ratios, refused

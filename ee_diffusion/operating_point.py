@@ -1,0 +1,148 @@
+"""Operating points: what a pipeline runs when the caller does not say - steps, guidance and exit config together.
+
+A user's real alternative to early exit is running fewer steps, so an exit config alone is not a recommendation:
+what the benchmark measures and a pipeline folder ships is an *operating point*, (scheduler, steps, guidance,
+exit config). `OperatingPoint` stores the recommended one and, for every step count the benchmark measured with
+that scheduler, the exit config to use when a caller picks the steps (None where no exit config beat the
+fewer-steps frontier at that count). `resolve` turns a call's arguments into what runs.
+
+```py
+>>> from ee_diffusion import EarlyExitConfig
+>>> from ee_diffusion.schedules import StaticDepth
+>>> point = OperatingPoint(scheduler="DPMSolverMultistepScheduler", num_inference_steps=8, guidance_scale=1.0,
+...                        exit_config=EarlyExitConfig(StaticDepth(7)),
+...                        exit_configs_by_steps={8: EarlyExitConfig(StaticDepth(7)), 12: None})
+>>> run = point.resolve(None, None, "DPMSolverMultistepScheduler")
+>>> run.num_inference_steps, run.exit_config.policy.depth, run.source
+(8, 7, 'default operating point')
+>>> point.resolve(11, None, "DPMSolverMultistepScheduler").exit_config.policy is None  # nearest measured: 12
+True
+>>> OperatingPoint.from_dict(point.to_dict()) == point
+True
+
+```
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._validation import check_int
+from .config import EarlyExitConfig
+
+
+@dataclass
+class ResolvedCall:
+    """What one pipeline call runs, and why (`source`): the output reports it as `operating_point`."""
+
+    num_inference_steps: int
+    guidance_scale: float
+    exit_config: EarlyExitConfig
+    source: str
+
+    def as_output(self) -> dict[str, Any]:
+        """The pipeline output's `operating_point` (the exit config as the object that ran: custom policies
+        need not serialise)."""
+        return {"num_inference_steps": self.num_inference_steps, "guidance_scale": self.guidance_scale,
+                "exit_config": self.exit_config, "source": self.source}
+
+
+@dataclass
+class OperatingPoint:
+    """A pipeline's recommended (scheduler, steps, guidance, exit config), measured by `ee-diffusion bench`.
+
+    Args:
+        scheduler: class name of the scheduler the point was measured with; the point applies only to calls
+            with that scheduler (another solver at the same steps is another operating point).
+        num_inference_steps: steps of a call that gives none.
+        guidance_scale: guidance of a call that gives none.
+        exit_config: exit config at `num_inference_steps` (None: full depth).
+        exit_configs_by_steps: exit config per measured step count (None: none beat the frontier there); a call
+            that gives only its steps uses the nearest measured count's (ties: the larger count).
+        reference_steps: the conventional step count, used when the point does not apply (another scheduler).
+        measured_in: where the numbers behind the point are (a report path and its command).
+    """
+
+    scheduler: str
+    num_inference_steps: int
+    guidance_scale: float
+    exit_config: EarlyExitConfig | None = None
+    exit_configs_by_steps: dict[int, EarlyExitConfig | None] = field(default_factory=dict)
+    reference_steps: int = 25
+    measured_in: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.scheduler, str) or not self.scheduler:
+            raise ValueError(f"scheduler must be a scheduler class name, got {self.scheduler!r}")
+        check_int(self.num_inference_steps, "num_inference_steps", 1, "steps of the operating point")
+        check_int(self.reference_steps, "reference_steps", 1, "the conventional step count")
+        if isinstance(self.guidance_scale, bool) or not isinstance(self.guidance_scale, (int, float)) \
+                or not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {self.guidance_scale!r}")
+        self.guidance_scale = float(self.guidance_scale)
+        for value in [self.exit_config, *self.exit_configs_by_steps.values()]:
+            if value is not None and not isinstance(value, EarlyExitConfig):
+                raise TypeError(f"exit configs must be EarlyExitConfig or None, got {type(value).__name__}")
+        for steps in self.exit_configs_by_steps:
+            check_int(steps, "exit_configs_by_steps key", 1, "a measured step count")
+
+    def resolve(self, num_inference_steps: int | None, guidance_scale: float | None,
+                scheduler: str) -> ResolvedCall:
+        """What a call with these arguments (None: not given) runs with the scheduler class `scheduler`.
+
+        An explicit exit config is the caller's business (the pipeline uses it as given); this decides only the
+        defaults."""
+        guidance = self.guidance_scale if guidance_scale is None else guidance_scale
+        if scheduler != self.scheduler:
+            steps = self.reference_steps if num_inference_steps is None else num_inference_steps
+            return ResolvedCall(steps, guidance, EarlyExitConfig(),
+                                f"no operating point: it was measured with {self.scheduler}, this call uses "
+                                f"{scheduler} (full depth)")
+        if num_inference_steps is None:
+            config = self.exit_config or EarlyExitConfig()
+            return ResolvedCall(self.num_inference_steps, guidance, config, "default operating point")
+        if not self.exit_configs_by_steps:
+            return ResolvedCall(num_inference_steps, guidance, EarlyExitConfig(),
+                                "no measured exit config for chosen steps (full depth)")
+        nearest = min(self.exit_configs_by_steps, key=lambda k: (abs(k - num_inference_steps), -k))
+        config = self.exit_configs_by_steps[nearest]
+        what = "full depth: no exit config beat fewer steps there" if config is None else "its exit config"
+        return ResolvedCall(num_inference_steps, guidance, config or EarlyExitConfig(),
+                            f"chosen steps; nearest measured step count {nearest}: {what}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scheduler": self.scheduler, "num_inference_steps": self.num_inference_steps,
+            "guidance_scale": self.guidance_scale,
+            "exit_config": None if self.exit_config is None else self.exit_config.to_dict(),
+            "exit_configs_by_steps": {str(k): (None if v is None else v.to_dict())
+                                      for k, v in sorted(self.exit_configs_by_steps.items())},
+            "reference_steps": self.reference_steps, "measured_in": self.measured_in,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OperatingPoint:
+        if not isinstance(data, dict):
+            raise TypeError(f"an operating point must be a dict, got {type(data).__name__}")
+        known = {"scheduler", "num_inference_steps", "guidance_scale", "exit_config", "exit_configs_by_steps",
+                 "reference_steps", "measured_in"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown operating point fields {unknown}; known: {sorted(known)}")
+        by_steps = {}
+        for key, value in (data.get("exit_configs_by_steps") or {}).items():
+            try:
+                steps = int(key)
+            except (TypeError, ValueError):
+                raise ValueError(f"exit_configs_by_steps keys must be step counts, got {key!r}") from None
+            by_steps[steps] = None if value is None else EarlyExitConfig.from_dict(value)
+        config = data.get("exit_config")
+        return cls(
+            scheduler=data.get("scheduler"), num_inference_steps=data.get("num_inference_steps"),
+            guidance_scale=data.get("guidance_scale"),
+            exit_config=None if config is None else EarlyExitConfig.from_dict(config),
+            exit_configs_by_steps=by_steps, reference_steps=data.get("reference_steps", 25),
+            measured_in=data.get("measured_in", ""),
+        )
