@@ -11,6 +11,7 @@ from diffusers.hooks.hooks import CacheContext, _set_cache_context
 __all__ = [
     "CacheContext",
     "HookRegistry",
+    "forget_child_registries",
     "mag_cache_states",
     "registry_hook_names",
     "ModelHook",
@@ -39,3 +40,11 @@ def mag_cache_states(module):
                 states.extend(manager._state_cache.values())
     return states
 
+
+
+def forget_child_registries(module):
+    """Drop the list of hooked submodules that `module`'s diffusers registry caches for `_set_cache_context`:
+    hooks applied after the list was built (a cache on attention modules, say) would never get a context."""
+    registry = getattr(module, "_diffusers_hook", None)
+    if registry is not None and hasattr(registry, "_child_registries_cache"):
+        registry._child_registries_cache = None

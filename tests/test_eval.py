@@ -7,7 +7,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from ee_diffusion import EarlyExitConfig, UncertaintyHeads
-from ee_diffusion.eval.baselines import fbc_pipeline, first_block_cache
+from ee_diffusion.eval.baselines import CacheBaseline, calibrate_mag_ratios, diffusers_cache, fbc_pipeline
 from ee_diffusion.eval.compute import count_flops
 from ee_diffusion.eval.features import load_feature_net, train_feature_net
 from ee_diffusion.eval.quality import QualityEvaluator, balanced_subset, corrupt, real_images
@@ -135,8 +135,9 @@ def test_every_method_sees_the_same_noise():
             first = first[: len(indices)]
         torch.testing.assert_close(first, expected, rtol=0, atol=0, msg=name)
     stop = _first_model_inputs(fbc.transformer)
+    cache = CacheBaseline("first_block_cache", {"threshold": 0.5})
     generate(fbc, indices, num_inference_steps=3, guidance_scale=1.0,
-             call_wrapper=lambda: first_block_cache(fbc.transformer, 0.5))
+             call_wrapper=lambda: diffusers_cache(fbc.transformer, cache, fbc.scheduler, 3))
     torch.testing.assert_close(stop(), expected, rtol=0, atol=0)
     # Another seed is another noise.
     stop = _first_model_inputs(pipe.transformer)
@@ -154,53 +155,80 @@ def test_flops_count_blocks_heads_and_shrink_with_exits():
     assert half["total"] < full["total"] < heads["total"]
 
 
-def test_first_block_cache_runs_on_a_copy_and_skips_blocks():
+def _caches(pipe, steps):
+    """One setting of each diffusers cache that skips work on the tiny model (MagCache calibrated on it)."""
+    ratios = calibrate_mag_ratios(lambda: generate(pipe, range(10, 12), num_inference_steps=steps),
+                                  pipe.transformer, pipe.scheduler, steps)
+    assert len(ratios) == steps and ratios[0] == 1.0
+    return [CacheBaseline("first_block_cache", {"threshold": 5.0}),
+            CacheBaseline("taylorseer_cache", {"cache_interval": 2, "disable_cache_before_step": 1,
+                                               "cache_identifiers": [r"transformer_blocks\.\d+\.attn1",
+                                                                     r"transformer_blocks\.\d+\.ff"]}),
+            CacheBaseline("mag_cache", {"threshold": 10.0, "mag_ratios": ratios, "retention_ratio": 0.0}),
+            CacheBaseline("sea_cache", {"threshold": 10.0, "retention_steps": 1})]
+
+
+def test_each_diffusers_cache_attaches_skips_work_and_leaves_the_model_exact():
     pipe = _pipe()
-    reference = generate(pipe, range(3), num_inference_steps=6)
-    fbc = fbc_pipeline(pipe)
-    cached = generate(fbc, range(3), num_inference_steps=6, call_wrapper=lambda: first_block_cache(fbc.transformer, 5.0))
-    assert cached.block_evals < reference.block_evals
-    # The original pipeline is untouched, and the copy is clean again after the call.
-    again = generate(pipe, range(3), num_inference_steps=6)
-    torch.testing.assert_close(again.images, reference.images, rtol=0, atol=0)
-    plain = generate(fbc, range(3), num_inference_steps=6)
-    torch.testing.assert_close(plain.images, reference.images, rtol=1e-6, atol=1e-6)
+    steps = 6
+    reference = generate(pipe, range(3), num_inference_steps=steps)
+    for cache in _caches(pipe, steps):
+        wrapper = lambda cache=cache: diffusers_cache(pipe.transformer, cache, pipe.scheduler, steps)
+        cached = generate(pipe, range(3), num_inference_steps=steps, call_wrapper=wrapper)
+        assert cached.block_evals < reference.block_evals, cache.kind
+        assert not torch.equal(cached.images, reference.images), cache.kind
+        # Every hook is gone again: the stock model, bit for bit.
+        assert not any(getattr(m, "_diffusers_hook", None) is not None and m._diffusers_hook.hooks
+                       for m in pipe.transformer.modules()), cache.kind
+        again = generate(pipe, range(3), num_inference_steps=steps)
+        torch.testing.assert_close(again.images, reference.images, rtol=0, atol=0, msg=cache.kind)
+
+
+def test_an_unknown_cache_is_refused_with_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown diffusers cache 'tea_cache'; known: \['first_block_cache'"):
+        CacheBaseline("tea_cache")
 
 
 def test_bench_writes_report_with_loadable_exit_configs(tmp_path):
     from ee_diffusion.benchmarks.bench import Preset, run
+    from ee_diffusion.operating_point import OperatingPoint
 
     pipe = _pipe(num_layers=4, heads=True)
     pipe.save_pretrained(tmp_path / "model")
-    preset = Preset(num_images=10, steps=3, extra_seeds=1, fewer_steps=(2,), thresholds=(0.5,), budgets=(0.5,),
-                    threshold_budgets=(0.6,), fbc_thresholds=(0.5,), calib_images=4, calib_buckets=2,
-                    calib_depths=(2,), timing_batch=2, timing_repeats=1, timing_warmup=0, flops_images=1,
-                    sample_batch=10, combined=((2, 0.9),), overhead_repeats=1,
-                    threshold_fractions=(0.6,))
+    preset = Preset(num_images=10, reference_steps=3, extra_seeds=1, frontier=(("ddim", (2,)), ("dpmpp", (2,))),
+                    grid=(("ddim", 3), ("dpmpp", 2)), cache_grid=(("ddim", 3),), static_fractions=(0.5,),
+                    threshold_fractions=(0.6,), budgets=(0.5,), threshold_budgets=(0.6,), distil=True,
+                    tail_thresholds=(0.1,), fbc_thresholds=(0.5,), taylorseer_intervals=(2,), mag_thresholds=(0.1,),
+                    sea_thresholds=(0.2,), calib_images=4, calib_buckets=2, calib_depths=(2,), timing_batches=(4, 2),
+                    timing_repeats=1, timing_warmup=0, flops_images=1, sample_batch=10, bootstrap=20,
+                    overhead_repeats=1)
     report = run(preset, tmp_path / "out", model_paths={"digits": str(tmp_path / "model")}, progress=False)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["pareto.png", "report.json", "report.md"]
     assert (tmp_path / "out" / "pareto.png").read_bytes().startswith(b"\x89PNG")
     data = json.loads((tmp_path / "out" / "report.json").read_text())
-    methods = data["settings"][0]["methods"]
-    families = {m["family"] for m in methods.values()}
-    assert {"full", "fewer_steps", "static_depth", "ase", "deediff", "calibrated_schedule", "calibrated_thresholds",
-            "distilled", "first_block_cache", "calibrated_steps"} <= families
-    for method in methods.values():
-        EarlyExitConfig.from_dict(method["exit_config"])  # every config loads back
-    # The floor is the FID of the class-balanced real floor set against the reference set, as computed here
-    # directly; the random model's samples are far worse.
-    entry = report["settings"][0]
+    entry = data["settings"][0]
+    rows = entry["rows"]
+    families = {r["family"] for r in rows.values()}
+    assert {"reference", "seed", "fewer_steps", "static_depth", "ase", "deediff", "calibrated_schedule",
+            "calibrated_thresholds", "distilled", "tail_cache", "first_block_cache", "taylorseer_cache", "mag_cache",
+            "sea_cache"} <= families, entry["not_attached"]
+    assert {r["solver"] for r in rows.values()} == {"ddim", "dpmpp"}
+    for row in rows.values():
+        if row["exit_config"] is not None:
+            EarlyExitConfig.from_dict(row["exit_config"])  # every config loads back
+        assert len(row["fid_resamples"]) == 20 and "dfid_reference" in row and "psnr_db" in row["fidelity"]
+        if row["family"] != "seed":
+            assert row["timing"]["4"]["rounds"] == 1
+    # The floor against torchmetrics' FID (an independent implementation) on the same two real sets.
     reference, _ = real_images("digits", "reference")
-    floor_images, floor_labels = real_images("digits", "floor")
-    floor, _ = balanced_subset(floor_images, floor_labels, 10, 10)
-    direct = QualityEvaluator(load_feature_net("digits"), reference).score(floor, kid=False)["fid"]
-    assert entry["floor_fid"] == pytest.approx(direct, rel=1e-6)
-    assert methods["full"]["fid"] > 3 * entry["floor_fid"]
-    assert entry["seed_spread"] == pytest.approx(abs(methods["full"]["fid"] - methods["full_seed1"]["fid"]))
-    assert data["settings"][0]["recommended"] == entry["recommended"]
-    assert "| full |" in (tmp_path / "out" / "report.md").read_text()
-    assert "full_depth_clearly_better_than_half" in entry["targets"]
-
+    floor_images, _ = real_images("digits", "floor")
+    direct = QualityEvaluator(load_feature_net("digits"), reference).score(floor_images, kid=False)["fid"]
+    assert entry["floor"]["fid"] == pytest.approx(direct, rel=1e-6)
+    assert rows["ddim3"]["fid"] > 3 * entry["floor"]["fid"]  # a random model
+    assert entry["seed_spread"] == pytest.approx(abs(rows["ddim3"]["fid"] - rows["ddim3_seed1"]["fid"]))
+    assert entry["decisions"]["recommended"] in rows and report["settings"][0]["decisions"] == entry["decisions"]
+    OperatingPoint.from_dict(entry["operating_point"])
+    assert "**Verdict.**" in (tmp_path / "out" / "report.md").read_text()
 
 def test_gpu_check_runs_small_shapes_on_cpu(tmp_path):
     from ee_diffusion.benchmarks.gpu_check import run

@@ -1,5 +1,7 @@
 """The timing harness: interleaved rounds, and summaries as medians of per-round ratios."""
 
+import time
+
 import pytest
 
 from ee_diffusion.eval.timing import interleaved_timings, summarize_timings
@@ -27,7 +29,7 @@ def test_summary_rejects_an_unknown_reference_and_uneven_rounds():
 def test_methods_are_interleaved_after_the_warmup():
     calls = []
     times = interleaved_timings({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=2, warmup=1)
-    assert calls == ["a", "b"] * 3
+    assert calls == ["a", "b", "b", "a", "a", "b"]  # one warm-up round, then rounds in rotating order
     assert {name: len(values) for name, values in times.items()} == {"a": 2, "b": 2}
     assert all(v >= 0 for values in times.values() for v in values)
 
@@ -49,13 +51,11 @@ def test_no_methods_raises():
 
 
 def test_setup_steps_run_before_every_call_and_are_not_timed():
-    import time
-
     calls = []
     methods = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
     setup = {"a": lambda: (calls.append("setup a"), time.sleep(0.02))}
     times = interleaved_timings(methods, repeats=2, warmup=1, setup=setup)
-    assert calls == ["setup a", "a", "b"] * 3
+    assert calls == ["setup a", "a", "b", "b", "setup a", "a", "setup a", "a", "b"]
     assert max(times["a"]) < 0.01  # the 20 ms setup is outside the timed region
     with pytest.raises(ValueError, match=r"setup names methods that are not timed: \['c'\]"):
         interleaved_timings(methods, repeats=1, setup={"c": lambda: None})
@@ -82,3 +82,17 @@ def test_exit_config_switch_leaves_the_model_unhooked_and_times_hooked_methods_h
                         setup={"full": switch.stock, "static_1": switch.use(EarlyExitConfig(policy=StaticDepth(1)))})
     switch.close()
     assert seen == ["stock", [1, 1]] and not is_early_exit_applied(model)
+
+
+def test_rounds_rotate_the_order_and_setup_and_teardown_stay_outside_the_timed_region():
+    order, events = [], []
+    methods = {name: (lambda name=name: order.append(name)) for name in "abc"}
+    setup = {"b": lambda: (events.append("setup"), time.sleep(0.05))}
+    teardown = {"b": lambda: (events.append("teardown"), time.sleep(0.05))}
+    times = interleaved_timings(methods, repeats=3, warmup=1, setup=setup, teardown=teardown)
+    # Round r starts at method r: no method always runs first or after the same neighbour.
+    assert order == list("abc" "bca" "cab" "abc")
+    assert events == ["setup", "teardown"] * 4
+    assert max(times["b"]) < 0.04  # the sleeps in setup and teardown are not timed
+    with pytest.raises(ValueError, match=r"teardown names methods that are not timed: \['z'\]"):
+        interleaved_timings(methods, repeats=1, warmup=0, teardown={"z": lambda: None})

@@ -16,7 +16,7 @@ from ee_diffusion import (
     remove_early_exit,
     reset_exit_state,
 )
-from ee_diffusion.eval.baselines import first_block_cache
+from ee_diffusion.eval.baselines import CacheBaseline, diffusers_cache
 from ee_diffusion.schedules import CachedTailResidual
 from ee_diffusion.testing import tiny_dit
 
@@ -97,7 +97,7 @@ def test_unchanged_rows_skip_and_a_changed_row_runs_fully(setup):
 
     # diffusers' FirstBlockCache decides once for the batch: with the same threshold and inputs, the mean
     # change over the batch is below it, so the whole batch - row 3 included - reuses stale residuals.
-    with first_block_cache(model, threshold=0.3):
+    with diffusers_cache(model, CacheBaseline("first_block_cache", {"threshold": 0.3}), DDIMScheduler(), 2):
         model(x, t, labels)
         fbc_second = model(x2, t, labels).sample
     assert (fbc_second[3] - stock_second[3]).abs().max() > 0.1

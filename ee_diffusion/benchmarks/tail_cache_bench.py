@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .._io import atomic_write_json, atomic_write_text
 from ..config import EarlyExitConfig
 from ..schedules import CachedTailResidual
-from ..eval.baselines import first_block_cache
+from ..eval.baselines import CacheBaseline, diffusers_cache
 from ..eval.features import load_feature_net
 from ..eval.quality import QualityEvaluator, real_images
 from ..eval.sampling import generate
@@ -53,7 +53,8 @@ def _methods(thresholds: tuple[float, ...], join_ratios: tuple[float, ...] = (),
 
 
 def _sample(pipe, indices, config, fbc, steps, batch_size, seed=0):
-    wrapper = (lambda: first_block_cache(pipe.transformer, fbc)) if fbc is not None else None
+    cache = CacheBaseline("first_block_cache", {"threshold": fbc}) if fbc is not None else None
+    wrapper = (lambda: diffusers_cache(pipe.transformer, cache, pipe.scheduler, steps)) if cache is not None else None
     return generate(pipe, indices, exit_config=config, num_inference_steps=steps, guidance_scale=1.0, seed=seed,
                     batch_size=batch_size, call_wrapper=wrapper)
 

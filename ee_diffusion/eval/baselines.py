@@ -105,11 +105,12 @@ def diffusers_cache(transformer: nn.Module, baseline: CacheBaseline, scheduler: 
                     num_inference_steps: int) -> Iterator[dict[str, Any]]:
     """Apply `baseline` to `transformer` for one sampling run of `num_inference_steps` model calls, with a cache
     context set before every call; yields a dict that records `calls`. Removes every hook it added afterwards."""
-    from .._compat import CacheContext, HookRegistry, _set_cache_context
+    from .._compat import CacheContext, HookRegistry, _set_cache_context, forget_child_registries
 
     config, apply = _config(baseline, num_inference_steps)
     before = _hook_names(transformer)
     apply(transformer, config)
+    forget_child_registries(transformer)
     sigmas = _noise_levels(scheduler)
     record = {"calls": 0}
 
@@ -129,6 +130,7 @@ def diffusers_cache(transformer: nn.Module, baseline: CacheBaseline, scheduler: 
         _set_cache_context(transformer, None)
         HookRegistry.check_if_exists_or_initialize(transformer).reset_stateful_hooks()
         _remove_hooks_since(transformer, before)
+        forget_child_registries(transformer)
 
 
 def _hook_names(module: nn.Module) -> dict[str, list[str]]:
@@ -157,10 +159,11 @@ def calibrate_mag_ratios(run: Callable[[], Any], transformer: nn.Module, schedul
     `run()` (one sampling run of `num_inference_steps` steps, e.g. a few calibration images)."""
     from diffusers.hooks import MagCacheConfig, apply_mag_cache
 
-    from .._compat import CacheContext, HookRegistry, _set_cache_context
+    from .._compat import CacheContext, HookRegistry, _set_cache_context, forget_child_registries
 
     before = _hook_names(transformer)
     apply_mag_cache(transformer, MagCacheConfig(calibrate=True, num_inference_steps=num_inference_steps + 1))
+    forget_child_registries(transformer)
     _set_cache_context(transformer, CacheContext("ee_diffusion.calibration"))
     try:
         run()
@@ -169,6 +172,7 @@ def calibrate_mag_ratios(run: Callable[[], Any], transformer: nn.Module, schedul
         _set_cache_context(transformer, None)
         HookRegistry.check_if_exists_or_initialize(transformer).reset_stateful_hooks()
         _remove_hooks_since(transformer, before)
+        forget_child_registries(transformer)
     if len(ratios) != num_inference_steps:
         raise RuntimeError(f"MagCache calibration recorded {len(ratios)} ratios for {num_inference_steps} steps")
     return ratios

@@ -13,7 +13,7 @@ can be compared afterwards without recomputing features.
 >>> real = torch.randn(500, 4, generator=torch.Generator().manual_seed(0))
 >>> paired = PairedFID(real, num_images=300, num_resamples=200)
 >>> a = torch.randn(300, 4, generator=torch.Generator().manual_seed(1))
->>> paired.add("a", a); paired.add("a_shifted", a + 0.3)
+>>> fids = paired.add("a", a), paired.add("a_shifted", a + 0.3)
 >>> d = paired.difference("a_shifted", "a")
 >>> d["low"] > 0, d["low"] <= d["delta"] <= d["high"]
 (True, True)
