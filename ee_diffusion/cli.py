@@ -1,4 +1,5 @@
-"""The `ee-diffusion` command line: `ee-diffusion demo | bench-engine | train | bench | calibrate` (see `ee-diffusion --help`)."""
+"""The `ee-diffusion` command line: `ee-diffusion demo | bench-engine | train | bench | calibrate | publish` (see
+`ee-diffusion --help`)."""
 
 from __future__ import annotations
 
@@ -104,8 +105,10 @@ def _add_calibrate(subparsers) -> None:
                            "two full-model samples")
     parser.add_argument("--threshold", type=float, default=0.9, help="distil: the DeeDiff threshold to observe")
     parser.add_argument("--images", type=int, default=40, help="calibration images (seeds disjoint from bench)")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="sampling steps (default: the pipeline's operating point, else 20)")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="guidance scale (default: the pipeline's operating point, else its default guidance)")
     parser.add_argument("--buckets", type=int, default=4, help="timestep buckets of the schedule")
     parser.add_argument("--out", type=Path, default=Path("policy.json"))
     parser.set_defaults(func=_run_calibrate)
@@ -119,13 +122,36 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     setting = args.model if args.model in ("digits", "glyphs") else None
     pipe = load_setting_pipeline(setting or "digits", None if setting else args.model)
     feature_net = load_feature_net(setting) if setting else None
+    point = pipe.operating_point
+    steps = args.steps or (point.num_inference_steps if point is not None else 20)
+    guidance = args.guidance if args.guidance is not None else pipe.resolve_call(None, None, None).guidance_scale
     result = run_calibration(pipe, kind=args.kind, budget=args.budget, tolerance=args.tolerance,
-                             threshold=args.threshold, num_images=args.images, steps=args.steps,
-                             guidance_scale=args.guidance, num_buckets=args.buckets, feature_net=feature_net)
+                             threshold=args.threshold, num_images=args.images, steps=steps,
+                             guidance_scale=guidance, num_buckets=args.buckets, feature_net=feature_net)
     from .calibration import save_calibration
 
     save_calibration(result, args.out)
     print(f"{result.exit_config.to_json()}\nblock fraction {result.info.get('block_fraction'):.3f}; saved to {args.out}")
+    return 0
+
+
+def _add_publish(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "publish", help="write a bench report's recommended operating point, evaluation.json and TRAINING.md into a "
+                        "pipeline folder")
+    parser.add_argument("--report", type=Path, required=True, help="report.json of `ee-diffusion bench`")
+    parser.add_argument("--setting", required=True, help="the report's setting to publish (e.g. digits)")
+    parser.add_argument("--model", type=Path, required=True, help="the pipeline folder to write into")
+    parser.set_defaults(func=_run_publish)
+
+
+def _run_publish(args: argparse.Namespace) -> int:
+    from .benchmarks.publish import publish
+
+    evaluation = publish(args.report, args.model, args.setting, report_ref=str(args.report))
+    point = evaluation["operating_point"]
+    print(f"{args.model}: {point['scheduler']}, {point['num_inference_steps']} steps, guidance "
+          f"{point['guidance_scale']}, exit config {point['exit_config']}\n{evaluation['verdict']}")
     return 0
 
 
@@ -137,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(subparsers)
     _add_bench(subparsers)
     _add_calibrate(subparsers)
+    _add_publish(subparsers)
     return parser
 
 

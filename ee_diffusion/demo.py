@@ -15,10 +15,10 @@ from .eval.timing import interleaved_timings
 
 
 def _demo_pipeline():
-    """The shipped digits model with its recommended exit config, and the guidance scale it is sampled with."""
-    from .default_model import DEFAULT_GUIDANCE_SCALE, load_default_pipeline
+    """The shipped digits model (its folder carries the recommended operating point)."""
+    from .default_model import load_default_pipeline
 
-    return load_default_pipeline(), DEFAULT_GUIDANCE_SCALE
+    return load_default_pipeline()
 
 
 def _save_grid(path: Path, groups: list[tuple[str, np.ndarray]], columns: int) -> None:
@@ -47,46 +47,63 @@ def _save_grid(path: Path, groups: list[tuple[str, np.ndarray]], columns: int) -
 def run_demo(
     out_dir: str | Path, num_inference_steps: int = 25, seed: int = 0, batch_size: int = 64, repeats: int = 3
 ) -> list[str]:
-    """Sample a batch (classes in turn) at full depth and with the recommended early exit, from the same noise.
+    """The stock model at `num_inference_steps` DDIM steps (the reference, no hooks) against the pipeline's default
+    operating point (a call with no steps, guidance or exit config), from the same noise.
 
-    Both are timed interleaved (warm-up, then `repeats` rounds, medians); the grid shows two images per class.
-    Returns the summary lines (model, policy, timings, measured speedup, the PNG's path).
+    Both are timed as a user calls them, interleaved (warm-up, then `repeats` rounds, medians); the grid shows two
+    images per class. Returns the summary lines (operating point, timings, measured speedup, the PNG's path).
     """
+    from diffusers import DDIMScheduler
+
     check_int(num_inference_steps, "num_inference_steps", 1, "sampling steps")
     check_int(batch_size, "batch_size", 1, "rows per batch")
     check_int(repeats, "repeats", 1, "timed rounds")
-    pipe, guidance_scale = _demo_pipeline()
+    pipe = _demo_pipeline()
     pipe.set_progress_bar_config(disable=True)
+    point = pipe.operating_point
+    guidance = point.guidance_scale if point is not None else pipe.default_guidance_scale
     num_classes = pipe.num_classes
     labels = [i % num_classes for i in range(batch_size)]
-    configs = {"full depth": EarlyExitConfig(), "early exit": pipe.default_exit_config}
+    default_scheduler = pipe.scheduler
+    stock_scheduler = DDIMScheduler.from_config(default_scheduler.config)
 
-    def sample(config: EarlyExitConfig):
-        generator = torch.Generator().manual_seed(seed)  # same noise for both
-        return pipe(class_labels=labels, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                    generator=generator, exit_config=config, output_type="np")
+    def stock():
+        pipe.scheduler = stock_scheduler
+        try:
+            return pipe(class_labels=labels, num_inference_steps=num_inference_steps, guidance_scale=guidance,
+                        generator=torch.Generator().manual_seed(seed), exit_config=EarlyExitConfig(), output_type="np")
+        finally:
+            pipe.scheduler = default_scheduler
 
-    outputs = {name: sample(config) for name, config in configs.items()}  # also the warm-up
-    times = interleaved_timings({name: lambda c=config: sample(c) for name, config in configs.items()},
-                                repeats=repeats, warmup=0)
+    def default():
+        return pipe(class_labels=labels, generator=torch.Generator().manual_seed(seed), output_type="np")
+
+    calls = {"stock": stock, "operating point": default}
+    outputs = {name: call() for name, call in calls.items()}  # also the warm-up
+    times = interleaved_timings(calls, repeats=repeats, warmup=0)
     median = {name: statistics.median(values) for name, values in times.items()}
-    fraction = outputs["early exit"].exit_stats.depth_fraction
+    ran = outputs["operating point"].operating_point
+    fraction = outputs["operating point"].exit_stats.total_blocks / outputs["stock"].exit_stats.total_blocks
     num_blocks = pipe.transformer.config.num_layers
+    exit_config = ran["exit_config"]
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "demo.png"
     shown = slice(0, min(batch_size, 2 * num_classes))
     _save_grid(path, [
-        (f"full depth\n{num_blocks} blocks", outputs["full depth"].images[shown]),
-        (f"early exit\n{fraction:.0%} of blocks", outputs["early exit"].images[shown]),
+        (f"stock\n{num_inference_steps} DDIM steps\n{num_blocks} blocks", outputs["stock"].images[shown]),
+        (f"operating point\n{ran['num_inference_steps']} steps\n{fraction:.0%} of blocks",
+         outputs["operating point"].images[shown]),
     ], columns=num_classes)
     return [
-        f"model: shipped digits DiT; batch {batch_size}, {num_inference_steps} steps, guidance {guidance_scale}, "
-        f"same noise for both",
-        f"exit policy: {pipe.default_exit_config.to_dict()}",
-        f"full depth: {median['full depth'] * 1e3:.0f} ms per batch (median of {repeats})",
-        f"early exit: {median['early exit'] * 1e3:.0f} ms per batch, {fraction:.1%} of the block evaluations",
-        f"measured speedup: {median['full depth'] / median['early exit']:.2f}x",
+        f"model: shipped digits DiT; batch {batch_size}, guidance {guidance}, same noise for both",
+        f"stock model: {num_inference_steps} DDIM steps, no hooks: {median['stock'] * 1e3:.0f} ms per batch "
+        f"(median of {repeats})",
+        f"default operating point ({ran['source']}): {type(default_scheduler).__name__}, "
+        f"{ran['num_inference_steps']} steps, exit config {exit_config.to_dict()}: "
+        f"{median['operating point'] * 1e3:.0f} ms per batch, {fraction:.1%} of the stock block evaluations",
+        f"measured speedup: {median['stock'] / median['operating point']:.2f}x"
+        + (f" (measured in {point.measured_in})" if point is not None and point.measured_in else ""),
         f"wrote {path}",
     ]

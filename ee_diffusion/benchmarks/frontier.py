@@ -21,7 +21,7 @@ import numpy as np
 
 #: Rows that are references or baselines, never an operating point a pipeline folder can store.
 FRONTIER_FAMILIES = ("reference", "fewer_steps")
-NOT_STORABLE = ("seed", "first_block_cache", "taylorseer_cache", "mag_cache", "sea_cache")
+NOT_STORABLE = ("seed", "guidance", "first_block_cache", "taylorseer_cache", "mag_cache", "sea_cache")
 COST_KEYS = ("time_ratio", "block_fraction")
 QUALITY_TOLERANCE = 0.10  # unchanged quality may also mean: the interval lies wholly below +10% of the reference
 
@@ -95,7 +95,7 @@ def decide(rows: dict[str, dict], confidence: float) -> dict[str, Any]:
                default=ref)
     for r in rows.values():
         r["dfid_knee"] = paired_interval(r, knee, confidence)
-        if r["family"] not in FRONTIER_FAMILIES and r["family"] != "seed":
+        if r["family"] not in FRONTIER_FAMILIES + ("seed", "guidance"):
             r["vs_frontier"] = frontier_comparison(r, rows, confidence)
     exits = [r for r in rows.values() if r["family"] not in FRONTIER_FAMILIES + NOT_STORABLE]
     winners = [r for r in exits if r["holds_quality"] and r["vs_frontier"]["beats"]]

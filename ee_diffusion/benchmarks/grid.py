@@ -51,12 +51,14 @@ class Method:
     exit_config: EarlyExitConfig | None = None
     cache: CacheBaseline | None = None
     seed: int = 0
+    guidance_scale: float | None = None  # None: the setting's guidance
     notes: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "family": self.family, "solver": self.solver, "steps": self.steps,
                 "exit_config": None if self.exit_config is None else self.exit_config.to_dict(),
                 "cache": None if self.cache is None else self.cache.describe(), "seed": self.seed,
+                **({"guidance_scale": self.guidance_scale} if self.guidance_scale is not None else {}),
                 **({"notes": self.notes} if self.notes else {})}
 
 

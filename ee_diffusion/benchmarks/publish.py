@@ -1,0 +1,142 @@
+"""One source of truth for a shipped model: its operating point, `evaluation.json` and `TRAINING.md`, all from
+one bench report.
+
+`ee-diffusion publish --report REPORT --setting digits --model FOLDER` writes into the pipeline folder:
+- `model_index.json`: the report's recommended operating point (and the scheduler becomes the point's solver);
+- `evaluation.json`: what the point rests on - the reference, the frontier, the exit points that beat it, the
+  recommended row, the guidance checks, the verdict, the command and the machine;
+- `TRAINING.md`: rendered from `training.json` (how the model was trained: description and loss curves, written
+  by the training export scripts) and `evaluation.json`; no number in it is typed by hand.
+
+`scripts/rebuild_assets.sh SETTING` runs train -> bench -> publish end to end.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .._io import atomic_write_json, atomic_write_text, read_json_file
+from . import frontier
+from .report import write_operating_point
+
+ROW_FIELDS = ("name", "family", "solver", "steps", "fid", "block_fraction", "speedup", "time_ratio", "holds_quality",
+              "exit_config", "dfid_reference", "dfid_knee", "fidelity", "accuracy", "timing")
+
+
+def _row(row: dict) -> dict[str, Any]:
+    out = {k: row[k] for k in ROW_FIELDS if k in row}
+    if "vs_frontier" in row:
+        out["vs_frontier"] = row["vs_frontier"]
+    if "guidance_scale" in row:
+        out["guidance_scale"] = row["guidance_scale"]
+    return out
+
+
+def evaluation_summary(report: dict, setting: str, report_ref: str) -> dict[str, Any]:
+    """The part of a report that a model folder keeps beside its operating point."""
+    entries = {s["setting"]: s for s in report["settings"]}
+    if setting not in entries:
+        raise ValueError(f"the report {report_ref!r} has no setting {setting!r}; it has {sorted(entries)}")
+    entry = entries[setting]
+    rows = entry["rows"]
+    decisions = entry["decisions"]
+    by_cost = sorted(rows.values(), key=lambda r: r["block_fraction"])
+    return {
+        "report": report_ref, "command": report["command"], "environment": report["environment"],
+        "setting": setting, "num_images": entry["num_images"], "feature_net": entry["feature_net"],
+        "bootstrap": entry["bootstrap"], "floor": entry["floor"], "seed_spread": entry.get("seed_spread"),
+        "reference": _row(rows[entry["reference"]]), "knee": decisions["knee"], "knees": decisions["knees"],
+        "recommended": _row(rows[decisions["recommended"]]), "verdict": decisions["verdict"],
+        "operating_point": entry["operating_point"],
+        "frontier": [_row(r) for r in by_cost if r["family"] in frontier.FRONTIER_FAMILIES],
+        "exit_points_beating_frontier": [_row(rows[n]) for n in decisions["exit_rows_beating_frontier"]],
+        "guidance": [_row(r) for r in by_cost if r["family"] == "guidance"],
+    }
+
+
+def _interval(d: dict) -> str:
+    return f"{d['delta']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+
+
+def _table(rows: list[dict]) -> list[str]:
+    lines = ["| method | steps | blocks | speedup @64 | FID | dFID vs reference (90% CI) | PSNR dB |",
+             "|---|---:|---:|---:|---:|---|---:|"]
+    for r in rows:
+        speed = f"{r['speedup']:.2f}x" if "speedup" in r else ""
+        lines.append(f"| {r['name']} | {r['steps']} | {r['block_fraction']:.3f} | {speed} | {r['fid']:.3f} | "
+                     f"{_interval(r['dfid_reference'])} | {r['fidelity']['psnr_db']:.1f} |")
+    return lines
+
+
+def evaluation_markdown(evaluation: dict) -> list[str]:
+    """The "Operating point" section of TRAINING.md, from `evaluation.json`."""
+    point = evaluation["operating_point"]
+    rec, ref = evaluation["recommended"], evaluation["reference"]
+    config = point["exit_config"]
+    policy = "full depth (no exit config)" if config is None else f"`{config}`"
+    lines = ["## Operating point", "",
+             f"A call with no `num_inference_steps`, `guidance_scale` or `exit_config` runs {point['scheduler']} for "
+             f"{point['num_inference_steps']} steps at guidance {point['guidance_scale']} with {policy}: "
+             f"`{rec['name']}` in `{evaluation['report']}` (command: `{evaluation['command']}`; "
+             f"{evaluation['environment']['threads']} threads, load average "
+             f"{evaluation['environment'].get('load_average_before')}).", "",
+             f"**Verdict.** {evaluation['verdict']}", "",
+             f"Reference: `{ref['name']}` (stock model, no hooks), FID {ref['fid']:.3f} on {evaluation['num_images']} "
+             f"images (shipped {evaluation['feature_net']['name']} feature net; floor {evaluation['floor']['fid']:.3f}). "
+             f"Intervals: {evaluation['bootstrap']['confidence']:.0%} paired bootstrap over "
+             f"{evaluation['bootstrap']['resamples']} resamples of image indices. Knee: `{evaluation['knee']}`.", "",
+             "### The fewer-steps frontier", ""] + _table(evaluation["frontier"])
+    if evaluation["exit_points_beating_frontier"]:
+        lines += ["", "### Early exit below the frontier (whole interval below, at equal wall-clock and blocks)", ""]
+        lines += _table(evaluation["exit_points_beating_frontier"])
+    else:
+        lines += ["", "No early-exit point beats the fewer-steps frontier on this model."]
+    if evaluation["guidance"]:
+        lines += ["", "### Why guidance " + f"{point['guidance_scale']:g}", ""] + _table(evaluation["guidance"])
+    by_steps = point.get("exit_configs_by_steps") or {}
+    if by_steps:
+        lines += ["", "A call that gives only its steps uses the exit config of the nearest measured step count: "
+                  + "; ".join(f"{k}: {'full depth' if v is None else v['policy']['type']}" for k, v in by_steps.items())
+                  + "."]
+    return lines + [""]
+
+
+def training_markdown(training: dict, evaluation: dict | None) -> str:
+    """TRAINING.md from `training.json` (title, description paragraphs, one table per stage) and `evaluation.json`."""
+    lines = [f"# {training['title']}", ""]
+    for paragraph in training.get("description", []):
+        lines += [paragraph, ""]
+    for stage in training.get("stages", []):
+        lines += [f"## {stage['heading']}", "", "| " + " | ".join(stage["columns"]) + " |",
+                  "|" + "---|" * len(stage["columns"])]
+        lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in stage["rows"]]
+        lines += [""] + [note + "\n" for note in stage.get("notes", [])]
+    if evaluation is not None:
+        lines += evaluation_markdown(evaluation)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render_training_md(model_dir: str | Path) -> str:
+    """Rewrite MODEL/TRAINING.md from MODEL/training.json and MODEL/evaluation.json (if present)."""
+    model_dir = Path(model_dir)
+    training = read_json_file(model_dir / "training.json", "training record")
+    evaluation_path = model_dir / "evaluation.json"
+    evaluation = read_json_file(evaluation_path, "evaluation") if evaluation_path.is_file() else None
+    text = training_markdown(training, evaluation)
+    atomic_write_text(model_dir / "TRAINING.md", text)
+    return text
+
+
+def publish(report_path: str | Path, model_dir: str | Path, setting: str, report_ref: str | None = None) -> dict:
+    """Write the operating point, `evaluation.json` and `TRAINING.md` of `setting` from one report into
+    `model_dir`. `report_ref` is how the files name the report (default: its path). Returns the evaluation."""
+    report_ref = report_ref or str(report_path)
+    report = read_json_file(report_path, "bench report")
+    evaluation = evaluation_summary(report, setting, report_ref)
+    point = write_operating_point(report_path, model_dir, setting, measured_in=f"{report_ref} "
+                                  f"(`{report['command']}`), row {evaluation['recommended']['name']}")
+    evaluation["operating_point"] = point
+    atomic_write_json(Path(model_dir) / "evaluation.json", evaluation, indent=1, allow_nan=False)
+    render_training_md(model_dir)
+    return evaluation
