@@ -88,12 +88,17 @@ def exit_methods(pipe: Any, point: GridPoint, preset: Preset, feature_net: Any, 
     at = f"@{solver}{k}"
     n = len(pipe.transformer.transformer_blocks)
     methods = []
-    for d in sorted({max(1, min(n - 1, round(f * n))) for f in preset.static_fractions}):
+    conventional = solver == "ddim" and k == preset.reference_steps and preset.conventional_families is not None
+    wanted = set(preset.conventional_families) if conventional else None
+
+    def want(family: str) -> bool:
+        return wanted is None or family in wanted
+    for d in sorted({max(1, min(n - 1, round(f * n))) for f in preset.static_fractions} if want("static_depth") else ()):
         methods.append(Method(f"static{d}{at}", "static_depth", solver, k, EarlyExitConfig(StaticDepth(d))))
     schedules = ase_schedules(n)
-    for kind in preset.ase:
+    for kind in preset.ase if want("ase") else ():
         methods.append(Method(f"ase_{kind}{at}", "ase", solver, k, EarlyExitConfig(schedules[kind])))
-    for tau in preset.tail_thresholds:
+    for tau in preset.tail_thresholds if want("tail_cache") else ():
         methods.append(Method(f"tail{tau}{at}", "tail_cache", solver, k,
                               EarlyExitConfig(CachedTailResidual(threshold=tau))))
     calib = CalibrationSet(num_images=preset.calib_images, num_inference_steps=k, guidance_scale=guidance,
@@ -101,24 +106,26 @@ def exit_methods(pipe: Any, point: GridPoint, preset: Preset, feature_net: Any, 
     depths = [d for d in preset.calib_depths if d < n] if preset.calib_depths else None
     info: dict[str, Any] = {}
     measurement = None
-    if preset.budgets or preset.threshold_budgets:
+    budgets = preset.budgets if want("calibrated_schedule") else ()
+    threshold_budgets = preset.threshold_budgets if want("calibrated_thresholds") else ()
+    if budgets or threshold_budgets:
         measurement = measure_depth_deviation(pipe, calib, feature_net=feature_net, depths=depths)
-    for budget in preset.budgets:
+    for budget in budgets:
         schedule, details = schedule_from_deviation(measurement, budget=budget)
         methods.append(Method(f"calsched{budget}{at}", "calibrated_schedule", solver, k, EarlyExitConfig(schedule),
                               notes={"budget": budget, **details}))
-    if pipe.exit_heads is not None:
+    if pipe.exit_heads is not None and want("deediff"):
         sweep = thresholds_for_fractions(pipe, list(preset.threshold_fractions), calib) if preset.threshold_fractions else []
         info["deediff_thresholds"] = dict(zip(map(str, preset.threshold_fractions), sweep))
         for fraction, c in zip(preset.threshold_fractions, sweep):
             methods.append(Method(f"deediff{fraction}{at}", "deediff", solver, k,
                                   EarlyExitConfig(UncertaintyThreshold(c, patience=2), cfg_pairing="together"),
                                   notes={"threshold": c, "calibration_fraction": fraction}))
-        for budget in preset.threshold_budgets:
+        for budget in threshold_budgets:
             result = calibrate_thresholds(pipe, budget, calib=calib, feature_net=feature_net, measurement=measurement)
             methods.append(Method(f"calthr{budget}{at}", "calibrated_thresholds", solver, k, result.exit_config,
                                   notes={"budget": budget, "calibration_fraction": result.info["block_fraction"]}))
-        if preset.distil and sweep:
+        if preset.distil and sweep and want("distilled"):
             c = sweep[len(sweep) // 2]
             observed = sampler(Method("observe", "deediff", solver, k, EarlyExitConfig(UncertaintyThreshold(c, patience=2))),
                                range(calib.seed, calib.seed + calib.num_images))
