@@ -106,6 +106,12 @@ class ExitPolicy:
         None (decide after each block with `exit_mask`)."""
         return None
 
+    def depth_range(self, num_blocks: int) -> tuple[int, int] | None:
+        """(shallowest, deepest) depth in 1..num_blocks that `plan_depths` can return, known without reading any
+        tensor, or None (default). Equal bounds let the engine skip its host sync; under torch.compile/export
+        the bounds limit the blocks a masked plan runs."""
+        return None
+
     def decides_after(self, block_index: int, num_blocks: int) -> bool:
         """Whether rows may stop after this block; False skips the decision (and its host sync). Default: True."""
         return True
