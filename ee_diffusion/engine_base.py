@@ -339,10 +339,13 @@ class EngineBase:
             mask = pair_mask(wanted)[state.rows]
         # (A, ...) what exiting rows park instead of their hidden state (e.g. h_k + cached tail residual), or None.
         parked_values = policy.on_decision(ctx, mask)
-        leaving = mask.nonzero().squeeze(1)  # the one host sync of a dynamic policy, per block
-        if leaving.numel() == 0:
+        # The one host sync of a dynamic policy per block (under torch.compile: its one graph break).
+        count = int(mask.sum())
+        if count == 0:
             return out, carried
-        staying = (~mask).nonzero().squeeze(1)
+        # A stable sort puts the staying rows first and the leaving ones last, each in ascending order: (A,).
+        order = torch.argsort(mask.to(torch.uint8), stable=True)
+        staying, leaving = order[: mask.shape[0] - count], order[mask.shape[0] - count:]
         state.exit_depth[state.rows[leaving]] = index + 1
         return self.commit(state, out, leaving, state.rows[leaving], staying, carried, parked_values)
 
@@ -376,6 +379,11 @@ class HookedForward:
     @property
     def __wrapped__(self) -> Callable:
         return self.inner
+
+    @property
+    def __code__(self):
+        # torch.export names its trace after `model.forward.__code__`, which only functions have.
+        return getattr(self.inner, "__code__", None) or HookedForward.__call__.__code__
 
 
 class ModelCallHook(HookedForward):
