@@ -228,8 +228,8 @@ class EngineBase:
 
     def end(self, output: Any = None) -> None:
         state = self.close()
-        if state is None:
-            return
+        if state is None or torch.compiler.is_exporting():
+            return  # torch.export traces with fake tensors: nothing to record
         nonfinite = self._nonfinite_rows(state, output)
         stats = ExitStats(self.num_blocks)
         stats.record(state.timesteps, state.exit_depth, state.paired, state.fallback, nonfinite)
