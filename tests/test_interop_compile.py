@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _interop import PER_ROW, T, X, Y, run
 
 from ee_diffusion import EarlyExitConfig, UncertaintyHeads, apply_early_exit
 from ee_diffusion.engine import get_exit_stats
@@ -16,10 +17,8 @@ from ee_diffusion.layout import BatchLayout
 from ee_diffusion.schedules import StaticDepth, TimestepSchedule, UncertaintyThreshold
 from ee_diffusion.testing import random_bridges, tiny_dit, tiny_sd3, tiny_unet
 
-X, T, Y = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(3)), torch.tensor([100, 900, 300, 700]), \
-    torch.tensor([1, 2, 3, 4])
 PLANNED = {
-    "per_row": TimestepSchedule(boundaries=[200, 500, 800], depths=[4, 3, 2, 1]),
+    "per_row": PER_ROW,
     "static": StaticDepth(2),
 }
 
@@ -31,21 +30,16 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def call(model, x=X, t=T, y=Y):
-    with torch.no_grad():
-        return model(x, timestep=t, class_labels=y, return_dict=False)[0]
-
-
 @pytest.mark.parametrize("name", list(PLANNED))
 @pytest.mark.parametrize("paired", [False, True], ids=["no_pairs", "cfg_pairs"])
 def test_compile_fullgraph_matches_eager(name, paired):
     model = tiny_dit(num_layers=4)
     x, t, y = (torch.cat([X, X]), torch.cat([T, T]), torch.cat([Y, torch.full_like(Y, 10)])) if paired else (X, T, Y)
     apply_early_exit(model, EarlyExitConfig(policy=PLANNED[name]), layout=BatchLayout(guidance_pairs=paired))
-    eager = call(model, x, t, y)
+    eager = run(model, x, t, y)
     eager_depths = get_exit_stats(model).blocks_run[0]
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    torch.testing.assert_close(call(compiled, x, t, y), eager)
+    torch.testing.assert_close(run(compiled, x, t, y), eager)
     assert torch.equal(get_exit_stats(model).blocks_run[0], eager_depths)  # statistics recorded as in eager
 
 
@@ -53,12 +47,12 @@ def test_compile_fullgraph_matches_eager(name, paired):
 def test_export_matches_eager(name):
     model = tiny_dit(num_layers=4)
     apply_early_exit(model, EarlyExitConfig(policy=PLANNED[name]), layout=BatchLayout())
-    eager = call(model)
+    eager = run(model)
     program = torch.export.export(model, (X,), {"timestep": T, "class_labels": Y, "return_dict": False})
     torch.testing.assert_close(program.module()(X, timestep=T, class_labels=Y, return_dict=False)[0], eager)
     # the exported program decides from the timesteps it is given, not the ones it was traced with
     t = torch.tensor([900, 100, 700, 300])
-    torch.testing.assert_close(program.module()(X, timestep=t, class_labels=Y, return_dict=False)[0], call(model, t=t))
+    torch.testing.assert_close(program.module()(X, timestep=t, class_labels=Y, return_dict=False)[0], run(model, t=t))
 
 
 def test_uniform_depth_compiles_to_a_shorter_graph():
@@ -75,9 +69,9 @@ def test_dynamic_policy_breaks_once_per_decision_block():
     model = tiny_dit(num_layers=3)
     heads = UncertaintyHeads.from_model(model)
     apply_early_exit(model, EarlyExitConfig(policy=UncertaintyThreshold(0.5)), heads=heads, layout=BatchLayout())
-    eager = call(model)
+    eager = run(model)
     torch._dynamo.utils.counters.clear()
-    torch.testing.assert_close(call(torch.compile(model, backend="aot_eager")), eager)
+    torch.testing.assert_close(run(torch.compile(model, backend="aot_eager")), eager)
     breaks = torch._dynamo.utils.counters["graph_break"]
     # Only the exit decision's host sync (`int(mask.sum())`, one per decision block) breaks the graph; dynamo
     # counts that one break once per frame it splits (model, block call, hook, engine).
@@ -86,9 +80,9 @@ def test_dynamic_policy_breaks_once_per_decision_block():
 
 def test_no_policy_compiles_fullgraph_and_equals_stock():
     model = tiny_dit(num_layers=4)
-    stock = call(model)
+    stock = run(model)
     apply_early_exit(model)
-    torch.testing.assert_close(call(torch.compile(model, fullgraph=True, backend="aot_eager")), stock)
+    torch.testing.assert_close(run(torch.compile(model, fullgraph=True, backend="aot_eager")), stock)
 
 
 def test_sd3_per_row_plan_compiles_fullgraph():

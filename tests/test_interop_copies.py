@@ -7,22 +7,15 @@ import copy
 
 import pytest
 import torch
+from _interop import PER_ROW, T, X, Y, run
 from diffusers import DDIMScheduler
 
 from ee_diffusion import EarlyExitConfig, UncertaintyHeads, apply_early_exit, remove_early_exit
 from ee_diffusion.engine import _engine_of, get_exit_stats, is_early_exit_applied, record_exit_stats
 from ee_diffusion.pipelines import EarlyExitDiTPipeline
-from ee_diffusion.schedules import StaticDepth, TimestepSchedule, UncertaintyThreshold
+from ee_diffusion.schedules import StaticDepth, UncertaintyThreshold
 from ee_diffusion.testing import random_bridges, tiny_dit, tiny_unet
 
-X, T, Y = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(2)), torch.tensor([100, 900, 300, 700]), \
-    torch.tensor([1, 2, 3, 4])
-PER_ROW = TimestepSchedule(boundaries=[200, 500, 800], depths=[4, 3, 2, 1])
-
-
-def run(model):
-    with torch.no_grad():
-        return model(X, timestep=T, class_labels=Y).sample
 
 
 def perturb(model):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _interop import PER_ROW, T, X, Y, run
 from accelerate import cpu_offload, cpu_offload_with_hook
 from accelerate.hooks import remove_hook_from_module
 from diffusers import DDIMScheduler
@@ -16,18 +17,10 @@ from ee_diffusion.backbones import DiTAdapter
 from ee_diffusion.engine import early_exit, is_early_exit_applied, set_exit_config
 from ee_diffusion.layout import BatchLayout
 from ee_diffusion.pipelines import EarlyExitDiTPipeline
-from ee_diffusion.schedules import StaticDepth, TimestepSchedule
+from ee_diffusion.schedules import StaticDepth
 from ee_diffusion.testing import tiny_dit
 
 CPU = torch.device("cpu")
-X, T, Y = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([100, 900, 300, 700]), \
-    torch.tensor([1, 2, 3, 4])
-PER_ROW = TimestepSchedule(boundaries=[200, 500, 800], depths=[4, 3, 2, 1])
-
-
-def run(model):
-    with torch.no_grad():
-        return model(X, timestep=T, class_labels=Y).sample
 
 
 def hand_exit(model, k):
