@@ -17,7 +17,7 @@ from ee_diffusion.backbones import DiTAdapter
 from ee_diffusion.engine import early_exit, is_early_exit_applied, set_exit_config
 from ee_diffusion.layout import BatchLayout
 from ee_diffusion.pipelines import EarlyExitDiTPipeline
-from ee_diffusion.schedules import StaticDepth
+from ee_diffusion.schedules import StaticDepth, TimestepSchedule
 from ee_diffusion.testing import tiny_dit
 
 CPU = torch.device("cpu")
@@ -167,3 +167,24 @@ def test_early_exit_context_inside_other_hooks(reference):
     assert accelerate_hooked(model) and not is_early_exit_applied(model)
     remove_hook_from_module(model, recurse=True)
     assert torch.equal(run(model), reference[0])
+
+
+def test_unet_gradient_checkpointing_with_per_row_exits():
+    """U-Net blocks checkpoint inside themselves (below our hooks): gradients equal those without checkpointing."""
+    from ee_diffusion.testing import random_bridges, tiny_unet
+
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_unet().train()
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        bridges = random_bridges(model)
+        apply_early_exit(model, EarlyExitConfig(policy=TimestepSchedule([500], [2, 1])), bridges=bridges)
+        x = torch.randn(2, model.config.in_channels, model.config.sample_size, model.config.sample_size,
+                        generator=torch.Generator().manual_seed(0))
+        model(x, torch.tensor([100, 900])).sample.square().sum().backward()
+        grads.append([p.grad for p in (*model.parameters(), *bridges.parameters())])
+    for a, b in zip(*grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)
