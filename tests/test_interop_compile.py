@@ -88,9 +88,9 @@ def test_no_policy_compiles_fullgraph_and_equals_stock():
 def test_sd3_per_row_plan_compiles_fullgraph():
     model = tiny_sd3(num_layers=4)
     g = torch.Generator().manual_seed(0)
-    inputs = dict(hidden_states=torch.randn(4, 4, 8, 8, generator=g), timestep=T,
-                  encoder_hidden_states=torch.randn(4, 5, 16, generator=g), pooled_projections=torch.randn(4, 8, generator=g),
-                  return_dict=False)
+    inputs = dict(hidden_states=torch.randn(4, 4, 8, 8, generator=g), timestep=T, return_dict=False,
+                  encoder_hidden_states=torch.randn(4, 5, 16, generator=g),
+                  pooled_projections=torch.randn(4, 8, generator=g))
     apply_early_exit(model, EarlyExitConfig(policy=PLANNED["per_row"]), layout=BatchLayout())
     with torch.no_grad():
         eager = model(**inputs)[0]
