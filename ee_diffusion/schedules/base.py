@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from ..backbones.base import BackboneAdapter
 
 #: Extension points a policy declares by subclassing `ExitPolicy` (a plain object cannot declare them).
-EXTENSION_POINTS = ("plan_depths", "decides_after", "on_decision", "on_final", "validate_for", "create_state",
-                    "create_call_state")
+EXTENSION_POINTS = ("plan_depths", "depth_range", "decides_after", "on_decision", "on_final", "validate_for",
+                    "create_state", "create_call_state")
 
 
 class PolicyState:
