@@ -2,8 +2,13 @@
 
 `apply_early_exit(model, config)` picks the engine for the model's backbone - `SequentialEngine` for
 transformers (`ee_diffusion.engine_sequential`), `UNetEngine` for U-Nets (`ee_diffusion.unet.engine`) - and
-registers its hooks: one on the model (opens and closes every call), one on every block. Nothing is stored on
+installs its hooks: one on the model (opens and closes every call), one on every block. Nothing is stored on
 the model but the hooks; `remove_early_exit` restores the original forwards exactly.
+
+Each hook is a `HookedForward` object that sits innermost, right around the module's own class forward, below
+any accelerate or diffusers hook already there (see `_compat.forward_slots`): those can then be added and
+removed in any order around ours, and removing ours re-links only the one slot that calls it. Being a plain
+object, it is copied with the model by `copy.deepcopy`.
 """
 
 from __future__ import annotations
@@ -13,11 +18,11 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from ._compat import HookRegistry
+from ._compat import forward_slots, is_class_forward
 from .backbones.base import BackboneAdapter
 from .backbones.registry import get_adapter
 from .config import EarlyExitConfig
-from .engine_base import BLOCK_HOOK, MODEL_HOOK, BlockCallHook, EngineBase, ModelCallHook
+from .engine_base import HOOK_ATTR, BlockCallHook, EngineBase, HookedForward, ModelCallHook, check_foreign_hooks
 from .engine_sequential import SequentialEngine
 from .heads import UncertaintyHeads
 from .layout import BatchLayout
@@ -29,9 +34,16 @@ from .unet.engine import UNetEngine
 
 # --------------------------------------------------------------------------------------------------- public API
 def _engine_of(model: nn.Module) -> EngineBase | None:
-    registry = getattr(model, "_diffusers_hook", None)
-    hook = registry.get_hook(MODEL_HOOK) if registry is not None else None
-    return hook.engine if hook is not None else None
+    hook = getattr(model, "__dict__", {}).get(HOOK_ATTR)
+    if not isinstance(hook, ModelCallHook):
+        return None
+    if hook.module is not model:
+        raise ValueError(
+            f"this {type(model).__name__} carries the early-exit hooks of another {type(model).__name__}: it is a "
+            f"shallow copy (copy.copy), which shares that model's blocks and hooks. Use copy.deepcopy(model) for an "
+            f"independent copy with its own hooks, or call this on the original model"
+        )
+    return hook.engine
 
 
 def _require_engine(model: nn.Module) -> EngineBase:
@@ -66,6 +78,7 @@ def _check_setup(
     if config.policy is None:
         return
     policy = as_exit_policy(config.policy)
+    check_foreign_hooks(adapter)
     if not adapter.sequential and bridges is None:
         raise ValueError(
             f"early exit on a {type(adapter.model).__name__} truncates its inner levels and needs their learned "
@@ -140,9 +153,38 @@ def apply_early_exit(
     engine: EngineBase = SequentialEngine(adapter, config, heads) if adapter.sequential else \
         UNetEngine(adapter, config, heads, bridges)
     engine.layout = layout
-    HookRegistry.check_if_exists_or_initialize(model).register_hook(ModelCallHook(engine), MODEL_HOOK)
+    _install(model, lambda inner: ModelCallHook(model, inner, engine))
     for module, run in engine.hook_targets():
-        HookRegistry.check_if_exists_or_initialize(module).register_hook(BlockCallHook(run), BLOCK_HOOK)
+        _install(module, lambda inner, module=module, run=run: BlockCallHook(module, inner, run))
+
+
+def _install(module: nn.Module, make_hook) -> None:
+    """Wrap `module`'s own class forward with `make_hook(forward)`, below any wrapper already on it."""
+    for holder, key in forward_slots(module)[1:]:  # [0]: the module's own forward, the top of the chain
+        if is_class_forward(module, holder[key]):
+            hook = holder[key] = make_hook(holder[key])
+            break
+    else:
+        # Nothing wraps the class forward yet (or an unknown wrapper does): ours goes on top.
+        hook = module.forward = make_hook(module.forward)
+    setattr(module, HOOK_ATTR, hook)
+
+
+def _uninstall(module: nn.Module) -> None:
+    """Unlink `module`'s hook from its forward chain, wherever other wrappers have put it by now."""
+    hook: HookedForward | None = module.__dict__.pop(HOOK_ATTR, None)
+    if hook is None:
+        return
+    for holder, key in forward_slots(module):
+        forward = holder.get(key)
+        if forward is hook:
+            holder[key] = hook.inner
+        elif getattr(forward, "__wrapped__", None) is hook:
+            # functools.update_wrapper metadata of a wrapper above ours: keep `inspect.signature` right and let
+            # the hook (with its engine) be freed.
+            forward.__wrapped__ = hook.inner
+    if is_class_forward(module, module.__dict__.get("forward")):
+        del module.__dict__["forward"]  # leave no instance-level forward where there was none
 
 
 def _check_layout(layout: BatchLayout | None) -> None:
@@ -150,26 +192,13 @@ def _check_layout(layout: BatchLayout | None) -> None:
         raise TypeError(f"layout must be a BatchLayout or None, got {type(layout).__name__}")
 
 
-def _unhook(module: nn.Module, name: str) -> None:
-    registry = getattr(module, "_diffusers_hook", None)
-    if registry is None:
-        return
-    registry.remove_hook(name, recurse=False)
-    if not registry.hooks:
-        # Leave the module as it was before any hook: no registry, no instance-level forward.
-        del module._diffusers_hook
-        forward = module.__dict__.get("forward")
-        if getattr(forward, "__func__", None) is type(module).forward and forward.__self__ is module:
-            del module.__dict__["forward"]
-
-
 def remove_early_exit(model: nn.Module) -> None:
     """Remove the hooks of `apply_early_exit`; the model computes exactly what it did before."""
     engine = _require_engine(model)
     for module, _ in engine.hook_targets():
-        _unhook(module, BLOCK_HOOK)
-    _unhook(model, MODEL_HOOK)
-    engine.call = None
+        _uninstall(module)
+    _uninstall(model)
+    engine.close()
     engine.recorders.clear()
     engine.policy_state = None
 

@@ -1,8 +1,8 @@
 """What both engines share: the model-call lifecycle, the exit plan, per-block decisions and the hooks.
 
-A model hook (`new_forward` on the model) opens a fresh `CallState` at every model call - batch size, per-row
+A model hook (`ModelCallHook`, the model's forward) opens a fresh `CallState` at every model call - batch size, per-row
 timesteps, guidance pairs, the exit plan - records the exit statistics when the call ends, and drops the state
-when the call raises. Block hooks (`new_forward` on every block) hand each block call to the engine, which
+when the call raises. Block hooks (`BlockCallHook`, every block's forward) hand each block call to the engine, which
 runs the block on the rows that are still active and asks the policy which of them stop. How a stopped row
 leaves depends on the backbone: `engine_sequential.SequentialEngine` (transformers: park the hidden state,
 decode it with the model's head) or `unet.engine.UNetEngine` (depth truncation).
@@ -10,6 +10,7 @@ decode it with the model's head) or `unet.engine.UNetEngine` (depth truncation).
 
 from __future__ import annotations
 
+import copy as copy_module
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -17,15 +18,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._compat import ModelHook
+from ._compat import checkpoint_function, has_first_block_cache
 from .backbones.base import BackboneAdapter
 from .config import EarlyExitConfig
 from .layout import BatchLayout
 from .schedules.base import ExitContext, ExitPolicy, PolicyState, as_exit_policy
 from .stats import ExitStats
 
-MODEL_HOOK = "ee_diffusion.early_exit"
-BLOCK_HOOK = "ee_diffusion.early_exit.block"
+#: The attribute that holds a module's `HookedForward` (as accelerate keeps `_hf_hook`).
+HOOK_ATTR = "_ee_diffusion_hook"
 
 
 class CallState:
@@ -48,6 +49,12 @@ class CallState:
         # index triples, computed once so that no block needs a device-to-host sync.
         self.uniform_depth: int | None = None
         self.plan: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] | None = None
+        # Under torch.compile/export, a per-row plan has no host copy: every row runs blocks up to the deepest
+        # depth `hi` the policy can plan and keeps the output of its own exit block (masked, no compaction).
+        # (lo, hi): the shallowest and deepest depth the policy can plan, known without reading any tensor.
+        self.masked: tuple[int, int] | None = None
+        # The model's gradient-checkpointing function while the engine checkpoints the blocks itself.
+        self.checkpoint: Callable | None = None
         # (B,) bool, made on first use: rows a non-finite certainty or exit state kept from exiting (dynamic).
         self.fallback: torch.Tensor | None = None
 
@@ -66,8 +73,22 @@ def pair_mask(wanted: torch.Tensor) -> torch.Tensor:
     return torch.cat([both, both])
 
 
+def check_foreign_hooks(adapter: BackboneAdapter) -> None:
+    """Raise `ValueError` when another hook decides for the same blocks (diffusers' FirstBlockCache)."""
+    if adapter.sequential and has_first_block_cache(adapter.blocks[0]):
+        raise ValueError(
+            f"diffusers' FirstBlockCache is applied to this {type(adapter.model).__name__}: it skips blocks for the "
+            f"whole batch while early exit stops rows one by one, so the two cannot decide for one model. Remove "
+            f"one of them (FirstBlockCache's hooks, or remove_early_exit(model)), or use EarlyExitConfig() without "
+            f"a policy, which composes with it exactly"
+        )
+
+
 class EngineBase:
     """The state the hooks share: adapter, config, policy and its state, heads, and the current call."""
+
+    #: Whether the engine can run a per-row plan masked (no compaction, no host sync) under torch.compile/export.
+    masked_plans = False
 
     def __init__(self, adapter: BackboneAdapter, config: EarlyExitConfig, heads: nn.Module | None) -> None:
         self.adapter = adapter
@@ -88,6 +109,16 @@ class EngineBase:
             state = self.policy.create_state()
         self.policy_state = state
 
+    def __deepcopy__(self, memo: dict) -> EngineBase:
+        # `copy.deepcopy(model)` reaches the engine through the model's hooks; the copy starts with no call in
+        # progress and no recorders (they belong to `record_exit_stats` blocks open on the original).
+        copy = object.__new__(type(self))
+        memo[id(self)] = copy
+        for name, value in vars(self).items():
+            setattr(copy, name, copy_module.deepcopy(value, memo))
+        copy.call, copy.recorders = None, []
+        return copy
+
     def hook_targets(self) -> list[tuple[nn.Module, Callable]]:
         """(module, runner) for every module whose forward the engine replaces; runner(forward, args, kwargs)."""
         raise NotImplementedError
@@ -96,6 +127,24 @@ class EngineBase:
         return CallState(batch_size, timesteps, self.num_blocks, paired)
 
     # ----------------------------------------------------------------------------------------------- model call
+    def call_model(self, forward: Callable, args: tuple, kwargs: dict[str, Any]) -> Any:
+        """The model's hook: one `CallState` per call; statistics at its end; no stale state after an error."""
+        try:
+            self.begin(args, kwargs)
+            output = forward(*args, **kwargs)
+        except BaseException:
+            self.close()  # a stale state would hijack later direct block calls
+            raise
+        self.end(output)
+        return output
+
+    def close(self) -> CallState | None:
+        """End the current call (if any) and give back the model's gradient checkpointing; returns its state."""
+        state, self.call = self.call, None
+        if state is not None and state.checkpoint is not None:
+            self.adapter.model.gradient_checkpointing = True
+        return state
+
     def begin(self, args: tuple, kwargs: dict[str, Any]) -> None:
         inputs = dict(zip(self._model_params, args))
         inputs.update(kwargs)
@@ -109,6 +158,7 @@ class EngineBase:
         if batch_size == 0:
             raise ValueError("early exit needs a batch of at least one row, got an empty batch (batch size 0)")
         self.adapter.check_call(inputs)
+        check_foreign_hooks(self.adapter)
         if policy.needs_certainty:
             param = next(self.heads.parameters())
             if param.device != timesteps.device:
@@ -122,6 +172,13 @@ class EngineBase:
         depths = policy.plan_depths(timesteps, self.num_blocks)
         if depths is not None:
             self._plan(state, depths)
+        model = self.adapter.model
+        if self.adapter.sequential and torch.is_grad_enabled() and getattr(model, "gradient_checkpointing", False):
+            # The model would checkpoint each hooked block call and recompute it in backward, after this call,
+            # on the full batch. Instead the engine checkpoints each block's own forward on the rows it really
+            # runs, with the model's checkpoint function, and the model's own checkpointing is off until `close`.
+            state.checkpoint = checkpoint_function(model)
+            model.gradient_checkpointing = False
 
     def _paired(self, inputs: dict[str, Any], timesteps: torch.Tensor) -> bool:
         """Guidance pairs: as declared by the caller's layout, else inferred from the inputs (stock pipelines)."""
@@ -141,7 +198,14 @@ class EngineBase:
             depths = torch.cat([pair_depth, pair_depth])
         depths = depths.clamp(1, n)
         state.exit_depth = depths.to(torch.long)
-        host = depths.cpu()
+        bounds = self.policy.depth_range(n)
+        if bounds is not None and bounds[0] == bounds[1]:
+            state.uniform_depth = bounds[0]  # known without reading the depths: no host sync
+            return
+        if self.masked_plans and torch.compiler.is_compiling():
+            state.masked = bounds if bounds is not None else (1, n)
+            return
+        host = depths.cpu()  # the plan's one host sync (under torch.compile of a U-Net: a graph break)
         lo, hi = int(host.min()), int(host.max())
         if lo == hi:
             state.uniform_depth = lo
@@ -163,10 +227,9 @@ class EngineBase:
         state.plan = plan
 
     def end(self, output: Any = None) -> None:
-        state = self.call
-        self.call = None
-        if state is None:
-            return
+        state = self.close()
+        if state is None or torch.compiler.is_exporting():
+            return  # torch.export traces with fake tensors: nothing to record
         nonfinite = self._nonfinite_rows(state, output)
         stats = ExitStats(self.num_blocks)
         stats.record(state.timesteps, state.exit_depth, state.paired, state.fallback, nonfinite)
@@ -276,10 +339,13 @@ class EngineBase:
             mask = pair_mask(wanted)[state.rows]
         # (A, ...) what exiting rows park instead of their hidden state (e.g. h_k + cached tail residual), or None.
         parked_values = policy.on_decision(ctx, mask)
-        leaving = mask.nonzero().squeeze(1)  # the one host sync of a dynamic policy, per block
-        if leaving.numel() == 0:
+        # The one host sync of a dynamic policy per block (under torch.compile: its one graph break).
+        count = int(mask.sum())
+        if count == 0:
             return out, carried
-        staying = (~mask).nonzero().squeeze(1)
+        # A stable sort puts the staying rows first and the leaving ones last, each in ascending order: (A,).
+        order = torch.argsort(mask.to(torch.uint8), stable=True)
+        staying, leaving = order[: mask.shape[0] - count], order[mask.shape[0] - count:]
         state.exit_depth[state.rows[leaving]] = index + 1
         return self.commit(state, out, leaving, state.rows[leaving], staying, carried, parked_values)
 
@@ -292,31 +358,45 @@ class EngineBase:
         raise NotImplementedError
 
 
-class ModelCallHook(ModelHook):
-    """On the model: one `CallState` per call; statistics at its end; no stale state after an error."""
+class HookedForward:
+    """What the engine installs as a module's `forward`: `runner(inner, args, kwargs)`, `inner` the forward below.
 
-    def __init__(self, engine: EngineBase) -> None:
-        super().__init__()
+    A plain object, not a closure: `copy.deepcopy` of the model copies it with the model, so the copy's hook calls
+    the copy's engine and the copy's own forward (a closure would keep calling the original's modules).
+    `__wrapped__` lets `inspect.signature` (and so `torch.export`) see the module's real signature.
+    """
+
+    __slots__ = ("module", "inner", "runner")
+
+    def __init__(self, module: nn.Module, inner: Callable, runner: Callable) -> None:
+        self.module = module  # the module this forward belongs to (tells a shallow copy from the original)
+        self.inner = inner
+        self.runner = runner
+
+    def __call__(self, *args, **kwargs):
+        return self.runner(self.inner, args, kwargs)
+
+    @property
+    def __wrapped__(self) -> Callable:
+        return self.inner
+
+    @property
+    def __code__(self):
+        # torch.export names its trace after `model.forward.__code__`, which only functions have.
+        return getattr(self.inner, "__code__", None) or HookedForward.__call__.__code__
+
+
+class ModelCallHook(HookedForward):
+    """On the model: one `CallState` per call (`EngineBase.call_model`)."""
+
+    __slots__ = ("engine",)
+
+    def __init__(self, module: nn.Module, inner: Callable, engine: EngineBase) -> None:
+        super().__init__(module, inner, engine.call_model)
         self.engine = engine
 
-    def new_forward(self, module: nn.Module, *args, **kwargs):
-        try:
-            self.engine.begin(args, kwargs)
-            output = self.fn_ref.original_forward(*args, **kwargs)
-        except BaseException:
-            # Drop the half-finished call: a stale state would hijack later direct block calls.
-            self.engine.call = None
-            raise
-        self.engine.end(output)
-        return output
 
+class BlockCallHook(HookedForward):
+    """On a block: hands the call to the engine's runner for that block, bound to the block's index."""
 
-class BlockCallHook(ModelHook):
-    """On a block: hands the call to the engine's runner for that block."""
-
-    def __init__(self, run: Callable) -> None:
-        super().__init__()
-        self.run = run  # run(forward, args, kwargs), bound to the engine and the block's index
-
-    def new_forward(self, module: nn.Module, *args, **kwargs):
-        return self.run(self.fn_ref.original_forward, args, kwargs)
+    __slots__ = ()

@@ -34,6 +34,8 @@ class SequentialCallState(CallState):
 class SequentialEngine(EngineBase):
     """Hooks every block of `adapter.blocks`; an exiting row parks its hidden state until the output head."""
 
+    masked_plans = True
+
     def hook_targets(self) -> list[tuple[nn.Module, Callable]]:
         return [(block, functools.partial(self.run_block, index)) for index, block in enumerate(self.adapter.blocks)]
 
@@ -53,7 +55,13 @@ class SequentialEngine(EngineBase):
         if state.compacted:
             inputs = self.slice_inputs(state, inputs, state.rows, state.sliced)
         # out: (A, L, D); carried: what else the block returns (SD3: the text stream), None for DiT.
-        out, carried = adapter.split_block_output(forward(hidden, **inputs))
+        if state.checkpoint is None:
+            out, carried = adapter.split_block_output(forward(hidden, **inputs))
+        else:
+            # diffusers' checkpoint functions take positional arguments only; the rest rides in the partial.
+            out, carried = adapter.split_block_output(state.checkpoint(functools.partial(forward, **inputs), hidden))
+        if state.masked is not None:
+            return adapter.join_block_output(self.mask_block(state, index, out), carried)
 
         if index == self.num_blocks - 1:
             self.policy.on_final(self.context(state, index, None, out, hidden))
@@ -75,6 +83,23 @@ class SequentialEngine(EngineBase):
             return adapter.join_block_output(out, carried)  # the policy never stops a row here: no work, no sync
         decided = self.decide(state, index, out, carried, head_input=out, hidden=out, block_input=hidden)
         return adapter.join_block_output(*decided)
+
+    def mask_block(self, state: SequentialCallState, index: int, out: torch.Tensor) -> torch.Tensor:
+        """A per-row plan under torch.compile/export: (B, L, D) -> what goes on, with no host sync.
+
+        Every row runs on to the deepest planned depth `hi`; `state.parked` keeps each row's output of its own
+        exit block (rows exit at `lo` at the earliest), and after block `hi - 1` it replaces the hidden state,
+        so the model's head decodes each row at its own depth. Later blocks pass it through (`state.done`).
+        """
+        lo, hi = state.masked
+        if index < lo - 1:
+            return out
+        exiting = (state.exit_depth == index + 1)[:, None, None]  # (B, 1, 1)
+        state.parked = out if state.parked is None else torch.where(exiting, out, state.parked)
+        if index < hi - 1:
+            return out
+        state.done = True
+        return state.parked
 
     def commit(
         self, state: SequentialCallState, out: torch.Tensor, leaving: torch.Tensor, leaving_rows: torch.Tensor,

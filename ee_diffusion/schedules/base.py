@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from ..backbones.base import BackboneAdapter
 
 #: Extension points a policy declares by subclassing `ExitPolicy` (a plain object cannot declare them).
-EXTENSION_POINTS = ("plan_depths", "decides_after", "on_decision", "on_final", "validate_for", "create_state",
-                    "create_call_state")
+EXTENSION_POINTS = ("plan_depths", "depth_range", "decides_after", "on_decision", "on_final", "validate_for",
+                    "create_state", "create_call_state")
 
 
 class PolicyState:
@@ -104,6 +104,12 @@ class ExitPolicy:
         """(B,) timesteps -> (B,) long number of blocks each row runs, for policies that depend on the timestep
         only; the engine then plans the forward pass up front with no device sync between blocks. Default:
         None (decide after each block with `exit_mask`)."""
+        return None
+
+    def depth_range(self, num_blocks: int) -> tuple[int, int] | None:
+        """(shallowest, deepest) depth in 1..num_blocks that `plan_depths` can return, known without reading any
+        tensor, or None (default). Equal bounds let the engine skip its host sync; under torch.compile/export
+        the bounds limit the blocks a masked plan runs."""
         return None
 
     def decides_after(self, block_index: int, num_blocks: int) -> bool:

@@ -39,6 +39,10 @@ class _PlannedPolicy(SerializablePolicy):
     def _all_depths(self) -> list[int]:
         raise NotImplementedError
 
+    def depth_range(self, num_blocks: int) -> tuple[int, int]:
+        depths = [min(max(d, 1), num_blocks) for d in self._all_depths()]
+        return min(depths), max(depths)
+
     def exit_mask(self, ctx: ExitContext) -> torch.Tensor:
         # (A,) bool: a row stops after the block that completes its depth.
         return self.plan_depths(ctx.timesteps, ctx.num_blocks) == ctx.block_index + 1

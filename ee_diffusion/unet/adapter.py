@@ -69,9 +69,10 @@ class UNetAdapter(BackboneAdapter):
         self.model = model
         self._check_layout()
         # Parameter names of every hooked module's forward, to name positional arguments
-        # (UNet2DModel calls its up and mid blocks positionally).
+        # (UNet2DModel calls its up and mid blocks positionally). Keyed by the module itself, not its id, so that
+        # copy.deepcopy maps the keys to the copy's modules.
         self._params = {
-            id(module): tuple(inspect.signature(module.forward).parameters)
+            module: tuple(inspect.signature(module.forward).parameters)
             for module in (*model.down_blocks, *model.up_blocks, *([model.mid_block] if model.mid_block else []))
         }
 
@@ -109,7 +110,7 @@ class UNetAdapter(BackboneAdapter):
         """Merge positional arguments of `module`'s forward into `kwargs` by parameter name."""
         if not args:
             return dict(kwargs)
-        merged = dict(zip(self._params[id(module)], args))
+        merged = dict(zip(self._params[module], args))
         merged.update(kwargs)
         return merged
 

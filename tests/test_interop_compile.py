@@ -1,0 +1,110 @@
+"""torch.compile and torch.export of a hooked model (CPU, aot_eager backend).
+
+With a declared batch layout and a planned policy (StaticDepth, TimestepSchedule) the whole call is one graph:
+per-row plans run masked (no host sync), uniform depths stop early. Dynamic policies break the graph once per
+decision block (the `nonzero` of the exit mask) and work with fullgraph=False.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _interop import PER_ROW, T, X, Y, run
+
+from ee_diffusion import EarlyExitConfig, UncertaintyHeads, apply_early_exit
+from ee_diffusion.engine import get_exit_stats
+from ee_diffusion.layout import BatchLayout
+from ee_diffusion.schedules import StaticDepth, TimestepSchedule, UncertaintyThreshold
+from ee_diffusion.testing import random_bridges, tiny_dit, tiny_sd3, tiny_unet
+
+PLANNED = {
+    "per_row": PER_ROW,
+    "static": StaticDepth(2),
+}
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("name", list(PLANNED))
+@pytest.mark.parametrize("paired", [False, True], ids=["no_pairs", "cfg_pairs"])
+def test_compile_fullgraph_matches_eager(name, paired):
+    model = tiny_dit(num_layers=4)
+    x, t, y = (torch.cat([X, X]), torch.cat([T, T]), torch.cat([Y, torch.full_like(Y, 10)])) if paired else (X, T, Y)
+    apply_early_exit(model, EarlyExitConfig(policy=PLANNED[name]), layout=BatchLayout(guidance_pairs=paired))
+    eager = run(model, x, t, y)
+    eager_depths = get_exit_stats(model).blocks_run[0]
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(run(compiled, x, t, y), eager)
+    assert torch.equal(get_exit_stats(model).blocks_run[0], eager_depths)  # statistics recorded as in eager
+
+
+@pytest.mark.parametrize("name", list(PLANNED))
+def test_export_matches_eager(name):
+    model = tiny_dit(num_layers=4)
+    apply_early_exit(model, EarlyExitConfig(policy=PLANNED[name]), layout=BatchLayout())
+    eager = run(model)
+    program = torch.export.export(model, (X,), {"timestep": T, "class_labels": Y, "return_dict": False})
+    torch.testing.assert_close(program.module()(X, timestep=T, class_labels=Y, return_dict=False)[0], eager)
+    # the exported program decides from the timesteps it is given, not the ones it was traced with
+    t = torch.tensor([900, 100, 700, 300])
+    torch.testing.assert_close(program.module()(X, timestep=t, class_labels=Y, return_dict=False)[0], run(model, t=t))
+
+
+def test_uniform_depth_compiles_to_a_shorter_graph():
+    model = tiny_dit(num_layers=4)
+    apply_early_exit(model, EarlyExitConfig(policy=StaticDepth(1)), layout=BatchLayout())
+    seen = []
+    for block in model.transformer_blocks:
+        block.attn1.register_forward_pre_hook(lambda module, args: seen.append(1))
+    torch.compile(model, fullgraph=True, backend="aot_eager")(X, timestep=T, class_labels=Y)
+    assert len(seen) == 1  # traced once: only block 0's attention is in the graph
+
+
+def test_dynamic_policy_breaks_once_per_decision_block():
+    model = tiny_dit(num_layers=3)
+    heads = UncertaintyHeads.from_model(model)
+    apply_early_exit(model, EarlyExitConfig(policy=UncertaintyThreshold(0.5)), heads=heads, layout=BatchLayout())
+    eager = run(model)
+    torch._dynamo.utils.counters.clear()
+    torch.testing.assert_close(run(torch.compile(model, backend="aot_eager")), eager)
+    breaks = torch._dynamo.utils.counters["graph_break"]
+    # Only the exit decision's host sync (`int(mask.sum())`, one per decision block) breaks the graph; dynamo
+    # counts that one break once per frame it splits (model, block call, hook, engine).
+    assert breaks and all("Tensor.item()" in reason for reason in breaks), dict(breaks)
+
+
+def test_no_policy_compiles_fullgraph_and_equals_stock():
+    model = tiny_dit(num_layers=4)
+    stock = run(model)
+    apply_early_exit(model)
+    torch.testing.assert_close(run(torch.compile(model, fullgraph=True, backend="aot_eager")), stock)
+
+
+def test_sd3_per_row_plan_compiles_fullgraph():
+    model = tiny_sd3(num_layers=4)
+    g = torch.Generator().manual_seed(0)
+    inputs = dict(hidden_states=torch.randn(4, 4, 8, 8, generator=g), timestep=T, return_dict=False,
+                  encoder_hidden_states=torch.randn(4, 5, 16, generator=g),
+                  pooled_projections=torch.randn(4, 8, generator=g))
+    apply_early_exit(model, EarlyExitConfig(policy=PLANNED["per_row"]), layout=BatchLayout())
+    with torch.no_grad():
+        eager = model(**inputs)[0]
+        torch.testing.assert_close(torch.compile(model, fullgraph=True, backend="aot_eager")(**inputs)[0], eager)
+
+
+@pytest.mark.parametrize("policy, fullgraph", [(StaticDepth(1), True), (TimestepSchedule([500], [2, 1]), False)],
+                         ids=["uniform_fullgraph", "per_row_breaks_at_plan"])
+def test_unet_compiles(policy, fullgraph):
+    """U-Nets: a uniform depth is one graph; a per-row plan breaks the graph once, at its host copy."""
+    model = tiny_unet()
+    apply_early_exit(model, EarlyExitConfig(policy=policy), bridges=random_bridges(model), layout=BatchLayout())
+    x = torch.randn(2, model.config.in_channels, model.config.sample_size, model.config.sample_size)
+    t = torch.tensor([100, 900])
+    with torch.no_grad():
+        eager = model(x, t).sample
+        torch.testing.assert_close(torch.compile(model, fullgraph=fullgraph, backend="aot_eager")(x, t).sample, eager)
