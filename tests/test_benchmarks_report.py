@@ -194,3 +194,28 @@ def test_the_operating_point_becomes_the_default_of_a_pipeline_folder(tmp_path):
     assert out.exit_stats.num_calls == 10 and out.exit_stats.depth_fraction == pytest.approx(7 / 8)
     with pytest.raises(ValueError, match=r"has no setting 'glyphs'; it has \['digits'\]"):
         write_operating_point(tmp_path / "report.json", model, "glyphs", measured_in="")
+
+
+def test_publish_writes_the_point_evaluation_and_training_md_from_one_report(tmp_path, capsys):
+    from ee_diffusion.benchmarks.publish import training_markdown
+    from ee_diffusion.cli import main
+
+    report = _saved_report(tmp_path)
+    row = report["settings"][0]["rows"]["static7@dpmpp10"]
+    row.update(fid=REF_FID, fid_resamples=[v - 1.5 for v in row["fid_resamples"]])
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    rerender(tmp_path)
+    model = tmp_path / "model"
+    EarlyExitDiTPipeline(transformer=tiny_dit(num_layers=8), scheduler=DDIMScheduler()).save_pretrained(model)
+    training = {"title": "tiny", "description": ["A tiny model."],
+                "stages": [{"heading": "stage 1", "columns": ["step", "loss"], "rows": [["1", "0.5"]]}]}
+    (model / "training.json").write_text(json.dumps(training))
+    assert main(["publish", "--report", str(tmp_path / "report.json"), "--setting", "digits", "--model", str(model)]) == 0
+    assert "uses early exit" in capsys.readouterr().out
+    evaluation = json.loads((model / "evaluation.json").read_text())
+    index = json.loads((model / "model_index.json").read_text())
+    assert evaluation["operating_point"] == index["operating_point"]
+    assert evaluation["recommended"]["name"] == "static7@dpmpp10"
+    text = (model / "TRAINING.md").read_text()
+    assert text == training_markdown(training, evaluation)
+    assert "| 1 | 0.5 |" in text and "## Operating point" in text and "static7@dpmpp10" in text

@@ -10,7 +10,7 @@ from ee_diffusion import EarlyExitConfig, UncertaintyHeads
 from ee_diffusion.eval.baselines import CacheBaseline, calibrate_mag_ratios, diffusers_cache, fbc_pipeline
 from ee_diffusion.eval.compute import count_flops
 from ee_diffusion.eval.features import load_feature_net, train_feature_net
-from ee_diffusion.eval.quality import QualityEvaluator, balanced_subset, corrupt, real_images
+from ee_diffusion.eval.quality import QualityEvaluator, corrupt, real_images
 from ee_diffusion.eval.sampling import generate, image_generators
 from ee_diffusion.pipelines import EarlyExitDiTPipeline
 from ee_diffusion.schedules import StaticDepth, UncertaintyThreshold

@@ -27,14 +27,13 @@ import logging
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..config import EarlyExitConfig
 from ..default_model import load_setting_pipeline
 from ..eval.compute import count_flops, overhead_breakdown, peak_memory
 from ..eval.features import load_feature_net
@@ -103,7 +102,7 @@ PRESETS = {
         grid=(("ddim", 25), ("dpmpp", 10), ("dpmpp", 8)), cache_grid=(("ddim", 25),),
         conventional_families=("static_depth", "ase", "deediff", "tail_cache"),
         ase=("released", "aggressive"), threshold_fractions=(0.6, 0.8), budgets=(0.5, 0.75), threshold_budgets=(0.6,),
-        distil=True, tail_thresholds=(0.1, 0.2), fbc_thresholds=(0.05,), taylorseer_intervals=(2,),
+        distil=True, tail_thresholds=(0.1, 0.2), fbc_thresholds=(0.1,), taylorseer_intervals=(2,),
         mag_thresholds=(0.02,), sea_thresholds=(0.1,), calib_images=40, timing_repeats=5, flops_images=1,
         calib_depths=(2, 4, 5, 6, 7), overhead_repeats=4, sample_batch=1000,
     ),
@@ -265,13 +264,26 @@ def run_setting(setting: str, preset: Preset, model_path: str | None = None, log
     log(f"exit and cache methods done ({time.perf_counter() - t0:.0f}s with their calibration)")
 
     # 3. The frontier at every other method's block cost: the step counts just below and above it, per solver.
+    #    Only for rows that still beat every cheaper measured frontier point: a row that does not cannot start
+    #    to beat the frontier when more of it is measured.
+    reference = next(iter(rows))
+
+    def still_beats(row: dict) -> bool:
+        cheaper = [r for r in rows.values() if r["family"] in frontier.FRONTIER_FAMILIES
+                   and r["block_fraction"] <= row["block_fraction"] + 1e-9]
+        if not cheaper:
+            return True
+        best = min(cheaper, key=lambda r: r["fid"])
+        return paired.difference(row["name"], reference)["high"] < paired.difference(best["name"], reference)["low"]
+
     for row in list(rows.values()):
         if row["family"] in frontier.FRONTIER_FAMILIES + ("seed", "guidance"):
             continue
+        exact = row["block_fraction"] * S
         for solver in SOLVERS:
-            exact = row["block_fraction"] * S
-            for k in {int(np.floor(exact + 1e-9)), int(np.ceil(exact - 1e-9))}:
-                if 1 <= k <= S and f"{solver}{k}" not in rows and not (solver == "ddim" and k == S):
+            for k in sorted({int(np.floor(exact + 1e-9)), int(np.ceil(exact - 1e-9))}):
+                if 1 <= k <= S and f"{solver}{k}" not in rows and not (solver == "ddim" and k == S) \
+                        and still_beats(row):
                     measure(Method(f"{solver}{k}", "fewer_steps", solver, k, notes={"matched": True}))
 
     # 4. FLOPs (a couple of images, heads and decode included) and batch-64 wall-clock of every method.
@@ -281,7 +293,6 @@ def run_setting(setting: str, preset: Preset, model_path: str | None = None, log
         rows[name]["heads_gflops_per_image"] = flops["heads"] / preset.flops_images / 1e9
     timed = [m for m in methods.values() if m.family not in ("seed", "guidance")]
     reference_name = timed[0].name
-    timing: dict[str, Any] = {}
     big = preset.timing_batches[0]
     times = sampler.timed(timed, big, preset.timing_repeats, preset.timing_warmup)
     _store_times(rows, times, reference_name, big, primary=True)

@@ -79,7 +79,7 @@ def markdown(report: dict) -> str:
                   f"{b['resamples']} resamples of image indices."
                   + (f" Unpaired spread between two noise seeds of the reference: {s['seed_spread']:.3f}."
                      if s.get("seed_spread") is not None else ""), "",
-                  f"Knee (fewest steps whose interval against the reference includes 0 or lies below it): "
+                  "Knee (fewest steps whose interval against the reference includes 0 or lies below it): "
                   + ", ".join(f"{k}: `{v}`" for k, v in d["knees"].items()) + f"; the knee used: `{d['knee']}`.", "",
                   f"Recommended operating point: `{d['recommended']}` - "
                   f"{_describe_point(s['operating_point'])}.", ""]

@@ -19,7 +19,9 @@ Run: `python -m ee_diffusion.benchmarks.tail_cache_bench --out bench_out/tail_ca
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -28,12 +30,12 @@ from tqdm.auto import tqdm
 
 from .._io import atomic_write_json, atomic_write_text
 from ..config import EarlyExitConfig
-from ..schedules import CachedTailResidual
 from ..eval.baselines import CacheBaseline, diffusers_cache
 from ..eval.features import load_feature_net
 from ..eval.quality import QualityEvaluator, real_images
 from ..eval.sampling import generate
 from ..eval.timing import interleaved_timings
+from ..schedules import CachedTailResidual
 
 THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5)
 
@@ -119,6 +121,8 @@ def run(num_images: int = 500, steps: int = 25, batch_sizes: tuple[int, ...] = (
 def markdown(report: dict) -> str:
     s = report["setting"]
     lines = [
+        f"Command: `{report.get('command', '')}`; {report.get('threads', '?')} thread(s), {report.get('wall_seconds', 0):.0f} s.",
+        "",
         f"Plain pre-trained digits DiT, DDIM {s['steps']} steps, {s['num_images']} images. FID floor (real vs real): "
         f"{report['floor_fid']:.2f}; seed spread of the full model: {report['seed_spread_fid']:.2f}.",
         "",
@@ -156,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
                  tuple(args.thresholds), args.repeats, join_ratios=tuple(args.join_ratios),
                  max_cached_calls=args.max_cached_calls)
     report["wall_seconds"] = time.perf_counter() - start
+    report["command"] = shlex.join(["python -m ee_diffusion.benchmarks.tail_cache_bench",
+                                    *(sys.argv[1:] if argv is None else argv)])
+    report["threads"] = torch.get_num_threads()
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "tail_cache.json", report, indent=2)
     table = markdown(report)

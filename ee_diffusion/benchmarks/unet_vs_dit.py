@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -120,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                 row["median_s"] = summary[key]["median_s"]
                 row["wall_ratio"] = summary[key]["ratio_to_reference"]
     result = {
+        "command": shlex.join(["python -m ee_diffusion.benchmarks.unet_vs_dit",
+                               *(sys.argv[1:] if argv is None else argv)]),
         "protocol": {"num_images": args.num_images, "steps": args.steps, "scheduler": "DDIM", "guidance_scale": 1.0,
                      "seed": args.seed, "timing_batch": len(timing_batch), "timing_repeats": args.timing_repeats,
                      "torch_threads": torch.get_num_threads(), "unet": str(args.unet or "shipped digits U-Net")},
@@ -137,7 +141,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def markdown_table(result: dict[str, Any]) -> str:
+    protocol = result["protocol"]
     lines = [
+        f"Command: `{result.get('command', '')}`; {protocol['num_images']} images, {protocol['scheduler']} "
+        f"{protocol['steps']} steps, {protocol['torch_threads']} thread(s).", "",
         "| backbone | method | depth fraction | FID | accuracy | wall-clock vs own full | s per batch |",
         "|---|---|---|---|---|---|---|",
     ]

@@ -6,13 +6,17 @@ the stock model and the model with a `TimestepSchedule` that runs fewer blocks (
 (U-Nets) at noisy steps. Timing is interleaved (stock, early, stock, early, ...) after a warm-up; the ratio
 is the median of per-round ratios. Random weights: this measures cost, not quality.
 
-Run: `python scripts/bench_backbones.py --out bench_backbones.json` (about 2-4 minutes on 2 CPU cores).
+Run: `python -m ee_diffusion.benchmarks.backbones_bench --out docs/backbones-cost` (about 2-4 minutes on 2 CPU
+cores); writes backbones.json and backbones.md (the table, rendered from the JSON by `markdown`).
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import shlex
+import sys
+from pathlib import Path
 
 import torch
 from diffusers import (
@@ -23,11 +27,12 @@ from diffusers import (
     UNet2DModel,
 )
 
-from ee_diffusion import EarlyExitConfig, apply_early_exit, record_exit_stats, remove_early_exit
-from ee_diffusion._io import atomic_write_json
-from ee_diffusion.unet import UNetExitBridges
-from ee_diffusion.eval.timing import interleaved_timings, summarize_timings
-from ee_diffusion.schedules import TimestepSchedule
+from .._io import atomic_write_json, atomic_write_text
+from ..config import EarlyExitConfig
+from ..engine import apply_early_exit, record_exit_stats, remove_early_exit
+from ..eval.timing import interleaved_timings, summarize_timings
+from ..schedules import TimestepSchedule
+from ..unet import UNetExitBridges
 
 BOUNDARIES = [200, 400, 600, 800]
 
@@ -120,7 +125,21 @@ def bench(kind: str, batch: int, steps: int, repeats: int) -> dict:
     }
 
 
-def main() -> None:
+def markdown(report: dict) -> str:
+    """The table of a saved report (backbones.json)."""
+    lines = [f"Command: `{report.get('command', '')}`; torch {report['torch']}, {report['threads']} thread(s), batch "
+             f"{report['batch']}, {report['steps']}-step schedule, {report['repeats']} interleaved rounds after a warm-up "
+             f"(random weights: cost only).", "",
+             "| Backbone | Fraction of blocks (levels) run | Wall-clock ratio | Stock, s per schedule |",
+             "|---|---|---|---|"]
+    for row in report["results"]:
+        unit = " (levels)" if row["unit"] == "levels" else ""
+        lines.append(f"| {row['backbone']} | {row['block_fraction']:.3f}{unit} | {row['wall_clock_ratio']:.3f} | "
+                     f"{row['stock_median_s']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=10)
@@ -128,8 +147,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--backbones", nargs="*",
                         default=["DiT", "PixArt", "SD3", "UNet2DModel", "UNet2DConditionModel"])
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=None, help="folder for backbones.json and backbones.md")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = []
     for kind in args.backbones:
@@ -139,11 +159,15 @@ def main() -> None:
               f"{row['wall_clock_ratio']:.3f}  (stock {row['stock_median_s']:.3f} s, "
               f"early {row['early_exit_median_s']:.3f} s "
               f"per {args.steps}-step schedule, {row['parameters_m']:.1f}M params)", flush=True)
-    report = {"batch": args.batch, "steps": args.steps, "repeats": args.repeats, "threads": args.threads,
+    report = {"command": shlex.join(["python -m ee_diffusion.benchmarks.backbones_bench", *argv]),
+              "batch": args.batch, "steps": args.steps, "repeats": args.repeats, "threads": args.threads,
               "torch": torch.__version__, "machine": platform.platform(), "results": rows}
     if args.out:
-        atomic_write_json(args.out, report, indent=2)
+        args.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(args.out / "backbones.json", report, indent=2)
+        atomic_write_text(args.out / "backbones.md", markdown(report))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

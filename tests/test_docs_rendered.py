@@ -1,0 +1,32 @@
+"""Every measured table in docs/ is rendered from a committed JSON by the package's code (the shipped models'
+TRAINING.md and the full bench reports: tests/test_shipped_operating_points.py)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ee_diffusion.benchmarks import backbones_bench, tail_cache_bench, unet_vs_dit
+from ee_diffusion.benchmarks.report import markdown
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+RENDERED = [
+    ("tail-cache/tail_cache.json", "tail-cache/tail_cache.md", tail_cache_bench.markdown),
+    ("unet-vs-dit/results.json", "unet-vs-dit/table.md", unet_vs_dit.markdown_table),
+    ("backbones-cost/backbones.json", "backbones-cost/backbones.md", backbones_bench.markdown),
+    ("bench-ci-digits/report.json", "bench-ci-digits/report.md", markdown),
+]
+
+
+@pytest.mark.parametrize("data, table, render", RENDERED, ids=[r[1] for r in RENDERED])
+def test_the_committed_table_is_what_the_code_renders_from_the_committed_json(data, table, render):
+    report = json.loads((DOCS / data).read_text())
+    assert (DOCS / table).read_text() == render(report)
+    assert report.get("command") or report.get("args"), "every committed run records its command"
+
+
+def test_every_docs_table_links_to_a_rendered_file():
+    # The measured tables that used to be typed into these pages now live in rendered files they link to.
+    for page, link in (("tail_cache.md", "tail-cache/tail_cache.md"), ("backbones.md", "backbones-cost/backbones.md"),
+                       ("backbones.md", "unet-vs-dit/table.md"), ("evaluation.md", "bench-full-digits/report.md")):
+        assert link in (DOCS / page).read_text(), (page, link)
