@@ -1,8 +1,9 @@
 """The shipped default model: a class-conditional DiT on 8x8 digits with DeeDiff exit heads.
 
 It lives in `ee_diffusion/assets/digits-dit/` as an `EarlyExitDiTPipeline` folder (fp16 safetensors + JSON,
-loaded as float32), with its recommended exit config as the pipeline's default. How it was trained and how it
-scores: `assets/digits-dit/TRAINING.md`; to rebuild it: `scripts/train_default_model.sh`.
+loaded as float32), with the operating point that its full benchmark recommends (scheduler, steps, guidance and
+exit config, in `model_index.json`). How it was trained and what the point rests on:
+`assets/digits-dit/TRAINING.md`; to rebuild it end to end: `scripts/rebuild_assets.sh digits`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "digits-dit"
 #: The same DiT after pre-training only (L_simple, no exit heads, no layer-wise fine-tuning): the "stock
 #: pretrained model" on which training-free exits (`CachedTailResidual`) are measured.
 PRETRAINED_MODEL_DIR = Path(__file__).parent / "assets" / "digits-dit-pretrained"
-#: Guidance scale to sample the default model with. This small pixel-space model over-saturates under strong
-#: classifier-free guidance (class accuracy per guidance scale: assets/digits-dit/TRAINING.md).
+#: Guidance scale of the shipped models (their operating points use it): these small pixel-space models
+#: over-saturate under classifier-free guidance (the full reports measure the reference at guidance 2).
 DEFAULT_GUIDANCE_SCALE = 1.0
 #: The class-conditional digits U-Net (8x8, 3 levels, DeeDiff-trained with its bridges; fp16 on disk), an
 #: `EarlyExitUNetPipeline` folder; how it was trained and how it compares with the DiT: docs/backbones.md.
@@ -29,18 +30,17 @@ GLYPHS_MODEL_DIR = Path(__file__).parent / "assets" / "glyphs-dit"
 
 
 def load_default_pipeline(device: str | torch.device | None = None) -> EarlyExitDiTPipeline:
-    """Load the shipped digits pipeline (transformer, DDIM scheduler, exit heads, default exit config).
+    """Load the shipped digits pipeline (transformer, scheduler, exit heads and its operating point).
 
-    Sample it with `guidance_scale=DEFAULT_GUIDANCE_SCALE` (1.0): the pipeline's generic default of 4.0 ruins
-    this model's digits (see `assets/digits-dit/TRAINING.md`).
+    A call without steps, guidance or exit config runs the operating point (`pipe.operating_point`).
 
     ```py
     >>> from ee_diffusion import load_default_pipeline
     >>> pipe = load_default_pipeline()
     >>> pipe.set_progress_bar_config(disable=True)
-    >>> out = pipe(class_labels=[3, 7], num_inference_steps=5, guidance_scale=DEFAULT_GUIDANCE_SCALE, output_type="np")
-    >>> out.images.shape, pipe.exit_heads is not None
-    ((2, 8, 8, 1), True)
+    >>> out = pipe(class_labels=[3, 7], output_type="np")
+    >>> out.images.shape, out.operating_point["source"], pipe.exit_heads is not None
+    ((2, 8, 8, 1), 'default operating point', True)
 
     ```
     """

@@ -219,3 +219,13 @@ def test_publish_writes_the_point_evaluation_and_training_md_from_one_report(tmp
     text = (model / "TRAINING.md").read_text()
     assert text == training_markdown(training, evaluation)
     assert "| 1 | 0.5 |" in text and "## Operating point" in text and "static7@dpmpp10" in text
+
+
+def test_exit_wins_that_lose_quality_leave_the_recommendation_to_steps_alone():
+    rows = _rows(_row("dpmpp10", "fewer_steps", 0.0, 0.2, solver="dpmpp", steps=10, blocks=0.40, time=0.41),
+                 _row("dpmpp6", "fewer_steps", 6.0, 0.2, solver="dpmpp", steps=6, blocks=0.24, time=0.25),
+                 _row("static4@dpmpp8", "static_depth", 4.0, 0.2, solver="dpmpp", steps=8, blocks=0.25, time=0.26,
+                      config=4))
+    decisions = frontier.decide(rows, CONFIDENCE)
+    assert decisions["exit_rows_beating_frontier"] == ["static4@dpmpp8"] and decisions["recommended"] == "dpmpp10"
+    assert "none of them holds quality" in decisions["verdict"] and "steps alone" in decisions["verdict"]

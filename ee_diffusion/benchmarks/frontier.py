@@ -115,12 +115,19 @@ def verdict(recommended: dict, ref: dict, beating: list[str], rows: dict[str, di
     what = (f"{recommended['name']} runs {speed:.2f}x faster than {ref['name']} (batch-64 wall-clock)"
             if speed is not None else f"{recommended['name']} runs {recommended['block_fraction']:.2f} of the blocks")
     quality = f"dFID {d['delta']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+    holding = [n for n in beating if rows[n]["holds_quality"]]
     if not beating:
         return (f"Early exit does not beat the fewer-steps frontier on this model: the recommendation is steps "
                 f"alone. {what}, {quality}.")
-    exit_part = "; the recommended point uses early exit" if recommended["family"] not in FRONTIER_FAMILIES else \
-        "; the recommended point is steps alone (faster than every exit point that holds quality)"
-    return f"{what}, {quality}. {len(beating)} early-exit points beat the fewer-steps frontier{exit_part}."
+    if not holding:
+        return (f"{len(beating)} early-exit points beat the fewer-steps frontier at their cost, but none of them "
+                f"holds quality (all are worse than the reference by the paired interval): the recommendation is "
+                f"steps alone. {what}, {quality}.")
+    if recommended["family"] in FRONTIER_FAMILIES:
+        return (f"{what}, {quality}. {len(beating)} early-exit points beat the fewer-steps frontier, {len(holding)} "
+                f"of them at unchanged quality, but steps alone are faster still at unchanged quality.")
+    return (f"{what}, {quality}. {len(beating)} early-exit points beat the fewer-steps frontier, {len(holding)} of "
+            f"them at unchanged quality; the recommended point uses early exit.")
 
 
 def operating_point(rows: dict[str, dict], recommended: str, scheduler_classes: dict[str, str], guidance: float,

@@ -138,7 +138,7 @@ def plot(report: dict, path: str | Path) -> None:
             if pts:
                 ax.plot(*zip(*pts), style, color=color, lw=1.5, label=f"fewer steps ({solver})")
         for r in rows:
-            if r["family"] in frontier.FRONTIER_FAMILIES:
+            if r["family"] == "fewer_steps":
                 color, marker = SOLVER_STYLE[r["solver"]][0], "o"
             else:
                 color, marker = FAMILY_STYLE.get(r["family"], ("gray", "."))
@@ -146,8 +146,8 @@ def plot(report: dict, path: str | Path) -> None:
             # bootstrap FIDs themselves are biased upwards by repeated images; the paired differences are not).
             d = r["dfid_reference"]
             below, above = max(d["delta"] - d["low"], 0.0), max(d["high"] - d["delta"], 0.0)
-            ax.errorbar(r["time_ratio"], r["fid"], yerr=[[below], [above]], fmt=marker, color=color, ms=5,
-                        capsize=2, alpha=0.85)
+            ax.errorbar(r["time_ratio"], r["fid"], yerr=[[below], [above]], fmt=marker, color=color,
+                        ms=11 if r["family"] == "reference" else 5, capsize=2, alpha=0.85, zorder=3)
         for family, (color, marker) in FAMILY_STYLE.items():
             if any(r["family"] == family for r in rows):
                 ax.plot([], [], marker, color=color, label=family)
@@ -240,5 +240,6 @@ def write_operating_point(report_path: str | Path, model_dir: str | Path, settin
         index["scheduler"] = ["diffusers", point.scheduler]
     index["operating_point"] = point.to_dict()
     index["exit_config"] = None
+    index.pop("_name_or_path", None)  # a path on the machine that trained it
     atomic_write_json(index_path, index, indent=2, sort_keys=True)
     return point.to_dict()
