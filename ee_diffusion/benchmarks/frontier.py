@@ -116,18 +116,19 @@ def verdict(recommended: dict, ref: dict, beating: list[str], rows: dict[str, di
             if speed is not None else f"{recommended['name']} runs {recommended['block_fraction']:.2f} of the blocks")
     quality = f"dFID {d['delta']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
     holding = [n for n in beating if rows[n]["holds_quality"]]
+    points = f"{len(beating)} early-exit point{'s' if len(beating) != 1 else ''}"
     if not beating:
         return (f"Early exit does not beat the fewer-steps frontier on this model: the recommendation is steps "
                 f"alone. {what}, {quality}.")
     if not holding:
-        return (f"{len(beating)} early-exit points beat the fewer-steps frontier at their cost, but none of them "
+        return (f"{points} beat{'s' if len(beating) == 1 else ''} the fewer-steps frontier at their cost, but none of them "
                 f"holds quality (all are worse than the reference by the paired interval): the recommendation is "
                 f"steps alone. {what}, {quality}.")
     if recommended["family"] in FRONTIER_FAMILIES:
-        return (f"{what}, {quality}. {len(beating)} early-exit points beat the fewer-steps frontier, {len(holding)} "
-                f"of them at unchanged quality, but steps alone are faster still at unchanged quality.")
-    return (f"{what}, {quality}. {len(beating)} early-exit points beat the fewer-steps frontier, {len(holding)} of "
-            f"them at unchanged quality; the recommended point uses early exit.")
+        return (f"{what}, {quality}. {points} beat{'s' if len(beating) == 1 else ''} the fewer-steps frontier, "
+                f"{len(holding)} at unchanged quality, but steps alone are faster still at unchanged quality.")
+    return (f"{what}, {quality}. {points} beat{'s' if len(beating) == 1 else ''} the fewer-steps frontier, "
+            f"{len(holding)} at unchanged quality; the recommended point uses early exit.")
 
 
 def operating_point(rows: dict[str, dict], recommended: str, scheduler_classes: dict[str, str], guidance: float,
