@@ -30,3 +30,13 @@ def test_every_docs_table_links_to_a_rendered_file():
     for page, link in (("tail_cache.md", "tail-cache/tail_cache.md"), ("backbones.md", "backbones-cost/backbones.md"),
                        ("backbones.md", "unet-vs-dit/table.md"), ("evaluation.md", "bench-full-digits/report.md")):
         assert link in (DOCS / page).read_text(), (page, link)
+
+
+def test_the_backbones_bench_writes_its_json_and_the_table_rendered_from_it(tmp_path):
+    assert backbones_bench.main(["--backbones", "DiT", "UNet2DModel", "--repeats", "1", "--steps", "2", "--batch", "2",
+                                 "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "backbones.json").read_text())
+    assert [r["backbone"] for r in report["results"]] == ["DiT", "UNet2DModel"]
+    assert report["command"].startswith("python -m ee_diffusion.benchmarks.backbones_bench --backbones DiT")
+    assert (tmp_path / "backbones.md").read_text() == backbones_bench.markdown(report)
+    assert all(0 < r["block_fraction"] < 1 for r in report["results"])

@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['wall_clock_ratio']:.3f}  (stock {row['stock_median_s']:.3f} s, "
               f"early {row['early_exit_median_s']:.3f} s "
               f"per {args.steps}-step schedule, {row['parameters_m']:.1f}M params)", flush=True)
-    report = {"command": shlex.join(["python -m ee_diffusion.benchmarks.backbones_bench", *argv]),
+    report = {"command": "python -m ee_diffusion.benchmarks.backbones_bench " + shlex.join(argv),
               "batch": args.batch, "steps": args.steps, "repeats": args.repeats, "threads": args.threads,
               "torch": torch.__version__, "machine": platform.platform(), "results": rows}
     if args.out:

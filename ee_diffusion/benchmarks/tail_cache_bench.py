@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                  tuple(args.thresholds), args.repeats, join_ratios=tuple(args.join_ratios),
                  max_cached_calls=args.max_cached_calls)
     report["wall_seconds"] = time.perf_counter() - start
-    report["command"] = shlex.join(["python -m ee_diffusion.benchmarks.tail_cache_bench",
-                                    *(sys.argv[1:] if argv is None else argv)])
+    report["command"] = "python -m ee_diffusion.benchmarks.tail_cache_bench " + shlex.join(
+        sys.argv[1:] if argv is None else argv)
     report["threads"] = torch.get_num_threads()
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "tail_cache.json", report, indent=2)

@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/unet_vs_dit")
     args = parser.parse_args(argv)
 
+    from diffusers import DDIMScheduler
+
     from ..default_model import load_default_pipeline, load_digits_unet
     from ..pipelines import EarlyExitUNetPipeline
     from ..eval.features import load_feature_net
@@ -81,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     floor = evaluator.score(floor_images[: args.num_images], floor_labels[: args.num_images], kid=False)
     indices = list(range(args.num_images))
     pipe = load_default_pipeline()
+    # The shipped DiT's folder carries its operating point's solver; this comparison is at DDIM for both models.
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     unet_pipe = load_digits_unet() if args.unet is None else EarlyExitUNetPipeline.from_pretrained(args.unet)
     unet_pipe.set_progress_bar_config(disable=True)
@@ -122,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                 row["median_s"] = summary[key]["median_s"]
                 row["wall_ratio"] = summary[key]["ratio_to_reference"]
     result = {
-        "command": shlex.join(["python -m ee_diffusion.benchmarks.unet_vs_dit",
-                               *(sys.argv[1:] if argv is None else argv)]),
+        "command": "python -m ee_diffusion.benchmarks.unet_vs_dit " + shlex.join(
+            sys.argv[1:] if argv is None else argv),
         "protocol": {"num_images": args.num_images, "steps": args.steps, "scheduler": "DDIM", "guidance_scale": 1.0,
                      "seed": args.seed, "timing_batch": len(timing_batch), "timing_repeats": args.timing_repeats,
                      "torch_threads": torch.get_num_threads(), "unet": str(args.unet or "shipped digits U-Net")},
