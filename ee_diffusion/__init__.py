@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "BatchLayout": "ee_diffusion.layout",
     "EarlyExitConfig": "ee_diffusion.config",
+    "OperatingPoint": "ee_diffusion.operating_point",
     "ExitStats": "ee_diffusion.stats",
     "UncertaintyHeads": "ee_diffusion.heads",
     "UNetExitBridges": "ee_diffusion.unet",
@@ -37,6 +38,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from .config import EarlyExitConfig
     from .layout import BatchLayout
+    from .operating_point import OperatingPoint
     from .default_model import load_default_pipeline, load_digits_unet, load_pretrained_pipeline
     from .engine import (
         apply_early_exit,
