@@ -100,7 +100,7 @@ def run_demo(
         f"model: shipped digits DiT; batch {batch_size}, guidance {guidance}, same noise for both",
         f"stock model: {num_inference_steps} DDIM steps, no hooks: {median['stock'] * 1e3:.0f} ms per batch "
         f"(median of {repeats})",
-        f"default operating point ({ran['source']}): {type(default_scheduler).__name__}, "
+        f"a call without arguments ({ran['source']}): {type(default_scheduler).__name__}, "
         f"{ran['num_inference_steps']} steps, exit config {exit_config.to_dict()}: "
         f"{median['operating point'] * 1e3:.0f} ms per batch, {fraction:.1%} of the stock block evaluations",
         f"measured speedup: {median['stock'] / median['operating point']:.2f}x"

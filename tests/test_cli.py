@@ -35,7 +35,7 @@ def test_demo_writes_the_grid_and_prints_the_measured_speedup(tmp_path, capsys):
     assert (tmp_path / "demo.png").read_bytes().startswith(b"\x89PNG")
     out = capsys.readouterr().out
     assert "batch 4" in out and "stock model: 2 DDIM steps, no hooks" in out and "measured speedup: " in out
-    assert "default operating point (default operating point): DPMSolverMultistepScheduler" in out
+    assert "a call without arguments (default operating point): DPMSolverMultistepScheduler" in out
     assert f"wrote {tmp_path / 'demo.png'}" in out
 
 
