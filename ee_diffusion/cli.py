@@ -1,5 +1,5 @@
-"""The `ee-diffusion` command line: `ee-diffusion demo | bench-engine | train | bench | calibrate | publish` (see
-`ee-diffusion --help`)."""
+"""The `ee-diffusion` command line: `ee-diffusion demo | bench-engine | train | bench | calibrate | publish |
+bench-shapes` (see `ee-diffusion --help`)."""
 
 from __future__ import annotations
 
@@ -135,6 +135,22 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench_shapes(subparsers) -> None:
+    from .benchmarks.shapes_bench import add_arguments
+
+    parser = subparsers.add_parser(
+        "bench-shapes", help="wall-clock of early exit at DiT-XL/2, PixArt-alpha and SD3-medium widths (random weights)")
+    add_arguments(parser)
+    parser.set_defaults(func=_run_bench_shapes)
+
+
+def _run_bench_shapes(args: argparse.Namespace) -> int:
+    from .benchmarks.shapes_bench import run
+
+    run(args, args.command_line)
+    return 0
+
+
 def _add_publish(subparsers) -> None:
     parser = subparsers.add_parser(
         "publish", help="write a bench report's recommended operating point, evaluation.json and TRAINING.md into a "
@@ -164,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(subparsers)
     _add_calibrate(subparsers)
     _add_publish(subparsers)
+    _add_bench_shapes(subparsers)
     return parser
 
 

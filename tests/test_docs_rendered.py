@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ee_diffusion.benchmarks import backbones_bench, tail_cache_bench, unet_vs_dit
+from ee_diffusion.benchmarks import backbones_bench, shapes_bench, tail_cache_bench, unet_vs_dit
 from ee_diffusion.benchmarks.report import markdown
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -15,6 +15,8 @@ RENDERED = [
     ("unet-vs-dit/results.json", "unet-vs-dit/table.md", unet_vs_dit.markdown_table),
     ("backbones-cost/backbones.json", "backbones-cost/backbones.md", backbones_bench.markdown),
     ("bench-ci-digits/report.json", "bench-ci-digits/report.md", markdown),
+    ("bench-shapes/dit-xl-2/shapes.json", "bench-shapes/dit-xl-2/shapes.md", shapes_bench.markdown),
+    ("bench-shapes/pixart-alpha-512/shapes.json", "bench-shapes/pixart-alpha-512/shapes.md", shapes_bench.markdown),
 ]
 
 
