@@ -302,7 +302,7 @@ def run_setting(setting: str, preset: Preset, model_path: str | None = None, log
     decisions = frontier.decide(rows, preset.confidence)
     key = [reference_name, decisions["knee"], decisions["recommended"]]
     key += [r["name"] for r in _fastest_holding(rows)]
-    key = [k for k in dict.fromkeys(key)]
+    key = list(dict.fromkeys(key))
     for batch in preset.timing_batches[1:]:
         times = sampler.timed([methods[k] for k in key], batch, preset.timing_repeats, preset.timing_warmup)
         _store_times(rows, times, reference_name, batch, primary=False)
@@ -313,7 +313,7 @@ def run_setting(setting: str, preset: Preset, model_path: str | None = None, log
     memory[recommended.name] = peak_memory(lambda: sampler(recommended, range(big), batch_size=big))
     sampler.use_solver("ddim")
     overhead = overhead_breakdown(pipe, big, repeats=preset.overhead_repeats, warmup=1, guided=guidance > 1)
-    classes = {name: cls.__name__ for name, cls in ((s, type(x)) for s, x in sampler.schedulers.items())}
+    classes = {s: type(x).__name__ for s, x in sampler.schedulers.items()}
     point = frontier.operating_point(rows, decisions["recommended"], classes, guidance, S, preset.confidence, "")
     return {
         "setting": setting, "num_blocks": n, "num_classes": pipe.num_classes, "num_images": N, "reference_steps": S,

@@ -162,6 +162,8 @@ def calibrate_mag_ratios(run: Callable[[], Any], transformer: nn.Module, schedul
     from .._compat import CacheContext, HookRegistry, _set_cache_context, forget_child_registries
 
     before = _hook_names(transformer)
+    # One step more than the run has: MagCache clears its recorded ratios when its step counter reaches the
+    # configured count, so with the true count they would be gone before we read them.
     apply_mag_cache(transformer, MagCacheConfig(calibrate=True, num_inference_steps=num_inference_steps + 1))
     forget_child_registries(transformer)
     _set_cache_context(transformer, CacheContext("ee_diffusion.calibration"))
