@@ -34,22 +34,24 @@ def class_labels(indices: list[int] | range, num_classes: int) -> list[int]:
 class BlockCounter:
     """Counts block evaluations (rows that really went through a block), whatever skipped the others.
 
-    It hooks the first module of every block that runs only when the block's attention computes (a DiT block's
-    `attn1.to_q`; other blocks: their first submodule), so it counts early exit, FirstBlockCache (which skips
-    whole blocks) and TaylorSeerCache (which replaces the attention and feed-forward outputs by a forecast) alike.
+    It hooks the first module of every block that runs only when the block's attention computes (a DiT or PixArt block's
+    `attn1.to_q`, an SD3 block's `attn.to_q`; other blocks, such as a U-Net's levels: the block itself), so it counts early exit,
+    FirstBlockCache (which skips whole blocks) and TaylorSeerCache (which replaces the attention and feed-forward
+    outputs by a forecast) alike.
     """
 
     def __init__(self, blocks: nn.ModuleList) -> None:
         self.rows = 0
-        self._handles = [self._counted(b).register_forward_pre_hook(self._count) for b in blocks]
+        self._handles = [self._counted(b).register_forward_pre_hook(self._count, with_kwargs=True) for b in blocks]
 
     @staticmethod
     def _counted(block: nn.Module) -> nn.Module:
-        query = getattr(getattr(block, "attn1", None), "to_q", None)
-        return query if isinstance(query, nn.Module) else next(iter(block.children()))
+        attention = getattr(block, "attn1", None) or getattr(block, "attn", None)  # DiT/PixArt, SD3
+        query = getattr(attention, "to_q", None)
+        return query if isinstance(query, nn.Module) else block
 
-    def _count(self, module: nn.Module, args: tuple) -> None:
-        self.rows += int(args[0].shape[0])
+    def _count(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self.rows += int((args[0] if args else kwargs["hidden_states"]).shape[0])
 
     def close(self) -> None:
         for handle in self._handles:

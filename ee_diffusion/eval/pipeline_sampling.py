@@ -1,0 +1,170 @@
+"""Sampling any supported pipeline (stock or ours) image by image, with or without early exit.
+
+The generic twin of `generate`: image `i` takes condition `i % conditioning.size` and its own noise generator
+(`image_generators`, or the prompt's own seed), so a method's images do not depend on the batching or the
+process, and every method sees the same initial noise. Stock pipelines get the exit hooks for the duration of
+each call (`early_exit`), ours get `exit_config=`; both report block evaluations the same way.
+
+```py
+>>> from ee_diffusion.pipelines.conditioning import Conditioning
+>>> from ee_diffusion.testing import tiny_pipeline
+>>> pipe = tiny_pipeline("pixart")
+>>> pipe.set_progress_bar_config(disable=True)
+>>> cond = Conditioning("prompts", prompts=[Prompt("a red cat"), Prompt("a blue car")])
+>>> run = sample_pipeline(pipe, range(3), cond, num_inference_steps=2, guidance_scale=2.0)
+>>> tuple(run.images.shape), run.model_rows, run.block_evals
+((3, 3, 16, 16), 12, 48)
+
+```
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import EarlyExitConfig
+from ..engine import early_exit
+from ..pipelines.conditioning import Conditioning, Prompt
+from ..pipelines.stock import denoiser_of, kind_of
+from ..stats import ExitStats
+from .sampling import _SEED_STRIDE, BlockCounter, SampleRun, image_generators
+
+__all__ = ["Prompt", "image_noise_generators", "sample_pipeline"]
+
+
+def image_noise_generators(indices: Sequence[int], conditioning: Conditioning, seed: int) -> list[torch.Generator]:
+    """One generator per image: the run's `(seed, i)`, or, for a prompt with its own seed, `(prompt seed, r)`
+    where `r` counts the prompt's earlier images in the set (so a prompt's first image is the same in any set)."""
+    generators = image_generators(indices, seed)
+    if conditioning.kind == "prompts":
+        for position, i in enumerate(indices):
+            prompt = conditioning.prompt(int(i))
+            if prompt.seed is not None:
+                generators[position] = torch.Generator().manual_seed(
+                    prompt.seed * _SEED_STRIDE + int(i) // conditioning.size)
+    return generators
+
+
+class _RowCounter:
+    """Rows the denoiser was called with, summed over calls (whatever hooks or caches are on it)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.rows = 0
+        self._handle = model.register_forward_pre_hook(self._count, with_kwargs=True)
+
+    def _count(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        sample = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
+        self.rows += int(sample.shape[0])
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+def _call_kwargs(pipe: Any, chunk: list[int], conditioning: Conditioning, guidance_scale: float | None,
+                 generators: list[torch.Generator]) -> dict[str, Any]:
+    """The pipeline-call arguments for one chunk of images (the condition, guidance, generators)."""
+    kind = kind_of(pipe)
+    kwargs: dict[str, Any] = {"generator": generators}
+    if kind.conditioning != conditioning.kind:
+        raise ValueError(f"{type(pipe).__name__} is conditioned on {kind.conditioning}, got a "
+                         f"{conditioning.kind} conditioning ({conditioning.describe()})")
+    if conditioning.kind == "classes":
+        kwargs["class_labels"] = [conditioning.class_id(i) for i in chunk]
+    elif conditioning.kind == "prompts":
+        kwargs["prompt"] = [conditioning.prompt(i).text for i in chunk]
+    else:
+        kwargs["batch_size"] = len(chunk)
+    if guidance_scale is not None:
+        if conditioning.kind == "none":
+            raise ValueError(f"{type(pipe).__name__} is unconditional and takes no guidance scale, "
+                             f"got {guidance_scale}")
+        kwargs["guidance_scale"] = guidance_scale
+    if type(pipe).__name__ == "PixArtAlphaPipeline":
+        # The image size is the model's own (no aspect-ratio binning); captions are used as given.
+        kwargs.update(use_resolution_binning=False, clean_caption=False)
+    return kwargs
+
+
+def _as_images(images: Any) -> torch.Tensor:
+    """A pipeline's `output_type="np"` images (N, H, W, C) in [0, 1] -> float32 (N, C, H, W) on the CPU."""
+    array = np.asarray(images, dtype=np.float32)
+    if array.ndim == 3:
+        array = array[..., None]
+    return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
+
+
+def sample_pipeline(
+    pipe: Any,
+    indices: Sequence[int],
+    conditioning: Conditioning,
+    *,
+    exit_config: EarlyExitConfig | None = None,
+    heads: nn.Module | None = None,
+    bridges: nn.Module | None = None,
+    num_inference_steps: int = 20,
+    guidance_scale: float | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    call_wrapper: Callable[[], Any] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> SampleRun:
+    """Images `indices` of the set (N, C, H, W) in [0, 1], with their block evaluations and exit statistics.
+
+    `exit_config=None` runs the stock denoiser with no hooks at all (the baseline; diffusers caches through
+    `call_wrapper`, a context-manager factory entered around every call); an `EarlyExitConfig` runs with the
+    exit hooks (`heads`: `UncertaintyHeads` for certainty policies; `bridges`: U-Nets). `guidance_scale=None`
+    keeps the pipeline's default. `on_batch(n)` is told after every batch of `n` images (progress bars).
+    `labels` holds the class ids (classes) or the prompt indices (prompts) of the images.
+    """
+    indices = [int(i) for i in indices]
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    kind = kind_of(pipe)
+    denoiser = denoiser_of(pipe)
+    from ..backbones.registry import get_adapter
+
+    counter = BlockCounter(get_adapter(denoiser).blocks)
+    rows = _RowCounter(denoiser)
+    stats: ExitStats | None = None
+    images = []
+    try:
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            kwargs = _call_kwargs(pipe, chunk, conditioning, guidance_scale,
+                                  image_noise_generators(chunk, conditioning, seed))
+            kwargs.update(num_inference_steps=num_inference_steps, output_type="np")
+            wrapper = call_wrapper() if call_wrapper is not None else contextlib.nullcontext()
+            if kind.ours:
+                kwargs["exit_config"] = exit_config if exit_config is not None else EarlyExitConfig()
+                with wrapper:
+                    out = pipe(**kwargs)
+                call_stats = out.exit_stats
+            elif exit_config is None:
+                with wrapper:
+                    out = pipe(**kwargs)
+                call_stats = None
+            else:
+                with wrapper, early_exit(denoiser, exit_config, heads, bridges) as call_stats:
+                    out = pipe(**kwargs)
+            if call_stats is not None:
+                stats = ExitStats(call_stats.num_blocks) if stats is None else stats
+                stats.extend(call_stats)
+            images.append(_as_images(out.images))
+            if on_batch is not None:
+                on_batch(len(chunk))
+    finally:
+        counter.close()
+        rows.close()
+    if conditioning.kind == "classes":
+        labels = torch.tensor([conditioning.class_id(i) for i in indices])
+    else:
+        labels = torch.tensor([i % conditioning.size for i in indices])
+    extra = {} if stats is None else {"exit_stats": stats}
+    return SampleRun(images=torch.cat(images), labels=labels, indices=torch.tensor(indices),
+                     block_evals=counter.rows, model_rows=rows.rows, extra=extra)
