@@ -93,45 +93,84 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 
 def _add_calibrate(subparsers) -> None:
+    from .calibration.run import KINDS
+
     parser = subparsers.add_parser(
-        "calibrate", help="choose a depth schedule or per-timestep thresholds for a compute budget or quality tolerance"
-    )
-    parser.add_argument("--model", default="digits", help='"digits" (shipped), "glyphs", or a pipeline folder')
-    parser.add_argument("--kind", choices=("schedule", "thresholds", "distil"), default="schedule")
+        "calibrate", help="choose an exit policy for a compute budget, a quality tolerance or a PSNR goal, on our "
+                          "models or any supported pipeline folder; writes an EarlyExitConfig JSON")
+    parser.add_argument("--model", default="digits",
+                        help='"digits" (shipped), "glyphs", or a local pipeline folder of a supported class '
+                             '(ours, DiTPipeline, PixArtAlphaPipeline, StableDiffusion3Pipeline, '
+                             'StableDiffusionPipeline, DDPMPipeline)')
+    parser.add_argument("--kind", choices=KINDS, default="schedule",
+                        help="schedule: a TimestepSchedule (layer-wise-trained models); thresholds and distil: "
+                             "DeeDiff heads; tail-cache: the training-free residual-change threshold (stock models)")
     goal = parser.add_mutually_exclusive_group(required=True)
     goal.add_argument("--budget", type=float, help="fraction of full-depth block evaluations, in (0, 1]")
     goal.add_argument("--tolerance", type=float,
                       help="schedule only: allowed sample deviation, as a fraction of the typical distance between "
                            "two full-model samples")
+    goal.add_argument("--min-psnr", type=float,
+                      help="schedule and tail-cache: mean per-image PSNR (dB) against the full model's images")
+    conditioning = parser.add_mutually_exclusive_group()
+    conditioning.add_argument("--classes", nargs="+", help="class ids or names of the calibration images "
+                                                           "(class-conditional pipelines; ours default to all)")
+    conditioning.add_argument("--prompts", type=Path, help="prompt file (text-to-image pipelines): one prompt per "
+                                                           "line, or JSONL {\"prompt\": ..., \"seed\": ...}")
+    parser.add_argument("--heads", type=Path, default=None,
+                        help="an UncertaintyHeads folder for a stock pipeline (thresholds, distil)")
     parser.add_argument("--threshold", type=float, default=0.9, help="distil: the DeeDiff threshold to observe")
     parser.add_argument("--images", type=int, default=40, help="calibration images (seeds disjoint from bench)")
     parser.add_argument("--steps", type=int, default=None,
                         help="sampling steps (default: the pipeline's operating point, else 20)")
     parser.add_argument("--guidance", type=float, default=None,
-                        help="guidance scale (default: the pipeline's operating point, else its default guidance)")
+                        help="guidance scale (default: the operating point's, else the pipeline's default)")
     parser.add_argument("--buckets", type=int, default=4, help="timestep buckets of the schedule")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per pipeline call")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
     parser.add_argument("--out", type=Path, default=Path("policy.json"))
     parser.set_defaults(func=_run_calibrate)
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .calibration import as_target, run_calibration, save_calibration
     from .default_model import load_setting_pipeline
     from .eval.features import load_feature_net
-    from .calibration import run_calibration
+    from .heads import UncertaintyHeads
+    from .pipelines.conditioning import Conditioning
+    from .pipelines.stock import kind_of, load_pipeline
 
     setting = args.model if args.model in ("digits", "glyphs") else None
-    pipe = load_setting_pipeline(setting or "digits", None if setting else args.model)
-    feature_net = load_feature_net(setting) if setting else None
-    point = pipe.operating_point
+    dtype = getattr(torch, args.dtype)
+    if setting:
+        pipe = load_setting_pipeline(setting).to(args.device, dtype)
+    else:
+        pipe = load_pipeline(args.model, torch_dtype=dtype, device=args.device)
+    pipe.set_progress_bar_config(disable=True)
+    conditioning = None
+    if args.prompts is not None:
+        conditioning = Conditioning.from_prompt_file(args.prompts)
+    elif args.classes:
+        conditioning = Conditioning.from_classes(args.classes, pipe)
+    heads = UncertaintyHeads.from_pretrained(args.heads).to(args.device) if args.heads is not None else None
+    target = as_target(pipe, conditioning, heads=heads)
+    point = pipe.operating_point if kind_of(pipe).ours else None
     steps = args.steps or (point.num_inference_steps if point is not None else 20)
-    guidance = args.guidance if args.guidance is not None else pipe.resolve_call(None, None, None).guidance_scale
-    result = run_calibration(pipe, kind=args.kind, budget=args.budget, tolerance=args.tolerance,
-                             threshold=args.threshold, num_images=args.images, steps=steps,
-                             guidance_scale=guidance, num_buckets=args.buckets, feature_net=feature_net)
-    from .calibration import save_calibration
-
+    guidance = args.guidance
+    if guidance is None and kind_of(pipe).ours:
+        guidance = pipe.resolve_call(None, None, None).guidance_scale
+    result = run_calibration(target, kind=args.kind, budget=args.budget, tolerance=args.tolerance,
+                             min_psnr=args.min_psnr, threshold=args.threshold, num_images=args.images, steps=steps,
+                             guidance_scale=guidance, num_buckets=args.buckets, batch_size=args.batch_size,
+                             feature_net=load_feature_net(setting) if setting else None)
     save_calibration(result, args.out)
-    print(f"{result.exit_config.to_json()}\nblock fraction {result.info.get('block_fraction'):.3f}; saved to {args.out}")
+    info = result.info
+    psnr = f"; mean PSNR {info['psnr_db_mean']:.2f} dB" if "psnr_db_mean" in info else ""
+    print(f"{result.exit_config.to_json()}\nblock fraction {info.get('block_fraction'):.3f}{psnr} on "
+          f"{args.images} calibration images at {steps} steps; saved to {args.out}")
     return 0
 
 

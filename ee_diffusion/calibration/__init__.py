@@ -3,14 +3,28 @@
 - `calibrate_schedule(pipe, budget=0.5)` or `tolerance=`: a static `TimestepSchedule` (`schedule.py`);
 - `calibrate_thresholds(pipe, budget=0.5)`: per-timestep DeeDiff thresholds, simulated through the policy
   itself on recorded certainties, then checked by a real run (`thresholds.py`);
-- `distil_schedule(exit_stats)`: the exits of a dynamic policy as a static schedule (`distil.py`).
+- `distil_schedule(exit_stats)`: the exits of a dynamic policy as a static schedule (`distil.py`);
+- `calibrate_tail_cache(pipe, min_psnr=30)`: the training-free residual-change threshold of
+  `CachedTailResidual` for a fidelity goal or a budget, measured trial by trial (`tail_cache.py`).
+
+Every calibration takes a pipeline of ours or a `CalibrationTarget`: any supported stock pipeline with the
+class ids or prompts its calibration images use (`as_target(pipe, conditioning, heads=...)`). Goals in PSNR
+are mean per-image PSNR against the full model's image from the same noise.
 
 `save_calibration(result, path)` writes JSON (`{"exit_config": ..., "calibration": ...}`); `load_policy(path)`
 reads it back as an `EarlyExitConfig`. All measurements use a calibration set whose seeds are disjoint from
 any evaluation's.
 """
 
-from .common import CalibrationResult, CalibrationSet, bisect_increasing, load_policy, save_calibration
+from .common import (
+    CalibrationResult,
+    CalibrationSet,
+    CalibrationTarget,
+    as_target,
+    bisect_increasing,
+    load_policy,
+    save_calibration,
+)
 from .distil import distil_schedule
 from .run import run_calibration
 from .schedule import (
@@ -20,14 +34,18 @@ from .schedule import (
     schedule_from_deviation,
     step_buckets,
 )
+from .tail_cache import calibrate_tail_cache
 from .thresholds import calibrate_thresholds, record_certainties, simulate_depths, thresholds_for_fractions
 
 __all__ = [
     "CalibrationResult",
     "CalibrationSet",
+    "CalibrationTarget",
     "allocate_depths",
+    "as_target",
     "bisect_increasing",
     "calibrate_schedule",
+    "calibrate_tail_cache",
     "calibrate_thresholds",
     "distil_schedule",
     "load_policy",

@@ -2,32 +2,100 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from .._io import atomic_write_text, read_json_file
 from .._validation import check_int
+from ..backbones.registry import get_adapter
 from ..config import EarlyExitConfig
-from ..eval.sampling import SampleRun, generate
+from ..eval.pipeline_sampling import sample_pipeline
+from ..eval.sampling import SampleRun
+from ..pipelines.conditioning import Conditioning
+from ..pipelines.stock import denoiser_of, kind_of
 
 
 @dataclass
 class CalibrationSet:
-    """The images calibration samples: `num_images` class-balanced images with noise seeds `seed`."""
+    """The images calibration samples: `num_images` images with noise seeds `seed`, cycling through the
+    target's conditions (class-balanced for class-conditional pipelines). `guidance_scale=None` keeps the
+    pipeline's own default."""
 
     num_images: int = 40
     seed: int = 9001
     num_inference_steps: int = 20
-    guidance_scale: float = 4.0
+    guidance_scale: float | None = 4.0
     batch_size: int = 64
     num_buckets: int = 4
 
     def __post_init__(self) -> None:
         for name in ("num_images", "num_inference_steps", "batch_size", "num_buckets"):
             check_int(getattr(self, name), name, 1)
+
+
+@dataclass
+class CalibrationTarget:
+    """What calibration samples: a pipeline (stock or ours), its conditions, and the exit modules policies use.
+
+    `heads` (`UncertaintyHeads`) and `bridges` (`UNetExitBridges`) are for stock pipelines; ours carry their own.
+    Build it with `as_target`, which also accepts a bare pipeline of ours (its classes, its heads).
+    """
+
+    pipe: Any
+    conditioning: Conditioning
+    heads: nn.Module | None = None
+    bridges: nn.Module | None = None
+
+    @property
+    def denoiser(self) -> nn.Module:
+        return denoiser_of(self.pipe)
+
+    @property
+    def num_blocks(self) -> int:
+        return get_adapter(self.denoiser).num_blocks
+
+    @property
+    def exit_heads(self) -> nn.Module | None:
+        """The heads certainty policies use: the pipeline's own (ours) or the ones given."""
+        return getattr(self.pipe, "exit_heads", None) if kind_of(self.pipe).ours else self.heads
+
+    def guidance(self, calib: CalibrationSet) -> float:
+        """The guidance scale the calibration set runs at (the pipeline's default when `calib` leaves it open)."""
+        if calib.guidance_scale is not None:
+            return float(calib.guidance_scale)
+        if kind_of(self.pipe).ours:
+            return float(self.pipe.resolve_call(calib.num_inference_steps, None, None).guidance_scale)
+        default = inspect.signature(type(self.pipe).__call__).parameters.get("guidance_scale")
+        return float(default.default) if default is not None else 1.0
+
+
+def as_target(pipe: Any, conditioning: Conditioning | None = None, heads: nn.Module | None = None,
+              bridges: nn.Module | None = None) -> CalibrationTarget:
+    """A `CalibrationTarget` for `pipe` (returned as is if it already is one).
+
+    Without `conditioning`, class-conditional pipelines of ours cycle through all their classes, unconditional
+    ones need none, and any other pipeline raises a `ValueError` asking for class ids or prompts.
+    """
+    if isinstance(pipe, CalibrationTarget):
+        return pipe
+    kind = kind_of(pipe)
+    if conditioning is None:
+        if kind.ours:
+            conditioning = Conditioning("classes", class_ids=list(range(pipe.num_classes)))
+        elif kind.conditioning == "none":
+            conditioning = Conditioning("none")
+        else:
+            raise ValueError(f"{type(pipe).__name__} is conditioned on {kind.conditioning}: give the calibration "
+                             f"{'class ids' if kind.conditioning == 'classes' else 'a prompt file'}")
+    if kind.ours and (heads is not None or bridges is not None):
+        raise ValueError(f"{type(pipe).__name__} carries its own exit heads and bridges; got extra ones")
+    return CalibrationTarget(pipe, conditioning, heads, bridges)
 
 
 @dataclass
@@ -56,10 +124,14 @@ def load_policy(path: str | Path) -> EarlyExitConfig:
 
 
 def sample_calibration_set(pipe: Any, calib: CalibrationSet, exit_config: EarlyExitConfig | None) -> SampleRun:
-    """The calibration images under `exit_config` (None: the full model), with their exit statistics."""
-    return generate(
-        pipe, range(calib.num_images), exit_config=exit_config, num_inference_steps=calib.num_inference_steps,
-        guidance_scale=calib.guidance_scale, seed=calib.seed, batch_size=calib.batch_size,
+    """The calibration images under `exit_config` (None: the full model, hooked without a policy, so that its
+    exit statistics are recorded too); `pipe` is a pipeline of ours or a `CalibrationTarget`."""
+    target = as_target(pipe)
+    return sample_pipeline(
+        target.pipe, range(calib.num_images), target.conditioning,
+        exit_config=exit_config if exit_config is not None else EarlyExitConfig(), heads=target.heads,
+        bridges=target.bridges, num_inference_steps=calib.num_inference_steps,
+        guidance_scale=target.guidance(calib), seed=calib.seed, batch_size=calib.batch_size,
     )
 
 

@@ -1,4 +1,4 @@
-"""What `ee-diffusion calibrate` runs: one of the three calibrations, chosen by name."""
+"""What `ee-diffusion calibrate` runs: one of the four calibrations, chosen by name."""
 
 from __future__ import annotations
 
@@ -6,48 +6,72 @@ from typing import Any
 
 import torch
 
+from ..backbones.registry import get_adapter
 from ..config import EarlyExitConfig
+from ..pipelines.stock import kind_of
 from ..schedules import TimestepSchedule, UncertaintyThreshold
 from ..schedules.buckets import bucket_index
-from .common import CalibrationResult, CalibrationSet, sample_calibration_set
+from .common import CalibrationResult, CalibrationSet, as_target, sample_calibration_set
 from .distil import distil_schedule
-from .schedule import sampling_timesteps, calibrate_schedule
+from .schedule import calibrate_schedule, call_timesteps
+from .tail_cache import calibrate_tail_cache
 from .thresholds import calibrate_thresholds
 
-KINDS = ("schedule", "thresholds", "distil")
+KINDS = ("schedule", "thresholds", "distil", "tail-cache")
 
 
 def run_calibration(
     pipe: Any, kind: str = "schedule", budget: float | None = None, tolerance: float | None = None,
-    threshold: float = 0.9, num_images: int = 40, steps: int = 20, guidance_scale: float = 4.0,
-    num_buckets: int = 4, feature_net: Any = None, progress: bool = False,
+    threshold: float = 0.9, num_images: int = 40, steps: int = 20, guidance_scale: float | None = 4.0,
+    num_buckets: int = 4, feature_net: Any = None, progress: bool = False, min_psnr: float | None = None,
+    batch_size: int = 64,
 ) -> CalibrationResult:
-    """What `ee-diffusion calibrate` runs: `kind` is "schedule", "thresholds" (needs a budget) or "distil"
-    (observe `UncertaintyThreshold(threshold)` on the calibration set, distil it into a schedule)."""
+    """What `ee-diffusion calibrate` runs on `pipe` (a pipeline of ours or a `CalibrationTarget`): `kind` is
+    "schedule" (budget, tolerance or min_psnr), "thresholds" (needs heads and a budget), "distil" (observe
+    `UncertaintyThreshold(threshold)` on the calibration set, distil it into a schedule) or "tail-cache" (the
+    training-free residual-change threshold, for min_psnr or a budget)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    target = as_target(pipe)
+    _check_target(target, kind)
     calib = CalibrationSet(num_images=num_images, num_inference_steps=steps, guidance_scale=guidance_scale,
-                           num_buckets=num_buckets)
+                           num_buckets=num_buckets, batch_size=batch_size)
     if kind == "schedule":
-        return calibrate_schedule(pipe, budget=budget, tolerance=tolerance, calib=calib, feature_net=feature_net,
-                                  progress=progress)
+        return calibrate_schedule(target, budget=budget, tolerance=tolerance, min_psnr=min_psnr, calib=calib,
+                                  feature_net=feature_net, progress=progress)
+    if kind == "tail-cache":
+        return calibrate_tail_cache(target, min_psnr=min_psnr, budget=budget, calib=calib, progress=progress)
     if kind == "thresholds":
         if budget is None:
-            raise ValueError("threshold calibration needs --budget")
-        return calibrate_thresholds(pipe, budget, calib=calib, feature_net=feature_net, progress=progress)
-    if kind == "distil":
-        if pipe.exit_heads is None:
-            raise ValueError("distil observes an UncertaintyThreshold policy: the pipeline needs exit_heads")
-        run = sample_calibration_set(pipe, calib, EarlyExitConfig(policy=UncertaintyThreshold(threshold)))
-        stats = run.extra.get("exit_stats")
-        schedule = distil_schedule(stats)
-        n = len(pipe.transformer.transformer_blocks)
-        fraction = sum(c * k for c, k in zip(_bucket_steps(pipe, steps, schedule), schedule.depths)) / (steps * n)
-        return CalibrationResult(EarlyExitConfig(policy=schedule),
-                                 {"kind": "distil", "observed_threshold": threshold, "block_fraction": fraction,
-                                  "observed_fraction": run.block_evals / (run.model_rows * n),
-                                  "calibration_set": vars(calib).copy()})
-    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+            raise ValueError("threshold calibration needs a budget (--budget)")
+        return calibrate_thresholds(target, budget, calib=calib, feature_net=feature_net, progress=progress)
+    run = sample_calibration_set(target, calib, EarlyExitConfig(policy=UncertaintyThreshold(threshold)))
+    schedule = distil_schedule(run.extra["exit_stats"])
+    n = target.num_blocks
+    calls = _bucket_calls(call_timesteps(run, calib), schedule)
+    fraction = sum(c * k for c, k in zip(calls, schedule.depths)) / (sum(calls) * n)
+    return CalibrationResult(EarlyExitConfig(policy=schedule),
+                             {"kind": "distil", "observed_threshold": threshold, "block_fraction": fraction,
+                              "observed_fraction": run.block_evals / (run.model_rows * n),
+                              "calibration_set": vars(calib).copy(), "conditioning": target.conditioning.to_dict()})
 
 
-def _bucket_steps(pipe: Any, steps: int, schedule: TimestepSchedule) -> list[int]:
-    bucket = bucket_index(torch.tensor(sampling_timesteps(pipe, steps)), schedule.boundaries)
+def _check_target(target: Any, kind: str) -> None:
+    """Refuse, before any sampling, a calibration the pipeline's denoiser cannot run."""
+    name = type(target.denoiser).__name__
+    sequential = get_adapter(target.denoiser).sequential
+    if kind == "tail-cache" and not sequential:
+        raise ValueError(f"tail-cache calibration needs a transformer denoiser (per-row block inputs and outputs); "
+                         f"{type(target.pipe).__name__} has a {name}: use --kind schedule with exit bridges")
+    if not sequential and target.bridges is None and not kind_of(target.pipe).ours:
+        raise ValueError(f"{name} exits by depth truncation and needs trained UNetExitBridges, which a stock "
+                         f"{type(target.pipe).__name__} folder does not have; calibrate an EarlyExitUNetPipeline")
+    if kind in ("thresholds", "distil") and target.exit_heads is None:
+        raise ValueError(f"{kind} calibration needs exit heads (UncertaintyHeads): pass --heads FOLDER for a stock "
+                         f"pipeline, or use --kind schedule / tail-cache")
+
+
+def _bucket_calls(timesteps: list[float], schedule: TimestepSchedule) -> list[int]:
+    """Model calls per bucket of `schedule` for a sampling run with these call timesteps."""
+    bucket = bucket_index(torch.tensor(timesteps), schedule.boundaries)
     return [int((bucket == j).sum()) for j in range(len(schedule.depths))]

@@ -27,10 +27,9 @@ from typing import Any
 import torch
 
 from ..config import EarlyExitConfig
-from ..eval.sampling import class_labels, image_generators
-from ..schedules import ExitPolicy, TimestepSchedule
-from ..schedules.buckets import bucket_index
-from .common import CalibrationResult, CalibrationSet
+from ..eval.sampling import SampleRun
+from ..schedules import TimestepSchedule
+from .common import CalibrationResult, CalibrationSet, as_target, sample_calibration_set
 
 logger = logging.getLogger(__name__)
 
@@ -79,36 +78,6 @@ def allocate_depths(
     return depths
 
 
-class _VariantPlan(ExitPolicy):
-    """Planned depths for a batch made of `len(table)` variants of the same `per_variant` images, variant-major
-    (guided batches repeat the layout for the unconditional half): row r runs `table[variant(r), bucket(t_r)]`."""
-
-    def __init__(self, boundaries: list[float], table: torch.Tensor, per_variant: int) -> None:
-        self.boundaries = boundaries
-        self.table = table
-        self.per_variant = per_variant
-
-    def plan_depths(self, timesteps: torch.Tensor, num_blocks: int) -> torch.Tensor:
-        rows = torch.arange(timesteps.shape[0], device=timesteps.device)
-        variant = (rows % (self.table.shape[0] * self.per_variant)) // self.per_variant
-        bucket = bucket_index(timesteps, self.boundaries)
-        return self.table.to(timesteps.device)[variant, bucket].clamp(max=num_blocks)
-
-
-def _sample_variants(pipe: Any, calib: CalibrationSet, boundaries: list[float], table: torch.Tensor) -> torch.Tensor:
-    """Images (V * n, C, H, W) of the calibration set under each row of `table`, in one pipeline call."""
-    transformer = pipe.transformer
-    shape = (transformer.config.in_channels, transformer.config.sample_size, transformer.config.sample_size)
-    indices = list(range(calib.num_images)) * table.shape[0]
-    noise = torch.stack([torch.randn(shape, generator=g) for g in image_generators(indices, calib.seed)])
-    out = pipe(
-        class_labels=class_labels(indices, pipe.num_classes),
-        num_inference_steps=calib.num_inference_steps, guidance_scale=calib.guidance_scale, latents=noise,
-        exit_config=EarlyExitConfig(policy=_VariantPlan(boundaries, table, calib.num_images)), output_type="pt",
-    )
-    return out.images.float().cpu()
-
-
 def _embed(images: torch.Tensor, feature_net: Any) -> torch.Tensor:
     if feature_net is None:
         return images.flatten(1).double()
@@ -116,42 +85,26 @@ def _embed(images: torch.Tensor, feature_net: Any) -> torch.Tensor:
         return feature_net(images).double()
 
 
-def sampling_timesteps(pipe: Any, steps: int) -> list[float]:
-    pipe.scheduler.set_timesteps(steps)
-    return [float(t) for t in pipe.scheduler.timesteps]
+def call_timesteps(run: SampleRun, calib: CalibrationSet) -> list[float]:
+    """The timestep of every model call of one sampling run, as the pipeline really called the model.
 
-
-def measure_depth_deviation(
-    pipe: Any, calib: CalibrationSet, feature_net: Any = None, depths: list[int] | None = None, progress: bool = False
-) -> dict[str, Any]:
-    """Deviation of the final samples when one timestep bucket runs at a smaller depth (the rest at full depth).
-
-    Returns `{"boundaries", "steps_per_bucket", "deviation" (buckets x num_blocks, mean squared distance),
-    "typical_distance" (mean squared distance between two different full-model samples of one class),
-    "num_blocks"}`. Depths not measured are interpolated (monotone in depth).
+    Read from the run's exit statistics (every batch of the calibration set makes the same calls), so it holds
+    for any scheduler: flow-matching sigmas, Heun's two calls per step, a pipeline's own timestep spacing.
     """
-    num_blocks = len(pipe.transformer.transformer_blocks)
-    boundaries, counts = step_buckets(sampling_timesteps(pipe, calib.num_inference_steps), calib.num_buckets)
-    depths = sorted(set(depths or range(1, num_blocks)))
-    # Every (bucket, depth) variant samples the same calibration images; all variants run as one batch, each
-    # row planned with its variant's schedule (large batches use the CPU far better than many small calls).
-    # Variant 0 is the full model, the reference.
-    variants = [(j, k) for j in range(len(counts)) for k in depths]
-    table = torch.full((1 + len(variants), len(counts)), num_blocks, dtype=torch.long)
-    for v, (j, k) in enumerate(variants, start=1):
-        table[v, j] = k
-    images = _sample_variants(pipe, calib, boundaries, table)
-    reference = _embed(images[: calib.num_images], feature_net)
-    # The typical distance: each sample against the next sample of the same class (a different noise draw).
-    num_classes = pipe.num_classes
-    shift = num_classes if calib.num_images > num_classes else 1
-    typical = float(((reference[shift:] - reference[:-shift]) ** 2).sum(1).mean())
-    measured: list[dict[int, float]] = [{num_blocks: 0.0} for _ in counts]
-    for v, (j, k) in enumerate(variants, start=1):
-        chunk = images[v * calib.num_images : (v + 1) * calib.num_images]
-        measured[j][k] = float(((_embed(chunk, feature_net) - reference) ** 2).sum(1).mean())
-        if progress:
-            logger.info("bucket %d depth %d: deviation %.4g", j, k, measured[j][k])
+    stats = run.extra["exit_stats"]
+    batches = math.ceil(calib.num_images / calib.batch_size)
+    return [float(t[0]) for t in stats.timesteps[: stats.num_calls // batches]]
+
+
+def psnr_db(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """(N,) PSNR in dB of (N, C, H, W) images in [0, 1] against their reference images (capped at 100 dB)."""
+    mse = ((images.double() - reference.double()) ** 2).flatten(1).mean(1)
+    return (10 * torch.log10(1.0 / mse.clamp(min=1e-10))).clamp(max=100.0)
+
+
+def _monotone_rows(measured: list[dict[int, float]], num_blocks: int) -> list[list[float]]:
+    """Per bucket, the deviation at every depth 1..N from the measured ones: interpolated between measured
+    depths, doubled below the shallowest, and made non-increasing in depth (measurement noise otherwise)."""
     deviation = []
     for row in measured:
         known = sorted(row)
@@ -165,53 +118,137 @@ def measure_depth_deviation(
                 lo = max(d for d in known if d < k)
                 hi = min(d for d in known if d > k)
                 full.append(row[lo] + (row[hi] - row[lo]) * (k - lo) / (hi - lo))
-        # Deviation can only be trusted to fall with depth: enforce it (measurement noise otherwise).
         for k in range(num_blocks - 2, -1, -1):
             full[k] = max(full[k], full[k + 1])
         deviation.append(full)
-    return {"boundaries": boundaries, "steps_per_bucket": counts, "deviation": deviation,
-            "typical_distance": typical, "num_blocks": num_blocks}
+    return deviation
+
+
+def measure_depth_deviation(
+    pipe: Any, calib: CalibrationSet, feature_net: Any = None, depths: list[int] | None = None, progress: bool = False
+) -> dict[str, Any]:
+    """Deviation of the final samples when one timestep bucket runs at a smaller depth (the rest at full depth).
+
+    `pipe` is a pipeline of ours or a `CalibrationTarget` (any supported pipeline with its conditions). Returns
+    `{"boundaries", "steps_per_bucket", "deviation" (buckets x num_blocks, mean squared distance in the feature
+    space, or pixels without a feature net), "pixel_deviation" (the same in pixels, for PSNR goals),
+    "typical_distance" (mean squared distance between two different full-model samples of one condition),
+    "num_pixels", "num_blocks"}`. Depths not measured are interpolated (monotone in depth). The boundaries are
+    timesteps of the scheduler (not step indices), so a schedule holds at other step counts too.
+    """
+    target = as_target(pipe)
+    num_blocks = target.num_blocks
+    full = sample_calibration_set(target, calib, None)  # the reference, and the timesteps of its calls
+    boundaries, counts = step_buckets(call_timesteps(full, calib), calib.num_buckets)
+    depths = sorted(set(depths or range(1, num_blocks)))
+    reference = _embed(full.images, feature_net)
+    # The typical distance: each sample against the next sample of the same condition (a different noise draw).
+    size = target.conditioning.size
+    shift = size if calib.num_images > size else 1
+    typical = float(((reference[shift:] - reference[:-shift]) ** 2).sum(1).mean())
+    measured: list[dict[int, float]] = [{num_blocks: 0.0} for _ in counts]
+    pixels: list[dict[int, float]] = [{num_blocks: 0.0} for _ in counts]
+    for j in range(len(counts)):
+        for k in depths:
+            plan = [k if i == j else num_blocks for i in range(len(counts))]
+            run = sample_calibration_set(
+                target, calib, EarlyExitConfig(policy=TimestepSchedule(boundaries=boundaries, depths=plan)))
+            measured[j][k] = float(((_embed(run.images, feature_net) - reference) ** 2).sum(1).mean())
+            pixels[j][k] = float(((run.images.double() - full.images.double()) ** 2).flatten(1).sum(1).mean())
+            if progress:
+                logger.info("bucket %d depth %d: deviation %.4g", j, k, measured[j][k])
+    return {"boundaries": boundaries, "steps_per_bucket": counts, "deviation": _monotone_rows(measured, num_blocks),
+            "pixel_deviation": _monotone_rows(pixels, num_blocks), "typical_distance": typical,
+            "num_pixels": int(full.images[0].numel()), "num_blocks": num_blocks}
+
+
+def _cheapest_within(deviation: list[list[float]], counts: list[int], n: int, allowed: float) -> list[int]:
+    """The cheapest depth plan whose summed deviation stays within `allowed` (full depth if none does)."""
+    total_blocks = sum(counts) * n
+    for used in range(sum(counts), total_blocks + 1):
+        plan = allocate_depths(deviation, counts, n, used / total_blocks)
+        if sum(deviation[j][k - 1] for j, k in enumerate(plan)) <= allowed:
+            return plan
+    return [n] * len(counts)
 
 
 def schedule_from_deviation(measurement: dict[str, Any], budget: float | None = None,
-                            tolerance: float | None = None) -> tuple[TimestepSchedule, dict[str, Any]]:
-    """The calibrated schedule for a budget (fraction of block evaluations) or a tolerance (see module doc)."""
-    if (budget is None) == (tolerance is None):
-        raise ValueError(f"give exactly one of budget and tolerance, got budget={budget!r}, tolerance={tolerance!r}")
+                            tolerance: float | None = None, min_psnr: float | None = None,
+                            ) -> tuple[TimestepSchedule, dict[str, Any]]:
+    """The calibrated schedule for a budget (fraction of block evaluations), a tolerance (see module doc) or a
+    fidelity goal `min_psnr` (dB against the full model's images: the predicted mean squared error per pixel
+    is at most 10^(-min_psnr / 10), for images in [0, 1])."""
+    goals = {"budget": budget, "tolerance": tolerance, "min_psnr": min_psnr}
+    if sum(v is not None for v in goals.values()) != 1:
+        raise ValueError(f"give exactly one of budget, tolerance and min_psnr, got {goals}")
     n = measurement["num_blocks"]
     counts = measurement["steps_per_bucket"]
     deviation = measurement["deviation"]
+    for name in ("tolerance", "min_psnr"):
+        value = goals[name]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
     if budget is not None:
         depths = allocate_depths(deviation, counts, n, budget)
+    elif tolerance is not None:
+        depths = _cheapest_within(deviation, counts, n, tolerance * measurement["typical_distance"])
     else:
-        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0:
-            raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
-        allowed = tolerance * measurement["typical_distance"]
-        depths = [n] * len(counts)
-        total_blocks = sum(counts) * n
-        for used in range(sum(counts), total_blocks + 1):  # cheapest plan that stays within the tolerance
-            plan = allocate_depths(deviation, counts, n, used / total_blocks)
-            if sum(deviation[j][k - 1] for j, k in enumerate(plan)) <= allowed:
-                depths = plan
-                break
+        if "pixel_deviation" not in measurement:
+            raise ValueError("a min_psnr goal needs a measurement with pixel_deviation (measure_depth_deviation)")
+        allowed = measurement["num_pixels"] * 10 ** (-min_psnr / 10)
+        depths = _cheapest_within(measurement["pixel_deviation"], counts, n, allowed)
     predicted = sum(deviation[j][k - 1] for j, k in enumerate(depths))
     fraction = sum(c * k for c, k in zip(counts, depths)) / (sum(counts) * n)
     info = {"depths": depths, "predicted_deviation": predicted,
             "predicted_relative_deviation": predicted / max(measurement["typical_distance"], 1e-12),
             "block_fraction": fraction}
+    if "pixel_deviation" in measurement:
+        mse = sum(measurement["pixel_deviation"][j][k - 1] for j, k in enumerate(depths)) / measurement["num_pixels"]
+        info["predicted_psnr_db"] = min(100.0, 10 * math.log10(1 / mse)) if mse > 0 else 100.0
     return TimestepSchedule(boundaries=measurement["boundaries"], depths=depths), info
 
 
 def calibrate_schedule(
     pipe: Any, budget: float | None = None, tolerance: float | None = None, calib: CalibrationSet | None = None,
     feature_net: Any = None, measurement: dict[str, Any] | None = None, progress: bool = False,
+    min_psnr: float | None = None, max_rounds: int = 4,
 ) -> CalibrationResult:
-    """A `TimestepSchedule` calibrated to `budget` (fraction of full-depth block evaluations) or `tolerance`."""
+    """A `TimestepSchedule` calibrated to `budget` (fraction of full-depth block evaluations), `tolerance`, or
+    `min_psnr` (mean per-image PSNR against the full model on the calibration set, in dB).
+
+    `pipe` is a pipeline of ours or a `CalibrationTarget` (`as_target(stock_pipe, conditioning)`). With
+    `min_psnr`, the predicted schedule is sampled and its per-image PSNR measured; while the mean falls short,
+    the goal is raised by the shortfall (plus 1 dB) and the schedule chosen again, up to `max_rounds` times,
+    ending at full depth if nothing cheaper holds. The measured PSNR (mean, 10th percentile, min) is in `info`.
+    """
     calib = calib or CalibrationSet()
-    measurement = measurement or measure_depth_deviation(pipe, calib, feature_net, progress=progress)
-    schedule, info = schedule_from_deviation(measurement, budget=budget, tolerance=tolerance)
-    info.update({"kind": "schedule", "budget": budget, "tolerance": tolerance, "calibration_set": vars(calib).copy(),
+    target = as_target(pipe)
+    measurement = measurement or measure_depth_deviation(target, calib, feature_net, progress=progress)
+    schedule, info = schedule_from_deviation(measurement, budget=budget, tolerance=tolerance, min_psnr=min_psnr)
+    if min_psnr is not None:
+        reference = sample_calibration_set(target, calib, None).images
+        goal, rounds = min_psnr, []
+        for _ in range(max_rounds):
+            run = sample_calibration_set(target, calib, EarlyExitConfig(policy=schedule))
+            psnr = psnr_db(run.images, reference)
+            rounds.append({"goal_db": goal, "depths": list(schedule.depths), "psnr_db_mean": float(psnr.mean()),
+                           "psnr_db_p10": float(psnr.quantile(0.1)), "psnr_db_min": float(psnr.min()),
+                           "block_fraction": run.block_evals / (run.model_rows * target.num_blocks)})
+            if progress:
+                logger.info("depths %s: PSNR %.2f dB (goal %.2f)", schedule.depths, psnr.mean(), min_psnr)
+            if rounds[-1]["psnr_db_mean"] >= min_psnr or all(k == target.num_blocks for k in schedule.depths):
+                break
+            goal += min_psnr - rounds[-1]["psnr_db_mean"] + 1.0
+            schedule, info = schedule_from_deviation(measurement, min_psnr=goal)
+        else:  # no round held: the full model is the only schedule known to meet the goal
+            schedule = TimestepSchedule(boundaries=measurement["boundaries"],
+                                        depths=[target.num_blocks] * len(measurement["steps_per_bucket"]))
+            info = {**info, "depths": list(schedule.depths), "block_fraction": 1.0}
+        info["measured"] = rounds
+        if rounds[-1]["depths"] == list(schedule.depths):
+            info.update(block_fraction=rounds[-1]["block_fraction"], psnr_db_mean=rounds[-1]["psnr_db_mean"],
+                        psnr_db_p10=rounds[-1]["psnr_db_p10"])
+    info.update({"kind": "schedule", "budget": budget, "tolerance": tolerance, "min_psnr": min_psnr,
+                 "calibration_set": vars(calib).copy(), "conditioning": target.conditioning.to_dict(),
                  "measurement": measurement})
     return CalibrationResult(EarlyExitConfig(policy=schedule), info)
-
-

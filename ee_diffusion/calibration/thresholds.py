@@ -19,7 +19,7 @@ from ..config import EarlyExitConfig
 from ..engine_base import pair_mask
 from ..schedules import ExitContext, ExitPolicy, UncertaintyThreshold
 from ..schedules.buckets import bucket_index
-from .common import CalibrationResult, CalibrationSet, bisect_increasing, sample_calibration_set
+from .common import CalibrationResult, CalibrationSet, as_target, bisect_increasing, sample_calibration_set
 from .schedule import measure_depth_deviation, schedule_from_deviation
 
 logger = logging.getLogger(__name__)
@@ -63,9 +63,10 @@ class RecordedCertainties:
 def record_certainties(pipe: Any, calib: CalibrationSet, paired: bool = False) -> RecordedCertainties:
     """Full-depth sampling of the calibration set, recording every row's certainty after every block but the last."""
     recorder = _CertaintyRecorder()
-    sample_calibration_set(pipe, calib, EarlyExitConfig(policy=recorder))
+    target = as_target(pipe)
+    sample_calibration_set(target, calib, EarlyExitConfig(policy=recorder))
     calls = [{"timesteps": c["timesteps"], "certainty": torch.stack(c["certainty"], dim=1)} for c in recorder.calls]
-    return RecordedCertainties(calls, len(pipe.transformer.transformer_blocks), paired)
+    return RecordedCertainties(calls, target.num_blocks, paired)
 
 
 def simulate_depths(policy: ExitPolicy, recorded: RecordedCertainties) -> torch.Tensor:
@@ -108,13 +109,15 @@ def calibrate_thresholds(
     Each round simulates thresholds for per-bucket target depths, then measures them for real; while the
     measurement is over budget the targets are lowered. Raises `ValueError` if no round fits the budget.
     """
-    if pipe.exit_heads is None:
-        raise ValueError("calibrate_thresholds needs a pipeline with exit_heads (UncertaintyHeads)")
+    target = as_target(pipe)
+    if target.exit_heads is None:
+        raise ValueError("calibrate_thresholds needs exit heads (UncertaintyHeads): a pipeline of ours with "
+                         "exit_heads, or as_target(stock_pipe, conditioning, heads=heads)")
     calib = calib or CalibrationSet()
-    measurement = measurement or measure_depth_deviation(pipe, calib, feature_net, progress=progress)
+    measurement = measurement or measure_depth_deviation(target, calib, feature_net, progress=progress)
     n = measurement["num_blocks"]
     boundaries = measurement["boundaries"]
-    recorded = record_certainties(pipe, calib, paired=cfg_pairing == "together" and calib.guidance_scale > 1)
+    recorded = record_certainties(target, calib, paired=cfg_pairing == "together" and target.guidance(calib) > 1)
     bucket = bucket_index(recorded.timesteps, boundaries)
 
     target_budget = budget
@@ -123,17 +126,17 @@ def calibrate_thresholds(
         _, sched_info = schedule_from_deviation(measurement, budget=target_budget)
         targets = sched_info["depths"]
         thresholds = [0.5] * len(targets)
-        for j, target in enumerate(targets):
+        for j, depth_goal in enumerate(targets):
             # The mean depth of bucket j's rows grows with its threshold.
             def depth_in_bucket(value: float, j: int = j) -> float:
                 trial = thresholds[:j] + [value] + thresholds[j + 1:]
                 return float(simulate_depths(_threshold_policy(trial, boundaries, patience), recorded)[bucket == j]
                              .float().mean())
 
-            thresholds[j] = bisect_increasing(depth_in_bucket, target)
+            thresholds[j] = bisect_increasing(depth_in_bucket, depth_goal)
         policy = _threshold_policy(thresholds, boundaries, patience)
         config = EarlyExitConfig(policy=policy, cfg_pairing=cfg_pairing)
-        run = sample_calibration_set(pipe, calib, config)
+        run = sample_calibration_set(target, calib, config)
         fraction = run.block_evals / (run.model_rows * n)
         history.append({"target_budget": target_budget, "targets": targets, "thresholds": thresholds,
                         "simulated_fraction": float(simulate_depths(policy, recorded).float().mean() / n),
@@ -154,7 +157,7 @@ def calibrate_thresholds(
         )
     info = {"kind": "thresholds", "budget": budget, "patience": patience, "cfg_pairing": cfg_pairing,
             "block_fraction": history[-1]["measured_fraction"], "rounds": history,
-            "calibration_set": vars(calib).copy()}
+            "calibration_set": vars(calib).copy(), "conditioning": target.conditioning.to_dict()}
     return CalibrationResult(config, info)
 
 
@@ -163,7 +166,8 @@ def thresholds_for_fractions(pipe: Any, fractions: list[float], calib: Calibrati
     """Global DeeDiff thresholds whose simulated block fraction on the calibration set is each of `fractions`
     (a threshold sweep placed at chosen compute levels, whatever the heads' certainty scale)."""
     calib = calib or CalibrationSet()
-    recorded = record_certainties(pipe, calib, paired=cfg_pairing == "together" and calib.guidance_scale > 1)
+    target = as_target(pipe)
+    recorded = record_certainties(target, calib, paired=cfg_pairing == "together" and target.guidance(calib) > 1)
 
     def fraction(threshold: float) -> float:
         policy = UncertaintyThreshold(threshold, patience=patience)
