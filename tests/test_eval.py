@@ -230,13 +230,28 @@ def test_bench_writes_report_with_loadable_exit_configs(tmp_path):
     OperatingPoint.from_dict(entry["operating_point"])
     assert "**Verdict.**" in (tmp_path / "out" / "report.md").read_text()
 
-def test_gpu_check_runs_small_shapes_on_cpu(tmp_path):
+def test_gpu_check_runs_every_part_on_small_shapes_on_cpu(tmp_path):
     from ee_diffusion.benchmarks.gpu_check import run
 
-    report = run(tmp_path, small=True, steps=2, repeats=1, warmup=0)
-    methods = report["results"]["2"]["methods"]
-    assert {"full", "hooks_off", "ase_released", "static_2", "half_rows_exit_2", "half_rows_exit_2_dynamic"} <= set(methods)
-    assert all(m["median_s"] > 0 for m in methods.values()) and methods["full"]["ratio_to_reference"] == 1.0
+    report = run(tmp_path, small=True, repeats=1, warmup=0)
+    assert set(report["timings"]) == {"dit-xl-2", "pixart-alpha-512", "sd3-medium-512"} and not report["skipped"]
+    for shape in report["timings"].values():
+        methods = shape["batches"]["2"]["results"]
+        assert {"full", "hooks_off", "heads_no_exit", "static_half", "ase_t900"} <= set(methods)
+        assert all(m["median_s"] > 0 for m in methods.values()) and methods["full"]["ratio_to_reference"] == 1.0
+    # no xformers here: the report says so instead of comparing
+    assert all("xformers" in entry for entry in report["attention_check"].values())
+    compiled = report["compile"]["dit-xl-2"]
+    assert compiled["backend"] == "aot_eager"
+    for policy in ("static_half", "per_row_schedule"):
+        # planned policies with a declared layout: one graph, equal to eager
+        assert compiled[policy]["graph_breaks"] == 0 and compiled[policy]["relative_max_difference"] < 1e-5
     assert json.loads((tmp_path / "gpu_check.json").read_text()) == json.loads(json.dumps(report))
-    assert report["ideal_ratios"]["static_2"] == 0.5
     assert [p.name for p in tmp_path.iterdir()] == ["gpu_check.json"]
+
+
+def test_gpu_check_stops_starting_parts_when_its_budget_is_spent(tmp_path):
+    from ee_diffusion.benchmarks.gpu_check import run
+
+    report = run(tmp_path, small=True, shapes=("dit-xl-2",), repeats=1, warmup=0, budget_s=0.0)
+    assert report["skipped"] == ["timings dit-xl-2", "attention dit-xl-2", "compile dit-xl-2"]

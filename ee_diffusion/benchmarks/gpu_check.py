@@ -1,123 +1,187 @@
-"""One prepared GPU check: DiT-XL/2-shaped throughput with early exit (random weights), JSON out, < 8 minutes.
+"""One prepared GPU check at the widths users run (random weights), JSON out, under 8 minutes.
 
-`python -m ee_diffusion.benchmarks.gpu_check --out gpu_out` on a CUDA machine measures, for a DiT-XL/2-shaped
-transformer (28 blocks, width 1152, 16 heads, 32x32x4 latents, patch 2: 256 tokens; learned sigma; 1000
-classes) in bf16 with torch SDPA, a denoising loop of `--steps` model calls at several batch sizes:
+`python -m ee_diffusion.benchmarks.gpu_check --out DIR` on a CUDA machine, for the DiT-XL/2, PixArt-alpha-512 and
+SD3-medium-512 shapes of `ee-diffusion bench-shapes`, in bf16:
 
-- `full` (stock model), `hooks_off` (hooks applied, never exits),
-- `ase_released`: the released ASE schedule (28/24/20/16/12 blocks over t), planned up front,
-- `static_14`: every row exits after block 14,
-- `half_rows_exit_14`: half of the rows of every call exit after block 14 (per-row compaction, planned),
-- `half_rows_exit_14_dynamic`: the same exits decided block by block (one host sync per block),
-- with xformers when it imports (`enable_xformers_memory_efficient_attention`): `full` and `ase_released` again.
+1. `timings`: every bench-shapes method (hooks without a policy, heads, a static half depth, per-row compaction,
+   the released ASE schedule) at batch 1, 2 and 8 with torch SDPA, as ratios to the stock model;
+2. `attention`: at batch 2, the model's output with xformers (when it imports) compared with SDPA's - exits off
+   and with the ASE schedule at t = 900 - as the largest absolute difference relative to the output's scale,
+   and both backends timed;
+3. `compile`: the DiT-XL/2 shape hooked with a planned policy (`StaticDepth(N/2)`, and a per-row
+   `TimestepSchedule`) and a declared `BatchLayout`, under `torch.compile` (inductor): the graph breaks
+   (`torch._dynamo.explain`), the output against eager, and compiled against eager wall-clock.
 
-Quality is not measurable with random weights; this is about wall-clock. `--small` runs tiny shapes on the CPU
-(the test suite does that). Output: OUT/gpu_check.json (timings, speedups to `full`, ideal ratios).
+Each part starts new work only while the time budget (`--budget-s`, default 420 s) lasts; what was skipped is
+listed in the report. Quality is not measured (random weights). `--small` runs tiny stand-in shapes on the CPU
+(the test suite does that, with the aot_eager backend). Output: DIR/gpu_check.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .._io import atomic_write_json
 from ..config import EarlyExitConfig
+from ..engine import apply_early_exit, early_exit, remove_early_exit
+from ..eval.timing import interleaved_timings, summarize_timings
+from ..layout import BatchLayout
 from ..schedules import StaticDepth, TimestepSchedule
-from .engine_bench import _ExitAfterBlock
-from ..eval.timing import ExitConfigSwitch, interleaved_timings, summarize_timings
-
-XL = {"num_layers": 28, "num_attention_heads": 16, "attention_head_dim": 72, "in_channels": 4, "out_channels": 8,
-      "sample_size": 32, "patch_size": 2, "num_embeds_ada_norm": 1000}
-SMALL = {"num_layers": 4, "num_attention_heads": 2, "attention_head_dim": 16, "in_channels": 4, "out_channels": 8,
-         "sample_size": 8, "patch_size": 2, "num_embeds_ada_norm": 10}
+from .shapes_bench import ASE_RELEASED, SHAPES, bench_shape, to_device
 
 
-def build_model(shape: dict, device: torch.device, dtype: torch.dtype):
-    from diffusers import DiTTransformer2DModel
+def _small_shapes() -> dict[str, Callable[[], tuple[torch.nn.Module, Callable[[torch.Tensor], dict]]]]:
+    """Tiny stand-ins of the three shapes (same classes and inputs), for a CPU run of the whole check."""
+    from ..testing import tiny_dit, tiny_pixart, tiny_sd3
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = DiTTransformer2DModel(norm_num_groups=32, **shape)
-        # adaLN-zero starts every block as the identity; give the modulation small random weights instead.
-        for name, param in model.named_parameters():
-            if "norm1.linear" in name or "proj_out" in name:
-                torch.nn.init.normal_(param, std=0.02)
-    for block in model.transformer_blocks:
-        block.norm1.emb.class_embedder.dropout_prob = 0.0
-    return model.to(device=device, dtype=dtype).eval()
+    def dit():
+        return tiny_dit(num_layers=4, in_channels=4, num_classes=10), lambda t: {
+            "hidden_states": torch.randn(t.shape[0], 4, 8, 8, generator=torch.Generator().manual_seed(0)),
+            "timestep": t, "class_labels": torch.arange(t.shape[0]) % 10}
+
+    def pixart():
+        g = torch.Generator().manual_seed(0)
+        return tiny_pixart(num_layers=4), lambda t: {
+            "hidden_states": torch.randn(t.shape[0], 4, 8, 8, generator=g), "timestep": t,
+            "encoder_hidden_states": torch.randn(t.shape[0], 5, 16, generator=g),
+            "added_cond_kwargs": {"resolution": None, "aspect_ratio": None}}
+
+    def sd3():
+        g = torch.Generator().manual_seed(0)
+        return tiny_sd3(num_layers=4), lambda t: {
+            "hidden_states": torch.randn(t.shape[0], 4, 8, 8, generator=g), "timestep": t,
+            "encoder_hidden_states": torch.randn(t.shape[0], 5, 16, generator=g),
+            "pooled_projections": torch.randn(t.shape[0], 8, generator=g)}
+
+    return {"dit-xl-2": dit, "pixart-alpha-512": pixart, "sd3-medium-512": sd3}
 
 
-def run(out: str | Path, small: bool = False, steps: int = 25, batch_sizes: tuple[int, ...] | None = None,
-        repeats: int = 5, warmup: int = 2) -> dict:
+def _output(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
+    return model(**inputs, return_dict=False)[0].float()
+
+
+def _relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| over the mean |b|: the largest deviation on the scale of the output."""
+    return float((a - b).abs().max() / b.abs().mean().clamp(min=1e-12))
+
+
+@torch.no_grad()
+def attention_check(builder: Callable, device: torch.device, dtype: torch.dtype, repeats: int) -> dict[str, Any]:
+    """xformers against SDPA at batch 2: output differences (exits off, ASE at t = 900) and both timed."""
+    if importlib.util.find_spec("xformers") is None:
+        return {"xformers": "not installed"}
+    model, build_inputs = builder()
+    model = model.eval().to(device, dtype)
+    n = len(model.transformer_blocks)
+    ase = EarlyExitConfig(policy=TimestepSchedule([200, 400, 600, 800],
+                                                  [max(1, min(n, round(d * n / 28))) for d in ASE_RELEASED]))
+    inputs = to_device(build_inputs(torch.full((2,), 900)), device, dtype)
+    sdpa = {"full": _output(model, inputs)}
+    with early_exit(model, ase):
+        sdpa["ase"] = _output(model, inputs)
+    try:
+        model.enable_xformers_memory_efficient_attention()
+    except Exception as error:  # e.g. no kernels for this device: stated, not hidden
+        return {"xformers": f"unavailable: {type(error).__name__}: {str(error)[:200]}"}
+    out: dict[str, Any] = {"xformers": "compared"}
+    xf = {"full": _output(model, inputs)}
+    with early_exit(model, ase):
+        xf["ase"] = _output(model, inputs)
+    out["relative_max_difference"] = {k: _relative_difference(xf[k], sdpa[k]) for k in sdpa}
+    calls = {"xformers": lambda: _output(model, inputs), "sdpa": lambda: _output(model, inputs)}
+    # Switch the attention processors in the untimed setup step of each method.
+    setup = {"xformers": model.enable_xformers_memory_efficient_attention,
+             "sdpa": model.disable_xformers_memory_efficient_attention}
+    out["timings"] = summarize_timings(interleaved_timings(calls, repeats=repeats, warmup=1, setup=setup,
+                                                           device=device), reference="sdpa")
+    model.disable_xformers_memory_efficient_attention()
+    return out
+
+
+def compile_check(builder: Callable, device: torch.device, dtype: torch.dtype, backend: str,
+                  repeats: int) -> dict[str, Any]:
+    """Planned policies under `torch.compile`: graph breaks, equality with eager, wall-clock (batch 2)."""
+    model, build_inputs = builder()
+    model = model.eval().to(device, dtype)
+    n = len(model.transformer_blocks)
+    inputs = to_device(build_inputs(torch.tensor([900, 100])), device, dtype)
+    policies = {"static_half": StaticDepth(max(1, n // 2)), "per_row_schedule": TimestepSchedule([500], [n, n // 2])}
+    out: dict[str, Any] = {"backend": backend}
+    for name, policy in policies.items():
+        apply_early_exit(model, EarlyExitConfig(policy=policy), layout=BatchLayout())
+        try:
+            with torch.no_grad():
+                eager = _output(model, inputs)
+                torch._dynamo.reset()
+                explained = torch._dynamo.explain(model)(**inputs, return_dict=False)
+                compiled = torch.compile(model, backend=backend)
+                started = time.perf_counter()
+                result = _output(compiled, inputs)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                compile_s = time.perf_counter() - started
+                times = interleaved_timings({"eager": lambda: _output(model, inputs),
+                                             "compiled": lambda: _output(compiled, inputs)},
+                                            repeats=repeats, warmup=1, device=device)
+            out[name] = {
+                "graph_breaks": int(explained.graph_break_count), "graphs": int(explained.graph_count),
+                "break_reasons": sorted({str(r.reason)[:160] for r in explained.break_reasons}),
+                "relative_max_difference": _relative_difference(result, eager), "first_call_s": compile_s,
+                "timings": summarize_timings(times, reference="eager"),
+            }
+        finally:
+            remove_early_exit(model)
+            torch._dynamo.reset()
+    return out
+
+
+def run(out: str | Path, small: bool = False, shapes: tuple[str, ...] | None = None,
+        batch_sizes: tuple[int, ...] | None = None, repeats: int = 5, warmup: int = 2,
+        budget_s: float = 420.0, compile_backend: str | None = None) -> dict:
+    """Run the three parts (see the module doc) and write OUT/gpu_check.json; returns the report."""
     cuda = torch.cuda.is_available() and not small
     device = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else torch.float32
-    shape = XL if not small else SMALL
-    batch_sizes = batch_sizes or ((8, 32, 64) if cuda else (2,))
-    model = build_model(shape, device, dtype)
-    n = shape["num_layers"]
-    half = n // 2
-    released = [max(1, round(d * n / 28)) for d in (28, 24, 20, 16, 12)]
-    trajectory = torch.linspace(999, 0, steps).round()
-    ase_depths = TimestepSchedule([200, 400, 600, 800], released).plan_depths(trajectory, n).float()
-    ideal = {"ase_released": float(ase_depths.mean()) / n, "static_%d" % half: half / n,
-             "half_rows_exit_%d" % half: (half + 0.5 * (n - half)) / n}
-    results: dict = {}
+    builders = _small_shapes() if small else SHAPES
+    shapes = tuple(shapes or builders)
+    unknown = [s for s in shapes if s not in builders]
+    if unknown:
+        raise ValueError(f"unknown shapes {unknown}; choose from {sorted(builders)}")
+    batch_sizes = batch_sizes or ((1, 2, 8) if cuda else (2,))
+    backend = compile_backend or ("inductor" if cuda else "aot_eager")
     start = time.perf_counter()
-    for batch in batch_sizes:
-        size = shape["sample_size"]
-        x = torch.randn(batch, shape["in_channels"], size, size, device=device, dtype=dtype)
-        y = torch.arange(batch, device=device) % shape["num_embeds_ada_norm"]
-        mixed = torch.tensor([900, 100] * (batch // 2) + [100] * (batch % 2), device=device)
-        switch = ExitConfigSwitch(model)
-
-        def loop(per_row: bool = False):
-            def call():
-                for t in trajectory:
-                    timestep = mixed if per_row else torch.full((batch,), float(t), device=device)
-                    model(x, timestep=timestep, class_labels=y)
-            return call
-
-        configs = {
-            "hooks_off": EarlyExitConfig(),
-            "ase_released": EarlyExitConfig(policy=TimestepSchedule([200, 400, 600, 800], released)),
-            f"static_{half}": EarlyExitConfig(policy=StaticDepth(half)),
-            f"half_rows_exit_{half}": EarlyExitConfig(policy=TimestepSchedule([500], [n, half])),
-            f"half_rows_exit_{half}_dynamic": EarlyExitConfig(policy=_ExitAfterBlock(half)),
-        }
-        # The per-row methods feed mixed timesteps (half the rows near noise) so that half the rows exit; a
-        # full-depth call costs the same whatever the timestep values, so `full` stays their reference.
-        methods = {"full": loop(), **{name: loop(per_row=name.startswith("half_rows")) for name in configs}}
-        setup = {"full": switch.stock, **{name: switch.use(config) for name, config in configs.items()}}
-        with torch.no_grad():
-            times = interleaved_timings(methods, repeats=repeats, warmup=warmup, device=device, setup=setup)
-            summary = summarize_timings(times, reference="full")
-            switch.close()
-            entry = {"methods": summary, "rows": batch, "steps": steps}
-            entry["images_per_s_full"] = batch / summary["full"]["median_s"]
-            try:
-                import xformers  # noqa: F401
-
-                model.enable_xformers_memory_efficient_attention()
-                xt_setup = {"full_xformers": switch.stock, "ase_released_xformers": switch.use(configs["ase_released"])}
-                xt = interleaved_timings({name: loop() for name in xt_setup}, repeats=repeats, warmup=1, device=device,
-                                         setup=xt_setup)
-                switch.close()
-                model.disable_xformers_memory_efficient_attention()
-                entry["xformers"] = {k: {"median_s": sorted(v)[len(v) // 2]} for k, v in xt.items()}
-            except Exception as error:  # not installed, or no CUDA kernels
-                entry["xformers"] = f"unavailable: {type(error).__name__}: {str(error)[:200]}"
-        results[str(batch)] = entry
-    report = {
+    report: dict[str, Any] = {
         "device": torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine(),
-        "dtype": str(dtype), "attention": "torch SDPA (AttnProcessor2_0)", "shape": shape, "torch": torch.__version__,
-        "ideal_ratios": ideal, "results": results, "elapsed_s": time.perf_counter() - start,
-        "note": "ratio_to_reference < 1 is faster than full; ideal_ratios are block fractions (no overhead)",
+        "dtype": str(dtype), "attention": "torch SDPA unless stated", "torch": torch.__version__, "small": small,
+        "timings": {}, "attention_check": {}, "compile": {}, "skipped": [],
+        "note": "random weights: wall-clock and numerical agreement only, quality is not measured; ratios < 1 are "
+                "faster than the stock model",
     }
+
+    def time_left(part: str) -> bool:
+        if time.perf_counter() - start < budget_s:
+            return True
+        report["skipped"].append(part)
+        return False
+
+    for name in shapes:
+        if time_left(f"timings {name}"):
+            report["timings"][name] = bench_shape(name, batch_sizes, repeats, warmup, log=print, device=device,
+                                                  dtype=dtype, shapes=builders)
+    for name in shapes:
+        if time_left(f"attention {name}"):
+            report["attention_check"][name] = attention_check(builders[name], device, dtype, repeats)
+    if "dit-xl-2" in shapes and time_left("compile dit-xl-2"):
+        report["compile"]["dit-xl-2"] = compile_check(builders["dit-xl-2"], device, dtype, backend, repeats)
+    report["elapsed_s"] = time.perf_counter() - start
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "gpu_check.json", report, indent=2)
@@ -126,16 +190,23 @@ def run(out: str | Path, small: bool = False, steps: int = 25, batch_sizes: tupl
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("gpu_out"))
-    parser.add_argument("--small", action="store_true", help="tiny shapes on the CPU (for tests)")
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None)
+    parser.add_argument("--out", type=Path, required=True, help="folder for gpu_check.json")
+    parser.add_argument("--small", action="store_true", help="tiny stand-in shapes on the CPU (for tests)")
+    parser.add_argument("--shapes", nargs="+", default=None, help=f"default: all of {sorted(SHAPES)}")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: 1 2 8 on CUDA")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--budget-s", type=float, default=420.0, help="stop starting new parts after this long")
     args = parser.parse_args(argv)
-    report = run(args.out, small=args.small, steps=args.steps,
-                 batch_sizes=tuple(args.batch_sizes) if args.batch_sizes else None, repeats=args.repeats)
-    for batch, entry in report["results"].items():
-        print(batch, {k: round(v["ratio_to_reference"], 3) for k, v in entry["methods"].items()})
+    report = run(args.out, small=args.small, shapes=tuple(args.shapes) if args.shapes else None,
+                 batch_sizes=tuple(args.batch_sizes) if args.batch_sizes else None, repeats=args.repeats,
+                 budget_s=args.budget_s)
+    for name, shape in report["timings"].items():
+        for batch, entry in shape["batches"].items():
+            print(name, batch, {k: round(v, 3) for k, v in entry["derived"].items()})
+    print("attention:", report["attention_check"], "\ncompile:", {
+        k: {p: v[p]["graph_breaks"] for p in v if isinstance(v[p], dict)} for k, v in report["compile"].items()})
+    if report["skipped"]:
+        print("skipped (time budget):", report["skipped"])
     return 0
 
 

@@ -114,15 +114,34 @@ def _methods(n: int, batch: int, heads: UncertaintyHeads) -> dict[str, tuple[Ear
     return methods
 
 
+def to_device(inputs: Any, device: torch.device | str, dtype: torch.dtype) -> Any:
+    """Model-call inputs on `device`: floating tensors in `dtype`, others as they are (dicts recursively)."""
+    if isinstance(inputs, dict):
+        return {key: to_device(value, device, dtype) for key, value in inputs.items()}
+    if isinstance(inputs, torch.Tensor):
+        return inputs.to(device, dtype) if inputs.is_floating_point() else inputs.to(device)
+    return inputs
+
+
 @torch.no_grad()
-def bench_shape(name: str, batches: tuple[int, ...], repeats: int, warmup: int, log: Callable[[str], None]) -> dict:
-    """Time every method on one shape at every batch size; returns the shape's entry of the report."""
+def bench_shape(name: str, batches: tuple[int, ...], repeats: int, warmup: int, log: Callable[[str], None],
+                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                shapes: dict[str, Callable] | None = None) -> dict:
+    """Time every method on one shape at every batch size; returns the shape's entry of the report.
+
+    `device` and `dtype`: where the model and its inputs live (the GPU check runs this in bf16 on CUDA);
+    `shapes`: the builders to pick `name` from (default `SHAPES`).
+    """
     torch.manual_seed(0)
     started = time.perf_counter()
-    model, make_inputs = SHAPES[name]()
-    model = model.eval()
+    model, build_inputs = (shapes or SHAPES)[name]()
+    model = model.eval().to(device, dtype)
     n = len(model.transformer_blocks)
-    heads = UncertaintyHeads.from_model(model).eval()
+    heads = UncertaintyHeads.from_model(model).eval().to(device, dtype)
+
+    def make_inputs(t: torch.Tensor) -> dict:
+        return to_device(build_inputs(t), device, dtype)
+
     params = sum(p.numel() for p in model.parameters())
     log(f"{name}: {n} blocks, {params / 1e6:.0f}M parameters, built in {time.perf_counter() - started:.0f}s")
     switch = ExitConfigSwitch(model)
@@ -139,7 +158,7 @@ def bench_shape(name: str, batches: tuple[int, ...], repeats: int, warmup: int, 
                 x = inputs_at[t] if t is not None else mixed
                 calls[method] = lambda x=x: model(**x)
                 setup[method] = switch.use(config, heads=method_heads)
-            times = interleaved_timings(calls, repeats=repeats, warmup=warmup, setup=setup)
+            times = interleaved_timings(calls, repeats=repeats, warmup=warmup, setup=setup, device=torch.device(device))
             summary = summarize_timings(times, reference="full")
             ratio = {k: v["ratio_to_reference"] for k, v in summary.items()}
             ase_depths = [max(1, min(n, round(d * n / 28))) for d in ASE_RELEASED]
