@@ -9,6 +9,9 @@ import shlex
 import sys
 from pathlib import Path
 
+#: The benchmark settings (`ee_diffusion.default_model.SETTINGS`), named here so that `--help` imports no torch.
+SETTING_NAMES = ("digits", "glyphs", "digits-deep", "digits-deep-pretrained")
+
 
 def _add_demo(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -68,7 +71,7 @@ def _add_bench(subparsers) -> None:
     )
     parser.add_argument("--preset", choices=("ci", "full"), default="ci")
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
-    parser.add_argument("--settings", nargs="+", choices=("digits", "glyphs"), default=None,
+    parser.add_argument("--settings", nargs="+", choices=SETTING_NAMES, default=None,
                         help="override the preset's settings")
     parser.add_argument("--digits-model", default=None, help="pipeline folder (default: the shipped digits model)")
     parser.add_argument("--glyphs-model", default=None, help="pipeline folder (default: assets/glyphs-dit)")
@@ -99,9 +102,9 @@ def _add_calibrate(subparsers) -> None:
         "calibrate", help="choose an exit policy for a compute budget, a quality tolerance or a PSNR goal, on our "
                           "models or any supported pipeline folder; writes an EarlyExitConfig JSON")
     parser.add_argument("--model", default="digits",
-                        help='"digits" (shipped), "glyphs", or a local pipeline folder of a supported class '
-                             '(ours, DiTPipeline, PixArtAlphaPipeline, StableDiffusion3Pipeline, '
-                             'StableDiffusionPipeline, DDPMPipeline)')
+                        help=f"a benchmark setting ({', '.join(SETTING_NAMES)}) or a local pipeline folder of a "
+                             "supported class (ours, DiTPipeline, PixArtAlphaPipeline, StableDiffusion3Pipeline, "
+                             "StableDiffusionPipeline, DDPMPipeline)")
     parser.add_argument("--kind", choices=KINDS, default="schedule",
                         help="schedule: a TimestepSchedule (layer-wise-trained models); thresholds and distil: "
                              "DeeDiff heads; tail-cache: the training-free residual-change threshold (stock models)")
@@ -137,13 +140,13 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     import torch
 
     from .calibration import as_target, run_calibration, save_calibration
-    from .default_model import load_setting_pipeline
+    from .default_model import load_setting_pipeline, setting_dataset
     from .eval.features import load_feature_net
     from .heads import UncertaintyHeads
     from .pipelines.conditioning import Conditioning
     from .pipelines.stock import kind_of, load_pipeline
 
-    setting = args.model if args.model in ("digits", "glyphs") else None
+    setting = args.model if args.model in SETTING_NAMES else None
     dtype = getattr(torch, args.dtype)
     if setting:
         pipe = load_setting_pipeline(setting).to(args.device, dtype)
@@ -165,7 +168,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     result = run_calibration(target, kind=args.kind, budget=args.budget, tolerance=args.tolerance,
                              min_psnr=args.min_psnr, threshold=args.threshold, num_images=args.images, steps=steps,
                              guidance_scale=guidance, num_buckets=args.buckets, batch_size=args.batch_size,
-                             feature_net=load_feature_net(setting) if setting else None)
+                             feature_net=load_feature_net(setting_dataset(setting)) if setting else None)
     save_calibration(result, args.out)
     info = result.info
     psnr = f"; mean PSNR {info['psnr_db_mean']:.2f} dB" if "psnr_db_mean" in info else ""

@@ -27,6 +27,18 @@ DEFAULT_GUIDANCE_SCALE = 1.0
 DIGITS_UNET_DIR = Path(__file__).parent / "assets" / "digits-unet"
 #: The harder benchmark setting: a DiT on 8x8 upper-case glyphs with DeeDiff heads (docs/evaluation.md).
 GLYPHS_MODEL_DIR = Path(__file__).parent / "assets" / "glyphs-dit"
+#: The deep digits DiT: 28 blocks (the depth of DiT-XL/2 and PixArt-alpha), width 64, DeeDiff heads; and its
+#: pre-trained twin (no heads, no layer-wise training) for training-free exits. `scripts/train_deep_model.sh`.
+DEEP_MODEL_DIR = Path(__file__).parent / "assets" / "digits-dit-deep"
+DEEP_PRETRAINED_DIR = Path(__file__).parent / "assets" / "digits-dit-deep-pretrained"
+#: Benchmark settings -> (the data and feature network they are scored on, the shipped folder, how to rebuild it).
+SETTINGS: dict[str, tuple[str, Path, str]] = {
+    "digits": ("digits", DEFAULT_MODEL_DIR, "scripts/train_default_model.sh"),
+    "glyphs": ("glyphs", GLYPHS_MODEL_DIR, "scripts/glyphs/train.sh (see docs/evaluation.md), or pass --glyphs-model "
+                                           "PATH"),
+    "digits-deep": ("digits", DEEP_MODEL_DIR, "scripts/train_deep_model.sh"),
+    "digits-deep-pretrained": ("digits", DEEP_PRETRAINED_DIR, "scripts/train_deep_model.sh"),
+}
 
 
 def load_default_pipeline(device: str | torch.device | None = None) -> EarlyExitDiTPipeline:
@@ -79,17 +91,21 @@ def load_digits_unet(device: str | torch.device | None = None) -> EarlyExitUNetP
     return _load(EarlyExitUNetPipeline, DIGITS_UNET_DIR, "the digits U-Net", "scripts/unet_digits/", device)
 
 
+def setting_dataset(setting: str) -> str:
+    """The data (and feature network) a benchmark setting is scored on."""
+    if setting not in SETTINGS:
+        raise ValueError(f"unknown setting {setting!r}; known: {', '.join(SETTINGS)}")
+    return SETTINGS[setting][0]
+
+
 def load_setting_pipeline(setting: str, model_path: str | None = None) -> Any:
-    """The pipeline of a benchmark setting (`"digits"`, `"glyphs"`): its shipped model, or the folder `model_path`."""
+    """The pipeline of a benchmark setting (one of `SETTINGS`): its shipped model, or the folder `model_path`."""
+    setting_dataset(setting)  # a clear error for an unknown setting
     if model_path is not None:
         pipe = EarlyExitDiTPipeline.from_pretrained(model_path)
-    elif setting == "digits":
-        pipe = load_default_pipeline()
-    elif setting == "glyphs":
-        pipe = _load(EarlyExitDiTPipeline, GLYPHS_MODEL_DIR, "the glyphs model", "scripts/glyphs/train.sh "
-                     "(see docs/evaluation.md), or pass --glyphs-model PATH", None)
     else:
-        raise ValueError(f"unknown setting {setting!r}; known: digits, glyphs")
+        _, folder, rebuild = SETTINGS[setting]
+        pipe = _load(EarlyExitDiTPipeline, folder, f"the {setting} model", rebuild, None)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -54,3 +54,10 @@ def test_an_unknown_command_exits_with_usage(capsys):
         main(["benchmark"])
     assert error.value.code == 2
     assert "invalid choice: 'benchmark'" in capsys.readouterr().err
+
+
+def test_cli_setting_names_are_the_benchmark_settings():
+    from ee_diffusion.cli import SETTING_NAMES
+    from ee_diffusion.default_model import SETTINGS
+
+    assert SETTING_NAMES == tuple(SETTINGS)

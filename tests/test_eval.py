@@ -199,7 +199,7 @@ def test_bench_writes_report_with_loadable_exit_configs(tmp_path):
                     grid=(("ddim", 3), ("dpmpp", 2)), cache_grid=(("ddim", 3),), static_fractions=(0.5,),
                     threshold_fractions=(0.6,), budgets=(0.5,), threshold_budgets=(0.6,), distil=True,
                     tail_thresholds=(0.1,), fbc_thresholds=(0.5,), taylorseer_intervals=(2,), mag_thresholds=(0.1,),
-                    sea_thresholds=(0.2,), calib_images=4, calib_buckets=2, calib_depths=(2,), timing_batches=(4, 2),
+                    sea_thresholds=(0.2,), calib_images=4, calib_buckets=2, calib_fractions=(0.5,), timing_batches=(4, 2),
                     timing_repeats=1, timing_warmup=0, flops_images=1, sample_batch=10, bootstrap=20,
                     overhead_repeats=1)
     report = run(preset, tmp_path / "out", model_paths={"digits": str(tmp_path / "model")}, progress=False)

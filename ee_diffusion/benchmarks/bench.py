@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..default_model import load_setting_pipeline
+from ..default_model import load_setting_pipeline, setting_dataset
 from ..eval.compute import count_flops, overhead_breakdown, peak_memory
 from ..eval.features import load_feature_net
 from ..eval.paired import FrechetReference, PairedFID, fidelity
@@ -78,7 +78,8 @@ class Preset:
     sea_thresholds: tuple[float, ...] = (0.1,)
     calib_images: int = 20
     calib_buckets: int = 4
-    calib_depths: tuple[int, ...] | None = (2, 4, 6, 7)
+    # Depths the calibration measures, as fractions of the model's blocks (8 blocks: 2, 4, 6, 7); None: all.
+    calib_fractions: tuple[float, ...] | None = (0.25, 0.5, 0.75, 0.875)
     timing_batches: tuple[int, ...] = (64, 8, 1)
     timing_repeats: int = 2
     timing_warmup: int = 1
@@ -95,7 +96,7 @@ class Preset:
 # DPM-Solver++ points every family.
 PRESETS = {
     "ci": Preset(grid=(("dpmpp", 8),), static_fractions=(0.75, 0.875), threshold_fractions=(0.8,),
-                 sea_thresholds=(), calib_depths=(4, 6, 7)),
+                 sea_thresholds=(), calib_fractions=(0.5, 0.75, 0.875)),
     "full": Preset(
         settings=("digits", "glyphs"), num_images=2000, extra_seeds=1, guidance_checks=(2.0,),
         frontier=(("ddim", (10, 14, 18, 22)), ("dpmpp", (4, 5, 6, 7, 8, 9, 10, 12, 16))),
@@ -104,7 +105,7 @@ PRESETS = {
         ase=("released", "aggressive"), threshold_fractions=(0.6, 0.8), budgets=(0.5, 0.75), threshold_budgets=(0.6,),
         distil=True, tail_thresholds=(0.1, 0.2), fbc_thresholds=(0.1,), taylorseer_intervals=(2,),
         mag_thresholds=(0.02,), sea_thresholds=(0.1,), calib_images=40, timing_repeats=5, flops_images=1,
-        calib_depths=(2, 4, 5, 6, 7), overhead_repeats=4, sample_batch=1000,
+        calib_fractions=(0.25, 0.5, 0.625, 0.75, 0.875), overhead_repeats=4, sample_batch=1000,
     ),
 }
 
@@ -193,9 +194,10 @@ def run_setting(setting: str, preset: Preset, model_path: str | None = None, log
     n = len(pipe.transformer.transformer_blocks)
     S, N = preset.reference_steps, preset.num_images
     guidance = dict(preset.guidance).get(setting, 1.0)
-    net = load_feature_net(setting)
-    real, _ = real_images(setting, "reference")
-    floor_images, _ = real_images(setting, "floor")
+    data = setting_dataset(setting)  # the deep digits model is scored on the digits data and features
+    net = load_feature_net(data)
+    real, _ = real_images(data, "reference")
+    floor_images, _ = real_images(data, "floor")
     with torch.no_grad():
         real_features = net(real)
         floor = FrechetReference(real_features).fid(net(floor_images))

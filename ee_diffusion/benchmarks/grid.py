@@ -103,7 +103,8 @@ def exit_methods(pipe: Any, point: GridPoint, preset: Preset, feature_net: Any, 
                               EarlyExitConfig(CachedTailResidual(threshold=tau))))
     calib = CalibrationSet(num_images=preset.calib_images, num_inference_steps=k, guidance_scale=guidance,
                            num_buckets=preset.calib_buckets, batch_size=preset.sample_batch)
-    depths = [d for d in preset.calib_depths if d < n] if preset.calib_depths else None
+    depths = sorted({min(n - 1, max(1, round(f * n))) for f in preset.calib_fractions}) if preset.calib_fractions \
+        else None
     info: dict[str, Any] = {}
     measurement = None
     budgets = preset.budgets if want("calibrated_schedule") else ()
