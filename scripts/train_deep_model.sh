@@ -3,7 +3,7 @@
 #   scripts/train_deep_model.sh      (runs in ./runs; about 50 minutes on 2 shared CPU cores, one thread)
 # Stage 1 trains from scratch (L_simple): the pre-trained twin for training-free exits. Stage 2 fine-tunes all
 # weights with DeeDiff heads (L_simple + L_u + L_UAL). An interrupted stage resumes from its latest checkpoint
-# (every 500 steps) when the script is run again.
+# (every 500 steps) when the script is run again. Both are exported as fp16 assets (digits-dit-deep[-pretrained]).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs}
@@ -19,3 +19,11 @@ stage() {  # stage NAME CONFIG [extra train args]
 }
 stage digits-deep-pretrain scripts/deep_model/pretrain.json
 stage digits-deep-deediff scripts/deep_model/deediff.json --init-from "$RUNS/digits-deep-pretrain/pipeline"
+python scripts/default_model/export.py --pipeline "$RUNS/digits-deep-pretrain/pipeline" \
+    --logs "$RUNS/digits-deep-pretrain/log.jsonl" --out ee_diffusion/assets/digits-dit-deep-pretrained \
+    --title "digits-dit-deep-pretrained: the deep digits DiT after pre-training" \
+    --description scripts/deep_model/description_pretrained.json
+python scripts/default_model/export.py --pipeline "$RUNS/digits-deep-deediff/pipeline" \
+    --logs "$RUNS/digits-deep-pretrain/log.jsonl" "$RUNS/digits-deep-deediff/log.jsonl" \
+    --out ee_diffusion/assets/digits-dit-deep --title "digits-dit-deep: how the deep digits model was trained" \
+    --description scripts/deep_model/description.json

@@ -2,6 +2,7 @@
 
 python scripts/default_model/export.py --pipeline runs/digits-deediff/pipeline \
     --logs runs/digits-pretrain/log.jsonl runs/digits-deediff/log.jsonl --out ee_diffusion/assets/digits-dit
+(`--title` and `--description` for other models: scripts/train_deep_model.sh.)
 
 Writes OUT/training.json (the description and the loss curves, from the training logs) and renders OUT/TRAINING.md
 from it. The operating point, evaluation.json and the evaluation section of TRAINING.md come from the bench
@@ -60,19 +61,24 @@ def main() -> None:
     parser.add_argument("--pipeline", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--logs", nargs="+", default=[])
+    parser.add_argument("--title", default="digits-dit: how the shipped default model was trained")
+    parser.add_argument("--description", type=Path, default=None,
+                        help="a JSON list of paragraphs (default: the shipped digits model's description)")
     args = parser.parse_args()
+    description = json.loads(args.description.read_text()) if args.description else DESCRIPTION
 
     pipe = EarlyExitDiTPipeline.from_pretrained(args.pipeline)
     out = Path(args.out)
     if out.exists():
         shutil.rmtree(out)
     pipe.transformer.to(torch.float16)
-    pipe.exit_heads.to(torch.float16)
+    if pipe.exit_heads is not None:  # a pre-trained twin has none
+        pipe.exit_heads.to(torch.float16)
     pipe.save_pretrained(str(out))
     index = json.loads((out / "model_index.json").read_text())
     index.pop("_name_or_path", None)  # a path on the machine that trained it
     atomic_write_text(out / "model_index.json", json.dumps(index, indent=2, sort_keys=True) + "\n")
-    training = {"title": "digits-dit: how the shipped default model was trained", "description": DESCRIPTION,
+    training = {"title": args.title, "description": description,
                 "stages": [stage(Path(p)) for p in args.logs if Path(p).is_file()],
                 "source": "the training logs (log.jsonl) of the runs named in each stage heading"}
     atomic_write_json(out / "training.json", training, indent=1)
