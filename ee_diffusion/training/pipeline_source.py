@@ -30,11 +30,7 @@ same backbone adapters and losses as our own models:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +41,9 @@ from torch import nn
 from .._io import atomic_path, atomic_write_json, atomic_write_text, read_json_file
 from ..config import EarlyExitConfig
 from ..heads import UncertaintyHeads
-from ..pipelines.conditioning import class_ids
 from ..pipelines.stock import load_pipeline, pipeline_class_name
 from .config import PipelineTrainingConfig, TrainConfig
-from .data import IMAGE_SUFFIXES
+from .image_items import ImageItem, caption_items, class_items, items_digest, load_image
 from .latent_cache import LatentCache, build_cache, module_fingerprint
 from .text_encoding import TEXT_PIPELINES, check_text_shapes, encode_prompts, null_prompt
 
@@ -67,121 +62,6 @@ def trainable_pipeline_class(folder: str | os.PathLike) -> str:
         raise ValueError(f"{str(folder)!r} holds a {name}; training on a stock pipeline supports "
                          f"{', '.join(TRAINABLE_PIPELINES)} (our own pipelines train with a 'model' section)")
     return name
-
-
-# ------------------------------------------------------------------------------------------------ the items
-@dataclass(frozen=True)
-class ImageItem:
-    """One training image: its path under the image folder (POSIX) and its class id or prompt."""
-
-    file: str
-    class_id: int | None = None
-    prompt: str | None = None
-
-
-def _image_files(root: Path) -> list[Path]:
-    if not root.is_dir():
-        raise ValueError(f"image folder {str(root)!r} does not exist")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ValueError(f"no images with suffixes {IMAGE_SUFFIXES} under {str(root)!r}")
-    return files
-
-
-def _listing(names: Sequence[str], limit: int = 5) -> str:
-    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
-def class_items(root: str | os.PathLike, pipe: Any) -> list[ImageItem]:
-    """`root/<class>/<image>`, `<class>` a class id or a name of the pipeline's labels (`class_ids`)."""
-    root = Path(root)
-    files = _image_files(root)
-    loose = [p.name for p in files if p.parent == root]
-    if loose:
-        raise ValueError(f"{str(root)!r} has images outside class folders ({_listing(loose)}); a DiT trains on "
-                         f"root/<class id or name>/<image>")
-    items = []
-    for path in files:
-        folder = path.relative_to(root).parts[0]
-        try:
-            (class_id,) = class_ids([folder], pipe)
-        except ValueError as error:
-            raise ValueError(f"class folder {folder!r} of {str(root)!r}: {error}") from None
-        items.append(ImageItem(path.relative_to(root).as_posix(), class_id=class_id))
-    return items
-
-
-def caption_items(root: str | os.PathLike, captions: str | os.PathLike | None = None) -> list[ImageItem]:
-    """Every image under `root` with its caption: a `.txt` of the same name beside it, or the `captions` JSONL
-    (`{"file_name": "<path under root>", "prompt": "..."}` per line). A missing or empty caption, an empty
-    caption file or a caption for no image raises a `ValueError` naming them."""
-    root = Path(root)
-    files = [p.relative_to(root).as_posix() for p in _image_files(root)]
-    prompts: dict[str, str] = {}
-    if captions is None:
-        for name in files:
-            text_file = (root / name).with_suffix(".txt")
-            if text_file.is_file():
-                prompts[name] = text_file.read_text(encoding="utf-8").strip()
-        where = "a .txt caption of the same name beside it"
-    else:
-        prompts = _read_captions(Path(captions), set(files))
-        where = f"a line in {str(captions)!r}"
-    missing = [name for name in files if name not in prompts]
-    if missing:
-        raise ValueError(f"{len(missing)} of {len(files)} images under {str(root)!r} have no caption "
-                         f"({_listing(missing)}); every image needs {where}")
-    empty = [name for name in files if not prompts[name]]
-    if empty:
-        raise ValueError(f"{len(empty)} images have an empty caption ({_listing(empty)}); expected text")
-    return [ImageItem(name, prompt=prompts[name]) for name in files]
-
-
-def _read_captions(path: Path, images: set[str]) -> dict[str, str]:
-    if not path.is_file():
-        raise ValueError(f"caption file {str(path)!r} does not exist")
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not lines:
-        raise ValueError(f"caption file {str(path)!r} is empty: expected one "
-                         f'{{"file_name": "<image path>", "prompt": "<text>"}} object per line')
-    prompts, bad = {}, []
-    for number, line in enumerate(lines, start=1):
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as error:
-            bad.append(f"line {number}: not JSON ({error.msg})")
-            continue
-        name = item.get("file_name") if isinstance(item, dict) else None
-        text = item.get("prompt") if isinstance(item, dict) else None
-        if not isinstance(name, str) or not isinstance(text, str):
-            bad.append(f'line {number}: expected {{"file_name": "<image path>", "prompt": "<text>"}}, got {line[:60]!r}')
-        elif name not in images:
-            bad.append(f"line {number}: no image {name!r} under the image folder")
-        else:
-            prompts[name] = text.strip()
-    if bad:
-        raise ValueError(f"caption file {str(path)!r} has {len(bad)} bad line(s): {'; '.join(bad[:5])}")
-    return prompts
-
-
-def items_digest(items: Sequence[ImageItem]) -> str:
-    """sha256 of the item list: a cache of other images, labels or captions is refused."""
-    text = json.dumps([[i.file, i.class_id, i.prompt] for i in items])
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def load_image(path: str | os.PathLike, resolution: int) -> torch.Tensor:
-    """An RGB image (3, R, R) in [-1, 1]: the shorter side resized to R (bicubic), then the centre crop."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        scale = resolution / min(image.size)
-        size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
-        image = image.resize(size, Image.BICUBIC)
-        left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
-        array = np.asarray(image.crop((left, top, left + resolution, top + resolution)), dtype=np.float32)
-    return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
 
 
 # ---------------------------------------------------------------------------------------------- the cache
@@ -392,14 +272,20 @@ class PipelineSource:
                 "negative_pooled_prompt_embeds": self.null["pooled_projections"].expand_as(pooled).to(device, dtype)}
 
     @torch.no_grad()
-    def preview(self, folder: Path, exit_config: EarlyExitConfig, heads: UncertaintyHeads | None,
+    def preview(self, folder: Path, exit_config: dict[str, Any] | None, heads: UncertaintyHeads | None,
                 seed: int) -> dict[str, Any]:
-        """Sample the previews with `exit_config` through the pipeline (latents decoded by its VAE); write
-        `folder/<i>.png` and `folder/preview.json` (blocks run); main process only."""
+        """Sample the previews with `exit_config` (None: `UncertaintyThreshold()` with heads, else no exits)
+        through the pipeline, latents decoded by its VAE; write `folder/<i>.png` and `folder/preview.json`
+        (blocks run); main process only."""
         from PIL import Image
 
         from ..engine import early_exit
+        from ..schedules.uncertainty import UncertaintyThreshold
 
+        if exit_config is not None:
+            exit_config = EarlyExitConfig.from_dict(exit_config)
+        else:  # heads without a chosen policy: the default certainty threshold
+            exit_config = EarlyExitConfig(policy=UncertaintyThreshold() if heads is not None else None)
         pipe = self.pipe
         pipe.vae.to(self.denoiser.device)
         pipe.set_progress_bar_config(disable=True)
@@ -427,13 +313,13 @@ class PipelineSource:
         atomic_write_json(folder / "preview.json", record, indent=1)
         return record
 
-    def save(self, folder: Path, heads: UncertaintyHeads | None, exit_config: EarlyExitConfig | None) -> None:
+    def save(self, folder: Path, heads: UncertaintyHeads | None, exit_config: dict[str, Any] | None) -> None:
         """The pipeline folder (same class, trained transformer) with `exit_heads/` and `exit_config.json`."""
         self.pipe.save_pretrained(str(folder))
         if heads is not None:
             heads.save_pretrained(str(folder / "exit_heads"))
         if exit_config is not None:
-            atomic_write_text(folder / EXIT_CONFIG_FILE, exit_config.to_json() + "\n")
+            atomic_write_text(folder / EXIT_CONFIG_FILE, EarlyExitConfig.from_dict(exit_config).to_json() + "\n")
 
 
 def load_exit_parts(folder: str | os.PathLike) -> tuple[EarlyExitConfig | None, UncertaintyHeads | None]:

@@ -24,12 +24,11 @@ EMA) therefore continues exactly as the uninterrupted run.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +44,7 @@ from tqdm.auto import tqdm
 from .._io import atomic_write_text, read_json_file, replace_dir
 from .._validation import check_int
 from ..backbones.registry import get_adapter
-from ..config import EarlyExitConfig
 from ..pipelines import EarlyExitDiTPipeline, EarlyExitUNetPipeline
-from ..schedules.uncertainty import UncertaintyThreshold
 from .checkpoints import (
     EMA_FILE,
     EXTRA_STATE_FILE,
@@ -56,6 +53,7 @@ from .checkpoints import (
     check_checkpoint,
     checkpoint_name,
     complete_checkpoints,
+    ema_weights,
     load_extra_state,
     save_extra_state,
     truncate_log,
@@ -385,7 +383,7 @@ class Trainer:
         """
         folder = Path(folder) if folder is not None else self.output_dir / "pipeline"
         module = self.objective_module
-        with self._ema_weights(use_ema):
+        with ema_weights(self.ema if use_ema else None, self._trainable()):
             if self.accelerator.is_main_process:
                 # Saved next to its destination and renamed into place: never a half-written pipeline folder.
                 tmp = folder.with_name(TMP_PREFIX + folder.name)
@@ -393,7 +391,7 @@ class Trainer:
                     shutil.rmtree(tmp)
                 exit_config = self.default_exit_config()
                 if self.source is not None:
-                    self.source.save(tmp, module.heads, None if exit_config is None else EarlyExitConfig.from_dict(exit_config))
+                    self.source.save(tmp, module.heads, exit_config)
                 else:
                     common = dict(scheduler=make_sampling_scheduler(self.config), exit_heads=module.heads,
                                   id2label=self.dataset.id2label(), exit_config=exit_config)
@@ -406,19 +404,6 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         return folder
 
-    @contextlib.contextmanager
-    def _ema_weights(self, use_ema: bool = True) -> Iterator[None]:
-        """The EMA weights in the trained parameters for the block (when there is an EMA), then the live ones."""
-        swap = use_ema and self.ema is not None
-        if swap:
-            self.ema.store(self._trainable())
-            self.ema.copy_to(self._trainable())
-        try:
-            yield
-        finally:
-            if swap:
-                self.ema.restore(self._trainable())
-
     def preview(self, use_ema: bool = True) -> dict[str, Any] | None:
         """Pipeline runs: sample the previews (`PipelineTrainingConfig`) with the EMA weights and the run's exits,
         decoded by the pipeline's VAE, into `output_dir/samples/step_XXXXXXX/`; returns the main process's
@@ -426,15 +411,11 @@ class Trainer:
         if self.source is None or self.config.pipeline.num_previews == 0:
             return None
         record = None
-        with self._ema_weights(use_ema):
+        with ema_weights(self.ema if use_ema else None, self._trainable()):
             if self.accelerator.is_main_process:
-                exit_config = self.default_exit_config()
-                if exit_config is not None:
-                    config = EarlyExitConfig.from_dict(exit_config)
-                else:  # heads without a chosen policy: the default certainty threshold
-                    config = EarlyExitConfig(policy=UncertaintyThreshold() if self.heads is not None else None)
                 folder = self.output_dir / "samples" / checkpoint_name(self.step)
-                record = self.source.preview(folder, config, self.objective_module.heads, self.config.train.seed)
+                record = self.source.preview(folder, self.default_exit_config(), self.objective_module.heads,
+                                             self.config.train.seed)
         self.accelerator.wait_for_everyone()
         return record
 
