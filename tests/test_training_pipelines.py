@@ -252,6 +252,23 @@ def test_readme_train_heads_for_a_local_dit_xl2_folder_runs_on_the_tiny_stand_in
     assert scope["heads"] is not None and scope["exit_config"].policy.threshold == 0.92
 
 
+def test_captions_from_a_jsonl_file_and_its_bad_lines(tmp_path):
+    from ee_diffusion.training.image_items import caption_items
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (16, 16)).save(images / name)
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text('{"file_name": "b.png", "prompt": " a blue car "}\n\n{"file_name": "a.png", "prompt": "a cat"}\n')
+    assert [(i.file, i.prompt) for i in caption_items(images, captions)] == [("a.png", "a cat"), ("b.png", "a blue car")]
+    captions.write_text('{"file_name": "a.png", "prompt": "a cat"}\nnot json\n{"file_name": "c.png", "prompt": "x"}\n'
+                        '{"prompt": "no file"}\n')
+    with pytest.raises(ValueError, match=r"3 bad line\(s\): line 2: not JSON .*; line 3: no image 'c.png' under the "
+                                         r"image folder; line 4: expected \{\"file_name\""):
+        caption_items(images, captions)
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 def _nothing_trained(out: Path) -> bool:
     return not (out / "log.jsonl").exists() and not (out / "checkpoints").exists()

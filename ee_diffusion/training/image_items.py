@@ -100,28 +100,36 @@ def caption_items(root: str | os.PathLike, captions: str | os.PathLike | None = 
     return [ImageItem(name, prompt=prompts[name]) for name in files]
 
 
+#: What each line of a captions JSONL file holds.
+CAPTION_LINE = '{"file_name": "<image path under the image folder>", "prompt": "<text>"}'
+
+
+def _caption(line: str, images: set[str]) -> tuple[str, str]:
+    """(image, prompt) of one captions JSONL line; a `ValueError` saying what is wrong with it."""
+    try:
+        item = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not JSON ({error.msg})") from None
+    if not isinstance(item, dict) or not isinstance(item.get("file_name"), str) or not isinstance(item.get("prompt"), str):
+        raise ValueError(f"expected {CAPTION_LINE}, got {line[:60]!r}")
+    if item["file_name"] not in images:
+        raise ValueError(f"no image {item['file_name']!r} under the image folder")
+    return item["file_name"], item["prompt"].strip()
+
+
 def _read_captions(path: Path, images: set[str]) -> dict[str, str]:
     if not path.is_file():
         raise ValueError(f"caption file {str(path)!r} does not exist")
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
     if not lines:
-        raise ValueError(f"caption file {str(path)!r} is empty: expected one "
-                         f'{{"file_name": "<image path>", "prompt": "<text>"}} object per line')
+        raise ValueError(f"caption file {str(path)!r} is empty: expected one {CAPTION_LINE} object per line")
     prompts, bad = {}, []
-    for number, line in enumerate(lines, start=1):
+    for number, line in lines:
         try:
-            item = json.loads(line)
-        except json.JSONDecodeError as error:
-            bad.append(f"line {number}: not JSON ({error.msg})")
-            continue
-        name = item.get("file_name") if isinstance(item, dict) else None
-        text = item.get("prompt") if isinstance(item, dict) else None
-        if not isinstance(name, str) or not isinstance(text, str):
-            bad.append(f'line {number}: expected {{"file_name": "<image path>", "prompt": "<text>"}}, got {line[:60]!r}')
-        elif name not in images:
-            bad.append(f"line {number}: no image {name!r} under the image folder")
-        else:
-            prompts[name] = text.strip()
+            name, text = _caption(line, images)
+            prompts[name] = text
+        except ValueError as error:
+            bad.append(f"line {number}: {error}")
     if bad:
         raise ValueError(f"caption file {str(path)!r} has {len(bad)} bad line(s): {'; '.join(bad[:5])}")
     return prompts

@@ -48,6 +48,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._io import atomic_save_safetensors, atomic_write_json, load_safetensors, read_json_file
+from .data import StepBatches
 
 CACHE_FILE = "cache.json"
 NULL_FILE = "null.safetensors"
@@ -187,6 +188,9 @@ class LatentCache:
         self._keep = keep
         self._loaded: OrderedDict[int, dict[str, torch.Tensor]] = OrderedDict()
 
+    def __len__(self) -> int:
+        return self.num_items
+
     @property
     def num_shards(self) -> int:
         return len(self.shard_sizes)
@@ -212,7 +216,7 @@ class LatentCache:
         return load_safetensors(path, "latent cache null inputs") if path.is_file() else {}
 
 
-class ShardBatches:
+class ShardBatches(StepBatches):
     """The batches of a run from a `LatentCache`, as a pure function of the step (exact resume, no state).
 
     Epoch e visits the shards in the order `randperm(num_shards)` and each shard's items in the order
@@ -226,16 +230,8 @@ class ShardBatches:
     """
 
     def __init__(self, cache: LatentCache, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        if batch_size % world_size:
-            raise ValueError(f"batch_size {batch_size} must be divisible by the number of processes {world_size}")
-        if batch_size > cache.num_items:
-            raise ValueError(f"batch_size {batch_size} is larger than the cached set ({cache.num_items} images)")
+        super().__init__(cache, batch_size, seed, rank, world_size)
         self.cache = cache
-        self.batch_size = batch_size
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.steps_per_epoch = cache.num_items // batch_size
         self._epoch: tuple[int, torch.Tensor, torch.Tensor] | None = None
 
     def _generator(self, *parts: int) -> torch.Generator:

@@ -205,6 +205,10 @@ class PipelineSource:
             if prediction != "epsilon":
                 raise ValueError(f"the {self.name}'s scheduler predicts {prediction!r}; training supports 'epsilon'")
             self.scheduler = DDPMScheduler.from_config(scheduler_config)
+        if getattr(denoiser, "use_additional_conditions", False):
+            raise ValueError(f"{config.pipeline!r}: PixArt transformers with additional conditions (resolution and "
+                             f"aspect ratio, the 1024-MS checkpoints) are not supported for training; got "
+                             f"use_additional_conditions=True, expected a 256 or 512 PixArt-alpha")
         self.null = {k: v.float() for k, v in cache.null().items()}  # the empty prompt (1, ...), text only
         self.null_class = int(denoiser.config.num_embeds_ada_norm) if self.name == "DiTPipeline" else None
 
