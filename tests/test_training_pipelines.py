@@ -318,7 +318,9 @@ def test_bad_inputs_are_refused_before_any_step_and_nothing_cached_is_touched(fo
 
 # ------------------------------------------------------------------------------------------------- scale
 def test_resume_from_a_checkpoint_continues_the_shard_stream_exactly(folders, tmp_path):
+    # Shards of 12 and batches of 8: steps cross shard boundaries; previews every 2 steps draw no training RNG.
     config = pipeline_config(folders, "dit", tmp_path / "cache", max_steps=4, checkpoint_every=2, ema_decay=0.9)
+    config.pipeline.preview_every = 2
     whole = train(config, tmp_path / "whole", progress=False)
     part = Trainer(config, tmp_path / "part", progress=False)
     part.train(max_steps=2)
@@ -333,6 +335,30 @@ def test_resume_from_a_checkpoint_continues_the_shard_stream_exactly(folders, tm
         return [{k: v for k, v in json.loads(line).items() if k != "time_s"} for line in lines]
 
     assert len(records("whole")) == 4 and records("part") == records("whole")
+    assert sorted(p.name for p in (tmp_path / "whole" / "samples").iterdir()) == ["step_0000002", "step_0000004"]
+
+
+def test_pipeline_section_round_trips_and_excludes_our_model_sections(tmp_path, monkeypatch):
+    import argparse
+
+    from ee_diffusion.training.cli import add_train_arguments, load_config
+
+    config = ExperimentConfig(pipeline=PipelineTrainingConfig(pipeline="p", images="i", cache_dir="c"),
+                              train=TrainConfig(mode="heads"))
+    assert sorted(config.to_dict()) == ["exit_config", "pipeline", "train"]
+    assert ExperimentConfig.from_json(config.to_json()) == config
+    with pytest.raises(ValueError, match=r"takes its model, data and schedulers from the pipeline folder; remove "
+                                         r"\['model'\]"):
+        ExperimentConfig.from_dict({**config.to_dict(), "model": {"num_layers": 3}})
+    with pytest.raises(ValueError, match=r"cache_dtype must be one of \('float32', 'float16', 'bfloat16'\), got 'int8'"):
+        PipelineTrainingConfig(pipeline="p", images="i", cache_dir="c", cache_dtype="int8")
+    # Folder flags fill a 'pipeline' section only.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "digits.json").write_text(ExperimentConfig().to_json())
+    args = add_train_arguments(argparse.ArgumentParser()).parse_args(
+        ["--config", "digits.json", "--images", "x", "--output-dir", "o"])
+    with pytest.raises(ValueError, match=r"--images set the 'pipeline' section, but 'digits.json' trains our own model"):
+        load_config(args)
 
 
 @pytest.mark.parametrize("kind, mode", [("dit", "deediff"), ("pixart", "ase"), ("sd3", "deediff")])
