@@ -3,7 +3,8 @@
 What is trained (the denoiser, heads, bridges and the mode's loss) is built in `training.models`; the
 checkpoint files are `training.checkpoints`. U-Nets (`ModelConfig(kind="unet")`, a class-conditional
 `UNet2DModel`) exit by depth truncation: the exit modes train their `UNetExitBridges` jointly with the U-Net,
-through the same losses (`adapter.exit_outputs`).
+through the same losses (`adapter.exit_outputs`). A config with a `pipeline` section trains the transformer of
+a stock DiT, PixArt-alpha or SD3 folder on its cached latents instead (`pipeline_source`, `latent_cache`).
 
 The run is a pure function of (config, step): the batch of step s comes from `StepBatches`, and the noise,
 timesteps and label dropout of a micro-step come from a generator seeded with (seed, micro-step, rank). A run
@@ -176,7 +177,7 @@ class Trainer:
                 raise ValueError(f"gradient_checkpointing is for transformer backbones; got a {type(self.denoiser).__name__}")
             self.denoiser.enable_gradient_checkpointing()
         freeze_for_mode(self.denoiser, train.mode)
-        self.noise_scheduler = make_noise_scheduler(train)
+        self.noise_scheduler = make_noise_scheduler(train) if self.source is None else None  # pipelines: their own
 
         objective = TrainingObjective(self.denoiser, self.heads, train, self.bridges).train()
         trainable = [p for p in objective.parameters() if p.requires_grad]
