@@ -290,7 +290,10 @@ class PipelineSource:
             exit_config = EarlyExitConfig.from_dict(exit_config)
         else:  # heads without a chosen policy: the default certainty threshold
             exit_config = EarlyExitConfig(policy=UncertaintyThreshold() if heads is not None else None)
-        pipe = self.pipe
+        # The previews take cached prompt embeddings: a view of the pipeline without its text encoders (left on
+        # the CPU), so that the pipeline's execution device is the one of its VAE and transformer.
+        pipe = type(self.pipe)(**{name: None if name.startswith(("text_encoder", "tokenizer")) else module
+                                  for name, module in self.pipe.components.items()})
         pipe.vae.to(self.denoiser.device)
         pipe.set_progress_bar_config(disable=True)
         kwargs = self.preview_inputs()

@@ -189,6 +189,8 @@ class Trainer:
             # size a full copy of a frozen backbone costs gigabytes).
             self.ema = EMAModel(trainable, decay=train.ema_decay)
         self.objective, self.optimizer = acc.prepare(objective, optimizer)
+        if self.ema is not None:
+            self.ema.to(acc.device)  # next to the weights `prepare` moved (a no-op on the CPU)
         # The LR schedule steps once per optimizer step whatever the process count: keep it unprepared.
         # The LR schedule and the EMA are saved by `save_checkpoint` (JSON + safetensors), not registered with
         # accelerate, whose custom-object state is pickled and loaded with `weights_only=False`.
