@@ -175,7 +175,44 @@ def test_latent_training_learns(folders, tmp_path, kind, factor):
     assert after < before / factor, (before, after)
 
 
+@pytest.mark.parametrize("kind", ["dit", "pixart", "sd3"])
+def test_noise_targets_and_guidance_dropout_follow_the_pipeline(folders, tmp_path, kind):
+    trainer = Trainer(pipeline_config(folders, kind, tmp_path / "cache", label_dropout=1.0), tmp_path / "r",
+                      progress=False)
+    rows = trainer.batches.batch(0)
+    noisy, target, t, cond = trainer.micro_batch(0)
+    mean, std = rows["latent_mean"], rows["latent_std"]
+    if kind == "sd3":  # flow matching: x_t = (1 - s) x0 + s eps, target eps - x0, timestep 1000 s
+        sigma = (t / 1000).view(-1, 1, 1, 1)
+        x0, noise = noisy - sigma * target, noisy + (1 - sigma) * target
+    else:  # DDPM: x_t = sqrt(abar) x0 + sqrt(1 - abar) eps, target eps
+        abar = trainer.source.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+        noise = target
+        x0 = (noisy - (1 - abar).sqrt() * noise) / abar.sqrt()
+    # x0 is a posterior sample of the cached image latents, the noise standard normal.
+    z = (x0 - mean) / std
+    assert z.abs().max() < 6 and 0.5 < z.std() < 1.5 and 0.7 < noise.std() < 1.3
+    if kind == "dit":  # every row dropped to the null class
+        assert cond["class_labels"].tolist() == [1000] * 8
+    else:  # ... or to the pipeline's empty-prompt embedding
+        for key, null in trainer.source.null.items():
+            assert torch.equal(cond[key], null.expand_as(cond[key]))
+            assert not torch.equal(rows[key].float(), cond[key])
+
+
 # ----------------------------------------------------------------------- example configs and the README
+def test_train_help_lists_the_shipped_example_configs_and_each_loads(capsys):
+    from ee_diffusion.training.cli import CONFIG_DIR, EXAMPLE_CONFIGS
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    shown = capsys.readouterr().out
+    assert sorted(p.stem for p in CONFIG_DIR.glob("*.json")) == sorted(EXAMPLE_CONFIGS)
+    for name, text in EXAMPLE_CONFIGS.items():
+        assert f"{name:<18} {text}" in shown
+        assert ExperimentConfig.load(CONFIG_DIR / f"{name}.json").pipeline is not None
+
+
 def run_example(folders, tmp_path, name, kind):
     pipe_dir, images = folders[kind]
     out = tmp_path / "run"
