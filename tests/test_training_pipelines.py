@@ -157,6 +157,35 @@ def test_prepare_latents_encodes_once_and_refuses_a_cache_of_another_vae(folders
     assert shard.read_bytes() == before and sorted(p.name for p in cache_dir.iterdir()) == [CACHE_FILE, shard.name]
 
 
+def test_prepare_cache_killed_midway_resumes_to_the_same_shards(folders, tmp_path, monkeypatch):
+    import ee_diffusion.training.pipeline_source as source
+
+    pipe_dir, images = folders["pixart"]
+    config = PipelineTrainingConfig(pipeline=str(pipe_dir), images=str(images), cache_dir=str(tmp_path / "a"),
+                                    shard_size=12, encode_batch_size=5, max_sequence_length=8)
+    fresh = prepare_cache(config, progress=False)
+    real, calls = source.load_image, []
+
+    def dies_at_the_third_shard(path, resolution):
+        calls.append(path)
+        if len(calls) == 25:
+            raise KeyboardInterrupt
+        return real(path, resolution)
+
+    config.cache_dir = str(tmp_path / "b")
+    monkeypatch.setattr(source, "load_image", dies_at_the_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_cache(config, progress=False)
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [CACHE_FILE, "null.safetensors",
+                                                                  "shard_00000.safetensors", "shard_00001.safetensors"]
+    resumed = prepare_cache(config, progress=False)
+    assert len(calls) == 25 + 8  # 24 read + the fatal one; then only the missing last shard's 8 images
+    for i in range(fresh.num_shards):
+        assert fresh.shard(i).keys() == resumed.shard(i).keys()
+        for key in fresh.shard(i):
+            assert torch.equal(fresh.shard(i)[key], resumed.shard(i)[key]), key
+
+
 # ------------------------------------------------------------------------------------------------ learning
 @pytest.mark.parametrize("kind, factor", [("dit", 3.0), ("pixart", 2.0), ("sd3", 1.3)])
 def test_latent_training_learns(folders, tmp_path, kind, factor):
