@@ -63,7 +63,7 @@ def _latent_config(tmp_path) -> list[str]:
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 255, (16, 16, 3)).astype(np.uint8)).save(folder / f"{i}.png")
     config = ExperimentConfig(
-        pipeline=PipelineTrainingConfig(pipeline=str(tmp_path / "dit"), images=str(tmp_path / "images"),
+        pipeline=PipelineTrainingConfig(folder=str(tmp_path / "dit"), images=str(tmp_path / "images"),
                                         cache_dir=str(tmp_path / "cache"), shard_size=6, num_previews=0),
         train=TrainConfig(mode="deediff", max_steps=3, batch_size=8, log_every=1, ema_decay=0.9),
     )

@@ -72,7 +72,7 @@ def folders(tmp_path_factory):
 
 def pipeline_config(folders, kind, cache, **train):
     pipe, images = folders[kind]
-    section = PipelineTrainingConfig(pipeline=str(pipe), images=str(images), cache_dir=str(cache), shard_size=12,
+    section = PipelineTrainingConfig(folder=str(pipe), images=str(images), cache_dir=str(cache), shard_size=12,
                                      num_previews=2, preview_steps=2, max_sequence_length=None if kind == "dit" else 8)
     defaults = dict(mode="deediff", max_steps=2, batch_size=8, log_every=1, ema_decay=0.0)
     return ExperimentConfig(pipeline=section, train=TrainConfig(**{**defaults, **train}))
@@ -127,7 +127,7 @@ def test_prepare_latents_encodes_once_and_refuses_a_cache_of_another_vae(folders
     assert main(argv) == 0
     assert f"32 images in 1 shards, cached in {cache_dir}" in capsys.readouterr().out
     shard = cache_dir / "shard_00000.safetensors"
-    cached = prepare_cache(PipelineTrainingConfig(pipeline=str(pipe_dir), images=str(images),
+    cached = prepare_cache(PipelineTrainingConfig(folder=str(pipe_dir), images=str(images),
                                                   cache_dir=str(cache_dir), shard_size=1024, cache_dtype="float16"))
     labels = cached.shard(0)["class_labels"]
     assert labels.tolist() == sorted(labels.tolist()) and set(labels.tolist()) == {0, 1, 2, 3}
@@ -161,7 +161,7 @@ def test_prepare_cache_killed_midway_resumes_to_the_same_shards(folders, tmp_pat
     import ee_diffusion.training.pipeline_source as source
 
     pipe_dir, images = folders["pixart"]
-    config = PipelineTrainingConfig(pipeline=str(pipe_dir), images=str(images), cache_dir=str(tmp_path / "a"),
+    config = PipelineTrainingConfig(folder=str(pipe_dir), images=str(images), cache_dir=str(tmp_path / "a"),
                                     shard_size=12, encode_batch_size=5, max_sequence_length=8)
     fresh = prepare_cache(config, progress=False)
     real, calls = source.load_image, []
@@ -367,7 +367,7 @@ def test_bad_inputs_are_refused_before_any_step_and_nothing_cached_is_touched(fo
     sd = tmp_path / "sd"
     tiny_pipeline("sd").save_pretrained(sd)
     config = pipeline_config(folders, "pixart", tmp_path / "c4")
-    config.pipeline.pipeline = str(sd)
+    config.pipeline.folder = str(sd)
     with pytest.raises(ValueError, match=r"holds a StableDiffusionPipeline; training on a stock pipeline supports "
                                          r"DiTPipeline, PixArtAlphaPipeline, StableDiffusion3Pipeline"):
         Trainer(config, tmp_path / "r4", progress=False)
@@ -376,7 +376,7 @@ def test_bad_inputs_are_refused_before_any_step_and_nothing_cached_is_touched(fo
     pipe = load_pipeline(folders["pixart"][0])
     pipe.text_encoder = tiny_t5(8)
     pipe.save_pretrained(narrow)
-    config.pipeline.pipeline = str(narrow)
+    config.pipeline.folder = str(narrow)
     with pytest.raises(ValueError, match=r"encoder_hidden_states has 8 features, the transformer takes 16"):
         Trainer(config, tmp_path / "r5", progress=False)
     assert not (tmp_path / "c4").exists() and _nothing_trained(tmp_path / "r5")
@@ -409,7 +409,7 @@ def test_pipeline_section_round_trips_and_excludes_our_model_sections(tmp_path, 
 
     from ee_diffusion.training.cli import add_train_arguments, load_config
 
-    config = ExperimentConfig(pipeline=PipelineTrainingConfig(pipeline="p", images="i", cache_dir="c"),
+    config = ExperimentConfig(pipeline=PipelineTrainingConfig(folder="p", images="i", cache_dir="c"),
                               train=TrainConfig(mode="heads"))
     assert sorted(config.to_dict()) == ["exit_config", "pipeline", "train"]
     assert ExperimentConfig.from_json(config.to_json()) == config
@@ -417,7 +417,7 @@ def test_pipeline_section_round_trips_and_excludes_our_model_sections(tmp_path, 
                                          r"\['model'\]"):
         ExperimentConfig.from_dict({**config.to_dict(), "model": {"num_layers": 3}})
     with pytest.raises(ValueError, match=r"cache_dtype must be one of \('float32', 'float16', 'bfloat16'\), got 'int8'"):
-        PipelineTrainingConfig(pipeline="p", images="i", cache_dir="c", cache_dtype="int8")
+        PipelineTrainingConfig(folder="p", images="i", cache_dir="c", cache_dtype="int8")
     # Folder flags fill a 'pipeline' section only.
     monkeypatch.chdir(tmp_path)
     (tmp_path / "digits.json").write_text(ExperimentConfig().to_json())

@@ -26,7 +26,7 @@ EXAMPLE_CONFIGS = {
 }
 CONFIG_DIR = Path(__file__).with_name("configs")
 #: Flags that override the `pipeline` section of the config, and the key each sets.
-_PIPELINE_FLAGS = {"pipeline": "pipeline", "images": "images", "captions": "captions", "cache_dir": "cache_dir"}
+_PIPELINE_FLAGS = {"pipeline": "folder", "images": "images", "captions": "captions", "cache_dir": "cache_dir"}
 
 
 def config_path(value: str) -> Path:
@@ -61,7 +61,7 @@ def epilog() -> str:
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The flags shared by `train` and `prepare-latents`: the config and its `pipeline` section's folders."""
     parser.add_argument("--config", required=True, help="experiment config JSON, or a shipped example's name")
-    parser.add_argument("--pipeline", default=None, help="override pipeline.pipeline (a local pipeline folder)")
+    parser.add_argument("--pipeline", default=None, help="override pipeline.folder (the local pipeline folder)")
     parser.add_argument("--images", default=None, help="override pipeline.images (the training image folder)")
     parser.add_argument("--captions", default=None, help="override pipeline.captions (a captions JSONL file)")
     parser.add_argument("--cache-dir", default=None, help="override pipeline.cache_dir (the latent cache folder)")

@@ -212,7 +212,7 @@ class TrainConfig:
 class PipelineTrainingConfig:
     """Train the denoiser of a local stock pipeline folder on an image folder, in its VAE's latent space.
 
-    `pipeline`: a `DiTPipeline` (class-conditional), `PixArtAlphaPipeline` or `StableDiffusion3Pipeline`
+    `folder`: a local `DiTPipeline` (class-conditional), `PixArtAlphaPipeline` or `StableDiffusion3Pipeline`
     (text-conditioned) folder; the run trains its transformer (and heads) and saves the same pipeline class.
     `images`: for a DiT, `images/<class>/*.png` where `<class>` is a class id or a name of the pipeline's
     `id2label`; for text pipelines, images anywhere under the folder, each captioned by a `.txt` file of the
@@ -235,13 +235,13 @@ class PipelineTrainingConfig:
     `UncertaintyThreshold()` for heads), decoded with the VAE into `output_dir/samples/`.
 
     ```py
-    >>> PipelineTrainingConfig(pipeline="DiT-XL-2-256", images="photos", cache_dir="latents").shard_size
+    >>> PipelineTrainingConfig(folder="DiT-XL-2-256", images="photos", cache_dir="latents").shard_size
     256
 
     ```
     """
 
-    pipeline: str
+    folder: str
     images: str
     cache_dir: str
     captions: str | None = None
@@ -256,7 +256,7 @@ class PipelineTrainingConfig:
     preview_guidance_scale: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("pipeline", "images", "cache_dir"):
+        for name in ("folder", "images", "cache_dir"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 raise ValueError(f"{name} must be a non-empty folder path, got {value!r}")

@@ -135,7 +135,7 @@ def build_heads(model: nn.Module, config: ExperimentConfig) -> UncertaintyHeads 
     if train.mode not in ("deediff", "heads"):
         return None
     conditioned = train.deediff.condition_on_timestep
-    folder = config.pipeline.pipeline if config.pipeline is not None else config.model.init_from
+    folder = config.pipeline.folder if config.pipeline is not None else config.model.init_from
     if folder is not None and (Path(folder) / "exit_heads").is_dir():
         heads = UncertaintyHeads.from_pretrained(folder, subfolder="exit_heads")
         heads.check_model(model)

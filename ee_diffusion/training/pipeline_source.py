@@ -123,9 +123,9 @@ def _store(tensors: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tens
 def prepare_cache(config: PipelineTrainingConfig, pipe: Any | None = None, device: str | torch.device = "cpu",
                   progress: bool = True) -> LatentCache:
     """Check every input, then build (or resume, or just open) the cache of `config` with `pipe` (default:
-    loaded from `config.pipeline`) encoding on `device`. Nothing is written before all checks pass."""
-    trainable_pipeline_class(config.pipeline)
-    pipe = load_pipeline(config.pipeline) if pipe is None else pipe
+    loaded from `config.folder`) encoding on `device`. Nothing is written before all checks pass."""
+    trainable_pipeline_class(config.folder)
+    pipe = load_pipeline(config.folder) if pipe is None else pipe
     transformer, vae = pipe.transformer, pipe.vae
     resolution = config.resolution or default_resolution(transformer, vae)
     check_latent_shape(transformer, vae, resolution)
@@ -187,8 +187,8 @@ class PipelineSource:
         self.pipe = pipe
         self.denoiser = denoiser
         self.cache = cache
-        self.name = pipeline_class_name(config.pipeline)
-        scheduler_config = read_json_file(Path(config.pipeline) / "scheduler" / "scheduler_config.json",
+        self.name = pipeline_class_name(config.folder)
+        scheduler_config = read_json_file(Path(config.folder) / "scheduler" / "scheduler_config.json",
                                           "scheduler config")
         self.flow = self.name == "StableDiffusion3Pipeline"
         if self.flow:
@@ -206,7 +206,7 @@ class PipelineSource:
                 raise ValueError(f"the {self.name}'s scheduler predicts {prediction!r}; training supports 'epsilon'")
             self.scheduler = DDPMScheduler.from_config(scheduler_config)
         if getattr(denoiser, "use_additional_conditions", False):
-            raise ValueError(f"{config.pipeline!r}: PixArt transformers with additional conditions (resolution and "
+            raise ValueError(f"{config.folder!r}: PixArt transformers with additional conditions (resolution and "
                              f"aspect ratio, the 1024-MS checkpoints) are not supported for training; got "
                              f"use_additional_conditions=True, expected a 256 or 512 PixArt-alpha")
         self.null = {k: v.float() for k, v in cache.null().items()}  # the empty prompt (1, ...), text only
@@ -216,15 +216,15 @@ class PipelineSource:
     def create(cls, config: PipelineTrainingConfig, train: TrainConfig, accelerator: Any,
                progress: bool = True) -> "PipelineSource":
         """Load the pipeline (main process) or its transformer (the others) and prepare the cache (module doc)."""
-        trainable_pipeline_class(config.pipeline)
+        trainable_pipeline_class(config.folder)
         if accelerator.is_main_process:
-            pipe = load_pipeline(config.pipeline)
+            pipe = load_pipeline(config.folder)
             denoiser = pipe.transformer
             cache = prepare_cache(config, pipe, accelerator.device, progress)
             # The text encoders served the cache; previews reuse cached embeddings. Free the device.
             pipe.to("cpu")
         else:
-            pipe, denoiser = None, _transformer_class(config.pipeline).from_pretrained(config.pipeline,
+            pipe, denoiser = None, _transformer_class(config.folder).from_pretrained(config.folder,
                                                                                        subfolder="transformer")
         accelerator.wait_for_everyone()
         if not accelerator.is_main_process:
