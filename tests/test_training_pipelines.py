@@ -103,6 +103,9 @@ def test_cache_build_resumes_after_an_interruption_with_whole_shards_only(tmp_pa
     assert rows.tolist() == list(range(10))
     with pytest.raises(ValueError, match="images or their labels/captions changed"):
         build_cache(tmp_path, {"vae": "a"}, "other items", 10, 4, encode, progress=False)
+    (tmp_path / CACHE_FILE).unlink()
+    with pytest.raises(ValueError, match="is not empty and holds no cache.json: not a latent cache"):
+        build_cache(tmp_path, {"vae": "a"}, "items", 10, 4, encode, progress=False)
 
 
 def test_shard_batches_are_a_seeded_pure_function_of_the_step_and_split_over_ranks(tmp_path):

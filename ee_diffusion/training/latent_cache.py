@@ -143,6 +143,10 @@ def build_cache(
         _check_header(folder, header, fingerprint, items_digest, shard_size)
         if header.get("complete"):
             return LatentCache(folder, fingerprint, items_digest)
+    elif folder.is_dir() and any(folder.iterdir()):
+        # Its files would be taken for shards, or mixed with them: never write into someone else's folder.
+        raise ValueError(f"cache_dir {str(folder)!r} is not empty and holds no {CACHE_FILE}: not a latent cache; "
+                         f"give a new or empty folder")
     folder.mkdir(parents=True, exist_ok=True)
     header = {"format": CACHE_FORMAT, "fingerprint": fingerprint, "items_digest": items_digest,
               "num_items": num_items, "shard_size": shard_size, "complete": False}
