@@ -52,9 +52,10 @@ def _run_bench_engine(args: argparse.Namespace) -> int:
 
 
 def _add_train(subparsers) -> None:
-    from .training.cli import add_train_arguments
+    from .training.cli import add_train_arguments, epilog
 
-    parser = subparsers.add_parser("train", help="train a model from an experiment config: --config experiment.json")
+    parser = subparsers.add_parser("train", help="train a model from an experiment config: --config experiment.json",
+                                   epilog=epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_arguments(parser)
     parser.set_defaults(func=_run_train)
 
@@ -63,6 +64,22 @@ def _run_train(args: argparse.Namespace) -> int:
     from .training.cli import run_train
 
     return run_train(args)
+
+
+def _add_prepare_latents(subparsers) -> None:
+    from .training.cli import add_pipeline_arguments, epilog
+
+    parser = subparsers.add_parser(
+        "prepare-latents", help="encode a stock pipeline run's images and prompts into its latent cache (resumable)",
+        epilog=epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_pipeline_arguments(parser)
+    parser.set_defaults(func=_run_prepare_latents)
+
+
+def _run_prepare_latents(args: argparse.Namespace) -> int:
+    from .training.cli import run_prepare
+
+    return run_prepare(args)
 
 
 def _add_bench(subparsers) -> None:
@@ -219,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(subparsers)
     _add_bench_engine(subparsers)
     _add_train(subparsers)
+    _add_prepare_latents(subparsers)
     _add_bench(subparsers)
     _add_calibrate(subparsers)
     _add_publish(subparsers)

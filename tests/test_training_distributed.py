@@ -1,10 +1,14 @@
-"""Two real processes (gloo on the CPU) train a tiny model with `accelerate launch`; both end with equal weights."""
+"""Two real processes (gloo on the CPU) train a tiny model with `accelerate launch` - our pixel DiT, and a stock
+DiT pipeline in latent space (the main process builds the latent cache, both stream it); both end with equal
+weights."""
 
+import json
 import socket
 import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -20,6 +24,8 @@ WORKER = textwrap.dedent(
         model=ModelConfig(num_layers=2, width=16, num_heads=2),
         train=TrainConfig(mode="deediff", max_steps=3, batch_size=8, log_every=1, ema_decay=0.9),
     )
+    if len(sys.argv) > 2:  # a latent run: the config file of a stock pipeline folder
+        config = ExperimentConfig.load(sys.argv[2])
     trainer = Trainer(config, out, cpu=True, progress=False)
     rank = trainer.accelerator.process_index
     if rank == 0:
@@ -42,16 +48,41 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_training_keeps_ranks_identical(tmp_path):
+def _latent_config(tmp_path) -> list[str]:
+    """A tiny DiT pipeline folder, 16 images in 2 class folders and the config of a latent DeeDiff run on them."""
+    import numpy as np
+    from PIL import Image
+
+    from ee_diffusion.testing import tiny_pipeline
+    from ee_diffusion.training.config import ExperimentConfig, PipelineTrainingConfig, TrainConfig
+
+    tiny_pipeline("dit", num_layers=2).save_pretrained(tmp_path / "dit")
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        folder = tmp_path / "images" / str(i % 2)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3)).astype(np.uint8)).save(folder / f"{i}.png")
+    config = ExperimentConfig(
+        pipeline=PipelineTrainingConfig(folder=str(tmp_path / "dit"), images=str(tmp_path / "images"),
+                                        cache_dir=str(tmp_path / "cache"), shard_size=6, num_previews=0),
+        train=TrainConfig(mode="deediff", max_steps=3, batch_size=8, log_every=1, ema_decay=0.9),
+    )
+    config.save(tmp_path / "latent.json")
+    return [str(tmp_path / "latent.json")]
+
+
+@pytest.mark.parametrize("source", ["pixels", "latents"])
+def test_two_process_training_keeps_ranks_identical(tmp_path, source):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
+    extra = _latent_config(tmp_path) if source == "latents" else []
     # `--multi_gpu` selects accelerate's torchrun launcher; with no CUDA device the processes run on the CPU
     # with gloo (`accelerate launch --cpu` would start a single process).
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
         "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-        str(script), str(tmp_path),
+        str(script), str(tmp_path), *extra,
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=150)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -65,3 +96,5 @@ def test_two_process_training_keeps_ranks_identical(tmp_path):
         assert torch.equal(rank0[key], rank1[key]), key
     assert any(not torch.equal(rank0[k], init[k]) for k in init)
     assert (tmp_path / "log.jsonl").read_text().count("\n") == 3  # only the main process logs
+    if source == "latents":  # built once, by the main process, while the other waited
+        assert json.loads((tmp_path / "cache" / "cache.json").read_text())["complete"] is True

@@ -71,7 +71,7 @@ def test_log_has_every_term_and_per_block_error(tmp_path):
 def _held_out_loss(trainer, batches):
     """L_simple of the trained model on fixed noised batches (same noise and timesteps before and after)."""
     with torch.no_grad():
-        return sum(float(trainer.objective_module(*batch)["simple"]) for batch in batches) / len(batches)
+        return sum(float(trainer.objective_module(*batch[:3], **batch[3])["simple"]) for batch in batches) / len(batches)
 
 
 def test_scratch_training_learns_the_digits(tmp_path):
@@ -112,10 +112,10 @@ def test_heads_mode_freezes_backbone_and_ase_freezes_timestep_embedder(tmp_path)
 def test_label_dropout_is_per_sample_to_null_id_and_embedder_dropout_is_off(tmp_path):
     trainer = Trainer(_config(label_dropout=1.0), tmp_path, progress=False)
     assert all(b.norm1.emb.class_embedder.dropout_prob == 0 for b in trainer.denoiser.transformer_blocks)
-    _, _, _, labels = trainer.micro_batch(0)
+    labels = trainer.micro_batch(0)[3]["class_labels"]
     assert labels.tolist() == [10] * 8
     trainer = Trainer(_config(label_dropout=0.5), tmp_path, progress=False)
-    labels = torch.cat([trainer.micro_batch(i)[3] for i in range(20)])
+    labels = torch.cat([trainer.micro_batch(i)[3]["class_labels"] for i in range(20)])
     assert 0.3 < (labels == 10).float().mean() < 0.7
 
 

@@ -65,7 +65,7 @@ def test_unet_training_learns_the_digits(tmp_path):
 
     def held_out_loss():
         with torch.no_grad():
-            return sum(float(trainer.objective_module(*batch)["simple"]) for batch in batches) / len(batches)
+            return sum(float(trainer.objective_module(*batch[:3], **batch[3])["simple"]) for batch in batches) / len(batches)
 
     before = held_out_loss()
     trainer.train()

@@ -8,6 +8,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .._compat import checkpoint_function
+
 
 class BackboneAdapter:
     """Knows where a model's blocks are and how to decode any block's hidden state.
@@ -32,7 +34,9 @@ class BackboneAdapter:
         self.model = model
         # The parameter names of a block's forward, used to map positional arguments to names when a caller
         # (for example gradient checkpointing) passes them positionally.
-        self._block_params = tuple(inspect.signature(self.blocks[0].forward).parameters)
+        signature = inspect.signature(self.blocks[0].forward)
+        self._block_params = tuple(signature.parameters)
+        self._block_defaults = tuple(p.default for p in signature.parameters.values())
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -142,6 +146,30 @@ class BackboneAdapter:
             "sample_size": height,
             "feature_channels": None,
         }
+
+    def run_block(self, block: nn.Module, **inputs: Any) -> Any:
+        """Call `block` with named inputs, as the model's forward would: through the model's gradient
+        checkpointing function when `model.enable_gradient_checkpointing()` is on and gradients are recorded.
+
+        The training passes (`hidden_states_per_block`) call the blocks themselves, not the model's forward, so
+        they honour the model's flag here. Like diffusers' own forwards, the checkpoint function gets the inputs
+        positionally (a reentrant checkpoint takes no keywords); a block hook then maps them back to names with
+        `named_block_inputs`. The block's output - the hidden state every exit reads - is what the checkpoint
+        keeps; its inner activations are recomputed in backward.
+        """
+        model = self.model
+        if not (torch.is_grad_enabled() and getattr(model, "gradient_checkpointing", False)):
+            return block(**inputs)
+        unknown = set(inputs) - set(self._block_params)
+        if unknown:
+            raise ValueError(f"{type(block).__name__} takes no inputs {sorted(unknown)}; it takes {list(self._block_params)}")
+        last = max(self._block_params.index(name) for name in inputs)
+        names = self._block_params[: last + 1]
+        missing = [n for n, d in zip(names, self._block_defaults) if n not in inputs and d is inspect.Parameter.empty]
+        if missing:
+            raise ValueError(f"{type(block).__name__} needs the inputs {missing}; got {sorted(inputs)}")
+        args = [inputs.get(name, default) for name, default in zip(names, self._block_defaults)]
+        return checkpoint_function(model)(block, *args)
 
     def named_block_inputs(self, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Merge positional block arguments into `kwargs` by parameter name."""

@@ -61,8 +61,9 @@ class DiTAdapter(BackboneAdapter):
         hidden_states = self.embed(sample)
         outputs = []
         for block in self.blocks:
-            hidden_states = block(
-                hidden_states,
+            hidden_states = self.run_block(
+                block,
+                hidden_states=hidden_states,
                 attention_mask=None,
                 encoder_hidden_states=None,
                 encoder_attention_mask=None,

@@ -74,8 +74,9 @@ class PixArtAdapter(BackboneAdapter):
             encoder_hidden_states = encoder_hidden_states.view(batch, -1, hidden_states.shape[-1])
         outputs = []
         for block in self.blocks:
-            hidden_states = block(
-                hidden_states,
+            hidden_states = self.run_block(
+                block,
+                hidden_states=hidden_states,
                 attention_mask=None,
                 encoder_hidden_states=encoder_hidden_states,
                 encoder_attention_mask=encoder_attention_mask,

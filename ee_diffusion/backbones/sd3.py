@@ -87,7 +87,8 @@ class SD3Adapter(BackboneAdapter):
         encoder_hidden_states = model.context_embedder(encoder_hidden_states)
         outputs = []
         for block in self.blocks:
-            encoder_hidden_states, hidden_states = block(
+            encoder_hidden_states, hidden_states = self.run_block(
+                block,
                 hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states, temb=temb
             )
             outputs.append(hidden_states)

@@ -2,8 +2,11 @@
 
 `losses` (the loss functions), `data` (datasets), `config` (the experiment config), `models` (the denoiser,
 heads and bridges a run builds, with the mode's loss as one module), `checkpoints` (the trainer's checkpoint
-files), `trainer` (`Trainer`, `train`) and `digits_eval` (class accuracy of digits samples). Submodules are
-imported on use, so `import ee_diffusion.training` stays cheap.
+files), `trainer` (`Trainer`, `train`) and `digits_eval` (class accuracy of digits samples). Stock pipeline
+folders (DiT, PixArt-alpha, SD3) train in latent space: `pipeline_source` (the folder as a training source),
+`latent_cache` (the encoded images as safetensors shards), `image_items` (the images and their classes or
+captions) and `text_encoding` (prompts through the pipeline's text encoders). Submodules are imported on use,
+so `import ee_diffusion.training` stays cheap.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ _EXPORTS = {
     "Trainer": "ee_diffusion.training.trainer",
     "train": "ee_diffusion.training.trainer",
     "ExperimentConfig": "ee_diffusion.training.config",
+    "PipelineTrainingConfig": "ee_diffusion.training.config",
+    "prepare_cache": "ee_diffusion.training.pipeline_source",
+    "load_exit_parts": "ee_diffusion.training.pipeline_source",
     "build_denoiser": "ee_diffusion.training.models",
     "TrainingObjective": "ee_diffusion.training.models",
     "get_dataset": "ee_diffusion.training.data",

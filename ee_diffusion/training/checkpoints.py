@@ -23,9 +23,11 @@ plus the trainer's own files. The trainer writes it under a `.tmp-` name and ren
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +126,31 @@ def load_extra_state(folder: Path, lr_scheduler: torch.optim.lr_scheduler.LRSche
         )
     shadow = [tensors[str(i)].to(device=p.device, dtype=p.dtype) for i, p in enumerate(current)]
     ema.load_state_dict({**extra["ema"], "shadow_params": shadow})
+
+
+@contextlib.contextmanager
+def ema_weights(ema: EMAModel | None, parameters: list[torch.nn.Parameter]) -> Iterator[None]:
+    """The EMA's weights in `parameters` for the block (for saving or sampling), then the live ones back; no
+    EMA: nothing changes.
+
+    ```py
+    >>> weight = torch.nn.Parameter(torch.zeros(1))
+    >>> ema = EMAModel([torch.nn.Parameter(torch.ones(1))], decay=0.9)
+    >>> with ema_weights(ema, [weight]):
+    ...     inside = weight.item()
+    >>> inside, weight.item()
+    (1.0, 0.0)
+
+    ```
+    """
+    if ema is not None:
+        ema.store(parameters)
+        ema.copy_to(parameters)
+    try:
+        yield
+    finally:
+        if ema is not None:
+            ema.restore(parameters)
 
 
 def truncate_log(log_path: Path, step: int) -> None:

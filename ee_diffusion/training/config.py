@@ -27,6 +27,7 @@ BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 LR_SCHEDULES = ("constant", "cosine")
 SAMPLING_SCHEDULERS = ("ddim", "ddpm")
 MODEL_KINDS = ("dit", "unet")
+CACHE_DTYPES = ("float32", "float16", "bfloat16")
 
 
 def _choice(value: Any, name: str, allowed: tuple[str, ...]) -> str:
@@ -143,6 +144,13 @@ class TrainConfig:
     `batch_size * gradient_accumulation_steps` samples. `label_dropout` replaces a sample's class by the null
     class with that probability (classifier-free guidance training). `ema_decay = 0` disables EMA.
     `lr_schedule`: linear warmup over `warmup_steps`, then constant or cosine decay to 0 at `max_steps`.
+    `mixed_precision` ("bf16", "fp16") is accelerate's autocast; the weights, optimizer and EMA stay float32.
+
+    `gradient_checkpointing` (transformer backbones) recomputes each block's inner activations in backward:
+    the one pass that trains every exit keeps only the N block outputs (B, L, D) - which the exits read
+    anyway - instead of every block's attention and MLP activations (`BackboneAdapter.run_block`). It costs
+    about one more forward of the trained blocks per step; in `heads` mode the frozen backbone has nothing to
+    recompute (no gradient flows into it) and the flag changes nothing.
     """
 
     mode: str = "scratch"
@@ -165,6 +173,7 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 0
     checkpoints_total_limit: int = 2
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         _choice(self.mode, "mode", TRAIN_MODES)
@@ -189,6 +198,8 @@ class TrainConfig:
         check_int(self.log_every, "log_every")
         check_int(self.checkpoint_every, "checkpoint_every", low=0, what="steps between checkpoints; 0: none")
         check_int(self.checkpoints_total_limit, "checkpoints_total_limit", what="checkpoints kept")
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ValueError(f"gradient_checkpointing must be a bool, got {self.gradient_checkpointing!r}")
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -198,32 +209,121 @@ class TrainConfig:
 
 
 @dataclass
+class PipelineTrainingConfig:
+    """Train the denoiser of a local stock pipeline folder on an image folder, in its VAE's latent space.
+
+    `folder`: a local `DiTPipeline` (class-conditional), `PixArtAlphaPipeline` or `StableDiffusion3Pipeline`
+    (text-conditioned) folder; the run trains its transformer (and heads) and saves the same pipeline class.
+    `images`: for a DiT, `images/<class>/*.png` where `<class>` is a class id or a name of the pipeline's
+    `id2label`; for text pipelines, images anywhere under the folder, each captioned by a `.txt` file of the
+    same name beside it, or by `captions`, a JSONL file of `{"file_name": "<path under images>", "prompt":
+    "..."}` lines. Images are resized (shorter side) and centre-cropped to `resolution` (default: the
+    transformer's `sample_size` times the VAE's downsampling factor).
+
+    Images and prompts are encoded once (`prepare_cache`: the VAE's posterior mean and std, scaled with the VAE
+    config's `scaling_factor` and `shift_factor`; `pipe.encode_prompt` embeddings) into safetensors shards of
+    `shard_size` images under `cache_dir`, stored as `cache_dtype`, `encode_batch_size` images per encoder
+    call; `max_sequence_length` caps the prompt tokens (None: the pipeline's default). Training streams the
+    shards; the cache's fingerprint (the VAE's and text encoders' config and weights hash, the resolution)
+    refuses a cache made by other encoders.
+
+    The noise schedule is the pipeline's own scheduler config (DDPM eps for DiT and PixArt, flow matching for
+    SD3), so `TrainConfig.num_train_timesteps` and `beta_schedule` are not used. `TrainConfig.label_dropout`
+    replaces a row's class by the null class (DiT) or its prompt by the pipeline's empty-prompt embedding.
+    Every `preview_every` steps (0: only at the end) and at the end, `num_previews` images (0: none) are
+    sampled with the pipeline in `preview_steps` steps, with exits (the run's default exit config, or
+    `UncertaintyThreshold()` for heads), decoded with the VAE into `output_dir/samples/`.
+
+    ```py
+    >>> PipelineTrainingConfig(folder="DiT-XL-2-256", images="photos", cache_dir="latents").shard_size
+    256
+
+    ```
+    """
+
+    folder: str
+    images: str
+    cache_dir: str
+    captions: str | None = None
+    resolution: int | None = None
+    shard_size: int = 256
+    encode_batch_size: int = 8
+    cache_dtype: str = "float32"
+    max_sequence_length: int | None = None
+    preview_every: int = 0
+    num_previews: int = 4
+    preview_steps: int = 20
+    preview_guidance_scale: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("folder", "images", "cache_dir"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{name} must be a non-empty folder path, got {value!r}")
+        if self.captions is not None and (not isinstance(self.captions, str) or not self.captions):
+            raise ValueError(f"captions must be a JSONL file path or None (captions beside the images), got {self.captions!r}")
+        if self.resolution is not None:
+            check_int(self.resolution, "resolution", what="pixels; None: the transformer's own")
+        check_int(self.shard_size, "shard_size", what="images per cache shard")
+        check_int(self.encode_batch_size, "encode_batch_size", what="images per encoder call")
+        _choice(self.cache_dtype, "cache_dtype", CACHE_DTYPES)
+        if self.max_sequence_length is not None:
+            check_int(self.max_sequence_length, "max_sequence_length", what="prompt tokens; None: the pipeline's")
+        check_int(self.preview_every, "preview_every", low=0, what="steps between previews; 0: at the end only")
+        check_int(self.num_previews, "num_previews", low=0, what="images; 0: no previews")
+        check_int(self.preview_steps, "preview_steps", what="sampling steps")
+        if self.preview_guidance_scale is not None:
+            self.preview_guidance_scale = check_number(self.preview_guidance_scale, "preview_guidance_scale")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
 class ExperimentConfig:
     """Dataset + model + training; the saved pipelines get `exit_config` as their default exit config and a
-    `sampling_scheduler` ("ddim" or "ddpm") with the training noise schedule."""
+    `sampling_scheduler` ("ddim" or "ddpm") with the training noise schedule.
+
+    With a `pipeline` section (`PipelineTrainingConfig`) the run trains a stock pipeline's denoiser on its
+    latents instead: the model, its data and its schedulers come from that folder, so `dataset`, `model` and
+    `sampling_scheduler` must keep their defaults (they are left out of `to_dict`).
+    """
 
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     exit_config: dict[str, Any] | None = None
     sampling_scheduler: str = "ddim"
+    pipeline: PipelineTrainingConfig | None = None
 
     def __post_init__(self) -> None:
         _choice(self.sampling_scheduler, "sampling_scheduler", SAMPLING_SCHEDULERS)
         self.dataset = _from_dict(DatasetConfig, self.dataset, "dataset config")
         self.model = _from_dict(ModelConfig, self.model, "model config")
         self.train = _from_dict(TrainConfig, self.train, "train config")
+        if self.pipeline is not None:
+            self.pipeline = _from_dict(PipelineTrainingConfig, self.pipeline, "pipeline config")
+            unused = [name for name, value, default in (
+                ("dataset", self.dataset, DatasetConfig()), ("model", self.model, ModelConfig()),
+                ("sampling_scheduler", self.sampling_scheduler, "ddim")) if value != default]
+            if unused:
+                raise ValueError(
+                    f"a config with a 'pipeline' section takes its model, data and schedulers from the pipeline "
+                    f"folder; remove {unused} (got {', '.join(f'{n}={getattr(self, n)!r}' for n in unused)})"
+                )
         if self.exit_config is not None:
             from ..config import EarlyExitConfig
 
             EarlyExitConfig.from_dict(self.exit_config)  # validates
 
     def to_dict(self) -> dict[str, Any]:
+        common = {"train": self.train.to_dict(), "exit_config": self.exit_config}
+        if self.pipeline is not None:
+            return {"pipeline": self.pipeline.to_dict(), **common}
         return {
             "dataset": {"name": self.dataset.name, "options": dict(self.dataset.options)},
             "model": {f.name: _plain(getattr(self.model, f.name)) for f in fields(self.model)},
-            "train": self.train.to_dict(),
-            "exit_config": self.exit_config,
+            **common,
             "sampling_scheduler": self.sampling_scheduler,
         }
 

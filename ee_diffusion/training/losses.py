@@ -5,6 +5,11 @@ the early-exit engine uses at inference - so what is trained is exactly what is 
 
 Squared norms `||a - b||^2` are means over all elements (batch, channels, pixels), as in the authors' code
 (`mean_flat` followed by a batch mean).
+
+The regression `target` of every loss is what the model predicts: the noise eps for DDPM models (DiT, PixArt,
+U-Nets; `noisy = add_noise(x0, eps, t)`), the velocity `eps - x0` for flow-matching models (SD3;
+`noisy = (1 - sigma) x0 + sigma eps`, timestep `1000 sigma`). The papers write the losses for eps; every term
+(the layer-wise errors, the certainty target `1 - tanh|pred_i - target|`) reads the same with velocity.
 """
 
 from __future__ import annotations
@@ -128,22 +133,23 @@ def block_predictions(
 def deediff_loss_terms(
     eps_blocks: list[torch.Tensor],
     certainties: list[torch.Tensor],
-    noise: torch.Tensor,
+    target: torch.Tensor,
     config: DeeDiffLossConfig,
 ) -> dict[str, torch.Tensor]:
-    """The DeeDiff loss from per-block predictions and certainty maps (all shaped like `noise`, (B, C, H, W)).
+    """The DeeDiff loss from per-block predictions and certainty maps (all shaped like `target`, (B, C, H, W):
+    the noise, or the velocity of a flow-matching model).
 
     Returns a dict with `loss` (the weighted total), `simple`, `uncertainty`, `ual`, `block_mse` ((N,), detached
-    per-block ||eps_i - eps||^2) and `certainty` ((N,), detached cbar_i).
+    per-block ||eps_i - target||^2) and `certainty` ((N,), detached cbar_i).
     """
     if len(eps_blocks) != len(certainties) or not eps_blocks:
         raise ValueError(f"need one certainty map per block, got {len(eps_blocks)} predictions and {len(certainties)} maps")
     # Per-block squared error, mean over batch and pixels: (N,)
-    block_mse = torch.stack([(eps_i.float() - noise.float()).pow(2).mean() for eps_i in eps_blocks])
+    block_mse = torch.stack([(eps_i.float() - target.float()).pow(2).mean() for eps_i in eps_blocks])
     simple = block_mse[-1]
     # L_u: certainty target 1 - tanh|eps_i - eps|, detached (it must not train the backbone).
     u_terms = torch.stack([
-        F.mse_loss(c_i.float(), (1 - torch.tanh((eps_i.float() - noise.float()).abs())).detach())
+        F.mse_loss(c_i.float(), (1 - torch.tanh((eps_i.float() - target.float()).abs())).detach())
         for c_i, eps_i in zip(certainties, eps_blocks)
     ])
     uncertainty = u_terms.mean() if config.uncertainty_reduction == "mean" else u_terms.sum()
@@ -166,13 +172,14 @@ def deediff_loss(
     model: nn.Module,
     heads: UncertaintyHeads,
     noisy: torch.Tensor,
-    noise: torch.Tensor,
+    target: torch.Tensor,
     timestep: torch.Tensor,
     class_labels: torch.Tensor | None = None,
     config: DeeDiffLossConfig | None = None,
     **conditioning: Any,
 ) -> dict[str, torch.Tensor]:
-    """DeeDiff's joint loss on one batch of noised samples `noisy` = add_noise(x0, `noise`, `timestep`).
+    """DeeDiff's joint loss on one batch of noised samples `noisy` (from x0, noise and `timestep`) and the
+    regression `target` (the noise, or the velocity of a flow-matching model).
 
     `conditioning`: the inputs of non-DiT backbones, as for `block_predictions`.
 
@@ -201,23 +208,23 @@ def deediff_loss(
         condition = get_adapter(model).timestep_embedding(timestep, hidden[0].dtype)
     # Heads read detached block outputs (UncertaintyHeads.forward detaches its inputs).
     certainties = [heads(i, h, condition) for i, h in enumerate(hidden)]
-    return deediff_loss_terms(eps, certainties, noise, config)
+    return deediff_loss_terms(eps, certainties, target, config)
 
 
 def simple_loss(
-    model: nn.Module, noisy: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor
+    model: nn.Module, noisy: torch.Tensor, target: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    """The ordinary diffusion loss ||eps - eps_theta||^2 on the model's own output (eps channels only)."""
+    """The ordinary diffusion loss ||target - prediction||^2 on the model's own output (eps channels only)."""
     channels = get_adapter(model).prediction_shape()[0]
     prediction = model(noisy, timestep=timestep, class_labels=class_labels).sample
-    simple = (eps_channels(prediction, channels).float() - noise.float()).pow(2).mean()
+    simple = (eps_channels(prediction, channels).float() - target.float()).pow(2).mean()
     return {"loss": simple, "simple": simple}
 
 
 def ase_loss(
     model: nn.Module,
     noisy: torch.Tensor,
-    noise: torch.Tensor,
+    target: torch.Tensor,
     timestep: torch.Tensor,
     class_labels: torch.Tensor | None = None,
     config: ASELossConfig | None = None,
@@ -249,7 +256,7 @@ def ase_loss(
     stacked = torch.stack(eps)  # (N, B, C, H, W)
     rows = torch.arange(noisy.shape[0], device=noisy.device)
     prediction = stacked[depths.to(stacked.device) - 1, rows]  # (B, C, H, W)
-    ase = (prediction.float() - noise.float()).pow(2).mean()
+    ase = (prediction.float() - target.float()).pow(2).mean()
     with torch.no_grad():
-        block_mse = torch.stack([(e.float() - noise.float()).pow(2).mean() for e in eps])
+        block_mse = torch.stack([(e.float() - target.float()).pow(2).mean() for e in eps])
     return {"loss": ase, "ase": ase, "block_mse": block_mse, "depth": depths.float().mean()}

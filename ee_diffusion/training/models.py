@@ -57,11 +57,15 @@ def build_denoiser(config: ModelConfig) -> DiTTransformer2DModel | UNet2DModel:
             num_embeds_ada_norm=config.num_classes,
             norm_num_groups=1,
         )
-    # Label dropout is done once per sample by the trainer; every block's embedder would otherwise drop
-    # labels independently (and differently per block) in train mode.
+    disable_block_label_dropout(model)
+    return model
+
+
+def disable_block_label_dropout(model: DiTTransformer2DModel) -> None:
+    """Label dropout is done once per sample by the trainer; every DiT block's embedder would otherwise drop
+    labels independently (and differently per block) in train mode (diffusers builds them with p = 0.1)."""
     for block in model.transformer_blocks:
         block.norm1.emb.class_embedder.dropout_prob = 0.0
-    return model
 
 
 def build_unet(config: ModelConfig) -> UNet2DModel:
@@ -115,8 +119,9 @@ def build_bridges(model: nn.Module, config: ExperimentConfig) -> UNetExitBridges
 
 
 def build_heads(model: nn.Module, config: ExperimentConfig) -> UncertaintyHeads | None:
-    """The uncertainty heads the mode needs (deediff, heads): loaded from `init_from/exit_heads` when present
-    and conditioned as the loss asks, else fresh; None for the other modes.
+    """The uncertainty heads the mode needs (deediff, heads): loaded from `exit_heads/` of `init_from` (or of
+    the trained stock pipeline folder) when present and conditioned as the loss asks, else fresh; None for the
+    other modes.
 
     ```py
     >>> from ee_diffusion.training.config import ExperimentConfig, ModelConfig, TrainConfig
@@ -130,7 +135,7 @@ def build_heads(model: nn.Module, config: ExperimentConfig) -> UncertaintyHeads 
     if train.mode not in ("deediff", "heads"):
         return None
     conditioned = train.deediff.condition_on_timestep
-    folder = config.model.init_from
+    folder = config.pipeline.folder if config.pipeline is not None else config.model.init_from
     if folder is not None and (Path(folder) / "exit_heads").is_dir():
         heads = UncertaintyHeads.from_pretrained(folder, subfolder="exit_heads")
         heads.check_model(model)
@@ -143,9 +148,10 @@ class TrainingObjective(nn.Module):
     """The denoiser (the DiT or the U-Net), heads and U-Net bridges with the mode's loss as `forward`, so DDP
     wraps one module.
 
-    `forward(noisy, noise, timestep, class_labels, block_errors)` returns a dict with `loss` and the terms to
-    log; with `block_errors=True` it includes `block_mse` (N,), each block's decoded error (detached).
-    Example: the module docstring.
+    `forward(noisy, target, timestep, class_labels, block_errors, **conditioning)` returns a dict with `loss`
+    and the terms to log; with `block_errors=True` it includes `block_mse` (N,), each block's decoded error
+    (detached). `target` is the noise (DDPM models) or the velocity (flow matching); `conditioning` holds
+    the text inputs of PixArt and SD3 transformers (`adapter.exit_outputs`). Example: the module docstring.
     """
 
     def __init__(self, denoiser: nn.Module, heads: UncertaintyHeads | None, config: TrainConfig,
@@ -162,32 +168,37 @@ class TrainingObjective(nn.Module):
     def forward(
         self,
         noisy: torch.Tensor,
-        noise: torch.Tensor,
+        target: torch.Tensor,
         timestep: torch.Tensor,
-        class_labels: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
         block_errors: bool = False,
+        **conditioning: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        extra = {} if self.bridges is None else {"bridges": self.bridges}
+        if self.bridges is not None:
+            conditioning["bridges"] = self.bridges
         if self.mode in ("deediff", "heads"):
-            return deediff_loss(self.denoiser, self.heads, noisy, noise, timestep, class_labels, self.deediff, **extra)
+            return deediff_loss(self.denoiser, self.heads, noisy, target, timestep, class_labels, self.deediff,
+                                **conditioning)
         if self.mode == "ase":
-            return ase_loss(self.denoiser, noisy, noise, timestep, class_labels, self.ase, **extra)
+            return ase_loss(self.denoiser, noisy, target, timestep, class_labels, self.ase, **conditioning)
         if isinstance(self.denoiser, UNet2DModel):
             # scratch U-Net: L_simple on the model's output (no bridges, so no per-depth errors).
-            return simple_loss(self.denoiser, noisy, noise, timestep, class_labels)
-        # scratch DiT: L_simple on the final block; the other blocks' errors only when asked (for the log).
+            return simple_loss(self.denoiser, noisy, target, timestep, class_labels)
+        # scratch transformer: L_simple on the final block; the other blocks' errors only when asked (for the log).
+        if class_labels is not None:
+            conditioning["class_labels"] = class_labels
         adapter = get_adapter(self.denoiser)
         channels = adapter.prediction_shape()[0]
-        hidden = adapter.hidden_states_per_block(noisy, timestep, class_labels)  # N x (B, L, D)
+        hidden = adapter.hidden_states_per_block(noisy, timestep, **conditioning)  # N x (B, L, D)
 
         def eps_at(h: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
-            return eps_channels(adapter.decode(h, timestep=timestep, class_labels=class_labels), channels)
+            return eps_channels(adapter.decode(h, timestep=timestep, **conditioning), channels)
 
-        simple = (eps_at(hidden[-1]).float() - noise.float()).pow(2).mean()
+        simple = (eps_at(hidden[-1]).float() - target.float()).pow(2).mean()
         out = {"loss": simple, "simple": simple}
         if block_errors:
             with torch.no_grad():
-                out["block_mse"] = torch.stack([(eps_at(h).float() - noise.float()).pow(2).mean() for h in hidden])
+                out["block_mse"] = torch.stack([(eps_at(h).float() - target.float()).pow(2).mean() for h in hidden])
         return out
 
 

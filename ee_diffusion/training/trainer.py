@@ -3,7 +3,8 @@
 What is trained (the denoiser, heads, bridges and the mode's loss) is built in `training.models`; the
 checkpoint files are `training.checkpoints`. U-Nets (`ModelConfig(kind="unet")`, a class-conditional
 `UNet2DModel`) exit by depth truncation: the exit modes train their `UNetExitBridges` jointly with the U-Net,
-through the same losses (`adapter.exit_outputs`).
+through the same losses (`adapter.exit_outputs`). A config with a `pipeline` section trains the transformer of
+a stock DiT, PixArt-alpha or SD3 folder on its cached latents instead (`pipeline_source`, `latent_cache`).
 
 The run is a pure function of (config, step): the batch of step s comes from `StepBatches`, and the noise,
 timesteps and label dropout of a micro-step come from a generator seeded with (seed, micro-step, rank). A run
@@ -53,21 +54,25 @@ from .checkpoints import (
     check_checkpoint,
     checkpoint_name,
     complete_checkpoints,
+    ema_weights,
     load_extra_state,
     save_extra_state,
     truncate_log,
 )
 from .config import ExperimentConfig, TrainConfig
 from .data import StepBatches, get_dataset
+from .latent_cache import ShardBatches
 from .models import (
     TrainingObjective,
     build_bridges,
     build_denoiser,
     build_heads,
+    disable_block_label_dropout,
     freeze_for_mode,
     make_noise_scheduler,
     make_sampling_scheduler,
 )
+from .pipeline_source import PipelineSource
 
 __all__ = ["EMA_FILE", "EXTRA_STATE_FILE", "STATE_FILE", "Trainer", "lr_factor", "train"]
 
@@ -140,19 +145,39 @@ class Trainer:
         acc = self.accelerator
         self.progress = progress and acc.is_main_process
 
-        self.dataset = get_dataset(config.dataset.name, **config.dataset.options)
-        self.batches = StepBatches(self.dataset, train.batch_size, train.seed, acc.process_index, acc.num_processes)
+        # A stock pipeline folder (`config.pipeline`) brings its own transformer, latent cache and noise; our
+        # own models train on an in-memory pixel dataset.
+        self.source: PipelineSource | None = None
+        self.dataset = None
+        if config.pipeline is not None:
+            self.source = PipelineSource.create(config.pipeline, train, acc, progress=self.progress)
+            self.batches = ShardBatches(self.source.cache, train.batch_size, train.seed, acc.process_index,
+                                        acc.num_processes)
+        else:
+            self.dataset = get_dataset(config.dataset.name, **config.dataset.options)
+            self.batches = StepBatches(self.dataset, train.batch_size, train.seed, acc.process_index, acc.num_processes)
         # Seeded initialisation, without touching the caller's global RNG state.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(train.seed)
-            self.denoiser = build_denoiser(config.model)
-            self.null_class = self._check_data(self.denoiser)
+            if self.source is not None:
+                self.denoiser = self.source.denoiser
+                self.null_class = self.source.null_class
+                if self.null_class is not None:
+                    disable_block_label_dropout(self.denoiser)
+            else:
+                self.denoiser = build_denoiser(config.model)
+                self.null_class = self._check_data(self.denoiser)
             self.heads = build_heads(self.denoiser, config)
             self.bridges = build_bridges(self.denoiser, config)
+        adapter = get_adapter(self.denoiser)
         if train.mode == "ase":
-            train.ase.schedule.validate_for(get_adapter(self.denoiser))
+            train.ase.schedule.validate_for(adapter)
+        if train.gradient_checkpointing:
+            if not adapter.sequential:
+                raise ValueError(f"gradient_checkpointing is for transformer backbones; got a {type(self.denoiser).__name__}")
+            self.denoiser.enable_gradient_checkpointing()
         freeze_for_mode(self.denoiser, train.mode)
-        self.noise_scheduler = make_noise_scheduler(train)
+        self.noise_scheduler = make_noise_scheduler(train) if self.source is None else None  # pipelines: their own
 
         objective = TrainingObjective(self.denoiser, self.heads, train, self.bridges).train()
         trainable = [p for p in objective.parameters() if p.requires_grad]
@@ -160,8 +185,12 @@ class Trainer:
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(train))
         self.ema: EMAModel | None = None
         if train.ema_decay > 0:
-            self.ema = EMAModel(list(objective.parameters()), decay=train.ema_decay)
+            # Frozen weights would only average to themselves: the EMA keeps the trained ones (at DiT-XL or SD3
+            # size a full copy of a frozen backbone costs gigabytes).
+            self.ema = EMAModel(trainable, decay=train.ema_decay)
         self.objective, self.optimizer = acc.prepare(objective, optimizer)
+        if self.ema is not None:
+            self.ema.to(acc.device)  # next to the weights `prepare` moved (a no-op on the CPU)
         # The LR schedule steps once per optimizer step whatever the process count: keep it unprepared.
         # The LR schedule and the EMA are saved by `save_checkpoint` (JSON + safetensors), not registered with
         # accelerate, whose custom-object state is pickled and loaded with `weights_only=False`.
@@ -190,18 +219,26 @@ class Trainer:
         return null_class
 
     # ---------------------------------------------------------------------------------------------- one step
-    def micro_batch(self, micro_step: int) -> tuple[torch.Tensor, ...]:
-        """(noisy, noise, timesteps, labels) of one micro-step on this process, all on the device."""
-        images, labels = self.batches.batch(micro_step)
+    def micro_batch(self, micro_step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """(noisy, target, timesteps, conditioning) of one micro-step on this process, all on the device.
+
+        `target` is the noise (the velocity for flow-matching pipelines); `conditioning` the denoiser's other
+        keyword inputs (`class_labels`, or a text pipeline's embeddings), guidance dropout applied.
+        """
         g = _step_generator(self.config.train.seed, micro_step, self.accelerator.process_index)
-        n = images.shape[0]
-        noise = torch.randn(images.shape, generator=g)
-        timesteps = torch.randint(0, self.config.train.num_train_timesteps, (n,), generator=g)
-        drop = torch.rand(n, generator=g) < self.config.train.label_dropout
-        labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
-        noisy = self.noise_scheduler.add_noise(images, noise, timesteps)
+        if self.source is not None:
+            noisy, target, timesteps, conditioning = self.source.micro_batch(self.batches.batch(micro_step), g)
+        else:
+            images, labels = self.batches.batch(micro_step)
+            n = images.shape[0]
+            target = torch.randn(images.shape, generator=g)
+            timesteps = torch.randint(0, self.config.train.num_train_timesteps, (n,), generator=g)
+            drop = torch.rand(n, generator=g) < self.config.train.label_dropout
+            conditioning = {"class_labels": torch.where(drop, torch.full_like(labels, self.null_class), labels)}
+            noisy = self.noise_scheduler.add_noise(images, target, timesteps)
         device = self.accelerator.device
-        return noisy.to(device), noise.to(device), timesteps.to(device), labels.to(device)
+        return (noisy.to(device), target.to(device), timesteps.to(device),
+                {k: v.to(device) for k, v in conditioning.items()})
 
     def train_step(self, log: bool) -> dict[str, torch.Tensor]:
         """One optimizer step (all its micro-steps); returns the terms averaged over micro-steps (detached)."""
@@ -210,9 +247,9 @@ class Trainer:
         totals: dict[str, torch.Tensor] = {}
         for k in range(train.gradient_accumulation_steps):
             micro = self.step * train.gradient_accumulation_steps + k
-            noisy, noise, timesteps, labels = self.micro_batch(micro)
+            noisy, target, timesteps, conditioning = self.micro_batch(micro)
             with acc.accumulate(self.objective), acc.autocast():
-                out = self.objective(noisy, noise, timesteps, labels, block_errors=log)
+                out = self.objective(noisy, target, timesteps, block_errors=log, **conditioning)
                 acc.backward(out["loss"])
                 if acc.sync_gradients and train.max_grad_norm > 0:
                     acc.clip_grad_norm_([p for p in self.objective.parameters() if p.requires_grad], train.max_grad_norm)
@@ -224,9 +261,13 @@ class Trainer:
                     totals[key] = totals[key] + value if key in totals else value
         self.lr_scheduler.step()
         if self.ema is not None:
-            self.ema.step(self.objective_module.parameters())
+            self.ema.step(self._trainable())
         self.step += 1
         return totals
+
+    def _trainable(self) -> list[nn.Parameter]:
+        """The parameters the optimizer updates (and the EMA averages), in module order."""
+        return [p for p in self.objective_module.parameters() if p.requires_grad]
 
     @property
     def objective_module(self) -> TrainingObjective:
@@ -253,6 +294,9 @@ class Trainer:
                 bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if isinstance(v, float) and k != "lr"})
             if train.checkpoint_every and self.step % train.checkpoint_every == 0:
                 self.save_checkpoint()
+            preview_every = self.config.pipeline.preview_every if self.config.pipeline is not None else 0
+            if preview_every and self.step % preview_every == 0 and self.step < end:
+                self.preview()
         bar.close()
         acc.wait_for_everyone()
         return record
@@ -336,33 +380,47 @@ class Trainer:
         """Save the trained pipeline folder (default `output_dir/pipeline`) with the EMA weights if any.
 
         DiTs: an `EarlyExitDiTPipeline` folder (pixel space); U-Nets: an `EarlyExitUNetPipeline` folder with the
-        trained `exit_bridges/`. Labels and the default exit config go into `model_index.json`.
+        trained `exit_bridges/`. Labels and the default exit config go into `model_index.json`. Stock pipeline
+        runs: the same stock class with the trained transformer, `exit_heads/` and `exit_config.json`
+        (`PipelineSource.save`).
         """
         folder = Path(folder) if folder is not None else self.output_dir / "pipeline"
         module = self.objective_module
-        swap = use_ema and self.ema is not None
-        if swap:
-            self.ema.store(module.parameters())
-            self.ema.copy_to(module.parameters())
-        try:
+        with ema_weights(self.ema if use_ema else None, self._trainable()):
             if self.accelerator.is_main_process:
                 # Saved next to its destination and renamed into place: never a half-written pipeline folder.
                 tmp = folder.with_name(TMP_PREFIX + folder.name)
                 if tmp.exists():
                     shutil.rmtree(tmp)
-                common = dict(scheduler=make_sampling_scheduler(self.config), exit_heads=module.heads,
-                              id2label=self.dataset.id2label(), exit_config=self.default_exit_config())
-                if isinstance(module.denoiser, UNet2DModel):
-                    pipe = EarlyExitUNetPipeline(unet=module.denoiser, exit_bridges=module.bridges, **common)
+                exit_config = self.default_exit_config()
+                if self.source is not None:
+                    self.source.save(tmp, module.heads, exit_config)
                 else:
-                    pipe = EarlyExitDiTPipeline(transformer=module.denoiser, **common)
-                pipe.save_pretrained(str(tmp))
+                    common = dict(scheduler=make_sampling_scheduler(self.config), exit_heads=module.heads,
+                                  id2label=self.dataset.id2label(), exit_config=exit_config)
+                    if isinstance(module.denoiser, UNet2DModel):
+                        pipe = EarlyExitUNetPipeline(unet=module.denoiser, exit_bridges=module.bridges, **common)
+                    else:
+                        pipe = EarlyExitDiTPipeline(transformer=module.denoiser, **common)
+                    pipe.save_pretrained(str(tmp))
                 replace_dir(tmp, folder)
-        finally:
-            if swap:
-                self.ema.restore(module.parameters())
         self.accelerator.wait_for_everyone()
         return folder
+
+    def preview(self, use_ema: bool = True) -> dict[str, Any] | None:
+        """Pipeline runs: sample the previews (`PipelineTrainingConfig`) with the EMA weights and the run's exits,
+        decoded by the pipeline's VAE, into `output_dir/samples/step_XXXXXXX/`; returns the main process's
+        record (None elsewhere, and when previews are off)."""
+        if self.source is None or self.config.pipeline.num_previews == 0:
+            return None
+        record = None
+        with ema_weights(self.ema if use_ema else None, self._trainable()):
+            if self.accelerator.is_main_process:
+                folder = self.output_dir / "samples" / checkpoint_name(self.step)
+                record = self.source.preview(folder, self.default_exit_config(), self.objective_module.heads,
+                                             self.config.train.seed)
+        self.accelerator.wait_for_everyone()
+        return record
 
 
 def train(config: ExperimentConfig, output_dir: str | Path, *, resume: str | None = None, cpu: bool = False,
@@ -387,5 +445,6 @@ def train(config: ExperimentConfig, output_dir: str | Path, *, resume: str | Non
     trainer.train()
     if config.train.checkpoint_every:
         trainer.save_checkpoint()
+    trainer.preview()
     trainer.save_pipeline()
     return trainer
