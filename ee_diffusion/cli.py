@@ -1,5 +1,5 @@
-"""The `ee-diffusion` command line: `ee-diffusion demo | bench-engine | train | bench | calibrate | publish |
-bench-shapes` (see `ee-diffusion --help`)."""
+"""The `ee-diffusion` command line: `ee-diffusion demo | bench-engine | prepare-latents | train | bench | calibrate |
+publish | bench-shapes` (see `ee-diffusion --help`)."""
 
 from __future__ import annotations
 
