@@ -230,6 +230,11 @@ def test_other_criteria():
         ({"full_below_t": -5}, "full_below_t"),
         ({"threshold": 0.2, "join_threshold": 0.3}, "join_threshold"),
         ({"join_threshold": 0.05, "criterion": "timestep"}, "join_threshold needs criterion='residual'"),
+        ({"forecast_order": 3}, r"forecast_order must be one of \(0, 1, 2\), got 3"),
+        ({"forecast_order": True}, "forecast_order"),
+        ({"forecast_order": 1.0}, "forecast_order"),
+        ({"state_dtype": "int8"}, r"state_dtype must be None or one of \('float32', 'bfloat16', 'float16'\), got 'int8'"),
+        ({"state_dtype": torch.float16}, "state_dtype"),
     ],
 )
 def test_invalid_arguments(kwargs, match):

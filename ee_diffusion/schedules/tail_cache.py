@@ -235,7 +235,7 @@ class CachedTailResidual(SerializablePolicy):
             if self.criterion != "residual":
                 raise ValueError(f"join_threshold needs criterion='residual', got criterion={self.criterion!r}")
             self.join_threshold = check_number(self.join_threshold, "join_threshold", 0.0, self.threshold)
-        if isinstance(self.forecast_order, bool) or self.forecast_order not in FORECAST_ORDERS:
+        if type(self.forecast_order) is not int or self.forecast_order not in FORECAST_ORDERS:  # not bool, not 1.0
             raise ValueError(f"forecast_order must be one of {FORECAST_ORDERS}, got {self.forecast_order!r}")
         if self.state_dtype is not None and self.state_dtype not in STATE_DTYPES:
             raise ValueError(f"state_dtype must be None or one of {tuple(STATE_DTYPES)}, got {self.state_dtype!r}")
