@@ -245,25 +245,22 @@ def test_forecast_halves_the_deviation_on_the_pretrained_model():
     config = DDIMScheduler.from_pretrained(PRETRAINED_MODEL_DIR / "scheduler").config
     x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     labels = torch.arange(16) % 10
+
+    def deviation(steps, full, **options):  # relative RMS distance of the final samples to the full model's
+        # A threshold no change reaches: every row skips whenever max_cached_calls lets it.
+        apply_early_exit(model, EarlyExitConfig(policy=CachedTailResidual(threshold=1e9, max_cached_calls=1, **options)))
+        out = _sample(model, x, labels, DDIMScheduler.from_config(config), steps)
+        remove_early_exit(model)
+        return ((out - full).pow(2).mean() / full.pow(2).mean()).sqrt().item()
+
     for steps in (15, 25, 50):
         full = _sample(model, x, labels, DDIMScheduler.from_config(config), steps)
-        deviation = {}
-        for order in (0, 1):
-            # A threshold no change reaches: every row skips whenever max_cached_calls lets it.
-            policy = CachedTailResidual(threshold=1e9, max_cached_calls=1, forecast_order=order)
-            apply_early_exit(model, EarlyExitConfig(policy=policy))
-            out = _sample(model, x, labels, DDIMScheduler.from_config(config), steps)
-            remove_early_exit(model)
-            deviation[order] = ((out - full).pow(2).mean() / full.pow(2).mean()).sqrt().item()
-        assert deviation[1] < 0.8 * deviation[0], (steps, deviation)
+        reuse, forecast = deviation(steps, full, forecast_order=0), deviation(steps, full, forecast_order=1)
+        assert forecast < 0.8 * reuse, (steps, reuse, forecast)
         if steps == 25:
             for state_dtype in ("float16", "bfloat16"):
-                policy = CachedTailResidual(threshold=1e9, max_cached_calls=1, forecast_order=1, state_dtype=state_dtype)
-                apply_early_exit(model, EarlyExitConfig(policy=policy))
-                out = _sample(model, x, labels, DDIMScheduler.from_config(config), steps)
-                remove_early_exit(model)
-                low = ((out - full).pow(2).mean() / full.pow(2).mean()).sqrt().item()
-                assert low == pytest.approx(deviation[1], rel=0.02) and low != deviation[1]
+                low = deviation(steps, full, forecast_order=1, state_dtype=state_dtype)
+                assert low == pytest.approx(forecast, rel=0.02) and low != forecast
 
 
 @torch.no_grad()

@@ -195,12 +195,14 @@ class CachedTailResidual(SerializablePolicy):
     The per-row state (`TailCacheState`: `forecast_order + 1` (B, L, D) tensors of divided differences, one
     more for the residual criterion, and a few (B,) ones) is owned by the engine, made anew when the exit
     config changes, emptied by `reset_exit_state` and dropped on `remove_early_exit`; the policy itself starts
-    a new run when a row's timestep goes up or the batch size changes. `state_dtype` stores its (B, L, D)
-    tensors in a lower precision ("bfloat16" or "float16": half the bytes; the arithmetic stays in the hidden
-    states' precision, at least float32). `exit_state_nbytes(model)` reports its size. Transformer backbones
-    only (it needs every row's block input and output); on a U-Net it is refused at `apply_early_exit`. Works
-    with any scheduler, including Heun-type ones that call the model twice per step: each call is one "call"
-    here, and a full call at the timestep of the row's previous full call refreshes that point of its history.
+    a new run for a row whose timestep goes up, and for every row when the batch size changes. `state_dtype`
+    stores its (B, L, D) tensors in a lower precision ("bfloat16" or "float16": half the bytes; the arithmetic
+    stays in the hidden states' precision, at least float32). `exit_state_nbytes(model)` reports its size.
+    Transformer backbones only (it needs every row's block input and output); on a U-Net it is refused at
+    `apply_early_exit`. Works with any scheduler, including Heun-type ones that call the model twice per step:
+    each call is one "call" here, and a full call at the timestep of the row's previous full call refreshes
+    that point of its history. One host sync per call (the engine's count of the rows that skip; under
+    torch.compile, the graph breaks there whatever the number of blocks).
 
     ```py
     >>> from ee_diffusion.schedules import CachedTailResidual, policy_from_dict
@@ -329,14 +331,17 @@ class CachedTailResidual(SerializablePolicy):
         cache.record(rows, ctx.timesteps, ctx.hidden - _take(call.exit_hidden, rows, cache.batch_size))
 
     def _start_call(self, ctx: ExitContext) -> TailCacheState:
-        """The run's state; a new run starts when a row's timestep went up or the batch shape changed."""
+        """The run's state, allocated for this batch shape. A row whose timestep went up since its last call
+        starts a new run: its history is forgotten (it runs fully), with no host sync."""
         cache = ctx.state
-        # One host sync per call: did any row's timestep go up since the last call?
-        if not cache.fits(ctx.batch_size, ctx.hidden) or bool(
-            (ctx.timesteps > cache.last_t.index_select(0, ctx.rows)).any()
-        ):
+        if not cache.fits(ctx.batch_size, ctx.hidden):
             cache.allocate(ctx.batch_size, ctx.hidden, head_residual=self.criterion == "residual")
-        cache.last_t.index_copy_(0, ctx.rows, ctx.timesteps.float())
+        rows, b = ctx.rows, cache.batch_size
+        t = ctx.timesteps.float()  # (A,)
+        restart = t > _take(cache.last_t, rows, b)  # (A,) bool; never right after `allocate` (last_t = inf)
+        _put(cache.points, rows, b, _take(cache.points, rows, b).masked_fill(restart, 0))
+        _put(cache.cached_calls, rows, b, _take(cache.cached_calls, rows, b).masked_fill(restart, 0))
+        _put(cache.last_t, rows, b, t)
         return cache
 
     def to_dict(self) -> dict[str, Any]:
