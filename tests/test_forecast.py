@@ -292,3 +292,18 @@ def test_config_round_trips_and_old_json_loads():
            "join_threshold": None}  # written before forecasts existed
     loaded = EarlyExitConfig.from_dict({"policy": old}).policy
     assert loaded == CachedTailResidual(threshold=0.1) and loaded.forecast_order == 0 and loaded.state_dtype is None
+
+
+def test_bench_grid_has_a_tail_cache_row_per_forecast_order():
+    from ee_diffusion.benchmarks.bench import Preset
+    from ee_diffusion.benchmarks.grid import exit_methods
+    from ee_diffusion.pipelines import EarlyExitDiTPipeline
+
+    pipe = EarlyExitDiTPipeline(transformer=tiny_dit(num_layers=4), scheduler=DDIMScheduler())
+    preset = Preset(static_fractions=(), ase=(), budgets=(), tail_thresholds=(0.1, 0.2), tail_forecast_orders=(0, 2))
+    methods, _ = exit_methods(pipe, ("ddim", 10), preset, feature_net=None, guidance=1.0, sampler=None)
+    rows = {m.name: m.exit_config.policy for m in methods}
+    assert {name: (p.threshold, p.forecast_order) for name, p in rows.items()} == {
+        "tail0.1@ddim10": (0.1, 0), "tail0.1_o2@ddim10": (0.1, 2), "tail0.2@ddim10": (0.2, 0),
+        "tail0.2_o2@ddim10": (0.2, 2)}
+    assert all(EarlyExitConfig.from_dict(m.exit_config.to_dict()) == m.exit_config for m in methods)
