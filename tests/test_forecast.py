@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, DiTTransformer2DModel, HeunDiscreteScheduler
+from _sampling import cfg_sample, sample
+from diffusers import DDIMScheduler, DiTTransformer2DModel
 
 from ee_diffusion import (
     EarlyExitConfig,
@@ -19,28 +20,6 @@ from ee_diffusion.schedules import CachedTailResidual, TailCacheState
 from ee_diffusion.testing import tiny_dit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _sample(model, x, labels, scheduler, steps=8):
-    """A plain scheduler loop (Heun-type schedulers call the model twice per step); returns the final sample."""
-    scheduler.set_timesteps(steps)
-    x = x * scheduler.init_noise_sigma
-    for t in scheduler.timesteps:
-        eps = model(scheduler.scale_model_input(x, t), timestep=t.expand(x.shape[0]), class_labels=labels).sample
-        x = scheduler.step(eps, t, x).prev_sample
-    return x
-
-
-def _cfg_sample(model, x, labels, steps=8, scale=3.0):
-    """DDIM with classifier-free guidance: one batch [cond; uncond] of 2B rows per call (null class 10)."""
-    scheduler = DDIMScheduler()
-    scheduler.set_timesteps(steps)
-    null = torch.full_like(labels, 10)
-    for t in scheduler.timesteps:
-        eps = model(torch.cat([x, x]), timestep=t.expand(2 * x.shape[0]), class_labels=torch.cat([labels, null])).sample
-        cond, uncond = eps.chunk(2)
-        x = scheduler.step(uncond + scale * (cond - uncond), t, x).prev_sample
-    return x
 
 
 def _lagrange(points, t):
@@ -74,27 +53,6 @@ def _stock_call(model, x, t, y, tail=None):
         for handle in handles:
             handle.remove()
     return out, seen["h1"], seen["hN"]
-
-
-@pytest.fixture
-def setup():
-    model = tiny_dit(num_layers=6)
-    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(3))
-    labels = torch.tensor([1, 2, 3, 4])
-    return model, x, labels
-
-
-@torch.no_grad()
-@pytest.mark.parametrize("order", [0, 1, 2])
-@pytest.mark.parametrize("scheduler", [DDIMScheduler, HeunDiscreteScheduler])
-def test_threshold_zero_equals_the_stock_model_for_every_order(setup, order, scheduler):
-    model, x, labels = setup
-    reference = _sample(model, x, labels, scheduler(), steps=4)
-    apply_early_exit(model, EarlyExitConfig(policy=CachedTailResidual(threshold=0.0, forecast_order=order)))
-    with record_exit_stats(model) as stats:
-        out = _sample(model, x, labels, scheduler(), steps=4)
-    remove_early_exit(model)
-    assert torch.equal(out, reference) and stats.depth_fraction == 1.0
 
 
 @torch.no_grad()
@@ -165,26 +123,6 @@ def test_the_forecast_is_exact_on_a_polynomial_of_its_order(order):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("order", [1, 2])
-def test_rows_match_their_own_single_row_runs(setup, order):
-    model, x, labels = setup
-    # Random tiny weights change a lot between steps (relative changes 0.9-2.7): 1.5 splits the rows.
-    policy = CachedTailResidual(threshold=1.5, max_cached_calls=2, forecast_order=order)
-    apply_early_exit(model, EarlyExitConfig(policy=policy))
-    with record_exit_stats(model) as stats:
-        batched = _sample(model, x, labels, DDIMScheduler())
-    depths = torch.stack(stats.blocks_run)  # (calls, B)
-    assert (depths == 1).any() and (depths == 6).any(), "the setting should make some rows skip"
-    for row in range(4):
-        reset_exit_state(model)
-        with record_exit_stats(model) as alone_stats:
-            alone = _sample(model, x[row:row + 1], labels[row:row + 1], DDIMScheduler())
-        torch.testing.assert_close(alone[0], batched[row], atol=1e-5, rtol=0)
-        assert torch.stack(alone_stats.blocks_run)[:, 0].tolist() == depths[:, row].tolist()
-    remove_early_exit(model)
-
-
-@torch.no_grad()
 @pytest.mark.parametrize("pairing", ["together", "independent"])
 def test_guidance_branches_keep_their_own_history(pairing):
     """[cond; uncond] rows of two images equal each image's pair sampled alone; with independent pairing a
@@ -196,7 +134,7 @@ def test_guidance_branches_keep_their_own_history(pairing):
                              cfg_pairing=pairing)
     apply_early_exit(model, config)
     with record_exit_stats(model) as stats:
-        batched = _cfg_sample(model, x, labels)
+        batched = cfg_sample(model, x, labels)
     depths = torch.stack(stats.blocks_run)  # (calls, 4): rows [cond 0, cond 1, uncond 0, uncond 1]
     assert (depths == 1).any()
     if pairing == "together":
@@ -206,32 +144,10 @@ def test_guidance_branches_keep_their_own_history(pairing):
     for image in range(2):
         reset_exit_state(model)
         with record_exit_stats(model) as alone_stats:
-            alone = _cfg_sample(model, x[image:image + 1], labels[image:image + 1])
+            alone = cfg_sample(model, x[image:image + 1], labels[image:image + 1])
         torch.testing.assert_close(alone[0], batched[image], atol=1e-5, rtol=0)
         assert torch.stack(alone_stats.blocks_run).tolist() == depths[:, [image, 2 + image]].tolist()
     remove_early_exit(model)
-
-
-@torch.no_grad()
-def test_heun_repeated_timesteps(setup):
-    model, x, labels = setup
-    """Heun calls the model at each timestep twice (11 calls for 6 steps); a row that skips at the timestep of
-    its newest full call gets that call's residual at every order, and the forecast differs from reuse only
-    where a row skips at a new timestep. (The refresh of a point by a second full call at one timestep is
-    checked value by value in test_a_skipping_row_adds_its_divided_difference_extrapolation.)"""
-    model, x, labels = setup
-    scheduler = HeunDiscreteScheduler()
-    scheduler.set_timesteps(6)
-    assert len(set(scheduler.timesteps.tolist())) == 6 < len(scheduler.timesteps) == 11
-    reference = _sample(model, x, labels, HeunDiscreteScheduler(), steps=6)
-    outputs = {}
-    for order in (0, 2):
-        apply_early_exit(model, EarlyExitConfig(policy=CachedTailResidual(threshold=1.0, forecast_order=order)))
-        with record_exit_stats(model) as stats:
-            outputs[order] = _sample(model, x, labels, HeunDiscreteScheduler(), steps=6)
-        remove_early_exit(model)
-        assert stats.num_calls == 11 and 0 < stats.depth_fraction < 1 and torch.isfinite(outputs[order]).all()
-    assert not torch.equal(outputs[2], outputs[0]) and not torch.equal(outputs[2], reference)
 
 
 @torch.no_grad()
@@ -249,12 +165,12 @@ def test_forecast_brings_samples_closer_to_the_full_model_on_the_pretrained_dit(
     def deviation(steps, full, **options):  # relative RMS distance of the final samples to the full model's
         # A threshold no change reaches: every row skips whenever max_cached_calls lets it.
         apply_early_exit(model, EarlyExitConfig(policy=CachedTailResidual(threshold=1e9, max_cached_calls=1, **options)))
-        out = _sample(model, x, labels, DDIMScheduler.from_config(config), steps)
+        out = sample(model, x, labels, DDIMScheduler.from_config(config), steps)
         remove_early_exit(model)
         return ((out - full).pow(2).mean() / full.pow(2).mean()).sqrt().item()
 
     for steps in (15, 25, 50):
-        full = _sample(model, x, labels, DDIMScheduler.from_config(config), steps)
+        full = sample(model, x, labels, DDIMScheduler.from_config(config), steps)
         reuse, forecast = deviation(steps, full, forecast_order=0), deviation(steps, full, forecast_order=1)
         assert forecast < 0.8 * reuse, (steps, reuse, forecast)
         if steps == 25:
