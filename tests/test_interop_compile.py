@@ -19,6 +19,8 @@ from ee_diffusion.layout import BatchLayout
 from ee_diffusion.schedules import CachedTailResidual, StaticDepth, TimestepSchedule, UncertaintyThreshold
 from ee_diffusion.testing import random_bridges, tiny_dit, tiny_sd3, tiny_unet
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PLANNED = {
     "per_row": PER_ROW,
     "static": StaticDepth(2),
