@@ -100,10 +100,15 @@ def test_unchanged_rows_skip_and_a_changed_row_runs_fully(setup):
 
 @torch.no_grad()
 @pytest.mark.parametrize("order", [0, 1, 2])
-def test_rows_match_their_own_single_row_runs(setup, order):
-    model, x, labels = setup
+@pytest.mark.parametrize("options", [
     # Random tiny weights change a lot between steps (relative changes 0.9-2.7): 1.5 splits the rows.
-    policy = CachedTailResidual(threshold=1.5, max_cached_calls=2, forecast_order=order)
+    {"threshold": 1.5, "max_cached_calls": 2},
+    # Every row skips every other call above t=300 (the rows share their timesteps here, not their histories).
+    {"criterion": "timestep", "skip_above_t": 300, "max_cached_calls": 1},
+], ids=["residual", "timestep"])
+def test_rows_match_their_own_single_row_runs(setup, order, options):
+    model, x, labels = setup
+    policy = CachedTailResidual(forecast_order=order, **options)
     apply_early_exit(model, EarlyExitConfig(policy=policy))
     with record_exit_stats(model) as stats:
         batched = _sample(model, x, labels, DDIMScheduler(), steps=8)
