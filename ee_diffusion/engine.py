@@ -216,7 +216,11 @@ def reset_exit_state(model: nn.Module) -> None:
 
 
 def exit_state_nbytes(model: nn.Module) -> int:
-    """Bytes held by the per-row state that the policy keeps across model calls (0 when there is none)."""
+    """Bytes held by the per-row state that the policy keeps across model calls (0 when there is none).
+
+    Every tensor of the policy's `PolicyState` counts, e.g. `CachedTailResidual`'s whole history (its formula
+    is in `TailCacheState`). What lives for one call only (block activations) does not.
+    """
     state = _require_engine(model).policy_state
     return 0 if state is None else int(state.nbytes())
 

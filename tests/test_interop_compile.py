@@ -2,7 +2,9 @@
 
 With a declared batch layout and a planned policy (StaticDepth, TimestepSchedule) the whole call is one graph:
 per-row plans run masked (no host sync), uniform depths stop early. Dynamic policies break the graph once per
-decision block (the `nonzero` of the exit mask) and work with fullgraph=False.
+decision block (the count of the exiting rows) and work with fullgraph=False. CachedTailResidual (any forecast
+order) is dynamic: its rows decide from their state, so it has no plan; it decides at one block, so its breaks
+do not grow with the number of blocks.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ import pytest
 import torch
 from _interop import PER_ROW, T, X, Y, run
 
-from ee_diffusion import EarlyExitConfig, UncertaintyHeads, apply_early_exit
+from ee_diffusion import EarlyExitConfig, UncertaintyHeads, apply_early_exit, reset_exit_state
 from ee_diffusion.engine import get_exit_stats
 from ee_diffusion.layout import BatchLayout
-from ee_diffusion.schedules import StaticDepth, TimestepSchedule, UncertaintyThreshold
+from ee_diffusion.schedules import CachedTailResidual, StaticDepth, TimestepSchedule, UncertaintyThreshold
 from ee_diffusion.testing import random_bridges, tiny_dit, tiny_sd3, tiny_unet
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 PLANNED = {
     "per_row": PER_ROW,
@@ -41,6 +45,9 @@ def test_compile_fullgraph_matches_eager(name, paired):
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(run(compiled, x, t, y), eager)
     assert torch.equal(get_exit_stats(model).blocks_run[0], eager_depths)  # statistics recorded as in eager
+    with torch.no_grad():
+        explained = torch._dynamo.explain(model)(x, timestep=t, class_labels=y, return_dict=False)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
 
 @pytest.mark.parametrize("name", list(PLANNED))
@@ -76,6 +83,31 @@ def test_dynamic_policy_breaks_once_per_decision_block():
     # Only the exit decision's host sync (`int(mask.sum())`, one per decision block) breaks the graph; dynamo
     # counts that one break once per frame it splits (model, block call, hook, engine).
     assert breaks and all("Tensor.item()" in reason for reason in breaks), dict(breaks)
+
+
+def test_tail_cache_breaks_do_not_grow_with_depth():
+    """CachedTailResidual (forecast order 2) under torch.compile equals eager over a full call and a skipping
+    one; it breaks the graph only at the engine's count of the skipping rows after its one decision block
+    (dynamo counts that break once per frame it splits), so 3 and 6 blocks give the same breaks and graphs."""
+    counts = {}
+    for num_layers in (3, 6):
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        model = tiny_dit(num_layers=num_layers)
+        policy = CachedTailResidual(threshold=1e9, forecast_order=2)  # a row skips whenever it may
+        apply_early_exit(model, EarlyExitConfig(policy=policy), layout=BatchLayout())
+        steps = (T, T - 40)  # every row: full, then skip
+        eager = [run(model, t=t) for t in steps]
+        reset_exit_state(model)
+        compiled = torch.compile(model, backend="aot_eager")
+        for t, expected in zip(steps, eager):
+            torch.testing.assert_close(run(compiled, t=t), expected)
+        assert get_exit_stats(model).blocks_run[0].tolist() == [1] * 4
+        counters = torch._dynamo.utils.counters
+        breaks = counters["graph_break"]
+        assert breaks and all("Tensor.item()" in reason for reason in breaks), dict(breaks)
+        counts[num_layers] = (sum(breaks.values()), counters["stats"]["unique_graphs"])
+    assert counts[3] == counts[6], counts
 
 
 def test_no_policy_compiles_fullgraph_and_equals_stock():

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from ee_diffusion.backbones import DiTAdapter
 from ee_diffusion.schedules import (
+    CachedTailResidual,
     ExitContext,
     ExitPolicy,
     StaticDepth,
@@ -274,6 +275,8 @@ BUILT_IN = [
     UncertaintyThreshold(),
     UncertaintyThreshold(0.87, patience=1),
     UncertaintyThreshold(0.9, patience=3, per_timestep={"boundaries": [300, 700], "thresholds": [0.95, 0.9, 0.8]}),
+    CachedTailResidual(),
+    CachedTailResidual(0.2, criterion="timestep", forecast_order=2, state_dtype="bfloat16", max_cached_calls=5),
 ]
 
 

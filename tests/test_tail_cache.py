@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from _sampling import sample as _sample
 from diffusers import DDIMScheduler, HeunDiscreteScheduler
 
 from ee_diffusion import (
@@ -15,21 +16,13 @@ from ee_diffusion import (
     record_exit_stats,
     remove_early_exit,
     reset_exit_state,
+    set_exit_config,
 )
 from ee_diffusion.eval.baselines import CacheBaseline, diffusers_cache
 from ee_diffusion.schedules import CachedTailResidual
 from ee_diffusion.testing import tiny_dit
 
-
-def _sample(model, x, labels, scheduler, steps=6):
-    """A plain scheduler loop; returns the final sample (B, C, H, W)."""
-    scheduler.set_timesteps(steps)
-    x = x * scheduler.init_noise_sigma
-    for t in scheduler.timesteps:
-        model_input = scheduler.scale_model_input(x, t)
-        eps = model(model_input, timestep=t.expand(x.shape[0]), class_labels=labels).sample
-        x = scheduler.step(eps, t, x).prev_sample
-    return x
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _with_row_3_changed(x):
@@ -48,10 +41,11 @@ def setup():
 
 
 @torch.no_grad()
-def test_threshold_zero_reproduces_the_stock_model_exactly(setup):
+@pytest.mark.parametrize("order", [0, 1, 2])
+def test_threshold_zero_reproduces_the_stock_model_exactly(setup, order):
     model, x, labels = setup
     reference = _sample(model, x, labels, DDIMScheduler())
-    apply_early_exit(model, EarlyExitConfig(policy=CachedTailResidual(threshold=0.0)))
+    apply_early_exit(model, EarlyExitConfig(policy=CachedTailResidual(threshold=0.0, forecast_order=order)))
     with record_exit_stats(model) as stats:
         out = _sample(model, x, labels, DDIMScheduler())
     assert torch.equal(out, reference)
@@ -66,8 +60,9 @@ def test_state_is_reported_and_reset(setup):
     model, x, labels = setup
     apply_early_exit(model, EarlyExitConfig(policy=CachedTailResidual(threshold=0.5)))
     _sample(model, x, labels, DDIMScheduler(), steps=3)
-    # Three (B, L, D) float32 tensors dominate: 3 * 4 rows * 16 tokens * 32 width * 4 bytes.
-    assert exit_state_nbytes(model) >= 3 * 4 * 16 * 32 * 4
+    # Two (B, L, D) float32 tensors (the tail and the decision block's residual) of 4 rows, 16 tokens, width 32,
+    # and per row two float32 timesteps and two int64 counters (`TailCacheState`'s formula at order 0).
+    assert exit_state_nbytes(model) == 4 * (2 * 16 * 32 * 4 + 2 * 4 + 2 * 8)
     reset_exit_state(model)
     assert exit_state_nbytes(model) == 0
     remove_early_exit(model)
@@ -104,10 +99,16 @@ def test_unchanged_rows_skip_and_a_changed_row_runs_fully(setup):
 
 
 @torch.no_grad()
-def test_rows_match_their_own_single_row_runs(setup):
-    model, x, labels = setup
+@pytest.mark.parametrize("order", [0, 1, 2])
+@pytest.mark.parametrize("options", [
     # Random tiny weights change a lot between steps (relative changes 0.9-2.7): 1.5 splits the rows.
-    policy = CachedTailResidual(threshold=1.5, max_cached_calls=2)
+    {"threshold": 1.5, "max_cached_calls": 2},
+    # Every row skips every other call above t=300 (the rows share their timesteps here, not their histories).
+    {"criterion": "timestep", "skip_above_t": 300, "max_cached_calls": 1},
+], ids=["residual", "timestep"])
+def test_rows_match_their_own_single_row_runs(setup, order, options):
+    model, x, labels = setup
+    policy = CachedTailResidual(forecast_order=order, **options)
     apply_early_exit(model, EarlyExitConfig(policy=policy))
     with record_exit_stats(model) as stats:
         batched = _sample(model, x, labels, DDIMScheduler(), steps=8)
@@ -136,8 +137,6 @@ def test_forced_full_calls(setup):
     assert runs == [6, 1, 1, 6, 1, 1]
     # Rows below full_below_t always run fully.
     reset_exit_state(model)
-    from ee_diffusion import set_exit_config
-
     set_exit_config(model, EarlyExitConfig(policy=CachedTailResidual(threshold=0.5, full_below_t=450)))
     low = torch.tensor([400, 400, 900, 900])
     model(x, low, labels)
@@ -159,18 +158,25 @@ def test_a_new_sampling_run_starts_with_full_calls(setup):
 
 @torch.no_grad()
 def test_heun_calls_twice_per_step(setup):
+    """Heun calls the model at each timestep twice (11 calls for 6 steps). A row that skips at the timestep of
+    its newest full call gets that call's residual at every order; the forecast differs from reuse where a row
+    skips at a new timestep. (A second full call at one timestep refreshes that point of the row's history:
+    checked value by value in tests/test_forecast.py.)"""
     model, x, labels = setup
-    reference = _sample(model, x, labels, HeunDiscreteScheduler(), steps=4)
-    apply_early_exit(model, EarlyExitConfig(policy=CachedTailResidual(threshold=0.0)))
-    assert torch.equal(_sample(model, x, labels, HeunDiscreteScheduler(), steps=4), reference)
-    set_config = EarlyExitConfig(policy=CachedTailResidual(threshold=0.3))
-    from ee_diffusion import set_exit_config
-
-    set_exit_config(model, set_config)
-    with record_exit_stats(model) as stats:
-        out = _sample(model, x, labels, HeunDiscreteScheduler(), steps=4)
-    assert stats.num_calls == 7 and torch.isfinite(out).all()
-    remove_early_exit(model)
+    scheduler = HeunDiscreteScheduler()
+    scheduler.set_timesteps(6)
+    assert len(set(scheduler.timesteps.tolist())) == 6 < len(scheduler.timesteps) == 11
+    reference = _sample(model, x, labels, HeunDiscreteScheduler(), steps=6)
+    outputs = {}
+    for order in (0, 2):
+        apply_early_exit(model, EarlyExitConfig(policy=CachedTailResidual(threshold=0.0, forecast_order=order)))
+        assert torch.equal(_sample(model, x, labels, HeunDiscreteScheduler(), steps=6), reference)
+        set_exit_config(model, EarlyExitConfig(policy=CachedTailResidual(threshold=1.0, forecast_order=order)))
+        with record_exit_stats(model) as stats:
+            outputs[order] = _sample(model, x, labels, HeunDiscreteScheduler(), steps=6)
+        remove_early_exit(model)
+        assert stats.num_calls == 11 and 0 < stats.depth_fraction < 1 and torch.isfinite(outputs[order]).all()
+    assert not torch.equal(outputs[2], outputs[0]) and not torch.equal(outputs[2], reference)
 
 
 @torch.no_grad()
@@ -229,6 +235,11 @@ def test_other_criteria():
         ({"full_below_t": -5}, "full_below_t"),
         ({"threshold": 0.2, "join_threshold": 0.3}, "join_threshold"),
         ({"join_threshold": 0.05, "criterion": "timestep"}, "join_threshold needs criterion='residual'"),
+        ({"forecast_order": 3}, r"forecast_order must be one of \(0, 1, 2\), got 3"),
+        ({"forecast_order": True}, "forecast_order"),
+        ({"forecast_order": 1.0}, "forecast_order"),
+        ({"state_dtype": "int8"}, r"state_dtype must be None or one of \('float32', 'bfloat16', 'float16'\), got 'int8'"),
+        ({"state_dtype": torch.float16}, "state_dtype"),
     ],
 )
 def test_invalid_arguments(kwargs, match):

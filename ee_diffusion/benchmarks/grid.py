@@ -99,8 +99,10 @@ def exit_methods(pipe: Any, point: GridPoint, preset: Preset, feature_net: Any, 
     for kind in preset.ase if want("ase") else ():
         methods.append(Method(f"ase_{kind}{at}", "ase", solver, k, EarlyExitConfig(schedules[kind])))
     for tau in preset.tail_thresholds if want("tail_cache") else ():
-        methods.append(Method(f"tail{tau}{at}", "tail_cache", solver, k,
-                              EarlyExitConfig(CachedTailResidual(threshold=tau))))
+        for order in preset.tail_forecast_orders:  # order 0 keeps the name of the runs before forecasts
+            methods.append(Method(f"tail{tau}{f'_o{order}' if order else ''}{at}", "tail_cache", solver, k,
+                                  EarlyExitConfig(CachedTailResidual(threshold=tau, forecast_order=order)),
+                                  notes={"forecast_order": order} if order else {}))
     calib = CalibrationSet(num_images=preset.calib_images, num_inference_steps=k, guidance_scale=guidance,
                            num_buckets=preset.calib_buckets, batch_size=preset.sample_batch)
     depths = sorted({min(n - 1, max(1, round(f * n))) for f in preset.calib_fractions}) if preset.calib_fractions \

@@ -5,7 +5,8 @@
 - `UncertaintyThreshold(threshold, patience, per_timestep)`: DeeDiff, a row stops when its uncertainty
   head is confident enough (needs `UncertaintyHeads`).
 - `CachedTailResidual(threshold, ...)`: training-free, for pretrained models: a row that skips the tail
-  adds its own tail residual cached from its last full call (FirstBlockCache's idea, decided per row).
+  adds its own tail residual cached from its last full call (FirstBlockCache's idea, decided per row), or
+  forecast in the timestep from its last full calls (`forecast_order=1` or `2`).
 
 Write your own policy by subclassing `ExitPolicy`. Calibration of policies to a budget or a tolerance lives in
 `ee_diffusion.calibration` (it samples pipelines, so it sits above the core).
