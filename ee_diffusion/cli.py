@@ -140,6 +140,9 @@ def _add_calibrate(subparsers) -> None:
     parser.add_argument("--heads", type=Path, default=None,
                         help="an UncertaintyHeads folder for a stock pipeline (thresholds, distil)")
     parser.add_argument("--threshold", type=float, default=0.9, help="distil: the DeeDiff threshold to observe")
+    parser.add_argument("--forecast-orders", type=int, nargs="+", choices=(0, 1, 2), default=[0, 1],
+                        help="tail-cache: the forecast orders to calibrate, the cheapest that meets the goal wins "
+                             "(default: 0 1)")
     parser.add_argument("--images", type=int, default=40, help="calibration images (seeds disjoint from bench)")
     parser.add_argument("--steps", type=int, default=None,
                         help="sampling steps (default: the pipeline's operating point, else 20)")
@@ -185,6 +188,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     result = run_calibration(target, kind=args.kind, budget=args.budget, tolerance=args.tolerance,
                              min_psnr=args.min_psnr, threshold=args.threshold, num_images=args.images, steps=steps,
                              guidance_scale=guidance, num_buckets=args.buckets, batch_size=args.batch_size,
+                             forecast_orders=tuple(args.forecast_orders),
                              feature_net=load_feature_net(setting_dataset(setting)) if setting else None)
     save_calibration(result, args.out)
     info = result.info

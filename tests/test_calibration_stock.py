@@ -71,15 +71,32 @@ def test_cli_tail_cache_for_a_psnr_goal_applies_to_the_stock_denoiser(kind, fold
 
 def test_tail_cache_bisection_trades_compute_for_fidelity(folder):
     target = as_target(load(folder["sd3"]), PROMPTS)
-    loose = calibrate_tail_cache(target, min_psnr=0.0, calib=CALIB)  # met at the largest threshold
+    loose = calibrate_tail_cache(target, min_psnr=0.0, calib=CALIB, forecast_orders=(0,))  # met at the top
     assert loose.info["threshold"] == 1.0 and len(loose.info["trials"]) == 1
     goal = loose.info["psnr_db_mean"] + 3.0  # not met there: bisection towards threshold 0 (the full model)
-    strict = calibrate_tail_cache(target, min_psnr=goal, calib=CALIB)
+    strict = calibrate_tail_cache(target, min_psnr=goal, calib=CALIB, forecast_orders=(0,))
     assert strict.info["psnr_db_mean"] >= goal and strict.info["threshold"] < 1.0
     assert strict.info["block_fraction"] >= loose.info["block_fraction"]
     assert len(strict.info["trials"]) == 1 + 7 + (strict.info["threshold"] == 0.0)
-    budget = calibrate_tail_cache(target, budget=strict.info["block_fraction"], calib=CALIB)
+    budget = calibrate_tail_cache(target, budget=strict.info["block_fraction"], calib=CALIB, forecast_orders=(0,))
     assert budget.info["block_fraction"] <= strict.info["block_fraction"] + 1e-9
+
+
+def test_tail_cache_picks_the_cheapest_forecast_order_that_meets_the_goal(folder):
+    target = as_target(load(folder["pixart"]), PROMPTS)
+    loose = calibrate_tail_cache(target, min_psnr=0.0, calib=CALIB, forecast_orders=(0,))
+    result = calibrate_tail_cache(target, min_psnr=loose.info["psnr_db_mean"] + 2.0, calib=CALIB)
+    # Each order's own search ends at a trial that meets the goal; the result is the cheapest of those.
+    finals = {}
+    for trial in result.info["trials"]:
+        if trial["psnr_db_mean"] >= result.info["min_psnr"]:
+            best = finals.get(trial["forecast_order"])
+            if best is None or trial["threshold"] > best["threshold"]:
+                finals[trial["forecast_order"]] = trial
+    assert set(finals) == {0, 1}
+    assert result.info["block_fraction"] == min(t["block_fraction"] for t in finals.values())
+    policy = result.exit_config.policy
+    assert (policy.forecast_order, policy.threshold) == (result.info["forecast_order"], result.info["threshold"])
 
 
 def test_schedule_for_a_psnr_goal_is_measured_to_meet_it(folder):

@@ -24,12 +24,12 @@ def run_calibration(
     pipe: Any, kind: str = "schedule", budget: float | None = None, tolerance: float | None = None,
     threshold: float = 0.9, num_images: int = 40, steps: int = 20, guidance_scale: float | None = 4.0,
     num_buckets: int = 4, feature_net: Any = None, progress: bool = False, min_psnr: float | None = None,
-    batch_size: int = 64,
+    batch_size: int = 64, forecast_orders: tuple[int, ...] = (0, 1),
 ) -> CalibrationResult:
     """What `ee-diffusion calibrate` runs on `pipe` (a pipeline of ours or a `CalibrationTarget`): `kind` is
     "schedule" (budget, tolerance or min_psnr), "thresholds" (needs heads and a budget), "distil" (observe
     `UncertaintyThreshold(threshold)` on the calibration set, distil it into a schedule) or "tail-cache" (the
-    training-free residual-change threshold, for min_psnr or a budget)."""
+    training-free residual-change threshold and forecast order among `forecast_orders`, for min_psnr or a budget)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     target = as_target(pipe)
@@ -40,7 +40,8 @@ def run_calibration(
         return calibrate_schedule(target, budget=budget, tolerance=tolerance, min_psnr=min_psnr, calib=calib,
                                   feature_net=feature_net, progress=progress)
     if kind == "tail-cache":
-        return calibrate_tail_cache(target, min_psnr=min_psnr, budget=budget, calib=calib, progress=progress)
+        return calibrate_tail_cache(target, min_psnr=min_psnr, budget=budget, calib=calib,
+                                    forecast_orders=forecast_orders, progress=progress)
     if kind == "thresholds":
         if budget is None:
             raise ValueError("threshold calibration needs a budget (--budget)")

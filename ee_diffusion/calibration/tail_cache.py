@@ -1,4 +1,4 @@
-"""Calibrated training-free exits: the residual-change threshold of `CachedTailResidual` for a goal.
+"""Calibrated training-free exits: the residual-change threshold and forecast order of `CachedTailResidual`.
 
 For a stock model (no heads, no layer-wise training), the per-row tail cache decides on the relative change
 of each row's first-block residual. The threshold that meets a goal is found by bisection on the calibration
@@ -23,12 +23,16 @@ logger = logging.getLogger(__name__)
 
 def calibrate_tail_cache(
     pipe: Any, min_psnr: float | None = None, budget: float | None = None, calib: CalibrationSet | None = None,
-    max_cached_calls: int = 3, max_threshold: float = 1.0, iterations: int = 7, progress: bool = False,
+    forecast_orders: tuple[int, ...] = (0, 1), max_cached_calls: int = 3, max_threshold: float = 1.0,
+    iterations: int = 7, progress: bool = False,
 ) -> CalibrationResult:
-    """A `CachedTailResidual(criterion="residual")` threshold for `min_psnr` (dB) or `budget` (block fraction).
+    """A `CachedTailResidual(criterion="residual")` threshold and forecast order for `min_psnr` (dB) or `budget`
+    (block fraction).
 
-    `pipe` is a pipeline of ours or a `CalibrationTarget` (`as_target(stock_pipe, conditioning)`); transformer
-    backbones only. Raises `ValueError` when even the smallest threshold tried misses a budget; a PSNR goal that
+    Every order of `forecast_orders` (0: reuse the row's last tail residual; 1, 2: extrapolate it in the
+    timestep) gets its own bisected threshold; the result is the order that meets the goal most cheaply (PSNR goal)
+    or most faithfully (budget). `pipe` is a pipeline of ours or a `CalibrationTarget` (`as_target(stock_pipe,
+    conditioning)`); transformer backbones only. Raises `ValueError` when no order fits a budget; a PSNR goal that
     no threshold meets returns threshold 0 (never skip: the full model).
     """
     if (min_psnr is None) == (budget is None):
@@ -37,22 +41,24 @@ def calibrate_tail_cache(
         raise ValueError(f"budget must be a fraction of block evaluations in (0, 1], got {budget!r}")
     if min_psnr is not None and (isinstance(min_psnr, bool) or not isinstance(min_psnr, (int, float))):
         raise ValueError(f"min_psnr must be a number of dB, got {min_psnr!r}")
+    if not forecast_orders or any(o not in (0, 1, 2) for o in forecast_orders):
+        raise ValueError(f"forecast_orders must be a non-empty subset of (0, 1, 2), got {forecast_orders!r}")
     calib = calib or CalibrationSet()
     target = as_target(pipe)
     reference = sample_calibration_set(target, calib, None).images
     trials: list[dict[str, Any]] = []
 
-    def measure(threshold: float) -> dict[str, Any]:
-        policy = CachedTailResidual(threshold=threshold, max_cached_calls=max_cached_calls)
+    def measure(order: int, threshold: float) -> dict[str, Any]:
+        policy = CachedTailResidual(threshold=threshold, max_cached_calls=max_cached_calls, forecast_order=order)
         run = sample_calibration_set(target, calib, EarlyExitConfig(policy=policy))
         psnr = psnr_db(run.images, reference)
-        trial = {"threshold": threshold, "psnr_db_mean": float(psnr.mean()), "psnr_db_p10": float(psnr.quantile(0.1)),
-                 "psnr_db_min": float(psnr.min()),
+        trial = {"forecast_order": order, "threshold": threshold, "psnr_db_mean": float(psnr.mean()),
+                 "psnr_db_p10": float(psnr.quantile(0.1)), "psnr_db_min": float(psnr.min()),
                  "block_fraction": run.block_evals / (run.model_rows * target.num_blocks)}
         trials.append(trial)
         if progress:
-            logger.info("threshold %.4f: PSNR %.2f dB, block fraction %.3f", threshold, trial["psnr_db_mean"],
-                        trial["block_fraction"])
+            logger.info("order %d threshold %.4f: PSNR %.2f dB, block fraction %.3f", order, threshold,
+                        trial["psnr_db_mean"], trial["block_fraction"])
         return trial
 
     def meets(trial: dict[str, Any]) -> bool:
@@ -60,27 +66,39 @@ def calibrate_tail_cache(
             return trial["psnr_db_mean"] >= min_psnr
         return trial["block_fraction"] <= budget + 1e-9
 
-    top = measure(max_threshold)
-    if min_psnr is not None and meets(top):
-        best = top
-    elif budget is not None and not meets(top):
-        raise ValueError(f"no threshold up to {max_threshold} fits the budget {budget}: the largest ran "
-                         f"{top['block_fraction']:.3f} of the blocks (rows refresh at least every "
-                         f"{max_cached_calls + 1} calls); raise the budget or max_cached_calls")
-    else:
+    def search(order: int) -> dict[str, Any] | None:
+        """The order's best trial that meets the goal (None: no threshold fits the budget)."""
+        top = measure(order, max_threshold)
+        if min_psnr is not None and meets(top):
+            return top
+        if budget is not None and not meets(top):
+            return None
         # Threshold 0 never skips (the full model: any PSNR goal holds) and the largest one is the cheapest, so
         # one end of [0, max_threshold] meets the goal; bisect towards the other while keeping that invariant.
         good, bad = (0.0, max_threshold) if min_psnr is not None else (max_threshold, 0.0)
         for _ in range(iterations):
             mid = (good + bad) / 2
-            if meets(measure(mid)):
+            if meets(measure(order, mid)):
                 good = mid
             else:
                 bad = mid
-        best = next((t for t in trials if t["threshold"] == good), None) or measure(good)
-    policy = CachedTailResidual(threshold=best["threshold"], max_cached_calls=max_cached_calls)
+        return next((t for t in trials if t["forecast_order"] == order and t["threshold"] == good), None) \
+            or measure(order, good)
+
+    found = [t for t in (search(order) for order in forecast_orders) if t is not None]
+    if not found:
+        raise ValueError(f"no threshold up to {max_threshold} fits the budget {budget} at forecast orders "
+                         f"{forecast_orders}: the cheapest ran {min(t['block_fraction'] for t in trials):.3f} of the "
+                         f"blocks (rows refresh at least every {max_cached_calls + 1} calls); raise the budget or "
+                         f"max_cached_calls")
+    if min_psnr is not None:  # the cheapest that meets the PSNR goal (ties: the more faithful)
+        best = min(found, key=lambda t: (t["block_fraction"], -t["psnr_db_mean"]))
+    else:  # the most faithful within the budget
+        best = max(found, key=lambda t: t["psnr_db_mean"])
+    policy = CachedTailResidual(threshold=best["threshold"], max_cached_calls=max_cached_calls,
+                                forecast_order=best["forecast_order"])
     info = {"kind": "tail-cache", "min_psnr": min_psnr, "budget": budget, "threshold": best["threshold"],
-            "psnr_db_mean": best["psnr_db_mean"], "psnr_db_p10": best["psnr_db_p10"],
-            "block_fraction": best["block_fraction"], "trials": trials,
+            "forecast_order": best["forecast_order"], "psnr_db_mean": best["psnr_db_mean"],
+            "psnr_db_p10": best["psnr_db_p10"], "block_fraction": best["block_fraction"], "trials": trials,
             "calibration_set": vars(calib).copy(), "conditioning": target.conditioning.to_dict()}
     return CalibrationResult(EarlyExitConfig(policy=policy), info)
