@@ -131,15 +131,17 @@ def plot(report: dict, path: str | Path) -> None:
     fig, axes = plt.subplots(1, len(settings), figsize=(8 * len(settings), 6), squeeze=False)
     for ax, s in zip(axes[0], settings):
         rows = [r for r in s["rows"].values() if "time_ratio" in r]
-        ax.axhspan(0, s["floor"]["fid"], color="tab:green", alpha=0.12, label="real-vs-real floor")
-        for solver, (color, style) in SOLVER_STYLE.items():
+        if s.get("floor"):  # `bench --pipeline` on the user's data has no second real set
+            ax.axhspan(0, s["floor"]["fid"], color="tab:green", alpha=0.12, label="real-vs-real floor")
+        for solver in sorted({r["solver"] for r in rows}):
+            color, style = SOLVER_STYLE.get(solver, ("tab:gray", "-"))
             pts = sorted((r["time_ratio"], r["fid"]) for r in rows if r["family"] in frontier.FRONTIER_FAMILIES
                          and r["solver"] == solver)
             if pts:
                 ax.plot(*zip(*pts), style, color=color, lw=1.5, label=f"fewer steps ({solver})")
         for r in rows:
             if r["family"] == "fewer_steps":
-                color, marker = SOLVER_STYLE[r["solver"]][0], "o"
+                color, marker = SOLVER_STYLE.get(r["solver"], ("tab:gray", "-"))[0], "o"
             else:
                 color, marker = FAMILY_STYLE.get(r["family"], ("gray", "."))
             # The bars are the paired interval of dFID against the reference, placed around the row's FID (the
@@ -154,8 +156,8 @@ def plot(report: dict, path: str | Path) -> None:
         rec = s["rows"][s["decisions"]["recommended"]]
         if "time_ratio" in rec:
             ax.plot(rec["time_ratio"], rec["fid"], "o", ms=16, mfc="none", mec="red", mew=2, label="recommended")
-        ax.set_xlabel(f"wall-clock at batch {s['timing']['batches'][0]} (fraction of the stock model at "
-                      f"{s['reference_steps']} DDIM steps)")
+        batch = s["timing"]["batches"][0] if s["timing"]["batches"] else "-"
+        ax.set_xlabel(f"wall-clock at batch {batch} (fraction of the stock model, {s['reference']})")
         ax.set_ylabel(f"FID ({s['feature_net']['name']} feature net); bars: {s['bootstrap']['confidence']:.0%} paired "
                       f"interval against the reference")
         ax.set_title(f"{s['setting']}: {s['num_images']} images")
