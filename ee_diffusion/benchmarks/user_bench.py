@@ -339,7 +339,7 @@ class Prepared:
     real_stats_files: dict[str, str]
     shape: tuple[int, int]
     guidance: float | None
-    warnings: list[str]
+    warnings: dict[str, list[str]]  # per feature network (key)
     pipeline_key: str
 
 
@@ -375,7 +375,7 @@ def prepare(config: BenchConfig, device: str = "cpu") -> Prepared:
         if method.name not in {m.name for m in methods}:
             methods.append(method)
     shape = output_shape(pipe)
-    warnings = []
+    warnings: dict[str, list[str]] = {spec.key: [] for spec in features}
     folder, stats, stats_files = None, {}, {}
     if config.real is not None:
         folder = ImageFolder(config.real, resolution=shape[1], channels=shape[0])
@@ -396,7 +396,7 @@ def prepare(config: BenchConfig, device: str = "cpu") -> Prepared:
         for n, what in ((count, "real images"), (config.num_images, "generated images per method")):
             message = warn_small_set(n, spec.num_features, f"{spec.name}, {what}")
             if message:
-                warnings.append(message)
+                warnings[spec.key].append(message)
     return Prepared(pipe, conditioning, methods, features, folder, stats, stats_files, shape, guidance, warnings,
                     _pipeline_key(config.pipeline, config, device))
 
@@ -611,7 +611,7 @@ def _report(config: BenchConfig, prep: Prepared, runner: _Runner, times: dict, o
                        "what": "one pipeline call on `batch` images per method per round, interleaved in rotating "
                                "order; exit hooks and caches are attached inside each timed call; speedup = median "
                                "over rounds of (reference time / method time)"},
-            "warnings": prep.warnings,
+            "warnings": prep.warnings[spec.key],
         })
     report = {
         "kind": "bench --pipeline", "config": asdict(config), "command": command,
