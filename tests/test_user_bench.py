@@ -19,7 +19,8 @@ pytest.importorskip("transformers")
 
 from _standard_features import random_inception_weights  # noqa: E402
 
-from ee_diffusion.benchmarks.user_bench import BenchConfig, _Runner, prepare, run  # noqa: E402
+from ee_diffusion.benchmarks.user_bench import BenchConfig, _Runner, run  # noqa: E402
+from ee_diffusion.benchmarks.user_prepare import prepare  # noqa: E402
 from ee_diffusion.cli import main  # noqa: E402
 from ee_diffusion.eval.paired import FrechetReference, moments  # noqa: E402
 from ee_diffusion.eval.real_images import ImageFolder, RealStats  # noqa: E402

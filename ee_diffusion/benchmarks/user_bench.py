@@ -17,391 +17,57 @@ Everything that can be wrong with the input (the folder, the conditioning, the m
 real images) raises `ValueError` in `prepare`, before any sampling.
 
 ```py
->>> config = BenchConfig(pipeline="my-dit", real="imagenet-val", inception_weights="pt_inception.pth",
-...                      methods=("static:0.75", "fbc:0.1"), steps=50, num_images=10_000)
->>> config.features, config.frontier_fractions
-(('inception',), (0.4, 0.6, 0.8))
->>> BenchConfig(pipeline="my-dit", real="x", solver="euler")
-Traceback (most recent call last):
-...
-ValueError: solver must be one of ('pipeline', 'ddim', 'dpmpp'), got 'euler'
+>>> import tempfile
+>>> from pathlib import Path
+>>> from PIL import Image
+>>> from diffusers import DDIMScheduler
+>>> from ee_diffusion.pipelines import EarlyExitDiTPipeline
+>>> from ee_diffusion.testing import tiny_dit
+>>> root = Path(tempfile.mkdtemp())
+>>> EarlyExitDiTPipeline(transformer=tiny_dit(num_layers=4), scheduler=DDIMScheduler()).save_pretrained(root / "model")
+>>> (root / "real").mkdir()
+>>> for i in range(10):
+...     Image.new("L", (8, 8), 25 * i).save(root / "real" / f"{i}.png")
+>>> config = BenchConfig(pipeline=str(root / "model"), real=str(root / "real"), features=("digits",),
+...                      methods=("static:2",), steps=4, num_images=6, bootstrap=20, timing_repeats=0)
+>>> report = run(config, root / "out", progress=False)
+>>> entry = report["settings"][0]
+>>> entry["setting"], list(entry["rows"])
+('EarlyExitDiTPipeline / digits (ee-diffusion feature net)', ['pipeline4', 'pipeline3', 'pipeline2', 'static2@pipeline4'])
 
 ```
 """
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import logging
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from .._io import atomic_write_json, atomic_write_text
-from .._validation import check_int
-from ..config import EarlyExitConfig
-from ..eval.baselines import CacheBaseline
 from ..eval.paired import FrechetReference, PairedFID, fidelity
-from ..eval.real_images import ImageFolder, RealStats, warn_small_set
-from ..pipelines.conditioning import Conditioning
-from ..pipelines.stock import PIPELINES, denoiser_of, kind_of, load_pipeline, pipeline_class_name
-from ..schedules import StaticDepth
+from ..eval.real_images import RealStats
+from ..pipelines.stock import denoiser_of, kind_of
 from . import frontier
 from .bench import _load_average, _store_times
-from .grid import SOLVERS, TAYLORSEER_DIT_MODULES, Method, ase_schedules, make_schedulers
+from .grid import Method, make_schedulers
 from .report import _describe_point, _finite, _json_default, plot, rows_table
 from .sample_cache import ShardCache, run_key
+from .user_config import BenchConfig
+from .user_prepare import FeatureSpec, Prepared, prepare
+
+__all__ = ["BenchConfig", "markdown", "run"]
 
 logger = logging.getLogger(__name__)
 
-SOLVER_CHOICES = ("pipeline", *SOLVERS)
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-#: Method spec prefixes (`--methods`); any other spec is an exit-config JSON file. `@K` runs it at K steps.
-METHOD_KINDS = ("steps", "static", "ase", "fbc", "taylorseer", "sea")
 
-
-@dataclass
-class BenchConfig:
-    """One `bench --pipeline` run (the CLI flags, validated).
-
-    `methods`: specs `steps:K`, `static:D` (D blocks, or a fraction of them), `ase:released|aggressive`,
-    `fbc:T`, `taylorseer:I`, `sea:T` (diffusers' caches; transformers only) or a path to an exit-config JSON
-    file, each optionally `@K` (at K steps; default `steps`). `features`: "inception" (needs
-    `inception_weights`), "clip" (needs `clip`, a CLIP folder), a shipped feature net ("digits", "glyphs") or a
-    saved one (path). `real` (an image folder) or `real_stats` (files written by an earlier run, one per feature
-    network) give the real side.
-    """
-
-    pipeline: str
-    real: str | None = None
-    real_stats: tuple[str, ...] = ()
-    features: tuple[str, ...] = ("inception",)
-    inception_weights: str | None = None
-    inception_resolution: int = 299
-    clip: str | None = None
-    methods: tuple[str, ...] = ()
-    steps: int = 25
-    frontier_steps: tuple[int, ...] = ()  # empty: round(f * steps) for f in frontier_fractions
-    frontier_fractions: tuple[float, ...] = (0.4, 0.6, 0.8)
-    match_frontier: bool = True  # also measure the step counts matched to every other row's block evaluations
-    solver: str = "pipeline"
-    classes: tuple[str, ...] = ()  # ids or names; empty: every class of a class-conditional pipeline
-    prompts: str | None = None
-    num_images: int = 1000
-    guidance_scale: float | None = None  # None: the pipeline's default
-    seed: int = 0
-    batch_size: int = 16
-    shard_size: int = 64
-    device: str = "cpu"
-    dtype: str = "float32"
-    cache_dir: str | None = None  # None: OUT/samples
-    bootstrap: int = 200
-    confidence: float = 0.9
-    timing_repeats: int = 3  # 0: no wall-clock (decisions by block evaluations)
-    timing_batch: int | None = None  # None: batch_size
-
-    def __post_init__(self) -> None:
-        self.real_stats, self.features = tuple(self.real_stats), tuple(self.features)
-        self.methods, self.classes = tuple(self.methods), tuple(str(c) for c in self.classes)
-        self.frontier_steps = tuple(self.frontier_steps)
-        if self.solver not in SOLVER_CHOICES:
-            raise ValueError(f"solver must be one of {SOLVER_CHOICES}, got {self.solver!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
-        for name, low in (("steps", 1), ("num_images", 2), ("batch_size", 1), ("shard_size", 1), ("bootstrap", 1),
-                          ("inception_resolution", 75), ("timing_repeats", 0)):
-            check_int(getattr(self, name), name, low)
-        check_int(self.seed, "seed", 0)
-        if self.timing_batch is not None:
-            check_int(self.timing_batch, "timing_batch", 1)
-        bad = [k for k in self.frontier_steps if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.steps]
-        if bad:
-            raise ValueError(f"frontier_steps must be ints in [1, steps={self.steps}], got {bad}")
-        if not all(0 < f < 1 for f in self.frontier_fractions):
-            raise ValueError(f"frontier_fractions must lie in (0, 1), got {self.frontier_fractions}")
-        if not 0 < self.confidence < 1:
-            raise ValueError(f"confidence must be in (0, 1), got {self.confidence!r}")
-        if not self.features:
-            raise ValueError("features must name at least one feature network ('inception', 'clip', 'digits', ...)")
-        if len(set(self.features)) != len(self.features):
-            raise ValueError(f"features must not repeat, got {self.features}")
-        if (self.real is None) == (not self.real_stats):
-            raise ValueError("give the real side as exactly one of: real (an image folder) or real_stats (files of "
-                             f"precomputed statistics); got real={self.real!r}, real_stats={self.real_stats}")
-        if self.classes and self.prompts:
-            raise ValueError("give classes or prompts, not both")
-        if self.guidance_scale is not None and self.guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
-
-
-# ----------------------------------------------------------------------------------------------- feature nets
-@dataclass
-class FeatureSpec:
-    """One feature network of the run: what the report calls it, its cache key, and how it encodes images."""
-
-    name: str
-    key: str
-    net: nn.Module
-    resolution: str
-    unit_input: bool = False  # our shipped nets take float images in [0, 1]; the standard ones uint8
-    batch_size: int = 64
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_features(self) -> int:
-        return int(self.net.num_features)
-
-    @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, F) float64 features of uint8 images (B, C, H, W)."""
-        parameter = next(self.net.parameters())
-        out = []
-        for chunk in images.split(self.batch_size):
-            x = chunk.to(parameter.device)
-            x = x.float() / 255.0 if self.unit_input else x
-            out.append(self.net(x).double().cpu())
-        return torch.cat(out)
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "features": self.num_features, "resolution": self.resolution, **self.meta}
-
-
-def _fingerprint(path: str | os.PathLike) -> str:
-    """Name, size and the first MiB of a file: enough to tell weights files apart for the cache."""
-    file = Path(path)
-    with file.open("rb") as f:
-        head = f.read(1 << 20)
-    return hashlib.sha256(head + f"{file.name}:{file.stat().st_size}".encode()).hexdigest()[:12]
-
-
-def load_features(config: BenchConfig, device: str) -> list[FeatureSpec]:
-    """The feature networks of `config.features`, loaded and checked (`ValueError` before any sampling)."""
-    from ..eval.features import RECIPES, load_feature_net
-    from ..eval.standard_features import ClipImageFeatures, load_inception
-
-    specs = []
-    for name in config.features:
-        if name == "inception":
-            net = load_inception(config.inception_weights, config.inception_resolution)
-            r = config.inception_resolution
-            specs.append(FeatureSpec(f"inception-v3 (pool3) at {r}x{r}", f"inception{r}-{_fingerprint(config.inception_weights)}",
-                                     net, f"{r}x{r}", meta={"weights": str(config.inception_weights)}))
-        elif name == "clip":
-            if config.clip is None:
-                raise ValueError("features 'clip' needs the CLIP model folder: pass --clip FOLDER (a local "
-                                 "transformers CLIPModel or CLIPVisionModel folder)")
-            net = ClipImageFeatures(config.clip)
-            folder = Path(config.clip)
-            r = net.resolution
-            specs.append(FeatureSpec(f"clip {net.architecture} ({folder.name}) at {r}x{r}",
-                                     f"clip{r}-{_fingerprint(folder / 'config.json')}", net, f"{r}x{r}",
-                                     meta={"folder": str(folder)}))
-        elif name in RECIPES or Path(f"{name}.json").is_file():
-            net = load_feature_net(name)
-            size = net.config["image_size"]
-            specs.append(FeatureSpec(f"{Path(name).name} (ee-diffusion feature net)", f"net-{Path(name).name}", net,
-                                     f"{size}x{size} (native)", unit_input=True))
-        else:
-            raise ValueError(f"unknown feature network {name!r}; known: 'inception', 'clip', {sorted(RECIPES)} or "
-                             f"the path (without suffix) of a saved feature net")
-    for spec in specs:
-        spec.net.to(device)
-    return specs
-
-
-# ---------------------------------------------------------------------------------------------------- methods
-def _at(spec: str, steps: int) -> tuple[str, int]:
-    """'static:6@12' -> ('static:6', 12); no '@': the run's steps."""
-    body, _, at = spec.rpartition("@") if "@" in spec else (spec, "", "")
-    if not at:
-        return body, steps
-    if not at.isdigit() or int(at) < 1:
-        raise ValueError(f"method {spec!r}: the step count after '@' must be an int >= 1, got {at!r}")
-    return body, int(at)
-
-
-def parse_method(spec: str, pipe: Any, steps: int, solver: str) -> Method:
-    """One `--methods` spec as a `Method` (see `BenchConfig`); `ValueError` naming the allowed forms."""
-    body, k = _at(spec, steps)
-    kind, _, value = body.partition(":")
-    denoiser = denoiser_of(pipe)
-    blocks = getattr(denoiser, "transformer_blocks", None)
-    at = f"@{solver}{k}"
-    if kind not in METHOD_KINDS:
-        if not body.endswith(".json"):
-            raise ValueError(f"method {spec!r}: expected one of {[k + ':...' for k in METHOD_KINDS]} or an exit-config "
-                             f".json file (each optionally @STEPS)")
-        config = EarlyExitConfig.from_file(body)
-        if config.policy is not None and config.policy.needs_certainty and getattr(pipe, "exit_heads", None) is None:
-            raise ValueError(f"method {spec!r}: its policy {type(config.policy).__name__} needs uncertainty heads, "
-                             f"and the {type(pipe).__name__} folder has none (train them, or use a schedule)")
-        return Method(f"{Path(body).stem}{at}", "exit_config", solver, k, config, notes={"file": body})
-    if kind == "steps":
-        if not value.isdigit() or int(value) < 1:
-            raise ValueError(f"method {spec!r}: steps:K needs an int K >= 1")
-        return Method(f"{solver}{int(value)}", "fewer_steps", solver, int(value))
-    if blocks is None:
-        raise ValueError(f"method {spec!r}: {kind} needs a transformer denoiser; {type(pipe).__name__} has a "
-                         f"{type(denoiser).__name__} (use an exit-config file or fewer steps)")
-    n = len(blocks)
-    try:
-        number = float(value)
-    except ValueError:
-        number = None
-    if kind == "static":
-        if number is None or not (0 < number < 1 or (number.is_integer() and 1 <= number < n)):
-            raise ValueError(f"method {spec!r}: static:D needs D blocks in [1, {n - 1}] or a fraction in (0, 1)")
-        depth = max(1, min(n - 1, round(number * n))) if number < 1 else int(number)
-        return Method(f"static{depth}{at}", "static_depth", solver, k, EarlyExitConfig(StaticDepth(depth)))
-    if kind == "ase":
-        schedules = ase_schedules(n)
-        if value not in schedules:
-            raise ValueError(f"method {spec!r}: ase:NAME takes one of {sorted(schedules)}")
-        return Method(f"ase_{value}{at}", "ase", solver, k, EarlyExitConfig(schedules[value]))
-    if number is None or number <= 0:
-        raise ValueError(f"method {spec!r}: {kind}:VALUE needs a number > 0")
-    if kind == "fbc":
-        cache = CacheBaseline("first_block_cache", {"threshold": number})
-        return Method(f"fbc{number:g}{at}", "first_block_cache", solver, k, cache=cache)
-    if kind == "sea":
-        return Method(f"sea{number:g}{at}", "sea_cache", solver, k, cache=CacheBaseline("sea_cache", {"threshold": number}))
-    if not number.is_integer():
-        raise ValueError(f"method {spec!r}: taylorseer:I needs an int cache interval")
-    params = {"cache_interval": int(number), "disable_cache_before_step": max(1, k // 8), "max_order": 1}
-    if type(denoiser).__name__ == "DiTTransformer2DModel":
-        params["cache_identifiers"] = TAYLORSEER_DIT_MODULES
-    return Method(f"taylorseer{int(number)}{at}", "taylorseer_cache", solver, k,
-                  cache=CacheBaseline("taylorseer_cache", params))
-
-
-# -------------------------------------------------------------------------------------------------- preparing
-def output_shape(pipe: Any) -> tuple[int, int]:
-    """(channels, side) of the images the pipeline makes by default, known before sampling."""
-    kind = kind_of(pipe)
-    config = denoiser_of(pipe).config
-    size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
-    if not kind.latent:
-        return int(config.in_channels), int(size)
-    vae = pipe.vae
-    factor = getattr(pipe, "vae_scale_factor", 2 ** (len(vae.config.block_out_channels) - 1))
-    return int(vae.config.out_channels), int(size) * int(factor)
-
-
-def default_guidance(pipe: Any) -> float | None:
-    """The guidance scale a call without one runs at (None for unconditional pipelines)."""
-    if kind_of(pipe).ours:
-        return float(pipe.resolve_call(None, None, None).guidance_scale)
-    parameter = inspect.signature(pipe.__call__).parameters.get("guidance_scale")
-    return None if parameter is None else float(parameter.default)
-
-
-def conditioning_of(config: BenchConfig, pipe: Any) -> Conditioning:
-    kind = kind_of(pipe).conditioning
-    name = type(pipe).__name__
-    if kind == "prompts":
-        if config.classes or not config.prompts:
-            raise ValueError(f"{name} is text-conditioned: pass --prompts FILE (one prompt per line, or JSONL)")
-        return Conditioning.from_prompt_file(config.prompts)
-    if kind == "none":
-        if config.classes or config.prompts:
-            raise ValueError(f"{name} is unconditional: it takes neither --classes nor --prompts")
-        return Conditioning("none")
-    if config.prompts:
-        raise ValueError(f"{name} is class-conditional: pass --classes (ids or names), not --prompts")
-    if config.classes:
-        return Conditioning.from_classes(list(config.classes), pipe)
-    from ..pipelines.conditioning import _num_classes
-
-    count = _num_classes(pipe)
-    if count is None:
-        raise ValueError(f"{name}: cannot tell how many classes it has; pass --classes")
-    return Conditioning("classes", class_ids=list(range(count)))
-
-
-@dataclass
-class Prepared:
-    """Everything checked before sampling."""
-
-    pipe: Any
-    conditioning: Conditioning
-    methods: list[Method]
-    features: list[FeatureSpec]
-    real_folder: ImageFolder | None
-    real_stats: dict[str, RealStats]
-    real_stats_files: dict[str, str]
-    shape: tuple[int, int]
-    guidance: float | None
-    warnings: dict[str, list[str]]  # per feature network (key)
-    pipeline_key: str
-
-
-def _pipeline_key(folder: str, config: BenchConfig, device: str) -> str:
-    root = Path(folder).resolve()
-    files = sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*") if p.is_file())
-    return run_key({"folder": str(root), "index": (root / "model_index.json").read_text(), "files": files,
-                    "dtype": config.dtype, "device": torch.device(device).type})
-
-
-def prepare(config: BenchConfig, device: str = "cpu") -> Prepared:
-    """Load and check everything (`ValueError` for bad input); nothing is sampled."""
-    pipeline_class_name(config.pipeline)  # an unsupported class is refused before anything loads
-    if config.real is not None and not Path(config.real).is_dir():
-        raise ValueError(f"real image folder {config.real!r} does not exist or is not a folder")
-    features = load_features(config, device)
-    pipe = load_pipeline(config.pipeline, torch_dtype=DTYPES[config.dtype], device=device)
-    pipe.set_progress_bar_config(disable=True)
-    conditioning = conditioning_of(config, pipe)
-    guidance = config.guidance_scale if config.guidance_scale is not None else default_guidance(pipe)
-    if kind_of(pipe).conditioning == "none" and config.guidance_scale is not None:
-        raise ValueError(f"{type(pipe).__name__} is unconditional and takes no guidance scale, got {config.guidance_scale}")
-    if config.solver != "pipeline" and not hasattr(pipe.scheduler, "alphas_cumprod"):
-        raise ValueError(f"solver {config.solver!r} needs a DDPM-type schedule; {type(pipe.scheduler).__name__} has "
-                         f"none: use solver 'pipeline'")
-    solver = config.solver
-    methods = [Method(f"{solver}{config.steps}", "reference", solver, config.steps)]
-    sweep = config.frontier_steps or tuple(max(1, round(f * config.steps)) for f in config.frontier_fractions)
-    methods += [Method(f"{solver}{k}", "fewer_steps", solver, k) for k in sorted(set(sweep), reverse=True)
-                if k < config.steps]
-    for spec in config.methods:
-        method = parse_method(spec, pipe, config.steps, solver)
-        if method.name not in {m.name for m in methods}:
-            methods.append(method)
-    shape = output_shape(pipe)
-    warnings: dict[str, list[str]] = {spec.key: [] for spec in features}
-    folder, stats, stats_files = None, {}, {}
-    if config.real is not None:
-        folder = ImageFolder(config.real, resolution=shape[1], channels=shape[0])
-        logger.info("real images: %s", folder.describe())
-    else:
-        loaded = [RealStats.load(p) for p in config.real_stats]
-        by_net = {s.feature_net: (s, p) for s, p in zip(loaded, config.real_stats)}
-        for spec in features:
-            if spec.key not in by_net:
-                raise ValueError(f"no real statistics for the feature network {spec.name!r} (key {spec.key}); the "
-                                 f"files given hold {sorted(by_net)}: pass --real DIR once to write them")
-            s, path = by_net[spec.key]
-            if s.num_features != spec.num_features:
-                raise ValueError(f"{path!r} holds {s.num_features} features; {spec.name} gives {spec.num_features}")
-            stats[spec.key], stats_files[spec.key] = s, path
-    for spec in features:
-        count = len(folder) if folder is not None else stats[spec.key].count
-        for n, what in ((count, "real images"), (config.num_images, "generated images per method")):
-            message = warn_small_set(n, spec.num_features, f"{spec.name}, {what}")
-            if message:
-                warnings[spec.key].append(message)
-    return Prepared(pipe, conditioning, methods, features, folder, stats, stats_files, shape, guidance, warnings,
-                    _pipeline_key(config.pipeline, config, device))
-
-
-# ------------------------------------------------------------------------------------------------------- run
 class _Runner:
     """Samples, encodes and scores methods on the prepared pipeline; keeps one row per method and feature net."""
 

@@ -12,7 +12,7 @@ import argparse
 import sys
 from dataclasses import fields
 
-from .user_bench import DTYPES, SOLVER_CHOICES, BenchConfig
+from .user_config import DTYPES, SOLVER_CHOICES, BenchConfig
 
 _DEFAULTS = {f.name: f.default for f in fields(BenchConfig)}
 

@@ -18,7 +18,7 @@ encoded once and reused with `--real-stats`.
 >>> Image.new("RGB", (20, 10), "red").save(folder / "a.png"); Image.new("L", (16, 16)).save(folder / "b.jpg")
 >>> real = ImageFolder(folder, resolution=8, channels=3)
 >>> real.describe()
-'2 images (1 converted from L to RGB; 2 sizes, 1 resized and center-cropped to 8x8)'
+'2 images (1 converted from L to RGB; 2 sizes, 2 resized and center-cropped to 8x8)'
 >>> next(real.batches(4)).shape
 torch.Size([2, 3, 8, 8])
 
