@@ -350,3 +350,23 @@ def test_fid_of_fewer_images_than_features_matches_the_covariance_form():
     gram = reference.of_features(few)
     direct = reference.distance(*moments(few))
     torch.testing.assert_close(gram, direct, rtol=1e-7, atol=0)
+
+
+# ------------------------------------------------------------------------------------------- committed run
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def test_the_committed_digits_run_is_rendered_from_its_json_and_agrees_with_the_settings_path():
+    from ee_diffusion.benchmarks.agreement import compare
+    from ee_diffusion.benchmarks.agreement import markdown as agreement_markdown
+    from ee_diffusion.benchmarks.user_bench import markdown
+
+    folder = DOCS / "bench-pipeline-digits"
+    report = json.loads((folder / "report.json").read_text())
+    assert (folder / "report.md").read_text() == markdown(report)
+    assert report["command"].startswith("ee-diffusion bench --threads 2 --pipeline ee_diffusion/assets/digits-dit")
+    settings = json.loads((DOCS / "bench-ci-digits" / "report.json").read_text())
+    result = json.loads((folder / "agreement.json").read_text())
+    assert result["rows"] == compare(report["settings"][0], settings["settings"][0])["rows"]
+    assert (folder / "agreement.md").read_text() == agreement_markdown(result, result["commands"])
+    assert result["agree"] and len(result["rows"]) >= 5

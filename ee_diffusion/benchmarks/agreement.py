@@ -56,3 +56,36 @@ def markdown(result: dict[str, Any], commands: dict[str, str]) -> str:
                "Some methods disagree beyond the paired intervals (marked no).")
     return "\n".join([f"Reference: `{result['reference']}`. {verdict}", "",
                       *[f"- {k}: `{v}`" for k, v in commands.items()], "", *lines]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m ee_diffusion.benchmarks.agreement --generic R1 --settings R2 --setting digits --out PREFIX`:
+    writes PREFIX.json and PREFIX.md (the first entry of R1 against the entry `--setting` of R2)."""
+    import argparse
+    import shlex
+    import sys
+
+    from .._io import atomic_write_json, atomic_write_text, read_json_file
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--generic", required=True, help="report.json of `bench --pipeline`")
+    parser.add_argument("--settings", required=True, help="report.json of `bench --settings` / `--preset`")
+    parser.add_argument("--setting", default="digits")
+    parser.add_argument("--out", required=True, help="path prefix of the .json and .md written")
+    args = parser.parse_args(argv)
+    generic = read_json_file(args.generic, "bench --pipeline report")
+    settings = read_json_file(args.settings, "bench report")
+    entries = {s["setting"]: s for s in settings["settings"]}
+    if args.setting not in entries:
+        raise SystemExit(f"{args.settings} has no setting {args.setting!r}; it has {sorted(entries)}")
+    result = compare(generic["settings"][0], entries[args.setting])
+    command = shlex.join(["python", "-m", "ee_diffusion.benchmarks.agreement", *(sys.argv[1:] if argv is None else argv)])
+    result["commands"] = {"generic path": generic["command"], "settings path": settings["command"], "comparison": command}
+    atomic_write_json(f"{args.out}.json", result, indent=1)
+    atomic_write_text(f"{args.out}.md", markdown(result, result["commands"]))
+    print(markdown(result, result["commands"]))
+    return 0 if result["agree"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

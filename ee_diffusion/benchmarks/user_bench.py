@@ -168,9 +168,12 @@ class _Runner:
                    "fidelity": {**base["fidelity"],
                                 "feature_distance": float((f - ref_features[spec.key]).norm(dim=1).mean())}}
             if hasattr(spec.net, "logits") and self.prep.conditioning.kind == "classes":
+                # Our feature nets are classifiers: the share of images their logits give the conditioned class.
                 labels = torch.tensor([self.prep.conditioning.class_id(i) for i in range(n)])
+                device = next(spec.net.parameters()).device
                 with torch.no_grad():
-                    row["accuracy"] = float((spec.net.logits(images.float() / 255).argmax(1) == labels).float().mean())
+                    predicted = spec.net.logits((images.float() / 255).to(device)).argmax(1).cpu()
+                row["accuracy"] = float((predicted == labels).float().mean())
             if self.text_features is not None and spec.key == self._clip_key():
                 from ..eval.standard_features import clip_scores
 
