@@ -105,11 +105,15 @@ class _Runner:
         return images, {"block_evals": run.block_evals, "model_rows": run.model_rows}
 
     def key(self, method: Method) -> str:
+        """The cache key of `method`'s images. Image i does not depend on the batching (its own noise), except
+        under diffusers' caches, which decide per batch: their key holds the batch and shard sizes too."""
         scheduler = self.schedulers[method.solver]
-        return run_key({"pipeline": self.prep.pipeline_key, "method": {**method.describe(), "name": None},
-                        "scheduler": [type(scheduler).__name__, dict(scheduler.config)],
-                        "guidance": self.prep.guidance, "conditioning": self.prep.conditioning.to_dict(),
-                        "seed": method.seed})
+        what = {"pipeline": self.prep.pipeline_key, "method": {**method.describe(), "name": None},
+                "scheduler": [type(scheduler).__name__, dict(scheduler.config)], "guidance": self.prep.guidance,
+                "conditioning": self.prep.conditioning.to_dict(), "seed": method.seed}
+        if method.cache is not None:
+            what["batching"] = [self.config.batch_size, self.config.shard_size]
+        return run_key(what)
 
     def real_reference(self, spec: FeatureSpec, out: Path) -> FrechetReference:
         """The real side under `spec`: from the saved statistics, or from the folder (encoded in shards across
