@@ -22,9 +22,9 @@ Features are cached next to their shard, one file per feature network (`<shard>.
 >>> def sample(indices):
 ...     calls.append(list(indices))
 ...     return torch.zeros(len(indices), 3, 2, 2, dtype=torch.uint8), {"block_evals": 2 * len(indices)}
->>> images, info = cache.images(key, 6, sample)
->>> images.shape, info["block_evals"], calls
-(torch.Size([6, 3, 2, 2]), 12, [[0, 1, 2, 3], [4, 5]])
+>>> info = cache.images(key, 6, sample)
+>>> info["block_evals"], calls, cache.read(key, 4, 6).shape
+(12, [[0, 1, 2, 3], [4, 5]], torch.Size([2, 3, 2, 2]))
 >>> _ = cache.images(key, 6, sample); len(calls)  # a rerun reads the shards back
 2
 
@@ -96,9 +96,10 @@ class ShardCache:
         return sum(e - s for s, e in self.mine(count) if not self.path(key, s, e).is_file())
 
     def images(self, key: str, count: int, sample: Sampler,
-               on_images: Callable[[int], None] | None = None) -> tuple[torch.Tensor, dict[str, int]]:
-        """Images 0..count-1 of run `key` (uint8 (count, C, H, W)) and their summed counters, sampling the
-        missing shards this process owns; every process returns the whole set."""
+               on_images: Callable[[int], None] | None = None) -> dict[str, int]:
+        """Make sure images 0..count-1 of run `key` are on disk, sampling the missing shards this process owns;
+        returns their counters summed over every shard (the same on every process). Read the images shard by
+        shard with `read`: a large set never has to fit in memory."""
         for start, end in self.mine(count):
             path = self.path(key, start, end)
             if path.is_file():
@@ -114,18 +115,20 @@ class ShardCache:
             if on_images is not None:
                 on_images(end - start)
         self.barrier()
-        return self._read(key, count)
-
-    def _read(self, key: str, count: int) -> tuple[torch.Tensor, dict[str, int]]:
         from safetensors import safe_open
 
-        parts, totals = [], {}
+        totals: dict[str, int] = {}
         for start, end in self.ranges(count):
             with safe_open(str(self.path(key, start, end)), framework="pt") as f:
-                parts.append(f.get_tensor("images"))
                 for name, value in (f.metadata() or {}).items():
                     totals[name] = totals.get(name, 0) + int(value)
-        return torch.cat(parts), totals
+        return totals
+
+    def read(self, key: str, start: int, end: int) -> torch.Tensor:
+        """The uint8 images (end - start, C, H, W) of one shard of run `key` (a range `ranges` lists)."""
+        from safetensors.torch import load_file
+
+        return load_file(str(self.path(key, start, end)))["images"]
 
     def features(self, key: str, count: int, feature: str, encode: Callable[[torch.Tensor], torch.Tensor],
                  images_of: Callable[[int, int], torch.Tensor]) -> torch.Tensor:

@@ -83,7 +83,7 @@ class _Runner:
         self.methods: dict[str, Method] = {}
         self.block_evals: dict[str, float] = {}  # per image, on every process (they decide what to sample next)
         self.not_attached: dict[str, str] = {}
-        self.reference: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
+        self.reference: tuple[str, dict[str, torch.Tensor]] | None = None  # its cache key and (N, F) features
         self.text_features: torch.Tensor | None = None
 
     def sample(self, method: Method, indices: list[int], batch_size: int | None = None) -> Any:
@@ -147,37 +147,34 @@ class _Runner:
         t0 = time.perf_counter()
         with tqdm(total=self.cache.missing(key, n), desc=f"{method.name:24s}", unit="img",
                   disable=not self.progress, leave=False) as bar:
-            images, counters = self.cache.images(key, n, lambda i: self._shard(method, i), bar.update)
+            counters = self.cache.images(key, n, lambda i: self._shard(method, i), bar.update)
+        first = self.cache.read(key, *self.cache.ranges(n)[0])
         expected = self.prep.shape
-        if images.shape[1] != expected[0] or images.shape[-1] != expected[1]:
-            raise RuntimeError(f"{method.name}: the pipeline made {tuple(images.shape[1:])} images, expected "
+        if first.shape[1] != expected[0] or first.shape[-1] != expected[1]:
+            raise RuntimeError(f"{method.name}: the pipeline made {tuple(first.shape[1:])} images, expected "
                                f"{expected[0]} channels at {expected[1]}x{expected[1]} (the real images were read so)")
-        features = {spec.key: self.cache.features(key, n, spec.key, spec.encode, lambda s, e: images[s:e])
+        features = {spec.key: self.cache.features(key, n, spec.key, spec.encode,
+                                                  lambda s, e: self.cache.read(key, s, e))
                     for spec in self.prep.features}
         self.methods[method.name] = method
         self.block_evals[method.name] = counters["block_evals"] / n
         if self.cache.rank != 0:  # the statistics are the main process's; the others only sample and encode
             return True
         if self.reference is None:
-            self.reference = (images, features)
-        ref_images, ref_features = self.reference
+            self.reference = (key, features)
         base = {**method.describe(), "block_evals_per_image": self.block_evals[method.name],
                 "block_fraction": self.block_evals[method.name] / next(iter(self.block_evals.values())),
                 "model_rows_per_image": counters["model_rows"] / n, "sample_s": time.perf_counter() - t0,
-                "fidelity": fidelity(images.float() / 255, ref_images.float() / 255)}
+                "fidelity": self._fidelity(key)}
+        accuracy = self._accuracy(key)
         for spec in self.prep.features:
             f = features[spec.key]
             row = {**base, "fid": self.paired[spec.key].add(method.name, f),
                    "fid_resamples": [round(float(v), 5) for v in self.paired[spec.key].resampled[method.name]],
                    "fidelity": {**base["fidelity"],
-                                "feature_distance": float((f - ref_features[spec.key]).norm(dim=1).mean())}}
-            if hasattr(spec.net, "logits") and self.prep.conditioning.kind == "classes":
-                # Our feature nets are classifiers: the share of images their logits give the conditioned class.
-                labels = torch.tensor([self.prep.conditioning.class_id(i) for i in range(n)])
-                device = next(spec.net.parameters()).device
-                with torch.no_grad():
-                    predicted = spec.net.logits((images.float() / 255).to(device)).argmax(1).cpu()
-                row["accuracy"] = float((predicted == labels).float().mean())
+                                "feature_distance": float((f - self.reference[1][spec.key]).norm(dim=1).mean())}}
+            if spec.key in accuracy:
+                row["accuracy"] = accuracy[spec.key]
             if self.text_features is not None and spec.key == self._clip_key():
                 from ..eval.standard_features import clip_scores
 
@@ -188,6 +185,34 @@ class _Runner:
                     "  ".join(f"FID[{s.key}] {self.rows[s.key][method.name]['fid']:.3f}" for s in self.prep.features),
                     base["sample_s"])
         return True
+
+    def _fidelity(self, key: str) -> dict[str, Any]:
+        """PSNR and SSIM to the reference's image from the same noise, shard by shard (means over images)."""
+        sums: dict[str, float] = {}
+        for start, end in self.cache.ranges(self.config.num_images):
+            images = self.cache.read(key, start, end).float() / 255
+            part = fidelity(images, self.cache.read(self.reference[0], start, end).float() / 255)
+            for name in ("psnr_db", "ssim"):
+                sums[name] = sums.get(name, 0.0) + part[name] * (end - start)
+            sums["ssim_kernel"] = part["ssim_kernel"]
+        return {k: (v / self.config.num_images if k != "ssim_kernel" else v) for k, v in sums.items()}
+
+    def _accuracy(self, key: str) -> dict[str, float]:
+        """Per feature net that is one of our classifiers: the share of images it gives the conditioned class."""
+        out = {}
+        if self.prep.conditioning.kind != "classes":
+            return out
+        for spec in self.prep.features:
+            if not hasattr(spec.net, "logits"):
+                continue
+            device, hits = next(spec.net.parameters()).device, 0
+            for start, end in self.cache.ranges(self.config.num_images):
+                images = (self.cache.read(key, start, end).float() / 255).to(device)
+                labels = torch.tensor([self.prep.conditioning.class_id(i) for i in range(start, end)])
+                with torch.no_grad():
+                    hits += int((spec.net.logits(images).argmax(1).cpu() == labels).sum())
+            out[spec.key] = hits / self.config.num_images
+        return out
 
     def _clip_key(self) -> str | None:
         return next((s.key for s in self.prep.features if s.key.startswith("clip")), None)
