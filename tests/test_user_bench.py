@@ -370,3 +370,8 @@ def test_the_committed_digits_run_is_rendered_from_its_json_and_agrees_with_the_
     assert result["rows"] == compare(report["settings"][0], settings["settings"][0])["rows"]
     assert (folder / "agreement.md").read_text() == agreement_markdown(result, result["commands"])
     assert result["agree"] and len(result["rows"]) >= 5
+
+
+def test_our_feature_net_on_images_of_another_shape_is_refused(files, tmp_path):
+    with pytest.raises(ValueError, match="takes 1-channel 8x8 images; DiTPipeline makes 3-channel 16x16 ones"):
+        prepare(BenchConfig(pipeline=str(files["dit"]), real=str(files["real"]), features=("digits",), classes=("0",)))

@@ -98,9 +98,11 @@ def load_features(config: BenchConfig, device: str) -> list[FeatureSpec]:
             net = ClipImageFeatures(config.clip)
             folder = Path(config.clip)
             r = net.resolution
-            specs.append(FeatureSpec(f"clip {net.architecture} ({folder.name}) at {r}x{r}",
-                                     f"clip{r}-{_fingerprint(folder / 'config.json')}", net, f"{r}x{r}",
-                                     meta={"folder": str(folder)}))
+            # The folder's files by name and size, and its config: another checkpoint gets another cache key.
+            files = sorted((f.name, f.stat().st_size) for f in folder.iterdir() if f.is_file())
+            key = run_key({"files": files, "config": _fingerprint(folder / "config.json")})[:12]
+            specs.append(FeatureSpec(f"clip {net.architecture} ({folder.name}) at {r}x{r}", f"clip{r}-{key}", net,
+                                     f"{r}x{r}", meta={"folder": str(folder)}))
         elif name in RECIPES or Path(f"{name}.json").is_file():
             net = load_feature_net(name)
             size = net.config["image_size"]
@@ -206,6 +208,12 @@ def prepare(config: BenchConfig, device: str = "cpu") -> Prepared:
         if method.name not in {m.name for m in methods}:
             methods.append(method)
     shape = output_shape(pipe)
+    for spec in features:
+        native = getattr(spec.net, "config", None)
+        if spec.unit_input and (native["in_channels"], native["image_size"]) != shape:
+            raise ValueError(f"the feature net {spec.name!r} takes {native['in_channels']}-channel "
+                             f"{native['image_size']}x{native['image_size']} images; {type(pipe).__name__} makes "
+                             f"{shape[0]}-channel {shape[1]}x{shape[1]} ones: use inception or clip")
     warnings: dict[str, list[str]] = {spec.key: [] for spec in features}
     folder, stats, stats_files = None, {}, {}
     if config.real is not None:
