@@ -293,9 +293,10 @@ def test_saved_real_statistics_replace_the_folder(files, tmp_path):
     assert again["sampled_shards"] == 0 and again["settings"][0]["real"]["count"] == 12
     assert [r["fid"] for r in again["settings"][0]["rows"].values()] == pytest.approx(
         [r["fid"] for r in first["settings"][0]["rows"].values()], rel=1e-9)
-    with pytest.raises(ValueError, match="no real statistics for the feature network 'digits"):
+    # Statistics of Inception at 75x75 are not those of Inception at 80x80.
+    with pytest.raises(ValueError, match=r"no real statistics for the feature network 'inception-v3 \(pool3\) at 80x80'"):
         prepare(BenchConfig(**{**config.__dict__, "real": None, "real_stats": (str(stats_file),),
-                               "features": ("digits",)}))
+                               "inception_resolution": 80}))
 
 
 # ------------------------------------------------------------------------------------------ feature networks
