@@ -21,10 +21,12 @@ from _standard_features import random_inception_weights  # noqa: E402
 
 from ee_diffusion.benchmarks.user_bench import BenchConfig, _Runner, run  # noqa: E402
 from ee_diffusion.benchmarks.user_prepare import prepare  # noqa: E402
+from ee_diffusion import EarlyExitConfig  # noqa: E402
 from ee_diffusion.cli import main  # noqa: E402
 from ee_diffusion.eval.paired import FrechetReference, moments  # noqa: E402
 from ee_diffusion.eval.real_images import ImageFolder, RealStats  # noqa: E402
 from ee_diffusion.eval.standard_features import ClipImageFeatures, clip_scores, load_inception  # noqa: E402
+from ee_diffusion.schedules import TimestepSchedule  # noqa: E402
 from ee_diffusion.testing import TINY_PIPELINES, tiny_dit, tiny_pipeline, tiny_tokenizer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -69,6 +71,11 @@ def files(tmp_path_factory):
            "gray": write_images(root / "gray", 12, size=(8, 8), mode="L"),
            "prompts": root / "prompts.txt"}
     out["prompts"].write_text("a red cat\nthe big house\na photo of a dog\n")
+    # An exit config as a bare JSON file and in the form `ee-diffusion calibrate` writes.
+    policy = EarlyExitConfig(TimestepSchedule(boundaries=[500], depths=[4, 2]))
+    (root / "bare.json").write_text(policy.to_json())
+    (root / "calibrated.json").write_text(json.dumps({"exit_config": policy.to_dict(), "calibration": {}}))
+    out["bare"], out["calibrated"] = root / "bare.json", root / "calibrated.json"
     for kind in TINY_PIPELINES:
         tiny_pipeline(kind).save_pretrained(root / kind)
         out[kind] = root / kind
@@ -88,17 +95,22 @@ def bench(files, kind, out, *extra):
 
 
 ARGUMENTS = {
-    "dit": ["--classes", "0", "goldfish", "--methods", "static:2", "fbc:0.1"],
-    "pixart": ["--prompts", "PROMPTS", "--methods", "static:0.5", "--features", "inception", "clip"],
+    "dit": ["--classes", "0", "goldfish", "--methods", "static:2", "fbc:0.1", "BARE@2"],
+    "pixart": ["--prompts", "PROMPTS", "--methods", "static:0.5", "CALIBRATED", "--features", "inception", "clip"],
     "sd3": ["--prompts", "PROMPTS", "--methods", "ase:released", "--features", "inception", "clip"],
     "sd": ["--prompts", "PROMPTS", "--methods", "steps:1"],
     "ddpm": ["--methods", "steps:1"],
 }
 
 
+def policy_dict():
+    return EarlyExitConfig(TimestepSchedule(boundaries=[500], depths=[4, 2])).to_dict()
+
+
 @pytest.mark.parametrize("kind", TINY_PIPELINES)
 def test_every_stock_pipeline_class_runs_end_to_end(kind, files, tmp_path, capsys):
-    extra = [a.replace("PROMPTS", str(files["prompts"])) for a in ARGUMENTS[kind]]
+    extra = [a.replace("PROMPTS", str(files["prompts"])).replace("BARE", str(files["bare"]))
+             .replace("CALIBRATED", str(files["calibrated"])) for a in ARGUMENTS[kind]]
     assert bench(files, kind, tmp_path, "--real", str(files["real"]), "--inception-weights", str(files["inception"]),
                  "--clip", str(files["clip"]), *extra) == 0
     report = json.loads((tmp_path / "report.json").read_text())
@@ -119,8 +131,12 @@ def test_every_stock_pipeline_class_runs_end_to_end(kind, files, tmp_path, capsy
         assert ("inception-v3" in name and "75x75" in name) or name.startswith("clip")
         assert any("12 images for 2048 features" in w for w in entry["warnings"]) == name.startswith("inception")
         for other in rows.values():  # exit and cache methods: fewer block evaluations, or reported not attached
-            if other["family"] in ("static_depth", "ase"):
+            if other["family"] in ("static_depth", "ase", "exit_config"):
                 assert other["block_fraction"] < 1 and "vs_frontier" in other
+        if kind == "dit":
+            assert rows["bare@pipeline2"]["steps"] == 2 and rows["bare@pipeline2"]["exit_config"] == policy_dict()
+        if kind == "pixart":
+            assert rows["calibrated@pipeline3"]["exit_config"] == policy_dict()
         if "clip" in name and kind in ("pixart", "sd3"):
             assert all(0 <= r["clip_score"] <= 100 for r in rows.values())
     assert (tmp_path / "report.md").read_text().count("**Verdict.**") == len(features)

@@ -133,7 +133,11 @@ def parse_method(spec: str, pipe: Any, steps: int, solver: str) -> Method:
         if not body.endswith(".json"):
             raise ValueError(f"method {spec!r}: expected one of {[k + ':...' for k in METHOD_KINDS]} or an exit-config "
                              f".json file (each optionally @STEPS)")
-        config = EarlyExitConfig.from_file(body)
+        from ..calibration import load_policy
+
+        if not Path(body).is_file():
+            raise ValueError(f"method {spec!r}: no exit-config file {body!r}")
+        config = load_policy(body)  # a bare exit config, or what `ee-diffusion calibrate` writes
         if config.policy is not None and config.policy.needs_certainty and getattr(pipe, "exit_heads", None) is None:
             raise ValueError(f"method {spec!r}: its policy {type(config.policy).__name__} needs uncertainty heads, "
                              f"and the {type(pipe).__name__} folder has none (train them, or use a schedule)")
