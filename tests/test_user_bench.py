@@ -392,3 +392,23 @@ def test_the_committed_digits_run_is_rendered_from_its_json_and_agrees_with_the_
 def test_our_feature_net_on_images_of_another_shape_is_refused(files, tmp_path):
     with pytest.raises(ValueError, match="takes 1-channel 8x8 images; DiTPipeline makes 3-channel 16x16 ones"):
         prepare(BenchConfig(pipeline=str(files["dit"]), real=str(files["real"]), features=("digits",), classes=("0",)))
+
+
+def test_clip_vision_model_folder_gives_pooled_features_and_no_text(files, tmp_path):
+    from transformers import CLIPModel, CLIPVisionModel
+
+    full = CLIPModel.from_pretrained(str(files["clip"]))
+    vision = CLIPVisionModel(full.config.vision_config)
+    vision.load_state_dict(full.vision_model.state_dict())
+    vision.save_pretrained(tmp_path / "vision")
+    clip = ClipImageFeatures(tmp_path / "vision")
+    images = torch.randint(0, 256, (2, 1, 16, 16), dtype=torch.uint8)  # grayscale: repeated to RGB
+    with torch.no_grad():
+        pooled = clip(images)
+        projected = ClipImageFeatures(files["clip"])(images)
+    assert (clip.num_features, pooled.shape, projected.shape) == (8, (2, 8), (2, 4))
+    # The full model's image embedding is its projection of the same pooled output.
+    torch.testing.assert_close(projected, full.visual_projection(pooled))
+    with pytest.raises(ValueError, match="needs a full CLIPModel folder with its tokenizer; this folder holds a "
+                                         "CLIPVisionModel"):
+        clip.text_features(["a cat"])
