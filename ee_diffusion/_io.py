@@ -88,12 +88,13 @@ def atomic_write_json(path: str | os.PathLike, data: Any, **dumps_kwargs: Any) -
     atomic_write_text(path, json.dumps(data, **dumps_kwargs) + "\n")
 
 
-def atomic_save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+def atomic_save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                            metadata: dict[str, str] | None = None) -> None:
     """`safetensors.torch.save_file` through a temporary name, so a crash never leaves a truncated file."""
     from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:
-        save_file(dict(tensors), str(tmp))
+        save_file(dict(tensors), str(tmp), metadata=metadata)
 
 
 def atomic_save_figure(figure: Any, path: str | os.PathLike, **savefig_kwargs: Any) -> None:

@@ -94,6 +94,9 @@ def _add_bench(subparsers) -> None:
     parser.add_argument("--glyphs-model", default=None, help="pipeline folder (default: assets/glyphs-dit)")
     parser.add_argument("--threads", type=int, default=2,
                         help="torch CPU threads, fixed for the whole run and recorded in the report (default: 2)")
+    from .benchmarks.user_cli import add_pipeline_arguments
+
+    add_pipeline_arguments(parser)
     parser.set_defaults(func=_run_bench)
 
 
@@ -107,6 +110,10 @@ def _run_bench(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     # The bench reports progress through logging; show it on the terminal, as its output.
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.pipeline is not None:
+        from .benchmarks.user_cli import run_pipeline_bench
+
+        return run_pipeline_bench(args)
     paths = {k: v for k, v in (("digits", args.digits_model), ("glyphs", args.glyphs_model)) if v}
     run(args.preset, args.out, settings=args.settings, model_paths=paths, command=args.command_line)
     return 0

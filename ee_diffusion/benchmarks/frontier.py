@@ -79,11 +79,11 @@ def frontier_comparison(row: dict, rows: dict[str, dict], confidence: float) -> 
     return out
 
 
-def decide(rows: dict[str, dict], confidence: float) -> dict[str, Any]:
+def decide(rows: dict[str, dict], confidence: float, timing_batch: int = 64) -> dict[str, Any]:
     """Fill every row's intervals and frontier comparison; return the knees and the recommendation.
 
-    Recommendation: if some early-exit row holds quality and beats the frontier, the fastest row (batch-64
-    wall-clock) among the frontier rows that hold quality and those exit rows; else the fastest frontier row that
+    Recommendation: if some early-exit row holds quality and beats the frontier, the fastest row (wall-clock at
+    `timing_batch`) among the frontier rows that hold quality and those exit rows; else the fastest frontier row that
     holds quality (steps alone).
     """
     ref = reference_row(rows)
@@ -105,14 +105,14 @@ def decide(rows: dict[str, dict], confidence: float) -> dict[str, Any]:
     beating = sorted((r["name"] for r in exits if r["vs_frontier"]["beats"]), key=lambda n: rows[n]["block_fraction"])
     return {"knees": knee_names, "knee": knee["name"], "recommended": recommended["name"],
             "exit_rows_beating_frontier": beating,
-            "verdict": verdict(recommended, ref, beating, rows)}
+            "verdict": verdict(recommended, ref, beating, rows, timing_batch)}
 
 
-def verdict(recommended: dict, ref: dict, beating: list[str], rows: dict[str, dict]) -> str:
+def verdict(recommended: dict, ref: dict, beating: list[str], rows: dict[str, dict], timing_batch: int = 64) -> str:
     """One plain sentence: what to run, how much faster, and whether early exit beats fewer steps here."""
     speed = recommended.get("speedup")
     d = recommended["dfid_reference"]
-    what = (f"{recommended['name']} runs {speed:.2f}x faster than {ref['name']} (batch-64 wall-clock)"
+    what = (f"{recommended['name']} runs {speed:.2f}x faster than {ref['name']} (batch-{timing_batch} wall-clock)"
             if speed is not None else f"{recommended['name']} runs {recommended['block_fraction']:.2f} of the blocks")
     quality = f"dFID {d['delta']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
     holding = [n for n in beating if rows[n]["holds_quality"]]

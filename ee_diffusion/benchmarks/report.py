@@ -130,32 +130,36 @@ def plot(report: dict, path: str | Path) -> None:
     settings = report["settings"]
     fig, axes = plt.subplots(1, len(settings), figsize=(8 * len(settings), 6), squeeze=False)
     for ax, s in zip(axes[0], settings):
-        rows = [r for r in s["rows"].values() if "time_ratio" in r]
-        ax.axhspan(0, s["floor"]["fid"], color="tab:green", alpha=0.12, label="real-vs-real floor")
-        for solver, (color, style) in SOLVER_STYLE.items():
-            pts = sorted((r["time_ratio"], r["fid"]) for r in rows if r["family"] in frontier.FRONTIER_FAMILIES
+        # Without timing (`bench --pipeline --timing-repeats 0`) the cost axis is the block evaluations.
+        cost = "time_ratio" if any("time_ratio" in r for r in s["rows"].values()) else "block_fraction"
+        rows = [r for r in s["rows"].values() if cost in r]
+        if s.get("floor"):  # `bench --pipeline` on the user's data has no second real set
+            ax.axhspan(0, s["floor"]["fid"], color="tab:green", alpha=0.12, label="real-vs-real floor")
+        for solver in sorted({r["solver"] for r in rows}):
+            color, style = SOLVER_STYLE.get(solver, ("tab:gray", "-"))
+            pts = sorted((r[cost], r["fid"]) for r in rows if r["family"] in frontier.FRONTIER_FAMILIES
                          and r["solver"] == solver)
             if pts:
                 ax.plot(*zip(*pts), style, color=color, lw=1.5, label=f"fewer steps ({solver})")
         for r in rows:
             if r["family"] == "fewer_steps":
-                color, marker = SOLVER_STYLE[r["solver"]][0], "o"
+                color, marker = SOLVER_STYLE.get(r["solver"], ("tab:gray", "-"))[0], "o"
             else:
                 color, marker = FAMILY_STYLE.get(r["family"], ("gray", "."))
             # The bars are the paired interval of dFID against the reference, placed around the row's FID (the
             # bootstrap FIDs themselves are biased upwards by repeated images; the paired differences are not).
             d = r["dfid_reference"]
             below, above = max(d["delta"] - d["low"], 0.0), max(d["high"] - d["delta"], 0.0)
-            ax.errorbar(r["time_ratio"], r["fid"], yerr=[[below], [above]], fmt=marker, color=color,
+            ax.errorbar(r[cost], r["fid"], yerr=[[below], [above]], fmt=marker, color=color,
                         ms=11 if r["family"] == "reference" else 5, capsize=2, alpha=0.85, zorder=3)
         for family, (color, marker) in FAMILY_STYLE.items():
             if any(r["family"] == family for r in rows):
                 ax.plot([], [], marker, color=color, label=family)
         rec = s["rows"][s["decisions"]["recommended"]]
-        if "time_ratio" in rec:
-            ax.plot(rec["time_ratio"], rec["fid"], "o", ms=16, mfc="none", mec="red", mew=2, label="recommended")
-        ax.set_xlabel(f"wall-clock at batch {s['timing']['batches'][0]} (fraction of the stock model at "
-                      f"{s['reference_steps']} DDIM steps)")
+        if cost in rec:
+            ax.plot(rec[cost], rec["fid"], "o", ms=16, mfc="none", mec="red", mew=2, label="recommended")
+        ax.set_xlabel(f"wall-clock at batch {s['timing']['batches'][0]} (fraction of the stock model, {s['reference']})"
+                      if cost == "time_ratio" else f"block evaluations (fraction of the stock model, {s['reference']})")
         ax.set_ylabel(f"FID ({s['feature_net']['name']} feature net); bars: {s['bootstrap']['confidence']:.0%} paired "
                       f"interval against the reference")
         ax.set_title(f"{s['setting']}: {s['num_images']} images")

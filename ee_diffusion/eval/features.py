@@ -9,8 +9,8 @@ Shipped networks (`ee_diffusion/assets/feature-nets/<name>.safetensors` + `.json
 8x8 digits) and `glyphs` (the 8x8 upper-case font glyphs of `ee_diffusion.training.datasets_glyphs`). Rebuild them with
 `python -m ee_diffusion.eval.features --name digits` (deterministic: fixed seed, fixed data order, one thread).
 
-Inception features: when torch-fidelity is installed and the FID Inception weights file is on disk, pass
-`inception_feature_net(weights_path)` instead (torchmetrics' `NoTrainInceptionV3`, 2048-d); see docs/evaluation.md.
+Inception-v3 and CLIP features from files the user holds: `ee_diffusion.eval.standard_features` (what
+`ee-diffusion bench --pipeline` uses).
 
 ```py
 >>> import torch
@@ -179,32 +179,6 @@ def load_feature_net(name_or_path: str | Path) -> FeatureNet:
         ) from None
     net.meta = info["meta"]
     return net.eval().requires_grad_(False)
-
-
-class InceptionFeatures(nn.Module):
-    """Inception-v3 pool features (2048-d) from a local weights file, for images in [0, 1] (any size, 1 or 3 ch)."""
-
-    def __init__(self, weights_path: str | Path) -> None:
-        super().__init__()
-        try:
-            from torchmetrics.image.fid import NoTrainInceptionV3
-        except ImportError as error:  # pragma: no cover - depends on the environment
-            raise ImportError("Inception features need torch-fidelity: pip install torch-fidelity") from error
-        self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                                      feature_extractor_weights_path=str(weights_path))
-        self.num_features = 2048
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        return self.net((images.clamp(0, 1) * 255).to(torch.uint8))
-
-
-def inception_feature_net(weights_path: str | Path) -> nn.Module:
-    """Inception features for FID when `weights_path` (pt_inception-2015-12-05 weights) exists locally."""
-    if not Path(weights_path).is_file():
-        raise FileNotFoundError(f"Inception weights not found at {str(weights_path)!r} (they cannot be downloaded here)")
-    return InceptionFeatures(weights_path)
 
 
 def main(argv: list[str] | None = None) -> int:

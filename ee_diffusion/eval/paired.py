@@ -30,7 +30,7 @@ import torch
 from .._validation import check_int
 
 
-def _moments(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def moments(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (..., F) and unbiased covariance (..., F, F) of (..., N, F) features, in float64."""
     x = features.double()
     mean = x.mean(-2)
@@ -56,9 +56,21 @@ class FrechetReference:
     def __init__(self, real_features: torch.Tensor) -> None:
         if real_features.ndim != 2 or real_features.shape[0] < 2:
             raise ValueError(f"real_features must be (N >= 2, F), got shape {tuple(real_features.shape)}")
-        self.mean, self.cov = _moments(real_features)
-        self.cov_sqrt = _psd_sqrt(self.cov)
-        self.num_features = int(real_features.shape[1])
+        self._set(*moments(real_features))
+
+    @classmethod
+    def from_moments(cls, mean: torch.Tensor, cov: torch.Tensor) -> FrechetReference:
+        """The reference of precomputed real statistics: `mean` (F,) and `cov` (F, F)."""
+        if mean.ndim != 1 or tuple(cov.shape) != (mean.shape[0], mean.shape[0]):
+            raise ValueError(f"mean must be (F,) and cov (F, F), got {tuple(mean.shape)} and {tuple(cov.shape)}")
+        reference = cls.__new__(cls)
+        reference._set(mean.double(), cov.double())
+        return reference
+
+    def _set(self, mean: torch.Tensor, cov: torch.Tensor) -> None:
+        self.mean, self.cov = mean, cov
+        self.cov_sqrt = _psd_sqrt(cov)
+        self.num_features = int(mean.shape[0])
 
     def distance(self, mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
         """FID of Gaussians with `mean` (..., F) and `cov` (..., F, F) against the real ones; shape (...)."""
@@ -69,30 +81,49 @@ class FrechetReference:
         trace = torch.diagonal(cov, dim1=-2, dim2=-1).sum(-1) + torch.trace(self.cov)
         return ((diff * diff).sum(-1) + trace - 2 * root_trace).clamp(min=0)
 
+    def of_features(self, features: torch.Tensor) -> torch.Tensor:
+        """FID of (..., N, F) generated features; shape (...).
+
+        With fewer images than features (N <= F: a small test set under 2048-d Inception features, say) the
+        covariance has rank < N and tr((C_r^1/2 C C_r^1/2)^1/2) is computed from the N x N Gram matrix of
+        X C_r^1/2 (X: the centered features), which has the same non-zero eigenvalues, instead of F x F products.
+        """
+        x = features.double()
+        n = x.shape[-2]
+        if n > self.num_features:
+            return self.distance(*moments(x))
+        mean = x.mean(-2)
+        centered = x - mean.unsqueeze(-2)  # (..., N, F)
+        projected = centered @ self.cov_sqrt  # (..., N, F)
+        gram = projected @ projected.transpose(-1, -2) / (n - 1)  # (..., N, N)
+        root_trace = torch.linalg.eigvalsh((gram + gram.transpose(-1, -2)) / 2).clamp(min=0).sqrt().sum(-1)
+        trace = (centered * centered).sum((-2, -1)) / (n - 1) + torch.trace(self.cov)
+        diff = mean - self.mean
+        return ((diff * diff).sum(-1) + trace - 2 * root_trace).clamp(min=0)
+
     def fid(self, features: torch.Tensor) -> float:
         """FID of (N, F) generated features."""
-        mean, cov = _moments(features)
-        return float(self.distance(mean, cov))
+        return float(self.of_features(features))
 
 
 class PairedFID:
     """FIDs of sets of `num_images` generated features on shared bootstrap resamples, for paired intervals.
 
     Args:
-        real_features: (M, F) features of the real reference set (fixed).
+        real_features: (M, F) features of the real reference set, or its `FrechetReference` (fixed).
         num_images: N, the size of every scored set; image i of every set comes from the same noise.
         num_resamples: bootstrap resamples of the N image indices (>= 200 for a 90% interval).
         confidence: two-sided coverage of the intervals (percentile bootstrap).
         seed: seed of the resampled indices (the same for every set).
     """
 
-    def __init__(self, real_features: torch.Tensor, num_images: int, num_resamples: int = 200,
+    def __init__(self, real_features: torch.Tensor | FrechetReference, num_images: int, num_resamples: int = 200,
                  confidence: float = 0.9, seed: int = 0, chunk: int = 25) -> None:
         check_int(num_images, "num_images", 2, "images per scored set")
         check_int(num_resamples, "num_resamples", 1, "bootstrap resamples")
         if not 0 < confidence < 1:
             raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
-        self.reference = FrechetReference(real_features)
+        self.reference = real_features if isinstance(real_features, FrechetReference) else FrechetReference(real_features)
         self.num_images = num_images
         self.num_resamples = num_resamples
         self.confidence = confidence
@@ -113,9 +144,11 @@ class PairedFID:
         x = features.double()
         self.point[name] = self.reference.fid(x)
         parts = []
-        for rows in self.indices.split(self.chunk):  # (r, N) at a time: r * N * F doubles in memory
-            mean, cov = _moments(x[rows])
-            parts.append(self.reference.distance(mean, cov))
+        # (r, N) resamples at a time, r * (N * F + F * F) doubles (about 400 MB at most) in memory.
+        f = self.reference.num_features
+        chunk = max(1, min(self.chunk, int(5e7 // (self.num_images * f + f * f))))
+        for rows in self.indices.split(chunk):
+            parts.append(self.reference.of_features(x[rows]))
         self.resampled[name] = torch.cat(parts)
         return self.point[name]
 
