@@ -11,7 +11,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from ee_diffusion import EarlyExitConfig, UncertaintyHeads, early_exit  # noqa: E402
+from ee_diffusion import UncertaintyHeads, early_exit  # noqa: E402
 from ee_diffusion.calibration import (  # noqa: E402
     CalibrationSet,
     as_target,

@@ -55,3 +55,13 @@ def test_evaluation_json_and_training_md_come_from_the_same_report(setting):
 def test_committed_report_markdown_is_rendered_from_its_json(setting):
     path, report = _report(setting)
     assert (path.parent / "report.md").read_text() == markdown(report)
+
+
+@pytest.mark.parametrize("setting, heads", [("digits-deep", True), ("digits-deep-pretrained", False)])
+def test_the_deep_digits_models_load_as_28_block_pipelines(setting, heads):
+    from ee_diffusion.default_model import load_setting_pipeline
+
+    pipe = load_setting_pipeline(setting)
+    assert len(pipe.transformer.transformer_blocks) == 28 and (pipe.exit_heads is not None) == heads
+    out = pipe(class_labels=[3, 7], num_inference_steps=2, output_type="np")
+    assert out.images.shape == (2, 8, 8, 1)
