@@ -96,7 +96,8 @@ class Preset:
 # The ci preset fits in about 5 minutes on 2 cores: a few hundred images (its intervals are wide, and the report
 # prints them), one composed grid point, the two cheapest diffusers caches. The full preset takes >= 2000 images
 # per setting; at the conventional DDIM-25 point it measures the training-free and uncalibrated families, at the
-# DPM-Solver++ points every family. Its tail caches reuse (order 0) and forecast (order 1) the skipped residual;
+# DPM-Solver++ points every family. Static depths and budgets reach down to about a third of the blocks (deep
+# models have that much redundancy: docs/bench-full-digits-deep). Its tail caches reuse (order 0) and forecast (order 1) the skipped residual;
 # order 2 did no better than order 1 on the pre-trained digits DiT (tests/test_forecast.py), so it is left out.
 PRESETS = {
     "ci": Preset(grid=(("dpmpp", 8),), static_fractions=(0.75, 0.875), threshold_fractions=(0.8,),
@@ -106,7 +107,8 @@ PRESETS = {
         frontier=(("ddim", (10, 14, 18, 22)), ("dpmpp", (4, 5, 6, 7, 8, 9, 10, 12, 16))),
         grid=(("ddim", 25), ("dpmpp", 10), ("dpmpp", 8)), cache_grid=(("ddim", 25),),
         conventional_families=("static_depth", "ase", "deediff", "tail_cache"),
-        ase=("released", "aggressive"), threshold_fractions=(0.6, 0.8), budgets=(0.5, 0.75), threshold_budgets=(0.6,),
+        static_fractions=(0.375, 0.5, 0.75, 0.875), ase=("released", "aggressive"), threshold_fractions=(0.6, 0.8),
+        budgets=(0.35, 0.5, 0.75), threshold_budgets=(0.6,),
         distil=True, tail_thresholds=(0.1, 0.2), tail_forecast_orders=(0, 1), fbc_thresholds=(0.1,),
         taylorseer_intervals=(2,), mag_thresholds=(0.02,), sea_thresholds=(0.1,), calib_images=40, timing_repeats=5,
         flops_images=1, calib_fractions=(0.25, 0.5, 0.625, 0.75, 0.875), overhead_repeats=4, sample_batch=1000,
