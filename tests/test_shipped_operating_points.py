@@ -8,11 +8,11 @@ import pytest
 
 from ee_diffusion.benchmarks.publish import evaluation_summary, training_markdown
 from ee_diffusion.benchmarks.report import markdown
-from ee_diffusion.default_model import DEFAULT_MODEL_DIR, GLYPHS_MODEL_DIR
+from ee_diffusion.default_model import DEEP_MODEL_DIR, DEFAULT_MODEL_DIR, GLYPHS_MODEL_DIR
 from ee_diffusion.pipelines import EarlyExitDiTPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = {"digits": DEFAULT_MODEL_DIR, "glyphs": GLYPHS_MODEL_DIR}
+SHIPPED = {"digits": DEFAULT_MODEL_DIR, "glyphs": GLYPHS_MODEL_DIR, "digits-deep": DEEP_MODEL_DIR}
 
 
 def _report(setting):

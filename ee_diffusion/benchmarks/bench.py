@@ -327,7 +327,7 @@ def run_setting(setting: str, preset: Preset, model_path: str | None = None, log
         "setting": setting, "num_blocks": n, "num_classes": pipe.num_classes, "num_images": N, "reference_steps": S,
         "reference": reference_name, "guidance_scale": guidance,
         "solvers": {s: {"class": classes[s], "config": dict(x.config)} for s, x in sampler.schedulers.items()},
-        "feature_net": {"name": setting, "features": int(real_features.shape[1]),
+        "feature_net": {"name": data, "features": int(real_features.shape[1]),
                         **{k: v for k, v in getattr(net, "meta", {}).items() if k != "class_names"}},
         "real_images": int(real.shape[0]),
         "floor": {"fid": floor, "num_images": int(floor_images.shape[0]),

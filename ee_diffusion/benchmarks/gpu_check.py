@@ -35,7 +35,7 @@ from ..engine import apply_early_exit, early_exit, remove_early_exit
 from ..eval.timing import interleaved_timings, summarize_timings
 from ..layout import BatchLayout
 from ..schedules import StaticDepth, TimestepSchedule
-from .shapes_bench import ASE_RELEASED, SHAPES, bench_shape, to_device
+from .shapes_bench import ASE_RELEASED, SHAPES, bench_shape, moved_to, to_device
 
 
 def _small_shapes() -> dict[str, Callable[[], tuple[torch.nn.Module, Callable[[torch.Tensor], dict]]]]:
@@ -79,7 +79,7 @@ def attention_check(builder: Callable, device: torch.device, dtype: torch.dtype,
     if importlib.util.find_spec("xformers") is None:
         return {"xformers": "not installed"}
     model, build_inputs = builder()
-    model = model.eval().to(device, dtype)
+    model = moved_to(model.eval(), device, dtype)
     n = len(model.transformer_blocks)
     ase = EarlyExitConfig(policy=TimestepSchedule([200, 400, 600, 800],
                                                   [max(1, min(n, round(d * n / 28))) for d in ASE_RELEASED]))
@@ -110,7 +110,7 @@ def compile_check(builder: Callable, device: torch.device, dtype: torch.dtype, b
                   repeats: int) -> dict[str, Any]:
     """Planned policies under `torch.compile`: graph breaks, equality with eager, wall-clock (batch 2)."""
     model, build_inputs = builder()
-    model = model.eval().to(device, dtype)
+    model = moved_to(model.eval(), device, dtype)
     n = len(model.transformer_blocks)
     inputs = to_device(build_inputs(torch.tensor([900, 100])), device, dtype)
     policies = {"static_half": StaticDepth(max(1, n // 2)), "per_row_schedule": TimestepSchedule([500], [n, n // 2])}

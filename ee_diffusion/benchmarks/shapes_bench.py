@@ -123,6 +123,13 @@ def to_device(inputs: Any, device: torch.device | str, dtype: torch.dtype) -> An
     return inputs
 
 
+def moved_to(module: torch.nn.Module, device: torch.device | str, dtype: torch.dtype) -> torch.nn.Module:
+    """`module` on `device` in `dtype`, cast only when the dtype changes (diffusers warns on every dtype cast)."""
+    if next(module.parameters()).dtype != dtype:
+        module = module.to(dtype)
+    return module.to(device)
+
+
 @torch.no_grad()
 def bench_shape(name: str, batches: tuple[int, ...], repeats: int, warmup: int, log: Callable[[str], None],
                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
@@ -135,9 +142,9 @@ def bench_shape(name: str, batches: tuple[int, ...], repeats: int, warmup: int, 
     torch.manual_seed(0)
     started = time.perf_counter()
     model, build_inputs = (shapes or SHAPES)[name]()
-    model = model.eval().to(device, dtype)
+    model = moved_to(model.eval(), device, dtype)
     n = len(model.transformer_blocks)
-    heads = UncertaintyHeads.from_model(model).eval().to(device, dtype)
+    heads = moved_to(UncertaintyHeads.from_model(model).eval(), device, dtype)
 
     def make_inputs(t: torch.Tensor) -> dict:
         return to_device(build_inputs(t), device, dtype)
