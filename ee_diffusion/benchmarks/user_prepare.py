@@ -11,7 +11,7 @@ the key its cached features are stored under, and `encode` (uint8 images -> floa
 >>> folder = tempfile.mkdtemp()
 >>> tiny_pipeline("sd").save_pretrained(folder)
 >>> pipe = load_pipeline(folder)
->>> output_shape(pipe), default_guidance(pipe)
+>>> output_shape(pipe), default_guidance_scale(pipe)
 ((3, 16), 7.5)
 
 ```
@@ -20,7 +20,6 @@ the key its cached features are stored under, and `encode` (uint8 images -> floa
 from __future__ import annotations
 
 import hashlib
-import inspect
 import logging
 import os
 from dataclasses import dataclass, field
@@ -31,8 +30,8 @@ import torch
 from torch import nn
 
 from ..eval.real_images import ImageFolder, RealStats, warn_small_set
-from ..pipelines.conditioning import Conditioning
-from ..pipelines.stock import denoiser_of, kind_of, load_pipeline, pipeline_class_name
+from ..pipelines.conditioning import Conditioning, num_classes_of
+from ..pipelines.stock import default_guidance_scale, denoiser_of, kind_of, load_pipeline, pipeline_class_name
 from .grid import Method
 from .sample_cache import run_key
 from .user_config import DTYPES, BenchConfig, parse_method
@@ -128,14 +127,6 @@ def output_shape(pipe: Any) -> tuple[int, int]:
     return int(vae.config.out_channels), int(size) * int(factor)
 
 
-def default_guidance(pipe: Any) -> float | None:
-    """The guidance scale a call without one runs at (None for unconditional pipelines)."""
-    if kind_of(pipe).ours:
-        return float(pipe.resolve_call(None, None, None).guidance_scale)
-    parameter = inspect.signature(pipe.__call__).parameters.get("guidance_scale")
-    return None if parameter is None else float(parameter.default)
-
-
 def conditioning_of(config: BenchConfig, pipe: Any) -> Conditioning:
     kind = kind_of(pipe).conditioning
     name = type(pipe).__name__
@@ -151,9 +142,7 @@ def conditioning_of(config: BenchConfig, pipe: Any) -> Conditioning:
         raise ValueError(f"{name} is class-conditional: pass --classes (ids or names), not --prompts")
     if config.classes:
         return Conditioning.from_classes(list(config.classes), pipe)
-    from ..pipelines.conditioning import _num_classes
-
-    count = _num_classes(pipe)
+    count = num_classes_of(pipe)
     if count is None:
         raise ValueError(f"{name}: cannot tell how many classes it has; pass --classes")
     return Conditioning("classes", class_ids=list(range(count)))
@@ -192,7 +181,7 @@ def prepare(config: BenchConfig, device: str = "cpu") -> Prepared:
     pipe = load_pipeline(config.pipeline, torch_dtype=DTYPES[config.dtype], device=device)
     pipe.set_progress_bar_config(disable=True)
     conditioning = conditioning_of(config, pipe)
-    guidance = config.guidance_scale if config.guidance_scale is not None else default_guidance(pipe)
+    guidance = config.guidance_scale if config.guidance_scale is not None else default_guidance_scale(pipe)
     if kind_of(pipe).conditioning == "none" and config.guidance_scale is not None:
         raise ValueError(f"{type(pipe).__name__} is unconditional and takes no guidance scale, got {config.guidance_scale}")
     if config.solver != "pipeline" and not hasattr(pipe.scheduler, "alphas_cumprod"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from ..config import EarlyExitConfig
 from ..eval.pipeline_sampling import sample_pipeline
 from ..eval.sampling import SampleRun
 from ..pipelines.conditioning import Conditioning
-from ..pipelines.stock import denoiser_of, kind_of
+from ..pipelines.stock import default_guidance_scale, denoiser_of, kind_of
 
 
 @dataclass
@@ -69,10 +68,8 @@ class CalibrationTarget:
         """The guidance scale the calibration set runs at (the pipeline's default when `calib` leaves it open)."""
         if calib.guidance_scale is not None:
             return float(calib.guidance_scale)
-        if kind_of(self.pipe).ours:
-            return float(self.pipe.resolve_call(calib.num_inference_steps, None, None).guidance_scale)
-        default = inspect.signature(type(self.pipe).__call__).parameters.get("guidance_scale")
-        return float(default.default) if default is not None else 1.0
+        default = default_guidance_scale(self.pipe)
+        return 1.0 if default is None else default
 
 
 def as_target(pipe: Any, conditioning: Conditioning | None = None, heads: nn.Module | None = None,

@@ -125,7 +125,8 @@ def _monotone_rows(measured: list[dict[int, float]], num_blocks: int) -> list[li
 
 
 def measure_depth_deviation(
-    pipe: Any, calib: CalibrationSet, feature_net: Any = None, depths: list[int] | None = None, progress: bool = False
+    pipe: Any, calib: CalibrationSet, feature_net: Any = None, depths: list[int] | None = None, progress: bool = False,
+    reference: SampleRun | None = None,
 ) -> dict[str, Any]:
     """Deviation of the final samples when one timestep bucket runs at a smaller depth (the rest at full depth).
 
@@ -134,11 +135,13 @@ def measure_depth_deviation(
     space, or pixels without a feature net), "pixel_deviation" (the same in pixels, for PSNR goals),
     "typical_distance" (mean squared distance between two different full-model samples of one condition),
     "num_pixels", "num_blocks"}`. Depths not measured are interpolated (monotone in depth). The boundaries are
-    timesteps of the scheduler (not step indices), so a schedule holds at other step counts too.
+    timesteps of the scheduler (not step indices), so a schedule holds at other step counts too. `reference`: the
+    full model's run of the calibration set (`sample_calibration_set(pipe, calib, None)`), if the caller has it.
     """
     target = as_target(pipe)
     num_blocks = target.num_blocks
-    full = sample_calibration_set(target, calib, None)  # the reference, and the timesteps of its calls
+    # The reference, and the timesteps of its calls.
+    full = reference if reference is not None else sample_calibration_set(target, calib, None)
     boundaries, counts = step_buckets(call_timesteps(full, calib), calib.num_buckets)
     depths = sorted(set(depths or range(1, num_blocks)))
     reference = _embed(full.images, feature_net)
@@ -223,10 +226,12 @@ def calibrate_schedule(
     """
     calib = calib or CalibrationSet()
     target = as_target(pipe)
-    measurement = measurement or measure_depth_deviation(target, calib, feature_net, progress=progress)
+    # A PSNR goal compares with the full model's images: sample them once, for the measurement too.
+    full = sample_calibration_set(target, calib, None) if min_psnr is not None else None
+    measurement = measurement or measure_depth_deviation(target, calib, feature_net, progress=progress, reference=full)
     schedule, info = schedule_from_deviation(measurement, budget=budget, tolerance=tolerance, min_psnr=min_psnr)
-    if min_psnr is not None:
-        reference = sample_calibration_set(target, calib, None).images
+    if full is not None:
+        reference = full.images
         goal, rounds = min_psnr, []
         for _ in range(max_rounds):
             run = sample_calibration_set(target, calib, EarlyExitConfig(policy=schedule))

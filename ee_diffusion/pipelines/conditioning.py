@@ -143,7 +143,7 @@ def class_ids(values: Sequence[int | str], pipe: Any = None) -> list[int]:
     if unknown:
         known = ", ".join(sorted(labels)[:8]) + (" ..." if len(labels) > 8 else "") if labels else "none"
         raise ValueError(f"unknown class names {unknown}; the pipeline knows: {known}")
-    num_classes = _num_classes(pipe)
+    num_classes = num_classes_of(pipe)
     if num_classes is not None:
         out = [i for i in ids if not 0 <= i < num_classes]
         if out:
@@ -151,7 +151,7 @@ def class_ids(values: Sequence[int | str], pipe: Any = None) -> list[int]:
     return ids
 
 
-def _num_classes(pipe: Any) -> int | None:
+def num_classes_of(pipe: Any) -> int | None:
     """Real classes of a class-conditional pipeline (the id `num_classes` is the null class), if known."""
     if pipe is None:
         return None

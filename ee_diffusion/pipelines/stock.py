@@ -18,6 +18,7 @@ another class is refused at once, with the classes that would work.
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,15 @@ def kind_of(pipe: Any) -> PipelineKind:
 def denoiser_of(pipe: Any) -> nn.Module:
     """The pipeline's denoiser (`pipe.transformer` or `pipe.unet`), the model early exit hooks."""
     return getattr(pipe, kind_of(pipe).denoiser)
+
+
+def default_guidance_scale(pipe: Any) -> float | None:
+    """The guidance scale a call without one runs at: ours from their operating point, stock ones from their
+    `__call__` default; None for pipelines that take no guidance (unconditional)."""
+    if kind_of(pipe).ours:
+        return float(pipe.resolve_call(None, None, None).guidance_scale)
+    parameter = inspect.signature(type(pipe).__call__).parameters.get("guidance_scale")
+    return None if parameter is None else float(parameter.default)
 
 
 def load_pipeline(folder: str | os.PathLike, torch_dtype: torch.dtype | None = None,
