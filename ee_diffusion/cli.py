@@ -1,5 +1,5 @@
 """The `ee-diffusion` command line: `ee-diffusion demo | bench-engine | prepare-latents | train | bench | calibrate |
-publish | bench-shapes` (see `ee-diffusion --help`)."""
+publish | bench-shapes | bench-caches | bench-compile` (see `ee-diffusion --help`)."""
 
 from __future__ import annotations
 
@@ -221,6 +221,45 @@ def _run_bench_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench_caches(subparsers) -> None:
+    from .benchmarks.caches_bench import add_arguments
+
+    parser = subparsers.add_parser(
+        "bench-caches", help="per-row tail caches (reuse and forecast) against diffusers' caches at matched speed, "
+                             "batch 1, 8 and 64, on a pre-trained model")
+    add_arguments(parser)
+    parser.set_defaults(func=_run_bench_caches)
+
+
+def _run_bench_caches(args: argparse.Namespace) -> int:
+    from .benchmarks.caches_bench import main
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # progress lines, as `bench` shows them
+    report = main(args, args.command_line)
+    print(f"wrote {args.out / 'report.json'}, report.md, pareto.png")
+    for family, summary in report["summary"].items():
+        print(f"{family}: forecast wins somewhere: {summary['forecast_wins_somewhere']}; never loses at batch 1: "
+              f"{summary['forecast_never_loses_at_batch_1']}")
+    return 0
+
+
+def _add_bench_compile(subparsers) -> None:
+    from .benchmarks.compile_bench import add_arguments
+
+    parser = subparsers.add_parser(
+        "bench-compile", help="planned exit policies under torch.compile (inductor): graph breaks, equality with "
+                              "eager and wall-clock, on a shipped model")
+    add_arguments(parser)
+    parser.set_defaults(func=_run_bench_compile)
+
+
+def _run_bench_compile(args: argparse.Namespace) -> int:
+    from .benchmarks.compile_bench import main, markdown
+
+    print(markdown(main(args, args.command_line)), end="")
+    return 0
+
+
 def _add_publish(subparsers) -> None:
     parser = subparsers.add_parser(
         "publish", help="write a bench report's recommended operating point, evaluation.json and TRAINING.md into a "
@@ -252,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_calibrate(subparsers)
     _add_publish(subparsers)
     _add_bench_shapes(subparsers)
+    _add_bench_caches(subparsers)
+    _add_bench_compile(subparsers)
     return parser
 
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from ee_diffusion.benchmarks import backbones_bench, shapes_bench, tail_cache_bench, unet_vs_dit
+from ee_diffusion.benchmarks import backbones_bench, caches_bench, shapes_bench, unet_vs_dit
 from ee_diffusion.benchmarks.report import markdown
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 RENDERED = [
-    ("tail-cache/tail_cache.json", "tail-cache/tail_cache.md", tail_cache_bench.markdown),
+    ("bench-caches-digits-deep/report.json", "bench-caches-digits-deep/report.md", caches_bench.markdown),
     ("unet-vs-dit/results.json", "unet-vs-dit/table.md", unet_vs_dit.markdown_table),
     ("backbones-cost/backbones.json", "backbones-cost/backbones.md", backbones_bench.markdown),
     ("bench-ci-digits/report.json", "bench-ci-digits/report.md", markdown),
@@ -29,7 +29,7 @@ def test_the_committed_table_is_what_the_code_renders_from_the_committed_json(da
 
 def test_every_docs_table_links_to_a_rendered_file():
     # The measured tables that used to be typed into these pages now live in rendered files they link to.
-    for page, link in (("tail_cache.md", "tail-cache/tail_cache.md"), ("backbones.md", "backbones-cost/backbones.md"),
+    for page, link in (("tail_cache.md", "bench-caches-digits-deep/report.md"), ("backbones.md", "backbones-cost/backbones.md"),
                        ("backbones.md", "unet-vs-dit/table.md"), ("evaluation.md", "bench-full-digits/report.md")):
         assert link in (DOCS / page).read_text(), (page, link)
 

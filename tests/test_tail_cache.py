@@ -1,6 +1,5 @@
 """CachedTailResidual: training-free per-row exits that add each row's cached tail residual."""
 
-import json
 
 import pytest
 import torch
@@ -279,16 +278,3 @@ def test_rows_due_soon_join_a_tail_that_runs_anyway(setup):
     assert blocks == [6, 6, 6, 6]
     assert torch.equal(out, stock_second)
     assert depths(0.0, x)[0] == [1, 1, 1, 1]  # no row must run: nobody runs the tail
-
-
-def test_benchmark_against_first_block_cache_runs_end_to_end(tmp_path):
-    """`python -m ee_diffusion.benchmarks.tail_cache_bench` at toy counts: every method is scored and timed."""
-    from ee_diffusion.benchmarks import tail_cache_bench
-
-    assert tail_cache_bench.main(["--num-images", "20", "--steps", "3", "--batch-sizes", "4", "--quality-batch-sizes", "10",
-                                  "--thresholds", "0.2", "--join-ratios", "0.5", "--repeats", "1", "--out", str(tmp_path)]) == 0
-    report = json.loads((tmp_path / "tail_cache.json").read_text())
-    assert set(report["quality"]) == {"full|bs=10", "ours@0.2|bs=10", "ours+join0.5@0.2|bs=10", "fbc@0.2|bs=10"}
-    assert set(report["speed"]) == {"full|bs=4", "ours@0.2|bs=4", "ours+join0.5@0.2|bs=4", "fbc@0.2|bs=4"}
-    assert report["quality"]["full|bs=10"]["block_fraction"] == 1.0
-    assert "| ours+join0.5@0.2 | 10 |" in (tmp_path / "tail_cache.md").read_text()

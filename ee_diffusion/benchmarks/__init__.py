@@ -2,7 +2,7 @@
 
 - `bench.py` (+ `report.py`): `ee-diffusion bench`, quality, speed and compute of every method on a setting;
 - `engine_bench.py`: `ee-diffusion bench-engine`, the engine alone (hook overhead, compaction);
-- `tail_cache_bench.py`: `CachedTailResidual` against diffusers' FirstBlockCache;
+- `caches_bench.py`: `ee-diffusion bench-caches`, per-row tail caches against diffusers' caches at matched speed;
 - `unet_vs_dit.py`: the digits U-Net against the digits DiT on one protocol;
 - `gpu_check.py`: the GPU checks (fused attention, bf16, compile) in one short script.
 

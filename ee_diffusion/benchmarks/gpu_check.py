@@ -107,16 +107,21 @@ def attention_check(builder: Callable, device: torch.device, dtype: torch.dtype,
 
 
 def compile_check(builder: Callable, device: torch.device, dtype: torch.dtype, backend: str,
-                  repeats: int) -> dict[str, Any]:
-    """Planned policies under `torch.compile`: graph breaks, equality with eager, wall-clock (batch 2)."""
+                  repeats: int, batch: int = 2, policies: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Planned policies under `torch.compile`: graph breaks, equality with eager, wall-clock at `batch` rows
+    (timesteps 900 and 100 alternating, so a per-row schedule splits the batch). `policies` maps a name to a
+    policy, or to None for the stock model without hooks; default: a static half depth and a two-bucket
+    per-row schedule."""
     model, build_inputs = builder()
     model = moved_to(model.eval(), device, dtype)
     n = len(model.transformer_blocks)
-    inputs = to_device(build_inputs(torch.tensor([900, 100])), device, dtype)
-    policies = {"static_half": StaticDepth(max(1, n // 2)), "per_row_schedule": TimestepSchedule([500], [n, n // 2])}
-    out: dict[str, Any] = {"backend": backend}
+    inputs = to_device(build_inputs(torch.tensor([900, 100]).repeat(batch)[:batch]), device, dtype)
+    if policies is None:
+        policies = {"static_half": StaticDepth(max(1, n // 2)), "per_row_schedule": TimestepSchedule([500], [n, n // 2])}
+    out: dict[str, Any] = {"backend": backend, "batch": batch}
     for name, policy in policies.items():
-        apply_early_exit(model, EarlyExitConfig(policy=policy), layout=BatchLayout())
+        if policy is not None:
+            apply_early_exit(model, EarlyExitConfig(policy=policy), layout=BatchLayout())
         try:
             with torch.no_grad():
                 eager = _output(model, inputs)
@@ -138,7 +143,8 @@ def compile_check(builder: Callable, device: torch.device, dtype: torch.dtype, b
                 "timings": summarize_timings(times, reference="eager"),
             }
         finally:
-            remove_early_exit(model)
+            if policy is not None:
+                remove_early_exit(model)
             torch._dynamo.reset()
     return out
 

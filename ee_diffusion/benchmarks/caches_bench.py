@@ -1,0 +1,458 @@
+"""`ee-diffusion bench-caches`: per-row tail caches (reuse and forecast) against diffusers' caches, matched in speed.
+
+Setting: a pre-trained model without heads (default `digits-deep-pretrained`, 28 blocks), one solver at the
+conventional steps, no guidance, image i from the noise seeded by (0, i) for every method. Rows:
+
+- `ddim25`: the stock model (the reference), and fewer steps at full depth (the frontier);
+- `tail{τ}_o{p}`: `CachedTailResidual(threshold=τ, forecast_order=p)`, per-row decisions and per-row state; p = 0
+  reuses a row's last tail residual, p = 1 extrapolates it in the timestep. A row's result does not depend on
+  its batch, so these are sampled once (batch 64) and checked at batch 1 (`batch_independence`);
+- diffusers' FirstBlockCache, TaylorSeerCache, SeaCache and MagCache (calibrated) with their thresholds swept.
+  They decide once per batch, so their images depend on the batch: each is sampled at every batch size it is
+  timed at (`fbc0.1|b64`, `|b8`, `|b1`), and once more at batch 64 with every batch holding a single class
+  (`|b64sorted`), which shows how much the batch's composition moves a batch-global decision.
+
+Quality is FID on the setting's feature net with paired bootstrap intervals (`eval/paired.py`): every row at
+batch >= 8 is scored on the same `num_images` images, the batch-1 rows on the first `batch1_images` (sampling a
+pipeline image by image is slow). Wall-clock: one pipeline call on `batch` images per method per round,
+interleaved rounds after a warm-up, hooks and caches put on outside the timed region (`bench._Sampler.timed`),
+speedup = median over rounds of stock time / method time, at every batch size.
+
+Matched speed: for every cache row at batch b, the per-row row that is at least as fast at batch b with the lowest
+FID; the paired interval of FID(ours) - FID(cache) says whether ours wins (whole interval below 0), loses
+(above 0) or ties. This is done for the forecast rows (p >= 1) and for all per-row rows. The per-row state
+(`exit_state_nbytes`) is measured after calls at batch 64 and compared with its formula, for this model and for
+DiT-XL/2's hidden states (256 tokens x 1152).
+
+Writes OUT/report.json, report.md and pareto.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._io import atomic_save_figure, atomic_write_json, atomic_write_text
+from .._validation import check_int
+from ..config import EarlyExitConfig
+from ..default_model import SETTINGS, load_setting_pipeline, setting_dataset
+from ..engine import apply_early_exit, exit_state_nbytes, remove_early_exit
+from ..eval.features import load_feature_net
+from ..eval.paired import PairedFID
+from ..eval.quality import real_images
+from ..schedules import CachedTailResidual
+from .bench import Preset, _load_average, _Sampler
+from .grid import SOLVERS, Method, cache_methods
+
+CACHE_FAMILIES = ("first_block_cache", "taylorseer_cache", "sea_cache", "mag_cache")
+DIT_XL_TOKENS, DIT_XL_WIDTH = 256, 1152  # DiT-XL/2 at 256 px: 32x32 latents in 2x2 patches, hidden width 1152
+
+
+@dataclass
+class CachesPreset:
+    """What `bench-caches` measures (see the module doc); `PRESETS` has `ci` and `full`."""
+
+    setting: str = "digits-deep-pretrained"
+    solver: str = "ddim"
+    steps: int = 25
+    num_images: int = 1000
+    batch1_images: int = 200
+    frontier_steps: tuple[int, ...] = (8, 10, 12, 14, 16, 18, 20)
+    tail_thresholds: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)
+    forecast_orders: tuple[int, ...] = (0, 1)
+    fbc_thresholds: tuple[float, ...] = (0.05, 0.1, 0.2)
+    taylorseer_intervals: tuple[int, ...] = (2, 3)
+    sea_thresholds: tuple[float, ...] = (0.05, 0.1, 0.2)
+    mag_thresholds: tuple[float, ...] = (0.02, 0.05)
+    batches: tuple[int, ...] = (64, 8, 1)
+    sorted_batches: bool = True
+    timing_repeats: int = 5
+    timing_warmup: int = 1
+    calib_images: int = 20
+    bootstrap: int = 200
+    confidence: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.setting not in SETTINGS:
+            raise ValueError(f"setting must be one of {sorted(SETTINGS)}, got {self.setting!r}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
+        check_int(self.steps, "steps", 2, "sampling steps")
+        check_int(self.num_images, "num_images", 2, "images per scored set")
+        check_int(self.batch1_images, "batch1_images", 2, "images sampled at batch 1")
+        if self.batch1_images > self.num_images:
+            raise ValueError(f"batch1_images must be at most num_images ({self.num_images}), got {self.batch1_images}")
+        if not self.batches or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.batches):
+            raise ValueError(f"batches must be positive batch sizes, got {self.batches!r}")
+        if max(self.batches) > self.num_images:
+            raise ValueError(f"the largest batch ({max(self.batches)}) exceeds num_images ({self.num_images})")
+        bad = [k for k in self.frontier_steps if not 1 <= k < self.steps]
+        if bad:
+            raise ValueError(f"frontier_steps must lie in [1, {self.steps}), got {bad}")
+        if not self.tail_thresholds or any(not 0 < t < 1 for t in self.tail_thresholds):
+            raise ValueError(f"tail_thresholds must be non-empty, each in (0, 1), got {self.tail_thresholds!r}")
+        if not self.forecast_orders or any(p not in (0, 1, 2) for p in self.forecast_orders):
+            raise ValueError(f"forecast_orders must be a non-empty subset of (0, 1, 2), got {self.forecast_orders!r}")
+        for name in ("timing_repeats", "calib_images", "bootstrap"):
+            check_int(getattr(self, name), name, 1)
+        check_int(self.timing_warmup, "timing_warmup", 0)
+
+
+# `full` on the deep pre-trained digits DiT takes about 45 minutes on one core; `ci` is a smoke run of every path.
+PRESETS = {
+    "full": CachesPreset(),
+    "ci": CachesPreset(steps=6, num_images=24, batch1_images=6, frontier_steps=(3,), tail_thresholds=(0.2,),
+                       fbc_thresholds=(0.2,), taylorseer_intervals=(2,), sea_thresholds=(0.2,), mag_thresholds=(0.05,),
+                       batches=(8, 1), timing_repeats=1, timing_warmup=0, calib_images=4, bootstrap=20),
+}
+
+
+def _tail_methods(preset: CachesPreset) -> list[Method]:
+    at = f"@{preset.solver}{preset.steps}"
+    return [Method(f"tail{tau}_o{p}{at}", "tail_cache", preset.solver, preset.steps,
+                   EarlyExitConfig(CachedTailResidual(threshold=tau, forecast_order=p)), notes={"forecast_order": p})
+            for tau in preset.tail_thresholds for p in preset.forecast_orders]
+
+
+def _sorted_by_class(indices: range, num_classes: int) -> list[int]:
+    """`indices` reordered so that consecutive images share a class (labels are `i % num_classes`)."""
+    return sorted(indices, key=lambda i: (i % num_classes, i))
+
+
+def state_memory(pipe: Any, method: Method, batch: int) -> dict[str, Any]:
+    """`exit_state_nbytes` after three model calls at `batch` rows, with the formula's value for this model and
+    for DiT-XL/2 hidden states at the same batch (`TailCacheState`: B (L D s (p + 1 + c) + 4 (p + 2) + 16), c = 1
+    for the residual criterion, s = 4 bytes in float32, 2 in bfloat16)."""
+    model = pipe.transformer
+    c, h, w = model.config.in_channels, model.config.sample_size, model.config.sample_size
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, c, h, w, generator=generator)
+    labels = torch.arange(batch) % pipe.num_classes
+    apply_early_exit(model, method.exit_config)
+    try:
+        tokens = None
+
+        def grab(_module: Any, args: tuple, kwargs: dict) -> None:  # (B, L, D) hidden states into block 0
+            nonlocal tokens
+            hidden = args[0] if args else kwargs["hidden_states"]
+            tokens = tuple(hidden.shape[1:])
+
+        handle = model.transformer_blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            for t in (999, 959, 919):
+                model(x, torch.full((batch,), t), labels)
+        finally:
+            handle.remove()
+        measured = exit_state_nbytes(model)
+    finally:
+        remove_early_exit(model)
+    p = method.exit_config.policy.forecast_order
+    length, width = tokens
+
+    def formula(length: int, width: int, element_bytes: int) -> int:
+        return batch * (length * width * element_bytes * (p + 2) + 4 * (p + 2) + 16)
+
+    return {"batch": batch, "measured_bytes": measured, "formula_bytes": formula(length, width, 4),
+            "tokens": length, "width": width, "dit_xl_2_float32_bytes": formula(DIT_XL_TOKENS, DIT_XL_WIDTH, 4),
+            "dit_xl_2_bfloat16_bytes": formula(DIT_XL_TOKENS, DIT_XL_WIDTH, 2)}
+
+
+def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[str, Any]:
+    """Measure every row of `preset` (see the module doc); returns the report (not yet written)."""
+    from .bench import _Progress
+
+    log = _Progress(progress)
+    started = time.perf_counter()
+    load_before = _load_average()
+    pipe = load_setting_pipeline(preset.setting)
+    pipe.set_progress_bar_config(disable=True)
+    n = len(pipe.transformer.transformer_blocks)
+    data = setting_dataset(preset.setting)
+    net = load_feature_net(data)
+    real, _ = real_images(data, "reference")
+    with torch.no_grad():
+        real_features = net(real)
+    N, N1, S = preset.num_images, preset.batch1_images, preset.steps
+    sets = {"all": PairedFID(real_features, N, preset.bootstrap, preset.confidence),
+            "batch1": PairedFID(real_features, N1, preset.bootstrap, preset.confidence)}
+    big = max(b for b in preset.batches)
+    sampler = _Sampler(pipe, 1.0, big, big)
+    rows: dict[str, dict[str, Any]] = {}
+    methods: dict[str, Method] = {}
+    reference_evals: list[float] = []
+
+    def score(name: str, method: Method, indices: list[int] | range, batch: int, scored_as: str) -> dict:
+        t0 = time.perf_counter()
+        run_ = sampler(method, indices, batch_size=batch)
+        order = np.argsort(np.asarray(list(indices)))  # back to index order: pairing is by image index
+        with torch.no_grad():
+            features = net(run_.images[torch.as_tensor(order)])
+        evals = run_.block_evals / len(indices)
+        if not reference_evals:
+            reference_evals.append(evals)
+        row = {**method.describe(), "name": name, "batch": batch, "scored_on": scored_as,
+               "block_fraction": evals / reference_evals[0], "sample_s": time.perf_counter() - t0}
+        row["fid"] = sets[scored_as].add(name, features)
+        if scored_as == "all" and method.cache is None:  # per-row and full-depth rows: also scored on the first N1
+            row["fid_batch1_set"] = sets["batch1"].add(name, features[:N1])
+        rows[name], methods[name] = row, method
+        log(f"{name:32s} FID {row['fid']:8.3f}  blocks {row['block_fraction']:.3f}  ({row['sample_s']:.1f}s)")
+        return row
+
+    # 1. Batch-independent rows, on all images: the reference, fewer steps, the per-row caches.
+    reference = Method(f"{preset.solver}{S}", "reference", preset.solver, S)
+    score(reference.name, reference, range(N), big, "all")
+    for k in preset.frontier_steps:
+        score(f"{preset.solver}{k}", Method(f"{preset.solver}{k}", "fewer_steps", preset.solver, k), range(N), big, "all")
+    tails = _tail_methods(preset)
+    for method in tails:
+        score(method.name, method, range(N), big, "all")
+
+    # 2. diffusers' caches (MagCache calibrated first), sampled at every batch size they are timed at.
+    sampler.use_solver(preset.solver)
+    grid_preset = replace(Preset(), fbc_thresholds=preset.fbc_thresholds, taylorseer_intervals=preset.taylorseer_intervals,
+                          sea_thresholds=preset.sea_thresholds, mag_thresholds=preset.mag_thresholds,
+                          calib_images=preset.calib_images)
+    caches, mag_ratios, not_attached = cache_methods(pipe, (preset.solver, S), grid_preset, 1.0, sampler)
+    for method in caches:
+        for batch in preset.batches:
+            if batch == 1:
+                score(f"{method.name}|b1", method, range(N1), 1, "batch1")
+            else:
+                score(f"{method.name}|b{batch}", method, range(N), batch, "all")
+        if preset.sorted_batches:
+            score(f"{method.name}|b{big}sorted", method, _sorted_by_class(range(N), pipe.num_classes), big, "all")
+
+    # 3. Per-row rows do not depend on the batch: check it at batch 1 on a few images (bitwise is not required,
+    #    matmuls of other shapes round differently; decisions are thresholded, so a flip is possible in principle).
+    check = tails[len(tails) // 2]
+    few = range(min(N1, 8))
+    alone = sampler(check, few, batch_size=1).images
+    together = sampler(check, few, batch_size=big).images
+    independence = {"method": check.name, "images": len(few),
+                    "max_abs_difference": float((alone - together).abs().max())}
+
+    # 4. Wall-clock at every batch size: the batch-independent rows and the caches.
+    timed_methods = [reference] + [methods[f"{preset.solver}{k}"] for k in preset.frontier_steps] + tails + caches
+    timing: dict[str, dict[str, dict[str, float]]] = {}
+    for batch in preset.batches:
+        times = sampler.timed(timed_methods, batch, preset.timing_repeats, preset.timing_warmup)
+        for name, values in times.items():
+            ratios = [r / v for v, r in zip(values, times[reference.name])]
+            timing.setdefault(name, {})[str(batch)] = {"median_s": float(np.median(values)),
+                                                       "speedup": float(np.median(ratios)), "rounds": len(values)}
+        log(f"timing at batch {batch} done ({len(timed_methods)} methods x {preset.timing_repeats} rounds)")
+    for name, row in rows.items():  # a cache's timing is its method's, whatever batch its images were sampled at
+        row["timing"] = timing[name.split("|")[0]]
+
+    # 5. Intervals, matched-speed comparisons, state memory.
+    for name, row in rows.items():
+        paired = sets[row["scored_on"]]
+        row["dfid_reference"] = paired.difference(name, reference.name)
+        row["fid_resamples"] = [round(float(v), 5) for v in paired.resampled[name]]
+    comparisons = matched_comparisons(rows, sets, preset.batches, tails, reference.name)
+    composition = {}
+    for method in caches if preset.sorted_batches else ():
+        composition[method.name] = sets["all"].difference(f"{method.name}|b{big}sorted", f"{method.name}|b{big}")
+    memory = {m.name: state_memory(pipe, m, 64) for m in tails if m.exit_config.policy.threshold == preset.tail_thresholds[0]}
+    return {
+        "command": command, "preset": asdict(preset), "setting": preset.setting, "num_blocks": n,
+        "reference": reference.name, "feature_net": data, "num_images": N, "batch1_images": N1,
+        "rows": rows, "comparisons": comparisons, "batch_composition": composition, "mag_ratios": mag_ratios,
+        "not_attached": not_attached, "batch_independence": independence, "state_memory": memory,
+        "summary": summarize(comparisons),
+        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                        "load_average_before": load_before, "load_average_after": _load_average()},
+        "elapsed_s": time.perf_counter() - started,
+    }
+
+
+def matched_comparisons(rows: dict[str, dict], sets: dict[str, PairedFID], batches: tuple[int, ...],
+                        tails: list[Method], reference: str) -> list[dict[str, Any]]:
+    """Per cache row at batch b: the best per-row row at least as fast at batch b, for the forecast rows and for
+    all per-row rows, with the paired interval of FID(ours) - FID(cache) on the cache row's image set."""
+    out = []
+    for name, row in rows.items():
+        if row["family"] not in CACHE_FAMILIES or name.endswith("sorted"):
+            continue
+        b = str(row["batch"])
+        speed = row["timing"][b]["speedup"]
+        entry = {"cache": name, "family": row["family"], "batch": row["batch"], "cache_speedup": speed,
+                 "cache_fid": row["fid"]}
+        for pool_name, pool in (("forecast", [m for m in tails if m.notes["forecast_order"] >= 1]), ("per_row", tails)):
+            fast = [rows[m.name] for m in pool if rows[m.name]["timing"][b]["speedup"] >= speed]
+            if not fast:
+                entry[pool_name] = None
+                continue
+            key = "fid" if row["scored_on"] == "all" else "fid_batch1_set"
+            best = min(fast, key=lambda r: r[key])
+            ours_name = best["name"]
+            interval = sets[row["scored_on"]].difference(ours_name, name)
+            entry[pool_name] = {"row": ours_name, "speedup": best["timing"][b]["speedup"], "dfid": interval,
+                                "result": "wins" if interval["high"] < 0 else "loses" if interval["low"] > 0 else "ties"}
+        out.append(entry)
+    return out
+
+
+def summarize(comparisons: list[dict]) -> dict[str, Any]:
+    """Per cache family and batch: how many of its settings the forecast rows win against, tie, lose or cannot
+    match in speed; and whether the issue's two conditions hold (a win at some matched speed; no loss at batch 1)."""
+    out: dict[str, Any] = {}
+    for c in comparisons:
+        family = out.setdefault(c["family"], {"by_batch": {}})
+        counts = family["by_batch"].setdefault(str(c["batch"]), {"wins": 0, "ties": 0, "loses": 0, "no_faster_row": 0})
+        result = c["forecast"]["result"] if c["forecast"] else "no_faster_row"
+        counts[result] += 1
+    for family in out.values():
+        batches = family["by_batch"]
+        family["forecast_wins_somewhere"] = any(v["wins"] for v in batches.values())
+        # A cache setting faster than every forecast row is not a loss by the interval, but not a proof either:
+        # the condition holds only when every batch-1 setting is matched in speed and none is lost.
+        at_1 = batches.get("1")
+        family["forecast_never_loses_at_batch_1"] = None if at_1 is None else \
+            at_1["loses"] == 0 and at_1["no_faster_row"] == 0
+    return out
+
+
+def _fmt(d: dict[str, float] | None) -> str:
+    return "" if d is None else f"{d['delta']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+
+
+def markdown(report: dict) -> str:
+    """The report's tables (a function of report.json alone)."""
+    batches = report["preset"]["batches"]
+    env = report["environment"]
+    lines = [
+        f"# Per-row tail caches against diffusers' caches: {report['setting']} ({report['num_blocks']} blocks)", "",
+        f"Command: `{report['command']}`; {env['threads']} thread(s), torch {env['torch']}, load average "
+        f"{env['load_average_before']} before and {env['load_average_after']} after; {report['elapsed_s'] / 60:.0f} min.",
+        "",
+        f"FID on the {report['feature_net']} feature net; intervals are paired 90% bootstrap intervals. Rows at batch "
+        f">= 8 are scored on {report['num_images']} images, batch-1 rows on the first {report['batch1_images']}. "
+        f"Speedup: wall-clock of one pipeline call against the stock model ({report['reference']}) at that batch.", "",
+        "## Rows", "",
+        "| row | batch | FID | dFID vs reference | blocks | " + " | ".join(f"speedup b{b}" for b in batches) + " |",
+        "|---|---:|---:|---|---:|" + "---:|" * len(batches),
+    ]
+    for name, r in report["rows"].items():
+        cache = r["family"] in CACHE_FAMILIES  # a cache row's images are those of its batch: its speed there only
+        speeds = " | ".join(f"{r['timing'][str(b)]['speedup']:.2f}x" if not cache or b == r["batch"] else ""
+                            for b in batches)
+        lines.append(f"| {name} | {r['batch'] if cache else 'any'} | {r['fid']:.3f} | "
+                     f"{_fmt(r['dfid_reference'])} | {r['block_fraction']:.3f} | {speeds} |")
+    lines += ["", "## Matched speed: the best per-row row at least as fast, FID(ours) - FID(cache)", "",
+              "| cache | batch | cache speedup | cache FID | forecast row | its speedup | dFID | result | "
+              "best per-row row (any order) | dFID | result |", "|---|---:|---:|---:|---|---:|---|---|---|---|---|"]
+    for c in report["comparisons"]:
+        f, a = c["forecast"], c["per_row"]
+        lines.append(
+            f"| {c['cache']} | {c['batch']} | {c['cache_speedup']:.2f}x | {c['cache_fid']:.3f} | "
+            + (f"{f['row']} | {f['speedup']:.2f}x | {_fmt(f['dfid'])} | {f['result']}" if f else "none as fast | | |")
+            + " | " + (f"{a['row']} | {_fmt(a['dfid'])} | {a['result']}" if a else "none as fast | |") + " |")
+    lines += ["", "## Summary (forecast rows against each cache)", "",
+              "| cache | " + " | ".join(f"b{b}: wins/ties/loses/unmatched" for b in batches)
+              + " | wins somewhere | never loses at batch 1 (all matched, none lost) |", "|---|" + "---|" * (len(batches) + 2)]
+    for family, s in report["summary"].items():
+        cells = []
+        for b in batches:
+            v = s["by_batch"].get(str(b))
+            cells.append("" if v is None else f"{v['wins']}/{v['ties']}/{v['loses']}/{v['no_faster_row']}")
+        lines.append(f"| {family} | " + " | ".join(cells) + f" | {s['forecast_wins_somewhere']} | "
+                     f"{s['forecast_never_loses_at_batch_1']} |")
+    if report["not_attached"]:
+        lines += ["", "Not attached: " + "; ".join(f"{k}: {v}" for k, v in report["not_attached"].items())]
+    if report["batch_composition"]:
+        lines += ["", "## Batch composition (batch-global caches)", "",
+                  "FID with single-class batches minus FID with mixed-class batches, same images:", "",
+                  "| cache | dFID sorted - mixed |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in report["batch_composition"].items()]
+    ind = report["batch_independence"]
+    lines += ["", f"Per-row rows at batch 1 against batch {max(batches)} ({ind['method']}, {ind['images']} images): "
+                  f"largest pixel difference {ind['max_abs_difference']:.2e}.", "",
+              "## Per-row state at batch 64", "",
+              "| row | measured | formula | hidden states | DiT-XL/2 float32 | DiT-XL/2 bfloat16 |", "|---|---:|---:|---|---:|---:|"]
+    for name, m in report["state_memory"].items():
+        lines.append(f"| {name} | {m['measured_bytes'] / 2**20:.2f} MiB | {m['formula_bytes'] / 2**20:.2f} MiB | "
+                     f"{m['tokens']} x {m['width']} | {m['dit_xl_2_float32_bytes'] / 2**20:.0f} MiB | "
+                     f"{m['dit_xl_2_bfloat16_bytes'] / 2**20:.0f} MiB |")
+    return "\n".join(lines) + "\n"
+
+
+FAMILY_COLORS = {"tail_cache": "tab:red", "first_block_cache": "tab:blue", "taylorseer_cache": "tab:purple",
+                 "sea_cache": "tab:green", "mag_cache": "tab:orange"}
+
+
+def plot(report: dict, path: str | Path) -> None:
+    """FID against speedup, one panel per batch size; the frontier as a line, per-row rows by forecast order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = report["preset"]["batches"]
+    fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 5), squeeze=False)
+    for ax, b in zip(axes[0], batches):
+        key = str(b)
+        on_batch1 = b == 1
+        pts = sorted((r["timing"][key]["speedup"], r["fid_batch1_set"] if on_batch1 else r["fid"])
+                     for r in report["rows"].values() if r["family"] in ("reference", "fewer_steps"))
+        ax.plot(*zip(*pts), "-o", color="black", ms=4, label="fewer steps")
+        for r in report["rows"].values():
+            if r["family"] == "tail_cache":
+                fid = r["fid_batch1_set"] if on_batch1 else r["fid"]
+                order = r["notes"]["forecast_order"]
+                ax.plot(r["timing"][key]["speedup"], fid, "s" if order else "D", color="tab:red",
+                        mfc="tab:red" if order else "none")
+            elif r["family"] in CACHE_FAMILIES and r["batch"] == b and not r["name"].endswith("sorted"):
+                ax.plot(r["timing"][key]["speedup"], r["fid"], "o", color=FAMILY_COLORS[r["family"]])
+        for label, color, marker, fill in (("per-row, forecast", "tab:red", "s", "tab:red"),
+                                           ("per-row, reuse", "tab:red", "D", "none")):
+            ax.plot([], [], marker, color=color, mfc=fill, label=label)
+        for family in CACHE_FAMILIES:
+            ax.plot([], [], "o", color=FAMILY_COLORS[family], label=family)
+        ax.set_xlabel(f"speedup at batch {b} (stock model = 1)")
+        ax.set_ylabel(f"FID ({report['feature_net']} features, "
+                      f"{report['batch1_images'] if on_batch1 else report['num_images']} images)")
+        ax.set_title(f"{report['setting']}, batch {b}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_save_figure(fig, path, dpi=110)
+    plt.close(fig)
+
+
+def write(report: dict, out: str | Path) -> None:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "report.json", report, indent=1)
+    atomic_write_text(out / "report.md", markdown(report))
+    plot(report, out / "pareto.png")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    parser.add_argument("--setting", choices=sorted(SETTINGS), default=None, help="default: the preset's")
+    parser.add_argument("--num-images", type=int, default=None, help="images per scored set (default: the preset's)")
+    parser.add_argument("--batch1-images", type=int, default=None, help="images sampled at batch 1")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--out", type=Path, default=Path("bench_out/caches"))
+
+
+def main(args: argparse.Namespace, command: str = "") -> dict:
+    """`ee-diffusion bench-caches` with parsed `args`."""
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    preset = PRESETS[args.preset]
+    changes = {k: v for k, v in (("setting", args.setting), ("num_images", args.num_images),
+                                 ("batch1_images", args.batch1_images)) if v is not None}
+    preset = replace(preset, **changes)  # re-validated by __post_init__
+    with torch.no_grad():
+        report = run(preset, command=command)
+    write(report, args.out)
+    return report
