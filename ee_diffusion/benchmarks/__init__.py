@@ -5,6 +5,7 @@
 - `tail_cache_bench.py`: `CachedTailResidual` against diffusers' FirstBlockCache;
 - `unet_vs_dit.py`: the digits U-Net against the digits DiT on one protocol;
 - `gpu_check.py`: the GPU checks (fused attention, bf16, compile) in one short script.
+- `solvers.py`: the solvers and ASE schedules that the bench and the operating-point search share.
 
 The measuring library they share (seeded sampling, FID, timing, FLOPs, feature networks) is `ee_diffusion.eval`.
 """
