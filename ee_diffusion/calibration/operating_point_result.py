@@ -140,5 +140,6 @@ class OperatingPointSearch:
                 "candidates": [c.to_dict() for c in self.candidates], "settings": dict(self.settings)}
 
     def save(self, path: str | Path) -> None:
-        """Write `to_dict()` as JSON (atomically: never a half-written file)."""
+        """Write `to_dict()` as JSON (atomically: never a half-written file), creating its folder."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, self.to_dict(), indent=1)
