@@ -124,7 +124,8 @@ def _add_calibrate(subparsers) -> None:
 
     parser = subparsers.add_parser(
         "calibrate", help="choose an exit policy for a compute budget, a quality tolerance or a PSNR goal, on our "
-                          "models or any supported pipeline folder; writes an EarlyExitConfig JSON")
+                          "models or any supported pipeline folder; writes an EarlyExitConfig JSON (operating-point: "
+                          "the search JSON, and with --save-to a pipeline folder that runs the found point)")
     parser.add_argument("--model", default="digits",
                         help=f"a benchmark setting ({', '.join(SETTING_NAMES)}) or a local pipeline folder of a "
                              "supported class (ours, DiTPipeline, PixArtAlphaPipeline, StableDiffusion3Pipeline, "

@@ -26,11 +26,13 @@ IMAGES = 40
 
 @pytest.fixture(scope="module")
 def digits():
-    torch.set_num_threads(1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models run fastest on one thread (see conftest's one_thread)
     net = load_feature_net("digits")
     with torch.no_grad():
         real = net(real_images("digits", "reference")[0])
-    return load_setting_pipeline("digits"), net, real
+    yield load_setting_pipeline("digits"), net, real
+    torch.set_num_threads(before)
 
 
 def _search(digits, samples=None, space=SPACE, **kwargs):
@@ -159,10 +161,9 @@ def test_operating_point_round_trips_json_and_a_pipeline_folder(tolerance_search
     assert run.guidance_scale == 1.0 and run.source == "default operating point"
 
 
-def test_cli_searches_and_saves_a_pipeline_folder(tmp_path, capsys):
+def test_cli_searches_and_saves_a_pipeline_folder(tmp_path, capsys, one_thread):
     from ee_diffusion.cli import main
 
-    torch.set_num_threads(1)
     out, folder = tmp_path / "search.json", tmp_path / "folder"
     code = main(["calibrate", "--model", "digits", "--kind", "operating-point", "--tolerance", "0.1", "--images", "40",
                  "--holdout-images", "40", "--search-steps", "4", "8", "--solvers", "dpmpp", "--out", str(out),
@@ -244,3 +245,29 @@ def test_bad_inputs_raise_before_sampling(counted, kwargs, match):
                                calib_images=kwargs.pop("calib_images", 4), holdout_images=kwargs.pop("holdout_images", 4),
                                **kwargs)
     assert not calls
+
+
+def test_flow_matching_pipelines_search_their_own_scheduler(one_thread):
+    from ee_diffusion.pipelines.conditioning import Prompt
+    from ee_diffusion.testing import tiny_pipeline
+
+    pipe = tiny_pipeline("sd3", num_layers=2)
+    pipe.set_progress_bar_config(disable=True)
+    own = pipe.scheduler
+    cond = Conditioning("prompts", prompts=[Prompt("a red cat"), Prompt("a blue car")])
+    real = torch.rand(30, 3 * 16 * 16, generator=torch.Generator().manual_seed(0))
+    space = SearchSpace(solvers=None, steps=(2,), static_fractions=(0.5,), ase=(), tail_thresholds=(0.2,))
+    search = search_operating_point(pipe, space, budget=1.0, feature_net=torch.nn.Flatten(), real_features=real,
+                                    conditioning=cond, reference_steps=3, calib_images=4, holdout_images=4,
+                                    bootstrap=20, batch_size=4)
+    assert pipe.scheduler is own  # left as found
+    assert [c.name for c in search.candidates] == ["own2", "static1@own2", "tail0.2_o0@own2"]
+    assert {c.scheduler for c in search.candidates} == {"FlowMatchEulerDiscreteScheduler"}
+    assert search.reference["scheduler"] == "FlowMatchEulerDiscreteScheduler" and search.reference["steps"] == 3
+    assert search.candidate("static1@own2").block_fraction == pytest.approx(2 / 3 * 1 / 2)
+    assert search.confirmed and search.operating_point.scheduler == "FlowMatchEulerDiscreteScheduler"
+
+    seeded = Conditioning("prompts", prompts=[Prompt("a red cat", seed=3)])
+    with pytest.raises(ValueError, match="prompts with their own seed"):
+        search_operating_point(pipe, space, budget=1.0, feature_net=torch.nn.Flatten(), real_features=real,
+                               conditioning=seeded, calib_images=4, holdout_images=4)

@@ -6,9 +6,9 @@ point, not an exit config alone. `search_operating_point` samples, on calibratio
 composed with each exit config of the space - and scores each by its block fraction (block evaluations relative to
 the reference's) and its paired bootstrap dFID interval against the reference (`PairedFID`). Then, for the goal:
 
-- `tolerance=`: the cheapest candidate that holds quality (`holds_quality`: the interval includes 0 or lies below
-  it, or lies wholly below +tolerance x the reference FID; `QUALITY_TOLERANCE` = 0.1 is the benchmark's
-  "unchanged quality"). It is re-measured against the reference on held-out seeds; a pick that fails there gives
+- `tolerance=`: the cheapest candidate (among those running at most the reference's blocks) that holds quality
+  (`holds_quality`: the interval includes 0 or lies below it, or lies wholly below +tolerance x the reference FID;
+  `QUALITY_TOLERANCE` = 0.1 is the benchmark's "unchanged quality"). It is re-measured against the reference on held-out seeds; a pick that fails there gives
   way to the next cheapest, up to `max_confirmations` tries;
 - `budget=`: the lowest-FID candidate whose block fraction is at most the budget, confirmed when its held-out
   block fraction stays within it (its held-out dFID interval is reported).
