@@ -234,12 +234,13 @@ def test_bad_search_spaces_raise(space, match):
     (dict(budget=0.5, confidence=1.5), r"confidence must be in \(0, 1\), got 1.5"),
     (dict(budget=0.5, max_confirmations=0), r"max_confirmations must be an integer >= 1.*got 0"),
     (dict(budget=0.5, space=SearchSpace(steps=(2,), threshold_fractions=(0.5,))), r"threshold_fractions need exit heads"),
+    (dict(budget=0.5, real_features=torch.rand(20)), r"real_features must be \(N >= 2, F\), got shape \(20,\)"),
 ])
 def test_bad_inputs_raise_before_sampling(counted, kwargs, match):
     pipe, calls = counted
     kwargs = dict(kwargs)
     space = kwargs.pop("space", SearchSpace(steps=(2,)))
-    features = torch.rand(20, 64)
+    features = kwargs.pop("real_features", torch.rand(20, 64))
     with pytest.raises(ValueError, match=match):
         search_operating_point(pipe, space, feature_net=torch.nn.Flatten(), real_features=features,
                                calib_images=kwargs.pop("calib_images", 4), holdout_images=kwargs.pop("holdout_images", 4),

@@ -306,13 +306,17 @@ def search_operating_point(
     tol = QUALITY_TOLERANCE if tolerance is None else tolerance
     fixed = space.exit_configs(target.num_blocks)
 
+    # The real statistics once for both phases (and a bad shape refused before any sampling).
+    real = real_features if isinstance(real_features, FrechetReference) else FrechetReference(real_features)
+    calib = _Phase("calibration", calib_seed, calib_images, real, bootstrap, confidence)
+    holdout = _Phase("held-out", holdout_seed, holdout_images, real, bootstrap, confidence)
+
     from tqdm.auto import tqdm
 
     recording = 1 + len(space.threshold_fractions) if space.threshold_fractions else 0  # + the certainty record
     planned = 1 + len(solvers) * len(space.steps) * (1 + len(fixed) + recording)
     bar = tqdm(total=planned, disable=not progress, desc="operating-point search", unit="run")
     sampler = _Sampler(target, schedulers, call_guidance, batch_size, feature_net, bar, on_sample)
-    calib = _Phase("calibration", calib_seed, calib_images, real_features, bootstrap, confidence)
     try:
         # 1. Calibration seeds: the reference, then every solver x steps at full depth and with every exit config.
         sampler(calib, "reference", ref_solver, reference_steps, None)
@@ -352,7 +356,6 @@ def search_operating_point(
             none_why = f"no candidate runs within the budget {budget} of the reference's blocks"
         tries: list[Confirmation] = []
         chosen, vs_frontier, why = None, None, none_why if not pool else ""
-        holdout = _Phase("held-out", holdout_seed, holdout_images, real_features, bootstrap, confidence)
         if pool:
             # 3. Held-out seeds: the reference, then the pool's candidates in order until one is confirmed.
             bar.total += 1 + min(len(pool), max_confirmations) + 1
