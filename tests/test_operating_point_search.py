@@ -159,6 +159,10 @@ def test_operating_point_round_trips_json_and_a_pipeline_folder(tolerance_search
     run = loaded.resolve_call(None, None, None)
     assert (run.num_inference_steps, run.exit_config) == (chosen.steps, chosen.exit_config or EarlyExitConfig())
     assert run.guidance_scale == 1.0 and run.source == "default operating point"
+    loaded.set_progress_bar_config(disable=True)
+    out = loaded(class_labels=[3], output_type="np")  # a call that gives nothing runs the point
+    assert out.operating_point["num_inference_steps"] == chosen.steps
+    assert out.operating_point["exit_config"] == (chosen.exit_config or EarlyExitConfig())
 
 
 def test_cli_searches_and_saves_a_pipeline_folder(tmp_path, capsys, one_thread):
