@@ -124,19 +124,26 @@ def _add_calibrate(subparsers) -> None:
 
     parser = subparsers.add_parser(
         "calibrate", help="choose an exit policy for a compute budget, a quality tolerance or a PSNR goal, on our "
-                          "models or any supported pipeline folder; writes an EarlyExitConfig JSON")
+                          "models or any supported pipeline folder; writes an EarlyExitConfig JSON (operating-point: "
+                          "the search JSON, and with --save-to a pipeline folder that runs the found point)")
     parser.add_argument("--model", default="digits",
                         help=f"a benchmark setting ({', '.join(SETTING_NAMES)}) or a local pipeline folder of a "
                              "supported class (ours, DiTPipeline, PixArtAlphaPipeline, StableDiffusion3Pipeline, "
                              "StableDiffusionPipeline, DDPMPipeline)")
-    parser.add_argument("--kind", choices=KINDS, default="schedule",
+    parser.add_argument("--kind", choices=(*KINDS, "operating-point"), default="schedule",
                         help="schedule: a TimestepSchedule (layer-wise-trained models); thresholds and distil: "
-                             "DeeDiff heads; tail-cache: the training-free residual-change threshold (stock models)")
+                             "DeeDiff heads; tail-cache: the training-free residual-change threshold (stock models); "
+                             "operating-point: solver, steps and exit config searched together (benchmark settings), "
+                             "confirmed on held-out seeds")
     goal = parser.add_mutually_exclusive_group(required=True)
-    goal.add_argument("--budget", type=float, help="fraction of full-depth block evaluations, in (0, 1]")
+    goal.add_argument("--budget", type=float,
+                      help="fraction of full-depth block evaluations, in (0, 1] (operating-point: of the reference's "
+                           "blocks, the reference being full depth at --reference-steps DDIM steps)")
     goal.add_argument("--tolerance", type=float,
-                      help="schedule only: allowed sample deviation, as a fraction of the typical distance between "
-                           "two full-model samples")
+                      help="schedule: allowed sample deviation, as a fraction of the typical distance between two "
+                           "full-model samples; operating-point: relative FID tolerance of unchanged quality (the "
+                           "paired dFID interval against the reference includes 0, or lies below +TOLERANCE x the "
+                           "reference FID; 0.1 is the benchmark's)")
     goal.add_argument("--min-psnr", type=float,
                       help="schedule and tail-cache: mean per-image PSNR (dB) against the full model's images")
     conditioning = parser.add_mutually_exclusive_group()
@@ -159,7 +166,16 @@ def _add_calibrate(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="images per pipeline call")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
-    parser.add_argument("--out", type=Path, default=Path("policy.json"))
+    parser.add_argument("--out", type=Path, default=Path("policy.json"),
+                        help="the calibration JSON (operating-point: the whole search)")
+    search = parser.add_argument_group("operating-point")
+    search.add_argument("--solvers", nargs="+", choices=("ddim", "dpmpp"), default=["ddim", "dpmpp"])
+    search.add_argument("--search-steps", type=int, nargs="+", default=[8, 10, 12, 15, 20], help="step counts")
+    search.add_argument("--reference-steps", type=int, default=25, help="DDIM steps of the reference (default: 25)")
+    search.add_argument("--holdout-images", type=int, default=None,
+                        help="held-out images that confirm the pick (default: as many as --images)")
+    search.add_argument("--save-to", type=Path, default=None,
+                        help="write a copy of the pipeline folder whose default is the found operating point")
     parser.set_defaults(func=_run_calibrate)
 
 
@@ -192,6 +208,8 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     guidance = args.guidance
     if guidance is None and kind_of(pipe).ours:
         guidance = pipe.resolve_call(None, None, None).guidance_scale
+    if args.kind == "operating-point":
+        return _run_operating_point_search(args, pipe, target, setting, guidance)
     result = run_calibration(target, kind=args.kind, budget=args.budget, tolerance=args.tolerance,
                              min_psnr=args.min_psnr, threshold=args.threshold, num_images=args.images, steps=steps,
                              guidance_scale=guidance, num_buckets=args.buckets, batch_size=args.batch_size,
@@ -202,6 +220,52 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     psnr = f"; mean PSNR {info['psnr_db_mean']:.2f} dB" if "psnr_db_mean" in info else ""
     print(f"{result.exit_config.to_json()}\nblock fraction {info.get('block_fraction'):.3f}{psnr} on "
           f"{args.images} calibration images at {steps} steps; saved to {args.out}")
+    return 0
+
+
+def _run_operating_point_search(args: argparse.Namespace, pipe, target, setting: str | None,
+                                guidance: float | None) -> int:
+    """`calibrate --kind operating-point`: search, write the search JSON, and optionally a pipeline folder."""
+    import torch
+
+    from .backbones.registry import get_adapter
+    from .calibration import SearchSpace, search_operating_point, store_operating_point
+    from .default_model import setting_dataset
+    from .eval.features import load_feature_net
+    from .eval.quality import real_images
+    from .pipelines.stock import kind_of
+
+    if args.min_psnr is not None:
+        raise SystemExit("--kind operating-point takes --tolerance (relative FID) or --budget, not --min-psnr")
+    if setting is None:
+        raise SystemExit(f"--kind operating-point scores FID with a benchmark setting's feature net and real images: "
+                         f"--model must be one of {', '.join(SETTING_NAMES)}, got {args.model!r} (for another "
+                         f"pipeline use ee_diffusion.calibration.search_operating_point with your own feature_net "
+                         f"and real_features)")
+    if args.save_to is not None and not kind_of(pipe).ours:
+        raise SystemExit(f"--save-to stores an operating point, which only pipelines of ours keep; got "
+                         f"{type(pipe).__name__}")
+    # The tail cache needs a transformer; DeeDiff thresholds need exit heads.
+    space = SearchSpace(solvers=tuple(args.solvers), steps=tuple(args.search_steps),
+                        tail_thresholds=(0.1, 0.2) if get_adapter(target.denoiser).sequential else (), forecast_orders=tuple(args.forecast_orders),
+                        threshold_fractions=(0.5, 0.75) if target.exit_heads is not None else ())
+    data = setting_dataset(setting)
+    net = load_feature_net(data)
+    with torch.no_grad():
+        real_features = net(real_images(data, "reference")[0])
+    search = search_operating_point(
+        target, space, tolerance=args.tolerance, budget=args.budget, feature_net=net, real_features=real_features,
+        reference_steps=args.reference_steps, guidance_scale=guidance, calib_images=args.images,
+        holdout_images=args.holdout_images or args.images, batch_size=args.batch_size, progress=True)
+    search.save(args.out)
+    point = search.operating_point
+    print(f"{search.why}\noperating point: {point.scheduler}, {point.num_inference_steps} steps, guidance "
+          f"{point.guidance_scale:g}, exit config {None if point.exit_config is None else point.exit_config.to_dict()}"
+          f"\nsearch saved to {args.out}")
+    if args.save_to is not None:
+        store_operating_point(pipe, search)
+        pipe.save_pretrained(str(args.save_to))
+        print(f"pipeline with this operating point saved to {args.save_to}")
     return 0
 
 

@@ -5,6 +5,7 @@
 - `caches_bench.py`: `ee-diffusion bench-caches`, per-row tail caches against diffusers' caches at matched speed;
 - `unet_vs_dit.py`: the digits U-Net against the digits DiT on one protocol;
 - `gpu_check.py`: the GPU checks (fused attention, bf16, compile) in one short script.
+- `solvers.py`: the solvers and ASE schedules that the bench and the operating-point search share.
 
 The measuring library they share (seeded sampling, FID, timing, FLOPs, feature networks) is `ee_diffusion.eval`.
 """

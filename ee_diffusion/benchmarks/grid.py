@@ -21,19 +21,19 @@ from ..calibration import (
 )
 from ..config import EarlyExitConfig
 from ..eval.baselines import CacheBaseline, calibrate_mag_ratios
-from ..schedules import CachedTailResidual, StaticDepth, TimestepSchedule, UncertaintyThreshold
+from ..schedules import CachedTailResidual, StaticDepth, UncertaintyThreshold
+from .solvers import SOLVERS, ase_schedules, make_schedulers
 
 if TYPE_CHECKING:
     from .bench import Preset
 
+# The solvers live in `solvers.py` (the operating-point search uses them without importing the calibrations);
+# the bench modules import them from here.
+__all__ = ["SOLVERS", "TAYLORSEER_DIT_MODULES", "GridPoint", "Method", "ase_schedules", "cache_methods", "exit_methods",
+           "make_schedulers"]
+
 #: (solver, steps): a point of the composed grid.
 GridPoint = tuple[str, int]
-
-#: Solver name -> (diffusers scheduler class, options over the model's own scheduler config).
-SOLVERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "ddim": ("DDIMScheduler", {}),
-    "dpmpp": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-}
 
 #: TaylorSeer forecasts the outputs of these modules of a DiT block (diffusers' default patterns expect attention
 #: modules named `attn`; DiT's are `attn1`, so its default would hook nothing).
@@ -60,25 +60,6 @@ class Method:
                 "cache": None if self.cache is None else self.cache.describe(), "seed": self.seed,
                 **({"guidance_scale": self.guidance_scale} if self.guidance_scale is not None else {}),
                 **({"notes": self.notes} if self.notes else {})}
-
-
-def make_schedulers(scheduler: Any) -> dict[str, Any]:
-    """One scheduler per solver, from the model's own scheduler config (betas, prediction type, spacing)."""
-    import diffusers
-
-    out = {}
-    for name, (class_name, options) in SOLVERS.items():
-        out[name] = getattr(diffusers, class_name).from_config(scheduler.config, **options)
-    return out
-
-
-def ase_schedules(n: int) -> dict[str, TimestepSchedule]:
-    """The released DiT-XL/2 ASE schedule (28, 24, 20, 16, 12 blocks over five timestep buckets) scaled to n
-    blocks, and a more aggressive one."""
-    released = [max(1, min(n, round(d * n / 28))) for d in (28, 24, 20, 16, 12)]
-    aggressive = [n, max(1, round(0.75 * n)), max(1, round(0.5 * n)), max(1, round(0.375 * n)), max(1, round(0.25 * n))]
-    bounds = [200, 400, 600, 800]
-    return {"released": TimestepSchedule(bounds, released), "aggressive": TimestepSchedule(bounds, aggressive)}
 
 
 def exit_methods(pipe: Any, point: GridPoint, preset: Preset, feature_net: Any, guidance: float,

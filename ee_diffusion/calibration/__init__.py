@@ -5,7 +5,11 @@
   itself on recorded certainties, then checked by a real run (`thresholds.py`);
 - `distil_schedule(exit_stats)`: the exits of a dynamic policy as a static schedule (`distil.py`);
 - `calibrate_tail_cache(pipe, min_psnr=30)`: the training-free residual-change threshold of
-  `CachedTailResidual` for a fidelity goal or a budget, measured trial by trial (`tail_cache.py`).
+  `CachedTailResidual` for a fidelity goal or a budget, measured trial by trial (`tail_cache.py`);
+- `search_operating_point(pipe, SearchSpace(...), tolerance=0.1 or budget=0.5, ...)`: solver, steps, exit policy,
+  thresholds and forecast order together, by the benchmark's paired dFID protocol on calibration seeds, confirmed
+  on held-out seeds; the result's `operating_point` is what a pipeline folder stores (`store_operating_point`)
+  (`operating_point_search.py`, result: `operating_point_result.py`).
 
 Every calibration takes a pipeline of ours or a `CalibrationTarget`: any supported stock pipeline with the
 class ids or prompts its calibration images use (`as_target(pipe, conditioning, heads=...)`). Goals in PSNR
@@ -26,6 +30,8 @@ from .common import (
     save_calibration,
 )
 from .distil import distil_schedule
+from .operating_point_result import Candidate, Confirmation, OperatingPointSearch
+from .operating_point_search import SearchSpace, search_operating_point, store_operating_point
 from .run import run_calibration
 from .schedule import (
     allocate_depths,
@@ -41,6 +47,10 @@ __all__ = [
     "CalibrationResult",
     "CalibrationSet",
     "CalibrationTarget",
+    "Candidate",
+    "Confirmation",
+    "OperatingPointSearch",
+    "SearchSpace",
     "allocate_depths",
     "as_target",
     "bisect_increasing",
@@ -54,7 +64,9 @@ __all__ = [
     "run_calibration",
     "save_calibration",
     "schedule_from_deviation",
+    "search_operating_point",
     "simulate_depths",
     "step_buckets",
+    "store_operating_point",
     "thresholds_for_fractions",
 ]

@@ -1,0 +1,145 @@
+"""What `search_operating_point` found: the candidates table, the held-out tries, and the operating point.
+
+`OperatingPointSearch.operating_point` is the `OperatingPoint` a pipeline folder stores
+(`store_operating_point`, then `save_pretrained`); `to_dict` / `save` write the whole search as JSON, exit configs as
+`EarlyExitConfig.to_dict` (so they load back with `EarlyExitConfig.from_dict`).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._io import atomic_write_json
+from ..config import EarlyExitConfig
+from ..operating_point import OperatingPoint
+
+
+@dataclass
+class Candidate:
+    """One (solver, steps, exit config) measured on the calibration seeds.
+
+    `dfid`: FID - reference FID with its paired interval; `holds`: unchanged quality by it (the search's
+    tolerance). `dfid_full_depth` / `holds_vs_full_depth`: the same against full depth at the candidate's own
+    solver and steps (None for full-depth candidates): what `exit_configs_by_steps` is chosen by.
+    """
+
+    name: str
+    family: str
+    solver: str
+    scheduler: str
+    steps: int
+    exit_config: EarlyExitConfig | None
+    block_fraction: float
+    fid: float
+    dfid: dict[str, float]
+    holds: bool
+    dfid_full_depth: dict[str, float] | None = None
+    holds_vs_full_depth: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "family": self.family, "solver": self.solver, "scheduler": self.scheduler,
+                "steps": self.steps, "exit_config": None if self.exit_config is None else self.exit_config.to_dict(),
+                "block_fraction": self.block_fraction, "fid": self.fid, "dfid": dict(self.dfid), "holds": self.holds,
+                "dfid_full_depth": None if self.dfid_full_depth is None else dict(self.dfid_full_depth),
+                "holds_vs_full_depth": self.holds_vs_full_depth}
+
+
+@dataclass
+class Confirmation:
+    """One candidate re-measured on the held-out seeds against the reference re-sampled there.
+
+    `within_budget` is None for a tolerance goal; `confirmed` is `holds` (tolerance) or `within_budget` (budget).
+    """
+
+    name: str
+    block_fraction: float
+    fid: float
+    dfid: dict[str, float]
+    holds: bool
+    within_budget: bool | None
+    confirmed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "block_fraction": self.block_fraction, "fid": self.fid, "dfid": dict(self.dfid),
+                "holds": self.holds, "within_budget": self.within_budget, "confirmed": self.confirmed}
+
+
+@dataclass
+class OperatingPointSearch:
+    """The result of `search_operating_point`.
+
+    Args:
+        goal: {"tolerance": t} or {"budget": b}.
+        reference: solver, scheduler class, steps, calibration FID and held-out FID (None if not sampled).
+        candidates: every candidate in search order.
+        tries: the held-out confirmations, in the order tried.
+        chosen: the confirmed candidate's name (None: nothing met the goal, see `why`).
+        confirmed: whether a candidate met the goal on calibration and held-out seeds.
+        why: one sentence on the outcome.
+        vs_frontier: on the held-out seeds, the chosen point against the best full-depth candidate that costs no
+            more (`dfid_chosen_minus_frontier`; negative: the exit config beats fewer steps).
+        guidance_scale: guidance the search sampled at (the operating point's).
+        quality_tolerance: the tolerance of `holds` (the goal's, else `QUALITY_TOLERANCE`).
+        settings: image counts, seeds, confidence, bootstrap, conditioning.
+    """
+
+    goal: dict[str, float]
+    reference: dict[str, Any]
+    candidates: list[Candidate]
+    tries: list[Confirmation]
+    chosen: str | None
+    confirmed: bool
+    why: str
+    vs_frontier: dict[str, Any] | None
+    guidance_scale: float
+    quality_tolerance: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def candidate(self, name: str) -> Candidate:
+        found = [c for c in self.candidates if c.name == name]
+        if not found:
+            raise KeyError(f"no candidate named {name!r}; candidates: {[c.name for c in self.candidates]}")
+        return found[0]
+
+    @property
+    def point_solver(self) -> str:
+        """The solver of the operating point: the chosen candidate's, else the reference's."""
+        return self.reference["solver"] if self.chosen is None else self.candidate(self.chosen).solver
+
+    @property
+    def operating_point(self) -> OperatingPoint:
+        """The chosen (scheduler, steps, guidance, exit config); per searched step count of its solver, the cheapest
+        exit config that holds quality against full depth at those steps (None if none does); the chosen steps
+        run the chosen config. Nothing confirmed: the reference, full depth."""
+        ref = self.reference
+        measured = f"search_operating_point ({self.goal}): {self.why}"
+        if self.chosen is None:
+            return OperatingPoint(scheduler=ref["scheduler"], num_inference_steps=ref["steps"],
+                                  guidance_scale=self.guidance_scale, reference_steps=ref["steps"],
+                                  measured_in=measured)
+        chosen = self.candidate(self.chosen)
+        by_steps: dict[int, EarlyExitConfig | None] = {}
+        for k in sorted({c.steps for c in self.candidates if c.solver == chosen.solver}):
+            good = [c for c in self.candidates if c.solver == chosen.solver and c.steps == k and c.holds_vs_full_depth]
+            best = min(good, key=lambda c: (c.block_fraction, c.fid)) if good else None
+            by_steps[k] = None if best is None else copy.deepcopy(best.exit_config)
+        by_steps[chosen.steps] = copy.deepcopy(chosen.exit_config)
+        return OperatingPoint(scheduler=chosen.scheduler, num_inference_steps=chosen.steps,
+                              guidance_scale=self.guidance_scale, exit_config=copy.deepcopy(chosen.exit_config),
+                              exit_configs_by_steps=by_steps, reference_steps=ref["steps"], measured_in=measured)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything, JSON-serialisable; `operating_point` loads back with `OperatingPoint.from_dict`."""
+        return {"goal": dict(self.goal), "reference": dict(self.reference), "chosen": self.chosen,
+                "confirmed": self.confirmed, "why": self.why, "guidance_scale": self.guidance_scale,
+                "quality_tolerance": self.quality_tolerance, "operating_point": self.operating_point.to_dict(),
+                "vs_frontier": self.vs_frontier, "tries": [t.to_dict() for t in self.tries],
+                "candidates": [c.to_dict() for c in self.candidates], "settings": dict(self.settings)}
+
+    def save(self, path: str | Path) -> None:
+        """Write `to_dict()` as JSON (atomically: never a half-written file), creating its folder."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, self.to_dict(), indent=1)

@@ -1,0 +1,426 @@
+"""Joint operating-point search: solver, steps, exit policy, thresholds and forecast order, calibrated together.
+
+Early exit competes with running fewer steps (docs/evaluation.md), so what a pipeline should run is an operating
+point, not an exit config alone. `search_operating_point` samples, on calibration seeds, the reference (the model at
+`reference_steps`, full depth) and every candidate of a `SearchSpace` - each solver x steps at full depth, and
+composed with each exit config of the space - and scores each by its block fraction (block evaluations relative to
+the reference's) and its paired bootstrap dFID interval against the reference (`PairedFID`). Then, for the goal:
+
+- `tolerance=`: the cheapest candidate (among those running at most the reference's blocks) that holds quality
+  (`holds_quality`: the interval includes 0 or lies below it, or lies wholly below +tolerance x the reference FID;
+  `QUALITY_TOLERANCE` = 0.1 is the benchmark's "unchanged quality"). It is re-measured against the reference on held-out seeds; a pick that fails there gives
+  way to the next cheapest, up to `max_confirmations` tries;
+- `budget=`: the lowest-FID candidate whose block fraction is at most the budget, confirmed when its held-out
+  block fraction stays within it (its held-out dFID interval is reported).
+
+Full-depth candidates take part, so "steps alone" is a legitimate answer; the held-out seeds also measure the
+chosen point against the best full-depth point that costs no more. Image i of a set with noise seed s starts from
+noise seeded by s * 1_000_003 + i (`image_generators`): seeds 20_000 (calibration) and 30_000 (held-out) share no
+noise with each other or with the benchmark's seeds 0 and 1.
+
+```py
+>>> import torch
+>>> from diffusers import DDIMScheduler
+>>> from ee_diffusion.pipelines import EarlyExitDiTPipeline
+>>> from ee_diffusion.testing import tiny_dit
+>>> pipe = EarlyExitDiTPipeline(transformer=tiny_dit(num_layers=4), scheduler=DDIMScheduler())
+>>> pipe.set_progress_bar_config(disable=True)
+>>> real = torch.rand(100, 64, generator=torch.Generator().manual_seed(0))  # features: the 64 pixels
+>>> space = SearchSpace(solvers=("ddim",), steps=(2, 4), static_fractions=(0.5,), ase=())
+>>> search = search_operating_point(pipe, space, budget=0.6, feature_net=torch.nn.Flatten(), real_features=real,
+...                                 reference_steps=4, calib_images=8, holdout_images=8, bootstrap=50)
+>>> [(c.name, round(c.block_fraction, 2)) for c in search.candidates]
+[('ddim2', 0.5), ('static2@ddim2', 0.25), ('ddim4', 1.0), ('static2@ddim4', 0.5)]
+>>> search.confirmed, search.operating_point.scheduler, search.operating_point.num_inference_steps <= 4
+(True, 'DDIMScheduler', True)
+
+```
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .._validation import check_int, check_number
+from ..backbones.registry import get_adapter
+from ..benchmarks.frontier import QUALITY_TOLERANCE, holds_quality
+from ..benchmarks.solvers import SOLVERS, ase_schedules, make_schedulers
+from ..config import EarlyExitConfig
+from ..eval.paired import FrechetReference, PairedFID
+from ..eval.pipeline_sampling import sample_pipeline
+from ..eval.sampling import _SEED_STRIDE, SampleRun
+from ..pipelines.conditioning import Conditioning
+from ..pipelines.stock import default_guidance_scale, kind_of
+from ..schedules import CachedTailResidual, StaticDepth, UncertaintyThreshold
+from .common import CalibrationSet, as_target
+from .operating_point_result import Candidate, Confirmation, OperatingPointSearch
+from .thresholds import thresholds_for_fractions
+
+__all__ = ["BENCH_SEEDS", "OWN_SCHEDULER", "Candidate", "Confirmation", "OperatingPointSearch", "SearchSpace",
+           "search_operating_point", "store_operating_point"]
+
+#: Noise seeds of the benchmark's evaluation sets: a search never samples their noise.
+BENCH_SEEDS = (0, 1)
+#: The solver name of the pipeline's own scheduler (`SearchSpace(solvers=None)`: flow-matching pipelines).
+OWN_SCHEDULER = "own"
+ASE_KINDS = ("released", "aggressive")
+FORECAST_ORDERS = (0, 1, 2)
+
+
+def _sequence(values: Any, name: str, allow_empty: bool = True) -> tuple:
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
+        raise ValueError(f"{name} must be a list or tuple, got {values!r}")
+    if not values and not allow_empty:
+        raise ValueError(f"{name} must name at least one value, got {values!r}")
+    return tuple(dict.fromkeys(values))  # duplicates dropped, order kept
+
+
+def _fractions(values: Any, name: str) -> tuple[float, ...]:
+    out = _sequence(values, name)
+    for v in out:
+        check_number(v, f"every value of {name}", 0.0, 1.0, low_open=True)
+        if v >= 1:
+            raise ValueError(f"every value of {name} must be in (0, 1) (1 is full depth), got {v!r} in {values!r}")
+    return tuple(float(v) for v in out)
+
+
+@dataclass
+class SearchSpace:
+    """What `search_operating_point` tries: every solver x steps at full depth, and with each exit config below.
+
+    Args:
+        solvers: names of `SOLVERS` ("ddim", "dpmpp"), each built from the pipeline's own scheduler config; None:
+            the pipeline's own scheduler only (flow-matching pipelines such as SD3).
+        steps: step counts.
+        static_fractions: `StaticDepth(round(f * N))` for N blocks (deduplicated, within 1..N-1).
+        ase: ASE timestep schedules ("released", "aggressive"; `ase_schedules`).
+        tail_thresholds: `CachedTailResidual(threshold, forecast_order)` for each threshold x `forecast_orders`
+            (transformer denoisers only).
+        forecast_orders: forecast orders of the tail cache (0, 1, 2).
+        threshold_fractions: DeeDiff `UncertaintyThreshold`s calibrated per (solver, steps) on the calibration
+            seeds to run these block fractions (`thresholds_for_fractions`; needs exit heads).
+    """
+
+    solvers: tuple[str, ...] | None = ("ddim", "dpmpp")
+    steps: tuple[int, ...] = (8, 10, 12, 15, 20, 25)
+    static_fractions: tuple[float, ...] = (0.5, 0.75)
+    ase: tuple[str, ...] = ASE_KINDS
+    tail_thresholds: tuple[float, ...] = ()
+    forecast_orders: tuple[int, ...] = (0,)
+    threshold_fractions: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.solvers is not None:
+            self.solvers = _sequence(self.solvers, "solvers", allow_empty=False)
+            unknown = [s for s in self.solvers if s not in SOLVERS]
+            if unknown:
+                raise ValueError(f"unknown solvers {unknown}; allowed: {sorted(SOLVERS)}, or solvers=None for the "
+                                 f"pipeline's own scheduler")
+        self.steps = tuple(sorted(check_int(k, "every value of steps", 1, "a step count")
+                                  for k in _sequence(self.steps, "steps", allow_empty=False)))
+        self.static_fractions = _fractions(self.static_fractions, "static_fractions")
+        self.threshold_fractions = _fractions(self.threshold_fractions, "threshold_fractions")
+        self.ase = _sequence(self.ase, "ase")
+        if any(kind not in ASE_KINDS for kind in self.ase):
+            raise ValueError(f"ase must name ASE schedules among {ASE_KINDS}, got {self.ase!r}")
+        self.tail_thresholds = tuple(check_number(t, "every value of tail_thresholds", 0.0, low_open=True)
+                                     for t in _sequence(self.tail_thresholds, "tail_thresholds"))
+        self.forecast_orders = _sequence(self.forecast_orders, "forecast_orders", allow_empty=not self.tail_thresholds)
+        if any(isinstance(o, bool) or o not in FORECAST_ORDERS for o in self.forecast_orders):
+            raise ValueError(f"forecast_orders must be among {FORECAST_ORDERS}, got {self.forecast_orders!r}")
+
+    def exit_configs(self, num_blocks: int) -> list[tuple[str, str, EarlyExitConfig]]:
+        """(name prefix, family, exit config) of every fixed exit config for a model of `num_blocks` blocks (the
+        DeeDiff thresholds are calibrated per (solver, steps) and come on top)."""
+        n = num_blocks
+        out = [(f"static{d}", "static_depth", EarlyExitConfig(StaticDepth(d)))
+               for d in sorted({max(1, min(n - 1, round(f * n))) for f in self.static_fractions})]
+        schedules = ase_schedules(n)
+        out += [(f"ase_{kind}", "ase", EarlyExitConfig(schedules[kind])) for kind in self.ase]
+        out += [(f"tail{tau:g}_o{order}", "tail_cache", EarlyExitConfig(CachedTailResidual(tau, forecast_order=order)))
+                for tau in self.tail_thresholds for order in self.forecast_orders]
+        return out
+
+
+class _Phase:
+    """One set of seeds (calibration or held-out): its paired FIDs, and each run's block evaluations by name."""
+
+    def __init__(self, name: str, seed: int, num_images: int, real: Any, bootstrap: int, confidence: float) -> None:
+        self.name, self.seed, self.num_images = name, seed, num_images
+        self.paired = PairedFID(real, num_images, num_resamples=bootstrap, confidence=confidence)
+        self.block_evals: dict[str, int] = {}
+        self._by_key: dict[str, str] = {}  # (solver, steps, config) -> the name it was first sampled under
+
+    def fraction(self, name: str) -> float:
+        return self.block_evals[name] / self.block_evals["reference"]
+
+
+class _Sampler:
+    """Samples a (solver, steps, exit config) on a phase's seeds, once per phase (deterministic: a repeat, such
+    as the reference's own solver and steps among the candidates, reuses the features)."""
+
+    def __init__(self, target: Any, schedulers: dict[str, Any], guidance: float | None, batch_size: int,
+                 feature_net: Callable[[torch.Tensor], torch.Tensor], bar: Any,
+                 on_sample: Callable[[str, str, SampleRun], None] | None) -> None:
+        self.target, self.schedulers, self.guidance, self.batch_size = target, schedulers, guidance, batch_size
+        self.feature_net, self.bar, self.on_sample = feature_net, bar, on_sample
+        self._features: dict[tuple[str, str], torch.Tensor] = {}
+
+    def __call__(self, phase: _Phase, name: str, solver: str, steps: int, config: EarlyExitConfig | None) -> None:
+        if name in phase.block_evals:
+            return
+        key = json.dumps([solver, steps, None if config is None else config.to_dict()])
+        if key in phase._by_key:
+            first = phase._by_key[key]
+            phase.paired.add(name, self._features[(phase.name, first)])
+            phase.block_evals[name] = phase.block_evals[first]
+            return
+        self.bar.set_postfix_str(f"{phase.name}: {name}")
+        self.target.pipe.scheduler = self.schedulers[solver]
+        run = sample_pipeline(self.target.pipe, range(phase.num_images), self.target.conditioning,
+                              exit_config=config, heads=self.target.heads, bridges=self.target.bridges,
+                              num_inference_steps=steps, guidance_scale=self.guidance, seed=phase.seed,
+                              batch_size=self.batch_size)
+        with torch.no_grad():
+            features = self.feature_net(run.images).detach().double().cpu()
+        phase.paired.add(name, features)
+        phase.block_evals[name] = run.block_evals
+        phase._by_key[key] = name
+        self._features[(phase.name, name)] = features
+        if self.on_sample is not None:
+            self.on_sample(phase.name, name, run)
+        self.bar.update(1)
+
+
+def _check_seeds(calib_seed: int, calib_images: int, holdout_seed: int, holdout_images: int) -> None:
+    """The noise of image i of a set is seeded by seed * stride + i: the two sets and the benchmark's share none."""
+    check_int(calib_seed, "calib_seed", 0, "noise seed of the calibration images")
+    check_int(holdout_seed, "holdout_seed", 0, "noise seed of the held-out images")
+    bench = range(min(BENCH_SEEDS) * _SEED_STRIDE, (max(BENCH_SEEDS) + 1) * _SEED_STRIDE)
+    sets = {"calibration": range(calib_seed * _SEED_STRIDE, calib_seed * _SEED_STRIDE + calib_images),
+            "held-out": range(holdout_seed * _SEED_STRIDE, holdout_seed * _SEED_STRIDE + holdout_images)}
+    for what, seeds in sets.items():
+        if seeds.start < bench.stop and bench.start < seeds.stop:
+            raise ValueError(f"the {what} images (seed {seeds.start // _SEED_STRIDE}) would reuse the noise of the "
+                             f"benchmark's evaluation seeds {BENCH_SEEDS}; use seeds >= {max(BENCH_SEEDS) + 1} "
+                             f"(e.g. calib_seed=20000, holdout_seed=30000)")
+    a, b = sets["calibration"], sets["held-out"]
+    if a.start < b.stop and b.start < a.stop:
+        raise ValueError(f"calib_seed={calib_seed} ({calib_images} images) and holdout_seed={holdout_seed} "
+                         f"({holdout_images} images) share noise: held-out seeds must differ from the calibration "
+                         f"seeds (noise seed = seed * {_SEED_STRIDE} + image index)")
+
+
+def _check_target(target: Any, space: SearchSpace) -> None:
+    """Refuse, before any sampling, exit configs this pipeline cannot run."""
+    adapter = get_adapter(target.denoiser)
+    exits = space.static_fractions or space.ase or space.tail_thresholds or space.threshold_fractions
+    if exits and not adapter.sequential and target.bridges is None and not kind_of(target.pipe).ours:
+        raise ValueError(f"{type(target.denoiser).__name__} exits by depth truncation and needs UNetExitBridges; "
+                         f"give them (as_target(pipe, conditioning, bridges=...)) or search steps alone (empty "
+                         f"static_fractions, ase, tail_thresholds, threshold_fractions)")
+    if space.tail_thresholds and not adapter.sequential:
+        raise ValueError(f"tail_thresholds need a transformer denoiser; {type(target.denoiser).__name__} is not one")
+    if space.threshold_fractions and target.exit_heads is None:
+        raise ValueError("threshold_fractions need exit heads (UncertaintyHeads): a pipeline of ours with exit_heads, "
+                         "or a CalibrationTarget with heads; got none")
+    if target.conditioning.kind == "prompts" and any(p.seed is not None for p in target.conditioning.prompts):
+        raise ValueError("prompts with their own seed fix their images' noise whatever the set's seed, so calibration "
+                         "and held-out images would share it; give prompts without seeds")
+
+
+def search_operating_point(
+    pipe: Any, space: SearchSpace, *, tolerance: float | None = None, budget: float | None = None,
+    feature_net: Callable[[torch.Tensor], torch.Tensor], real_features: torch.Tensor | FrechetReference,
+    reference_steps: int = 25, reference_solver: str | None = None, guidance_scale: float | None = None,
+    conditioning: Conditioning | None = None, calib_images: int = 200, calib_seed: int = 20_000,
+    holdout_images: int = 200, holdout_seed: int = 30_000, confidence: float = 0.9, bootstrap: int = 200,
+    max_confirmations: int = 3, batch_size: int = 64, progress: bool = False,
+    on_sample: Callable[[str, str, SampleRun], None] | None = None,
+) -> OperatingPointSearch:
+    """The operating point of `space` that meets the goal on calibration seeds, confirmed on held-out seeds.
+
+    Args:
+        pipe: a pipeline of ours, a supported stock pipeline (with `conditioning`), or a `CalibrationTarget`.
+        space: the candidates (`SearchSpace`).
+        tolerance: relative FID tolerance of "holds quality" (see the module doc); exactly one of it and `budget`.
+        budget: block fraction of the reference, in (0, 1].
+        feature_net: images (N, C, H, W) in [0, 1] -> (N, F) features; `real_features`: (M, F) real features or
+            their `FrechetReference`.
+        reference_steps, reference_solver: the reference; solver None: "ddim", or the pipeline's own scheduler
+            when `space.solvers` is None.
+        guidance_scale: None: the pipeline's default (an operating point's, for ours).
+        calib_images, calib_seed, holdout_images, holdout_seed: the two image sets (disjoint noise, >= 2 images).
+        confidence, bootstrap: the paired percentile intervals.
+        max_confirmations: candidates tried on the held-out seeds before giving up.
+        on_sample: called as `on_sample(phase, name, run)` after each sampling ("calibration" or "held-out").
+
+    Nothing meeting the goal is not an error: the result says why (`confirmed=False`), and its operating point is
+    the reference. Bad arguments raise `ValueError` (received and allowed values) before any sampling.
+    """
+    if not isinstance(space, SearchSpace):
+        raise TypeError(f"space must be a SearchSpace, got {type(space).__name__}")
+    if (tolerance is None) == (budget is None):
+        raise ValueError(f"give exactly one goal: tolerance= (relative FID, e.g. {QUALITY_TOLERANCE}, unchanged "
+                         f"quality) or budget= (block fraction in (0, 1]); got tolerance={tolerance!r}, "
+                         f"budget={budget!r}")
+    if tolerance is not None:
+        tolerance = check_number(tolerance, "tolerance", 0.0)
+        if math.isinf(tolerance):
+            raise ValueError(f"tolerance must be finite, got {tolerance!r}")
+    if budget is not None:
+        budget = check_number(budget, "budget", 0.0, 1.0, low_open=True)
+    check_int(reference_steps, "reference_steps", 1, "steps of the reference")
+    check_int(calib_images, "calib_images", 2, "calibration images: a paired interval needs at least 2")
+    check_int(holdout_images, "holdout_images", 2, "held-out images: a paired interval needs at least 2")
+    check_int(bootstrap, "bootstrap", 1, "bootstrap resamples")
+    check_int(max_confirmations, "max_confirmations", 1, "candidates tried on the held-out seeds")
+    check_int(batch_size, "batch_size", 1, "images per pipeline call")
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    allowed = sorted(SOLVERS) + [OWN_SCHEDULER]
+    if reference_solver is not None and reference_solver not in allowed:
+        raise ValueError(f"reference_solver must be one of {allowed} or None, got {reference_solver!r}")
+    _check_seeds(calib_seed, calib_images, holdout_seed, holdout_images)
+    target = as_target(pipe, conditioning)
+    _check_target(target, space)
+    if guidance_scale is not None:
+        check_number(guidance_scale, "guidance_scale", 0.0)
+
+    solvers = space.solvers or (OWN_SCHEDULER,)
+    ref_solver = reference_solver or ("ddim" if space.solvers else OWN_SCHEDULER)
+    original = target.pipe.scheduler
+    schedulers = {OWN_SCHEDULER: original}
+    if any(s != OWN_SCHEDULER for s in (*solvers, ref_solver)):
+        schedulers.update(make_schedulers(original))
+    classes = {s: SOLVERS[s][0] if s in SOLVERS else type(original).__name__ for s in schedulers}
+    default = default_guidance_scale(target.pipe)
+    guidance = float(guidance_scale if guidance_scale is not None else (1.0 if default is None else default))
+    call_guidance = None if target.conditioning.kind == "none" else guidance
+    tol = QUALITY_TOLERANCE if tolerance is None else tolerance
+    fixed = space.exit_configs(target.num_blocks)
+
+    # The real statistics once for both phases (and a bad shape refused before any sampling).
+    real = real_features if isinstance(real_features, FrechetReference) else FrechetReference(real_features)
+    calib = _Phase("calibration", calib_seed, calib_images, real, bootstrap, confidence)
+    holdout = _Phase("held-out", holdout_seed, holdout_images, real, bootstrap, confidence)
+
+    from tqdm.auto import tqdm
+
+    recording = 1 + len(space.threshold_fractions) if space.threshold_fractions else 0  # + the certainty record
+    planned = 1 + len(solvers) * len(space.steps) * (1 + len(fixed) + recording)
+    bar = tqdm(total=planned, disable=not progress, desc="operating-point search", unit="run")
+    sampler = _Sampler(target, schedulers, call_guidance, batch_size, feature_net, bar, on_sample)
+    try:
+        # 1. Calibration seeds: the reference, then every solver x steps at full depth and with every exit config.
+        sampler(calib, "reference", ref_solver, reference_steps, None)
+        ref_fid = calib.paired.point["reference"]
+        candidates: list[Candidate] = []
+        for solver in solvers:
+            for k in space.steps:
+                at = f"{solver}{k}"
+                configs = [(f"{prefix}@{at}", family, config) for prefix, family, config in fixed]
+                if space.threshold_fractions:
+                    target.pipe.scheduler = schedulers[solver]
+                    sets = CalibrationSet(num_images=calib_images, seed=calib_seed, num_inference_steps=k,
+                                          guidance_scale=guidance, batch_size=batch_size)
+                    thresholds = thresholds_for_fractions(target, list(space.threshold_fractions), sets)
+                    bar.update(1)
+                    configs += [(f"deediff{f:g}@{at}", "deediff",
+                                 EarlyExitConfig(UncertaintyThreshold(c, patience=2), cfg_pairing="together"))
+                                for f, c in zip(space.threshold_fractions, thresholds)]
+                for name, family, config in [(at, "full_depth", None), *configs]:
+                    sampler(calib, name, solver, k, config)
+                    d = calib.paired.difference(name, "reference")
+                    versus_full = None if config is None else calib.paired.difference(name, at)
+                    candidates.append(Candidate(
+                        name, family, solver, classes[solver], k, config, calib.fraction(name),
+                        calib.paired.point[name], d, holds_quality(d, ref_fid, tol), versus_full,
+                        None if versus_full is None else holds_quality(versus_full, calib.paired.point[at], tol)))
+
+        # 2. The goal's pool, in the order the held-out seeds try it.
+        if tolerance is not None:
+            pool = sorted((c for c in candidates if c.holds and c.block_fraction <= 1 + 1e-9),
+                          key=lambda c: (c.block_fraction, c.fid))
+            none_why = (f"no candidate that runs at most the reference's blocks holds quality (tolerance {tolerance}) "
+                        f"on the {calib_images} calibration images")
+        else:
+            pool = sorted((c for c in candidates if c.block_fraction <= budget + 1e-9),
+                          key=lambda c: (c.fid, c.block_fraction))
+            none_why = f"no candidate runs within the budget {budget} of the reference's blocks"
+        tries: list[Confirmation] = []
+        chosen, vs_frontier, why = None, None, none_why if not pool else ""
+        if pool:
+            # 3. Held-out seeds: the reference, then the pool's candidates in order until one is confirmed.
+            bar.total += 1 + min(len(pool), max_confirmations) + 1
+            sampler(holdout, "reference", ref_solver, reference_steps, None)
+            hold_ref = holdout.paired.point["reference"]
+            for c in pool[:max_confirmations]:
+                sampler(holdout, c.name, c.solver, c.steps, c.exit_config)
+                d = holdout.paired.difference(c.name, "reference")
+                fraction = holdout.fraction(c.name)
+                holds = holds_quality(d, hold_ref, tol)
+                within = None if budget is None else fraction <= budget + 1e-9
+                tries.append(Confirmation(c.name, fraction, holdout.paired.point[c.name], d, holds, within,
+                                          holds if budget is None else bool(within)))
+                if tries[-1].confirmed:
+                    chosen = c
+                    break
+            if chosen is None:
+                why = (f"the {len(tries)} best calibration candidates failed on the {holdout_images} held-out images "
+                       f"({'quality' if budget is None else 'budget'}): {', '.join(t.name for t in tries)}")
+            else:
+                vs_frontier = _versus_frontier(chosen, candidates, holdout, sampler)
+                why = (f"{chosen.name}: the cheapest candidate holding quality (tolerance {tolerance})"
+                       if budget is None else f"{chosen.name}: the lowest calibration FID within the budget {budget}")
+                why += f", confirmed on {holdout_images} held-out images"
+        bar.total = bar.n
+        bar.refresh()
+    finally:
+        target.pipe.scheduler = original
+        bar.close()
+    return OperatingPointSearch(
+        goal={"tolerance": tolerance} if budget is None else {"budget": budget},
+        reference={"solver": ref_solver, "scheduler": classes[ref_solver], "steps": reference_steps,
+                   "fid": ref_fid, "holdout_fid": holdout.paired.point.get("reference")},
+        candidates=candidates, tries=tries, chosen=None if chosen is None else chosen.name,
+        confirmed=chosen is not None, why=why, vs_frontier=vs_frontier, guidance_scale=guidance,
+        quality_tolerance=tol,
+        settings={"calib_images": calib_images, "calib_seed": calib_seed, "holdout_images": holdout_images,
+                  "holdout_seed": holdout_seed, "confidence": confidence, "bootstrap": bootstrap,
+                  "max_confirmations": max_confirmations, "conditioning": target.conditioning.to_dict()})
+
+
+def _versus_frontier(chosen: Candidate, candidates: list[Candidate], holdout: _Phase,
+                     sampler: _Sampler) -> dict[str, Any]:
+    """The chosen point against the best (lowest calibration FID) full-depth point that costs no more, on the
+    held-out seeds: does the exit config beat fewer steps there?"""
+    pool = [c for c in candidates if c.exit_config is None and c.name != chosen.name
+            and c.block_fraction <= chosen.block_fraction + 1e-9]
+    if not pool:
+        return {"frontier": None, "why": "no other full-depth candidate costs as little as the chosen point"}
+    frontier = min(pool, key=lambda c: c.fid)
+    sampler(holdout, frontier.name, frontier.solver, frontier.steps, None)
+    d = holdout.paired.difference(chosen.name, frontier.name)
+    return {"frontier": frontier.name, "frontier_block_fraction": frontier.block_fraction,
+            "holdout_frontier_fid": holdout.paired.point[frontier.name], "dfid_chosen_minus_frontier": d,
+            "chosen_beats_frontier": d["high"] < 0}
+
+
+def store_operating_point(pipe: Any, search: OperatingPointSearch) -> None:
+    """Make the search's operating point the default of `pipe` (a pipeline of ours): its scheduler becomes the
+    point's solver (built from the pipeline's own scheduler config) and `save_pretrained` writes both."""
+    if not kind_of(pipe).ours:
+        raise ValueError(f"only pipelines of ours store an operating point; got {type(pipe).__name__}")
+    point = search.operating_point
+    solver = search.point_solver
+    if solver != OWN_SCHEDULER:
+        pipe.scheduler = make_schedulers(pipe.scheduler)[solver]  # the pipeline's config follows (diffusers)
+    pipe.set_operating_point(point)
+

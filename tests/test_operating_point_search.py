@@ -1,0 +1,278 @@
+"""Operating-point search: the goals pick what they say, held-out seeds are other seeds, a failed confirmation
+gives way to the next candidate, the point round-trips (JSON, pipeline folder), the CLI runs end to end, and bad
+input raises before any sampling. On the shipped digits model with its feature net and real images."""
+
+import json
+
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from ee_diffusion import EarlyExitConfig
+from ee_diffusion.benchmarks.frontier import QUALITY_TOLERANCE
+from ee_diffusion.calibration import SearchSpace, search_operating_point, store_operating_point
+from ee_diffusion.default_model import load_setting_pipeline
+from ee_diffusion.eval.features import load_feature_net
+from ee_diffusion.eval.pipeline_sampling import sample_pipeline
+from ee_diffusion.eval.quality import real_images
+from ee_diffusion.operating_point import OperatingPoint
+from ee_diffusion.pipelines import EarlyExitDiTPipeline
+from ee_diffusion.pipelines.conditioning import Conditioning
+from ee_diffusion.testing import tiny_dit
+
+SPACE = SearchSpace(solvers=("dpmpp",), steps=(4, 8), static_fractions=(0.5, 0.75), ase=("released", "aggressive"))
+IMAGES = 40
+
+
+@pytest.fixture(scope="module")
+def digits():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models run fastest on one thread (see conftest's one_thread)
+    net = load_feature_net("digits")
+    with torch.no_grad():
+        real = net(real_images("digits", "reference")[0])
+    yield load_setting_pipeline("digits"), net, real
+    torch.set_num_threads(before)
+
+
+def _search(digits, samples=None, space=SPACE, **kwargs):
+    pipe, net, real = digits
+    on_sample = None if samples is None else (lambda phase, name, run: samples.__setitem__((phase, name), run))
+    options = dict(feature_net=net, real_features=real, calib_images=IMAGES, holdout_images=IMAGES,
+                   guidance_scale=1.0, bootstrap=200, on_sample=on_sample)
+    return search_operating_point(pipe, space, **{**options, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def tolerance_search(digits):
+    samples = {}
+    return _search(digits, samples, tolerance=QUALITY_TOLERANCE), samples
+
+
+def test_tolerance_picks_the_cheapest_candidate_holding_quality(tolerance_search):
+    search, _ = tolerance_search
+    ref_fid = search.reference["fid"]
+    by_name = {c.name: c for c in search.candidates}
+    # Block fractions are measured, relative to the 25-step reference: full depth at k steps runs k/25 of its blocks,
+    # StaticDepth(4) of 8 blocks at 4 steps 4/25 * 4/8.
+    assert by_name["dpmpp8"].block_fraction == pytest.approx(8 / 25)
+    assert by_name["static4@dpmpp4"].block_fraction == pytest.approx(4 / 25 * 4 / 8)
+    for c in search.candidates:  # "holds" is evaluation.md's rule on the paired interval
+        assert c.holds == (c.dfid["low"] <= 0 or c.dfid["high"] < QUALITY_TOLERANCE * ref_fid)
+    pool = sorted((c for c in search.candidates if c.holds and c.block_fraction <= 1),
+                  key=lambda c: (c.block_fraction, c.fid))
+    assert search.confirmed and search.tries, search.why
+    assert [t.name for t in search.tries] == [c.name for c in pool[:len(search.tries)]]
+    assert search.chosen == search.tries[-1].name and all(not t.confirmed for t in search.tries[:-1])
+    chosen = by_name[search.chosen]
+    # the choice is not trivially the cheapest candidate: cheaper ones exist and fail quality
+    assert any(c.block_fraction < chosen.block_fraction and not c.holds for c in search.candidates)
+    assert search.tries[-1].holds
+    frontier = search.vs_frontier
+    if frontier["frontier"] is not None:  # the best steps-alone point that costs no more, on held-out seeds
+        assert by_name[frontier["frontier"]].exit_config is None
+        assert by_name[frontier["frontier"]].block_fraction <= chosen.block_fraction + 1e-9
+
+
+def test_budget_picks_the_lowest_fid_within_the_budget(digits):
+    budget = 0.2
+    search = _search(digits, budget=budget)
+    within = [c for c in search.candidates if c.block_fraction <= budget + 1e-9]
+    assert any(c.fid < min(w.fid for w in within) for c in search.candidates)  # better ones cost more
+    assert search.confirmed, search.why
+    chosen = search.candidate(search.chosen)
+    assert chosen.block_fraction <= budget and chosen.fid == min(c.fid for c in within)
+    assert search.tries[-1].within_budget and search.tries[-1].block_fraction <= budget
+    point = search.operating_point
+    assert (point.num_inference_steps, point.exit_config) == (chosen.steps, chosen.exit_config)
+
+    hopeless = _search(digits, budget=0.01, space=SearchSpace(solvers=("dpmpp",), steps=(4,), ase=()))
+    assert not hopeless.confirmed and hopeless.chosen is None and not hopeless.tries
+    assert "budget 0.01" in hopeless.why
+    fallback = hopeless.operating_point  # nothing met the goal: the reference, full depth
+    assert (fallback.scheduler, fallback.num_inference_steps, fallback.exit_config) == ("DDIMScheduler", 25, None)
+
+
+def test_holdout_confirmation_samples_other_seeds(digits, tolerance_search):
+    search, samples = tolerance_search
+    pipe, _, _ = digits
+    calibration, holdout = samples[("calibration", "reference")], samples[("held-out", "reference")]
+    assert (calibration.images - holdout.images).abs().amax(dim=(1, 2, 3)).min() > 0.05  # every image differs
+    assert ("held-out", search.chosen) in samples
+    assert not torch.equal(samples[("held-out", search.chosen)].images, samples[("calibration", search.chosen)].images)
+    # the held-out images are exactly those of the held-out noise seed
+    before = pipe.scheduler
+    pipe.scheduler = DDIMScheduler.from_config(before.config)
+    try:
+        again = sample_pipeline(pipe, range(4), Conditioning("classes", class_ids=list(range(10))),
+                                num_inference_steps=25, guidance_scale=1.0, seed=search.settings["holdout_seed"])
+    finally:
+        pipe.scheduler = before
+    torch.testing.assert_close(again.images, holdout.images[:4])
+    assert search.reference["holdout_fid"] != search.reference["fid"]
+
+
+def test_failed_confirmation_moves_to_the_next_candidate(digits):
+    # 4 calibration images: every interval is wide, so clearly bad points "hold" there; 60 held-out images show
+    # they do not. The reference's own solver and steps (dpmpp10, identical images) always hold.
+    space = SearchSpace(solvers=("dpmpp",), steps=(2, 10), static_fractions=(0.25,), ase=())
+    search = _search(digits, tolerance=0.0, space=space, calib_images=4, holdout_images=60, reference_steps=10,
+                     reference_solver="dpmpp", max_confirmations=4)
+    pool = sorted((c for c in search.candidates if c.holds), key=lambda c: (c.block_fraction, c.fid))
+    assert len(search.tries) >= 2 and not search.tries[0].confirmed
+    assert search.tries[0].dfid["low"] > 0  # failed by its held-out interval
+    assert [t.name for t in search.tries] == [c.name for c in pool[:len(search.tries)]]
+    assert search.confirmed and search.chosen == search.tries[-1].name
+    assert all(not t.confirmed for t in search.tries[:-1])
+
+    few = _search(digits, tolerance=0.0, space=space, calib_images=4, holdout_images=60, reference_steps=10,
+                  reference_solver="dpmpp", max_confirmations=1)
+    assert len(few.tries) == 1 and not few.confirmed and few.chosen is None and "failed" in few.why
+    assert few.operating_point.exit_config is None and few.operating_point.num_inference_steps == 10
+
+
+def test_operating_point_round_trips_json_and_a_pipeline_folder(tolerance_search, tmp_path):
+    search, _ = tolerance_search
+    point = search.operating_point
+    data = json.loads(json.dumps(search.to_dict()))
+    assert OperatingPoint.from_dict(data["operating_point"]) == point
+    for row, candidate in zip(data["candidates"], search.candidates):
+        config = row["exit_config"]
+        assert (None if config is None else EarlyExitConfig.from_dict(config)) == candidate.exit_config
+    search.save(tmp_path / "out" / "search.json")
+    assert json.loads((tmp_path / "out" / "search.json").read_text()) == data
+
+    chosen = search.candidate(search.chosen)
+    assert point.scheduler == "DPMSolverMultistepScheduler" and point.num_inference_steps == chosen.steps
+    assert point.exit_config == chosen.exit_config and point.exit_configs_by_steps[chosen.steps] == chosen.exit_config
+    for k, config in point.exit_configs_by_steps.items():  # the cheapest holding against full depth at k
+        if k != chosen.steps and config is not None:
+            good = [c for c in search.candidates if c.steps == k and c.holds_vs_full_depth]
+            assert config == min(good, key=lambda c: (c.block_fraction, c.fid)).exit_config
+
+    pipe = EarlyExitDiTPipeline(transformer=tiny_dit(num_layers=8), scheduler=DDIMScheduler())
+    store_operating_point(pipe, search)
+    pipe.save_pretrained(tmp_path / "folder")
+    loaded = EarlyExitDiTPipeline.from_pretrained(tmp_path / "folder")
+    assert type(loaded.scheduler).__name__ == "DPMSolverMultistepScheduler"
+    assert loaded.operating_point == point
+    run = loaded.resolve_call(None, None, None)
+    assert (run.num_inference_steps, run.exit_config) == (chosen.steps, chosen.exit_config or EarlyExitConfig())
+    assert run.guidance_scale == 1.0 and run.source == "default operating point"
+    loaded.set_progress_bar_config(disable=True)
+    out = loaded(class_labels=[3], output_type="np")  # a call that gives nothing runs the point
+    assert out.operating_point["num_inference_steps"] == chosen.steps
+    assert out.operating_point["exit_config"] == (chosen.exit_config or EarlyExitConfig())
+
+
+def test_cli_searches_and_saves_a_pipeline_folder(tmp_path, capsys, one_thread):
+    from ee_diffusion.cli import main
+
+    out, folder = tmp_path / "search.json", tmp_path / "folder"
+    code = main(["calibrate", "--model", "digits", "--kind", "operating-point", "--tolerance", "0.1", "--images", "40",
+                 "--holdout-images", "40", "--search-steps", "4", "8", "--solvers", "dpmpp", "--out", str(out),
+                 "--save-to", str(folder), "--batch-size", "40"])
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert {c["solver"] for c in data["candidates"]} == {"dpmpp"} and {c["steps"] for c in data["candidates"]} == {4, 8}
+    families = {c["family"] for c in data["candidates"]}
+    assert {"full_depth", "static_depth", "ase", "tail_cache", "deediff"} <= families  # heads: DeeDiff too
+    assert data["settings"]["calib_images"] == 40 and data["settings"]["holdout_images"] == 40
+    loaded = EarlyExitDiTPipeline.from_pretrained(folder)
+    assert loaded.operating_point == OperatingPoint.from_dict(data["operating_point"])
+    assert type(loaded.scheduler).__name__ == data["operating_point"]["scheduler"]
+    assert "operating point" in capsys.readouterr().out
+
+
+def test_cli_refuses_folders_without_a_setting_and_psnr_goals(tmp_path):
+    from ee_diffusion.cli import main
+
+    pipe = EarlyExitDiTPipeline(transformer=tiny_dit(num_layers=2), scheduler=DDIMScheduler())
+    pipe.save_pretrained(tmp_path / "model")
+    with pytest.raises(SystemExit, match="benchmark setting"):
+        main(["calibrate", "--model", str(tmp_path / "model"), "--kind", "operating-point", "--tolerance", "0.1"])
+    with pytest.raises(SystemExit, match="not --min-psnr"):
+        main(["calibrate", "--model", "digits", "--kind", "operating-point", "--min-psnr", "30"])
+
+
+@pytest.fixture(scope="module")
+def counted():
+    """A tiny pipeline whose transformer counts its calls: bad input must raise before any sampling."""
+    pipe = EarlyExitDiTPipeline(transformer=tiny_dit(num_layers=2), scheduler=DDIMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    calls = []
+    pipe.transformer.register_forward_pre_hook(lambda module, args: calls.append(1))
+    return pipe, calls
+
+
+@pytest.mark.parametrize("space, match", [
+    (dict(solvers=("euler",)), r"unknown solvers \['euler'\].*allowed: \['ddim', 'dpmpp'\]"),
+    (dict(solvers=()), r"solvers must name at least one value, got \(\)"),
+    (dict(steps=(0, 4)), r"steps must be an integer >= 1.*got 0"),
+    (dict(steps=()), r"steps must name at least one value"),
+    (dict(static_fractions=(1.0,)), r"static_fractions must be in \(0, 1\).*got 1.0"),
+    (dict(ase=("fast",)), r"ase must name ASE schedules among \('released', 'aggressive'\), got \('fast',\)"),
+    (dict(tail_thresholds=(0.1,), forecast_orders=(3,)), r"forecast_orders must be among \(0, 1, 2\), got \(3,\)"),
+    (dict(tail_thresholds=(0.0,)), r"tail_thresholds must be a number > 0.0, got 0.0"),
+    (dict(threshold_fractions=(1.5,)), r"threshold_fractions must be a number > 0.0 and <= 1.0, got 1.5"),
+    (dict(steps="8"), r"steps must be a list or tuple, got '8'"),
+])
+def test_bad_search_spaces_raise(space, match):
+    with pytest.raises(ValueError, match=match):
+        SearchSpace(**space)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(), r"exactly one goal.*tolerance=None, budget=None"),
+    (dict(tolerance=0.1, budget=0.5), r"exactly one goal.*tolerance=0.1, budget=0.5"),
+    (dict(budget=0.0), r"budget must be a number > 0.0 and <= 1.0, got 0.0"),
+    (dict(budget=1.5), r"budget must be a number > 0.0 and <= 1.0, got 1.5"),
+    (dict(tolerance=-0.1), r"tolerance must be a number >= 0.0, got -0.1"),
+    (dict(budget=0.5, calib_images=1), r"calib_images must be an integer >= 2.*got 1"),
+    (dict(budget=0.5, holdout_images=1), r"holdout_images must be an integer >= 2.*got 1"),
+    (dict(budget=0.5, reference_steps=0), r"reference_steps must be an integer >= 1.*got 0"),
+    (dict(budget=0.5, calib_seed=7, holdout_seed=7), r"calib_seed=7 .* holdout_seed=7 .* share noise"),
+    (dict(budget=0.5, calib_seed=0), r"calibration images \(seed 0\) would reuse the noise of the benchmark"),
+    (dict(budget=0.5, holdout_seed=1), r"held-out images \(seed 1\) would reuse the noise of the benchmark"),
+    (dict(budget=0.5, reference_solver="euler"), r"reference_solver must be one of \['ddim', 'dpmpp', 'own'\]"),
+    (dict(budget=0.5, confidence=1.5), r"confidence must be in \(0, 1\), got 1.5"),
+    (dict(budget=0.5, max_confirmations=0), r"max_confirmations must be an integer >= 1.*got 0"),
+    (dict(budget=0.5, space=SearchSpace(steps=(2,), threshold_fractions=(0.5,))), r"threshold_fractions need exit heads"),
+    (dict(budget=0.5, real_features=torch.rand(20)), r"real_features must be \(N >= 2, F\), got shape \(20,\)"),
+])
+def test_bad_inputs_raise_before_sampling(counted, kwargs, match):
+    pipe, calls = counted
+    kwargs = dict(kwargs)
+    space = kwargs.pop("space", SearchSpace(steps=(2,)))
+    features = kwargs.pop("real_features", torch.rand(20, 64))
+    with pytest.raises(ValueError, match=match):
+        search_operating_point(pipe, space, feature_net=torch.nn.Flatten(), real_features=features,
+                               calib_images=kwargs.pop("calib_images", 4), holdout_images=kwargs.pop("holdout_images", 4),
+                               **kwargs)
+    assert not calls
+
+
+def test_flow_matching_pipelines_search_their_own_scheduler(one_thread):
+    from ee_diffusion.pipelines.conditioning import Prompt
+    from ee_diffusion.testing import tiny_pipeline
+
+    pipe = tiny_pipeline("sd3", num_layers=2)
+    pipe.set_progress_bar_config(disable=True)
+    own = pipe.scheduler
+    cond = Conditioning("prompts", prompts=[Prompt("a red cat"), Prompt("a blue car")])
+    real = torch.rand(30, 3 * 16 * 16, generator=torch.Generator().manual_seed(0))
+    space = SearchSpace(solvers=None, steps=(2,), static_fractions=(0.5,), ase=(), tail_thresholds=(0.2,))
+    search = search_operating_point(pipe, space, budget=1.0, feature_net=torch.nn.Flatten(), real_features=real,
+                                    conditioning=cond, reference_steps=3, calib_images=4, holdout_images=4,
+                                    bootstrap=20, batch_size=4)
+    assert pipe.scheduler is own  # left as found
+    assert [c.name for c in search.candidates] == ["own2", "static1@own2", "tail0.2_o0@own2"]
+    assert {c.scheduler for c in search.candidates} == {"FlowMatchEulerDiscreteScheduler"}
+    assert search.reference["scheduler"] == "FlowMatchEulerDiscreteScheduler" and search.reference["steps"] == 3
+    assert search.candidate("static1@own2").block_fraction == pytest.approx(2 / 3 * 1 / 2)
+    assert search.confirmed and search.operating_point.scheduler == "FlowMatchEulerDiscreteScheduler"
+
+    seeded = Conditioning("prompts", prompts=[Prompt("a red cat", seed=3)])
+    with pytest.raises(ValueError, match="prompts with their own seed"):
+        search_operating_point(pipe, space, budget=1.0, feature_net=torch.nn.Flatten(), real_features=real,
+                               conditioning=seeded, calib_images=4, holdout_images=4)
