@@ -171,9 +171,19 @@ def _add_calibrate(subparsers) -> None:
     search = parser.add_argument_group("operating-point")
     search.add_argument("--solvers", nargs="+", choices=("ddim", "dpmpp"), default=["ddim", "dpmpp"])
     search.add_argument("--search-steps", type=int, nargs="+", default=[8, 10, 12, 15, 20], help="step counts")
+    search.add_argument("--static-fractions", type=float, nargs="*", default=[0.5, 0.75],
+                        help="StaticDepth candidates, as fractions of the blocks")
+    search.add_argument("--tail-thresholds", type=float, nargs="*", default=[0.1, 0.2],
+                        help="CachedTailResidual thresholds (transformers), each at every --forecast-orders")
+    search.add_argument("--threshold-fractions", type=float, nargs="*", default=[0.5, 0.75],
+                        help="DeeDiff thresholds calibrated to these block fractions (models with exit heads)")
     search.add_argument("--reference-steps", type=int, default=25, help="DDIM steps of the reference (default: 25)")
     search.add_argument("--holdout-images", type=int, default=None,
                         help="held-out images that confirm the pick (default: as many as --images)")
+    search.add_argument("--time-batch", type=int, default=0,
+                        help="also time the found point, and the pipeline's current default point, against the "
+                             "reference: one call on this many images, interleaved, medians (0: do not time)")
+    search.add_argument("--time-repeats", type=int, default=5, help="timed rounds (--time-batch)")
     search.add_argument("--save-to", type=Path, default=None,
                         help="write a copy of the pipeline folder whose default is the found operating point")
     parser.set_defaults(func=_run_calibrate)
@@ -247,21 +257,41 @@ def _run_operating_point_search(args: argparse.Namespace, pipe, target, setting:
                          f"{type(pipe).__name__}")
     # The tail cache needs a transformer; DeeDiff thresholds need exit heads.
     space = SearchSpace(solvers=tuple(args.solvers), steps=tuple(args.search_steps),
-                        tail_thresholds=(0.1, 0.2) if get_adapter(target.denoiser).sequential else (), forecast_orders=tuple(args.forecast_orders),
-                        threshold_fractions=(0.5, 0.75) if target.exit_heads is not None else ())
+                        static_fractions=tuple(args.static_fractions),
+                        tail_thresholds=tuple(args.tail_thresholds) if get_adapter(target.denoiser).sequential else (),
+                        forecast_orders=tuple(args.forecast_orders),
+                        threshold_fractions=tuple(args.threshold_fractions) if target.exit_heads is not None else ())
     data = setting_dataset(setting)
     net = load_feature_net(data)
     with torch.no_grad():
         real_features = net(real_images(data, "reference")[0])
+    # The pipeline's current default point is measured beside the pick on the held-out images (and timed).
+    current = pipe.operating_point if kind_of(pipe).ours else None
+    solvers = {"DDIMScheduler", "DPMSolverMultistepScheduler"}
+    baselines = {"current default": current} if current is not None and current.scheduler in solvers else {}
     search = search_operating_point(
         target, space, tolerance=args.tolerance, budget=args.budget, feature_net=net, real_features=real_features,
         reference_steps=args.reference_steps, guidance_scale=guidance, calib_images=args.images,
-        holdout_images=args.holdout_images or args.images, batch_size=args.batch_size, progress=True)
-    search.save(args.out)
+        holdout_images=args.holdout_images or args.images, batch_size=args.batch_size, progress=True,
+        baselines=baselines)
+    search.settings["command"] = args.command_line
     point = search.operating_point
+    if args.time_batch:
+        from .benchmarks.point_timing import time_operating_points
+
+        points = {"searched": point}
+        if baselines and current.guidance_scale == point.guidance_scale:
+            points["current default"] = current
+        search.timing = time_operating_points(pipe, points, args.reference_steps, args.time_batch, args.time_repeats)
+    search.save(args.out)
     print(f"{search.why}\noperating point: {point.scheduler}, {point.num_inference_steps} steps, guidance "
           f"{point.guidance_scale:g}, exit config {None if point.exit_config is None else point.exit_config.to_dict()}"
           f"\nsearch saved to {args.out}")
+    for name, entry in search.baselines.items():
+        d = entry["dfid_chosen_minus_baseline"]
+        print(f"against the {name} on the held-out images: dFID {d['delta']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]")
+    for name, timed in (search.timing or {}).get("points", {}).items():
+        print(f"{name}: {timed['speedup']:.2f}x faster than the reference at batch {args.time_batch}")
     if args.save_to is not None:
         store_operating_point(pipe, search)
         pipe.save_pretrained(str(args.save_to))

@@ -26,7 +26,7 @@ def test_the_ci_preset_scores_times_and_compares_every_row(ci_report):
     preset = caches_bench.PRESETS["ci"]
     rows = report["rows"]
     tails = [n for n, r in rows.items() if r["family"] == "tail_cache"]
-    assert len(tails) == len(preset.tail_thresholds) * len(preset.forecast_orders)
+    assert len(tails) == (len(preset.tail_thresholds) + len(preset.tail_cadences)) * len(preset.forecast_orders)
     attached = {r["family"] for r in rows.values() if r["family"] in caches_bench.CACHE_FAMILIES}
     assert attached | set(report["not_attached"]) == set(caches_bench.CACHE_FAMILIES)
     for name, r in rows.items():

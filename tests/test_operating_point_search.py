@@ -46,7 +46,8 @@ def _search(digits, samples=None, space=SPACE, **kwargs):
 @pytest.fixture(scope="module")
 def tolerance_search(digits):
     samples = {}
-    return _search(digits, samples, tolerance=QUALITY_TOLERANCE), samples
+    shipped = digits[0].operating_point  # measured beside the pick on the held-out seeds
+    return _search(digits, samples, tolerance=QUALITY_TOLERANCE, baselines={"shipped": shipped}), samples
 
 
 def test_tolerance_picks_the_cheapest_candidate_holding_quality(tolerance_search):
@@ -72,6 +73,22 @@ def test_tolerance_picks_the_cheapest_candidate_holding_quality(tolerance_search
     if frontier["frontier"] is not None:  # the best steps-alone point that costs no more, on held-out seeds
         assert by_name[frontier["frontier"]].exit_config is None
         assert by_name[frontier["frontier"]].block_fraction <= chosen.block_fraction + 1e-9
+
+
+def test_baselines_are_measured_on_the_held_out_images_beside_the_pick(digits, tolerance_search):
+    search, samples = tolerance_search
+    shipped = digits[0].operating_point
+    entry = search.baselines["shipped"]
+    run = samples[("held-out", "baseline:shipped")]
+    assert ("calibration", "baseline:shipped") not in samples
+    assert run.block_evals == pytest.approx(entry["block_fraction"] * samples[("held-out", "reference")].block_evals)
+    # the shipped point's steps and exit config ran: fewer blocks than full depth at its steps
+    assert entry["block_fraction"] < shipped.num_inference_steps / 25
+    confirmed = search.tries[-1]
+    assert entry["dfid_chosen_minus_baseline"]["delta"] == pytest.approx(confirmed.dfid["delta"] - entry["dfid"]["delta"])
+    assert OperatingPoint.from_dict(entry["operating_point"]) == shipped
+    with pytest.raises(ValueError, match="baselines must be OperatingPoints"):
+        _search(digits, tolerance=0.1, baselines={"heun": OperatingPoint("HeunDiscreteScheduler", 4, 1.0)})
 
 
 def test_budget_picks_the_lowest_fid_within_the_budget(digits):
@@ -171,9 +188,15 @@ def test_cli_searches_and_saves_a_pipeline_folder(tmp_path, capsys, one_thread):
     out, folder = tmp_path / "search.json", tmp_path / "folder"
     code = main(["calibrate", "--model", "digits", "--kind", "operating-point", "--tolerance", "0.1", "--images", "40",
                  "--holdout-images", "40", "--search-steps", "4", "8", "--solvers", "dpmpp", "--out", str(out),
-                 "--save-to", str(folder), "--batch-size", "40"])
+                 "--save-to", str(folder), "--batch-size", "40", "--time-batch", "4", "--time-repeats", "1"])
     assert code == 0
     data = json.loads(out.read_text())
+    assert data["settings"]["command"].startswith("ee-diffusion calibrate --model digits")
+    # Timed against the reference: the found point and the shipped default point, each at its own steps.
+    timed = data["timing"]["points"]
+    assert set(timed) == {"reference", "searched", "current default"} and timed["reference"]["speedup"] == 1.0
+    assert timed["searched"]["steps"] == data["operating_point"]["num_inference_steps"]
+    assert timed["current default"]["steps"] == load_setting_pipeline("digits").operating_point.num_inference_steps
     assert {c["solver"] for c in data["candidates"]} == {"dpmpp"} and {c["steps"] for c in data["candidates"]} == {4, 8}
     families = {c["family"] for c in data["candidates"]}
     assert {"full_depth", "static_depth", "ase", "tail_cache", "deediff"} <= families  # heads: DeeDiff too
@@ -276,3 +299,18 @@ def test_flow_matching_pipelines_search_their_own_scheduler(one_thread):
     with pytest.raises(ValueError, match="prompts with their own seed"):
         search_operating_point(pipe, space, budget=1.0, feature_net=torch.nn.Flatten(), real_features=real,
                                conditioning=seeded, calib_images=4, holdout_images=4)
+
+
+def test_timing_refuses_points_it_cannot_time_together(digits):
+    from ee_diffusion.benchmarks.point_timing import time_operating_points
+
+    pipe = digits[0]
+    point = OperatingPoint(scheduler="DDIMScheduler", num_inference_steps=2, guidance_scale=1.0)
+    with pytest.raises(ValueError, match="only operating points of"):
+        time_operating_points(pipe, {"x": OperatingPoint(scheduler="HeunDiscreteScheduler", num_inference_steps=2,
+                                                         guidance_scale=1.0)})
+    with pytest.raises(ValueError, match="share their guidance"):
+        time_operating_points(pipe, {"a": point, "b": OperatingPoint(scheduler="DDIMScheduler", num_inference_steps=2,
+                                                                     guidance_scale=2.0)})
+    with pytest.raises(ValueError, match="at least one"):
+        time_operating_points(pipe, {})

@@ -128,7 +128,7 @@ class _Progress:
             logger.info("[%7.1fs] %s", time.perf_counter() - self.start, message)
 
 
-class _Sampler:
+class MethodSampler:
     """Samples any `Method` on one pipeline: its solver, its exit config or diffusers cache, its step count."""
 
     def __init__(self, pipe: Any, guidance: float, sample_batch: int, cache_batch: int) -> None:
@@ -185,7 +185,7 @@ class _Sampler:
             self.switch.close()
 
 
-def _load_average() -> list[float] | None:
+def load_average() -> list[float] | None:
     try:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
@@ -208,7 +208,7 @@ def run_setting(setting: str, preset: Preset, model_path: str | None = None, log
         real_features = net(real)
         floor = FrechetReference(real_features).fid(net(floor_images))
     paired = PairedFID(real_features, N, num_resamples=preset.bootstrap, confidence=preset.confidence)
-    sampler = _Sampler(pipe, guidance, preset.sample_batch, preset.timing_batches[0])
+    sampler = MethodSampler(pipe, guidance, preset.sample_batch, preset.timing_batches[0])
     log(f"{setting}: {n} blocks, {pipe.num_classes} classes, {N} images; floor FID {floor:.3f} "
         f"({floor_images.shape[0]} vs {real.shape[0]} real images)")
 
@@ -388,7 +388,7 @@ def run(preset: str | Preset = "ci", out: str | Path = "bench_out", settings: tu
     out.mkdir(parents=True, exist_ok=True)
     log = _Progress(progress)
     start = time.perf_counter()
-    load_before = _load_average()
+    load_before = load_average()
     results = []
     with torch.no_grad():
         for setting in preset.settings:
@@ -397,7 +397,7 @@ def run(preset: str | Preset = "ci", out: str | Path = "bench_out", settings: tu
         "preset": preset_name, "preset_values": asdict(preset), "command": command,
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
                         "python": platform.python_version(), "cpu_count": os.cpu_count(),
-                        "load_average_before": load_before, "load_average_after": _load_average()},
+                        "load_average_before": load_before, "load_average_after": load_average()},
         "elapsed_s": time.perf_counter() - start, "settings": results,
     }
     for entry in results:

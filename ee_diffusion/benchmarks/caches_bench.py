@@ -5,8 +5,9 @@ conventional steps, no guidance, image i from the noise seeded by (0, i) for eve
 
 - `ddim25`: the stock model (the reference), and fewer steps at full depth (the frontier);
 - `tail{τ}_o{p}`: `CachedTailResidual(threshold=τ, forecast_order=p)`, per-row decisions and per-row state; p = 0
-  reuses a row's last tail residual, p = 1 extrapolates it in the timestep. A row's result does not depend on
-  its batch, so these are sampled once (batch 64) and checked at batch 1 (`batch_independence`);
+  reuses a row's last tail residual, p = 1 extrapolates it in the timestep. `every{k}_o{p}`: the same forecast on a
+  fixed cadence, a row running fully every k-th call (TaylorSeer's interval, kept per row). A row's result does
+  not depend on its batch, so these are sampled once (batch 64) and checked at batch 1 (`batch_independence`);
 - diffusers' FirstBlockCache, TaylorSeerCache, SeaCache and MagCache (calibrated) with their thresholds swept.
   They decide once per batch, so their images depend on the batch: each is sampled at every batch size it is
   timed at (`fbc0.1|b64`, `|b8`, `|b1`), and once more at batch 64 with every batch holding a single class
@@ -15,7 +16,7 @@ conventional steps, no guidance, image i from the noise seeded by (0, i) for eve
 Quality is FID on the setting's feature net with paired bootstrap intervals (`eval/paired.py`): every row at
 batch >= 8 is scored on the same `num_images` images, the batch-1 rows on the first `batch1_images` (sampling a
 pipeline image by image is slow). Wall-clock: one pipeline call on `batch` images per method per round,
-interleaved rounds after a warm-up, hooks and caches put on outside the timed region (`bench._Sampler.timed`),
+interleaved rounds after a warm-up, hooks and caches put on outside the timed region (`bench.MethodSampler.timed`),
 speedup = median over rounds of stock time / method time, at every batch size.
 
 Matched speed: for every cache row at batch b, the per-row row that is at least as fast at batch b with the lowest
@@ -47,8 +48,9 @@ from ..eval.features import load_feature_net
 from ..eval.paired import PairedFID
 from ..eval.quality import real_images
 from ..schedules import CachedTailResidual
-from .bench import Preset, _load_average, _Sampler
-from .grid import SOLVERS, Method, cache_methods
+from .bench import MethodSampler, Preset, load_average
+from .grid import Method, cache_methods
+from .solvers import SOLVERS
 
 CACHE_FAMILIES = ("first_block_cache", "taylorseer_cache", "sea_cache", "mag_cache")
 DIT_XL_TOKENS, DIT_XL_WIDTH = 256, 1152  # DiT-XL/2 at 256 px: 32x32 latents in 2x2 patches, hidden width 1152
@@ -64,9 +66,12 @@ class CachesPreset:
     num_images: int = 1000
     batch1_images: int = 200
     frontier_steps: tuple[int, ...] = (8, 10, 12, 14, 16, 18, 20)
-    tail_thresholds: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)
+    tail_thresholds: tuple[float, ...] = (0.1, 0.2)
+    # Rows on a fixed cadence: a row may skip on every call (criterion "timestep" with skip_above_t=0) and runs
+    # fully after `c` skipped calls, i.e. every (c + 1)-th call - TaylorSeer's cache interval, decided per row.
+    tail_cadences: tuple[int, ...] = (1, 2)
     forecast_orders: tuple[int, ...] = (0, 1)
-    fbc_thresholds: tuple[float, ...] = (0.05, 0.1, 0.2)
+    fbc_thresholds: tuple[float, ...] = (0.1, 0.15, 0.2)
     taylorseer_intervals: tuple[int, ...] = (2, 3)
     sea_thresholds: tuple[float, ...] = (0.05, 0.1, 0.2)
     mag_thresholds: tuple[float, ...] = (0.02, 0.05)
@@ -97,6 +102,8 @@ class CachesPreset:
             raise ValueError(f"frontier_steps must lie in [1, {self.steps}), got {bad}")
         if not self.tail_thresholds or any(not 0 < t < 1 for t in self.tail_thresholds):
             raise ValueError(f"tail_thresholds must be non-empty, each in (0, 1), got {self.tail_thresholds!r}")
+        if any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in self.tail_cadences):
+            raise ValueError(f"tail_cadences must be skipped calls >= 1 between full calls, got {self.tail_cadences!r}")
         if not self.forecast_orders or any(p not in (0, 1, 2) for p in self.forecast_orders):
             raise ValueError(f"forecast_orders must be a non-empty subset of (0, 1, 2), got {self.forecast_orders!r}")
         for name in ("timing_repeats", "calib_images", "bootstrap"):
@@ -107,7 +114,7 @@ class CachesPreset:
 # `full` on the deep pre-trained digits DiT takes about 45 minutes on one core; `ci` is a smoke run of every path.
 PRESETS = {
     "full": CachesPreset(),
-    "ci": CachesPreset(steps=6, num_images=24, batch1_images=6, frontier_steps=(3,), tail_thresholds=(0.2,),
+    "ci": CachesPreset(steps=6, num_images=24, batch1_images=6, frontier_steps=(3,), tail_thresholds=(0.2,), tail_cadences=(1,),
                        fbc_thresholds=(0.2,), taylorseer_intervals=(2,), sea_thresholds=(0.2,), mag_thresholds=(0.05,),
                        batches=(8, 1), timing_repeats=1, timing_warmup=0, calib_images=4, bootstrap=20),
 }
@@ -115,9 +122,12 @@ PRESETS = {
 
 def _tail_methods(preset: CachesPreset) -> list[Method]:
     at = f"@{preset.solver}{preset.steps}"
-    return [Method(f"tail{tau}_o{p}{at}", "tail_cache", preset.solver, preset.steps,
-                   EarlyExitConfig(CachedTailResidual(threshold=tau, forecast_order=p)), notes={"forecast_order": p})
-            for tau in preset.tail_thresholds for p in preset.forecast_orders]
+    rules = {f"tail{tau}": {"threshold": tau} for tau in preset.tail_thresholds}
+    rules.update({f"every{c + 1}": {"criterion": "timestep", "skip_above_t": 0.0, "max_cached_calls": c}
+                  for c in preset.tail_cadences})
+    return [Method(f"{rule}_o{p}{at}", "tail_cache", preset.solver, preset.steps,
+                   EarlyExitConfig(CachedTailResidual(**kwargs, forecast_order=p)), notes={"forecast_order": p})
+            for rule, kwargs in rules.items() for p in preset.forecast_orders]
 
 
 def _sorted_by_class(indices: range, num_classes: int) -> list[int]:
@@ -128,7 +138,7 @@ def _sorted_by_class(indices: range, num_classes: int) -> list[int]:
 def state_memory(pipe: Any, method: Method, batch: int) -> dict[str, Any]:
     """`exit_state_nbytes` after three model calls at `batch` rows, with the formula's value for this model and
     for DiT-XL/2 hidden states at the same batch (`TailCacheState`: B (L D s (p + 1 + c) + 4 (p + 2) + 16), c = 1
-    for the residual criterion, s = 4 bytes in float32, 2 in bfloat16)."""
+    for the residual criterion and 0 otherwise, s = 4 bytes in float32, 2 in bfloat16)."""
     model = pipe.transformer
     c, h, w = model.config.in_channels, model.config.sample_size, model.config.sample_size
     generator = torch.Generator().manual_seed(0)
@@ -152,11 +162,12 @@ def state_memory(pipe: Any, method: Method, batch: int) -> dict[str, Any]:
         measured = exit_state_nbytes(model)
     finally:
         remove_early_exit(model)
-    p = method.exit_config.policy.forecast_order
+    policy = method.exit_config.policy
+    p, c = policy.forecast_order, int(policy.criterion == "residual")
     length, width = tokens
 
     def formula(length: int, width: int, element_bytes: int) -> int:
-        return batch * (length * width * element_bytes * (p + 2) + 4 * (p + 2) + 16)
+        return batch * (length * width * element_bytes * (p + 1 + c) + 4 * (p + 2) + 16)
 
     return {"batch": batch, "measured_bytes": measured, "formula_bytes": formula(length, width, 4),
             "tokens": length, "width": width, "dit_xl_2_float32_bytes": formula(DIT_XL_TOKENS, DIT_XL_WIDTH, 4),
@@ -169,7 +180,7 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
 
     log = _Progress(progress)
     started = time.perf_counter()
-    load_before = _load_average()
+    load_before = load_average()
     pipe = load_setting_pipeline(preset.setting)
     pipe.set_progress_bar_config(disable=True)
     n = len(pipe.transformer.transformer_blocks)
@@ -182,7 +193,7 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
     sets = {"all": PairedFID(real_features, N, preset.bootstrap, preset.confidence),
             "batch1": PairedFID(real_features, N1, preset.bootstrap, preset.confidence)}
     big = max(b for b in preset.batches)
-    sampler = _Sampler(pipe, 1.0, big, big)
+    sampler = MethodSampler(pipe, 1.0, big, big)
     rows: dict[str, dict[str, Any]] = {}
     methods: dict[str, Method] = {}
     reference_evals: list[float] = []
@@ -260,7 +271,9 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
     composition = {}
     for method in caches if preset.sorted_batches else ():
         composition[method.name] = sets["all"].difference(f"{method.name}|b{big}sorted", f"{method.name}|b{big}")
-    memory = {m.name: state_memory(pipe, m, 64) for m in tails if m.exit_config.policy.threshold == preset.tail_thresholds[0]}
+    # The state of each rule's rows at each forecast order (the residual criterion stores one tensor more).
+    first_rules = (f"tail{preset.tail_thresholds[0]}_", *(f"every{c + 1}_" for c in preset.tail_cadences[:1]))
+    memory = {m.name: state_memory(pipe, m, 64) for m in tails if m.name.startswith(first_rules)}
     return {
         "command": command, "preset": asdict(preset), "setting": preset.setting, "num_blocks": n,
         "reference": reference.name, "feature_net": data, "num_images": N, "batch1_images": N1,
@@ -268,7 +281,7 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
         "not_attached": not_attached, "batch_independence": independence, "state_memory": memory,
         "summary": summarize(comparisons),
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                        "load_average_before": load_before, "load_average_after": _load_average()},
+                        "load_average_before": load_before, "load_average_after": load_average()},
         "elapsed_s": time.perf_counter() - started,
     }
 

@@ -24,7 +24,7 @@ import torch
 from .._io import atomic_write_json, atomic_write_text
 from ..default_model import SETTINGS, load_setting_pipeline
 from ..schedules import StaticDepth
-from .bench import _load_average
+from .bench import load_average
 from .gpu_check import compile_check
 from .grid import ase_schedules
 
@@ -36,7 +36,7 @@ def run(setting: str = "digits-deep", batch: int = 64, backend: str = "inductor"
         raise ValueError(f"setting must be one of {sorted(SETTINGS)}, got {setting!r}")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 2:
         raise ValueError(f"batch must be an integer >= 2 (half the rows at t=900, half at t=100), got {batch!r}")
-    started, load_before = time.perf_counter(), _load_average()
+    started, load_before = time.perf_counter(), load_average()
     pipe = load_setting_pipeline(setting)
     model = pipe.transformer
     n = len(model.transformer_blocks)
@@ -57,7 +57,7 @@ def run(setting: str = "digits-deep", batch: int = 64, backend: str = "inductor"
             "device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "machine": platform.machine(), "policies": {k: None if v is None else repr(v) for k, v in policies.items()},
             "results": {k: v for k, v in result.items() if isinstance(v, dict)},
-            "load_average_before": load_before, "load_average_after": _load_average(),
+            "load_average_before": load_before, "load_average_after": load_average(),
             "elapsed_s": time.perf_counter() - started}
 
 

@@ -56,7 +56,7 @@ from ..eval.paired import FrechetReference, PairedFID, fidelity
 from ..eval.real_images import RealStats
 from ..pipelines.stock import denoiser_of, kind_of
 from . import frontier
-from .bench import _load_average, _store_times
+from .bench import load_average, _store_times
 from .grid import Method, make_schedulers
 from .report import _describe_point, _finite, _json_default, plot, rows_table
 from .sample_cache import ShardCache, run_key
@@ -251,7 +251,7 @@ def run(config: BenchConfig, out: str | Path = "bench_out", progress: bool = Tru
     device = str(state.device) if config.device == "cuda" and state.num_processes > 1 else config.device
     out = Path(out)
     started = time.perf_counter()
-    load_before = _load_average()
+    load_before = load_average()
     prep = prepare(config, device)  # every input error surfaces here, before sampling
     out.mkdir(parents=True, exist_ok=True)
     cache = ShardCache(Path(config.cache_dir) if config.cache_dir else out / "samples", config.shard_size, state)
@@ -316,7 +316,7 @@ def _report(config: BenchConfig, prep: Prepared, runner: _Runner, times: dict, o
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
                         "python": platform.python_version(), "cpu_count": os.cpu_count(), "device": str(config.device),
                         "dtype": config.dtype, "processes": runner.cache.world,
-                        "load_average_before": load_before, "load_average_after": _load_average()},
+                        "load_average_before": load_before, "load_average_after": load_average()},
         "sampled_shards": runner.cache.sampled_shards, "elapsed_s": time.perf_counter() - started,
         "settings": entries,
     }

@@ -81,9 +81,13 @@ class OperatingPointSearch:
         why: one sentence on the outcome.
         vs_frontier: on the held-out seeds, the chosen point against the best full-depth candidate that costs no
             more (`dfid_chosen_minus_frontier`; negative: the exit config beats fewer steps).
+        baselines: per name given to the search, an operating point measured on the held-out seeds beside the
+            chosen one: its block fraction, dFID against the reference and the chosen point's dFID against it.
         guidance_scale: guidance the search sampled at (the operating point's).
         quality_tolerance: the tolerance of `holds` (the goal's, else `QUALITY_TOLERANCE`).
         settings: image counts, seeds, confidence, bootstrap, conditioning.
+        timing: wall-clock of the point against the reference, when measured
+            (`ee_diffusion.benchmarks.point_timing.time_operating_points`; None: not measured).
     """
 
     goal: dict[str, float]
@@ -94,9 +98,11 @@ class OperatingPointSearch:
     confirmed: bool
     why: str
     vs_frontier: dict[str, Any] | None
+    baselines: dict[str, Any]
     guidance_scale: float
     quality_tolerance: float
     settings: dict[str, Any] = field(default_factory=dict)
+    timing: dict[str, Any] | None = None
 
     def candidate(self, name: str) -> Candidate:
         found = [c for c in self.candidates if c.name == name]
@@ -136,8 +142,9 @@ class OperatingPointSearch:
         return {"goal": dict(self.goal), "reference": dict(self.reference), "chosen": self.chosen,
                 "confirmed": self.confirmed, "why": self.why, "guidance_scale": self.guidance_scale,
                 "quality_tolerance": self.quality_tolerance, "operating_point": self.operating_point.to_dict(),
-                "vs_frontier": self.vs_frontier, "tries": [t.to_dict() for t in self.tries],
-                "candidates": [c.to_dict() for c in self.candidates], "settings": dict(self.settings)}
+                "vs_frontier": self.vs_frontier, "baselines": self.baselines, "tries": [t.to_dict() for t in self.tries],
+                "candidates": [c.to_dict() for c in self.candidates], "settings": dict(self.settings),
+                "timing": self.timing}
 
     def save(self, path: str | Path) -> None:
         """Write `to_dict()` as JSON (atomically: never a half-written file), creating its folder."""

@@ -55,6 +55,7 @@ from ..config import EarlyExitConfig
 from ..eval.paired import FrechetReference, PairedFID
 from ..eval.pipeline_sampling import sample_pipeline
 from ..eval.sampling import _SEED_STRIDE, SampleRun
+from ..operating_point import OperatingPoint
 from ..pipelines.conditioning import Conditioning
 from ..pipelines.stock import default_guidance_scale, kind_of
 from ..schedules import CachedTailResidual, StaticDepth, UncertaintyThreshold
@@ -243,6 +244,7 @@ def search_operating_point(
     holdout_images: int = 200, holdout_seed: int = 30_000, confidence: float = 0.9, bootstrap: int = 200,
     max_confirmations: int = 3, batch_size: int = 64, progress: bool = False,
     on_sample: Callable[[str, str, SampleRun], None] | None = None,
+    baselines: dict[str, OperatingPoint] | None = None,
 ) -> OperatingPointSearch:
     """The operating point of `space` that meets the goal on calibration seeds, confirmed on held-out seeds.
 
@@ -260,6 +262,9 @@ def search_operating_point(
         confidence, bootstrap: the paired percentile intervals.
         max_confirmations: candidates tried on the held-out seeds before giving up.
         on_sample: called as `on_sample(phase, name, run)` after each sampling ("calibration" or "held-out").
+        baselines: operating points (name -> `OperatingPoint` of a DDIM or DPM-Solver++ scheduler) sampled on the
+            held-out seeds beside a confirmed pick, e.g. the pipeline's current default: their dFID against the
+            reference and the pick's against them (`OperatingPointSearch.baselines`).
 
     Nothing meeting the goal is not an error: the result says why (`confirmed=False`), and its operating point is
     the reference. Bad arguments raise `ValueError` (received and allowed values) before any sampling.
@@ -288,6 +293,12 @@ def search_operating_point(
     if reference_solver is not None and reference_solver not in allowed:
         raise ValueError(f"reference_solver must be one of {allowed} or None, got {reference_solver!r}")
     _check_seeds(calib_seed, calib_images, holdout_seed, holdout_images)
+    solver_names = {class_name: name for name, (class_name, _) in SOLVERS.items()}
+    baselines = dict(baselines or {})
+    bad = {k: getattr(p, "scheduler", p) for k, p in baselines.items()
+           if not isinstance(p, OperatingPoint) or p.scheduler not in solver_names}
+    if bad:
+        raise ValueError(f"baselines must be OperatingPoints of {sorted(solver_names)}, got {bad}")
     target = as_target(pipe, conditioning)
     _check_target(target, space)
     if guidance_scale is not None:
@@ -355,6 +366,7 @@ def search_operating_point(
                           key=lambda c: (c.fid, c.block_fraction))
             none_why = f"no candidate runs within the budget {budget} of the reference's blocks"
         tries: list[Confirmation] = []
+        compared: dict[str, Any] = {}
         chosen, vs_frontier, why = None, None, none_why if not pool else ""
         if pool:
             # 3. Held-out seeds: the reference, then the pool's candidates in order until one is confirmed.
@@ -377,6 +389,14 @@ def search_operating_point(
                        f"({'quality' if budget is None else 'budget'}): {', '.join(t.name for t in tries)}")
             else:
                 vs_frontier = _versus_frontier(chosen, candidates, holdout, sampler)
+                for name, point in baselines.items():  # measured on the same held-out images
+                    sampler(holdout, f"baseline:{name}", solver_names[point.scheduler], point.num_inference_steps,
+                            point.exit_config)
+                    compared[name] = {"operating_point": point.to_dict(),
+                                      "block_fraction": holdout.fraction(f"baseline:{name}"),
+                                      "dfid": holdout.paired.difference(f"baseline:{name}", "reference"),
+                                      "dfid_chosen_minus_baseline": holdout.paired.difference(chosen.name,
+                                                                                              f"baseline:{name}")}
                 why = (f"{chosen.name}: the cheapest candidate holding quality (tolerance {tolerance})"
                        if budget is None else f"{chosen.name}: the lowest calibration FID within the budget {budget}")
                 why += f", confirmed on {holdout_images} held-out images"
@@ -390,7 +410,7 @@ def search_operating_point(
         reference={"solver": ref_solver, "scheduler": classes[ref_solver], "steps": reference_steps,
                    "fid": ref_fid, "holdout_fid": holdout.paired.point.get("reference")},
         candidates=candidates, tries=tries, chosen=None if chosen is None else chosen.name,
-        confirmed=chosen is not None, why=why, vs_frontier=vs_frontier, guidance_scale=guidance,
+        confirmed=chosen is not None, why=why, vs_frontier=vs_frontier, baselines=compared, guidance_scale=guidance,
         quality_tolerance=tol,
         settings={"calib_images": calib_images, "calib_seed": calib_seed, "holdout_images": holdout_images,
                   "holdout_seed": holdout_seed, "confidence": confidence, "bootstrap": bootstrap,
