@@ -299,13 +299,13 @@ def _run_operating_point_search(args: argparse.Namespace, pipe, target, setting:
     return 0
 
 
-def _add_bench_shapes(subparsers) -> None:
-    from .benchmarks.shapes_bench import add_arguments
+def _add_benchmark(subparsers, name: str, module: str, help: str, run) -> None:
+    """A benchmark command whose module (`ee_diffusion.benchmarks.<module>`) declares its own arguments."""
+    import importlib
 
-    parser = subparsers.add_parser(
-        "bench-shapes", help="wall-clock of early exit at DiT-XL/2, PixArt-alpha and SD3-medium widths (random weights)")
-    add_arguments(parser)
-    parser.set_defaults(func=_run_bench_shapes)
+    parser = subparsers.add_parser(name, help=help)
+    importlib.import_module(f"ee_diffusion.benchmarks.{module}").add_arguments(parser)
+    parser.set_defaults(func=run)
 
 
 def _run_bench_shapes(args: argparse.Namespace) -> int:
@@ -313,16 +313,6 @@ def _run_bench_shapes(args: argparse.Namespace) -> int:
 
     run(args, args.command_line)
     return 0
-
-
-def _add_bench_caches(subparsers) -> None:
-    from .benchmarks.caches_bench import add_arguments
-
-    parser = subparsers.add_parser(
-        "bench-caches", help="per-row tail caches (reuse and forecast) against diffusers' caches at matched speed, "
-                             "batch 1, 8 and 64, on a pre-trained model")
-    add_arguments(parser)
-    parser.set_defaults(func=_run_bench_caches)
 
 
 def _run_bench_caches(args: argparse.Namespace) -> int:
@@ -337,16 +327,6 @@ def _run_bench_caches(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_bench_compile(subparsers) -> None:
-    from .benchmarks.compile_bench import add_arguments
-
-    parser = subparsers.add_parser(
-        "bench-compile", help="planned exit policies under torch.compile (inductor): graph breaks, equality with "
-                              "eager and wall-clock, on a shipped model")
-    add_arguments(parser)
-    parser.set_defaults(func=_run_bench_compile)
-
-
 def _run_bench_compile(args: argparse.Namespace) -> int:
     from .benchmarks.compile_bench import main, markdown
 
@@ -357,20 +337,29 @@ def _run_bench_compile(args: argparse.Namespace) -> int:
 def _add_publish(subparsers) -> None:
     parser = subparsers.add_parser(
         "publish", help="write a bench report's recommended operating point, evaluation.json and TRAINING.md into a "
-                        "pipeline folder")
-    parser.add_argument("--report", type=Path, required=True, help="report.json of `ee-diffusion bench`")
-    parser.add_argument("--setting", required=True, help="the report's setting to publish (e.g. digits)")
+                        "pipeline folder; or, with --search, a confirmed operating-point search's point")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--report", type=Path, help="report.json of `ee-diffusion bench` (with --setting)")
+    source.add_argument("--search", type=Path, help="the JSON of `ee-diffusion calibrate --kind operating-point` "
+                                                    "(into a folder already published from a report)")
+    parser.add_argument("--setting", help="the report's setting to publish (e.g. digits)")
     parser.add_argument("--model", type=Path, required=True, help="the pipeline folder to write into")
     parser.set_defaults(func=_run_publish)
 
 
 def _run_publish(args: argparse.Namespace) -> int:
-    from .benchmarks.publish import publish
+    from .benchmarks.publish import publish, publish_search
 
-    evaluation = publish(args.report, args.model, args.setting, report_ref=str(args.report))
+    if args.search is not None:
+        evaluation = publish_search(args.search, args.model, search_ref=str(args.search))
+    elif args.setting is None:
+        raise SystemExit("publish --report needs --setting (the report's setting to publish, e.g. digits)")
+    else:
+        evaluation = publish(args.report, args.model, args.setting, report_ref=str(args.report))
     point = evaluation["operating_point"]
     print(f"{args.model}: {point['scheduler']}, {point['num_inference_steps']} steps, guidance "
-          f"{point['guidance_scale']}, exit config {point['exit_config']}\n{evaluation['verdict']}")
+          f"{point['guidance_scale']}, exit config {point['exit_config']}\n{point['measured_in']}\n"
+          f"{evaluation['verdict']}")
     return 0
 
 
@@ -384,9 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(subparsers)
     _add_calibrate(subparsers)
     _add_publish(subparsers)
-    _add_bench_shapes(subparsers)
-    _add_bench_caches(subparsers)
-    _add_bench_compile(subparsers)
+    _add_benchmark(subparsers, "bench-shapes", "shapes_bench", "wall-clock of early exit at DiT-XL/2, PixArt-alpha "
+                   "and SD3-medium widths (random weights)", _run_bench_shapes)
+    _add_benchmark(subparsers, "bench-caches", "caches_bench", "per-row tail caches (reuse and forecast) against "
+                   "diffusers' caches at matched speed, batch 1, 8 and 64, on a pre-trained model", _run_bench_caches)
+    _add_benchmark(subparsers, "bench-compile", "compile_bench", "planned exit policies under torch.compile "
+                   "(inductor): graph breaks, equality with eager and wall-clock, on a shipped model", _run_bench_compile)
     return parser
 
 

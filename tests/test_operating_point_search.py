@@ -192,6 +192,9 @@ def test_cli_searches_and_saves_a_pipeline_folder(tmp_path, capsys, one_thread):
     assert code == 0
     data = json.loads(out.read_text())
     assert data["settings"]["command"].startswith("ee-diffusion calibrate --model digits")
+    from ee_diffusion.calibration.operating_point_result import search_markdown
+
+    assert out.with_suffix(".md").read_text() == search_markdown(data)  # the tables, rendered from the JSON
     # Timed against the reference: the found point and the shipped default point, each at its own steps.
     timed = data["timing"]["points"]
     assert set(timed) == {"reference", "searched", "current default"} and timed["reference"]["speedup"] == 1.0
@@ -314,3 +317,31 @@ def test_timing_refuses_points_it_cannot_time_together(digits):
                                                                      guidance_scale=2.0)})
     with pytest.raises(ValueError, match="at least one"):
         time_operating_points(pipe, {})
+
+
+def test_publish_search_makes_the_confirmed_point_the_folders_default(tmp_path, tolerance_search):
+    import shutil
+
+    from ee_diffusion.benchmarks.publish import publish_search
+    from ee_diffusion.default_model import DEFAULT_MODEL_DIR
+
+    search, _ = tolerance_search
+    path, folder = tmp_path / "search.json", tmp_path / "model"
+    search.save(path)
+    shutil.copytree(DEFAULT_MODEL_DIR, folder)
+    evaluation = publish_search(path, folder)
+    pipe = EarlyExitDiTPipeline.from_pretrained(folder)
+    found = search.operating_point
+    assert (pipe.operating_point.num_inference_steps, pipe.operating_point.exit_config) == \
+        (found.num_inference_steps, found.exit_config)
+    assert pipe.operating_point.measured_in.startswith(str(path))
+    assert type(pipe.scheduler).__name__ == found.scheduler
+    assert evaluation["operating_point_search"]["chosen"] == search.chosen
+    assert json.loads((folder / "evaluation.json").read_text())["operating_point"] == pipe.operating_point.to_dict()
+    text = (folder / "TRAINING.md").read_text()
+    assert f"`{search.chosen}`" in text and f"{search.settings['holdout_images']} held-out images" in text
+    data = json.loads(path.read_text())
+    data["confirmed"] = False
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="confirmed no operating point"):
+        publish_search(path, folder)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..operating_point import OperatingPoint
 from .bench import MethodSampler, load_average
@@ -39,7 +40,8 @@ def time_operating_points(pipe: Any, points: dict[str, OperatingPoint], referenc
                 for name, point in points.items()]
     load_before = load_average()
     times = MethodSampler(pipe, guidance.pop(), batch, batch).timed(methods, batch, repeats, warmup)
-    out: dict[str, Any] = {"batch": batch, "repeats": repeats, "warmup": warmup, "load_average_before": load_before,
+    out: dict[str, Any] = {"batch": batch, "repeats": repeats, "warmup": warmup, "threads": torch.get_num_threads(),
+                           "load_average_before": load_before,
                            "load_average_after": load_average(), "points": {}}
     for method in methods:
         values = times[method.name]

@@ -18,7 +18,7 @@ from typing import Any
 
 from .._io import atomic_write_json, atomic_write_text, read_json_file
 from . import frontier
-from .report import write_operating_point
+from .report import store_point, write_operating_point
 
 ROW_FIELDS = ("name", "family", "solver", "steps", "fid", "block_fraction", "speedup", "time_ratio", "holds_quality",
               "exit_config", "dfid_reference", "dfid_knee", "fidelity", "accuracy", "timing")
@@ -69,19 +69,52 @@ def _table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _search_markdown(search: dict, recommended: str) -> list[str]:
+    """What a published operating-point search says (TRAINING.md), from `evaluation.json`."""
+    cal, held = search["calibration"], search["confirmation"]
+    settings = search["settings"]
+    lines = [f"It is the pick `{search['chosen']}` of the operating-point search `{search['search']}` (command: "
+             f"`{search['command']}`), goal {search['goal']}: the cheapest candidate holding quality on "
+             f"{settings['calib_images']} calibration images (blocks {cal['block_fraction']:.3f} of the reference, "
+             f"dFID {_interval(cal['dfid'])}), confirmed on {settings['holdout_images']} held-out images (dFID "
+             f"{_interval(held['dfid'])} against the reference's FID {search['reference']['holdout_fid']:.3f}); "
+             f"calibration and held-out noise seeds {settings['calib_seed']} and {settings['holdout_seed']}, disjoint "
+             f"from the benchmark's."]
+    frontier = search["vs_frontier"] or {}
+    if frontier.get("frontier"):
+        lines[0] += (f" On the held-out images it beats the best fewer-steps point that costs no more, "
+                     f"`{frontier['frontier']}`, by dFID {_interval(frontier['dfid_chosen_minus_frontier'])}.")
+    for name, entry in search["baselines"].items():
+        lines[0] += (f" Against the {name} (the benchmark's recommendation `{recommended}`), on the same held-out "
+                     f"images: dFID {_interval(entry['dfid_chosen_minus_baseline'])}.")
+    timing = search.get("timing")
+    if timing:
+        points = timing["points"]
+        lines[0] += (f" Wall-clock at batch {timing['batch']} ({timing.get('threads', '?')} thread(s), median of "
+                     f"{timing['repeats']} interleaved rounds, load average {timing['load_average_before']}): " + ", ".join(
+                         f"{name} {p['speedup']:.2f}x" for name, p in points.items() if name != "reference")
+                     + " faster than the reference.")
+    return lines + [""]
+
+
 def evaluation_markdown(evaluation: dict) -> list[str]:
     """The "Operating point" section of TRAINING.md, from `evaluation.json`."""
     point = evaluation["operating_point"]
     rec, ref = evaluation["recommended"], evaluation["reference"]
     config = point["exit_config"]
     policy = "full depth (no exit config)" if config is None else f"`{config}`"
+    search = evaluation.get("operating_point_search")
+    source = (f"`{rec['name']}` in `{evaluation['report']}` (command: `{evaluation['command']}`; "
+              f"{evaluation['environment']['threads']} threads, load average "
+              f"{evaluation['environment'].get('load_average_before')}).")
+    if search is not None:
+        source = "the operating-point search below; the benchmark's own recommendation was " + source
     lines = ["## Operating point", "",
              f"A call with no `num_inference_steps`, `guidance_scale` or `exit_config` runs {point['scheduler']} for "
-             f"{point['num_inference_steps']} steps at guidance {point['guidance_scale']} with {policy}: "
-             f"`{rec['name']}` in `{evaluation['report']}` (command: `{evaluation['command']}`; "
-             f"{evaluation['environment']['threads']} threads, load average "
-             f"{evaluation['environment'].get('load_average_before')}).", "",
-             f"**Verdict.** {evaluation['verdict']}", "",
+             f"{point['num_inference_steps']} steps at guidance {point['guidance_scale']} with {policy}: {source}", ""]
+    if search is not None:
+        lines += _search_markdown(search, rec["name"])
+    lines += [f"**Verdict{'' if search is None else ' (of the benchmark)'}.** {evaluation['verdict']}", "",
              f"Reference: `{ref['name']}` (stock model, no hooks), FID {ref['fid']:.3f} on {evaluation['num_images']} "
              f"images (shipped {evaluation['feature_net']['name']} feature net; floor {evaluation['floor']['fid']:.3f}). "
              f"Intervals: {evaluation['bootstrap']['confidence']:.0%} paired bootstrap over "
@@ -126,6 +159,45 @@ def render_training_md(model_dir: str | Path) -> str:
     text = training_markdown(training, evaluation)
     atomic_write_text(model_dir / "TRAINING.md", text)
     return text
+
+
+def search_summary(search: dict, search_ref: str) -> dict[str, Any]:
+    """The part of an operating-point search (`calibrate --kind operating-point --out`) a model folder keeps."""
+    if not search.get("confirmed"):
+        raise ValueError(f"the search {search_ref!r} confirmed no operating point ({search.get('why')}); "
+                         f"nothing to publish")
+    chosen = next(c for c in search["candidates"] if c["name"] == search["chosen"])
+    return {"search": search_ref, "command": search["settings"].get("command", ""), "goal": search["goal"],
+            "chosen": search["chosen"], "calibration": chosen, "confirmation": search["tries"][-1],
+            "tries": search["tries"], "reference": search["reference"], "vs_frontier": search["vs_frontier"],
+            "baselines": search.get("baselines", {}), "timing": search.get("timing"), "settings": search["settings"]}
+
+
+def publish_search(search_path: str | Path, model_dir: str | Path, search_ref: str | None = None) -> dict:
+    """Make a confirmed operating-point search's point the default of `model_dir`, which already carries a
+    published `evaluation.json`: `model_index.json` gets the point (and the scheduler becomes its solver),
+    `evaluation.json` keeps the benchmark's summary and adds the search (`operating_point_search`), and
+    `TRAINING.md` is rendered again. Returns the evaluation."""
+    from ..operating_point import OperatingPoint
+    from .solvers import SOLVERS, make_schedulers
+
+    search_ref = search_ref or str(search_path)
+    search = read_json_file(search_path, "operating-point search")
+    summary = search_summary(search, search_ref)
+    model_dir = Path(model_dir)
+    evaluation = read_json_file(model_dir / "evaluation.json", "evaluation")
+    point = OperatingPoint.from_dict(search["operating_point"])
+    point.measured_in = (f"{search_ref} (`{summary['command']}`), candidate {summary['chosen']}, confirmed on "
+                         f"{summary['settings']['holdout_images']} held-out images")
+    solver = {class_name: name for name, (class_name, _) in SOLVERS.items()}.get(point.scheduler)
+    if solver is None:
+        raise ValueError(f"only DDIM or DPM-Solver++ points can be published, got {point.scheduler!r}")
+    store_point(model_dir, point, lambda current: make_schedulers(current)[solver])
+    evaluation["operating_point"] = point.to_dict()
+    evaluation["operating_point_search"] = summary
+    atomic_write_json(model_dir / "evaluation.json", evaluation, indent=1, allow_nan=False)
+    render_training_md(model_dir)
+    return evaluation
 
 
 def publish(report_path: str | Path, model_dir: str | Path, setting: str, report_ref: str | None = None) -> dict:

@@ -231,19 +231,26 @@ def write_operating_point(report_path: str | Path, model_dir: str | Path, settin
 
     point = report_operating_point(report_path, setting)
     point.measured_in = measured_in
-    model_dir = Path(model_dir)
+    entries = {s["setting"]: s for s in read_json_file(report_path, "bench report")["settings"]}
+    solver = next(s for s in entries[setting]["solvers"].values() if s["class"] == point.scheduler)
+    store_point(Path(model_dir), point, lambda current: getattr(diffusers, point.scheduler).from_config(solver["config"]))
+    return point.to_dict()
+
+
+def store_point(model_dir: Path, point: OperatingPoint, scheduler_from: Any) -> None:
+    """`model_index.json` of `model_dir` gets `point`; when the folder's scheduler is not of the point's class it
+    becomes `scheduler_from(current scheduler)` (saved, and named in the index)."""
+    import diffusers
+
     index_path = model_dir / "model_index.json"
     index = read_json_file(index_path, "pipeline index")
     scheduler_dir = model_dir / "scheduler"
     current = read_json_file(scheduler_dir / "scheduler_config.json", "scheduler config")
     if current.get("_class_name") != point.scheduler:
-        entries = {s["setting"]: s for s in read_json_file(report_path, "bench report")["settings"]}
-        solver = next(s for s in entries[setting]["solvers"].values() if s["class"] == point.scheduler)
-        scheduler = getattr(diffusers, point.scheduler).from_config(solver["config"])
+        scheduler = scheduler_from(getattr(diffusers, current["_class_name"]).from_config(current))
         scheduler.save_pretrained(str(scheduler_dir))
         index["scheduler"] = ["diffusers", point.scheduler]
     index["operating_point"] = point.to_dict()
     index["exit_config"] = None
     index.pop("_name_or_path", None)  # a path on the machine that trained it
     atomic_write_json(index_path, index, indent=2, sort_keys=True)
-    return point.to_dict()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_write_json
+from .._io import atomic_write_json, atomic_write_text
 from ..config import EarlyExitConfig
 from ..operating_point import OperatingPoint
 
@@ -147,6 +147,52 @@ class OperatingPointSearch:
                 "timing": self.timing}
 
     def save(self, path: str | Path) -> None:
-        """Write `to_dict()` as JSON (atomically: never a half-written file), creating its folder."""
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, self.to_dict(), indent=1)
+        """Write `to_dict()` as JSON, and its tables (`search_markdown`) beside it as Markdown (same name, `.md`),
+        atomically (never a half-written file), creating the folder."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = self.to_dict()
+        atomic_write_json(path, data, indent=1)
+        atomic_write_text(path.with_suffix(".md"), search_markdown(data))
+
+
+def _interval(d: dict[str, float]) -> str:
+    return f"{d['delta']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+
+
+def search_markdown(data: dict[str, Any]) -> str:
+    """The search's outcome and tables, from its JSON alone (`OperatingPointSearch.to_dict`)."""
+    s, ref = data["settings"], data["reference"]
+    lines = ["# Operating-point search", "", f"Command: `{s.get('command', '')}`", "",
+             f"Goal {data['goal']}; reference {ref['solver']}{ref['steps']} (full depth), FID {ref['fid']:.3f} on "
+             f"{s['calib_images']} calibration images (seed {s['calib_seed']}) and {ref['holdout_fid'] or float('nan'):.3f} "
+             f"on {s['holdout_images']} held-out images (seed {s['holdout_seed']}); "
+             f"{s['confidence']:.0%} paired intervals over {s['bootstrap']} resamples.", "", f"**{data['why']}.**", "",
+             "## Held-out confirmation", "", "| candidate | blocks | FID | dFID vs reference | holds | confirmed |",
+             "|---|---:|---:|---|---|---|"]
+    lines += [f"| {t['name']} | {t['block_fraction']:.3f} | {t['fid']:.3f} | {_interval(t['dfid'])} | {t['holds']} | "
+              f"{t['confirmed']} |" for t in data["tries"]]
+    frontier = data.get("vs_frontier") or {}
+    if frontier.get("frontier"):
+        lines += ["", f"Against the best fewer-steps point that costs no more (`{frontier['frontier']}`, blocks "
+                      f"{frontier['frontier_block_fraction']:.3f}), held-out: dFID "
+                      f"{_interval(frontier['dfid_chosen_minus_frontier'])}."]
+    for name, entry in data.get("baselines", {}).items():
+        lines += ["", f"Against the {name} (blocks {entry['block_fraction']:.3f}, dFID vs reference "
+                      f"{_interval(entry['dfid'])}), held-out: dFID {_interval(entry['dfid_chosen_minus_baseline'])}."]
+    timing = data.get("timing")
+    if timing:
+        lines += ["", f"## Wall-clock, batch {timing['batch']} ({timing.get('threads', '?')} thread(s), median of "
+                      f"{timing['repeats']} interleaved rounds, load average {timing['load_average_before']} before "
+                      f"and {timing['load_average_after']} after)", "", "| point | steps | median s | speedup |",
+                  "|---|---:|---:|---:|"]
+        lines += [f"| {name} | {p['steps']} | {p['median_s']:.3f} | {p['speedup']:.2f}x |"
+                  for name, p in timing["points"].items()]
+    lines += ["", "## Candidates (calibration images), by block fraction", "",
+              "| candidate | blocks | FID | dFID vs reference | holds | dFID vs full depth at its steps |",
+              "|---|---:|---:|---|---|---|"]
+    for c in sorted(data["candidates"], key=lambda c: (c["block_fraction"], c["fid"])):
+        full = "" if c["dfid_full_depth"] is None else _interval(c["dfid_full_depth"])
+        lines.append(f"| {c['name']} | {c['block_fraction']:.3f} | {c['fid']:.3f} | {_interval(c['dfid'])} | "
+                     f"{c['holds']} | {full} |")
+    return "\n".join(lines) + "\n"
