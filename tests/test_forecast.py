@@ -199,7 +199,8 @@ def test_state_bytes_scale_with_batch_order_and_precision():
 
 
 def test_config_round_trips_and_old_json_loads():
-    policy = CachedTailResidual(threshold=0.2, forecast_order=2, state_dtype="float16", max_cached_calls=4)
+    policy = CachedTailResidual(threshold=0.2, forecast_order=2, state_dtype="float16", max_cached_calls=4,
+                                full_above_t=880.0)
     config = EarlyExitConfig(policy=policy)
     assert EarlyExitConfig.from_json(config.to_json()) == config
     old = {"type": "CachedTailResidual", "threshold": 0.1, "exit_block": 1, "criterion": "residual",
@@ -207,6 +208,7 @@ def test_config_round_trips_and_old_json_loads():
            "join_threshold": None}  # written before forecasts existed
     loaded = EarlyExitConfig.from_dict({"policy": old}).policy
     assert loaded == CachedTailResidual(threshold=0.1) and loaded.forecast_order == 0 and loaded.state_dtype is None
+    assert loaded.full_above_t is None  # written before the warm-up steps existed
 
 
 def test_bench_grid_has_a_tail_cache_row_per_forecast_order():

@@ -141,6 +141,12 @@ def test_forced_full_calls(setup):
     model(x, low, labels)
     model(x, low, labels)
     assert get_exit_stats(model).blocks_run[0].tolist() == [6, 6, 1, 1]
+    # Rows above full_above_t (the first, noisiest steps) always run fully too; the others still skip.
+    reset_exit_state(model)
+    set_exit_config(model, EarlyExitConfig(policy=CachedTailResidual(threshold=0.5, full_above_t=800)))
+    model(x, low, labels)
+    model(x, low, labels)
+    assert get_exit_stats(model).blocks_run[0].tolist() == [1, 1, 6, 6]
     remove_early_exit(model)
 
 
@@ -232,6 +238,7 @@ def test_other_criteria():
         ({"certainty_threshold": 1.5}, "certainty_threshold"),
         ({"max_cached_calls": 0}, "max_cached_calls"),
         ({"full_below_t": -5}, "full_below_t"),
+        ({"full_below_t": 300, "full_above_t": 200}, "full_above_t must be a number >= 300"),
         ({"threshold": 0.2, "join_threshold": 0.3}, "join_threshold"),
         ({"join_threshold": 0.05, "criterion": "timestep"}, "join_threshold needs criterion='residual'"),
         ({"forecast_order": 3}, r"forecast_order must be one of \(0, 1, 2\), got 3"),

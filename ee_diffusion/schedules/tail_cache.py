@@ -184,7 +184,9 @@ class CachedTailResidual(SerializablePolicy):
     - `criterion="timestep"`: the row's timestep is at least `skip_above_t`.
 
     Whatever the criterion, a row runs fully on its first call, after `max_cached_calls` consecutive skipped
-    (reused or forecast) calls, and whenever its timestep is below `full_below_t` (the last steps of sampling).
+    (reused or forecast) calls, whenever its timestep is below `full_below_t` (the last steps of sampling), and,
+    with `full_above_t` set, whenever its timestep is above it (the first, noisiest steps, where the tail changes
+    most and a forecast has the least history; TaylorSeer's warm-up steps, in timesteps rather than step indices).
 
     `join_threshold` (residual criterion; None by default) trades the rows' independence for speed: when the
     tail runs for some row anyway, the rows whose change is at least `join_threshold` (<= `threshold`) run it
@@ -220,6 +222,7 @@ class CachedTailResidual(SerializablePolicy):
     skip_above_t: float = 500.0
     max_cached_calls: int = 3
     full_below_t: float = 0.0
+    full_above_t: float | None = None
     join_threshold: float | None = None
     forecast_order: int = 0
     state_dtype: str | None = None
@@ -233,6 +236,8 @@ class CachedTailResidual(SerializablePolicy):
         self.skip_above_t = check_number(self.skip_above_t, "skip_above_t", 0.0)
         check_int(self.max_cached_calls, "max_cached_calls", 1)
         self.full_below_t = check_number(self.full_below_t, "full_below_t", 0.0)
+        if self.full_above_t is not None:
+            self.full_above_t = check_number(self.full_above_t, "full_above_t", self.full_below_t)
         if self.join_threshold is not None:
             if self.criterion != "residual":
                 raise ValueError(f"join_threshold needs criterion='residual', got criterion={self.criterion!r}")
@@ -300,6 +305,8 @@ class CachedTailResidual(SerializablePolicy):
             & (_take(cache.cached_calls, rows, cache.batch_size) < self.max_cached_calls)
             & (ctx.timesteps >= self.full_below_t)
         )
+        if self.full_above_t is not None:
+            allowed = allowed & (ctx.timesteps <= self.full_above_t)
         skips = wants & allowed
         if joins is not None:
             # If any row runs the tail, the rows due soon run with it (a 0-dim `any`: no host sync).
@@ -354,6 +361,7 @@ class CachedTailResidual(SerializablePolicy):
             "skip_above_t": self.skip_above_t,
             "max_cached_calls": self.max_cached_calls,
             "full_below_t": self.full_below_t,
+            "full_above_t": self.full_above_t,
             "join_threshold": self.join_threshold,
             "forecast_order": self.forecast_order,
             "state_dtype": self.state_dtype,
