@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from ee_diffusion.benchmarks import caches_bench
+from ee_diffusion.benchmarks import caches_bench, caches_report
 from ee_diffusion.benchmarks.grid import Method
 from ee_diffusion.cli import main
 from ee_diffusion.config import EarlyExitConfig
@@ -27,19 +27,19 @@ def test_the_ci_preset_scores_times_and_compares_every_row(ci_report):
     rows = report["rows"]
     tails = [n for n, r in rows.items() if r["family"] == "tail_cache"]
     assert len(tails) == (len(preset.tail_thresholds) + len(preset.tail_cadences)) * len(preset.forecast_orders)
-    attached = {r["family"] for r in rows.values() if r["family"] in caches_bench.CACHE_FAMILIES}
-    assert attached | set(report["not_attached"]) == set(caches_bench.CACHE_FAMILIES)
+    attached = {r["family"] for r in rows.values() if r["family"] in caches_report.CACHE_FAMILIES}
+    assert attached | set(report["not_attached"]) == set(caches_report.CACHE_FAMILIES)
     for name, r in rows.items():
         assert set(r["timing"]) == {str(b) for b in preset.batches}, name
         assert len(r["fid_resamples"]) == preset.bootstrap
     # Every cache row at every batch is matched against the per-row rows (or says none is as fast).
-    cache_rows = [n for n, r in rows.items() if r["family"] in caches_bench.CACHE_FAMILIES and not n.endswith("sorted")]
+    cache_rows = [n for n, r in rows.items() if r["family"] in caches_report.CACHE_FAMILIES and not n.endswith("sorted")]
     assert sorted(c["cache"] for c in report["comparisons"]) == sorted(cache_rows)
     for c in report["comparisons"]:
         if c["per_row"] is not None:
             assert rows[c["per_row"]["row"]]["timing"][str(c["batch"])]["speedup"] >= c["cache_speedup"]
     assert report["batch_independence"]["max_abs_difference"] < 1e-4
-    assert (out / "report.md").read_text() == caches_bench.markdown(report)
+    assert (out / "report.md").read_text() == caches_report.markdown(report)
     assert (out / "pareto.png").stat().st_size > 0
 
 

@@ -6,12 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from ee_diffusion.benchmarks import backbones_bench, caches_bench, shapes_bench, unet_vs_dit
+from ee_diffusion.benchmarks import backbones_bench, caches_report, compile_bench, shapes_bench, unet_vs_dit
 from ee_diffusion.benchmarks.report import markdown
+from ee_diffusion.calibration.operating_point_result import search_markdown
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 RENDERED = [
-    ("bench-caches-digits-deep/report.json", "bench-caches-digits-deep/report.md", caches_bench.markdown),
+    ("bench-caches-digits-deep/report.json", "bench-caches-digits-deep/report.md", caches_report.markdown),
+    ("bench-compile-digits-deep/compile.json", "bench-compile-digits-deep/compile.md", compile_bench.markdown),
+    ("operating-point-search-digits/search.json", "operating-point-search-digits/search.md", search_markdown),
     ("unet-vs-dit/results.json", "unet-vs-dit/table.md", unet_vs_dit.markdown_table),
     ("backbones-cost/backbones.json", "backbones-cost/backbones.md", backbones_bench.markdown),
     ("bench-ci-digits/report.json", "bench-ci-digits/report.md", markdown),
@@ -24,7 +27,8 @@ RENDERED = [
 def test_the_committed_table_is_what_the_code_renders_from_the_committed_json(data, table, render):
     report = json.loads((DOCS / data).read_text())
     assert (DOCS / table).read_text() == render(report)
-    assert report.get("command") or report.get("args"), "every committed run records its command"
+    assert report.get("command") or report.get("args") or report.get("settings", {}).get("command"), \
+        "every committed run records its command"
 
 
 def test_every_docs_table_links_to_a_rendered_file():

@@ -25,7 +25,7 @@ FID; the paired interval of FID(ours) - FID(cache) says whether ours wins (whole
 (`exit_state_nbytes`) is measured after calls at batch 64 and compared with its formula, for this model and for
 DiT-XL/2's hidden states (256 tokens x 1152).
 
-Writes OUT/report.json, report.md and pareto.png.
+Writes OUT/report.json, report.md and pareto.png (`caches_report.py`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._io import atomic_save_figure, atomic_write_json, atomic_write_text
 from .._validation import check_int
 from ..config import EarlyExitConfig
 from ..default_model import SETTINGS, load_setting_pipeline, setting_dataset
@@ -49,10 +48,10 @@ from ..eval.paired import PairedFID
 from ..eval.quality import real_images
 from ..schedules import CachedTailResidual
 from .bench import MethodSampler, Preset, load_average
+from .caches_report import CACHE_FAMILIES, write
 from .grid import Method, cache_methods
 from .solvers import SOLVERS
 
-CACHE_FAMILIES = ("first_block_cache", "taylorseer_cache", "sea_cache", "mag_cache")
 DIT_XL_TOKENS, DIT_XL_WIDTH = 256, 1152  # DiT-XL/2 at 256 px: 32x32 latents in 2x2 patches, hidden width 1152
 
 
@@ -331,121 +330,6 @@ def summarize(comparisons: list[dict]) -> dict[str, Any]:
         family["forecast_never_loses_at_batch_1"] = None if at_1 is None else \
             at_1["loses"] == 0 and at_1["no_faster_row"] == 0
     return out
-
-
-def _fmt(d: dict[str, float] | None) -> str:
-    return "" if d is None else f"{d['delta']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
-
-
-def markdown(report: dict) -> str:
-    """The report's tables (a function of report.json alone)."""
-    batches = report["preset"]["batches"]
-    env = report["environment"]
-    lines = [
-        f"# Per-row tail caches against diffusers' caches: {report['setting']} ({report['num_blocks']} blocks)", "",
-        f"Command: `{report['command']}`; {env['threads']} thread(s), torch {env['torch']}, load average "
-        f"{env['load_average_before']} before and {env['load_average_after']} after; {report['elapsed_s'] / 60:.0f} min.",
-        "",
-        f"FID on the {report['feature_net']} feature net; intervals are paired 90% bootstrap intervals. Rows at batch "
-        f">= 8 are scored on {report['num_images']} images, batch-1 rows on the first {report['batch1_images']}. "
-        f"Speedup: wall-clock of one pipeline call against the stock model ({report['reference']}) at that batch.", "",
-        "## Rows", "",
-        "| row | batch | FID | dFID vs reference | blocks | " + " | ".join(f"speedup b{b}" for b in batches) + " |",
-        "|---|---:|---:|---|---:|" + "---:|" * len(batches),
-    ]
-    for name, r in report["rows"].items():
-        cache = r["family"] in CACHE_FAMILIES  # a cache row's images are those of its batch: its speed there only
-        speeds = " | ".join(f"{r['timing'][str(b)]['speedup']:.2f}x" if not cache or b == r["batch"] else ""
-                            for b in batches)
-        lines.append(f"| {name} | {r['batch'] if cache else 'any'} | {r['fid']:.3f} | "
-                     f"{_fmt(r['dfid_reference'])} | {r['block_fraction']:.3f} | {speeds} |")
-    lines += ["", "## Matched speed: the best per-row row at least as fast, FID(ours) - FID(cache)", "",
-              "| cache | batch | cache speedup | cache FID | forecast row | its speedup | dFID | result | "
-              "best per-row row (any order) | dFID | result |", "|---|---:|---:|---:|---|---:|---|---|---|---|---|"]
-    for c in report["comparisons"]:
-        f, a = c["forecast"], c["per_row"]
-        lines.append(
-            f"| {c['cache']} | {c['batch']} | {c['cache_speedup']:.2f}x | {c['cache_fid']:.3f} | "
-            + (f"{f['row']} | {f['speedup']:.2f}x | {_fmt(f['dfid'])} | {f['result']}" if f else "none as fast | | |")
-            + " | " + (f"{a['row']} | {_fmt(a['dfid'])} | {a['result']}" if a else "none as fast | |") + " |")
-    lines += ["", "## Summary (forecast rows against each cache)", "",
-              "| cache | " + " | ".join(f"b{b}: wins/ties/loses/unmatched" for b in batches)
-              + " | wins somewhere | never loses at batch 1 (all matched, none lost) |", "|---|" + "---|" * (len(batches) + 2)]
-    for family, s in report["summary"].items():
-        cells = []
-        for b in batches:
-            v = s["by_batch"].get(str(b))
-            cells.append("" if v is None else f"{v['wins']}/{v['ties']}/{v['loses']}/{v['no_faster_row']}")
-        lines.append(f"| {family} | " + " | ".join(cells) + f" | {s['forecast_wins_somewhere']} | "
-                     f"{s['forecast_never_loses_at_batch_1']} |")
-    if report["not_attached"]:
-        lines += ["", "Not attached: " + "; ".join(f"{k}: {v}" for k, v in report["not_attached"].items())]
-    if report["batch_composition"]:
-        lines += ["", "## Batch composition (batch-global caches)", "",
-                  "FID with single-class batches minus FID with mixed-class batches, same images:", "",
-                  "| cache | dFID sorted - mixed |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in report["batch_composition"].items()]
-    ind = report["batch_independence"]
-    lines += ["", f"Per-row rows at batch 1 against batch {max(batches)} ({ind['method']}, {ind['images']} images): "
-                  f"largest pixel difference {ind['max_abs_difference']:.2e}.", "",
-              "## Per-row state at batch 64", "",
-              "| row | measured | formula | hidden states | DiT-XL/2 float32 | DiT-XL/2 bfloat16 |", "|---|---:|---:|---|---:|---:|"]
-    for name, m in report["state_memory"].items():
-        lines.append(f"| {name} | {m['measured_bytes'] / 2**20:.2f} MiB | {m['formula_bytes'] / 2**20:.2f} MiB | "
-                     f"{m['tokens']} x {m['width']} | {m['dit_xl_2_float32_bytes'] / 2**20:.0f} MiB | "
-                     f"{m['dit_xl_2_bfloat16_bytes'] / 2**20:.0f} MiB |")
-    return "\n".join(lines) + "\n"
-
-
-FAMILY_COLORS = {"tail_cache": "tab:red", "first_block_cache": "tab:blue", "taylorseer_cache": "tab:purple",
-                 "sea_cache": "tab:green", "mag_cache": "tab:orange"}
-
-
-def plot(report: dict, path: str | Path) -> None:
-    """FID against speedup, one panel per batch size; the frontier as a line, per-row rows by forecast order."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    batches = report["preset"]["batches"]
-    fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 5), squeeze=False)
-    for ax, b in zip(axes[0], batches):
-        key = str(b)
-        on_batch1 = b == 1
-        pts = sorted((r["timing"][key]["speedup"], r["fid_batch1_set"] if on_batch1 else r["fid"])
-                     for r in report["rows"].values() if r["family"] in ("reference", "fewer_steps"))
-        ax.plot(*zip(*pts), "-o", color="black", ms=4, label="fewer steps")
-        for r in report["rows"].values():
-            if r["family"] == "tail_cache":
-                fid = r["fid_batch1_set"] if on_batch1 else r["fid"]
-                order = r["notes"]["forecast_order"]
-                ax.plot(r["timing"][key]["speedup"], fid, "s" if order else "D", color="tab:red",
-                        mfc="tab:red" if order else "none")
-            elif r["family"] in CACHE_FAMILIES and r["batch"] == b and not r["name"].endswith("sorted"):
-                ax.plot(r["timing"][key]["speedup"], r["fid"], "o", color=FAMILY_COLORS[r["family"]])
-        for label, color, marker, fill in (("per-row, forecast", "tab:red", "s", "tab:red"),
-                                           ("per-row, reuse", "tab:red", "D", "none")):
-            ax.plot([], [], marker, color=color, mfc=fill, label=label)
-        for family in CACHE_FAMILIES:
-            ax.plot([], [], "o", color=FAMILY_COLORS[family], label=family)
-        ax.set_xlabel(f"speedup at batch {b} (stock model = 1)")
-        ax.set_ylabel(f"FID ({report['feature_net']} features, "
-                      f"{report['batch1_images'] if on_batch1 else report['num_images']} images)")
-        ax.set_title(f"{report['setting']}, batch {b}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    atomic_save_figure(fig, path, dpi=110)
-    plt.close(fig)
-
-
-def write(report: dict, out: str | Path) -> None:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "report.json", report, indent=1)
-    atomic_write_text(out / "report.md", markdown(report))
-    plot(report, out / "pareto.png")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
