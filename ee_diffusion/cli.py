@@ -180,6 +180,8 @@ def _add_calibrate(subparsers) -> None:
     search.add_argument("--reference-steps", type=int, default=25, help="DDIM steps of the reference (default: 25)")
     search.add_argument("--holdout-images", type=int, default=None,
                         help="held-out images that confirm the pick (default: as many as --images)")
+    search.add_argument("--max-confirmations", type=int, default=3,
+                        help="calibration picks tried on the held-out images, cheapest first, before giving up")
     search.add_argument("--time-batch", type=int, default=0,
                         help="also time the found point, and the pipeline's current default point, against the "
                              "reference: one call on this many images, interleaved, medians (0: do not time)")
@@ -273,7 +275,7 @@ def _run_operating_point_search(args: argparse.Namespace, pipe, target, setting:
         target, space, tolerance=args.tolerance, budget=args.budget, feature_net=net, real_features=real_features,
         reference_steps=args.reference_steps, guidance_scale=guidance, calib_images=args.images,
         holdout_images=args.holdout_images or args.images, batch_size=args.batch_size, progress=True,
-        baselines=baselines)
+        baselines=baselines, max_confirmations=args.max_confirmations)
     search.settings["command"] = args.command_line
     point = search.operating_point
     if args.time_batch:
