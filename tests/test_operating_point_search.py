@@ -188,10 +188,12 @@ def test_cli_searches_and_saves_a_pipeline_folder(tmp_path, capsys, one_thread):
     out, folder = tmp_path / "search.json", tmp_path / "folder"
     code = main(["calibrate", "--model", "digits", "--kind", "operating-point", "--tolerance", "0.1", "--images", "40",
                  "--holdout-images", "40", "--search-steps", "4", "8", "--solvers", "dpmpp", "--out", str(out),
-                 "--save-to", str(folder), "--batch-size", "40", "--time-batch", "4", "--time-repeats", "1"])
+                 "--save-to", str(folder), "--batch-size", "40", "--time-batch", "4", "--time-repeats", "1",
+                 "--max-confirmations", "2"])
     assert code == 0
     data = json.loads(out.read_text())
     assert data["settings"]["command"].startswith("ee-diffusion calibrate --model digits")
+    assert 1 <= len(data["tries"]) <= 2 and data["settings"]["max_confirmations"] == 2
     from ee_diffusion.calibration.operating_point_result import search_markdown
 
     assert out.with_suffix(".md").read_text() == search_markdown(data)  # the tables, rendered from the JSON
