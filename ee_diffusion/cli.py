@@ -268,9 +268,10 @@ def _run_operating_point_search(args: argparse.Namespace, pipe, target, setting:
     with torch.no_grad():
         real_features = net(real_images(data, "reference")[0])
     # The pipeline's current default point is measured beside the pick on the held-out images (and timed).
+    from .benchmarks.solvers import solver_of
+
     current = pipe.operating_point if kind_of(pipe).ours else None
-    solvers = {"DDIMScheduler", "DPMSolverMultistepScheduler"}
-    baselines = {"current default": current} if current is not None and current.scheduler in solvers else {}
+    baselines = {"current default": current} if current is not None and solver_of(current.scheduler) else {}
     search = search_operating_point(
         target, space, tolerance=args.tolerance, budget=args.budget, feature_net=net, real_features=real_features,
         reference_steps=args.reference_steps, guidance_scale=guidance, calib_images=args.images,

@@ -72,11 +72,11 @@ def test_matched_comparison_takes_the_best_per_row_row_at_least_as_fast():
     rows = _rows_with_features(sets, features)
     tails = [Method("slow_good", "tail_cache", "ddim", 4, notes={"forecast_order": 1}),
              Method("fast_bad", "tail_cache", "ddim", 4, notes={"forecast_order": 1})]
-    [entry] = caches_bench.matched_comparisons(rows, sets, (8,), tails, "ref")
+    [entry] = caches_bench.matched_comparisons(rows, sets, tails)
     # slow_good has the better FID but is slower than the cache (1.5x < 2x): only fast_bad is matched, and loses.
     assert entry["forecast"]["row"] == "fast_bad" and entry["forecast"]["result"] == "loses"
     rows["slow_good"]["timing"]["8"]["speedup"] = 2.0  # now exactly as fast as the cache: matched, and it wins
-    [entry] = caches_bench.matched_comparisons(rows, sets, (8,), tails, "ref")
+    [entry] = caches_bench.matched_comparisons(rows, sets, tails)
     assert entry["forecast"]["row"] == "slow_good" and entry["forecast"]["result"] == "wins"
     summary = caches_bench.summarize([entry])
     assert summary["first_block_cache"]["forecast_wins_somewhere"] is True

@@ -40,7 +40,7 @@ from ..eval.features import load_feature_net
 from ..eval.paired import FrechetReference, PairedFID, fidelity
 from ..eval.quality import real_images
 from ..eval.sampling import generate
-from ..eval.timing import ExitConfigSwitch, interleaved_timings
+from ..eval.timing import ExitConfigSwitch, interleaved_timings, speedups
 from . import frontier
 from .grid import GridPoint, Method, SOLVERS, cache_methods, exit_methods, make_schedulers
 from .report import write_report
@@ -350,10 +350,9 @@ def run_setting(setting: str, preset: Preset, model_path: str | None = None, log
 
 def _store_times(rows: dict, times: dict[str, list[float]], reference: str, batch: int, primary: bool) -> None:
     """Per-row timing at `batch`; the primary batch's speedup is the row's `speedup` (what decisions use)."""
-    for name, values in times.items():
-        ratios = [r / v for v, r in zip(values, times[reference])]
-        entry = {"median_s": float(np.median(values)), "speedup": float(np.median(ratios)),
-                 "images_per_s": batch / float(np.median(values)), "rounds": len(values)}
+    for name, entry in speedups(times, reference).items():
+        entry = {"median_s": entry["median_s"], "speedup": entry["speedup"],
+                 "images_per_s": batch / entry["median_s"], "rounds": entry["rounds"]}
         rows[name].setdefault("timing", {})[str(batch)] = entry
         if primary:
             rows[name]["speedup"] = entry["speedup"]

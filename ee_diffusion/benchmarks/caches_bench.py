@@ -46,7 +46,8 @@ from ..engine import apply_early_exit, exit_state_nbytes, remove_early_exit
 from ..eval.features import load_feature_net
 from ..eval.paired import PairedFID
 from ..eval.quality import real_images
-from ..schedules import CachedTailResidual
+from ..eval.timing import speedups
+from ..schedules import CachedTailResidual, TailCacheState
 from .bench import MethodSampler, Preset, load_average
 from .caches_report import CACHE_FAMILIES, write
 from .grid import Method, cache_methods
@@ -135,9 +136,9 @@ def _sorted_by_class(indices: range, num_classes: int) -> list[int]:
 
 
 def state_memory(pipe: Any, method: Method, batch: int) -> dict[str, Any]:
-    """`exit_state_nbytes` after three model calls at `batch` rows, with the formula's value for this model and
-    for DiT-XL/2 hidden states at the same batch (`TailCacheState`: B (L D s (p + 1 + c) + 4 (p + 2) + 16), c = 1
-    for the residual criterion and 0 otherwise, s = 4 bytes in float32, 2 in bfloat16)."""
+    """`exit_state_nbytes` after three model calls at `batch` rows, with the formula's value
+    (`TailCacheState.bound`) for this model and for DiT-XL/2 hidden states at the same batch, in float32 and
+    bfloat16."""
     model = pipe.transformer
     c, h, w = model.config.in_channels, model.config.sample_size, model.config.sample_size
     generator = torch.Generator().manual_seed(0)
@@ -162,11 +163,11 @@ def state_memory(pipe: Any, method: Method, batch: int) -> dict[str, Any]:
     finally:
         remove_early_exit(model)
     policy = method.exit_config.policy
-    p, c = policy.forecast_order, int(policy.criterion == "residual")
     length, width = tokens
 
     def formula(length: int, width: int, element_bytes: int) -> int:
-        return batch * (length * width * element_bytes * (p + 1 + c) + 4 * (p + 2) + 16)
+        return TailCacheState.bound(batch, length, width, policy.forecast_order, element_bytes,
+                                    head_residual=policy.criterion == "residual")
 
     return {"batch": batch, "measured_bytes": measured, "formula_bytes": formula(length, width, 4),
             "tokens": length, "width": width, "dit_xl_2_float32_bytes": formula(DIT_XL_TOKENS, DIT_XL_WIDTH, 4),
@@ -253,10 +254,8 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
     timing: dict[str, dict[str, dict[str, float]]] = {}
     for batch in preset.batches:
         times = sampler.timed(timed_methods, batch, preset.timing_repeats, preset.timing_warmup)
-        for name, values in times.items():
-            ratios = [r / v for v, r in zip(values, times[reference.name])]
-            timing.setdefault(name, {})[str(batch)] = {"median_s": float(np.median(values)),
-                                                       "speedup": float(np.median(ratios)), "rounds": len(values)}
+        for name, entry in speedups(times, reference.name).items():
+            timing.setdefault(name, {})[str(batch)] = entry
         log(f"timing at batch {batch} done ({len(timed_methods)} methods x {preset.timing_repeats} rounds)")
     for name, row in rows.items():  # a cache's timing is its method's, whatever batch its images were sampled at
         row["timing"] = timing[name.split("|")[0]]
@@ -266,7 +265,7 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
         paired = sets[row["scored_on"]]
         row["dfid_reference"] = paired.difference(name, reference.name)
         row["fid_resamples"] = [round(float(v), 5) for v in paired.resampled[name]]
-    comparisons = matched_comparisons(rows, sets, preset.batches, tails, reference.name)
+    comparisons = matched_comparisons(rows, sets, tails)
     composition = {}
     for method in caches if preset.sorted_batches else ():
         composition[method.name] = sets["all"].difference(f"{method.name}|b{big}sorted", f"{method.name}|b{big}")
@@ -285,8 +284,7 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
     }
 
 
-def matched_comparisons(rows: dict[str, dict], sets: dict[str, PairedFID], batches: tuple[int, ...],
-                        tails: list[Method], reference: str) -> list[dict[str, Any]]:
+def matched_comparisons(rows: dict[str, dict], sets: dict[str, PairedFID], tails: list[Method]) -> list[dict[str, Any]]:
     """Per cache row at batch b: the best per-row row at least as fast at batch b, for the forecast rows and for
     all per-row rows, with the paired interval of FID(ours) - FID(cache) on the cache row's image set."""
     out = []

@@ -10,20 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..operating_point import OperatingPoint
+from ..eval.timing import speedups
 from .bench import MethodSampler, load_average
 from .grid import Method
-from .solvers import SOLVERS
-
-
-def _solver_of(point: OperatingPoint) -> str:
-    names = {class_name: name for name, (class_name, _) in SOLVERS.items()}
-    if point.scheduler not in names:
-        raise ValueError(f"only operating points of {sorted(names)} can be timed here, got {point.scheduler!r}")
-    return names[point.scheduler]
+from .solvers import SOLVERS, solver_of
 
 
 def time_operating_points(pipe: Any, points: dict[str, OperatingPoint], reference_steps: int = 25, batch: int = 64,
@@ -35,19 +28,22 @@ def time_operating_points(pipe: Any, points: dict[str, OperatingPoint], referenc
     guidance = {point.guidance_scale for point in points.values()}
     if len(guidance) != 1:
         raise ValueError(f"the points must share their guidance scale to be timed together, got {sorted(guidance)}")
+    unknown = sorted({point.scheduler for point in points.values() if solver_of(point.scheduler) is None})
+    if unknown:
+        raise ValueError(f"only operating points of {sorted(c for c, _ in SOLVERS.values())} can be timed here, got "
+                         f"{unknown}")
     methods = [Method("reference", "reference", "ddim", reference_steps)]
-    methods += [Method(name, "point", _solver_of(point), point.num_inference_steps, point.exit_config)
+    methods += [Method(name, "point", solver_of(point.scheduler), point.num_inference_steps, point.exit_config)
                 for name, point in points.items()]
     load_before = load_average()
     times = MethodSampler(pipe, guidance.pop(), batch, batch).timed(methods, batch, repeats, warmup)
     out: dict[str, Any] = {"batch": batch, "repeats": repeats, "warmup": warmup, "threads": torch.get_num_threads(),
                            "load_average_before": load_before,
                            "load_average_after": load_average(), "points": {}}
+    summary = speedups(times, "reference")
     for method in methods:
-        values = times[method.name]
-        ratios = [r / v for v, r in zip(values, times["reference"])]
         out["points"][method.name] = {"solver": method.solver, "steps": method.steps,
                                       "exit_config": None if method.exit_config is None else method.exit_config.to_dict(),
-                                      "median_s": float(np.median(values)), "speedup": float(np.median(ratios)),
-                                      "seconds": values}
+                                      "median_s": summary[method.name]["median_s"],
+                                      "speedup": summary[method.name]["speedup"], "seconds": times[method.name]}
     return out

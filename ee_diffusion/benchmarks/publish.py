@@ -179,7 +179,7 @@ def publish_search(search_path: str | Path, model_dir: str | Path, search_ref: s
     `evaluation.json` keeps the benchmark's summary and adds the search (`operating_point_search`), and
     `TRAINING.md` is rendered again. Returns the evaluation."""
     from ..operating_point import OperatingPoint
-    from .solvers import SOLVERS, make_schedulers
+    from .solvers import make_schedulers, solver_of
 
     search_ref = search_ref or str(search_path)
     search = read_json_file(search_path, "operating-point search")
@@ -189,7 +189,7 @@ def publish_search(search_path: str | Path, model_dir: str | Path, search_ref: s
     point = OperatingPoint.from_dict(search["operating_point"])
     point.measured_in = (f"{search_ref} (`{summary['command']}`), candidate {summary['chosen']}, confirmed on "
                          f"{summary['settings']['holdout_images']} held-out images")
-    solver = {class_name: name for name, (class_name, _) in SOLVERS.items()}.get(point.scheduler)
+    solver = solver_of(point.scheduler)
     if solver is None:
         raise ValueError(f"only DDIM or DPM-Solver++ points can be published, got {point.scheduler!r}")
     store_point(model_dir, point, lambda current: make_schedulers(current)[solver])

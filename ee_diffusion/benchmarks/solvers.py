@@ -17,6 +17,18 @@ SOLVERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+def solver_of(scheduler_class: str) -> str | None:
+    """The solver name of a diffusers scheduler class name (None: not one of `SOLVERS`).
+
+    ```py
+    >>> solver_of("DPMSolverMultistepScheduler"), solver_of("HeunDiscreteScheduler")
+    ('dpmpp', None)
+
+    ```
+    """
+    return next((name for name, (class_name, _) in SOLVERS.items() if class_name == scheduler_class), None)
+
+
 def make_schedulers(scheduler: Any) -> dict[str, Any]:
     """One scheduler per solver, from the model's own scheduler config (betas, prediction type, spacing)."""
     import diffusers

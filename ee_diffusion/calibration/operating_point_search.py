@@ -50,7 +50,7 @@ import torch
 from .._validation import check_int, check_number
 from ..backbones.registry import get_adapter
 from ..benchmarks.frontier import QUALITY_TOLERANCE, holds_quality
-from ..benchmarks.solvers import SOLVERS, ase_schedules, make_schedulers
+from ..benchmarks.solvers import SOLVERS, ase_schedules, make_schedulers, solver_of
 from ..config import EarlyExitConfig
 from ..eval.paired import FrechetReference, PairedFID
 from ..eval.pipeline_sampling import sample_pipeline
@@ -293,12 +293,11 @@ def search_operating_point(
     if reference_solver is not None and reference_solver not in allowed:
         raise ValueError(f"reference_solver must be one of {allowed} or None, got {reference_solver!r}")
     _check_seeds(calib_seed, calib_images, holdout_seed, holdout_images)
-    solver_names = {class_name: name for name, (class_name, _) in SOLVERS.items()}
     baselines = dict(baselines or {})
     bad = {k: getattr(p, "scheduler", p) for k, p in baselines.items()
-           if not isinstance(p, OperatingPoint) or p.scheduler not in solver_names}
+           if not isinstance(p, OperatingPoint) or solver_of(p.scheduler) is None}
     if bad:
-        raise ValueError(f"baselines must be OperatingPoints of {sorted(solver_names)}, got {bad}")
+        raise ValueError(f"baselines must be OperatingPoints of {sorted(c for c, _ in SOLVERS.values())}, got {bad}")
     target = as_target(pipe, conditioning)
     _check_target(target, space)
     if guidance_scale is not None:
@@ -390,7 +389,7 @@ def search_operating_point(
             else:
                 vs_frontier = _versus_frontier(chosen, candidates, holdout, sampler)
                 for name, point in baselines.items():  # measured on the same held-out images
-                    sampler(holdout, f"baseline:{name}", solver_names[point.scheduler], point.num_inference_steps,
+                    sampler(holdout, f"baseline:{name}", solver_of(point.scheduler), point.num_inference_steps,
                             point.exit_config)
                     compared[name] = {"operating_point": point.to_dict(),
                                       "block_fraction": holdout.fraction(f"baseline:{name}"),

@@ -115,6 +115,23 @@ class ExitConfigSwitch:
         self.stock()
 
 
+def speedups(times: Mapping[str, list[float]], reference: str) -> dict[str, dict[str, float]]:
+    """Per method: median seconds and its speedup, the median over rounds of reference time / method time
+    (round i of each against round i of `reference`: they ran back to back), and the number of rounds.
+
+    ```py
+    >>> speedups({"full": [2.0, 4.0, 3.0], "fast": [1.0, 1.0, 2.0]}, "full")["fast"]  # ratios 2, 4, 1.5
+    {'median_s': 1.0, 'speedup': 2.0, 'rounds': 3}
+
+    ```
+    """
+    if reference not in times:
+        raise ValueError(f"reference {reference!r} is not among the timed methods {sorted(times)}")
+    return {name: {"median_s": float(statistics.median(values)),
+                   "speedup": float(statistics.median([r / v for v, r in zip(values, times[reference])])),
+                   "rounds": len(values)} for name, values in times.items()}
+
+
 def summarize_timings(times: Mapping[str, list[float]], reference: str) -> dict[str, dict[str, float]]:
     """Median seconds per method and its ratio to `reference`: median of per-round ratios (robust to drift).
 

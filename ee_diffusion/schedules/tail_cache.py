@@ -68,9 +68,17 @@ class TailCacheState(PolicyState):
     >>> state.allocate(2, torch.zeros(2, 16, 32), head_residual=True)
     >>> state.nbytes() == 2 * (16 * 32 * 2 * (1 + 1 + 1) + 4 * (1 + 2) + 16)
     True
+    >>> TailCacheState.bound(batch=2, tokens=16, width=32, order=1, element_bytes=2, head_residual=True) == state.nbytes()
+    True
 
     ```
     """
+
+    @staticmethod
+    def bound(batch: int, tokens: int, width: int, order: int, element_bytes: int, head_residual: bool) -> int:
+        """The size formula above, for B = `batch` rows of (L, D) = (`tokens`, `width`) hidden states stored at
+        `element_bytes` per element (without allocating anything: e.g. for a model too large to run here)."""
+        return batch * (tokens * width * element_bytes * (order + 1 + int(head_residual)) + 4 * (order + 2) + 16)
 
     def __init__(self, order: int = 0, dtype: torch.dtype | None = None) -> None:
         self.order = order
