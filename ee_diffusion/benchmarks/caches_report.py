@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .._io import atomic_save_figure, atomic_write_json, atomic_write_text
+from . import frontier
 
 CACHE_FAMILIES = ("first_block_cache", "taylorseer_cache", "sea_cache", "mag_cache")
 
@@ -44,6 +45,7 @@ def markdown(report: dict) -> str:
             f"| {c['cache']} | {c['batch']} | {c['cache_speedup']:.2f}x | {c['cache_fid']:.3f} | "
             + (f"{f['row']} | {f['speedup']:.2f}x | {_fmt(f['dfid'])} | {f['result']}" if f else "none as fast | | |")
             + " | " + (f"{a['row']} | {_fmt(a['dfid'])} | {a['result']}" if a else "none as fast | |") + " |")
+    lines += _forecast_against_reuse(report["rows"], report["preset"]["confidence"])
     lines += ["", "## Summary (forecast rows against each cache)", "",
               "| cache | " + " | ".join(f"b{b}: wins/ties/loses/unmatched" for b in batches)
               + " | wins somewhere | never loses at batch 1 (all matched, none lost) |", "|---|" + "---|" * (len(batches) + 2)]
@@ -71,6 +73,28 @@ def markdown(report: dict) -> str:
                      f"{m['tokens']} x {m['width']} | {m['dit_xl_2_float32_bytes'] / 2**20:.0f} MiB | "
                      f"{m['dit_xl_2_bfloat16_bytes'] / 2**20:.0f} MiB |")
     return "\n".join(lines) + "\n"
+
+
+def _forecast_against_reuse(rows: dict, confidence: float) -> list[str]:
+    """Per rule, each forecast order's rows against the same rule's reuse (order 0): paired, from the rows'
+    bootstrap FIDs; and each rule's forecast against the others'."""
+    tails = {name: r for name, r in rows.items() if r["family"] == "tail_cache"}
+    reuse = {name.replace("_o0@", "@"): name for name, r in tails.items() if r["notes"]["forecast_order"] == 0}
+    lines = ["", "## Forecast against reuse, same rule (same images, paired)", "",
+             "| forecast row | reuse row | blocks | FID(forecast) - FID(reuse) |", "|---|---|---:|---|"]
+    for name, r in tails.items():
+        order = r["notes"]["forecast_order"]
+        base = reuse.get(name.replace(f"_o{order}@", "@")) if order else None
+        if base is not None:
+            lines.append(f"| {name} | {base} | {r['block_fraction']:.3f} | "
+                         f"{_fmt(frontier.paired_interval(r, tails[base], confidence))} |")
+    forecasts = [name for name, r in tails.items() if r["notes"]["forecast_order"] > 0]
+    if len(forecasts) > 1:
+        lines += ["", "| forecast row | against | blocks | FID(row) - FID(against) |", "|---|---|---|---|"]
+        lines += [f"| {a} | {b} | {rows[a]['block_fraction']:.3f} / {rows[b]['block_fraction']:.3f} | "
+                  f"{_fmt(frontier.paired_interval(rows[a], rows[b], confidence))} |"
+                  for i, a in enumerate(forecasts) for b in forecasts[i + 1:]]
+    return lines
 
 
 FAMILY_COLORS = {"tail_cache": "tab:red", "first_block_cache": "tab:blue", "taylorseer_cache": "tab:purple",
