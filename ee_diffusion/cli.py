@@ -178,6 +178,19 @@ def _add_calibrate(subparsers) -> None:
     search.add_argument("--threshold-fractions", type=float, nargs="*", default=[0.5, 0.75],
                         help="DeeDiff thresholds calibrated to these block fractions (models with exit heads)")
     search.add_argument("--reference-steps", type=int, default=25, help="DDIM steps of the reference (default: 25)")
+    search.add_argument("--features", nargs="+", default=None, metavar="NET",
+                        help="feature networks quality must hold under, the primary first: a setting's shipped ones "
+                             "(default: both of its data, e.g. digits digits-pool); for a folder inception, clip, or "
+                             "a saved net (default: inception)")
+    search.add_argument("--real", default=None, metavar="DIR",
+                        help="a folder's real images (resized and center-cropped to the model's resolution)")
+    search.add_argument("--real-stats", nargs="+", default=[], metavar="FILE",
+                        help="a folder's real statistics, one file per feature network (`bench --pipeline` writes them)")
+    search.add_argument("--inception-weights", default=None, metavar="PATH",
+                        help="the FID Inception-v3 weights file (pt_inception-2015-12-05-6726825d.pth)")
+    search.add_argument("--inception-resolution", type=int, default=299,
+                        help="Inception input side (default 299, what the field reports)")
+    search.add_argument("--clip", default=None, metavar="FOLDER", help="a local transformers CLIP folder")
     search.add_argument("--holdout-images", type=int, default=None,
                         help="held-out images that confirm the pick (default: as many as --images)")
     search.add_argument("--max-confirmations", type=int, default=3,
@@ -202,6 +215,8 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     from .pipelines.stock import kind_of, load_pipeline
 
     setting = args.model if args.model in SETTING_NAMES else None
+    if args.kind == "operating-point":
+        return _run_operating_point_search(args, setting)
     dtype = getattr(torch, args.dtype)
     if setting:
         pipe = load_setting_pipeline(setting).to(args.device, dtype)
@@ -220,8 +235,6 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     guidance = args.guidance
     if guidance is None and kind_of(pipe).ours:
         guidance = pipe.resolve_call(None, None, None).guidance_scale
-    if args.kind == "operating-point":
-        return _run_operating_point_search(args, pipe, target, setting, guidance)
     result = run_calibration(target, kind=args.kind, budget=args.budget, tolerance=args.tolerance,
                              min_psnr=args.min_psnr, threshold=args.threshold, num_images=args.images, steps=steps,
                              guidance_scale=guidance, num_buckets=args.buckets, batch_size=args.batch_size,
@@ -235,71 +248,46 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_operating_point_search(args: argparse.Namespace, pipe, target, setting: str | None,
-                                guidance: float | None) -> int:
-    """`calibrate --kind operating-point`: search, write the search JSON, and optionally a pipeline folder."""
+def _run_operating_point_search(args: argparse.Namespace, setting: str | None) -> int:
+    """`calibrate --kind operating-point` on a benchmark setting or a pipeline folder (`calibration.search_command`):
+    bad input ends the command with its message and exit status 2, before any sampling."""
     import torch
 
-    from .backbones.registry import get_adapter
-    from .calibration import SearchSpace, search_operating_point, store_operating_point
-    from .default_model import setting_dataset
-    from .eval.features import load_feature_net
-    from .eval.quality import real_images
+    from .calibration import as_target
+    from .calibration.search_command import folder_features, prepare_folder, run_search, setting_features
+    from .default_model import load_setting_pipeline
+    from .heads import UncertaintyHeads
+    from .pipelines.conditioning import Conditioning
     from .pipelines.stock import kind_of
 
     if args.min_psnr is not None:
         raise SystemExit("--kind operating-point takes --tolerance (relative FID) or --budget, not --min-psnr")
-    if setting is None:
-        raise SystemExit(f"--kind operating-point scores FID with a benchmark setting's feature net and real images: "
-                         f"--model must be one of {', '.join(SETTING_NAMES)}, got {args.model!r} (for another "
-                         f"pipeline use ee_diffusion.calibration.search_operating_point with your own feature_net "
-                         f"and real_features)")
-    if args.save_to is not None and not kind_of(pipe).ours:
-        raise SystemExit(f"--save-to stores an operating point, which only pipelines of ours keep; got "
-                         f"{type(pipe).__name__}")
-    # The tail cache needs a transformer; DeeDiff thresholds need exit heads.
-    space = SearchSpace(solvers=tuple(args.solvers), steps=tuple(args.search_steps),
-                        static_fractions=tuple(args.static_fractions),
-                        tail_thresholds=tuple(args.tail_thresholds) if get_adapter(target.denoiser).sequential else (),
-                        forecast_orders=tuple(args.forecast_orders),
-                        threshold_fractions=tuple(args.threshold_fractions) if target.exit_heads is not None else ())
-    data = setting_dataset(setting)
-    net = load_feature_net(data)
-    with torch.no_grad():
-        real_features = net(real_images(data, "reference")[0])
-    # The pipeline's current default point is measured beside the pick on the held-out images (and timed).
-    from .benchmarks.solvers import solver_of
-
-    current = pipe.operating_point if kind_of(pipe).ours else None
-    baselines = {"current default": current} if current is not None and solver_of(current.scheduler) else {}
-    search = search_operating_point(
-        target, space, tolerance=args.tolerance, budget=args.budget, feature_net=net, real_features=real_features,
-        reference_steps=args.reference_steps, guidance_scale=guidance, calib_images=args.images,
-        holdout_images=args.holdout_images or args.images, batch_size=args.batch_size, progress=True,
-        baselines=baselines, max_confirmations=args.max_confirmations)
-    search.settings["command"] = args.command_line
-    point = search.operating_point
-    if args.time_batch:
-        from .benchmarks.point_timing import time_operating_points
-
-        points = {"searched": point}
-        if baselines and current.guidance_scale == point.guidance_scale:
-            points["current default"] = current
-        search.timing = time_operating_points(pipe, points, args.reference_steps, args.time_batch, args.time_repeats)
-    search.save(args.out)
-    print(f"{search.why}\noperating point: {point.scheduler}, {point.num_inference_steps} steps, guidance "
-          f"{point.guidance_scale:g}, exit config {None if point.exit_config is None else point.exit_config.to_dict()}"
-          f"\nsearch saved to {args.out}")
-    for name, entry in search.baselines.items():
-        d = entry["dfid_chosen_minus_baseline"]
-        print(f"against the {name} on the held-out images: dFID {d['delta']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]")
-    for name, timed in (search.timing or {}).get("points", {}).items():
-        print(f"{name}: {timed['speedup']:.2f}x faster than the reference at batch {args.time_batch}")
-    if args.save_to is not None:
-        store_operating_point(pipe, search)
-        pipe.save_pretrained(str(args.save_to))
-        print(f"pipeline with this operating point saved to {args.save_to}")
-    return 0
+    try:
+        heads = UncertaintyHeads.from_pretrained(args.heads).to(args.device) if args.heads is not None else None
+        if setting:
+            if args.real is not None or args.real_stats:
+                raise ValueError(f"the {setting} setting is scored against its own real images; --real and "
+                                 f"--real-stats are for pipeline folders")
+            features = setting_features(setting, args.features)
+            pipe = load_setting_pipeline(setting).to(args.device, getattr(torch, args.dtype))
+            pipe.set_progress_bar_config(disable=True)
+            conditioning = None
+            if args.classes:
+                conditioning = Conditioning.from_classes(args.classes, pipe)
+            guidance = args.guidance
+        else:
+            prep = prepare_folder(args)
+            pipe, conditioning, guidance = prep.pipe, prep.conditioning, prep.guidance
+            features = folder_features(prep, args.batch_size)
+        if args.save_to is not None and Path(args.save_to).exists():
+            raise ValueError(f"--save-to {str(args.save_to)!r} exists; give a new folder")
+        target = as_target(pipe, conditioning, heads=heads)
+    except ValueError as error:
+        print(f"ee-diffusion calibrate: error: {error}", file=sys.stderr)
+        return 2
+    if guidance is None and kind_of(pipe).ours:
+        guidance = pipe.resolve_call(None, None, None).guidance_scale
+    return run_search(args, pipe, target, features, guidance)
 
 
 def _add_benchmark(subparsers, name: str, module: str, help: str, run) -> None:

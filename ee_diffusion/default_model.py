@@ -4,6 +4,10 @@ It lives in `ee_diffusion/assets/digits-dit/` as an `EarlyExitDiTPipeline` folde
 loaded as float32), with the operating point that its full benchmark recommends (scheduler, steps, guidance and
 exit config, in `model_index.json`). How it was trained and what the point rests on:
 `assets/digits-dit/TRAINING.md`; to rebuild it end to end: `scripts/rebuild_assets.sh digits`.
+
+Beside it ship its pre-trained twin without heads (`load_pretrained_pipeline`), the digits U-Net
+(`load_digits_unet`), the glyphs DiT and the 28-block digits DiTs; `SETTINGS` names the benchmark settings they
+are scored in, and `load_setting_pipeline(setting)` loads one.
 """
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
-"""Early exit on a stock diffusers model, through diffusers' hook registry: the public hook API.
+"""Early exit on a stock diffusers model, through hooks of our own: the public hook API.
 
 `apply_early_exit(model, config)` picks the engine for the model's backbone - `SequentialEngine` for
 transformers (`ee_diffusion.engine_sequential`), `UNetEngine` for U-Nets (`ee_diffusion.unet.engine`) - and
-installs its hooks: one on the model (opens and closes every call), one on every block. Nothing is stored on
-the model but the hooks; `remove_early_exit` restores the original forwards exactly.
+installs its hooks: one on the model (opens and closes every call), one on every block, and, while the policy
+forecasts sub-modules, one on each block's attention and feed-forward modules (`set_exit_config` adds and
+removes those). Nothing is stored on the model but the hooks; `remove_early_exit` restores the original
+forwards exactly. The hooks are not diffusers' `HookRegistry` hooks (a deep copy of a model carrying those
+calls the original's modules): they are installed as the module's forward, as below.
 
 Each hook is a `HookedForward` object that sits innermost, right around the module's own class forward, below
 any accelerate or diffusers hook already there (see `_compat.forward_slots`): those can then be added and
@@ -79,6 +82,8 @@ def _check_setup(
         return
     policy = as_exit_policy(config.policy)
     check_foreign_hooks(adapter)
+    if not adapter.sequential and policy.forecasts_submodules:
+        policy.validate_for(adapter)  # refuses the U-Net itself: bridges would not help
     if not adapter.sequential and bridges is None:
         raise ValueError(
             f"early exit on a {type(adapter.model).__name__} truncates its inner levels and needs their learned "
@@ -158,6 +163,19 @@ def apply_early_exit(
         _install(module, lambda inner, module=module, run=run: BlockCallHook(module, inner, run))
 
 
+def _sync_hooks(engine: EngineBase) -> None:
+    """After a config change: hook what the new policy needs (a sub-module forecast hooks the blocks' attention
+    and feed-forward modules too), unhook what it does not."""
+    wanted = engine.hook_targets()
+    keep = {id(module) for module, _ in wanted}
+    for module in engine.hookable_modules():
+        if id(module) not in keep:
+            _uninstall(module)
+    for module, run in wanted:
+        if not isinstance(module.__dict__.get(HOOK_ATTR), HookedForward):
+            _install(module, lambda inner, module=module, run=run: BlockCallHook(module, inner, run))
+
+
 def _install(module: nn.Module, make_hook) -> None:
     """Wrap `module`'s own class forward with `make_hook(forward)`, below any wrapper already on it."""
     for holder, key in forward_slots(module)[1:]:  # [0]: the module's own forward, the top of the chain
@@ -195,7 +213,7 @@ def _check_layout(layout: BatchLayout | None) -> None:
 def remove_early_exit(model: nn.Module) -> None:
     """Remove the hooks of `apply_early_exit`; the model computes exactly what it did before."""
     engine = _require_engine(model)
-    for module, _ in engine.hook_targets():
+    for module in engine.hookable_modules():
         _uninstall(module)
     _uninstall(model)
     engine.close()
@@ -233,6 +251,7 @@ def set_exit_config(
     heads = engine.heads if isinstance(heads, str) and heads == "keep" else heads
     _check_setup(engine.adapter, config, heads, getattr(engine, "bridges", None))
     engine.configure(config, heads)
+    _sync_hooks(engine)
 
 
 def get_exit_stats(model: nn.Module) -> ExitStats | None:
@@ -286,3 +305,4 @@ def early_exit(
     finally:
         config, heads, state, engine.layout = previous
         engine.configure(config, heads, state)
+        _sync_hooks(engine)

@@ -123,6 +123,10 @@ class EngineBase:
         """(module, runner) for every module whose forward the engine replaces; runner(forward, args, kwargs)."""
         raise NotImplementedError
 
+    def hookable_modules(self) -> list[nn.Module]:
+        """Every module `hook_targets` may name under some policy (what `remove_early_exit` unhooks)."""
+        return [module for module, _ in self.hook_targets()]
+
     def new_call_state(self, batch_size: int, timesteps: torch.Tensor, paired: bool) -> CallState:
         return CallState(batch_size, timesteps, self.num_blocks, paired)
 

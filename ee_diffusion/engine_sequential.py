@@ -9,6 +9,11 @@ its own exit block - DiT-family models share that head across blocks, which make
 Blocks that return more than the hidden state (SD3's `(encoder_hidden_states, hidden_states)`) go through the
 adapter's `split_block_output`/`join_block_output`: the hidden state is parked, the carried stream is compacted
 with its rows.
+
+A policy that forecasts sub-modules (`ExitPolicy.forecasts_submodules`, e.g. `BlockForecast`) also gets hooks on
+every block's expensive sub-modules (the adapter's `forecast_modules`): at each model call the policy's
+forecaster (`start_forecast`) decides which rows compute them, and each hooked sub-module returns what that
+forecaster gives (computed rows and forecast rows scattered into one tensor).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ class SequentialCallState(CallState):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.parked: torch.Tensor | None = None  # (B, L, D) hidden states of rows that exited
+        self.forecast: Any = None  # the policy's forecaster for this call (`start_forecast`), or None
 
 
 class SequentialEngine(EngineBase):
@@ -37,10 +43,51 @@ class SequentialEngine(EngineBase):
     masked_plans = True
 
     def hook_targets(self) -> list[tuple[nn.Module, Callable]]:
-        return [(block, functools.partial(self.run_block, index)) for index, block in enumerate(self.adapter.blocks)]
+        blocks = self.adapter.blocks
+        targets = [(block, functools.partial(self.run_block, index)) for index, block in enumerate(blocks)]
+        if self.policy is not None and self.policy.forecasts_submodules:
+            targets += [(module, functools.partial(self.run_submodule, index, name))
+                        for index, block in enumerate(blocks) for name, module in self.adapter.forecast_modules(block)]
+        return targets
+
+    def hookable_modules(self) -> list[nn.Module]:
+        blocks = list(self.adapter.blocks)
+        return blocks + [module for block in blocks for _, module in self.adapter.forecast_modules(block)]
 
     def new_call_state(self, batch_size: int, timesteps: torch.Tensor, paired: bool) -> SequentialCallState:
         return SequentialCallState(batch_size, timesteps, self.num_blocks, paired)
+
+    def begin(self, args: tuple, kwargs: dict[str, Any]) -> None:
+        super().begin(args, kwargs)
+        policy, state = self.policy, self.call
+        if policy is None or not policy.forecasts_submodules:
+            return
+        name = type(policy).__name__
+        if state.checkpoint is not None:
+            raise ValueError(f"{name} is a training-free inference policy; the model has gradient checkpointing on and "
+                             f"records gradients: call it under torch.no_grad(), or without {name}")
+        if any(getattr(block, "_chunk_size", None) is not None for block in self.adapter.blocks):
+            raise ValueError(f"{name} forecasts each feed-forward output whole, but feed-forward chunking is on "
+                             f"(enable_forward_chunking): call model.disable_forward_chunking() first")
+        inputs = dict(zip(self._model_params, args))
+        inputs.update(kwargs)
+        # What must not change within a run: every batched input's shape without the batch, dtype and device.
+        key = tuple((k, tuple(inputs[k].shape[1:]), inputs[k].dtype, str(inputs[k].device)) for k in sorted(inputs)
+                    if isinstance(inputs[k], torch.Tensor) and inputs[k].ndim > 0)
+        state.forecast = policy.start_forecast(self.policy_state, state.timesteps, state.paired, key)
+
+    def end(self, output: Any = None) -> None:
+        state = self.call
+        if state is not None and state.forecast is not None:
+            state.forecast.finish()  # a call that raised never gets here: its forecaster's state is dropped
+        super().end(output)
+
+    def run_submodule(self, index: int, name: str, forward: Callable, args: tuple, kwargs: dict[str, Any]) -> Any:
+        """A hooked sub-module `name` of block `index`: the policy's forecaster decides what it returns."""
+        state = self.call
+        if state is None or state.forecast is None:
+            return forward(*args, **kwargs)
+        return state.forecast.run(index, name, forward, args, kwargs)
 
     def run_block(self, index: int, forward: Callable, args: tuple, kwargs: dict[str, Any]) -> Any:
         state = self.call

@@ -1,4 +1,4 @@
-"""DeeDiff uncertainty estimation modules (UEM): one small head per block."""
+"""DeeDiff uncertainty estimation modules (UEM): one small head per block (transformers) or level (U-Nets)."""
 
 from __future__ import annotations
 

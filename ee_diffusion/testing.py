@@ -1,4 +1,4 @@
-"""Tiny real diffusers models for tests, examples and the untrained demo (no downloads)."""
+"""Tiny real diffusers models for tests, examples and the random-weight benchmarks (no downloads)."""
 
 from __future__ import annotations
 

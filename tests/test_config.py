@@ -106,7 +106,7 @@ def test_from_dict_errors():
         EarlyExitConfig.from_dict({"policy": None, "a": 1, "b": 2})
     with pytest.raises(ValueError, match="must be a dict, got list"):
         EarlyExitConfig.from_dict([("policy", None)])
-    with pytest.raises(ValueError, match="known types: CachedTailResidual, StaticDepth, TimestepSchedule, UncertaintyThreshold"):
+    with pytest.raises(ValueError, match="known types: BlockForecast, CachedTailResidual, StaticDepth, TimestepSchedule, UncertaintyThreshold"):
         EarlyExitConfig.from_dict({"policy": {"type": "Magic", "depth": 3}})
     with pytest.raises(ValueError, match="needs a 'type' key"):
         EarlyExitConfig.from_dict({"policy": {"depth": 3}})

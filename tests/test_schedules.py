@@ -292,7 +292,7 @@ def test_policy_dict_round_trip(policy):
 
 
 def test_policy_from_dict_errors():
-    with pytest.raises(ValueError, match="unknown policy type 'abc'; known types: CachedTailResidual, StaticDepth, TimestepSchedule, "
+    with pytest.raises(ValueError, match="unknown policy type 'abc'; known types: BlockForecast, CachedTailResidual, StaticDepth, TimestepSchedule, "
                                          "UncertaintyThreshold"):
         policy_from_dict({"type": "abc"})
     with pytest.raises(ValueError, match="needs a 'type' key"):

@@ -29,6 +29,9 @@ class BackboneAdapter:
     batch_inputs: ClassVar[tuple[str, ...]] = ()
     #: name of the block-forward parameter that carries the timestep.
     timestep_input: ClassVar[str] = "timestep"
+    #: attribute names of a block's expensive sub-modules (attention, feed-forward) whose outputs a per-row
+    #: forecast (`BlockForecast`) may stand in for; () where the family has none (U-Nets).
+    forecast_submodules: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -46,6 +49,13 @@ class BackboneAdapter:
     @property
     def num_blocks(self) -> int:
         return len(self.blocks)
+
+    def forecast_modules(self, block: nn.Module) -> list[tuple[str, nn.Module]]:
+        """(name, module) of `block`'s expensive sub-modules, in `forecast_submodules` order, leaving out the
+        ones this block lacks (e.g. `attn2 = None`). Their outputs are what `BlockForecast` forecasts per row;
+        everything else in the block (norms, modulation, gates, residual additions) always runs."""
+        found = ((name, getattr(block, name, None)) for name in self.forecast_submodules)
+        return [(name, module) for name, module in found if isinstance(module, nn.Module)]
 
     def prediction_shape(self) -> tuple[int, int, int]:
         """(channels, height, width) of the noise prediction (without a learned-variance half)."""

@@ -20,6 +20,8 @@ class DiTAdapter(BackboneAdapter):
 
     model_classes = (DiTTransformer2DModel,)
     batch_inputs = ("timestep", "class_labels", "attention_mask", "encoder_hidden_states", "encoder_attention_mask")
+    #: BasicTransformerBlock: self-attention, cross-attention (None on class-conditional DiT), feed-forward.
+    forecast_submodules = ("attn1", "attn2", "ff")
 
     def null_class_id(self) -> int | None:
         """`num_embeds_ada_norm`: the label id the model reserves for "no class" (classifier-free guidance)."""

@@ -37,6 +37,8 @@ class PixArtAdapter(BackboneAdapter):
 
     model_classes = (PixArtTransformer2DModel,)
     batch_inputs = ("timestep", "attention_mask", "encoder_hidden_states", "encoder_attention_mask")
+    #: BasicTransformerBlock (ada_norm_single): self-attention, cross-attention to the text, feed-forward.
+    forecast_submodules = ("attn1", "attn2", "ff")
 
     def is_cfg_pair_batch(self, inputs: dict, timesteps: torch.Tensor) -> bool:
         return self.latent_cfg_pair(inputs, timesteps)

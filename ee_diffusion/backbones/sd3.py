@@ -43,6 +43,10 @@ class SD3Adapter(BackboneAdapter):
 
     model_classes = (SD3Transformer2DModel,)
     batch_inputs = ("temb",)
+    #: JointTransformerBlock: the joint attention (returns the image and the text stream), the second image
+    #: attention of SD3.5 (`use_dual_attention`), the image feed-forward, the text feed-forward (None on the
+    #: last, `context_pre_only` block).
+    forecast_submodules = ("attn", "attn2", "ff", "ff_context")
 
     def is_cfg_pair_batch(self, inputs: dict, timesteps: torch.Tensor) -> bool:
         return self.latent_cfg_pair(inputs, timesteps)

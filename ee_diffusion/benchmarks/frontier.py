@@ -5,7 +5,9 @@ Definitions (docs/evaluation.md):
 - dFID intervals are paired: every row stores its FID on the same bootstrap resamples of image indices
   (`fid_resamples`), so the interval of FID(a) - FID(b) is the percentile interval of the differences;
 - unchanged quality: the interval against the reference includes 0 or lies below it (`low <= 0`), or lies wholly
-  below +10% of the reference FID;
+  below +10% of the reference FID - under every feature network a report carries (`holds_under_every_net`);
+- a searched operating point is confirmed on held-out seeds by a stricter bar (`confirms_quality`): under every
+  feature network, the interval (at a confidence raised for the candidates tried) lies wholly at or below +10%;
 - the frontier: fewer steps at full depth (every solver), the reference included; the knee of a solver is its
   fewest steps whose interval against the reference includes 0 (or lies below it);
 - a row beats the frontier at its cost when its whole interval lies below the interval of the best frontier point
@@ -44,6 +46,28 @@ def reference_row(rows: dict[str, dict]) -> dict:
 def holds_quality(interval: dict[str, float], reference_fid: float, tolerance: float = QUALITY_TOLERANCE) -> bool:
     """Unchanged quality by the paired interval against the reference (docs/evaluation.md)."""
     return interval["low"] <= 0 or interval["high"] < tolerance * reference_fid
+
+
+def holds_under_every_net(intervals: dict[str, dict[str, float]], reference_fids: dict[str, float],
+                          tolerance: float = QUALITY_TOLERANCE) -> bool:
+    """Unchanged quality under every feature network: `holds_quality` of each net's interval against that net's
+    reference FID (FIDs of different networks are never compared with each other)."""
+    if not intervals or set(intervals) != set(reference_fids):
+        raise ValueError(f"need one interval and one reference FID per feature network, got intervals for "
+                         f"{sorted(intervals)} and reference FIDs for {sorted(reference_fids)}")
+    return all(holds_quality(intervals[n], reference_fids[n], tolerance) for n in intervals)
+
+
+def confirms_quality(intervals: dict[str, dict[str, float]], reference_fids: dict[str, float],
+                     tolerance: float = QUALITY_TOLERANCE) -> bool:
+    """The held-out bar of a searched point, stricter than `holds_quality` (docs/evaluation.md): under every
+    feature network the whole interval lies at or below +tolerance x the reference FID. A wide interval that
+    merely includes 0 does not pass; the caller also widens the interval (a higher confidence) for the number of
+    candidates it tries on the same held-out images."""
+    if not intervals or set(intervals) != set(reference_fids):
+        raise ValueError(f"need one interval and one reference FID per feature network, got intervals for "
+                         f"{sorted(intervals)} and reference FIDs for {sorted(reference_fids)}")
+    return all(intervals[n]["high"] <= tolerance * reference_fids[n] for n in intervals)
 
 
 def knees(rows: dict[str, dict]) -> dict[str, str]:

@@ -69,24 +69,48 @@ def _table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _under_nets(entry: dict, nets: list[str], key: str = "dfid") -> str:
+    """" (digits +0.16 [...]; digits-pool +0.40 [...])": an entry's `key` interval under every feature network
+    (its `by_net`; '' when it has none)."""
+    by_net = entry.get("by_net") or {}
+    parts = [f"{n} {_interval(by_net[n][key])}" for n in nets if key in by_net.get(n, {})]
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def _search_markdown(search: dict, recommended: str) -> list[str]:
     """What a published operating-point search says (TRAINING.md), from `evaluation.json`."""
     cal, held = search["calibration"], search["confirmation"]
-    settings = search["settings"]
+    settings, decision = search["settings"], search.get("decision") or {}
+    nets = list(decision.get("feature_nets", []))
+    ref = search["reference"]
+    ref_fids = ref.get("holdout_fids") or {}
     lines = [f"It is the pick `{search['chosen']}` of the operating-point search `{search['search']}` (command: "
              f"`{search['command']}`), goal {search['goal']}: the cheapest candidate holding quality on "
              f"{settings['calib_images']} calibration images (blocks {cal['block_fraction']:.3f} of the reference, "
-             f"dFID {_interval(cal['dfid'])}), confirmed on {settings['holdout_images']} held-out images (dFID "
-             f"{_interval(held['dfid'])} against the reference's FID {search['reference']['holdout_fid']:.3f}); "
-             f"calibration and held-out noise seeds {settings['calib_seed']} and {settings['holdout_seed']}, disjoint "
-             f"from the benchmark's."]
+             f"dFID {_interval(cal['dfid'])}{_under_nets(cal, nets)}), confirmed on {settings['holdout_images']} "
+             f"held-out images (dFID {_interval(held['dfid'])} against the reference's FID "
+             f"{ref['holdout_fid']:.3f}{_under_nets(held, nets)}); calibration and held-out noise seeds "
+             f"{settings['calib_seed']} and {settings['holdout_seed']}, disjoint from the benchmark's."]
+    if decision:
+        conf = decision["confirmation"]
+        fids = ", ".join(f"{n} {ref_fids[n]:.3f}" for n in nets if n in ref_fids)
+        lines[0] += (f" Quality must hold under every feature network ({', '.join(f'`{n}`' for n in nets)}; held-out "
+                     f"reference FIDs {fids}). {decision['screened']} candidates were screened, so the held-out bar is "
+                     f"stricter than the screening: {conf['rule']}, at {conf['confidence']:.1%} intervals.")
+    fidelity = held.get("fidelity")
+    if fidelity:
+        lines[0] += (f" Per-image fidelity to the reference image from the same noise: PSNR "
+                     f"{fidelity['psnr_db']:.1f} dB, SSIM {fidelity['ssim']:.3f}.")
     frontier = search["vs_frontier"] or {}
     if frontier.get("frontier"):
-        lines[0] += (f" On the held-out images it beats the best fewer-steps point that costs no more, "
-                     f"`{frontier['frontier']}`, by dFID {_interval(frontier['dfid_chosen_minus_frontier'])}.")
+        beats = "beats" if frontier.get("chosen_beats_frontier") else "is compared with"
+        lines[0] += (f" On the held-out images it {beats} the best fewer-steps point that costs no more, "
+                     f"`{frontier['frontier']}`: dFID {_interval(frontier['dfid_chosen_minus_frontier'])}"
+                     f"{_under_nets(frontier, nets, 'dfid_chosen_minus_frontier')}.")
     for name, entry in search["baselines"].items():
         lines[0] += (f" Against the {name} (the benchmark's recommendation `{recommended}`), on the same held-out "
-                     f"images: dFID {_interval(entry['dfid_chosen_minus_baseline'])}.")
+                     f"images: dFID {_interval(entry['dfid_chosen_minus_baseline'])}"
+                     f"{_under_nets(entry, nets, 'dfid_chosen_minus_baseline')}.")
     timing = search.get("timing")
     if timing:
         points = timing["points"]
@@ -170,7 +194,8 @@ def search_summary(search: dict, search_ref: str) -> dict[str, Any]:
     return {"search": search_ref, "command": search["settings"].get("command", ""), "goal": search["goal"],
             "chosen": search["chosen"], "calibration": chosen, "confirmation": search["tries"][-1],
             "tries": search["tries"], "reference": search["reference"], "vs_frontier": search["vs_frontier"],
-            "baselines": search.get("baselines", {}), "timing": search.get("timing"), "settings": search["settings"]}
+            "baselines": search.get("baselines", {}), "timing": search.get("timing"), "settings": search["settings"],
+            "decision": search.get("decision")}
 
 
 def publish_search(search_path: str | Path, model_dir: str | Path, search_ref: str | None = None) -> dict:

@@ -21,9 +21,11 @@ from ..operating_point import OperatingPoint
 class Candidate:
     """One (solver, steps, exit config) measured on the calibration seeds.
 
-    `dfid`: FID - reference FID with its paired interval; `holds`: unchanged quality by it (the search's
-    tolerance). `dfid_full_depth` / `holds_vs_full_depth`: the same against full depth at the candidate's own
-    solver and steps (None for full-depth candidates): what `exit_configs_by_steps` is chosen by.
+    `fid`, `dfid`: under the primary feature network, FID and FID - reference FID with its paired interval;
+    `holds`: unchanged quality (the search's tolerance) under every feature network. `dfid_full_depth` /
+    `holds_vs_full_depth`: the same against full depth at the candidate's own solver and steps (None for full-depth
+    candidates): what `exit_configs_by_steps` is chosen by. `by_net`: per feature network its fid, dfid, holds
+    (and dfid_full_depth).
     """
 
     name: str
@@ -38,20 +40,24 @@ class Candidate:
     holds: bool
     dfid_full_depth: dict[str, float] | None = None
     holds_vs_full_depth: bool | None = None
+    by_net: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "family": self.family, "solver": self.solver, "scheduler": self.scheduler,
                 "steps": self.steps, "exit_config": None if self.exit_config is None else self.exit_config.to_dict(),
                 "block_fraction": self.block_fraction, "fid": self.fid, "dfid": dict(self.dfid), "holds": self.holds,
                 "dfid_full_depth": None if self.dfid_full_depth is None else dict(self.dfid_full_depth),
-                "holds_vs_full_depth": self.holds_vs_full_depth}
+                "holds_vs_full_depth": self.holds_vs_full_depth, "by_net": copy.deepcopy(self.by_net)}
 
 
 @dataclass
 class Confirmation:
     """One candidate re-measured on the held-out seeds against the reference re-sampled there.
 
-    `within_budget` is None for a tolerance goal; `confirmed` is `holds` (tolerance) or `within_budget` (budget).
+    `fid`, `dfid`: under the primary feature network; `holds`: the held-out bar (`confirms_quality`) under every
+    feature network, `by_net` per network. `within_budget` is None for a tolerance goal; `confirmed` is `holds`
+    (tolerance) or `within_budget` (budget). `fidelity`: mean PSNR/SSIM against the reference image from the same
+    noise (`eval.paired.fidelity`).
     """
 
     name: str
@@ -61,10 +67,13 @@ class Confirmation:
     holds: bool
     within_budget: bool | None
     confirmed: bool
+    by_net: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fidelity: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "block_fraction": self.block_fraction, "fid": self.fid, "dfid": dict(self.dfid),
-                "holds": self.holds, "within_budget": self.within_budget, "confirmed": self.confirmed}
+                "holds": self.holds, "within_budget": self.within_budget, "confirmed": self.confirmed,
+                "by_net": copy.deepcopy(self.by_net), "fidelity": copy.deepcopy(self.fidelity)}
 
 
 @dataclass
@@ -85,6 +94,8 @@ class OperatingPointSearch:
             chosen one: its block fraction, dFID against the reference and the chosen point's dFID against it.
         guidance_scale: guidance the search sampled at (the operating point's).
         quality_tolerance: the tolerance of `holds` (the goal's, else `QUALITY_TOLERANCE`).
+        decision: the feature networks (the primary first), the number of candidates screened, and the screening
+            and confirmation bars (confidence, rule).
         settings: image counts, seeds, confidence, bootstrap, conditioning.
         timing: wall-clock of the point against the reference, when measured
             (`ee_diffusion.benchmarks.point_timing.time_operating_points`; None: not measured).
@@ -101,6 +112,7 @@ class OperatingPointSearch:
     baselines: dict[str, Any]
     guidance_scale: float
     quality_tolerance: float
+    decision: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     timing: dict[str, Any] | None = None
 
@@ -141,7 +153,8 @@ class OperatingPointSearch:
         """Everything, JSON-serialisable; `operating_point` loads back with `OperatingPoint.from_dict`."""
         return {"goal": dict(self.goal), "reference": dict(self.reference), "chosen": self.chosen,
                 "confirmed": self.confirmed, "why": self.why, "guidance_scale": self.guidance_scale,
-                "quality_tolerance": self.quality_tolerance, "operating_point": self.operating_point.to_dict(),
+                "quality_tolerance": self.quality_tolerance, "decision": copy.deepcopy(self.decision),
+                "operating_point": self.operating_point.to_dict(),
                 "vs_frontier": self.vs_frontier, "baselines": self.baselines, "tries": [t.to_dict() for t in self.tries],
                 "candidates": [c.to_dict() for c in self.candidates], "settings": dict(self.settings),
                 "timing": self.timing}
@@ -160,26 +173,68 @@ def _interval(d: dict[str, float]) -> str:
     return f"{d['delta']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
 
 
+def _nets(data: dict[str, Any]) -> list[str]:
+    """The feature networks of a search's JSON (one unnamed network for searches written before there were more)."""
+    return list(data.get("decision", {}).get("feature_nets", []))
+
+
+def _per_net(entry: dict[str, Any], nets: list[str], key: str = "dfid") -> str:
+    """One cell per feature network: the entry's `key` interval under it ('' when not recorded)."""
+    by_net = entry.get("by_net") or {}
+    return " | ".join(_interval(by_net[n][key]) if key in by_net.get(n, {}) else "" for n in nets)
+
+
+def _quality_cells(entry: dict[str, Any], nets: list[str]) -> str:
+    """The dFID-vs-reference cells of a row: one per feature network, or the one interval of a single-net search."""
+    return _per_net(entry, nets) if nets else _interval(entry["dfid"])
+
+
+def _under(entry: dict[str, Any], nets: list[str], key: str) -> str:
+    """"; digits +0.1 [...]; digits-pool ..." for every network that recorded `key` (nothing for a single net)."""
+    by_net = entry.get("by_net") or {}
+    return "".join(f"; {n} {_interval(by_net[n][key])}" for n in nets if key in by_net.get(n, {}))
+
+
 def search_markdown(data: dict[str, Any]) -> str:
     """The search's outcome and tables, from its JSON alone (`OperatingPointSearch.to_dict`)."""
-    s, ref = data["settings"], data["reference"]
+    s, ref, nets = data["settings"], data["reference"], _nets(data)
+    decision = data.get("decision", {})
+    quality_heads = "".join(f" dFID ({n}) |" for n in nets) if nets else " dFID vs reference |"
+    quality_rules = "---|" * max(1, len(nets))
     lines = ["# Operating-point search", "", f"Command: `{s.get('command', '')}`", "",
              f"Goal {data['goal']}; reference {ref['solver']}{ref['steps']} (full depth), FID {ref['fid']:.3f} on "
              f"{s['calib_images']} calibration images (seed {s['calib_seed']}) and {ref['holdout_fid'] or float('nan'):.3f} "
              f"on {s['holdout_images']} held-out images (seed {s['holdout_seed']}); "
-             f"{s['confidence']:.0%} paired intervals over {s['bootstrap']} resamples.", "", f"**{data['why']}.**", "",
-             "## Held-out confirmation", "", "| candidate | blocks | FID | dFID vs reference | holds | confirmed |",
-             "|---|---:|---:|---|---|---|"]
-    lines += [f"| {t['name']} | {t['block_fraction']:.3f} | {t['fid']:.3f} | {_interval(t['dfid'])} | {t['holds']} | "
-              f"{t['confirmed']} |" for t in data["tries"]]
+             f"{s['confidence']:.0%} paired intervals over {s['bootstrap']} resamples.", ""]
+    if decision:
+        conf = decision["confirmation"]
+        held = ref.get("holdout_fids") or {}
+        fids = "".join(f", {n} {held[n]:.3f}" for n in nets if n in held)
+        lines += [f"Feature networks: {', '.join(f'`{n}`' for n in nets)} (the FID column: `{decision['primary']}`; "
+                  f"held-out reference FIDs{fids or ' not sampled'}). Screening: {decision['screening']['rule']}, "
+                  f"{decision['screening']['confidence']:.0%} intervals, {decision['screened']} candidates. "
+                  f"Held-out confirmation (stricter, against the selection among {decision['screened']}): "
+                  f"{conf['rule']}, {conf['confidence']:.1%} intervals (at most {conf['tries_allowed']} tries on the "
+                  f"same images).", ""]
+    lines += [f"**{data['why']}.**", "", "## Held-out confirmation", "",
+              f"| candidate | blocks | FID |{quality_heads} PSNR dB | SSIM | holds | confirmed |",
+              f"|---|---:|---:|{quality_rules}---:|---:|---|---|"]
+    for t in data["tries"]:
+        fid = t.get("fidelity") or {}
+        lines.append(f"| {t['name']} | {t['block_fraction']:.3f} | {t['fid']:.3f} | {_quality_cells(t, nets)} | "
+                     f"{fid.get('psnr_db', float('nan')):.2f} | {fid.get('ssim', float('nan')):.3f} | {t['holds']} | "
+                     f"{t['confirmed']} |")
     frontier = data.get("vs_frontier") or {}
     if frontier.get("frontier"):
+        under = _under(frontier, nets, "dfid_chosen_minus_frontier")
         lines += ["", f"Against the best fewer-steps point that costs no more (`{frontier['frontier']}`, blocks "
                       f"{frontier['frontier_block_fraction']:.3f}), held-out: dFID "
-                      f"{_interval(frontier['dfid_chosen_minus_frontier'])}."]
+                      f"{_interval(frontier['dfid_chosen_minus_frontier'])}{under}."]
     for name, entry in data.get("baselines", {}).items():
         lines += ["", f"Against the {name} (blocks {entry['block_fraction']:.3f}, dFID vs reference "
-                      f"{_interval(entry['dfid'])}), held-out: dFID {_interval(entry['dfid_chosen_minus_baseline'])}."]
+                      f"{_interval(entry['dfid'])}{_under(entry, nets, 'dfid')}), held-out: dFID "
+                      f"{_interval(entry['dfid_chosen_minus_baseline'])}"
+                      f"{_under(entry, nets, 'dfid_chosen_minus_baseline')}."]
     timing = data.get("timing")
     if timing:
         lines += ["", f"## Wall-clock, batch {timing['batch']} ({timing.get('threads', '?')} thread(s), median of "
@@ -189,10 +244,10 @@ def search_markdown(data: dict[str, Any]) -> str:
         lines += [f"| {name} | {p['steps']} | {p['median_s']:.3f} | {p['speedup']:.2f}x |"
                   for name, p in timing["points"].items()]
     lines += ["", "## Candidates (calibration images), by block fraction", "",
-              "| candidate | blocks | FID | dFID vs reference | holds | dFID vs full depth at its steps |",
-              "|---|---:|---:|---|---|---|"]
+              f"| candidate | blocks | FID |{quality_heads} holds | dFID vs full depth at its steps |",
+              f"|---|---:|---:|{quality_rules}---|---|"]
     for c in sorted(data["candidates"], key=lambda c: (c["block_fraction"], c["fid"])):
         full = "" if c["dfid_full_depth"] is None else _interval(c["dfid_full_depth"])
-        lines.append(f"| {c['name']} | {c['block_fraction']:.3f} | {c['fid']:.3f} | {_interval(c['dfid'])} | "
+        lines.append(f"| {c['name']} | {c['block_fraction']:.3f} | {c['fid']:.3f} | {_quality_cells(c, nets)} | "
                      f"{c['holds']} | {full} |")
     return "\n".join(lines) + "\n"

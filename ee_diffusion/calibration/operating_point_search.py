@@ -39,7 +39,6 @@ noise with each other or with the benchmark's seeds 0 and 1.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,11 +48,10 @@ import torch
 
 from .._validation import check_int, check_number
 from ..backbones.registry import get_adapter
-from ..benchmarks.frontier import QUALITY_TOLERANCE, holds_quality
+from ..benchmarks.frontier import QUALITY_TOLERANCE, confirms_quality, holds_quality, holds_under_every_net
 from ..benchmarks.solvers import SOLVERS, ase_schedules, make_schedulers, solver_of
 from ..config import EarlyExitConfig
-from ..eval.paired import FrechetReference, PairedFID
-from ..eval.pipeline_sampling import sample_pipeline
+from ..eval.paired import FrechetReference
 from ..eval.sampling import _SEED_STRIDE, SampleRun
 from ..operating_point import OperatingPoint
 from ..pipelines.conditioning import Conditioning
@@ -61,6 +59,7 @@ from ..pipelines.stock import default_guidance_scale, kind_of
 from ..schedules import CachedTailResidual, StaticDepth, UncertaintyThreshold
 from .common import CalibrationSet, as_target
 from .operating_point_result import Candidate, Confirmation, OperatingPointSearch
+from .search_phases import Phase, Sampler
 from .thresholds import thresholds_for_fractions
 
 __all__ = ["BENCH_SEEDS", "OWN_SCHEDULER", "Candidate", "Confirmation", "OperatingPointSearch", "SearchSpace",
@@ -149,56 +148,6 @@ class SearchSpace:
         return out
 
 
-class _Phase:
-    """One set of seeds (calibration or held-out): its paired FIDs, and each run's block evaluations by name."""
-
-    def __init__(self, name: str, seed: int, num_images: int, real: Any, bootstrap: int, confidence: float) -> None:
-        self.name, self.seed, self.num_images = name, seed, num_images
-        self.paired = PairedFID(real, num_images, num_resamples=bootstrap, confidence=confidence)
-        self.block_evals: dict[str, int] = {}
-        self._by_key: dict[str, str] = {}  # (solver, steps, config) -> the name it was first sampled under
-
-    def fraction(self, name: str) -> float:
-        return self.block_evals[name] / self.block_evals["reference"]
-
-
-class _Sampler:
-    """Samples a (solver, steps, exit config) on a phase's seeds, once per phase (deterministic: a repeat, such
-    as the reference's own solver and steps among the candidates, reuses the features)."""
-
-    def __init__(self, target: Any, schedulers: dict[str, Any], guidance: float | None, batch_size: int,
-                 feature_net: Callable[[torch.Tensor], torch.Tensor], bar: Any,
-                 on_sample: Callable[[str, str, SampleRun], None] | None) -> None:
-        self.target, self.schedulers, self.guidance, self.batch_size = target, schedulers, guidance, batch_size
-        self.feature_net, self.bar, self.on_sample = feature_net, bar, on_sample
-        self._features: dict[tuple[str, str], torch.Tensor] = {}
-
-    def __call__(self, phase: _Phase, name: str, solver: str, steps: int, config: EarlyExitConfig | None) -> None:
-        if name in phase.block_evals:
-            return
-        key = json.dumps([solver, steps, None if config is None else config.to_dict()])
-        if key in phase._by_key:
-            first = phase._by_key[key]
-            phase.paired.add(name, self._features[(phase.name, first)])
-            phase.block_evals[name] = phase.block_evals[first]
-            return
-        self.bar.set_postfix_str(f"{phase.name}: {name}")
-        self.target.pipe.scheduler = self.schedulers[solver]
-        run = sample_pipeline(self.target.pipe, range(phase.num_images), self.target.conditioning,
-                              exit_config=config, heads=self.target.heads, bridges=self.target.bridges,
-                              num_inference_steps=steps, guidance_scale=self.guidance, seed=phase.seed,
-                              batch_size=self.batch_size)
-        with torch.no_grad():
-            features = self.feature_net(run.images).detach().double().cpu()
-        phase.paired.add(name, features)
-        phase.block_evals[name] = run.block_evals
-        phase._by_key[key] = name
-        self._features[(phase.name, name)] = features
-        if self.on_sample is not None:
-            self.on_sample(phase.name, name, run)
-        self.bar.update(1)
-
-
 def _check_seeds(calib_seed: int, calib_images: int, holdout_seed: int, holdout_images: int) -> None:
     """The noise of image i of a set is seeded by seed * stride + i: the two sets and the benchmark's share none."""
     check_int(calib_seed, "calib_seed", 0, "noise seed of the calibration images")
@@ -238,7 +187,9 @@ def _check_target(target: Any, space: SearchSpace) -> None:
 
 def search_operating_point(
     pipe: Any, space: SearchSpace, *, tolerance: float | None = None, budget: float | None = None,
-    feature_net: Callable[[torch.Tensor], torch.Tensor], real_features: torch.Tensor | FrechetReference,
+    feature_net: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    real_features: torch.Tensor | FrechetReference | None = None,
+    features: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor | FrechetReference]] | None = None,
     reference_steps: int = 25, reference_solver: str | None = None, guidance_scale: float | None = None,
     conditioning: Conditioning | None = None, calib_images: int = 200, calib_seed: int = 20_000,
     holdout_images: int = 200, holdout_seed: int = 30_000, confidence: float = 0.9, bootstrap: int = 200,
@@ -255,6 +206,8 @@ def search_operating_point(
         budget: block fraction of the reference, in (0, 1].
         feature_net: images (N, C, H, W) in [0, 1] -> (N, F) features; `real_features`: (M, F) real features or
             their `FrechetReference`.
+        features: instead of those two, several feature networks: name -> (feature_net, real_features), the
+            primary one first. Quality must hold under every one of them (`holds_under_every_net`).
         reference_steps, reference_solver: the reference; solver None: "ddim", or the pipeline's own scheduler
             when `space.solvers` is None.
         guidance_scale: None: the pipeline's default (an operating point's, for ours).
@@ -265,6 +218,13 @@ def search_operating_point(
         baselines: operating points (name -> `OperatingPoint` of a DDIM or DPM-Solver++ scheduler) sampled on the
             held-out seeds beside a confirmed pick, e.g. the pipeline's current default: their dFID against the
             reference and the pick's against them (`OperatingPointSearch.baselines`).
+
+    The held-out confirmation of a tolerance goal is stricter than the screening (`confirms_quality`): the
+    cheapest of many screened candidates that passes is biased towards the metric's blind spots, so under every
+    network its whole held-out interval must lie at or below +tolerance x the reference FID, at the confidence
+    1 - (1 - confidence) / max_confirmations (the tries share the held-out images). `decision` in the result
+    records the networks, the number screened and both bars; each try reports its per-image fidelity
+    (PSNR/SSIM against the reference image from the same noise).
 
     Nothing meeting the goal is not an error: the result says why (`confirmed=False`), and its operating point is
     the reference. Bad arguments raise `ValueError` (received and allowed values) before any sampling.
@@ -293,6 +253,7 @@ def search_operating_point(
     if reference_solver is not None and reference_solver not in allowed:
         raise ValueError(f"reference_solver must be one of {allowed} or None, got {reference_solver!r}")
     _check_seeds(calib_seed, calib_images, holdout_seed, holdout_images)
+    nets = _feature_nets(feature_net, real_features, features)
     baselines = dict(baselines or {})
     bad = {k: getattr(p, "scheduler", p) for k, p in baselines.items()
            if not isinstance(p, OperatingPoint) or solver_of(p.scheduler) is None}
@@ -317,20 +278,24 @@ def search_operating_point(
     fixed = space.exit_configs(target.num_blocks)
 
     # The real statistics once for both phases (and a bad shape refused before any sampling).
-    real = real_features if isinstance(real_features, FrechetReference) else FrechetReference(real_features)
-    calib = _Phase("calibration", calib_seed, calib_images, real, bootstrap, confidence)
-    holdout = _Phase("held-out", holdout_seed, holdout_images, real, bootstrap, confidence)
+    reals = {net: real if isinstance(real, FrechetReference) else FrechetReference(real)
+             for net, (_, real) in nets.items()}
+    confirm_confidence = 1 - (1 - confidence) / max_confirmations
+    calib = Phase("calibration", calib_seed, calib_images, reals, bootstrap, confidence)
+    holdout = Phase("held-out", holdout_seed, holdout_images, reals, bootstrap, confirm_confidence,
+                    keep_reference=True)
 
     from tqdm.auto import tqdm
 
     recording = 1 + len(space.threshold_fractions) if space.threshold_fractions else 0  # + the certainty record
     planned = 1 + len(solvers) * len(space.steps) * (1 + len(fixed) + recording)
     bar = tqdm(total=planned, disable=not progress, desc="operating-point search", unit="run")
-    sampler = _Sampler(target, schedulers, call_guidance, batch_size, feature_net, bar, on_sample)
+    sampler = Sampler(target, schedulers, call_guidance, batch_size, {n: f for n, (f, _) in nets.items()}, bar,
+                      on_sample)
     try:
         # 1. Calibration seeds: the reference, then every solver x steps at full depth and with every exit config.
         sampler(calib, "reference", ref_solver, reference_steps, None)
-        ref_fid = calib.paired.point["reference"]
+        ref_fid, ref_fids = calib.fid("reference"), calib.fids("reference")
         candidates: list[Candidate] = []
         for solver in solvers:
             for k in space.steps:
@@ -347,12 +312,18 @@ def search_operating_point(
                                 for f, c in zip(space.threshold_fractions, thresholds)]
                 for name, family, config in [(at, "full_depth", None), *configs]:
                     sampler(calib, name, solver, k, config)
-                    d = calib.paired.difference(name, "reference")
-                    versus_full = None if config is None else calib.paired.difference(name, at)
+                    d = calib.difference(name, "reference")
+                    full = None if config is None else calib.difference(name, at)
+                    by_net = {net: {"fid": calib.paired[net].point[name], "dfid": d[net],
+                                    "holds": holds_quality(d[net], ref_fids[net], tol)} for net in nets}
+                    if full is not None:
+                        for net in nets:
+                            by_net[net]["dfid_full_depth"] = full[net]
                     candidates.append(Candidate(
-                        name, family, solver, classes[solver], k, config, calib.fraction(name),
-                        calib.paired.point[name], d, holds_quality(d, ref_fid, tol), versus_full,
-                        None if versus_full is None else holds_quality(versus_full, calib.paired.point[at], tol)))
+                        name, family, solver, classes[solver], k, config, calib.fraction(name), calib.fid(name),
+                        d[calib.primary], holds_under_every_net(d, ref_fids, tol),
+                        None if full is None else full[calib.primary],
+                        None if full is None else holds_under_every_net(full, calib.fids(at), tol), by_net))
 
         # 2. The goal's pool, in the order the held-out seeds try it.
         if tolerance is not None:
@@ -371,15 +342,18 @@ def search_operating_point(
             # 3. Held-out seeds: the reference, then the pool's candidates in order until one is confirmed.
             bar.total += 1 + min(len(pool), max_confirmations) + 1
             sampler(holdout, "reference", ref_solver, reference_steps, None)
-            hold_ref = holdout.paired.point["reference"]
+            hold_refs = holdout.fids("reference")
             for c in pool[:max_confirmations]:
                 sampler(holdout, c.name, c.solver, c.steps, c.exit_config)
-                d = holdout.paired.difference(c.name, "reference")
+                d = holdout.difference(c.name, "reference")
                 fraction = holdout.fraction(c.name)
-                holds = holds_quality(d, hold_ref, tol)
+                holds = confirms_quality(d, hold_refs, tol)
                 within = None if budget is None else fraction <= budget + 1e-9
-                tries.append(Confirmation(c.name, fraction, holdout.paired.point[c.name], d, holds, within,
-                                          holds if budget is None else bool(within)))
+                by_net = {net: {"fid": holdout.paired[net].point[c.name], "dfid": d[net],
+                                "holds": confirms_quality({net: d[net]}, {net: hold_refs[net]}, tol)} for net in nets}
+                tries.append(Confirmation(c.name, fraction, holdout.fid(c.name), d[holdout.primary], holds, within,
+                                          holds if budget is None else bool(within), by_net,
+                                          holdout.fidelity.get(c.name)))
                 if tries[-1].confirmed:
                     chosen = c
                     break
@@ -389,13 +363,14 @@ def search_operating_point(
             else:
                 vs_frontier = _versus_frontier(chosen, candidates, holdout, sampler)
                 for name, point in baselines.items():  # measured on the same held-out images
-                    sampler(holdout, f"baseline:{name}", solver_of(point.scheduler), point.num_inference_steps,
-                            point.exit_config)
-                    compared[name] = {"operating_point": point.to_dict(),
-                                      "block_fraction": holdout.fraction(f"baseline:{name}"),
-                                      "dfid": holdout.paired.difference(f"baseline:{name}", "reference"),
-                                      "dfid_chosen_minus_baseline": holdout.paired.difference(chosen.name,
-                                                                                              f"baseline:{name}")}
+                    row = f"baseline:{name}"
+                    sampler(holdout, row, solver_of(point.scheduler), point.num_inference_steps, point.exit_config)
+                    d, vs = holdout.difference(row, "reference"), holdout.difference(chosen.name, row)
+                    compared[name] = {"operating_point": point.to_dict(), "block_fraction": holdout.fraction(row),
+                                      "dfid": d[holdout.primary], "dfid_chosen_minus_baseline": vs[holdout.primary],
+                                      "by_net": {net: {"dfid": d[net], "dfid_chosen_minus_baseline": vs[net]}
+                                                 for net in nets},
+                                      "fidelity": holdout.fidelity.get(row)}
                 why = (f"{chosen.name}: the cheapest candidate holding quality (tolerance {tolerance})"
                        if budget is None else f"{chosen.name}: the lowest calibration FID within the budget {budget}")
                 why += f", confirmed on {holdout_images} held-out images"
@@ -407,29 +382,54 @@ def search_operating_point(
     return OperatingPointSearch(
         goal={"tolerance": tolerance} if budget is None else {"budget": budget},
         reference={"solver": ref_solver, "scheduler": classes[ref_solver], "steps": reference_steps,
-                   "fid": ref_fid, "holdout_fid": holdout.paired.point.get("reference")},
+                   "fid": ref_fid, "holdout_fid": holdout.paired[holdout.primary].point.get("reference"),
+                   "fids": ref_fids, "holdout_fids": holdout.fids("reference") if "reference" in holdout.block_evals else None},
         candidates=candidates, tries=tries, chosen=None if chosen is None else chosen.name,
         confirmed=chosen is not None, why=why, vs_frontier=vs_frontier, baselines=compared, guidance_scale=guidance,
         quality_tolerance=tol,
+        decision={"feature_nets": list(nets), "primary": calib.primary, "screened": len(candidates),
+                  "screening": {"confidence": confidence, "rule": "holds_quality under every feature network"},
+                  "confirmation": {"confidence": confirm_confidence, "tries_allowed": max_confirmations,
+                                   "rule": "interval high <= tolerance x reference FID under every feature network"
+                                   if budget is None else "held-out block fraction within the budget"}},
         settings={"calib_images": calib_images, "calib_seed": calib_seed, "holdout_images": holdout_images,
                   "holdout_seed": holdout_seed, "confidence": confidence, "bootstrap": bootstrap,
                   "max_confirmations": max_confirmations, "conditioning": target.conditioning.to_dict()})
 
 
-def _versus_frontier(chosen: Candidate, candidates: list[Candidate], holdout: _Phase,
-                     sampler: _Sampler) -> dict[str, Any]:
+def _feature_nets(feature_net: Any, real_features: Any, features: Any) -> dict[str, tuple[Any, Any]]:
+    """The search's feature networks, name -> (net, real features), from either argument form."""
+    if features is None:
+        if feature_net is None or real_features is None:
+            raise ValueError("give feature_net= and real_features= (one feature network), or features= (name -> "
+                             "(feature_net, real_features), several); got neither")
+        return {"features": (feature_net, real_features)}
+    if feature_net is not None or real_features is not None:
+        raise ValueError("give either features= or feature_net= with real_features=, not both")
+    if not isinstance(features, dict) or not features:
+        raise ValueError(f"features must be a non-empty dict name -> (feature_net, real_features), got {features!r}")
+    for name, value in features.items():
+        if not isinstance(name, str) or not isinstance(value, tuple) or len(value) != 2 or not callable(value[0]):
+            raise ValueError(f"features must map names to (feature_net, real_features) pairs; got {name!r}: "
+                             f"{type(value).__name__}")
+    return dict(features)
+
+
+def _versus_frontier(chosen: Candidate, candidates: list[Candidate], holdout: Phase,
+                     sampler: Sampler) -> dict[str, Any]:
     """The chosen point against the best (lowest calibration FID) full-depth point that costs no more, on the
-    held-out seeds: does the exit config beat fewer steps there?"""
+    held-out seeds: does the exit config beat fewer steps there (under every feature network)?"""
     pool = [c for c in candidates if c.exit_config is None and c.name != chosen.name
             and c.block_fraction <= chosen.block_fraction + 1e-9]
     if not pool:
         return {"frontier": None, "why": "no other full-depth candidate costs as little as the chosen point"}
     frontier = min(pool, key=lambda c: c.fid)
     sampler(holdout, frontier.name, frontier.solver, frontier.steps, None)
-    d = holdout.paired.difference(chosen.name, frontier.name)
+    d = holdout.difference(chosen.name, frontier.name)
     return {"frontier": frontier.name, "frontier_block_fraction": frontier.block_fraction,
-            "holdout_frontier_fid": holdout.paired.point[frontier.name], "dfid_chosen_minus_frontier": d,
-            "chosen_beats_frontier": d["high"] < 0}
+            "holdout_frontier_fid": holdout.fid(frontier.name), "dfid_chosen_minus_frontier": d[holdout.primary],
+            "by_net": {net: {"dfid_chosen_minus_frontier": x} for net, x in d.items()},
+            "chosen_beats_frontier": all(x["high"] < 0 for x in d.values())}
 
 
 def store_operating_point(pipe: Any, search: OperatingPointSearch) -> None:

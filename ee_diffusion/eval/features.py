@@ -6,7 +6,9 @@ images and uses its penultimate layer (before the ReLU) as the feature. Its clas
 samples against their conditioning labels". FID values are only comparable under the same feature network.
 
 Shipped networks (`ee_diffusion/assets/feature-nets/<name>.safetensors` + `.json`): `digits` (scikit-learn's
-8x8 digits) and `glyphs` (the 8x8 upper-case font glyphs of `ee_diffusion.training.datasets_glyphs`). Rebuild them with
+8x8 digits) and `glyphs` (the 8x8 upper-case font glyphs of `ee_diffusion.training.datasets_glyphs`), and for each a
+second, independent one (`digits-pool`, `glyphs-pool`: another architecture and width, another seed and data
+order), so that no decision rests on one network's blind spots. Rebuild them with
 `python -m ee_diffusion.eval.features --name digits` (deterministic: fixed seed, fixed data order, one thread).
 
 Inception-v3 and CLIP features from files the user holds: `ee_diffusion.eval.standard_features` (what
@@ -37,7 +39,11 @@ from .._io import atomic_save_safetensors, atomic_write_json, load_safetensors, 
 FEATURE_NET_DIR = Path(__file__).resolve().parent.parent / "assets" / "feature-nets"
 
 # What each shipped network is trained on: dataset name, options of the training draw and of a held-out draw
-# (None: a 25% split of the training set), and the number of optimizer steps.
+# (None: a 25% split of the training set), the number of optimizer steps, the architecture (`ARCHITECTURES`) and
+# the seed of the initialisation, batches and split. Each data set has two independent networks: "<data>" (strided
+# convolutions, global average pooling, 64 features) and "<data>-pool" (5x5 and 3x3 convolutions with GELU and max
+# pooling, the spatial map flattened, 96 features), trained from another seed and so another data order: a
+# decision ("unchanged quality") must hold under both (docs/evaluation.md).
 RECIPES: dict[str, dict[str, Any]] = {
     "digits": {"dataset": "digits", "train_options": {}, "test_options": None, "steps": 1500, "lr": 2e-3, "pct_start": 0.3},
     "glyphs": {
@@ -49,6 +55,19 @@ RECIPES: dict[str, dict[str, Any]] = {
         "pct_start": 0.15,
     },
 }
+RECIPES["digits-pool"] = {**RECIPES["digits"], "arch": "pool", "width": 48, "feature_dim": 96, "seed": 7}
+RECIPES["glyphs-pool"] = {**RECIPES["glyphs"], "arch": "pool", "width": 48, "feature_dim": 96, "seed": 7}
+#: The network architectures of `FeatureNet` (`arch=`).
+ARCHITECTURES = ("conv", "pool")
+
+
+def feature_nets_of(dataset: str) -> tuple[str, ...]:
+    """The shipped feature networks of a data set, the primary one first: ("digits", "digits-pool")."""
+    names = tuple(n for n, r in RECIPES.items() if r["dataset"] == dataset)
+    if not names:
+        raise ValueError(f"no shipped feature network for data {dataset!r}; known data: "
+                         f"{sorted({r['dataset'] for r in RECIPES.values()})}")
+    return names
 
 
 class FeatureNet(nn.Module):
@@ -57,18 +76,32 @@ class FeatureNet(nn.Module):
     `logits(images)` gives the class scores. `num_features` is what torchmetrics reads to size its state.
     """
 
-    def __init__(self, in_channels: int, image_size: int, num_classes: int, width: int = 32, feature_dim: int = 64):
+    def __init__(self, in_channels: int, image_size: int, num_classes: int, width: int = 32, feature_dim: int = 64,
+                 arch: str = "conv"):
         super().__init__()
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"arch must be one of {ARCHITECTURES}, got {arch!r}")
         self.config = {"in_channels": in_channels, "image_size": image_size, "num_classes": num_classes,
                        "width": width, "feature_dim": feature_dim}
+        if arch != "conv":  # configs written before `arch` existed load as "conv"
+            self.config["arch"] = arch
         self.num_features = feature_dim
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 3, padding=1, stride=2), nn.ReLU(),
-            nn.Conv2d(2 * width, 4 * width, 3, padding=1, stride=2), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-            nn.Linear(4 * width, feature_dim),
-        )
+        if arch == "conv":
+            self.body = nn.Sequential(
+                nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
+                nn.Conv2d(width, 2 * width, 3, padding=1, stride=2), nn.ReLU(),
+                nn.Conv2d(2 * width, 4 * width, 3, padding=1, stride=2), nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                nn.Linear(4 * width, feature_dim),
+            )
+        else:
+            # (B, C, H, W) -> (B, 2w, H/4, W/4) -> flattened: keeps where strokes are, which global pooling drops.
+            side = image_size // 4
+            self.body = nn.Sequential(
+                nn.Conv2d(in_channels, width, 5, padding=2), nn.GELU(), nn.MaxPool2d(2),
+                nn.Conv2d(width, 2 * width, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),
+                nn.Flatten(), nn.Linear(2 * width * side * side, feature_dim),
+            )
         self.classifier = nn.Linear(feature_dim, num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -94,7 +127,8 @@ def _augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return (shifted + noise).clamp(0, 1)
 
 
-def train_feature_net(name: str, steps: int | None = None, seed: int = 0, progress: bool = False) -> tuple[FeatureNet, dict]:
+def train_feature_net(name: str, steps: int | None = None, seed: int | None = None,
+                      progress: bool = False) -> tuple[FeatureNet, dict]:
     """Train the feature network of recipe `name` from scratch; returns it and its metadata (accuracy etc.).
 
     Deterministic for a given seed on one machine: the initialisation, batches and augmentation come from
@@ -106,6 +140,7 @@ def train_feature_net(name: str, steps: int | None = None, seed: int = 0, progre
         raise ValueError(f"unknown feature net recipe {name!r}; known: {sorted(RECIPES)}")
     recipe = RECIPES[name]
     steps = recipe["steps"] if steps is None else steps
+    seed = recipe.get("seed", 0) if seed is None else seed
     train_set = get_dataset(recipe["dataset"], **recipe["train_options"])
     x, y = _to_unit(train_set.images), train_set.labels
     if recipe["test_options"] is None:
@@ -122,7 +157,9 @@ def train_feature_net(name: str, steps: int | None = None, seed: int = 0, progre
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            net = FeatureNet(train_set.channels, train_set.image_size, train_set.num_classes)
+            net = FeatureNet(train_set.channels, train_set.image_size, train_set.num_classes,
+                             width=recipe.get("width", 32), feature_dim=recipe.get("feature_dim", 64),
+                             arch=recipe.get("arch", "conv"))
         generator = torch.Generator().manual_seed(seed + 1)
         optimizer = torch.optim.AdamW(net.parameters(), lr=recipe["lr"], weight_decay=1e-4)
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe["lr"], total_steps=steps,
@@ -157,7 +194,8 @@ def save_feature_net(net: FeatureNet, meta: dict, path: str | Path) -> None:
 
 
 def load_feature_net(name_or_path: str | Path) -> FeatureNet:
-    """A shipped network by name (`"digits"`, `"glyphs"`) or one saved with `save_feature_net` (path, no suffix)."""
+    """A shipped network by name (`"digits"`, `"digits-pool"`, ...) or one saved with `save_feature_net` (path, no
+    suffix)."""
     path = Path(name_or_path)
     if str(name_or_path) in RECIPES:
         path = FEATURE_NET_DIR / str(name_or_path)

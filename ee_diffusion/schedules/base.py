@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 #: Extension points a policy declares by subclassing `ExitPolicy` (a plain object cannot declare them).
 EXTENSION_POINTS = ("plan_depths", "depth_range", "decides_after", "on_decision", "on_final", "validate_for",
-                    "create_state", "create_call_state")
+                    "create_state", "create_call_state", "start_forecast")
 
 
 class PolicyState:
@@ -95,6 +95,10 @@ class ExitPolicy:
 
     #: Whether the policy reads `ctx.certainty` (the engine then needs `UncertaintyHeads`).
     needs_certainty: ClassVar[bool] = False
+    #: Whether the policy forecasts, per row, the outputs of the blocks' expensive sub-modules (attention,
+    #: feed-forward; `BlockForecast`): the engine then hooks those sub-modules too (the backbone adapter's
+    #: `forecast_modules`) and calls `start_forecast` at the start of every model call.
+    forecasts_submodules: ClassVar[bool] = False
 
     def exit_mask(self, ctx: ExitContext) -> torch.Tensor:
         """(A,) bool tensor on the rows' device: True for rows that exit after this block. Default: none."""
@@ -133,6 +137,17 @@ class ExitPolicy:
 
     def create_call_state(self, batch_size: int, device: torch.device) -> Any:
         """What the policy remembers across the blocks of one model call (`ctx.call_state`); default None."""
+        return None
+
+    def start_forecast(
+        self, state: PolicyState | None, timesteps: torch.Tensor, paired: bool, inputs_key: tuple
+    ) -> Any:
+        """At the start of a model call, for a policy with `forecasts_submodules`: decide which of the (B,) rows
+        compute the expensive sub-modules this call (`paired`: rows i and B/2 + i are guidance partners;
+        `inputs_key`: the shapes, dtypes and device of the call's inputs, without the batch). Returns the call's
+        forecaster, an object with `run(block_index, name, forward, args, kwargs)` (what the hooked sub-module
+        `name` of block `block_index` returns) and `finish()` (the call completed); None (default): every row
+        computes everything."""
         return None
 
 
