@@ -287,7 +287,8 @@ def _run_operating_point_search(args: argparse.Namespace, setting: str | None) -
         return 2
     if guidance is None and kind_of(pipe).ours:
         guidance = pipe.resolve_call(None, None, None).guidance_scale
-    return run_search(args, pipe, target, features, guidance)
+    print("\n".join(run_search(args, pipe, target, features, guidance)))
+    return 0
 
 
 def _add_benchmark(subparsers, name: str, module: str, help: str, run) -> None:

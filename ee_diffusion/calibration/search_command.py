@@ -92,8 +92,10 @@ def prepare_folder(args: argparse.Namespace) -> Any:
     return prepare(config, args.device)
 
 
-def run_search(args: argparse.Namespace, pipe: Any, target: Any, features: dict, guidance: float | None) -> int:
-    """Search, write the search JSON (and Markdown), and with `--save-to` what a later bare call runs."""
+def run_search(args: argparse.Namespace, pipe: Any, target: Any, features: dict,
+               guidance: float | None) -> list[str]:
+    """Search, write the search JSON (and Markdown), and with `--save-to` what a later bare call runs; returns the
+    summary lines the command prints."""
     from ..backbones.registry import get_adapter
     from ..benchmarks.solvers import solver_of
     from ..pipelines.stock import kind_of
@@ -127,24 +129,25 @@ def run_search(args: argparse.Namespace, pipe: Any, target: Any, features: dict,
             points["current default"] = current
         search.timing = time_operating_points(pipe, points, args.reference_steps, args.time_batch, args.time_repeats)
     search.save(args.out)
-    print(f"{search.why}\noperating point: {point.scheduler}, {point.num_inference_steps} steps, guidance "
-          f"{point.guidance_scale:g}, exit config {None if point.exit_config is None else point.exit_config.to_dict()}"
-          f"\nsearch saved to {args.out}")
+    config = None if point.exit_config is None else point.exit_config.to_dict()
+    lines = [search.why, f"operating point: {point.scheduler}, {point.num_inference_steps} steps, guidance "
+                         f"{point.guidance_scale:g}, exit config {config}", f"search saved to {args.out}"]
     for name, entry in search.baselines.items():
         d = entry["dfid_chosen_minus_baseline"]
-        print(f"against the {name} on the held-out images: dFID {d['delta']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]")
+        lines.append(f"against the {name} on the held-out images: dFID {d['delta']:+.2f} "
+                     f"[{d['low']:+.2f}, {d['high']:+.2f}]")
     for name, timed in (search.timing or {}).get("points", {}).items():
-        print(f"{name}: {timed['speedup']:.2f}x faster than the reference at batch {args.time_batch}")
+        lines.append(f"{name}: {timed['speedup']:.2f}x faster than the reference at batch {args.time_batch}")
     if args.save_to is not None:
         if ours:
             store_operating_point(pipe, search)
             pipe.save_pretrained(str(args.save_to))
-            print(f"pipeline with this operating point saved to {args.save_to}")
+            lines.append(f"pipeline with this operating point saved to {args.save_to}")
         else:
             save_point_files(search, Path(args.save_to))
-            print(f"exit config and operating point saved to {args.save_to} ({EXIT_CONFIG_FILE}, "
-                  f"{OPERATING_POINT_FILE})")
-    return 0
+            lines.append(f"exit config and operating point saved to {args.save_to} ({EXIT_CONFIG_FILE}, "
+                         f"{OPERATING_POINT_FILE})")
+    return lines
 
 
 def save_point_files(search: Any, folder: Path) -> None:
