@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import logging
 import platform
 import shlex
 import sys
@@ -381,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile-backend", default=None, help="default: inductor on CUDA, aot_eager on the CPU")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # each part's outcome as it ends
     report = run(args.out, small=args.small, shapes=tuple(args.shapes) if args.shapes else None,
                  batch_sizes=tuple(args.batch_sizes) if args.batch_sizes else None, repeats=args.repeats,
                  warmup=args.warmup, budget_s=args.budget_s, compile_backend=args.compile_backend,

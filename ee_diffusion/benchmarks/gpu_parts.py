@@ -8,12 +8,15 @@ off at the deadline by `time_limit`), so that the report lists every part with i
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 class PartSkipped(Exception):
@@ -83,6 +86,6 @@ def run_part(report: dict, name: str, work: Callable[[], Any], deadline: float) 
         entry.update(status="failed", reason=f"{type(error).__name__}: {str(error)[:500]}",
                      traceback=traceback.format_exc()[-3000:])
     entry["elapsed_s"] = time.perf_counter() - started
-    print(f"gpu_check: {name}: {entry['status']} in {entry['elapsed_s']:.1f} s"
-          + (f" ({entry['reason']})" if entry["reason"] else ""), flush=True)
+    logger.info("gpu_check: %s: %s in %.1f s%s", name, entry["status"], entry["elapsed_s"],
+                f" ({entry['reason']})" if entry["reason"] else "")
     return result
