@@ -54,39 +54,58 @@ _SAME_TIMESTEP = 1e-3
 Layout = tuple[bool, tuple[bool, ...]]
 
 
-def _add_point(old: torch.Tensor, value: torch.Tensor, nodes: torch.Tensor, points: torch.Tensor, t: torch.Tensor,
-               repeat: torch.Tensor) -> torch.Tensor:
-    """The rows' Newton form after one more point: `value` (R, *S) at timesteps `t` (R,).
+def _newton_gaps(nodes: torch.Tensor, points: torch.Tensor, t: torch.Tensor, repeat: torch.Tensor) -> torch.Tensor:
+    """(R, p) the divisor of each Newton level j = 1..p when the rows add the point at `t` (R,) to their nodes
+    (R, p+1), newest first, holding `points` (R,) points; `repeat` (R,) bool: `t` is the row's newest node again.
+    A level a row has too few points for gets 1 (its difference is zeroed in `_add_point`, never divided by 0)."""
+    p = nodes.shape[1] - 1
+    j = torch.arange(1, p + 1, device=nodes.device)  # (p,)
+    # New node t: d'_j = (d'_{j-1} - d_{j-1}) / (t - n_{j-1}); the newest node again: (...) / (n_0 - n_j).
+    gap = torch.where(repeat[:, None], nodes[:, :1] - nodes[:, 1:], t[:, None] - nodes[:, :-1])
+    defined = torch.where(repeat[:, None], points[:, None] > j, points[:, None] >= j)  # (R, p)
+    return torch.where(defined, gap, torch.ones_like(gap))
 
-    `old` (R, p+1, *S): divided differences over the rows' `points` (R,) newest nodes `nodes` (R, p+1), newest
-    first. `repeat` (R,) bool: `t` is the row's newest node again, whose value is replaced (never divided by).
-    A difference the row has too few points for is 0, so it forecasts at the order its history allows.
+
+def _add_point(old: torch.Tensor, value: torch.Tensor, gaps: torch.Tensor, points: torch.Tensor,
+               repeat: torch.Tensor) -> torch.Tensor:
+    """The rows' Newton form after one more point: `value` (R, *S).
+
+    `old` (R, p+1, *S): divided differences over the rows' `points` (R,) newest nodes, newest first; `gaps` (R, p)
+    from `_newton_gaps`. `repeat` (R,) bool: the point is at the row's newest node again, whose value is replaced
+    (never divided by). A difference the row has too few points for is 0, so it forecasts at the order its
+    history allows.
     """
     view = (-1,) + (1,) * (value.ndim - 1)
     new = [value]
     for j in range(1, old.shape[1]):
-        # New node t:         d'_j = (d'_{j-1} - d_{j-1}) / (t - n_{j-1}), defined once the row had j points.
-        # Newest node again:  d'_j = d_j + (d'_{j-1} - d_{j-1}) / (n_0 - n_j), defined once it had j + 1.
-        defined = torch.where(repeat, points > j, points >= j)  # (R,)
-        gap = torch.where(repeat, nodes[:, 0] - nodes[:, j], t - nodes[:, j - 1])
-        gap = torch.where(defined, gap, torch.ones_like(gap)).to(value.dtype).view(view)
-        kept = torch.where(repeat.view(view), old[:, j], torch.zeros_like(old[:, j]))
-        step = kept + (new[-1] - old[:, j - 1]) / gap
-        new.append(torch.where(defined.view(view), step, torch.zeros_like(step)))
+        defined = torch.where(repeat, points > j, points >= j).view(view)  # (R, 1, ...)
+        kept = old[:, j] * repeat.view(view)  # the newest node again: d'_j = d_j + (d'_{j-1} - d_{j-1}) / gap
+        step = kept + (new[-1] - old[:, j - 1]) / gaps[:, j - 1].to(value.dtype).view(view)
+        new.append(step * defined)
     return torch.stack(new, 1)
 
 
-def _evaluate(diffs: torch.Tensor, nodes: torch.Tensor, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(R, p+1, *S) divided differences at (R, p+1) nodes -> (R, *S) their polynomial at (R,) `t`, in `dtype`."""
+def _add_point_simple(old: torch.Tensor, value: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
+    """`_add_point` when every row adds a new node and has every level defined: d'_j = (d'_{j-1} - d_{j-1}) / gap_j."""
+    view = (-1,) + (1,) * (value.ndim - 1)
+    new = [value]
+    for j in range(1, old.shape[1]):
+        new.append((new[-1] - old[:, j - 1]).div_(gaps[:, j - 1].to(value.dtype).view(view)))
+    return torch.stack(new, 1)
+
+
+def _evaluate(diffs: torch.Tensor, gaps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(R, p+1, *S) divided differences -> (R, *S) their polynomial at the rows' timesteps, in `dtype`;
+    `gaps` (R, p+1): each timestep minus the row's nodes."""
     order = diffs.shape[1] - 1
     if order == 0:
         return diffs[:, 0].to(dtype)  # the last computed output itself: no arithmetic
     compute = torch.promote_types(dtype, torch.float32)
     view = (-1,) + (1,) * (diffs.ndim - 2)
-    gaps = (t[:, None] - nodes).to(compute)  # (R, p+1)
+    gaps = gaps.to(compute)
     out = diffs[:, order].to(compute)
     for j in range(order - 1, -1, -1):  # Horner: d_0 + (t - n_0) * (d_1 + (t - n_1) * d_2)
-        out = diffs[:, j].to(compute) + gaps[:, j].view(view) * out
+        out = torch.addcmul(diffs[:, j].to(compute), gaps[:, j].view(view), out)
     return out.to(dtype)
 
 
@@ -175,7 +194,7 @@ class BlockForecastState(PolicyState):
 class _ForecastCall:
     """One model call: which rows compute, and what every hooked sub-module returns (the engine's forecaster)."""
 
-    def __init__(self, state: BlockForecastState, due: torch.Tensor, count: int, t: torch.Tensor,
+    def __init__(self, state: BlockForecastState, due: torch.Tensor, count: int, simple: bool, t: torch.Tensor,
                  points: torch.Tensor, nodes: torch.Tensor, repeat: torch.Tensor) -> None:
         b = state.batch_size
         self.state, self.count, self.broken = state, count, False
@@ -187,6 +206,13 @@ class _ForecastCall:
         self.run_t, self.run_points, self.run_nodes, self.run_repeat = pick(t), pick(points), pick(nodes), pick(repeat)
         pick = (lambda v: v) if count == 0 else (lambda v: v.index_select(0, self.skip_rows))
         self.skip_t, self.skip_nodes = pick(t), pick(nodes)  # (S,), (S, p+1)
+        # What every recorded output of this call shares: the computing rows' gaps per Newton level (R, p) and the
+        # forecast rows' (S, p+1), computed once per call instead of once per sub-module.
+        self.run_gaps = _newton_gaps(self.run_nodes, self.run_points, self.run_t, self.run_repeat)
+        self.skip_gaps = self.skip_t[:, None] - self.skip_nodes
+        # `simple`: every computing row adds a new node and has every level defined (no Heun repeat, not in the
+        # first p calls of its run), so a level is one subtraction and one division (`_add_point_simple`).
+        self.simple = simple
 
     def run(self, block: int, name: str, forward: Callable, args: tuple, kwargs: dict[str, Any]) -> Any:
         """What sub-module `name` of block `block` returns: its output on the computing rows, forecasts elsewhere."""
@@ -258,8 +284,12 @@ class _ForecastCall:
             compute = torch.promote_types(part.dtype, torch.float32)
             full = self.count == state.batch_size
             old = (history if full else history.index_select(0, self.run_rows)).to(compute)  # (R, p+1, *S)
-            new = _add_point(old, part.detach().to(compute), self.run_nodes, self.run_points, self.run_t,
-                             self.run_repeat).to(history.dtype)
+            value = part.detach().to(compute)
+            if self.simple:
+                new = _add_point_simple(old, value, self.run_gaps)
+            else:
+                new = _add_point(old, value, self.run_gaps, self.run_points, self.run_repeat)
+            new = new.to(history.dtype)
             if full:
                 history.copy_(new)
             else:
@@ -270,7 +300,7 @@ class _ForecastCall:
         """(S, *S) the forecast rows' polynomial for output `key` at their timesteps."""
         history = self.state.diffs[key]
         rows = history if self.count == 0 else history.index_select(0, self.skip_rows)
-        return _evaluate(rows, self.skip_nodes, self.skip_t, self.state.dtypes[key])
+        return _evaluate(rows, self.skip_gaps, self.state.dtypes[key])
 
 
 @dataclass
@@ -372,10 +402,13 @@ class BlockForecast(SerializablePolicy):
             half = b // 2
             either = due[:half] | due[half:]
             due = torch.cat([either, either])
-        count = int(due.sum())  # the call's one host sync (under torch.compile: its one graph break)
         nodes = state.nodes  # (B, p+1); replaced below, not written in place: the forecaster keeps this one
         repeat = (points > 0) & ((t - nodes[:, 0]).abs() <= _SAME_TIMESTEP)  # (B,) the newest node again
-        call = _ForecastCall(state, due, count, t, points, nodes, repeat)
+        # Rows that compute and would take the general update: a repeat, or fewer than p points before this one.
+        general = due & (repeat | (points < self.forecast_order))
+        # The call's one host sync (under torch.compile: its one graph break): the count and the fast-path flag.
+        code = int(due.sum() * 2 + general.any())  # count * 2 + (any row takes the general update)
+        call = _ForecastCall(state, due, code // 2, code % 2 == 0, t, points, nodes, repeat)
         new_node = due & ~repeat
         state.points = torch.where(new_node, (points + 1).clamp(max=self.forecast_order + 1), points)
         state.nodes = torch.where(new_node[:, None], torch.cat([t[:, None], nodes[:, :-1]], 1), nodes)
