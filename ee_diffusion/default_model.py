@@ -1,9 +1,11 @@
 """The shipped default model: a class-conditional DiT on 8x8 digits with DeeDiff exit heads.
 
 It lives in `ee_diffusion/assets/digits-dit/` as an `EarlyExitDiTPipeline` folder (fp16 safetensors + JSON,
-loaded as float32), with the operating point that its full benchmark recommends (scheduler, steps, guidance and
-exit config, in `model_index.json`). How it was trained and what the point rests on:
-`assets/digits-dit/TRAINING.md`; to rebuild it end to end: `scripts/rebuild_assets.sh digits`.
+loaded as float32), with its operating point (scheduler, steps, guidance and exit config, in `model_index.json`):
+the pick of the operating-point search, confirmed on held-out seeds and published over the full benchmark's
+recommendation (`ee-diffusion publish --search`). How it was trained and what the point rests on:
+`assets/digits-dit/TRAINING.md`; `scripts/rebuild_assets.sh digits` retrains it, benches it and publishes the
+benchmark's recommendation.
 
 Beside it ship its pre-trained twin without heads (`load_pretrained_pipeline`), the digits U-Net
 (`load_digits_unet`), the glyphs DiT and the 28-block digits DiTs; `SETTINGS` names the benchmark settings they

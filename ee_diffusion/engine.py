@@ -2,11 +2,12 @@
 
 `apply_early_exit(model, config)` picks the engine for the model's backbone - `SequentialEngine` for
 transformers (`ee_diffusion.engine_sequential`), `UNetEngine` for U-Nets (`ee_diffusion.unet.engine`) - and
-installs its hooks: one on the model (opens and closes every call), one on every block, and, while the policy
-forecasts sub-modules, one on each block's attention and feed-forward modules (`set_exit_config` adds and
-removes those). Nothing is stored on the model but the hooks; `remove_early_exit` restores the original
-forwards exactly. The hooks are not diffusers' `HookRegistry` hooks (a deep copy of a model carrying those
-calls the original's modules): they are installed as the module's forward, as below.
+installs its hooks: one on the model (opens and closes every call), one on every block (U-Nets: every down, mid
+and up block), and, while the policy forecasts sub-modules (`BlockForecast`), one on each block's attention and
+feed-forward modules (`set_exit_config` adds and removes those). Nothing is stored on the model but the hooks;
+`remove_early_exit` restores the original forwards exactly. The hooks do not go through diffusers' `HookRegistry`
+(a deep copy of a model carrying those calls the original's modules), nor through torch's forward hooks: each is
+installed in the module's forward chain, as below.
 
 Each hook is a `HookedForward` object that sits innermost, right around the module's own class forward, below
 any accelerate or diffusers hook already there (see `_compat.forward_slots`): those can then be added and

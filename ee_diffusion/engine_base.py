@@ -3,9 +3,10 @@
 A model hook (`ModelCallHook`, the model's forward) opens a fresh `CallState` at every model call - batch size, per-row
 timesteps, guidance pairs, the exit plan - records the exit statistics when the call ends, and drops the state
 when the call raises. Block hooks (`BlockCallHook`, every block's forward) hand each block call to the engine, which
-runs the block on the rows that are still active and asks the policy which of them stop. How a stopped row
-leaves depends on the backbone: `engine_sequential.SequentialEngine` (transformers: park the hidden state,
-decode it with the model's head) or `unet.engine.UNetEngine` (depth truncation).
+runs the block on the rows that are still active and asks the policy which of them stop; a forecasting policy's
+sub-modules get the same hook class (`engine_sequential`). How a stopped row leaves depends on the backbone:
+`engine_sequential.SequentialEngine` (transformers: park the hidden state, decode it with the model's head) or
+`unet.engine.UNetEngine` (depth truncation).
 """
 
 from __future__ import annotations

@@ -6,11 +6,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from ee_diffusion.benchmarks import caches_bench, caches_report
+from ee_diffusion.benchmarks import caches_bench, caches_compare, caches_report
 from ee_diffusion.benchmarks.grid import Method
 from ee_diffusion.cli import main
 from ee_diffusion.config import EarlyExitConfig
-from ee_diffusion.eval.paired import PairedFID
 from ee_diffusion.schedules import CachedTailResidual
 
 
@@ -57,9 +56,9 @@ def _rows_with_features(sets, features):
     specs = {"ref": ("reference", 1.0), "slow_good": ("tail_cache", 1.5), "fast_bad": ("tail_cache", 3.0),
              "fbc|b8": ("first_block_cache", 2.0)}
     for name, (family, speed) in specs.items():
-        sets["all"].add(name, features[name])
-        rows[name] = {"name": name, "family": family, "batch": 8, "scored_on": "all", "fid": sets["all"].point[name],
-                      "timing": {"8": {"speedup": speed}}}
+        fid = sets["all"].add(name, {"net": features[name]})
+        rows[name] = {"name": name, "family": family, "batch": 8, "scored_on": "all", "fid": fid["net"],
+                      "fid_by_net": fid, "timing": {"8": {"speedup": speed}}}
     return rows
 
 
@@ -68,24 +67,24 @@ def test_matched_comparison_takes_the_best_per_row_row_at_least_as_fast():
     real = torch.randn(400, 4)
     noise = torch.randn(200, 4)
     features = {"ref": noise, "slow_good": noise, "fast_bad": noise * 2 + 1, "fbc|b8": noise * 1.5 + 0.5}
-    sets = {"all": PairedFID(real, 200, num_resamples=50)}
+    sets = {"all": caches_compare.Nets({"net": real}, 200, 50, 0.9)}
     rows = _rows_with_features(sets, features)
     tails = [Method("slow_good", "tail_cache", "ddim", 4, notes={"forecast_order": 1}),
              Method("fast_bad", "tail_cache", "ddim", 4, notes={"forecast_order": 1})]
-    [entry] = caches_bench.matched_comparisons(rows, sets, tails)
+    [entry] = caches_compare.matched_comparisons(rows, sets, tails)
     # slow_good has the better FID but is slower than the cache (1.5x < 2x): only fast_bad is matched, and loses.
     assert entry["forecast"]["row"] == "fast_bad" and entry["forecast"]["result"] == "loses"
     rows["slow_good"]["timing"]["8"]["speedup"] = 2.0  # now exactly as fast as the cache: matched, and it wins
-    [entry] = caches_bench.matched_comparisons(rows, sets, tails)
+    [entry] = caches_compare.matched_comparisons(rows, sets, tails)
     assert entry["forecast"]["row"] == "slow_good" and entry["forecast"]["result"] == "wins"
-    summary = caches_bench.summarize([entry])
+    summary = caches_compare.summarize([entry])
     assert summary["first_block_cache"]["forecast_wins_somewhere"] is True
     assert summary["first_block_cache"]["forecast_never_loses_at_batch_1"] is None  # nothing measured at batch 1
 
 
 def test_an_unmatched_batch_1_setting_does_not_count_as_never_losing():
     comparison = {"family": "sea_cache", "batch": 1, "forecast": None}
-    assert caches_bench.summarize([comparison])["sea_cache"]["forecast_never_loses_at_batch_1"] is False
+    assert caches_compare.summarize([comparison])["sea_cache"]["forecast_never_loses_at_batch_1"] is False
 
 
 @pytest.mark.parametrize("change, match", [

@@ -13,11 +13,13 @@ The commands:
 - `engine_bench.py`: `ee-diffusion bench-engine`, the engine alone (hook overhead, compaction);
 - `caches_bench.py` (+ `caches_report.py`): `ee-diffusion bench-caches`, per-row tail caches against diffusers'
   caches at matched speed;
-- `compile_bench.py`: `ee-diffusion bench-compile`, planned policies under torch.compile on a shipped model;
+- `compile_bench.py`: `ee-diffusion bench-compile`, planned policies under torch.compile on a shipped model (the
+  measurement is `gpu_check.compile_check`);
 - `backbones_bench.py`: the cost of one ASE-style schedule on every supported backbone;
 - `unet_vs_dit.py`: the digits U-Net against the digits DiT on one protocol;
 - `gpu_check.py`: the GPU check (bench-shapes timings in bf16, torch.compile, xformers against SDPA) in one run
-  under 5 minutes; every part that does not run is listed with its reason.
+  under 5 minutes; `gpu_parts.py` runs each part under the time budget and records it, `gpu_report.py` renders
+  gpu_check.md from the JSON, so every part that does not run is listed with its reason.
 
 Shared: `solvers.py` (the solvers and ASE schedules of the bench and the operating-point search) and
 `point_timing.py` (wall-clock of operating points, the operating-point search's `--time-batch`). The measuring

@@ -1,8 +1,9 @@
 """`ee-diffusion bench`: every method against the fewer-steps frontier, paired, on the same weights and noise.
 
-For each setting (the shipped digits model; the 8x8 upper-case glyphs model) every method samples the same images
-(image i from noise seeded by (seed, i)) and is scored by FID on the shipped feature network, with paired
-bootstrap intervals against the reference (the stock model at 25 DDIM steps) and against the knee:
+For each setting (`default_model.SETTINGS`: the shipped digits model, the 8x8 upper-case glyphs model, the 28-block
+digits DiTs) every method samples the same images (image i from noise seeded by (seed, i)) and is scored by FID on
+the shipped feature network, with paired bootstrap intervals against the reference (the stock model at 25 DDIM
+steps) and against the knee:
 - the frontier: fewer steps at full depth with DDIM and DPM-Solver++ (multistep), a sweep plus the step counts
   matched to every other method's cost (no interpolation);
 - early exit composed with steps: on a grid of (solver, steps), every exit family - static depth, ASE schedules,
@@ -77,6 +78,9 @@ class Preset:
     tail_forecast_orders: tuple[int, ...] = (0,)
     fbc_thresholds: tuple[float, ...] = (0.1,)
     taylorseer_intervals: tuple[int, ...] = (2,)
+    taylorseer_orders: tuple[int, ...] = (1,)  # TaylorSeerCache's max_order
+    # (warm-up steps, compute the last step too) per TaylorSeer row; () keeps max(1, steps // 8) warm-up steps.
+    taylorseer_windows: tuple[tuple[int, bool], ...] = ()
     mag_thresholds: tuple[float, ...] = ()
     sea_thresholds: tuple[float, ...] = (0.1,)
     calib_images: int = 20

@@ -43,13 +43,13 @@ from .._validation import check_int
 from ..config import EarlyExitConfig
 from ..default_model import SETTINGS, load_setting_pipeline, setting_dataset
 from ..engine import apply_early_exit, exit_state_nbytes, remove_early_exit
-from ..eval.features import load_feature_net
-from ..eval.paired import PairedFID
+from ..eval.features import feature_nets_of, load_feature_net
 from ..eval.quality import real_images
 from ..eval.timing import speedups
-from ..schedules import CachedTailResidual, TailCacheState
+from ..schedules import BlockForecast, BlockForecastState, CachedTailResidual, TailCacheState
 from .bench import MethodSampler, Preset, load_average
-from .caches_report import CACHE_FAMILIES, write
+from .caches_compare import Nets, frontier_comparisons, matched_comparisons, summarize
+from .caches_report import write
 from .grid import Method, cache_methods
 from .solvers import SOLVERS
 
@@ -63,6 +63,9 @@ class CachesPreset:
     setting: str = "digits-deep-pretrained"
     solver: str = "ddim"
     steps: int = 25
+    # The stock model every speedup and dFID is against (the solver at `steps` is a frontier row when they differ).
+    reference_solver: str = "ddim"
+    reference_steps: int = 25
     num_images: int = 1000
     batch1_images: int = 200
     frontier_steps: tuple[int, ...] = (8, 10, 12, 14, 16, 18, 20)
@@ -73,6 +76,11 @@ class CachesPreset:
     forecast_orders: tuple[int, ...] = (0, 1)
     fbc_thresholds: tuple[float, ...] = (0.1, 0.15, 0.2)
     taylorseer_intervals: tuple[int, ...] = (2, 3)
+    taylorseer_orders: tuple[int, ...] = (1,)
+    taylorseer_windows: tuple[tuple[int, bool], ...] = ()  # (warm-up steps, last step computed); (): max(1, steps // 8)
+    # BlockForecast rows: (interval, forecast order, first calls computed, last call computed); the windows become
+    # full_above_t / full_below_t at midpoints of the solver's timesteps.
+    block_forecasts: tuple[tuple[int, int, int, bool], ...] = ()
     sea_thresholds: tuple[float, ...] = (0.05, 0.1, 0.2)
     mag_thresholds: tuple[float, ...] = (0.02, 0.05)
     batches: tuple[int, ...] = (64, 8, 1)
@@ -86,9 +94,18 @@ class CachesPreset:
     def __post_init__(self) -> None:
         if self.setting not in SETTINGS:
             raise ValueError(f"setting must be one of {sorted(SETTINGS)}, got {self.setting!r}")
-        if self.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
+        for name in ("solver", "reference_solver"):
+            if getattr(self, name) not in SOLVERS:
+                raise ValueError(f"{name} must be one of {sorted(SOLVERS)}, got {getattr(self, name)!r}")
         check_int(self.steps, "steps", 2, "sampling steps")
+        check_int(self.reference_steps, "reference_steps", 2, "the reference's sampling steps")
+        for interval, order, first, _last in self.block_forecasts:
+            check_int(interval, "block_forecasts interval", 1)
+            check_int(first, "block_forecasts first calls", 1, "calls computed before the first forecast")
+            if first >= self.steps:
+                raise ValueError(f"block_forecasts first calls must be below steps ({self.steps}), got {first}")
+            if order not in (0, 1, 2):
+                raise ValueError(f"block_forecasts orders must be 0, 1 or 2, got {order!r}")
         check_int(self.num_images, "num_images", 2, "images per scored set")
         check_int(self.batch1_images, "batch1_images", 2, "images sampled at batch 1")
         if self.batch1_images > self.num_images:
@@ -100,6 +117,8 @@ class CachesPreset:
         bad = [k for k in self.frontier_steps if not 1 <= k < self.steps]
         if bad:
             raise ValueError(f"frontier_steps must lie in [1, {self.steps}), got {bad}")
+        if (self.reference_solver, self.reference_steps) in {(self.solver, k) for k in self.frontier_steps}:
+            raise ValueError("the reference cannot also be a frontier row")
         if not self.tail_thresholds or any(not 0 < t < 1 for t in self.tail_thresholds):
             raise ValueError(f"tail_thresholds must be non-empty, each in (0, 1), got {self.tail_thresholds!r}")
         if any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in self.tail_cadences):
@@ -112,9 +131,26 @@ class CachesPreset:
 
 
 # `full` on the deep pre-trained digits DiT takes about 45 minutes on one core; `ci` is a smoke run of every path.
+def _at_user_steps(solver: str, steps: int, frontier: tuple[int, ...]) -> CachesPreset:
+    """Every cache and per-block forecast at `solver` `steps` (where users sample), against the stock model at 25
+    DDIM steps and the solver's own fewer steps; batch 64 and 1, 500 and 100 images (about 15-25 min on one core)."""
+    windows = ((1, False), (2, False), (2, True), (3, True))
+    return CachesPreset(
+        solver=solver, steps=steps, num_images=500, batch1_images=100, frontier_steps=frontier, tail_thresholds=(0.2,),
+        tail_cadences=(), forecast_orders=(1,), fbc_thresholds=(0.1,), taylorseer_intervals=(2, 3, 4),
+        taylorseer_orders=(1, 2), taylorseer_windows=((1, False), (3, False), (2, True)), sea_thresholds=(0.1,),
+        mag_thresholds=(0.05,), batches=(64, 1), sorted_batches=False,
+        block_forecasts=tuple((i, o, w, last) for i in (2, 3, 4) for o in (1, 2) for w, last in windows))
+
+
 PRESETS = {
     "full": CachesPreset(),
-    "ci": CachesPreset(steps=6, num_images=24, batch1_images=6, frontier_steps=(3,), tail_thresholds=(0.2,), tail_cadences=(1,),
+    "dpmpp10": _at_user_steps("dpmpp", 10, (6, 7, 8)),
+    "dpmpp15": _at_user_steps("dpmpp", 15, (7, 8, 10, 12)),
+    "dpmpp20": _at_user_steps("dpmpp", 20, (8, 10, 12, 15)),
+    "ddim25": replace(_at_user_steps("ddim", 25, (10, 12, 14, 16, 20)), reference_steps=25),
+    "ci": CachesPreset(solver="dpmpp", steps=6, reference_steps=8, block_forecasts=((2, 1, 2, True),),
+                       taylorseer_windows=((1, False), (2, True)), num_images=24, batch1_images=6, frontier_steps=(3,), tail_thresholds=(0.2,), tail_cadences=(1,),
                        fbc_thresholds=(0.2,), taylorseer_intervals=(2,), sea_thresholds=(0.2,), mag_thresholds=(0.05,),
                        batches=(8, 1), timing_repeats=1, timing_warmup=0, calib_images=4, bootstrap=20),
 }
@@ -128,6 +164,21 @@ def _tail_methods(preset: CachesPreset) -> list[Method]:
     return [Method(f"{rule}_o{p}{at}", "tail_cache", preset.solver, preset.steps,
                    EarlyExitConfig(CachedTailResidual(**kwargs, forecast_order=p)), notes={"forecast_order": p})
             for rule, kwargs in rules.items() for p in preset.forecast_orders]
+
+
+def _forecast_methods(preset: CachesPreset, timesteps: list[float]) -> list[Method]:
+    """`BlockForecast` rows; a window of w first calls is `full_above_t` between the timesteps of calls w - 1 and
+    w, the last call `full_below_t` between the last two (`timesteps`: the solver's, in call order)."""
+    at = f"@{preset.solver}{preset.steps}"
+    out = []
+    for interval, order, first, last in preset.block_forecasts:
+        above = None if first <= 1 else (timesteps[first - 1] + timesteps[first]) / 2
+        below = (timesteps[-2] + timesteps[-1]) / 2 if last else 0.0
+        policy = BlockForecast(interval=interval, forecast_order=order, full_above_t=above, full_below_t=below)
+        out.append(Method(f"bf{interval}_o{order}_w{first}{'_l' if last else ''}{at}", "block_forecast", preset.solver,
+                          preset.steps, EarlyExitConfig(policy),
+                          notes={"forecast_order": order, "interval": interval, "first_calls": first, "last_call": last}))
+    return out
 
 
 def _sorted_by_class(indices: range, num_classes: int) -> list[int]:
@@ -164,8 +215,11 @@ def state_memory(pipe: Any, method: Method, batch: int) -> dict[str, Any]:
         remove_early_exit(model)
     policy = method.exit_config.policy
     length, width = tokens
+    blocks = len(model.transformer_blocks)
 
     def formula(length: int, width: int, element_bytes: int) -> int:
+        if isinstance(policy, BlockForecast):  # a DiT block forecasts attn1 and ff: 2 L D values per block
+            return BlockForecastState.bound(batch, 2 * blocks * length * width, policy.forecast_order, element_bytes)
         return TailCacheState.bound(batch, length, width, policy.forecast_order, element_bytes,
                                     head_residual=policy.criterion == "residual")
 
@@ -185,13 +239,13 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
     pipe.set_progress_bar_config(disable=True)
     n = len(pipe.transformer.transformer_blocks)
     data = setting_dataset(preset.setting)
-    net = load_feature_net(data)
+    nets = {name: load_feature_net(name) for name in feature_nets_of(data)}  # the primary net first
     real, _ = real_images(data, "reference")
     with torch.no_grad():
-        real_features = net(real)
+        reals = {name: net(real) for name, net in nets.items()}
     N, N1, S = preset.num_images, preset.batch1_images, preset.steps
-    sets = {"all": PairedFID(real_features, N, preset.bootstrap, preset.confidence),
-            "batch1": PairedFID(real_features, N1, preset.bootstrap, preset.confidence)}
+    sets = {"all": Nets(reals, N, preset.bootstrap, preset.confidence),
+            "batch1": Nets(reals, N1, preset.bootstrap, preset.confidence)}
     big = max(b for b in preset.batches)
     sampler = MethodSampler(pipe, 1.0, big, big)
     rows: dict[str, dict[str, Any]] = {}
@@ -203,31 +257,40 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
         run_ = sampler(method, indices, batch_size=batch)
         order = np.argsort(np.asarray(list(indices)))  # back to index order: pairing is by image index
         with torch.no_grad():
-            features = net(run_.images[torch.as_tensor(order)])
+            images = run_.images[torch.as_tensor(order)]
+            features = {name: net(images) for name, net in nets.items()}
         evals = run_.block_evals / len(indices)
         if not reference_evals:
             reference_evals.append(evals)
         row = {**method.describe(), "name": name, "batch": batch, "scored_on": scored_as,
                "block_fraction": evals / reference_evals[0], "sample_s": time.perf_counter() - t0}
-        row["fid"] = sets[scored_as].add(name, features)
+        row["fid_by_net"] = sets[scored_as].add(name, features)
+        row["fid"] = row["fid_by_net"][sets[scored_as].primary]
         if scored_as == "all" and method.cache is None:  # per-row and full-depth rows: also scored on the first N1
-            row["fid_batch1_set"] = sets["batch1"].add(name, features[:N1])
+            row["fid_batch1_set_by_net"] = sets["batch1"].add(name, {k: v[:N1] for k, v in features.items()})
+            row["fid_batch1_set"] = row["fid_batch1_set_by_net"][sets["batch1"].primary]
         rows[name], methods[name] = row, method
         log(f"{name:32s} FID {row['fid']:8.3f}  blocks {row['block_fraction']:.3f}  ({row['sample_s']:.1f}s)")
         return row
 
     # 1. Batch-independent rows, on all images: the reference, fewer steps, the per-row caches.
-    reference = Method(f"{preset.solver}{S}", "reference", preset.solver, S)
+    reference = Method(f"{preset.reference_solver}{preset.reference_steps}", "reference", preset.reference_solver,
+                       preset.reference_steps)
     score(reference.name, reference, range(N), big, "all")
-    for k in preset.frontier_steps:
+    frontier_steps = sorted({*preset.frontier_steps, S} - ({preset.reference_steps}
+                                                           if preset.solver == preset.reference_solver else set()))
+    for k in frontier_steps:
         score(f"{preset.solver}{k}", Method(f"{preset.solver}{k}", "fewer_steps", preset.solver, k), range(N), big, "all")
-    tails = _tail_methods(preset)
+    sampler.use_solver(preset.solver)
+    pipe.scheduler.set_timesteps(S)
+    tails = _tail_methods(preset) + _forecast_methods(preset, [float(t) for t in pipe.scheduler.timesteps])
     for method in tails:
         score(method.name, method, range(N), big, "all")
 
     # 2. diffusers' caches (MagCache calibrated first), sampled at every batch size they are timed at.
     sampler.use_solver(preset.solver)
     grid_preset = replace(Preset(), fbc_thresholds=preset.fbc_thresholds, taylorseer_intervals=preset.taylorseer_intervals,
+                          taylorseer_orders=preset.taylorseer_orders, taylorseer_windows=preset.taylorseer_windows,
                           sea_thresholds=preset.sea_thresholds, mag_thresholds=preset.mag_thresholds,
                           calib_images=preset.calib_images)
     caches, mag_ratios, not_attached = cache_methods(pipe, (preset.solver, S), grid_preset, 1.0, sampler)
@@ -250,7 +313,7 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
                     "max_abs_difference": float((alone - together).abs().max())}
 
     # 4. Wall-clock at every batch size: the batch-independent rows and the caches.
-    timed_methods = [reference] + [methods[f"{preset.solver}{k}"] for k in preset.frontier_steps] + tails + caches
+    timed_methods = [reference] + [methods[f"{preset.solver}{k}"] for k in frontier_steps] + tails + caches
     timing: dict[str, dict[str, dict[str, float]]] = {}
     for batch in preset.batches:
         times = sampler.timed(timed_methods, batch, preset.timing_repeats, preset.timing_warmup)
@@ -264,70 +327,27 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
     for name, row in rows.items():
         paired = sets[row["scored_on"]]
         row["dfid_reference"] = paired.difference(name, reference.name)
-        row["fid_resamples"] = [round(float(v), 5) for v in paired.resampled[name]]
+        row["fid_resamples"] = [round(float(v), 5) for v in paired.resampled[name]]  # the primary net's
     comparisons = matched_comparisons(rows, sets, tails)
+    against_frontier = frontier_comparisons(rows, sets, tails, preset.batches)
     composition = {}
     for method in caches if preset.sorted_batches else ():
         composition[method.name] = sets["all"].difference(f"{method.name}|b{big}sorted", f"{method.name}|b{big}")
     # The state of each rule's rows at each forecast order (the residual criterion stores one tensor more).
     first_rules = (f"tail{preset.tail_thresholds[0]}_", *(f"every{c + 1}_" for c in preset.tail_cadences[:1]))
-    memory = {m.name: state_memory(pipe, m, 64) for m in tails if m.name.startswith(first_rules)}
+    memory = {m.name: state_memory(pipe, m, 64) for m in tails if m.name.startswith(first_rules)
+              or (m.family == "block_forecast" and m.notes["first_calls"] == 1 and not m.notes["last_call"]
+                  and m.notes["interval"] == preset.block_forecasts[0][0])}
     return {
         "command": command, "preset": asdict(preset), "setting": preset.setting, "num_blocks": n,
-        "reference": reference.name, "feature_net": data, "num_images": N, "batch1_images": N1,
-        "rows": rows, "comparisons": comparisons, "batch_composition": composition, "mag_ratios": mag_ratios,
+        "reference": reference.name, "feature_net": data, "feature_nets": list(nets), "num_images": N, "batch1_images": N1,
+        "rows": rows, "comparisons": comparisons, "frontier_comparisons": against_frontier, "batch_composition": composition, "mag_ratios": mag_ratios,
         "not_attached": not_attached, "batch_independence": independence, "state_memory": memory,
         "summary": summarize(comparisons),
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                         "load_average_before": load_before, "load_average_after": load_average()},
         "elapsed_s": time.perf_counter() - started,
     }
-
-
-def matched_comparisons(rows: dict[str, dict], sets: dict[str, PairedFID], tails: list[Method]) -> list[dict[str, Any]]:
-    """Per cache row at batch b: the best per-row row at least as fast at batch b, for the forecast rows and for
-    all per-row rows, with the paired interval of FID(ours) - FID(cache) on the cache row's image set."""
-    out = []
-    for name, row in rows.items():
-        if row["family"] not in CACHE_FAMILIES or name.endswith("sorted"):
-            continue
-        b = str(row["batch"])
-        speed = row["timing"][b]["speedup"]
-        entry = {"cache": name, "family": row["family"], "batch": row["batch"], "cache_speedup": speed,
-                 "cache_fid": row["fid"]}
-        for pool_name, pool in (("forecast", [m for m in tails if m.notes["forecast_order"] >= 1]), ("per_row", tails)):
-            fast = [rows[m.name] for m in pool if rows[m.name]["timing"][b]["speedup"] >= speed]
-            if not fast:
-                entry[pool_name] = None
-                continue
-            key = "fid" if row["scored_on"] == "all" else "fid_batch1_set"
-            best = min(fast, key=lambda r: r[key])
-            ours_name = best["name"]
-            interval = sets[row["scored_on"]].difference(ours_name, name)
-            entry[pool_name] = {"row": ours_name, "speedup": best["timing"][b]["speedup"], "dfid": interval,
-                                "result": "wins" if interval["high"] < 0 else "loses" if interval["low"] > 0 else "ties"}
-        out.append(entry)
-    return out
-
-
-def summarize(comparisons: list[dict]) -> dict[str, Any]:
-    """Per cache family and batch: how many of its settings the forecast rows win against, tie, lose or cannot
-    match in speed; and whether the issue's two conditions hold (a win at some matched speed; no loss at batch 1)."""
-    out: dict[str, Any] = {}
-    for c in comparisons:
-        family = out.setdefault(c["family"], {"by_batch": {}})
-        counts = family["by_batch"].setdefault(str(c["batch"]), {"wins": 0, "ties": 0, "loses": 0, "no_faster_row": 0})
-        result = c["forecast"]["result"] if c["forecast"] else "no_faster_row"
-        counts[result] += 1
-    for family in out.values():
-        batches = family["by_batch"]
-        family["forecast_wins_somewhere"] = any(v["wins"] for v in batches.values())
-        # A cache setting faster than every forecast row is not a loss by the interval, but not a proof either:
-        # the condition holds only when every batch-1 setting is matched in speed and none is lost.
-        at_1 = batches.get("1")
-        family["forecast_never_loses_at_batch_1"] = None if at_1 is None else \
-            at_1["loses"] == 0 and at_1["no_faster_row"] == 0
-    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -23,7 +23,9 @@ def markdown(report: dict) -> str:
         f"Command: `{report['command']}`; {env['threads']} thread(s), torch {env['torch']}, load average "
         f"{env['load_average_before']} before and {env['load_average_after']} after; {report['elapsed_s'] / 60:.0f} min.",
         "",
-        f"FID on the {report['feature_net']} feature net; intervals are paired 90% bootstrap intervals. Rows at batch "
+        f"FID on the {report['feature_net']} feature net"
+        + (f" (dFID columns: every net of {report['feature_nets']})" if "feature_nets" in report else "")
+        + "; intervals are paired 90% bootstrap intervals. Rows at batch "
         f">= 8 are scored on {report['num_images']} images, batch-1 rows on the first {report['batch1_images']}. "
         f"Speedup: wall-clock of one pipeline call against the stock model ({report['reference']}) at that batch.", "",
         "## Rows", "",
@@ -35,7 +37,7 @@ def markdown(report: dict) -> str:
         speeds = " | ".join(f"{r['timing'][str(b)]['speedup']:.2f}x" if not cache or b == r["batch"] else ""
                             for b in batches)
         lines.append(f"| {name} | {r['batch'] if cache else 'any'} | {r['fid']:.3f} | "
-                     f"{_fmt(r['dfid_reference'])} | {r['block_fraction']:.3f} | {speeds} |")
+                     f"{_by_net(r['dfid_reference'])} | {r['block_fraction']:.3f} | {speeds} |")
     lines += ["", "## Matched speed: the best per-row row at least as fast, FID(ours) - FID(cache)", "",
               "| cache | batch | cache speedup | cache FID | forecast row | its speedup | dFID | result | "
               "best per-row row (any order) | dFID | result |", "|---|---:|---:|---:|---|---:|---|---|---|---|---|"]
@@ -45,6 +47,26 @@ def markdown(report: dict) -> str:
             f"| {c['cache']} | {c['batch']} | {c['cache_speedup']:.2f}x | {c['cache_fid']:.3f} | "
             + (f"{f['row']} | {f['speedup']:.2f}x | {_fmt(f['dfid'])} | {f['result']}" if f else "none as fast | | |")
             + " | " + (f"{a['row']} | {_fmt(a['dfid'])} | {a['result']}" if a else "none as fast | |") + " |")
+    if any(c.get("block_forecast") for c in report["comparisons"]):
+        lines += ["", "## Matched speed: the best BlockForecast row at least as fast, FID(ours) - FID(cache)", "",
+                  "Best: the lowest worst-net FID relative to the reference. wins: the whole interval below 0 under "
+                  "every net; loses: above 0 under any.", "",
+                  "| cache | batch | cache speedup | cache FID | BlockForecast row | its speedup | dFID | result |",
+                  "|---|---:|---:|---:|---|---:|---|---|"]
+        for c in report["comparisons"]:
+            f = c.get("block_forecast")
+            lines.append(f"| {c['cache']} | {c['batch']} | {c['cache_speedup']:.2f}x | {c['cache_fid']:.3f} | "
+                         + (f"{f['row']} | {f['speedup']:.2f}x | {_by_net(f['dfid'])} | {f['result']} |" if f
+                            else "none as fast | | | |"))
+    if report.get("frontier_comparisons"):
+        lines += ["", "## Against the solver's fewer-steps frontier: the best fewer-steps row at least as fast", "",
+                  "| row | batch | speedup | fewer-steps row | its speedup | FID(row) - FID(it) | result |",
+                  "|---|---:|---:|---|---:|---|---|"]
+        for c in report["frontier_comparisons"]:
+            f = c["frontier"]
+            lines.append(f"| {c['row']} | {c['batch']} | {c['speedup']:.2f}x | "
+                         + (f"{f['row']} | {f['speedup']:.2f}x | {_by_net(f['dfid'])} | {f['result']} |" if f
+                            else "none as fast | | | |"))
     lines += _forecast_against_reuse(report["rows"], report["preset"]["confidence"])
     lines += ["", "## Summary (forecast rows against each cache)", "",
               "| cache | " + " | ".join(f"b{b}: wins/ties/loses/unmatched" for b in batches)
@@ -56,6 +78,17 @@ def markdown(report: dict) -> str:
             cells.append("" if v is None else f"{v['wins']}/{v['ties']}/{v['loses']}/{v['no_faster_row']}")
         lines.append(f"| {family} | " + " | ".join(cells) + f" | {s['forecast_wins_somewhere']} | "
                      f"{s['forecast_never_loses_at_batch_1']} |")
+    if any(s.get("block_forecast_wins_somewhere") is not None for s in report["summary"].values()):
+        lines += ["", "## Summary (BlockForecast rows against each cache)", "",
+                  "| cache | " + " | ".join(f"b{b}: wins/ties/loses/unmatched" for b in batches)
+                  + " | wins somewhere | never loses at batch 1 |", "|---|" + "---|" * (len(batches) + 2)]
+        for family, s in report["summary"].items():
+            cells = []
+            for b in batches:
+                v = s["block_forecast_by_batch"].get(str(b))
+                cells.append("" if v is None else f"{v['wins']}/{v['ties']}/{v['loses']}/{v['no_faster_row']}")
+            lines.append(f"| {family} | " + " | ".join(cells) + f" | {s['block_forecast_wins_somewhere']} | "
+                         f"{s['block_forecast_never_loses_at_batch_1']} |")
     if report["not_attached"]:
         lines += ["", "Not attached: " + "; ".join(f"{k}: {v}" for k, v in report["not_attached"].items())]
     if report["batch_composition"]:
@@ -73,6 +106,14 @@ def markdown(report: dict) -> str:
                      f"{m['tokens']} x {m['width']} | {m['dit_xl_2_float32_bytes'] / 2**20:.0f} MiB | "
                      f"{m['dit_xl_2_bfloat16_bytes'] / 2**20:.0f} MiB |")
     return "\n".join(lines) + "\n"
+
+
+def _by_net(d: dict | None) -> str:
+    """An interval under the first net, and under the others after it."""
+    if d is None:
+        return ""
+    others = [f"{net} {_fmt(v)}" for net, v in list(d.get("by_net", {}).items())[1:]]
+    return _fmt(d) + (f" ({'; '.join(others)})" if others else "")
 
 
 def _forecast_against_reuse(rows: dict, confidence: float) -> list[str]:
@@ -117,14 +158,18 @@ def plot(report: dict, path: str | Path) -> None:
                      for r in report["rows"].values() if r["family"] in ("reference", "fewer_steps"))
         ax.plot(*zip(*pts), "-o", color="black", ms=4, label="fewer steps")
         for r in report["rows"].values():
-            if r["family"] == "tail_cache":
+            if r["family"] == "block_forecast":
+                fid = r["fid_batch1_set"] if on_batch1 else r["fid"]
+                ax.plot(r["timing"][key]["speedup"], fid, "^", color="tab:brown")
+            elif r["family"] == "tail_cache":
                 fid = r["fid_batch1_set"] if on_batch1 else r["fid"]
                 order = r["notes"]["forecast_order"]
                 ax.plot(r["timing"][key]["speedup"], fid, "s" if order else "D", color="tab:red",
                         mfc="tab:red" if order else "none")
             elif r["family"] in CACHE_FAMILIES and r["batch"] == b and not r["name"].endswith("sorted"):
                 ax.plot(r["timing"][key]["speedup"], r["fid"], "o", color=FAMILY_COLORS[r["family"]])
-        for label, color, marker, fill in (("per-row, forecast", "tab:red", "s", "tab:red"),
+        for label, color, marker, fill in (("BlockForecast", "tab:brown", "^", "tab:brown"),
+                                           ("per-row, forecast", "tab:red", "s", "tab:red"),
                                            ("per-row, reuse", "tab:red", "D", "none")):
             ax.plot([], [], marker, color=color, mfc=fill, label=label)
         for family in CACHE_FAMILIES:

@@ -1,7 +1,7 @@
 """The GPU check's report files: `gpu_check.md` rendered from `gpu_check.json`, and the run's last log line.
 
-Every part of the check is listed with its status ("ran", "skipped", "failed") and the reason, so nothing the
-check did not do goes unsaid (`summary_line`, the `## Not run` section).
+Every part of the check is listed with its status ("ran", "skipped", "failed", "stopped") and the reason, so
+nothing the check did not do goes unsaid (`summary_line`, the `## Not run` section).
 """
 
 from __future__ import annotations

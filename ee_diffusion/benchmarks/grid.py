@@ -126,9 +126,17 @@ def cache_methods(pipe: Any, point: GridPoint, preset: Preset, guidance: float,
     at = f"@{solver}{k}"
     candidates = [Method(f"fbc{t}{at}", "first_block_cache", solver, k, cache=CacheBaseline("first_block_cache", {"threshold": t}))
                   for t in preset.fbc_thresholds]
-    candidates += [Method(f"taylorseer{i}{at}", "taylorseer_cache", solver, k, cache=CacheBaseline(
-        "taylorseer_cache", {"cache_interval": i, "disable_cache_before_step": max(1, k // 8), "max_order": 1,
-                             "cache_identifiers": TAYLORSEER_DIT_MODULES})) for i in preset.taylorseer_intervals]
+    windows = preset.taylorseer_windows or ((max(1, k // 8), False),)
+    for i in preset.taylorseer_intervals:
+        for order in preset.taylorseer_orders:
+            for warmup, last in windows:  # the first names stay those of the runs before orders and windows
+                plain = order == 1 and not preset.taylorseer_windows
+                name = f"taylorseer{i}{at}" if plain else f"taylorseer{i}_o{order}_w{warmup}{'_l' if last else ''}{at}"
+                options = {"cache_interval": i, "disable_cache_before_step": warmup, "max_order": order,
+                           "disable_cache_after_step": k - 1 if last else None,
+                           "cache_identifiers": TAYLORSEER_DIT_MODULES}
+                candidates.append(Method(name, "taylorseer_cache", solver, k, cache=CacheBaseline("taylorseer_cache", options),
+                                         notes={"interval": i, "order": order, "warmup_steps": warmup, "last_step": last}))
     candidates += [Method(f"sea{t}{at}", "sea_cache", solver, k, cache=CacheBaseline("sea_cache", {"threshold": t}))
                    for t in preset.sea_thresholds]
     ratios = None

@@ -1,5 +1,5 @@
 """One source of truth for a shipped model: its operating point, `evaluation.json` and `TRAINING.md`, all from
-one bench report.
+one bench report (and, where one was published, one operating-point search).
 
 `ee-diffusion publish --report REPORT --setting digits --model FOLDER` writes into the pipeline folder:
 - `model_index.json`: the report's recommended operating point (and the scheduler becomes the point's solver);
@@ -7,6 +7,10 @@ one bench report.
   recommended row, the guidance checks, the verdict, the command and the machine;
 - `TRAINING.md`: rendered from `training.json` (how the model was trained: description and loss curves, written
   by the training export scripts) and `evaluation.json`; no number in it is typed by hand.
+
+`ee-diffusion publish --search SEARCH.json --model FOLDER` then makes a confirmed operating-point search's pick
+(`ee-diffusion calibrate --kind operating-point`) the folder's default: `model_index.json` gets that point,
+`evaluation.json` keeps the bench's summary and adds the search's, and `TRAINING.md` is rendered again.
 
 `scripts/rebuild_assets.sh SETTING` runs train -> bench -> publish end to end.
 """

@@ -4,12 +4,13 @@
 - `calibrate_thresholds(pipe, budget=0.5)`: per-timestep DeeDiff thresholds, simulated through the policy
   itself on recorded certainties, then checked by a real run (`thresholds.py`);
 - `distil_schedule(exit_stats)`: the exits of a dynamic policy as a static schedule (`distil.py`);
-- `calibrate_tail_cache(pipe, min_psnr=30)`: the training-free residual-change threshold of
+- `calibrate_tail_cache(pipe, min_psnr=30)`: the training-free residual-change threshold (and forecast order) of
   `CachedTailResidual` for a fidelity goal or a budget, measured trial by trial (`tail_cache.py`);
 - `search_operating_point(pipe, SearchSpace(...), tolerance=0.1 or budget=0.5, ...)`: solver, steps, exit policy,
   thresholds and forecast order together, by the benchmark's paired dFID protocol on calibration seeds, confirmed
   on held-out seeds; the result's `operating_point` is what a pipeline folder stores (`store_operating_point`)
-  (`operating_point_search.py`, result: `operating_point_result.py`).
+  (`operating_point_search.py`; its image sets and scoring: `search_phases.py`; result:
+  `operating_point_result.py`; the `ee-diffusion calibrate --kind operating-point` command: `search_command.py`).
 
 Every calibration takes a pipeline of ours or a `CalibrationTarget`: any supported stock pipeline with the
 class ids or prompts its calibration images use (`as_target(pipe, conditioning, heads=...)`). Goals in PSNR

@@ -2,7 +2,8 @@
 
 `OperatingPointSearch.operating_point` is the `OperatingPoint` a pipeline folder stores
 (`store_operating_point`, then `save_pretrained`); `to_dict` / `save` write the whole search as JSON, exit configs as
-`EarlyExitConfig.to_dict` (so they load back with `EarlyExitConfig.from_dict`).
+`EarlyExitConfig.to_dict` (so they load back with `EarlyExitConfig.from_dict`), and `save` its tables as Markdown
+beside it (`search_markdown`).
 """
 
 from __future__ import annotations

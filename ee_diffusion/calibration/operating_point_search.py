@@ -4,12 +4,14 @@ Early exit competes with running fewer steps (docs/evaluation.md), so what a pip
 point, not an exit config alone. `search_operating_point` samples, on calibration seeds, the reference (the model at
 `reference_steps`, full depth) and every candidate of a `SearchSpace` - each solver x steps at full depth, and
 composed with each exit config of the space - and scores each by its block fraction (block evaluations relative to
-the reference's) and its paired bootstrap dFID interval against the reference (`PairedFID`). Then, for the goal:
+the reference's) and its paired bootstrap dFID interval against the reference under every feature network of the
+search (`features=`; one `PairedFID` per network, `search_phases.Phase`). Then, for the goal:
 
 - `tolerance=`: the cheapest candidate (among those running at most the reference's blocks) that holds quality
-  (`holds_quality`: the interval includes 0 or lies below it, or lies wholly below +tolerance x the reference FID;
-  `QUALITY_TOLERANCE` = 0.1 is the benchmark's "unchanged quality"). It is re-measured against the reference on held-out seeds; a pick that fails there gives
-  way to the next cheapest, up to `max_confirmations` tries;
+  under every network (`holds_quality`: the interval includes 0 or lies below it, or lies wholly below
+  +tolerance x the reference FID; `QUALITY_TOLERANCE` = 0.1 is the benchmark's "unchanged quality"). It is
+  re-measured against the reference on held-out seeds by a stricter bar (`confirms_quality`, see
+  `search_operating_point`); a pick that fails there gives way to the next cheapest, up to `max_confirmations` tries;
 - `budget=`: the lowest-FID candidate whose block fraction is at most the budget, confirmed when its held-out
   block fraction stays within it (its held-out dFID interval is reported).
 

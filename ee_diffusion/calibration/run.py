@@ -1,4 +1,7 @@
-"""What `ee-diffusion calibrate` runs: one of the four calibrations, chosen by name."""
+"""What `ee-diffusion calibrate` runs: one of the four calibrations, chosen by name (`KINDS`).
+
+`--kind operating-point` is not one of them: it runs the operating-point search (`search_command.py`).
+"""
 
 from __future__ import annotations
 

@@ -2,9 +2,10 @@
 
 `ClassConditionalExitPipeline` follows diffusers' pipeline contract (components registered with
 `register_modules`, a `check_inputs` that raises, `@torch.no_grad()` on `__call__` in the subclasses, an output
-dataclass) and leaves the exit mechanics to the engine: every call wraps its denoising loop in
+dataclass) and leaves the exit mechanics to the engine: a call with an exit policy wraps its denoising loop in
 `early_exit(denoiser, config, heads, bridges, layout)`, which hooks the denoiser for the duration of the call,
-tells the engine the guidance layout, and restores the model exactly afterwards.
+tells the engine the guidance layout, and restores the model exactly afterwards; a call without one (and without
+hooks the user applied) runs the stock denoiser unhooked.
 """
 
 from __future__ import annotations
