@@ -13,15 +13,21 @@ conventional steps, no guidance, image i from the noise seeded by (0, i) for eve
   timed at (`fbc0.1|b64`, `|b8`, `|b1`), and once more at batch 64 with every batch holding a single class
   (`|b64sorted`), which shows how much the batch's composition moves a batch-global decision.
 
-Quality is FID on the setting's feature net with paired bootstrap intervals (`eval/paired.py`): every row at
-batch >= 8 is scored on the same `num_images` images, the batch-1 rows on the first `batch1_images` (sampling a
+The presets `dpmpp10`, `dpmpp15`, `dpmpp20` and `ddim25` measure where users sample: every row at that solver and
+step count against the stock model at 25 DDIM steps (`reference_solver`, `reference_steps`), the solver's own
+fewer steps as the frontier (`frontier_comparisons`), `BlockForecast` rows (`bf{interval}_o{order}_w{first calls
+computed}[_l: last call computed]`) and TaylorSeerCache at intervals 2-4, orders 1-2 and warm-up/last-step windows.
+
+Quality is FID under every shipped feature net of the setting's data (the first one's is a row's `fid`), with
+paired bootstrap intervals (`eval/paired.py`, `caches_compare.py`): every row at batch >= 8 is scored on the same `num_images` images, the batch-1 rows on the first `batch1_images` (sampling a
 pipeline image by image is slow). Wall-clock: one pipeline call on `batch` images per method per round,
 interleaved rounds after a warm-up, hooks and caches put on outside the timed region (`bench.MethodSampler.timed`),
 speedup = median over rounds of stock time / method time, at every batch size.
 
 Matched speed: for every cache row at batch b, the per-row row that is at least as fast at batch b with the lowest
-FID; the paired interval of FID(ours) - FID(cache) says whether ours wins (whole interval below 0), loses
-(above 0) or ties. This is done for the forecast rows (p >= 1) and for all per-row rows. The per-row state
+worst-net FID relative to the reference; the paired interval of FID(ours) - FID(cache) says whether ours wins
+(whole interval below 0 under every net), loses (above 0 under any) or ties. This is done for the tail forecasts
+(p >= 1), for all per-row rows and for the `BlockForecast` rows. The per-row state
 (`exit_state_nbytes`) is measured after calls at batch 64 and compared with its formula, for this model and for
 DiT-XL/2's hidden states (256 tokens x 1152).
 
