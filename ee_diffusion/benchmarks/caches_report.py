@@ -68,27 +68,11 @@ def markdown(report: dict) -> str:
                          + (f"{f['row']} | {f['speedup']:.2f}x | {_by_net(f['dfid'])} | {f['result']} |" if f
                             else "none as fast | | | |"))
     lines += _forecast_against_reuse(report["rows"], report["preset"]["confidence"])
-    lines += ["", "## Summary (forecast rows against each cache)", "",
-              "| cache | " + " | ".join(f"b{b}: wins/ties/loses/unmatched" for b in batches)
-              + " | wins somewhere | never loses at batch 1 (all matched, none lost) |", "|---|" + "---|" * (len(batches) + 2)]
-    for family, s in report["summary"].items():
-        cells = []
-        for b in batches:
-            v = s["by_batch"].get(str(b))
-            cells.append("" if v is None else f"{v['wins']}/{v['ties']}/{v['loses']}/{v['no_faster_row']}")
-        lines.append(f"| {family} | " + " | ".join(cells) + f" | {s['forecast_wins_somewhere']} | "
-                     f"{s['forecast_never_loses_at_batch_1']} |")
-    if any(s.get("block_forecast_wins_somewhere") is not None for s in report["summary"].values()):
-        lines += ["", "## Summary (BlockForecast rows against each cache)", "",
-                  "| cache | " + " | ".join(f"b{b}: wins/ties/loses/unmatched" for b in batches)
-                  + " | wins somewhere | never loses at batch 1 |", "|---|" + "---|" * (len(batches) + 2)]
-        for family, s in report["summary"].items():
-            cells = []
-            for b in batches:
-                v = s["block_forecast_by_batch"].get(str(b))
-                cells.append("" if v is None else f"{v['wins']}/{v['ties']}/{v['loses']}/{v['no_faster_row']}")
-            lines.append(f"| {family} | " + " | ".join(cells) + f" | {s['block_forecast_wins_somewhere']} | "
-                         f"{s['block_forecast_never_loses_at_batch_1']} |")
+    lines += _summary_table(report, "forecast rows", "by_batch", "forecast",
+                            "never loses at batch 1 (all matched, none lost)")
+    if any(r["family"] == "block_forecast" for r in report["rows"].values()):
+        lines += _summary_table(report, "BlockForecast rows", "block_forecast_by_batch", "block_forecast",
+                                "never loses at batch 1")
     if report["not_attached"]:
         lines += ["", "Not attached: " + "; ".join(f"{k}: {v}" for k, v in report["not_attached"].items())]
     if report["batch_composition"]:
@@ -106,6 +90,23 @@ def markdown(report: dict) -> str:
                      f"{m['tokens']} x {m['width']} | {m['dit_xl_2_float32_bytes'] / 2**20:.0f} MiB | "
                      f"{m['dit_xl_2_bfloat16_bytes'] / 2**20:.0f} MiB |")
     return "\n".join(lines) + "\n"
+
+
+def _summary_table(report: dict, what: str, field: str, prefix: str, last_header: str) -> list[str]:
+    """Per cache family: wins/ties/loses/unmatched of `what` at each batch (`summary[family][field]`), and the
+    family's `{prefix}_wins_somewhere` and `{prefix}_never_loses_at_batch_1`."""
+    batches = report["preset"]["batches"]
+    lines = ["", f"## Summary ({what} against each cache)", "",
+             "| cache | " + " | ".join(f"b{b}: wins/ties/loses/unmatched" for b in batches)
+             + f" | wins somewhere | {last_header} |", "|---|" + "---|" * (len(batches) + 2)]
+    for family, s in report["summary"].items():
+        cells = []
+        for b in batches:
+            v = s[field].get(str(b))
+            cells.append("" if v is None else f"{v['wins']}/{v['ties']}/{v['loses']}/{v['no_faster_row']}")
+        lines.append(f"| {family} | " + " | ".join(cells) + f" | {s[f'{prefix}_wins_somewhere']} | "
+                     f"{s[f'{prefix}_never_loses_at_batch_1']} |")
+    return lines
 
 
 def _by_net(d: dict | None) -> str:

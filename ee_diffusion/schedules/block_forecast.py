@@ -79,9 +79,10 @@ def _add_point(old: torch.Tensor, value: torch.Tensor, gaps: torch.Tensor, point
     new = [value]
     for j in range(1, old.shape[1]):
         defined = torch.where(repeat, points > j, points >= j).view(view)  # (R, 1, ...)
-        kept = old[:, j] * repeat.view(view)  # the newest node again: d'_j = d_j + (d'_{j-1} - d_{j-1}) / gap
+        # The newest node again: d'_j = d_j + (d'_{j-1} - d_{j-1}) / gap; a new node: the same without d_j.
+        kept = torch.where(repeat.view(view), old[:, j], torch.zeros_like(old[:, j]))
         step = kept + (new[-1] - old[:, j - 1]) / gaps[:, j - 1].to(value.dtype).view(view)
-        new.append(step * defined)
+        new.append(torch.where(defined, step, torch.zeros_like(step)))
     return torch.stack(new, 1)
 
 
