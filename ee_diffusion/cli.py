@@ -133,6 +133,8 @@ def _add_calibrate(subparsers) -> None:
     parser.add_argument("--kind", choices=(*KINDS, "operating-point"), default="schedule",
                         help="schedule: a TimestepSchedule (layer-wise-trained models); thresholds and distil: "
                              "DeeDiff heads; tail-cache: the training-free residual-change threshold (stock models); "
+                             "block-forecast: the training-free BlockForecast interval, order and window at the "
+                             "pipeline's scheduler and --steps; "
                              "operating-point: solver, steps and exit config searched together (benchmark settings), "
                              "confirmed on held-out seeds")
     goal = parser.add_mutually_exclusive_group(required=True)
@@ -145,7 +147,8 @@ def _add_calibrate(subparsers) -> None:
                            "paired dFID interval against the reference includes 0, or lies below +TOLERANCE x the "
                            "reference FID; 0.1 is the benchmark's)")
     goal.add_argument("--min-psnr", type=float,
-                      help="schedule and tail-cache: mean per-image PSNR (dB) against the full model's images")
+                      help="schedule, tail-cache and block-forecast: mean per-image PSNR (dB) against the full "
+                           "model's images")
     conditioning = parser.add_mutually_exclusive_group()
     conditioning.add_argument("--classes", nargs="+", help="class ids or names of the calibration images "
                                                            "(class-conditional pipelines; ours default to all)")
@@ -154,9 +157,18 @@ def _add_calibrate(subparsers) -> None:
     parser.add_argument("--heads", type=Path, default=None,
                         help="an UncertaintyHeads folder for a stock pipeline (thresholds, distil)")
     parser.add_argument("--threshold", type=float, default=0.9, help="distil: the DeeDiff threshold to observe")
-    parser.add_argument("--forecast-orders", type=int, nargs="+", choices=(0, 1, 2), default=[0, 1],
-                        help="tail-cache: the forecast orders to calibrate, the cheapest that meets the goal wins "
-                             "(default: 0 1)")
+    parser.add_argument("--forecast-orders", type=int, nargs="+", choices=(0, 1, 2), default=None,
+                        help="forecast orders to try, the cheapest that meets the goal wins (default: tail-cache and "
+                             "the search's tail thresholds 0 1; block-forecast 1 2; the search's BlockForecasts 1)")
+    parser.add_argument("--forecast-intervals", type=int, nargs="+", default=None,
+                        help="BlockForecast intervals to try (a row computes every interval-th call; default: "
+                             "block-forecast 2 3 4; operating-point: none)")
+    parser.add_argument("--forecast-windows", type=_forecast_window, nargs="+", default=None, metavar="W[L]",
+                        help="BlockForecast windows: the first W timesteps computed, L: the last one too (default: "
+                             "block-forecast 1 2 2L 3L; operating-point 2L)")
+    parser.add_argument("--solver", choices=("ddim", "dpmpp"), default=None,
+                        help="sample with this solver, made from the pipeline's scheduler config (default: the "
+                             "pipeline's own scheduler; not operating-point, which takes --solvers)")
     parser.add_argument("--images", type=int, default=40, help="calibration images (seeds disjoint from bench)")
     parser.add_argument("--steps", type=int, default=None,
                         help="sampling steps (default: the pipeline's operating point, else 20)")
@@ -204,6 +216,22 @@ def _add_calibrate(subparsers) -> None:
     parser.set_defaults(func=_run_calibrate)
 
 
+def _forecast_window(text: str) -> tuple[int, bool]:
+    """"2L" -> (2, True): the first 2 timesteps computed, and the last one."""
+    last = text.upper().endswith("L")
+    digits = text[:-1] if last else text
+    if not digits.isdigit() or int(digits) < 1:
+        raise argparse.ArgumentTypeError(f"a window is W or WL with W >= 1 first timesteps computed (L: and the "
+                                         f"last one), e.g. 2L; got {text!r}")
+    return int(digits), last
+
+
+def _forecast_grid(args: argparse.Namespace) -> dict:
+    """The BlockForecast grid arguments of `run_calibration` that were given (the rest keep their defaults)."""
+    grid = {"forecast_intervals": args.forecast_intervals, "forecast_windows": args.forecast_windows}
+    return {k: tuple(v) for k, v in grid.items() if v is not None}
+
+
 def _run_calibrate(args: argparse.Namespace) -> int:
     import torch
 
@@ -223,6 +251,13 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     else:
         pipe = load_pipeline(args.model, torch_dtype=dtype, device=args.device)
     pipe.set_progress_bar_config(disable=True)
+    if args.solver is not None:
+        from .benchmarks.solvers import make_schedulers
+
+        if not hasattr(pipe.scheduler, "alphas_cumprod"):
+            raise SystemExit(f"--solver {args.solver} needs a DDPM-type noise schedule; {type(pipe.scheduler).__name__} "
+                             f"is a flow-matching scheduler: leave --solver out to use it")
+        pipe.scheduler = make_schedulers(pipe.scheduler)[args.solver]
     conditioning = None
     if args.prompts is not None:
         conditioning = Conditioning.from_prompt_file(args.prompts)
@@ -238,7 +273,8 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     result = run_calibration(target, kind=args.kind, budget=args.budget, tolerance=args.tolerance,
                              min_psnr=args.min_psnr, threshold=args.threshold, num_images=args.images, steps=steps,
                              guidance_scale=guidance, num_buckets=args.buckets, batch_size=args.batch_size,
-                             forecast_orders=tuple(args.forecast_orders),
+                             forecast_orders=None if args.forecast_orders is None else tuple(args.forecast_orders),
+                             **_forecast_grid(args),
                              feature_net=load_feature_net(setting_dataset(setting)) if setting else None)
     save_calibration(result, args.out)
     info = result.info

@@ -57,7 +57,7 @@ from .bench import MethodSampler, Preset, load_average
 from .caches_compare import Nets, frontier_comparisons, matched_comparisons, summarize
 from .caches_report import write
 from .grid import Method, cache_methods
-from .solvers import SOLVERS
+from .solvers import SOLVERS, solver_timesteps
 
 DIT_XL_TOKENS, DIT_XL_WIDTH = 256, 1152  # DiT-XL/2 at 256 px: 32x32 latents in 2x2 patches, hidden width 1152
 
@@ -85,7 +85,7 @@ class CachesPreset:
     taylorseer_orders: tuple[int, ...] = (1,)
     taylorseer_windows: tuple[tuple[int, bool], ...] = ()  # (warm-up steps, last step computed); (): max(1, steps // 8)
     # BlockForecast rows: (interval, forecast order, first calls computed, last call computed); the windows become
-    # full_above_t / full_below_t at midpoints of the solver's timesteps.
+    # full_above_t / full_below_t among the solver's timesteps (`BlockForecast.for_calls`).
     block_forecasts: tuple[tuple[int, int, int, bool], ...] = ()
     sea_thresholds: tuple[float, ...] = (0.05, 0.1, 0.2)
     mag_thresholds: tuple[float, ...] = (0.02, 0.05)
@@ -173,14 +173,11 @@ def _tail_methods(preset: CachesPreset) -> list[Method]:
 
 
 def _forecast_methods(preset: CachesPreset, timesteps: list[float]) -> list[Method]:
-    """`BlockForecast` rows; a window of w first calls is `full_above_t` between the timesteps of calls w - 1 and
-    w, the last call `full_below_t` between the last two (`timesteps`: the solver's, in call order)."""
+    """`BlockForecast` rows, their windows placed among the solver's `timesteps` (`BlockForecast.for_calls`)."""
     at = f"@{preset.solver}{preset.steps}"
     out = []
     for interval, order, first, last in preset.block_forecasts:
-        above = None if first <= 1 else (timesteps[first - 1] + timesteps[first]) / 2
-        below = (timesteps[-2] + timesteps[-1]) / 2 if last else 0.0
-        policy = BlockForecast(interval=interval, forecast_order=order, full_above_t=above, full_below_t=below)
+        policy = BlockForecast.for_calls(timesteps, first, last, interval=interval, forecast_order=order)
         out.append(Method(f"bf{interval}_o{order}_w{first}{'_l' if last else ''}{at}", "block_forecast", preset.solver,
                           preset.steps, EarlyExitConfig(policy),
                           notes={"forecast_order": order, "interval": interval, "first_calls": first, "last_call": last}))
@@ -288,8 +285,7 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
     for k in frontier_steps:
         score(f"{preset.solver}{k}", Method(f"{preset.solver}{k}", "fewer_steps", preset.solver, k), range(N), big, "all")
     sampler.use_solver(preset.solver)
-    pipe.scheduler.set_timesteps(S)
-    tails = _tail_methods(preset) + _forecast_methods(preset, [float(t) for t in pipe.scheduler.timesteps])
+    tails = _tail_methods(preset) + _forecast_methods(preset, solver_timesteps(pipe.scheduler, S))
     for method in tails:
         score(method.name, method, range(N), big, "all")
 

@@ -39,6 +39,19 @@ def make_schedulers(scheduler: Any) -> dict[str, Any]:
     return out
 
 
+def solver_timesteps(scheduler: Any, steps: int) -> list[float]:
+    """The timesteps a pipeline calls its model at when `scheduler` runs `steps` steps (a copy is set; the given
+    scheduler is untouched). Raises `ValueError` for a scheduler whose timesteps need the pipeline's inputs
+    (flow matching with dynamic shifting takes `mu` from the image size)."""
+    probe = type(scheduler).from_config(scheduler.config)
+    try:
+        probe.set_timesteps(steps)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{type(scheduler).__name__} cannot place {steps} steps without the pipeline's inputs "
+                         f"({error}); give windows in timesteps (BlockForecast full_above_t / full_below_t)") from None
+    return [float(t) for t in probe.timesteps]
+
+
 def ase_schedules(n: int) -> dict[str, TimestepSchedule]:
     """The released DiT-XL/2 ASE schedule (28, 24, 20, 16, 12 blocks over five timestep buckets) scaled to n
     blocks, and a more aggressive one."""

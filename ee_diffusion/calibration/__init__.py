@@ -6,11 +6,14 @@
 - `distil_schedule(exit_stats)`: the exits of a dynamic policy as a static schedule (`distil.py`);
 - `calibrate_tail_cache(pipe, min_psnr=30)`: the training-free residual-change threshold (and forecast order) of
   `CachedTailResidual` for a fidelity goal or a budget, measured trial by trial (`tail_cache.py`);
+- `calibrate_block_forecast(pipe, min_psnr=30)`: the training-free `BlockForecast` (interval, order, windows) for a
+  fidelity goal or a budget at the pipeline's scheduler and step count, every grid point sampled (`block_forecast.py`);
 - `search_operating_point(pipe, SearchSpace(...), tolerance=0.1 or budget=0.5, ...)`: solver, steps, exit policy,
-  thresholds and forecast order together, by the benchmark's paired dFID protocol on calibration seeds, confirmed
-  on held-out seeds; the result's `operating_point` is what a pipeline folder stores (`store_operating_point`)
-  (`operating_point_search.py`; its image sets and scoring: `search_phases.py`; result:
-  `operating_point_result.py`; the `ee-diffusion calibrate --kind operating-point` command: `search_command.py`).
+  thresholds, forecast order and `BlockForecast` settings (placed per step count) together, by the benchmark's
+  paired dFID protocol on calibration seeds, confirmed on held-out seeds; the result's `operating_point` is what a
+  pipeline folder stores (`store_operating_point`) (`operating_point_search.py`; its candidates: `search_space.py`;
+  its image sets and scoring: `search_phases.py`; result: `operating_point_result.py`; the `ee-diffusion calibrate
+  --kind operating-point` command: `search_command.py`).
 
 Every calibration takes a pipeline of ours or a `CalibrationTarget`: any supported stock pipeline with the
 class ids or prompts its calibration images use (`as_target(pipe, conditioning, heads=...)`). Goals in PSNR
@@ -21,6 +24,7 @@ reads it back as an `EarlyExitConfig`. All measurements use a calibration set wh
 any evaluation's.
 """
 
+from .block_forecast import calibrate_block_forecast
 from .common import (
     CalibrationResult,
     CalibrationSet,
@@ -32,8 +36,9 @@ from .common import (
 )
 from .distil import distil_schedule
 from .operating_point_result import Candidate, Confirmation, OperatingPointSearch
-from .operating_point_search import SearchSpace, search_operating_point, store_operating_point
+from .operating_point_search import search_operating_point, store_operating_point
 from .run import run_calibration
+from .search_space import SearchSpace
 from .schedule import (
     allocate_depths,
     calibrate_schedule,
@@ -55,6 +60,7 @@ __all__ = [
     "allocate_depths",
     "as_target",
     "bisect_increasing",
+    "calibrate_block_forecast",
     "calibrate_schedule",
     "calibrate_tail_cache",
     "calibrate_thresholds",

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -51,17 +50,18 @@ import torch
 from .._validation import check_int, check_number
 from ..backbones.registry import get_adapter
 from ..benchmarks.frontier import QUALITY_TOLERANCE, confirms_quality, holds_quality, holds_under_every_net
-from ..benchmarks.solvers import SOLVERS, ase_schedules, make_schedulers, solver_of
+from ..benchmarks.solvers import SOLVERS, make_schedulers, solver_of, solver_timesteps
 from ..config import EarlyExitConfig
 from ..eval.paired import FrechetReference
 from ..eval.sampling import _SEED_STRIDE, SampleRun
 from ..operating_point import OperatingPoint
 from ..pipelines.conditioning import Conditioning
 from ..pipelines.stock import default_guidance_scale, kind_of
-from ..schedules import CachedTailResidual, StaticDepth, UncertaintyThreshold
+from ..schedules import UncertaintyThreshold
 from .common import CalibrationSet, as_target
 from .operating_point_result import Candidate, Confirmation, OperatingPointSearch
 from .search_phases import Phase, Sampler
+from .search_space import SearchSpace
 from .thresholds import thresholds_for_fractions
 
 __all__ = ["BENCH_SEEDS", "OWN_SCHEDULER", "Candidate", "Confirmation", "OperatingPointSearch", "SearchSpace",
@@ -71,85 +71,6 @@ __all__ = ["BENCH_SEEDS", "OWN_SCHEDULER", "Candidate", "Confirmation", "Operati
 BENCH_SEEDS = (0, 1)
 #: The solver name of the pipeline's own scheduler (`SearchSpace(solvers=None)`: flow-matching pipelines).
 OWN_SCHEDULER = "own"
-ASE_KINDS = ("released", "aggressive")
-FORECAST_ORDERS = (0, 1, 2)
-
-
-def _sequence(values: Any, name: str, allow_empty: bool = True) -> tuple:
-    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
-        raise ValueError(f"{name} must be a list or tuple, got {values!r}")
-    if not values and not allow_empty:
-        raise ValueError(f"{name} must name at least one value, got {values!r}")
-    return tuple(dict.fromkeys(values))  # duplicates dropped, order kept
-
-
-def _fractions(values: Any, name: str) -> tuple[float, ...]:
-    out = _sequence(values, name)
-    for v in out:
-        check_number(v, f"every value of {name}", 0.0, 1.0, low_open=True)
-        if v >= 1:
-            raise ValueError(f"every value of {name} must be in (0, 1) (1 is full depth), got {v!r} in {values!r}")
-    return tuple(float(v) for v in out)
-
-
-@dataclass
-class SearchSpace:
-    """What `search_operating_point` tries: every solver x steps at full depth, and with each exit config below.
-
-    Args:
-        solvers: names of `SOLVERS` ("ddim", "dpmpp"), each built from the pipeline's own scheduler config; None:
-            the pipeline's own scheduler only (flow-matching pipelines such as SD3).
-        steps: step counts.
-        static_fractions: `StaticDepth(round(f * N))` for N blocks (deduplicated, within 1..N-1).
-        ase: ASE timestep schedules ("released", "aggressive"; `ase_schedules`).
-        tail_thresholds: `CachedTailResidual(threshold, forecast_order)` for each threshold x `forecast_orders`
-            (transformer denoisers only).
-        forecast_orders: forecast orders of the tail cache (0, 1, 2).
-        threshold_fractions: DeeDiff `UncertaintyThreshold`s calibrated per (solver, steps) on the calibration
-            seeds to run these block fractions (`thresholds_for_fractions`; needs exit heads).
-    """
-
-    solvers: tuple[str, ...] | None = ("ddim", "dpmpp")
-    steps: tuple[int, ...] = (8, 10, 12, 15, 20, 25)
-    static_fractions: tuple[float, ...] = (0.5, 0.75)
-    ase: tuple[str, ...] = ASE_KINDS
-    tail_thresholds: tuple[float, ...] = ()
-    forecast_orders: tuple[int, ...] = (0,)
-    threshold_fractions: tuple[float, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.solvers is not None:
-            self.solvers = _sequence(self.solvers, "solvers", allow_empty=False)
-            unknown = [s for s in self.solvers if s not in SOLVERS]
-            if unknown:
-                raise ValueError(f"unknown solvers {unknown}; allowed: {sorted(SOLVERS)}, or solvers=None for the "
-                                 f"pipeline's own scheduler")
-        self.steps = tuple(sorted(check_int(k, "every value of steps", 1, "a step count")
-                                  for k in _sequence(self.steps, "steps", allow_empty=False)))
-        self.static_fractions = _fractions(self.static_fractions, "static_fractions")
-        self.threshold_fractions = _fractions(self.threshold_fractions, "threshold_fractions")
-        self.ase = _sequence(self.ase, "ase")
-        if any(kind not in ASE_KINDS for kind in self.ase):
-            raise ValueError(f"ase must name ASE schedules among {ASE_KINDS}, got {self.ase!r}")
-        self.tail_thresholds = tuple(check_number(t, "every value of tail_thresholds", 0.0, low_open=True)
-                                     for t in _sequence(self.tail_thresholds, "tail_thresholds"))
-        self.forecast_orders = _sequence(self.forecast_orders, "forecast_orders", allow_empty=not self.tail_thresholds)
-        if any(isinstance(o, bool) or o not in FORECAST_ORDERS for o in self.forecast_orders):
-            raise ValueError(f"forecast_orders must be among {FORECAST_ORDERS}, got {self.forecast_orders!r}")
-
-    def exit_configs(self, num_blocks: int) -> list[tuple[str, str, EarlyExitConfig]]:
-        """(name prefix, family, exit config) of every fixed exit config for a model of `num_blocks` blocks (the
-        DeeDiff thresholds are calibrated per (solver, steps) and come on top)."""
-        n = num_blocks
-        out = [(f"static{d}", "static_depth", EarlyExitConfig(StaticDepth(d)))
-               for d in sorted({max(1, min(n - 1, round(f * n))) for f in self.static_fractions})]
-        schedules = ase_schedules(n)
-        out += [(f"ase_{kind}", "ase", EarlyExitConfig(schedules[kind])) for kind in self.ase]
-        out += [(f"tail{tau:g}_o{order}", "tail_cache", EarlyExitConfig(CachedTailResidual(tau, forecast_order=order)))
-                for tau in self.tail_thresholds for order in self.forecast_orders]
-        return out
-
-
 def _check_seeds(calib_seed: int, calib_images: int, holdout_seed: int, holdout_images: int) -> None:
     """The noise of image i of a set is seeded by seed * stride + i: the two sets and the benchmark's share none."""
     check_int(calib_seed, "calib_seed", 0, "noise seed of the calibration images")
@@ -172,13 +93,14 @@ def _check_seeds(calib_seed: int, calib_images: int, holdout_seed: int, holdout_
 def _check_target(target: Any, space: SearchSpace) -> None:
     """Refuse, before any sampling, exit configs this pipeline cannot run."""
     adapter = get_adapter(target.denoiser)
-    exits = space.static_fractions or space.ase or space.tail_thresholds or space.threshold_fractions
+    exits = space.static_fractions or space.ase or space.needs_transformer or space.threshold_fractions
     if exits and not adapter.sequential and target.bridges is None and not kind_of(target.pipe).ours:
         raise ValueError(f"{type(target.denoiser).__name__} exits by depth truncation and needs UNetExitBridges; "
                          f"give them (as_target(pipe, conditioning, bridges=...)) or search steps alone (empty "
-                         f"static_fractions, ase, tail_thresholds, threshold_fractions)")
-    if space.tail_thresholds and not adapter.sequential:
-        raise ValueError(f"tail_thresholds need a transformer denoiser; {type(target.denoiser).__name__} is not one")
+                         f"static_fractions, ase, tail_thresholds, block_forecast_intervals, threshold_fractions)")
+    if space.needs_transformer and not adapter.sequential:
+        raise ValueError(f"tail_thresholds and block_forecast_intervals need a transformer denoiser; "
+                         f"{type(target.denoiser).__name__} is not one")
     if space.threshold_fractions and target.exit_heads is None:
         raise ValueError("threshold_fractions need exit heads (UncertaintyHeads): a pipeline of ours with exit_heads, "
                          "or a CalibrationTarget with heads; got none")
@@ -290,7 +212,8 @@ def search_operating_point(
     from tqdm.auto import tqdm
 
     recording = 1 + len(space.threshold_fractions) if space.threshold_fractions else 0  # + the certainty record
-    planned = 1 + len(solvers) * len(space.steps) * (1 + len(fixed) + recording)
+    forecasts = len(space.block_forecast_intervals) * len(space.block_forecast_orders) * len(space.block_forecast_windows)
+    planned = 1 + len(solvers) * len(space.steps) * (1 + len(fixed) + forecasts + recording)
     bar = tqdm(total=planned, disable=not progress, desc="operating-point search", unit="run")
     sampler = Sampler(target, schedulers, call_guidance, batch_size, {n: f for n, (f, _) in nets.items()}, bar,
                       on_sample)
@@ -302,7 +225,10 @@ def search_operating_point(
         for solver in solvers:
             for k in space.steps:
                 at = f"{solver}{k}"
-                configs = [(f"{prefix}@{at}", family, config) for prefix, family, config in fixed]
+                per_step = space.step_configs(solver_timesteps(schedulers[solver], k)) if \
+                    space.block_forecast_intervals else []
+                configs = [(f"{prefix}@{at}", family, config) for prefix, family, config in [*fixed, *per_step]]
+                bar.total -= forecasts - len(per_step)  # windows too long for k steps are left out
                 if space.threshold_fractions:
                     target.pipe.scheduler = schedulers[solver]
                     sets = CalibrationSet(num_images=calib_images, seed=calib_seed, num_inference_steps=k,

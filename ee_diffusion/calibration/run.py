@@ -1,4 +1,4 @@
-"""What `ee-diffusion calibrate` runs: one of the four calibrations, chosen by name (`KINDS`).
+"""What `ee-diffusion calibrate` runs: one of the five calibrations, chosen by name (`KINDS`).
 
 `--kind operating-point` is not one of them: it runs the operating-point search (`search_command.py`).
 """
@@ -14,25 +14,29 @@ from ..config import EarlyExitConfig
 from ..pipelines.stock import kind_of
 from ..schedules import TimestepSchedule, UncertaintyThreshold
 from ..schedules.buckets import bucket_index
+from .block_forecast import DEFAULT_WINDOWS, calibrate_block_forecast
 from .common import CalibrationResult, CalibrationSet, as_target, sample_calibration_set
 from .distil import distil_schedule
 from .schedule import calibrate_schedule, call_timesteps
 from .tail_cache import calibrate_tail_cache
 from .thresholds import calibrate_thresholds
 
-KINDS = ("schedule", "thresholds", "distil", "tail-cache")
+KINDS = ("schedule", "thresholds", "distil", "tail-cache", "block-forecast")
 
 
 def run_calibration(
     pipe: Any, kind: str = "schedule", budget: float | None = None, tolerance: float | None = None,
     threshold: float = 0.9, num_images: int = 40, steps: int = 20, guidance_scale: float | None = 4.0,
     num_buckets: int = 4, feature_net: Any = None, progress: bool = False, min_psnr: float | None = None,
-    batch_size: int = 64, forecast_orders: tuple[int, ...] = (0, 1),
+    batch_size: int = 64, forecast_orders: tuple[int, ...] | None = None,
+    forecast_intervals: tuple[int, ...] = (2, 3, 4), forecast_windows: tuple[tuple[int, bool], ...] = DEFAULT_WINDOWS,
 ) -> CalibrationResult:
     """What `ee-diffusion calibrate` runs on `pipe` (a pipeline of ours or a `CalibrationTarget`): `kind` is
     "schedule" (budget, tolerance or min_psnr), "thresholds" (needs heads and a budget), "distil" (observe
-    `UncertaintyThreshold(threshold)` on the calibration set, distil it into a schedule) or "tail-cache" (the
-    training-free residual-change threshold and forecast order among `forecast_orders`, for min_psnr or a budget)."""
+    `UncertaintyThreshold(threshold)` on the calibration set, distil it into a schedule), "tail-cache" (the
+    training-free residual-change threshold and forecast order among `forecast_orders`, default (0, 1), for
+    min_psnr or a budget) or "block-forecast" (the training-free `BlockForecast` among `forecast_intervals` x
+    `forecast_orders`, default (1, 2), x `forecast_windows`, for min_psnr or a budget, at the pipeline's scheduler)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     target = as_target(pipe)
@@ -44,7 +48,13 @@ def run_calibration(
                                   feature_net=feature_net, progress=progress)
     if kind == "tail-cache":
         return calibrate_tail_cache(target, min_psnr=min_psnr, budget=budget, calib=calib,
-                                    forecast_orders=forecast_orders, progress=progress)
+                                    forecast_orders=forecast_orders or (0, 1), progress=progress)
+    if kind == "block-forecast":
+        if tolerance is not None:
+            raise ValueError("block-forecast calibration takes min_psnr or budget, not tolerance")
+        return calibrate_block_forecast(target, min_psnr=min_psnr, budget=budget, calib=calib,
+                                        intervals=forecast_intervals, forecast_orders=forecast_orders or (1, 2),
+                                        windows=forecast_windows, progress=progress)
     if kind == "thresholds":
         if budget is None:
             raise ValueError("threshold calibration needs a budget (--budget)")
@@ -64,8 +74,8 @@ def _check_target(target: Any, kind: str) -> None:
     """Refuse, before any sampling, a calibration the pipeline's denoiser cannot run."""
     name = type(target.denoiser).__name__
     sequential = get_adapter(target.denoiser).sequential
-    if kind == "tail-cache" and not sequential:
-        raise ValueError(f"tail-cache calibration needs a transformer denoiser (per-row block inputs and outputs); "
+    if kind in ("tail-cache", "block-forecast") and not sequential:
+        raise ValueError(f"{kind} calibration needs a transformer denoiser (per-row block inputs and outputs); "
                          f"{type(target.pipe).__name__} has a {name}: use --kind schedule with exit bridges")
     if not sequential and target.bridges is None and not kind_of(target.pipe).ours:
         raise ValueError(f"{name} exits by depth truncation and needs trained UNetExitBridges, which a stock "

@@ -109,7 +109,10 @@ def run_search(args: argparse.Namespace, pipe: Any, target: Any, features: dict,
                         static_fractions=tuple(args.static_fractions) if adapter.sequential or ours else (),
                         ase=("released", "aggressive") if adapter.sequential or ours else (),
                         tail_thresholds=tuple(args.tail_thresholds) if adapter.sequential else (),
-                        forecast_orders=tuple(args.forecast_orders),
+                        forecast_orders=tuple(args.forecast_orders or (0, 1)),
+                        block_forecast_intervals=tuple(args.forecast_intervals or ()) if adapter.sequential else (),
+                        block_forecast_orders=tuple(args.forecast_orders or (1,)),
+                        block_forecast_windows=tuple(args.forecast_windows or ((2, True),)),
                         threshold_fractions=tuple(args.threshold_fractions) if target.exit_heads is not None else ())
     # The pipeline's current default point is measured beside the pick on the held-out images (and timed).
     current = pipe.operating_point if ours else None

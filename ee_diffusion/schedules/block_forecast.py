@@ -110,6 +110,11 @@ def _evaluate(diffs: torch.Tensor, gaps: torch.Tensor, dtype: torch.dtype) -> to
     return out.to(dtype)
 
 
+def distinct_timesteps(timesteps: list[float]) -> list[float]:
+    """A run's call timesteps without the repeats of Heun-type solvers (two calls at one timestep)."""
+    return [float(t) for i, t in enumerate(timesteps) if i == 0 or abs(t - timesteps[i - 1]) > _SAME_TIMESTEP]
+
+
 def _split(output: Any, rows: int) -> tuple[Layout, list[torch.Tensor | None]] | None:
     """A sub-module's output -> (layout, its tensors or None per element); None if it cannot be forecast (an
     element that is neither None nor a tensor of `rows` rows)."""
@@ -367,6 +372,20 @@ class BlockForecast(SerializablePolicy):
             )
         if self.depth is not None and self.depth > adapter.num_blocks:
             raise ValueError(f"depth must be at most the model's {adapter.num_blocks} blocks, got {self.depth}")
+
+    @classmethod
+    def for_calls(cls, timesteps: list[float], first_calls: int = 1, last_call: bool = False,
+                  **fields: Any) -> BlockForecast:
+        """The policy whose windows compute a sampling run's first `first_calls` timesteps (TaylorSeer's warm-up)
+        and, with `last_call`, its last one: `full_above_t` / `full_below_t` midway between neighbouring distinct
+        timesteps of `timesteps` (the run's model calls in call order; a Heun repeat is one timestep)."""
+        distinct = distinct_timesteps(timesteps)
+        check_int(first_calls, "first_calls", 1, f"timesteps computed first; below the run's {len(distinct)}")
+        if first_calls >= len(distinct):
+            raise ValueError(f"first_calls must be below the run's {len(distinct)} distinct timesteps, got {first_calls}")
+        above = None if first_calls == 1 else (distinct[first_calls - 1] + distinct[first_calls]) / 2
+        below = (distinct[-2] + distinct[-1]) / 2 if last_call else 0.0
+        return cls(full_above_t=above, full_below_t=below, **fields)
 
     # ------------------------------------------------------------------------------------------ engine protocol
     def create_state(self) -> BlockForecastState:
