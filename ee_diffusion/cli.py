@@ -190,6 +190,9 @@ def _add_calibrate(subparsers) -> None:
     search.add_argument("--threshold-fractions", type=float, nargs="*", default=[0.5, 0.75],
                         help="DeeDiff thresholds calibrated to these block fractions (models with exit heads)")
     search.add_argument("--reference-steps", type=int, default=25, help="DDIM steps of the reference (default: 25)")
+    search.add_argument("--reference", type=_reference, default=None, metavar="SOLVER:STEPS",
+                        help="the reference named in full: ddim:25, dpmpp:20, or own:28 (the folder's own scheduler, "
+                             "e.g. flow matching); instead of --reference-steps")
     search.add_argument("--features", nargs="+", default=None, metavar="NET",
                         help="feature networks quality must hold under, the primary first: a setting's shipped ones "
                              "(default: both of its data, e.g. digits digits-pool); for a folder inception, clip, or "
@@ -214,6 +217,16 @@ def _add_calibrate(subparsers) -> None:
     search.add_argument("--save-to", type=Path, default=None,
                         help="write a copy of the pipeline folder whose default is the found operating point")
     parser.set_defaults(func=_run_calibrate)
+
+
+def _reference(text: str) -> tuple[str, int]:
+    """"dpmpp:20" -> ("dpmpp", 20): the search's reference solver and steps."""
+    solver, _, steps = text.partition(":")
+    allowed = ("ddim", "dpmpp", "own")
+    if solver not in allowed or not steps.isdigit() or int(steps) < 1:
+        raise argparse.ArgumentTypeError(f"a reference is SOLVER:STEPS with SOLVER one of {allowed} and STEPS >= 1, "
+                                         f"e.g. ddim:25; got {text!r}")
+    return solver, int(steps)
 
 
 def _forecast_window(text: str) -> tuple[int, bool]:
@@ -298,6 +311,9 @@ def _run_operating_point_search(args: argparse.Namespace, setting: str | None) -
 
     if args.min_psnr is not None:
         raise SystemExit("--kind operating-point takes --tolerance (relative FID) or --budget, not --min-psnr")
+    if args.reference is not None and args.reference_steps != 25:
+        raise SystemExit(f"give --reference {args.reference[0]}:{args.reference[1]} or --reference-steps "
+                         f"{args.reference_steps}, not both")
     try:
         heads = UncertaintyHeads.from_pretrained(args.heads).to(args.device) if args.heads is not None else None
         if setting:

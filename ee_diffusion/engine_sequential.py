@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .engine_base import CallState, EngineBase
+from .schedules.base import ExitPolicy
 
 
 class SequentialCallState(CallState):
@@ -35,6 +36,7 @@ class SequentialCallState(CallState):
         super().__init__(*args)
         self.parked: torch.Tensor | None = None  # (B, L, D) hidden states of rows that exited
         self.forecast: Any = None  # the policy's forecaster for this call (`start_forecast`), or None
+        self.blocks_as_is = False  # True: no block-level work this call (the sub-module hooks do it all)
 
 
 class SequentialEngine(EngineBase):
@@ -75,6 +77,12 @@ class SequentialEngine(EngineBase):
         key = tuple((k, tuple(inputs[k].shape[1:]), inputs[k].dtype, str(inputs[k].device)) for k in sorted(inputs)
                     if isinstance(inputs[k], torch.Tensor) and inputs[k].ndim > 0)
         state.forecast = policy.start_forecast(self.policy_state, state.timesteps, state.paired, key)
+        # A forecast without exits (no plan, no decision, nothing at the last block): every block runs as it is, and
+        # skipping the block hook's bookkeeping matters at batch 1, where a call is bound by per-op overheads.
+        n = self.num_blocks
+        state.blocks_as_is = (state.plan is None and state.uniform_depth is None and state.masked is None
+                              and type(policy).on_final is ExitPolicy.on_final
+                              and not any(policy.decides_after(i, n) for i in range(n)))
 
     def end(self, output: Any = None) -> None:
         state = self.call
@@ -91,7 +99,7 @@ class SequentialEngine(EngineBase):
 
     def run_block(self, index: int, forward: Callable, args: tuple, kwargs: dict[str, Any]) -> Any:
         state = self.call
-        if state is None or self.policy is None:
+        if state is None or self.policy is None or state.blocks_as_is:
             return forward(*args, **kwargs)
         adapter = self.adapter
         inputs = adapter.named_block_inputs(args, kwargs)

@@ -20,9 +20,12 @@ from .solvers import SOLVERS, solver_of
 
 
 def time_operating_points(pipe: Any, points: dict[str, OperatingPoint], reference_steps: int = 25, batch: int = 64,
-                          repeats: int = 5, warmup: int = 1) -> dict[str, Any]:
+                          repeats: int = 5, warmup: int = 1, reference_solver: str = "ddim") -> dict[str, Any]:
     """Speedups of `points` (name -> `OperatingPoint`, at its default steps, guidance and exit config) against the
-    stock model at `reference_steps` DDIM steps, at `batch` images per call (a pipeline of ours)."""
+    stock model at `reference_steps` steps of `reference_solver` (a `SOLVERS` name), at `batch` images per call
+    (a pipeline of ours)."""
+    if reference_solver not in SOLVERS:
+        raise ValueError(f"reference_solver must be one of {sorted(SOLVERS)}, got {reference_solver!r}")
     if not points:
         raise ValueError("give at least one operating point to time")
     guidance = {point.guidance_scale for point in points.values()}
@@ -32,7 +35,7 @@ def time_operating_points(pipe: Any, points: dict[str, OperatingPoint], referenc
     if unknown:
         raise ValueError(f"only operating points of {sorted(c for c, _ in SOLVERS.values())} can be timed here, got "
                          f"{unknown}")
-    methods = [Method("reference", "reference", "ddim", reference_steps)]
+    methods = [Method("reference", "reference", reference_solver, reference_steps)]
     methods += [Method(name, "point", solver_of(point.scheduler), point.num_inference_steps, point.exit_config)
                 for name, point in points.items()]
     load_before = load_average()

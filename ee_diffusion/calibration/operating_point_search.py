@@ -185,6 +185,12 @@ def search_operating_point(
         raise ValueError(f"baselines must be OperatingPoints of {sorted(c for c, _ in SOLVERS.values())}, got {bad}")
     target = as_target(pipe, conditioning)
     _check_target(target, space)
+    named = sorted({*(space.solvers or ()), reference_solver or ("ddim" if space.solvers else OWN_SCHEDULER)}
+                   - {OWN_SCHEDULER})
+    if named and not hasattr(target.pipe.scheduler, "alphas_cumprod"):
+        raise ValueError(f"{named} need a DDPM-type noise schedule, which {type(target.pipe.scheduler).__name__} "
+                         f"(flow matching) does not have: search with solvers=None and reference_solver="
+                         f"{OWN_SCHEDULER!r} (the pipeline's own scheduler)")
     if guidance_scale is not None:
         check_number(guidance_scale, "guidance_scale", 0.0)
 

@@ -114,12 +114,16 @@ def run_search(args: argparse.Namespace, pipe: Any, target: Any, features: dict,
                         block_forecast_orders=tuple(args.forecast_orders or (1,)),
                         block_forecast_windows=tuple(args.forecast_windows or ((2, True),)),
                         threshold_fractions=tuple(args.threshold_fractions) if target.exit_heads is not None else ())
+    ref_solver, ref_steps = args.reference or (None, args.reference_steps)  # None: the search's default solver
+    if args.time_batch and ref_solver == "own":
+        raise ValueError("--time-batch times against a DDIM or DPM-Solver++ reference; give --reference ddim:STEPS "
+                         "or dpmpp:STEPS, or leave --time-batch out")
     # The pipeline's current default point is measured beside the pick on the held-out images (and timed).
     current = pipe.operating_point if ours else None
     baselines = {"current default": current} if current is not None and solver_of(current.scheduler) else {}
     search = search_operating_point(
         target, space, tolerance=args.tolerance, budget=args.budget, features=features,
-        reference_steps=args.reference_steps, guidance_scale=guidance, calib_images=args.images,
+        reference_steps=ref_steps, reference_solver=ref_solver, guidance_scale=guidance, calib_images=args.images,
         holdout_images=args.holdout_images or args.images, batch_size=args.batch_size, progress=True,
         baselines=baselines, max_confirmations=args.max_confirmations)
     search.settings["command"] = args.command_line
@@ -130,7 +134,8 @@ def run_search(args: argparse.Namespace, pipe: Any, target: Any, features: dict,
         points = {"searched": point}
         if baselines and current.guidance_scale == point.guidance_scale:
             points["current default"] = current
-        search.timing = time_operating_points(pipe, points, args.reference_steps, args.time_batch, args.time_repeats)
+        search.timing = time_operating_points(pipe, points, ref_steps, args.time_batch, args.time_repeats,
+                                              reference_solver=ref_solver or "ddim")
     search.save(args.out)
     config = None if point.exit_config is None else point.exit_config.to_dict()
     lines = [search.why, f"operating point: {point.scheduler}, {point.num_inference_steps} steps, guidance "

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 _SAME_TIMESTEP = 1e-3
 #: How a sub-module's output is split into forecast tensors and joined back: (is a tuple, per element: a tensor?).
 Layout = tuple[bool, tuple[bool, ...]]
+_ONE_TENSOR: Layout = (False, (True,))
 
 
 def _newton_gaps(nodes: torch.Tensor, points: torch.Tensor, t: torch.Tensor, repeat: torch.Tensor) -> torch.Tensor:
@@ -86,27 +87,39 @@ def _add_point(old: torch.Tensor, value: torch.Tensor, gaps: torch.Tensor, point
     return torch.stack(new, 1)
 
 
-def _add_point_simple(old: torch.Tensor, value: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
-    """`_add_point` when every row adds a new node and has every level defined: d'_j = (d'_{j-1} - d_{j-1}) / gap_j."""
-    view = (-1,) + (1,) * (value.ndim - 1)
+def _add_point_in_place(levels: tuple[torch.Tensor, ...], value: torch.Tensor, columns: list[torch.Tensor]) -> None:
+    """`_add_point` for a call where every row computes, adds a new node and has every level defined, written into
+    the history itself: `levels` its p+1 (B, *S) views (`BlockForecastState.levels`), value (B, *S) of their dtype;
+    d'_j = (d'_{j-1} - d_{j-1}) / gap_j, `columns` the gaps per level, each (B, 1, ...). Fewer tensor operations
+    than building a new history: batch 1 is bound by them, not by arithmetic."""
+    new, prev = [], value
+    for j in range(1, len(levels)):
+        prev = torch.sub(prev, levels[j - 1]).div_(columns[j - 1])
+        new.append(prev)
+    levels[0].copy_(value)
+    for level, level_value in zip(levels[1:], new):
+        level.copy_(level_value)
+
+
+def _add_point_simple(old: torch.Tensor, value: torch.Tensor, columns: list[torch.Tensor]) -> torch.Tensor:
+    """`_add_point` when every row adds a new node and has every level defined (`columns`: each level's gaps,
+    (R, 1, ...) in the value's dtype)."""
     new = [value]
     for j in range(1, old.shape[1]):
-        new.append((new[-1] - old[:, j - 1]).div_(gaps[:, j - 1].to(value.dtype).view(view)))
+        new.append((new[-1] - old[:, j - 1]).div_(columns[j - 1]))
     return torch.stack(new, 1)
 
 
-def _evaluate(diffs: torch.Tensor, gaps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(R, p+1, *S) divided differences -> (R, *S) their polynomial at the rows' timesteps, in `dtype`;
-    `gaps` (R, p+1): each timestep minus the row's nodes."""
-    order = diffs.shape[1] - 1
+def _evaluate(levels: tuple[torch.Tensor, ...], columns: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """The p+1 (R, *S) divided differences `levels` -> (R, *S) their polynomial at the rows' timesteps, in `dtype`;
+    `columns`: each timestep minus the row's node j, (R, 1, ...) in the arithmetic's dtype, for j = 0..p."""
+    order = len(levels) - 1
     if order == 0:
-        return diffs[:, 0].to(dtype)  # the last computed output itself: no arithmetic
+        return levels[0].to(dtype)  # the last computed output itself: no arithmetic
     compute = torch.promote_types(dtype, torch.float32)
-    view = (-1,) + (1,) * (diffs.ndim - 2)
-    gaps = gaps.to(compute)
-    out = diffs[:, order].to(compute)
+    out = levels[order].to(compute)
     for j in range(order - 1, -1, -1):  # Horner: d_0 + (t - n_0) * (d_1 + (t - n_1) * d_2)
-        out = torch.addcmul(diffs[:, j].to(compute), gaps[:, j].view(view), out)
+        out = torch.addcmul(levels[j].to(compute), columns[j], out)
     return out.to(dtype)
 
 
@@ -118,6 +131,8 @@ def distinct_timesteps(timesteps: list[float]) -> list[float]:
 def _split(output: Any, rows: int) -> tuple[Layout, list[torch.Tensor | None]] | None:
     """A sub-module's output -> (layout, its tensors or None per element); None if it cannot be forecast (an
     element that is neither None nor a tensor of `rows` rows)."""
+    if isinstance(output, torch.Tensor) and output.ndim > 0 and output.shape[0] == rows:
+        return _ONE_TENSOR, [output]  # the common case, without building the layout
     is_tuple = isinstance(output, (tuple, list))
     parts = list(output) if is_tuple else [output]
     if not all(p is None or (isinstance(p, torch.Tensor) and p.ndim > 0 and p.shape[0] == rows) for p in parts):
@@ -174,6 +189,7 @@ class BlockForecastState(PolicyState):
         self.nodes: torch.Tensor | None = None  # (B, p+1) float32 timesteps of those computed calls, newest first
         self.diffs: dict[tuple[int, str, int], torch.Tensor] = {}  # (block, name, output) -> (B, p+1, *S)
         self.dtypes: dict[tuple[int, str, int], torch.dtype] = {}  # the dtype each output is returned in
+        self.levels: dict[tuple[int, str, int], tuple[torch.Tensor, ...]] = {}  # diffs[key].unbind(1): (B, *S) views
         self.layouts: dict[tuple[int, str], Layout | None] = {}  # None: an output that cannot be forecast
         self.rows_computed = 0  # (row, call) pairs that computed the sub-modules, since the last reset
         self.rows_called = 0  # (row, call) pairs in all
@@ -219,6 +235,17 @@ class _ForecastCall:
         # `simple`: every computing row adds a new node and has every level defined (no Heun repeat, not in the
         # first p calls of its run), so a level is one subtraction and one division (`_add_point_simple`).
         self.simple = simple
+        self._columns: dict[tuple, list[torch.Tensor]] = {}  # the gaps per level, shaped for an output's ndim
+
+    def columns(self, which: str, ndim: int, dtype: torch.dtype) -> list[torch.Tensor]:
+        """The "run" (R, p) or "skip" (S, p+1) gaps as one (rows, 1, ...) tensor per level, broadcasting against
+        outputs of `ndim` dims, in `dtype`; made once per call for each shape."""
+        key = (which, ndim, dtype)
+        if key not in self._columns:
+            gaps = (self.run_gaps if which == "run" else self.skip_gaps).to(dtype)
+            view = (-1,) + (1,) * (ndim - 1)
+            self._columns[key] = [g.view(view) for g in gaps.unbind(1)]
+        return self._columns[key]
 
     def run(self, block: int, name: str, forward: Callable, args: tuple, kwargs: dict[str, Any]) -> Any:
         """What sub-module `name` of block `block` returns: its output on the computing rows, forecasts elsewhere."""
@@ -286,13 +313,16 @@ class _ForecastCall:
                 self.broken = self.broken or history is not None  # other rows' histories of it are gone
                 history = part.new_zeros((state.batch_size, state.order + 1, *part.shape[1:]),
                                          dtype=state.dtype or part.dtype)
-                state.diffs[key], state.dtypes[key] = history, part.dtype
+                state.diffs[key], state.dtypes[key], state.levels[key] = history, part.dtype, history.unbind(1)
             compute = torch.promote_types(part.dtype, torch.float32)
             full = self.count == state.batch_size
+            value = part.detach() if part.dtype == compute else part.detach().to(compute)
+            if full and self.simple and history.dtype == compute:
+                _add_point_in_place(state.levels[key], value, self.columns("run", value.ndim, compute))
+                continue
             old = (history if full else history.index_select(0, self.run_rows)).to(compute)  # (R, p+1, *S)
-            value = part.detach().to(compute)
             if self.simple:
-                new = _add_point_simple(old, value, self.run_gaps)
+                new = _add_point_simple(old, value, self.columns("run", value.ndim, compute))
             else:
                 new = _add_point(old, value, self.run_gaps, self.run_points, self.run_repeat)
             new = new.to(history.dtype)
@@ -304,9 +334,9 @@ class _ForecastCall:
 
     def _forecast(self, key: tuple[int, str, int]) -> torch.Tensor:
         """(S, *S) the forecast rows' polynomial for output `key` at their timesteps."""
-        history = self.state.diffs[key]
-        rows = history if self.count == 0 else history.index_select(0, self.skip_rows)
-        return _evaluate(rows, self.skip_gaps, self.state.dtypes[key])
+        dtype = self.state.dtypes[key]
+        levels = self.state.levels[key] if self.count == 0 else self.state.diffs[key].index_select(0, self.skip_rows).unbind(1)
+        return _evaluate(levels, self.columns("skip", levels[0].ndim, torch.promote_types(dtype, torch.float32)), dtype)
 
 
 @dataclass
