@@ -99,8 +99,13 @@ class SequentialEngine(EngineBase):
 
     def run_block(self, index: int, forward: Callable, args: tuple, kwargs: dict[str, Any]) -> Any:
         state = self.call
-        if state is None or self.policy is None or state.blocks_as_is:
+        if state is None or self.policy is None:
             return forward(*args, **kwargs)
+        if state.blocks_as_is:
+            out = forward(*args, **kwargs)
+            if index == 0 and state.forecast.pending:
+                state.forecast.settle()  # a forecast whose rows are settled by block 0's check
+            return out
         adapter = self.adapter
         inputs = adapter.named_block_inputs(args, kwargs)
         hidden = inputs.pop("hidden_states")
@@ -115,6 +120,8 @@ class SequentialEngine(EngineBase):
         else:
             # diffusers' checkpoint functions take positional arguments only; the rest rides in the partial.
             out, carried = adapter.split_block_output(state.checkpoint(functools.partial(forward, **inputs), hidden))
+        if index == 0 and state.forecast is not None and state.forecast.pending:
+            state.forecast.settle()
         if state.masked is not None:
             return adapter.join_block_output(self.mask_block(state, index, out), carried)
 

@@ -283,6 +283,8 @@ def test_unets_and_bad_values_are_refused():
     ({"full_below_t": 300, "full_above_t": 200}, "full_above_t must be a number >= 300.0, got 200"),
     ({"depth": 0}, "depth must be an integer >= 1"),
     ({"state_dtype": "int8"}, r"state_dtype must be None or one of \('float32', 'bfloat16', 'float16'\), got 'int8'"),
+    ({"verify_threshold": 0.0}, "verify_threshold must be a number > 0.0, got 0.0"),
+    ({"verify_threshold": "0.1"}, "verify_threshold must be a number > 0.0, got '0.1'"),
 ])
 def test_invalid_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -296,7 +298,8 @@ def test_compile_adds_no_graph_breaks_beyond_the_tail_cache():
     steps = (t, t - 40)  # every row: computed, then forecast (or skipped)
     counts = {}
     for name, policy in (("tail", CachedTailResidual(threshold=1e9, forecast_order=2)),
-                         ("forecast", BlockForecast(interval=2, forecast_order=2))):
+                         ("forecast", BlockForecast(interval=2, forecast_order=2)),
+                         ("verified", BlockForecast(interval=2, forecast_order=2, verify_threshold=1e9))):
         torch._dynamo.reset()
         torch._dynamo.utils.counters.clear()
         model = tiny_dit(num_layers=3)
@@ -311,4 +314,4 @@ def test_compile_adds_no_graph_breaks_beyond_the_tail_cache():
         counts[name] = sum(breaks.values())
         remove_early_exit(model)
     torch._dynamo.reset()
-    assert 0 < counts["forecast"] <= counts["tail"], counts
+    assert 0 < counts["forecast"] <= counts["tail"] and 0 < counts["verified"] <= counts["tail"], counts

@@ -16,7 +16,7 @@ conventional steps, no guidance, image i from the noise seeded by (0, i) for eve
 The presets `dpmpp10`, `dpmpp15`, `dpmpp20` and `ddim25` measure where users sample: every row at that solver and
 step count against the stock model at 25 DDIM steps (`reference_solver`, `reference_steps`), the solver's own
 fewer steps as the frontier (`frontier_comparisons`), `BlockForecast` rows (`bf{interval}_o{order}_w{first calls
-computed}[_l: last call computed]`) and TaylorSeerCache at intervals 2-4, orders 1-2 and warm-up/last-step windows.
+computed}[_l: last call computed][_v{threshold}: with the per-row change criterion]`) and TaylorSeerCache at intervals 2-4, orders 1-2 and warm-up/last-step windows.
 
 Quality is FID under every shipped feature net of the setting's data (the first one's is a row's `fid`), with
 paired bootstrap intervals (`eval/paired.py`, `caches_compare.py`): every row at batch >= 8 is scored on the same `num_images` images, the batch-1 rows on the first `batch1_images` (sampling a
@@ -87,6 +87,8 @@ class CachesPreset:
     # BlockForecast rows: (interval, forecast order, first calls computed, last call computed); the windows become
     # full_above_t / full_below_t among the solver's timesteps (`BlockForecast.for_calls`).
     block_forecasts: tuple[tuple[int, int, int, bool], ...] = ()
+    # BlockForecast rows with the per-row change criterion: (interval, order, first calls, last call, verify threshold)
+    block_verifies: tuple[tuple[int, int, int, bool, float], ...] = ()
     sea_thresholds: tuple[float, ...] = (0.05, 0.1, 0.2)
     mag_thresholds: tuple[float, ...] = (0.02, 0.05)
     batches: tuple[int, ...] = (64, 8, 1)
@@ -105,7 +107,7 @@ class CachesPreset:
                 raise ValueError(f"{name} must be one of {sorted(SOLVERS)}, got {getattr(self, name)!r}")
         check_int(self.steps, "steps", 2, "sampling steps")
         check_int(self.reference_steps, "reference_steps", 2, "the reference's sampling steps")
-        for interval, order, first, _last in self.block_forecasts:
+        for interval, order, first, _last, *_ in (*self.block_forecasts, *self.block_verifies):
             check_int(interval, "block_forecasts interval", 1)
             check_int(first, "block_forecasts first calls", 1, "calls computed before the first forecast")
             if first >= self.steps:
@@ -146,7 +148,8 @@ def _at_user_steps(solver: str, steps: int, frontier: tuple[int, ...]) -> Caches
         tail_cadences=(), forecast_orders=(1,), fbc_thresholds=(0.1,), taylorseer_intervals=(2, 3, 4),
         taylorseer_orders=(1, 2), taylorseer_windows=((1, False), (3, False), (2, True)), sea_thresholds=(0.1,),
         mag_thresholds=(0.05,), batches=(64, 1), sorted_batches=False,
-        block_forecasts=tuple((i, o, w, last) for i in (2, 3, 4) for o in (1, 2) for w, last in windows))
+        block_forecasts=tuple((i, o, w, last) for i in (2, 3, 4) for o in (1, 2) for w, last in windows),
+        block_verifies=((6, 1, 1, False, 0.2), (6, 1, 2, True, 0.2), (6, 1, 2, True, 0.3)))
 
 
 PRESETS = {
@@ -176,11 +179,14 @@ def _forecast_methods(preset: CachesPreset, timesteps: list[float]) -> list[Meth
     """`BlockForecast` rows, their windows placed among the solver's `timesteps` (`BlockForecast.for_calls`)."""
     at = f"@{preset.solver}{preset.steps}"
     out = []
-    for interval, order, first, last in preset.block_forecasts:
-        policy = BlockForecast.for_calls(timesteps, first, last, interval=interval, forecast_order=order)
-        out.append(Method(f"bf{interval}_o{order}_w{first}{'_l' if last else ''}{at}", "block_forecast", preset.solver,
-                          preset.steps, EarlyExitConfig(policy),
-                          notes={"forecast_order": order, "interval": interval, "first_calls": first, "last_call": last}))
+    for interval, order, first, last, *verify in (*preset.block_forecasts, *preset.block_verifies):
+        tau = verify[0] if verify else None
+        policy = BlockForecast.for_calls(timesteps, first, last, interval=interval, forecast_order=order,
+                                         verify_threshold=tau)
+        name = f"bf{interval}_o{order}_w{first}{'_l' if last else ''}{'' if tau is None else f'_v{tau:g}'}{at}"
+        out.append(Method(name, "block_forecast", preset.solver, preset.steps, EarlyExitConfig(policy),
+                          notes={"forecast_order": order, "interval": interval, "first_calls": first, "last_call": last,
+                                 "verify_threshold": tau}))
     return out
 
 

@@ -65,6 +65,12 @@ class BlockForecast(SerializablePolicy):
     history allows; 0 reuses the last output). Heun-type solvers call the model twice per timestep: a computed
     call at the timestep of the row's newest node (within 1e-3) replaces that point instead of adding one.
 
+    `verify_threshold` adds the per-row change criterion: block 0 computes on every row, and a row not due by the
+    rules above computes this call when its forecast of block 0's attention output misses the computed one by more
+    than the threshold (mean absolute error relative to the output's mean magnitude); `interval` then bounds the
+    calls between two computed ones. Rows that change little keep forecasting while the others compute, which a
+    batch-global cadence cannot do. The misses of the last call are `state.last_error` (B,).
+
     Guidance halves are separate rows, each with its own history; with `EarlyExitConfig(cfg_pairing="together")`
     (default) a row and its partner compute together when either is due. `interval=1` never forecasts and
     reproduces the stock model exactly. `depth` (None: all blocks) composes with trained exits: every row stops
@@ -77,7 +83,8 @@ class BlockForecast(SerializablePolicy):
     an input's shape, dtype or device changes, or a call raised; `exit_state_nbytes(model)` reports its size.
     `state_dtype` stores the histories at lower precision ("bfloat16", "float16"; the arithmetic stays at least
     float32). Transformer backbones only (DiT, PixArt, SD3); U-Nets are refused at `apply_early_exit`. One host
-    sync per call (the count of the computing rows; under torch.compile, one graph break per call).
+    sync per call (the count of the computing rows, at the start of the call or, with `verify_threshold`, after
+    block 0; under torch.compile, one graph break per call).
     """
 
     interval: int = 3
@@ -86,6 +93,7 @@ class BlockForecast(SerializablePolicy):
     full_below_t: float = 0.0
     depth: int | None = None
     state_dtype: str | None = None
+    verify_threshold: float | None = None
 
     forecasts_submodules = True
 
@@ -98,6 +106,8 @@ class BlockForecast(SerializablePolicy):
             self.full_above_t = check_number(self.full_above_t, "full_above_t", self.full_below_t)
         if self.depth is not None:
             check_int(self.depth, "depth", 1, "blocks every row runs; None: all")
+        if self.verify_threshold is not None:
+            self.verify_threshold = check_number(self.verify_threshold, "verify_threshold", 0.0, low_open=True)
         if self.state_dtype is not None and self.state_dtype not in STATE_DTYPES:
             raise ValueError(f"state_dtype must be None or one of {tuple(STATE_DTYPES)}, got {self.state_dtype!r}")
 
@@ -160,21 +170,12 @@ class BlockForecast(SerializablePolicy):
         due = (points == 0) | (since >= self.interval - 1) | (t < self.full_below_t)  # (B,) bool
         if self.full_above_t is not None:
             due = due | (t > self.full_above_t)
-        if paired:
-            half = b // 2
-            either = due[:half] | due[half:]
-            due = torch.cat([either, either])
-        nodes = state.nodes  # (B, p+1); replaced below, not written in place: the forecaster keeps this one
-        repeat = (points > 0) & ((t - nodes[:, 0]).abs() <= SAME_TIMESTEP)  # (B,) the newest node again
-        # Rows that compute and would take the general update: a repeat, or fewer than p points before this one.
-        general = due & (repeat | (points < self.forecast_order))
-        # The call's one host sync (under torch.compile: its one graph break): the count and the fast-path flag.
-        code = int(due.sum() * 2 + general.any())  # count * 2 + (any row takes the general update)
-        call = ForecastCall(state, due, code // 2, code % 2 == 0, t, points, nodes, repeat)
-        new_node = due & ~repeat
-        state.points = torch.where(new_node, (points + 1).clamp(max=self.forecast_order + 1), points)
-        state.nodes = torch.where(new_node[:, None], torch.cat([t[:, None], nodes[:, :-1]], 1), nodes)
-        state.since = torch.where(due, torch.zeros_like(since), since + 1)
+        repeat = (points > 0) & ((t - state.nodes[:, 0]).abs() <= SAME_TIMESTEP)  # (B,) the newest node again
+        call = ForecastCall(state, t, points, since, state.nodes, repeat, due, self.forecast_order, paired,
+                            self.verify_threshold)
+        if self.verify_threshold is None:  # settled now; with verification, after block 0's first sub-module
+            due, general = call.joined(due)
+            call.partition(due, int(due.sum() * 2 + general.any()))  # the call's one host sync
         state.last_t, state.open = t, True
         return call
 
@@ -187,4 +188,5 @@ class BlockForecast(SerializablePolicy):
             "full_below_t": self.full_below_t,
             "depth": self.depth,
             "state_dtype": self.state_dtype,
+            "verify_threshold": self.verify_threshold,
         }

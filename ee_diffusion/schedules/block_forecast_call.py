@@ -47,10 +47,11 @@ class BlockForecastState(PolicyState):
         out_b(t) = diffs[key][b, 0] + (t - nodes[b, 0]) * (diffs[key][b, 1] + (t - nodes[b, 1]) * diffs[key][b, 2])
 
     Size (`nbytes`), with V the number of elements per row of all forecast outputs together and s the bytes per
-    element of `dtype` (or of the outputs when None): B * ((p + 1) * V * s + 4 * (p + 2) + 16) bytes. V is, for k
-    blocks run (all N, or `depth`), L image tokens, L_t text tokens and width D: DiT 2 k L D (attn1, ff);
-    PixArt 3 k L D (attn1, attn2, ff); SD3 k (2 L + 2 L_t) D - L_t D when the last block runs (its
-    `context_pre_only` block has no ff_context), plus k L D with SD3.5's dual attention.
+    element of `dtype` (or of the outputs when None): B * ((p + 1) * V * s + 4 * (p + 2) + 16) bytes, plus 4 B for
+    the last misses with `verify_threshold`. V is, for k blocks run (all N, or `depth`), L image tokens, L_t text
+    tokens and width D: DiT 2 k L D (attn1, ff); PixArt 3 k L D (attn1, attn2, ff); SD3 k (2 L + 2 L_t) D - L_t D
+    when the last block runs (its `context_pre_only` block has no ff_context), plus k L D with SD3.5's dual
+    attention.
 
     ```py
     >>> import torch
@@ -85,6 +86,7 @@ class BlockForecastState(PolicyState):
         self.layouts: dict[tuple[int, str], Layout | None] = {}  # None: an output that cannot be forecast
         self.rows_computed = 0  # (row, call) pairs that computed the sub-modules, since the last reset
         self.rows_called = 0  # (row, call) pairs in all
+        self.last_error: torch.Tensor | None = None  # (B,) the rows' last verified miss (`verify_threshold`)
 
     def allocate(self, batch_size: int, inputs_key: tuple, device: torch.device) -> None:
         """Start a new run for `batch_size` rows whose inputs look like `inputs_key`."""
@@ -106,17 +108,50 @@ class BlockForecastState(PolicyState):
 
 
 class ForecastCall:
-    """One model call: which rows compute, and what every hooked sub-module returns (the engine's forecaster)."""
+    """One model call: which rows compute, and what every hooked sub-module returns (the engine's forecaster).
 
-    def __init__(self, state: BlockForecastState, due: torch.Tensor, count: int, simple: bool, t: torch.Tensor,
-                 points: torch.Tensor, nodes: torch.Tensor, repeat: torch.Tensor) -> None:
-        b = state.batch_size
-        self.state, self.count, self.broken = state, count, False
+    `due` (B,) bool: the rows whose cadence or window computes them. With `verify` (a threshold), block 0 runs on
+    every row (`_hold`), and a row not yet due computes this call when its forecast of block 0's attention output
+    misses the computed one by more than `verify` (mean absolute error relative to the output's mean magnitude,
+    the worst of the output's tensors): the per-row change criterion. Which rows compute is settled once per call
+    (`partition`, after the call's one host sync): at the start, or after block 0 (`settle`, from the block hook).
+    """
+
+    def __init__(self, state: BlockForecastState, t: torch.Tensor, points: torch.Tensor, since: torch.Tensor,
+                 nodes: torch.Tensor, repeat: torch.Tensor, due: torch.Tensor, order: int, paired: bool,
+                 verify: float | None = None) -> None:
+        self.state, self.broken, self.order, self.paired, self.verify = state, False, order, paired, verify
+        # The rows' history before this call: (B,) timestep, points, forecast calls since the last computed one,
+        # repeat (the newest node again); (B, p+1) nodes.
+        self.t, self.points, self.since, self.nodes, self.repeat, self.due = t, points, since, nodes, repeat, due
+        self.count = 0
+        self._columns: dict[tuple, list[torch.Tensor]] = {}  # the gaps per level, shaped for an output's ndim
+        self.pending = verify is not None  # True until block 0 has run (`settle`)
+        self.held: list[tuple] = []  # block 0's (slot, output, `_split` of it) while pending
+
+    def joined(self, due: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(`due` with guidance partners joined, (B,) the computing rows that take the general update: a repeat, or
+        fewer than p points before this one). Their count * 2 + any(general) is the call's one host sync (under
+        torch.compile: its one graph break), taken by the caller's own frame (`int(...)`)."""
+        b = self.state.batch_size
+        if self.paired:  # a row and its guidance partner compute together
+            either = due[: b // 2] | due[b // 2:]
+            due = torch.cat([either, either])
+        return due, due & (self.repeat | (self.points < self.order))
+
+    def partition(self, due: torch.Tensor, code: int) -> None:
+        """Settle the computing rows (`due`, (B,) bool, joined, and its sync code), and commit the rows' new nodes
+        and counters."""
+        state, b, p = self.state, self.state.batch_size, self.order
+        t, points, nodes, repeat = self.t, self.points, self.nodes, self.repeat
+        count = self.count = code // 2
+        # `simple`: every computing row adds a new node and has every level defined (no Heun repeat, not in the
+        # first p calls of its run), so a level is one subtraction and one division (`add_point_simple`).
+        self.simple, self.pending = code % 2 == 0, False
         # A stable sort puts the computing rows first and the forecast ones last, each ascending: (B,).
         order = torch.argsort((~due).to(torch.uint8), stable=True)
         self.run_rows, self.skip_rows = order[:count], order[count:]  # (R,), (S,) batch positions
         pick = (lambda v: v) if count == b else (lambda v: v.index_select(0, self.run_rows))
-        # The computing rows' history before this call: (R,) timesteps, points, repeats; (R, p+1) nodes.
         self.run_t, self.run_points, self.run_nodes, self.run_repeat = pick(t), pick(points), pick(nodes), pick(repeat)
         pick = (lambda v: v) if count == 0 else (lambda v: v.index_select(0, self.skip_rows))
         self.skip_t, self.skip_nodes = pick(t), pick(nodes)  # (S,), (S, p+1)
@@ -124,10 +159,53 @@ class ForecastCall:
         # forecast rows' (S, p+1), computed once per call instead of once per sub-module.
         self.run_gaps = newton_gaps(self.run_nodes, self.run_points, self.run_t, self.run_repeat)
         self.skip_gaps = self.skip_t[:, None] - self.skip_nodes
-        # `simple`: every computing row adds a new node and has every level defined (no Heun repeat, not in the
-        # first p calls of its run), so a level is one subtraction and one division (`add_point_simple`).
-        self.simple = simple
-        self._columns: dict[tuple, list[torch.Tensor]] = {}  # the gaps per level, shaped for an output's ndim
+        new_node = due & ~repeat  # the state's tensors are replaced, not written: this call keeps the old ones
+        state.points = torch.where(new_node, (points + 1).clamp(max=p + 1), points)
+        state.nodes = torch.where(new_node[:, None], torch.cat([t[:, None], nodes[:, :-1]], 1), nodes)
+        state.since = torch.where(due, torch.zeros_like(self.since), self.since + 1)
+
+    def _hold(self, block: int, slot: tuple[int, str], forward: Callable, args: tuple, kwargs: dict[str, Any]) -> Any:
+        """A sub-module of block 0 while the call is pending: computed on every row and held until `settle`; the
+        first one (block 0's attention) is the check: a row not yet due whose forecast of it misses by more than
+        `verify` becomes due."""
+        state, b = self.state, self.state.batch_size
+        output = forward(*args, **kwargs)
+        split = _split(output, b)
+        layout = state.layouts.get(slot)
+        if not self.held and split is not None and layout is not None and split[0] == layout:
+            error = torch.zeros(b, device=self.due.device)
+            for i, part in enumerate(split[1]):
+                if part is None:
+                    continue
+                compute = torch.promote_types(part.dtype, torch.float32)
+                view = (-1,) + (1,) * (part.ndim - 1)
+                columns = [g.view(view) for g in (self.t[:, None] - self.nodes).to(compute).unbind(1)]
+                actual = part.detach().to(compute).flatten(1)  # (B, V)
+                miss = evaluate(state.levels[(*slot, i)], columns, compute).flatten(1) - actual
+                error = torch.maximum(error, miss.abs().mean(1) / actual.abs().mean(1).clamp_min(1e-12))
+            state.last_error = error  # (B,) for inspection: each row's relative miss at this call
+            self.due = self.due | (error > self.verify)
+        self.held.append((slot, output, split))
+        return output
+
+    def settle(self) -> None:
+        """After block 0 of a pending call: settle the computing rows (the call's one host sync, in the block hook's
+        frame as the tail cache's decision) and record the held outputs of the rows that compute."""
+        due, general = self.joined(self.due)
+        self.partition(due, int(due.sum() * 2 + general.any()))
+        state, b = self.state, self.state.batch_size
+        for slot, output, split in self.held:
+            kind = None if split is None else split[0]
+            if slot in state.layouts and state.layouts[slot] != kind:
+                self.broken = True  # its output changed kind: the histories of it cannot be trusted
+            elif self.count == b:
+                self._record(slot, output)
+            elif self.count > 0 and slot not in state.layouts:
+                self.broken = True  # never computed before: the other rows' histories of it are missing
+            elif self.count > 0 and split is not None:
+                self._record(slot, _join(split[0], [None if v is None else v.index_select(0, self.run_rows)
+                                                    for v in split[1]]))
+        self.held = []
 
     def columns(self, which: str, ndim: int, dtype: torch.dtype) -> list[torch.Tensor]:
         """The "run" (R, p) or "skip" (S, p+1) gaps as one (rows, 1, ...) tensor per level, broadcasting against
@@ -146,6 +224,10 @@ class ForecastCall:
         if not isinstance(first, torch.Tensor) or first.shape[0] != b:
             self.broken = True  # a call this forecaster cannot follow: compute it exactly, start afresh next call
             return forward(*args, **kwargs)
+        if self.pending:
+            if block == 0:
+                return self._hold(block, slot, forward, args, kwargs)
+            self.settle()  # a backbone whose block hook did not settle it (not expected): settle here
         if self.count == b:  # every row computes: the stock call, recorded
             output = forward(*args, **kwargs)
             self._record(slot, output)
@@ -176,7 +258,7 @@ class ForecastCall:
     def finish(self) -> None:
         """The call completed: its history is whole (unless it could not be followed)."""
         state = self.state
-        state.open = self.broken
+        state.open = self.broken or self.pending  # pending: no sub-module ran, nothing was committed
         state.rows_computed += self.count
         state.rows_called += state.batch_size
 
