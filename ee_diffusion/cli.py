@@ -166,6 +166,9 @@ def _add_calibrate(subparsers) -> None:
     parser.add_argument("--forecast-windows", type=_forecast_window, nargs="+", default=None, metavar="W[L]",
                         help="BlockForecast windows: the first W timesteps computed, L: the last one too (default: "
                              "block-forecast 1 2 2L 3L; operating-point 2L)")
+    parser.add_argument("--verify-thresholds", type=float, nargs="+", default=None, metavar="TAU",
+                        help="BlockForecast's per-row change criterion: these thresholds are tried beside none (a "
+                             "row computes when its forecast of block 0's attention misses by more than TAU)")
     parser.add_argument("--solver", choices=("ddim", "dpmpp"), default=None,
                         help="sample with this solver, made from the pipeline's scheduler config (default: the "
                              "pipeline's own scheduler; not operating-point, which takes --solvers)")
@@ -241,7 +244,8 @@ def _forecast_window(text: str) -> tuple[int, bool]:
 
 def _forecast_grid(args: argparse.Namespace) -> dict:
     """The BlockForecast grid arguments of `run_calibration` that were given (the rest keep their defaults)."""
-    grid = {"forecast_intervals": args.forecast_intervals, "forecast_windows": args.forecast_windows}
+    grid = {"forecast_intervals": args.forecast_intervals, "forecast_windows": args.forecast_windows,
+            "verify_thresholds": None if args.verify_thresholds is None else [None, *args.verify_thresholds]}
     return {k: tuple(v) for k, v in grid.items() if v is not None}
 
 

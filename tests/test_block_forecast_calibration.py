@@ -103,10 +103,11 @@ def test_cli_block_forecast_json_drives_the_hook_api_on_the_stock_pipeline(dit_f
     code = main(["calibrate", "--model", str(dit_folder), "--kind", "block-forecast", "--min-psnr", "25",
                  "--classes", "0", "1", "--images", "4", "--steps", "6", "--guidance", "2", "--solver", "ddim",
                  "--forecast-intervals", "2", "3", "--forecast-orders", "1", "--forecast-windows", "1", "2L",
-                 "--out", str(out)])
+                 "--verify-thresholds", "0.5", "--out", str(out)])
     assert code == 0
     saved = json.loads(out.read_text())["calibration"]
-    assert saved["kind"] == "block-forecast" and len(saved["trials"]) == 4
+    assert saved["kind"] == "block-forecast" and len(saved["trials"]) == 8  # 2 x 1 x 2 x (none, 0.5)
+    assert {t["verify_threshold"] for t in saved["trials"]} == {None, 0.5}
     assert saved["calibration_set"]["num_inference_steps"] == 6
     config = load_policy(out)
     assert isinstance(config.policy, BlockForecast)
@@ -135,6 +136,10 @@ def test_cli_refuses_a_unet_before_sampling(tmp_path):
 def test_block_forecasts_are_search_candidates_placed_per_step_count():
     space = SearchSpace(solvers=("dpmpp",), steps=(3, 6), static_fractions=(), ase=(), block_forecast_intervals=(2,),
                         block_forecast_windows=((1, False), (2, True)))
+    verified = SearchSpace(block_forecast_intervals=(4,), block_forecast_verify=(None, 0.2))
+    assert [n for n, _, _ in verified.step_configs(list(range(950, 0, -100)))] == ["bf4_o1_w2_l", "bf4_o1_w2_l_v0.2"]
+    with pytest.raises(ValueError, match="every value of block_forecast_verify must be a number > 0.0"):
+        SearchSpace(block_forecast_intervals=(4,), block_forecast_verify=(0.0,))
     assert [n for n, _, _ in space.step_configs(solver_timesteps(DPMSolverMultistepScheduler(), 3))] == ["bf2_o1_w1"]
     pipe = EarlyExitDiTPipeline(transformer=tiny_dit(num_layers=2), scheduler=DDIMScheduler())
     pipe.set_progress_bar_config(disable=True)

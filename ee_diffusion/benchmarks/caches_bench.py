@@ -158,7 +158,7 @@ PRESETS = {
     "dpmpp15": _at_user_steps("dpmpp", 15, (7, 8, 10, 12)),
     "dpmpp20": _at_user_steps("dpmpp", 20, (8, 10, 12, 15)),
     "ddim25": _at_user_steps("ddim", 25, (10, 12, 14, 16, 20)),
-    "ci": CachesPreset(solver="dpmpp", steps=6, reference_steps=8, block_forecasts=((2, 1, 2, True),),
+    "ci": CachesPreset(solver="dpmpp", steps=6, reference_steps=8, block_forecasts=((2, 1, 2, True),), block_verifies=((3, 1, 1, False, 0.2),),
                        taylorseer_windows=((1, False), (2, True)), num_images=24, batch1_images=6, frontier_steps=(3,), tail_thresholds=(0.2,), tail_cadences=(1,),
                        fbc_thresholds=(0.2,), taylorseer_intervals=(2,), sea_thresholds=(0.2,), mag_thresholds=(0.05,),
                        batches=(8, 1), timing_repeats=1, timing_warmup=0, calib_images=4, bootstrap=20),

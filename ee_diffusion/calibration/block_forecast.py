@@ -47,10 +47,12 @@ DEFAULT_WINDOWS = ((1, False), (2, False), (2, True), (3, True))
 def calibrate_block_forecast(
     pipe: Any, min_psnr: float | None = None, budget: float | None = None, calib: CalibrationSet | None = None,
     intervals: tuple[int, ...] = (2, 3, 4), forecast_orders: tuple[int, ...] = (1, 2),
-    windows: tuple[tuple[int, bool], ...] = DEFAULT_WINDOWS, progress: bool = False,
+    windows: tuple[tuple[int, bool], ...] = DEFAULT_WINDOWS, verify_thresholds: tuple[float | None, ...] = (None,),
+    progress: bool = False,
 ) -> CalibrationResult:
-    """The `BlockForecast` of the grid `intervals` x `forecast_orders` x `windows` that meets `min_psnr` (dB)
-    most cheaply, or `budget` (compute fraction in (0, 1]) most faithfully.
+    """The `BlockForecast` of the grid `intervals` x `forecast_orders` x `windows` x `verify_thresholds` (None:
+    no per-row change criterion) that meets `min_psnr` (dB) most cheaply, or `budget` (compute fraction in (0, 1])
+    most faithfully.
 
     `pipe` is a pipeline of ours or a `CalibrationTarget` (`as_target(stock_pipe, conditioning)`) with a
     transformer denoiser; it samples with its own scheduler at `calib.num_inference_steps`. A window that leaves
@@ -74,6 +76,9 @@ def calibrate_block_forecast(
                           or not isinstance(w[0], int) or w[0] < 1 or not isinstance(w[1], bool) for w in windows):
         raise ValueError(f"windows must be (first timesteps computed >= 1, last timestep computed: bool) pairs, "
                          f"got {windows!r}")
+    if not verify_thresholds or any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                                       or not v > 0) for v in verify_thresholds):
+        raise ValueError(f"verify_thresholds must be None or numbers > 0, got {verify_thresholds!r}")
     calib = calib or CalibrationSet()
     target = as_target(pipe)
     BlockForecast().validate_for(get_adapter(target.denoiser))  # a U-Net is refused here, before any sampling
@@ -84,13 +89,16 @@ def calibrate_block_forecast(
     trials: list[dict[str, Any]] = []
     for interval in dict.fromkeys(intervals):
         for order in dict.fromkeys(forecast_orders):
-            for first, last in dict.fromkeys(tuple(w) for w in windows):
+            for (first, last), verify in ((w, v) for w in dict.fromkeys(tuple(w) for w in windows)
+                                          for v in dict.fromkeys(verify_thresholds)):
                 if first + last >= distinct:
                     continue  # every timestep would compute: nothing forecast
-                policy = BlockForecast.for_calls(timesteps, first, last, interval=interval, forecast_order=order)
+                policy = BlockForecast.for_calls(timesteps, first, last, interval=interval, forecast_order=order,
+                                                 verify_threshold=verify)
                 run = sample_calibration_set(target, calib, EarlyExitConfig(policy=policy))
                 psnr = psnr_db(run.images, reference)
                 trial = {"interval": interval, "forecast_order": order, "first_calls": first, "last_call": last,
+                         "verify_threshold": verify,
                          "policy": policy.to_dict(), "psnr_db_mean": float(psnr.mean()),
                          "psnr_db_p10": float(psnr.quantile(0.1)), "psnr_db_min": float(psnr.min()),
                          "compute_fraction": run.block_evals / (run.model_rows * target.num_blocks)}

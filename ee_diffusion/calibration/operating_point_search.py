@@ -218,7 +218,8 @@ def search_operating_point(
     from tqdm.auto import tqdm
 
     recording = 1 + len(space.threshold_fractions) if space.threshold_fractions else 0  # + the certainty record
-    forecasts = len(space.block_forecast_intervals) * len(space.block_forecast_orders) * len(space.block_forecast_windows)
+    forecasts = (len(space.block_forecast_intervals) * len(space.block_forecast_orders)
+                 * len(space.block_forecast_windows) * len(space.block_forecast_verify))
     planned = 1 + len(solvers) * len(space.steps) * (1 + len(fixed) + forecasts + recording)
     bar = tqdm(total=planned, disable=not progress, desc="operating-point search", unit="run")
     sampler = Sampler(target, schedulers, call_guidance, batch_size, {n: f for n, (f, _) in nets.items()}, bar,

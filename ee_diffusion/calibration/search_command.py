@@ -113,6 +113,7 @@ def run_search(args: argparse.Namespace, pipe: Any, target: Any, features: dict,
                         block_forecast_intervals=tuple(args.forecast_intervals or ()) if adapter.sequential else (),
                         block_forecast_orders=tuple(args.forecast_orders or (1,)),
                         block_forecast_windows=tuple(args.forecast_windows or ((2, True),)),
+                        block_forecast_verify=(None, *(args.verify_thresholds or ())),
                         threshold_fractions=tuple(args.threshold_fractions) if target.exit_heads is not None else ())
     ref_solver, ref_steps = args.reference or (None, args.reference_steps)  # None: the search's default solver
     if args.time_batch and ref_solver == "own":

@@ -72,6 +72,7 @@ class SearchSpace:
         block_forecast_intervals: `BlockForecast(interval)` for each interval x `block_forecast_orders` x
             `block_forecast_windows` (transformer denoisers only; training-free).
         block_forecast_orders: their forecast orders (0, 1, 2).
+        block_forecast_verify: their per-row change criterion thresholds (None: none; `verify_threshold`).
         block_forecast_windows: (first timesteps computed, last timestep computed) of each, placed among the
             solver's timesteps at every step count (`BlockForecast.for_calls`); a window that leaves nothing to
             forecast at a step count is left out there.
@@ -87,6 +88,7 @@ class SearchSpace:
     block_forecast_intervals: tuple[int, ...] = ()
     block_forecast_orders: tuple[int, ...] = (1,)
     block_forecast_windows: tuple[tuple[int, bool], ...] = ((2, True),)
+    block_forecast_verify: tuple[float | None, ...] = (None,)
 
     def __post_init__(self) -> None:
         if self.solvers is not None:
@@ -118,6 +120,9 @@ class SearchSpace:
                 raise ValueError(f"every block_forecast_windows entry must be (first timesteps computed >= 1, last "
                                  f"timestep computed: bool), got {window!r} in {self.block_forecast_windows!r}")
         self.block_forecast_windows = tuple((int(w[0]), bool(w[1])) for w in windows)
+        self.block_forecast_verify = tuple(
+            None if v is None else check_number(v, "every value of block_forecast_verify", 0.0, low_open=True)
+            for v in _sequence(self.block_forecast_verify, "block_forecast_verify", allow_empty=False))
 
     @property
     def needs_transformer(self) -> bool:
@@ -138,9 +143,11 @@ class SearchSpace:
 
     def step_configs(self, timesteps: list[float]) -> list[tuple[str, str, EarlyExitConfig]]:
         """(name prefix, family, exit config) of the `BlockForecast` candidates for a run whose model calls have
-        `timesteps` (`solver_timesteps`): `bf{interval}_o{order}_w{first}[_l]`."""
+        `timesteps` (`solver_timesteps`): `bf{interval}_o{order}_w{first}[_l][_v{threshold}]`."""
         distinct = len(distinct_timesteps(timesteps))
-        return [(f"bf{i}_o{o}_w{first}{'_l' if last else ''}", "block_forecast",
-                 EarlyExitConfig(BlockForecast.for_calls(timesteps, first, last, interval=i, forecast_order=o)))
+        return [(f"bf{i}_o{o}_w{first}{'_l' if last else ''}{'' if v is None else f'_v{v:g}'}", "block_forecast",
+                 EarlyExitConfig(BlockForecast.for_calls(timesteps, first, last, interval=i, forecast_order=o,
+                                                         verify_threshold=v)))
                 for i in self.block_forecast_intervals for o in self.block_forecast_orders
-                for first, last in self.block_forecast_windows if first + last < distinct]
+                for first, last in self.block_forecast_windows for v in self.block_forecast_verify
+                if first + last < distinct]
