@@ -13,6 +13,8 @@ from ee_diffusion.calibration.operating_point_result import search_markdown
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 RENDERED = [
     ("bench-caches-digits-deep/report.json", "bench-caches-digits-deep/report.md", caches_report.markdown),
+    *((f"bench-caches-{p}/report.json", f"bench-caches-{p}/report.md", caches_report.markdown)
+      for p in ("dpmpp10", "dpmpp15", "dpmpp20", "ddim25")),
     ("bench-compile-digits-deep/compile.json", "bench-compile-digits-deep/compile.md", compile_bench.markdown),
     ("operating-point-search-digits/search.json", "operating-point-search-digits/search.md", search_markdown),
     ("unet-vs-dit/results.json", "unet-vs-dit/table.md", unet_vs_dit.markdown_table),
@@ -33,7 +35,9 @@ def test_the_committed_table_is_what_the_code_renders_from_the_committed_json(da
 
 def test_every_docs_table_links_to_a_rendered_file():
     # The measured tables that used to be typed into these pages now live in rendered files they link to.
-    for page, link in (("tail_cache.md", "bench-caches-digits-deep/report.md"), ("backbones.md", "backbones-cost/backbones.md"),
+    for page, link in (("tail_cache.md", "bench-caches-digits-deep/report.md"),
+                       *(("tail_cache.md", f"bench-caches-{p}/report.md") for p in ("dpmpp10", "dpmpp15", "dpmpp20", "ddim25")),
+                       ("backbones.md", "backbones-cost/backbones.md"),
                        ("backbones.md", "unet-vs-dit/table.md"), ("evaluation.md", "bench-full-digits/report.md")):
         assert link in (DOCS / page).read_text(), (page, link)
 
