@@ -61,3 +61,17 @@ def test_cli_setting_names_are_the_benchmark_settings():
     from ee_diffusion.default_model import SETTINGS
 
     assert SETTING_NAMES == tuple(SETTINGS)
+
+
+def test_the_search_reference_is_named_in_full_or_refused(tmp_path, capsys):
+    args = ["calibrate", "--model", "digits", "--kind", "operating-point", "--tolerance", "0.1",
+            "--out", str(tmp_path / "search.json")]
+    for bad in ("dpmpp", "heun:20", "ddim:0"):
+        with pytest.raises(SystemExit):  # argparse: SOLVER:STEPS
+            main([*args, "--reference", bad])
+    assert "a reference is SOLVER:STEPS" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="give --reference ddim:20 or --reference-steps 10, not both"):
+        main([*args, "--reference", "ddim:20", "--reference-steps", "10"])
+    with pytest.raises(ValueError, match="--time-batch times against a DDIM or DPM-Solver\\+\\+ reference"):
+        main([*args, "--reference", "own:25", "--time-batch", "4", "--images", "2", "--search-steps", "2"])
+    assert not (tmp_path / "search.json").exists()

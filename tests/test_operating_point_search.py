@@ -350,6 +350,10 @@ def test_flow_matching_pipelines_search_their_own_scheduler(one_thread):
     assert {c.scheduler for c in search.candidates} == {"FlowMatchEulerDiscreteScheduler"}
     assert search.reference["scheduler"] == "FlowMatchEulerDiscreteScheduler" and search.reference["steps"] == 3
     assert search.candidate("static1@own2").block_fraction == pytest.approx(2 / 3 * 1 / 2)
+    for kwargs in ({"reference_solver": "ddim"}, {"space": SearchSpace(solvers=("dpmpp",), steps=(2,))}):
+        with pytest.raises(ValueError, match="need a DDPM-type noise schedule, which FlowMatchEulerDiscreteScheduler"):
+            search_operating_point(pipe, **{"space": space, **kwargs}, budget=1.0, feature_net=torch.nn.Flatten(),
+                                   real_features=real, conditioning=cond, calib_images=4, holdout_images=4)
     assert search.confirmed and search.operating_point.scheduler == "FlowMatchEulerDiscreteScheduler"
 
     seeded = Conditioning("prompts", prompts=[Prompt("a red cat", seed=3)])
