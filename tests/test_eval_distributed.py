@@ -18,6 +18,7 @@ WORKER = textwrap.dedent(
     """
     import json
     import sys
+    import torch
     from accelerate import Accelerator
     from diffusers import DDIMScheduler
     from safetensors.torch import save_file
@@ -35,6 +36,10 @@ WORKER = textwrap.dedent(
     info = {"world": accelerator.num_processes, "evals": run.block_evals, "backend": accelerator.state.backend,
             "stats_blocks": stats.total_blocks, "stats_calls": stats.num_calls}
     open(f"{sys.argv[1]}/rank{rank}.json", "w").write(json.dumps(info))
+    # Tear the gloo group down before the interpreter exits: left to exit-time destructors, a rank can abort
+    # ("terminate called without an active exception") after its work is done.
+    accelerator.wait_for_everyone()
+    torch.distributed.destroy_process_group()
     """
 )
 
