@@ -90,7 +90,7 @@ def test_the_cheapest_forecast_that_meets_the_psnr_goal_and_the_most_faithful_wi
     (dict(budget=1.5), r"budget must be a compute fraction in \(0, 1\], got 1.5"),
     (dict(min_psnr=30.0, intervals=(1,)), "every value of intervals must be an integer >= 2"),
     (dict(min_psnr=30.0, forecast_orders=(3,)), r"forecast_orders must be a non-empty subset of \(0, 1, 2\)"),
-    (dict(min_psnr=30.0, windows=((0, True),)), "windows must be .first timesteps computed >= 1"),
+    (dict(min_psnr=30.0, windows=((0, True),)), "every windows entry must be .first timesteps computed >= 1"),
     (dict(min_psnr=30.0, windows=((4, False), (3, True))), "every window of .* computes all 4 timesteps at 4 steps"),
 ])
 def test_bad_grids_are_refused(dit_folder, kwargs, message):

@@ -37,6 +37,7 @@ from ..schedules.block_forecast import distinct_timesteps
 from ..schedules.tail_cache import FORECAST_ORDERS
 from .common import CalibrationResult, CalibrationSet, as_target, sample_calibration_set
 from .schedule import call_timesteps, psnr_db
+from .search_space import check_windows
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +73,7 @@ def calibrate_block_forecast(
         check_int(interval, "every value of intervals", 2, "a row computes every interval-th call")
     if not forecast_orders or any(isinstance(o, bool) or o not in FORECAST_ORDERS for o in forecast_orders):
         raise ValueError(f"forecast_orders must be a non-empty subset of {FORECAST_ORDERS}, got {forecast_orders!r}")
-    if not windows or any(not isinstance(w, (tuple, list)) or len(w) != 2 or isinstance(w[0], bool)
-                          or not isinstance(w[0], int) or w[0] < 1 or not isinstance(w[1], bool) for w in windows):
-        raise ValueError(f"windows must be (first timesteps computed >= 1, last timestep computed: bool) pairs, "
-                         f"got {windows!r}")
+    windows = check_windows(windows, "windows", allow_empty=False)
     if not verify_thresholds or any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
                                                        or not v > 0) for v in verify_thresholds):
         raise ValueError(f"verify_thresholds must be None or numbers > 0, got {verify_thresholds!r}")
@@ -89,7 +87,7 @@ def calibrate_block_forecast(
     trials: list[dict[str, Any]] = []
     for interval in dict.fromkeys(intervals):
         for order in dict.fromkeys(forecast_orders):
-            for (first, last), verify in ((w, v) for w in dict.fromkeys(tuple(w) for w in windows)
+            for (first, last), verify in ((w, v) for w in windows
                                           for v in dict.fromkeys(verify_thresholds)):
                 if first + last >= distinct:
                     continue  # every timestep would compute: nothing forecast

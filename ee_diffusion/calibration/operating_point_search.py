@@ -206,6 +206,10 @@ def search_operating_point(
     call_guidance = None if target.conditioning.kind == "none" else guidance
     tol = QUALITY_TOLERANCE if tolerance is None else tolerance
     fixed = space.exit_configs(target.num_blocks)
+    # BlockForecast windows are placed among each (solver, steps)'s timesteps: a scheduler that cannot give them
+    # (flow matching with dynamic shifting) is refused here, before any sampling.
+    timesteps = {(s, k): solver_timesteps(schedulers[s], k) for s in solvers for k in space.steps} \
+        if space.block_forecast_intervals else {}
 
     # The real statistics once for both phases (and a bad shape refused before any sampling).
     reals = {net: real if isinstance(real, FrechetReference) else FrechetReference(real)
@@ -232,8 +236,7 @@ def search_operating_point(
         for solver in solvers:
             for k in space.steps:
                 at = f"{solver}{k}"
-                per_step = space.step_configs(solver_timesteps(schedulers[solver], k)) if \
-                    space.block_forecast_intervals else []
+                per_step = space.step_configs(timesteps[(solver, k)]) if space.block_forecast_intervals else []
                 configs = [(f"{prefix}@{at}", family, config) for prefix, family, config in [*fixed, *per_step]]
                 bar.total -= forecasts - len(per_step)  # windows too long for k steps are left out
                 if space.threshold_fractions:

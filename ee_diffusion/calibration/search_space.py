@@ -54,6 +54,17 @@ def _orders(values: Any, name: str, allow_empty: bool) -> tuple[int, ...]:
     return out
 
 
+def check_windows(values: Any, name: str, allow_empty: bool) -> tuple[tuple[int, bool], ...]:
+    """`BlockForecast` windows: (first timesteps computed >= 1, last timestep computed: bool) pairs, deduplicated."""
+    windows = _sequence(values, name, allow_empty=allow_empty)
+    for window in windows:
+        if (not isinstance(window, (tuple, list)) or len(window) != 2 or not isinstance(window[1], bool)
+                or isinstance(window[0], bool) or not isinstance(window[0], int) or window[0] < 1):
+            raise ValueError(f"every {name} entry must be (first timesteps computed >= 1, last timestep computed: "
+                             f"bool), got {window!r} in {values!r}")
+    return tuple(dict.fromkeys((int(w[0]), bool(w[1])) for w in windows))
+
+
 @dataclass
 class SearchSpace:
     """What `search_operating_point` tries: every solver x steps at full depth, and with each exit config below.
@@ -112,14 +123,8 @@ class SearchSpace:
             for i in _sequence(self.block_forecast_intervals, "block_forecast_intervals"))
         self.block_forecast_orders = _orders(self.block_forecast_orders, "block_forecast_orders",
                                              not self.block_forecast_intervals)
-        windows = _sequence(self.block_forecast_windows, "block_forecast_windows",
-                            allow_empty=not self.block_forecast_intervals)
-        for window in windows:
-            if (not isinstance(window, (tuple, list)) or len(window) != 2 or not isinstance(window[1], bool)
-                    or isinstance(window[0], bool) or not isinstance(window[0], int) or window[0] < 1):
-                raise ValueError(f"every block_forecast_windows entry must be (first timesteps computed >= 1, last "
-                                 f"timestep computed: bool), got {window!r} in {self.block_forecast_windows!r}")
-        self.block_forecast_windows = tuple((int(w[0]), bool(w[1])) for w in windows)
+        self.block_forecast_windows = check_windows(self.block_forecast_windows, "block_forecast_windows",
+                                                    allow_empty=not self.block_forecast_intervals)
         self.block_forecast_verify = tuple(
             None if v is None else check_number(v, "every value of block_forecast_verify", 0.0, low_open=True)
             for v in _sequence(self.block_forecast_verify, "block_forecast_verify", allow_empty=False))

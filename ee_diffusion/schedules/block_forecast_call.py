@@ -164,7 +164,7 @@ class ForecastCall:
         state.nodes = torch.where(new_node[:, None], torch.cat([t[:, None], nodes[:, :-1]], 1), nodes)
         state.since = torch.where(due, torch.zeros_like(self.since), self.since + 1)
 
-    def _hold(self, block: int, slot: tuple[int, str], forward: Callable, args: tuple, kwargs: dict[str, Any]) -> Any:
+    def _hold(self, slot: tuple[int, str], forward: Callable, args: tuple, kwargs: dict[str, Any]) -> Any:
         """A sub-module of block 0 while the call is pending: computed on every row and held until `settle`; the
         first one (block 0's attention) is the check: a row not yet due whose forecast of it misses by more than
         `verify` becomes due."""
@@ -226,7 +226,7 @@ class ForecastCall:
             return forward(*args, **kwargs)
         if self.pending:
             if block == 0:
-                return self._hold(block, slot, forward, args, kwargs)
+                return self._hold(slot, forward, args, kwargs)
             self.settle()  # a backbone whose block hook did not settle it (not expected): settle here
         if self.count == b:  # every row computes: the stock call, recorded
             output = forward(*args, **kwargs)
