@@ -156,3 +156,22 @@ def test_block_forecasts_are_search_candidates_placed_per_step_count():
         SearchSpace(block_forecast_intervals=(2,), block_forecast_windows=((2, "last"),))
     with pytest.raises(ValueError, match="every value of block_forecast_intervals must be an integer >= 2"):
         SearchSpace(block_forecast_intervals=(1,))
+
+
+def test_a_scheduler_that_cannot_place_the_windows_is_refused_before_sampling():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from ee_diffusion.pipelines.conditioning import Prompt
+
+    pipe = tiny_pipeline("sd3", num_layers=2)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)  # timesteps need the image size
+    sampled = []
+    space = SearchSpace(solvers=None, steps=(2,), static_fractions=(), ase=(), block_forecast_intervals=(2,),
+                        block_forecast_windows=((1, False),))
+    with pytest.raises(ValueError, match="FlowMatchEulerDiscreteScheduler cannot place 2 steps without the pipeline"):
+        search_operating_point(pipe, space, budget=1.0, feature_net=torch.nn.Flatten(),
+                               real_features=torch.rand(30, 3 * 16 * 16), reference_steps=2, calib_images=4,
+                               holdout_images=4, conditioning=Conditioning("prompts", prompts=[Prompt("a red cat")]),
+                               on_sample=lambda *a: sampled.append(a))
+    assert not sampled
