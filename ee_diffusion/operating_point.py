@@ -63,6 +63,9 @@ class OperatingPoint:
             that gives only its steps uses the nearest measured count's (ties: the larger count).
         reference_steps: the conventional step count, used when the point does not apply (another scheduler).
         measured_in: where the numbers behind the point are (a report path and its command).
+        scheduler_options: the options `scheduler` was built with over the model's own scheduler config (e.g. a
+            flow-matching DPM-Solver++'s `use_flow_sigmas`, `flow_shift`), so that a folder can rebuild it
+            (`ee_diffusion.benchmarks.solvers.scheduler_of_point`); written only when not empty.
     """
 
     scheduler: str
@@ -72,6 +75,7 @@ class OperatingPoint:
     exit_configs_by_steps: dict[int, EarlyExitConfig | None] = field(default_factory=dict)
     reference_steps: int = 25
     measured_in: str = ""
+    scheduler_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.scheduler, str) or not self.scheduler:
@@ -87,6 +91,10 @@ class OperatingPoint:
                 raise TypeError(f"exit configs must be EarlyExitConfig or None, got {type(value).__name__}")
         for steps in self.exit_configs_by_steps:
             check_int(steps, "exit_configs_by_steps key", 1, "a measured step count")
+        if not isinstance(self.scheduler_options, dict) or not all(isinstance(k, str) for k in self.scheduler_options):
+            raise ValueError(f"scheduler_options must be a dict of scheduler config fields, got "
+                             f"{self.scheduler_options!r}")
+        self.scheduler_options = dict(self.scheduler_options)  # a copy: the caller's dict stays theirs
 
     def resolve(self, num_inference_steps: int | None, guidance_scale: float | None,
                 scheduler: str) -> ResolvedCall:
@@ -113,7 +121,7 @@ class OperatingPoint:
                             f"chosen steps; nearest measured step count {nearest}: {what}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "scheduler": self.scheduler, "num_inference_steps": self.num_inference_steps,
             "guidance_scale": self.guidance_scale,
             "exit_config": None if self.exit_config is None else self.exit_config.to_dict(),
@@ -121,13 +129,16 @@ class OperatingPoint:
                                       for k, v in sorted(self.exit_configs_by_steps.items())},
             "reference_steps": self.reference_steps, "measured_in": self.measured_in,
         }
+        if self.scheduler_options:  # left out when empty: points written before it existed stay byte-identical
+            out["scheduler_options"] = dict(self.scheduler_options)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OperatingPoint:
         if not isinstance(data, dict):
             raise TypeError(f"an operating point must be a dict, got {type(data).__name__}")
         known = {"scheduler", "num_inference_steps", "guidance_scale", "exit_config", "exit_configs_by_steps",
-                 "reference_steps", "measured_in"}
+                 "reference_steps", "measured_in", "scheduler_options"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown operating point fields {unknown}; known: {sorted(known)}")
@@ -144,5 +155,5 @@ class OperatingPoint:
             guidance_scale=data.get("guidance_scale"),
             exit_config=None if config is None else EarlyExitConfig.from_dict(config),
             exit_configs_by_steps=by_steps, reference_steps=data.get("reference_steps", 25),
-            measured_in=data.get("measured_in", ""),
+            measured_in=data.get("measured_in", ""), scheduler_options=data.get("scheduler_options") or {},
         )

@@ -10,6 +10,7 @@ from ee_diffusion.benchmarks import caches_bench, caches_compare, caches_report
 from ee_diffusion.benchmarks.grid import Method
 from ee_diffusion.cli import main
 from ee_diffusion.config import EarlyExitConfig
+from ee_diffusion.eval.paired import PairedFIDs
 from ee_diffusion.schedules import CachedTailResidual
 
 
@@ -67,7 +68,7 @@ def test_matched_comparison_takes_the_best_per_row_row_at_least_as_fast():
     real = torch.randn(400, 4)
     noise = torch.randn(200, 4)
     features = {"ref": noise, "slow_good": noise, "fast_bad": noise * 2 + 1, "fbc|b8": noise * 1.5 + 0.5}
-    sets = {"all": caches_compare.Nets({"net": real}, 200, 50, 0.9)}
+    sets = {"all": PairedFIDs({"net": real}, 200, 50, 0.9)}
     rows = _rows_with_features(sets, features)
     tails = [Method("slow_good", "tail_cache", "ddim", 4, notes={"forecast_order": 1}),
              Method("fast_bad", "tail_cache", "ddim", 4, notes={"forecast_order": 1})]

@@ -203,7 +203,9 @@ def test_bench_writes_report_with_loadable_exit_configs(tmp_path):
                     timing_repeats=1, timing_warmup=0, flops_images=1, sample_batch=10, bootstrap=20,
                     overhead_repeats=1)
     report = run(preset, tmp_path / "out", model_paths={"digits": str(tmp_path / "model")}, progress=False)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["pareto.png", "report.json", "report.md"]
+    # The report files, and the images of every method as shards (a rerun of the same OUT resumes from them).
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["pareto.png", "report.json", "report.md", "samples"]
+    assert any((tmp_path / "out" / "samples" / "digits").rglob("shard-*.safetensors"))
     assert (tmp_path / "out" / "pareto.png").read_bytes().startswith(b"\x89PNG")
     data = json.loads((tmp_path / "out" / "report.json").read_text())
     entry = data["settings"][0]
@@ -217,12 +219,18 @@ def test_bench_writes_report_with_loadable_exit_configs(tmp_path):
         if row["exit_config"] is not None:
             EarlyExitConfig.from_dict(row["exit_config"])  # every config loads back
         assert len(row["fid_resamples"]) == 20 and "dfid_reference" in row and "psnr_db" in row["fidelity"]
+        # Scored under both shipped digits nets; quality must hold under each of them.
+        assert sorted(row["fid_by_net"]) == sorted(row["dfid_reference_by_net"]) == ["net-digits", "net-digits-pool"]
+        assert row["holds_quality"] == all(d["low"] <= 0 or d["high"] < 0.1 * rows["ddim3"]["fid_by_net"][net]
+                                           for net, d in row["dfid_reference_by_net"].items())
         if row["family"] != "seed":
             assert row["timing"]["4"]["rounds"] == 1
-    # The floor against torchmetrics' FID (an independent implementation) on the same two real sets.
+    # The floor against torchmetrics' FID (an independent implementation) on the same two real sets, as uint8
+    # images hold them (the generated images are scored so too).
+    as_saved = lambda x: (x.clamp(0, 1) * 255).round() / 255  # noqa: E731
     reference, _ = real_images("digits", "reference")
     floor_images, _ = real_images("digits", "floor")
-    direct = QualityEvaluator(load_feature_net("digits"), reference).score(floor_images, kid=False)["fid"]
+    direct = QualityEvaluator(load_feature_net("digits"), as_saved(reference)).score(as_saved(floor_images), kid=False)["fid"]
     assert entry["floor"]["fid"] == pytest.approx(direct, rel=1e-6)
     assert rows["ddim3"]["fid"] > 3 * entry["floor"]["fid"]  # a random model
     assert entry["seed_spread"] == pytest.approx(abs(rows["ddim3"]["fid"] - rows["ddim3_seed1"]["fid"]))

@@ -145,7 +145,9 @@ def test_guidance_branches_keep_their_own_history(pairing):
         reset_exit_state(model)
         with record_exit_stats(model) as alone_stats:
             alone = cfg_sample(model, x[image:image + 1], labels[image:image + 1])
-        torch.testing.assert_close(alone[0], batched[image], atol=1e-5, rtol=0)
+        # A batch of 4 rows sums its matmuls in another order than a batch of 2: ~1e-5 apart at some thread
+        # counts. The exact depth check below is what shows each branch kept its own history.
+        torch.testing.assert_close(alone[0], batched[image], atol=5e-5, rtol=0)
         assert torch.stack(alone_stats.blocks_run).tolist() == depths[:, [image, 2 + image]].tolist()
     remove_early_exit(model)
 

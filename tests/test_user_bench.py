@@ -19,7 +19,8 @@ pytest.importorskip("transformers")
 
 from _standard_features import random_inception_weights  # noqa: E402
 
-from ee_diffusion.benchmarks.user_bench import BenchConfig, _Runner, run  # noqa: E402
+from ee_diffusion.benchmarks.runner import Runner  # noqa: E402
+from ee_diffusion.benchmarks.user_bench import BenchConfig, run  # noqa: E402
 from ee_diffusion.benchmarks.user_prepare import prepare  # noqa: E402
 from ee_diffusion import EarlyExitConfig  # noqa: E402
 from ee_diffusion.cli import main  # noqa: E402
@@ -115,21 +116,25 @@ def test_every_stock_pipeline_class_runs_end_to_end(kind, files, tmp_path, capsy
                  "--clip", str(files["clip"]), *extra) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     features = extra[extra.index("--features") + 1:] if "--features" in extra else ["inception"]
-    assert len(report["settings"]) == len(features)  # one entry per feature network, never mixed
-    for entry in report["settings"]:
+    # One entry, every row scored under every feature network; FIDs of different networks are never compared.
+    (entry,) = report["settings"]
+    assert [n["name"].split()[0] for n in entry["feature_nets"]] == [
+        "inception-v3" if f == "inception" else "clip" for f in features]
+    keys = [n["key"] for n in entry["feature_nets"]]
+    for name in [n["name"] for n in entry["feature_nets"]]:
         rows = entry["rows"]
         reference = rows[entry["reference"]]
         assert entry["reference"] == "pipeline3" and reference["family"] == "reference"
         assert {"pipeline2", "pipeline1"} <= set(rows)  # the fewer-steps sweep (40-80% of 3 steps)
         assert all(np.isfinite(r["fid"]) and len(r["fid_resamples"]) == 20 for r in rows.values())
+        assert all(list(r["fid_by_net"]) == list(r["dfid_reference_by_net"]) == keys for r in rows.values())
         assert reference["dfid_reference"] == {"delta": 0.0, "low": 0.0, "high": 0.0}
         assert entry["real"]["count"] == 12 and entry["image_shape"] == [3, 16 if kind != "ddpm" else 8]
         assert entry["decisions"]["verdict"] and entry["decisions"]["recommended"] in rows
         assert entry["operating_point"]["num_inference_steps"] == rows[entry["decisions"]["recommended"]]["steps"]
         assert all("speedup" in r for r in rows.values())
-        name = entry["feature_net"]["name"]
         assert ("inception-v3" in name and "75x75" in name) or name.startswith("clip")
-        assert any("12 images for 2048 features" in w for w in entry["warnings"]) == name.startswith("inception")
+        assert any("12 images for 2048 features" in w for w in entry["warnings"]) == ("inception" in features)
         for other in rows.values():  # exit and cache methods: fewer block evaluations, or reported not attached
             if other["family"] in ("static_depth", "ase", "exit_config"):
                 assert other["block_fraction"] < 1 and "vs_frontier" in other
@@ -139,7 +144,11 @@ def test_every_stock_pipeline_class_runs_end_to_end(kind, files, tmp_path, capsy
             assert rows["calibrated@pipeline3"]["exit_config"] == policy_dict()
         if "clip" in name and kind in ("pixart", "sd3"):
             assert all(0 <= r["clip_score"] <= 100 for r in rows.values())
-    assert (tmp_path / "report.md").read_text().count("**Verdict.**") == len(features)
+    # Quality holds only where it holds under every network.
+    for r in entry["rows"].values():
+        assert r["holds_quality"] == all(d["low"] <= 0 or d["high"] < 0.1 * reference["fid_by_net"][net]
+                                         for net, d in r["dfid_reference_by_net"].items())
+    assert (tmp_path / "report.md").read_text().count("**Verdict.**") == 1
     assert (tmp_path / "pareto.png").read_bytes().startswith(b"\x89PNG")
     assert len(list(tmp_path.glob("real-stats-*.safetensors"))) == len(features)
     assert "wrote" in capsys.readouterr().out
@@ -162,18 +171,18 @@ def test_interrupted_run_resumes_without_resampling_and_rerun_reuses(files, tmp_
                          batch_size=3, shard_size=3, bootstrap=20, timing_repeats=0, frontier_steps=(2,),
                          match_frontier=False)
     # 3 methods x 2 shards; the run dies while sampling its fourth shard.
-    original, calls = _Runner._shard, []
+    original, calls = Runner._shard, []
 
-    def dying(self, method, indices):
+    def dying(self, method, indices, bar):
         calls.append((method.name, indices[0]))
         if len(calls) == 4:
             raise KeyboardInterrupt
-        return original(self, method, indices)
+        return original(self, method, indices, bar)
 
-    monkeypatch.setattr(_Runner, "_shard", dying)
+    monkeypatch.setattr(Runner, "_shard", dying)
     with pytest.raises(KeyboardInterrupt):
         run(config, tmp_path, progress=False)
-    monkeypatch.setattr(_Runner, "_shard", original)
+    monkeypatch.setattr(Runner, "_shard", original)
     assert len(list((tmp_path / "samples").rglob("shard-???????-???????.safetensors"))) == 3
     resumed = run(config, tmp_path, progress=False)
     assert resumed["sampled_shards"] == 6 - 3
@@ -376,7 +385,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 def test_the_committed_digits_run_is_rendered_from_its_json_and_agrees_with_the_settings_path():
     from ee_diffusion.benchmarks.agreement import compare
     from ee_diffusion.benchmarks.agreement import markdown as agreement_markdown
-    from ee_diffusion.benchmarks.user_bench import markdown
+    from ee_diffusion.benchmarks.report import markdown
 
     folder = DOCS / "bench-pipeline-digits"
     report = json.loads((folder / "report.json").read_text())

@@ -6,7 +6,9 @@ The commands:
   a setting; `grid.py` (the methods), `frontier.py` (the decisions, from the rows alone) and `report.py` (the
   files, `rerender`); with `--pipeline`, on the user's model and data: `user_cli.py` (flags), `user_config.py`
   (`BenchConfig`, method specs), `user_prepare.py` (checks and loading before sampling), `user_bench.py` (the
-  run), `sample_cache.py` (resumable sample shards), `agreement.py` (two reports compared row by row);
+  run), `agreement.py` (two reports compared row by row). Both measure through the one engine, `runner.py`
+  (`MethodSampler` samples any `method.Method` on any supported pipeline; `Runner` caches its images in
+  resumable shards, `sample_cache.py`, and scores them under every feature network of the run);
 - `publish.py`: `ee-diffusion publish`, a report's operating point, `evaluation.json` and `TRAINING.md` into a
   pipeline folder;
 - `shapes_bench.py`: `ee-diffusion bench-shapes`, the cost at real widths with random weights;

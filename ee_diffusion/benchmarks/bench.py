@@ -23,7 +23,6 @@ minutes on 2 cores; its intervals are wide and say so) and `full` (both settings
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import platform
@@ -32,18 +31,20 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from ..default_model import load_setting_pipeline, setting_dataset
+from ..default_model import SETTINGS, load_setting_pipeline, setting_dataset
 from ..eval.compute import count_flops, overhead_breakdown, peak_memory
-from ..eval.features import load_feature_net
-from ..eval.paired import FrechetReference, PairedFID, fidelity
+from ..eval.features import feature_nets_of
+from ..eval.paired import FrechetReference
 from ..eval.quality import real_images
-from ..eval.sampling import generate
-from ..eval.timing import ExitConfigSwitch, interleaved_timings, speedups
+from ..eval.timing import speedups
+from ..pipelines.conditioning import Conditioning
 from . import frontier
-from .grid import GridPoint, Method, SOLVERS, cache_methods, exit_methods, make_schedulers
+from .grid import SOLVERS, GridPoint, Method, cache_methods, exit_methods, make_schedulers
+from .runner import MethodSampler, Runner
+from .sample_cache import ShardCache
+from .user_prepare import our_feature_net, pipeline_key
 from .report import write_report
 
 logger = logging.getLogger(__name__)
@@ -132,63 +133,6 @@ class _Progress:
             logger.info("[%7.1fs] %s", time.perf_counter() - self.start, message)
 
 
-class MethodSampler:
-    """Samples any `Method` on one pipeline: its solver, its exit config or diffusers cache, its step count."""
-
-    def __init__(self, pipe: Any, guidance: float, sample_batch: int, cache_batch: int) -> None:
-        self.pipe = pipe
-        self.guidance = guidance
-        self.schedulers = make_schedulers(pipe.scheduler)
-        self.sample_batch = sample_batch
-        self.cache_batch = cache_batch
-        self.switch = ExitConfigSwitch(pipe.transformer)
-
-    def use_solver(self, solver: str) -> None:
-        self.pipe.scheduler = self.schedulers[solver]
-
-    def cache_context(self, method: Method) -> Any:
-        from ..eval.baselines import diffusers_cache
-
-        if method.cache is None:
-            return contextlib.nullcontext()
-        return diffusers_cache(self.pipe.transformer, method.cache, self.pipe.scheduler, method.steps)
-
-    def __call__(self, method: Method, indices: Any, batch_size: int | None = None, in_timing: bool = False) -> Any:
-        self.use_solver(method.solver)
-        batch = batch_size or (self.cache_batch if method.cache is not None else self.sample_batch)
-        wrapper = None if in_timing or method.cache is None else (lambda: self.cache_context(method))
-        guidance = self.guidance if method.guidance_scale is None else method.guidance_scale
-        return generate(self.pipe, indices, exit_config=method.exit_config, num_inference_steps=method.steps,
-                        guidance_scale=guidance, seed=method.seed, batch_size=batch, call_wrapper=wrapper)
-
-    def timed(self, methods: list[Method], batch: int, repeats: int, warmup: int) -> dict[str, list[float]]:
-        """Interleaved timings of one pipeline call on `batch` images per method; the stock model has no hooks,
-        exit methods get theirs and caches get theirs in untimed setup steps."""
-        indices = list(range(batch))
-        fns, setup, teardown = {}, {}, {}
-        stacks: dict[str, contextlib.ExitStack] = {}
-        for m in methods:
-            fns[m.name] = lambda m=m: self(m, indices, batch_size=batch, in_timing=True)
-            hook = self.switch.use(m.exit_config, heads=self.pipe.exit_heads) if m.exit_config is not None \
-                else self.switch.stock
-
-            def enter(m=m, hook=hook) -> None:
-                hook()
-                self.use_solver(m.solver)
-                if m.cache is not None:
-                    stacks[m.name] = contextlib.ExitStack()
-                    stacks[m.name].enter_context(self.cache_context(m))
-
-            setup[m.name] = enter
-            teardown[m.name] = lambda m=m: stacks.pop(m.name).close() if m.name in stacks else None
-        try:
-            return interleaved_timings(fns, repeats=repeats, warmup=warmup, setup=setup, teardown=teardown)
-        finally:
-            for stack in stacks.values():
-                stack.close()
-            self.switch.close()
-
-
 def load_average() -> list[float] | None:
     try:
         return [round(v, 2) for v in os.getloadavg()]
@@ -196,8 +140,10 @@ def load_average() -> list[float] | None:
         return None
 
 
-def run_setting(setting: str, preset: Preset, model_path: str | None = None, log: _Progress | None = None) -> dict:
-    """Measure every method on one setting; returns the setting's entry of the report."""
+def run_setting(setting: str, preset: Preset, out: Path, model_path: str | None = None,
+                log: _Progress | None = None) -> dict:
+    """Measure every method on one setting through the one engine (`runner.Runner`: images cached in shards
+    under OUT/samples, so a rerun resumes); returns the setting's entry of the report."""
     log = log or _Progress(False)
     started = time.perf_counter()
     pipe = load_setting_pipeline(setting, model_path)
@@ -205,40 +151,29 @@ def run_setting(setting: str, preset: Preset, model_path: str | None = None, log
     S, N = preset.reference_steps, preset.num_images
     guidance = dict(preset.guidance).get(setting, 1.0)
     data = setting_dataset(setting)  # the deep digits model is scored on the digits data and features
-    net = load_feature_net(data)
+    specs = [our_feature_net(name) for name in feature_nets_of(data)]  # two independent nets, the primary first
     real, _ = real_images(data, "reference")
     floor_images, _ = real_images(data, "floor")
     with torch.no_grad():
-        real_features = net(real)
-        floor = FrechetReference(real_features).fid(net(floor_images))
-    paired = PairedFID(real_features, N, num_resamples=preset.bootstrap, confidence=preset.confidence)
-    sampler = MethodSampler(pipe, guidance, preset.sample_batch, preset.timing_batches[0])
-    log(f"{setting}: {n} blocks, {pipe.num_classes} classes, {N} images; floor FID {floor:.3f} "
-        f"({floor_images.shape[0]} vs {real.shape[0]} real images)")
-
-    rows: dict[str, dict[str, Any]] = {}
-    methods: dict[str, Method] = {}
-    images: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        # The real images are scored as the generated ones are: as a saved PNG holds them (uint8).
+        reals = {spec.key: FrechetReference(spec.encode(_as_uint8(real))) for spec in specs}
+        floor = {spec.key: reals[spec.key].fid(spec.encode(_as_uint8(floor_images))) for spec in specs}
+    conditioning = Conditioning("classes", class_ids=list(range(pipe.num_classes)))
+    sampler = MethodSampler(pipe, conditioning, guidance, make_schedulers(pipe.scheduler), preset.sample_batch,
+                            preset.timing_batches[0])
+    folder = model_path or SETTINGS[setting][1]
+    what = {"pipeline": pipeline_key(folder, "float32", "cpu"), "guidance": guidance,
+            "conditioning": conditioning.to_dict()}
+    runner = Runner(sampler, ShardCache(out / "samples" / setting, preset.sample_batch), specs, reals, N, what,
+                    preset.bootstrap, preset.confidence)
+    primary = specs[0].key
+    log(f"{setting}: {n} blocks, {pipe.num_classes} classes, {N} images; floor FID "
+        + ", ".join(f"{k} {v:.3f}" for k, v in floor.items())
+        + f" ({floor_images.shape[0]} vs {real.shape[0]} real images)")
+    rows, methods = runner.rows, runner.methods
 
     def measure(method: Method) -> dict:
-        if method.name in rows:
-            return rows[method.name]
-        t0 = time.perf_counter()
-        run = sampler(method, range(N))
-        with torch.no_grad():
-            features = net(run.images)
-            accuracy = float((net.logits(run.images).argmax(1) == run.labels).float().mean())
-        paired.add(method.name, features)
-        if not images:
-            images["reference"] = (run.images, features)
-        ref_images, ref_features = images["reference"]
-        row = {**method.describe(), "fid": paired.point[method.name],
-               "fid_resamples": [round(float(v), 5) for v in paired.resampled[method.name]],
-               "accuracy": accuracy, "block_evals_per_image": run.block_evals / N,
-               "fidelity": fidelity(run.images, ref_images, features, ref_features),
-               "sample_s": time.perf_counter() - t0}
-        rows[method.name], methods[method.name] = row, method
-        row["block_fraction"] = row["block_evals_per_image"] / rows[next(iter(rows))]["block_evals_per_image"]
+        row = runner.measure(method)
         log(f"{method.name:34s} FID {row['fid']:8.3f}  blocks {row['block_fraction']:.3f}  "
             f"PSNR {row['fidelity']['psnr_db']:5.1f}  ({row['sample_s']:.1f}s)")
         return row
@@ -259,7 +194,7 @@ def run_setting(setting: str, preset: Preset, model_path: str | None = None, log
     calibration: dict[str, Any] = {}
     for point in preset.grid:
         sampler.use_solver(point[0])
-        grid_methods, info = exit_methods(pipe, point, preset, net, guidance, sampler)
+        grid_methods, info = exit_methods(pipe, point, preset, specs[0].net, guidance, sampler)
         calibration[f"{point[0]}{point[1]}"] = info
         for method in grid_methods:
             measure(method)
@@ -286,17 +221,10 @@ def run_setting(setting: str, preset: Preset, model_path: str | None = None, log
         if not cheaper:
             return True
         best = min(cheaper, key=lambda r: r["fid"])
-        return paired.difference(row["name"], reference)["high"] < paired.difference(best["name"], reference)["low"]
+        return runner.difference(row["name"], reference)["high"] < runner.difference(best["name"], reference)["low"]
 
-    for row in list(rows.values()):
-        if row["family"] in frontier.FRONTIER_FAMILIES + ("seed", "guidance"):
-            continue
-        exact = row["block_fraction"] * S
-        for solver in SOLVERS:
-            for k in sorted({int(np.floor(exact + 1e-9)), int(np.ceil(exact - 1e-9))}):
-                if 1 <= k <= S and f"{solver}{k}" not in rows and not (solver == "ddim" and k == S) \
-                        and still_beats(row):
-                    measure(Method(f"{solver}{k}", "fewer_steps", solver, k, notes={"matched": True}))
+    for method in runner.matched_frontier(SOLVERS, S, still_beats):
+        measure(method)
 
     # 4. FLOPs (a couple of images, heads and decode included) and batch-64 wall-clock of every method.
     for name, method in methods.items():
@@ -331,17 +259,17 @@ def run_setting(setting: str, preset: Preset, model_path: str | None = None, log
         "setting": setting, "num_blocks": n, "num_classes": pipe.num_classes, "num_images": N, "reference_steps": S,
         "reference": reference_name, "guidance_scale": guidance,
         "solvers": {s: {"class": classes[s], "config": dict(x.config)} for s, x in sampler.schedulers.items()},
-        "feature_net": {"name": data, "features": int(real_features.shape[1]),
-                        **{k: v for k, v in getattr(net, "meta", {}).items() if k != "class_names"}},
+        "feature_net": {**specs[0].describe(), "name": feature_nets_of(data)[0]},
+        "feature_nets": [{**spec.describe(), "key": spec.key} for spec in specs],
         "real_images": int(real.shape[0]),
-        "floor": {"fid": floor, "num_images": int(floor_images.shape[0]),
+        "floor": {"fid": floor[primary], "fid_by_net": floor, "num_images": int(floor_images.shape[0]),
                   "what": "FID of the disjoint real floor set against the real reference set"},
         "seed_spread": max((abs(r["fid"] - rows[reference_name]["fid"]) for r in rows.values() if r["family"] == "seed"),
                            default=None),
         "bootstrap": {"resamples": preset.bootstrap, "confidence": preset.confidence, "seed": 0,
                       "what": "percentile intervals over resamples of image indices shared by every method; the "
                               "real statistics stay fixed"},
-        "calibration": calibration, "mag_ratios": mag_ratios, "not_attached": not_attached,
+        "calibration": calibration, "mag_ratios": mag_ratios, "not_attached": {**not_attached, **runner.not_attached},
         "rows": rows, "decisions": decisions, "operating_point": point,
         "timing": {"batches": list(preset.timing_batches), "repeats": preset.timing_repeats,
                    "warmup": preset.timing_warmup, "key_rows": key,
@@ -350,6 +278,10 @@ def run_setting(setting: str, preset: Preset, model_path: str | None = None, log
                            "speedup = median over rounds of (stock model time / method time)"},
         "peak_memory": memory, "overhead": overhead, "elapsed_s": time.perf_counter() - started,
     }
+
+
+def _as_uint8(images: torch.Tensor) -> torch.Tensor:
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def _store_times(rows: dict, times: dict[str, list[float]], reference: str, batch: int, primary: bool) -> None:
@@ -395,7 +327,7 @@ def run(preset: str | Preset = "ci", out: str | Path = "bench_out", settings: tu
     results = []
     with torch.no_grad():
         for setting in preset.settings:
-            results.append(run_setting(setting, preset, (model_paths or {}).get(setting), log))
+            results.append(run_setting(setting, preset, out, (model_paths or {}).get(setting), log))
     report = {
         "preset": preset_name, "preset_values": asdict(preset), "command": command,
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),

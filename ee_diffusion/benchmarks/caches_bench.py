@@ -21,7 +21,7 @@ computed}[_l: last call computed][_v{threshold}: with the per-row change criteri
 Quality is FID under every shipped feature net of the setting's data (the first one's is a row's `fid`), with
 paired bootstrap intervals (`eval/paired.py`, `caches_compare.py`): every row at batch >= 8 is scored on the same `num_images` images, the batch-1 rows on the first `batch1_images` (sampling a
 pipeline image by image is slow). Wall-clock: one pipeline call on `batch` images per method per round,
-interleaved rounds after a warm-up, hooks and caches put on outside the timed region (`bench.MethodSampler.timed`),
+interleaved rounds after a warm-up, hooks and caches put on outside the timed region (`runner.MethodSampler.timed`),
 speedup = median over rounds of stock time / method time, at every batch size.
 
 Matched speed: for every cache row at batch b, the per-row row that is at least as fast at batch b with the lowest
@@ -50,13 +50,16 @@ from ..config import EarlyExitConfig
 from ..default_model import SETTINGS, load_setting_pipeline, setting_dataset
 from ..engine import apply_early_exit, exit_state_nbytes, remove_early_exit
 from ..eval.features import feature_nets_of, load_feature_net
+from ..eval.paired import PairedFIDs
 from ..eval.quality import real_images
 from ..eval.timing import speedups
+from ..pipelines.conditioning import Conditioning
 from ..schedules import BlockForecast, BlockForecastState, CachedTailResidual, TailCacheState
-from .bench import MethodSampler, Preset, load_average
-from .caches_compare import Nets, frontier_comparisons, matched_comparisons, summarize
+from .bench import Preset, load_average
+from .caches_compare import frontier_comparisons, matched_comparisons, summarize
 from .caches_report import write
-from .grid import Method, cache_methods
+from .grid import Method, cache_methods, make_schedulers
+from .runner import MethodSampler
 from .solvers import SOLVERS, solver_timesteps
 
 DIT_XL_TOKENS, DIT_XL_WIDTH = 256, 1152  # DiT-XL/2 at 256 px: 32x32 latents in 2x2 patches, hidden width 1152
@@ -253,10 +256,11 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
     with torch.no_grad():
         reals = {name: net(real) for name, net in nets.items()}
     N, N1, S = preset.num_images, preset.batch1_images, preset.steps
-    sets = {"all": Nets(reals, N, preset.bootstrap, preset.confidence),
-            "batch1": Nets(reals, N1, preset.bootstrap, preset.confidence)}
+    sets = {"all": PairedFIDs(reals, N, preset.bootstrap, preset.confidence),
+            "batch1": PairedFIDs(reals, N1, preset.bootstrap, preset.confidence)}
     big = max(b for b in preset.batches)
-    sampler = MethodSampler(pipe, 1.0, big, big)
+    sampler = MethodSampler(pipe, Conditioning("classes", class_ids=list(range(pipe.num_classes))), 1.0,
+                            make_schedulers(pipe.scheduler), big, big)
     rows: dict[str, dict[str, Any]] = {}
     methods: dict[str, Method] = {}
     reference_evals: list[float] = []

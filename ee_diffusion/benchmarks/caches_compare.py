@@ -5,31 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
-from ..eval.paired import PairedFID
+from ..eval.paired import PairedFIDs
 from .caches_report import CACHE_FAMILIES
 from .grid import Method
-
-
-class Nets:
-    """Paired FIDs of one image set under every feature net; the first net's numbers are the rows' `fid`."""
-
-    def __init__(self, reals: dict[str, torch.Tensor], num_images: int, bootstrap: int, confidence: float) -> None:
-        self.sets = {name: PairedFID(real, num_images, bootstrap, confidence) for name, real in reals.items()}
-        self.primary = next(iter(self.sets))
-
-    @property
-    def resampled(self) -> dict[str, Any]:
-        return self.sets[self.primary].resampled
-
-    def add(self, name: str, features: dict[str, torch.Tensor]) -> dict[str, float]:
-        return {net: paired.add(name, features[net]) for net, paired in self.sets.items()}
-
-    def difference(self, a: str, b: str) -> dict[str, Any]:
-        """FID(a) - FID(b) under the first net, with `by_net` for every net."""
-        by_net = {net: paired.difference(a, b) for net, paired in self.sets.items()}
-        return {**by_net[self.primary], "by_net": by_net}
 
 
 def _verdict(interval: dict[str, Any]) -> str:
@@ -43,7 +21,7 @@ def _robust_key(row: dict[str, Any], reference: dict[str, Any], key: str) -> flo
     return max(fid / reference[f"{key}_by_net"][net] for net, fid in row[f"{key}_by_net"].items())
 
 
-def matched_comparisons(rows: dict[str, dict], sets: dict[str, Nets], tails: list[Method]) -> list[dict[str, Any]]:
+def matched_comparisons(rows: dict[str, dict], sets: dict[str, PairedFIDs], tails: list[Method]) -> list[dict[str, Any]]:
     """Per cache row at batch b: the best per-row row at least as fast at batch b (the lowest worst-net FID
     relative to the reference), among the tail forecasts, all per-row rows and the `BlockForecast` rows, with the
     paired interval of FID(ours) - FID(cache) on the cache row's image set and its verdict under every net."""
@@ -72,7 +50,7 @@ def matched_comparisons(rows: dict[str, dict], sets: dict[str, Nets], tails: lis
     return out
 
 
-def frontier_comparisons(rows: dict[str, dict], sets: dict[str, Nets], tails: list[Method],
+def frontier_comparisons(rows: dict[str, dict], sets: dict[str, PairedFIDs], tails: list[Method],
                          batches: tuple[int, ...]) -> list[dict[str, Any]]:
     """Per per-row row and batch: the solver's fewer-steps row at least as fast with the lowest worst-net FID,
     and FID(row) - FID(that row) with its verdict (on all images; the rows do not depend on the batch)."""

@@ -36,6 +36,22 @@ def paired_interval(a: dict, b: dict, confidence: float) -> dict[str, float]:
     return {"delta": float(a["fid"] - b["fid"]), "low": float(low), "high": float(high)}
 
 
+def _net_view(row: dict, net: str) -> dict:
+    return {"name": row["name"], "fid": row["fid_by_net"][net], "fid_resamples": row["fid_resamples_by_net"][net]}
+
+
+def intervals_by_net(a: dict, b: dict, confidence: float) -> dict[str, dict[str, float]]:
+    """FID(a) - FID(b) with its paired interval under every feature network both rows were scored by (rows of a
+    one-network report: that network, keyed by "")."""
+    if "fid_resamples_by_net" in a and "fid_resamples_by_net" in b:
+        return {net: paired_interval(_net_view(a, net), _net_view(b, net), confidence) for net in a["fid_by_net"]}
+    return {"": paired_interval(a, b, confidence)}
+
+
+def fids_by_net(row: dict) -> dict[str, float]:
+    return row["fid_by_net"] if "fid_resamples_by_net" in row else {"": row["fid"]}
+
+
 def reference_row(rows: dict[str, dict]) -> dict:
     found = [r for r in rows.values() if r["family"] == "reference"]
     if len(found) != 1:
@@ -71,23 +87,27 @@ def confirms_quality(intervals: dict[str, dict[str, float]], reference_fids: dic
 
 
 def knees(rows: dict[str, dict]) -> dict[str, str]:
-    """Per solver, the frontier row with the fewest steps whose interval against the reference has low <= 0."""
+    """Per solver, the frontier row with the fewest steps whose interval against the reference has low <= 0 under
+    every feature network."""
     out: dict[str, str] = {}
     for r in sorted((r for r in rows.values() if r["family"] in FRONTIER_FAMILIES), key=lambda r: r["steps"]):
-        if r["solver"] not in out and r["dfid_reference"]["low"] <= 0:
+        if r["solver"] not in out and all(d["low"] <= 0 for d in r["dfid_reference_by_net"].values()):
             out[r["solver"]] = r["name"]
     return out
 
 
-def matched_frontier(row: dict, rows: dict[str, dict], cost: str) -> dict | None:
-    """The frontier row with the lowest FID among those that cost no more than `row` (by `cost`), or None."""
+def matched_frontier(row: dict, rows: dict[str, dict], cost: str, net: str | None = None) -> dict | None:
+    """The frontier row with the lowest FID (under `net`; None: the primary network) among those that cost no
+    more than `row` (by `cost`), or None."""
     pool = [r for r in rows.values() if r["family"] in FRONTIER_FAMILIES and cost in r and r["name"] != row["name"]
             and r[cost] <= row[cost] * (1 + 1e-9)]
-    return min(pool, key=lambda r: r["fid"]) if pool else None
+    return min(pool, key=lambda r: r["fid"] if net is None else fids_by_net(r)[net]) if pool else None
 
 
 def frontier_comparison(row: dict, rows: dict[str, dict], confidence: float) -> dict[str, Any]:
-    """How `row` compares with the frontier at its wall-clock and at its block evaluations."""
+    """How `row` compares with the frontier at its wall-clock and at its block evaluations: under every feature
+    network, its interval against the reference must lie wholly below that of the best frontier point (by that
+    network) that costs no more; `margin` is the smallest such gap over the networks."""
     out: dict[str, Any] = {}
     for cost in COST_KEYS:
         if cost not in row:
@@ -96,9 +116,13 @@ def frontier_comparison(row: dict, rows: dict[str, dict], confidence: float) -> 
         if match is None:
             out[cost] = {"frontier": None, "beats": False, "why": "no frontier point this cheap was measured"}
             continue
-        margin = match["dfid_reference"]["low"] - row["dfid_reference"]["high"]
+        margins = {net: matched_frontier(row, rows, cost, net)["dfid_reference_by_net"][net]["low"] - d["high"]
+                   for net, d in row["dfid_reference_by_net"].items()}
+        margin = min(margins.values())
         out[cost] = {"frontier": match["name"], "beats": bool(margin > 0), "margin": margin,
                      "paired_vs_frontier": paired_interval(row, match, confidence)}
+        if len(margins) > 1:
+            out[cost]["margin_by_net"] = margins
     out["beats"] = bool(out) and all(out[c]["beats"] for c in COST_KEYS if c in out)
     return out
 
@@ -113,7 +137,8 @@ def decide(rows: dict[str, dict], confidence: float, timing_batch: int = 64) -> 
     ref = reference_row(rows)
     for r in rows.values():
         r["dfid_reference"] = paired_interval(r, ref, confidence)
-        r["holds_quality"] = holds_quality(r["dfid_reference"], ref["fid"])
+        r["dfid_reference_by_net"] = intervals_by_net(r, ref, confidence)
+        r["holds_quality"] = holds_under_every_net(r["dfid_reference_by_net"], fids_by_net(ref))
     knee_names = knees(rows)
     knee = min((rows[n] for n in knee_names.values()), key=lambda r: r.get("time_ratio", r["block_fraction"]),
                default=ref)
@@ -167,7 +192,7 @@ def operating_point(rows: dict[str, dict], recommended: str, scheduler_classes: 
         full = next((r for r in rows.values() if r["family"] in FRONTIER_FAMILIES and r["solver"] == solver
                      and r["steps"] == steps), None)
         good = [r for r in exits if r["steps"] == steps and r["vs_frontier"]["beats"] and full is not None
-                and holds_quality(paired_interval(r, full, confidence), full["fid"])]
+                and holds_under_every_net(intervals_by_net(r, full, confidence), fids_by_net(full))]
         best = max(good, key=lambda r: r.get("speedup", 1 / r["block_fraction"])) if good else None
         by_steps[str(steps)] = None if best is None else best["exit_config"]
     exit_config = rec["exit_config"] if rec["family"] not in FRONTIER_FAMILIES else None

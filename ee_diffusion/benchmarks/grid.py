@@ -8,7 +8,6 @@ evaluation images).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..calibration import (
@@ -22,6 +21,7 @@ from ..calibration import (
 from ..config import EarlyExitConfig
 from ..eval.baselines import CacheBaseline, calibrate_mag_ratios
 from ..schedules import CachedTailResidual, StaticDepth, UncertaintyThreshold
+from .method import Method
 from .solvers import SOLVERS, ase_schedules, make_schedulers
 
 if TYPE_CHECKING:
@@ -38,28 +38,6 @@ GridPoint = tuple[str, int]
 #: TaylorSeer forecasts the outputs of these modules of a DiT block (diffusers' default patterns expect attention
 #: modules named `attn`; DiT's are `attn1`, so its default would hook nothing).
 TAYLORSEER_DIT_MODULES = [r"transformer_blocks\.\d+\.attn1", r"transformer_blocks\.\d+\.ff"]
-
-
-@dataclass
-class Method:
-    """One row of the report (see the module doc)."""
-
-    name: str
-    family: str
-    solver: str
-    steps: int
-    exit_config: EarlyExitConfig | None = None
-    cache: CacheBaseline | None = None
-    seed: int = 0
-    guidance_scale: float | None = None  # None: the setting's guidance
-    notes: dict[str, Any] = field(default_factory=dict)
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "family": self.family, "solver": self.solver, "steps": self.steps,
-                "exit_config": None if self.exit_config is None else self.exit_config.to_dict(),
-                "cache": None if self.cache is None else self.cache.describe(), "seed": self.seed,
-                **({"guidance_scale": self.guidance_scale} if self.guidance_scale is not None else {}),
-                **({"notes": self.notes} if self.notes else {})}
 
 
 def exit_methods(pipe: Any, point: GridPoint, preset: Preset, feature_net: Any, guidance: float,

@@ -12,18 +12,21 @@ from typing import Any
 
 import torch
 
-from ..operating_point import OperatingPoint
 from ..eval.timing import speedups
-from .bench import MethodSampler, load_average
-from .grid import Method
-from .solvers import SOLVERS, solver_of
+from ..operating_point import OperatingPoint
+from ..pipelines.conditioning import Conditioning
+from .bench import load_average
+from .method import Method
+from .runner import MethodSampler
+from .solvers import SEARCH_SOLVERS, SOLVERS, make_schedulers, scheduler_of_point, solver_of
 
 
 def time_operating_points(pipe: Any, points: dict[str, OperatingPoint], reference_steps: int = 25, batch: int = 64,
                           repeats: int = 5, warmup: int = 1, reference_solver: str = "ddim") -> dict[str, Any]:
-    """Speedups of `points` (name -> `OperatingPoint`, at its default steps, guidance and exit config) against the
-    stock model at `reference_steps` steps of `reference_solver` (a `SOLVERS` name), at `batch` images per call
-    (a pipeline of ours)."""
+    """Speedups of `points` (name -> `OperatingPoint`, at its default steps, guidance and exit config, its scheduler
+    rebuilt from the pipeline's own config and the point's `scheduler_options`) against the stock model at
+    `reference_steps` steps of `reference_solver` (a `SOLVERS` name), at `batch` images per call (a pipeline of
+    ours)."""
     if reference_solver not in SOLVERS:
         raise ValueError(f"reference_solver must be one of {sorted(SOLVERS)}, got {reference_solver!r}")
     if not points:
@@ -31,21 +34,22 @@ def time_operating_points(pipe: Any, points: dict[str, OperatingPoint], referenc
     guidance = {point.guidance_scale for point in points.values()}
     if len(guidance) != 1:
         raise ValueError(f"the points must share their guidance scale to be timed together, got {sorted(guidance)}")
-    unknown = sorted({point.scheduler for point in points.values() if solver_of(point.scheduler) is None})
-    if unknown:
-        raise ValueError(f"only operating points of {sorted(c for c, _ in SOLVERS.values())} can be timed here, got "
-                         f"{unknown}")
+    schedulers = make_schedulers(pipe.scheduler)
+    schedulers.update({f"point:{name}": scheduler_of_point(point, pipe.scheduler) for name, point in points.items()})
     methods = [Method("reference", "reference", reference_solver, reference_steps)]
-    methods += [Method(name, "point", solver_of(point.scheduler), point.num_inference_steps, point.exit_config)
+    methods += [Method(name, "point", f"point:{name}", point.num_inference_steps, point.exit_config)
                 for name, point in points.items()]
+    conditioning = Conditioning("classes", class_ids=list(range(pipe.num_classes)))
     load_before = load_average()
-    times = MethodSampler(pipe, guidance.pop(), batch, batch).timed(methods, batch, repeats, warmup)
+    times = MethodSampler(pipe, conditioning, guidance.pop(), schedulers, batch).timed(methods, batch, repeats, warmup)
     out: dict[str, Any] = {"batch": batch, "repeats": repeats, "warmup": warmup, "threads": torch.get_num_threads(),
                            "load_average_before": load_before,
                            "load_average_after": load_average(), "points": {}}
     summary = speedups(times, "reference")
     for method in methods:
-        out["points"][method.name] = {"solver": method.solver, "steps": method.steps,
+        point = points.get(method.name)  # the reference is not a point
+        solver = method.solver if point is None else solver_of(point.scheduler, SEARCH_SOLVERS) or point.scheduler
+        out["points"][method.name] = {"solver": solver, "steps": method.steps,
                                       "exit_config": None if method.exit_config is None else method.exit_config.to_dict(),
                                       "median_s": summary[method.name]["median_s"],
                                       "speedup": summary[method.name]["speedup"], "seconds": times[method.name]}

@@ -57,7 +57,10 @@ def rows_table(entry: dict, names: list[str] | None = None) -> list[str]:
 
 
 def markdown(report: dict) -> str:
-    """The report as Markdown: per setting the verdict, the frontier comparison, the table of every method."""
+    """The report as Markdown: per setting the verdict, the frontier comparison, the table of every method (a
+    `bench --pipeline` report: per pipeline, with its real data and feature networks)."""
+    if report.get("kind") == "bench --pipeline":
+        return _pipeline_markdown(report)
     env = report["environment"]
     lines = [f"# ee-diffusion bench (preset {report['preset']})", "",
              f"Command: `{report['command']}`", "",
@@ -101,6 +104,58 @@ def markdown(report: dict) -> str:
                   f"Timing: {s['timing']['what']}; {s['timing']['repeats']} rounds after {s['timing']['warmup']} "
                   f"warm-up; batches {s['timing']['batches']} (batches after the first: the key rows only).", ""]
     return "\n".join(lines) + "\n"
+
+
+def _pipeline_markdown(report: dict) -> str:
+    """A `bench --pipeline` report as Markdown: per entry the verdict, the recommendation and every method."""
+    env = report["environment"]
+    lines = ["# ee-diffusion bench --pipeline", "", f"Command: `{report['command']}`", "",
+             f"torch {env['torch']}, {env['threads']} threads, {env['processes']} process(es), {env['device']} "
+             f"{env['dtype']}; total {report['elapsed_s']:.0f} s. FIDs under different feature networks are not "
+             f"comparable: each has its own section.", ""]
+    for s in report["settings"]:
+        d = s["decisions"]
+        ref = s["rows"][s["reference"]]
+        real = s["real"]
+        files = real.get("stats_files") or real.get("stats_file")
+        real_text = real.get("described", f"{real['count']} images (statistics file {files})")
+        lines += [f"## {s['setting']}", "",
+                  f"**Verdict.** {d['verdict']}", "",
+                  f"Pipeline `{s['pipeline']}` ({s['pipeline_class']}), {s['conditioning']}, {s['num_images']} images "
+                  f"per method at {s['image_shape'][1]}x{s['image_shape'][1]}, guidance {s['guidance_scale']}. "
+                  f"{_nets_text(s)} Real: "
+                  f"{real_text}. Reference: `{s['reference']}` (stock pipeline, no hooks), FID {_fids_text(ref)}. "
+                  f"Intervals: {s['bootstrap']['confidence']:.0%} paired bootstrap, {s['bootstrap']['resamples']} "
+                  f"resamples of image indices.", ""]
+        lines += [f"Warning: {w}" for w in s["warnings"]] + ([""] if s["warnings"] else [])
+        lines += ["Knee (fewest steps whose interval against the reference includes 0 or lies below it): "
+                  + (", ".join(f"{k}: `{v}`" for k, v in d["knees"].items()) or "none") + ".", "",
+                  f"Recommended operating point: `{d['recommended']}` - {_describe_point(s['operating_point'])}.", "",
+                  "### Every method", ""] + rows_table(s)
+        if any("clip_score" in r for r in s["rows"].values()):
+            lines += ["", "CLIP score (100 x max(cos, 0), mean over images): " + ", ".join(
+                f"{name} {r['clip_score']:.2f}" for name, r in s["rows"].items() if "clip_score" in r) + "."]
+        if s["not_attached"]:
+            lines += ["", "Diffusers caches that could not attach: " + "; ".join(
+                f"{k}: {v}" for k, v in s["not_attached"].items())]
+        lines += ["", f"Timing: {s['timing']['what']}; {s['timing']['repeats']} rounds after {s['timing']['warmup']} "
+                      f"warm-up at batch {s['timing']['batches'] or 'none (no timing: decisions by block evaluations)'}.", ""]
+    return "\n".join(lines) + "\n"
+
+
+def _nets_text(entry: dict) -> str:
+    nets = entry.get("feature_nets") or [entry["feature_net"]]
+    if len(nets) == 1:
+        return f"Feature network: {nets[0]['name']}, {nets[0]['features']} features."
+    return ("Feature networks (unchanged quality must hold under each; the first fills the FID column): "
+            + "; ".join(f"{n['name']} ({n['features']} features, key {n['key']})" for n in nets) + ".")
+
+
+def _fids_text(row: dict) -> str:
+    by_net = row.get("fid_by_net") or {}
+    if len(by_net) <= 1:
+        return f"{row['fid']:.3f}"
+    return ", ".join(f"{v:.3f} ({k})" for k, v in by_net.items())
 
 
 def _describe_point(point: dict) -> str:

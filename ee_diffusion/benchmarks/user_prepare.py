@@ -78,9 +78,19 @@ def _fingerprint(path: str | os.PathLike) -> str:
     return hashlib.sha256(head + f"{file.name}:{file.stat().st_size}".encode()).hexdigest()[:12]
 
 
+def our_feature_net(name: str) -> FeatureSpec:
+    """One of our feature nets (a shipped name such as "digits-pool", or a saved net's path without suffix)."""
+    from ..eval.features import load_feature_net
+
+    net = load_feature_net(name)
+    size = net.config["image_size"]
+    return FeatureSpec(f"{Path(name).name} (ee-diffusion feature net)", f"net-{Path(name).name}", net,
+                       f"{size}x{size} (native)", unit_input=True)
+
+
 def load_features(config: BenchConfig, device: str) -> list[FeatureSpec]:
     """The feature networks of `config.features`, loaded and checked (`ValueError` before any sampling)."""
-    from ..eval.features import RECIPES, load_feature_net
+    from ..eval.features import RECIPES
     from ..eval.standard_features import ClipImageFeatures, load_inception
 
     specs = []
@@ -103,10 +113,7 @@ def load_features(config: BenchConfig, device: str) -> list[FeatureSpec]:
             specs.append(FeatureSpec(f"clip {net.architecture} ({folder.name}) at {r}x{r}", f"clip{r}-{key}", net,
                                      f"{r}x{r}", meta={"folder": str(folder)}))
         elif name in RECIPES or Path(f"{name}.json").is_file():
-            net = load_feature_net(name)
-            size = net.config["image_size"]
-            specs.append(FeatureSpec(f"{Path(name).name} (ee-diffusion feature net)", f"net-{Path(name).name}", net,
-                                     f"{size}x{size} (native)", unit_input=True))
+            specs.append(our_feature_net(name))
         else:
             raise ValueError(f"unknown feature network {name!r}; known: 'inception', 'clip', {sorted(RECIPES)} or "
                              f"the path (without suffix) of a saved feature net")
@@ -165,11 +172,12 @@ class Prepared:
     pipeline_key: str
 
 
-def _pipeline_key(folder: str, config: BenchConfig, device: str) -> str:
+def pipeline_key(folder: str | os.PathLike, dtype: str, device: str) -> str:
+    """What a pipeline folder's images depend on (its files, dtype and device type), as a run-key part."""
     root = Path(folder).resolve()
     files = sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*") if p.is_file())
     return run_key({"folder": str(root), "index": (root / "model_index.json").read_text(), "files": files,
-                    "dtype": config.dtype, "device": torch.device(device).type})
+                    "dtype": dtype, "device": torch.device(device).type})
 
 
 def prepare(config: BenchConfig, device: str = "cpu") -> Prepared:
@@ -226,4 +234,4 @@ def prepare(config: BenchConfig, device: str = "cpu") -> Prepared:
             if message:
                 warnings[spec.key].append(message)
     return Prepared(pipe, conditioning, methods, features, folder, stats, stats_files, shape, guidance, warnings,
-                    _pipeline_key(config.pipeline, config, device))
+                    pipeline_key(config.pipeline, config.dtype, device))

@@ -174,6 +174,55 @@ class PairedFID:
         return name
 
 
+class PairedFIDs:
+    """`PairedFID`s of one image set under every feature network, on the same resampled image indices.
+
+    FIDs of different networks are never compared with each other: each network gives its own paired intervals,
+    and a decision asks for all of them (`benchmarks.frontier.holds_under_every_net`). The first network is the
+    primary one, whose numbers fill a report's single-number columns.
+
+    ```py
+    >>> torch.manual_seed(0)
+    <torch._C.Generator object at ...>
+    >>> reals = {"a": torch.randn(50, 3), "b": torch.randn(50, 2)}
+    >>> scores = PairedFIDs(reals, num_images=20, num_resamples=30)
+    >>> sorted(scores.add("x", {"a": torch.randn(20, 3), "b": torch.randn(20, 2)}))
+    ['a', 'b']
+    >>> _ = scores.add("y", {"a": torch.randn(20, 3) + 1, "b": torch.randn(20, 2)})
+    >>> d = scores.difference("y", "x"); d["delta"] > 0, sorted(d["by_net"])
+    (True, ['a', 'b'])
+
+    ```
+    """
+
+    def __init__(self, reals: dict[str, torch.Tensor | FrechetReference], num_images: int, num_resamples: int = 200,
+                 confidence: float = 0.9) -> None:
+        if not reals:
+            raise ValueError("PairedFIDs needs at least one feature network, got none")
+        self.sets = {name: PairedFID(real, num_images, num_resamples, confidence) for name, real in reals.items()}
+        self.primary = next(iter(self.sets))
+        self.num_images = num_images
+
+    @property
+    def resampled(self) -> dict[str, torch.Tensor]:
+        """The primary network's (R,) resampled FIDs by set name."""
+        return self.sets[self.primary].resampled
+
+    def add(self, name: str, features: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Score (N, F) features per network (a dict with one entry per network); returns the FIDs by network."""
+        if set(features) != set(self.sets):
+            raise ValueError(f"need features under {sorted(self.sets)}, got {sorted(features)}")
+        return {net: paired.add(name, features[net]) for net, paired in self.sets.items()}
+
+    def fids(self, name: str) -> dict[str, float]:
+        return {net: paired.point[name] for net, paired in self.sets.items()}
+
+    def difference(self, name: str, other: str) -> dict[str, Any]:
+        """FID(name) - FID(other) under the primary network, with `by_net` holding every network's interval."""
+        by_net = {net: paired.difference(name, other) for net, paired in self.sets.items()}
+        return {**by_net[self.primary], "by_net": by_net}
+
+
 def ssim_kernel_size(height: int, width: int) -> int:
     """The largest odd Gaussian window <= 11 (torchmetrics' default) that fits the image: 7 for 8x8 images."""
     size = min(11, height, width)
