@@ -11,6 +11,8 @@ from pathlib import Path
 
 #: The benchmark settings (`ee_diffusion.default_model.SETTINGS`), named here so that `--help` imports no torch.
 SETTING_NAMES = ("digits", "glyphs", "digits-deep", "digits-deep-pretrained")
+#: The solvers the operating-point search offers (`ee_diffusion.benchmarks.solvers.SEARCH_SOLVERS`), named here too.
+SEARCH_SOLVER_NAMES = ("ddim", "dpmpp", "unipc")
 
 
 def _add_demo(subparsers) -> None:
@@ -148,7 +150,8 @@ def _add_calibrate(subparsers) -> None:
                            "reference FID; 0.1 is the benchmark's)")
     goal.add_argument("--min-psnr", type=float,
                       help="schedule, tail-cache and block-forecast: mean per-image PSNR (dB) against the full "
-                           "model's images")
+                           "model's images; operating-point: against the reference's image from the same noise, "
+                           "needing no real images or feature networks (--real, --real-stats, --features refused)")
     conditioning = parser.add_mutually_exclusive_group()
     conditioning.add_argument("--classes", nargs="+", help="class ids or names of the calibration images "
                                                            "(class-conditional pipelines; ours default to all)")
@@ -184,7 +187,9 @@ def _add_calibrate(subparsers) -> None:
     parser.add_argument("--out", type=Path, default=Path("policy.json"),
                         help="the calibration JSON (operating-point: the whole search)")
     search = parser.add_argument_group("operating-point")
-    search.add_argument("--solvers", nargs="+", choices=("ddim", "dpmpp"), default=["ddim", "dpmpp"])
+    search.add_argument("--solvers", nargs="+", choices=SEARCH_SOLVER_NAMES, default=None,
+                        help="solvers built from the pipeline's scheduler config (default: ddim dpmpp; a "
+                             "flow-matching folder: its own scheduler, or dpmpp unipc in their flow-matching modes)")
     search.add_argument("--search-steps", type=int, nargs="+", default=[8, 10, 12, 15, 20], help="step counts")
     search.add_argument("--static-fractions", type=float, nargs="*", default=[0.5, 0.75],
                         help="StaticDepth candidates, as fractions of the blocks")
@@ -192,10 +197,11 @@ def _add_calibrate(subparsers) -> None:
                         help="CachedTailResidual thresholds (transformers), each at every --forecast-orders")
     search.add_argument("--threshold-fractions", type=float, nargs="*", default=[0.5, 0.75],
                         help="DeeDiff thresholds calibrated to these block fractions (models with exit heads)")
-    search.add_argument("--reference-steps", type=int, default=25, help="DDIM steps of the reference (default: 25)")
+    search.add_argument("--reference-steps", type=int, default=25,
+                        help="steps of the reference: DDIM, or a flow-matching folder's own scheduler (default: 25)")
     search.add_argument("--reference", type=_reference, default=None, metavar="SOLVER:STEPS",
-                        help="the reference named in full: ddim:25, dpmpp:20, or own:28 (the folder's own scheduler, "
-                             "e.g. flow matching); instead of --reference-steps")
+                        help="the reference named in full: ddim:25, dpmpp:20, unipc:20, or own:28 (the folder's own "
+                             "scheduler, e.g. flow matching); instead of --reference-steps")
     search.add_argument("--features", nargs="+", default=None, metavar="NET",
                         help="feature networks quality must hold under, the primary first: a setting's shipped ones "
                              "(default: both of its data, e.g. digits digits-pool); for a folder inception, clip, or "
@@ -225,7 +231,7 @@ def _add_calibrate(subparsers) -> None:
 def _reference(text: str) -> tuple[str, int]:
     """"dpmpp:20" -> ("dpmpp", 20): the search's reference solver and steps."""
     solver, _, steps = text.partition(":")
-    allowed = ("ddim", "dpmpp", "own")
+    allowed = (*SEARCH_SOLVER_NAMES, "own")
     if solver not in allowed or not steps.isdigit() or int(steps) < 1:
         raise argparse.ArgumentTypeError(f"a reference is SOLVER:STEPS with SOLVER one of {allowed} and STEPS >= 1, "
                                          f"e.g. ddim:25; got {text!r}")
@@ -261,7 +267,9 @@ def _run_calibrate(args: argparse.Namespace) -> int:
 
     setting = args.model if args.model in SETTING_NAMES else None
     if args.kind == "operating-point":
-        return _run_operating_point_search(args, setting)
+        from .calibration.search_command import main as search_main
+
+        return search_main(args, setting)
     dtype = getattr(torch, args.dtype)
     if setting:
         pipe = load_setting_pipeline(setting).to(args.device, dtype)
@@ -298,52 +306,6 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     psnr = f"; mean PSNR {info['psnr_db_mean']:.2f} dB" if "psnr_db_mean" in info else ""
     print(f"{result.exit_config.to_json()}\nblock fraction {info.get('block_fraction'):.3f}{psnr} on "
           f"{args.images} calibration images at {steps} steps; saved to {args.out}")
-    return 0
-
-
-def _run_operating_point_search(args: argparse.Namespace, setting: str | None) -> int:
-    """`calibrate --kind operating-point` on a benchmark setting or a pipeline folder (`calibration.search_command`):
-    bad input ends the command with its message and exit status 2, before any sampling."""
-    import torch
-
-    from .calibration import as_target
-    from .calibration.search_command import folder_features, prepare_folder, run_search, setting_features
-    from .default_model import load_setting_pipeline
-    from .heads import UncertaintyHeads
-    from .pipelines.conditioning import Conditioning
-    from .pipelines.stock import kind_of
-
-    if args.min_psnr is not None:
-        raise SystemExit("--kind operating-point takes --tolerance (relative FID) or --budget, not --min-psnr")
-    if args.reference is not None and args.reference_steps != 25:
-        raise SystemExit(f"give --reference {args.reference[0]}:{args.reference[1]} or --reference-steps "
-                         f"{args.reference_steps}, not both")
-    try:
-        heads = UncertaintyHeads.from_pretrained(args.heads).to(args.device) if args.heads is not None else None
-        if setting:
-            if args.real is not None or args.real_stats:
-                raise ValueError(f"the {setting} setting is scored against its own real images; --real and "
-                                 f"--real-stats are for pipeline folders")
-            features = setting_features(setting, args.features)
-            pipe = load_setting_pipeline(setting).to(args.device, getattr(torch, args.dtype))
-            pipe.set_progress_bar_config(disable=True)
-            conditioning = None
-            if args.classes:
-                conditioning = Conditioning.from_classes(args.classes, pipe)
-            guidance = args.guidance
-        else:
-            prep = prepare_folder(args)
-            pipe, conditioning, guidance = prep.pipe, prep.conditioning, prep.guidance
-            features = folder_features(prep, args.batch_size)
-        if args.save_to is not None and Path(args.save_to).exists():
-            raise ValueError(f"--save-to {str(args.save_to)!r} exists; give a new folder")
-        target = as_target(pipe, conditioning, heads=heads)
-    except ValueError as error:
-        print(f"ee-diffusion calibrate: error: {error}", file=sys.stderr)
-        return 2
-    if guidance is None and kind_of(pipe).ours:
-        guidance = pipe.resolve_call(None, None, None).guidance_scale
-    print("\n".join(run_search(args, pipe, target, features, guidance)))
     return 0
 
 

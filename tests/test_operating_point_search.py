@@ -1,16 +1,21 @@
 """Operating-point search: the goals pick what they say, held-out seeds are other seeds, a failed confirmation
 gives way to the next candidate, the point round-trips (JSON, pipeline folder), the CLI runs end to end, and bad
-input raises before any sampling. On the shipped digits model with its feature net and real images."""
+input raises before any sampling. On the shipped digits model with its feature net and real images; the PSNR goal
+and the flow-matching solvers on tiny random models."""
 
 import json
+import re
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from ee_diffusion import EarlyExitConfig
-from ee_diffusion.benchmarks.frontier import QUALITY_TOLERANCE
+from ee_diffusion import EarlyExitConfig, apply_early_exit
+from ee_diffusion.benchmarks.solvers import SEARCH_SOLVERS, scheduler_of_point
 from ee_diffusion.calibration import SearchSpace, search_operating_point, store_operating_point
+from ee_diffusion.calibration.operating_point_result import search_markdown
+from ee_diffusion.calibration.search_psnr import CONFIRMATION_RULE, SCREENING_RULE
 from ee_diffusion.default_model import load_setting_pipeline
 from ee_diffusion.eval.features import load_feature_net
 from ee_diffusion.eval.pipeline_sampling import sample_pipeline
@@ -237,8 +242,6 @@ def test_cli_searches_and_saves_a_pipeline_folder(tmp_path, capsys, one_thread):
     data = json.loads(out.read_text())
     assert data["settings"]["command"].startswith("ee-diffusion calibrate --model digits")
     assert 1 <= len(data["tries"]) <= 2 and data["settings"]["max_confirmations"] == 2
-    from ee_diffusion.calibration.operating_point_result import search_markdown
-
     assert out.with_suffix(".md").read_text() == search_markdown(data)  # the tables, rendered from the JSON
     # Timed against the reference: the found point and the shipped default point, each at its own steps.
     timed = data["timing"]["points"]
@@ -259,12 +262,17 @@ def test_cli_searches_and_saves_a_pipeline_folder(tmp_path, capsys, one_thread):
     assert "operating point" in capsys.readouterr().out
 
 
-def test_cli_refuses_psnr_goals_and_features_of_other_data(tmp_path, capsys):
+def test_cli_refuses_features_and_real_images_a_goal_does_not_use(tmp_path, capsys):
     from ee_diffusion.cli import main
 
-    with pytest.raises(SystemExit, match="not --min-psnr"):
-        main(["calibrate", "--model", "digits", "--kind", "operating-point", "--min-psnr", "30"])
     out = tmp_path / "search.json"
+    psnr = ["calibrate", "--model", "digits", "--kind", "operating-point", "--min-psnr", "30", "--out", str(out)]
+    for extra, given in ((["--features", "digits"], "['--features']"), (["--real", str(tmp_path)], "['--real']"),
+                         (["--real-stats", "a.safetensors", "--features", "inception"],
+                          "['--features', '--real-stats']")):
+        assert main([*psnr, *extra]) == 2
+        assert (f"--min-psnr scores each image against the reference's image from the same noise: it takes no real "
+                f"images or feature networks, got {given}") in capsys.readouterr().err
     assert main(["calibrate", "--model", "digits", "--kind", "operating-point", "--tolerance", "0.1",
                  "--features", "digits", "glyphs", "--out", str(out)]) == 2
     assert "--features ['glyphs']: the digits setting is scored on 'digits' data, whose shipped feature networks " \
@@ -286,7 +294,7 @@ def counted():
 
 
 @pytest.mark.parametrize("space, match", [
-    (dict(solvers=("euler",)), r"unknown solvers \['euler'\].*allowed: \['ddim', 'dpmpp'\]"),
+    (dict(solvers=("euler",)), r"unknown solvers \['euler'\].*allowed: \['ddim', 'dpmpp', 'unipc'\]"),
     (dict(solvers=()), r"solvers must name at least one value, got \(\)"),
     (dict(steps=(0, 4)), r"steps must be an integer >= 1.*got 0"),
     (dict(steps=()), r"steps must name at least one value"),
@@ -303,8 +311,15 @@ def test_bad_search_spaces_raise(space, match):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(), r"exactly one goal.*tolerance=None, budget=None"),
+    (dict(), r"exactly one goal.*tolerance=None, budget=None, min_psnr=None"),
     (dict(tolerance=0.1, budget=0.5), r"exactly one goal.*tolerance=0.1, budget=0.5"),
+    (dict(budget=0.5, min_psnr=30.0), r"exactly one goal.*budget=0.5, min_psnr=30.0"),
+    (dict(min_psnr=0.0), r"min_psnr \(dB; identical images count as 100\) must be a number > 0.0 and <= 100.0, "
+                          r"got 0.0"),
+    (dict(min_psnr=150), r"min_psnr \(dB; identical images count as 100\) must be a number > 0.0 and <= 100.0, "
+                          r"got 150"),
+    (dict(min_psnr=30.0), r"min_psnr compares each image with the reference's image from the same noise: it takes "
+                          r"no feature networks or real images, got \['feature_net', 'real_features'\]"),
     (dict(budget=0.0), r"budget must be a number > 0.0 and <= 1.0, got 0.0"),
     (dict(budget=1.5), r"budget must be a number > 0.0 and <= 1.0, got 1.5"),
     (dict(tolerance=-0.1), r"tolerance must be a number >= 0.0, got -0.1"),
@@ -314,7 +329,8 @@ def test_bad_search_spaces_raise(space, match):
     (dict(budget=0.5, calib_seed=7, holdout_seed=7), r"calib_seed=7 .* holdout_seed=7 .* share noise"),
     (dict(budget=0.5, calib_seed=0), r"calibration images \(seed 0\) would reuse the noise of the benchmark"),
     (dict(budget=0.5, holdout_seed=1), r"held-out images \(seed 1\) would reuse the noise of the benchmark"),
-    (dict(budget=0.5, reference_solver="euler"), r"reference_solver must be one of \['ddim', 'dpmpp', 'own'\]"),
+    (dict(budget=0.5, reference_solver="euler"),
+     r"reference_solver must be one of \['ddim', 'dpmpp', 'unipc', 'own'\]"),
     (dict(budget=0.5, confidence=1.5), r"confidence must be in \(0, 1\), got 1.5"),
     (dict(budget=0.5, max_confirmations=0), r"max_confirmations must be an integer >= 1.*got 0"),
     (dict(budget=0.5, space=SearchSpace(steps=(2,), threshold_fractions=(0.5,))), r"threshold_fractions need exit heads"),
@@ -350,11 +366,40 @@ def test_flow_matching_pipelines_search_their_own_scheduler(one_thread):
     assert {c.scheduler for c in search.candidates} == {"FlowMatchEulerDiscreteScheduler"}
     assert search.reference["scheduler"] == "FlowMatchEulerDiscreteScheduler" and search.reference["steps"] == 3
     assert search.candidate("static1@own2").block_fraction == pytest.approx(2 / 3 * 1 / 2)
-    for kwargs in ({"reference_solver": "ddim"}, {"space": SearchSpace(solvers=("dpmpp",), steps=(2,))}):
-        with pytest.raises(ValueError, match="need a DDPM-type noise schedule, which FlowMatchEulerDiscreteScheduler"):
+    assert search.confirmed and search.operating_point.scheduler == "FlowMatchEulerDiscreteScheduler"
+    assert search.operating_point.scheduler_options == {}  # its own scheduler, as it is
+
+    # DPM-Solver++ and UniPC in their flow-matching modes, built from the pipeline's scheduler config; the
+    # reference stays the scheduler the model was made with. Each run's scheduler is caught as it samples.
+    used = {}
+    flow = SearchSpace(solvers=("dpmpp", "unipc"), steps=(2,), static_fractions=(0.5,), ase=())
+    solved = search_operating_point(pipe, flow, budget=1.0, feature_net=torch.nn.Flatten(), real_features=real,
+                                    conditioning=cond, reference_steps=3, calib_images=4, holdout_images=4,
+                                    bootstrap=20, batch_size=4,
+                                    on_sample=lambda phase, name, run: used.setdefault(name, pipe.scheduler))
+    assert pipe.scheduler is own
+    assert [c.name for c in solved.candidates] == ["dpmpp2", "static1@dpmpp2", "unipc2", "static1@unipc2"]
+    assert {c.solver: c.scheduler for c in solved.candidates} == {"dpmpp": "DPMSolverMultistepScheduler",
+                                                                   "unipc": "UniPCMultistepScheduler"}
+    assert solved.reference["solver"] == "own" and type(used["reference"]) is type(own)
+    for name in ("dpmpp", "unipc"):
+        options = solved.solvers[name]["options"]
+        assert solved.solvers[name]["class"] == type(used[f"{name}2"]).__name__
+        assert options["use_flow_sigmas"] and options["prediction_type"] == "flow_prediction"
+        assert used[f"{name}2"].config["use_flow_sigmas"] and used[f"{name}2"].config["flow_shift"] == own.shift
+    assert solved.confirmed, solved.why
+    # The point carries its scheduler's options; from its JSON (what a stock folder's --save-to writes) they rebuild
+    # the scheduler the search sampled with.
+    point = OperatingPoint.from_dict(json.loads(json.dumps(solved.operating_point.to_dict())))
+    assert point.scheduler_options == solved.solvers[solved.candidate(solved.chosen).solver]["options"]
+    rebuilt = scheduler_of_point(point, own)
+    assert type(rebuilt) is type(used[solved.chosen]) and dict(rebuilt.config) == dict(used[solved.chosen].config)
+    for kwargs in ({"reference_solver": "ddim"}, {"space": SearchSpace(solvers=("ddim", "dpmpp"), steps=(2,))}):
+        with pytest.raises(ValueError, match=r"\['ddim'\] need a DDPM-type noise schedule, which "
+                                             r"FlowMatchEulerDiscreteScheduler \(flow matching\) does not have; on it "
+                                             r"the search offers \['dpmpp', 'unipc'\]"):
             search_operating_point(pipe, **{"space": space, **kwargs}, budget=1.0, feature_net=torch.nn.Flatten(),
                                    real_features=real, conditioning=cond, calib_images=4, holdout_images=4)
-    assert search.confirmed and search.operating_point.scheduler == "FlowMatchEulerDiscreteScheduler"
 
     seeded = Conditioning("prompts", prompts=[Prompt("a red cat", seed=3)])
     with pytest.raises(ValueError, match="prompts with their own seed"):
@@ -362,13 +407,130 @@ def test_flow_matching_pipelines_search_their_own_scheduler(one_thread):
                                conditioning=seeded, calib_images=4, holdout_images=4)
 
 
+@pytest.fixture(scope="module")
+def random_dit():
+    """A tiny random DiT of ours: its images at fewer steps or blocks are far from the reference's (PSNR 3-20 dB)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    pipe = EarlyExitDiTPipeline(transformer=tiny_dit(num_layers=4), scheduler=DDIMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    yield pipe
+    torch.set_num_threads(before)
+
+
+PSNR_SPACE = SearchSpace(solvers=("ddim",), steps=(2, 4), static_fractions=(0.5, 0.75), ase=())
+
+
+def _psnr_search(pipe, min_psnr, space=PSNR_SPACE, **kwargs):
+    options = dict(reference_steps=4, calib_images=8, holdout_images=16, bootstrap=100)
+    return search_operating_point(pipe, space, min_psnr=min_psnr, **{**options, **kwargs})
+
+
+def test_psnr_goal_picks_the_cheapest_candidate_and_confirms_it_by_the_interval_low_end(random_dit):
+    goal = 12.0
+    fewer = OperatingPoint(scheduler="DPMSolverMultistepScheduler", num_inference_steps=2, guidance_scale=4.0)
+    search = _psnr_search(random_dit, goal, baselines={"fewer steps": fewer})
+    assert search.goal == {"min_psnr": goal} and search.quality_tolerance is None
+    assert search.decision["feature_nets"] == [] and search.decision["screened"] == len(search.candidates) == 6
+    assert search.decision["screening"]["rule"] == SCREENING_RULE
+    assert search.decision["confirmation"] == {"confidence": pytest.approx(1 - 0.1 / 3), "tries_allowed": 3,
+                                               "rule": CONFIRMATION_RULE}
+    assert search.reference["fid"] is None and search.reference["scheduler"] == "DDIMScheduler"
+    for c in search.candidates:  # screening: the calibration mean PSNR against the reference image, no FID
+        assert c.fid is None and c.holds == (c.psnr["mean"] >= goal)
+        assert c.psnr["low"] <= c.psnr["mean"] <= c.psnr["high"]
+    assert search.candidate("ddim4").psnr["mean"] == 100.0  # the reference's own solver and steps: identical images
+    pool = sorted((c for c in search.candidates if c.holds and c.block_fraction <= 1),
+                  key=lambda c: (c.block_fraction, -c.psnr["mean"]))
+    # The pick is not trivially the cheapest candidate: cheaper ones exist and miss the goal.
+    assert any(c.block_fraction < pool[0].block_fraction and not c.holds for c in search.candidates)
+    assert [t.name for t in search.tries] == [c.name for c in pool[:len(search.tries)]]
+    for t in search.tries:  # confirmation: the low end of the held-out interval, at the raised confidence
+        assert t.fid is None and t.holds == t.confirmed == (t.psnr["low"] >= goal)
+        assert t.fidelity["psnr_db"] == pytest.approx(t.psnr["mean"])
+    assert search.confirmed and search.chosen == search.tries[-1].name, search.why
+    assert f"holding a mean PSNR >= {goal:g} dB" in search.why
+    entry = search.baselines["fewer steps"]  # on the same held-out images, paired with the pick
+    assert entry["dpsnr_chosen_minus_baseline"]["delta"] == pytest.approx(
+        search.tries[-1].psnr["mean"] - entry["psnr"]["mean"])
+    point = search.operating_point
+    chosen = search.candidate(search.chosen)
+    assert (point.scheduler, point.num_inference_steps, point.exit_config) == \
+        ("DDIMScheduler", chosen.steps, chosen.exit_config)
+    data = json.loads(json.dumps(search.to_dict()))
+    assert data["goal"] == {"min_psnr": goal} and data["candidates"][0]["psnr"] == search.candidates[0].psnr
+    assert "PSNR dB" in search_markdown(data)
+
+    # A goal no candidate reaches: the reference, full depth, unconfirmed; nothing sampled on the held-out seeds.
+    # UniPC runs on a DDPM-type schedule too, built with its recorded options.
+    beyond = _psnr_search(random_dit, 50.0, space=SearchSpace(solvers=("ddim", "unipc"), steps=(2,),
+                                                                static_fractions=(0.5,), ase=()))
+    assert [c.name for c in beyond.candidates] == ["ddim2", "static2@ddim2", "unipc2", "static2@unipc2"]
+    assert beyond.solvers == {"ddim": {"class": "DDIMScheduler", "options": {}},
+                              "unipc": {"class": "UniPCMultistepScheduler", "options": {"solver_order": 2}}}
+    assert not beyond.confirmed and beyond.chosen is None and not beyond.tries
+    assert "no candidate that runs at most the reference's blocks holds a mean PSNR >= 50 dB" in beyond.why
+    fallback = beyond.operating_point
+    assert (fallback.scheduler, fallback.num_inference_steps, fallback.exit_config) == ("DDIMScheduler", 4, None)
+
+
+def test_psnr_goal_refuses_feature_networks_before_sampling(counted):
+    pipe, calls = counted
+    real = torch.rand(20, 64)
+    for given, names in (({"feature_net": torch.nn.Flatten()}, "['feature_net']"),
+                         ({"features": {"pixels": (torch.nn.Flatten(), real)}}, "['features']")):
+        with pytest.raises(ValueError, match=re.escape(f"it takes no feature networks or real images, got {names}")):
+            search_operating_point(pipe, SearchSpace(steps=(2,)), min_psnr=30.0, calib_images=4, holdout_images=4,
+                                   **given)
+    assert not calls
+
+
+def test_cli_searches_a_flow_matching_folder_for_a_psnr_goal_and_saves_a_point_that_reloads(tmp_path, capsys,
+                                                                                            one_thread):
+    pytest.importorskip("transformers")
+    from ee_diffusion.calibration.search_command import EXIT_CONFIG_FILE, OPERATING_POINT_FILE
+    from ee_diffusion.cli import SEARCH_SOLVER_NAMES, main
+    from ee_diffusion.pipelines.stock import denoiser_of, load_pipeline
+    from ee_diffusion.testing import tiny_pipeline
+
+    assert SEARCH_SOLVER_NAMES == tuple(SEARCH_SOLVERS)  # the CLI's choices, named there without importing torch
+    folder, prompts, out, saved = (tmp_path / name for name in ("sd3", "prompts.txt", "search.json", "point"))
+    tiny_pipeline("sd3", num_layers=2).save_pretrained(folder)
+    prompts.write_text("a red cat\nthe big house\n")
+    # No --real, --real-stats or --features: the PSNR goal needs no real images. The reference is DPM-Solver++
+    # (flow mode) at 3 steps, so its own solver and steps are among the candidates and something confirms.
+    assert main(["calibrate", "--model", str(folder), "--kind", "operating-point", "--min-psnr", "40",
+                 "--prompts", str(prompts), "--solvers", "dpmpp", "unipc", "--reference", "dpmpp:3",
+                 "--search-steps", "2", "3", "--static-fractions", "0.5", "--tail-thresholds", "--images", "4",
+                 "--holdout-images", "4", "--batch-size", "4", "--out", str(out), "--save-to", str(saved)]) == 0
+    data = json.loads(out.read_text())
+    assert data["goal"] == {"min_psnr": 40.0} and data["decision"]["feature_nets"] == []
+    assert {c["scheduler"] for c in data["candidates"]} == {"DPMSolverMultistepScheduler", "UniPCMultistepScheduler"}
+    assert data["confirmed"], data["why"]
+    assert out.with_suffix(".md").read_text() == search_markdown(data)
+    # The stock folder's saved point rebuilds the flow-mode solver the search measured.
+    point = OperatingPoint.from_dict(json.loads((saved / OPERATING_POINT_FILE).read_text()))
+    assert point == OperatingPoint.from_dict(data["operating_point"])
+    chosen = next(c for c in data["candidates"] if c["name"] == data["chosen"])
+    assert point.scheduler_options == data["solvers"][chosen["solver"]]["options"]
+    pipe = load_pipeline(str(folder))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = scheduler_of_point(point, pipe.scheduler)
+    assert type(pipe.scheduler).__name__ == point.scheduler and pipe.scheduler.config["use_flow_sigmas"]
+    apply_early_exit(denoiser_of(pipe), EarlyExitConfig.from_json((saved / EXIT_CONFIG_FILE).read_text()))
+    image = pipe(prompt="a red cat", num_inference_steps=point.num_inference_steps, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images
+    assert image.shape == (1, 16, 16, 3) and np.isfinite(image).all()
+    assert "operating point: " in capsys.readouterr().out
+
+
 def test_timing_refuses_points_it_cannot_time_together(digits):
     from ee_diffusion.benchmarks.point_timing import time_operating_points
 
     pipe = digits[0]
     point = OperatingPoint(scheduler="DDIMScheduler", num_inference_steps=2, guidance_scale=1.0)
-    with pytest.raises(ValueError, match="only operating points of"):
-        time_operating_points(pipe, {"x": OperatingPoint(scheduler="HeunDiscreteScheduler", num_inference_steps=2,
+    with pytest.raises(ValueError, match="'NoSuchScheduler' is not a diffusers scheduler class"):
+        time_operating_points(pipe, {"x": OperatingPoint(scheduler="NoSuchScheduler", num_inference_steps=2,
                                                          guidance_scale=1.0)})
     with pytest.raises(ValueError, match="share their guidance"):
         time_operating_points(pipe, {"a": point, "b": OperatingPoint(scheduler="DDIMScheduler", num_inference_steps=2,

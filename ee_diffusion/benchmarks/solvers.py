@@ -120,7 +120,9 @@ def build_scheduler(class_name: str, options: Mapping[str, Any], scheduler: Any)
     new config, where the pipeline reads them."""
     import diffusers
 
-    cls = getattr(diffusers, class_name)
+    cls = getattr(diffusers, class_name, None) if isinstance(class_name, str) else None
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        raise ValueError(f"{class_name!r} is not a diffusers scheduler class")
     if noise_schedule(scheduler) != "flow":
         return cls.from_config(scheduler.config, **options)
     params = inspect.signature(cls.__init__).parameters

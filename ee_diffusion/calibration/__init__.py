@@ -8,12 +8,14 @@
   `CachedTailResidual` for a fidelity goal or a budget, measured trial by trial (`tail_cache.py`);
 - `calibrate_block_forecast(pipe, min_psnr=30)`: the training-free `BlockForecast` (interval, order, windows) for a
   fidelity goal or a budget at the pipeline's scheduler and step count, every grid point sampled (`block_forecast.py`);
-- `search_operating_point(pipe, SearchSpace(...), tolerance=0.1 or budget=0.5, ...)`: solver, steps, exit policy,
-  thresholds, forecast order and `BlockForecast` settings (placed per step count) together, by the benchmark's
-  paired dFID protocol on calibration seeds, confirmed on held-out seeds; the result's `operating_point` is what a
-  pipeline folder stores (`store_operating_point`) (`operating_point_search.py`; its candidates: `search_space.py`;
-  its image sets and scoring: `search_phases.py`; result: `operating_point_result.py`; the `ee-diffusion calibrate
-  --kind operating-point` command: `search_command.py`).
+- `search_operating_point(pipe, SearchSpace(...), tolerance=0.1 or budget=0.5 or min_psnr=30, ...)`: solver, steps,
+  exit policy, thresholds, forecast order and `BlockForecast` settings (placed per step count) together, by the
+  benchmark's paired dFID protocol (or, without real images, PSNR against the reference image from the same noise)
+  on calibration seeds, confirmed on held-out seeds; the result's `operating_point` is what a pipeline folder stores
+  (`store_operating_point`) (`operating_point_search.py`; what it refuses before sampling: `search_checks.py`; its
+  candidates: `search_space.py`; its image sets and scoring: `search_phases.py`, and for the PSNR goal
+  `search_psnr.py`; result: `operating_point_result.py`; the `ee-diffusion calibrate --kind operating-point`
+  command: `search_command.py`).
 
 Every calibration takes a pipeline of ours or a `CalibrationTarget`: any supported stock pipeline with the
 class ids or prompts its calibration images use (`as_target(pipe, conditioning, heads=...)`). Goals in PSNR

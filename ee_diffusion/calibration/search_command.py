@@ -7,12 +7,15 @@
   user names (`--features inception clip`, from files the user holds: `--inception-weights`, `--clip`) against
   `--real DIR` or `--real-stats FILE ...`, loaded and checked exactly as `bench --pipeline` does
   (`benchmarks.user_prepare.prepare`), so bad input fails before any image is sampled. A flow-matching folder (SD3)
-  searches its own scheduler.
+  searches its own scheduler, or with `--solvers dpmpp unipc` the flow-matching versions of those solvers.
+- `--min-psnr DB` needs no real images or feature networks (and refuses them): a candidate must keep each image
+  within DB of the reference's image from the same noise (`search_psnr`).
 
-Either way the decision is `search_operating_point`'s: quality must hold under every named network. The search JSON
-(and its Markdown) goes to `--out`; `--save-to DIR` writes a pipeline folder of ours whose bare call runs the found
-point, and for a stock pipeline folder the exit config as a JSON file the hook API loads
-(`EarlyExitConfig.from_json`) beside the operating point's JSON.
+Either way the decision is `search_operating_point`'s: quality must hold under every named network (or the PSNR
+goal). The search JSON (and its Markdown) goes to `--out`; `--save-to DIR` writes a pipeline folder of ours whose
+bare call runs the found point, and for a stock pipeline folder the exit config as a JSON file the hook API loads
+(`EarlyExitConfig.from_json`) beside the operating point's JSON, whose scheduler class and `scheduler_options`
+rebuild the point's scheduler (`benchmarks.solvers.scheduler_of_point`).
 """
 
 from __future__ import annotations
@@ -73,6 +76,63 @@ def folder_features(prep: Any, batch_size: int = 64) -> dict[str, tuple[Any, Any
     return out
 
 
+def check_psnr_args(args: argparse.Namespace) -> None:
+    """A PSNR goal compares each image with the reference's from the same noise: the real side and feature
+    networks of an FID search would be silently unused, so they are refused."""
+    flags = {"--features": args.features, "--real": args.real, "--real-stats": args.real_stats,
+             "--inception-weights": args.inception_weights, "--clip": args.clip}
+    given = [flag for flag, value in flags.items() if value]
+    if args.min_psnr is not None and given:
+        raise ValueError(f"--min-psnr scores each image against the reference's image from the same noise: it takes no "
+                         f"real images or feature networks, got {given}")
+
+
+def load_folder(args: argparse.Namespace) -> tuple[Any, Any, float | None]:
+    """(pipe, conditioning, guidance) of a pipeline folder for a PSNR goal, checked as `bench --pipeline` checks
+    them, without the feature networks and real side it does not use."""
+    from ..benchmarks.user_config import DTYPES
+    from ..benchmarks.user_prepare import conditioning_of
+    from ..pipelines.stock import default_guidance_scale, load_pipeline, pipeline_class_name
+
+    pipeline_class_name(str(args.model))  # an unsupported class is refused before anything loads
+    pipe = load_pipeline(str(args.model), torch_dtype=DTYPES[args.dtype], device=args.device)
+    pipe.set_progress_bar_config(disable=True)
+    conditioning = conditioning_of(args, pipe)  # reads --classes and --prompts
+    if conditioning.kind == "none" and args.guidance is not None:
+        raise ValueError(f"{type(pipe).__name__} is unconditional and takes no guidance scale, got {args.guidance}")
+    return pipe, conditioning, args.guidance if args.guidance is not None else default_guidance_scale(pipe)
+
+
+def search_space(args: argparse.Namespace, pipe: Any, target: Any) -> tuple[Any, str]:
+    """The `SearchSpace` of the command's flags for this pipeline and the reference's solver, checked against its
+    scheduler (`ValueError` before any sampling). No `--solvers`: DDIM and DPM-Solver++ on a DDPM-type noise
+    schedule, the pipeline's own scheduler otherwise (flow matching)."""
+    from ..backbones.registry import get_adapter
+    from ..benchmarks.solvers import SOLVERS, noise_schedule
+    from ..pipelines.stock import kind_of
+    from . import SearchSpace
+    from .search_checks import OWN_SCHEDULER, default_reference_solver, solver_specs
+
+    ours, adapter = kind_of(pipe).ours, get_adapter(target.denoiser)
+    solvers = tuple(args.solvers or ()) or (("ddim", "dpmpp") if noise_schedule(pipe.scheduler) == "ddpm" else None)
+    reference = args.reference[0] if args.reference else default_reference_solver(pipe.scheduler, solvers)
+    solver_specs(pipe.scheduler, [s for s in (*(solvers or ()), reference) if s != OWN_SCHEDULER])
+    if args.time_batch and reference not in SOLVERS:
+        raise ValueError(f"--time-batch times against a DDIM or DPM-Solver++ reference, got {reference!r}; give "
+                         f"--reference ddim:STEPS or dpmpp:STEPS, or leave --time-batch out")
+    space = SearchSpace(solvers=solvers, steps=tuple(args.search_steps),
+                        static_fractions=tuple(args.static_fractions) if adapter.sequential or ours else (),
+                        ase=("released", "aggressive") if adapter.sequential or ours else (),
+                        tail_thresholds=tuple(args.tail_thresholds) if adapter.sequential else (),
+                        forecast_orders=tuple(args.forecast_orders or (0, 1)),
+                        block_forecast_intervals=tuple(args.forecast_intervals or ()) if adapter.sequential else (),
+                        block_forecast_orders=tuple(args.forecast_orders or (1,)),
+                        block_forecast_windows=tuple(args.forecast_windows or ((2, True),)),
+                        block_forecast_verify=(None, *(args.verify_thresholds or ())),
+                        threshold_fractions=tuple(args.threshold_fractions) if target.exit_heads is not None else ())
+    return space, reference
+
+
 def prepare_folder(args: argparse.Namespace) -> Any:
     """The folder, its conditioning, feature networks and real side, checked as `bench --pipeline` checks them."""
     from ..benchmarks.user_config import BenchConfig
@@ -92,39 +152,23 @@ def prepare_folder(args: argparse.Namespace) -> Any:
     return prepare(config, args.device)
 
 
-def run_search(args: argparse.Namespace, pipe: Any, target: Any, features: dict,
-               guidance: float | None) -> list[str]:
-    """Search, write the search JSON (and Markdown), and with `--save-to` what a later bare call runs; returns the
-    summary lines the command prints."""
-    from ..backbones.registry import get_adapter
+def run_search(args: argparse.Namespace, pipe: Any, target: Any, space: Any, reference: str,
+               features: dict | None, guidance: float | None) -> list[str]:
+    """Search `space` against `reference` (both from `search_space`), write the search JSON (and Markdown), and
+    with `--save-to` what a later bare call runs; returns the summary lines the command prints. `features` None:
+    a PSNR goal."""
     from ..benchmarks.solvers import solver_of
     from ..pipelines.stock import kind_of
-    from . import SearchSpace, search_operating_point, store_operating_point
+    from . import search_operating_point, store_operating_point
 
     ours = kind_of(pipe).ours
-    adapter = get_adapter(target.denoiser)
-    # DDIM / DPM-Solver++ need a DDPM-type schedule; a flow-matching folder (SD3) searches its own scheduler.
-    solvers = tuple(args.solvers) if hasattr(pipe.scheduler, "alphas_cumprod") else None
-    space = SearchSpace(solvers=solvers, steps=tuple(args.search_steps),
-                        static_fractions=tuple(args.static_fractions) if adapter.sequential or ours else (),
-                        ase=("released", "aggressive") if adapter.sequential or ours else (),
-                        tail_thresholds=tuple(args.tail_thresholds) if adapter.sequential else (),
-                        forecast_orders=tuple(args.forecast_orders or (0, 1)),
-                        block_forecast_intervals=tuple(args.forecast_intervals or ()) if adapter.sequential else (),
-                        block_forecast_orders=tuple(args.forecast_orders or (1,)),
-                        block_forecast_windows=tuple(args.forecast_windows or ((2, True),)),
-                        block_forecast_verify=(None, *(args.verify_thresholds or ())),
-                        threshold_fractions=tuple(args.threshold_fractions) if target.exit_heads is not None else ())
-    ref_solver, ref_steps = args.reference or (None, args.reference_steps)  # None: the search's default solver
-    if args.time_batch and ref_solver == "own":
-        raise ValueError("--time-batch times against a DDIM or DPM-Solver++ reference; give --reference ddim:STEPS "
-                         "or dpmpp:STEPS, or leave --time-batch out")
+    ref_steps = args.reference[1] if args.reference else args.reference_steps
     # The pipeline's current default point is measured beside the pick on the held-out images (and timed).
     current = pipe.operating_point if ours else None
     baselines = {"current default": current} if current is not None and solver_of(current.scheduler) else {}
     search = search_operating_point(
-        target, space, tolerance=args.tolerance, budget=args.budget, features=features,
-        reference_steps=ref_steps, reference_solver=ref_solver, guidance_scale=guidance, calib_images=args.images,
+        target, space, tolerance=args.tolerance, budget=args.budget, min_psnr=args.min_psnr, features=features,
+        reference_steps=ref_steps, reference_solver=reference, guidance_scale=guidance, calib_images=args.images,
         holdout_images=args.holdout_images or args.images, batch_size=args.batch_size, progress=True,
         baselines=baselines, max_confirmations=args.max_confirmations)
     search.settings["command"] = args.command_line
@@ -136,14 +180,15 @@ def run_search(args: argparse.Namespace, pipe: Any, target: Any, features: dict,
         if baselines and current.guidance_scale == point.guidance_scale:
             points["current default"] = current
         search.timing = time_operating_points(pipe, points, ref_steps, args.time_batch, args.time_repeats,
-                                              reference_solver=ref_solver or "ddim")
+                                              reference_solver=reference)
     search.save(args.out)
     config = None if point.exit_config is None else point.exit_config.to_dict()
     lines = [search.why, f"operating point: {point.scheduler}, {point.num_inference_steps} steps, guidance "
                          f"{point.guidance_scale:g}, exit config {config}", f"search saved to {args.out}"]
     for name, entry in search.baselines.items():
-        d = entry["dfid_chosen_minus_baseline"]
-        lines.append(f"against the {name} on the held-out images: dFID {d['delta']:+.2f} "
+        metric = "dFID" if "dfid_chosen_minus_baseline" in entry else "dPSNR (dB)"
+        d = entry["dfid_chosen_minus_baseline" if metric == "dFID" else "dpsnr_chosen_minus_baseline"]
+        lines.append(f"against the {name} on the held-out images: {metric} {d['delta']:+.2f} "
                      f"[{d['low']:+.2f}, {d['high']:+.2f}]")
     for name, timed in (search.timing or {}).get("points", {}).items():
         lines.append(f"{name}: {timed['speedup']:.2f}x faster than the reference at batch {args.time_batch}")
@@ -162,10 +207,60 @@ def run_search(args: argparse.Namespace, pipe: Any, target: Any, features: dict,
 def save_point_files(search: Any, folder: Path) -> None:
     """For a stock pipeline: the found point's exit config (`apply_early_exit(denoiser,
     EarlyExitConfig.from_json(text))`; a config without a policy, which never exits, when the point runs full
-    depth) and the whole point (`OperatingPoint.from_dict`: scheduler, steps, guidance)."""
+    depth) and the whole point (`OperatingPoint.from_dict`: scheduler, steps, guidance, and the options its
+    scheduler was built with: `pipe.scheduler = scheduler_of_point(point, pipe.scheduler)` on the reloaded folder
+    runs the solver the search measured, e.g. DPM-Solver++ in its flow-matching mode)."""
     from ..config import EarlyExitConfig
 
     folder.mkdir(parents=True, exist_ok=True)
     point = search.operating_point
     atomic_write_text(folder / EXIT_CONFIG_FILE, (point.exit_config or EarlyExitConfig()).to_json() + "\n")
     atomic_write_json(folder / OPERATING_POINT_FILE, point.to_dict(), indent=1)
+
+
+def main(args: argparse.Namespace, setting: str | None) -> int:
+    """`calibrate --kind operating-point` with parsed `args` on a benchmark setting (`setting`) or a pipeline folder
+    (`args.model`, `setting` None): bad input ends the command with its message and exit status 2, before any
+    sampling."""
+    import sys
+
+    from ..default_model import load_setting_pipeline
+    from ..heads import UncertaintyHeads
+    from ..pipelines.conditioning import Conditioning
+    from ..pipelines.stock import kind_of
+    from .common import as_target
+
+    if args.reference is not None and args.reference_steps != 25:
+        raise SystemExit(f"give --reference {args.reference[0]}:{args.reference[1]} or --reference-steps "
+                         f"{args.reference_steps}, not both")
+    try:
+        check_psnr_args(args)
+        psnr = args.min_psnr is not None  # no feature networks: `features` stays None
+        heads = UncertaintyHeads.from_pretrained(args.heads).to(args.device) if args.heads is not None else None
+        if setting:
+            if args.real is not None or args.real_stats:
+                raise ValueError(f"the {setting} setting is scored against its own real images; --real and "
+                                 f"--real-stats are for pipeline folders")
+            features = None if psnr else setting_features(setting, args.features)
+            pipe = load_setting_pipeline(setting).to(args.device, getattr(torch, args.dtype))
+            pipe.set_progress_bar_config(disable=True)
+            conditioning = Conditioning.from_classes(args.classes, pipe) if args.classes else None
+            guidance = args.guidance
+        elif psnr:
+            pipe, conditioning, guidance = load_folder(args)
+            features = None
+        else:
+            prep = prepare_folder(args)
+            pipe, conditioning, guidance = prep.pipe, prep.conditioning, prep.guidance
+            features = folder_features(prep, args.batch_size)
+        if args.save_to is not None and Path(args.save_to).exists():
+            raise ValueError(f"--save-to {str(args.save_to)!r} exists; give a new folder")
+        target = as_target(pipe, conditioning, heads=heads)
+        space, reference = search_space(args, pipe, target)
+    except ValueError as error:
+        print(f"ee-diffusion calibrate: error: {error}", file=sys.stderr)
+        return 2
+    if guidance is None and kind_of(pipe).ours:
+        guidance = pipe.resolve_call(None, None, None).guidance_scale
+    print("\n".join(run_search(args, pipe, target, space, reference, features, guidance)))
+    return 0

@@ -5,6 +5,9 @@ A `Phase` is one set of seeds (calibration or held-out) scored under every featu
 paired interval and the decision can ask for all of them (`frontier.holds_under_every_net`). The held-out phase
 also keeps the reference's images, to report each try's per-image fidelity (PSNR/SSIM against the reference image
 from the same noise) beside its FIDs.
+
+`fid_candidate`, `fid_confirmation`, `fid_versus_frontier` and `fid_baseline` score the FID goals (tolerance,
+budget) on them; `search_psnr` holds their PSNR-goal counterparts.
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ from typing import Any
 
 import torch
 
+from ..benchmarks.frontier import confirms_quality, holds_quality, holds_under_every_net
 from ..config import EarlyExitConfig
 from ..eval.paired import FrechetReference, PairedFID, fidelity
 from ..eval.pipeline_sampling import sample_pipeline
 from ..eval.sampling import SampleRun
+from .operating_point_result import Candidate, Confirmation
 
 #: A search's feature networks: name -> (images (N, C, H, W) in [0, 1] -> (N, F) features, real statistics).
 FeatureNets = dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], FrechetReference]]
@@ -45,6 +50,7 @@ class Phase:
         self.keep_reference = keep_reference
         self.reference_images: torch.Tensor | None = None  # (N, C, H, W), CPU
         self.by_key: dict[str, str] = {}  # (solver, steps, config) -> the name it was first sampled under
+        self.full_depth: dict[tuple[str, int], str] = {}  # (solver, steps) -> its latest full-depth run's name
 
     def fraction(self, name: str) -> float:
         return self.block_evals[name] / self.block_evals["reference"]
@@ -75,6 +81,8 @@ class Sampler:
     def __call__(self, phase: Phase, name: str, solver: str, steps: int, config: EarlyExitConfig | None) -> None:
         if name in phase.block_evals:
             return
+        if config is None:  # what the exit configs sampled next at these (solver, steps) are compared with
+            phase.full_depth[(solver, steps)] = name
         key = json.dumps([solver, steps, None if config is None else config.to_dict()])
         if key in phase.by_key:
             first = phase.by_key[key]
@@ -105,3 +113,67 @@ class Sampler:
         if self.on_sample is not None:
             self.on_sample(phase.name, name, run)
         self.bar.update(1)
+
+
+def fid_candidate(calib: Phase, name: str, family: str, solver: str, scheduler: str, steps: int,
+                  config: EarlyExitConfig | None, tolerance: float) -> Candidate:
+    """A candidate scored on the calibration seeds: its paired dFID against the reference (and, for an exit config,
+    against full depth at its own solver and steps) under every feature network, and whether quality holds."""
+    ref_fids, d = calib.fids("reference"), calib.difference(name, "reference")
+    at = None if config is None else calib.full_depth[(solver, steps)]
+    full = None if at is None else calib.difference(name, at)
+    by_net = {net: {"fid": calib.paired[net].point[name], "dfid": d[net],
+                    "holds": holds_quality(d[net], ref_fids[net], tolerance)} for net in calib.paired}
+    if full is not None:
+        for net in by_net:
+            by_net[net]["dfid_full_depth"] = full[net]
+    return Candidate(name, family, solver, scheduler, steps, config, calib.fraction(name), calib.fid(name),
+                     d[calib.primary], holds_under_every_net(d, ref_fids, tolerance),
+                     None if full is None else full[calib.primary],
+                     None if full is None else holds_under_every_net(full, calib.fids(at), tolerance), by_net)
+
+
+def fid_confirmation(holdout: Phase, candidate: Candidate, tolerance: float, budget: float | None) -> Confirmation:
+    """A candidate re-measured on the held-out seeds: a tolerance goal confirms it when quality holds by the
+    stricter `confirms_quality` under every network, a budget goal when its block fraction stays within it."""
+    name, refs = candidate.name, holdout.fids("reference")
+    d, fraction = holdout.difference(name, "reference"), holdout.fraction(name)
+    holds = confirms_quality(d, refs, tolerance)
+    within = None if budget is None else fraction <= budget + 1e-9
+    by_net = {net: {"fid": holdout.paired[net].point[name], "dfid": d[net],
+                    "holds": confirms_quality({net: d[net]}, {net: refs[net]}, tolerance)} for net in holdout.paired}
+    return Confirmation(name, fraction, holdout.fid(name), d[holdout.primary], holds, within,
+                        holds if budget is None else bool(within), by_net, holdout.fidelity.get(name))
+
+
+def fid_versus_frontier(chosen: Candidate, candidates: list[Candidate], holdout: Phase,
+                        sampler: Sampler) -> dict[str, Any]:
+    """The chosen point against the best (lowest calibration FID) full-depth point that costs no more, on the
+    held-out seeds: does the exit config beat fewer steps there (under every feature network)?"""
+    pool = [c for c in candidates if c.exit_config is None and c.name != chosen.name
+            and c.block_fraction <= chosen.block_fraction + 1e-9]
+    if not pool:
+        return {"frontier": None, "why": "no other full-depth candidate costs as little as the chosen point"}
+    frontier = min(pool, key=lambda c: c.fid)
+    sampler(holdout, frontier.name, frontier.solver, frontier.steps, None)
+    d = holdout.difference(chosen.name, frontier.name)
+    return {"frontier": frontier.name, "frontier_block_fraction": frontier.block_fraction,
+            "holdout_frontier_fid": holdout.fid(frontier.name), "dfid_chosen_minus_frontier": d[holdout.primary],
+            "by_net": {net: {"dfid_chosen_minus_frontier": x} for net, x in d.items()},
+            "chosen_beats_frontier": all(x["high"] < 0 for x in d.values())}
+
+
+def fid_baseline(holdout: Phase, chosen: str, row: str, point: Any) -> dict[str, Any]:
+    """A baseline operating point (sampled as `row`) beside the chosen one on the held-out seeds."""
+    d, vs = holdout.difference(row, "reference"), holdout.difference(chosen, row)
+    return {"operating_point": point.to_dict(), "block_fraction": holdout.fraction(row), "dfid": d[holdout.primary],
+            "dfid_chosen_minus_baseline": vs[holdout.primary],
+            "by_net": {net: {"dfid": d[net], "dfid_chosen_minus_baseline": vs[net]} for net in holdout.paired},
+            "fidelity": holdout.fidelity.get(row)}
+
+
+def fid_reference(calib: Phase, holdout: Phase) -> dict[str, Any]:
+    """The reference's FIDs on both image sets (held-out: None when nothing went to the held-out seeds)."""
+    sampled = "reference" in holdout.block_evals
+    return {"fid": calib.fid("reference"), "holdout_fid": holdout.fid("reference") if sampled else None,
+            "fids": calib.fids("reference"), "holdout_fids": holdout.fids("reference") if sampled else None}

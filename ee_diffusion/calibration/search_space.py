@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._validation import check_int, check_number
-from ..benchmarks.solvers import SOLVERS, ase_schedules
+from ..benchmarks.solvers import SEARCH_SOLVERS, ase_schedules
 from ..config import EarlyExitConfig
 from ..schedules import BlockForecast, CachedTailResidual, StaticDepth
 from ..schedules.block_forecast import distinct_timesteps
@@ -70,8 +70,9 @@ class SearchSpace:
     """What `search_operating_point` tries: every solver x steps at full depth, and with each exit config below.
 
     Args:
-        solvers: names of `SOLVERS` ("ddim", "dpmpp"), each built from the pipeline's own scheduler config; None:
-            the pipeline's own scheduler only (flow-matching pipelines such as SD3).
+        solvers: names of `SEARCH_SOLVERS` ("ddim", "dpmpp", "unipc"), each built from the pipeline's own scheduler
+            config (on a flow-matching scheduler, their flow versions: "dpmpp", "unipc"); None: the pipeline's own
+            scheduler only.
         steps: step counts.
         static_fractions: `StaticDepth(round(f * N))` for N blocks (deduplicated, within 1..N-1).
         ase: ASE timestep schedules ("released", "aggressive"; `ase_schedules`).
@@ -104,10 +105,10 @@ class SearchSpace:
     def __post_init__(self) -> None:
         if self.solvers is not None:
             self.solvers = _sequence(self.solvers, "solvers", allow_empty=False)
-            unknown = [s for s in self.solvers if s not in SOLVERS]
+            unknown = [s for s in self.solvers if s not in SEARCH_SOLVERS]
             if unknown:
-                raise ValueError(f"unknown solvers {unknown}; allowed: {sorted(SOLVERS)}, or solvers=None for the "
-                                 f"pipeline's own scheduler")
+                raise ValueError(f"unknown solvers {unknown}; allowed: {sorted(SEARCH_SOLVERS)}, or solvers=None for "
+                                 f"the pipeline's own scheduler")
         self.steps = tuple(sorted(check_int(k, "every value of steps", 1, "a step count")
                                   for k in _sequence(self.steps, "steps", allow_empty=False)))
         self.static_fractions = _fractions(self.static_fractions, "static_fractions")
