@@ -225,6 +225,10 @@ def _add_calibrate(subparsers) -> None:
     search.add_argument("--time-repeats", type=int, default=5, help="timed rounds (--time-batch)")
     search.add_argument("--save-to", type=Path, default=None,
                         help="write a copy of the pipeline folder whose default is the found operating point")
+    search.add_argument("--cache-dir", type=Path, default=None,
+                        help="where every run's images are kept as shards: a rerun or an interrupted search resumes "
+                             "from them, and `accelerate launch` processes share them (default: OUT's name with "
+                             "'-samples', beside it)")
     parser.set_defaults(func=_run_calibrate)
 
 

@@ -77,6 +77,51 @@ def test_a_stock_folder_goes_through_search_save_reload_and_a_bare_call(files, k
     remove_early_exit(denoiser)
 
 
+def _shards(folder):
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*.safetensors")}
+
+
+def _decisions(data):
+    """What a search decided and measured, without what depends on the run (command, wall-clock)."""
+    return {k: data[k] for k in ("goal", "reference", "candidates", "tries", "chosen", "vs_frontier", "operating_point")}
+
+
+def test_a_rerun_resumes_from_the_shard_cache_and_samples_nothing(files, tmp_path):
+    assert main(_args(files, "dit", tmp_path)) == 0
+    cache = tmp_path / "search-samples"  # the default: OUT's name with -samples, beside it
+    first, shards = json.loads((tmp_path / "search.json").read_text()), _shards(cache)
+    assert len(shards) > 10
+    assert main(_args(files, "dit", tmp_path)) == 0
+    assert _shards(cache) == shards  # every shard and feature file read back, none written again
+    assert _decisions(json.loads((tmp_path / "search.json").read_text())) == _decisions(first)
+
+
+def test_two_processes_make_the_pick_of_one(files, tmp_path):
+    """`accelerate launch` with 2 processes: each samples its own shards, both take the same decisions, the main
+    one writes the same search JSON as a single process does."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_user_bench import _free_port
+
+    two = _args(files, "dit", tmp_path / "two")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(_free_port()), "-m", "ee_diffusion.cli", *two]
+    (tmp_path / "two").mkdir()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={
+        **os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("search saved to") == 1  # the main process reports, the other is silent
+    (tmp_path / "one").mkdir()
+    assert main(_args(files, "dit", tmp_path / "one")) == 0
+    one = json.loads((tmp_path / "one" / "search.json").read_text())
+    assert _decisions(json.loads((tmp_path / "two" / "search.json").read_text())) == _decisions(one)
+    assert one["confirmed"] and len(one["candidates"]) > 4
+
+
 @pytest.mark.parametrize("extra, match", [
     (["--real", "MISSING"], r"real image folder .* does not exist"),
     (["--features", "digits"], r"takes 1-channel 8x8 images"),
@@ -111,3 +156,54 @@ def test_a_folder_without_real_images_is_refused(files, tmp_path, capsys):
     assert main(args) == 2
     assert "needs real images, --real DIR or --real-stats" in capsys.readouterr().err
     assert not (tmp_path / "search.json").exists()
+
+
+def _readme_commands() -> list[list[str]]:
+    """The `ee-diffusion calibrate` commands of the README's "On your own pipeline folder" block, as argument lists."""
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("#### On your own pipeline folder", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [c for c in block.replace("\\\n", " ").splitlines() if c.startswith("ee-diffusion calibrate")]
+    return [shlex.split(c)[1:] for c in commands]
+
+
+def test_the_readme_commands_run_on_stand_ins(files, tmp_path):
+    """The README's DiT-XL/2 and PixArt commands, as written, on tiny stand-in folders: paths point at the stand-ins
+    and the sizes shrink (steps, images, classes, device); every other flag is the README's."""
+    from test_user_bench import tiny_clip_folder
+
+    commands = _readme_commands()
+    assert len(commands) == 2 and all(c[c.index("--kind") + 1] == "operating-point" for c in commands)
+    paths = {"./DiT-XL-2-256": files["dit"], "./PixArt-XL-2-512x512": files["pixart"], "./imagenet/val": files["real"],
+             "./pt_inception-2015-12-05-6726825d.pth": files["inception"], "prompts.txt": files["prompts"],
+             "./clip-vit-base-patch32": tiny_clip_folder(tmp_path / "clip")}
+    small = {"--images": ["4"], "--holdout-images": ["4"], "--search-steps": ["2", "3"], "--classes": ["0", "1"],
+             "--device": ["cpu"], "--dtype": ["float32"]}
+    for args in commands:
+        out = []
+        i = 0
+        while i < len(args):
+            flag = args[i]
+            values = []
+            while i + 1 < len(args) and not args[i + 1].startswith("--"):
+                values.append(args[i + 1])
+                i += 1
+            i += 1
+            if flag == "--reference":  # the README's reference solver, at a stand-in's step count
+                values = [values[0].split(":")[0] + ":3"]
+            elif flag in ("--out", "--save-to"):
+                values = [str(tmp_path / values[0])]
+            else:
+                values = small.get(flag, [str(paths.get(v, v)) for v in values])
+            out += [flag, *values]
+        out += ["--inception-resolution", "75", "--batch-size", "4"]
+        assert main(out) == 0, out
+        data = json.loads((tmp_path / out[out.index("--out") + 1]).read_text())
+        goal = "tolerance" if "--tolerance" in out else "min_psnr"
+        assert goal in data["goal"] and (tmp_path / out[out.index("--save-to") + 1] / OPERATING_POINT_FILE).is_file()
+        if goal == "tolerance":  # Inception and CLIP: the decision names both networks
+            assert len(data["decision"]["feature_nets"]) == 2
+        else:
+            assert {c["solver"] for c in data["candidates"]} == {"dpmpp", "unipc"}

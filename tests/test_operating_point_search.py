@@ -144,7 +144,10 @@ def test_holdout_confirmation_samples_other_seeds(digits, tolerance_search):
                                 num_inference_steps=25, guidance_scale=1.0, seed=search.settings["holdout_seed"])
     finally:
         pipe.scheduler = before
-    torch.testing.assert_close(again.images, holdout.images[:4])
+    # The engine keeps images as a saved PNG holds them (uint8): the same noise gives the same images to a level.
+    as_saved = (again.images.clamp(0, 1) * 255).round() / 255
+    torch.testing.assert_close(as_saved, holdout.images[:4], atol=1 / 255 + 1e-6, rtol=0)
+    assert (as_saved == holdout.images[:4]).float().mean() > 0.99
     assert search.reference["holdout_fid"] != search.reference["fid"]
 
 

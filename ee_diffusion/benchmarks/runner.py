@@ -11,7 +11,9 @@
   later run, split over `accelerate launch` processes), encodes them under every feature network, and makes the
   method's row: its FID under each network on shared bootstrap resamples (`eval.paired.PairedFIDs`: paired
   intervals per network), its per-image fidelity to the reference image from the same noise, its class accuracy
-  (under our classifier nets), its block evaluations.
+  (under our classifier nets), its block evaluations. Every process computes the rows (from the shards all of
+  them can read), so a caller that decides what to measure next, such as the operating-point search, takes the
+  same path on each. A run with no feature networks (the search's PSNR goal) keeps images and fidelity only.
 
 A row's `fid` and `fid_resamples` are the primary (first) network's; `fid_by_net` and `fid_resamples_by_net`
 hold every network's, and `frontier.decide` asks for unchanged quality under all of them.
@@ -38,10 +40,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..eval.paired import FrechetReference, PairedFIDs, fidelity
 from ..eval.pipeline_sampling import sample_pipeline
@@ -53,9 +57,44 @@ from . import frontier
 from .method import Method
 from .sample_cache import ShardCache, run_key
 
-__all__ = ["MethodSampler", "Runner"]
+__all__ = ["FeatureSpec", "MethodSampler", "Runner"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FeatureSpec:
+    """One feature network of the run: what the report calls it, its cache key, and how it encodes images."""
+
+    name: str
+    key: str
+    net: nn.Module | Callable[[torch.Tensor], torch.Tensor]
+    resolution: str
+    unit_input: bool = False  # our shipped nets take float images in [0, 1]; the standard ones uint8
+    batch_size: int = 64
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_features(self) -> int | None:
+        """The feature dimension, when the network states it (a plain function does not)."""
+        count = getattr(self.net, "num_features", None)
+        return None if count is None else int(count)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, F) float64 features of uint8 images (B, C, H, W)."""
+        # A network without parameters (or a plain function, as the search API accepts) runs on the CPU.
+        parameter = next(iter(getattr(self.net, "parameters", tuple)()), None)
+        device = torch.device("cpu") if parameter is None else parameter.device
+        out = []
+        for chunk in images.split(self.batch_size):
+            x = chunk.to(device)
+            x = x.float() / 255.0 if self.unit_input else x
+            out.append(self.net(x).double().cpu())
+        return torch.cat(out)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "features": self.num_features, "resolution": self.resolution, **self.meta}
 
 
 class MethodSampler:
@@ -142,7 +181,8 @@ class Runner:
     Args:
         sampler: the `MethodSampler` of the run's pipeline.
         cache: where the images and features live (`ShardCache`; its processes split the shards).
-        features: the run's feature networks (`user_prepare.FeatureSpec`), the primary one first.
+        features: the run's feature networks (`FeatureSpec`), the primary one first (may be empty:
+            no FIDs).
         reals: feature key -> the real side (`FrechetReference`) under that network.
         what: what every cached image of this run depends on beyond the method (pipeline folder, conditioning,
             guidance): part of every run key.
@@ -157,27 +197,33 @@ class Runner:
                  image_shape: tuple[int, int] | None = None) -> None:
         self.sampler, self.cache, self.features, self.what = sampler, cache, features, what
         self.num_images = num_images
-        self.scores = PairedFIDs({spec.key: reals[spec.key] for spec in features}, num_images, bootstrap, confidence)
+        self.scores = PairedFIDs({spec.key: reals[spec.key] for spec in features}, num_images, bootstrap,
+                                 confidence) if features else None
         self.confidence = confidence
         self.progress = progress and cache.rank == 0
         self.text_features = text_features
         self.image_shape = image_shape
         self.rows: dict[str, dict[str, Any]] = {}
         self.methods: dict[str, Method] = {}
-        self.block_evals: dict[str, float] = {}  # per image, on every process (they decide what to sample next)
+        self.block_evals: dict[str, float] = {}  # per image
+        self.keys: dict[str, str] = {}  # method name -> the run key its images are cached under
         self.not_attached: dict[str, str] = {}
         self.reference: tuple[str, dict[str, torch.Tensor]] | None = None  # its run key and (N, F) features
 
     @property
-    def primary(self) -> str:
-        return self.scores.primary
+    def primary(self) -> str | None:
+        return None if self.scores is None else self.scores.primary
 
     def key(self, method: Method) -> str:
-        """The run key of `method`'s images. Image i does not depend on the batching (its own noise), except under
-        diffusers' caches, which decide per batch: their key holds the batch and shard sizes too."""
+        """The run key of `method`'s images: what they depend on (not its name, family or notes, so two rows that
+        run the same thing share their images). Image i does not depend on the batching (its own noise), except
+        under diffusers' caches, which decide per batch: their key holds the batch and shard sizes too."""
         scheduler = self.sampler.schedulers[method.solver]
-        what = {**self.what, "method": {**method.describe(), "name": None},
-                "scheduler": [type(scheduler).__name__, dict(scheduler.config)], "seed": method.seed}
+        described = {k: v for k, v in method.describe().items() if k not in ("name", "family", "notes")}
+        # diffusers' private config entries are bookkeeping (`_use_default_values` lists names in set order, which
+        # differs between processes): the class and the public fields are what the images depend on.
+        config = {k: v for k, v in scheduler.config.items() if not k.startswith("_")}
+        what = {**self.what, "method": described, "scheduler": [type(scheduler).__name__, config], "seed": method.seed}
         if method.cache is not None:
             what["batching"] = [self.sampler.cache_batch, self.cache.shard_size]
         return run_key(what)
@@ -188,8 +234,8 @@ class Runner:
         return images, {"block_evals": run.block_evals, "model_rows": run.model_rows}
 
     def measure(self, method: Method) -> dict[str, Any] | None:
-        """Sample (or read back), encode and score `method`; returns its row (None on processes other than the
-        main one, and for a diffusers cache that cannot attach: `not_attached` says why)."""
+        """Sample (or read back), encode and score `method`; returns its row (None for a diffusers cache that
+        cannot attach: `not_attached` says why)."""
         if method.name in self.methods:
             return self.rows.get(method.name)
         n = self.num_images
@@ -217,20 +263,20 @@ class Runner:
                                                   lambda s, e: self.cache.read(key, s, e))
                     for spec in self.features}
         self.methods[method.name] = method
+        self.keys[method.name] = key
         self.block_evals[method.name] = counters["block_evals"] / n
-        if self.cache.rank != 0:  # the statistics are the main process's; the others only sample and encode
-            return None
         if self.reference is None:
             self.reference = (key, features)
-        fids = self.scores.add(method.name, features)
-        row = {**method.describe(), "fid": fids[self.primary], "fid_by_net": fids,
-               "fid_resamples": self._resamples(self.primary, method.name),
-               "fid_resamples_by_net": {net: self._resamples(net, method.name) for net in fids},
-               "block_evals_per_image": self.block_evals[method.name],
+        row = {**method.describe(), "block_evals_per_image": self.block_evals[method.name],
                "block_fraction": self.block_evals[method.name] / next(iter(self.block_evals.values())),
                "model_rows_per_image": counters["model_rows"] / n, "sample_s": time.perf_counter() - t0,
-               "fidelity": {**self._fidelity(key), "feature_distance": float(
-                   (features[self.primary] - self.reference[1][self.primary]).norm(dim=1).mean())}}
+               "fidelity": self._fidelity(key)}
+        if self.scores is not None:
+            fids = self.scores.add(method.name, features)
+            row.update(fid=fids[self.primary], fid_by_net=fids, fid_resamples=self._resamples(self.primary, method.name),
+                       fid_resamples_by_net={net: self._resamples(net, method.name) for net in fids})
+            row["fidelity"]["feature_distance"] = float(
+                (features[self.primary] - self.reference[1][self.primary]).norm(dim=1).mean())
         accuracy = self._accuracy(key)
         if accuracy is not None:
             row["accuracy"] = accuracy
@@ -241,9 +287,25 @@ class Runner:
             prompts = torch.tensor([i % self.sampler.conditioning.size for i in range(n)])
             row["clip_score"] = float(clip_scores(features[clip], self.text_features[prompts]).mean())
         self.rows[method.name] = row
-        logger.info("%-30s blocks %.3f  %s  PSNR %.1f  (%.1fs)", method.name, row["block_fraction"],
-                    "  ".join(f"FID[{k}] {v:.3f}" for k, v in fids.items()), row["fidelity"]["psnr_db"], row["sample_s"])
+        if self.cache.rank == 0:
+            logger.info("%-30s blocks %.3f  %s  PSNR %.1f  (%.1fs)", method.name, row["block_fraction"],
+                        "  ".join(f"FID[{k}] {v:.3f}" for k, v in row.get("fid_by_net", {}).items()),
+                        row["fidelity"]["psnr_db"], row["sample_s"])
         return row
+
+    def images(self, name: str, start: int, end: int) -> torch.Tensor:
+        """Images start..end-1 (one shard, `cache.ranges`) of a measured method, as floats in [0, 1]."""
+        return self.cache.read(self.keys[name], start, end).float() / 255
+
+    def sample_run(self, name: str) -> SampleRun:
+        """A measured method's images (read back from its shards), labels and block evaluations as a `SampleRun`."""
+        n = self.num_images
+        images = torch.cat([self.images(name, s, e) for s, e in self.cache.ranges(n)])
+        conditioning = self.sampler.conditioning
+        labels = torch.tensor([conditioning.class_id(i) if conditioning.kind == "classes" else i % conditioning.size
+                               for i in range(n)]) if conditioning.kind != "none" else torch.zeros(n, dtype=torch.long)
+        evals = round(self.block_evals[name] * n)
+        return SampleRun(images, labels, torch.arange(n), evals, round(self.rows[name]["model_rows_per_image"] * n))
 
     def _resamples(self, net: str, name: str) -> list[float]:
         return [round(float(v), 5) for v in self.scores.sets[net].resampled[name]]

@@ -58,11 +58,11 @@ from ..pipelines.stock import denoiser_of, kind_of
 from . import frontier
 from .bench import _store_times, load_average
 from .report import write_report
-from .runner import MethodSampler, Runner
+from .runner import FeatureSpec, MethodSampler, Runner
 from .sample_cache import ShardCache, run_key
 from .solvers import make_schedulers
 from .user_config import BenchConfig
-from .user_prepare import FeatureSpec, Prepared, prepare
+from .user_prepare import Prepared, prepare
 
 __all__ = ["BenchConfig", "run"]
 

@@ -22,52 +22,21 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..eval.real_images import ImageFolder, RealStats, warn_small_set
 from ..pipelines.conditioning import Conditioning, num_classes_of
 from ..pipelines.stock import default_guidance_scale, denoiser_of, kind_of, load_pipeline, pipeline_class_name
-from .grid import Method
+from .method import Method
+from .runner import FeatureSpec
 from .sample_cache import run_key
 from .user_config import DTYPES, BenchConfig, parse_method
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class FeatureSpec:
-    """One feature network of the run: what the report calls it, its cache key, and how it encodes images."""
-
-    name: str
-    key: str
-    net: nn.Module
-    resolution: str
-    unit_input: bool = False  # our shipped nets take float images in [0, 1]; the standard ones uint8
-    batch_size: int = 64
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_features(self) -> int:
-        return int(self.net.num_features)
-
-    @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, F) float64 features of uint8 images (B, C, H, W)."""
-        parameter = next(self.net.parameters())
-        out = []
-        for chunk in images.split(self.batch_size):
-            x = chunk.to(parameter.device)
-            x = x.float() / 255.0 if self.unit_input else x
-            out.append(self.net(x).double().cpu())
-        return torch.cat(out)
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "features": self.num_features, "resolution": self.resolution, **self.meta}
 
 
 def _fingerprint(path: str | os.PathLike) -> str:

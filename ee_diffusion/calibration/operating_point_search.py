@@ -21,7 +21,10 @@ search (`features=`; one `PairedFID` per network, `search_phases.Phase`). Then, 
 Full-depth candidates take part, so "steps alone" is a legitimate answer; the held-out seeds also measure the
 chosen point against the best full-depth point that costs no more. Image i of a set with noise seed s starts from
 noise seeded by s * 1_000_003 + i (`image_generators`): seeds 20_000 (calibration) and 30_000 (held-out) share no
-noise with each other or with the benchmark's seeds 0 and 1.
+noise with each other or with the benchmark's seeds 0 and 1. Every image goes through the benchmarks' engine
+(`search_phases.open_phases`: `benchmarks.runner`), kept as uint8 shards in `cache_dir`: a search run again on the
+same folder reads back what exists, and the processes of an `accelerate launch` split the sampling and take the
+same decisions. (DeeDiff thresholds are the exception: `thresholds_for_fractions` records certainties in memory.)
 
 The solvers are built from the pipeline's own scheduler config (`benchmarks.solvers`): DDIM, DPM-Solver++ and UniPC
 on a DDPM-type noise schedule; DPM-Solver++ and UniPC in their flow-matching modes on a flow-matching one (SD3-class
@@ -53,8 +56,10 @@ operating point (`scheduler_options`), from which `benchmarks.solvers.scheduler_
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -89,19 +94,17 @@ from .search_checks import (
     solver_specs,
 )
 from .search_phases import (
-    Phase,
     Sampler,
     fid_baseline,
     fid_candidate,
     fid_confirmation,
     fid_reference,
     fid_versus_frontier,
+    open_phases,
 )
 from .search_psnr import (
     CONFIRMATION_RULE,
     SCREENING_RULE,
-    PsnrPhase,
-    PsnrSampler,
     psnr_baseline,
     psnr_candidate,
     psnr_confirmation,
@@ -124,7 +127,7 @@ def search_operating_point(
     holdout_images: int = 200, holdout_seed: int = 30_000, confidence: float = 0.9, bootstrap: int = 200,
     max_confirmations: int = 3, batch_size: int = 64, progress: bool = False,
     on_sample: Callable[[str, str, SampleRun], None] | None = None,
-    baselines: dict[str, OperatingPoint] | None = None,
+    baselines: dict[str, OperatingPoint] | None = None, cache_dir: str | Path | None = None, shard_size: int = 64,
 ) -> OperatingPointSearch:
     """The operating point of `space` that meets the goal on calibration seeds, confirmed on held-out seeds.
 
@@ -149,6 +152,11 @@ def search_operating_point(
         confidence, bootstrap: the paired percentile intervals.
         max_confirmations: candidates tried on the held-out seeds before giving up.
         on_sample: called as `on_sample(phase, name, run)` after each sampling ("calibration" or "held-out").
+        cache_dir, shard_size: where the engine keeps every run's images (uint8 shards of `shard_size`,
+            `benchmarks.sample_cache.ShardCache`): a search interrupted or run again with the same folder reads back
+            what exists, and under `accelerate launch` (which needs a folder all processes share) each process
+            samples its own shards and all of them take the same decisions. None: a temporary folder, removed after
+            the search.
         baselines: operating points (name -> `OperatingPoint` of a DDIM or DPM-Solver++ scheduler, built like the
             searched solvers) sampled on the held-out seeds beside a confirmed pick, e.g. the pipeline's current
             default: their dFID (dPSNR) against the reference and the pick's against them (`.baselines`).
@@ -173,6 +181,7 @@ def search_operating_point(
     check_int(bootstrap, "bootstrap", 1, "bootstrap resamples")
     check_int(max_confirmations, "max_confirmations", 1, "candidates tried on the held-out seeds")
     check_int(batch_size, "batch_size", 1, "images per pipeline call")
+    check_int(shard_size, "shard_size", 1, "images per cached shard")
     if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
     allowed = sorted(SEARCH_SOLVERS) + [OWN_SCHEDULER]
@@ -220,23 +229,21 @@ def search_operating_point(
     forecasts = (len(space.block_forecast_intervals) * len(space.block_forecast_orders)
                  * len(space.block_forecast_windows) * len(space.block_forecast_verify))
     planned = 1 + len(solvers) * len(space.steps) * (1 + len(fixed) + forecasts + recording)
-    bar = tqdm(total=planned, disable=not progress, desc="operating-point search", unit="run")
-    # One loop for every goal; what differs is how a phase scores its images (FID against real features, or PSNR
-    # against the reference's images) and the bars a candidate is held to.
+    cache, temporary = _shard_cache(cache_dir, shard_size, target.denoiser)
+    bar = tqdm(total=planned, disable=not progress or cache.rank != 0, desc="operating-point search", unit="run")
+    # One engine and one loop for every goal; what differs is how a phase scores its images (FID against real
+    # features, or PSNR against the reference's images) and the bars a candidate is held to.
+    phases = open_phases(target, schedulers, call_guidance, batch_size, {n: f for n, (f, _) in nets.items()}, reals,
+                         cache, {"calibration": (calib_seed, calib_images, confidence),
+                                 "held-out": (holdout_seed, holdout_images, confirm_confidence)},
+                         bootstrap, persistent=temporary is None)
+    calib, holdout = phases["calibration"], phases["held-out"]
+    sampler = Sampler(bar, on_sample)
     if min_psnr is None:
-        calib = Phase("calibration", calib_seed, calib_images, reals, bootstrap, confidence)
-        holdout = Phase("held-out", holdout_seed, holdout_images, reals, bootstrap, confirm_confidence,
-                        keep_reference=True)
-        sampler = Sampler(target, schedulers, call_guidance, batch_size, {n: f for n, (f, _) in nets.items()}, bar,
-                          on_sample)
         score, confirm = partial(fid_candidate, tolerance=tol), partial(fid_confirmation, tolerance=tol, budget=budget)
         versus, baseline = fid_versus_frontier, fid_baseline
         what = f"quality (tolerance {tolerance})"  # what a candidate holds: "holding quality (tolerance 0.1)"
     else:
-        calib = PsnrPhase("calibration", calib_seed, calib_images, bootstrap, confidence)
-        holdout = PsnrPhase("held-out", holdout_seed, holdout_images, bootstrap, confirm_confidence,
-                            report_fidelity=True)
-        sampler = PsnrSampler(target, schedulers, call_guidance, batch_size, bar, on_sample)
         score, confirm = partial(psnr_candidate, min_psnr=min_psnr), partial(psnr_confirmation, min_psnr=min_psnr)
         versus, baseline = psnr_versus_frontier, psnr_baseline
         what = f"a mean PSNR >= {min_psnr:g} dB against the reference"
@@ -304,6 +311,8 @@ def search_operating_point(
     finally:
         target.pipe.scheduler = original
         bar.close()
+        if temporary is not None:
+            temporary.cleanup()
     if min_psnr is None:
         goal = {"tolerance": tolerance} if budget is None else {"budget": budget}
         screening = "holds_quality under every feature network"
@@ -339,3 +348,21 @@ def store_operating_point(pipe: Any, search: OperatingPointSearch) -> None:
     if search.point_solver != OWN_SCHEDULER:
         pipe.scheduler = scheduler_of_point(point, pipe.scheduler)  # the pipeline's config follows (diffusers)
     pipe.set_operating_point(point)
+
+
+def _shard_cache(cache_dir: str | Path | None, shard_size: int, denoiser: Any) -> tuple[Any, Any]:
+    """The engine's `ShardCache` (split over the processes of an `accelerate launch`), and the temporary folder
+    behind it when `cache_dir` is None (None otherwise)."""
+    from accelerate import PartialState
+
+    from ..benchmarks.sample_cache import ShardCache
+
+    # On the CPU the processes meet through gloo (accelerate's `cpu=True`); on GPUs through its default backend.
+    state = PartialState(cpu=next(denoiser.parameters()).device.type == "cpu")
+    if cache_dir is None:
+        if state.num_processes > 1:
+            raise ValueError(f"{state.num_processes} processes share a search's images through a folder they all "
+                             f"see: give cache_dir= (the CLI: --cache-dir)")
+        temporary = tempfile.TemporaryDirectory(prefix="ee-diffusion-search-")
+        return ShardCache(temporary.name, shard_size), temporary
+    return ShardCache(Path(cache_dir), shard_size, state), None

@@ -170,7 +170,12 @@ def run_search(args: argparse.Namespace, pipe: Any, target: Any, space: Any, ref
         target, space, tolerance=args.tolerance, budget=args.budget, min_psnr=args.min_psnr, features=features,
         reference_steps=ref_steps, reference_solver=reference, guidance_scale=guidance, calib_images=args.images,
         holdout_images=args.holdout_images or args.images, batch_size=args.batch_size, progress=True,
-        baselines=baselines, max_confirmations=args.max_confirmations)
+        baselines=baselines, max_confirmations=args.max_confirmations,
+        cache_dir=args.cache_dir or args.out.with_name(f"{args.out.stem}-samples"), shard_size=args.batch_size)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # every process took the same decisions; the main one writes them
+        return []
     search.settings["command"] = args.command_line
     point = search.operating_point
     if args.time_batch:
@@ -262,5 +267,7 @@ def main(args: argparse.Namespace, setting: str | None) -> int:
         return 2
     if guidance is None and kind_of(pipe).ours:
         guidance = pipe.resolve_call(None, None, None).guidance_scale
-    print("\n".join(run_search(args, pipe, target, space, reference, features, guidance)))
+    lines = run_search(args, pipe, target, space, reference, features, guidance)
+    if lines:  # none on the processes of an `accelerate launch` other than the main one
+        print("\n".join(lines))
     return 0

@@ -1,10 +1,16 @@
 """The two image sets of an operating-point search and how a candidate is sampled and scored on them.
 
-A `Phase` is one set of seeds (calibration or held-out) scored under every feature network of the search: one
-`PairedFID` per network, all on the same bootstrap resamples of the image indices, so each network gives its own
-paired interval and the decision can ask for all of them (`frontier.holds_under_every_net`). The held-out phase
-also keeps the reference's images, to report each try's per-image fidelity (PSNR/SSIM against the reference image
-from the same noise) beside its FIDs.
+Every image goes through the benchmarks' one engine (`benchmarks.runner`): `MethodSampler` samples a (solver,
+steps, exit config) on the phase's seeds, and a `Runner` keeps the images as uint8 shards in a `ShardCache` (a
+rerun or an interrupted search reads back what exists; under `accelerate launch` each process samples its own
+shards and every process computes the same scores, so all of them take the same decisions), encodes them under
+every feature network and scores them on shared bootstrap resamples of the image indices.
+
+A `Phase` is one set of seeds (calibration or held-out) over its `Runner`: per network its `PairedFID`, so each
+network gives its own paired interval and the decision can ask for all of them (`frontier.holds_under_every_net`),
+and per run its block fraction and its per-image fidelity (PSNR/SSIM against the reference image from the same
+noise). Runs that do the same thing (the reference's solver and steps among the candidates, say) share their
+images: the shard cache keys them by content, not by name.
 
 `fid_candidate`, `fid_confirmation`, `fid_versus_frontier` and `fid_baseline` score the FID goals (tolerance,
 budget) on them; `search_psnr` holds their PSNR-goal counterparts.
@@ -12,48 +18,53 @@ budget) on them; `search_psnr` holds their PSNR-goal counterparts.
 
 from __future__ import annotations
 
-import json
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from ..benchmarks.frontier import confirms_quality, holds_quality, holds_under_every_net
+from ..benchmarks.method import Method
+from ..benchmarks.runner import FeatureSpec, MethodSampler, Runner
+from ..benchmarks.sample_cache import modules_fingerprint
 from ..config import EarlyExitConfig
-from ..eval.paired import FrechetReference, PairedFID, fidelity
-from ..eval.pipeline_sampling import sample_pipeline
+from ..eval.paired import FrechetReference, PairedFID
 from ..eval.sampling import SampleRun
 from .operating_point_result import Candidate, Confirmation
+from .search_psnr import PsnrPhase
 
 #: A search's feature networks: name -> (images (N, C, H, W) in [0, 1] -> (N, F) features, real statistics).
 FeatureNets = dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], FrechetReference]]
 
 
 class Phase:
-    """One set of seeds: per feature network its paired FIDs, and each run's block evaluations by name.
+    """One set of seeds over its `Runner`: the runs' FIDs per feature network, block fractions and fidelity.
 
     Args:
-        reals: feature network name -> its `FrechetReference` (the first is the primary network: the one the
-            single-number columns of a report show).
-        confidence: two-sided coverage of this phase's intervals.
-        keep_reference: keep the reference's images (held-out phase: per-image fidelity of the tries).
+        name: "calibration" or "held-out".
+        seed: the noise seed of the set (image i: seed * stride + i).
+        runner: the engine's `Runner` of this set (its `num_images`, feature networks and confidence).
+        names: the runner's feature keys -> the search's network names (what results are keyed by).
     """
 
-    def __init__(self, name: str, seed: int, num_images: int, reals: dict[str, FrechetReference], bootstrap: int,
-                 confidence: float, keep_reference: bool = False) -> None:
-        self.name, self.seed, self.num_images, self.confidence = name, seed, num_images, confidence
-        self.paired = {net: PairedFID(real, num_images, num_resamples=bootstrap, confidence=confidence)
-                       for net, real in reals.items()}
-        self.primary = next(iter(reals))
-        self.block_evals: dict[str, int] = {}
-        self.fidelity: dict[str, dict[str, Any]] = {}  # name -> fidelity to the reference (keep_reference only)
-        self.keep_reference = keep_reference
-        self.reference_images: torch.Tensor | None = None  # (N, C, H, W), CPU
-        self.by_key: dict[str, str] = {}  # (solver, steps, config) -> the name it was first sampled under
+    def __init__(self, name: str, seed: int, runner: Runner, names: dict[str, str]) -> None:
+        self.name, self.seed, self.runner = name, seed, runner
+        self.num_images = runner.num_images
+        self.paired: dict[str, PairedFID] = {names[key]: paired for key, paired in runner.scores.sets.items()}
+        self.primary = names[runner.primary]
         self.full_depth: dict[tuple[str, int], str] = {}  # (solver, steps) -> its latest full-depth run's name
 
+    @property
+    def fidelity(self) -> dict[str, dict[str, Any]]:
+        """name -> mean PSNR/SSIM against the reference image from the same noise."""
+        return {name: row["fidelity"] for name, row in self.runner.rows.items() if name != "reference"}
+
+    def sampled(self, name: str) -> bool:
+        return name in self.runner.rows
+
     def fraction(self, name: str) -> float:
-        return self.block_evals[name] / self.block_evals["reference"]
+        return self.runner.rows[name]["block_fraction"]
 
     def fid(self, name: str) -> float:
         """FID of `name` under the primary network."""
@@ -66,52 +77,28 @@ class Phase:
         """Per network, FID(name) - FID(other) with its paired interval."""
         return {net: p.difference(name, other) for net, p in self.paired.items()}
 
+    def scored(self, name: str, solver: str, steps: int, config: EarlyExitConfig | None) -> None:
+        """After `name` is measured: a full-depth run is what the exit configs at its (solver, steps) sampled
+        next are compared with."""
+        if config is None:
+            self.full_depth[(solver, steps)] = name
+
 
 class Sampler:
-    """Samples a (solver, steps, exit config) on a phase's seeds, once per phase (deterministic: a repeat, such
-    as the reference's own solver and steps among the candidates, reuses the features)."""
+    """Measures a (solver, steps, exit config) on a phase's seeds through the phase's `Runner`, once per phase and
+    name; `on_sample(phase, name, run)` is told after each (with the images read back from the shards)."""
 
-    def __init__(self, target: Any, schedulers: dict[str, Any], guidance: float | None, batch_size: int,
-                 nets: dict[str, Callable[[torch.Tensor], torch.Tensor]], bar: Any,
-                 on_sample: Callable[[str, str, SampleRun], None] | None) -> None:
-        self.target, self.schedulers, self.guidance, self.batch_size = target, schedulers, guidance, batch_size
-        self.nets, self.bar, self.on_sample = nets, bar, on_sample
-        self._features: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    def __init__(self, bar: Any, on_sample: Callable[[str, str, SampleRun], None] | None) -> None:
+        self.bar, self.on_sample = bar, on_sample
 
-    def __call__(self, phase: Phase, name: str, solver: str, steps: int, config: EarlyExitConfig | None) -> None:
-        if name in phase.block_evals:
-            return
-        if config is None:  # what the exit configs sampled next at these (solver, steps) are compared with
-            phase.full_depth[(solver, steps)] = name
-        key = json.dumps([solver, steps, None if config is None else config.to_dict()])
-        if key in phase.by_key:
-            first = phase.by_key[key]
-            for net, paired in phase.paired.items():
-                paired.add(name, self._features[(phase.name, first)][net])
-            phase.block_evals[name] = phase.block_evals[first]
-            if first in phase.fidelity:
-                phase.fidelity[name] = phase.fidelity[first]
+    def __call__(self, phase: Any, name: str, solver: str, steps: int, config: EarlyExitConfig | None) -> None:
+        if phase.sampled(name):
             return
         self.bar.set_postfix_str(f"{phase.name}: {name}")
-        self.target.pipe.scheduler = self.schedulers[solver]
-        run = sample_pipeline(self.target.pipe, range(phase.num_images), self.target.conditioning,
-                              exit_config=config, heads=self.target.heads, bridges=self.target.bridges,
-                              num_inference_steps=steps, guidance_scale=self.guidance, seed=phase.seed,
-                              batch_size=self.batch_size)
-        with torch.no_grad():
-            features = {net: f(run.images).detach().double().cpu() for net, f in self.nets.items()}
-        for net, paired in phase.paired.items():
-            paired.add(name, features[net])
-        phase.block_evals[name] = run.block_evals
-        phase.by_key[key] = name
-        self._features[(phase.name, name)] = features
-        if phase.keep_reference:
-            if name == "reference":
-                phase.reference_images = run.images
-            elif phase.reference_images is not None:
-                phase.fidelity[name] = fidelity(run.images, phase.reference_images)
+        phase.runner.measure(Method(name, "search", solver, steps, config, seed=phase.seed))
+        phase.scored(name, solver, steps, config)
         if self.on_sample is not None:
-            self.on_sample(phase.name, name, run)
+            self.on_sample(phase.name, name, phase.runner.sample_run(name))
         self.bar.update(1)
 
 
@@ -174,6 +161,37 @@ def fid_baseline(holdout: Phase, chosen: str, row: str, point: Any) -> dict[str,
 
 def fid_reference(calib: Phase, holdout: Phase) -> dict[str, Any]:
     """The reference's FIDs on both image sets (held-out: None when nothing went to the held-out seeds)."""
-    sampled = "reference" in holdout.block_evals
+    sampled = holdout.sampled("reference")
     return {"fid": calib.fid("reference"), "holdout_fid": holdout.fid("reference") if sampled else None,
             "fids": calib.fids("reference"), "holdout_fids": holdout.fids("reference") if sampled else None}
+
+
+def open_phases(target: Any, schedulers: dict[str, Any], guidance: float | None, batch_size: int,
+                nets: dict[str, Callable[[torch.Tensor], torch.Tensor]], reals: dict[str, FrechetReference],
+                cache: Any, sets: dict[str, tuple[int, int, float]], bootstrap: int,
+                persistent: bool) -> dict[str, Any]:
+    """The search's phases over one engine: a `MethodSampler` of the target, and per set (name -> (seed, images,
+    confidence)) a `Runner` on `cache` (`ShardCache`) scored under `nets` with their `reals` (a `Phase`), or with no
+    networks, a PSNR goal (a `search_psnr.PsnrPhase`; the held-out one keeps each try's fidelity). `persistent`: the
+    cache folder outlives the search (a rerun resumes from it), so the run keys name the models' weights too."""
+    sampler = MethodSampler(target.pipe, target.conditioning, guidance, schedulers, batch_size, heads=target.heads,
+                            bridges=target.bridges)
+    # What every image depends on beyond its method: the models (weights included: only for a folder that outlives
+    # the search, hashing them reads every weight once), the conditioning and the guidance.
+    what = {"pipeline": type(target.pipe).__name__, "conditioning": target.conditioning.to_dict(), "guidance": guidance}
+    if persistent:
+        components = [m for m in target.pipe.components.values() if isinstance(m, torch.nn.Module)]
+        what["weights"] = modules_fingerprint(*components, target.heads, target.bridges)
+    # A network's cached features are keyed by its real statistics (which a network and its data fix): a cache
+    # folder reused with another network never reads back the features of this one.
+    keys = {name: f"net{i}-" + hashlib.sha256(real.mean.double().cpu().numpy().tobytes()).hexdigest()[:16]
+            for i, (name, real) in enumerate(reals.items())}
+    specs = [FeatureSpec(name, keys[name], net, "as given", unit_input=True) for name, net in nets.items()]
+    phases = {}
+    for name, (seed, count, confidence) in sets.items():
+        runner = Runner(sampler, cache, specs, {keys[n]: real for n, real in reals.items()}, count, what, bootstrap,
+                        confidence)
+        phases[name] = (Phase(name, seed, runner, {k: n for n, k in keys.items()}) if nets else
+                        PsnrPhase(name, seed, runner, bootstrap, confidence, report_fidelity=name == "held-out"))
+    return phases
+

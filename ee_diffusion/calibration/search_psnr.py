@@ -12,22 +12,18 @@ gives every candidate its interval of the mean PSNR, and any two candidates a pa
   the tries share the held-out images) is >= min_psnr. The pick is the best-looking of many screened candidates,
   so its calibration mean is biased upwards; the bound, not the mean, must clear the bar.
 
-`PsnrPhase` / `PsnrSampler` mirror `search_phases.Phase` / `Sampler`: sampled once per phase and name, repeats of
-the same (solver, steps, exit config) reuse the first run.
+`PsnrPhase` mirrors `search_phases.Phase`: its images go through the same engine (`search_phases.Sampler`, a
+`benchmarks.runner.Runner` with no feature networks), so a repeat of the same (solver, steps, exit config) reads
+the first run's shards back.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from ..config import EarlyExitConfig
-from ..eval.paired import fidelity
-from ..eval.pipeline_sampling import sample_pipeline
-from ..eval.sampling import SampleRun
 from .operating_point_result import Candidate, Confirmation
 from .schedule import psnr_db
 
@@ -37,27 +33,49 @@ CONFIRMATION_RULE = ("low end of the bootstrap interval of the mean per-image PS
 
 
 class PsnrPhase:
-    """One set of seeds: per run its (N,) PSNRs against the reference's images and its block evaluations.
+    """One set of seeds over its `Runner` (no feature networks): per run its (N,) PSNRs against the reference's
+    images and against full depth at its own solver and steps (`vs_full`), both read back from the shards.
 
-    Only two image sets are held: the reference's, and the latest full-depth run (each exit config is also
-    compared with full depth at its own solver and steps, `vs_full`, which is sampled just before it)."""
+    Args:
+        name, seed, runner: as `search_phases.Phase`.
+        bootstrap, confidence: the resamples of the image indices (drawn once per phase, shared by every run) and
+            the two-sided coverage of this phase's intervals.
+        report_fidelity: keep each run's mean PSNR/SSIM (`fidelity`, the held-out tries report it).
+    """
 
-    def __init__(self, name: str, seed: int, num_images: int, bootstrap: int, confidence: float,
+    def __init__(self, name: str, seed: int, runner: Any, bootstrap: int, confidence: float,
                  report_fidelity: bool = False) -> None:
-        self.name, self.seed, self.num_images, self.confidence = name, seed, num_images, confidence
+        self.name, self.seed, self.runner, self.confidence = name, seed, runner, confidence
+        self.num_images = runner.num_images
         generator = torch.Generator().manual_seed(0)
-        self.indices = torch.randint(0, num_images, (bootstrap, num_images), generator=generator)  # (R, N)
-        self.block_evals: dict[str, int] = {}
+        self.indices = torch.randint(0, self.num_images, (bootstrap, self.num_images), generator=generator)  # (R, N)
         self.psnr: dict[str, torch.Tensor] = {}  # name -> (N,) float64 dB against the reference
         self.vs_full: dict[str, torch.Tensor] = {}  # name -> (N,) dB against full depth at its solver and steps
         self.fidelity: dict[str, dict[str, Any]] = {}  # name -> mean PSNR/SSIM (report_fidelity only)
         self.report_fidelity = report_fidelity
-        self.reference_images: torch.Tensor | None = None
-        self.full: tuple[tuple[str, int], str, torch.Tensor] | None = None  # ((solver, steps), name, images)
-        self.by_key: dict[str, str] = {}
+        self.full_depth: dict[tuple[str, int], str] = {}  # (solver, steps) -> its latest full-depth run's name
+
+    def sampled(self, name: str) -> bool:
+        return name in self.psnr
 
     def fraction(self, name: str) -> float:
-        return self.block_evals[name] / self.block_evals["reference"]
+        return self.runner.rows[name]["block_fraction"]
+
+    def per_image(self, name: str, other: str) -> torch.Tensor:
+        """(N,) PSNR of `name`'s images against `other`'s from the same noise, shard by shard."""
+        ranges = self.runner.cache.ranges(self.num_images)
+        return torch.cat([psnr_db(self.runner.images(name, s, e), self.runner.images(other, s, e)) for s, e in ranges])
+
+    def scored(self, name: str, solver: str, steps: int, config: EarlyExitConfig | None) -> None:
+        """After `name` is measured: its PSNRs (the reference is the first run measured)."""
+        self.psnr[name] = self.per_image(name, "reference") if self.psnr else torch.full(
+            (self.num_images,), 100.0, dtype=torch.float64)  # the reference against itself: psnr_db's cap
+        if config is None:
+            self.full_depth[(solver, steps)] = name
+        elif (solver, steps) in self.full_depth:
+            self.vs_full[name] = self.per_image(name, self.full_depth[(solver, steps)])
+        if self.report_fidelity and name != "reference":
+            self.fidelity[name] = self.runner.rows[name]["fidelity"]
 
     def interval(self, values: torch.Tensor) -> dict[str, float]:
         """Mean of (N,) per-image values and its percentile bootstrap interval (this phase's confidence)."""
@@ -74,63 +92,6 @@ class PsnrPhase:
         """Mean PSNR(name) - PSNR(other), paired over the images, with its interval (`delta`, `low`, `high`)."""
         d = self.interval(self.psnr[name] - self.psnr[other])
         return {"delta": d["mean"], "low": d["low"], "high": d["high"]}
-
-    def images_of(self, name: str) -> torch.Tensor | None:
-        if name == "reference":
-            return self.reference_images
-        return self.full[2] if self.full is not None and self.full[1] == name else None
-
-
-class PsnrSampler:
-    """Samples a (solver, steps, exit config) on a `PsnrPhase`'s seeds; the reference first."""
-
-    def __init__(self, target: Any, schedulers: dict[str, Any], guidance: float | None, batch_size: int, bar: Any,
-                 on_sample: Callable[[str, str, SampleRun], None] | None) -> None:
-        self.target, self.schedulers, self.guidance, self.batch_size = target, schedulers, guidance, batch_size
-        self.bar, self.on_sample = bar, on_sample
-
-    def __call__(self, phase: PsnrPhase, name: str, solver: str, steps: int, config: EarlyExitConfig | None) -> None:
-        if name in phase.block_evals:
-            return
-        key = json.dumps([solver, steps, None if config is None else config.to_dict()])
-        full = phase.full if phase.full is not None and phase.full[0] == (solver, steps) else None
-        first = phase.by_key.get(key)
-        images = None if first is None else phase.images_of(first)
-        # A repeat reuses the first run, unless it needs images no longer held (a new full depth, or vs_full).
-        needs_images = config is None or (full is not None and first not in phase.vs_full)
-        if first is not None and (images is not None or not needs_images):
-            phase.block_evals[name], phase.psnr[name] = phase.block_evals[first], phase.psnr[first]
-            if first in phase.fidelity:
-                phase.fidelity[name] = phase.fidelity[first]
-            if first in phase.vs_full and full is not None:
-                phase.vs_full[name] = phase.vs_full[first]
-        else:
-            images = self._sample(phase, name, solver, steps, config)
-            phase.by_key[key] = name
-        if config is None:
-            phase.full = ((solver, steps), name, images)  # the previous full depth's images are let go
-        elif full is not None and name not in phase.vs_full:
-            phase.vs_full[name] = psnr_db(images, full[2])
-
-    def _sample(self, phase: PsnrPhase, name: str, solver: str, steps: int,
-                config: EarlyExitConfig | None) -> torch.Tensor:
-        self.bar.set_postfix_str(f"{phase.name}: {name}")
-        self.target.pipe.scheduler = self.schedulers[solver]
-        run = sample_pipeline(self.target.pipe, range(phase.num_images), self.target.conditioning,
-                              exit_config=config, heads=self.target.heads, bridges=self.target.bridges,
-                              num_inference_steps=steps, guidance_scale=self.guidance, seed=phase.seed,
-                              batch_size=self.batch_size)
-        images = run.images.detach().cpu()
-        if name == "reference":
-            phase.reference_images = images
-        phase.block_evals[name] = run.block_evals
-        phase.psnr[name] = psnr_db(images, phase.reference_images)
-        if phase.report_fidelity and name != "reference":
-            phase.fidelity[name] = fidelity(images, phase.reference_images)
-        if self.on_sample is not None:
-            self.on_sample(phase.name, name, run)
-        self.bar.update(1)
-        return images
 
 
 def psnr_candidate(calib: PsnrPhase, name: str, family: str, solver: str, scheduler: str, steps: int,
@@ -153,7 +114,7 @@ def psnr_confirmation(holdout: PsnrPhase, candidate: Candidate, min_psnr: float)
 
 
 def psnr_versus_frontier(chosen: Candidate, candidates: list[Candidate], holdout: PsnrPhase,
-                         sampler: PsnrSampler) -> dict[str, Any]:
+                         sampler: Any) -> dict[str, Any]:
     """The chosen point against the full-depth candidate of the highest calibration PSNR that costs no more, on
     the held-out seeds: does the exit config keep more of the reference than fewer steps do?"""
     pool = [c for c in candidates if c.exit_config is None and c.name != chosen.name
