@@ -24,6 +24,9 @@ from ee_diffusion.testing import tiny_pipeline  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CONDITIONING = {"dit": ["--classes", "0", "1", "2"], "pixart": ["--prompts", "PROMPTS"], "sd3": ["--prompts", "PROMPTS"]}
+#: U-Net folders: a stock U-Net exits only through UNetExitBridges, which a stock folder does not hold, so the
+#: search there is over solvers and steps alone.
+UNET_CONDITIONING = {"sd": ["--prompts", "PROMPTS"], "ddpm": []}
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +35,15 @@ def files(tmp_path_factory):
     out = {"inception": random_inception_weights(root / "inception.safetensors"), "real": write_images(root / "real", 8),
            "prompts": root / "prompts.txt"}
     out["prompts"].write_text("a red cat\nthe big house\n")
-    for kind in CONDITIONING:
+    for kind in [*CONDITIONING, *UNET_CONDITIONING]:
         tiny_pipeline(kind).save_pretrained(root / kind)
         out[kind] = root / kind
     return out
 
 
 def _args(files, kind, out, *extra):
-    conditioning = [str(files["prompts"]) if a == "PROMPTS" else a for a in CONDITIONING[kind]]
+    conditioning = [str(files["prompts"]) if a == "PROMPTS" else a
+                    for a in {**CONDITIONING, **UNET_CONDITIONING}[kind]]
     return ["calibrate", "--model", str(files[kind]), "--kind", "operating-point", "--budget", "0.7",
             "--real", str(files["real"]), "--features", "inception", "--inception-weights", str(files["inception"]),
             "--inception-resolution", "75", "--images", "4", "--holdout-images", "4", "--search-steps", "2", "3",
@@ -75,6 +79,28 @@ def test_a_stock_folder_goes_through_search_save_reload_and_a_bare_call(files, k
                output_type="np")
     assert out.images.shape[0] == 1 and get_exit_stats(denoiser) is not None
     remove_early_exit(denoiser)
+
+
+@pytest.mark.parametrize("kind", list(UNET_CONDITIONING))
+def test_a_stock_unet_folder_searches_solvers_and_steps(files, kind, tmp_path):
+    saved = tmp_path / "point"
+    assert main(_args(files, kind, tmp_path, "--save-to", str(saved))) == 0
+    data = json.loads((tmp_path / "search.json").read_text())
+    assert {c["family"] for c in data["candidates"]} == {"full_depth"}
+    assert {c["solver"] for c in data["candidates"]} == {"ddim", "dpmpp"}
+    point = OperatingPoint.from_dict(json.loads((saved / OPERATING_POINT_FILE).read_text()))
+    assert point.exit_config is None and point == OperatingPoint.from_dict(data["operating_point"])
+    # The reloaded folder runs the point: its scheduler rebuilt from the saved class and options.
+    from ee_diffusion.benchmarks.solvers import scheduler_of_point
+
+    pipe = load_pipeline(str(files[kind]))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = scheduler_of_point(point, pipe.scheduler)
+    assert type(pipe.scheduler).__name__ == point.scheduler
+    call = {"prompt": "a red cat"} if kind == "sd" else {}
+    out = pipe(**call, num_inference_steps=point.num_inference_steps, generator=torch.Generator().manual_seed(0),
+               output_type="np")
+    assert out.images.shape[0] == 1
 
 
 def _shards(folder):
@@ -207,3 +233,19 @@ def test_the_readme_commands_run_on_stand_ins(files, tmp_path):
             assert len(data["decision"]["feature_nets"]) == 2
         else:
             assert {c["solver"] for c in data["candidates"]} == {"dpmpp", "unipc"}
+
+
+def test_an_unsupported_folder_and_a_reference_its_scheduler_cannot_run_are_refused(files, tmp_path, capsys):
+    flux = tmp_path / "flux"
+    flux.mkdir()
+    (flux / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    args = _args(files, "dit", tmp_path)
+    args[args.index("--model") + 1] = str(flux)
+    assert main(args) == 2
+    assert "FluxPipeline" in capsys.readouterr().err
+    # DDIM has no flow-matching version: refused on SD3 before any sampling.
+    args = _args(files, "sd3", tmp_path, "--reference", "ddim:3")
+    del args[args.index("--reference-steps"):args.index("--reference-steps") + 2]
+    assert main(args) == 2
+    assert "['dpmpp', 'unipc']" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flux"]  # no search JSON, no shard folder

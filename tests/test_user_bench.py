@@ -421,3 +421,29 @@ def test_clip_vision_model_folder_gives_pooled_features_and_no_text(files, tmp_p
     with pytest.raises(ValueError, match="needs a full CLIPModel folder with its tokenizer; this folder holds a "
                                          "CLIPVisionModel"):
         clip.text_features(["a cat"])
+
+
+def test_rows_name_their_own_solver_against_the_reference(files, tmp_path, capsys):
+    """One report places DPM-Solver++ rows against a DDIM reference; on a flow-matching folder the named solvers are
+    their flow-matching versions, and DDIM (which has none) is refused before any sampling."""
+    assert bench(files, "dit", tmp_path / "dit", "--real", str(files["real"]), "--inception-weights",
+                 str(files["inception"]), "--solver", "ddim", "--methods", "dpmpp:2", "static:0.5@dpmpp:3",
+                 "--timing-repeats", "0") == 0
+    entry = json.loads((tmp_path / "dit" / "report.json").read_text())["settings"][0]
+    rows = entry["rows"]
+    assert entry["reference"] == "ddim3" and rows["ddim3"]["family"] == "reference"
+    assert rows["dpmpp2"]["solver"] == rows["static2@dpmpp3"]["solver"] == "dpmpp"
+    assert entry["solvers"]["dpmpp"]["class"] == "DPMSolverMultistepScheduler"
+    # The fewer-steps frontier of every solver a row runs, at the static row's cost (half of 3 steps: 1 and 2).
+    assert {"ddim1", "dpmpp1"} <= set(rows) and rows["dpmpp1"]["notes"] == {"matched": True}
+    assert rows["dpmpp2"]["dfid_reference"]["delta"] == pytest.approx(rows["dpmpp2"]["fid"] - rows["ddim3"]["fid"])
+    assert bench(files, "sd3", tmp_path / "sd3", "--real", str(files["real"]), "--inception-weights",
+                 str(files["inception"]), "--prompts", str(files["prompts"]), "--methods", "dpmpp:2", "unipc:2",
+                 "--timing-repeats", "0") == 0
+    rows = json.loads((tmp_path / "sd3" / "report.json").read_text())["settings"][0]["rows"]
+    assert {rows["dpmpp2"]["solver"], rows["unipc2"]["solver"], rows["pipeline3"]["solver"]} == {
+        "dpmpp", "unipc", "pipeline"}
+    assert bench(files, "sd3", tmp_path / "refused", "--real", str(files["real"]), "--inception-weights",
+                 str(files["inception"]), "--prompts", str(files["prompts"]), "--methods", "ddim:2") == 2
+    assert "solver 'ddim' needs a DDPM-type noise schedule" in capsys.readouterr().err
+    assert not (tmp_path / "refused" / "samples").exists()

@@ -98,9 +98,9 @@ def run(config: BenchConfig, out: str | Path = "bench_out", progress: bool = Tru
     out.mkdir(parents=True, exist_ok=True)
     cache = ShardCache(Path(config.cache_dir) if config.cache_dir else out / "samples", config.shard_size, state)
     pipe = prep.pipe
-    schedulers = {"pipeline": pipe.scheduler}
-    if config.solver != "pipeline":
-        schedulers.update(make_schedulers(pipe.scheduler))
+    # The folder's own scheduler and every other solver a row names, built from its config (checked in `prepare`).
+    named = [m.solver for m in prep.methods if m.solver != "pipeline"]
+    schedulers = {"pipeline": pipe.scheduler, **make_schedulers(pipe.scheduler, dict.fromkeys(named))}
     guidance = None if kind_of(pipe).conditioning == "none" else prep.guidance
     sampler = MethodSampler(pipe, prep.conditioning, guidance, schedulers, config.batch_size)
     what = {"pipeline": prep.pipeline_key, "guidance": prep.guidance, "conditioning": prep.conditioning.to_dict()}
@@ -115,7 +115,8 @@ def run(config: BenchConfig, out: str | Path = "bench_out", progress: bool = Tru
         for method in prep.methods:
             runner.measure(method)
         if config.match_frontier:
-            for method in runner.matched_frontier([config.solver], config.steps):
+            # Fewer steps of every solver a row runs, at that row's block cost.
+            for method in runner.matched_frontier(dict.fromkeys(m.solver for m in prep.methods), config.steps):
                 runner.measure(method)
         if cache.rank != 0:
             return None

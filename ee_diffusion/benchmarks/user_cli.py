@@ -35,15 +35,16 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
                        help="Inception input side (default 299, what the field reports)")
     group.add_argument("--clip", default=None, metavar="FOLDER", help="a local transformers CLIP folder")
     group.add_argument("--methods", nargs="+", default=[], metavar="SPEC",
-                       help="steps:K, static:D, ase:released, fbc:T, taylorseer:I, sea:T or exit-config .json files, "
-                            "each optionally @STEPS")
+                       help="steps:K, SOLVER:K (e.g. dpmpp:10), static:D, ase:released, fbc:T, taylorseer:I, sea:T "
+                            "or exit-config .json files, each optionally @STEPS or @SOLVER:STEPS")
     group.add_argument("--steps", type=int, default=_DEFAULTS["steps"], help="the reference's sampling steps")
     group.add_argument("--frontier-steps", nargs="+", type=int, default=[],
                        help="fewer-steps points (default: 40%%, 60%%, 80%% of --steps)")
     group.add_argument("--no-match-frontier", action="store_true",
                        help="do not add fewer-steps points at the other methods' block costs")
     group.add_argument("--solver", choices=SOLVER_CHOICES, default=_DEFAULTS["solver"],
-                       help="the pipeline's own scheduler, or DDIM / DPM-Solver++ from its config")
+                       help="the reference's solver: the pipeline's own scheduler, or DDIM / DPM-Solver++ / UniPC "
+                            "built from its config (on flow matching: DPM-Solver++ / UniPC in their flow modes)")
     group.add_argument("--classes", nargs="+", default=[], help="class ids or names (default: every class)")
     group.add_argument("--prompts", default=None, metavar="FILE", help="one prompt per line, or JSONL with a seed")
     group.add_argument("--num-images", type=int, default=_DEFAULTS["num_images"], help="images per method")

@@ -1,8 +1,10 @@
 """The flags of `ee-diffusion bench --pipeline` as a validated config, and the `--methods` specs it names.
 
-A method spec is `steps:K`, `static:D`, `ase:NAME`, `fbc:T`, `taylorseer:I`, `sea:T` or the path of an
-exit-config JSON file, each optionally `@K` (at K steps; default: the run's steps); `parse_method` turns one
-into a `grid.Method` (a row of the report) and refuses anything else with the allowed forms.
+A method spec is `steps:K`, `SOLVER:K` (fewer steps of another solver), `static:D`, `ase:NAME`, `fbc:T`,
+`taylorseer:I`, `sea:T` or the path of an exit-config JSON file, each optionally `@K` or `@SOLVER:K` (at K steps
+of that solver; default: the run's solver and steps), so one report can place a DPM-Solver++ point against a
+DDIM reference; `parse_method` turns one into a `method.Method` (a row of the report) and refuses anything else
+with the allowed forms.
 
 ```py
 >>> config = BenchConfig(pipeline="my-dit", real="imagenet-val", inception_weights="pt_inception.pth",
@@ -12,7 +14,7 @@ into a `grid.Method` (a row of the report) and refuses anything else with the al
 >>> BenchConfig(pipeline="my-dit", real="x", solver="euler")
 Traceback (most recent call last):
 ...
-ValueError: solver must be one of ('pipeline', 'ddim', 'dpmpp'), got 'euler'
+ValueError: solver must be one of ('pipeline', 'ddim', 'dpmpp', 'unipc'), got 'euler'
 
 ```
 """
@@ -30,21 +32,26 @@ from ..config import EarlyExitConfig
 from ..eval.baselines import CacheBaseline
 from ..pipelines.stock import denoiser_of
 from ..schedules import StaticDepth
-from .grid import SOLVERS, TAYLORSEER_DIT_MODULES, Method, ase_schedules
+from .grid import TAYLORSEER_DIT_MODULES, ase_schedules
+from .method import Method
+from .solvers import SEARCH_SOLVERS
 
-SOLVER_CHOICES = ("pipeline", *SOLVERS)
+#: The pipeline's own scheduler, or one built from its config (on flow matching: the flow-matching versions).
+SOLVER_CHOICES = ("pipeline", *SEARCH_SOLVERS)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-#: Method spec prefixes (`--methods`); any other spec is an exit-config JSON file. `@K` runs it at K steps.
-METHOD_KINDS = ("steps", "static", "ase", "fbc", "taylorseer", "sea")
+#: Method spec prefixes (`--methods`); any other spec is an exit-config JSON file. `@K` runs it at K steps,
+#: `@SOLVER:K` at K steps of that solver; `SOLVER:K` is fewer steps of that solver.
+METHOD_KINDS = ("steps", *SOLVER_CHOICES, "static", "ase", "fbc", "taylorseer", "sea")
 
 
 @dataclass
 class BenchConfig:
     """One `bench --pipeline` run (the CLI flags, validated).
 
-    `methods`: specs `steps:K`, `static:D` (D blocks, or a fraction of them), `ase:released|aggressive`,
-    `fbc:T`, `taylorseer:I`, `sea:T` (diffusers' caches; transformers only) or a path to an exit-config JSON
-    file, each optionally `@K` (at K steps; default `steps`). `features`: "inception" (needs
+    `methods`: specs `steps:K`, `SOLVER:K` (K steps of another solver), `static:D` (D blocks, or a fraction of
+    them), `ase:released|aggressive`, `fbc:T`, `taylorseer:I`, `sea:T` (diffusers' caches; transformers only) or
+    a path to an exit-config JSON file, each optionally `@K` or `@SOLVER:K` (default: `solver` at `steps`).
+    `solver` is the reference's (and the fewer-steps sweep's). `features`: "inception" (needs
     `inception_weights`), "clip" (needs `clip`, a CLIP folder), a shipped feature net ("digits", "glyphs") or a
     saved one (path). `real` (an image folder) or `real_stats` (files written by an earlier run, one per feature
     network) give the real side.
@@ -112,19 +119,23 @@ class BenchConfig:
             raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
 
 
-def _at(spec: str, steps: int) -> tuple[str, int]:
-    """'static:6@12' -> ('static:6', 12); no '@': the run's steps."""
+def _at(spec: str, steps: int, solver: str) -> tuple[str, str, int]:
+    """'static:6@12' -> ('static:6', solver, 12); 'static:6@dpmpp:12' -> ('static:6', 'dpmpp', 12); no '@': the
+    run's solver and steps."""
     body, _, at = spec.rpartition("@") if "@" in spec else (spec, "", "")
     if not at:
-        return body, steps
-    if not at.isdigit() or int(at) < 1:
-        raise ValueError(f"method {spec!r}: the step count after '@' must be an int >= 1, got {at!r}")
-    return body, int(at)
+        return body, solver, steps
+    named, _, count = at.rpartition(":")
+    if named and named not in SOLVER_CHOICES:
+        raise ValueError(f"method {spec!r}: the solver after '@' must be one of {SOLVER_CHOICES}, got {named!r}")
+    if not count.isdigit() or int(count) < 1:
+        raise ValueError(f"method {spec!r}: the step count after '@' must be an int >= 1, got {count!r}")
+    return body, named or solver, int(count)
 
 
 def parse_method(spec: str, pipe: Any, steps: int, solver: str) -> Method:
     """One `--methods` spec as a `Method` (see `BenchConfig`); `ValueError` naming the allowed forms."""
-    body, k = _at(spec, steps)
+    body, solver, k = _at(spec, steps, solver)
     kind, _, value = body.partition(":")
     denoiser = denoiser_of(pipe)
     blocks = getattr(denoiser, "transformer_blocks", None)
@@ -142,9 +153,10 @@ def parse_method(spec: str, pipe: Any, steps: int, solver: str) -> Method:
             raise ValueError(f"method {spec!r}: its policy {type(config.policy).__name__} needs uncertainty heads, "
                              f"and the {type(pipe).__name__} folder has none (train them, or use a schedule)")
         return Method(f"{Path(body).stem}{at}", "exit_config", solver, k, config, notes={"file": body})
-    if kind == "steps":
+    if kind == "steps" or kind in SOLVER_CHOICES:
         if not value.isdigit() or int(value) < 1:
-            raise ValueError(f"method {spec!r}: steps:K needs an int K >= 1")
+            raise ValueError(f"method {spec!r}: {kind}:K needs an int K >= 1")
+        solver = solver if kind == "steps" else kind
         return Method(f"{solver}{int(value)}", "fewer_steps", solver, int(value))
     if blocks is None:
         raise ValueError(f"method {spec!r}: {kind} needs a transformer denoiser; {type(pipe).__name__} has a "

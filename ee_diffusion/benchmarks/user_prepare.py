@@ -33,6 +33,7 @@ from ..pipelines.conditioning import Conditioning, num_classes_of
 from ..pipelines.stock import default_guidance_scale, denoiser_of, kind_of, load_pipeline, pipeline_class_name
 from .method import Method
 from .runner import FeatureSpec
+from .solvers import solver_spec
 from .sample_cache import run_key
 from .user_config import DTYPES, BenchConfig, parse_method
 
@@ -161,9 +162,6 @@ def prepare(config: BenchConfig, device: str = "cpu") -> Prepared:
     guidance = config.guidance_scale if config.guidance_scale is not None else default_guidance_scale(pipe)
     if kind_of(pipe).conditioning == "none" and config.guidance_scale is not None:
         raise ValueError(f"{type(pipe).__name__} is unconditional and takes no guidance scale, got {config.guidance_scale}")
-    if config.solver != "pipeline" and not hasattr(pipe.scheduler, "alphas_cumprod"):
-        raise ValueError(f"solver {config.solver!r} needs a DDPM-type schedule; {type(pipe.scheduler).__name__} has "
-                         f"none: use solver 'pipeline'")
     solver = config.solver
     methods = [Method(f"{solver}{config.steps}", "reference", solver, config.steps)]
     sweep = config.frontier_steps or tuple(max(1, round(f * config.steps)) for f in config.frontier_fractions)
@@ -173,6 +171,11 @@ def prepare(config: BenchConfig, device: str = "cpu") -> Prepared:
         method = parse_method(spec, pipe, config.steps, solver)
         if method.name not in {m.name for m in methods}:
             methods.append(method)
+    # Every solver a row names is built from the folder's scheduler config: one its noise schedule cannot run
+    # (DDIM on flow matching) is refused here, before any sampling.
+    for name in dict.fromkeys(m.solver for m in methods):
+        if name != "pipeline":
+            solver_spec(name, pipe.scheduler)
     shape = output_shape(pipe)
     for spec in features:
         native = getattr(spec.net, "config", None)
