@@ -198,7 +198,8 @@ def _add_calibrate(subparsers) -> None:
     search.add_argument("--threshold-fractions", type=float, nargs="*", default=[0.5, 0.75],
                         help="DeeDiff thresholds calibrated to these block fractions (models with exit heads)")
     search.add_argument("--reference-steps", type=int, default=25,
-                        help="steps of the reference: DDIM, or a flow-matching folder's own scheduler (default: 25)")
+                        help="steps of the reference: DDIM for our pipelines and settings, a stock folder's own "
+                             "scheduler (default: 25)")
     search.add_argument("--reference", type=_reference, default=None, metavar="SOLVER:STEPS",
                         help="the reference named in full: ddim:25, dpmpp:20, unipc:20, or own:28 (the folder's own "
                              "scheduler, e.g. flow matching); instead of --reference-steps")

@@ -57,6 +57,9 @@ def test_a_stock_folder_goes_through_search_save_reload_and_a_bare_call(files, k
     assert main(_args(files, kind, tmp_path, "--save-to", str(saved))) == 0
     data = json.loads((tmp_path / "search.json").read_text())
     assert data["decision"]["feature_nets"] == ["inception-v3 (pool3) at 75x75"]
+    # No --reference: the folder is measured against what it ships, its own scheduler.
+    assert data["reference"]["solver"] == "own" and data["reference"]["scheduler"] == type(
+        load_pipeline(str(files[kind])).scheduler).__name__
     assert data["confirmed"] and data["tries"][-1]["block_fraction"] <= 0.7
     flow = kind == "sd3"  # flow matching: the folder's own scheduler, not DDIM / DPM-Solver++
     assert {c["solver"] for c in data["candidates"]} == ({"own"} if flow else {"ddim", "dpmpp"})

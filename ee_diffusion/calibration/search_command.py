@@ -106,7 +106,8 @@ def load_folder(args: argparse.Namespace) -> tuple[Any, Any, float | None]:
 def search_space(args: argparse.Namespace, pipe: Any, target: Any) -> tuple[Any, str]:
     """The `SearchSpace` of the command's flags for this pipeline and the reference's solver, checked against its
     scheduler (`ValueError` before any sampling). No `--solvers`: DDIM and DPM-Solver++ on a DDPM-type noise
-    schedule, the pipeline's own scheduler otherwise (flow matching)."""
+    schedule, the pipeline's own scheduler otherwise (flow matching). No `--reference`: DDIM for a pipeline of ours
+    (where it runs), a stock folder's own scheduler."""
     from ..backbones.registry import get_adapter
     from ..benchmarks.solvers import SOLVERS, noise_schedule
     from ..pipelines.stock import kind_of
@@ -115,7 +116,10 @@ def search_space(args: argparse.Namespace, pipe: Any, target: Any) -> tuple[Any,
 
     ours, adapter = kind_of(pipe).ours, get_adapter(target.denoiser)
     solvers = tuple(args.solvers or ()) or (("ddim", "dpmpp") if noise_schedule(pipe.scheduler) == "ddpm" else None)
-    reference = args.reference[0] if args.reference else default_reference_solver(pipe.scheduler, solvers)
+    # No --reference: a stock folder is measured against what it ships (its own scheduler at --reference-steps);
+    # our pipelines against the stock model at 25 DDIM steps, the reference of every report (docs/evaluation.md).
+    reference = args.reference[0] if args.reference else \
+        default_reference_solver(pipe.scheduler, solvers) if ours else OWN_SCHEDULER
     solver_specs(pipe.scheduler, [s for s in (*(solvers or ()), reference) if s != OWN_SCHEDULER])
     if args.time_batch and reference not in SOLVERS:
         raise ValueError(f"--time-batch times against a DDIM or DPM-Solver++ reference, got {reference!r}; give "
