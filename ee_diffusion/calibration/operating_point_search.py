@@ -236,7 +236,7 @@ def search_operating_point(
     phases = open_phases(target, schedulers, call_guidance, batch_size, {n: f for n, (f, _) in nets.items()}, reals,
                          cache, {"calibration": (calib_seed, calib_images, confidence),
                                  "held-out": (holdout_seed, holdout_images, confirm_confidence)},
-                         bootstrap, persistent=temporary is None)
+                         bootstrap, persistent=temporary is None, progress=progress)
     calib, holdout = phases["calibration"], phases["held-out"]
     sampler = Sampler(bar, on_sample)
     if min_psnr is None:

@@ -168,12 +168,13 @@ def fid_reference(calib: Phase, holdout: Phase) -> dict[str, Any]:
 
 def open_phases(target: Any, schedulers: dict[str, Any], guidance: float | None, batch_size: int,
                 nets: dict[str, Callable[[torch.Tensor], torch.Tensor]], reals: dict[str, FrechetReference],
-                cache: Any, sets: dict[str, tuple[int, int, float]], bootstrap: int,
-                persistent: bool) -> dict[str, Any]:
+                cache: Any, sets: dict[str, tuple[int, int, float]], bootstrap: int, persistent: bool,
+                progress: bool = False) -> dict[str, Any]:
     """The search's phases over one engine: a `MethodSampler` of the target, and per set (name -> (seed, images,
     confidence)) a `Runner` on `cache` (`ShardCache`) scored under `nets` with their `reals` (a `Phase`), or with no
     networks, a PSNR goal (a `search_psnr.PsnrPhase`; the held-out one keeps each try's fidelity). `persistent`: the
-    cache folder outlives the search (a rerun resumes from it), so the run keys name the models' weights too."""
+    cache folder outlives the search (a rerun resumes from it), so the run keys name the models' weights too.
+    `progress`: a bar of images per run (under the search's bar of runs), on the main process."""
     sampler = MethodSampler(target.pipe, target.conditioning, guidance, schedulers, batch_size, heads=target.heads,
                             bridges=target.bridges)
     # What every image depends on beyond its method: the models (weights included: only for a folder that outlives
@@ -190,7 +191,7 @@ def open_phases(target: Any, schedulers: dict[str, Any], guidance: float | None,
     phases = {}
     for name, (seed, count, confidence) in sets.items():
         runner = Runner(sampler, cache, specs, {keys[n]: real for n, real in reals.items()}, count, what, bootstrap,
-                        confidence)
+                        confidence, progress)
         phases[name] = (Phase(name, seed, runner, {k: n for n, k in keys.items()}) if nets else
                         PsnrPhase(name, seed, runner, bootstrap, confidence, report_fidelity=name == "held-out"))
     return phases
