@@ -1,7 +1,9 @@
 """The one engine of the paired benchmarks: sample a method, cache its images, score them under every network.
 
-`bench --preset` (our shipped settings), `bench --pipeline` (the user's folder, data and feature networks) and
-`bench-caches` all measure through here:
+`bench --preset` (our shipped settings), `bench --pipeline` (the user's folder, data and feature networks), the
+operating-point search (`calibration.search_phases`) and point timing measure through here; `bench-caches` samples
+and times through `MethodSampler` and scores with the same `PairedFIDs`, in a loop of its own (its rows at several
+batch sizes and in class-sorted batches are not `Runner` runs):
 - `MethodSampler` samples any `Method` (its solver, its step count, its exit config or diffusers cache, its seed
   and guidance) on any supported pipeline, ours or stock, with `eval.pipeline_sampling.sample_pipeline`: image i
   from its own noise and condition i % len(conditions), so an image does not depend on the batch it was drawn in
