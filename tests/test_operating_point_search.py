@@ -563,7 +563,19 @@ def test_publish_search_makes_the_confirmed_point_the_folders_default(tmp_path, 
     assert json.loads((folder / "evaluation.json").read_text())["operating_point"] == pipe.operating_point.to_dict()
     text = (folder / "TRAINING.md").read_text()
     assert f"`{search.chosen}`" in text and f"{search.settings['holdout_images']} held-out images" in text
+    # A UniPC point (the search offers UniPC too) is published with the options it was measured with.
     data = json.loads(path.read_text())
+    data["operating_point"].update(scheduler="UniPCMultistepScheduler", scheduler_options={"solver_order": 2})
+    path.write_text(json.dumps(data))
+    publish_search(path, folder)
+    assert type(EarlyExitDiTPipeline.from_pretrained(folder).scheduler).__name__ == "UniPCMultistepScheduler"
+    # A scheduler class diffusers does not have is refused before anything is written.
+    before = (folder / "model_index.json").read_text()
+    data["operating_point"]["scheduler"] = "NoSuchScheduler"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="'NoSuchScheduler' is not a diffusers scheduler class"):
+        publish_search(path, folder)
+    assert (folder / "model_index.json").read_text() == before
     data["confirmed"] = False
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="confirmed no operating point"):

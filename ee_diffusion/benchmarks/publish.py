@@ -208,7 +208,7 @@ def publish_search(search_path: str | Path, model_dir: str | Path, search_ref: s
     `evaluation.json` keeps the benchmark's summary and adds the search (`operating_point_search`), and
     `TRAINING.md` is rendered again. Returns the evaluation."""
     from ..operating_point import OperatingPoint
-    from .solvers import make_schedulers, solver_of
+    from .solvers import scheduler_of_point
 
     search_ref = search_ref or str(search_path)
     search = read_json_file(search_path, "operating-point search")
@@ -218,10 +218,9 @@ def publish_search(search_path: str | Path, model_dir: str | Path, search_ref: s
     point = OperatingPoint.from_dict(search["operating_point"])
     point.measured_in = (f"{search_ref} (`{summary['command']}`), candidate {summary['chosen']}, confirmed on "
                          f"{summary['settings']['holdout_images']} held-out images")
-    solver = solver_of(point.scheduler)
-    if solver is None:
-        raise ValueError(f"only DDIM or DPM-Solver++ points can be published, got {point.scheduler!r}")
-    store_point(model_dir, point, lambda current: make_schedulers(current)[solver])
+    # The point's scheduler as the search built it: its class and options (UniPC, a flow-matching DPM-Solver++)
+    # over the folder's own config; a class diffusers does not have raises before anything is written.
+    store_point(model_dir, point, lambda current: scheduler_of_point(point, current))
     evaluation["operating_point"] = point.to_dict()
     evaluation["operating_point_search"] = summary
     atomic_write_json(model_dir / "evaluation.json", evaluation, indent=1, allow_nan=False)
