@@ -252,3 +252,10 @@ def test_an_unsupported_folder_and_a_reference_its_scheduler_cannot_run_are_refu
     assert main(args) == 2
     assert "['dpmpp', 'unipc']" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["flux"]  # no search JSON, no shard folder
+
+
+def test_a_stock_folder_times_its_point_against_its_own_scheduler(files, tmp_path):
+    assert main(_args(files, "dit", tmp_path, "--time-batch", "2", "--time-repeats", "1")) == 0
+    timing = json.loads((tmp_path / "search.json").read_text())["timing"]
+    assert timing["batch"] == 2 and timing["points"]["reference"]["solver"] == "own"
+    assert timing["points"]["searched"]["speedup"] > 0 and len(timing["points"]["searched"]["seconds"]) == 1

@@ -109,7 +109,7 @@ def search_space(args: argparse.Namespace, pipe: Any, target: Any) -> tuple[Any,
     schedule, the pipeline's own scheduler otherwise (flow matching). No `--reference`: DDIM for a pipeline of ours
     (where it runs), a stock folder's own scheduler."""
     from ..backbones.registry import get_adapter
-    from ..benchmarks.solvers import SOLVERS, noise_schedule
+    from ..benchmarks.solvers import noise_schedule
     from ..pipelines.stock import kind_of
     from . import SearchSpace
     from .search_checks import OWN_SCHEDULER, default_reference_solver, solver_specs
@@ -121,9 +121,6 @@ def search_space(args: argparse.Namespace, pipe: Any, target: Any) -> tuple[Any,
     reference = args.reference[0] if args.reference else \
         default_reference_solver(pipe.scheduler, solvers) if ours else OWN_SCHEDULER
     solver_specs(pipe.scheduler, [s for s in (*(solvers or ()), reference) if s != OWN_SCHEDULER])
-    if args.time_batch and reference not in SOLVERS:
-        raise ValueError(f"--time-batch times against a DDIM or DPM-Solver++ reference, got {reference!r}; give "
-                         f"--reference ddim:STEPS or dpmpp:STEPS, or leave --time-batch out")
     space = SearchSpace(solvers=solvers, steps=tuple(args.search_steps),
                         static_fractions=tuple(args.static_fractions) if adapter.sequential or ours else (),
                         ase=("released", "aggressive") if adapter.sequential or ours else (),
@@ -189,7 +186,8 @@ def run_search(args: argparse.Namespace, pipe: Any, target: Any, space: Any, ref
         if baselines and current.guidance_scale == point.guidance_scale:
             points["current default"] = current
         search.timing = time_operating_points(pipe, points, ref_steps, args.time_batch, args.time_repeats,
-                                              reference_solver=reference)
+                                              reference_solver=reference, conditioning=target.conditioning,
+                                              heads=target.heads)
     search.save(args.out)
     config = None if point.exit_config is None else point.exit_config.to_dict()
     lines = [search.why, f"operating point: {point.scheduler}, {point.num_inference_steps} steps, guidance "
