@@ -42,7 +42,7 @@ from ..eval.timing import speedups
 from ..pipelines.conditioning import Conditioning
 from . import frontier
 from .grid import SOLVERS, GridPoint, Method, cache_methods, exit_methods, make_schedulers
-from .runner import MethodSampler, Runner
+from .runner import MethodSampler, Runner, as_uint8
 from .sample_cache import ShardCache
 from .user_prepare import our_feature_net, pipeline_key
 from .report import write_report
@@ -156,8 +156,8 @@ def run_setting(setting: str, preset: Preset, out: Path, model_path: str | None 
     floor_images, _ = real_images(data, "floor")
     with torch.no_grad():
         # The real images are scored as the generated ones are: as a saved PNG holds them (uint8).
-        reals = {spec.key: FrechetReference(spec.encode(_as_uint8(real))) for spec in specs}
-        floor = {spec.key: reals[spec.key].fid(spec.encode(_as_uint8(floor_images))) for spec in specs}
+        reals = {spec.key: FrechetReference(spec.encode(as_uint8(real))) for spec in specs}
+        floor = {spec.key: reals[spec.key].fid(spec.encode(as_uint8(floor_images))) for spec in specs}
     conditioning = Conditioning("classes", class_ids=list(range(pipe.num_classes)))
     sampler = MethodSampler(pipe, conditioning, guidance, make_schedulers(pipe.scheduler), preset.sample_batch,
                             preset.timing_batches[0])
@@ -278,10 +278,6 @@ def run_setting(setting: str, preset: Preset, out: Path, model_path: str | None 
                            "speedup = median over rounds of (stock model time / method time)"},
         "peak_memory": memory, "overhead": overhead, "elapsed_s": time.perf_counter() - started,
     }
-
-
-def _as_uint8(images: torch.Tensor) -> torch.Tensor:
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def _store_times(rows: dict, times: dict[str, list[float]], reference: str, batch: int, primary: bool) -> None:

@@ -24,6 +24,14 @@ def _interval(d: dict[str, float] | None) -> str:
     return "" if d is None else f"{d['delta']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
 
 
+def _reference_interval(row: dict) -> str:
+    """dFID against the reference: under every network when the row carries several (each its own interval)."""
+    by_net = row.get("dfid_reference_by_net") or {}
+    if len(by_net) <= 1:
+        return _interval(row.get("dfid_reference"))
+    return "; ".join(f"{net}: {_interval(d)}" for net, d in by_net.items())
+
+
 def _speed(row: dict, batch: str) -> str:
     entry = row.get("timing", {}).get(batch)
     return "" if entry is None else f"{entry['speedup']:.2f}x"
@@ -48,7 +56,7 @@ def rows_table(entry: dict, names: list[str] | None = None) -> list[str]:
             beats = ("yes" if vs["beats"] else "no") + (f" ({min(margins):+.2f})" if margins else "")
         f = r["fidelity"]
         lines.append(
-            f"| {name} | {r['family']} | {r['fid']:.3f} | {_interval(r.get('dfid_reference'))} | "
+            f"| {name} | {r['family']} | {r['fid']:.3f} | {_reference_interval(r)} | "
             f"{_interval(r.get('dfid_knee'))} | {'yes' if r.get('holds_quality') else 'no'} | {beats} | "
             f"{r['block_fraction']:.3f} | " + " | ".join(_speed(r, b) for b in batches) +
             f" | {f['psnr_db']:.1f} | {f['ssim']:.4f} | {f.get('feature_distance', float('nan')):.3f} | "
@@ -111,8 +119,10 @@ def _pipeline_markdown(report: dict) -> str:
     env = report["environment"]
     lines = ["# ee-diffusion bench --pipeline", "", f"Command: `{report['command']}`", "",
              f"torch {env['torch']}, {env['threads']} threads, {env['processes']} process(es), {env['device']} "
-             f"{env['dtype']}; total {report['elapsed_s']:.0f} s. FIDs under different feature networks are not "
-             f"comparable: each has its own section.", ""]
+             f"{env['dtype']}; total {report['elapsed_s']:.0f} s. " + (
+                 "FIDs under different feature networks are never compared with each other; unchanged quality must "
+                 "hold under each." if any("feature_nets" in s for s in report["settings"]) else
+                 "FIDs under different feature networks are not comparable: each has its own section."), ""]
     for s in report["settings"]:
         d = s["decisions"]
         ref = s["rows"][s["reference"]]

@@ -59,9 +59,15 @@ from . import frontier
 from .method import Method
 from .sample_cache import ShardCache, run_key
 
-__all__ = ["FeatureSpec", "MethodSampler", "Runner"]
+__all__ = ["FeatureSpec", "MethodSampler", "Runner", "as_uint8"]
 
 logger = logging.getLogger(__name__)
+
+
+def as_uint8(images: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) images in [0, 1] as a saved PNG holds them: uint8, rounded. Generated and real images are
+    scored so alike."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 @dataclass
@@ -191,12 +197,14 @@ class Runner:
         text_features: (P, D) CLIP text features of the prompts, for the CLIP score (or None).
         image_shape: (channels, size) the feature networks and real images were prepared for: a method whose
             images differ is refused after its first shard (None: not checked).
+        fidelity: give each row its mean PSNR/SSIM against the reference image from the same noise (it reads
+            every shard of the run and of the reference once more; the search's calibration phase needs none).
     """
 
     def __init__(self, sampler: MethodSampler, cache: ShardCache, features: list[Any],
                  reals: dict[str, FrechetReference], num_images: int, what: dict[str, Any], bootstrap: int = 200,
                  confidence: float = 0.9, progress: bool = False, text_features: torch.Tensor | None = None,
-                 image_shape: tuple[int, int] | None = None) -> None:
+                 image_shape: tuple[int, int] | None = None, fidelity: bool = True) -> None:
         self.sampler, self.cache, self.features, self.what = sampler, cache, features, what
         self.num_images = num_images
         self.scores = PairedFIDs({spec.key: reals[spec.key] for spec in features}, num_images, bootstrap,
@@ -205,6 +213,7 @@ class Runner:
         self.progress = progress and cache.rank == 0
         self.text_features = text_features
         self.image_shape = image_shape
+        self.fidelity = fidelity
         self.rows: dict[str, dict[str, Any]] = {}
         self.methods: dict[str, Method] = {}
         self.block_evals: dict[str, float] = {}  # per image
@@ -232,8 +241,7 @@ class Runner:
 
     def _shard(self, method: Method, indices: list[int], bar: Any) -> tuple[torch.Tensor, dict[str, int]]:
         run = self.sampler(method, indices, on_batch=bar.update)
-        images = (run.images.clamp(0, 1) * 255).round().to(torch.uint8)  # what a saved PNG holds
-        return images, {"block_evals": run.block_evals, "model_rows": run.model_rows}
+        return as_uint8(run.images), {"block_evals": run.block_evals, "model_rows": run.model_rows}
 
     def measure(self, method: Method) -> dict[str, Any] | None:
         """Sample (or read back), encode and score `method`; returns its row (None for a diffusers cache that
@@ -271,14 +279,16 @@ class Runner:
             self.reference = (key, features)
         row = {**method.describe(), "block_evals_per_image": self.block_evals[method.name],
                "block_fraction": self.block_evals[method.name] / next(iter(self.block_evals.values())),
-               "model_rows_per_image": counters["model_rows"] / n, "sample_s": time.perf_counter() - t0,
-               "fidelity": self._fidelity(key)}
+               "model_rows_per_image": counters["model_rows"] / n, "sample_s": time.perf_counter() - t0}
+        if self.fidelity:
+            row["fidelity"] = self._fidelity(key)
         if self.scores is not None:
             fids = self.scores.add(method.name, features)
             row.update(fid=fids[self.primary], fid_by_net=fids, fid_resamples=self._resamples(self.primary, method.name),
                        fid_resamples_by_net={net: self._resamples(net, method.name) for net in fids})
-            row["fidelity"]["feature_distance"] = float(
-                (features[self.primary] - self.reference[1][self.primary]).norm(dim=1).mean())
+            if self.fidelity:
+                row["fidelity"]["feature_distance"] = float(
+                    (features[self.primary] - self.reference[1][self.primary]).norm(dim=1).mean())
         accuracy = self._accuracy(key)
         if accuracy is not None:
             row["accuracy"] = accuracy
@@ -290,9 +300,8 @@ class Runner:
             row["clip_score"] = float(clip_scores(features[clip], self.text_features[prompts]).mean())
         self.rows[method.name] = row
         if self.cache.rank == 0:
-            logger.info("%-30s blocks %.3f  %s  PSNR %.1f  (%.1fs)", method.name, row["block_fraction"],
-                        "  ".join(f"FID[{k}] {v:.3f}" for k, v in row.get("fid_by_net", {}).items()),
-                        row["fidelity"]["psnr_db"], row["sample_s"])
+            logger.info("%-30s blocks %.3f  %s  (%.1fs)", method.name, row["block_fraction"],
+                        "  ".join(f"FID[{k}] {v:.3f}" for k, v in row.get("fid_by_net", {}).items()), row["sample_s"])
         return row
 
     def images(self, name: str, start: int, end: int) -> torch.Tensor:
@@ -339,7 +348,7 @@ class Runner:
         return hits / self.num_images
 
     def difference(self, name: str, other: str) -> dict[str, Any]:
-        """FID(name) - FID(other) under the primary network, `by_net` every network's (main process only)."""
+        """FID(name) - FID(other) under the primary network, `by_net` every network's."""
         return self.scores.difference(name, other)
 
     def matched_frontier(self, solvers: Iterable[str], reference_steps: int,

@@ -33,8 +33,8 @@ from ..pipelines.conditioning import Conditioning, num_classes_of
 from ..pipelines.stock import default_guidance_scale, denoiser_of, kind_of, load_pipeline, pipeline_class_name
 from .method import Method
 from .runner import FeatureSpec
-from .solvers import solver_spec
 from .sample_cache import run_key
+from .solvers import solver_spec
 from .user_config import DTYPES, BenchConfig, parse_method
 
 logger = logging.getLogger(__name__)

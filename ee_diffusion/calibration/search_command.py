@@ -58,6 +58,7 @@ def setting_features(setting: str, names: list[str] | None) -> dict[str, tuple[A
 def folder_features(prep: Any, batch_size: int = 64) -> dict[str, tuple[Any, Any]]:
     """name -> (images in [0, 1] -> features, real `FrechetReference`) for every feature network of a prepared
     `bench --pipeline` run: the saved statistics, or the real folder encoded once."""
+    from ..benchmarks.runner import as_uint8
     from ..eval.paired import FrechetReference
 
     out = {}
@@ -70,7 +71,7 @@ def folder_features(prep: Any, batch_size: int = 64) -> dict[str, tuple[Any, Any
 
         def encode(images: torch.Tensor, spec: Any = spec) -> torch.Tensor:
             # Generated images are scored as a saved PNG would hold them (uint8), as the real ones are.
-            return spec.encode((images.clamp(0, 1) * 255).round().to(torch.uint8))
+            return spec.encode(as_uint8(images))
 
         out[spec.name] = (encode, real)
     return out

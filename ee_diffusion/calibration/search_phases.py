@@ -58,7 +58,8 @@ class Phase:
     @property
     def fidelity(self) -> dict[str, dict[str, Any]]:
         """name -> mean PSNR/SSIM against the reference image from the same noise."""
-        return {name: row["fidelity"] for name, row in self.runner.rows.items() if name != "reference"}
+        return {name: row["fidelity"] for name, row in self.runner.rows.items()
+                if name != "reference" and "fidelity" in row}
 
     def sampled(self, name: str) -> bool:
         return name in self.runner.rows
@@ -190,8 +191,10 @@ def open_phases(target: Any, schedulers: dict[str, Any], guidance: float | None,
     specs = [FeatureSpec(name, keys[name], net, "as given", unit_input=True) for name, net in nets.items()]
     phases = {}
     for name, (seed, count, confidence) in sets.items():
+        # Only the held-out tries report fidelity to the reference image; the calibration phase would compute it
+        # for every candidate for nothing.
         runner = Runner(sampler, cache, specs, {keys[n]: real for n, real in reals.items()}, count, what, bootstrap,
-                        confidence, progress)
+                        confidence, progress, fidelity=name == "held-out")
         phases[name] = (Phase(name, seed, runner, {k: n for n, k in keys.items()}) if nets else
                         PsnrPhase(name, seed, runner, bootstrap, confidence, report_fidelity=name == "held-out"))
     return phases
