@@ -172,6 +172,9 @@ def _add_calibrate(subparsers) -> None:
     parser.add_argument("--verify-thresholds", type=float, nargs="+", default=None, metavar="TAU",
                         help="BlockForecast's per-row change criterion: these thresholds are tried beside none (a "
                              "row computes when its forecast of block 0's attention misses by more than TAU)")
+    parser.add_argument("--forecast-computes", type=int, nargs="+", default=None, metavar="K",
+                        help="block-forecast: also search where K timesteps are computed (any placement, the first "
+                             "always; a local search by PSNR against the full model), for each K given")
     parser.add_argument("--solver", choices=("ddim", "dpmpp"), default=None,
                         help="sample with this solver, made from the pipeline's scheduler config (default: the "
                              "pipeline's own scheduler; not operating-point, which takes --solvers)")
@@ -256,7 +259,8 @@ def _forecast_window(text: str) -> tuple[int, bool]:
 def _forecast_grid(args: argparse.Namespace) -> dict:
     """The BlockForecast grid arguments of `run_calibration` that were given (the rest keep their defaults)."""
     grid = {"forecast_intervals": args.forecast_intervals, "forecast_windows": args.forecast_windows,
-            "verify_thresholds": None if args.verify_thresholds is None else [None, *args.verify_thresholds]}
+            "verify_thresholds": None if args.verify_thresholds is None else [None, *args.verify_thresholds],
+            "forecast_computes": args.forecast_computes}
     return {k: tuple(v) for k, v in grid.items() if v is not None}
 
 
@@ -271,6 +275,9 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     from .pipelines.stock import kind_of, load_pipeline
 
     setting = args.model if args.model in SETTING_NAMES else None
+    if args.forecast_computes and args.kind != "block-forecast":
+        raise ValueError(f"--forecast-computes places a BlockForecast's computed timesteps: it needs --kind "
+                         f"block-forecast, got --kind {args.kind}")
     if args.kind == "operating-point":
         from .calibration.search_command import main as search_main
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 # The solvers live in `solvers.py` (the operating-point search uses them without importing the calibrations);
 # the bench modules import them from here.
 __all__ = ["SOLVERS", "TAYLORSEER_DIT_MODULES", "GridPoint", "Method", "ase_schedules", "cache_methods", "exit_methods",
-           "make_schedulers"]
+           "make_schedulers", "taylorseer_steps"]
 
 #: (solver, steps): a point of the composed grid.
 GridPoint = tuple[str, int]
@@ -38,6 +38,21 @@ GridPoint = tuple[str, int]
 #: TaylorSeer forecasts the outputs of these modules of a DiT block (diffusers' default patterns expect attention
 #: modules named `attn`; DiT's are `attn1`, so its default would hook nothing).
 TAYLORSEER_DIT_MODULES = [r"transformer_blocks\.\d+\.attn1", r"transformer_blocks\.\d+\.ff"]
+
+
+def taylorseer_steps(steps: int, interval: int, warmup: int, last: bool) -> list[int]:
+    """The step indices (0 first) at which diffusers' TaylorSeerCache computes in a run of `steps` model calls:
+    every step before `warmup` (`disable_cache_before_step`), then step warmup + 1 and every `interval`-th one
+    after it, and with `last` (`disable_cache_after_step=steps - 1`) the last step. Step `warmup` itself is
+    forecast from the warm-up's outputs when interval > 1.
+
+    ```py
+    >>> taylorseer_steps(15, interval=4, warmup=1, last=False)
+    [0, 2, 6, 10, 14]
+
+    ```
+    """
+    return [s for s in range(steps) if s < warmup or (s - warmup - 1) % interval == 0 or (last and s >= steps - 1)]
 
 
 def exit_methods(pipe: Any, point: GridPoint, preset: Preset, feature_net: Any, guidance: float,

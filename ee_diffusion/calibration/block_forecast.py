@@ -36,6 +36,7 @@ from ..schedules import BlockForecast, policy_from_dict
 from ..schedules.block_forecast import distinct_timesteps
 from ..schedules.tail_cache import FORECAST_ORDERS
 from .common import CalibrationResult, CalibrationSet, as_target, sample_calibration_set
+from .forecast_placement import search_placement
 from .schedule import call_timesteps, psnr_db
 from .search_space import check_windows
 
@@ -49,7 +50,7 @@ def calibrate_block_forecast(
     pipe: Any, min_psnr: float | None = None, budget: float | None = None, calib: CalibrationSet | None = None,
     intervals: tuple[int, ...] = (2, 3, 4), forecast_orders: tuple[int, ...] = (1, 2),
     windows: tuple[tuple[int, bool], ...] = DEFAULT_WINDOWS, verify_thresholds: tuple[float | None, ...] = (None,),
-    progress: bool = False,
+    progress: bool = False, computes: tuple[int, ...] = (),
 ) -> CalibrationResult:
     """The `BlockForecast` of the grid `intervals` x `forecast_orders` x `windows` x `verify_thresholds` (None:
     no per-row change criterion) that meets `min_psnr` (dB) most cheaply, or `budget` (compute fraction in (0, 1])
@@ -67,8 +68,10 @@ def calibrate_block_forecast(
         raise ValueError(f"budget must be a compute fraction in (0, 1], got {budget!r}")
     if min_psnr is not None and (isinstance(min_psnr, bool) or not isinstance(min_psnr, (int, float))):
         raise ValueError(f"min_psnr must be a number of dB, got {min_psnr!r}")
-    if not intervals:
-        raise ValueError("intervals must name at least one interval (>= 2), got ()")
+    if not intervals and not computes:
+        raise ValueError("intervals must name at least one interval (>= 2) unless computes places some, got ()")
+    for k in computes:
+        check_int(k, "every value of computes", 1, "timesteps a placement computes")
     for interval in intervals:
         check_int(interval, "every value of intervals", 2, "a row computes every interval-th call")
     if not forecast_orders or any(isinstance(o, bool) or o not in FORECAST_ORDERS for o in forecast_orders):
@@ -85,6 +88,17 @@ def calibrate_block_forecast(
     timesteps = call_timesteps(reference_run, calib)
     distinct = len(distinct_timesteps(timesteps))
     trials: list[dict[str, Any]] = []
+
+    def measure(policy: BlockForecast, first_calls: int | None = None, last_call: bool | None = None) -> dict:
+        """One candidate sampled on the calibration set: its PSNR against the full model, its compute fraction."""
+        run = sample_calibration_set(target, calib, EarlyExitConfig(policy=policy))
+        psnr = psnr_db(run.images, reference)
+        return {"interval": policy.interval, "forecast_order": policy.forecast_order, "first_calls": first_calls,
+                "last_call": last_call, "verify_threshold": policy.verify_threshold, "policy": policy.to_dict(),
+                "psnr_db_mean": float(psnr.mean()), "psnr_db_p10": float(psnr.quantile(0.1)),
+                "psnr_db_min": float(psnr.min()),
+                "compute_fraction": run.block_evals / (run.model_rows * target.num_blocks)}
+
     for interval in dict.fromkeys(intervals):
         for order in dict.fromkeys(forecast_orders):
             for (first, last), verify in ((w, v) for w in windows
@@ -93,17 +107,19 @@ def calibrate_block_forecast(
                     continue  # every timestep would compute: nothing forecast
                 policy = BlockForecast.for_calls(timesteps, first, last, interval=interval, forecast_order=order,
                                                  verify_threshold=verify)
-                run = sample_calibration_set(target, calib, EarlyExitConfig(policy=policy))
-                psnr = psnr_db(run.images, reference)
-                trial = {"interval": interval, "forecast_order": order, "first_calls": first, "last_call": last,
-                         "verify_threshold": verify,
-                         "policy": policy.to_dict(), "psnr_db_mean": float(psnr.mean()),
-                         "psnr_db_p10": float(psnr.quantile(0.1)), "psnr_db_min": float(psnr.min()),
-                         "compute_fraction": run.block_evals / (run.model_rows * target.num_blocks)}
+                trial = measure(policy, first_calls=first, last_call=last)
                 trials.append(trial)
                 if progress:
                     logger.info("interval %d order %d window (%d, %s): PSNR %.2f dB, compute fraction %.3f", interval,
                                 order, first, last, trial["psnr_db_mean"], trial["compute_fraction"])
+    for k in dict.fromkeys(computes):
+        if k >= distinct:
+            raise ValueError(f"computes must be below the run's {distinct} distinct timesteps, got {k}")
+        for order in dict.fromkeys(forecast_orders):
+            def score(calls: tuple[int, ...], order: int = order) -> dict[str, Any]:
+                return measure(BlockForecast.for_calls(timesteps, calls=list(calls), forecast_order=order))
+
+            trials.extend(search_placement(score, distinct, k))
     if not trials:
         raise ValueError(f"every window of {windows} computes all {distinct} timesteps at "
                          f"{calib.num_inference_steps} steps: nothing to forecast; give shorter windows or more steps")
@@ -118,7 +134,8 @@ def calibrate_block_forecast(
         best = max(fitting, key=lambda t: t["psnr_db_mean"])
     policy = BlockForecast(interval=1) if best is None else policy_from_dict(best["policy"])
     info = {"kind": "block-forecast", "min_psnr": min_psnr, "budget": budget, "met": best is not None,
-            "policy": policy.to_dict(), "psnr_db_mean": 100.0 if best is None else best["psnr_db_mean"],
+            "policy": policy.to_dict(), "calls": None if best is None else best.get("calls"),
+            "psnr_db_mean": 100.0 if best is None else best["psnr_db_mean"],
             "compute_fraction": 1.0 if best is None else best["compute_fraction"], "trials": trials,
             "timesteps": timesteps, "calibration_set": vars(calib).copy(),
             "conditioning": target.conditioning.to_dict()}

@@ -30,14 +30,15 @@ def run_calibration(
     num_buckets: int = 4, feature_net: Any = None, progress: bool = False, min_psnr: float | None = None,
     batch_size: int = 64, forecast_orders: tuple[int, ...] | None = None,
     forecast_intervals: tuple[int, ...] = (2, 3, 4), forecast_windows: tuple[tuple[int, bool], ...] = DEFAULT_WINDOWS,
-    verify_thresholds: tuple[float | None, ...] = (None,),
+    verify_thresholds: tuple[float | None, ...] = (None,), forecast_computes: tuple[int, ...] = (),
 ) -> CalibrationResult:
     """What `ee-diffusion calibrate` runs on `pipe` (a pipeline of ours or a `CalibrationTarget`): `kind` is
     "schedule" (budget, tolerance or min_psnr), "thresholds" (needs heads and a budget), "distil" (observe
     `UncertaintyThreshold(threshold)` on the calibration set, distil it into a schedule), "tail-cache" (the
     training-free residual-change threshold and forecast order among `forecast_orders`, default (0, 1), for
     min_psnr or a budget) or "block-forecast" (the training-free `BlockForecast` among `forecast_intervals` x
-    `forecast_orders`, default (1, 2), x `forecast_windows` x `verify_thresholds`, for min_psnr or a budget, at the pipeline's scheduler)."""
+    `forecast_orders`, default (1, 2), x `forecast_windows` x `verify_thresholds`, and with `forecast_computes` the
+    searched placements of that many computed timesteps, for min_psnr or a budget, at the pipeline's scheduler)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     target = as_target(pipe)
@@ -56,7 +57,7 @@ def run_calibration(
         return calibrate_block_forecast(target, min_psnr=min_psnr, budget=budget, calib=calib,
                                         intervals=forecast_intervals, forecast_orders=forecast_orders or (1, 2),
                                         windows=forecast_windows, verify_thresholds=verify_thresholds,
-                                        progress=progress)
+                                        computes=forecast_computes, progress=progress)
     if kind == "thresholds":
         if budget is None:
             raise ValueError("threshold calibration needs a budget (--budget)")

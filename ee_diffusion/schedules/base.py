@@ -139,6 +139,12 @@ class ExitPolicy:
         """What the policy remembers across the blocks of one model call (`ctx.call_state`); default None."""
         return None
 
+    def needs_block_hooks(self) -> bool:
+        """Whether the engine hooks every block (exits, per-block decisions). False only for a policy with
+        `forecasts_submodules` that does all its work in the sub-module hooks: the block hooks' per-call overhead
+        is then saved, which matters at batch 1. Default: True."""
+        return True
+
     def start_forecast(
         self, state: PolicyState | None, timesteps: torch.Tensor, paired: bool, inputs_key: tuple
     ) -> Any:

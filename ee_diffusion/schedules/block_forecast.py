@@ -34,6 +34,7 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -58,7 +59,9 @@ class BlockForecast(SerializablePolicy):
     A row computes the expensive sub-modules (all rows run every block's cheap parts) on its first call, on every
     `interval`-th call of its own (its own counter: `interval - 1` forecast calls between two computed ones),
     whenever its timestep is above `full_above_t` (the first, noisiest steps: TaylorSeer's warm-up, in timesteps)
-    and whenever it is below `full_below_t` (the last steps). On its other calls every hooked sub-module returns,
+    whenever it is below `full_below_t` (the last steps), and whenever it lies in one of `full_windows` (closed
+    timestep intervals `(low, high)`: a placement of the computed calls anywhere in the run, e.g. TaylorSeer's
+    phase or a calibrated one; `for_calls(..., calls=...)` places them). On its other calls every hooked sub-module returns,
     for that row, the polynomial of order `forecast_order` through the row's outputs of that sub-module at its
     last `forecast_order + 1` computed calls, at the row's timestep (divided differences over the scheduler's
     timesteps, which need not be evenly spaced; a row with fewer computed calls forecasts at the order its
@@ -94,6 +97,7 @@ class BlockForecast(SerializablePolicy):
     depth: int | None = None
     state_dtype: str | None = None
     verify_threshold: float | None = None
+    full_windows: tuple[tuple[float, float], ...] = ()
 
     forecasts_submodules = True
 
@@ -110,6 +114,7 @@ class BlockForecast(SerializablePolicy):
             self.verify_threshold = check_number(self.verify_threshold, "verify_threshold", 0.0, low_open=True)
         if self.state_dtype is not None and self.state_dtype not in STATE_DTYPES:
             raise ValueError(f"state_dtype must be None or one of {tuple(STATE_DTYPES)}, got {self.state_dtype!r}")
+        self.full_windows = _check_windows(self.full_windows)
 
     def validate_for(self, adapter: BackboneAdapter) -> None:
         if not adapter.sequential or not adapter.forecast_modules(adapter.blocks[0]):
@@ -127,11 +132,28 @@ class BlockForecast(SerializablePolicy):
 
     @classmethod
     def for_calls(cls, timesteps: list[float], first_calls: int = 1, last_call: bool = False,
-                  **fields: Any) -> BlockForecast:
+                  calls: Sequence[int] | None = None, **fields: Any) -> BlockForecast:
         """The policy whose windows compute a sampling run's first `first_calls` timesteps (TaylorSeer's warm-up)
         and, with `last_call`, its last one: `full_above_t` / `full_below_t` midway between neighbouring distinct
-        timesteps of `timesteps` (the run's model calls in call order; a Heun repeat is one timestep)."""
+        timesteps of `timesteps` (the run's model calls in call order; a Heun repeat is one timestep).
+
+        `calls` (indices into the run's distinct timesteps, 0 first) places every computed call instead: one
+        window around each of those timesteps, and an `interval` that never comes due within the run (give
+        `interval` to bound the forecast calls between two computed ones too). Index 0 is computed whether listed
+        or not: a row's first call has no history to forecast from."""
         distinct = distinct_timesteps(timesteps)
+        if calls is not None:
+            if first_calls != 1 or last_call:
+                raise ValueError(f"give calls or first_calls/last_call, not both; got calls={calls!r}, "
+                                 f"first_calls={first_calls!r}, last_call={last_call!r}")
+            picked = sorted(set(calls))
+            if any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < len(distinct) for c in picked):
+                raise ValueError(f"calls must be indices of the run's {len(distinct)} distinct timesteps "
+                                 f"(0..{len(distinct) - 1}), got {list(calls)!r}")
+            edges = [float("inf"), *((a + b) / 2 for a, b in zip(distinct, distinct[1:])), float("-inf")]
+            windows = tuple((max(edges[i + 1], 0.0), min(edges[i], 1e9)) for i in picked if i > 0)
+            fields.setdefault("interval", len(timesteps) + 1)
+            return cls(full_windows=windows, **fields)
         check_int(first_calls, "first_calls", 1, f"timesteps computed first; below the run's {len(distinct)}")
         if first_calls >= len(distinct):
             raise ValueError(f"first_calls must be below the run's {len(distinct)} distinct timesteps, got {first_calls}")
@@ -155,6 +177,9 @@ class BlockForecast(SerializablePolicy):
     def decides_after(self, block_index: int, num_blocks: int) -> bool:
         return False
 
+    def needs_block_hooks(self) -> bool:
+        return self.depth is not None or self.verify_threshold is not None  # exits, or block 0's check
+
     def start_forecast(self, state: PolicyState | None, timesteps: torch.Tensor, paired: bool,
                        inputs_key: tuple) -> ForecastCall:
         """Decide which of the (B,) rows compute this call; commit the rows' new nodes and counters."""
@@ -170,6 +195,9 @@ class BlockForecast(SerializablePolicy):
         due = (points == 0) | (since >= self.interval - 1) | (t < self.full_below_t)  # (B,) bool
         if self.full_above_t is not None:
             due = due | (t > self.full_above_t)
+        if self.full_windows:
+            bounds = torch.tensor(self.full_windows, device=t.device)  # (W, 2) low, high
+            due = due | ((t[:, None] >= bounds[:, 0]) & (t[:, None] <= bounds[:, 1])).any(1)
         repeat = (points > 0) & ((t - state.nodes[:, 0]).abs() <= SAME_TIMESTEP)  # (B,) the newest node again
         call = ForecastCall(state, t, points, since, state.nodes, repeat, due, self.forecast_order, paired,
                             self.verify_threshold)
@@ -189,4 +217,24 @@ class BlockForecast(SerializablePolicy):
             "depth": self.depth,
             "state_dtype": self.state_dtype,
             "verify_threshold": self.verify_threshold,
+            "full_windows": [list(w) for w in self.full_windows],
         }
+
+
+def _check_windows(windows: Any) -> tuple[tuple[float, float], ...]:
+    """`full_windows` as a tuple of (low, high) float pairs, low <= high, or a ValueError naming what was given."""
+    message = f"full_windows must be a list of (low, high) timestep pairs with low <= high, got {windows!r}"
+    if isinstance(windows, (str, bytes)) or not isinstance(windows, Sequence):
+        raise ValueError(message)
+    out = []
+    for window in windows:
+        if isinstance(window, (str, bytes)) or not isinstance(window, Sequence) or len(window) != 2:
+            raise ValueError(message)
+        try:
+            low, high = (check_number(v, "a full_windows bound") for v in window)
+        except ValueError:
+            raise ValueError(message) from None
+        if low > high:
+            raise ValueError(message)
+        out.append((low, high))
+    return tuple(out)

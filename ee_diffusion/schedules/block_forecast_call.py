@@ -148,20 +148,31 @@ class ForecastCall:
         # `simple`: every computing row adds a new node and has every level defined (no Heun repeat, not in the
         # first p calls of its run), so a level is one subtraction and one division (`add_point_simple`).
         self.simple, self.pending = code % 2 == 0, False
-        # A stable sort puts the computing rows first and the forecast ones last, each ascending: (B,).
-        order = torch.argsort((~due).to(torch.uint8), stable=True)
-        self.run_rows, self.skip_rows = order[:count], order[count:]  # (R,), (S,) batch positions
-        pick = (lambda v: v) if count == b else (lambda v: v.index_select(0, self.run_rows))
-        self.run_t, self.run_points, self.run_nodes, self.run_repeat = pick(t), pick(points), pick(nodes), pick(repeat)
-        pick = (lambda v: v) if count == 0 else (lambda v: v.index_select(0, self.skip_rows))
-        self.skip_t, self.skip_nodes = pick(t), pick(nodes)  # (S,), (S, p+1)
+        if 0 < count < b:  # a stable sort puts the computing rows first and the forecast ones last, each ascending
+            order = torch.argsort((~due).to(torch.uint8), stable=True)
+            self.run_rows, self.skip_rows = order[:count], order[count:]  # (R,), (S,) batch positions
+            run, skip = (lambda v: v.index_select(0, self.run_rows)), (lambda v: v.index_select(0, self.skip_rows))
+        else:  # all rows compute, or none: no gathering (batch 1 is bound by the count of tensor operations)
+            self.run_rows = self.skip_rows = None
+            run = skip = (lambda v: v)
         # What every recorded output of this call shares: the computing rows' gaps per Newton level (R, p) and the
         # forecast rows' (S, p+1), computed once per call instead of once per sub-module.
-        self.run_gaps = newton_gaps(self.run_nodes, self.run_points, self.run_t, self.run_repeat)
-        self.skip_gaps = self.skip_t[:, None] - self.skip_nodes
-        new_node = due & ~repeat  # the state's tensors are replaced, not written: this call keeps the old ones
+        if count:
+            self.run_points, self.run_repeat = run(points), run(repeat)
+            self.run_gaps = newton_gaps(run(nodes), self.run_points, run(t), self.run_repeat)
+        if count < b:
+            self.skip_gaps = skip(t)[:, None] - skip(nodes)
+        # The state's tensors are replaced, not written: this call keeps the old ones.
+        if count == 0:  # every row forecasts: only the counters move
+            state.since = self.since + 1
+            return
+        shifted = torch.cat([t[:, None], nodes[:, :-1]], 1)  # (B, p+1) the nodes after adding t
+        if count == b and self.simple:  # every row adds a new node
+            state.points, state.nodes, state.since = (points + 1).clamp(max=p + 1), shifted, torch.zeros_like(points)
+            return
+        new_node = due & ~repeat
         state.points = torch.where(new_node, (points + 1).clamp(max=p + 1), points)
-        state.nodes = torch.where(new_node[:, None], torch.cat([t[:, None], nodes[:, :-1]], 1), nodes)
+        state.nodes = torch.where(new_node[:, None], shifted, nodes)
         state.since = torch.where(due, torch.zeros_like(self.since), self.since + 1)
 
     def _hold(self, slot: tuple[int, str], forward: Callable, args: tuple, kwargs: dict[str, Any]) -> Any:
