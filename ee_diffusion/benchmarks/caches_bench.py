@@ -16,7 +16,11 @@ conventional steps, no guidance, image i from the noise seeded by (0, i) for eve
 The presets `dpmpp10`, `dpmpp15`, `dpmpp20` and `ddim25` measure where users sample: every row at that solver and
 step count against the stock model at 25 DDIM steps (`reference_solver`, `reference_steps`), the solver's own
 fewer steps as the frontier (`frontier_comparisons`), `BlockForecast` rows (`bf{interval}_o{order}_w{first calls
-computed}[_l: last call computed][_v{threshold}: with the per-row change criterion]`) and TaylorSeerCache at intervals 2-4, orders 1-2 and warm-up/last-step windows.
+computed}[_l: last call computed][_v{threshold}: with the per-row change criterion]`), `BlockForecast` rows placed
+where TaylorSeerCache computes (`bfts{interval}_o{order}_w{warm-up}[_l]`: the per-block forecast at TaylorSeer's own
+cadence, which its windows and interval alone cannot express) and on k timesteps spread evenly over the run, the first
+and the last among them (`bfe{k}_o{order}`), and TaylorSeerCache at intervals 2-4, orders 1-2 and warm-up/last-step
+windows.
 
 Quality is FID under every shipped feature net of the setting's data (the first one's is a row's `fid`), with
 paired bootstrap intervals (`eval/paired.py`, `caches_compare.py`): every row at batch >= 8 is scored on the same `num_images` images, the batch-1 rows on the first `batch1_images` (sampling a
@@ -46,6 +50,7 @@ import numpy as np
 import torch
 
 from .._validation import check_int
+from ..calibration.forecast_placement import starts
 from ..config import EarlyExitConfig
 from ..default_model import SETTINGS, load_setting_pipeline, setting_dataset
 from ..engine import apply_early_exit, exit_state_nbytes, remove_early_exit
@@ -55,10 +60,11 @@ from ..eval.quality import real_images
 from ..eval.timing import speedups
 from ..pipelines.conditioning import Conditioning
 from ..schedules import BlockForecast, BlockForecastState, CachedTailResidual, TailCacheState
+from ..schedules.block_forecast import distinct_timesteps
 from .bench import Preset, load_average
 from .caches_compare import frontier_comparisons, matched_comparisons, summarize
 from .caches_report import write
-from .grid import Method, cache_methods, make_schedulers
+from .grid import Method, cache_methods, make_schedulers, taylorseer_steps
 from .runner import MethodSampler
 from .solvers import SOLVERS, solver_timesteps
 
@@ -92,6 +98,12 @@ class CachesPreset:
     block_forecasts: tuple[tuple[int, int, int, bool], ...] = ()
     # BlockForecast rows with the per-row change criterion: (interval, order, first calls, last call, verify threshold)
     block_verifies: tuple[tuple[int, int, int, bool, float], ...] = ()
+    # BlockForecast rows placed by `BlockForecast.for_calls(calls=...)`, at each of these forecast orders: computing
+    # where TaylorSeerCache computes (`taylorseer_steps` of every TaylorSeer interval and window; `bfts{interval}_o
+    # {order}_w{warm-up}[_l]`), and computing `even_computes` timesteps spread evenly over the run, its first and last
+    # among them (`bfe{k}_o{order}`).
+    placed_orders: tuple[int, ...] = ()
+    even_computes: tuple[int, ...] = ()
     sea_thresholds: tuple[float, ...] = (0.05, 0.1, 0.2)
     mag_thresholds: tuple[float, ...] = (0.02, 0.05)
     batches: tuple[int, ...] = (64, 8, 1)
@@ -117,6 +129,12 @@ class CachesPreset:
                 raise ValueError(f"block_forecasts first calls must be below steps ({self.steps}), got {first}")
             if order not in (0, 1, 2):
                 raise ValueError(f"block_forecasts orders must be 0, 1 or 2, got {order!r}")
+        if any(order not in (0, 1, 2) for order in self.placed_orders):
+            raise ValueError(f"placed_orders must be forecast orders 0, 1 or 2, got {self.placed_orders!r}")
+        for k in self.even_computes:
+            check_int(k, "every value of even_computes", 2, f"timesteps computed; below steps ({self.steps})")
+            if k >= self.steps:
+                raise ValueError(f"every value of even_computes must be below steps ({self.steps}), got {k}")
         check_int(self.num_images, "num_images", 2, "images per scored set")
         check_int(self.batch1_images, "batch1_images", 2, "images sampled at batch 1")
         if self.batch1_images > self.num_images:
@@ -142,9 +160,10 @@ class CachesPreset:
 
 
 # `full` on the deep pre-trained digits DiT takes about 45 minutes on one core; `ci` is a smoke run of every path.
-def _at_user_steps(solver: str, steps: int, frontier: tuple[int, ...]) -> CachesPreset:
+def _at_user_steps(solver: str, steps: int, frontier: tuple[int, ...], even: tuple[int, ...]) -> CachesPreset:
     """Every cache and per-block forecast at `solver` `steps` (where users sample), against the stock model at 25
-    DDIM steps and the solver's own fewer steps; batch 64 and 1, 500 and 100 images (about 15-25 min on one core)."""
+    DDIM steps and the solver's own fewer steps; batch 64 and 1, 500 and 100 images (about 15-25 min on one core).
+    `even`: the counts of the evenly placed rows, around TaylorSeer's at intervals 4 and 3."""
     windows = ((1, False), (2, False), (2, True), (3, True))
     return CachesPreset(
         solver=solver, steps=steps, num_images=500, batch1_images=100, frontier_steps=frontier, tail_thresholds=(0.2,),
@@ -152,16 +171,18 @@ def _at_user_steps(solver: str, steps: int, frontier: tuple[int, ...]) -> Caches
         taylorseer_orders=(1, 2), taylorseer_windows=((1, False), (3, False), (2, True)), sea_thresholds=(0.1,),
         mag_thresholds=(0.05,), batches=(64, 1), sorted_batches=False,
         block_forecasts=tuple((i, o, w, last) for i in (2, 3, 4) for o in (1, 2) for w, last in windows),
-        block_verifies=((6, 1, 1, False, 0.2), (6, 1, 2, True, 0.2), (6, 1, 2, True, 0.3)))
+        block_verifies=((6, 1, 1, False, 0.2), (6, 1, 2, True, 0.2), (6, 1, 2, True, 0.3)), placed_orders=(1,),
+        even_computes=even)
 
 
 PRESETS = {
     "full": CachesPreset(),
-    "dpmpp10": _at_user_steps("dpmpp", 10, (6, 7, 8)),
-    "dpmpp15": _at_user_steps("dpmpp", 15, (7, 8, 10, 12)),
-    "dpmpp20": _at_user_steps("dpmpp", 20, (8, 10, 12, 15)),
-    "ddim25": _at_user_steps("ddim", 25, (10, 12, 14, 16, 20)),
+    "dpmpp10": _at_user_steps("dpmpp", 10, (6, 7, 8), (3, 4, 5)),
+    "dpmpp15": _at_user_steps("dpmpp", 15, (7, 8, 10, 12), (4, 5, 6)),
+    "dpmpp20": _at_user_steps("dpmpp", 20, (8, 10, 12, 15), (5, 6, 7)),
+    "ddim25": _at_user_steps("ddim", 25, (10, 12, 14, 16, 20), (6, 7, 8)),
     "ci": CachesPreset(solver="dpmpp", steps=6, reference_steps=8, block_forecasts=((2, 1, 2, True),), block_verifies=((3, 1, 1, False, 0.2),),
+                       placed_orders=(1,), even_computes=(3,),
                        taylorseer_windows=((1, False), (2, True)), num_images=24, batch1_images=6, frontier_steps=(3,), tail_thresholds=(0.2,), tail_cadences=(1,),
                        fbc_thresholds=(0.2,), taylorseer_intervals=(2,), sea_thresholds=(0.2,), mag_thresholds=(0.05,),
                        batches=(8, 1), timing_repeats=1, timing_warmup=0, calib_images=4, bootstrap=20),
@@ -190,6 +211,17 @@ def _forecast_methods(preset: CachesPreset, timesteps: list[float]) -> list[Meth
         out.append(Method(name, "block_forecast", preset.solver, preset.steps, EarlyExitConfig(policy),
                           notes={"forecast_order": order, "interval": interval, "first_calls": first, "last_call": last,
                                  "verify_threshold": tau}))
+    n = len(distinct_timesteps(timesteps))
+    placements = {f"bfts{i}_o{{order}}_w{w}{'_l' if last else ''}": taylorseer_steps(n, i, w, last)
+                  for i in preset.taylorseer_intervals for w, last in preset.taylorseer_windows or ((max(1, preset.steps // 8), False),)}
+    placements |= {f"bfe{k}_o{{order}}": list(starts(n, k)[0]) for k in preset.even_computes}
+    for pattern, calls in placements.items():
+        for order in preset.placed_orders:
+            policy = BlockForecast.for_calls(timesteps, calls=calls, forecast_order=order)
+            out.append(Method(pattern.format(order=order) + at, "block_forecast", preset.solver, preset.steps,
+                              EarlyExitConfig(policy), notes={"forecast_order": order, "interval": None,
+                                                              "first_calls": None, "last_call": None,
+                                                              "verify_threshold": None, "calls": calls}))
     return out
 
 
