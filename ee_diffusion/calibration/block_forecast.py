@@ -7,7 +7,9 @@ still compute). Every candidate of the grid - interval x forecast order x window
 and the last one or not; `BlockForecast.for_calls` places them among this run's timesteps) - is sampled for real
 on the calibration set; the cheapest that meets a PSNR goal wins (ties: the more faithful), or the most faithful
 within a budget. The grid is small (the default 24 candidates), so no bisection: every number in the result was
-measured.
+measured. With `computes=(k, ...)` the candidates also include placements of k computed timesteps anywhere in the
+run (`forecast_placement.search_placement`, a local search by the same PSNR), per forecast order; the pick's
+placement is `info["calls"]`.
 
 ```py
 >>> from diffusers import DPMSolverMultistepScheduler
@@ -60,7 +62,8 @@ def calibrate_block_forecast(
     transformer denoiser; it samples with its own scheduler at `calib.num_inference_steps`. A window that leaves
     nothing to forecast at that step count is skipped. A PSNR goal no candidate meets returns `interval=1` (never
     forecast: the stock model, PSNR 100 dB); a budget no candidate fits raises `ValueError`. Bad arguments raise
-    `ValueError` before any sampling.
+    `ValueError` before any sampling. `computes` adds the searched placements of each count k (1 <= k < the run's
+    distinct timesteps); `intervals=()` with `computes` searches placements only.
     """
     if (min_psnr is None) == (budget is None):
         raise ValueError(f"give exactly one of min_psnr and budget, got min_psnr={min_psnr!r}, budget={budget!r}")
@@ -68,10 +71,14 @@ def calibrate_block_forecast(
         raise ValueError(f"budget must be a compute fraction in (0, 1], got {budget!r}")
     if min_psnr is not None and (isinstance(min_psnr, bool) or not isinstance(min_psnr, (int, float))):
         raise ValueError(f"min_psnr must be a number of dB, got {min_psnr!r}")
+    calib = calib or CalibrationSet()
     if not intervals and not computes:
         raise ValueError("intervals must name at least one interval (>= 2) unless computes places some, got ()")
     for k in computes:
         check_int(k, "every value of computes", 1, "timesteps a placement computes")
+        if k >= calib.num_inference_steps:
+            raise ValueError(f"every value of computes must be below the {calib.num_inference_steps} sampling steps "
+                             f"(something must be forecast), got {k}")
     for interval in intervals:
         check_int(interval, "every value of intervals", 2, "a row computes every interval-th call")
     if not forecast_orders or any(isinstance(o, bool) or o not in FORECAST_ORDERS for o in forecast_orders):
@@ -80,7 +87,6 @@ def calibrate_block_forecast(
     if not verify_thresholds or any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
                                                        or not v > 0) for v in verify_thresholds):
         raise ValueError(f"verify_thresholds must be None or numbers > 0, got {verify_thresholds!r}")
-    calib = calib or CalibrationSet()
     target = as_target(pipe)
     BlockForecast().validate_for(get_adapter(target.denoiser))  # a U-Net is refused here, before any sampling
     reference_run = sample_calibration_set(target, calib, None)
