@@ -48,16 +48,29 @@ def markdown(report: dict) -> str:
             + (f"{f['row']} | {f['speedup']:.2f}x | {_fmt(f['dfid'])} | {f['result']}" if f else "none as fast | | |")
             + " | " + (f"{a['row']} | {_fmt(a['dfid'])} | {a['result']}" if a else "none as fast | |") + " |")
     if any(c.get("block_forecast") for c in report["comparisons"]):
+        undominated = own_frontier(report["rows"])
         lines += ["", "## Matched speed: the best BlockForecast row at least as fast, FID(ours) - FID(cache)", "",
                   "Best: the lowest worst-net FID relative to the reference. wins: the whole interval below 0 under "
-                  "every net; loses: above 0 under any.", "",
-                  "| cache | batch | cache speedup | cache FID | BlockForecast row | its speedup | dFID | result |",
-                  "|---|---:|---:|---:|---|---:|---|---|"]
+                  "every net; loses: above 0 under any. Own frontier: no other setting of the cache is at least as "
+                  "fast at that batch with an FID no higher under every net (a win against a setting off it says "
+                  "little: the cache has a faster, better one).", "",
+                  "| cache | batch | own frontier | cache speedup | cache FID | BlockForecast row | its speedup | dFID | "
+                  "result |", "|---|---:|---|---:|---:|---|---:|---|---|"]
+        counts: dict[tuple[str, int], dict[str, int]] = {}
         for c in report["comparisons"]:
             f = c.get("block_forecast")
-            lines.append(f"| {c['cache']} | {c['batch']} | {c['cache_speedup']:.2f}x | {c['cache_fid']:.3f} | "
+            on = c["cache"] in undominated
+            lines.append(f"| {c['cache']} | {c['batch']} | {'yes' if on else 'no'} | {c['cache_speedup']:.2f}x | "
+                         f"{c['cache_fid']:.3f} | "
                          + (f"{f['row']} | {f['speedup']:.2f}x | {_by_net(f['dfid'])} | {f['result']} |" if f
                             else "none as fast | | | |"))
+            if on:
+                tally = counts.setdefault((c["family"], c["batch"]), {"wins": 0, "ties": 0, "loses": 0, "unmatched": 0})
+                tally[f["result"] if f else "unmatched"] += 1
+        lines += ["", "Against the settings on their cache's own frontier only:", "",
+                  "| cache | batch | wins | ties | loses | unmatched |", "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {family} | {b} | {v['wins']} | {v['ties']} | {v['loses']} | {v['unmatched']} |"
+                  for (family, b), v in counts.items()]
     if report.get("frontier_comparisons"):
         lines += ["", "## Against the solver's fewer-steps frontier: the best fewer-steps row at least as fast", "",
                   "| row | batch | speedup | fewer-steps row | its speedup | FID(row) - FID(it) | result |",
@@ -90,6 +103,32 @@ def markdown(report: dict) -> str:
                      f"{m['tokens']} x {m['width']} | {m['dit_xl_2_float32_bytes'] / 2**20:.0f} MiB | "
                      f"{m['dit_xl_2_bfloat16_bytes'] / 2**20:.0f} MiB |")
     return "\n".join(lines) + "\n"
+
+
+def own_frontier(rows: dict) -> set[str]:
+    """The cache rows (not the sorted-batch ones) that no other setting of the same cache dominates at their batch:
+    none is at least as fast there with an FID no higher under every net (point estimates), one of the two strictly.
+
+    ```py
+    >>> row = lambda speed, fid: {"family": "sea_cache", "batch": 1, "timing": {"1": {"speedup": speed}},
+    ...                           "fid_by_net": {"a": fid, "b": fid}}
+    >>> sorted(own_frontier({"fast": row(3.0, 9.0), "good": row(2.0, 5.0), "worse": row(2.0, 6.0)}))
+    ['fast', 'good']
+
+    ```
+    """
+    caches = {n: r for n, r in rows.items() if r["family"] in CACHE_FAMILIES and not n.endswith("sorted")}
+
+    def speed(r: dict) -> float:
+        return r["timing"][str(r["batch"])]["speedup"]
+
+    def dominates(a: dict, b: dict) -> bool:
+        no_worse = speed(a) >= speed(b) and all(a["fid_by_net"][k] <= v for k, v in b["fid_by_net"].items())
+        return no_worse and (speed(a) > speed(b) or any(a["fid_by_net"][k] < v for k, v in b["fid_by_net"].items()))
+
+    return {n for n, r in caches.items()
+            if not any(o["family"] == r["family"] and o["batch"] == r["batch"] and dominates(o, r)
+                       for m, o in caches.items() if m != n)}
 
 
 def _summary_table(report: dict, what: str, field: str, prefix: str, last_header: str) -> list[str]:
