@@ -48,7 +48,7 @@ class SequentialEngine(EngineBase):
         blocks, policy = self.adapter.blocks, self.policy
         # A forecast with no block-level work (`needs_block_hooks`) hooks its sub-modules only.
         bare = policy is not None and policy.forecasts_submodules and not policy.needs_block_hooks()
-        targets = [] if bare else [(block, functools.partial(self.run_block, index)) for index, block in enumerate(blocks)]
+        targets = [] if bare else [(block, functools.partial(self.run_block, i)) for i, block in enumerate(blocks)]
         if policy is not None and policy.forecasts_submodules:
             targets += [(module, functools.partial(self.run_submodule, index, name))
                         for index, block in enumerate(blocks) for name, module in self.adapter.forecast_modules(block)]

@@ -211,9 +211,10 @@ def _forecast_methods(preset: CachesPreset, timesteps: list[float]) -> list[Meth
         out.append(Method(name, "block_forecast", preset.solver, preset.steps, EarlyExitConfig(policy),
                           notes={"forecast_order": order, "interval": interval, "first_calls": first, "last_call": last,
                                  "verify_threshold": tau}))
-    n = len(distinct_timesteps(timesteps))
+    n = len(distinct_timesteps(timesteps))  # = steps: the bench's solvers make one call per timestep
+    windows = preset.taylorseer_windows or ((max(1, preset.steps // 8), False),)  # as `cache_methods` gives them
     placements = {f"bfts{i}_o{{order}}_w{w}{'_l' if last else ''}": taylorseer_steps(n, i, w, last)
-                  for i in preset.taylorseer_intervals for w, last in preset.taylorseer_windows or ((max(1, preset.steps // 8), False),)}
+                  for i in preset.taylorseer_intervals for w, last in windows}
     placements |= {f"bfe{k}_o{{order}}": list(starts(n, k)[0]) for k in preset.even_computes}
     for pattern, calls in placements.items():
         for order in preset.placed_orders:

@@ -58,14 +58,14 @@ class BlockForecast(SerializablePolicy):
 
     A row computes the expensive sub-modules (all rows run every block's cheap parts) on its first call, on every
     `interval`-th call of its own (its own counter: `interval - 1` forecast calls between two computed ones),
-    whenever its timestep is above `full_above_t` (the first, noisiest steps: TaylorSeer's warm-up, in timesteps)
+    whenever its timestep is above `full_above_t` (the first, noisiest steps: TaylorSeer's warm-up, in timesteps),
     whenever it is below `full_below_t` (the last steps), and whenever it lies in one of `full_windows` (closed
     timestep intervals `(low, high)`: a placement of the computed calls anywhere in the run, e.g. TaylorSeer's
-    phase or a calibrated one; `for_calls(..., calls=...)` places them). On its other calls every hooked sub-module returns,
-    for that row, the polynomial of order `forecast_order` through the row's outputs of that sub-module at its
-    last `forecast_order + 1` computed calls, at the row's timestep (divided differences over the scheduler's
-    timesteps, which need not be evenly spaced; a row with fewer computed calls forecasts at the order its
-    history allows; 0 reuses the last output). Heun-type solvers call the model twice per timestep: a computed
+    cadence or a calibrated one; `for_calls(..., calls=...)` places them). On its other calls every hooked
+    sub-module returns, for that row, the polynomial of order `forecast_order` through the row's outputs of that
+    sub-module at its last `forecast_order + 1` computed calls, at the row's timestep (divided differences over the
+    scheduler's timesteps, which need not be evenly spaced; a row with fewer computed calls forecasts at the order
+    its history allows; 0 reuses the last output). Heun-type solvers call the model twice per timestep: a computed
     call at the timestep of the row's newest node (within 1e-3) replaces that point instead of adding one.
 
     `verify_threshold` adds the per-row change criterion: block 0 computes on every row, and a row not due by the
@@ -150,8 +150,9 @@ class BlockForecast(SerializablePolicy):
             if any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < len(distinct) for c in picked):
                 raise ValueError(f"calls must be indices of the run's {len(distinct)} distinct timesteps "
                                  f"(0..{len(distinct) - 1}), got {list(calls)!r}")
-            edges = [float("inf"), *((a + b) / 2 for a, b in zip(distinct, distinct[1:])), float("-inf")]
-            windows = tuple((max(edges[i + 1], 0.0), min(edges[i], 1e9)) for i in picked if i > 0)
+            # Window i spans the midpoints to its neighbours (the last one reaches down to 0, or its own timestep).
+            edges = [*((a + b) / 2 for a, b in zip(distinct, distinct[1:])), min(0.0, distinct[-1])]
+            windows = tuple((edges[i], edges[i - 1]) for i in picked if i > 0)
             fields.setdefault("interval", len(timesteps) + 1)
             return cls(full_windows=windows, **fields)
         check_int(first_calls, "first_calls", 1, f"timesteps computed first; below the run's {len(distinct)}")
