@@ -9,18 +9,15 @@ against the full model's images from the same noise (never by a feature network,
 placement did not pick it). It starts from the evenly spread placements with and without the last timestep, and
 moves one computed timestep at a time within its gap to its neighbours while the PSNR improves.
 
+`calibrate_block_forecast(..., computes=(k,))` runs it on a pipeline; here with a made-up score that prefers
+computing the last timestep and, after it, the middle one:
+
 ```py
->>> from diffusers import DPMSolverMultistepScheduler
->>> from ee_diffusion.calibration import CalibrationSet, calibrate_block_forecast
->>> from ee_diffusion.pipelines import EarlyExitDiTPipeline
->>> from ee_diffusion.testing import tiny_dit
->>> pipe = EarlyExitDiTPipeline(transformer=tiny_dit(num_layers=2), scheduler=DPMSolverMultistepScheduler())
->>> pipe.set_progress_bar_config(disable=True)
->>> result = calibrate_block_forecast(pipe, budget=1.0, calib=CalibrationSet(num_images=4, num_inference_steps=6),
-...                                   intervals=(), forecast_orders=(1,), computes=(3,))
->>> calls = result.info["calls"]
->>> len(calls), calls[0]
-(3, 0)
+>>> def score(calls):
+...     return {"psnr_db_mean": 30.0 + 5 * (9 in calls) - abs(sum(calls) / len(calls) - 4.5)}
+>>> trials = search_placement(score, n=10, k=3)
+>>> max(trials, key=lambda t: t["psnr_db_mean"])["calls"]
+[0, 4, 9]
 
 ```
 """

@@ -35,7 +35,7 @@ True
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -98,6 +98,8 @@ class BlockForecast(SerializablePolicy):
     state_dtype: str | None = None
     verify_threshold: float | None = None
     full_windows: tuple[tuple[float, float], ...] = ()
+    # full_windows as a (W, 2) tensor per device: built once, not copied to the device on every call.
+    _window_bounds: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     forecasts_submodules = True
 
@@ -197,7 +199,10 @@ class BlockForecast(SerializablePolicy):
         if self.full_above_t is not None:
             due = due | (t > self.full_above_t)
         if self.full_windows:
-            bounds = torch.tensor(self.full_windows, device=t.device)  # (W, 2) low, high
+            key = (t.device, self.full_windows)
+            if key not in self._window_bounds:
+                self._window_bounds[key] = torch.tensor(self.full_windows, device=t.device)
+            bounds = self._window_bounds[key]  # (W, 2) low, high
             due = due | ((t[:, None] >= bounds[:, 0]) & (t[:, None] <= bounds[:, 1])).any(1)
         repeat = (points > 0) & ((t - state.nodes[:, 0]).abs() <= SAME_TIMESTEP)  # (B,) the newest node again
         call = ForecastCall(state, t, points, since, state.nodes, repeat, due, self.forecast_order, paired,
