@@ -66,12 +66,12 @@ def test_the_measured_per_row_state_is_its_formula(ci_report):
 def _rows_with_features(sets, features):
     """Rows as `run` stores them, for hand-made features: a reference, two per-row rows and one cache."""
     rows = {}
-    specs = {"ref": ("reference", 1.0), "slow_good": ("tail_cache", 1.5), "fast_bad": ("tail_cache", 3.0),
-             "fbc|b8": ("first_block_cache", 2.0)}
-    for name, (family, speed) in specs.items():
+    specs = {"ref": ("reference", 1.0, 1.0), "slow_good": ("tail_cache", 1.5, 0.5),
+             "fast_bad": ("tail_cache", 3.0, 0.3), "fbc|b8": ("first_block_cache", 2.0, 0.5)}
+    for name, (family, speed, blocks) in specs.items():
         fid = sets["all"].add(name, {"net": features[name]})
         rows[name] = {"name": name, "family": family, "batch": 8, "scored_on": "all", "fid": fid["net"],
-                      "fid_by_net": fid, "timing": {"8": {"speedup": speed}}}
+                      "fid_by_net": fid, "timing": {"8": {"speedup": speed}}, "block_fraction": blocks}
     return rows
 
 
@@ -93,6 +93,32 @@ def test_matched_comparison_takes_the_best_per_row_row_at_least_as_fast():
     summary = caches_compare.summarize([entry])
     assert summary["first_block_cache"]["forecast_wins_somewhere"] is True
     assert summary["first_block_cache"]["forecast_never_loses_at_batch_1"] is None  # nothing measured at batch 1
+
+
+@pytest.mark.parametrize("speed, blocks, noise, matched", [
+    (1.95, 0.5, 0.05, True),    # 2.5% slower, the same block evaluations, timing noise 5%: equal wall-clock
+    (1.95, 0.5, 0.0, False),    # no noise measured: the median decides
+    (1.85, 0.5, 0.05, False),   # 7.5% slower: beyond the noise
+    (1.95, 0.6, 0.05, False),   # more block evaluations than the cache: it must be faster by its median
+    (2.10, 0.9, 0.0, True),     # faster by its median, whatever its block evaluations
+])
+def test_a_row_within_the_timing_noise_doing_no_more_work_counts_as_matched(speed, blocks, noise, matched):
+    torch.manual_seed(0)
+    real, draws = torch.randn(400, 4), torch.randn(200, 4)
+    features = {"ref": draws, "slow_good": draws, "fast_bad": draws * 2 + 1, "fbc|b8": draws * 1.5 + 0.5}
+    sets = {"all": PairedFIDs({"net": real}, 200, 50, 0.9)}
+    rows = _rows_with_features(sets, features)
+    rows["slow_good"]["timing"]["8"]["speedup"], rows["slow_good"]["block_fraction"] = speed, blocks
+    tails = [Method("slow_good", "tail_cache", "ddim", 4, notes={"forecast_order": 1}),
+             Method("fast_bad", "tail_cache", "ddim", 4, notes={"forecast_order": 1})]
+    [entry] = caches_compare.matched_comparisons(rows, sets, tails, {"8": noise})
+    assert (entry["forecast"]["row"] == "slow_good") is matched
+    assert entry["forecast"]["within_noise"] is (matched and speed < 2.0)
+    # The fewer-steps frontier is matched by the same rule: a fewer-steps row within the noise of ours counts.
+    rows["ref"]["family"] = "fewer_steps"
+    rows["ref"]["timing"]["8"]["speedup"], rows["ref"]["block_fraction"] = speed, blocks
+    target = {**rows["fbc|b8"], "name": "fbc|b8"}
+    assert caches_compare.as_fast(rows["ref"], target, "8", {"8": noise}) is matched
 
 
 def test_an_unmatched_batch_1_setting_does_not_count_as_never_losing():

@@ -13,7 +13,7 @@ steps) and against the knee:
   calibration run, SeaCache), sampled at the batch they are timed at (they decide per batch);
 - per-image fidelity to the reference's image from the same noise (PSNR, SSIM, feature distance), class accuracy,
   block evaluations, FLOPs, peak memory, and wall-clock at batch 64 (every method), 8 and 1 (the key ones):
-  warm-up, interleaved rounds in rotating order, hooks put on and taken off outside the timed region, medians of
+  warm-up, interleaved rounds in shuffled order, hooks put on and taken off outside the timed region, medians of
   per-round ratios to the stock model without hooks.
 
 `frontier.py` decides (knees, frontier wins, the recommendation and its operating point) from the rows alone and
@@ -274,7 +274,7 @@ def run_setting(setting: str, preset: Preset, out: Path, model_path: str | None 
         "timing": {"batches": list(preset.timing_batches), "repeats": preset.timing_repeats,
                    "warmup": preset.timing_warmup, "key_rows": key,
                    "what": "one pipeline call on `batch` images per method per round; rounds interleave the methods in "
-                           "rotating order; hooks and caches are put on and taken off outside the timed region; "
+                           "shuffled order; hooks and caches are put on and taken off outside the timed region; "
                            "speedup = median over rounds of (stock model time / method time)"},
         "peak_memory": memory, "overhead": overhead, "elapsed_s": time.perf_counter() - started,
     }

@@ -28,8 +28,10 @@ pipeline image by image is slow). Wall-clock: one pipeline call on `batch` image
 interleaved rounds after a warm-up, hooks and caches put on outside the timed region (`runner.MethodSampler.timed`),
 speedup = median over rounds of stock time / method time, at every batch size.
 
-Matched speed: for every cache row at batch b, the per-row row that is at least as fast at batch b with the lowest
-worst-net FID relative to the reference; the paired interval of FID(ours) - FID(cache) says whether ours wins
+Matched speed: for every cache row at batch b, the per-row row that is at least as fast at batch b (a median
+speedup no lower, or no more block evaluations per image and a speedup lower by less than the run's timing noise at
+b: `caches_compare.as_fast`, `timing.timing_noise`; the fewer-steps frontier is matched by the same rule) with the
+lowest worst-net FID relative to the reference; the paired interval of FID(ours) - FID(cache) says whether ours wins
 (whole interval below 0 under every net), loses (above 0 under any) or ties. This is done for the tail forecasts
 (p >= 1), for all per-row rows and for the `BlockForecast` rows. The per-row state
 (`exit_state_nbytes`) is measured after calls at batch 64 and compared with its formula, for this model and for
@@ -57,7 +59,7 @@ from ..engine import apply_early_exit, exit_state_nbytes, remove_early_exit
 from ..eval.features import feature_nets_of, load_feature_net
 from ..eval.paired import PairedFIDs
 from ..eval.quality import real_images
-from ..eval.timing import speedups
+from ..eval.timing import speedups, timing_noise
 from ..pipelines.conditioning import Conditioning
 from ..schedules import BlockForecast, BlockForecastState, CachedTailResidual, TailCacheState
 from ..schedules.block_forecast import distinct_timesteps
@@ -162,14 +164,15 @@ class CachesPreset:
 # `full` on the deep pre-trained digits DiT takes about 45 minutes on one core; `ci` is a smoke run of every path.
 def _at_user_steps(solver: str, steps: int, frontier: tuple[int, ...], even: tuple[int, ...]) -> CachesPreset:
     """Every cache and per-block forecast at `solver` `steps` (where users sample), against the stock model at 25
-    DDIM steps and the solver's own fewer steps; batch 64 and 1, 500 and 100 images (about 15-25 min on one core).
+    DDIM steps and the solver's own fewer steps; batch 64 and 1, 500 and 100 images, 9 timed rounds (the verdicts
+    at equal wall-clock against TaylorSeer's fastest settings turn on a few percent; 25-60 min on one core).
     `even`: the counts of the evenly placed rows, around TaylorSeer's at intervals 4 and 3."""
     windows = ((1, False), (2, False), (2, True), (3, True))
     return CachesPreset(
         solver=solver, steps=steps, num_images=500, batch1_images=100, frontier_steps=frontier, tail_thresholds=(0.2,),
         tail_cadences=(), forecast_orders=(1,), fbc_thresholds=(0.1,), taylorseer_intervals=(2, 3, 4),
         taylorseer_orders=(1, 2), taylorseer_windows=((1, False), (3, False), (2, True)), sea_thresholds=(0.1,),
-        mag_thresholds=(0.05,), batches=(64, 1), sorted_batches=False,
+        mag_thresholds=(0.05,), batches=(64, 1), sorted_batches=False, timing_repeats=9,
         block_forecasts=tuple((i, o, w, last) for i in (2, 3, 4) for o in (1, 2) for w, last in windows),
         block_verifies=((6, 1, 1, False, 0.2), (6, 1, 2, True, 0.2), (6, 1, 2, True, 0.3)), placed_orders=(1,),
         even_computes=even)
@@ -360,10 +363,12 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
     # 4. Wall-clock at every batch size: the batch-independent rows and the caches.
     timed_methods = [reference] + [methods[f"{preset.solver}{k}"] for k in frontier_steps] + tails + caches
     timing: dict[str, dict[str, dict[str, float]]] = {}
+    noise: dict[str, float] = {}
     for batch in preset.batches:
         times = sampler.timed(timed_methods, batch, preset.timing_repeats, preset.timing_warmup)
         for name, entry in speedups(times, reference.name).items():
             timing.setdefault(name, {})[str(batch)] = entry
+        noise[str(batch)] = timing_noise(times, reference.name)
         log(f"timing at batch {batch} done ({len(timed_methods)} methods x {preset.timing_repeats} rounds)")
     for name, row in rows.items():  # a cache's timing is its method's, whatever batch its images were sampled at
         row["timing"] = timing[name.split("|")[0]]
@@ -373,8 +378,8 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
         paired = sets[row["scored_on"]]
         row["dfid_reference"] = paired.difference(name, reference.name)
         row["fid_resamples"] = [round(float(v), 5) for v in paired.resampled[name]]  # the primary net's
-    comparisons = matched_comparisons(rows, sets, tails)
-    against_frontier = frontier_comparisons(rows, sets, tails, preset.batches)
+    comparisons = matched_comparisons(rows, sets, tails, noise)
+    against_frontier = frontier_comparisons(rows, sets, tails, preset.batches, noise)
     composition = {}
     for method in caches if preset.sorted_batches else ():
         composition[method.name] = sets["all"].difference(f"{method.name}|b{big}sorted", f"{method.name}|b{big}")
@@ -386,7 +391,7 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
     return {
         "command": command, "preset": asdict(preset), "setting": preset.setting, "num_blocks": n,
         "reference": reference.name, "feature_net": data, "feature_nets": list(nets), "num_images": N, "batch1_images": N1,
-        "rows": rows, "comparisons": comparisons, "frontier_comparisons": against_frontier, "batch_composition": composition, "mag_ratios": mag_ratios,
+        "rows": rows, "timing_noise": noise, "comparisons": comparisons, "frontier_comparisons": against_frontier, "batch_composition": composition, "mag_ratios": mag_ratios,
         "not_attached": not_attached, "batch_independence": independence, "state_memory": memory,
         "summary": summarize(comparisons),
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),

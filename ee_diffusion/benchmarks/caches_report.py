@@ -10,6 +10,11 @@ from . import frontier
 CACHE_FAMILIES = ("first_block_cache", "taylorseer_cache", "sea_cache", "mag_cache")
 
 
+def _speed(match: dict) -> str:
+    """A matched row's speedup; `~` where it is lower than the other's but within the run's timing noise."""
+    return f"{match['speedup']:.2f}x" + (" ~" if match.get("within_noise") else "")
+
+
 def _fmt(d: dict[str, float] | None) -> str:
     return "" if d is None else f"{d['delta']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
 
@@ -27,7 +32,8 @@ def markdown(report: dict) -> str:
         + (f" (dFID columns: every net of {report['feature_nets']})" if "feature_nets" in report else "")
         + "; intervals are paired 90% bootstrap intervals. Rows at batch "
         f">= 8 are scored on {report['num_images']} images, batch-1 rows on the first {report['batch1_images']}. "
-        f"Speedup: wall-clock of one pipeline call against the stock model ({report['reference']}) at that batch.", "",
+        f"Speedup: wall-clock of one pipeline call against the stock model ({report['reference']}) at that batch.",
+        *_noise_line(report), "",
         "## Rows", "",
         "| row | batch | FID | dFID vs reference | blocks | " + " | ".join(f"speedup b{b}" for b in batches) + " |",
         "|---|---:|---:|---|---:|" + "---:|" * len(batches),
@@ -45,7 +51,7 @@ def markdown(report: dict) -> str:
         f, a = c["forecast"], c["per_row"]
         lines.append(
             f"| {c['cache']} | {c['batch']} | {c['cache_speedup']:.2f}x | {c['cache_fid']:.3f} | "
-            + (f"{f['row']} | {f['speedup']:.2f}x | {_fmt(f['dfid'])} | {f['result']}" if f else "none as fast | | |")
+            + (f"{f['row']} | {_speed(f)} | {_fmt(f['dfid'])} | {f['result']}" if f else "none as fast | | |")
             + " | " + (f"{a['row']} | {_fmt(a['dfid'])} | {a['result']}" if a else "none as fast | |") + " |")
     if any(c.get("block_forecast") for c in report["comparisons"]):
         undominated = own_frontier(report["rows"])
@@ -62,7 +68,7 @@ def markdown(report: dict) -> str:
             on = c["cache"] in undominated
             lines.append(f"| {c['cache']} | {c['batch']} | {'yes' if on else 'no'} | {c['cache_speedup']:.2f}x | "
                          f"{c['cache_fid']:.3f} | "
-                         + (f"{f['row']} | {f['speedup']:.2f}x | {_by_net(f['dfid'])} | {f['result']} |" if f
+                         + (f"{f['row']} | {_speed(f)} | {_by_net(f['dfid'])} | {f['result']} |" if f
                             else "none as fast | | | |"))
             if on:
                 tally = counts.setdefault((c["family"], c["batch"]), {"wins": 0, "ties": 0, "loses": 0, "unmatched": 0})
@@ -78,7 +84,7 @@ def markdown(report: dict) -> str:
         for c in report["frontier_comparisons"]:
             f = c["frontier"]
             lines.append(f"| {c['row']} | {c['batch']} | {c['speedup']:.2f}x | "
-                         + (f"{f['row']} | {f['speedup']:.2f}x | {_by_net(f['dfid'])} | {f['result']} |" if f
+                         + (f"{f['row']} | {_speed(f)} | {_by_net(f['dfid'])} | {f['result']} |" if f
                             else "none as fast | | | |"))
     lines += _forecast_against_reuse(report["rows"], report["preset"]["confidence"])
     lines += _summary_table(report, "forecast rows", "by_batch", "forecast",
@@ -103,6 +109,18 @@ def markdown(report: dict) -> str:
                      f"{m['tokens']} x {m['width']} | {m['dit_xl_2_float32_bytes'] / 2**20:.0f} MiB | "
                      f"{m['dit_xl_2_bfloat16_bytes'] / 2**20:.0f} MiB |")
     return "\n".join(lines) + "\n"
+
+
+def _noise_line(report: dict) -> list[str]:
+    """The matched-speed rule, with the run's timing noise per batch (reports from before it was measured: none)."""
+    noise = report.get("timing_noise")
+    if noise is None:
+        return []
+    at = ", ".join(f"b{b}: {v:.1%}" for b, v in noise.items())
+    return ["", f"At least as fast: a median speedup no lower, or no more block evaluations per image and a speedup "
+                f"lower by less than the run's timing noise ({at}; half the interquartile range of a row's per-round "
+                f"speedups, the median over rows); such matches are marked `~`. The same rule picks the fewer-steps "
+                f"row a row is compared with."]
 
 
 def own_frontier(rows: dict) -> set[str]:

@@ -1,6 +1,6 @@
 """Wall-clock of operating points: the reference, a searched point and the pipeline's current default, one call each.
 
-`time_operating_points` times one pipeline call on `batch` images per point, interleaved in rotating order after a
+`time_operating_points` times one pipeline call on `batch` images per point, interleaved in shuffled order after a
 warm-up, with hooks put on outside the timed region (`MethodSampler.timed`, as the bench does); the speedup of a
 point is the median over rounds of reference time / its time. The operating-point search ranks candidates by block
 evaluations, which are exact; this says what they buy in wall-clock on the machine at hand.

@@ -6,7 +6,7 @@ measured, only wall-clock of single model calls:
 - `pixart-alpha-512`: PixArt-alpha at 512 px (28 blocks, width 1152, 1024 tokens, 120 T5 tokens);
 - `sd3-medium-512`: SD3-medium at 512 px (24 blocks, width 1536, 1024 image + 154 text tokens).
 
-At every batch size, one model call per method and round, interleaved in rotating order after a warm-up; hooks
+At every batch size, one model call per method and round, interleaved in shuffled order after a warm-up; hooks
 are put on and taken off outside the timed region (`ExitConfigSwitch`); ratios are medians of per-round ratios to
 the stock model (no hooks). Methods:
 - `hooks_off`: hooks applied, no policy (the overhead a user pays for having exits available);

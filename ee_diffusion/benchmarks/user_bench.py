@@ -157,7 +157,7 @@ def _report(config: BenchConfig, prep: Prepared, runner: Runner, times: dict, ou
                               "every feature network; the real statistics stay fixed"},
         "not_attached": runner.not_attached, "rows": rows, "decisions": decisions, "operating_point": point,
         "timing": {"batches": [batch] if times else [], "repeats": config.timing_repeats, "warmup": 1,
-                   "what": "one pipeline call on `batch` images per method per round, interleaved in rotating "
+                   "what": "one pipeline call on `batch` images per method per round, interleaved in shuffled "
                            "order; exit hooks and caches are put on outside the timed call; speedup = median "
                            "over rounds of (reference time / method time)"},
         "warnings": [w for spec in specs for w in prep.warnings[spec.key]],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -28,9 +29,10 @@ def interleaved_timings(
 ) -> dict[str, list[float]]:
     """Time every method `repeats` times, interleaved, after `warmup` untimed rounds.
 
-    Every round runs each method once; round r starts at method r (mod the number of methods), so no method
-    always runs first or right after the same neighbour, and slow drifts of the machine (other processes, clock
-    changes) hit every method alike. `setup[name]` runs before and `teardown[name]` after every call of that
+    Every round runs each method once, in an order shuffled afresh each round (seeded by the round's index, so a
+    run is repeatable): a method's place in the round, and so what ran before it and how far the machine had
+    drifted (other processes, clock changes, memory state) when it ran, changes from round to round instead of
+    favouring the methods listed early or late. `setup[name]` runs before and `teardown[name]` after every call of that
     method, outside the timed region (e.g. putting on and taking off the hooks a method needs: `ExitConfigSwitch`).
     Returns seconds per call, per method, in round order.
 
@@ -53,8 +55,7 @@ def interleaved_timings(
     names = list(methods)
     times: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(warmup + repeats):
-        start_at = round_index % len(names)
-        for name in names[start_at:] + names[:start_at]:
+        for name in random.Random(round_index).sample(names, len(names)):
             setup.get(name, _nothing)()
             _sync(device)
             start = time.perf_counter()
@@ -130,6 +131,33 @@ def speedups(times: Mapping[str, list[float]], reference: str) -> dict[str, dict
     return {name: {"median_s": float(statistics.median(values)),
                    "speedup": float(statistics.median([r / v for v, r in zip(values, times[reference])])),
                    "rounds": len(values)} for name, values in times.items()}
+
+
+def timing_noise(times: Mapping[str, list[float]], reference: str) -> float:
+    """How much a method's speedup moves from round to round: the median over the methods other than `reference`
+    of half the interquartile range of their per-round ratios (reference time / method time), relative to the
+    median ratio. Two speedups that differ by less than this are not told apart by the timing; 0.0 with fewer than
+    two rounds (nothing to measure it from).
+
+    ```py
+    >>> times = {"full": [2.0, 2.0, 2.0, 2.0, 2.0], "fast": [1.0, 0.8, 1.25, 0.5, 2.0]}  # ratios 2, 2.5, 1.6, 4, 1
+    >>> timing_noise(times, "full")  # quartiles 1.6 and 2.5 around the median 2
+    0.225
+    >>> timing_noise({"full": [2.0], "fast": [1.0]}, "full")
+    0.0
+
+    ```
+    """
+    if reference not in times:
+        raise ValueError(f"reference {reference!r} is not among the timed methods {sorted(times)}")
+    spreads = []
+    for name, values in times.items():
+        if name == reference or len(values) < 2:
+            continue
+        ratios = [r / v for v, r in zip(values, times[reference])]
+        low, _, high = statistics.quantiles(ratios, n=4, method="inclusive")
+        spreads.append((high - low) / 2 / statistics.median(ratios))
+    return round(float(statistics.median(spreads)), 6) if spreads else 0.0
 
 
 def summarize_timings(times: Mapping[str, list[float]], reference: str) -> dict[str, dict[str, float]]:
