@@ -165,7 +165,8 @@ class CachesPreset:
 def _at_user_steps(solver: str, steps: int, frontier: tuple[int, ...], even: tuple[int, ...]) -> CachesPreset:
     """Every cache and per-block forecast at `solver` `steps` (where users sample), against the stock model at 25
     DDIM steps and the solver's own fewer steps; batch 64 and 1, 500 and 100 images, 9 timed rounds (the verdicts
-    at equal wall-clock against TaylorSeer's fastest settings turn on a few percent; 25-60 min on one core).
+    at equal wall-clock against TaylorSeer's fastest settings turn on a few percent; 13-26 min on one core in the
+    committed runs).
     `even`: the counts of the evenly placed rows, around TaylorSeer's at intervals 4 and 3."""
     windows = ((1, False), (2, False), (2, True), (3, True))
     return CachesPreset(
