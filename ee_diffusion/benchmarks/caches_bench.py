@@ -392,7 +392,8 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
     return {
         "command": command, "preset": asdict(preset), "setting": preset.setting, "num_blocks": n,
         "reference": reference.name, "feature_net": data, "feature_nets": list(nets), "num_images": N, "batch1_images": N1,
-        "rows": rows, "timing_noise": noise, "comparisons": comparisons, "frontier_comparisons": against_frontier, "batch_composition": composition, "mag_ratios": mag_ratios,
+        "rows": rows, "timing_noise": noise, "comparisons": comparisons, "frontier_comparisons": against_frontier,
+        "batch_composition": composition, "mag_ratios": mag_ratios,
         "not_attached": not_attached, "batch_independence": independence, "state_memory": memory,
         "summary": summarize(comparisons),
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),

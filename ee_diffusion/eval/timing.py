@@ -32,8 +32,9 @@ def interleaved_timings(
     Every round runs each method once, in an order shuffled afresh each round (seeded by the round's index, so a
     run is repeatable): a method's place in the round, and so what ran before it and how far the machine had
     drifted (other processes, clock changes, memory state) when it ran, changes from round to round instead of
-    favouring the methods listed early or late. `setup[name]` runs before and `teardown[name]` after every call of that
-    method, outside the timed region (e.g. putting on and taking off the hooks a method needs: `ExitConfigSwitch`).
+    favouring the methods listed early or late. `setup[name]` runs before and `teardown[name]` after every call of
+    that method, outside the timed region (e.g. putting on and taking off the hooks a method needs:
+    `ExitConfigSwitch`).
     Returns seconds per call, per method, in round order.
 
     ```py
