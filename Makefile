@@ -4,8 +4,9 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo test bench-engine clean
+.PHONY: demo test test-fast bench-engine clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,11 +18,20 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/ee-diffusion demo --out demo_out
 
-test: $(STAMP)
+# The package's tests and bench/'s (the benchmarks on our own models, with their own requirements).
+test: $(STAMP) $(BENCH_STAMP)
 	$(PY) -m pytest -q
 
-bench-engine: $(STAMP)
-	$(VENV)/bin/ee-diffusion bench-engine --out bench_out
+# Everything but the tests marked slow (multi-process, SIGKILL, command-line end to end): under 2 minutes.
+test-fast: $(STAMP) $(BENCH_STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+$(BENCH_STAMP): $(STAMP) bench/requirements.txt
+	$(PY) -m pip install --quiet -r bench/requirements.txt
+	touch $(BENCH_STAMP)
+
+bench-engine: $(STAMP) $(BENCH_STAMP)
+	$(PY) -m bench bench-engine --out bench_out
 
 clean:
 	rm -rf $(VENV) demo_out bench_out

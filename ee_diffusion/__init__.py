@@ -28,9 +28,7 @@ _EXPORTS = {
     "exit_state_nbytes": "ee_diffusion.engine",
     "EarlyExitDiTPipeline": "ee_diffusion.pipelines",
     "EarlyExitUNetPipeline": "ee_diffusion.pipelines",
-    "load_digits_unet": "ee_diffusion.default_model",
     "load_default_pipeline": "ee_diffusion.default_model",
-    "load_pretrained_pipeline": "ee_diffusion.default_model",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -39,7 +37,7 @@ if TYPE_CHECKING:
     from .config import EarlyExitConfig
     from .layout import BatchLayout
     from .operating_point import OperatingPoint
-    from .default_model import load_default_pipeline, load_digits_unet, load_pretrained_pipeline
+    from .default_model import load_default_pipeline
     from .engine import (
         apply_early_exit,
         early_exit,

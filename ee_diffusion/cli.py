@@ -1,5 +1,6 @@
-"""The `ee-diffusion` command line: `ee-diffusion demo | bench-engine | prepare-latents | train | bench | calibrate |
-publish | bench-shapes | bench-caches | bench-compile` (see `ee-diffusion --help`)."""
+"""The `ee-diffusion` command line: `ee-diffusion demo | prepare-latents | train | bench | calibrate` (see
+`ee-diffusion --help`). The benchmarks on our own models (`bench-caches`, `bench-shapes`, ...) are the repository's
+`python -m bench`, which is not installed."""
 
 from __future__ import annotations
 
@@ -7,11 +8,17 @@ import argparse
 import logging
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-#: The benchmark settings (`ee_diffusion.default_model.SETTINGS`), named here so that `--help` imports no torch.
-SETTING_NAMES = ("digits", "glyphs", "digits-deep", "digits-deep-pretrained")
-#: The solvers the operating-point search offers (`ee_diffusion.benchmarks.solvers.SEARCH_SOLVERS`), named here too.
+if TYPE_CHECKING:
+    from .default_model import Setting
+
+#: The settings of `calibrate --model` (`ee_diffusion.default_model.SETTINGS`), named here so that `--help` imports
+#: no torch.
+SETTING_NAMES = ("digits",)
+#: The solvers the operating-point search offers (`ee_diffusion.eval.solvers.SEARCH_SOLVERS`), named here too.
 SEARCH_SOLVER_NAMES = ("ddim", "dpmpp", "unipc")
 
 
@@ -32,25 +39,6 @@ def _run_demo(args: argparse.Namespace) -> int:
     lines = run_demo(out_dir=args.out, num_inference_steps=args.steps, seed=args.seed, batch_size=args.batch_size)
     print("\n".join(lines))
     return 0
-
-
-def _add_bench_engine(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "bench-engine", help="wall-clock of per-row compaction and hook overhead on a random 12-block DiT"
-    )
-    parser.add_argument("--out", type=Path, default=None, help="folder for engine_bench.json/.md")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.set_defaults(func=_run_bench_engine)
-
-
-def _run_bench_engine(args: argparse.Namespace) -> int:
-    from .benchmarks import engine_bench
-
-    argv = ["--batch-size", str(args.batch_size), "--repeats", str(args.repeats)]
-    if args.out is not None:
-        argv += ["--out", str(args.out)]
-    return engine_bench.main(argv)
 
 
 def _add_train(subparsers) -> None:
@@ -86,42 +74,44 @@ def _run_prepare_latents(args: argparse.Namespace) -> int:
 
 def _add_bench(subparsers) -> None:
     parser = subparsers.add_parser(
-        "bench", help="FID, speed and compute of every method and baseline; writes report.json/.md and pareto.png"
-    )
-    parser.add_argument("--preset", choices=("ci", "full"), default="ci")
-    parser.add_argument("--out", type=Path, default=Path("bench_out"))
-    parser.add_argument("--settings", nargs="+", choices=SETTING_NAMES, default=None,
-                        help="override the preset's settings")
-    parser.add_argument("--digits-model", default=None, help="pipeline folder (default: the shipped digits model)")
-    parser.add_argument("--glyphs-model", default=None, help="pipeline folder (default: assets/glyphs-dit)")
-    parser.add_argument("--threads", type=int, default=2,
-                        help="torch CPU threads, fixed for the whole run and recorded in the report (default: 2)")
-    from .benchmarks.user_cli import add_pipeline_arguments
+        "bench", help="FID, speed and compute of every method and baseline on your pipeline folder and images; writes "
+                      "report.json/.md and pareto.png")
+    add_run_arguments(parser)
+    from .eval.bench_cli import add_pipeline_arguments
 
     add_pipeline_arguments(parser)
     parser.set_defaults(func=_run_bench)
 
 
-def _run_bench(args: argparse.Namespace) -> int:
-    import torch
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--out` and `--threads` of a bench command (`start_run` applies the threads)."""
+    parser.add_argument("--out", type=Path, default=Path("bench_out"))
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch CPU threads, fixed for the whole run and recorded in the report (default: 2)")
 
-    from .benchmarks.bench import run
+
+def start_run(args: argparse.Namespace) -> None:
+    """Fix torch's CPU threads for the whole run (`--threads`) and show the bench's progress lines."""
+    import torch
 
     if args.threads < 1:
         raise SystemExit(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
     # The bench reports progress through logging; show it on the terminal, as its output.
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.pipeline is not None:
-        from .benchmarks.user_cli import run_pipeline_bench
-
-        return run_pipeline_bench(args)
-    paths = {k: v for k, v in (("digits", args.digits_model), ("glyphs", args.glyphs_model)) if v}
-    run(args.preset, args.out, settings=args.settings, model_paths=paths, command=args.command_line)
-    return 0
 
 
-def _add_calibrate(subparsers) -> None:
+def _run_bench(args: argparse.Namespace) -> int:
+    from .eval.bench_cli import run_pipeline_bench
+
+    start_run(args)
+    return run_pipeline_bench(args)
+
+
+def add_calibrate(subparsers, setting_names: tuple[str, ...] = SETTING_NAMES,
+                  settings: Callable[[], dict[str, Setting]] | None = None) -> None:
+    """The `calibrate` command; `--model` takes a pipeline folder or one of `setting_names`, which `settings()`
+    (default: the package's `default_model.SETTINGS`) maps to their `Setting`s when the command runs."""
     from .calibration.run import KINDS
 
     parser = subparsers.add_parser(
@@ -129,7 +119,7 @@ def _add_calibrate(subparsers) -> None:
                           "models or any supported pipeline folder; writes an EarlyExitConfig JSON (operating-point: "
                           "the search JSON, and with --save-to a pipeline folder that runs the found point)")
     parser.add_argument("--model", default="digits",
-                        help=f"a benchmark setting ({', '.join(SETTING_NAMES)}) or a local pipeline folder of a "
+                        help=f"a setting ({', '.join(setting_names)}) or a local pipeline folder of a "
                              "supported class (ours, DiTPipeline, PixArtAlphaPipeline, StableDiffusion3Pipeline, "
                              "StableDiffusionPipeline, DDPMPipeline)")
     parser.add_argument("--kind", choices=(*KINDS, "operating-point"), default="schedule",
@@ -233,7 +223,7 @@ def _add_calibrate(subparsers) -> None:
                         help="where every run's images are kept as shards: a rerun or an interrupted search resumes "
                              "from them, and `accelerate launch` processes share them (default: OUT's name with "
                              "'-samples', beside it)")
-    parser.set_defaults(func=_run_calibrate)
+    parser.set_defaults(func=_run_calibrate, settings=settings)
 
 
 def _reference(text: str) -> tuple[str, int]:
@@ -268,13 +258,14 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     import torch
 
     from .calibration import as_target, run_calibration, save_calibration
-    from .default_model import load_setting_pipeline, setting_dataset
+    from .default_model import SETTINGS
     from .eval.features import load_feature_net
     from .heads import UncertaintyHeads
     from .pipelines.conditioning import Conditioning
     from .pipelines.stock import kind_of, load_pipeline
 
-    setting = args.model if args.model in SETTING_NAMES else None
+    settings = SETTINGS if args.settings is None else args.settings()
+    setting = settings.get(args.model)
     if args.forecast_computes and args.kind != "block-forecast":
         raise ValueError(f"--forecast-computes places a BlockForecast's computed timesteps: it needs --kind "
                          f"block-forecast, got --kind {args.kind}")
@@ -284,12 +275,12 @@ def _run_calibrate(args: argparse.Namespace) -> int:
         return search_main(args, setting)
     dtype = getattr(torch, args.dtype)
     if setting:
-        pipe = load_setting_pipeline(setting).to(args.device, dtype)
+        pipe = setting.load(args.model).to(args.device, dtype)
     else:
         pipe = load_pipeline(args.model, torch_dtype=dtype, device=args.device)
     pipe.set_progress_bar_config(disable=True)
     if args.solver is not None:
-        from .benchmarks.solvers import make_schedulers
+        from .eval.solvers import make_schedulers
 
         if not hasattr(pipe.scheduler, "alphas_cumprod"):
             raise SystemExit(f"--solver {args.solver} needs a DDPM-type noise schedule; {type(pipe.scheduler).__name__} "
@@ -312,7 +303,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
                              guidance_scale=guidance, num_buckets=args.buckets, batch_size=args.batch_size,
                              forecast_orders=None if args.forecast_orders is None else tuple(args.forecast_orders),
                              **_forecast_grid(args),
-                             feature_net=load_feature_net(setting_dataset(setting)) if setting else None)
+                             feature_net=load_feature_net(setting.data) if setting else None)
     save_calibration(result, args.out)
     info = result.info
     psnr = f"; mean PSNR {info['psnr_db_mean']:.2f} dB" if "psnr_db_mean" in info else ""
@@ -321,86 +312,14 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_benchmark(subparsers, name: str, module: str, help: str, run) -> None:
-    """A benchmark command whose module (`ee_diffusion.benchmarks.<module>`) declares its own arguments."""
-    import importlib
-
-    parser = subparsers.add_parser(name, help=help)
-    importlib.import_module(f"ee_diffusion.benchmarks.{module}").add_arguments(parser)
-    parser.set_defaults(func=run)
-
-
-def _run_bench_shapes(args: argparse.Namespace) -> int:
-    from .benchmarks.shapes_bench import run
-
-    run(args, args.command_line)
-    return 0
-
-
-def _run_bench_caches(args: argparse.Namespace) -> int:
-    from .benchmarks.caches_bench import main
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")  # progress lines, as `bench` shows them
-    report = main(args, args.command_line)
-    print(f"wrote {args.out / 'report.json'}, report.md, pareto.png")
-    for family, summary in report["summary"].items():
-        print(f"{family}: forecast wins somewhere: {summary['forecast_wins_somewhere']}; never loses at batch 1: "
-              f"{summary['forecast_never_loses_at_batch_1']}")
-    return 0
-
-
-def _run_bench_compile(args: argparse.Namespace) -> int:
-    from .benchmarks.compile_bench import main, markdown
-
-    print(markdown(main(args, args.command_line)), end="")
-    return 0
-
-
-def _add_publish(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "publish", help="write a bench report's recommended operating point, evaluation.json and TRAINING.md into a "
-                        "pipeline folder; or, with --search, a confirmed operating-point search's point")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--report", type=Path, help="report.json of `ee-diffusion bench` (with --setting)")
-    source.add_argument("--search", type=Path, help="the JSON of `ee-diffusion calibrate --kind operating-point` "
-                                                    "(into a folder already published from a report)")
-    parser.add_argument("--setting", help="the report's setting to publish (e.g. digits)")
-    parser.add_argument("--model", type=Path, required=True, help="the pipeline folder to write into")
-    parser.set_defaults(func=_run_publish)
-
-
-def _run_publish(args: argparse.Namespace) -> int:
-    from .benchmarks.publish import publish, publish_search
-
-    if args.search is not None:
-        evaluation = publish_search(args.search, args.model, search_ref=str(args.search))
-    elif args.setting is None:
-        raise SystemExit("publish --report needs --setting (the report's setting to publish, e.g. digits)")
-    else:
-        evaluation = publish(args.report, args.model, args.setting, report_ref=str(args.report))
-    point = evaluation["operating_point"]
-    print(f"{args.model}: {point['scheduler']}, {point['num_inference_steps']} steps, guidance "
-          f"{point['guidance_scale']}, exit config {point['exit_config']}\n{point['measured_in']}\n"
-          f"{evaluation['verdict']}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ee-diffusion", description="Early exit for diffusers denoisers.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_demo(subparsers)
-    _add_bench_engine(subparsers)
     _add_train(subparsers)
     _add_prepare_latents(subparsers)
     _add_bench(subparsers)
-    _add_calibrate(subparsers)
-    _add_publish(subparsers)
-    _add_benchmark(subparsers, "bench-shapes", "shapes_bench", "wall-clock of early exit at DiT-XL/2, PixArt-alpha "
-                   "and SD3-medium widths (random weights)", _run_bench_shapes)
-    _add_benchmark(subparsers, "bench-caches", "caches_bench", "per-row tail caches (reuse and forecast) against "
-                   "diffusers' caches at matched speed, batch 1, 8 and 64, on a pre-trained model", _run_bench_caches)
-    _add_benchmark(subparsers, "bench-compile", "compile_bench", "planned exit policies under torch.compile "
-                   "(inductor): graph breaks, equality with eager and wall-clock, on a shipped model", _run_bench_compile)
+    add_calibrate(subparsers)
     return parser
 
 

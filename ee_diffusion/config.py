@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .schedules.base import ExitPolicy, SerializablePolicy, as_exit_policy, policy_from_dict
+from .caches import TrainingFreeCache  # registers the caches' `type` names for saved configs
+from .policies.base import ExitPolicy, SerializablePolicy, as_exit_policy, policy_from_dict
 
 CFG_PAIRING_MODES = ("together", "independent")
 ON_NONFINITE_MODES = ("fallback", "raise")
@@ -19,15 +20,19 @@ class EarlyExitConfig:
     """How a model exits early.
 
     Args:
-        policy: decides which rows stop after which block (see `ee_diffusion.schedules`). `None` never
-            exits: the model then computes exactly what the stock model computes.
+        policy: what decides, per row, how much of the model runs: an exit policy (`StaticDepth`,
+            `TimestepSchedule`, `UncertaintyThreshold`; the `ExitPolicy` contract) or a training-free cache
+            (`CachedTailResidual`, `BlockForecast`; the `TrainingFreeCache` contract), all in
+            `ee_diffusion.schedules`. `None` never exits: the model then computes exactly what the stock model
+            computes.
         cfg_pairing: when the batch holds classifier-free-guidance pairs (the second half repeats the first
             half's latents and timesteps with the null class), `"together"` makes a conditional row and its
             unconditional partner exit together, at the first block where the policy lets both stop, so the
             guided prediction mixes two outputs of equal depth (timestep policies give both halves the same
             depth anyway); `"independent"` lets each half decide alone (DeeDiff authors'
-            behaviour). Our pipelines declare their batch layout (`BatchLayout`); for stock pipelines such as
-            `DiTPipeline` the engine recognises pairs from the inputs.
+            behaviour). Our pipelines declare their batch layout (`BatchLayout`); stock pipelines that open
+            diffusers' `cache_context` say it by its name ("cond_uncond": pairs; "cond", "uncond": none); for the
+            others, such as `DiTPipeline`, the engine recognises pairs from the inputs.
         on_nonfinite: what happens when a block, a head or the output produces NaN/inf (exits on only):
 
             - dynamic policies (per-block decisions, e.g. `UncertaintyThreshold`): a row whose certainty or exit
@@ -51,7 +56,7 @@ class EarlyExitConfig:
     ```
     """
 
-    policy: ExitPolicy | None = None
+    policy: ExitPolicy | TrainingFreeCache | None = None
     cfg_pairing: Literal["together", "independent"] = "together"
     on_nonfinite: Literal["fallback", "raise"] = "fallback"
 

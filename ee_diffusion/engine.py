@@ -6,13 +6,23 @@ installs its hooks: one on the model (opens and closes every call), one on every
 and up block), and, while the policy forecasts sub-modules (`BlockForecast`), one on each block's attention and
 feed-forward modules (`set_exit_config` adds and removes those). Nothing is stored on the model but the hooks;
 `remove_early_exit` restores the original forwards exactly. The hooks do not go through diffusers' `HookRegistry`
-(a deep copy of a model carrying those calls the original's modules), nor through torch's forward hooks: each is
-installed in the module's forward chain, as below.
+(why: at the end) nor through torch's forward hooks (which cannot skip a forward): each is installed in the
+module's forward chain, as below.
 
 Each hook is a `HookedForward` object that sits innermost, right around the module's own class forward, below
-any accelerate or diffusers hook already there (see `_compat.forward_slots`): those can then be added and
-removed in any order around ours, and removing ours re-links only the one slot that calls it. Being a plain
-object, it is copied with the model by `copy.deepcopy`.
+any accelerate or diffusers hook already there: in the slot through which that hook calls the forward below it
+(accelerate's `_old_forward`; the `fn_ref` of a diffusers `ModelHook`, reached through the registry's public
+`hooks`; see `_compat.forward_slots`). Removing one of theirs puts its slot's content back in place and drops
+whatever was stacked on top of it, so ours must be below: theirs can then be added and removed in any order
+around ours, and removing ours re-links only the slot that calls it. Where an unknown wrapper was stacked on ours
+since, ours cannot be unlinked without reaching into that wrapper: removal turns it into an exact pass-through
+(it calls the forward below it and holds no engine). Being a plain object, a hook is copied with the model by
+`copy.deepcopy`.
+
+Why not diffusers' public `HookRegistry.register_hook`, with our hooks as `ModelHook`s? In diffusers 0.42 it
+costs two properties: `copy.deepcopy` of a model carrying registry hooks gives a copy whose hooks call the
+original's modules, and removing a registry hook re-links the hook above it through its `fn_ref.forward`, which
+silently disables a hook above that replaces the forward (`new_forward`), as ours must to skip blocks.
 """
 
 from __future__ import annotations
@@ -22,15 +32,16 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from ._compat import forward_slots, is_class_forward
-from .backbones.base import BackboneAdapter
-from .backbones.registry import get_adapter
+from ._compat import forward_slots, is_class_forward, relink
+from .families.base import BackboneAdapter
+from .adapters import get_adapter
 from .config import EarlyExitConfig
 from .engine_base import HOOK_ATTR, BlockCallHook, EngineBase, HookedForward, ModelCallHook, check_foreign_hooks
 from .engine_sequential import SequentialEngine
 from .heads import UncertaintyHeads
 from .layout import BatchLayout
-from .schedules.base import as_exit_policy
+from .caches.base import TrainingFreeCache
+from .policies.base import as_exit_policy
 from .stats import ExitStats
 from .unet.bridges import UNetExitBridges
 from .unet.engine import UNetEngine
@@ -83,8 +94,13 @@ def _check_setup(
         return
     policy = as_exit_policy(config.policy)
     check_foreign_hooks(adapter)
-    if not adapter.sequential and policy.forecasts_submodules:
-        policy.validate_for(adapter)  # refuses the U-Net itself: bridges would not help
+    if not adapter.sequential and isinstance(policy, TrainingFreeCache):
+        policy.validate_for(adapter)  # a cache refuses the U-Net itself: bridges would not help
+        raise ValueError(
+            f"{type(policy).__name__} is a training-free cache, which the U-Net engine cannot serve: a truncated row "
+            f"has no hidden state of its own to cache or park. Use StaticDepth, TimestepSchedule or "
+            f"UncertaintyThreshold on {type(adapter.model).__name__}"
+        )
     if not adapter.sequential and bridges is None:
         raise ValueError(
             f"early exit on a {type(adapter.model).__name__} truncates its inner levels and needs their learned "
@@ -95,12 +111,6 @@ def _check_setup(
             f"{type(policy).__name__} needs certainties: pass `heads=UncertaintyHeads(...)` made for this model"
         )
     policy.validate_for(adapter)
-    if not adapter.sequential and policy.create_state() is not None:
-        raise ValueError(
-            f"{type(policy).__name__} keeps per-row state across model calls (create_state), which the U-Net engine "
-            f"cannot serve: a truncated row has no hidden state of its own to cache or park. Use StaticDepth, "
-            f"TimestepSchedule or UncertaintyThreshold on {type(adapter.model).__name__}"
-        )
 
 
 def is_early_exit_applied(model: nn.Module) -> bool:
@@ -159,6 +169,7 @@ def apply_early_exit(
     engine: EngineBase = SequentialEngine(adapter, config, heads) if adapter.sequential else \
         UNetEngine(adapter, config, heads, bridges)
     engine.layout = layout
+    engine.attach_context_reader()
     _install(model, lambda inner: ModelCallHook(model, inner, engine))
     for module, run in engine.hook_targets():
         _install(module, lambda inner, module=module, run=run: BlockCallHook(module, inner, run))
@@ -178,30 +189,31 @@ def _sync_hooks(engine: EngineBase) -> None:
 
 
 def _install(module: nn.Module, make_hook) -> None:
-    """Wrap `module`'s own class forward with `make_hook(forward)`, below any wrapper already on it."""
-    for holder, key in forward_slots(module)[1:]:  # [0]: the module's own forward, the top of the chain
-        if is_class_forward(module, holder[key]):
-            hook = holder[key] = make_hook(holder[key])
+    """Wrap `module`'s own class forward with `make_hook(forward)`, below any accelerate or diffusers hook on it."""
+    for holder, key in forward_slots(module):
+        forward = holder[key]
+        if isinstance(forward, HookedForward) and forward.released:
+            forward = forward.inner  # ours, left as a pass-through by an earlier removal: this one takes its place
+        if is_class_forward(module, forward):
+            hook = holder[key] = make_hook(forward)
             break
     else:
-        # Nothing wraps the class forward yet (or an unknown wrapper does): ours goes on top.
+        # The class forward is not in a slot we can rewrite: nothing wraps it yet (the module's forward is the
+        # class's), or an unknown wrapper does. Ours goes on top.
         hook = module.forward = make_hook(module.forward)
     setattr(module, HOOK_ATTR, hook)
 
 
 def _uninstall(module: nn.Module) -> None:
-    """Unlink `module`'s hook from its forward chain, wherever other wrappers have put it by now."""
+    """Unlink `module`'s hook from its forward chain, wherever other hooks have put it by now."""
     hook: HookedForward | None = module.__dict__.pop(HOOK_ATTR, None)
     if hook is None:
         return
-    for holder, key in forward_slots(module):
-        forward = holder.get(key)
-        if forward is hook:
-            holder[key] = hook.inner
-        elif getattr(forward, "__wrapped__", None) is hook:
-            # functools.update_wrapper metadata of a wrapper above ours: keep `inspect.signature` right and let
-            # the hook (with its engine) be freed.
-            forward.__wrapped__ = hook.inner
+    if not relink(module, hook, hook.inner):
+        # An unknown wrapper stacked on ours since holds it in a slot of its own: ours stays in its chain as an
+        # exact pass-through to the forward below it, the engine let go (a later apply puts a new hook there
+        # once that wrapper is gone).
+        hook.release()
     if is_class_forward(module, module.__dict__.get("forward")):
         del module.__dict__["forward"]  # leave no instance-level forward where there was none
 
@@ -217,17 +229,19 @@ def remove_early_exit(model: nn.Module) -> None:
     for module in engine.hookable_modules():
         _uninstall(module)
     _uninstall(model)
+    engine.detach_context_reader()
     engine.close()
     engine.recorders.clear()
     engine.policy_state = None
 
 
 def reset_exit_state(model: nn.Module) -> None:
-    """Forget the per-row state that the policy keeps across model calls (e.g. `CachedTailResidual`'s caches).
+    """Forget the per-row state that a training-free cache keeps across model calls (every guidance branch's).
 
-    The state is also made anew when the exit config changes and dropped on `remove_early_exit`; policies start
-    a new run by themselves when they see one (e.g. a row's timestep goes up). Call this to start afresh
-    explicitly, e.g. between two runs at the same timesteps.
+    The state is also made anew when the exit config changes (our pipelines' `early_exit` around each sampling
+    loop) and dropped on `remove_early_exit`; a stock pipeline's `cache_context(..., step_index=0)` starts its
+    branch's run, and where the caller says nothing the cache starts a new run for a row whose timestep goes up.
+    Call this to start afresh explicitly, e.g. between two runs at the same timesteps.
     """
     state = _require_engine(model).policy_state
     if state is not None:
@@ -235,10 +249,10 @@ def reset_exit_state(model: nn.Module) -> None:
 
 
 def exit_state_nbytes(model: nn.Module) -> int:
-    """Bytes held by the per-row state that the policy keeps across model calls (0 when there is none).
+    """Bytes held by the per-row state that a training-free cache keeps across model calls (0 when there is none).
 
-    Every tensor of the policy's `PolicyState` counts, e.g. `CachedTailResidual`'s whole history (its formula
-    is in `TailCacheState`). What lives for one call only (block activations) does not.
+    Every tensor of the cache's `CacheState` of every guidance branch counts, e.g. `CachedTailResidual`'s whole
+    history (its formula is in `TailCacheState`). What lives for one call only (block activations) does not.
     """
     state = _require_engine(model).policy_state
     return 0 if state is None else int(state.nbytes())
@@ -250,7 +264,7 @@ def set_exit_config(
     """Change the policy (and optionally the heads) of a model that already has early exit applied."""
     engine = _require_engine(model)
     heads = engine.heads if isinstance(heads, str) and heads == "keep" else heads
-    _check_setup(engine.adapter, config, heads, getattr(engine, "bridges", None))
+    _check_setup(engine.adapter, config, heads, engine.bridges)
     engine.configure(config, heads)
     _sync_hooks(engine)
 

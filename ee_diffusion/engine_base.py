@@ -3,7 +3,7 @@
 A model hook (`ModelCallHook`, the model's forward) opens a fresh `CallState` at every model call - batch size, per-row
 timesteps, guidance pairs, the exit plan - records the exit statistics when the call ends, and drops the state
 when the call raises. Block hooks (`BlockCallHook`, every block's forward) hand each block call to the engine, which
-runs the block on the rows that are still active and asks the policy which of them stop; a forecasting policy's
+runs the block on the rows that are still active and asks the policy which of them stop; a forecasting cache's
 sub-modules get the same hook class (`engine_sequential`). How a stopped row leaves depends on the backbone:
 `engine_sequential.SequentialEngine` (transformers: park the hidden state, decode it with the model's head) or
 `unet.engine.UNetEngine` (depth truncation).
@@ -19,11 +19,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._compat import checkpoint_function, has_first_block_cache
-from .backbones.base import BackboneAdapter
+from ._compat import checkpoint_function, gradient_checkpointing_on, has_first_block_cache, model_output_sample
+from .families.base import BackboneAdapter
 from .config import EarlyExitConfig
-from .layout import BatchLayout
-from .schedules.base import ExitContext, ExitPolicy, PolicyState, as_exit_policy
+from .layout import BatchLayout, CacheContextReader
+from .caches.base import BranchStates, CacheState, TrainingFreeCache
+from .policies.base import ExitContext, ExitPolicy, as_exit_policy
 from .stats import ExitStats
 
 #: The attribute that holds a module's `HookedForward` (as accelerate keeps `_hf_hook`).
@@ -46,6 +47,7 @@ class CallState:
         self.active_timesteps = timesteps  # (A,)
         self.condition: torch.Tensor | None = None  # (B, D) timestep embedding for conditioned heads
         self.policy_call: Any = None  # what the policy's create_call_state made for this call
+        self.cache_state: CacheState | None = None  # a cache's run state for this call's guidance branch
         # Static plan: either one depth for every row, or per block the (local exit, global exit, local keep)
         # index triples, computed once so that no block needs a device-to-host sync.
         self.uniform_depth: int | None = None
@@ -86,7 +88,8 @@ def check_foreign_hooks(adapter: BackboneAdapter) -> None:
 
 
 class EngineBase:
-    """The state the hooks share: adapter, config, policy and its state, heads, and the current call."""
+    """The state the hooks share: adapter, config, policy (or cache) and the cache's run states, heads, and the
+    current call."""
 
     #: Whether the engine can run a per-row plan masked (no compaction, no host sync) under torch.compile/export.
     masked_plans = False
@@ -98,17 +101,32 @@ class EngineBase:
         self.last_stats: ExitStats | None = None
         self.recorders: list[ExitStats] = []
         self.layout: BatchLayout | None = None  # declared by the caller (our pipelines); None: infer pairs
+        self.bridges: nn.Module | None = None  # U-Nets: what a truncated row's skipped levels are replaced with
+        self.context_reader: CacheContextReader | None = None  # on a CacheMixin model: the pipeline's cache_context
         self._model_params = tuple(inspect.signature(adapter.model.forward).parameters)
         self.configure(config, heads)
 
-    def configure(self, config: EarlyExitConfig, heads: nn.Module | None, state: PolicyState | None = None) -> None:
-        """Set the config and heads; the policy's state is `state`, or a fresh one from the policy."""
+    def configure(self, config: EarlyExitConfig, heads: nn.Module | None, state: BranchStates | None = None) -> None:
+        """Set the config and heads; a cache's run states are `state`, or fresh ones. `policy` decides the exits (an
+        exit policy, or a cache through the exit contract it inherits); `cache` is it if it is a cache, else None."""
         self.config = config
         self.heads = heads
         self.policy: ExitPolicy | None = None if config.policy is None else as_exit_policy(config.policy)
-        if state is None and self.policy is not None:
-            state = self.policy.create_state()
-        self.policy_state = state
+        self.cache: TrainingFreeCache | None = self.policy if isinstance(self.policy, TrainingFreeCache) else None
+        if state is None and self.cache is not None:
+            first = self.cache.create_state()
+            state = None if first is None else BranchStates(self.cache.create_state, first)
+        self.policy_state = state  # a cache's run states, one per guidance branch the caller names; else None
+
+    def attach_context_reader(self) -> None:
+        """Read what a stock pipeline's `cache_context` says, on a model that has one (`CacheContextReader`)."""
+        self.context_reader = CacheContextReader.install(self.adapter.model)
+
+    def detach_context_reader(self) -> None:
+        """Give the model its own `cache_context` back."""
+        if self.context_reader is not None:
+            self.context_reader.uninstall(self.adapter.model)
+        self.context_reader = None
 
     def __deepcopy__(self, memo: dict) -> EngineBase:
         # `copy.deepcopy(model)` reaches the engine through the model's hooks; the copy starts with no call in
@@ -172,13 +190,17 @@ class EngineBase:
                     f"move them with `heads.to({str(timesteps.device)!r})`"
                 )
             if self.heads.conditioned:
-                state.condition = self.adapter.timestep_embedding(timesteps, param.dtype)
+                state.condition = self.adapter.decoder.timestep_embedding(timesteps, param.dtype)
         state.policy_call = policy.create_call_state(batch_size, timesteps.device)
+        if self.policy_state is not None:
+            # Keyed by what the caller says: a stock pipeline's cache_context, our pipelines' declared run.
+            context = None if self.context_reader is None else self.context_reader.current
+            state.cache_state = self.policy_state.for_call(context, self.layout is not None and self.layout.one_run)
         depths = policy.plan_depths(timesteps, self.num_blocks)
         if depths is not None:
             self._plan(state, depths)
         model = self.adapter.model
-        if self.adapter.sequential and torch.is_grad_enabled() and getattr(model, "gradient_checkpointing", False):
+        if self.adapter.sequential and torch.is_grad_enabled() and gradient_checkpointing_on(model):
             # The model would checkpoint each hooked block call and recompute it in backward, after this call,
             # on the full batch. Instead the engine checkpoints each block's own forward on the rows it really
             # runs, with the model's checkpoint function, and the model's own checkpointing is off until `close`.
@@ -186,10 +208,11 @@ class EngineBase:
             model.gradient_checkpointing = False
 
     def _paired(self, inputs: dict[str, Any], timesteps: torch.Tensor) -> bool:
-        """Guidance pairs: as declared by the caller's layout, else inferred from the inputs (stock pipelines)."""
+        """Guidance pairs: as the caller says (our layout; a stock pipeline's cache_context name), else inferred."""
         if self.layout is not None:
             return self.layout.paired(timesteps.shape[0])
-        return self.adapter.is_cfg_pair_batch(inputs, timesteps)
+        said = None if self.context_reader is None else self.context_reader.paired(timesteps.shape[0])
+        return self.adapter.is_cfg_pair_batch(inputs, timesteps) if said is None else said
 
     def _plan(self, state: CallState, depths: torch.Tensor) -> None:
         """Turn (B,) per-row depths into per-block index tensors, with one device-to-host copy."""
@@ -257,17 +280,18 @@ class EngineBase:
         """(B,) bool: rows whose model output holds NaN/inf; None with exits off or an output not batched by row."""
         if self.policy is None or output is None:
             return None
-        sample = output[0] if isinstance(output, (tuple, list)) else getattr(output, "sample", output)
+        sample = model_output_sample(output)
         if not isinstance(sample, torch.Tensor) or sample.ndim == 0 or sample.shape[0] != state.batch_size:
             return None
         return ~torch.isfinite(sample.detach()).reshape(state.batch_size, -1).all(1)
 
     # ---------------------------------------------------------------------------------------------- block call
     def slice_inputs(
-        self, state: CallState, inputs: dict[str, Any], rows: torch.Tensor, cache: dict[str, torch.Tensor]
+        self, state: CallState, inputs: dict[str, Any], names: tuple[str, ...], rows: torch.Tensor,
+        cache: dict[str, torch.Tensor],
     ) -> dict[str, Any]:
-        """Gather the batch-dimension block inputs (B, ...) to `rows` (A,), once per input name per `cache`."""
-        for name in self.adapter.batch_inputs:
+        """Gather the batch-dimension block inputs `names` (B, ...) to `rows` (A,), once per input name per `cache`."""
+        for name in names:
             value = inputs.get(name)
             if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == state.batch_size:
                 if name not in cache:
@@ -288,7 +312,7 @@ class EngineBase:
             batch_size=state.batch_size,
             hidden=hidden,
             block_input=block_input,
-            state=self.policy_state,
+            state=state.cache_state,
             call_state=state.policy_call,
         )
 
@@ -342,8 +366,8 @@ class EngineBase:
             wanted = torch.zeros(state.batch_size, dtype=torch.bool, device=mask.device)
             wanted[state.rows] = mask
             mask = pair_mask(wanted)[state.rows]
-        # (A, ...) what exiting rows park instead of their hidden state (e.g. h_k + cached tail residual), or None.
-        parked_values = policy.on_decision(ctx, mask)
+        # (A, ...) what exiting rows park instead of their hidden state (a cache's h_k + cached tail residual), or None.
+        parked_values = None if self.cache is None else self.cache.on_decision(ctx, mask)
         # The one host sync of a dynamic policy per block (under torch.compile: its one graph break).
         count = int(mask.sum())
         if count == 0:
@@ -368,7 +392,8 @@ class HookedForward:
 
     A plain object, not a closure: `copy.deepcopy` of the model copies it with the model, so the copy's hook calls
     the copy's engine and the copy's own forward (a closure would keep calling the original's modules).
-    `__wrapped__` lets `inspect.signature` (and so `torch.export`) see the module's real signature.
+    `__wrapped__` lets `inspect.signature` (and so `torch.export`) see the module's real signature. A released
+    hook (`release`) calls `inner` and nothing else.
     """
 
     __slots__ = ("module", "inner", "runner")
@@ -376,10 +401,21 @@ class HookedForward:
     def __init__(self, module: nn.Module, inner: Callable, runner: Callable) -> None:
         self.module = module  # the module this forward belongs to (tells a shallow copy from the original)
         self.inner = inner
-        self.runner = runner
+        self.runner: Callable | None = runner  # None once released
 
     def __call__(self, *args, **kwargs):
+        if self.runner is None:
+            return self.inner(*args, **kwargs)
         return self.runner(self.inner, args, kwargs)
+
+    def release(self) -> None:
+        """Become an exact pass-through to `inner` and let go of the engine: what removal leaves where a wrapper
+        stacked on this hook since still calls it and cannot be re-linked."""
+        self.runner = None
+
+    @property
+    def released(self) -> bool:
+        return self.runner is None
 
     @property
     def __wrapped__(self) -> Callable:
@@ -398,7 +434,11 @@ class ModelCallHook(HookedForward):
 
     def __init__(self, module: nn.Module, inner: Callable, engine: EngineBase) -> None:
         super().__init__(module, inner, engine.call_model)
-        self.engine = engine
+        self.engine: EngineBase | None = engine
+
+    def release(self) -> None:
+        super().release()
+        self.engine = None
 
 
 class BlockCallHook(HookedForward):

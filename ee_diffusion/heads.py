@@ -12,8 +12,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from ._validation import check_int
-from .backbones.registry import get_adapter
-from .backbones.dit import unpatchify
+from .adapters import get_adapter
+from .families.decoder import unpatchify
 
 
 class UncertaintyHeads(ModelMixin, ConfigMixin):
@@ -105,11 +105,11 @@ class UncertaintyHeads(ModelMixin, ConfigMixin):
     @classmethod
     def from_model(cls, model: nn.Module, condition_on_timestep: bool = False) -> "UncertaintyHeads":
         """Make heads shaped for `model` (a supported diffusers model)."""
-        adapter = get_adapter(model)
-        fields = adapter.head_config()
+        decoder = get_adapter(model).decoder
+        fields = decoder.head_config()
         heads = cls(
             **fields,
-            condition_dim=adapter.embedding_dim() if condition_on_timestep else 0,
+            condition_dim=decoder.embedding_dim() if condition_on_timestep else 0,
             model_class=type(model).__name__,
         )
         param = next(model.parameters())
@@ -121,7 +121,7 @@ class UncertaintyHeads(ModelMixin, ConfigMixin):
         return self.config.condition_dim > 0
 
     def expected_config(self, model: nn.Module) -> dict:
-        return {"model_class": type(model).__name__, **get_adapter(model).head_config()}
+        return {"model_class": type(model).__name__, **get_adapter(model).decoder.head_config()}
 
     def check_model(self, model: nn.Module) -> None:
         """Raise `ValueError` listing every field where `model` differs from the model these heads fit."""

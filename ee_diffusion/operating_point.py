@@ -65,7 +65,7 @@ class OperatingPoint:
         measured_in: where the numbers behind the point are (a report path and its command).
         scheduler_options: the options `scheduler` was built with over the model's own scheduler config (e.g. a
             flow-matching DPM-Solver++'s `use_flow_sigmas`, `flow_shift`), so that a folder can rebuild it
-            (`ee_diffusion.benchmarks.solvers.scheduler_of_point`); written only when not empty.
+            (`ee_diffusion.eval.solvers.scheduler_of_point`); written only when not empty.
     """
 
     scheduler: str

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from diffusers import (
     DiTTransformer2DModel,
+    FluxTransformer2DModel,
     PixArtTransformer2DModel,
     SD3Transformer2DModel,
     UNet2DConditionModel,
@@ -131,6 +132,47 @@ def tiny_sd3(
     )
     _randomise(model, seed)
     return model.eval()
+
+
+def tiny_flux(num_layers: int = 2, num_single_layers: int = 2, in_channels: int = 4, text_dim: int = 16,
+              pooled_dim: int = 8, guidance: bool = False, seed: int = 0) -> FluxTransformer2DModel:
+    """A randomly initialised FLUX.1 transformer (width 16, 2 heads, rotary axes 2+2+4) in eval mode: `num_layers`
+    double-stream blocks, then `num_single_layers` single-stream blocks. `guidance=True`: guidance-distilled (dev).
+
+    ```py
+    >>> model = tiny_flux()
+    >>> len(model.transformer_blocks), len(model.single_transformer_blocks)
+    (2, 2)
+
+    ```
+    """
+    model = FluxTransformer2DModel(
+        patch_size=1, in_channels=in_channels, num_layers=num_layers, num_single_layers=num_single_layers,
+        attention_head_dim=8, num_attention_heads=2, joint_attention_dim=text_dim, pooled_projection_dim=pooled_dim,
+        guidance_embeds=guidance, axes_dims_rope=(2, 2, 4),
+    )
+    _randomise(model, seed)
+    return model.eval()
+
+
+def flux_inputs(model: FluxTransformer2DModel, batch: int = 4, side: int = 4, text_len: int = 5,
+                seed: int = 1) -> dict[str, Any]:
+    """Keyword inputs of one call of `model`: `side` x `side` packed latent tokens and `text_len` text tokens per row,
+    0-1 timesteps spread over the batch, and the position ids FluxPipeline builds (2-D, shared by every row)."""
+    g = torch.Generator().manual_seed(seed)
+    config = model.config
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    inputs = {
+        "hidden_states": torch.randn(batch, side * side, config.in_channels, generator=g),
+        "timestep": torch.linspace(0.01, 0.9, batch),
+        "encoder_hidden_states": torch.randn(batch, text_len, config.joint_attention_dim, generator=g),
+        "pooled_projections": torch.randn(batch, config.pooled_projection_dim, generator=g),
+        "txt_ids": torch.zeros(text_len, 3),
+        "img_ids": torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3).float(),
+    }
+    if config.guidance_embeds:
+        inputs["guidance"] = torch.full((batch,), 3.5)
+    return inputs
 
 
 def tiny_unet(

@@ -1,7 +1,7 @@
 """The engine's property suite, written once for any backbone and imported by the test_backbone_*.py files.
 
 Each test file defines a `case` fixture (a `Case`: a tiny real model, a batch of 4 rows at timesteps
-10/300/600/900, a hand-written reference for "exited at depth k" and a counter of real block computations)
+10/300/600/900 (Flux: 0-1 timesteps that the family scales to these), a hand-written reference for "exited at depth k" and a counter of real block computations)
 and imports the tests below with `from _backbone_properties import *`, so pytest collects them per backbone.
 """
 
@@ -41,19 +41,23 @@ class Case:
     apply_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. bridges for U-Nets
     latent: str = "hidden_states"
     cfg_pairs: bool = True  # whether the model recognises classifier-free-guidance batches
+    shared: tuple[str, ...] = ()  # tensor inputs shared by every row (Flux's position ids), not batch-first
+
+    def per_row(self, name: str, value: Any) -> bool:
+        return isinstance(value, torch.Tensor) and value.ndim > 0 and name not in self.shared
 
     def select(self, inputs: dict[str, Any], rows) -> dict[str, Any]:
         rows = torch.as_tensor(rows)
-        return {k: v.index_select(0, rows) if isinstance(v, torch.Tensor) and v.ndim else v for k, v in inputs.items()}
+        return {k: v.index_select(0, rows) if self.per_row(k, v) else v for k, v in inputs.items()}
 
     def cfg_inputs(self) -> dict[str, Any]:
         """A guidance batch of 2 pairs: [x0, x1, x0, x1] at equal timesteps, other conditioning per row."""
         two = self.select(self.inputs, [0, 1])
         out = {}
         for k, v in two.items():
-            if isinstance(v, torch.Tensor) and k in (self.latent, "timestep"):
+            if self.per_row(k, v) and k in (self.latent, "timestep"):
                 out[k] = torch.cat([v, v])
-            elif isinstance(v, torch.Tensor):
+            elif self.per_row(k, v):
                 out[k] = torch.cat([v, v.flip(0) * 0.5])  # the "negative prompt" half differs
             else:
                 out[k] = v

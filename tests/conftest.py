@@ -5,17 +5,6 @@ from ee_diffusion.testing import tiny_dit
 
 
 @pytest.fixture
-def one_thread():
-    """Tiny models on a shared 2-core machine run fastest on one thread (a second intra-op thread only waits on
-    the other's barrier), and in-process runs then reduce floats in the same order as `OMP_NUM_THREADS=1`
-    subprocesses."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
 def dit():
     """A 6-block random DiT on 8x8x1 inputs, 10 classes (null id 10), eval mode."""
     return tiny_dit(num_layers=6)

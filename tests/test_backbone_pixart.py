@@ -7,8 +7,7 @@ import torch
 from _backbone_properties import *  # noqa: F401,F403 - the shared property tests, collected here
 from _backbone_properties import Case, T, count_pre_hooks, run
 
-from ee_diffusion.backbones import PixArtAdapter
-from ee_diffusion.backbones.registry import get_adapter
+from ee_diffusion.adapters import get_adapter
 from ee_diffusion.heads import UncertaintyHeads
 from ee_diffusion.testing import tiny_pixart
 
@@ -16,7 +15,7 @@ NUM_BLOCKS = 4
 
 
 def hand_exit(model, inputs, k):
-    adapter = PixArtAdapter(model)
+    adapter = get_adapter(model).decoder
     with torch.no_grad():
         hidden = adapter.hidden_states_per_block(
             inputs["hidden_states"], inputs["timestep"], inputs["encoder_hidden_states"],
@@ -48,12 +47,12 @@ def case():
 
 def test_adapter_is_found_and_heads_fit():
     model = tiny_pixart(num_layers=2)
-    assert isinstance(get_adapter(model), PixArtAdapter)
+    assert get_adapter(model).family.name == "PixArt"
     heads = UncertaintyHeads.from_model(model)
     assert heads.config.model_class == "PixArtTransformer2DModel"
     assert heads.config.out_channels == 4  # eps channels, not the learned-variance half
     x = torch.randn(2, 4, 8, 8)
-    hidden = PixArtAdapter(model).hidden_states_per_block(x, torch.tensor([1, 2]), torch.randn(2, 5, 16))
+    hidden = get_adapter(model).decoder.hidden_states_per_block(x, torch.tensor([1, 2]), torch.randn(2, 5, 16))
     assert heads(1, hidden[1]).shape == (2, 4, 8, 8)
 
 
@@ -67,7 +66,7 @@ def test_exit_outputs_for_training(case):
     from ee_diffusion.training.losses import DeeDiffLossConfig, deediff_loss_terms
 
     conditioning = {k: case.inputs[k] for k in ("encoder_hidden_states", "encoder_attention_mask")}
-    hidden, predictions = PixArtAdapter(case.model).exit_outputs(case.inputs["hidden_states"], T, **conditioning)
+    hidden, predictions = get_adapter(case.model).decoder.exit_outputs(case.inputs["hidden_states"], T, **conditioning)
     assert torch.equal(predictions[-1].detach(), run(case)[:, :4])  # eps half of the learned-variance output
     heads = UncertaintyHeads.from_model(case.model)
     terms = deediff_loss_terms(predictions, [heads(i, h) for i, h in enumerate(hidden)],

@@ -7,8 +7,7 @@ import torch
 from _backbone_properties import *  # noqa: F401,F403 - the shared property tests, collected here
 from _backbone_properties import Case, T, count_pre_hooks, run
 
-from ee_diffusion.backbones import SD3Adapter
-from ee_diffusion.backbones.registry import get_adapter
+from ee_diffusion.adapters import get_adapter
 from ee_diffusion.config import EarlyExitConfig
 from ee_diffusion.engine import apply_early_exit
 from ee_diffusion.schedules import StaticDepth
@@ -18,7 +17,7 @@ NUM_BLOCKS = 4
 
 
 def hand_exit(model, inputs, k):
-    adapter = SD3Adapter(model)
+    adapter = get_adapter(model).decoder
     with torch.no_grad():
         hidden = adapter.hidden_states_per_block(
             inputs["hidden_states"], inputs["timestep"], inputs["encoder_hidden_states"], inputs["pooled_projections"]
@@ -47,7 +46,7 @@ def case():
 
 
 def test_adapter_is_found():
-    assert isinstance(get_adapter(tiny_sd3(num_layers=2)), SD3Adapter)
+    assert get_adapter(tiny_sd3(num_layers=2)).family.name == "SD3"
 
 
 def test_text_stream_is_compacted_with_its_rows(case):
@@ -75,7 +74,7 @@ def test_exit_outputs_for_training(case):
     from ee_diffusion.training.losses import DeeDiffLossConfig, deediff_loss_terms
 
     conditioning = {k: case.inputs[k] for k in ("encoder_hidden_states", "pooled_projections")}
-    hidden, predictions = SD3Adapter(case.model).exit_outputs(case.inputs["hidden_states"], T.float(), **conditioning)
+    hidden, predictions = get_adapter(case.model).decoder.exit_outputs(case.inputs["hidden_states"], T.float(), **conditioning)
     assert torch.equal(predictions[-1].detach(), run(case))
     heads = UncertaintyHeads.from_model(case.model)
     terms = deediff_loss_terms(predictions, [heads(i, h) for i, h in enumerate(hidden)],

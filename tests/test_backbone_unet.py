@@ -9,13 +9,13 @@ from _backbone_properties import *  # noqa: F401,F403 - the shared property test
 from _backbone_properties import Case, T, count_pre_hooks, run
 from diffusers import UNet2DModel
 
-from ee_diffusion.backbones.registry import get_adapter
-from ee_diffusion.unet import UNetAdapter, UNetExitBridges
+from ee_diffusion.adapters import get_adapter
 from ee_diffusion.config import EarlyExitConfig
 from ee_diffusion.engine import apply_early_exit, is_early_exit_applied
 from ee_diffusion.heads import UncertaintyHeads
 from ee_diffusion.schedules import StaticDepth
 from ee_diffusion.testing import random_bridges, tiny_dit, tiny_unet, tiny_unet_condition
+from ee_diffusion.unet import UNetAdapter, UNetExitBridges
 
 LEVELS = 3
 

@@ -8,12 +8,10 @@ import pytest
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
 from ee_diffusion import EarlyExitConfig
-from ee_diffusion.benchmarks import frontier
-from ee_diffusion.benchmarks.report import rerender, write_operating_point, write_report
+from ee_diffusion.eval import frontier
+from ee_diffusion.eval.report import rerender, write_report
 from ee_diffusion.operating_point import OperatingPoint
-from ee_diffusion.pipelines import EarlyExitDiTPipeline
 from ee_diffusion.schedules import StaticDepth
-from ee_diffusion.testing import tiny_dit
 
 REF_FID = 10.0
 CONFIDENCE = 0.9
@@ -172,53 +170,6 @@ def test_a_report_never_holds_nan(tmp_path):
     write_report(report, tmp_path)
     saved = json.loads((tmp_path / "report.json").read_text())  # strict JSON: no NaN or Infinity tokens
     assert saved["settings"][0]["calibration"] == {"deviation": [None, None, 1.0]}
-
-
-def test_the_operating_point_becomes_the_default_of_a_pipeline_folder(tmp_path):
-    report = _saved_report(tmp_path)
-    entry = report["settings"][0]
-    row = entry["rows"]["static7@dpmpp10"]
-    row.update(fid=REF_FID, fid_resamples=[v - 1.5 for v in row["fid_resamples"]])
-    (tmp_path / "report.json").write_text(json.dumps(report))
-    rerender(tmp_path)
-    model = tmp_path / "model"
-    EarlyExitDiTPipeline(transformer=tiny_dit(num_layers=8), scheduler=DDIMScheduler()).save_pretrained(model)
-    point = write_operating_point(tmp_path / "report.json", model, "digits", measured_in="crafted report")
-    pipe = EarlyExitDiTPipeline.from_pretrained(model)
-    assert isinstance(pipe.scheduler, DPMSolverMultistepScheduler)
-    assert pipe.scheduler.config.algorithm_type == "dpmsolver++"
-    assert pipe.operating_point.to_dict() == point and point["measured_in"] == "crafted report"
-    pipe.set_progress_bar_config(disable=True)
-    out = pipe(class_labels=[1, 2], output_type="np")
-    assert out.operating_point["num_inference_steps"] == 10 and out.operating_point["source"] == "default operating point"
-    assert out.exit_stats.num_calls == 10 and out.exit_stats.depth_fraction == pytest.approx(7 / 8)
-    with pytest.raises(ValueError, match=r"has no setting 'glyphs'; it has \['digits'\]"):
-        write_operating_point(tmp_path / "report.json", model, "glyphs", measured_in="")
-
-
-def test_publish_writes_the_point_evaluation_and_training_md_from_one_report(tmp_path, capsys):
-    from ee_diffusion.benchmarks.publish import training_markdown
-    from ee_diffusion.cli import main
-
-    report = _saved_report(tmp_path)
-    row = report["settings"][0]["rows"]["static7@dpmpp10"]
-    row.update(fid=REF_FID, fid_resamples=[v - 1.5 for v in row["fid_resamples"]])
-    (tmp_path / "report.json").write_text(json.dumps(report))
-    rerender(tmp_path)
-    model = tmp_path / "model"
-    EarlyExitDiTPipeline(transformer=tiny_dit(num_layers=8), scheduler=DDIMScheduler()).save_pretrained(model)
-    training = {"title": "tiny", "description": ["A tiny model."],
-                "stages": [{"heading": "stage 1", "columns": ["step", "loss"], "rows": [["1", "0.5"]]}]}
-    (model / "training.json").write_text(json.dumps(training))
-    assert main(["publish", "--report", str(tmp_path / "report.json"), "--setting", "digits", "--model", str(model)]) == 0
-    assert "uses early exit" in capsys.readouterr().out
-    evaluation = json.loads((model / "evaluation.json").read_text())
-    index = json.loads((model / "model_index.json").read_text())
-    assert evaluation["operating_point"] == index["operating_point"]
-    assert evaluation["recommended"]["name"] == "static7@dpmpp10"
-    text = (model / "TRAINING.md").read_text()
-    assert text == training_markdown(training, evaluation)
-    assert "| 1 | 0.5 |" in text and "## Operating point" in text and "static7@dpmpp10" in text
 
 
 def test_exit_wins_that_lose_quality_leave_the_recommendation_to_steps_alone():

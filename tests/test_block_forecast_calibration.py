@@ -9,11 +9,11 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-from ee_diffusion.benchmarks.solvers import solver_timesteps
 from ee_diffusion.calibration import CalibrationSet, SearchSpace, as_target, calibrate_block_forecast, load_policy
 from ee_diffusion.calibration.operating_point_search import search_operating_point
 from ee_diffusion.cli import main
 from ee_diffusion.eval.pipeline_sampling import sample_pipeline
+from ee_diffusion.eval.solvers import solver_timesteps
 from ee_diffusion.pipelines import EarlyExitDiTPipeline
 from ee_diffusion.pipelines.conditioning import Conditioning
 from ee_diffusion.pipelines.stock import load_pipeline

@@ -11,12 +11,11 @@ import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
 from ee_diffusion import EarlyExitConfig, apply_early_exit, remove_early_exit
-from ee_diffusion.benchmarks.grid import TAYLORSEER_DIT_MODULES, taylorseer_steps
-from ee_diffusion.benchmarks.solvers import solver_timesteps
 from ee_diffusion.calibration import CalibrationSet, as_target, calibrate_block_forecast
 from ee_diffusion.calibration.forecast_placement import neighbours, search_placement, starts
 from ee_diffusion.engine_base import HOOK_ATTR
-from ee_diffusion.eval.baselines import CacheBaseline, diffusers_cache
+from ee_diffusion.eval.baselines import TAYLORSEER_DIT_MODULES, CacheBaseline, diffusers_cache, taylorseer_steps
+from ee_diffusion.eval.solvers import solver_timesteps
 from ee_diffusion.pipelines import EarlyExitDiTPipeline
 from ee_diffusion.pipelines.conditioning import Conditioning
 from ee_diffusion.schedules import BlockForecast
@@ -172,6 +171,7 @@ def test_calibrated_placements_are_real_runs_and_the_pick_is_their_best():
         calibrate_block_forecast(target, budget=0.6, calib=calib, computes=(0,))
 
 
+@pytest.mark.slow
 def test_cli_searches_placements_on_a_stock_folder(tmp_path):
     from ee_diffusion.calibration import load_policy
     from ee_diffusion.cli import main

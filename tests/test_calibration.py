@@ -17,9 +17,6 @@ from ee_diffusion import (
     get_exit_stats,
     remove_early_exit,
 )
-from ee_diffusion.eval.sampling import generate
-from ee_diffusion.pipelines import EarlyExitDiTPipeline
-from ee_diffusion.schedules import StaticDepth, TimestepSchedule, UncertaintyThreshold
 from ee_diffusion.calibration import (
     CalibrationSet,
     allocate_depths,
@@ -33,6 +30,9 @@ from ee_diffusion.calibration import (
     step_buckets,
 )
 from ee_diffusion.calibration.thresholds import RecordedCertainties, _CertaintyRecorder
+from ee_diffusion.eval.sampling import generate
+from ee_diffusion.pipelines import EarlyExitDiTPipeline
+from ee_diffusion.schedules import StaticDepth, TimestepSchedule, UncertaintyThreshold
 from ee_diffusion.testing import tiny_dit
 
 
@@ -195,6 +195,7 @@ def test_static_schedules_need_no_host_sync_inside_blocks():
     assert syncs >= 2
 
 
+@pytest.mark.slow
 def test_timestep_schedule_under_torch_compile_matches_eager():
     model = tiny_dit(num_layers=4)
     x, y = torch.randn(4, 1, 8, 8), torch.arange(4)

@@ -48,6 +48,7 @@ def load(path):
     return pipe
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pixart", "sd3"])
 def test_cli_tail_cache_for_a_psnr_goal_applies_to_the_stock_denoiser(kind, folder, tmp_path):
     prompts = tmp_path / "prompts.txt"

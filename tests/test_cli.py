@@ -1,7 +1,5 @@
 """The `ee-diffusion` command line, run in-process at toy sizes: what each command writes and prints."""
 
-import json
-
 import pytest
 
 from ee_diffusion.cli import main
@@ -10,25 +8,7 @@ from ee_diffusion.cli import main
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_bench_engine_writes_its_json_and_table(tmp_path, capsys):
-    assert main(["bench-engine", "--out", str(tmp_path), "--repeats", "1", "--batch-size", "4"]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["engine_bench.json", "engine_bench.md"]
-    report = json.loads((tmp_path / "engine_bench.json").read_text())
-    methods = ["full", "hooks_off", "heads_no_exit", "half_exit_planned", "half_exit_dynamic", "static_depth_2"]
-    assert list(report["results"]) == methods
-    for name, row in report["results"].items():
-        assert set(row) == {"median_s", "min_s", "ratio_to_reference"}, name
-        assert row["median_s"] > 0 and row["ratio_to_reference"] > 0
-    assert report["results"]["full"]["ratio_to_reference"] == 1.0
-    setting = report["setting"]
-    assert (setting["batch_size"], setting["repeats"], setting["num_layers"]) == (4, 1, 12)
-    assert setting["ideal_half_exit_ratio"] == pytest.approx((2 + 0.5 * 10) / 12)
-    table = (tmp_path / "engine_bench.md").read_text().splitlines()
-    assert table[0] == "| method | median ms | ratio to full |"
-    assert [line.split(" | ")[0].lstrip("| ") for line in table[2:]] == methods
-    assert table[2] in capsys.readouterr().out
-
-
+@pytest.mark.slow
 def test_demo_writes_the_grid_and_prints_the_measured_speedup(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--steps", "2", "--batch-size", "4"]) == 0
     assert [p.name for p in tmp_path.iterdir()] == ["demo.png"]
@@ -49,11 +29,20 @@ def test_demo_rejects_bad_counts_before_loading_anything(tmp_path, argv, message
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_unknown_command_exits_with_usage(capsys):
+@pytest.mark.parametrize("command", ["benchmark", "bench-engine", "bench-caches", "publish"])
+def test_an_unknown_command_exits_with_usage(capsys, command):
+    """The benches on our own models are the repository's `python -m bench`, not commands of the package."""
     with pytest.raises(SystemExit) as error:
-        main(["benchmark"])
+        main([command])
     assert error.value.code == 2
-    assert "invalid choice: 'benchmark'" in capsys.readouterr().err
+    assert f"invalid choice: '{command}'" in capsys.readouterr().err
+
+
+def test_bench_needs_the_users_pipeline_folder(capsys):
+    with pytest.raises(SystemExit) as error:
+        main(["bench", "--preset", "ci"])
+    assert error.value.code == 2
+    assert "the following arguments are required: --pipeline" in capsys.readouterr().err
 
 
 def test_cli_setting_names_are_the_benchmark_settings():

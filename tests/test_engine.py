@@ -10,7 +10,7 @@ import pytest
 import torch
 from diffusers import UNet2DModel
 
-from ee_diffusion.backbones import DiTAdapter
+from ee_diffusion.adapters import get_adapter
 from ee_diffusion.config import EarlyExitConfig
 from ee_diffusion.engine import (
     _engine_of,
@@ -24,6 +24,7 @@ from ee_diffusion.engine import (
     reset_exit_state,
     set_exit_config,
 )
+from ee_diffusion.families import FamilyAdapter
 from ee_diffusion.layout import BatchLayout
 from ee_diffusion.schedules import (
     CachedTailResidual,
@@ -56,7 +57,7 @@ def hand_hidden(model, x, t, y, k):
 def hand_exit(model, x, t, y, k):
     """The prediction "exited after block k-1": the model's own head applied to h_{k-1}."""
     with torch.no_grad():
-        return DiTAdapter(model).decode(hand_hidden(model, x, t, y, k), timestep=t, class_labels=y)
+        return get_adapter(model).decoder.decode(hand_hidden(model, x, t, y, k), timestep=t, class_labels=y)
 
 
 @contextlib.contextmanager
@@ -757,7 +758,7 @@ def test_per_row_exits_backward_matches_reference(dit, inputs):
     for r, d in enumerate(depths):
         xr = x.detach()[r : r + 1].clone().requires_grad_(True)
         h = hand_hidden(dit, xr, t[r : r + 1], y[r : r + 1], d)
-        DiTAdapter(dit).decode(h, timestep=t[r : r + 1], class_labels=y[r : r + 1]).square().sum().backward()
+        get_adapter(dit).decoder.decode(h, timestep=t[r : r + 1], class_labels=y[r : r + 1]).square().sum().backward()
         expected.append(xr.grad)
     dit.zero_grad(set_to_none=True)
     apply_early_exit(dit, EarlyExitConfig(policy=TimestepSchedule(boundaries=[200, 500, 800], depths=[6, 4, 3, 1])))
@@ -771,7 +772,7 @@ def test_a_declared_layout_replaces_inferring_the_pairs(dit, inputs, monkeypatch
     x, t, y = cfg_batch(*[v[:2] for v in inputs])
     config = EarlyExitConfig(policy=WantsFrom([1, 1, 3, 3]), cfg_pairing="together")
     # Declared pairs: the adapter's tensor comparison must not run.
-    monkeypatch.setattr(DiTAdapter, "is_cfg_pair_batch", lambda *a: pytest.fail("pairs were inferred"))
+    monkeypatch.setattr(FamilyAdapter, "is_cfg_pair_batch", lambda *a: pytest.fail("pairs were inferred"))
     with early_exit(dit, config, layout=BatchLayout(guidance_pairs=True)) as stats:
         run(dit, x, t, y)
     assert stats.cfg_paired == [True] and stats.blocks_run[0].tolist() == [4, 4, 4, 4]
@@ -797,7 +798,7 @@ def test_early_exit_restores_the_previous_config_state_and_layout(dit, inputs):
     run(dit, x, t, y)
     engine = _engine_of(dit)
     state, nbytes = engine.policy_state, exit_state_nbytes(dit)
-    assert isinstance(state, TailCacheState) and nbytes > 0
+    assert isinstance(state.get(None), TailCacheState) and nbytes > 0
     with early_exit(dit, EarlyExitConfig(policy=StaticDepth(2))):
         assert engine.policy_state is None and engine.layout is None
         run(dit, x, t, y)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from diffusers import DDIMScheduler
 from safetensors.torch import load_file
@@ -50,6 +51,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_generate_the_images_of_one(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)

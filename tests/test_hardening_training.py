@@ -48,6 +48,7 @@ def _cli(config_path: Path, out: Path, *extra: str) -> list[str]:
             "--cpu", "--no-progress", *extra]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(tmp_path, one_thread):
     from ee_diffusion.training.trainer import train
 

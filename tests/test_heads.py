@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from ee_diffusion.backbones import DiTAdapter
+from ee_diffusion.adapters import get_adapter
 from ee_diffusion.config import EarlyExitConfig
 from ee_diffusion.engine import apply_early_exit, early_exit, get_exit_stats, remove_early_exit, set_exit_config
 from ee_diffusion.heads import UncertaintyHeads
@@ -38,7 +38,7 @@ def hand_hiddens(model, x, t, y):
 def certainties(model, heads, x, t, y):
     """(B, N) mean certainty of every row after every block, computed by hand on the full batch."""
     with torch.no_grad():
-        condition = DiTAdapter(model).timestep_embedding(t.float(), torch.float32) if heads.conditioned else None
+        condition = get_adapter(model).decoder.timestep_embedding(t.float(), torch.float32) if heads.conditioned else None
         return torch.stack(
             [heads(i, h, condition).mean(dim=(1, 2, 3)) for i, h in enumerate(hand_hiddens(model, x, t, y))], dim=1
         )
@@ -174,7 +174,7 @@ def test_heads_detach_their_input(dit, inputs):
     # through a real backbone: the head loss gives the backbone no gradient at all
     with torch.enable_grad():
         hs = hand_hiddens(dit, x, t, y)
-        emb = DiTAdapter(dit).timestep_embedding(t.float(), torch.float32)
+        emb = get_adapter(dit).decoder.timestep_embedding(t.float(), torch.float32)
         assert hs[3].requires_grad and emb.requires_grad
         loss = sum(heads(i, h, emb).mean() for i, h in enumerate(hs))
         loss.backward()

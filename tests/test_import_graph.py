@@ -17,7 +17,7 @@ ROOT = Path(ee_diffusion.__file__).parent
 PACKAGE = "ee_diffusion"
 #: The layers by module-name prefix; every other module of the package is core.
 INTEGRATION = ("ee_diffusion.pipelines", "ee_diffusion.training", "ee_diffusion.default_model")
-TOOLS = ("ee_diffusion.calibration", "ee_diffusion.eval", "ee_diffusion.benchmarks", "ee_diffusion.cli", "ee_diffusion.demo")
+TOOLS = ("ee_diffusion.calibration", "ee_diffusion.eval", "ee_diffusion.cli", "ee_diffusion.demo")
 #: The package root only re-exports public names lazily (by string, through importlib).
 FACADE = "ee_diffusion"
 
@@ -151,3 +151,20 @@ def test_layers_import_one_way():
 def test_no_package_file_is_over_450_lines():
     long = {str(p.relative_to(ROOT)): n for p in ROOT.rglob("*.py") if (n := len(p.read_text().splitlines())) > 450}
     assert not long, long
+
+
+def test_nothing_in_the_package_imports_the_repositorys_bench():
+    """`bench/` (the benchmarks on our own models) is not installed: the package may not import it, not even under
+    `TYPE_CHECKING` (every import statement counts here)."""
+
+    def imports_bench(node: ast.Import | ast.ImportFrom) -> bool:
+        if isinstance(node, ast.Import):
+            return any(alias.name == "bench" or alias.name.startswith("bench.") for alias in node.names)
+        return node.level == 0 and (node.module == "bench" or (node.module or "").startswith("bench."))
+
+    crafted = ast.parse("import bench.models\nfrom bench import presets\nfrom .bench_config import X\nimport benchmark")
+    assert [imports_bench(node) for node in crafted.body] == [True, True, False, False]
+    found = [f"{module}:{node.lineno}" for module, path in MODULES.items()
+             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+             if isinstance(node, (ast.Import, ast.ImportFrom)) and imports_bench(node)]
+    assert not found, found

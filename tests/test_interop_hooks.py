@@ -1,6 +1,6 @@
 """Early exit next to everyone else's hooks on the same model: accelerate's offloading, diffusers' group
-offloading and layerwise casting (applied and removed in any order around ours), and diffusers' FirstBlockCache
-(refused with a policy). Outputs are compared with the stock model carrying the same other hooks."""
+offloading and layerwise casting (applied, removed and re-applied in any order around ours), and diffusers'
+FirstBlockCache (refused with a policy). Outputs are compared with the stock model carrying the same other hooks."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from diffusers import DDIMScheduler
 from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache, apply_group_offloading
 
 from ee_diffusion import EarlyExitConfig, apply_early_exit, remove_early_exit
-from ee_diffusion.backbones import DiTAdapter
+from ee_diffusion.adapters import get_adapter
 from ee_diffusion.engine import early_exit, is_early_exit_applied, set_exit_config
 from ee_diffusion.layout import BatchLayout
 from ee_diffusion.pipelines import EarlyExitDiTPipeline
@@ -29,7 +29,7 @@ def hand_exit(model, k):
         h = model.pos_embed(X)
         for block in model.transformer_blocks[:k]:
             h = block(h, timestep=T, class_labels=Y)
-        return DiTAdapter(model).decode(h, timestep=T, class_labels=Y)
+        return get_adapter(model).decoder.decode(h, timestep=T, class_labels=Y)
 
 
 def remove_registry_hooks(model, *names):
@@ -117,6 +117,27 @@ def test_any_order_and_removal(other, order, reference):
     remove_early_exit(model)
     assert torch.equal(run(model), reference[0])
     assert all("forward" not in vars(m) for m in (model, *model.transformer_blocks))
+
+
+@pytest.mark.parametrize("other", [o for o in OTHERS if o[2] is not None], ids=[o[0] for o in OTHERS if o[2]])
+@pytest.mark.parametrize("order", ["theirs_first", "ours_first"])
+def test_theirs_removed_and_reapplied_around_ours(other, order, reference):
+    """What a LoRA load does to group offloading (diffusers removes and re-applies its hooks), and
+    `enable_model_cpu_offload` to accelerate's hook after every pipeline call: ours stays in place and exact.
+    Removing a hook drops whatever was stacked on it since, so this needs ours below theirs."""
+    _, apply_theirs, remove_theirs, theirs_on, _ = other
+    model, twin = tiny_dit(num_layers=4), tiny_dit(num_layers=4)
+    apply_theirs(twin)
+    if order == "theirs_first":
+        apply_theirs(model)
+    apply_early_exit(model, EarlyExitConfig(policy=PER_ROW))
+    if order == "ours_first":
+        apply_theirs(model)
+    remove_theirs(model)
+    apply_theirs(model)
+    assert theirs_on(model) and torch.equal(run(model), reference[1])
+    remove_early_exit(model)
+    assert theirs_on(model) and torch.equal(run(model), run(twin))
 
 
 def test_pipeline_model_cpu_offload_with_exits_per_call(reference):

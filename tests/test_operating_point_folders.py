@@ -51,6 +51,7 @@ def _args(files, kind, out, *extra):
             "--forecast-orders", "0", "--batch-size", "4", "--out", str(out / "search.json"), *conditioning, *extra]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(CONDITIONING))
 def test_a_stock_folder_goes_through_search_save_reload_and_a_bare_call(files, kind, tmp_path):
     saved = tmp_path / "point"
@@ -84,6 +85,7 @@ def test_a_stock_folder_goes_through_search_save_reload_and_a_bare_call(files, k
     remove_early_exit(denoiser)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(UNET_CONDITIONING))
 def test_a_stock_unet_folder_searches_solvers_and_steps(files, kind, tmp_path):
     saved = tmp_path / "point"
@@ -94,7 +96,7 @@ def test_a_stock_unet_folder_searches_solvers_and_steps(files, kind, tmp_path):
     point = OperatingPoint.from_dict(json.loads((saved / OPERATING_POINT_FILE).read_text()))
     assert point.exit_config is None and point == OperatingPoint.from_dict(data["operating_point"])
     # The reloaded folder runs the point: its scheduler rebuilt from the saved class and options.
-    from ee_diffusion.benchmarks.solvers import scheduler_of_point
+    from ee_diffusion.eval.solvers import scheduler_of_point
 
     pipe = load_pipeline(str(files[kind]))
     pipe.set_progress_bar_config(disable=True)
@@ -115,6 +117,7 @@ def _decisions(data):
     return {k: data[k] for k in ("goal", "reference", "candidates", "tries", "chosen", "vs_frontier", "operating_point")}
 
 
+@pytest.mark.slow
 def test_a_rerun_resumes_from_the_shard_cache_and_samples_nothing(files, tmp_path):
     assert main(_args(files, "dit", tmp_path)) == 0
     cache = tmp_path / "search-samples"  # the default: OUT's name with -samples, beside it
@@ -125,6 +128,7 @@ def test_a_rerun_resumes_from_the_shard_cache_and_samples_nothing(files, tmp_pat
     assert _decisions(json.loads((tmp_path / "search.json").read_text())) == _decisions(first)
 
 
+@pytest.mark.slow
 def test_two_processes_make_the_pick_of_one(files, tmp_path):
     """`accelerate launch` with 2 processes: each samples its own shards, both take the same decisions, the main
     one writes the same search JSON as a single process does."""
@@ -198,6 +202,7 @@ def _readme_commands() -> list[list[str]]:
     return [shlex.split(c)[1:] for c in commands]
 
 
+@pytest.mark.slow
 def test_the_readme_commands_run_on_stand_ins(files, tmp_path):
     """The README's DiT-XL/2 and PixArt commands, as written, on tiny stand-in folders: paths point at the stand-ins
     and the sizes shrink (steps, images, classes, device); every other flag is the README's."""
@@ -254,6 +259,7 @@ def test_an_unsupported_folder_and_a_reference_its_scheduler_cannot_run_are_refu
     assert sorted(p.name for p in tmp_path.iterdir()) == ["flux"]  # no search JSON, no shard folder
 
 
+@pytest.mark.slow
 def test_a_stock_folder_times_its_point_against_its_own_scheduler(files, tmp_path):
     assert main(_args(files, "dit", tmp_path, "--time-batch", "2", "--time-repeats", "1")) == 0
     timing = json.loads((tmp_path / "search.json").read_text())["timing"]

@@ -12,14 +12,14 @@ import torch
 from diffusers import DDIMScheduler
 
 from ee_diffusion import EarlyExitConfig, apply_early_exit
-from ee_diffusion.benchmarks.solvers import SEARCH_SOLVERS, scheduler_of_point
 from ee_diffusion.calibration import SearchSpace, search_operating_point, store_operating_point
 from ee_diffusion.calibration.operating_point_result import search_markdown
 from ee_diffusion.calibration.search_psnr import CONFIRMATION_RULE, SCREENING_RULE
-from ee_diffusion.default_model import load_setting_pipeline
+from ee_diffusion.default_model import SETTINGS
 from ee_diffusion.eval.features import load_feature_net
 from ee_diffusion.eval.pipeline_sampling import sample_pipeline
 from ee_diffusion.eval.quality import real_images
+from ee_diffusion.eval.solvers import SEARCH_SOLVERS, scheduler_of_point
 from ee_diffusion.operating_point import OperatingPoint
 from ee_diffusion.pipelines import EarlyExitDiTPipeline
 from ee_diffusion.pipelines.conditioning import Conditioning
@@ -40,7 +40,7 @@ def digits():
     net = load_feature_net("digits")
     with torch.no_grad():
         real = net(real_images("digits", "reference")[0])
-    yield load_setting_pipeline("digits"), net, real
+    yield SETTINGS["digits"].load("digits"), net, real
     torch.set_num_threads(before)
 
 
@@ -61,6 +61,7 @@ def tolerance_search(digits):
                    holdout_images=HOLDOUT), samples
 
 
+@pytest.mark.slow
 def test_tolerance_picks_the_cheapest_candidate_holding_quality(tolerance_search):
     search, _ = tolerance_search
     ref_fid = search.reference["fid"]
@@ -94,6 +95,7 @@ def test_tolerance_picks_the_cheapest_candidate_holding_quality(tolerance_search
         assert by_name[frontier["frontier"]].block_fraction <= chosen.block_fraction + 1e-9
 
 
+@pytest.mark.slow
 def test_baselines_are_measured_on_the_held_out_images_beside_the_pick(digits, tolerance_search):
     search, samples = tolerance_search
     shipped = digits[0].operating_point
@@ -110,6 +112,7 @@ def test_baselines_are_measured_on_the_held_out_images_beside_the_pick(digits, t
         _search(digits, tolerance=0.1, baselines={"heun": OperatingPoint("HeunDiscreteScheduler", 4, 1.0)})
 
 
+@pytest.mark.slow
 def test_budget_picks_the_lowest_fid_within_the_budget(digits):
     budget = 0.2
     search = _search(digits, budget=budget)
@@ -129,6 +132,7 @@ def test_budget_picks_the_lowest_fid_within_the_budget(digits):
     assert (fallback.scheduler, fallback.num_inference_steps, fallback.exit_config) == ("DDIMScheduler", 25, None)
 
 
+@pytest.mark.slow
 def test_holdout_confirmation_samples_other_seeds(digits, tolerance_search):
     search, samples = tolerance_search
     pipe, _, _ = digits
@@ -151,6 +155,7 @@ def test_holdout_confirmation_samples_other_seeds(digits, tolerance_search):
     assert search.reference["holdout_fid"] != search.reference["fid"]
 
 
+@pytest.mark.slow
 def test_failed_confirmation_moves_to_the_next_candidate(digits):
     # 4 calibration images: every interval is wide, so clearly bad points "hold" there; 60 held-out images show
     # they do not. The reference's own solver and steps (dpmpp10, identical images) always hold.
@@ -170,6 +175,7 @@ def test_failed_confirmation_moves_to_the_next_candidate(digits):
     assert few.operating_point.exit_config is None and few.operating_point.num_inference_steps == 10
 
 
+@pytest.mark.slow
 def test_a_pick_that_fails_the_second_feature_net_gives_way_to_the_next_candidate(digits):
     # Crafted networks: "blind" maps every image to the same features (every candidate ties with the reference
     # under it), "pixels" sees every pixel. 4 calibration images: everything passes the screening under both.
@@ -199,6 +205,7 @@ def test_a_pick_that_fails_the_second_feature_net_gives_way_to_the_next_candidat
                                real_features=pixels(real), **options)
 
 
+@pytest.mark.slow
 def test_operating_point_round_trips_json_and_a_pipeline_folder(tolerance_search, tmp_path):
     search, _ = tolerance_search
     point = search.operating_point
@@ -233,6 +240,7 @@ def test_operating_point_round_trips_json_and_a_pipeline_folder(tolerance_search
     assert out.operating_point["exit_config"] == (chosen.exit_config or EarlyExitConfig())
 
 
+@pytest.mark.slow
 def test_cli_searches_and_saves_a_pipeline_folder(tmp_path, capsys, one_thread):
     from ee_diffusion.cli import main
 
@@ -250,7 +258,7 @@ def test_cli_searches_and_saves_a_pipeline_folder(tmp_path, capsys, one_thread):
     timed = data["timing"]["points"]
     assert set(timed) == {"reference", "searched", "current default"} and timed["reference"]["speedup"] == 1.0
     assert timed["searched"]["steps"] == data["operating_point"]["num_inference_steps"]
-    assert timed["current default"]["steps"] == load_setting_pipeline("digits").operating_point.num_inference_steps
+    assert timed["current default"]["steps"] == SETTINGS["digits"].load("digits").operating_point.num_inference_steps
     assert {c["solver"] for c in data["candidates"]} == {"dpmpp"} and {c["steps"] for c in data["candidates"]} == {4, 8}
     families = {c["family"] for c in data["candidates"]}
     assert {"full_depth", "static_depth", "ase", "tail_cache", "deediff"} <= families  # heads: DeeDiff too
@@ -488,6 +496,7 @@ def test_psnr_goal_refuses_feature_networks_before_sampling(counted):
     assert not calls
 
 
+@pytest.mark.slow
 def test_cli_searches_a_flow_matching_folder_for_a_psnr_goal_and_saves_a_point_that_reloads(tmp_path, capsys,
                                                                                             one_thread):
     pytest.importorskip("transformers")
@@ -528,7 +537,7 @@ def test_cli_searches_a_flow_matching_folder_for_a_psnr_goal_and_saves_a_point_t
 
 
 def test_timing_refuses_points_it_cannot_time_together(digits):
-    from ee_diffusion.benchmarks.point_timing import time_operating_points
+    from ee_diffusion.eval.point_timing import time_operating_points
 
     pipe = digits[0]
     point = OperatingPoint(scheduler="DDIMScheduler", num_inference_steps=2, guidance_scale=1.0)
@@ -540,43 +549,3 @@ def test_timing_refuses_points_it_cannot_time_together(digits):
                                                                      guidance_scale=2.0)})
     with pytest.raises(ValueError, match="at least one"):
         time_operating_points(pipe, {})
-
-
-def test_publish_search_makes_the_confirmed_point_the_folders_default(tmp_path, tolerance_search):
-    import shutil
-
-    from ee_diffusion.benchmarks.publish import publish_search
-    from ee_diffusion.default_model import DEFAULT_MODEL_DIR
-
-    search, _ = tolerance_search
-    path, folder = tmp_path / "search.json", tmp_path / "model"
-    search.save(path)
-    shutil.copytree(DEFAULT_MODEL_DIR, folder)
-    evaluation = publish_search(path, folder)
-    pipe = EarlyExitDiTPipeline.from_pretrained(folder)
-    found = search.operating_point
-    assert (pipe.operating_point.num_inference_steps, pipe.operating_point.exit_config) == \
-        (found.num_inference_steps, found.exit_config)
-    assert pipe.operating_point.measured_in.startswith(str(path))
-    assert type(pipe.scheduler).__name__ == found.scheduler
-    assert evaluation["operating_point_search"]["chosen"] == search.chosen
-    assert json.loads((folder / "evaluation.json").read_text())["operating_point"] == pipe.operating_point.to_dict()
-    text = (folder / "TRAINING.md").read_text()
-    assert f"`{search.chosen}`" in text and f"{search.settings['holdout_images']} held-out images" in text
-    # A UniPC point (the search offers UniPC too) is published with the options it was measured with.
-    data = json.loads(path.read_text())
-    data["operating_point"].update(scheduler="UniPCMultistepScheduler", scheduler_options={"solver_order": 2})
-    path.write_text(json.dumps(data))
-    publish_search(path, folder)
-    assert type(EarlyExitDiTPipeline.from_pretrained(folder).scheduler).__name__ == "UniPCMultistepScheduler"
-    # A scheduler class diffusers does not have is refused before anything is written.
-    before = (folder / "model_index.json").read_text()
-    data["operating_point"]["scheduler"] = "NoSuchScheduler"
-    path.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match="'NoSuchScheduler' is not a diffusers scheduler class"):
-        publish_search(path, folder)
-    assert (folder / "model_index.json").read_text() == before
-    data["confirmed"] = False
-    path.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match="confirmed no operating point"):
-        publish_search(path, folder)

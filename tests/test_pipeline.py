@@ -401,9 +401,9 @@ def test_docs_loading_runs(tmp_path, monkeypatch):
 
 def test_the_pipeline_declares_its_guidance_pairs(monkeypatch):
     """Guided calls tell the engine the layout: no tensor comparison, no host sync to find the pairs."""
-    from ee_diffusion.backbones import DiTAdapter
+    from ee_diffusion.families import FamilyAdapter
 
-    monkeypatch.setattr(DiTAdapter, "is_cfg_pair_batch", lambda *a: pytest.fail("pairs were inferred"))
+    monkeypatch.setattr(FamilyAdapter, "is_cfg_pair_batch", lambda *a: pytest.fail("pairs were inferred"))
     pipe = make_pipe(tiny_dit(num_layers=4))
     config = EarlyExitConfig(policy=TimestepSchedule(boundaries=[500], depths=[4, 2]))
     guided = pipe([1, 2], num_inference_steps=STEPS, guidance_scale=3.0, generator=seed(), exit_config=config,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMPipeline
 
-from ee_diffusion import EarlyExitConfig, UncertaintyHeads, load_digits_unet
+from ee_diffusion import EarlyExitConfig, UncertaintyHeads
 from ee_diffusion.pipelines import EarlyExitUNetPipeline
 from ee_diffusion.schedules import CachedTailResidual, StaticDepth, TimestepSchedule
 from ee_diffusion.testing import random_bridges, tiny_unet
@@ -128,16 +128,6 @@ def test_a_stateful_policy_is_refused_at_apply_time(pipe):
     with pytest.raises(ValueError, match="CachedTailResidual needs every row's block input"):
         pipe(LABELS, num_inference_steps=1, exit_config=EarlyExitConfig(policy=CachedTailResidual(0.1)))
     assert not hasattr(pipe.unet, "_diffusers_hook")
-
-
-def test_shipped_digits_unet_samples_with_exits():
-    pipe = load_digits_unet()
-    pipe.set_progress_bar_config(disable=True)
-    assert next(pipe.unet.parameters()).dtype == torch.float32
-    out = pipe([3, 7], num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="pt",
-               exit_config=EarlyExitConfig(policy=StaticDepth(2)))
-    assert out.images.shape == (2, 1, 8, 8) and torch.isfinite(out.images).all()
-    assert out.exit_stats.depth_fraction == pytest.approx(2 / 3)
 
 
 def test_a_version_0_1_folder_naming_an_unknown_scheduler_is_refused(pipe, tmp_path):

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ee_diffusion.backbones import DiTAdapter
+from ee_diffusion.adapters import get_adapter
 from ee_diffusion.schedules import (
     CachedTailResidual,
     ExitContext,
@@ -38,7 +38,7 @@ def ctx(block, timesteps, certainty=None, rows=None, num_blocks=6, batch_size=No
 
 def adapter(num_blocks):
     """The backbone adapter of a tiny DiT with `num_blocks` blocks (what `validate_for` checks against)."""
-    return DiTAdapter(tiny_dit(num_layers=num_blocks))
+    return get_adapter(tiny_dit(num_layers=num_blocks))
 
 
 def bucket(boundaries, t):

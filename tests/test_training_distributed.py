@@ -71,6 +71,7 @@ def _latent_config(tmp_path) -> list[str]:
     return [str(tmp_path / "latent.json")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["pixels", "latents"])
 def test_two_process_training_keeps_ranks_identical(tmp_path, source):
     script = tmp_path / "worker.py"

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from ee_diffusion import UncertaintyHeads
-from ee_diffusion.backbones.dit import unpatchify
+from ee_diffusion.families.decoder import unpatchify
 from ee_diffusion.testing import tiny_dit
 from ee_diffusion.training.losses import (
     ASELossConfig,

@@ -6,12 +6,12 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 
-from ee_diffusion.unet import UNetExitBridges
 from ee_diffusion.config import EarlyExitConfig
 from ee_diffusion.pipelines import EarlyExitUNetPipeline
 from ee_diffusion.schedules import StaticDepth
 from ee_diffusion.training.config import ExperimentConfig, ModelConfig, TrainConfig
 from ee_diffusion.training.trainer import Trainer, train
+from ee_diffusion.unet import UNetExitBridges
 
 
 @pytest.fixture(autouse=True)

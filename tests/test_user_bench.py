@@ -19,13 +19,13 @@ pytest.importorskip("transformers")
 
 from _standard_features import random_inception_weights  # noqa: E402
 
-from ee_diffusion.benchmarks.runner import Runner  # noqa: E402
-from ee_diffusion.benchmarks.user_bench import BenchConfig, run  # noqa: E402
-from ee_diffusion.benchmarks.user_prepare import prepare  # noqa: E402
 from ee_diffusion import EarlyExitConfig  # noqa: E402
 from ee_diffusion.cli import main  # noqa: E402
+from ee_diffusion.eval.bench_prepare import prepare  # noqa: E402
 from ee_diffusion.eval.paired import FrechetReference, moments  # noqa: E402
+from ee_diffusion.eval.pipeline_bench import BenchConfig, run  # noqa: E402
 from ee_diffusion.eval.real_images import ImageFolder, RealStats  # noqa: E402
+from ee_diffusion.eval.runner import Runner  # noqa: E402
 from ee_diffusion.eval.standard_features import ClipImageFeatures, clip_scores, load_inception  # noqa: E402
 from ee_diffusion.schedules import TimestepSchedule  # noqa: E402
 from ee_diffusion.testing import TINY_PIPELINES, tiny_dit, tiny_pipeline, tiny_tokenizer  # noqa: E402
@@ -108,6 +108,7 @@ def policy_dict():
     return EarlyExitConfig(TimestepSchedule(boundaries=[500], depths=[4, 2])).to_dict()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", TINY_PIPELINES)
 def test_every_stock_pipeline_class_runs_end_to_end(kind, files, tmp_path, capsys):
     extra = [a.replace("PROMPTS", str(files["prompts"])).replace("BARE", str(files["bare"]))
@@ -154,6 +155,7 @@ def test_every_stock_pipeline_class_runs_end_to_end(kind, files, tmp_path, capsy
     assert "wrote" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_our_pipeline_with_our_feature_net_and_class_accuracy(files, tmp_path):
     assert bench(files, "ours", tmp_path, "--real", str(files["gray"]), "--features", "digits", "--solver", "dpmpp",
                  "--guidance", "1.0", "--methods", "static:3", "--timing-repeats", "0") == 0
@@ -165,6 +167,7 @@ def test_our_pipeline_with_our_feature_net_and_class_accuracy(files, tmp_path):
     assert entry["timing"]["batches"] == [] and "of the blocks" in entry["decisions"]["verdict"]
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_without_resampling_and_rerun_reuses(files, tmp_path, monkeypatch):
     config = BenchConfig(pipeline=str(files["dit"]), real=str(files["real"]), inception_weights=str(files["inception"]),
                          inception_resolution=75, classes=("0", "1"), methods=("static:2",), steps=3, num_images=6,
@@ -201,6 +204,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_numbers_of_one(files, tmp_path):
     args = ["bench", "--pipeline", str(files["ours"]), "--real", str(files["gray"]), "--features", "digits",
             "--guidance", "1.0", "--methods", "static:2", "--timing-repeats", "0", "--threads", "1", "--num-images", "8",
@@ -305,6 +309,7 @@ def test_mixed_folder_is_converted_and_counted_and_small_sets_warn(files, tmp_pa
         "reported on 10,000-50,000)"]]
 
 
+@pytest.mark.slow
 def test_saved_real_statistics_replace_the_folder(files, tmp_path):
     config = BenchConfig(pipeline=str(files["dit"]), real=str(files["real"]), inception_weights=str(files["inception"]),
                          inception_resolution=75, classes=("0",), steps=2, num_images=4, shard_size=4, bootstrap=20,
@@ -325,6 +330,7 @@ def test_saved_real_statistics_replace_the_folder(files, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ feature networks
+@pytest.mark.slow
 def test_inception_is_what_torchmetrics_fid_computes(files):
     from torchmetrics.image.fid import FrechetInceptionDistance
 
@@ -382,22 +388,6 @@ def test_fid_of_fewer_images_than_features_matches_the_covariance_form():
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
-def test_the_committed_digits_run_is_rendered_from_its_json_and_agrees_with_the_settings_path():
-    from ee_diffusion.benchmarks.agreement import compare
-    from ee_diffusion.benchmarks.agreement import markdown as agreement_markdown
-    from ee_diffusion.benchmarks.report import markdown
-
-    folder = DOCS / "bench-pipeline-digits"
-    report = json.loads((folder / "report.json").read_text())
-    assert (folder / "report.md").read_text() == markdown(report)
-    assert report["command"].startswith("ee-diffusion bench --threads 2 --pipeline ee_diffusion/assets/digits-dit")
-    settings = json.loads((DOCS / "bench-ci-digits" / "report.json").read_text())
-    result = json.loads((folder / "agreement.json").read_text())
-    assert result["rows"] == compare(report["settings"][0], settings["settings"][0])["rows"]
-    assert (folder / "agreement.md").read_text() == agreement_markdown(result, result["commands"])
-    assert result["agree"] and len(result["rows"]) >= 5
-
-
 def test_our_feature_net_on_images_of_another_shape_is_refused(files, tmp_path):
     with pytest.raises(ValueError, match="takes 1-channel 8x8 images; DiTPipeline makes 3-channel 16x16 ones"):
         prepare(BenchConfig(pipeline=str(files["dit"]), real=str(files["real"]), features=("digits",), classes=("0",)))
@@ -423,6 +413,7 @@ def test_clip_vision_model_folder_gives_pooled_features_and_no_text(files, tmp_p
         clip.text_features(["a cat"])
 
 
+@pytest.mark.slow
 def test_rows_name_their_own_solver_against_the_reference(files, tmp_path, capsys):
     """One report places DPM-Solver++ rows against a DDIM reference; on a flow-matching folder the named solvers are
     their flow-matching versions, and DDIM (which has none) is refused before any sampling."""

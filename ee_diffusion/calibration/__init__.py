@@ -40,7 +40,6 @@ from .distil import distil_schedule
 from .operating_point_result import Candidate, Confirmation, OperatingPointSearch
 from .operating_point_search import search_operating_point, store_operating_point
 from .run import run_calibration
-from .search_space import SearchSpace
 from .schedule import (
     allocate_depths,
     calibrate_schedule,
@@ -48,6 +47,7 @@ from .schedule import (
     schedule_from_deviation,
     step_buckets,
 )
+from .search_space import SearchSpace
 from .tail_cache import calibrate_tail_cache
 from .thresholds import calibrate_thresholds, record_certainties, simulate_depths, thresholds_for_fractions
 

@@ -32,11 +32,11 @@ import logging
 from typing import Any
 
 from .._validation import check_int
-from ..backbones.registry import get_adapter
+from ..adapters import get_adapter
 from ..config import EarlyExitConfig
 from ..schedules import BlockForecast, policy_from_dict
-from ..schedules.block_forecast import distinct_timesteps
-from ..schedules.tail_cache import FORECAST_ORDERS
+from ..caches.block_forecast import distinct_timesteps
+from ..caches.tail_cache import FORECAST_ORDERS
 from .common import CalibrationResult, CalibrationSet, as_target, sample_calibration_set
 from .forecast_placement import search_placement
 from .schedule import call_timesteps, psnr_db

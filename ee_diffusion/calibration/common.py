@@ -12,7 +12,7 @@ from torch import nn
 
 from .._io import atomic_write_text, read_json_file
 from .._validation import check_int
-from ..backbones.registry import get_adapter
+from ..adapters import get_adapter
 from ..config import EarlyExitConfig
 from ..eval.pipeline_sampling import sample_pipeline
 from ..eval.sampling import SampleRun

@@ -11,7 +11,7 @@ import math
 import torch
 
 from ..schedules import TimestepSchedule
-from ..schedules.buckets import bucket_index
+from ..policies.buckets import bucket_index
 from ..stats import ExitStats
 
 

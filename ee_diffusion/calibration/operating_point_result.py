@@ -118,7 +118,7 @@ class OperatingPointSearch:
             and confirmation bars (confidence, rule).
         settings: image counts, seeds, confidence, bootstrap, conditioning.
         timing: wall-clock of the point against the reference, when measured
-            (`ee_diffusion.benchmarks.point_timing.time_operating_points`; None: not measured).
+            (`ee_diffusion.eval.point_timing.time_operating_points`; None: not measured).
         solvers: per solver name searched, its scheduler class and the options it was built with over the
             pipeline's own scheduler config (the operating point records them: `scheduler_options`).
     """

@@ -21,15 +21,15 @@ search (`features=`; one `PairedFID` per network, `search_phases.Phase`). Then, 
 Full-depth candidates take part, so "steps alone" is a legitimate answer; the held-out seeds also measure the
 chosen point against the best full-depth point that costs no more. Image i of a set with noise seed s starts from
 noise seeded by s * 1_000_003 + i (`image_generators`): seeds 20_000 (calibration) and 30_000 (held-out) share no
-noise with each other or with the benchmark's seeds 0 and 1. Every image goes through the benchmarks' engine
-(`search_phases.open_phases`: `benchmarks.runner`), kept as uint8 shards in `cache_dir`: a search run again on the
+noise with each other or with the benchmark's seeds 0 and 1. Every image goes through the benchmark engine
+(`search_phases.open_phases`: `eval.runner`), kept as uint8 shards in `cache_dir`: a search run again on the
 same folder reads back what exists, and the processes of an `accelerate launch` split the sampling and take the
 same decisions. (DeeDiff thresholds are the exception: `thresholds_for_fractions` records certainties in memory.)
 
-The solvers are built from the pipeline's own scheduler config (`benchmarks.solvers`): DDIM, DPM-Solver++ and UniPC
+The solvers are built from the pipeline's own scheduler config (`eval.solvers`): DDIM, DPM-Solver++ and UniPC
 on a DDPM-type noise schedule; DPM-Solver++ and UniPC in their flow-matching modes on a flow-matching one (SD3-class
 pipelines). The result records each solver's class and options (`OperatingPointSearch.solvers`), and so does its
-operating point (`scheduler_options`), from which `benchmarks.solvers.scheduler_of_point` rebuilds the scheduler.
+operating point (`scheduler_options`), from which `eval.solvers.scheduler_of_point` rebuilds the scheduler.
 
 ```py
 >>> import torch
@@ -65,8 +65,11 @@ from typing import Any
 import torch
 
 from .._validation import check_int, check_number
-from ..benchmarks.frontier import QUALITY_TOLERANCE
-from ..benchmarks.solvers import (
+from ..config import EarlyExitConfig
+from ..eval.frontier import QUALITY_TOLERANCE
+from ..eval.paired import FrechetReference
+from ..eval.sampling import SampleRun
+from ..eval.solvers import (
     SEARCH_SOLVERS,
     SOLVERS,
     build_scheduler,
@@ -74,9 +77,6 @@ from ..benchmarks.solvers import (
     solver_of,
     solver_timesteps,
 )
-from ..config import EarlyExitConfig
-from ..eval.paired import FrechetReference
-from ..eval.sampling import SampleRun
 from ..operating_point import OperatingPoint
 from ..pipelines.conditioning import Conditioning
 from ..pipelines.stock import default_guidance_scale, kind_of
@@ -153,7 +153,7 @@ def search_operating_point(
         max_confirmations: candidates tried on the held-out seeds before giving up.
         on_sample: called as `on_sample(phase, name, run)` after each sampling ("calibration" or "held-out").
         cache_dir, shard_size: where the engine keeps every run's images (uint8 shards of `shard_size`,
-            `benchmarks.sample_cache.ShardCache`): a search interrupted or run again with the same folder reads back
+            `eval.sample_cache.ShardCache`): a search interrupted or run again with the same folder reads back
             what exists, and under `accelerate launch` (which needs a folder all processes share) each process
             samples its own shards and all of them take the same decisions. None: a temporary folder, removed after
             the search.
@@ -355,7 +355,7 @@ def _shard_cache(cache_dir: str | Path | None, shard_size: int, denoiser: Any) -
     behind it when `cache_dir` is None (None otherwise)."""
     from accelerate import PartialState
 
-    from ..benchmarks.sample_cache import ShardCache
+    from ..eval.sample_cache import ShardCache
 
     # On the CPU the processes meet through gloo (accelerate's `cpu=True`); on GPUs through its default backend.
     state = PartialState(cpu=next(denoiser.parameters()).device.type == "cpu")

@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 
-from ..backbones.registry import get_adapter
+from ..adapters import get_adapter
 from ..config import EarlyExitConfig
 from ..pipelines.stock import kind_of
 from ..schedules import TimestepSchedule, UncertaintyThreshold
-from ..schedules.buckets import bucket_index
+from ..policies.buckets import bucket_index
 from .block_forecast import DEFAULT_WINDOWS, calibrate_block_forecast
 from .common import CalibrationResult, CalibrationSet, as_target, sample_calibration_set
 from .distil import distil_schedule

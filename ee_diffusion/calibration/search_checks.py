@@ -7,10 +7,10 @@ import math
 from typing import Any
 
 from .._validation import check_int, check_number
-from ..backbones.registry import get_adapter
-from ..benchmarks.frontier import QUALITY_TOLERANCE
-from ..benchmarks.solvers import FLOW_SOLVERS, noise_schedule, solver_spec, solvers_for
+from ..adapters import get_adapter
+from ..eval.frontier import QUALITY_TOLERANCE
 from ..eval.sampling import _SEED_STRIDE
+from ..eval.solvers import FLOW_SOLVERS, noise_schedule, solver_spec, solvers_for
 from ..pipelines.stock import kind_of
 from .search_space import SearchSpace
 

@@ -1,12 +1,13 @@
 """`ee-diffusion calibrate --kind operating-point`: the search on a benchmark setting or on any pipeline folder.
 
-- A benchmark setting (`--model digits`, `glyphs`, `digits-deep`, ...) is scored under both shipped feature networks of
+- A setting (`--model digits`: the demo model; the repository's `python -m bench calibrate` adds our other models,
+  `glyphs`, `digits-deep`, ...) is scored under both shipped feature networks of
   its data (`--features` picks among them) against its real reference images.
 - Any supported pipeline folder (`--model FOLDER`: ours, `DiTPipeline`, `PixArtAlphaPipeline`,
   `StableDiffusion3Pipeline`, `StableDiffusionPipeline`, U-Net pipelines) is scored under the feature networks the
   user names (`--features inception clip`, from files the user holds: `--inception-weights`, `--clip`) against
   `--real DIR` or `--real-stats FILE ...`, loaded and checked exactly as `bench --pipeline` does
-  (`benchmarks.user_prepare.prepare`), so bad input fails before any image is sampled. A flow-matching folder (SD3)
+  (`eval.bench_prepare.prepare`), so bad input fails before any image is sampled. A flow-matching folder (SD3)
   searches its own scheduler, or with `--solvers dpmpp unipc` the flow-matching versions of those solvers.
 - `--min-psnr DB` needs no real images or feature networks (and refuses them): a candidate must keep each image
   within DB of the reference's image from the same noise (`search_psnr`).
@@ -15,32 +16,33 @@ Either way the decision is `search_operating_point`'s: quality must hold under e
 goal). The search JSON (and its Markdown) goes to `--out`; `--save-to DIR` writes a pipeline folder of ours whose
 bare call runs the found point, and for a stock pipeline folder the exit config as a JSON file the hook API loads
 (`EarlyExitConfig.from_json`) beside the operating point's JSON, whose scheduler class and `scheduler_options`
-rebuild the point's scheduler (`benchmarks.solvers.scheduler_of_point`).
+rebuild the point's scheduler (`eval.solvers.scheduler_of_point`).
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .._io import atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    from ..default_model import Setting
 
 #: What `--save-to` writes for a stock pipeline folder (no pipeline class of ours stores the point there).
 EXIT_CONFIG_FILE = "exit_config.json"
 OPERATING_POINT_FILE = "operating_point.json"
 
 
-def setting_features(setting: str, names: list[str] | None) -> dict[str, tuple[Any, torch.Tensor]]:
-    """name -> (shipped feature net, its features of the setting's real reference images); default: every
-    shipped network of the setting's data, the primary first."""
-    from ..default_model import setting_dataset
+def setting_features(setting: str, data: str, names: list[str] | None) -> dict[str, tuple[Any, torch.Tensor]]:
+    """name -> (shipped feature net, its features of the real reference images of `data`, the data the setting named
+    `setting` is scored on); default: every shipped network of that data, the primary first."""
     from ..eval.features import RECIPES, feature_nets_of, load_feature_net
     from ..eval.quality import real_images
 
-    data = setting_dataset(setting)
     names = names or list(feature_nets_of(data))
     unknown = [n for n in names if n not in RECIPES or RECIPES[n]["dataset"] != data]
     if unknown:
@@ -58,7 +60,7 @@ def setting_features(setting: str, names: list[str] | None) -> dict[str, tuple[A
 def folder_features(prep: Any, batch_size: int = 64) -> dict[str, tuple[Any, Any]]:
     """name -> (images in [0, 1] -> features, real `FrechetReference`) for every feature network of a prepared
     `bench --pipeline` run: the saved statistics, or the real folder encoded once."""
-    from ..benchmarks.runner import as_uint8
+    from ..eval.runner import as_uint8
     from ..eval.paired import FrechetReference
 
     out = {}
@@ -91,8 +93,8 @@ def check_psnr_args(args: argparse.Namespace) -> None:
 def load_folder(args: argparse.Namespace) -> tuple[Any, Any, float | None]:
     """(pipe, conditioning, guidance) of a pipeline folder for a PSNR goal, checked as `bench --pipeline` checks
     them, without the feature networks and real side it does not use."""
-    from ..benchmarks.user_config import DTYPES
-    from ..benchmarks.user_prepare import conditioning_of
+    from ..eval.bench_config import DTYPES
+    from ..eval.bench_prepare import conditioning_of
     from ..pipelines.stock import default_guidance_scale, load_pipeline, pipeline_class_name
 
     pipeline_class_name(str(args.model))  # an unsupported class is refused before anything loads
@@ -109,8 +111,8 @@ def search_space(args: argparse.Namespace, pipe: Any, target: Any) -> tuple[Any,
     scheduler (`ValueError` before any sampling). No `--solvers`: DDIM and DPM-Solver++ on a DDPM-type noise
     schedule, the pipeline's own scheduler otherwise (flow matching). No `--reference`: DDIM for a pipeline of ours
     (where it runs), a stock folder's own scheduler."""
-    from ..backbones.registry import get_adapter
-    from ..benchmarks.solvers import noise_schedule
+    from ..adapters import get_adapter
+    from ..eval.solvers import noise_schedule
     from ..pipelines.stock import kind_of
     from . import SearchSpace
     from .search_checks import OWN_SCHEDULER, default_reference_solver, solver_specs
@@ -137,8 +139,8 @@ def search_space(args: argparse.Namespace, pipe: Any, target: Any) -> tuple[Any,
 
 def prepare_folder(args: argparse.Namespace) -> Any:
     """The folder, its conditioning, feature networks and real side, checked as `bench --pipeline` checks them."""
-    from ..benchmarks.user_config import BenchConfig
-    from ..benchmarks.user_prepare import prepare
+    from ..eval.bench_config import BenchConfig
+    from ..eval.bench_prepare import prepare
 
     if args.real is None and not args.real_stats:
         raise ValueError(f"--model {args.model!r} is a pipeline folder: its FID needs real images, --real DIR or "
@@ -159,7 +161,7 @@ def run_search(args: argparse.Namespace, pipe: Any, target: Any, space: Any, ref
     """Search `space` against `reference` (both from `search_space`), write the search JSON (and Markdown), and
     with `--save-to` what a later bare call runs; returns the summary lines the command prints. `features` None:
     a PSNR goal."""
-    from ..benchmarks.solvers import solver_of
+    from ..eval.solvers import solver_of
     from ..pipelines.stock import kind_of
     from . import search_operating_point, store_operating_point
 
@@ -181,7 +183,7 @@ def run_search(args: argparse.Namespace, pipe: Any, target: Any, space: Any, ref
     search.settings["command"] = args.command_line
     point = search.operating_point
     if args.time_batch:
-        from ..benchmarks.point_timing import time_operating_points
+        from ..eval.point_timing import time_operating_points
 
         points = {"searched": point}
         if baselines and current.guidance_scale == point.guidance_scale:
@@ -226,13 +228,12 @@ def save_point_files(search: Any, folder: Path) -> None:
     atomic_write_json(folder / OPERATING_POINT_FILE, point.to_dict(), indent=1)
 
 
-def main(args: argparse.Namespace, setting: str | None) -> int:
-    """`calibrate --kind operating-point` with parsed `args` on a benchmark setting (`setting`) or a pipeline folder
-    (`args.model`, `setting` None): bad input ends the command with its message and exit status 2, before any
-    sampling."""
+def main(args: argparse.Namespace, setting: Setting | None) -> int:
+    """`calibrate --kind operating-point` with parsed `args` on a setting (`setting`, named `args.model`) or a
+    pipeline folder (`args.model`, `setting` None): bad input ends the command with its message and exit status 2,
+    before any sampling."""
     import sys
 
-    from ..default_model import load_setting_pipeline
     from ..heads import UncertaintyHeads
     from ..pipelines.conditioning import Conditioning
     from ..pipelines.stock import kind_of
@@ -247,11 +248,10 @@ def main(args: argparse.Namespace, setting: str | None) -> int:
         heads = UncertaintyHeads.from_pretrained(args.heads).to(args.device) if args.heads is not None else None
         if setting:
             if args.real is not None or args.real_stats:
-                raise ValueError(f"the {setting} setting is scored against its own real images; --real and "
+                raise ValueError(f"the {args.model} setting is scored against its own real images; --real and "
                                  f"--real-stats are for pipeline folders")
-            features = None if psnr else setting_features(setting, args.features)
-            pipe = load_setting_pipeline(setting).to(args.device, getattr(torch, args.dtype))
-            pipe.set_progress_bar_config(disable=True)
+            features = None if psnr else setting_features(args.model, setting.data, args.features)
+            pipe = setting.load(args.model).to(args.device, getattr(torch, args.dtype))
             conditioning = Conditioning.from_classes(args.classes, pipe) if args.classes else None
             guidance = args.guidance
         elif psnr:

@@ -1,6 +1,6 @@
 """The two image sets of an operating-point search and how a candidate is sampled and scored on them.
 
-Every image goes through the benchmarks' one engine (`benchmarks.runner`): `MethodSampler` samples a (solver,
+Every image goes through the benchmark's one engine (`eval.runner`): `MethodSampler` samples a (solver,
 steps, exit config) on the phase's seeds, and a `Runner` keeps the images as uint8 shards in a `ShardCache` (a
 rerun or an interrupted search reads back what exists; under `accelerate launch` each process samples its own
 shards and every process computes the same scores, so all of them take the same decisions), encodes them under
@@ -24,12 +24,12 @@ from typing import Any
 
 import torch
 
-from ..benchmarks.frontier import confirms_quality, holds_quality, holds_under_every_net
-from ..benchmarks.method import Method
-from ..benchmarks.runner import FeatureSpec, MethodSampler, Runner
-from ..benchmarks.sample_cache import modules_fingerprint
 from ..config import EarlyExitConfig
+from ..eval.frontier import confirms_quality, holds_quality, holds_under_every_net
+from ..eval.method import Method
 from ..eval.paired import FrechetReference, PairedFID
+from ..eval.runner import FeatureSpec, MethodSampler, Runner
+from ..eval.sample_cache import modules_fingerprint
 from ..eval.sampling import SampleRun
 from .operating_point_result import Candidate, Confirmation
 from .search_psnr import PsnrPhase

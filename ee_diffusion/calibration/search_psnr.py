@@ -13,7 +13,7 @@ gives every candidate its interval of the mean PSNR, and any two candidates a pa
   so its calibration mean is biased upwards; the bound, not the mean, must clear the bar.
 
 `PsnrPhase` mirrors `search_phases.Phase`: its images go through the same engine (`search_phases.Sampler`, a
-`benchmarks.runner.Runner` with no feature networks), so a repeat of the same (solver, steps, exit config) reads
+`eval.runner.Runner` with no feature networks), so a repeat of the same (solver, steps, exit config) reads
 the first run's shards back.
 """
 

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._validation import check_int, check_number
-from ..benchmarks.solvers import SEARCH_SOLVERS, ase_schedules
 from ..config import EarlyExitConfig
+from ..eval.solvers import SEARCH_SOLVERS, ase_schedules
 from ..schedules import BlockForecast, CachedTailResidual, StaticDepth
-from ..schedules.block_forecast import distinct_timesteps
-from ..schedules.tail_cache import FORECAST_ORDERS
+from ..caches.block_forecast import distinct_timesteps
+from ..caches.tail_cache import FORECAST_ORDERS
 
 ASE_KINDS = ("released", "aggressive")
 

@@ -18,7 +18,7 @@ import torch
 from ..config import EarlyExitConfig
 from ..engine_base import pair_mask
 from ..schedules import ExitContext, ExitPolicy, UncertaintyThreshold
-from ..schedules.buckets import bucket_index
+from ..policies.buckets import bucket_index
 from .common import CalibrationResult, CalibrationSet, as_target, bisect_increasing, sample_calibration_set
 from .schedule import measure_depth_deviation, schedule_from_deviation
 

@@ -13,8 +13,8 @@ diffusers. After the run the hooks' state is reset and every hook the cache adde
 How each attaches to a DiT (what the report states):
 - FirstBlockCache: as is, on the `transformer_blocks`.
 - TaylorSeerCache: as is; it hooks every block and counts steps itself.
-- MagCache: needs per-step magnitude ratios of the model; `calibrate_mag_ratios` runs diffusers' own calibration
-  mode (one full sampling run) and reads the ratios it records.
+- MagCache: needs per-step magnitude ratios of the model (`mag_ratios`), from diffusers' own calibration mode
+  (`bench/mag_cache.py` of the repository measures them for our models).
 - SeaCache: needs the raw latents of the trajectory, shaped (C, T, H, W) as for video; an image batch is given as
   one trajectory of T = 1 frames per sample (`_image_trajectory`).
 """
@@ -31,13 +31,32 @@ import torch
 from torch import nn
 
 KINDS = ("first_block_cache", "taylorseer_cache", "mag_cache", "sea_cache")
+#: TaylorSeer forecasts the outputs of these modules of a DiT block (diffusers' default patterns expect attention
+#: modules named `attn`; DiT's are `attn1`, so its default would hook nothing).
+TAYLORSEER_DIT_MODULES = [r"transformer_blocks\.\d+\.attn1", r"transformer_blocks\.\d+\.ff"]
+
+
+def taylorseer_steps(steps: int, interval: int, warmup: int, last: bool) -> list[int]:
+    """The step indices (0 first) at which diffusers' TaylorSeerCache computes in a run of `steps` model calls:
+    every step before `warmup` (`disable_cache_before_step`), then step warmup + 1 and every `interval`-th one
+    after it, and with `last` (`disable_cache_after_step=steps - 1`) the last step. Step `warmup` itself is
+    forecast from the warm-up's outputs when interval > 1.
+
+    ```py
+    >>> taylorseer_steps(15, interval=4, warmup=1, last=False)
+    [0, 2, 6, 10, 14]
+
+    ```
+    """
+    return [s for s in range(steps) if s < warmup or (s - warmup - 1) % interval == 0 or (last and s >= steps - 1)]
 
 
 @dataclass(frozen=True)
 class CacheBaseline:
     """One diffusers cache and its settings (the keyword arguments of its diffusers config class).
 
-    `mag_cache` needs `mag_ratios` (from `calibrate_mag_ratios`); the step count is filled in per run.
+    `mag_cache` needs `mag_ratios` (the per-step ratios of diffusers' MagCache calibration: the repository's
+    `bench/mag_cache.py` measures them); the step count is filled in per run.
     """
 
     kind: str
@@ -108,7 +127,7 @@ def diffusers_cache(transformer: nn.Module, baseline: CacheBaseline, scheduler: 
     from .._compat import CacheContext, HookRegistry, _set_cache_context, forget_child_registries
 
     config, apply = _config(baseline, num_inference_steps)
-    before = _hook_names(transformer)
+    before = hook_names(transformer)
     apply(transformer, config)
     forget_child_registries(transformer)
     sigmas = _noise_levels(scheduler)
@@ -129,18 +148,18 @@ def diffusers_cache(transformer: nn.Module, baseline: CacheBaseline, scheduler: 
         handle.remove()
         _set_cache_context(transformer, None)
         HookRegistry.check_if_exists_or_initialize(transformer).reset_stateful_hooks()
-        _remove_hooks_since(transformer, before)
+        remove_hooks_since(transformer, before)
         forget_child_registries(transformer)
 
 
-def _hook_names(module: nn.Module) -> dict[str, list[str]]:
+def hook_names(module: nn.Module) -> dict[str, list[str]]:
     """Names of the diffusers hooks on every submodule (by qualified name) of `module`."""
     from .._compat import registry_hook_names
 
     return {name: registry_hook_names(m) for name, m in module.named_modules()}
 
 
-def _remove_hooks_since(module: nn.Module, before: dict[str, list[str]]) -> None:
+def remove_hooks_since(module: nn.Module, before: dict[str, list[str]]) -> None:
     """Remove the diffusers hooks added to `module`'s submodules since `before` (newest first)."""
     from .._compat import HookRegistry, registry_hook_names
 
@@ -150,41 +169,3 @@ def _remove_hooks_since(module: nn.Module, before: dict[str, list[str]]) -> None
             registry = HookRegistry.check_if_exists_or_initialize(m)
             for hook in reversed(added):
                 registry.remove_hook(hook, recurse=False)
-
-
-@torch.no_grad()
-def calibrate_mag_ratios(run: Callable[[], Any], transformer: nn.Module, scheduler: Any,
-                         num_inference_steps: int) -> list[float]:
-    """MagCache's per-step magnitude ratios of `transformer`, from diffusers' calibration mode (no skipping) during
-    `run()` (one sampling run of `num_inference_steps` steps, e.g. a few calibration images)."""
-    from diffusers.hooks import MagCacheConfig, apply_mag_cache
-
-    from .._compat import CacheContext, HookRegistry, _set_cache_context, forget_child_registries
-
-    before = _hook_names(transformer)
-    # One step more than the run has: MagCache clears its recorded ratios when its step counter reaches the
-    # configured count, so with the true count they would be gone before we read them.
-    apply_mag_cache(transformer, MagCacheConfig(calibrate=True, num_inference_steps=num_inference_steps + 1))
-    forget_child_registries(transformer)
-    _set_cache_context(transformer, CacheContext("ee_diffusion.calibration"))
-    try:
-        run()
-        ratios = _mag_calibration_ratios(transformer)
-    finally:
-        _set_cache_context(transformer, None)
-        HookRegistry.check_if_exists_or_initialize(transformer).reset_stateful_hooks()
-        _remove_hooks_since(transformer, before)
-        forget_child_registries(transformer)
-    if len(ratios) != num_inference_steps:
-        raise RuntimeError(f"MagCache calibration recorded {len(ratios)} ratios for {num_inference_steps} steps")
-    return ratios
-
-
-def _mag_calibration_ratios(transformer: nn.Module) -> list[float]:
-    """The ratios MagCache's calibration recorded in its shared state (read before the state is reset)."""
-    from .._compat import mag_cache_states
-
-    for state in mag_cache_states(transformer):
-        if state.calibration_ratios:
-            return [float(r) for r in state.calibration_ratios]
-    return []

@@ -178,7 +178,7 @@ class PairedFIDs:
     """`PairedFID`s of one image set under every feature network, on the same resampled image indices.
 
     FIDs of different networks are never compared with each other: each network gives its own paired intervals,
-    and a decision asks for all of them (`benchmarks.frontier.holds_under_every_net`). The first network is the
+    and a decision asks for all of them (`eval.frontier.holds_under_every_net`). The first network is the
     primary one, whose numbers fill a report's single-number columns.
 
     ```py

@@ -127,7 +127,7 @@ def sample_pipeline(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     kind = kind_of(pipe)
     denoiser = denoiser_of(pipe)
-    from ..backbones.registry import get_adapter
+    from ..adapters import get_adapter
 
     counter = BlockCounter(get_adapter(denoiser).blocks)
     rows = _RowCounter(denoiser)

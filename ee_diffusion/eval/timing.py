@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import time
@@ -133,6 +134,27 @@ def speedups(times: Mapping[str, list[float]], reference: str) -> dict[str, dict
                    "speedup": float(statistics.median([r / v for v, r in zip(values, times[reference])])),
                    "rounds": len(values)} for name, values in times.items()}
 
+
+
+def store_times(rows: dict, times: dict[str, list[float]], reference: str, batch: int, primary: bool) -> None:
+    """Per-row timing at `batch` into a report's `rows` (name -> row); the primary batch's speedup is the row's
+    `speedup` (what decisions use)."""
+    for name, entry in speedups(times, reference).items():
+        entry = {"median_s": entry["median_s"], "speedup": entry["speedup"],
+                 "images_per_s": batch / entry["median_s"], "rounds": entry["rounds"]}
+        rows[name].setdefault("timing", {})[str(batch)] = entry
+        if primary:
+            rows[name]["speedup"] = entry["speedup"]
+            rows[name]["time_ratio"] = 1.0 / entry["speedup"]
+
+
+def load_average() -> list[float] | None:
+    """The machine's 1, 5 and 15 minute load averages (what a report records beside its timings); None where the
+    platform has none."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 def timing_noise(times: Mapping[str, list[float]], reference: str) -> float:
     """How much a method's speedup moves from round to round: the median over the methods other than `reference`

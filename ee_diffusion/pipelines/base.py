@@ -4,8 +4,8 @@
 `register_modules`, a `check_inputs` that raises, `@torch.no_grad()` on `__call__` in the subclasses, an output
 dataclass) and leaves the exit mechanics to the engine: a call with an exit policy wraps its denoising loop in
 `early_exit(denoiser, config, heads, bridges, layout)`, which hooks the denoiser for the duration of the call,
-tells the engine the guidance layout, and restores the model exactly afterwards; a call without one (and without
-hooks the user applied) runs the stock denoiser unhooked.
+tells the engine the guidance layout and that the loop is one sampling run (`BatchLayout`), and restores the model
+exactly afterwards; a call without one (and without hooks the user applied) runs the stock denoiser unhooked.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
-from ..backbones.registry import get_adapter
+from ..adapters import get_adapter
 from ..config import EarlyExitConfig
 from ..engine import early_exit, is_early_exit_applied
 from ..layout import BatchLayout
@@ -381,7 +381,7 @@ class ClassConditionalExitPipeline(DiffusionPipeline):
         labels = labels.to(device)
         if guided:
             labels = torch.cat([labels, torch.full_like(labels, self.num_classes)])
-        layout = BatchLayout(guidance_pairs=guided)
+        layout = BatchLayout(guidance_pairs=guided, one_run=True)  # this sampling loop is one run
 
         # 3. Timesteps, and the extra arguments this scheduler's `step` takes.
         self.scheduler.set_timesteps(num_inference_steps, device=device)

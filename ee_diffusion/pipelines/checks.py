@@ -10,7 +10,7 @@ from diffusers import AutoencoderKL
 from diffusers.schedulers import SchedulerMixin
 from torch import nn
 
-from ..backbones.registry import get_adapter
+from ..adapters import get_adapter
 from ..heads import UncertaintyHeads
 from ..stats import ExitStats
 

@@ -1,37 +1,52 @@
-"""Exit policies: which rows stop after which block.
+"""The public name for what decides, per row, how much of the model runs: exit policies and training-free caches.
 
-- `StaticDepth(depth)`: every row runs `depth` blocks (the "exit after block k" baseline).
-- `TimestepSchedule(boundaries, depths)`: ASE, depth chosen from each row's timestep.
-- `UncertaintyThreshold(threshold, patience, per_timestep)`: DeeDiff, a row stops when its uncertainty
-  head is confident enough (needs `UncertaintyHeads`).
-- `CachedTailResidual(threshold, ...)`: training-free, for pretrained models: a row that skips the tail
-  adds its own tail residual cached from its last full call (FirstBlockCache's idea, decided per row), or
-  forecast in the timestep from its last full calls (`forecast_order=1` or `2`).
-- `BlockForecast(interval, forecast_order, ...)`: training-free, TaylorSeer's structure per row: a row computes
-  every block's attention and feed-forward on every `interval`-th call of its own and forecasts their outputs in
-  its timestep on the others; every block's norms, modulation, gates and residual additions always run.
+Exit policies (`ee_diffusion.policies`, the exit contract `ExitPolicy`):
 
-Write your own policy by subclassing `ExitPolicy`. Calibration of policies to a budget or a tolerance lives in
-`ee_diffusion.calibration` (it samples pipelines, so it sits above the core).
+- `StaticDepth(depth)`, `TimestepSchedule(boundaries, depths)` (ASE), `UncertaintyThreshold(threshold, ...)`
+  (DeeDiff, needs `UncertaintyHeads`).
+
+Training-free caches for pretrained models (`ee_diffusion.caches`, their own contract `TrainingFreeCache`):
+
+- `CachedTailResidual(threshold, ...)`: a row skips the tail and adds its own cached or forecast tail residual.
+- `BlockForecast(interval, forecast_order, ...)`: a row forecasts every block's attention and feed-forward outputs
+  on the calls it does not compute them.
+
+`policy_from_dict` rebuilds any of them from `to_dict()` (its `type` key).
 """
 
-from .base import ExitContext, ExitPolicy, PolicyState, SerializablePolicy, as_exit_policy, policy_from_dict
-from .block_forecast import BlockForecast, BlockForecastState
-from .static import StaticDepth, TimestepSchedule
-from .tail_cache import CachedTailResidual, TailCacheState
-from .uncertainty import UncertaintyThreshold
+from ..caches import (
+    BlockForecast,
+    BlockForecastState,
+    CachedTailResidual,
+    CacheState,
+    SubmoduleForecast,
+    TailCacheState,
+    TrainingFreeCache,
+)
+from ..policies import (
+    ExitContext,
+    ExitPolicy,
+    SerializablePolicy,
+    StaticDepth,
+    TimestepSchedule,
+    UncertaintyThreshold,
+    as_exit_policy,
+    policy_from_dict,
+)
 
 __all__ = [
     "BlockForecast",
     "BlockForecastState",
+    "CacheState",
     "CachedTailResidual",
     "ExitContext",
     "ExitPolicy",
-    "PolicyState",
     "SerializablePolicy",
     "StaticDepth",
+    "SubmoduleForecast",
     "TailCacheState",
     "TimestepSchedule",
+    "TrainingFreeCache",
     "UncertaintyThreshold",
     "as_exit_policy",
     "policy_from_dict",

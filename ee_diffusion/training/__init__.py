@@ -2,7 +2,7 @@
 
 `losses` (the loss functions), `data` (datasets), `config` (the experiment config), `models` (the denoiser,
 heads and bridges a run builds, with the mode's loss as one module), `checkpoints` (the trainer's checkpoint
-files), `trainer` (`Trainer`, `train`) and `digits_eval` (class accuracy of digits samples). Stock pipeline
+files) and `trainer` (`Trainer`, `train`). Stock pipeline
 folders (DiT, PixArt-alpha, SD3) train in latent space: `pipeline_source` (the folder as a training source),
 `latent_cache` (the encoded images as safetensors shards), `image_items` (the images and their classes or
 captions) and `text_encoding` (prompts through the pipeline's text encoders). Submodules are imported on use,

@@ -148,7 +148,7 @@ class TrainConfig:
 
     `gradient_checkpointing` (transformer backbones) recomputes each block's inner activations in backward:
     the one pass that trains every exit keeps only the N block outputs (B, L, D) - which the exits read
-    anyway - instead of every block's attention and MLP activations (`BackboneAdapter.run_block`). It costs
+    anyway - instead of every block's attention and MLP activations (`ExitDecoder.run_block`). It costs
     about one more forward of the trained blocks per step; in `heads` mode the frozen backbone has nothing to
     recompute (no gradient flows into it) and the flag changes nothing.
     """

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._validation import check_number
-from ..backbones.registry import get_adapter
+from ..adapters import get_adapter
 from ..heads import UncertaintyHeads
-from ..schedules.static import StaticDepth, TimestepSchedule
+from ..policies.static import StaticDepth, TimestepSchedule
 
 UNCERTAINTY_REDUCTIONS = ("mean", "sum")
 LAYER_WEIGHTINGS = ("normalized", "paper")
@@ -122,12 +122,12 @@ def block_predictions(
     """One pass through every block: (hidden states h_i (B, L, D), eps predictions eps_i = g(h_i) (B, C, H, W)).
 
     eps_i keeps only the eps channels of a learned-sigma model; the last one is the model's own output. Other
-    backbones take their conditioning as keywords (`adapter.exit_outputs`; U-Nets also `bridges=`, and h_i is
+    backbones take their conditioning as keywords (`decoder.exit_outputs`; U-Nets also `bridges=`, and h_i is
     then level i's feature map).
     """
     if class_labels is not None:
         conditioning["class_labels"] = class_labels
-    return get_adapter(model).exit_outputs(sample, timestep, **conditioning)
+    return get_adapter(model).decoder.exit_outputs(sample, timestep, **conditioning)
 
 
 def deediff_loss_terms(
@@ -205,7 +205,7 @@ def deediff_loss(
     hidden, eps = block_predictions(model, noisy, timestep, class_labels, **conditioning)
     condition = None
     if heads.conditioned:
-        condition = get_adapter(model).timestep_embedding(timestep, hidden[0].dtype)
+        condition = get_adapter(model).decoder.timestep_embedding(timestep, hidden[0].dtype)
     # Heads read detached block outputs (UncertaintyHeads.forward detaches its inputs).
     certainties = [heads(i, h, condition) for i, h in enumerate(hidden)]
     return deediff_loss_terms(eps, certainties, target, config)
@@ -215,7 +215,7 @@ def simple_loss(
     model: nn.Module, noisy: torch.Tensor, target: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor
 ) -> dict[str, torch.Tensor]:
     """The ordinary diffusion loss ||target - prediction||^2 on the model's own output (eps channels only)."""
-    channels = get_adapter(model).prediction_shape()[0]
+    channels = get_adapter(model).decoder.prediction_shape()[0]
     prediction = model(noisy, timestep=timestep, class_labels=class_labels).sample
     simple = (eps_channels(prediction, channels).float() - target.float()).pow(2).mean()
     return {"loss": simple, "simple": simple}

@@ -23,7 +23,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DiTTransformer2DModel, UNet2DModel
 from torch import nn
 
-from ..backbones.registry import get_adapter
+from ..adapters import get_adapter
 from ..heads import UncertaintyHeads
 from ..unet import UNetExitBridges
 from .config import ExperimentConfig, ModelConfig, TrainConfig
@@ -151,7 +151,7 @@ class TrainingObjective(nn.Module):
     `forward(noisy, target, timestep, class_labels, block_errors, **conditioning)` returns a dict with `loss`
     and the terms to log; with `block_errors=True` it includes `block_mse` (N,), each block's decoded error
     (detached). `target` is the noise (DDPM models) or the velocity (flow matching); `conditioning` holds
-    the text inputs of PixArt and SD3 transformers (`adapter.exit_outputs`). Example: the module docstring.
+    the text inputs of PixArt and SD3 transformers (`decoder.exit_outputs`). Example: the module docstring.
     """
 
     def __init__(self, denoiser: nn.Module, heads: UncertaintyHeads | None, config: TrainConfig,
@@ -187,12 +187,12 @@ class TrainingObjective(nn.Module):
         # scratch transformer: L_simple on the final block; the other blocks' errors only when asked (for the log).
         if class_labels is not None:
             conditioning["class_labels"] = class_labels
-        adapter = get_adapter(self.denoiser)
-        channels = adapter.prediction_shape()[0]
-        hidden = adapter.hidden_states_per_block(noisy, timestep, **conditioning)  # N x (B, L, D)
+        decoder = get_adapter(self.denoiser).decoder
+        channels = decoder.prediction_shape()[0]
+        hidden = decoder.hidden_states_per_block(noisy, timestep, **conditioning)  # N x (B, L, D)
 
         def eps_at(h: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
-            return eps_channels(adapter.decode(h, timestep=timestep, **conditioning), channels)
+            return eps_channels(decoder.decode(h, timestep=timestep, **conditioning), channels)
 
         simple = (eps_at(hidden[-1]).float() - target.float()).pow(2).mean()
         out = {"loss": simple, "simple": simple}

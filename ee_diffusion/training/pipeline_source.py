@@ -284,7 +284,7 @@ class PipelineSource:
         from PIL import Image
 
         from ..engine import early_exit
-        from ..schedules.uncertainty import UncertaintyThreshold
+        from ..policies.uncertainty import UncertaintyThreshold
 
         if exit_config is not None:
             exit_config = EarlyExitConfig.from_dict(exit_config)

@@ -1,7 +1,7 @@
 """Prompts of a text-to-image pipeline, encoded once with the pipeline's own text encoders for training.
 
 `encode_prompts(pipe, prompts)` returns the transformer's keyword inputs for those prompts, named as the
-transformer's forward (and `adapter.exit_outputs`) takes them, one row per prompt:
+transformer's forward (and `decoder.exit_outputs`) takes them, one row per prompt:
 
 - `PixArtAlphaPipeline`: `encoder_hidden_states` (B, L, caption_channels) and `encoder_attention_mask` (B, L),
   T5 tokens padded to `max_sequence_length`;

@@ -3,7 +3,7 @@
 What is trained (the denoiser, heads, bridges and the mode's loss) is built in `training.models`; the
 checkpoint files are `training.checkpoints`. U-Nets (`ModelConfig(kind="unet")`, a class-conditional
 `UNet2DModel`) exit by depth truncation: the exit modes train their `UNetExitBridges` jointly with the U-Net,
-through the same losses (`adapter.exit_outputs`). A config with a `pipeline` section trains the transformer of
+through the same losses (`decoder.exit_outputs`). A config with a `pipeline` section trains the transformer of
 a stock DiT, PixArt-alpha or SD3 folder on its cached latents instead (`pipeline_source`, `latent_cache`).
 
 The run is a pure function of (config, step): the batch of step s comes from `StepBatches`, and the noise,
@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from .._io import atomic_write_text, read_json_file, replace_dir
 from .._validation import check_int
-from ..backbones.registry import get_adapter
+from ..adapters import get_adapter
 from ..pipelines import EarlyExitDiTPipeline, EarlyExitUNetPipeline
 from .checkpoints import (
     EMA_FILE,

@@ -32,7 +32,7 @@ import torch
 from diffusers import UNet2DConditionModel, UNet2DModel
 from torch import nn
 
-from ..backbones.base import BackboneAdapter
+from ..families.base import BackboneAdapter
 
 if TYPE_CHECKING:
     from .bridges import UNetExitBridges
@@ -61,9 +61,11 @@ class UNetAdapter(BackboneAdapter):
     """
 
     model_classes = (UNet2DModel, UNet2DConditionModel)
+    #: the arguments of the down, mid and up blocks whose first dimension is the batch (sliced to the running rows).
     batch_inputs = ("temb", "encoder_hidden_states", "attention_mask", "encoder_attention_mask")
     #: U-Nets exit by truncating their depth (`ee_diffusion.unet.engine`), not by decoding a block's tokens.
     sequential = False
+    sample_arg = "sample"
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -161,13 +163,15 @@ class UNetAdapter(BackboneAdapter):
         }
 
     # ------------------------------------------------------------------------------------------- calls
-    def batch_and_timesteps(self, inputs: dict[str, Any]) -> tuple[int, torch.Tensor]:
-        return super().batch_and_timesteps({**inputs, "hidden_states": inputs["sample"]})
+    @property
+    def decoder(self) -> UNetAdapter:
+        """A U-Net's view is its own decoder: its exits replay the outer levels with the learned bridges."""
+        return self
 
     def is_cfg_pair_batch(self, inputs: dict, timesteps: torch.Tensor) -> bool:
         if not isinstance(self.model, UNet2DConditionModel):
             return False
-        return self.latent_cfg_pair({**inputs, "hidden_states": inputs["sample"]}, timesteps)
+        return super().is_cfg_pair_batch(inputs, timesteps)
 
     def check_call(self, inputs: dict[str, Any]) -> None:
         for name in ("down_block_additional_residuals", "mid_block_additional_residual",

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..backbones.base import BackboneAdapter
+from ..families.base import BackboneAdapter
 from ..config import EarlyExitConfig
 from ..engine_base import CallState, EngineBase
 
@@ -67,7 +67,7 @@ class UNetEngine(EngineBase):
             # (how many res samples each block adds) intact; only skipped up blocks would read them.
             return hidden, (hidden,) * adapter.num_res_samples(level)
         if state.compacted:
-            inputs = self.slice_inputs(state, inputs, state.rows, state.sliced)
+            inputs = self.slice_inputs(state, inputs, self.adapter.batch_inputs, state.rows, state.sliced)
         state.level_rows[level] = state.rows if state.compacted else None
         out, res = forward(hidden, **inputs)  # (A, C, H/2, W/2), res_samples at this level's rows
         if level == self.num_blocks - 1:
@@ -93,8 +93,8 @@ class UNetEngine(EngineBase):
     ) -> tuple[torch.Tensor, Any]:
         """Bridge the leaving rows' features for their rejoin; compact what flows deeper.
 
-        `carried` is (level, res_samples, feature, temb); returns (out, carried) with both compacted. Policies
-        that park values of their own (`on_decision`) are refused for U-Nets at apply time.
+        `carried` is (level, res_samples, feature, temb); returns (out, carried) with both compacted. Training-free
+        caches (which park values of their own, `on_decision`) are refused for U-Nets at apply time.
         """
         level, res, feature, temb = carried
         if staying.numel() == 0:
@@ -117,7 +117,7 @@ class UNetEngine(EngineBase):
         if state.done:
             return hidden
         if state.compacted:
-            inputs = self.slice_inputs(state, inputs, state.rows, state.sliced)
+            inputs = self.slice_inputs(state, inputs, self.adapter.batch_inputs, state.rows, state.sliced)
         return forward(hidden, **inputs)
 
     def run_up(self, level: int, module: nn.Module, forward: Callable, args: tuple, kwargs: dict[str, Any]) -> Any:
@@ -141,5 +141,6 @@ class UNetEngine(EngineBase):
                 hidden = merged
         rows = state.level_rows[level]
         if rows is not None:
-            inputs = self.slice_inputs(state, inputs, rows, state.level_sliced.setdefault(level, {}))
+            cache = state.level_sliced.setdefault(level, {})
+            inputs = self.slice_inputs(state, inputs, self.adapter.batch_inputs, rows, cache)
         return forward(hidden, **inputs)

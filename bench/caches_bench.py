@@ -1,0 +1,428 @@
+"""`python -m bench bench-caches`: per-row tail caches (reuse and forecast) against diffusers' caches, matched in speed.
+
+Setting: a pre-trained model without heads (default `digits-deep-pretrained`, 28 blocks), one solver at the
+conventional steps, no guidance, image i from the noise seeded by (0, i) for every method. Rows:
+
+- `ddim25`: the stock model (the reference), and fewer steps at full depth (the frontier);
+- `tail{τ}_o{p}`: `CachedTailResidual(threshold=τ, forecast_order=p)`, per-row decisions and per-row state; p = 0
+  reuses a row's last tail residual, p = 1 extrapolates it in the timestep. `every{k}_o{p}`: the same forecast on a
+  fixed cadence, a row running fully every k-th call (TaylorSeer's interval, kept per row). A row's result does
+  not depend on its batch, so these are sampled once (batch 64) and checked at batch 1 (`batch_independence`);
+- diffusers' FirstBlockCache, TaylorSeerCache, SeaCache and MagCache (calibrated) with their thresholds swept.
+  They decide once per batch, so their images depend on the batch: each is sampled at every batch size it is
+  timed at (`fbc0.1|b64`, `|b8`, `|b1`), and once more at batch 64 with every batch holding a single class
+  (`|b64sorted`), which shows how much the batch's composition moves a batch-global decision.
+
+The presets `dpmpp10`, `dpmpp15`, `dpmpp20` and `ddim25` measure where users sample: every row at that solver and
+step count against the stock model at 25 DDIM steps (`reference_solver`, `reference_steps`), the solver's own
+fewer steps as the frontier (`frontier_comparisons`), `BlockForecast` rows (`bf{interval}_o{order}_w{first calls
+computed}[_l: last call computed][_v{threshold}: with the per-row change criterion]`), `BlockForecast` rows placed
+where TaylorSeerCache computes (`bfts{interval}_o{order}_w{warm-up}[_l]`: the per-block forecast at TaylorSeer's own
+cadence, which its windows and interval alone cannot express) and on k timesteps spread evenly over the run, the first
+and the last among them (`bfe{k}_o{order}`), and TaylorSeerCache at intervals 2-4, orders 1-2 and warm-up/last-step
+windows.
+
+Quality is FID under every shipped feature net of the setting's data (the first one's is a row's `fid`), with
+paired bootstrap intervals (`eval/paired.py`, `caches_compare.py`): every row at batch >= 8 is scored on the same `num_images` images, the batch-1 rows on the first `batch1_images` (sampling a
+pipeline image by image is slow). Wall-clock: one pipeline call on `batch` images per method per round,
+interleaved rounds after a warm-up, hooks and caches put on outside the timed region (`runner.MethodSampler.timed`),
+speedup = median over rounds of stock time / method time, at every batch size.
+
+Matched speed: for every cache row at batch b, the per-row row that is at least as fast at batch b (a median
+speedup no lower, or no more block evaluations per image and a speedup lower by less than the run's timing noise at
+b: `caches_compare.as_fast`, `timing.timing_noise`; the fewer-steps frontier is matched by the same rule) with the
+lowest worst-net FID relative to the reference; the paired interval of FID(ours) - FID(cache) says whether ours wins
+(whole interval below 0 under every net), loses (above 0 under any) or ties. This is done for the tail forecasts
+(p >= 1), for all per-row rows and for the `BlockForecast` rows. The per-row state
+(`exit_state_nbytes`) is measured after calls at batch 64 and compared with its formula, for this model and for
+DiT-XL/2's hidden states (256 tokens x 1152).
+
+Writes OUT/report.json, report.md and pareto.png (`caches_report.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ee_diffusion._validation import check_int
+from ee_diffusion.caches.block_forecast import distinct_timesteps
+from ee_diffusion.calibration.forecast_placement import starts
+from ee_diffusion.config import EarlyExitConfig
+from ee_diffusion.engine import apply_early_exit, exit_state_nbytes, remove_early_exit
+from ee_diffusion.eval.baselines import taylorseer_steps
+from ee_diffusion.eval.features import feature_nets_of, load_feature_net
+from ee_diffusion.eval.method import Method
+from ee_diffusion.eval.paired import PairedFIDs
+from ee_diffusion.eval.quality import real_images
+from ee_diffusion.eval.runner import MethodSampler
+from ee_diffusion.eval.solvers import SOLVERS, make_schedulers, solver_timesteps
+from ee_diffusion.eval.timing import load_average, speedups, timing_noise
+from ee_diffusion.pipelines.conditioning import Conditioning
+from ee_diffusion.schedules import BlockForecast, BlockForecastState, CachedTailResidual, TailCacheState
+
+from .caches_compare import frontier_comparisons, matched_comparisons, summarize
+from .caches_report import write
+from .grid import cache_methods
+from .models import SETTINGS, load_setting_pipeline, setting_dataset
+from .presets import Preset
+
+DIT_XL_TOKENS, DIT_XL_WIDTH = 256, 1152  # DiT-XL/2 at 256 px: 32x32 latents in 2x2 patches, hidden width 1152
+
+
+@dataclass
+class CachesPreset:
+    """What `bench-caches` measures (see the module doc); `PRESETS` has `ci` and `full`."""
+
+    setting: str = "digits-deep-pretrained"
+    solver: str = "ddim"
+    steps: int = 25
+    # The stock model every speedup and dFID is against (the solver at `steps` is a frontier row when they differ).
+    reference_solver: str = "ddim"
+    reference_steps: int = 25
+    num_images: int = 1000
+    batch1_images: int = 200
+    frontier_steps: tuple[int, ...] = (8, 10, 12, 14, 16, 18, 20)
+    tail_thresholds: tuple[float, ...] = (0.1, 0.2)
+    # Rows on a fixed cadence: a row may skip on every call (criterion "timestep" with skip_above_t=0) and runs
+    # fully after `c` skipped calls, i.e. every (c + 1)-th call - TaylorSeer's cache interval, decided per row.
+    tail_cadences: tuple[int, ...] = (1, 2)
+    forecast_orders: tuple[int, ...] = (0, 1)
+    fbc_thresholds: tuple[float, ...] = (0.1, 0.15, 0.2)
+    taylorseer_intervals: tuple[int, ...] = (2, 3)
+    taylorseer_orders: tuple[int, ...] = (1,)
+    taylorseer_windows: tuple[tuple[int, bool], ...] = ()  # (warm-up steps, last step computed); (): max(1, steps // 8)
+    # BlockForecast rows: (interval, forecast order, first calls computed, last call computed); the windows become
+    # full_above_t / full_below_t among the solver's timesteps (`BlockForecast.for_calls`).
+    block_forecasts: tuple[tuple[int, int, int, bool], ...] = ()
+    # BlockForecast rows with the per-row change criterion: (interval, order, first calls, last call, verify threshold)
+    block_verifies: tuple[tuple[int, int, int, bool, float], ...] = ()
+    # BlockForecast rows placed by `BlockForecast.for_calls(calls=...)`, at each of these forecast orders: computing
+    # where TaylorSeerCache computes (`taylorseer_steps` of every TaylorSeer interval and window; `bfts{interval}_o
+    # {order}_w{warm-up}[_l]`), and computing `even_computes` timesteps spread evenly over the run, its first and last
+    # among them (`bfe{k}_o{order}`).
+    placed_orders: tuple[int, ...] = ()
+    even_computes: tuple[int, ...] = ()
+    sea_thresholds: tuple[float, ...] = (0.05, 0.1, 0.2)
+    mag_thresholds: tuple[float, ...] = (0.02, 0.05)
+    batches: tuple[int, ...] = (64, 8, 1)
+    sorted_batches: bool = True
+    timing_repeats: int = 5
+    timing_warmup: int = 1
+    calib_images: int = 20
+    bootstrap: int = 200
+    confidence: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.setting not in SETTINGS:
+            raise ValueError(f"setting must be one of {sorted(SETTINGS)}, got {self.setting!r}")
+        for name in ("solver", "reference_solver"):
+            if getattr(self, name) not in SOLVERS:
+                raise ValueError(f"{name} must be one of {sorted(SOLVERS)}, got {getattr(self, name)!r}")
+        check_int(self.steps, "steps", 2, "sampling steps")
+        check_int(self.reference_steps, "reference_steps", 2, "the reference's sampling steps")
+        for interval, order, first, _last, *_ in (*self.block_forecasts, *self.block_verifies):
+            check_int(interval, "block_forecasts interval", 1)
+            check_int(first, "block_forecasts first calls", 1, "calls computed before the first forecast")
+            if first >= self.steps:
+                raise ValueError(f"block_forecasts first calls must be below steps ({self.steps}), got {first}")
+            if order not in (0, 1, 2):
+                raise ValueError(f"block_forecasts orders must be 0, 1 or 2, got {order!r}")
+        if any(order not in (0, 1, 2) for order in self.placed_orders):
+            raise ValueError(f"placed_orders must be forecast orders 0, 1 or 2, got {self.placed_orders!r}")
+        for k in self.even_computes:
+            check_int(k, "every value of even_computes", 2, f"timesteps computed; below steps ({self.steps})")
+            if k >= self.steps:
+                raise ValueError(f"every value of even_computes must be below steps ({self.steps}), got {k}")
+        check_int(self.num_images, "num_images", 2, "images per scored set")
+        check_int(self.batch1_images, "batch1_images", 2, "images sampled at batch 1")
+        if self.batch1_images > self.num_images:
+            raise ValueError(f"batch1_images must be at most num_images ({self.num_images}), got {self.batch1_images}")
+        if not self.batches or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.batches):
+            raise ValueError(f"batches must be positive batch sizes, got {self.batches!r}")
+        if max(self.batches) > self.num_images:
+            raise ValueError(f"the largest batch ({max(self.batches)}) exceeds num_images ({self.num_images})")
+        bad = [k for k in self.frontier_steps if not 1 <= k < self.steps]
+        if bad:
+            raise ValueError(f"frontier_steps must lie in [1, {self.steps}), got {bad}")
+        if (self.reference_solver, self.reference_steps) in {(self.solver, k) for k in self.frontier_steps}:
+            raise ValueError("the reference cannot also be a frontier row")
+        if not self.tail_thresholds or any(not 0 < t < 1 for t in self.tail_thresholds):
+            raise ValueError(f"tail_thresholds must be non-empty, each in (0, 1), got {self.tail_thresholds!r}")
+        if any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in self.tail_cadences):
+            raise ValueError(f"tail_cadences must be skipped calls >= 1 between full calls, got {self.tail_cadences!r}")
+        if not self.forecast_orders or any(p not in (0, 1, 2) for p in self.forecast_orders):
+            raise ValueError(f"forecast_orders must be a non-empty subset of (0, 1, 2), got {self.forecast_orders!r}")
+        for name in ("timing_repeats", "calib_images", "bootstrap"):
+            check_int(getattr(self, name), name, 1)
+        check_int(self.timing_warmup, "timing_warmup", 0)
+
+
+# `full` on the deep pre-trained digits DiT takes about 45 minutes on one core; `ci` is a smoke run of every path.
+def _at_user_steps(solver: str, steps: int, frontier: tuple[int, ...], even: tuple[int, ...]) -> CachesPreset:
+    """Every cache and per-block forecast at `solver` `steps` (where users sample), against the stock model at 25
+    DDIM steps and the solver's own fewer steps; batch 64 and 1, 500 and 100 images, 9 timed rounds (the verdicts
+    at equal wall-clock against TaylorSeer's fastest settings turn on a few percent; 13-26 min on one core in the
+    committed runs).
+    `even`: the counts of the evenly placed rows, around TaylorSeer's at intervals 4 and 3."""
+    windows = ((1, False), (2, False), (2, True), (3, True))
+    return CachesPreset(
+        solver=solver, steps=steps, num_images=500, batch1_images=100, frontier_steps=frontier, tail_thresholds=(0.2,),
+        tail_cadences=(), forecast_orders=(1,), fbc_thresholds=(0.1,), taylorseer_intervals=(2, 3, 4),
+        taylorseer_orders=(1, 2), taylorseer_windows=((1, False), (3, False), (2, True)), sea_thresholds=(0.1,),
+        mag_thresholds=(0.05,), batches=(64, 1), sorted_batches=False, timing_repeats=9,
+        block_forecasts=tuple((i, o, w, last) for i in (2, 3, 4) for o in (1, 2) for w, last in windows),
+        block_verifies=((6, 1, 1, False, 0.2), (6, 1, 2, True, 0.2), (6, 1, 2, True, 0.3)), placed_orders=(1,),
+        even_computes=even)
+
+
+PRESETS = {
+    "full": CachesPreset(),
+    "dpmpp10": _at_user_steps("dpmpp", 10, (6, 7, 8), (3, 4, 5)),
+    "dpmpp15": _at_user_steps("dpmpp", 15, (7, 8, 10, 12), (4, 5, 6)),
+    "dpmpp20": _at_user_steps("dpmpp", 20, (8, 10, 12, 15), (5, 6, 7)),
+    "ddim25": _at_user_steps("ddim", 25, (10, 12, 14, 16, 20), (6, 7, 8)),
+    "ci": CachesPreset(solver="dpmpp", steps=6, reference_steps=8, block_forecasts=((2, 1, 2, True),), block_verifies=((3, 1, 1, False, 0.2),),
+                       placed_orders=(1,), even_computes=(3,),
+                       taylorseer_windows=((1, False), (2, True)), num_images=24, batch1_images=6, frontier_steps=(3,), tail_thresholds=(0.2,), tail_cadences=(1,),
+                       fbc_thresholds=(0.2,), taylorseer_intervals=(2,), sea_thresholds=(0.2,), mag_thresholds=(0.05,),
+                       batches=(8, 1), timing_repeats=1, timing_warmup=0, calib_images=4, bootstrap=20),
+}
+
+
+def _tail_methods(preset: CachesPreset) -> list[Method]:
+    at = f"@{preset.solver}{preset.steps}"
+    rules = {f"tail{tau}": {"threshold": tau} for tau in preset.tail_thresholds}
+    rules.update({f"every{c + 1}": {"criterion": "timestep", "skip_above_t": 0.0, "max_cached_calls": c}
+                  for c in preset.tail_cadences})
+    return [Method(f"{rule}_o{p}{at}", "tail_cache", preset.solver, preset.steps,
+                   EarlyExitConfig(CachedTailResidual(**kwargs, forecast_order=p)), notes={"forecast_order": p})
+            for rule, kwargs in rules.items() for p in preset.forecast_orders]
+
+
+def _forecast_methods(preset: CachesPreset, timesteps: list[float]) -> list[Method]:
+    """`BlockForecast` rows, their windows placed among the solver's `timesteps` (`BlockForecast.for_calls`)."""
+    at = f"@{preset.solver}{preset.steps}"
+    out = []
+    for interval, order, first, last, *verify in (*preset.block_forecasts, *preset.block_verifies):
+        tau = verify[0] if verify else None
+        policy = BlockForecast.for_calls(timesteps, first, last, interval=interval, forecast_order=order,
+                                         verify_threshold=tau)
+        name = f"bf{interval}_o{order}_w{first}{'_l' if last else ''}{'' if tau is None else f'_v{tau:g}'}{at}"
+        out.append(Method(name, "block_forecast", preset.solver, preset.steps, EarlyExitConfig(policy),
+                          notes={"forecast_order": order, "interval": interval, "first_calls": first, "last_call": last,
+                                 "verify_threshold": tau}))
+    n = len(distinct_timesteps(timesteps))  # = steps: the bench's solvers make one call per timestep
+    windows = preset.taylorseer_windows or ((max(1, preset.steps // 8), False),)  # as `cache_methods` gives them
+    placements = {f"bfts{i}_o{{order}}_w{w}{'_l' if last else ''}": taylorseer_steps(n, i, w, last)
+                  for i in preset.taylorseer_intervals for w, last in windows}
+    placements |= {f"bfe{k}_o{{order}}": list(starts(n, k)[0]) for k in preset.even_computes}
+    for pattern, calls in placements.items():
+        for order in preset.placed_orders:
+            policy = BlockForecast.for_calls(timesteps, calls=calls, forecast_order=order)
+            out.append(Method(pattern.format(order=order) + at, "block_forecast", preset.solver, preset.steps,
+                              EarlyExitConfig(policy), notes={"forecast_order": order, "interval": None,
+                                                              "first_calls": None, "last_call": None,
+                                                              "verify_threshold": None, "calls": calls}))
+    return out
+
+
+def _sorted_by_class(indices: range, num_classes: int) -> list[int]:
+    """`indices` reordered so that consecutive images share a class (labels are `i % num_classes`)."""
+    return sorted(indices, key=lambda i: (i % num_classes, i))
+
+
+def state_memory(pipe: Any, method: Method, batch: int) -> dict[str, Any]:
+    """`exit_state_nbytes` after three model calls at `batch` rows, with the formula's value
+    (`TailCacheState.bound`) for this model and for DiT-XL/2 hidden states at the same batch, in float32 and
+    bfloat16."""
+    model = pipe.transformer
+    c, h, w = model.config.in_channels, model.config.sample_size, model.config.sample_size
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, c, h, w, generator=generator)
+    labels = torch.arange(batch) % pipe.num_classes
+    apply_early_exit(model, method.exit_config)
+    try:
+        tokens = None
+
+        def grab(_module: Any, args: tuple, kwargs: dict) -> None:  # (B, L, D) hidden states into block 0
+            nonlocal tokens
+            hidden = args[0] if args else kwargs["hidden_states"]
+            tokens = tuple(hidden.shape[1:])
+
+        handle = model.transformer_blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            for t in (999, 959, 919):
+                model(x, torch.full((batch,), t), labels)
+        finally:
+            handle.remove()
+        measured = exit_state_nbytes(model)
+    finally:
+        remove_early_exit(model)
+    policy = method.exit_config.policy
+    length, width = tokens
+    blocks = len(model.transformer_blocks)
+
+    def formula(length: int, width: int, element_bytes: int) -> int:
+        if isinstance(policy, BlockForecast):  # a DiT block forecasts attn1 and ff: 2 L D values per block
+            return BlockForecastState.bound(batch, 2 * blocks * length * width, policy.forecast_order, element_bytes)
+        return TailCacheState.bound(batch, length, width, policy.forecast_order, element_bytes,
+                                    head_residual=policy.criterion == "residual")
+
+    return {"batch": batch, "measured_bytes": measured, "formula_bytes": formula(length, width, 4),
+            "tokens": length, "width": width, "dit_xl_2_float32_bytes": formula(DIT_XL_TOKENS, DIT_XL_WIDTH, 4),
+            "dit_xl_2_bfloat16_bytes": formula(DIT_XL_TOKENS, DIT_XL_WIDTH, 2)}
+
+
+def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[str, Any]:
+    """Measure every row of `preset` (see the module doc); returns the report (not yet written)."""
+    from .presets import _Progress
+
+    log = _Progress(progress)
+    started = time.perf_counter()
+    load_before = load_average()
+    pipe = load_setting_pipeline(preset.setting)
+    pipe.set_progress_bar_config(disable=True)
+    n = len(pipe.transformer.transformer_blocks)
+    data = setting_dataset(preset.setting)
+    nets = {name: load_feature_net(name) for name in feature_nets_of(data)}  # the primary net first
+    real, _ = real_images(data, "reference")
+    with torch.no_grad():
+        reals = {name: net(real) for name, net in nets.items()}
+    N, N1, S = preset.num_images, preset.batch1_images, preset.steps
+    sets = {"all": PairedFIDs(reals, N, preset.bootstrap, preset.confidence),
+            "batch1": PairedFIDs(reals, N1, preset.bootstrap, preset.confidence)}
+    big = max(b for b in preset.batches)
+    sampler = MethodSampler(pipe, Conditioning("classes", class_ids=list(range(pipe.num_classes))), 1.0,
+                            make_schedulers(pipe.scheduler), big, big)
+    rows: dict[str, dict[str, Any]] = {}
+    methods: dict[str, Method] = {}
+    reference_evals: list[float] = []
+
+    def score(name: str, method: Method, indices: list[int] | range, batch: int, scored_as: str) -> dict:
+        t0 = time.perf_counter()
+        run_ = sampler(method, indices, batch_size=batch)
+        order = np.argsort(np.asarray(list(indices)))  # back to index order: pairing is by image index
+        with torch.no_grad():
+            images = run_.images[torch.as_tensor(order)]
+            features = {name: net(images) for name, net in nets.items()}
+        evals = run_.block_evals / len(indices)
+        if not reference_evals:
+            reference_evals.append(evals)
+        row = {**method.describe(), "name": name, "batch": batch, "scored_on": scored_as,
+               "block_fraction": evals / reference_evals[0], "sample_s": time.perf_counter() - t0}
+        row["fid_by_net"] = sets[scored_as].add(name, features)
+        row["fid"] = row["fid_by_net"][sets[scored_as].primary]
+        if scored_as == "all" and method.cache is None:  # per-row and full-depth rows: also scored on the first N1
+            row["fid_batch1_set_by_net"] = sets["batch1"].add(name, {k: v[:N1] for k, v in features.items()})
+            row["fid_batch1_set"] = row["fid_batch1_set_by_net"][sets["batch1"].primary]
+        rows[name], methods[name] = row, method
+        log(f"{name:32s} FID {row['fid']:8.3f}  blocks {row['block_fraction']:.3f}  ({row['sample_s']:.1f}s)")
+        return row
+
+    # 1. Batch-independent rows, on all images: the reference, fewer steps, the per-row caches.
+    reference = Method(f"{preset.reference_solver}{preset.reference_steps}", "reference", preset.reference_solver,
+                       preset.reference_steps)
+    score(reference.name, reference, range(N), big, "all")
+    frontier_steps = sorted({*preset.frontier_steps, S} - ({preset.reference_steps}
+                                                           if preset.solver == preset.reference_solver else set()))
+    for k in frontier_steps:
+        score(f"{preset.solver}{k}", Method(f"{preset.solver}{k}", "fewer_steps", preset.solver, k), range(N), big, "all")
+    sampler.use_solver(preset.solver)
+    tails = _tail_methods(preset) + _forecast_methods(preset, solver_timesteps(pipe.scheduler, S))
+    for method in tails:
+        score(method.name, method, range(N), big, "all")
+
+    # 2. diffusers' caches (MagCache calibrated first), sampled at every batch size they are timed at.
+    sampler.use_solver(preset.solver)
+    grid_preset = replace(Preset(), fbc_thresholds=preset.fbc_thresholds, taylorseer_intervals=preset.taylorseer_intervals,
+                          taylorseer_orders=preset.taylorseer_orders, taylorseer_windows=preset.taylorseer_windows,
+                          sea_thresholds=preset.sea_thresholds, mag_thresholds=preset.mag_thresholds,
+                          calib_images=preset.calib_images)
+    caches, mag_ratios, not_attached = cache_methods(pipe, (preset.solver, S), grid_preset, 1.0, sampler)
+    for method in caches:
+        for batch in preset.batches:
+            if batch == 1:
+                score(f"{method.name}|b1", method, range(N1), 1, "batch1")
+            else:
+                score(f"{method.name}|b{batch}", method, range(N), batch, "all")
+        if preset.sorted_batches:
+            score(f"{method.name}|b{big}sorted", method, _sorted_by_class(range(N), pipe.num_classes), big, "all")
+
+    # 3. Per-row rows do not depend on the batch: check it at batch 1 on a few images (bitwise is not required,
+    #    matmuls of other shapes round differently; decisions are thresholded, so a flip is possible in principle).
+    check = tails[len(tails) // 2]
+    few = range(min(N1, 8))
+    alone = sampler(check, few, batch_size=1).images
+    together = sampler(check, few, batch_size=big).images
+    independence = {"method": check.name, "images": len(few),
+                    "max_abs_difference": float((alone - together).abs().max())}
+
+    # 4. Wall-clock at every batch size: the batch-independent rows and the caches.
+    timed_methods = [reference] + [methods[f"{preset.solver}{k}"] for k in frontier_steps] + tails + caches
+    timing: dict[str, dict[str, dict[str, float]]] = {}
+    noise: dict[str, float] = {}
+    for batch in preset.batches:
+        times = sampler.timed(timed_methods, batch, preset.timing_repeats, preset.timing_warmup)
+        for name, entry in speedups(times, reference.name).items():
+            timing.setdefault(name, {})[str(batch)] = entry
+        noise[str(batch)] = timing_noise(times, reference.name)
+        log(f"timing at batch {batch} done ({len(timed_methods)} methods x {preset.timing_repeats} rounds)")
+    for name, row in rows.items():  # a cache's timing is its method's, whatever batch its images were sampled at
+        row["timing"] = timing[name.split("|")[0]]
+
+    # 5. Intervals, matched-speed comparisons, state memory.
+    for name, row in rows.items():
+        paired = sets[row["scored_on"]]
+        row["dfid_reference"] = paired.difference(name, reference.name)
+        row["fid_resamples"] = [round(float(v), 5) for v in paired.resampled[name]]  # the primary net's
+    comparisons = matched_comparisons(rows, sets, tails, noise)
+    against_frontier = frontier_comparisons(rows, sets, tails, preset.batches, noise)
+    composition = {}
+    for method in caches if preset.sorted_batches else ():
+        composition[method.name] = sets["all"].difference(f"{method.name}|b{big}sorted", f"{method.name}|b{big}")
+    # The state of each rule's rows at each forecast order (the residual criterion stores one tensor more).
+    first_rules = (f"tail{preset.tail_thresholds[0]}_", *(f"every{c + 1}_" for c in preset.tail_cadences[:1]))
+    memory = {m.name: state_memory(pipe, m, 64) for m in tails if m.name.startswith(first_rules)
+              or (m.family == "block_forecast" and m.notes["first_calls"] == 1 and not m.notes["last_call"]
+                  and m.notes["interval"] == preset.block_forecasts[0][0])}
+    return {
+        "command": command, "preset": asdict(preset), "setting": preset.setting, "num_blocks": n,
+        "reference": reference.name, "feature_net": data, "feature_nets": list(nets), "num_images": N, "batch1_images": N1,
+        "rows": rows, "timing_noise": noise, "comparisons": comparisons, "frontier_comparisons": against_frontier,
+        "batch_composition": composition, "mag_ratios": mag_ratios,
+        "not_attached": not_attached, "batch_independence": independence, "state_memory": memory,
+        "summary": summarize(comparisons),
+        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                        "load_average_before": load_before, "load_average_after": load_average()},
+        "elapsed_s": time.perf_counter() - started,
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    parser.add_argument("--setting", choices=sorted(SETTINGS), default=None, help="default: the preset's")
+    parser.add_argument("--num-images", type=int, default=None, help="images per scored set (default: the preset's)")
+    parser.add_argument("--batch1-images", type=int, default=None, help="images sampled at batch 1")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--out", type=Path, default=Path("bench_out/caches"))
+
+
+def main(args: argparse.Namespace, command: str = "") -> dict:
+    """`python -m bench bench-caches` with parsed `args`."""
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    preset = PRESETS[args.preset]
+    changes = {k: v for k, v in (("setting", args.setting), ("num_images", args.num_images),
+                                 ("batch1_images", args.batch1_images)) if v is not None}
+    preset = replace(preset, **changes)  # re-validated by __post_init__
+    with torch.no_grad():
+        report = run(preset, command=command)
+    write(report, args.out)
+    return report

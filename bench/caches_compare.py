@@ -1,0 +1,109 @@
+"""The comparisons of `python -m bench bench-caches`: paired FIDs under every feature net, matched-speed verdicts
+against each diffusers cache and against the solver's fewer-steps frontier, and their summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ee_diffusion.eval.method import Method
+from ee_diffusion.eval.paired import PairedFIDs
+
+from .caches_report import CACHE_FAMILIES
+
+
+def _verdict(interval: dict[str, Any]) -> str:
+    """wins: the whole interval below 0 under every net; loses: above 0 under any; else ties."""
+    nets = interval["by_net"].values()
+    return "wins" if all(d["high"] < 0 for d in nets) else "loses" if any(d["low"] > 0 for d in nets) else "ties"
+
+
+def _robust_key(row: dict[str, Any], reference: dict[str, Any], key: str) -> float:
+    """The row's worst FID relative to the reference's over the feature nets (lower is better)."""
+    return max(fid / reference[f"{key}_by_net"][net] for net, fid in row[f"{key}_by_net"].items())
+
+
+def as_fast(row: dict[str, Any], other: dict[str, Any], batch: str, noise: dict[str, float]) -> bool:
+    """Whether `row` is at least as fast as `other` at `batch`: its median speedup is no lower, or it does no more
+    block evaluations per image and its speedup is below by less than the run's timing noise at that batch
+    (`timing.timing_noise`): two rows doing the same work differ by a few percent from run to run either way, and a
+    verdict at equal wall-clock must not turn on that."""
+    mine, theirs = row["timing"][batch]["speedup"], other["timing"][batch]["speedup"]
+    return mine >= theirs or (row["block_fraction"] <= other["block_fraction"]
+                              and mine >= theirs * (1.0 - noise.get(batch, 0.0)))
+
+
+def _match(row: dict[str, Any], other: dict[str, Any], batch: str, interval: dict[str, Any]) -> dict[str, Any]:
+    return {"row": row["name"], "speedup": row["timing"][batch]["speedup"], "dfid": interval,
+            "result": _verdict(interval),
+            "within_noise": row["timing"][batch]["speedup"] < other["timing"][batch]["speedup"]}
+
+
+def matched_comparisons(rows: dict[str, dict], sets: dict[str, PairedFIDs], tails: list[Method],
+                        noise: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """Per cache row at batch b: the best per-row row at least as fast at batch b (`as_fast`; the lowest worst-net
+    FID relative to the reference), among the tail forecasts, all per-row rows and the `BlockForecast` rows, with
+    the paired interval of FID(ours) - FID(cache) on the cache row's image set and its verdict under every net.
+    `noise`: the run's timing noise per batch (none: a row must be at least as fast by its median)."""
+    reference = next(r for r in rows.values() if r["family"] == "reference")
+    pools = {"forecast": [m for m in tails if m.family == "tail_cache" and m.notes["forecast_order"] >= 1],
+             "per_row": tails, "block_forecast": [m for m in tails if m.family == "block_forecast"]}
+    out = []
+    for name, row in rows.items():
+        if row["family"] not in CACHE_FAMILIES or name.endswith("sorted"):
+            continue
+        b = str(row["batch"])
+        speed = row["timing"][b]["speedup"]
+        entry = {"cache": name, "family": row["family"], "batch": row["batch"], "cache_speedup": speed,
+                 "cache_fid": row["fid"]}
+        for pool_name, pool in pools.items():
+            fast = [rows[m.name] for m in pool if as_fast(rows[m.name], row, b, noise or {})]
+            if not fast:
+                entry[pool_name] = None
+                continue
+            key = "fid" if row["scored_on"] == "all" else "fid_batch1_set"
+            best = min(fast, key=lambda r: _robust_key(r, reference, key))
+            entry[pool_name] = _match(best, row, b, sets[row["scored_on"]].difference(best["name"], name))
+        out.append(entry)
+    return out
+
+
+def frontier_comparisons(rows: dict[str, dict], sets: dict[str, PairedFIDs], tails: list[Method],
+                         batches: tuple[int, ...], noise: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """Per per-row row and batch: the solver's fewer-steps row at least as fast (`as_fast`, the same rule as
+    against the caches) with the lowest worst-net FID, and FID(row) - FID(that row) with its verdict (on all
+    images; the rows do not depend on the batch)."""
+    reference = next(r for r in rows.values() if r["family"] == "reference")
+    steps = [r for r in rows.values() if r["family"] == "fewer_steps"]
+    out = []
+    for method in tails:
+        row = rows[method.name]
+        for b in map(str, batches):
+            fast = [r for r in steps if as_fast(r, row, b, noise or {})]
+            entry = {"row": method.name, "batch": int(b), "speedup": row["timing"][b]["speedup"], "frontier": None}
+            if fast:
+                best = min(fast, key=lambda r: _robust_key(r, reference, "fid"))
+                entry["frontier"] = _match(best, row, b, sets["all"].difference(method.name, best["name"]))
+            out.append(entry)
+    return out
+
+
+def summarize(comparisons: list[dict]) -> dict[str, Any]:
+    """Per cache family and batch: how many of its settings the tail forecasts and the `BlockForecast` rows win
+    against, tie, lose or cannot match in speed; and whether the issue's conditions hold (a win at some matched
+    speed; no loss at batch 1)."""
+    out: dict[str, Any] = {}
+    for c in comparisons:
+        family = out.setdefault(c["family"], {"by_batch": {}, "block_forecast_by_batch": {}})
+        for pool, field in (("forecast", "by_batch"), ("block_forecast", "block_forecast_by_batch")):
+            counts = family[field].setdefault(str(c["batch"]), {"wins": 0, "ties": 0, "loses": 0, "no_faster_row": 0})
+            counts[c[pool]["result"] if c.get(pool) else "no_faster_row"] += 1
+    for family in out.values():
+        for field, prefix in (("by_batch", "forecast"), ("block_forecast_by_batch", "block_forecast")):
+            batches = family[field]
+            family[f"{prefix}_wins_somewhere"] = any(v["wins"] for v in batches.values())
+            # A cache setting faster than every row of ours is not a loss by the interval, but not a proof either:
+            # the condition holds only when every batch-1 setting is matched in speed and none is lost.
+            at_1 = batches.get("1")
+            family[f"{prefix}_never_loses_at_batch_1"] = None if at_1 is None else \
+                at_1["loses"] == 0 and at_1["no_faster_row"] == 0
+    return out

@@ -1,0 +1,103 @@
+"""`python -m bench publish`: a bench report's operating point, or a confirmed search's, into a pipeline folder."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+from bench.cli import main
+from bench.publish import publish_search, training_markdown, write_operating_point
+from ee_diffusion.default_model import DEFAULT_MODEL_DIR
+from ee_diffusion.eval.report import rerender
+from ee_diffusion.operating_point import OperatingPoint
+from ee_diffusion.pipelines import EarlyExitDiTPipeline
+from ee_diffusion.testing import tiny_dit
+from tests.test_benchmarks_report import REF_FID, _saved_report
+
+#: The committed operating-point search of the demo model (confirmed on 2000 held-out images).
+SEARCH = Path(__file__).resolve().parents[2] / "docs" / "operating-point-search-digits" / "search.json"
+
+
+def test_publish_writes_the_point_evaluation_and_training_md_from_one_report(tmp_path, capsys):
+    report = _saved_report(tmp_path)
+    row = report["settings"][0]["rows"]["static7@dpmpp10"]
+    row.update(fid=REF_FID, fid_resamples=[v - 1.5 for v in row["fid_resamples"]])
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    rerender(tmp_path)
+    model = tmp_path / "model"
+    EarlyExitDiTPipeline(transformer=tiny_dit(num_layers=8), scheduler=DDIMScheduler()).save_pretrained(model)
+    training = {"title": "tiny", "description": ["A tiny model."],
+                "stages": [{"heading": "stage 1", "columns": ["step", "loss"], "rows": [["1", "0.5"]]}]}
+    (model / "training.json").write_text(json.dumps(training))
+    assert main(["publish", "--report", str(tmp_path / "report.json"), "--setting", "digits", "--model", str(model)]) == 0
+    assert "uses early exit" in capsys.readouterr().out
+    evaluation = json.loads((model / "evaluation.json").read_text())
+    index = json.loads((model / "model_index.json").read_text())
+    assert evaluation["operating_point"] == index["operating_point"]
+    assert evaluation["recommended"]["name"] == "static7@dpmpp10"
+    text = (model / "TRAINING.md").read_text()
+    assert text == training_markdown(training, evaluation)
+    assert "| 1 | 0.5 |" in text and "## Operating point" in text and "static7@dpmpp10" in text
+
+
+
+def test_the_operating_point_becomes_the_default_of_a_pipeline_folder(tmp_path):
+    report = _saved_report(tmp_path)
+    entry = report["settings"][0]
+    row = entry["rows"]["static7@dpmpp10"]
+    row.update(fid=REF_FID, fid_resamples=[v - 1.5 for v in row["fid_resamples"]])
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    rerender(tmp_path)
+    model = tmp_path / "model"
+    EarlyExitDiTPipeline(transformer=tiny_dit(num_layers=8), scheduler=DDIMScheduler()).save_pretrained(model)
+    point = write_operating_point(tmp_path / "report.json", model, "digits", measured_in="crafted report")
+    pipe = EarlyExitDiTPipeline.from_pretrained(model)
+    assert isinstance(pipe.scheduler, DPMSolverMultistepScheduler)
+    assert pipe.scheduler.config.algorithm_type == "dpmsolver++"
+    assert pipe.operating_point.to_dict() == point and point["measured_in"] == "crafted report"
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(class_labels=[1, 2], output_type="np")
+    assert out.operating_point["num_inference_steps"] == 10 and out.operating_point["source"] == "default operating point"
+    assert out.exit_stats.num_calls == 10 and out.exit_stats.depth_fraction == pytest.approx(7 / 8)
+    with pytest.raises(ValueError, match=r"has no setting 'glyphs'; it has \['digits'\]"):
+        write_operating_point(tmp_path / "report.json", model, "glyphs", measured_in="")
+
+
+def test_publish_search_makes_the_confirmed_point_the_folders_default(tmp_path):
+    data = json.loads(SEARCH.read_text())
+    # Another step count than the demo model's own default, so that the published point is seen to take over.
+    data["operating_point"]["num_inference_steps"] = 12
+    path, folder = tmp_path / "search.json", tmp_path / "model"
+    path.write_text(json.dumps(data))
+    shutil.copytree(DEFAULT_MODEL_DIR, folder)
+    assert EarlyExitDiTPipeline.from_pretrained(folder).operating_point.num_inference_steps != 12
+    evaluation = publish_search(path, folder)
+    pipe = EarlyExitDiTPipeline.from_pretrained(folder)
+    found = OperatingPoint.from_dict(data["operating_point"])
+    assert (pipe.operating_point.num_inference_steps, pipe.operating_point.exit_config) == \
+        (found.num_inference_steps, found.exit_config)
+    assert pipe.operating_point.measured_in.startswith(str(path))
+    assert type(pipe.scheduler).__name__ == found.scheduler
+    assert evaluation["operating_point_search"]["chosen"] == data["chosen"]
+    assert json.loads((folder / "evaluation.json").read_text())["operating_point"] == pipe.operating_point.to_dict()
+    text = (folder / "TRAINING.md").read_text()
+    assert f"`{data['chosen']}`" in text and f"{data['settings']['holdout_images']} held-out images" in text
+    # A UniPC point (the search offers UniPC too) is published with the options it was measured with.
+    data = json.loads(path.read_text())
+    data["operating_point"].update(scheduler="UniPCMultistepScheduler", scheduler_options={"solver_order": 2})
+    path.write_text(json.dumps(data))
+    publish_search(path, folder)
+    assert type(EarlyExitDiTPipeline.from_pretrained(folder).scheduler).__name__ == "UniPCMultistepScheduler"
+    # A scheduler class diffusers does not have is refused before anything is written.
+    before = (folder / "model_index.json").read_text()
+    data["operating_point"]["scheduler"] = "NoSuchScheduler"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="'NoSuchScheduler' is not a diffusers scheduler class"):
+        publish_search(path, folder)
+    assert (folder / "model_index.json").read_text() == before
+    data["confirmed"] = False
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="confirmed no operating point"):
+        publish_search(path, folder)

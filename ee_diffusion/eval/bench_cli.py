@@ -1,0 +1,89 @@
+"""The `--pipeline` flags of `ee-diffusion bench` (the user's model, data and feature networks; `pipeline_bench.py`).
+
+`add_pipeline_arguments` derives the choices and defaults from `BenchConfig`, so the flags and the config
+cannot drift apart; `run_pipeline_bench` turns the parsed flags into a `BenchConfig` and runs it. Bad input
+(a `ValueError` from the config or from `bench_prepare.prepare`, raised before any sampling) ends the command with
+its message and exit status 2, as argparse does for bad flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+
+from .bench_config import DTYPES, SOLVER_CHOICES, BenchConfig
+
+_DEFAULTS = {f.name: f.default for f in fields(BenchConfig)}
+
+
+def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `bench --pipeline FOLDER` (each one a `BenchConfig` field)."""
+    group = parser.add_argument_group(
+        "your own model (--pipeline)", "benchmark any supported pipeline folder on your images (nothing downloaded)")
+    group.add_argument("--pipeline", required=True, metavar="FOLDER",
+                       help="a local pipeline folder (DiT, PixArt-alpha, SD3, SD, DDPM or ours)")
+    group.add_argument("--real", default=None, metavar="DIR",
+                       help="real images (resized and center-cropped to the model's resolution)")
+    group.add_argument("--real-stats", nargs="+", default=[], metavar="FILE",
+                       help="precomputed real statistics (written by an earlier run as OUT/real-stats-*.safetensors)")
+    group.add_argument("--features", nargs="+", default=list(_DEFAULTS["features"]), metavar="NET",
+                       help="feature networks: inception, clip, digits, glyphs or a saved net (default: inception)")
+    group.add_argument("--inception-weights", default=None, metavar="PATH",
+                       help="the FID Inception-v3 weights file (pt_inception-2015-12-05-6726825d.pth)")
+    group.add_argument("--inception-resolution", type=int, default=_DEFAULTS["inception_resolution"],
+                       help="Inception input side (default 299, what the field reports)")
+    group.add_argument("--clip", default=None, metavar="FOLDER", help="a local transformers CLIP folder")
+    group.add_argument("--methods", nargs="+", default=[], metavar="SPEC",
+                       help="steps:K, SOLVER:K (e.g. dpmpp:10), static:D, ase:released, fbc:T, taylorseer:I, sea:T "
+                            "or exit-config .json files, each optionally @STEPS or @SOLVER:STEPS")
+    group.add_argument("--steps", type=int, default=_DEFAULTS["steps"], help="the reference's sampling steps")
+    group.add_argument("--frontier-steps", nargs="+", type=int, default=[],
+                       help="fewer-steps points (default: 40%%, 60%%, 80%% of --steps)")
+    group.add_argument("--no-match-frontier", action="store_true",
+                       help="do not add fewer-steps points at the other methods' block costs")
+    group.add_argument("--solver", choices=SOLVER_CHOICES, default=_DEFAULTS["solver"],
+                       help="the reference's solver: the pipeline's own scheduler, or DDIM / DPM-Solver++ / UniPC "
+                            "built from its config (on flow matching: DPM-Solver++ / UniPC in their flow modes)")
+    group.add_argument("--classes", nargs="+", default=[], help="class ids or names (default: every class)")
+    group.add_argument("--prompts", default=None, metavar="FILE", help="one prompt per line, or JSONL with a seed")
+    group.add_argument("--num-images", type=int, default=_DEFAULTS["num_images"], help="images per method")
+    group.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
+    group.add_argument("--seed", type=int, default=_DEFAULTS["seed"])
+    group.add_argument("--batch-size", type=int, default=_DEFAULTS["batch_size"])
+    group.add_argument("--shard-size", type=int, default=_DEFAULTS["shard_size"], help="images per cached shard")
+    group.add_argument("--device", default=_DEFAULTS["device"], help="cpu, cuda, cuda:1, ...")
+    group.add_argument("--dtype", choices=tuple(DTYPES), default=_DEFAULTS["dtype"])
+    group.add_argument("--cache-dir", default=None, help="where generated shards are cached (default: OUT/samples)")
+    group.add_argument("--bootstrap", type=int, default=_DEFAULTS["bootstrap"], help="bootstrap resamples")
+    group.add_argument("--timing-repeats", type=int, default=_DEFAULTS["timing_repeats"],
+                       help="interleaved timing rounds (0: no wall-clock)")
+    group.add_argument("--timing-batch", type=int, default=None, help="images per timed call (default: --batch-size)")
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    return BenchConfig(
+        pipeline=args.pipeline, real=args.real, real_stats=tuple(args.real_stats), features=tuple(args.features),
+        inception_weights=args.inception_weights, inception_resolution=args.inception_resolution, clip=args.clip,
+        methods=tuple(args.methods), steps=args.steps, frontier_steps=tuple(args.frontier_steps),
+        match_frontier=not args.no_match_frontier, solver=args.solver, classes=tuple(args.classes),
+        prompts=args.prompts, num_images=args.num_images, guidance_scale=args.guidance, seed=args.seed,
+        batch_size=args.batch_size, shard_size=args.shard_size, device=args.device, dtype=args.dtype,
+        cache_dir=args.cache_dir, bootstrap=args.bootstrap, timing_repeats=args.timing_repeats,
+        timing_batch=args.timing_batch)
+
+
+def run_pipeline_bench(args: argparse.Namespace) -> int:
+    """`bench --pipeline`: 0 when the report is written, 2 (with the message) for bad input."""
+    from .pipeline_bench import run
+
+    try:
+        report = run(config_from_args(args), args.out, command=args.command_line)
+    except ValueError as error:
+        print(f"ee-diffusion bench: error: {error}", file=sys.stderr)
+        return 2
+    if report is not None:
+        for entry in report["settings"]:
+            print(f"{entry['setting']}: {entry['decisions']['verdict']}")
+        print(f"wrote {args.out / 'report.json'}, report.md, pareto.png")
+    return 0

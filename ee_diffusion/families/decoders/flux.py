@@ -1,0 +1,85 @@
+"""FLUX.1's output head (`FluxTransformer2DModel`): `norm_out(h, temb)`, `proj_out`, on packed tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..decoder import ExitDecoder
+
+
+class FluxDecoder(ExitDecoder):
+    """The model is called with a 0-1 `timestep` (and `guidance` on guidance-distilled checkpoints) that its forward
+    scales by 1000 before `time_text_embed`; its output is the packed tokens (B, L, C) that the pipeline unpacks.
+    `decode` repeats the head on any block's image stream, so decoding the last block is the model's output bit for
+    bit.
+
+    ```py
+    >>> import torch
+    >>> from ee_diffusion.adapters import get_adapter
+    >>> from ee_diffusion.testing import flux_inputs, tiny_flux
+    >>> model = tiny_flux()
+    >>> inputs = flux_inputs(model, batch=2)
+    >>> decoder = get_adapter(model).decoder
+    >>> hidden = decoder.hidden_states_per_block(inputs.pop("hidden_states"), inputs.pop("timestep"), **inputs)
+    >>> len(hidden), tuple(hidden[-1].shape)
+    (4, (2, 16, 16))
+
+    ```
+    """
+
+    def prediction_shape(self) -> tuple[int, int, int]:
+        """(channels, 1, 1): Flux predicts per packed token; its pipeline unpacks the tokens into latents."""
+        return (self.model.out_channels, 1, 1)
+
+    def head_config(self) -> dict[str, Any]:
+        return {**super().head_config(), "sample_size": 1}
+
+    def _temb(self, timestep: torch.Tensor, pooled_projections: torch.Tensor, guidance: torch.Tensor | None,
+              dtype: torch.dtype) -> torch.Tensor:
+        """(B, D) combined timestep, guidance and pooled-text embedding, as the model's forward computes it."""
+        embed = self.model.time_text_embed
+        timestep = timestep.to(dtype) * 1000
+        if guidance is None:
+            return embed(timestep, pooled_projections)
+        return embed(timestep, guidance.to(dtype) * 1000, pooled_projections)
+
+    def timestep_embedding(self, timestep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        # `timestep` here is the engine's 0-999 timestep (the model's argument times 1000).
+        emb = self.model.time_text_embed
+        return emb.timestep_embedder(emb.time_proj(timestep).to(dtype=dtype))
+
+    def hidden_states_per_block(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        pooled_projections: torch.Tensor,
+        txt_ids: torch.Tensor,
+        img_ids: torch.Tensor,
+        guidance: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        """Every block's image stream (B, L, D) from one pass over both stacks, as the model's forward computes them."""
+        model = self.model
+        hidden_states = model.x_embedder(sample)
+        temb = self._temb(timestep, pooled_projections, guidance, hidden_states.dtype)
+        encoder_hidden_states = model.context_embedder(encoder_hidden_states)
+        rotary = model.pos_embed(torch.cat((txt_ids, img_ids), dim=0))  # (L_text + L, d) cos and sin
+        outputs = []
+        for index in range(len(self.blocks)):
+            encoder_hidden_states, hidden_states = self.run_block(
+                index, hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states, temb=temb,
+                image_rotary_emb=rotary,
+            )
+            outputs.append(hidden_states)
+        return outputs
+
+    def decode(
+        self, hidden_states: torch.Tensor, timestep: torch.Tensor, pooled_projections: torch.Tensor,
+        guidance: torch.Tensor | None = None, **unused: Any,
+    ) -> torch.Tensor:
+        """(B, L, D) image stream -> (B, L, C) packed tokens, the same operations as the model's own output head."""
+        model = self.model
+        temb = self._temb(timestep, pooled_projections, guidance, hidden_states.dtype)
+        return model.proj_out(model.norm_out(hidden_states, temb))
