@@ -55,7 +55,7 @@ from ee_diffusion._validation import check_int
 from ee_diffusion.caches.block_forecast import distinct_timesteps
 from ee_diffusion.calibration.forecast_placement import starts
 from ee_diffusion.config import EarlyExitConfig
-from ee_diffusion.engine import apply_early_exit, exit_state_nbytes, remove_early_exit
+from ee_diffusion.hooks import apply_early_exit, exit_state_nbytes, remove_early_exit
 from ee_diffusion.eval.baselines import taylorseer_steps
 from ee_diffusion.eval.features import feature_nets_of, load_feature_net
 from ee_diffusion.eval.method import Method

@@ -41,7 +41,7 @@ import torch
 
 from ee_diffusion._io import atomic_write_json, atomic_write_text
 from ee_diffusion.config import EarlyExitConfig
-from ee_diffusion.engine import apply_early_exit, early_exit, remove_early_exit
+from ee_diffusion.hooks import apply_early_exit, early_exit, remove_early_exit
 from ee_diffusion.eval.timing import interleaved_timings, summarize_timings
 from ee_diffusion.layout import BatchLayout
 from ee_diffusion.schedules import StaticDepth, TimestepSchedule

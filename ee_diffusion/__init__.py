@@ -17,15 +17,15 @@ _EXPORTS = {
     "ExitStats": "ee_diffusion.stats",
     "UncertaintyHeads": "ee_diffusion.heads",
     "UNetExitBridges": "ee_diffusion.unet",
-    "apply_early_exit": "ee_diffusion.engine",
-    "remove_early_exit": "ee_diffusion.engine",
-    "set_exit_config": "ee_diffusion.engine",
-    "get_exit_stats": "ee_diffusion.engine",
-    "record_exit_stats": "ee_diffusion.engine",
-    "early_exit": "ee_diffusion.engine",
-    "is_early_exit_applied": "ee_diffusion.engine",
-    "reset_exit_state": "ee_diffusion.engine",
-    "exit_state_nbytes": "ee_diffusion.engine",
+    "apply_early_exit": "ee_diffusion.hooks",
+    "remove_early_exit": "ee_diffusion.hooks",
+    "set_exit_config": "ee_diffusion.hooks",
+    "get_exit_stats": "ee_diffusion.hooks",
+    "record_exit_stats": "ee_diffusion.hooks",
+    "early_exit": "ee_diffusion.hooks",
+    "is_early_exit_applied": "ee_diffusion.hooks",
+    "reset_exit_state": "ee_diffusion.hooks",
+    "exit_state_nbytes": "ee_diffusion.hooks",
     "EarlyExitDiTPipeline": "ee_diffusion.pipelines",
     "EarlyExitUNetPipeline": "ee_diffusion.pipelines",
     "load_default_pipeline": "ee_diffusion.default_model",
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from .layout import BatchLayout
     from .operating_point import OperatingPoint
     from .default_model import load_default_pipeline
-    from .engine import (
+    from .hooks import (
         apply_early_exit,
         early_exit,
         exit_state_nbytes,

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ee_diffusion.config import EarlyExitConfig
-from ee_diffusion.engine import (
+from ee_diffusion.hooks import (
     apply_early_exit,
     early_exit,
     get_exit_stats,

@@ -10,7 +10,7 @@ from _backbone_properties import T, Case, RowDepths, apply, count_pre_hooks, run
 
 from ee_diffusion.adapters import get_adapter
 from ee_diffusion.config import EarlyExitConfig
-from ee_diffusion.engine import get_exit_stats
+from ee_diffusion.hooks import get_exit_stats
 from ee_diffusion.testing import flux_inputs, tiny_flux
 
 SHARED = ("txt_ids", "img_ids")  # position ids: one table for every row

@@ -9,7 +9,7 @@ from _backbone_properties import Case, T, count_pre_hooks, run
 
 from ee_diffusion.adapters import get_adapter
 from ee_diffusion.config import EarlyExitConfig
-from ee_diffusion.engine import apply_early_exit
+from ee_diffusion.hooks import apply_early_exit
 from ee_diffusion.schedules import StaticDepth
 from ee_diffusion.testing import tiny_sd3
 

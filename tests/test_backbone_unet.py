@@ -11,7 +11,7 @@ from diffusers import UNet2DModel
 
 from ee_diffusion.adapters import get_adapter
 from ee_diffusion.config import EarlyExitConfig
-from ee_diffusion.engine import apply_early_exit, is_early_exit_applied
+from ee_diffusion.hooks import apply_early_exit, is_early_exit_applied
 from ee_diffusion.heads import UncertaintyHeads
 from ee_diffusion.schedules import StaticDepth
 from ee_diffusion.testing import random_bridges, tiny_dit, tiny_unet, tiny_unet_condition
@@ -146,7 +146,7 @@ def test_unsupported_layouts_raise_type_error():
 
 
 def test_exit_outputs_for_training_match_the_engine_and_train_the_bridges(case):
-    from ee_diffusion.engine import early_exit
+    from ee_diffusion.hooks import early_exit
     from ee_diffusion.training.losses import DeeDiffLossConfig, deediff_loss_terms
 
     model, bridges = case.model, case.apply_kwargs["bridges"]

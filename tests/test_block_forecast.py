@@ -16,7 +16,7 @@ from ee_diffusion import (
     reset_exit_state,
     set_exit_config,
 )
-from ee_diffusion.engine_base import HOOK_ATTR
+from ee_diffusion.forward_chain import HOOK_ATTR
 from ee_diffusion.layout import BatchLayout
 from ee_diffusion.schedules import BlockForecast, BlockForecastState, CachedTailResidual, StaticDepth
 from ee_diffusion.testing import random_bridges, tiny_dit, tiny_pixart, tiny_sd3, tiny_unet

@@ -13,7 +13,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from ee_diffusion import EarlyExitConfig, apply_early_exit, remove_early_exit
 from ee_diffusion.calibration import CalibrationSet, as_target, calibrate_block_forecast
 from ee_diffusion.calibration.forecast_placement import neighbours, search_placement, starts
-from ee_diffusion.engine_base import HOOK_ATTR
+from ee_diffusion.forward_chain import HOOK_ATTR
 from ee_diffusion.eval.baselines import TAYLORSEER_DIT_MODULES, CacheBaseline, diffusers_cache, taylorseer_steps
 from ee_diffusion.eval.solvers import solver_timesteps
 from ee_diffusion.pipelines import EarlyExitDiTPipeline

@@ -8,7 +8,7 @@ from diffusers import DDIMScheduler, DiTTransformer2DModel
 from diffusers.models.cache_utils import CacheMixin
 
 from ee_diffusion import EarlyExitConfig, apply_early_exit, get_exit_stats, remove_early_exit
-from ee_diffusion.engine import _engine_of
+from ee_diffusion.hooks import _engine_of
 from ee_diffusion.caches import CacheState, TrainingFreeCache
 from ee_diffusion.layout import BatchLayout, CacheContextReader
 from ee_diffusion.pipelines import EarlyExitDiTPipeline

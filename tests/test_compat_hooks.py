@@ -29,8 +29,8 @@ from ee_diffusion._compat import (
     hook_registry,
     is_class_forward,
 )
-from ee_diffusion.engine import _engine_of, is_early_exit_applied
-from ee_diffusion.engine_base import HOOK_ATTR
+from ee_diffusion.hooks import _engine_of, is_early_exit_applied
+from ee_diffusion.forward_chain import HOOK_ATTR
 from ee_diffusion.testing import tiny_dit
 
 X = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))

@@ -16,15 +16,13 @@ from ee_diffusion.testing import tiny_dit
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 PACKAGE = Path(ee_diffusion.__file__).parent
-ENGINE_MODULES = sorted(PACKAGE.glob("engine*.py")) + [PACKAGE / "unet" / "engine.py"]
+#: The engine and the hooks that hand it calls.
+ENGINE_MODULES = [*sorted((PACKAGE / "engine").glob("*.py")), PACKAGE / "unet" / "truncation.py",
+                  PACKAGE / "hooks.py", PACKAGE / "forward_chain.py"]
 #: Probes that read no contract of ours, each with why it stays (file, source text of the call).
 NOT_OUR_CONTRACTS = {
-    # Whether some object is a module carrying our hook: `_engine_of` accepts whatever a user passes.
-    ("engine.py", 'getattr(model, "__dict__", {})'),
-    # functools metadata of another library's wrapper above our hook (kept right for inspect.signature).
-    ("engine.py", 'getattr(forward, "__wrapped__", None)'),
     # A function's code object, for torch.export's trace name; a bound method or partial has none.
-    ("engine_base.py", 'getattr(self.inner, "__code__", None)'),
+    ("forward_chain.py", 'getattr(self.inner, "__code__", None)'),
 }
 
 

@@ -12,7 +12,7 @@ from diffusers import UNet2DModel
 
 from ee_diffusion.adapters import get_adapter
 from ee_diffusion.config import EarlyExitConfig
-from ee_diffusion.engine import (
+from ee_diffusion.hooks import (
     _engine_of,
     apply_early_exit,
     early_exit,

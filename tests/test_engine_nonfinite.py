@@ -8,7 +8,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from ee_diffusion import EarlyExitConfig, UncertaintyHeads, apply_early_exit, get_exit_stats, remove_early_exit
-from ee_diffusion.engine import _engine_of
+from ee_diffusion.hooks import _engine_of
 from ee_diffusion.pipelines import EarlyExitDiTPipeline
 from ee_diffusion.schedules import StaticDepth, UncertaintyThreshold
 from ee_diffusion.testing import tiny_dit

@@ -11,7 +11,7 @@ from diffusers import DiTTransformer2DModel
 import ee_diffusion.families as families
 from ee_diffusion.adapters import get_adapter, supported_model_classes
 from ee_diffusion.config import EarlyExitConfig
-from ee_diffusion.engine import apply_early_exit, get_exit_stats
+from ee_diffusion.hooks import apply_early_exit, get_exit_stats
 from ee_diffusion.families import DIT, FAMILIES, BlockStack, FamilyAdapter, ModelFamily
 from ee_diffusion.schedules import StaticDepth
 from ee_diffusion.testing import tiny_dit, tiny_flux, tiny_pixart, tiny_sd3

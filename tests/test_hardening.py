@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ee_diffusion import EarlyExitConfig, UncertaintyHeads, apply_early_exit, get_exit_stats, remove_early_exit
-from ee_diffusion.engine import _engine_of
+from ee_diffusion.hooks import _engine_of
 from ee_diffusion.schedules import StaticDepth, TimestepSchedule, UncertaintyThreshold
 from ee_diffusion.testing import tiny_dit
 
@@ -42,7 +42,7 @@ def test_thousands_of_calls_keep_engine_state_flat():
 
 
 def test_apply_remove_200_times_leaks_no_hooks():
-    from ee_diffusion.engine_base import BlockCallHook, ModelCallHook
+    from ee_diffusion.forward_chain import BlockCallHook, ModelCallHook
 
     model = tiny_dit(num_layers=2)
     reference = model(X, timestep=T, class_labels=Y).sample

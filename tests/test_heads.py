@@ -11,7 +11,7 @@ import torch
 
 from ee_diffusion.adapters import get_adapter
 from ee_diffusion.config import EarlyExitConfig
-from ee_diffusion.engine import apply_early_exit, early_exit, get_exit_stats, remove_early_exit, set_exit_config
+from ee_diffusion.hooks import apply_early_exit, early_exit, get_exit_stats, remove_early_exit, set_exit_config
 from ee_diffusion.heads import UncertaintyHeads
 from ee_diffusion.schedules import ExitPolicy, StaticDepth, UncertaintyThreshold
 from ee_diffusion.testing import tiny_dit

@@ -16,7 +16,7 @@ import torch
 from _interop import PER_ROW, T, X, Y, run
 
 from ee_diffusion import EarlyExitConfig, UncertaintyHeads, apply_early_exit, remove_early_exit, reset_exit_state
-from ee_diffusion.engine import get_exit_stats
+from ee_diffusion.hooks import get_exit_stats
 from ee_diffusion.layout import BatchLayout
 from ee_diffusion.schedules import CachedTailResidual, StaticDepth, TimestepSchedule, UncertaintyThreshold
 from ee_diffusion.testing import random_bridges, tiny_dit, tiny_sd3, tiny_unet

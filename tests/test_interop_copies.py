@@ -11,7 +11,7 @@ from _interop import PER_ROW, T, X, Y, run
 from diffusers import DDIMScheduler
 
 from ee_diffusion import EarlyExitConfig, UncertaintyHeads, apply_early_exit, remove_early_exit
-from ee_diffusion.engine import _engine_of, get_exit_stats, is_early_exit_applied, record_exit_stats
+from ee_diffusion.hooks import _engine_of, get_exit_stats, is_early_exit_applied, record_exit_stats
 from ee_diffusion.pipelines import EarlyExitDiTPipeline
 from ee_diffusion.schedules import StaticDepth, UncertaintyThreshold
 from ee_diffusion.testing import random_bridges, tiny_dit, tiny_unet

@@ -14,7 +14,7 @@ from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache, appl
 
 from ee_diffusion import EarlyExitConfig, apply_early_exit, remove_early_exit
 from ee_diffusion.adapters import get_adapter
-from ee_diffusion.engine import early_exit, is_early_exit_applied, set_exit_config
+from ee_diffusion.hooks import early_exit, is_early_exit_applied, set_exit_config
 from ee_diffusion.layout import BatchLayout
 from ee_diffusion.pipelines import EarlyExitDiTPipeline
 from ee_diffusion.schedules import StaticDepth, TimestepSchedule

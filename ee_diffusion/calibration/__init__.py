@@ -26,7 +26,7 @@ reads it back as an `EarlyExitConfig`. All measurements use a calibration set wh
 any evaluation's.
 """
 
-from .block_forecast import calibrate_block_forecast
+from .forecast_grid import calibrate_block_forecast
 from .common import (
     CalibrationResult,
     CalibrationSet,
@@ -48,7 +48,7 @@ from .schedule import (
     step_buckets,
 )
 from .search_space import SearchSpace
-from .tail_cache import calibrate_tail_cache
+from .tail_threshold import calibrate_tail_cache
 from .thresholds import calibrate_thresholds, record_certainties, simulate_depths, thresholds_for_fractions
 
 __all__ = [

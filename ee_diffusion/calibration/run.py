@@ -14,11 +14,11 @@ from ..config import EarlyExitConfig
 from ..pipelines.stock import kind_of
 from ..schedules import TimestepSchedule, UncertaintyThreshold
 from ..policies.buckets import bucket_index
-from .block_forecast import DEFAULT_WINDOWS, calibrate_block_forecast
+from .forecast_grid import DEFAULT_WINDOWS, calibrate_block_forecast
 from .common import CalibrationResult, CalibrationSet, as_target, sample_calibration_set
 from .distil import distil_schedule
 from .schedule import calibrate_schedule, call_timesteps
-from .tail_cache import calibrate_tail_cache
+from .tail_threshold import calibrate_tail_cache
 from .thresholds import calibrate_thresholds
 
 KINDS = ("schedule", "thresholds", "distil", "tail-cache", "block-forecast")

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..config import EarlyExitConfig
-from ..engine_base import pair_mask
+from ..engine import pair_mask
 from ..schedules import ExitContext, ExitPolicy, UncertaintyThreshold
 from ..policies.buckets import bucket_index
 from .common import CalibrationResult, CalibrationSet, as_target, bisect_increasing, sample_calibration_set

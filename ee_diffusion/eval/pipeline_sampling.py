@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..config import EarlyExitConfig
-from ..engine import early_exit
+from ..hooks import early_exit
 from ..pipelines.conditioning import Conditioning, Prompt
 from ..pipelines.stock import denoiser_of, kind_of
 from ..stats import ExitStats

@@ -12,7 +12,7 @@ import torch
 
 from .._validation import check_int
 from ..config import EarlyExitConfig
-from ..engine import apply_early_exit, is_early_exit_applied, remove_early_exit, set_exit_config
+from ..hooks import apply_early_exit, is_early_exit_applied, remove_early_exit, set_exit_config
 
 
 def _sync(device: torch.device | None) -> None:

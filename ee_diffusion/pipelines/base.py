@@ -30,7 +30,7 @@ from torch import nn
 
 from ..adapters import get_adapter
 from ..config import EarlyExitConfig
-from ..engine import early_exit, is_early_exit_applied
+from ..hooks import early_exit, is_early_exit_applied
 from ..layout import BatchLayout
 from ..operating_point import OperatingPoint, ResolvedCall
 from ..stats import ExitStats

@@ -283,7 +283,7 @@ class PipelineSource:
         (blocks run); main process only."""
         from PIL import Image
 
-        from ..engine import early_exit
+        from ..hooks import early_exit
         from ..policies.uncertainty import UncertaintyThreshold
 
         if exit_config is not None:

@@ -2,7 +2,7 @@
 
 - `adapter.py`: `UNetAdapter`, the engine's view of a U-Net (levels, skip bookkeeping, training pass);
 - `bridges.py`: `UNetExitBridges`, the learned replacement of the inner levels a truncated row skips;
-- `engine.py`: the hooks' engine for U-Nets (rows leave after a down block and rejoin at its up block).
+- `truncation.py`: the engine for U-Nets (rows leave after a down block and rejoin at its up block).
 
 The class-conditional pipeline is `ee_diffusion.pipelines.EarlyExitUNetPipeline` (integration layer).
 """

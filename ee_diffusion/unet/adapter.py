@@ -26,7 +26,7 @@ rows. Exit statistics count levels: `blocks_run` of a row is its depth d (N = fu
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from diffusers import UNet2DConditionModel, UNet2DModel
@@ -34,8 +34,6 @@ from torch import nn
 
 from ..families.base import BackboneAdapter
 
-if TYPE_CHECKING:
-    from .bridges import UNetExitBridges
 
 #: Block classes whose call contract the engine knows: down blocks return (hidden, res_samples); up blocks
 #: take `res_hidden_states_tuple`; mid blocks return the hidden state.
@@ -63,7 +61,7 @@ class UNetAdapter(BackboneAdapter):
     model_classes = (UNet2DModel, UNet2DConditionModel)
     #: the arguments of the down, mid and up blocks whose first dimension is the batch (sliced to the running rows).
     batch_inputs = ("temb", "encoder_hidden_states", "attention_mask", "encoder_attention_mask")
-    #: U-Nets exit by truncating their depth (`ee_diffusion.unet.engine`), not by decoding a block's tokens.
+    #: U-Nets exit by truncating their depth (`ee_diffusion.unet.truncation`), not by decoding a block's tokens.
     sequential = False
     sample_arg = "sample"
 
@@ -188,14 +186,15 @@ class UNetAdapter(BackboneAdapter):
         return model.time_embedding(model.time_proj(timestep).to(dtype=dtype))
 
     def exit_outputs(
-        self, sample: torch.Tensor, timestep: torch.Tensor, bridges: "UNetExitBridges | None" = None, **conditioning: Any
+        self, sample: torch.Tensor, timestep: torch.Tensor, bridges: nn.Module | None = None, **conditioning: Any
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """One pass for training: every level's feature map and the eps prediction of every depth 1..N.
 
         The model runs once, as its own forward does (so every embedding and conditioning path is the
         model's); hooks record each block's inputs and outputs. Then, for every depth d < N, the shallow up
         path (up blocks N-d..N-1 and the output head) is run again from `bridges`' replacement of the inner
-        levels. `predictions[d - 1]` equals the model under `StaticDepth(d)`; the last is the model's output.
+        levels (`bridges`: the `UNetExitBridges` made for this model). `predictions[d - 1]` equals the model under
+        `StaticDepth(d)`; the last is the model's output.
         Gradients reach the U-Net and the bridges.
         """
         model = self.model

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..families.base import BackboneAdapter
 from ..config import EarlyExitConfig
-from ..engine_base import CallState, EngineBase
+from ..engine.calls import CallState, EngineBase
 
 
 class UNetCallState(CallState):

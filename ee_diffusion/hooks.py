@@ -1,7 +1,7 @@
 """Early exit on a stock diffusers model, through hooks of our own: the public hook API.
 
 `apply_early_exit(model, config)` picks the engine for the model's backbone - `SequentialEngine` for
-transformers (`ee_diffusion.engine_sequential`), `UNetEngine` for U-Nets (`ee_diffusion.unet.engine`) - and
+transformers (`ee_diffusion.engine.stacks`), `UNetEngine` for U-Nets (`ee_diffusion.unet.truncation`) - and
 installs its hooks: one on the model (opens and closes every call), one on every block (U-Nets: every down, mid
 and up block), and, while the policy forecasts sub-modules (`BlockForecast`), one on each block's attention and
 feed-forward modules (`set_exit_config` adds and removes those). Nothing is stored on the model but the hooks;
@@ -9,20 +9,8 @@ feed-forward modules (`set_exit_config` adds and removes those). Nothing is stor
 (why: at the end) nor through torch's forward hooks (which cannot skip a forward): each is installed in the
 module's forward chain, as below.
 
-Each hook is a `HookedForward` object that sits innermost, right around the module's own class forward, below
-any accelerate or diffusers hook already there: in the slot through which that hook calls the forward below it
-(accelerate's `_old_forward`; the `fn_ref` of a diffusers `ModelHook`, reached through the registry's public
-`hooks`; see `_compat.forward_slots`). Removing one of theirs puts its slot's content back in place and drops
-whatever was stacked on top of it, so ours must be below: theirs can then be added and removed in any order
-around ours, and removing ours re-links only the slot that calls it. Where an unknown wrapper was stacked on ours
-since, ours cannot be unlinked without reaching into that wrapper: removal turns it into an exact pass-through
-(it calls the forward below it and holds no engine). Being a plain object, a hook is copied with the model by
-`copy.deepcopy`.
-
-Why not diffusers' public `HookRegistry.register_hook`, with our hooks as `ModelHook`s? In diffusers 0.42 it
-costs two properties: `copy.deepcopy` of a model carrying registry hooks gives a copy whose hooks call the
-original's modules, and removing a registry hook re-links the hook above it through its `fn_ref.forward`, which
-silently disables a hook above that replaces the forward (`new_forward`), as ours must to skip blocks.
+How the hooks sit in a module's forward chain, below accelerate's and diffusers' hooks, and why not diffusers'
+`HookRegistry`: `ee_diffusion.forward_chain`.
 """
 
 from __future__ import annotations
@@ -32,24 +20,23 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from ._compat import forward_slots, is_class_forward, relink
-from .families.base import BackboneAdapter
 from .adapters import get_adapter
+from .caches.base import TrainingFreeCache
 from .config import EarlyExitConfig
-from .engine_base import HOOK_ATTR, BlockCallHook, EngineBase, HookedForward, ModelCallHook, check_foreign_hooks
-from .engine_sequential import SequentialEngine
+from .engine import EngineBase, SequentialEngine, check_foreign_hooks
+from .families.base import BackboneAdapter
+from .forward_chain import HOOK_ATTR, BlockCallHook, HookedForward, ModelCallHook, install, uninstall
 from .heads import UncertaintyHeads
 from .layout import BatchLayout
-from .caches.base import TrainingFreeCache
 from .policies.base import as_exit_policy
 from .stats import ExitStats
 from .unet.bridges import UNetExitBridges
-from .unet.engine import UNetEngine
+from .unet.truncation import UNetEngine
 
 
 # --------------------------------------------------------------------------------------------------- public API
 def _engine_of(model: nn.Module) -> EngineBase | None:
-    hook = getattr(model, "__dict__", {}).get(HOOK_ATTR)
+    hook = model.__dict__.get(HOOK_ATTR) if isinstance(model, nn.Module) else None
     if not isinstance(hook, ModelCallHook):
         return None
     if hook.module is not model:
@@ -170,9 +157,9 @@ def apply_early_exit(
         UNetEngine(adapter, config, heads, bridges)
     engine.layout = layout
     engine.attach_context_reader()
-    _install(model, lambda inner: ModelCallHook(model, inner, engine))
+    install(model, lambda inner: ModelCallHook(model, inner, engine))
     for module, run in engine.hook_targets():
-        _install(module, lambda inner, module=module, run=run: BlockCallHook(module, inner, run))
+        install(module, lambda inner, module=module, run=run: BlockCallHook(module, inner, run))
 
 
 def _sync_hooks(engine: EngineBase) -> None:
@@ -182,40 +169,10 @@ def _sync_hooks(engine: EngineBase) -> None:
     keep = {id(module) for module, _ in wanted}
     for module in engine.hookable_modules():
         if id(module) not in keep:
-            _uninstall(module)
+            uninstall(module)
     for module, run in wanted:
         if not isinstance(module.__dict__.get(HOOK_ATTR), HookedForward):
-            _install(module, lambda inner, module=module, run=run: BlockCallHook(module, inner, run))
-
-
-def _install(module: nn.Module, make_hook) -> None:
-    """Wrap `module`'s own class forward with `make_hook(forward)`, below any accelerate or diffusers hook on it."""
-    for holder, key in forward_slots(module):
-        forward = holder[key]
-        if isinstance(forward, HookedForward) and forward.released:
-            forward = forward.inner  # ours, left as a pass-through by an earlier removal: this one takes its place
-        if is_class_forward(module, forward):
-            hook = holder[key] = make_hook(forward)
-            break
-    else:
-        # The class forward is not in a slot we can rewrite: nothing wraps it yet (the module's forward is the
-        # class's), or an unknown wrapper does. Ours goes on top.
-        hook = module.forward = make_hook(module.forward)
-    setattr(module, HOOK_ATTR, hook)
-
-
-def _uninstall(module: nn.Module) -> None:
-    """Unlink `module`'s hook from its forward chain, wherever other hooks have put it by now."""
-    hook: HookedForward | None = module.__dict__.pop(HOOK_ATTR, None)
-    if hook is None:
-        return
-    if not relink(module, hook, hook.inner):
-        # An unknown wrapper stacked on ours since holds it in a slot of its own: ours stays in its chain as an
-        # exact pass-through to the forward below it, the engine let go (a later apply puts a new hook there
-        # once that wrapper is gone).
-        hook.release()
-    if is_class_forward(module, module.__dict__.get("forward")):
-        del module.__dict__["forward"]  # leave no instance-level forward where there was none
+            install(module, lambda inner, module=module, run=run: BlockCallHook(module, inner, run))
 
 
 def _check_layout(layout: BatchLayout | None) -> None:
@@ -227,8 +184,8 @@ def remove_early_exit(model: nn.Module) -> None:
     """Remove the hooks of `apply_early_exit`; the model computes exactly what it did before."""
     engine = _require_engine(model)
     for module in engine.hookable_modules():
-        _uninstall(module)
-    _uninstall(model)
+        uninstall(module)
+    uninstall(model)
     engine.detach_context_reader()
     engine.close()
     engine.recorders.clear()

@@ -1,12 +1,12 @@
-"""What both engines share: the model-call lifecycle, the exit plan, per-block decisions and the hooks.
+"""A model call's lifecycle, its exit plan and the per-block decisions: what both engines share.
 
-A model hook (`ModelCallHook`, the model's forward) opens a fresh `CallState` at every model call - batch size, per-row
-timesteps, guidance pairs, the exit plan - records the exit statistics when the call ends, and drops the state
-when the call raises. Block hooks (`BlockCallHook`, every block's forward) hand each block call to the engine, which
-runs the block on the rows that are still active and asks the policy which of them stop; a forecasting cache's
-sub-modules get the same hook class (`engine_sequential`). How a stopped row leaves depends on the backbone:
-`engine_sequential.SequentialEngine` (transformers: park the hidden state, decode it with the model's head) or
-`unet.engine.UNetEngine` (depth truncation).
+A model hook (`forward_chain.ModelCallHook`, the model's forward) opens a fresh `CallState` at every model call -
+batch size, per-row timesteps, guidance pairs, the exit plan - records the exit statistics when the call ends, and
+drops the state when the call raises. Block hooks (`BlockCallHook`, every block's forward) hand each block call to
+the engine, which runs the block on the rows that are still active and asks the policy which of them stop; a
+forecasting cache's sub-modules get the same hook class (`stacks`). How a stopped row leaves depends on the model:
+`stacks.SequentialEngine` (declared families: park the image stream for the model's own head) or
+`unet.truncation.UNetEngine` (depth truncation).
 """
 
 from __future__ import annotations
@@ -19,17 +19,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._compat import checkpoint_function, gradient_checkpointing_on, has_first_block_cache, model_output_sample
-from .families.base import BackboneAdapter
-from .config import EarlyExitConfig
-from .layout import BatchLayout, CacheContextReader
-from .caches.base import BranchStates, CacheState, TrainingFreeCache
-from .policies.base import ExitContext, ExitPolicy, as_exit_policy
-from .stats import ExitStats
-
-#: The attribute that holds a module's `HookedForward` (as accelerate keeps `_hf_hook`).
-HOOK_ATTR = "_ee_diffusion_hook"
-
+from .._compat import checkpoint_function, gradient_checkpointing_on, has_first_block_cache, model_output_sample
+from ..families.base import BackboneAdapter
+from ..config import EarlyExitConfig
+from ..layout import BatchLayout, CacheContextReader
+from ..caches.base import BranchStates, CacheState, TrainingFreeCache
+from ..policies.base import ExitContext, ExitPolicy, as_exit_policy
+from ..stats import ExitStats
 
 class CallState:
     """Everything that lives for one model call. Tensors are on the model's device unless noted."""
@@ -385,63 +381,3 @@ class EngineBase:
         """Rows `leaving` (local indices into `out`; `leaving_rows` their batch positions) stop after this block;
         return (out, carried) for the rows `staying`."""
         raise NotImplementedError
-
-
-class HookedForward:
-    """What the engine installs as a module's `forward`: `runner(inner, args, kwargs)`, `inner` the forward below.
-
-    A plain object, not a closure: `copy.deepcopy` of the model copies it with the model, so the copy's hook calls
-    the copy's engine and the copy's own forward (a closure would keep calling the original's modules).
-    `__wrapped__` lets `inspect.signature` (and so `torch.export`) see the module's real signature. A released
-    hook (`release`) calls `inner` and nothing else.
-    """
-
-    __slots__ = ("module", "inner", "runner")
-
-    def __init__(self, module: nn.Module, inner: Callable, runner: Callable) -> None:
-        self.module = module  # the module this forward belongs to (tells a shallow copy from the original)
-        self.inner = inner
-        self.runner: Callable | None = runner  # None once released
-
-    def __call__(self, *args, **kwargs):
-        if self.runner is None:
-            return self.inner(*args, **kwargs)
-        return self.runner(self.inner, args, kwargs)
-
-    def release(self) -> None:
-        """Become an exact pass-through to `inner` and let go of the engine: what removal leaves where a wrapper
-        stacked on this hook since still calls it and cannot be re-linked."""
-        self.runner = None
-
-    @property
-    def released(self) -> bool:
-        return self.runner is None
-
-    @property
-    def __wrapped__(self) -> Callable:
-        return self.inner
-
-    @property
-    def __code__(self):
-        # torch.export names its trace after `model.forward.__code__`, which only functions have.
-        return getattr(self.inner, "__code__", None) or HookedForward.__call__.__code__
-
-
-class ModelCallHook(HookedForward):
-    """On the model: one `CallState` per call (`EngineBase.call_model`)."""
-
-    __slots__ = ("engine",)
-
-    def __init__(self, module: nn.Module, inner: Callable, engine: EngineBase) -> None:
-        super().__init__(module, inner, engine.call_model)
-        self.engine: EngineBase | None = engine
-
-    def release(self) -> None:
-        super().release()
-        self.engine = None
-
-
-class BlockCallHook(HookedForward):
-    """On a block: hands the call to the engine's runner for that block, bound to the block's index."""
-
-    __slots__ = ()

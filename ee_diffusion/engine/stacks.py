@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._compat import forward_chunking_on
-from .caches.base import SubmoduleForecast
-from .engine_base import CallState, EngineBase
-from .families.adapter import BlockIO
+from .._compat import forward_chunking_on
+from ..caches.base import SubmoduleForecast
+from .calls import CallState, EngineBase
+from ..families.adapter import BlockIO
 
 
 class SequentialCallState(CallState):
