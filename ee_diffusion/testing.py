@@ -9,9 +9,11 @@ from diffusers import (
     DiTTransformer2DModel,
     FluxTransformer2DModel,
     PixArtTransformer2DModel,
+    QwenImageTransformer2DModel,
     SD3Transformer2DModel,
     UNet2DConditionModel,
     UNet2DModel,
+    WanTransformer3DModel,
 )
 
 if TYPE_CHECKING:
@@ -173,6 +175,69 @@ def flux_inputs(model: FluxTransformer2DModel, batch: int = 4, side: int = 4, te
     if config.guidance_embeds:
         inputs["guidance"] = torch.full((batch,), 3.5)
     return inputs
+
+
+def tiny_qwenimage(num_layers: int = 3, in_channels: int = 16, text_dim: int = 16, seed: int = 0
+                   ) -> QwenImageTransformer2DModel:
+    """A randomly initialised Qwen-Image MMDiT (width 16, 2 heads, rotary axes 2+2+4) in eval mode.
+
+    ```py
+    >>> len(tiny_qwenimage().transformer_blocks)
+    3
+
+    ```
+    """
+    model = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=in_channels, out_channels=in_channels // 4, num_layers=num_layers,
+        attention_head_dim=8, num_attention_heads=2, joint_attention_dim=text_dim, axes_dims_rope=(2, 2, 4),
+    )
+    _randomise(model, seed)
+    return model.eval()
+
+
+def qwenimage_inputs(model: QwenImageTransformer2DModel, batch: int = 4, side: int = 4, text_len: int = 5,
+                     seed: int = 1) -> dict[str, Any]:
+    """Keyword inputs of one call: `side` x `side` packed tokens per row, a text mask with a padded tail on odd rows,
+    0-1 timesteps spread over the batch, and `img_shapes` as QwenImagePipeline passes them."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(batch, text_len, dtype=torch.long)
+    mask[1::2, -2:] = 0
+    return {
+        "hidden_states": torch.randn(batch, side * side, model.config.in_channels, generator=g),
+        "encoder_hidden_states": torch.randn(batch, text_len, model.config.joint_attention_dim, generator=g),
+        "encoder_hidden_states_mask": mask,
+        "timestep": torch.linspace(0.01, 0.9, batch),
+        "img_shapes": [[(1, side, side)]] * batch,
+    }
+
+
+def tiny_wan(num_layers: int = 3, in_channels: int = 4, text_dim: int = 16, seed: int = 0) -> WanTransformer3DModel:
+    """A randomly initialised Wan 2.1 video DiT (width 16, 2 heads, patch (1, 2, 2)) in eval mode.
+
+    ```py
+    >>> len(tiny_wan().blocks)
+    3
+
+    ```
+    """
+    model = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=in_channels,
+        out_channels=in_channels, text_dim=text_dim, freq_dim=16, ffn_dim=32, num_layers=num_layers,
+        rope_max_seq_len=32,
+    )
+    _randomise(model, seed)
+    return model.eval()
+
+
+def wan_inputs(model: WanTransformer3DModel, batch: int = 4, frames: int = 2, side: int = 4, text_len: int = 5,
+               seed: int = 1) -> dict[str, Any]:
+    """Keyword inputs of one call: 5-D latents (B, C, frames, side, side), text, 0-999 timesteps over the batch."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "hidden_states": torch.randn(batch, model.config.in_channels, frames, side, side, generator=g),
+        "timestep": torch.linspace(10, 900, batch),
+        "encoder_hidden_states": torch.randn(batch, text_len, model.config.text_dim, generator=g),
+    }
 
 
 def tiny_unet(

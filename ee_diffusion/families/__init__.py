@@ -11,18 +11,22 @@ from .decoder import ExitDecoder
 from .dit import DIT
 from .flux import FLUX
 from .pixart import PIXART
+from .qwenimage import QWEN_IMAGE
 from .sd3 import SD3
+from .wan import WAN
 from .spec import BlockStack, ModelFamily
 
 #: Every declared transformer family, in lookup order (the first whose classes match a model serves it).
-FAMILIES: tuple[ModelFamily, ...] = (DIT, PIXART, SD3, FLUX)
+FAMILIES: tuple[ModelFamily, ...] = (DIT, PIXART, SD3, FLUX, QWEN_IMAGE, WAN)
 
 __all__ = [
     "DIT",
     "FAMILIES",
     "FLUX",
     "PIXART",
+    "QWEN_IMAGE",
     "SD3",
+    "WAN",
     "BackboneAdapter",
     "BlockStack",
     "ExitDecoder",

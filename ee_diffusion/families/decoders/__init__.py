@@ -3,6 +3,8 @@
 from .dit import DiTDecoder
 from .flux import FluxDecoder
 from .pixart import PixArtDecoder
+from .qwenimage import QwenImageDecoder
 from .sd3 import SD3Decoder
+from .wan import WanDecoder
 
-__all__ = ["DiTDecoder", "FluxDecoder", "PixArtDecoder", "SD3Decoder"]
+__all__ = ["DiTDecoder", "FluxDecoder", "PixArtDecoder", "QwenImageDecoder", "SD3Decoder", "WanDecoder"]

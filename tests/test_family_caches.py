@@ -1,0 +1,107 @@
+"""The training-free caches on every declared family: per row (a row's output is what it gets alone), and guidance
+branches that a stock pipeline runs as two calls under diffusers' `cache_context` kept apart."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ee_diffusion.config import EarlyExitConfig
+from ee_diffusion.hooks import apply_early_exit, get_exit_stats, reset_exit_state
+from ee_diffusion.schedules import BlockForecast, CachedTailResidual
+from ee_diffusion.testing import (
+    flux_inputs, qwenimage_inputs, tiny_dit, tiny_flux, tiny_pixart, tiny_qwenimage, tiny_sd3, tiny_wan, wan_inputs,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+RUN = (900.0, 860.0, 820.0, 780.0)  # one sampling run's timesteps (0-999)
+SHARED = ("txt_ids", "img_ids", "img_shapes")  # inputs every row shares
+
+
+def _randn(*shape, seed):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def make(family: str):
+    """(model, inputs for 2 rows, the model's timestep scale) of a tiny stand-in."""
+    if family == "DiT":
+        model = tiny_dit(num_layers=3)
+        return model, {"hidden_states": _randn(2, 1, 8, 8, seed=1), "class_labels": torch.tensor([1, 2])}, 1.0
+    if family == "PixArt":
+        model = tiny_pixart(num_layers=3)
+        return model, {"hidden_states": _randn(2, 4, 8, 8, seed=1), "encoder_hidden_states": _randn(2, 5, 16, seed=2)}, 1.0
+    if family == "SD3":
+        model = tiny_sd3(num_layers=3)
+        return model, {"hidden_states": _randn(2, 4, 8, 8, seed=1), "encoder_hidden_states": _randn(2, 5, 16, seed=2),
+                       "pooled_projections": _randn(2, 8, seed=3)}, 1.0
+    if family == "Flux":
+        model = tiny_flux()
+        return model, flux_inputs(model, batch=2), 1 / 1000
+    if family == "Qwen-Image":
+        model = tiny_qwenimage()
+        return model, qwenimage_inputs(model, batch=2), 1 / 1000
+    model = tiny_wan()
+    return model, wan_inputs(model, batch=2), 1.0
+
+
+def rows(inputs: dict, index: int) -> dict:
+    return {k: v[index : index + 1] if isinstance(v, torch.Tensor) and k not in SHARED else v for k, v in inputs.items()}
+
+
+def sample_run(model, inputs: dict, scale: float) -> list[torch.Tensor]:
+    out = []
+    with torch.no_grad():
+        for t in RUN:
+            batch = next(v for v in inputs.values() if isinstance(v, torch.Tensor)).shape[0]
+            out.append(model(**inputs, timestep=torch.full((batch,), t * scale)).sample)
+    return out
+
+
+FAMILIES = ["DiT", "PixArt", "SD3", "Flux", "Qwen-Image", "Wan"]
+CACHES = {
+    "tail": lambda: CachedTailResidual(threshold=1e9, forecast_order=1),  # every row skips whenever it may
+    "forecast": lambda: BlockForecast(interval=2, forecast_order=1),
+}
+
+
+@pytest.mark.parametrize("cache", list(CACHES))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_cache_works_per_row_on_every_family(family, cache):
+    model, inputs, scale = make(family)
+    inputs.pop("timestep", None)
+    stock = sample_run(model, inputs, scale)
+    apply_early_exit(model, EarlyExitConfig(policy=CACHES[cache]()))
+    together = sample_run(model, inputs, scale)
+    if cache == "tail":  # rows really skipped the tail on the later calls
+        assert get_exit_stats(model).blocks_run[0].tolist() == [1, 1]
+    assert not torch.allclose(together[-1], stock[-1], atol=1e-4)  # the cache changed something
+    for index in range(2):
+        reset_exit_state(model)
+        alone = sample_run(model, rows(inputs, index), scale)
+        for call, expected in zip(together, alone):
+            torch.testing.assert_close(call[index : index + 1], expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["Qwen-Image", "Wan"])
+def test_guidance_branches_run_as_two_calls_keep_their_own_state(family):
+    """QwenImagePipeline and WanPipeline call the model once per branch inside `cache_context("cond")` /
+    `cache_context("uncond")`: each branch's cache state is its own, so interleaving the branches gives each what it
+    gets in a run of its own."""
+    model, inputs, scale = make(family)
+    inputs.pop("timestep", None)
+    negative = {k: (-v if k == "encoder_hidden_states" else v) for k, v in inputs.items()}
+    apply_early_exit(model, EarlyExitConfig(policy=BlockForecast(interval=2, forecast_order=1)))
+    alone = {"cond": sample_run(model, inputs, scale)}
+    reset_exit_state(model)
+    alone["uncond"] = sample_run(model, negative, scale)
+    reset_exit_state(model)
+    interleaved = {"cond": [], "uncond": []}
+    with torch.no_grad():
+        for step, t in enumerate(RUN):
+            for name, branch in (("cond", inputs), ("uncond", negative)):
+                with model.cache_context(name):
+                    interleaved[name].append(model(**branch, timestep=torch.full((2,), t * scale)).sample)
+    for name in ("cond", "uncond"):
+        for got, expected in zip(interleaved[name], alone[name]):
+            torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
