@@ -7,7 +7,7 @@ engine (`ee_diffusion.eval`: `runner`, `frontier`, `report`, `solvers`), which t
 - `presets.py`: `bench`, quality, speed and compute (`compute.py`: FLOPs, peak memory, overheads) of every method
   against the fewer-steps frontier on our models (`models.py`: the settings and their folders in `assets/`); `grid.py` (the methods, including the calibrations'
   picks and diffusers' caches, `mag_cache.py` measuring MagCache's ratios) and `ee_diffusion.eval.report` (the
-  files, `rerender`); `agreement.py` compares two reports row by row;
+  files, `rerender`, with the presets' own `markdown`); `agreement.py` compares two reports row by row;
 - `publish.py`: `publish`, a report's operating point, `evaluation.json` and `TRAINING.md` into a pipeline folder
   (the asset rebuild: `bench/scripts/rebuild_assets.sh`, and the training and export scripts in `scripts/`);
 - `feature_nets.py`: the training of the package's shipped feature networks (`python -m bench.feature_nets`);
@@ -23,3 +23,6 @@ engine (`ee_diffusion.eval`: `runner`, `frontier`, `report`, `solvers`), which t
   under 5 minutes; `gpu_parts.py` runs each part under the time budget and records it, `gpu_report.py` renders
   gpu_check.md from the JSON, so every part that does not run is listed with its reason.
 """
+
+# The glyphs set (dataset, real draws, feature nets) registers itself with the package's registries on import.
+from . import glyphs  # noqa: E402,F401

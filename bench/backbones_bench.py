@@ -30,9 +30,11 @@ from diffusers import (
 from ee_diffusion._io import atomic_write_json, atomic_write_text
 from ee_diffusion.config import EarlyExitConfig
 from ee_diffusion.hooks import apply_early_exit, record_exit_stats, remove_early_exit
-from ee_diffusion.eval.timing import interleaved_timings, summarize_timings
+from ee_diffusion.eval.timing import interleaved_timings
 from ee_diffusion.schedules import TimestepSchedule
 from ee_diffusion.unet import UNetExitBridges
+
+from .compute import summarize_timings
 
 BOUNDARIES = [200, 400, 600, 800]
 

@@ -30,7 +30,7 @@ speedup = median over rounds of stock time / method time, at every batch size.
 
 Matched speed: for every cache row at batch b, the per-row row that is at least as fast at batch b (a median
 speedup no lower, or no more block evaluations per image and a speedup lower by less than the run's timing noise at
-b: `caches_compare.as_fast`, `timing.timing_noise`; the fewer-steps frontier is matched by the same rule) with the
+b: `caches_compare.as_fast`, `caches_compare.timing_noise`; the fewer-steps frontier is matched by the same rule) with the
 lowest worst-net FID relative to the reference; the paired interval of FID(ours) - FID(cache) says whether ours wins
 (whole interval below 0 under every net), loses (above 0 under any) or ties. This is done for the tail forecasts
 (p >= 1), for all per-row rows and for the `BlockForecast` rows. The per-row state
@@ -63,11 +63,11 @@ from ee_diffusion.eval.paired import PairedFIDs
 from ee_diffusion.eval.quality import real_images
 from ee_diffusion.eval.runner import MethodSampler
 from ee_diffusion.eval.solvers import SOLVERS, make_schedulers, solver_timesteps
-from ee_diffusion.eval.timing import load_average, speedups, timing_noise
+from ee_diffusion.eval.timing import load_average, speedups
 from ee_diffusion.pipelines.conditioning import Conditioning
 from ee_diffusion.schedules import BlockForecast, BlockForecastState, CachedTailResidual, TailCacheState
 
-from .caches_compare import frontier_comparisons, matched_comparisons, summarize
+from .caches_compare import frontier_comparisons, matched_comparisons, summarize, timing_noise
 from .caches_report import write
 from .grid import cache_methods
 from .models import SETTINGS, load_setting_pipeline, setting_dataset

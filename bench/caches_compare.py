@@ -3,6 +3,8 @@ against each diffusers cache and against the solver's fewer-steps frontier, and 
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Mapping
 from typing import Any
 
 from ee_diffusion.eval.method import Method
@@ -25,7 +27,7 @@ def _robust_key(row: dict[str, Any], reference: dict[str, Any], key: str) -> flo
 def as_fast(row: dict[str, Any], other: dict[str, Any], batch: str, noise: dict[str, float]) -> bool:
     """Whether `row` is at least as fast as `other` at `batch`: its median speedup is no lower, or it does no more
     block evaluations per image and its speedup is below by less than the run's timing noise at that batch
-    (`timing.timing_noise`): two rows doing the same work differ by a few percent from run to run either way, and a
+    (`timing_noise`): two rows doing the same work differ by a few percent from run to run either way, and a
     verdict at equal wall-clock must not turn on that."""
     mine, theirs = row["timing"][batch]["speedup"], other["timing"][batch]["speedup"]
     return mine >= theirs or (row["block_fraction"] <= other["block_fraction"]
@@ -107,3 +109,30 @@ def summarize(comparisons: list[dict]) -> dict[str, Any]:
             family[f"{prefix}_never_loses_at_batch_1"] = None if at_1 is None else \
                 at_1["loses"] == 0 and at_1["no_faster_row"] == 0
     return out
+
+
+def timing_noise(times: Mapping[str, list[float]], reference: str) -> float:
+    """How much a method's speedup moves from round to round: the median over the methods other than `reference`
+    of half the interquartile range of their per-round ratios (reference time / method time), relative to the
+    median ratio. Two speedups that differ by less than this are not told apart by the timing; 0.0 with fewer than
+    two rounds (nothing to measure it from).
+
+    ```py
+    >>> times = {"full": [2.0, 2.0, 2.0, 2.0, 2.0], "fast": [1.0, 0.8, 1.25, 0.5, 2.0]}  # ratios 2, 2.5, 1.6, 4, 1
+    >>> timing_noise(times, "full")  # quartiles 1.6 and 2.5 around the median 2
+    0.225
+    >>> timing_noise({"full": [2.0], "fast": [1.0]}, "full")
+    0.0
+
+    ```
+    """
+    if reference not in times:
+        raise ValueError(f"reference {reference!r} is not among the timed methods {sorted(times)}")
+    spreads = []
+    for name, values in times.items():
+        if name == reference or len(values) < 2:
+            continue
+        ratios = [r / v for v, r in zip(values, times[reference])]
+        low, _, high = statistics.quantiles(ratios, n=4, method="inclusive")
+        spreads.append((high - low) / 2 / statistics.median(ratios))
+    return round(float(statistics.median(spreads)), 6) if spreads else 0.0

@@ -1,8 +1,8 @@
 """`python -m bench`: the benchmarks on our own models, from the repository root (not installed with the package).
 
-`python -m bench bench | bench-engine | bench-shapes | bench-caches | bench-compile | publish | calibrate` (see
-`python -m bench --help`); `calibrate` is `ee-diffusion calibrate` with our models' settings (`models.SETTINGS`)
-beside the package's. The GPU check, the backbones' cost and the U-Net against the DiT run as modules of their own
+`python -m bench bench | bench-engine | bench-shapes | bench-caches | bench-compile | publish | calibrate | train`
+(see `python -m bench --help`); `calibrate` is `ee-diffusion calibrate` with our models' settings (`models.SETTINGS`)
+beside the package's, `train` is `ee-diffusion train` with our glyphs set registered (`glyphs.py`). The GPU check, the backbones' cost and the U-Net against the DiT run as modules of their own
 (`python -m bench.gpu_check`, `bench.backbones_bench`, `bench.unet_vs_dit`).
 """
 
@@ -124,6 +124,14 @@ def _run_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(subparsers) -> None:
+    from ee_diffusion.training.cli import add_train_arguments, run_train
+
+    parser = subparsers.add_parser("train", help="`ee-diffusion train` with the glyphs dataset registered")
+    add_train_arguments(parser)
+    parser.set_defaults(func=run_train)
+
+
 def _settings() -> dict:
     from .models import SETTINGS
 
@@ -137,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_engine(subparsers)
     _add_publish(subparsers)
     add_calibrate(subparsers, SETTING_NAMES, _settings)
+    _add_train(subparsers)
     _add_benchmark(subparsers, "bench-shapes", "shapes_bench", "wall-clock of early exit at DiT-XL/2, PixArt-alpha "
                    "and SD3-medium widths (random weights)", _run_bench_shapes)
     _add_benchmark(subparsers, "bench-caches", "caches_bench", "per-row tail caches (reuse and forecast) against "

@@ -9,7 +9,8 @@ that ran, the exit heads, the output head and a VAE decode when there is one. Ga
 from __future__ import annotations
 
 import resource
-from collections.abc import Callable
+import statistics
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ee_diffusion.config import EarlyExitConfig
-from ee_diffusion.eval.timing import ExitConfigSwitch, interleaved_timings, summarize_timings
+from ee_diffusion.eval.timing import ExitConfigSwitch, interleaved_timings
 
 
 def count_flops(fn: Callable[[], Any]) -> dict[str, int]:
@@ -126,3 +127,33 @@ def overhead_breakdown(pipe: Any, batch_size: int, repeats: int = 10, warmup: in
     if "heads_no_exit" in summary:
         result["heads_overhead_fraction"] = summary["heads_no_exit"]["ratio_to_reference"] - 1
     return result
+
+
+def summarize_timings(times: Mapping[str, list[float]], reference: str) -> dict[str, dict[str, float]]:
+    """Median seconds per method and its ratio to `reference`: median of per-round ratios (robust to drift).
+
+    Round i of every method is divided by round i of `reference` (they ran back to back), and the median of
+    those ratios is reported, not the ratio of the medians.
+
+    ```py
+    >>> summary = summarize_timings({"full": [1.0, 3.0, 2.0], "fast": [0.8, 0.6, 1.2]}, reference="full")
+    >>> summary["fast"]["median_s"], summary["fast"]["ratio_to_reference"]  # ratios 0.8, 0.2, 0.6
+    (0.8, 0.6)
+
+    ```
+    """
+    if reference not in times:
+        raise ValueError(f"reference {reference!r} is not among the timed methods {sorted(times)}")
+    ref = times[reference]
+    rounds = {name: len(values) for name, values in times.items()}
+    if set(rounds.values()) != {len(ref)}:
+        raise ValueError(f"every method needs as many rounds as {reference!r} ({len(ref)}), got {rounds}")
+    summary = {}
+    for name, values in times.items():
+        ratios = [v / r for v, r in zip(values, ref)]
+        summary[name] = {
+            "median_s": statistics.median(values),
+            "min_s": min(values),
+            "ratio_to_reference": statistics.median(ratios),
+        }
+    return summary

@@ -24,10 +24,12 @@ import torch
 
 from ee_diffusion._io import atomic_write_json, atomic_write_text
 from ee_diffusion.config import EarlyExitConfig
-from ee_diffusion.eval.timing import ExitConfigSwitch, interleaved_timings, summarize_timings
+from ee_diffusion.eval.timing import ExitConfigSwitch, interleaved_timings
 from ee_diffusion.heads import UncertaintyHeads
 from ee_diffusion.schedules import ExitContext, ExitPolicy, StaticDepth, TimestepSchedule, UncertaintyThreshold
 from ee_diffusion.testing import tiny_dit
+
+from .compute import summarize_timings
 
 
 class _ExitAfterBlock(ExitPolicy):

@@ -1,17 +1,35 @@
-"""The shipped feature networks' training (`ee_diffusion.eval.features.RECIPES`): how the assets in
-`ee_diffusion/assets/feature-nets/` are rebuilt, `python -m bench.feature_nets --name digits` (deterministic: fixed
-seed, fixed data order, one thread)."""
+"""The shipped feature networks' training (`RECIPES`): how the assets in `ee_diffusion/assets/feature-nets/` (and
+the glyphs nets in `bench/assets/feature-nets/`) are rebuilt, `python -m bench.feature_nets --name digits`
+(deterministic: fixed seed, fixed data order, one thread). Where each is saved: `ee_diffusion.eval.features.FEATURE_NETS`."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ee_diffusion.eval.features import FEATURE_NET_DIR, RECIPES, FeatureNet, save_feature_net
+from ee_diffusion.eval.features import FEATURE_NETS, FeatureNet, save_feature_net
 from ee_diffusion.training.data import get_dataset
+
+# What each network is trained on: dataset name, options of the training draw and of a held-out draw (None: a 25%
+# split of the training set), the number of optimizer steps, the architecture (`FeatureNet`'s `arch`) and the seed
+# of the initialisation, batches and split; "<data>-pool" is the second, independent net of each data set.
+RECIPES: dict[str, dict[str, Any]] = {
+    "digits": {"dataset": "digits", "train_options": {}, "test_options": None, "steps": 1500, "lr": 2e-3, "pct_start": 0.3},
+    "glyphs": {
+        "dataset": "glyphs",
+        "train_options": {"image_size": 8, "per_font": 16, "charset": "upper", "seed": 100},
+        "test_options": {"image_size": 8, "per_font": 4, "charset": "upper", "seed": 101},
+        "steps": 3000,
+        "lr": 3e-3,
+        "pct_start": 0.15,
+    },
+}
+RECIPES["digits-pool"] = {**RECIPES["digits"], "arch": "pool", "width": 48, "feature_dim": 96, "seed": 7}
+RECIPES["glyphs-pool"] = {**RECIPES["glyphs"], "arch": "pool", "width": 48, "feature_dim": 96, "seed": 7}
 
 
 def _to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -91,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None)
     args = parser.parse_args(argv)
     net, meta = train_feature_net(args.name, steps=args.steps, progress=True)
-    out = args.out if args.out is not None else FEATURE_NET_DIR / args.name
+    out = args.out if args.out is not None else FEATURE_NETS[args.name][1]
     out.parent.mkdir(parents=True, exist_ok=True)
     save_feature_net(net, meta, out)
     print(f"{args.name}: held-out accuracy {meta['held_out_accuracy']:.4f}; saved to {out}")

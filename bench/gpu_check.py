@@ -42,10 +42,11 @@ import torch
 from ee_diffusion._io import atomic_write_json, atomic_write_text
 from ee_diffusion.config import EarlyExitConfig
 from ee_diffusion.hooks import apply_early_exit, early_exit, remove_early_exit
-from ee_diffusion.eval.timing import interleaved_timings, summarize_timings
+from ee_diffusion.eval.timing import interleaved_timings
 from ee_diffusion.layout import BatchLayout
 from ee_diffusion.schedules import StaticDepth, TimestepSchedule
 
+from .compute import summarize_timings
 from .gpu_parts import PartSkipped, run_part
 from .gpu_report import markdown, summary_line
 from .shapes_bench import ASE_RELEASED, SHAPES, bench_shape, moved_to, to_device

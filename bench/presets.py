@@ -39,11 +39,11 @@ from ee_diffusion.eval.features import feature_nets_of
 from ee_diffusion.eval.method import Method
 from ee_diffusion.eval.paired import FrechetReference
 from ee_diffusion.eval.quality import real_images
-from ee_diffusion.eval.report import write_report
+from ee_diffusion.eval.report import describe_point, rows_table, write_report
 from ee_diffusion.eval.runner import MethodSampler, Runner, as_uint8
 from ee_diffusion.eval.sample_cache import ShardCache
 from ee_diffusion.eval.solvers import SOLVERS, make_schedulers
-from ee_diffusion.eval.timing import load_average, speedups, store_times
+from ee_diffusion.eval.timing import load_average, store_times
 from ee_diffusion.pipelines.conditioning import Conditioning
 
 from .compute import count_flops, overhead_breakdown, peak_memory
@@ -318,6 +318,54 @@ def run(preset: str | Preset = "ci", out: str | Path = "bench_out", settings: tu
     }
     for entry in results:
         entry["operating_point"]["measured_in"] = f"{out / 'report.json'} ({command or 'python -m bench bench'})"
-    write_report(report, out)
+    write_report(report, out, markdown)
     log(f"wrote {out / 'report.json'}, report.md, pareto.png")
     return report
+
+
+def markdown(report: dict) -> str:
+    """A preset's report as Markdown: per setting the verdict, the frontier comparison, the table of every method,
+    the overheads (`write_report(report, out, markdown)`; a `bench --pipeline` report: `eval.report.markdown`)."""
+    env = report["environment"]
+    lines = [f"# ee-diffusion bench (preset {report['preset']})", "",
+             f"Command: `{report['command']}`", "",
+             f"torch {env['torch']}, {env['threads']} threads, {env['machine']} ({env.get('cpu_count')} CPUs); load "
+             f"average before {env.get('load_average_before')}, after {env.get('load_average_after')}; total "
+             f"{report['elapsed_s']:.0f} s.", ""]
+    for s in report["settings"]:
+        d = s["decisions"]
+        rows = s["rows"]
+        ref = rows[s["reference"]]
+        b = s["bootstrap"]
+        lines += [f"## {s['setting']} ({s['num_blocks']} blocks, {s['num_classes']} classes, {s['num_images']} images, "
+                  f"guidance {s['guidance_scale']})", "",
+                  f"**Verdict.** {d['verdict']}", "",
+                  f"Reference: `{s['reference']}` (stock model, no hooks), FID {ref['fid']:.3f} on the shipped "
+                  f"{s['feature_net']['name']} feature net ({s['feature_net']['features']} features, "
+                  f"{s['real_images']} real images). Floor: {s['floor']['fid']:.3f} ({s['floor']['num_images']} real "
+                  f"images against the reference set). Intervals: {b['confidence']:.0%} paired bootstrap, "
+                  f"{b['resamples']} resamples of image indices."
+                  + (f" Unpaired spread between two noise seeds of the reference: {s['seed_spread']:.3f}."
+                     if s.get("seed_spread") is not None else ""), "",
+                  "Knee (fewest steps whose interval against the reference includes 0 or lies below it): "
+                  + ", ".join(f"{k}: `{v}`" for k, v in d["knees"].items()) + f"; the knee used: `{d['knee']}`.", "",
+                  f"Recommended operating point: `{d['recommended']}` - "
+                  f"{describe_point(s['operating_point'])}.", ""]
+        if d["exit_rows_beating_frontier"]:
+            lines += ["Early-exit points whose whole interval lies below the frontier's at equal wall-clock and "
+                      "equal block evaluations:", ""]
+            lines += rows_table(s, d["exit_rows_beating_frontier"])
+        else:
+            lines += ["No early-exit point beats the fewer-steps frontier at its cost on this model."]
+        lines += ["", "### Every method", ""] + rows_table(s) + [""]
+        if s.get("not_attached"):
+            lines += ["Diffusers caches that could not attach: " + "; ".join(f"{k}: {v}" for k, v in s["not_attached"].items()), ""]
+        o = s["overhead"]
+        lines += [f"Overheads at {o['rows_per_call']} rows per model call: hooks {o['hook_overhead_fraction']:+.1%}, "
+                  f"heads {o.get('heads_overhead_fraction', float('nan')):+.1%}, gather/scatter "
+                  f"{o['gather_scatter_overhead_fraction']:+.1%} of a full call.",
+                  "Peak memory above start: " + ", ".join(f"{k} {v['peak_above_start_mib']:.0f} MiB"
+                                                        for k, v in s["peak_memory"].items()) + ".",
+                  f"Timing: {s['timing']['what']}; {s['timing']['repeats']} rounds after {s['timing']['warmup']} "
+                  f"warm-up; batches {s['timing']['batches']} (batches after the first: the key rows only).", ""]
+    return "\n".join(lines) + "\n"

@@ -36,9 +36,11 @@ import torch
 
 from ee_diffusion._io import atomic_write_json, atomic_write_text
 from ee_diffusion.config import EarlyExitConfig
-from ee_diffusion.eval.timing import ExitConfigSwitch, interleaved_timings, summarize_timings
+from ee_diffusion.eval.timing import ExitConfigSwitch, interleaved_timings
 from ee_diffusion.heads import UncertaintyHeads
 from ee_diffusion.schedules import StaticDepth, TimestepSchedule, UncertaintyThreshold
+
+from .compute import summarize_timings
 
 ASE_TIMESTEPS = (100, 300, 500, 700, 900)  # one per bucket of boundaries 200/400/600/800
 ASE_RELEASED = (28, 24, 20, 16, 12)

@@ -24,15 +24,19 @@ import torch
 
 from ee_diffusion._io import atomic_write_text
 from ee_diffusion.config import EarlyExitConfig
-from ee_diffusion.eval.sampling import class_labels, generate, image_generators
-from ee_diffusion.eval.timing import interleaved_timings, summarize_timings
+from ee_diffusion.eval.pipeline_sampling import sample_pipeline
+from ee_diffusion.eval.timing import interleaved_timings
+from ee_diffusion.pipelines.conditioning import Conditioning
 from ee_diffusion.schedules import StaticDepth, TimestepSchedule
+
+from .compute import summarize_timings
 
 DIT_METHODS = {
     "full (8 blocks)": None,
     "StaticDepth(6)": StaticDepth(6),
     "TimestepSchedule [8,7,6,5,4] @ 200/400/600/800": TimestepSchedule([200, 400, 600, 800], [8, 7, 6, 5, 4]),
 }
+DIGITS = Conditioning("classes", class_ids=list(range(10)))
 UNET_METHODS = {
     "full (3 levels)": None,
     "StaticDepth(2)": StaticDepth(2),
@@ -45,17 +49,11 @@ def _config(policy: Any) -> EarlyExitConfig | None:
     return None if policy is None else EarlyExitConfig(policy=policy)
 
 
-def _unet_generate(unet_pipe: Any, indices: list[int], policy: Any, steps: int, seed: int, batch_size: int):
-    images, total, full = [], 0, 0
-    shape = unet_pipe.sample_shape()
-    for start in range(0, len(indices), batch_size):
-        chunk = indices[start : start + batch_size]
-        noise = torch.stack([torch.randn(shape, generator=g) for g in image_generators(chunk, seed)])
-        out = unet_pipe(class_labels(chunk, 10), num_inference_steps=steps, guidance_scale=1.0, latents=noise,
-                        exit_config=_config(policy) or EarlyExitConfig(), output_type="pt")
-        images.append(out.images.float().cpu())
-        total, full = total + out.exit_stats.total_blocks, full + out.exit_stats.full_blocks
-    return torch.cat(images), torch.tensor(class_labels(indices, 10)), total / full
+def _sample(pipe: Any, indices: list[int], policy: Any, steps: int, seed: int, batch_size: int):
+    """Images i of `indices` (class i % 10, noise (seed, i)) at guidance 1.0 with `policy`, through the package's
+    one sampling loop; returns the `SampleRun` (its exit statistics give the fraction of full depth)."""
+    return sample_pipeline(pipe, indices, DIGITS, exit_config=_config(policy), num_inference_steps=steps,
+                           guidance_scale=1.0, seed=seed, batch_size=batch_size)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,26 +95,17 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     timed: dict[str, Any] = {}
     timing_batch = list(range(min(args.batch_size, args.num_images)))
-    for name, policy in DIT_METHODS.items():
-        started = time.perf_counter()
-        run = generate(pipe, indices, exit_config=_config(policy), num_inference_steps=args.steps,
-                       guidance_scale=1.0, seed=args.seed, batch_size=args.batch_size)
-        seconds = time.perf_counter() - started
-        score = evaluator.score(run.images, run.labels, kid=False)
-        rows.append({"backbone": "DiT", "method": name, "policy": None if policy is None else policy.to_dict(),
-                     "depth_fraction": run.extra["exit_stats"].depth_fraction, "generate_s": seconds, **score})
-        timed["DiT/" + name] = (lambda p=policy: generate(
-            pipe, timing_batch, exit_config=_config(p), num_inference_steps=args.steps, guidance_scale=1.0,
-            seed=args.seed, batch_size=args.batch_size))
-    for name, policy in UNET_METHODS.items():
-        started = time.perf_counter()
-        images, labels, fraction = _unet_generate(unet_pipe, indices, policy, args.steps, args.seed, args.batch_size)
-        seconds = time.perf_counter() - started
-        score = evaluator.score(images, labels, kid=False)
-        rows.append({"backbone": "U-Net", "method": name, "policy": None if policy is None else policy.to_dict(),
-                     "depth_fraction": fraction, "generate_s": seconds, **score})
-        timed["U-Net/" + name] = (lambda p=policy: _unet_generate(
-            unet_pipe, timing_batch, p, args.steps, args.seed, args.batch_size))
+    for backbone, model, methods in (("DiT", pipe, DIT_METHODS), ("U-Net", unet_pipe, UNET_METHODS)):
+        for name, policy in methods.items():
+            started = time.perf_counter()
+            run = _sample(model, indices, policy, args.steps, args.seed, args.batch_size)
+            seconds = time.perf_counter() - started
+            score = evaluator.score(run.images, run.labels, kid=False)
+            rows.append({"backbone": backbone, "method": name,
+                         "policy": None if policy is None else policy.to_dict(),
+                         "depth_fraction": run.extra["exit_stats"].depth_fraction, "generate_s": seconds, **score})
+            timed[f"{backbone}/{name}"] = (lambda m=model, p=policy: _sample(
+                m, timing_batch, p, args.steps, args.seed, args.batch_size))
     times = interleaved_timings(timed, repeats=args.timing_repeats, warmup=1)
     for backbone, methods in (("DiT", DIT_METHODS), ("U-Net", UNET_METHODS)):
         keys = [f"{backbone}/{m}" for m in methods]

@@ -26,8 +26,8 @@ _REBUILD = "bench/scripts/train_default_model.sh of the repository"
 
 @dataclass(frozen=True)
 class Setting:
-    """A model scored on one of the package's datasets: `data` ("digits" or "glyphs") names its real images and
-    feature networks, `folder` its pipeline folder, `rebuild` how to make the folder when it is missing."""
+    """A model scored on a registered dataset: `data` ("digits"; the repository's `bench/` adds "glyphs") names its
+    real images and feature networks, `folder` its pipeline folder, `rebuild` how to make the folder when it is missing."""
 
     data: str
     folder: Path

@@ -1,15 +1,11 @@
 """The bench's decisions on crafted rows (paired intervals, knees, frontier wins, the recommendation and its
-operating point), re-rendering a saved report after an edit, and writing the operating point into a folder."""
-
-import json
+operating point); re-rendering a saved preset report: bench/tests/test_publish.py."""
 
 import numpy as np
 import pytest
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
 from ee_diffusion import EarlyExitConfig
 from ee_diffusion.eval import frontier
-from ee_diffusion.eval.report import rerender, write_report
 from ee_diffusion.operating_point import OperatingPoint
 from ee_diffusion.schedules import StaticDepth
 
@@ -115,61 +111,6 @@ def test_the_recommendation_prefers_the_fastest_quality_holding_frontier_win():
     point = frontier.operating_point(rows, "dpmpp10", {"ddim": "DDIMScheduler", "dpmpp": "DPMS"}, 1.0, 25,
                                      CONFIDENCE, "")
     assert point["exit_config"] is None and point["exit_configs_by_steps"] == {"8": None}
-
-
-def _entry(rows):
-    return {
-        "setting": "digits", "num_blocks": 8, "num_classes": 10, "num_images": 400, "reference_steps": 25,
-        "reference": "ddim25", "guidance_scale": 1.0,
-        "solvers": {"ddim": {"class": "DDIMScheduler", "config": dict(DDIMScheduler().config)},
-                    "dpmpp": {"class": "DPMSolverMultistepScheduler",
-                              "config": dict(DPMSolverMultistepScheduler(algorithm_type="dpmsolver++").config)}},
-        "feature_net": {"name": "digits", "features": 64}, "real_images": 899,
-        "floor": {"fid": 2.0, "num_images": 898}, "seed_spread": 0.5,
-        "bootstrap": {"resamples": BASE.size, "confidence": CONFIDENCE, "seed": 0}, "rows": rows,
-        "operating_point": {"measured_in": ""}, "not_attached": {},
-        "timing": {"batches": [64], "repeats": 1, "warmup": 0, "what": "crafted"},
-        "overhead": {"rows_per_call": 64, "hook_overhead_fraction": 0.0, "gather_scatter_overhead_fraction": 0.0},
-        "peak_memory": {"ddim25": {"peak_above_start_mib": 1.0}},
-    }
-
-
-def _saved_report(tmp_path):
-    rows = _rows(_row("dpmpp10", "fewer_steps", 0.0, 0.2, solver="dpmpp", steps=10, blocks=0.40, time=0.41),
-                 _row("dpmpp8", "fewer_steps", 1.2, 0.2, solver="dpmpp", steps=8, blocks=0.32, time=0.33),
-                 _row("static7@dpmpp10", "static_depth", 1.5, 0.2, solver="dpmpp", steps=10, blocks=0.35, time=0.36,
-                      config=7))
-    for r in rows.values():
-        r["fidelity"] = {"psnr_db": 30.0, "ssim": 0.99, "feature_distance": 1.0}
-        r["timing"] = {"64": {"speedup": r["speedup"]}}
-    report = {"preset": "custom", "command": "crafted", "elapsed_s": 1.0, "settings": [_entry(rows)],
-              "environment": {"torch": "x", "threads": 2, "machine": "x", "cpu_count": 2}}
-    (tmp_path / "report.json").write_text(json.dumps(report))
-    return rerender(tmp_path)
-
-
-def test_rerender_redecides_from_edited_measurements(tmp_path):
-    report = _saved_report(tmp_path)
-    entry = report["settings"][0]
-    assert entry["decisions"]["recommended"] == "dpmpp10" and entry["operating_point"]["exit_config"] is None
-    # The exit point becomes as good as the reference: it now beats dpmpp8 at its cost and is recommended.
-    row = entry["rows"]["static7@dpmpp10"]
-    row.update(fid=REF_FID, fid_resamples=[v - 1.5 for v in row["fid_resamples"]])
-    (tmp_path / "report.json").write_text(json.dumps(report))
-    again = rerender(tmp_path)["settings"][0]
-    assert again["decisions"]["recommended"] == "static7@dpmpp10"
-    assert again["operating_point"]["exit_config"] == row["exit_config"]
-    text = (tmp_path / "report.md").read_text()
-    assert "Recommended operating point: `static7@dpmpp10`" in text and "uses early exit" in text
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["pareto.png", "report.json", "report.md"]
-
-
-def test_a_report_never_holds_nan(tmp_path):
-    report = _saved_report(tmp_path)
-    report["settings"][0]["calibration"] = {"deviation": [float("nan"), float("-inf"), 1.0]}
-    write_report(report, tmp_path)
-    saved = json.loads((tmp_path / "report.json").read_text())  # strict JSON: no NaN or Infinity tokens
-    assert saved["settings"][0]["calibration"] == {"deviation": [None, None, 1.0]}
 
 
 def test_exit_wins_that_lose_quality_leave_the_recommendation_to_steps_alone():

@@ -87,7 +87,7 @@ def test_the_cheapest_forecast_that_meets_the_psnr_goal_and_the_most_faithful_wi
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     (dict(min_psnr=30.0, budget=0.5), "give exactly one of min_psnr and budget"),
-    (dict(budget=1.5), r"budget must be a compute fraction in \(0, 1\], got 1.5"),
+    (dict(budget=1.5), r"budget must be a fraction of compute in \(0, 1\], got 1.5"),
     (dict(min_psnr=30.0, intervals=(1,)), "every value of intervals must be an integer >= 2"),
     (dict(min_psnr=30.0, forecast_orders=(3,)), r"forecast_orders must be a non-empty subset of \(0, 1, 2\)"),
     (dict(min_psnr=30.0, windows=((0, True),)), "every windows entry must be .first timesteps computed >= 1"),

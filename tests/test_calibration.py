@@ -8,6 +8,8 @@ import torch
 from diffusers import DDIMScheduler
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from _eval_pipes import sample_classes
+
 from ee_diffusion import (
     BatchLayout,
     EarlyExitConfig,
@@ -30,7 +32,6 @@ from ee_diffusion.calibration import (
     step_buckets,
 )
 from ee_diffusion.calibration.thresholds import RecordedCertainties, _CertaintyRecorder
-from ee_diffusion.eval.sampling import generate
 from ee_diffusion.pipelines import EarlyExitDiTPipeline
 from ee_diffusion.schedules import StaticDepth, TimestepSchedule, UncertaintyThreshold
 from ee_diffusion.testing import tiny_dit
@@ -75,7 +76,8 @@ def test_step_buckets_split_the_sampling_steps():
 def test_calibrated_schedule_meets_its_budget_and_round_trips(pipe, tmp_path):
     for budget in (0.5, 0.75):
         result = calibrate_schedule(pipe, budget=budget, calib=CALIB)
-        run = generate(pipe, range(4), exit_config=result.exit_config, num_inference_steps=CALIB.num_inference_steps)
+        run = sample_classes(pipe, range(4), exit_config=result.exit_config,
+                             num_inference_steps=CALIB.num_inference_steps)
         fraction = run.block_evals / (run.model_rows * 4)
         assert fraction <= budget + 1e-9 and fraction == pytest.approx(result.info["block_fraction"])
     save_calibration(result, tmp_path / "policy.json")
@@ -90,8 +92,8 @@ def test_calibrated_thresholds_meet_their_budget(pipe):
     assert isinstance(policy, UncertaintyThreshold) and policy.per_timestep is not None
 
     def fraction(seed, images):
-        run = generate(pipe, images, exit_config=result.exit_config, num_inference_steps=CALIB.num_inference_steps,
-                       seed=seed)
+        run = sample_classes(pipe, images, exit_config=result.exit_config,
+                             num_inference_steps=CALIB.num_inference_steps, seed=seed)
         return run.block_evals / (run.model_rows * 4)
 
     # On the calibration seeds the budget holds by construction; on held-out seeds (other noise, other images)
@@ -134,10 +136,10 @@ def test_bisection_finds_the_smallest_value_reaching_the_goal():
 
 def test_distilled_schedule_reproduces_the_observed_mean_depth(pipe):
     config = EarlyExitConfig(policy=UncertaintyThreshold(0.5, patience=1))
-    run = generate(pipe, range(6), exit_config=config, num_inference_steps=4)
+    run = sample_classes(pipe, range(6), exit_config=config, num_inference_steps=4)
     stats = run.extra["exit_stats"]
     schedule = distil_schedule(stats, rounding="round")
-    distilled = generate(pipe, range(6), exit_config=EarlyExitConfig(policy=schedule), num_inference_steps=4)
+    distilled = sample_classes(pipe, range(6), exit_config=EarlyExitConfig(policy=schedule), num_inference_steps=4)
     per_step = [float(b.float().mean()) for b in stats.blocks_run]
     assert abs(distilled.block_evals - run.block_evals) <= 0.5 * len(per_step) * 12 + 1e-9
 

@@ -10,7 +10,9 @@ from ee_diffusion.config import EarlyExitConfig
 from ee_diffusion.hooks import apply_early_exit, get_exit_stats, reset_exit_state
 from ee_diffusion.schedules import BlockForecast, CachedTailResidual
 from ee_diffusion.testing import (
-    flux_inputs, qwenimage_inputs, tiny_dit, tiny_flux, tiny_pixart, tiny_qwenimage, tiny_sd3, tiny_wan, wan_inputs,
+    chroma_inputs, cogvideox_inputs, cogview4_inputs, flux_inputs, hunyuanvideo_inputs, ltx_inputs, qwenimage_inputs,
+    sana_inputs, tiny_chroma, tiny_cogvideox, tiny_cogview4, tiny_dit, tiny_flux, tiny_hunyuanvideo, tiny_ltx,
+    tiny_pixart, tiny_qwenimage, tiny_sana, tiny_sd3, tiny_wan, wan_inputs,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -41,6 +43,24 @@ def make(family: str):
     if family == "Qwen-Image":
         model = tiny_qwenimage()
         return model, qwenimage_inputs(model, batch=2), 1 / 1000
+    if family == "Chroma":
+        model = tiny_chroma()
+        return model, chroma_inputs(model, batch=2), 1 / 1000
+    if family == "HunyuanVideo":
+        model = tiny_hunyuanvideo()
+        return model, hunyuanvideo_inputs(model, batch=2), 1.0
+    if family == "CogVideoX":
+        model = tiny_cogvideox()
+        return model, cogvideox_inputs(model, batch=2), 1.0
+    if family == "CogView4":
+        model = tiny_cogview4()
+        return model, cogview4_inputs(model, batch=2), 1.0
+    if family == "Sana":
+        model = tiny_sana()
+        return model, sana_inputs(model, batch=2), 1.0
+    if family == "LTX-Video":
+        model = tiny_ltx()
+        return model, ltx_inputs(model, batch=2), 1.0
     model = tiny_wan()
     return model, wan_inputs(model, batch=2), 1.0
 
@@ -58,7 +78,10 @@ def sample_run(model, inputs: dict, scale: float) -> list[torch.Tensor]:
     return out
 
 
-FAMILIES = ["DiT", "PixArt", "SD3", "Flux", "Qwen-Image", "Wan"]
+FAMILIES = [
+    "DiT", "PixArt", "SD3", "Flux", "Qwen-Image", "Wan", "CogVideoX", "Sana", "HunyuanVideo", "CogView4", "Chroma",
+    "LTX-Video",
+]
 CACHES = {
     "tail": lambda: CachedTailResidual(threshold=1e9, forecast_order=1),  # every row skips whenever it may
     "forecast": lambda: BlockForecast(interval=2, forecast_order=1),
@@ -83,11 +106,11 @@ def test_a_cache_works_per_row_on_every_family(family, cache):
             torch.testing.assert_close(call[index : index + 1], expected, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["Qwen-Image", "Wan"])
+@pytest.mark.parametrize("family", ["Qwen-Image", "Wan", "HunyuanVideo", "CogView4"])
 def test_guidance_branches_run_as_two_calls_keep_their_own_state(family):
-    """QwenImagePipeline and WanPipeline call the model once per branch inside `cache_context("cond")` /
-    `cache_context("uncond")`: each branch's cache state is its own, so interleaving the branches gives each what it
-    gets in a run of its own."""
+    """QwenImagePipeline, WanPipeline and HunyuanVideoPipeline call the model once per branch inside
+    `cache_context("cond")` / `cache_context("uncond")`: each branch's cache state is its own, so interleaving the
+    branches gives each what it gets in a run of its own."""
     model, inputs, scale = make(family)
     inputs.pop("timestep", None)
     negative = {k: (-v if k == "encoder_hidden_states" else v) for k, v in inputs.items()}

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ee_diffusion.eval.sampling import generate
+from _eval_pipes import sample_classes
 from ee_diffusion.stats import ExitStats
 
 
@@ -31,8 +31,9 @@ def test_extend_keeps_fallback_and_nonfinite_flags():
         ExitStats(8).extend(merged)
 
 
-def test_generate_keeps_the_flags_of_every_call(monkeypatch):
-    """`generate` merges each pipeline call's statistics whole (it used to drop the fallback/non-finite flags)."""
+def test_sampling_keeps_the_flags_of_every_call(monkeypatch):
+    """`sample_pipeline` merges each pipeline call's statistics whole (it used to drop the fallback and non-finite
+    flags)."""
     from diffusers import DDIMScheduler
 
     from ee_diffusion.pipelines import EarlyExitDiTPipeline
@@ -49,7 +50,7 @@ def test_generate_keeps_the_flags_of_every_call(monkeypatch):
         return out
 
     monkeypatch.setattr(EarlyExitDiTPipeline, "__call__", flagging_call)
-    run = generate(pipe, range(3), num_inference_steps=2, batch_size=2)
+    run = sample_classes(pipe, range(3), num_inference_steps=2, batch_size=2)
     stats = run.extra["exit_stats"]
     assert stats.num_calls == 2 * (2 + 1)  # two batches of 2 steps, each with the extra flagged call
     assert stats.num_fallbacks == 2 and stats.num_nonfinite == 2

@@ -154,3 +154,15 @@ def test_the_state_of_a_per_row_row_is_measured_at_the_batch_asked_for():
                     notes={"forecast_order": 2})
     small, large = caches_bench.state_memory(pipe, method, 2), caches_bench.state_memory(pipe, method, 6)
     assert large["measured_bytes"] == 3 * small["measured_bytes"] == 3 * small["formula_bytes"]
+
+
+def test_timing_noise_is_the_typical_round_to_round_spread_of_a_speedup():
+    steady = {"full": [2.0] * 5, "fast": [1.0] * 5, "slow": [4.0] * 5}
+    assert caches_compare.timing_noise(steady, "full") == 0.0
+    # A drift that slows a whole round alike does not count as noise: ratios are taken within a round.
+    drifted = {name: [v * (1.0 + 0.3 * i) for i, v in enumerate(values)] for name, values in steady.items()}
+    assert caches_compare.timing_noise(drifted, "full") == pytest.approx(0.0, abs=1e-12)
+    noisy = {"full": [2.0] * 5, "fast": [1.0, 0.8, 1.25, 0.5, 2.0], "same": [1.0] * 5}
+    assert caches_compare.timing_noise(noisy, "full") == pytest.approx((0.225 + 0.0) / 2)  # the median of the two spreads
+    with pytest.raises(ValueError, match=r"reference 'ful' is not among the timed methods"):
+        caches_compare.timing_noise(noisy, "ful")

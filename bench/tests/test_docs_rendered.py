@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import backbones_bench, caches_report, compile_bench, shapes_bench, unet_vs_dit
+from bench import backbones_bench, caches_report, compile_bench, presets, shapes_bench, unet_vs_dit
 from ee_diffusion.calibration.operating_point_result import search_markdown
-from ee_diffusion.eval.report import markdown
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 RENDERED = [
@@ -19,7 +18,7 @@ RENDERED = [
     ("operating-point-search-digits/search.json", "operating-point-search-digits/search.md", search_markdown),
     ("unet-vs-dit/results.json", "unet-vs-dit/table.md", unet_vs_dit.markdown_table),
     ("backbones-cost/backbones.json", "backbones-cost/backbones.md", backbones_bench.markdown),
-    ("bench-ci-digits/report.json", "bench-ci-digits/report.md", markdown),
+    ("bench-ci-digits/report.json", "bench-ci-digits/report.md", presets.markdown),
     ("bench-shapes/dit-xl-2/shapes.json", "bench-shapes/dit-xl-2/shapes.md", shapes_bench.markdown),
     ("bench-shapes/pixart-alpha-512/shapes.json", "bench-shapes/pixart-alpha-512/shapes.md", shapes_bench.markdown),
 ]

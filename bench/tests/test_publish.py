@@ -1,4 +1,5 @@
-"""`python -m bench publish`: a bench report's operating point, or a confirmed search's, into a pipeline folder."""
+"""A preset report re-rendered after an edit, and `python -m bench publish`: a bench report's operating point, or a
+confirmed search's, into a pipeline folder."""
 
 import json
 import shutil
@@ -8,13 +9,75 @@ import pytest
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
 from bench.cli import main
+from bench.presets import markdown
 from bench.publish import publish_search, training_markdown, write_operating_point
 from ee_diffusion.default_model import DEFAULT_MODEL_DIR
-from ee_diffusion.eval.report import rerender
+from ee_diffusion.eval import report as report_files
 from ee_diffusion.operating_point import OperatingPoint
 from ee_diffusion.pipelines import EarlyExitDiTPipeline
 from ee_diffusion.testing import tiny_dit
-from tests.test_benchmarks_report import REF_FID, _saved_report
+from tests.test_benchmarks_report import BASE, CONFIDENCE, REF_FID, _row, _rows
+
+
+def rerender(out):
+    """A preset report's files re-decided and re-rendered (with the presets' Markdown)."""
+    return report_files.rerender(out, markdown)
+
+
+def _entry(rows):
+    return {
+        "setting": "digits", "num_blocks": 8, "num_classes": 10, "num_images": 400, "reference_steps": 25,
+        "reference": "ddim25", "guidance_scale": 1.0,
+        "solvers": {"ddim": {"class": "DDIMScheduler", "config": dict(DDIMScheduler().config)},
+                    "dpmpp": {"class": "DPMSolverMultistepScheduler",
+                              "config": dict(DPMSolverMultistepScheduler(algorithm_type="dpmsolver++").config)}},
+        "feature_net": {"name": "digits", "features": 64}, "real_images": 899,
+        "floor": {"fid": 2.0, "num_images": 898}, "seed_spread": 0.5,
+        "bootstrap": {"resamples": BASE.size, "confidence": CONFIDENCE, "seed": 0}, "rows": rows,
+        "operating_point": {"measured_in": ""}, "not_attached": {},
+        "timing": {"batches": [64], "repeats": 1, "warmup": 0, "what": "crafted"},
+        "overhead": {"rows_per_call": 64, "hook_overhead_fraction": 0.0, "gather_scatter_overhead_fraction": 0.0},
+        "peak_memory": {"ddim25": {"peak_above_start_mib": 1.0}},
+    }
+
+
+def _saved_report(tmp_path):
+    rows = _rows(_row("dpmpp10", "fewer_steps", 0.0, 0.2, solver="dpmpp", steps=10, blocks=0.40, time=0.41),
+                 _row("dpmpp8", "fewer_steps", 1.2, 0.2, solver="dpmpp", steps=8, blocks=0.32, time=0.33),
+                 _row("static7@dpmpp10", "static_depth", 1.5, 0.2, solver="dpmpp", steps=10, blocks=0.35, time=0.36,
+                      config=7))
+    for r in rows.values():
+        r["fidelity"] = {"psnr_db": 30.0, "ssim": 0.99, "feature_distance": 1.0}
+        r["timing"] = {"64": {"speedup": r["speedup"]}}
+    report = {"preset": "custom", "command": "crafted", "elapsed_s": 1.0, "settings": [_entry(rows)],
+              "environment": {"torch": "x", "threads": 2, "machine": "x", "cpu_count": 2}}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    return rerender(tmp_path)
+
+
+def test_rerender_redecides_from_edited_measurements(tmp_path):
+    report = _saved_report(tmp_path)
+    entry = report["settings"][0]
+    assert entry["decisions"]["recommended"] == "dpmpp10" and entry["operating_point"]["exit_config"] is None
+    # The exit point becomes as good as the reference: it now beats dpmpp8 at its cost and is recommended.
+    row = entry["rows"]["static7@dpmpp10"]
+    row.update(fid=REF_FID, fid_resamples=[v - 1.5 for v in row["fid_resamples"]])
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    again = rerender(tmp_path)["settings"][0]
+    assert again["decisions"]["recommended"] == "static7@dpmpp10"
+    assert again["operating_point"]["exit_config"] == row["exit_config"]
+    text = (tmp_path / "report.md").read_text()
+    assert "Recommended operating point: `static7@dpmpp10`" in text and "uses early exit" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pareto.png", "report.json", "report.md"]
+
+
+def test_a_report_never_holds_nan(tmp_path):
+    report = _saved_report(tmp_path)
+    report["settings"][0]["calibration"] = {"deviation": [float("nan"), float("-inf"), 1.0]}
+    report_files.write_report(report, tmp_path, markdown)
+    saved = json.loads((tmp_path / "report.json").read_text())  # strict JSON: no NaN or Infinity tokens
+    assert saved["settings"][0]["calibration"] == {"deviation": [None, None, 1.0]}
+
 
 #: The committed operating-point search of the demo model (confirmed on 2000 held-out images).
 SEARCH = Path(__file__).resolve().parents[2] / "docs" / "operating-point-search-digits" / "search.json"

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from bench.models import DEEP_MODEL_DIR, GLYPHS_MODEL_DIR
+from bench.presets import markdown
 from bench.publish import evaluation_summary, search_summary, training_markdown
 from ee_diffusion.default_model import DEFAULT_MODEL_DIR
-from ee_diffusion.eval.report import markdown
 from ee_diffusion.pipelines import EarlyExitDiTPipeline
 
 ROOT = Path(__file__).resolve().parents[2]

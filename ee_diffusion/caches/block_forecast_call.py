@@ -278,6 +278,8 @@ class ForecastCall(SubmoduleForecast):
         b, run = self.state.batch_size, self.run_rows
 
         def pick(v: Any) -> Any:
+            if isinstance(v, tuple):  # a per-row rotary table's (cos, sin)
+                return tuple(map(pick, v))
             return v.index_select(0, run) if isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape[0] == b else v
 
         return {k: pick(v) for k, v in values.items()} if isinstance(values, dict) else tuple(map(pick, values))

@@ -5,9 +5,9 @@
   itself on recorded certainties, then checked by a real run (`thresholds.py`);
 - `distil_schedule(exit_stats)`: the exits of a dynamic policy as a static schedule (`distil.py`);
 - `calibrate_tail_cache(pipe, min_psnr=30)`: the training-free residual-change threshold (and forecast order) of
-  `CachedTailResidual` for a fidelity goal or a budget, measured trial by trial (`tail_cache.py`);
+  `CachedTailResidual` for a fidelity goal or a budget, measured trial by trial (`tail_threshold.py`);
 - `calibrate_block_forecast(pipe, min_psnr=30)`: the training-free `BlockForecast` (interval, order, windows) for a
-  fidelity goal or a budget at the pipeline's scheduler and step count, every grid point sampled (`block_forecast.py`);
+  fidelity goal or a budget at the pipeline's scheduler and step count, every grid point sampled (`forecast_grid.py`);
 - `search_operating_point(pipe, SearchSpace(...), tolerance=0.1 or budget=0.5 or min_psnr=30, ...)`: solver, steps,
   exit policy, thresholds, forecast order and `BlockForecast` settings (placed per step count) together, by the
   benchmark's paired dFID protocol (or, without real images, PSNR against the reference image from the same noise)

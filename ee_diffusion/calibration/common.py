@@ -14,8 +14,7 @@ from .._io import atomic_write_text, read_json_file
 from .._validation import check_int
 from ..adapters import get_adapter
 from ..config import EarlyExitConfig
-from ..eval.pipeline_sampling import sample_pipeline
-from ..eval.sampling import SampleRun
+from ..eval.pipeline_sampling import SampleRun, sample_pipeline
 from ..pipelines.conditioning import Conditioning
 from ..pipelines.stock import default_guidance_scale, denoiser_of, kind_of
 
@@ -130,6 +129,16 @@ def sample_calibration_set(pipe: Any, calib: CalibrationSet, exit_config: EarlyE
         bridges=target.bridges, num_inference_steps=calib.num_inference_steps,
         guidance_scale=target.guidance(calib), seed=calib.seed, batch_size=calib.batch_size,
     )
+
+
+def check_goal(min_psnr: float | None, budget: float | None, what: str = "block evaluations") -> None:
+    """Exactly one goal: `min_psnr` (a number of dB) or `budget` (a fraction of `what` in (0, 1])."""
+    if (min_psnr is None) == (budget is None):
+        raise ValueError(f"give exactly one of min_psnr and budget, got min_psnr={min_psnr!r}, budget={budget!r}")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= 1):
+        raise ValueError(f"budget must be a fraction of {what} in (0, 1], got {budget!r}")
+    if min_psnr is not None and (isinstance(min_psnr, bool) or not isinstance(min_psnr, (int, float))):
+        raise ValueError(f"min_psnr must be a number of dB, got {min_psnr!r}")
 
 
 def bisect_increasing(fn: Callable[[float], float], goal: float, low: float = 1e-4, high: float = 1 - 1e-6,

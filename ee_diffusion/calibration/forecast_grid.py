@@ -37,7 +37,7 @@ from ..config import EarlyExitConfig
 from ..schedules import BlockForecast, policy_from_dict
 from ..caches.block_forecast import distinct_timesteps
 from ..caches.tail_cache import FORECAST_ORDERS
-from .common import CalibrationResult, CalibrationSet, as_target, sample_calibration_set
+from .common import CalibrationResult, CalibrationSet, as_target, check_goal, sample_calibration_set
 from .forecast_placement import search_placement
 from .schedule import call_timesteps, psnr_db
 from .search_space import check_windows
@@ -65,12 +65,7 @@ def calibrate_block_forecast(
     `ValueError` before any sampling. `computes` adds the searched placements of each count k (1 <= k < the run's
     distinct timesteps); `intervals=()` with `computes` searches placements only.
     """
-    if (min_psnr is None) == (budget is None):
-        raise ValueError(f"give exactly one of min_psnr and budget, got min_psnr={min_psnr!r}, budget={budget!r}")
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= 1):
-        raise ValueError(f"budget must be a compute fraction in (0, 1], got {budget!r}")
-    if min_psnr is not None and (isinstance(min_psnr, bool) or not isinstance(min_psnr, (int, float))):
-        raise ValueError(f"min_psnr must be a number of dB, got {min_psnr!r}")
+    check_goal(min_psnr, budget, "compute")
     calib = calib or CalibrationSet()
     if not intervals and not computes:
         raise ValueError("intervals must name at least one interval (>= 2) unless computes places some, got ()")

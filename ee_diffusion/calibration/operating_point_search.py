@@ -68,7 +68,7 @@ from .._validation import check_int, check_number
 from ..config import EarlyExitConfig
 from ..eval.frontier import QUALITY_TOLERANCE
 from ..eval.paired import FrechetReference
-from ..eval.sampling import SampleRun
+from ..eval.pipeline_sampling import SampleRun
 from ..eval.solvers import (
     SEARCH_SOLVERS,
     SOLVERS,

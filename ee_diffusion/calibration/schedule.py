@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from ..config import EarlyExitConfig
-from ..eval.sampling import SampleRun
+from ..eval.pipeline_sampling import SampleRun
 from ..schedules import TimestepSchedule
 from .common import CalibrationResult, CalibrationSet, as_target, sample_calibration_set
 

@@ -9,7 +9,7 @@ from typing import Any
 from .._validation import check_int, check_number
 from ..adapters import get_adapter
 from ..eval.frontier import QUALITY_TOLERANCE
-from ..eval.sampling import _SEED_STRIDE
+from ..eval.pipeline_sampling import _SEED_STRIDE
 from ..eval.solvers import FLOW_SOLVERS, noise_schedule, solver_spec, solvers_for
 from ..pipelines.stock import kind_of
 from .search_space import SearchSpace

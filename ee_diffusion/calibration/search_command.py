@@ -40,11 +40,11 @@ OPERATING_POINT_FILE = "operating_point.json"
 def setting_features(setting: str, data: str, names: list[str] | None) -> dict[str, tuple[Any, torch.Tensor]]:
     """name -> (shipped feature net, its features of the real reference images of `data`, the data the setting named
     `setting` is scored on); default: every shipped network of that data, the primary first."""
-    from ..eval.features import RECIPES, feature_nets_of, load_feature_net
+    from ..eval.features import feature_nets_of, load_feature_net
     from ..eval.quality import real_images
 
     names = names or list(feature_nets_of(data))
-    unknown = [n for n in names if n not in RECIPES or RECIPES[n]["dataset"] != data]
+    unknown = [n for n in names if n not in feature_nets_of(data)]
     if unknown:
         raise ValueError(f"--features {unknown}: the {setting} setting is scored on {data!r} data, whose shipped "
                          f"feature networks are {list(feature_nets_of(data))}")

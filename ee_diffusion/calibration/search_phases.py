@@ -30,7 +30,7 @@ from ..eval.method import Method
 from ..eval.paired import FrechetReference, PairedFID
 from ..eval.runner import FeatureSpec, MethodSampler, Runner
 from ..eval.sample_cache import modules_fingerprint
-from ..eval.sampling import SampleRun
+from ..eval.pipeline_sampling import SampleRun
 from .operating_point_result import Candidate, Confirmation
 from .search_psnr import PsnrPhase
 

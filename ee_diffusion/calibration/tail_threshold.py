@@ -15,7 +15,7 @@ from typing import Any
 
 from ..config import EarlyExitConfig
 from ..schedules import CachedTailResidual
-from .common import CalibrationResult, CalibrationSet, as_target, sample_calibration_set
+from .common import CalibrationResult, CalibrationSet, as_target, check_goal, sample_calibration_set
 from .schedule import psnr_db
 
 logger = logging.getLogger(__name__)
@@ -35,12 +35,7 @@ def calibrate_tail_cache(
     conditioning)`); transformer backbones only. Raises `ValueError` when no order fits a budget; a PSNR goal that
     no threshold meets returns threshold 0 (never skip: the full model).
     """
-    if (min_psnr is None) == (budget is None):
-        raise ValueError(f"give exactly one of min_psnr and budget, got min_psnr={min_psnr!r}, budget={budget!r}")
-    if budget is not None and not 0 < budget <= 1:
-        raise ValueError(f"budget must be a fraction of block evaluations in (0, 1], got {budget!r}")
-    if min_psnr is not None and (isinstance(min_psnr, bool) or not isinstance(min_psnr, (int, float))):
-        raise ValueError(f"min_psnr must be a number of dB, got {min_psnr!r}")
+    check_goal(min_psnr, budget)
     if not forecast_orders or any(o not in (0, 1, 2) for o in forecast_orders):
         raise ValueError(f"forecast_orders must be a non-empty subset of (0, 1, 2), got {forecast_orders!r}")
     calib = calib or CalibrationSet()

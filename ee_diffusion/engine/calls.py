@@ -65,6 +65,12 @@ class CallState:
         self.sliced.clear()
 
 
+def _per_row(value: Any, batch_size: int) -> bool:
+    """Whether `value` is a (B, ...) tensor or a non-empty tuple of them."""
+    values = value if isinstance(value, tuple) and value else (value,)
+    return all(isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape[0] == batch_size for v in values)
+
+
 def pair_mask(wanted: torch.Tensor) -> torch.Tensor:
     """(B,) per-row wishes of a paired batch -> (B,) exits: a pair stops only when both halves want to."""
     half = wanted.shape[0] // 2
@@ -284,15 +290,21 @@ class EngineBase:
     # ---------------------------------------------------------------------------------------------- block call
     def slice_inputs(
         self, state: CallState, inputs: dict[str, Any], names: tuple[str, ...], rows: torch.Tensor,
-        cache: dict[str, torch.Tensor],
+        cache: dict[str, tuple[Any, Any]],
     ) -> dict[str, Any]:
-        """Gather the batch-dimension block inputs `names` (B, ...) to `rows` (A,), once per input name per `cache`."""
+        """Gather the per-row block inputs `names` to `rows` (A,): a (B, ...) tensor, or a tuple of them (a per-row
+        rotary table's (cos, sin)). Each is gathered once per `cache` and reused while a block passes the very same
+        object (a model that hands every block a new slice of a table, as Chroma does, gets it gathered anew)."""
         for name in names:
             value = inputs.get(name)
-            if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == state.batch_size:
-                if name not in cache:
-                    cache[name] = value.index_select(0, rows)
-                inputs[name] = cache[name]
+            if not _per_row(value, state.batch_size):
+                continue
+            cached = cache.get(name)
+            if cached is None or cached[0] is not value:
+                gathered = tuple(v.index_select(0, rows) for v in value) if isinstance(value, tuple) else \
+                    value.index_select(0, rows)
+                cached = cache[name] = (value, gathered)
+            inputs[name] = cached[1]
         return inputs
 
     def context(

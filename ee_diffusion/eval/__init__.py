@@ -11,6 +11,6 @@ writes the files. `solvers.py` (the solvers and ASE schedules) and `point_timing
 points) serve the bench and the operating-point search (`ee_diffusion.calibration`) alike. The benchmarks on our
 own models are the repository's `bench/` (not installed), which builds on these modules."""
 
-from .timing import interleaved_timings, summarize_timings
+from .timing import interleaved_timings, speedups
 
-__all__ = ["interleaved_timings", "summarize_timings"]
+__all__ = ["interleaved_timings", "speedups"]

@@ -22,7 +22,6 @@ How each attaches to a DiT (what the report states):
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,14 +68,6 @@ class CacheBaseline:
     def describe(self) -> dict[str, Any]:
         params = {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in self.params.items()}
         return {"kind": self.kind, "params": params}
-
-
-def fbc_pipeline(pipe: Any) -> Any:
-    """A copy of `pipe` whose transformer is a deep copy (same weights), so cache hooks never touch `pipe`."""
-    clone = copy.copy(pipe)
-    # DiffusionPipeline exposes components as attributes registered through register_modules.
-    clone.transformer = copy.deepcopy(pipe.transformer)
-    return clone
 
 
 def _config(baseline: CacheBaseline, num_inference_steps: int) -> tuple[Any, Callable[[nn.Module, Any], None]]:

@@ -28,7 +28,7 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--real-stats", nargs="+", default=[], metavar="FILE",
                        help="precomputed real statistics (written by an earlier run as OUT/real-stats-*.safetensors)")
     group.add_argument("--features", nargs="+", default=list(_DEFAULTS["features"]), metavar="NET",
-                       help="feature networks: inception, clip, digits, glyphs or a saved net (default: inception)")
+                       help="feature networks: inception, clip, digits, digits-pool or a saved net (default: inception)")
     group.add_argument("--inception-weights", default=None, metavar="PATH",
                        help="the FID Inception-v3 weights file (pt_inception-2015-12-05-6726825d.pth)")
     group.add_argument("--inception-resolution", type=int, default=_DEFAULTS["inception_resolution"],
@@ -62,15 +62,10 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    return BenchConfig(
-        pipeline=args.pipeline, real=args.real, real_stats=tuple(args.real_stats), features=tuple(args.features),
-        inception_weights=args.inception_weights, inception_resolution=args.inception_resolution, clip=args.clip,
-        methods=tuple(args.methods), steps=args.steps, frontier_steps=tuple(args.frontier_steps),
-        match_frontier=not args.no_match_frontier, solver=args.solver, classes=tuple(args.classes),
-        prompts=args.prompts, num_images=args.num_images, guidance_scale=args.guidance, seed=args.seed,
-        batch_size=args.batch_size, shard_size=args.shard_size, device=args.device, dtype=args.dtype,
-        cache_dir=args.cache_dir, bootstrap=args.bootstrap, timing_repeats=args.timing_repeats,
-        timing_batch=args.timing_batch)
+    """The `BenchConfig` of the parsed flags: each flag fills the field of its name (`__post_init__` makes lists
+    tuples), but `--guidance` (guidance_scale) and `--no-match-frontier`."""
+    values = {f.name: getattr(args, f.name) for f in fields(BenchConfig) if hasattr(args, f.name)}
+    return BenchConfig(**values, guidance_scale=args.guidance, match_frontier=not args.no_match_frontier)
 
 
 def run_pipeline_bench(args: argparse.Namespace) -> int:

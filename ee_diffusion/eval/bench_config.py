@@ -51,7 +51,7 @@ class BenchConfig:
     them), `ase:released|aggressive`, `fbc:T`, `taylorseer:I`, `sea:T` (diffusers' caches; transformers only) or
     a path to an exit-config JSON file, each optionally `@K` or `@SOLVER:K` (default: `solver` at `steps`).
     `solver` is the reference's (and the fewer-steps sweep's). `features`: "inception" (needs
-    `inception_weights`), "clip" (needs `clip`, a CLIP folder), a shipped feature net ("digits", "glyphs") or a
+    `inception_weights`), "clip" (needs `clip`, a CLIP folder), a shipped feature net ("digits", "digits-pool") or a
     saved one (path). `real` (an image folder) or `real_stats` (files written by an earlier run, one per feature
     network) give the real side.
     """

@@ -60,7 +60,7 @@ def our_feature_net(name: str) -> FeatureSpec:
 
 def load_features(config: BenchConfig, device: str) -> list[FeatureSpec]:
     """The feature networks of `config.features`, loaded and checked (`ValueError` before any sampling)."""
-    from .features import RECIPES
+    from .features import FEATURE_NETS
     from .standard_features import ClipImageFeatures, load_inception
 
     specs = []
@@ -82,10 +82,10 @@ def load_features(config: BenchConfig, device: str) -> list[FeatureSpec]:
             key = run_key({"files": files, "config": _fingerprint(folder / "config.json")})[:12]
             specs.append(FeatureSpec(f"clip {net.architecture} ({folder.name}) at {r}x{r}", f"clip{r}-{key}", net,
                                      f"{r}x{r}", meta={"folder": str(folder)}))
-        elif name in RECIPES or Path(f"{name}.json").is_file():
+        elif name in FEATURE_NETS or Path(f"{name}.json").is_file():
             specs.append(our_feature_net(name))
         else:
-            raise ValueError(f"unknown feature network {name!r}; known: 'inception', 'clip', {sorted(RECIPES)} or "
+            raise ValueError(f"unknown feature network {name!r}; known: 'inception', 'clip', {sorted(FEATURE_NETS)} or "
                              f"the path (without suffix) of a saved feature net")
     for spec in specs:
         spec.net.to(device)

@@ -6,9 +6,9 @@ images and uses its penultimate layer (before the ReLU) as the feature. Its clas
 samples against their conditioning labels". FID values are only comparable under the same feature network.
 
 Shipped networks (`ee_diffusion/assets/feature-nets/<name>.safetensors` + `.json`): `digits` (scikit-learn's
-8x8 digits) and `glyphs` (the 8x8 upper-case font glyphs of `ee_diffusion.training.datasets_glyphs`), and for each a
-second, independent one (`digits-pool`, `glyphs-pool`: another architecture and width, another seed and data
-order), so that no decision rests on one network's blind spots. They are rebuilt by the repository's
+8x8 digits) and a second, independent one (`digits-pool`: another architecture and width, another seed and data
+order), so that no decision rests on one network's blind spots. `FEATURE_NETS` names them, and any other pair
+registered beside them (the repository's `bench/` adds its glyphs nets). They are rebuilt by the repository's
 `python -m bench.feature_nets --name digits` (deterministic: fixed seed, fixed data order, one thread).
 
 Inception-v3 and CLIP features from files the user holds: `ee_diffusion.eval.standard_features` (what
@@ -27,7 +27,6 @@ Inception-v3 and CLIP features from files the user holds: `ee_diffusion.eval.sta
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,35 +36,21 @@ from .._io import atomic_save_safetensors, atomic_write_json, load_safetensors, 
 
 FEATURE_NET_DIR = Path(__file__).resolve().parent.parent / "assets" / "feature-nets"
 
-# What each shipped network is trained on: dataset name, options of the training draw and of a held-out draw
-# (None: a 25% split of the training set), the number of optimizer steps, the architecture (`ARCHITECTURES`) and
-# the seed of the initialisation, batches and split. Each data set has two independent networks: "<data>" (strided
-# convolutions, global average pooling, 64 features) and "<data>-pool" (5x5 and 3x3 convolutions with GELU and max
-# pooling, the spatial map flattened, 96 features), trained from another seed and so another data order: a
-# decision ("unchanged quality") must hold under both (docs/evaluation.md).
-RECIPES: dict[str, dict[str, Any]] = {
-    "digits": {"dataset": "digits", "train_options": {}, "test_options": None, "steps": 1500, "lr": 2e-3, "pct_start": 0.3},
-    "glyphs": {
-        "dataset": "glyphs",
-        "train_options": {"image_size": 8, "per_font": 16, "charset": "upper", "seed": 100},
-        "test_options": {"image_size": 8, "per_font": 4, "charset": "upper", "seed": 101},
-        "steps": 3000,
-        "lr": 3e-3,
-        "pct_start": 0.15,
-    },
-}
-RECIPES["digits-pool"] = {**RECIPES["digits"], "arch": "pool", "width": 48, "feature_dim": 96, "seed": 7}
-RECIPES["glyphs-pool"] = {**RECIPES["glyphs"], "arch": "pool", "width": 48, "feature_dim": 96, "seed": 7}
+# Each data set has two independent networks: "<data>" (strided convolutions, global average pooling, 64 features)
+# and "<data>-pool" (5x5 and 3x3 convolutions with GELU and max pooling, the spatial map flattened, 96 features),
+# trained from another seed and so another data order: a decision ("unchanged quality") must hold under both
+# (docs/evaluation.md). name -> (the data set it is trained on, its path without suffix).
+FEATURE_NETS: dict[str, tuple[str, Path]] = {n: ("digits", FEATURE_NET_DIR / n) for n in ("digits", "digits-pool")}
 #: The network architectures of `FeatureNet` (`arch=`).
 ARCHITECTURES = ("conv", "pool")
 
 
 def feature_nets_of(dataset: str) -> tuple[str, ...]:
     """The shipped feature networks of a data set, the primary one first: ("digits", "digits-pool")."""
-    names = tuple(n for n, r in RECIPES.items() if r["dataset"] == dataset)
+    names = tuple(n for n, (data, _) in FEATURE_NETS.items() if data == dataset)
     if not names:
         raise ValueError(f"no shipped feature network for data {dataset!r}; known data: "
-                         f"{sorted({r['dataset'] for r in RECIPES.values()})}")
+                         f"{sorted({data for data, _ in FEATURE_NETS.values()})}")
     return names
 
 
@@ -123,12 +108,10 @@ def save_feature_net(net: FeatureNet, meta: dict, path: str | Path) -> None:
 def load_feature_net(name_or_path: str | Path) -> FeatureNet:
     """A shipped network by name (`"digits"`, `"digits-pool"`, ...) or one saved with `save_feature_net` (path, no
     suffix)."""
-    path = Path(name_or_path)
-    if str(name_or_path) in RECIPES:
-        path = FEATURE_NET_DIR / str(name_or_path)
+    path = FEATURE_NETS[str(name_or_path)][1] if str(name_or_path) in FEATURE_NETS else Path(name_or_path)
     if not path.with_suffix(".json").is_file():
         raise FileNotFoundError(
-            f"no feature network at {str(path)!r}; shipped: {sorted(RECIPES)}; "
+            f"no feature network at {str(path)!r}; shipped: {sorted(FEATURE_NETS)}; "
             f"rebuild with `python -m bench.feature_nets --name NAME` from the repository"
         )
     info = read_json_file(path.with_suffix(".json"), "feature network config")

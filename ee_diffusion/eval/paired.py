@@ -1,6 +1,6 @@
 """Paired statistics: bootstrap intervals of FID differences, and per-image fidelity under the same noise.
 
-Every method of a benchmark samples image `i` from the same initial noise (`ee_diffusion.eval.sampling`), so two
+Every method of a benchmark samples image `i` from the same initial noise (`eval.pipeline_sampling`), so two
 methods are compared *paired*: one bootstrap resample of image indices is applied to both feature sets, and the
 interval of FID(a) - FID(b) over the resamples is much narrower than the unpaired spread between two noise seeds.
 The real statistics stay fixed (they are the same for every method, so they cancel in a comparison).

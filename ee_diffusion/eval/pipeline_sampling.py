@@ -1,9 +1,11 @@
-"""Sampling any supported pipeline (stock or ours) image by image, with or without early exit.
+"""The package's one sampling loop: any supported pipeline (stock or ours), image by image, with or without
+early exit, for evaluation and calibration alike.
 
-The generic twin of `generate`: image `i` takes condition `i % conditioning.size` and its own noise generator
-(`image_generators`, or the prompt's own seed), so a method's images do not depend on the batching or the
-process, and every method sees the same initial noise. Stock pipelines get the exit hooks for the duration of
-each call (`early_exit`), ours get `exit_config=`; both report block evaluations the same way.
+Image `i` takes condition `i % conditioning.size` and its own noise generator seeded with `(seed, i)`
+(`image_generators`, or the prompt's own seed), so an image does not depend on the batch it was drawn in, on the
+batch size or on the process that drew it, and every method sees the same initial noise. Stock pipelines get the
+exit hooks for the duration of each call (`early_exit`), ours get `exit_config=`; both report block evaluations
+the same way (`BlockCounter`).
 
 ```py
 >>> from ee_diffusion.pipelines.conditioning import Conditioning
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,9 +36,54 @@ from ..hooks import early_exit
 from ..pipelines.conditioning import Conditioning, Prompt
 from ..pipelines.stock import denoiser_of, kind_of
 from ..stats import ExitStats
-from .sampling import _SEED_STRIDE, BlockCounter, SampleRun, image_generators
 
-__all__ = ["Prompt", "image_noise_generators", "sample_pipeline"]
+__all__ = ["BlockCounter", "Prompt", "SampleRun", "image_generators", "image_noise_generators", "sample_pipeline"]
+
+_SEED_STRIDE = 1_000_003
+
+
+def image_generators(indices: list[int] | range, seed: int) -> list[torch.Generator]:
+    """One CPU generator per global image index."""
+    return [torch.Generator().manual_seed(seed * _SEED_STRIDE + int(i)) for i in indices]
+
+
+class BlockCounter:
+    """Counts block evaluations (rows that really went through a block), whatever skipped the others.
+
+    It hooks the first module of every block that runs only when the block's attention computes (a DiT or PixArt block's
+    `attn1.to_q`, an SD3 block's `attn.to_q`; other blocks, such as a U-Net's levels: the block itself), so it counts early exit,
+    FirstBlockCache (which skips whole blocks) and TaylorSeerCache (which replaces the attention and feed-forward
+    outputs by a forecast) alike.
+    """
+
+    def __init__(self, blocks: nn.ModuleList) -> None:
+        self.rows = 0
+        self._handles = [self._counted(b).register_forward_pre_hook(self._count, with_kwargs=True) for b in blocks]
+
+    @staticmethod
+    def _counted(block: nn.Module) -> nn.Module:
+        attention = getattr(block, "attn1", None) or getattr(block, "attn", None)  # DiT/PixArt, SD3
+        query = getattr(attention, "to_q", None)
+        return query if isinstance(query, nn.Module) else block
+
+    def _count(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self.rows += int((args[0] if args else kwargs["hidden_states"]).shape[0])
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+@dataclass
+class SampleRun:
+    """Images (N, C, H, W) in [0, 1] (CPU, float32), their labels and global indices, and block evaluations."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+    block_evals: int
+    model_rows: int  # rows the model was called with, summed over calls (x num_blocks = full-depth block evals)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def image_noise_generators(indices: Sequence[int], conditioning: Conditioning, seed: int) -> list[torch.Generator]:

@@ -24,15 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-# Real images of each benchmark setting: the reference draw and an independent draw for the floor.
-REAL_SETS: dict[str, dict[str, Any]] = {
-    "digits": {"dataset": "digits", "options": {}},
-    "glyphs": {
-        "dataset": "glyphs",
-        "reference": {"image_size": 8, "per_font": 4, "charset": "upper", "seed": 200},
-        "floor": {"image_size": 8, "per_font": 4, "charset": "upper", "seed": 201},
-    },
-}
+# Real images of each benchmark setting: the reference draw and an independent draw for the floor (the repository's
+# `bench/` adds its glyphs set).
+REAL_SETS: dict[str, dict[str, Any]] = {"digits": {"dataset": "digits", "options": {}}}
 _REAL_CACHE: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
@@ -40,7 +34,7 @@ def real_images(setting: str, split: str = "reference") -> tuple[torch.Tensor, t
     """(N, C, H, W) real images in [0, 1] and their labels, for `setting` and `split` ("reference" or "floor").
 
     digits: the 1797 images are split in two fixed disjoint halves (even / odd positions of a seeded
-    permutation). glyphs: two independent renderings (different jitter seeds). Cached per process.
+    permutation); another set: its two draws (`REAL_SETS[setting]["reference"|"floor"]`). Cached per process.
     """
     from ..training.data import get_dataset
 
@@ -58,23 +52,11 @@ def real_images(setting: str, split: str = "reference") -> tuple[torch.Tensor, t
             images, labels = ds.images[part], ds.labels[part]
         else:
             ds = get_dataset(spec["dataset"], **spec[split])
-            # The renderer goes font by font; a fixed shuffle lets `balanced_subset` take each class from every
-            # font instead of the first few.
+            # A rendered set may go class by class or font by font; a fixed shuffle mixes it once.
             order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))
             images, labels = ds.images[order], ds.labels[order]
         _REAL_CACHE[key] = ((images + 1) / 2, labels)
     return _REAL_CACHE[key]
-
-
-def balanced_subset(images: torch.Tensor, labels: torch.Tensor, count: int, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first `count` images taken round-robin over classes (label i % num_classes at position i)."""
-    per_class = [torch.nonzero(labels == c).squeeze(1) for c in range(num_classes)]
-    picks = []
-    for i in range(count):
-        pool = per_class[i % num_classes]
-        picks.append(int(pool[(i // num_classes) % len(pool)]))
-    index = torch.tensor(picks)
-    return images[index], labels[index]
 
 
 class QualityEvaluator:
@@ -141,12 +123,3 @@ class _Identity(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
-
-
-def corrupt(images: torch.Tensor, level: float, seed: int = 0) -> torch.Tensor:
-    """Images in [0, 1] blended towards Gaussian noise and blurred by `level` in [0, 1] (0 = unchanged)."""
-    generator = torch.Generator().manual_seed(seed)
-    noise = torch.rand(images.shape, generator=generator)
-    blurred = torch.nn.functional.avg_pool2d(images, 3, stride=1, padding=1, count_include_pad=False)
-    mixed = (1 - level) * images + level * (0.5 * blurred + 0.5 * noise)
-    return mixed.clamp(0, 1)

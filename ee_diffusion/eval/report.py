@@ -1,14 +1,14 @@
 """The bench report's files: Markdown tables and the Pareto plot, rendered from OUT/report.json alone.
 
-`pipeline_bench.run` (and the repository's `bench/presets.py`) measures and decides; everything here is a
-function of the report, so `rerender(out)` re-decides (`frontier.decide`, from the stored bootstrap resamples)
-and rewrites OUT/report.json, OUT/report.md and OUT/pareto.png without sampling anything.
-Files are written atomically (`ee_diffusion._io`): a reader never sees a
-half-written report or model index.
+`pipeline_bench.run` (and the repository's `bench/presets.py`, with its own Markdown) measures and decides;
+everything here is a function of the report, so `rerender(out)` re-decides (`frontier.decide`, from the stored
+bootstrap resamples) and rewrites OUT/report.json, OUT/report.md and OUT/pareto.png without sampling anything.
+Files are written atomically (`ee_diffusion._io`): a reader never sees a half-written report or model index.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,57 +64,8 @@ def rows_table(entry: dict, names: list[str] | None = None) -> list[str]:
 
 
 def markdown(report: dict) -> str:
-    """The report as Markdown: per setting the verdict, the frontier comparison, the table of every method (a
-    `bench --pipeline` report: per pipeline, with its real data and feature networks)."""
-    if report.get("kind") == "bench --pipeline":
-        return _pipeline_markdown(report)
-    env = report["environment"]
-    lines = [f"# ee-diffusion bench (preset {report['preset']})", "",
-             f"Command: `{report['command']}`", "",
-             f"torch {env['torch']}, {env['threads']} threads, {env['machine']} ({env.get('cpu_count')} CPUs); load "
-             f"average before {env.get('load_average_before')}, after {env.get('load_average_after')}; total "
-             f"{report['elapsed_s']:.0f} s.", ""]
-    for s in report["settings"]:
-        d = s["decisions"]
-        rows = s["rows"]
-        ref = rows[s["reference"]]
-        b = s["bootstrap"]
-        lines += [f"## {s['setting']} ({s['num_blocks']} blocks, {s['num_classes']} classes, {s['num_images']} images, "
-                  f"guidance {s['guidance_scale']})", "",
-                  f"**Verdict.** {d['verdict']}", "",
-                  f"Reference: `{s['reference']}` (stock model, no hooks), FID {ref['fid']:.3f} on the shipped "
-                  f"{s['feature_net']['name']} feature net ({s['feature_net']['features']} features, "
-                  f"{s['real_images']} real images). Floor: {s['floor']['fid']:.3f} ({s['floor']['num_images']} real "
-                  f"images against the reference set). Intervals: {b['confidence']:.0%} paired bootstrap, "
-                  f"{b['resamples']} resamples of image indices."
-                  + (f" Unpaired spread between two noise seeds of the reference: {s['seed_spread']:.3f}."
-                     if s.get("seed_spread") is not None else ""), "",
-                  "Knee (fewest steps whose interval against the reference includes 0 or lies below it): "
-                  + ", ".join(f"{k}: `{v}`" for k, v in d["knees"].items()) + f"; the knee used: `{d['knee']}`.", "",
-                  f"Recommended operating point: `{d['recommended']}` - "
-                  f"{_describe_point(s['operating_point'])}.", ""]
-        if d["exit_rows_beating_frontier"]:
-            lines += ["Early-exit points whose whole interval lies below the frontier's at equal wall-clock and "
-                      "equal block evaluations:", ""]
-            lines += rows_table(s, d["exit_rows_beating_frontier"])
-        else:
-            lines += ["No early-exit point beats the fewer-steps frontier at its cost on this model."]
-        lines += ["", "### Every method", ""] + rows_table(s) + [""]
-        if s.get("not_attached"):
-            lines += ["Diffusers caches that could not attach: " + "; ".join(f"{k}: {v}" for k, v in s["not_attached"].items()), ""]
-        o = s["overhead"]
-        lines += [f"Overheads at {o['rows_per_call']} rows per model call: hooks {o['hook_overhead_fraction']:+.1%}, "
-                  f"heads {o.get('heads_overhead_fraction', float('nan')):+.1%}, gather/scatter "
-                  f"{o['gather_scatter_overhead_fraction']:+.1%} of a full call.",
-                  "Peak memory above start: " + ", ".join(f"{k} {v['peak_above_start_mib']:.0f} MiB"
-                                                        for k, v in s["peak_memory"].items()) + ".",
-                  f"Timing: {s['timing']['what']}; {s['timing']['repeats']} rounds after {s['timing']['warmup']} "
-                  f"warm-up; batches {s['timing']['batches']} (batches after the first: the key rows only).", ""]
-    return "\n".join(lines) + "\n"
-
-
-def _pipeline_markdown(report: dict) -> str:
-    """A `bench --pipeline` report as Markdown: per entry the verdict, the recommendation and every method."""
+    """A `bench --pipeline` report as Markdown: per entry the verdict, the recommendation and every method (the
+    repository's `bench/presets.py` renders its own reports)."""
     env = report["environment"]
     lines = ["# ee-diffusion bench --pipeline", "", f"Command: `{report['command']}`", "",
              f"torch {env['torch']}, {env['threads']} threads, {env['processes']} process(es), {env['device']} "
@@ -139,7 +90,7 @@ def _pipeline_markdown(report: dict) -> str:
         lines += [f"Warning: {w}" for w in s["warnings"]] + ([""] if s["warnings"] else [])
         lines += ["Knee (fewest steps whose interval against the reference includes 0 or lies below it): "
                   + (", ".join(f"{k}: `{v}`" for k, v in d["knees"].items()) or "none") + ".", "",
-                  f"Recommended operating point: `{d['recommended']}` - {_describe_point(s['operating_point'])}.", "",
+                  f"Recommended operating point: `{d['recommended']}` - {describe_point(s['operating_point'])}.", "",
                   "### Every method", ""] + rows_table(s)
         if any("clip_score" in r for r in s["rows"].values()):
             lines += ["", "CLIP score (100 x max(cos, 0), mean over images): " + ", ".join(
@@ -167,7 +118,7 @@ def _fids_text(row: dict) -> str:
     return ", ".join(f"{v:.3f} ({k})" for k, v in by_net.items())
 
 
-def _describe_point(point: dict) -> str:
+def describe_point(point: dict) -> str:
     config = point["exit_config"]
     policy = "full depth" if config is None or config.get("policy") is None else config["policy"]["type"]
     return (f"{point['scheduler']}, {point['num_inference_steps']} steps, guidance {point['guidance_scale']}, "
@@ -255,16 +206,17 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def write_report(report: dict, out: str | Path) -> None:
-    """Write OUT/report.json, OUT/report.md and OUT/pareto.png (the folder must exist), each atomically."""
+def write_report(report: dict, out: str | Path, render: Callable[[dict], str] = markdown) -> None:
+    """Write OUT/report.json, OUT/report.md (`render`ed from the report) and OUT/pareto.png (the folder must exist),
+    each atomically."""
     out = Path(out)
     report.update(_finite(report))
     atomic_write_json(out / "report.json", report, indent=1, default=_json_default, allow_nan=False)
-    atomic_write_text(out / "report.md", markdown(report))
+    atomic_write_text(out / "report.md", render(report))
     plot(report, out / "pareto.png")
 
 
-def rerender(out: str | Path) -> dict:
+def rerender(out: str | Path, render: Callable[[dict], str] = markdown) -> dict:
     """Re-decide OUT/report.json from its measurements (after a change of the rules, say); rewrite the files."""
     out = Path(out)
     report = read_json_file(out / "report.json", "bench report")
@@ -275,5 +227,5 @@ def rerender(out: str | Path) -> dict:
         entry["operating_point"] = frontier.operating_point(
             entry["rows"], entry["decisions"]["recommended"], classes, entry["guidance_scale"],
             entry["reference_steps"], confidence, entry["operating_point"].get("measured_in", ""))
-    write_report(report, out)
+    write_report(report, out, render)
     return report

@@ -55,9 +55,8 @@ from ..pipelines.stock import denoiser_of, kind_of
 from . import frontier
 from .method import Method
 from .paired import FrechetReference, PairedFIDs, fidelity
-from .pipeline_sampling import sample_pipeline
+from .pipeline_sampling import SampleRun, sample_pipeline
 from .sample_cache import ShardCache, run_key
-from .sampling import SampleRun
 from .timing import ExitConfigSwitch, interleaved_timings
 
 __all__ = ["FeatureSpec", "MethodSampler", "Runner", "as_uint8"]

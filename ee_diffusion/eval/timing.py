@@ -135,7 +135,6 @@ def speedups(times: Mapping[str, list[float]], reference: str) -> dict[str, dict
                    "rounds": len(values)} for name, values in times.items()}
 
 
-
 def store_times(rows: dict, times: dict[str, list[float]], reference: str, batch: int, primary: bool) -> None:
     """Per-row timing at `batch` into a report's `rows` (name -> row); the primary batch's speedup is the row's
     `speedup` (what decisions use)."""
@@ -155,59 +154,3 @@ def load_average() -> list[float] | None:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
         return None
-
-def timing_noise(times: Mapping[str, list[float]], reference: str) -> float:
-    """How much a method's speedup moves from round to round: the median over the methods other than `reference`
-    of half the interquartile range of their per-round ratios (reference time / method time), relative to the
-    median ratio. Two speedups that differ by less than this are not told apart by the timing; 0.0 with fewer than
-    two rounds (nothing to measure it from).
-
-    ```py
-    >>> times = {"full": [2.0, 2.0, 2.0, 2.0, 2.0], "fast": [1.0, 0.8, 1.25, 0.5, 2.0]}  # ratios 2, 2.5, 1.6, 4, 1
-    >>> timing_noise(times, "full")  # quartiles 1.6 and 2.5 around the median 2
-    0.225
-    >>> timing_noise({"full": [2.0], "fast": [1.0]}, "full")
-    0.0
-
-    ```
-    """
-    if reference not in times:
-        raise ValueError(f"reference {reference!r} is not among the timed methods {sorted(times)}")
-    spreads = []
-    for name, values in times.items():
-        if name == reference or len(values) < 2:
-            continue
-        ratios = [r / v for v, r in zip(values, times[reference])]
-        low, _, high = statistics.quantiles(ratios, n=4, method="inclusive")
-        spreads.append((high - low) / 2 / statistics.median(ratios))
-    return round(float(statistics.median(spreads)), 6) if spreads else 0.0
-
-
-def summarize_timings(times: Mapping[str, list[float]], reference: str) -> dict[str, dict[str, float]]:
-    """Median seconds per method and its ratio to `reference`: median of per-round ratios (robust to drift).
-
-    Round i of every method is divided by round i of `reference` (they ran back to back), and the median of
-    those ratios is reported, not the ratio of the medians.
-
-    ```py
-    >>> summary = summarize_timings({"full": [1.0, 3.0, 2.0], "fast": [0.8, 0.6, 1.2]}, reference="full")
-    >>> summary["fast"]["median_s"], summary["fast"]["ratio_to_reference"]  # ratios 0.8, 0.2, 0.6
-    (0.8, 0.6)
-
-    ```
-    """
-    if reference not in times:
-        raise ValueError(f"reference {reference!r} is not among the timed methods {sorted(times)}")
-    ref = times[reference]
-    rounds = {name: len(values) for name, values in times.items()}
-    if set(rounds.values()) != {len(ref)}:
-        raise ValueError(f"every method needs as many rounds as {reference!r} ({len(ref)}), got {rounds}")
-    summary = {}
-    for name, values in times.items():
-        ratios = [v / r for v, r in zip(values, ref)]
-        summary[name] = {
-            "median_s": statistics.median(values),
-            "min_s": min(values),
-            "ratio_to_reference": statistics.median(ratios),
-        }
-    return summary

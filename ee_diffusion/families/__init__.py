@@ -7,24 +7,38 @@ family of a model (U-Nets: `ee_diffusion.unet`). How to add one: docs/add-a-fami
 
 from .adapter import FamilyAdapter
 from .base import BackboneAdapter
+from .chroma import CHROMA
+from .cogvideox import COGVIDEOX
+from .cogview4 import COGVIEW4
 from .decoder import ExitDecoder
 from .dit import DIT
 from .flux import FLUX
+from .hunyuanvideo import HUNYUAN_VIDEO
+from .ltx import LTX_VIDEO
 from .pixart import PIXART
 from .qwenimage import QWEN_IMAGE
+from .sana import SANA
 from .sd3 import SD3
-from .wan import WAN
 from .spec import BlockStack, ModelFamily
+from .wan import WAN
 
 #: Every declared transformer family, in lookup order (the first whose classes match a model serves it).
-FAMILIES: tuple[ModelFamily, ...] = (DIT, PIXART, SD3, FLUX, QWEN_IMAGE, WAN)
+FAMILIES: tuple[ModelFamily, ...] = (
+    DIT, PIXART, SD3, FLUX, QWEN_IMAGE, WAN, COGVIDEOX, HUNYUAN_VIDEO, CHROMA, SANA, COGVIEW4, LTX_VIDEO,
+)
 
 __all__ = [
+    "CHROMA",
+    "COGVIDEOX",
+    "COGVIEW4",
     "DIT",
     "FAMILIES",
     "FLUX",
+    "HUNYUAN_VIDEO",
+    "LTX_VIDEO",
     "PIXART",
     "QWEN_IMAGE",
+    "SANA",
     "SD3",
     "WAN",
     "BackboneAdapter",

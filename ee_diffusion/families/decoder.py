@@ -9,7 +9,7 @@ decoder. Nothing the training-free caches touch lives here.
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -26,6 +26,12 @@ class ExitDecoder:
     last block's image stream must equal the model's own output bit for bit.
     """
 
+    #: Whether `decode` needs the model's input `sample=` (families whose head unpatchifies to the input's grid: video
+    #: frames, non-square latents); `exit_outputs` then passes it.
+    decode_reads_sample: ClassVar[bool] = False
+    #: The dimension of the prediction that holds its channels (1: (B, C, ...); CogVideoX predicts (B, F, C, H, W)).
+    channel_dim: ClassVar[int] = 1
+
     def __init__(self, model: nn.Module, blocks: list[nn.Module]) -> None:
         self.model = model
         self.blocks = blocks  # every block in execution order, as the family's adapter numbers them
@@ -36,8 +42,9 @@ class ExitDecoder:
         return (config.in_channels, config.sample_size, config.sample_size)
 
     def hidden_dim(self) -> int:
-        """Width D of the block image streams (B, L, D)."""
-        return self.model.inner_dim
+        """Width D of the block image streams (B, L, D): heads x head width, in every diffusers transformer's config."""
+        config = self.model.config
+        return config.num_attention_heads * config.attention_head_dim
 
     def embedding_dim(self) -> int:
         """Width of `timestep_embedding`'s output (what timestep-conditioned heads read)."""
@@ -79,7 +86,10 @@ class ExitDecoder:
         """
         hidden = self.hidden_states_per_block(sample, timestep, **conditioning)
         channels = self.prediction_shape()[0]
-        return hidden, [self.decode(h, timestep=timestep, **conditioning)[:, :channels] for h in hidden]
+        if self.decode_reads_sample:
+            conditioning = {**conditioning, "sample": sample}
+        return hidden, [self.decode(h, timestep=timestep, **conditioning).narrow(self.channel_dim, 0, channels)
+                        for h in hidden]
 
     def run_block(self, index: int, **inputs: Any) -> Any:
         """Call block `index` with named inputs, as the model's forward would: through the model's gradient

@@ -1,12 +1,12 @@
-"""Datasets for training: scikit-learn's digits, an image folder, font glyphs, and a registry for more.
+"""Datasets for training: scikit-learn's digits, an image folder, and a registry for more.
 
 Every dataset is a `TensorImageDataset`: images (N, C, H, W) float32 in [-1, 1] and labels (N,) long, held in
 memory (the datasets this package trains on are small). `get_dataset(name, **options)` builds a registered one:
 
 ```py
 >>> ds = get_dataset("digits", image_size=8)
->>> len(ds), ds.images.shape[1:], ds.num_classes
-(1797, torch.Size([1, 8, 8]), 10)
+>>> len(ds), ds.images.shape[1:], ds.num_classes, ds.id2label()[3]
+(1797, torch.Size([1, 8, 8]), 10, '3')
 
 ```
 
@@ -15,20 +15,55 @@ Add a dataset with `@register_dataset("name")` on a function that returns a `Ten
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 
 from .._validation import check_int
-from .datasets_base import TensorImageDataset
-from .datasets_glyphs import glyphs
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 RESIZE_MODES = ("pad", "nearest", "bilinear")
+
+
+class TensorImageDataset(Dataset):
+    """Images (N, C, H, W) in [-1, 1] with class labels (N,); `ds[i]` is `(image, label)`."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]) -> None:
+        if images.ndim != 4 or images.shape[-1] != images.shape[-2]:
+            raise ValueError(f"images must be (N, C, S, S) square images, got shape {tuple(images.shape)}")
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
+        self.images = images.float().contiguous()
+        self.labels = labels.long().contiguous()
+        self.class_names = list(class_names)
+        if len(self.labels) and int(self.labels.max()) >= len(self.class_names):
+            raise ValueError(f"label {int(self.labels.max())} has no name; {len(self.class_names)} class names given")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index], self.labels[index]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_size(self) -> int:
+        return self.images.shape[-1]
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.class_names))
 
 
 _REGISTRY: dict[str, Callable[..., TensorImageDataset]] = {}
@@ -57,10 +92,6 @@ def get_dataset(name: str, **options: Any) -> TensorImageDataset:
     if name not in _REGISTRY:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(available_datasets())}")
     return _REGISTRY[name](**options)
-
-
-# A dataset in a module of its own is registered here, so that the module needs nothing from this one.
-register_dataset("glyphs")(glyphs)
 
 
 def resize(images: torch.Tensor, size: int, mode: str = "pad") -> torch.Tensor:

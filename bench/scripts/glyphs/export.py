@@ -22,7 +22,7 @@ DESCRIPTION = (
     "The harder benchmark setting's model: a class-conditional DiT (8x8x1, patch 2, 8 blocks, width 128, 4 heads, 26 "
     "classes: the upper-case letters of 20 typefaces with random affine jitter) with timestep-conditioned DeeDiff "
     "heads: 2000 steps from scratch with L_simple (lr 1e-3), 6000 more (lr 5e-4), then 500 steps of DeeDiff "
-    "fine-tuning, on the `glyphs` dataset (`ee_diffusion/training/datasets_glyphs.py`). Rebuild: "
+    "fine-tuning, on the `glyphs` dataset (`bench/glyphs.py`). Rebuild: "
     "`bench/scripts/glyphs/train.sh` (about 40 minutes on 2 CPU cores). Weights fp16, loaded as float32."
 )
 

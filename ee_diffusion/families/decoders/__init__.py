@@ -1,10 +1,29 @@
 """Exit decoders: each family's output head replayed on an intermediate block's image stream."""
 
+from .chroma import ChromaDecoder
+from .cogvideox import CogVideoXDecoder
+from .cogview4 import CogView4Decoder
 from .dit import DiTDecoder
 from .flux import FluxDecoder
+from .hunyuanvideo import HunyuanVideoDecoder
+from .ltx import LTXVideoDecoder
 from .pixart import PixArtDecoder
 from .qwenimage import QwenImageDecoder
+from .sana import SanaDecoder
 from .sd3 import SD3Decoder
 from .wan import WanDecoder
 
-__all__ = ["DiTDecoder", "FluxDecoder", "PixArtDecoder", "QwenImageDecoder", "SD3Decoder", "WanDecoder"]
+__all__ = [
+    "ChromaDecoder",
+    "CogVideoXDecoder",
+    "CogView4Decoder",
+    "DiTDecoder",
+    "FluxDecoder",
+    "HunyuanVideoDecoder",
+    "LTXVideoDecoder",
+    "PixArtDecoder",
+    "QwenImageDecoder",
+    "SanaDecoder",
+    "SD3Decoder",
+    "WanDecoder",
+]

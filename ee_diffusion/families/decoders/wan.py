@@ -31,13 +31,11 @@ class WanDecoder(ExitDecoder):
     ```
     """
 
+    decode_reads_sample = True
+
     def prediction_shape(self) -> tuple[int, int, int]:
         """(channels, 1, 1): Wan predicts a video; heads read its tokens (B, L, D)."""
         return (self.model.config.out_channels, 1, 1)
-
-    def hidden_dim(self) -> int:
-        config = self.model.config
-        return config.num_attention_heads * config.attention_head_dim
 
     def head_config(self) -> dict[str, Any]:
         config = self.model.config
@@ -70,13 +68,6 @@ class WanDecoder(ExitDecoder):
             )
             outputs.append(hidden_states)
         return outputs
-
-    def exit_outputs(
-        self, sample: torch.Tensor, timestep: torch.Tensor, **conditioning: Any
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        hidden = self.hidden_states_per_block(sample, timestep, **conditioning)
-        channels = self.prediction_shape()[0]
-        return hidden, [self.decode(h, timestep, sample=sample, **conditioning)[:, :channels] for h in hidden]
 
     def decode(
         self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,

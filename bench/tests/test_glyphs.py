@@ -17,6 +17,15 @@ def test_glyphs_are_a_pure_function_of_the_seed():
     assert bool((ink > 0.005).all() and (ink < 0.7).all())
 
 
+def test_the_glyphs_feature_nets_are_small_and_accurate():
+    from bench.glyphs import FEATURE_NET_DIR
+    from ee_diffusion.eval.features import load_feature_net
+
+    for name in ("glyphs", "glyphs-pool"):
+        assert load_feature_net(name).meta["held_out_accuracy"] >= 0.85
+    assert all(f.stat().st_size < 2 * 2**20 for f in FEATURE_NET_DIR.iterdir())
+
+
 def test_glyphs_reject_bad_options():
     with pytest.raises(ValueError, match="charset"):
         get_dataset("glyphs", charset="greek")
@@ -28,7 +37,8 @@ def test_a_class_balanced_glyph_subset_draws_from_every_font():
     """The renderer goes font by font; the real sets are shuffled once, so a balanced subset of 8 images per
     class is a fair sample: its FID against the reference is small, unlike that of the first fonts alone."""
     from ee_diffusion.eval.features import load_feature_net
-    from ee_diffusion.eval.quality import REAL_SETS, QualityEvaluator, balanced_subset, real_images
+    from bench.glyphs import balanced_subset
+    from ee_diffusion.eval.quality import REAL_SETS, QualityEvaluator, real_images
 
     reference, _ = real_images("glyphs", "reference")
     images, labels = real_images("glyphs", "floor")

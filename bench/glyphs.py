@@ -1,5 +1,10 @@
 """The "glyphs" benchmark set: characters of matplotlib's bundled fonts, rendered small with random affine jitter.
 
+The harder setting of our own benchmarks (`models.SETTINGS["glyphs"]`), so it lives here, not in the installed
+package: importing `bench` registers it with the package's registries, as a user's own set would be - the dataset
+(`register_dataset`), its reference and floor draws (`eval.quality.REAL_SETS`) and its two feature networks in
+`bench/assets/feature-nets/` (`eval.features.FEATURE_NETS`; trained by `bench.feature_nets`).
+
 A class-conditional set that ships with an installed package (matplotlib) and is far more varied than
 scikit-learn's digits: 62 classes (0-9, A-Z, a-z) in 20 typefaces (DejaVu Sans/Serif/Mono with their bold and
 oblique variants, STIX General, Computer Modern roman/sans/typewriter/italic), each glyph rotated, scaled,
@@ -9,8 +14,7 @@ The set is a pure function of its options: `get_dataset("glyphs", seed=s)` alway
 two seeds give two independent draws (the benchmark uses one draw as the reference and another for its floor).
 
 ```py
->>> from ee_diffusion.training.data import get_dataset
->>> ds = get_dataset("glyphs", per_font=1, charset="digits")
+>>> ds = glyphs(per_font=1, charset="digits")
 >>> ds.images.shape, ds.num_classes, float(ds.images.min()), float(ds.images.max())
 (torch.Size([200, 1, 16, 16]), 10, -1.0, 1.0)
 
@@ -27,8 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._validation import check_int
-from .datasets_base import TensorImageDataset
+from ee_diffusion._validation import check_int
+from ee_diffusion.eval.features import FEATURE_NETS
+from ee_diffusion.eval.quality import REAL_SETS
+from ee_diffusion.training.data import TensorImageDataset, register_dataset
+
+FEATURE_NET_DIR = Path(__file__).resolve().parent / "assets" / "feature-nets"
 
 CHARSETS = {
     "alnum": string.digits + string.ascii_uppercase + string.ascii_lowercase,  # 62 classes
@@ -109,3 +117,22 @@ def glyphs(image_size: int = 16, per_font: int = 8, charset: str = "alnum", seed
                 labels.append(label)
     array = np.stack(images)[:, None] * 2.0 - 1.0  # (N, 1, S, S) in [-1, 1]
     return TensorImageDataset(torch.from_numpy(array), torch.tensor(labels), list(chars))
+
+
+def balanced_subset(images: torch.Tensor, labels: torch.Tensor, count: int,
+                    num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `count` images taken round-robin over classes (label i % num_classes at position i)."""
+    per_class = [torch.nonzero(labels == c).squeeze(1) for c in range(num_classes)]
+    index = torch.tensor([int(per_class[i % num_classes][(i // num_classes) % len(per_class[i % num_classes])])
+                          for i in range(count)])
+    return images[index], labels[index]
+
+
+register_dataset("glyphs")(glyphs)
+# Two independent renderings (different jitter seeds): the reference and the floor draw.
+REAL_SETS["glyphs"] = {
+    "dataset": "glyphs",
+    "reference": {"image_size": 8, "per_font": 4, "charset": "upper", "seed": 200},
+    "floor": {"image_size": 8, "per_font": 4, "charset": "upper", "seed": 201},
+}
+FEATURE_NETS.update({name: ("glyphs", FEATURE_NET_DIR / name) for name in ("glyphs", "glyphs-pool")})

@@ -1,0 +1,47 @@
+"""LTX-Video (`LTXVideoTransformer3DModel`): packed video tokens, blocks that cross-attend to the text with a per-row
+text mask and modulation; the engine's property suite."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _backbone_properties import *  # noqa: F401,F403 - the shared property tests, collected here
+from _backbone_properties import T, Case, count_pre_hooks
+
+from ee_diffusion.adapters import get_adapter
+from ee_diffusion.testing import ltx_inputs, tiny_ltx
+
+NUM_BLOCKS = 4
+
+
+def hand_exit(model, inputs, k):
+    decoder = get_adapter(model).decoder
+    inputs = dict(inputs)
+    sample, timestep = inputs.pop("hidden_states"), inputs.pop("timestep")
+    with torch.no_grad():
+        hidden = decoder.hidden_states_per_block(sample, timestep, **inputs)
+        return decoder.decode(hidden[k - 1], timestep)
+
+
+def make_case() -> Case:
+    model = tiny_ltx(num_layers=NUM_BLOCKS)
+    inputs = ltx_inputs(model, batch=4)
+    inputs["timestep"] = T.float()  # LTXPipeline passes the scheduler's 0-1000 timesteps as they are
+    return Case(
+        model=model,
+        inputs=inputs,
+        num_blocks=NUM_BLOCKS,
+        hand_exit=lambda inp, k: hand_exit(model, inp, k),
+        count=lambda m: count_pre_hooks([(i, b.attn1) for i, b in enumerate(m.transformer_blocks)]),
+    )
+
+
+@pytest.fixture
+def case():
+    return make_case()
+
+
+def test_the_family_is_found():
+    adapter = get_adapter(tiny_ltx(num_layers=2))
+    assert adapter.family.name == "LTX-Video"
+    assert [name for name, _ in adapter.forecast_modules(0)] == ["attn1", "attn2", "ff"]
