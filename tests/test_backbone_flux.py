@@ -78,3 +78,14 @@ def test_controlnet_residuals_are_refused_while_exits_are_on():
     apply(case, EarlyExitConfig(policy=RowDepths([4, 4, 4, 4])))
     with pytest.raises(ValueError, match="controlnet_block_samples"):
         run(case, dict(case.inputs, controlnet_block_samples=[torch.zeros(4, 16, 16)]))
+
+
+def test_training_predictions_keep_every_token():
+    """Flux predicts packed tokens (B, L, C): the decoder's training pass keeps the channels on the last dimension,
+    so every token stays and its last prediction is the model's output."""
+    model = tiny_flux()
+    inputs = flux_inputs(model, batch=2)
+    sample, timestep = inputs.pop("hidden_states"), inputs.pop("timestep")
+    _, predictions = get_adapter(model).decoder.exit_outputs(sample, timestep, **inputs)
+    with torch.no_grad():
+        assert torch.equal(predictions[-1], model(hidden_states=sample, timestep=timestep, **inputs).sample)

@@ -29,17 +29,23 @@ class ExitDecoder:
     #: Whether `decode` needs the model's input `sample=` (families whose head unpatchifies to the input's grid: video
     #: frames, non-square latents); `exit_outputs` then passes it.
     decode_reads_sample: ClassVar[bool] = False
-    #: The dimension of the prediction that holds its channels (1: (B, C, ...); CogVideoX predicts (B, F, C, H, W)).
+    #: The dimension of the prediction that holds its channels: 1 for (B, C, ...); CogVideoX predicts (B, F, C, H, W),
+    #: the packed-token models (B, L, C).
     channel_dim: ClassVar[int] = 1
+    #: Whether a head maps each token to its patch's prediction (patch size 1, the final projection's width): models
+    #: that predict packed tokens or video, whose config has no square `sample_size` grid.
+    token_heads: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, blocks: list[nn.Module]) -> None:
         self.model = model
         self.blocks = blocks  # every block in execution order, as the family's adapter numbers them
 
     def prediction_shape(self) -> tuple[int, int, int]:
-        """(channels, height, width) of the noise prediction (without a learned-variance half)."""
+        """(channels, height, width) of the noise prediction, without a learned-variance half; (C, 1, 1) for models
+        whose config names no `sample_size` (packed tokens, video)."""
         config = self.model.config
-        return (config.in_channels, config.sample_size, config.sample_size)
+        size = config.get("sample_size") or 1
+        return (config.in_channels, size, size)
 
     def hidden_dim(self) -> int:
         """Width D of the block image streams (B, L, D): heads x head width, in every diffusers transformer's config."""
@@ -53,14 +59,12 @@ class ExitDecoder:
     def head_config(self) -> dict[str, Any]:
         """The shape fields `UncertaintyHeads` needs for this model (see `UncertaintyHeads.from_model`)."""
         channels, height, _ = self.prediction_shape()
-        return {
-            "num_blocks": len(self.blocks),
-            "hidden_dim": self.hidden_dim(),
-            "patch_size": int(self.model.config.patch_size),
-            "out_channels": channels,
-            "sample_size": height,
-            "feature_channels": None,
-        }
+        fields = {"num_blocks": len(self.blocks), "hidden_dim": self.hidden_dim(), "feature_channels": None}
+        if self.token_heads:
+            # A head maps each token (B, L, D) to its patch's prediction, as the model's final projection does.
+            return {**fields, "patch_size": 1, "out_channels": self.model.proj_out.out_features, "sample_size": 1}
+        return {**fields, "patch_size": int(self.model.config.patch_size), "out_channels": channels,
+                "sample_size": height}
 
     def timestep_embedding(self, timestep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The model's own embedding of `timestep` (B,) -> (B, D), used by timestep-conditioned heads."""

@@ -30,15 +30,11 @@ class ChromaDecoder(ExitDecoder):
     ```
     """
 
-    def prediction_shape(self) -> tuple[int, int, int]:
-        """(channels, 1, 1): Chroma predicts per packed token; its pipeline unpacks the tokens into latents."""
-        return (self.model.out_channels, 1, 1)
+    token_heads = True
+    channel_dim = -1  # predictions are packed tokens (B, L, C)
 
     def embedding_dim(self) -> int:
         return self.model.time_text_embed.time_proj.num_channels
-
-    def head_config(self) -> dict[str, Any]:
-        return {**super().head_config(), "sample_size": 1}
 
     def _modulation(self, timestep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """(B, M, D): the per-row modulation table, as the forward computes it from the 0-1 timestep."""

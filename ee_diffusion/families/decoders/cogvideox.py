@@ -31,22 +31,12 @@ class CogVideoXDecoder(ExitDecoder):
     ```
     """
 
+    token_heads = True
     decode_reads_sample = True
     channel_dim = 2  # predictions are (B, F, C, H, W)
 
-    def prediction_shape(self) -> tuple[int, int, int]:
-        """(channels, 1, 1): CogVideoX predicts a video; heads read its tokens (B, L, D)."""
-        return (self.model.config.out_channels, 1, 1)
-
     def embedding_dim(self) -> int:
         return self.model.config.time_embed_dim
-
-    def head_config(self) -> dict[str, Any]:
-        config = self.model.config
-        patch = config.patch_size**2 * (config.patch_size_t or 1)
-        # A head maps each token (B, L, D) to its patch's prediction: p_t * p * p * C values.
-        return {"num_blocks": len(self.blocks), "hidden_dim": self.hidden_dim(), "patch_size": 1,
-                "out_channels": config.out_channels * patch, "sample_size": 1, "feature_channels": None}
 
     def _temb(self, timestep: torch.Tensor, dtype: torch.dtype, timestep_cond: torch.Tensor | None = None,
               ofs: torch.Tensor | None = None) -> torch.Tensor:

@@ -35,10 +35,6 @@ class CogView4Decoder(ExitDecoder):
 
     decode_reads_sample = True
 
-    def prediction_shape(self) -> tuple[int, int, int]:
-        config = self.model.config
-        return (config.out_channels, config.sample_size, config.sample_size)
-
     def embedding_dim(self) -> int:
         return self.model.config.time_embed_dim
 

@@ -29,12 +29,8 @@ class FluxDecoder(ExitDecoder):
     ```
     """
 
-    def prediction_shape(self) -> tuple[int, int, int]:
-        """(channels, 1, 1): Flux predicts per packed token; its pipeline unpacks the tokens into latents."""
-        return (self.model.out_channels, 1, 1)
-
-    def head_config(self) -> dict[str, Any]:
-        return {**super().head_config(), "sample_size": 1}
+    token_heads = True
+    channel_dim = -1  # predictions are packed tokens (B, L, C)
 
     def _temb(self, timestep: torch.Tensor, pooled_projections: torch.Tensor, guidance: torch.Tensor | None,
               dtype: torch.dtype) -> torch.Tensor:

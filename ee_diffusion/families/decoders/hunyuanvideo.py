@@ -31,18 +31,8 @@ class HunyuanVideoDecoder(ExitDecoder):
     ```
     """
 
+    token_heads = True
     decode_reads_sample = True
-
-    def prediction_shape(self) -> tuple[int, int, int]:
-        """(channels, 1, 1): HunyuanVideo predicts a video; heads read its tokens (B, L, D)."""
-        return (self.model.config.out_channels, 1, 1)
-
-    def head_config(self) -> dict[str, Any]:
-        config = self.model.config
-        # A head maps each token (B, L, D) to its patch's prediction: p_t * p * p * C values.
-        patch = config.patch_size_t * config.patch_size**2
-        return {"num_blocks": len(self.blocks), "hidden_dim": self.hidden_dim(), "patch_size": 1,
-                "out_channels": config.out_channels * patch, "sample_size": 1, "feature_channels": None}
 
     def _temb(self, timestep: torch.Tensor, pooled_projections: torch.Tensor,
               guidance: torch.Tensor | None) -> torch.Tensor:

@@ -29,12 +29,8 @@ class LTXVideoDecoder(ExitDecoder):
     ```
     """
 
-    def prediction_shape(self) -> tuple[int, int, int]:
-        """(channels, 1, 1): LTX-Video predicts per packed token; its pipeline unpacks the tokens into latents."""
-        return (self.model.config.out_channels, 1, 1)
-
-    def head_config(self) -> dict[str, Any]:
-        return {**super().head_config(), "patch_size": 1, "sample_size": 1}
+    token_heads = True
+    channel_dim = -1  # predictions are packed tokens (B, L, C)
 
     def _time_embed(self, timestep: torch.Tensor, batch: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """(the blocks' modulation (B, 1, 6D), the embedded timestep (B, 1, D)), as the model's forward computes them."""

@@ -28,12 +28,8 @@ class QwenImageDecoder(ExitDecoder):
     ```
     """
 
-    def prediction_shape(self) -> tuple[int, int, int]:
-        """(channels, 1, 1): Qwen-Image predicts per packed token; its pipeline unpacks the tokens into latents."""
-        return (self.model.out_channels * self.model.config.patch_size ** 2, 1, 1)
-
-    def head_config(self) -> dict[str, Any]:
-        return {**super().head_config(), "patch_size": 1, "sample_size": 1}
+    token_heads = True
+    channel_dim = -1  # predictions are packed tokens (B, L, C)
 
     def _temb(self, timestep: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
         """(B, D), as the forward embeds the 0-1 timestep (`hidden_states` gives the dtype)."""

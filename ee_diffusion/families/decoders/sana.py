@@ -34,10 +34,6 @@ class SanaDecoder(ExitDecoder):
 
     decode_reads_sample = True
 
-    def prediction_shape(self) -> tuple[int, int, int]:
-        config = self.model.config
-        return (config.out_channels or config.in_channels, config.sample_size, config.sample_size)
-
     def _time_embed(
         self, timestep: torch.Tensor, guidance: torch.Tensor | None, batch: int, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:

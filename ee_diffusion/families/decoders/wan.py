@@ -31,18 +31,8 @@ class WanDecoder(ExitDecoder):
     ```
     """
 
+    token_heads = True
     decode_reads_sample = True
-
-    def prediction_shape(self) -> tuple[int, int, int]:
-        """(channels, 1, 1): Wan predicts a video; heads read its tokens (B, L, D)."""
-        return (self.model.config.out_channels, 1, 1)
-
-    def head_config(self) -> dict[str, Any]:
-        config = self.model.config
-        p_t, p_h, p_w = config.patch_size
-        # A head maps each token (B, L, D) to its patch's prediction: p_t * p_h * p_w * C values.
-        return {"num_blocks": len(self.blocks), "hidden_dim": self.hidden_dim(), "patch_size": 1,
-                "out_channels": config.out_channels * p_t * p_h * p_w, "sample_size": 1, "feature_channels": None}
 
     def _embed(self, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(temb (B, D), the blocks' modulation (B, 6, D), the embedded text (B, L_text, D)), as the forward makes them."""
