@@ -23,8 +23,8 @@ from ee_diffusion.testing import (
 def test_every_shipped_declaration_is_short():
     """A family is a declaration: each fits in 40 lines (decoders live in decoders/)."""
     root = Path(families.__file__).parent
-    declarations = sorted(set(root.glob("*.py")) - {root / f"{n}.py" for n in ("__init__", "spec", "base", "decoder",
-                                                                                  "adapter")})
+    machinery = ("__init__", "spec", "base", "decoder", "adapter", "support")
+    declarations = sorted(set(root.glob("*.py")) - {root / f"{name}.py" for name in machinery})
     assert len(declarations) == len(FAMILIES)
     for path in declarations:
         assert len(path.read_text().splitlines()) <= 40, path.name
@@ -114,3 +114,23 @@ def test_the_add_a_family_page_runs(capsys):
     for block in blocks:
         exec(compile(block, "docs/add-a-family.md", "exec"), namespace)
     assert capsys.readouterr().out.splitlines()[-1] == "[3, 3]"
+
+
+def test_the_readmes_families_table_is_the_one_the_declarations_render():
+    from ee_diffusion.families.support import support_table
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    start, end = "<!-- families table: generated -->\n", "\n<!-- end of families table -->"
+    assert readme[readme.index(start) + len(start) : readme.index(end)] == support_table(FAMILIES)
+
+
+def test_every_declared_family_has_its_property_suite_and_cache_tests():
+    """The table claims exits and caches for every family: each must have its suite file and its cache tests."""
+    import test_family_caches
+
+    tests = Path(__file__).parent
+    for family in FAMILIES:
+        module = next(path.stem for path in (Path(families.__file__).parent).glob("*.py")
+                      if f"name=\"{family.name}\"" in path.read_text())
+        assert (tests / f"test_backbone_{module}.py").exists(), family.name
+        assert family.name in test_family_caches.FAMILIES, family.name
