@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+from ee_diffusion.adapters import get_adapter
 from ee_diffusion.config import EarlyExitConfig
 from ee_diffusion.hooks import (
     apply_early_exit,
@@ -37,11 +38,17 @@ class Case:
     inputs: dict[str, Any]  # model keyword arguments for a batch of 4; every tensor's first dim is the batch
     num_blocks: int
     hand_exit: Callable[[dict[str, Any], int], torch.Tensor]  # (inputs, depth k) -> prediction exited at depth k
-    count: Callable[[nn.Module], Any]  # context manager yielding [(block, rows)] of real block computations
+    # context manager yielding [(block, rows)] of real block computations; default: every declared block's first
+    # forecastable sub-module (its attention), which runs exactly when the block is computed
+    count: Callable[[nn.Module], Any] | None = None
     apply_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. bridges for U-Nets
     latent: str = "hidden_states"
     cfg_pairs: bool = True  # whether the model recognises classifier-free-guidance batches
     shared: tuple[str, ...] = ()  # tensor inputs shared by every row (Flux's position ids), not batch-first
+
+    def __post_init__(self) -> None:
+        if self.count is None:
+            self.count = count_block_computations
 
     def per_row(self, name: str, value: Any) -> bool:
         return isinstance(value, torch.Tensor) and value.ndim > 0 and name not in self.shared
@@ -242,6 +249,12 @@ def test_exit_gradients_flow_to_the_early_blocks(case):
         model(**case.inputs).sample.square().mean().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     model.eval()
+
+
+def count_block_computations(model: nn.Module):
+    """`count_pre_hooks` on the first forecastable sub-module of every block of the model's declared family."""
+    adapter = get_adapter(model)
+    return count_pre_hooks([(i, adapter.forecast_modules(i)[0][1]) for i in range(adapter.num_blocks)])
 
 
 @contextlib.contextmanager

@@ -36,7 +36,6 @@ def make_case() -> Case:
         inputs=inputs,
         num_blocks=NUM_SINGLE,
         hand_exit=lambda inp, k: hand_exit(model, inp, k),
-        count=lambda m: count_pre_hooks([(i, b.attn) for i, b in enumerate(m.single_transformer_blocks)]),
         shared=SHARED,
     )
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _backbone_properties import *  # noqa: F401,F403 - the shared property tests, collected here
-from _backbone_properties import T, Case, RowDepths, apply, count_pre_hooks, run
+from _backbone_properties import T, Case, RowDepths, apply, run
 
 from ee_diffusion.adapters import get_adapter
 from ee_diffusion.config import EarlyExitConfig
@@ -34,9 +34,6 @@ def make_case(guidance: bool) -> Case:
         inputs=inputs,
         num_blocks=4,
         hand_exit=lambda inp, k: hand_exit(model, inp, k),
-        count=lambda m: count_pre_hooks(
-            [(i, b.attn) for i, b in enumerate([*m.transformer_blocks, *m.single_transformer_blocks])]
-        ),
         shared=SHARED,
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _backbone_properties import *  # noqa: F401,F403 - the shared property tests, collected here
-from _backbone_properties import Case, T, count_pre_hooks, run
+from _backbone_properties import Case, T, run
 
 from ee_diffusion.adapters import get_adapter
 from ee_diffusion.heads import UncertaintyHeads
@@ -41,7 +41,6 @@ def case():
         inputs=inputs,
         num_blocks=NUM_BLOCKS,
         hand_exit=lambda inp, k: hand_exit(model, inp, k),
-        count=lambda m: count_pre_hooks([(i, b.attn1) for i, b in enumerate(m.transformer_blocks)]),
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _backbone_properties import *  # noqa: F401,F403 - the shared property tests, collected here
-from _backbone_properties import T, Case, RowDepths, apply, count_pre_hooks, run
+from _backbone_properties import T, Case, RowDepths, apply, run
 
 from ee_diffusion.adapters import get_adapter
 from ee_diffusion.config import EarlyExitConfig
@@ -34,7 +34,6 @@ def make_case(height: int = 8, width: int = 8) -> Case:
         inputs=inputs,
         num_blocks=NUM_BLOCKS,
         hand_exit=lambda inp, k: hand_exit(model, inp, k),
-        count=lambda m: count_pre_hooks([(i, b.attn1) for i, b in enumerate(m.transformer_blocks)]),
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _backbone_properties import *  # noqa: F401,F403 - the shared property tests, collected here
-from _backbone_properties import T, Case, count_pre_hooks
+from _backbone_properties import T, Case
 
 from ee_diffusion.adapters import get_adapter
 from ee_diffusion.testing import tiny_wan, wan_inputs
@@ -33,7 +33,6 @@ def case():
         inputs=inputs,
         num_blocks=NUM_BLOCKS,
         hand_exit=lambda inp, k: hand_exit(model, inp, k),
-        count=lambda m: count_pre_hooks([(i, b.attn1) for i, b in enumerate(m.blocks)]),
     )
 
 
