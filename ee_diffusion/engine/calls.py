@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from .._compat import checkpoint_function, gradient_checkpointing_on, has_first_block_cache, model_output_sample
-from ..families.base import BackboneAdapter
-from ..config import EarlyExitConfig
-from ..layout import BatchLayout, CacheContextReader
 from ..caches.base import BranchStates, CacheState, TrainingFreeCache
+from ..config import EarlyExitConfig
+from ..families.base import BackboneAdapter
+from ..layout import BatchLayout, CacheContextReader
 from ..policies.base import ExitContext, ExitPolicy, as_exit_policy
 from ..stats import ExitStats
 

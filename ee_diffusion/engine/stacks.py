@@ -26,8 +26,8 @@ from torch import nn
 
 from .._compat import forward_chunking_on
 from ..caches.base import SubmoduleForecast
-from .calls import CallState, EngineBase
 from ..families.adapter import BlockIO
+from .calls import CallState, EngineBase
 
 
 class SequentialCallState(CallState):
