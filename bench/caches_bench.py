@@ -51,6 +51,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ee_diffusion._command_line import int_at_least
+from ee_diffusion._io import check_output_folder
 from ee_diffusion._validation import check_int
 from ee_diffusion.caches.block_forecast import distinct_timesteps
 from ee_diffusion.calibration.forecast_placement import starts
@@ -408,17 +410,29 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
     parser.add_argument("--setting", choices=sorted(SETTINGS), default=None, help="default: the preset's")
-    parser.add_argument("--num-images", type=int, default=None, help="images per scored set (default: the preset's)")
-    parser.add_argument("--batch1-images", type=int, default=None, help="images sampled at batch 1")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--num-images", type=int_at_least(2), default=None,
+                        help="images per scored set (default: the preset's)")
+    parser.add_argument("--batch1-images", type=int_at_least(2), default=None, help="images sampled at batch 1")
+    parser.add_argument("--threads", type=int_at_least(1), default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=Path("bench_out/caches"))
 
 
 def main(args: argparse.Namespace, command: str = "") -> dict:
-    """`python -m bench bench-caches` with parsed `args`."""
+    """`python -m bench bench-caches` with parsed `args`; the flags are checked against the preset, naming them,
+    before anything loads."""
+    preset = PRESETS[args.preset]
+    check_output_folder(args.out, "--out")
+    images = args.num_images or preset.num_images
+    batch1 = args.batch1_images or preset.batch1_images
+    if batch1 > images:
+        given = "--batch1-images" if args.batch1_images else f"the {args.preset} preset's images at batch 1"
+        raise ValueError(f"--num-images {images} is below {given} ({batch1}): the batch-1 rows are scored on the "
+                         f"first of the same images; give --num-images >= {batch1} or a smaller --batch1-images")
+    if max(preset.batches) > images:
+        raise ValueError(f"--num-images {images} is below the {args.preset} preset's largest batch "
+                         f"({max(preset.batches)}); give --num-images >= {max(preset.batches)}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    preset = PRESETS[args.preset]
     changes = {k: v for k, v in (("setting", args.setting), ("num_images", args.num_images),
                                  ("batch1_images", args.batch1_images)) if v is not None}
     preset = replace(preset, **changes)  # re-validated by __post_init__

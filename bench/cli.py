@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
-import shlex
 import sys
 from pathlib import Path
 
+from ee_diffusion._command_line import add_debug, int_at_least, run_command
 from ee_diffusion.cli import add_calibrate, add_run_arguments, start_run
 
 #: The settings of `bench` and `calibrate --model` (`models.SETTINGS`), named here so that `--help` imports no torch.
@@ -48,14 +47,18 @@ def _add_bench_engine(subparsers) -> None:
         "bench-engine", help="wall-clock of per-row compaction and hook overhead on a random 12-block DiT"
     )
     parser.add_argument("--out", type=Path, default=None, help="folder for engine_bench.json/.md")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--batch-size", type=int_at_least(1), default=64)
+    parser.add_argument("--repeats", type=int_at_least(1), default=30)
     parser.set_defaults(func=_run_bench_engine)
 
 
 def _run_bench_engine(args: argparse.Namespace) -> int:
+    from ee_diffusion._io import check_output_folder
+
     from . import engine_bench
 
+    if args.out is not None:
+        check_output_folder(args.out, "--out")  # before the timing, which takes minutes
     argv = ["--batch-size", str(args.batch_size), "--repeats", str(args.repeats)]
     if args.out is not None:
         argv += ["--out", str(args.out)]
@@ -70,8 +73,11 @@ def _add_benchmark(subparsers, name: str, module: str, help: str, run) -> None:
 
 
 def _run_bench_shapes(args: argparse.Namespace) -> int:
+    from ee_diffusion._io import check_output_folder
+
     from .shapes_bench import run
 
+    check_output_folder(args.out, "--out")  # before the timing, which takes minutes
     run(args, args.command_line)
     return 0
 
@@ -79,7 +85,6 @@ def _run_bench_shapes(args: argparse.Namespace) -> int:
 def _run_bench_caches(args: argparse.Namespace) -> int:
     from .caches_bench import main
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")  # progress lines, as `bench` shows them
     report = main(args, args.command_line)
     print(f"wrote {args.out / 'report.json'}, report.md, pareto.png")
     for family, summary in report["summary"].items():
@@ -89,8 +94,17 @@ def _run_bench_caches(args: argparse.Namespace) -> int:
 
 
 def _run_bench_compile(args: argparse.Namespace) -> int:
+    from ee_diffusion._command_line import check_device
+    from ee_diffusion._io import check_output_folder
+
     from .compile_bench import main, markdown
 
+    # Checked before the model loads and compiles (minutes).
+    for flag, value in (("--batch", args.batch), ("--repeats", args.repeats), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be an integer >= 1, got {value}")
+    check_device(args.device)
+    check_output_folder(args.out, "--out")
     print(markdown(main(args, args.command_line)), end="")
     return 0
 
@@ -111,10 +125,15 @@ def _add_publish(subparsers) -> None:
 def _run_publish(args: argparse.Namespace) -> int:
     from .publish import publish, publish_search
 
+    if not (args.model / "model_index.json").is_file():
+        raise FileNotFoundError(f"--model {str(args.model)!r} is not a pipeline folder (no model_index.json in it)")
     if args.search is not None:
+        if args.setting is not None:
+            raise ValueError(f"--setting {args.setting!r} picks a report's setting; --search publishes the search's "
+                             f"one point: leave --setting out")
         evaluation = publish_search(args.search, args.model, search_ref=str(args.search))
     elif args.setting is None:
-        raise SystemExit("publish --report needs --setting (the report's setting to publish, e.g. digits)")
+        raise ValueError("publish --report needs --setting (the report's setting to publish, e.g. digits)")
     else:
         evaluation = publish(args.report, args.model, args.setting, report_ref=str(args.report))
     point = evaluation["operating_point"]
@@ -152,13 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "diffusers' caches at matched speed, batch 1, 8 and 64, on a pre-trained model", _run_bench_caches)
     _add_benchmark(subparsers, "bench-compile", "compile_bench", "planned exit policies under torch.compile "
                    "(inductor): graph breaks, equality with eager and wall-clock, on a shipped model", _run_bench_compile)
+    add_debug(parser, subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line `argv` (default: the process's arguments); returns the exit status."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
-    # Reports record the command that made them; when `main` is called from Python, sys.argv is not it.
-    args.command_line = shlex.join(["python", "-m", "bench", *argv])
-    return args.func(args)
+    return run_command(build_parser(), sys.argv[1:] if argv is None else list(argv))

@@ -1,7 +1,7 @@
 """One prepared GPU check at the widths users run (random weights): one command, under 5 minutes, JSON and Markdown.
 
 `python -m bench.gpu_check --out DIR` on a CUDA machine (`bench/scripts/gpu_check.sh` installs the
-carried wheels first; README, "GPU check"), for the DiT-XL/2, PixArt-alpha-512 and SD3-medium-512 shapes of
+carried wheels first; docs/gpu-check.md), for the DiT-XL/2, PixArt-alpha-512 and SD3-medium-512 shapes of
 `python -m bench bench-shapes`, in bf16, each model built once, on the GPU, and shared by the parts:
 
 1. `timings <shape>`: every bench-shapes method (hooks without a policy, heads, a static half depth, per-row
@@ -102,7 +102,7 @@ def xformers_status(cuda: bool) -> dict[str, Any]:
     """
     if importlib.util.find_spec("xformers") is None:
         return {"version": None, "usable": False,
-                "reason": "xformers is not installed (carry its wheel: README, 'GPU check')"}
+                "reason": "xformers is not installed (carry its wheel: docs/gpu-check.md)"}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

@@ -28,6 +28,18 @@ ROW_FIELDS = ("name", "family", "solver", "steps", "fid", "block_fraction", "spe
               "exit_config", "dfid_reference", "dfid_knee", "fidelity", "accuracy", "timing")
 
 
+#: What a file must hold to be read as an operating-point search or a bench report (checked before anything is
+#: written, so that another JSON file given by mistake is refused with its name, not a KeyError).
+SEARCH_KEYS = ("goal", "reference", "chosen", "confirmed", "why", "operating_point", "candidates", "tries", "settings")
+REPORT_KEYS = ("command", "environment", "settings")
+
+
+def _check_keys(data: Any, keys: tuple[str, ...], what: str, ref: str) -> None:
+    missing = [k for k in keys if k not in data] if isinstance(data, dict) else list(keys)
+    if missing:
+        raise ValueError(f"{ref!r} is not {what}: it lacks {missing}")
+
+
 def _row(row: dict) -> dict[str, Any]:
     out = {k: row[k] for k in ROW_FIELDS if k in row}
     if "vs_frontier" in row:
@@ -39,6 +51,7 @@ def _row(row: dict) -> dict[str, Any]:
 
 def evaluation_summary(report: dict, setting: str, report_ref: str) -> dict[str, Any]:
     """The part of a report that a model folder keeps beside its operating point."""
+    _check_keys(report, REPORT_KEYS, "a bench report (report.json of `python -m bench bench`)", report_ref)
     entries = {s["setting"]: s for s in report["settings"]}
     if setting not in entries:
         raise ValueError(f"the report {report_ref!r} has no setting {setting!r}; it has {sorted(entries)}")
@@ -191,6 +204,8 @@ def render_training_md(model_dir: str | Path) -> str:
 
 def search_summary(search: dict, search_ref: str) -> dict[str, Any]:
     """The part of an operating-point search (`calibrate --kind operating-point --out`) a model folder keeps."""
+    _check_keys(search, SEARCH_KEYS, "an operating-point search (the --out JSON of `calibrate --kind operating-point`)",
+                search_ref)
     if not search.get("confirmed"):
         raise ValueError(f"the search {search_ref!r} confirmed no operating point ({search.get('why')}); "
                          f"nothing to publish")
@@ -244,6 +259,7 @@ def publish(report_path: str | Path, model_dir: str | Path, setting: str, report
 def report_operating_point(report_path: str | Path, setting: str) -> OperatingPoint:
     """The recommended operating point of `setting` in a saved report (validated)."""
     report = read_json_file(report_path, "bench report")
+    _check_keys(report, REPORT_KEYS, "a bench report (report.json of `python -m bench bench`)", str(report_path))
     entries = {s["setting"]: s for s in report["settings"]}
     if setting not in entries:
         raise ValueError(f"the report {str(report_path)!r} has no setting {setting!r}; it has {sorted(entries)}")

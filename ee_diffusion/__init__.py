@@ -29,6 +29,10 @@ _EXPORTS = {
     "EarlyExitDiTPipeline": "ee_diffusion.pipelines",
     "EarlyExitUNetPipeline": "ee_diffusion.pipelines",
     "load_default_pipeline": "ee_diffusion.default_model",
+    "enable": "ee_diffusion.pipeline_hooks",
+    "disable": "ee_diffusion.pipeline_hooks",
+    "summary": "ee_diffusion.pipeline_hooks",
+    "load_result": "ee_diffusion.results",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -50,6 +54,8 @@ if TYPE_CHECKING:
         set_exit_config,
     )
     from .heads import UncertaintyHeads
+    from .pipeline_hooks import disable, enable, summary
+    from .results import load_result
     from .pipelines import EarlyExitDiTPipeline, EarlyExitUNetPipeline
     from .stats import ExitStats
     from .unet import UNetExitBridges

@@ -148,3 +148,52 @@ def load_safetensors(path: str | os.PathLike, what: str, device: str = "cpu") ->
         return load_file(str(path), device=device)
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise ValueError(f"{what} {str(path)!r} is not a readable safetensors file (corrupted or truncated?): {error}") from None
+
+
+def _nearest_existing(path: Path) -> Path:
+    """`path` or its closest ancestor that exists (what a later `mkdir(parents=True)` would write into)."""
+    return next(p for p in (path, *path.parents) if p.exists())
+
+
+def _check_writable(path: Path, start: Path, what: str) -> None:
+    """Where `path` would be written (`start` or its closest existing ancestor): a folder, and writable."""
+    base = _nearest_existing(start)
+    if not base.is_dir():
+        raise ValueError(f"{what} {str(path)!r} lies under {str(base)!r}, which is a file, not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what} {str(path)!r}: no permission to write in {str(base)!r}")
+
+
+def check_output_folder(path: str | os.PathLike, what: str, fresh: bool = False) -> Path:
+    """Refuse, before any work, an output folder a command could not write into: an existing file, a path under
+    a file, a place without write permission, and with `fresh` a folder that is not empty. Creates nothing.
+
+    ```py
+    >>> import tempfile
+    >>> file = Path(tempfile.mkdtemp()) / "notes.txt"
+    >>> _ = file.write_text("x")
+    >>> check_output_folder(file, "--out")
+    Traceback (most recent call last):
+    ...
+    ValueError: --out ... is a file; expected a folder (a new one, or one this command wrote before)
+
+    ```
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is a file; expected a folder (a new one, or one this command wrote "
+                         f"before)")
+    if fresh and path.is_dir() and any(path.iterdir()):
+        raise ValueError(f"{what} {str(path)!r} exists and is not empty; give a new folder")
+    _check_writable(path, path, what)
+    return path
+
+
+def check_output_file(path: str | os.PathLike, what: str) -> Path:
+    """Refuse, before any work, an output file a command could not write: an existing folder, a path under a
+    file, a place without write permission. Creates nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is a folder; expected a file path (e.g. {str(path / 'out.json')!r})")
+    _check_writable(path, path.parent, what)
+    return path

@@ -11,6 +11,7 @@ from torch import nn
 from .families import FAMILIES, BackboneAdapter, FamilyAdapter, ModelFamily
 from .unet.adapter import UNetAdapter
 
+
 def supported_model_classes() -> list[str]:
     """Names of every model class `apply_early_exit` accepts."""
     return [cls.__name__ for family in FAMILIES for cls in family.model_classes] + [

@@ -101,19 +101,31 @@ class EarlyExitConfig:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "EarlyExitConfig":
-        """Parse `to_json()` output; raises `ValueError` for text that is not a JSON exit config."""
-        if not isinstance(text, (str, bytes, bytearray)):
-            raise TypeError(f"from_json takes the JSON text (str), got {type(text).__name__}; for a file use from_file")
+    def from_json(cls, source: str | bytes | os.PathLike) -> "EarlyExitConfig":
+        """Parse `to_json()` output, or read it from a file: a path, or a str that is not JSON text (JSON text of an
+        exit config starts with "{"), goes to `from_file`; `ValueError` for anything else."""
+        if isinstance(source, os.PathLike) or (isinstance(source, str) and not source.lstrip().startswith("{")):
+            if not Path(source).is_file():
+                raise ValueError(f"an exit config is JSON text (starting with '{{') or the path of a JSON file; got "
+                                 f"{str(source)[:80]!r}, which is neither")
+            return cls.from_file(source)
+        if not isinstance(source, (str, bytes, bytearray)):
+            raise TypeError(f"from_json takes JSON text or a path, got {type(source).__name__}")
+        return cls._parse(source)
+
+    @classmethod
+    def _parse(cls, text: str | bytes | bytearray) -> "EarlyExitConfig":
         try:
             data = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise ValueError(f"an exit config must be JSON text, got unparsable input ({error})") from None
+        if isinstance(data, dict) and set(data) == {"exit_config", "calibration"}:
+            data = data["exit_config"]  # a calibration JSON (`ee-diffusion calibrate --out`): its exit config
         return cls.from_dict(data)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "EarlyExitConfig":
-        """Load an exit config JSON file; errors name the file."""
+        """Load an exit config JSON file (or the exit config of a calibration JSON); errors name the file."""
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
@@ -122,6 +134,6 @@ class EarlyExitConfig:
         except (UnicodeDecodeError, IsADirectoryError, PermissionError) as error:
             raise ValueError(f"cannot read exit config file {str(path)!r}: {error}") from None
         try:
-            return cls.from_json(text)
+            return cls._parse(text)
         except (ValueError, TypeError) as error:
             raise type(error)(f"{str(path)!r}: {error}") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -132,13 +133,16 @@ class UncertaintyHeads(ModelMixin, ConfigMixin):
 
     def forward(
         self, block_index: int, hidden_states: torch.Tensor, condition: torch.Tensor | None = None,
-        mean: bool = False,
+        mean: bool = False, arrange: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Certainty map of block `block_index`: (B, L, D) hidden [+ (B, D_c) condition] -> (B, C, H, W).
+        """Certainty map of block `block_index`: (B, L, D) hidden [+ (B, D_c) condition] -> the map laid out as the
+        model's prediction, e.g. (B, C, H, W).
 
-        U-Net heads take level `block_index`'s feature map (B, C_i, H_i, W_i) instead of tokens. With
-        `mean=True`, returns each row's map averaged over channels and pixels, (B,) float32 - what exit policies
-        use at inference; it skips the unpatchify (a permutation, which leaves the mean unchanged).
+        `arrange` lays the (B, L, p*p*C) token map out as the model's prediction (the family's
+        `ExitDecoder.arrange_map`: packed tokens stay tokens, video models unpatchify to their grid); None: DiT's
+        square unpatchify to (B, C, H, W). U-Net heads take level `block_index`'s feature map (B, C_i, H_i, W_i)
+        instead of tokens. With `mean=True`, returns each row's map averaged over channels and pixels, (B,) float32 -
+        what exit policies use at inference; it skips the layout (a permutation, which leaves the mean unchanged).
         """
         if not 0 <= block_index < self.config.num_blocks:
             raise ValueError(f"block_index must be in 0..{self.config.num_blocks - 1}, got {block_index}")
@@ -159,6 +163,8 @@ class UncertaintyHeads(ModelMixin, ConfigMixin):
         logits = self._token_logits(block_index, tokens, condition)  # (B, L, p*p*C)
         if mean:
             return torch.sigmoid(logits).float().mean(dim=(1, 2))
+        if arrange is not None:
+            return torch.sigmoid(arrange(logits))
         return torch.sigmoid(unpatchify(logits, self.config.patch_size, self.config.out_channels))
 
     def _token_logits(

@@ -100,6 +100,17 @@ def _check_setup(
     policy.validate_for(adapter)
 
 
+def check_early_exit(
+    model: nn.Module, config: EarlyExitConfig, heads: UncertaintyHeads | None = None, bridges: nn.Module | None = None
+) -> BackboneAdapter:
+    """Everything `apply_early_exit(model, config, heads, bridges)` checks before it hooks anything (the model's
+    class, the policy against its blocks, heads and bridges made for it); returns the model's adapter."""
+    adapter = get_adapter(model)
+    _check_bridges(adapter, bridges)
+    _check_setup(adapter, config, heads, bridges)
+    return adapter
+
+
 def is_early_exit_applied(model: nn.Module) -> bool:
     """Whether `apply_early_exit` hooks are on `model`."""
     return _engine_of(model) is not None
@@ -144,14 +155,12 @@ def apply_early_exit(
     ```
     """
     config = EarlyExitConfig() if config is None else config
-    adapter = get_adapter(model)
     if is_early_exit_applied(model):
         raise ValueError(
             f"early exit is already applied to this {type(model).__name__}; call remove_early_exit(model) first, "
             f"or change the policy with set_exit_config(model, config)"
         )
-    _check_bridges(adapter, bridges)
-    _check_setup(adapter, config, heads, bridges)
+    adapter = check_early_exit(model, config, heads, bridges)
     _check_layout(layout)
     engine: EngineBase = SequentialEngine(adapter, config, heads) if adapter.sequential else \
         UNetEngine(adapter, config, heads, bridges)
@@ -227,7 +236,9 @@ def set_exit_config(
 
 
 def get_exit_stats(model: nn.Module) -> ExitStats | None:
-    """Statistics of the last model call (None before the first call)."""
+    """Statistics of the last MODEL call only - one step of a sampling run, or one guidance branch of it (None
+    before the first call). For a whole run: `record_exit_stats(model)`, `ee_diffusion.summary(pipe)` after
+    `ee_diffusion.enable(pipe, ...)`, or our pipelines' `out.exit_stats`."""
     return _require_engine(model).last_stats
 
 

@@ -25,12 +25,58 @@ True
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._validation import check_int
 from .config import EarlyExitConfig
+
+
+def scheduler_class(name: str) -> type:
+    """The diffusers scheduler class called `name`; `ValueError` for a name diffusers does not have."""
+    import diffusers
+
+    cls = getattr(diffusers, name, None) if isinstance(name, str) and name else None
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        raise ValueError(f"{name!r} is not a diffusers scheduler class (e.g. 'DPMSolverMultistepScheduler', "
+                         f"'DDIMScheduler', 'FlowMatchEulerDiscreteScheduler')")
+    return cls
+
+
+def noise_schedule(scheduler: Any) -> str:
+    """"flow" (flow matching: a `FlowMatch*` scheduler, or one already in flow mode), "ddpm" (`alphas_cumprod`),
+    or "other" (e.g. EDM or consistency schedulers: only their own scheduler is searched)."""
+    if type(scheduler).__name__.startswith("FlowMatch") or scheduler.config.get("use_flow_sigmas"):
+        return "flow"  # checked first: a flow-mode DPM-Solver++ still carries (unused) alphas_cumprod
+    return "ddpm" if hasattr(scheduler, "alphas_cumprod") else "other"
+
+
+def build_scheduler(class_name: str, options: Mapping[str, Any], scheduler: Any) -> Any:
+    """A new `class_name` scheduler from `scheduler`'s config with `options` on top (`scheduler` is untouched).
+
+    A flow-matching config is reduced to the fields the new class takes (its own ones, such as `shift`, would be
+    reported as ignored), and options that are not init arguments (the dynamic-shift fields) are registered in the
+    new config, where the pipeline reads them."""
+    cls = scheduler_class(class_name)
+    if noise_schedule(scheduler) != "flow":
+        return cls.from_config(scheduler.config, **options)
+    params = inspect.signature(cls.__init__).parameters
+    config = {k: v for k, v in scheduler.config.items() if k in params}
+    out = cls.from_config(config, **{k: v for k, v in options.items() if k in params})
+    extra = {k: v for k, v in options.items() if k not in params}
+    if extra:
+        out.register_to_config(**extra)
+    return out
+
+
+def scheduler_of_point(point: Any, scheduler: Any) -> Any:
+    """The scheduler an `OperatingPoint` was measured with, rebuilt from the model's own `scheduler` and the point's
+    recorded `scheduler_options` (a stock folder's `operating_point.json`: `pipe.scheduler = scheduler_of_point(
+    point, pipe.scheduler)`)."""
+    return build_scheduler(point.scheduler, point.scheduler_options, scheduler)
 
 
 @dataclass
@@ -78,8 +124,7 @@ class OperatingPoint:
     scheduler_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.scheduler, str) or not self.scheduler:
-            raise ValueError(f"scheduler must be a scheduler class name, got {self.scheduler!r}")
+        scheduler_class(self.scheduler)  # a point that names no real scheduler would never apply
         check_int(self.num_inference_steps, "num_inference_steps", 1, "steps of the operating point")
         check_int(self.reference_steps, "reference_steps", 1, "the conventional step count")
         if isinstance(self.guidance_scale, bool) or not isinstance(self.guidance_scale, (int, float)) \

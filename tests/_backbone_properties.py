@@ -8,6 +8,7 @@ and imports the tests below with `from _backbone_properties import *`, so pytest
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +38,8 @@ class Case:
     model: nn.Module
     inputs: dict[str, Any]  # model keyword arguments for a batch of 4; every tensor's first dim is the batch
     num_blocks: int
-    hand_exit: Callable[[dict[str, Any], int], torch.Tensor]  # (inputs, depth k) -> prediction exited at depth k
+    # (inputs, depth k) -> the prediction exited at depth k; default: the family decoder's (`decoded_exit`)
+    hand_exit: Callable[[dict[str, Any], int], torch.Tensor] | None = None
     # context manager yielding [(block, rows)] of real block computations; default: every declared block's first
     # forecastable sub-module (its attention), which runs exactly when the block is computed
     count: Callable[[nn.Module], Any] | None = None
@@ -49,6 +51,8 @@ class Case:
     def __post_init__(self) -> None:
         if self.count is None:
             self.count = count_block_computations
+        if self.hand_exit is None:
+            self.hand_exit = functools.partial(decoded_exit, self.model)
 
     def per_row(self, name: str, value: Any) -> bool:
         return isinstance(value, torch.Tensor) and value.ndim > 0 and name not in self.shared
@@ -65,10 +69,24 @@ class Case:
             if self.per_row(k, v) and k in (self.latent, "timestep"):
                 out[k] = torch.cat([v, v])
             elif self.per_row(k, v):
-                out[k] = torch.cat([v, v.flip(0) * 0.5])  # the "negative prompt" half differs
+                # the "negative prompt" half differs (masks and ids keep their dtype)
+                out[k] = torch.cat([v, v.flip(0) * 0.5 if v.is_floating_point() else v.flip(0)])
             else:
                 out[k] = v
         return out
+
+
+def decoded_exit(model: nn.Module, inputs: dict[str, Any], k: int) -> torch.Tensor:
+    """Block k's image stream, from the family decoder's own pass, through the model's head: what an exit at depth k
+    must return."""
+    decoder = get_adapter(model).decoder
+    conditioning = dict(inputs)
+    sample, timestep = conditioning.pop("hidden_states"), conditioning.pop("timestep")
+    with torch.no_grad():
+        hidden = decoder.hidden_states_per_block(sample, timestep, **conditioning)
+        if decoder.decode_reads_sample:
+            conditioning["sample"] = sample
+        return decoder.decode(hidden[k - 1], timestep=timestep, **conditioning)
 
 
 def run(case: Case, inputs: dict[str, Any] | None = None) -> torch.Tensor:

@@ -19,14 +19,6 @@ from ee_diffusion.testing.models import _randomise
 NUM_BLOCKS = 4
 
 
-def hand_exit(model, inputs, k):
-    decoder = get_adapter(model).decoder
-    with torch.no_grad():
-        hidden = decoder.hidden_states_per_block(inputs["hidden_states"], inputs["timestep"],
-                                                 inputs["encoder_hidden_states"])
-        return decoder.decode(hidden[k - 1], inputs["timestep"], inputs["hidden_states"])
-
-
 def make_case() -> Case:
     model = tiny_cogvideox(num_layers=NUM_BLOCKS)
     inputs = cogvideox_inputs(model, batch=4)
@@ -35,7 +27,6 @@ def make_case() -> Case:
         model=model,
         inputs=inputs,
         num_blocks=NUM_BLOCKS,
-        hand_exit=lambda inp, k: hand_exit(model, inp, k),
     )
 
 

@@ -15,15 +15,6 @@ from ee_diffusion.testing import cogview4_inputs, tiny_cogview4
 NUM_BLOCKS = 4
 
 
-def hand_exit(model, inputs, k):
-    decoder = get_adapter(model).decoder
-    inputs = dict(inputs)
-    sample, timestep = inputs.pop("hidden_states"), inputs.pop("timestep")
-    with torch.no_grad():
-        hidden = decoder.hidden_states_per_block(sample, timestep, **inputs)
-        return decoder.decode(hidden[k - 1], timestep, sample, **inputs)
-
-
 def make_case(height: int = 8, width: int = 8) -> Case:
     model = tiny_cogview4(num_layers=NUM_BLOCKS)
     inputs = cogview4_inputs(model, batch=4, height=height, width=width)
@@ -32,7 +23,6 @@ def make_case(height: int = 8, width: int = 8) -> Case:
         model=model,
         inputs=inputs,
         num_blocks=NUM_BLOCKS,
-        hand_exit=lambda inp, k: hand_exit(model, inp, k),
     )
 
 

@@ -8,17 +8,9 @@ import torch
 from _backbone_properties import *  # noqa: F401,F403 - the shared property tests, collected here
 from _backbone_properties import T, Case
 
-from ee_diffusion.adapters import get_adapter
 from ee_diffusion.testing import tiny_dit
 
 NUM_BLOCKS = 4
-
-
-def hand_exit(model, inputs, k):
-    decoder = get_adapter(model).decoder
-    with torch.no_grad():
-        hidden = decoder.hidden_states_per_block(inputs["hidden_states"], inputs["timestep"], inputs["class_labels"])
-        return decoder.decode(hidden[k - 1], timestep=inputs["timestep"], class_labels=inputs["class_labels"])
 
 
 @pytest.fixture
@@ -31,6 +23,5 @@ def case():
         model=model,
         inputs=inputs,
         num_blocks=NUM_BLOCKS,
-        hand_exit=lambda inp, k: hand_exit(model, inp, k),
         cfg_pairs=False,  # DiT's guidance batch is recognised by its null labels (tests/test_engine.py), not latents
     )

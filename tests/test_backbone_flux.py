@@ -16,15 +16,6 @@ from ee_diffusion.testing import flux_inputs, tiny_flux
 SHARED = ("txt_ids", "img_ids")  # position ids: one table for every row
 
 
-def hand_exit(model, inputs, k):
-    decoder = get_adapter(model).decoder
-    inputs = dict(inputs)
-    sample, timestep = inputs.pop("hidden_states"), inputs.pop("timestep")
-    with torch.no_grad():
-        hidden = decoder.hidden_states_per_block(sample, timestep, **inputs)
-        return decoder.decode(hidden[k - 1], timestep=timestep, **inputs)
-
-
 def make_case(guidance: bool) -> Case:
     model = tiny_flux(num_layers=2, num_single_layers=2, guidance=guidance)
     inputs = flux_inputs(model, batch=4)
@@ -33,7 +24,6 @@ def make_case(guidance: bool) -> Case:
         model=model,
         inputs=inputs,
         num_blocks=4,
-        hand_exit=lambda inp, k: hand_exit(model, inp, k),
         shared=SHARED,
     )
 

@@ -7,20 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 from _backbone_properties import *  # noqa: F401,F403 - the shared property tests, collected here
-from _backbone_properties import T, Case, RowDepths, apply, run
+from _backbone_properties import T, Case, RowDepths, apply, decoded_exit, run
 from diffusers import HunyuanVideoTransformer3DModel
 
 from ee_diffusion.adapters import get_adapter
 from ee_diffusion.config import EarlyExitConfig
 from ee_diffusion.testing import hunyuanvideo_inputs, tiny_hunyuanvideo
-
-
-def hand_exit(model, inputs, k):
-    decoder = get_adapter(model).decoder
-    conditioning = {key: v for key, v in inputs.items() if key not in ("hidden_states", "timestep")}
-    with torch.no_grad():
-        hidden = decoder.hidden_states_per_block(inputs["hidden_states"], inputs["timestep"], **conditioning)
-        return decoder.decode(hidden[k - 1], inputs["timestep"], sample=inputs["hidden_states"], **conditioning)
 
 
 def make_case(guidance: bool) -> Case:
@@ -31,7 +23,6 @@ def make_case(guidance: bool) -> Case:
         model=model,
         inputs=inputs,
         num_blocks=4,
-        hand_exit=lambda inp, k: hand_exit(model, inp, k),
     )
 
 
@@ -69,4 +60,4 @@ def test_the_image_to_video_token_replacement_is_not_decoded():
     )
     inputs = hunyuanvideo_inputs(model, batch=2)
     with pytest.raises(ValueError, match="token_replace"):
-        hand_exit(model, inputs, 1)
+        decoded_exit(model, inputs, 1)

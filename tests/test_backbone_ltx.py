@@ -4,7 +4,6 @@ text mask and modulation; the engine's property suite."""
 from __future__ import annotations
 
 import pytest
-import torch
 from _backbone_properties import *  # noqa: F401,F403 - the shared property tests, collected here
 from _backbone_properties import T, Case
 
@@ -12,15 +11,6 @@ from ee_diffusion.adapters import get_adapter
 from ee_diffusion.testing import ltx_inputs, tiny_ltx
 
 NUM_BLOCKS = 4
-
-
-def hand_exit(model, inputs, k):
-    decoder = get_adapter(model).decoder
-    inputs = dict(inputs)
-    sample, timestep = inputs.pop("hidden_states"), inputs.pop("timestep")
-    with torch.no_grad():
-        hidden = decoder.hidden_states_per_block(sample, timestep, **inputs)
-        return decoder.decode(hidden[k - 1], timestep)
 
 
 def make_case() -> Case:
@@ -31,7 +21,6 @@ def make_case() -> Case:
         model=model,
         inputs=inputs,
         num_blocks=NUM_BLOCKS,
-        hand_exit=lambda inp, k: hand_exit(model, inp, k),
     )
 
 

@@ -14,16 +14,6 @@ from ee_diffusion.testing import tiny_pixart
 NUM_BLOCKS = 4
 
 
-def hand_exit(model, inputs, k):
-    adapter = get_adapter(model).decoder
-    with torch.no_grad():
-        hidden = adapter.hidden_states_per_block(
-            inputs["hidden_states"], inputs["timestep"], inputs["encoder_hidden_states"],
-            encoder_attention_mask=inputs.get("encoder_attention_mask"),
-        )
-        return adapter.decode(hidden[k - 1], timestep=inputs["timestep"])
-
-
 @pytest.fixture
 def case():
     model = tiny_pixart(num_layers=NUM_BLOCKS)
@@ -40,7 +30,6 @@ def case():
         model=model,
         inputs=inputs,
         num_blocks=NUM_BLOCKS,
-        hand_exit=lambda inp, k: hand_exit(model, inp, k),
     )
 
 

@@ -8,21 +8,11 @@ import torch
 from _backbone_properties import *  # noqa: F401,F403 - the shared property tests, collected here
 from _backbone_properties import T, Case, RowDepths, apply, run
 
-from ee_diffusion.adapters import get_adapter
 from ee_diffusion.config import EarlyExitConfig
 from ee_diffusion.hooks import get_exit_stats
 from ee_diffusion.testing import qwenimage_inputs, tiny_qwenimage
 
 NUM_BLOCKS = 4
-
-
-def hand_exit(model, inputs, k):
-    decoder = get_adapter(model).decoder
-    inputs = dict(inputs)
-    sample = inputs.pop("hidden_states")
-    with torch.no_grad():
-        hidden = decoder.hidden_states_per_block(sample, **inputs)
-        return decoder.decode(hidden[k - 1], inputs["timestep"])
 
 
 def make_case() -> Case:
@@ -33,7 +23,6 @@ def make_case() -> Case:
         model=model,
         inputs=inputs,
         num_blocks=NUM_BLOCKS,
-        hand_exit=lambda inp, k: hand_exit(model, inp, k),
     )
 
 

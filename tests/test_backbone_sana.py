@@ -17,14 +17,6 @@ from ee_diffusion.testing import sana_inputs, tiny_sana
 NUM_BLOCKS = 4
 
 
-def hand_exit(model, inputs, k):
-    decoder = get_adapter(model).decoder
-    with torch.no_grad():
-        hidden = decoder.hidden_states_per_block(inputs["hidden_states"], inputs["timestep"],
-                                                 inputs["encoder_hidden_states"], inputs["encoder_attention_mask"])
-        return decoder.decode(hidden[k - 1], inputs["timestep"], inputs["hidden_states"])
-
-
 def make_case(height: int = 8, width: int = 8) -> Case:
     model = tiny_sana(num_layers=NUM_BLOCKS)
     inputs = sana_inputs(model, batch=4, height=height, width=width)
@@ -33,7 +25,6 @@ def make_case(height: int = 8, width: int = 8) -> Case:
         model=model,
         inputs=inputs,
         num_blocks=NUM_BLOCKS,
-        hand_exit=lambda inp, k: hand_exit(model, inp, k),
     )
 
 

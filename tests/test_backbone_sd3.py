@@ -16,16 +16,6 @@ from ee_diffusion.testing import tiny_sd3
 NUM_BLOCKS = 4
 
 
-def hand_exit(model, inputs, k):
-    adapter = get_adapter(model).decoder
-    with torch.no_grad():
-        hidden = adapter.hidden_states_per_block(
-            inputs["hidden_states"], inputs["timestep"], inputs["encoder_hidden_states"], inputs["pooled_projections"]
-        )
-        pooled = inputs["pooled_projections"]
-        return adapter.decode(hidden[k - 1], timestep=inputs["timestep"], pooled_projections=pooled)
-
-
 @pytest.fixture
 def case():
     model = tiny_sd3(num_layers=NUM_BLOCKS)
@@ -40,7 +30,6 @@ def case():
         model=model,
         inputs=inputs,
         num_blocks=NUM_BLOCKS,
-        hand_exit=lambda inp, k: hand_exit(model, inp, k),
     )
 
 

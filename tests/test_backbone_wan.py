@@ -4,7 +4,6 @@ a rotary table shared by every row; the engine's property suite."""
 from __future__ import annotations
 
 import pytest
-import torch
 from _backbone_properties import *  # noqa: F401,F403 - the shared property tests, collected here
 from _backbone_properties import T, Case
 
@@ -12,15 +11,6 @@ from ee_diffusion.adapters import get_adapter
 from ee_diffusion.testing import tiny_wan, wan_inputs
 
 NUM_BLOCKS = 4
-
-
-def hand_exit(model, inputs, k):
-    decoder = get_adapter(model).decoder
-    with torch.no_grad():
-        hidden = decoder.hidden_states_per_block(inputs["hidden_states"], inputs["timestep"],
-                                                 inputs["encoder_hidden_states"])
-        return decoder.decode(hidden[k - 1], inputs["timestep"], inputs["encoder_hidden_states"],
-                              inputs["hidden_states"])
 
 
 @pytest.fixture
@@ -32,7 +22,6 @@ def case():
         model=model,
         inputs=inputs,
         num_blocks=NUM_BLOCKS,
-        hand_exit=lambda inp, k: hand_exit(model, inp, k),
     )
 
 

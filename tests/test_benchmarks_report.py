@@ -98,9 +98,9 @@ def test_the_recommendation_prefers_the_fastest_quality_holding_frontier_win():
     assert decisions["recommended"] == "static7@dpmpp8"
     assert decisions["exit_rows_beating_frontier"] == ["static7@dpmpp8"]
     assert "uses early exit" in decisions["verdict"]
-    point = frontier.operating_point(rows, decisions["recommended"], {"ddim": "DDIMScheduler", "dpmpp": "DPMS"},
-                                     1.0, 25, CONFIDENCE, "here")
-    assert point["scheduler"] == "DPMS" and point["num_inference_steps"] == 8
+    schedulers = {"ddim": "DDIMScheduler", "dpmpp": "DPMSolverMultistepScheduler"}
+    point = frontier.operating_point(rows, decisions["recommended"], schedulers, 1.0, 25, CONFIDENCE, "here")
+    assert point["scheduler"] == "DPMSolverMultistepScheduler" and point["num_inference_steps"] == 8
     assert point["exit_config"] == rows["static7@dpmpp8"]["exit_config"]
     assert point["exit_configs_by_steps"] == {"8": rows["static7@dpmpp8"]["exit_config"]}
     assert OperatingPoint.from_dict(point).to_dict() == point
@@ -108,8 +108,7 @@ def test_the_recommendation_prefers_the_fastest_quality_holding_frontier_win():
     rows["static7@dpmpp8"].update(fid=REF_FID + 2.0, fid_resamples=(np.asarray(rows["dpmpp7"]["fid_resamples"])).tolist())
     decisions = frontier.decide(rows, CONFIDENCE)
     assert decisions["recommended"] == "dpmpp10" and decisions["exit_rows_beating_frontier"] == []
-    point = frontier.operating_point(rows, "dpmpp10", {"ddim": "DDIMScheduler", "dpmpp": "DPMS"}, 1.0, 25,
-                                     CONFIDENCE, "")
+    point = frontier.operating_point(rows, "dpmpp10", schedulers, 1.0, 25, CONFIDENCE, "")
     assert point["exit_config"] is None and point["exit_configs_by_steps"] == {"8": None}
 
 

@@ -9,7 +9,9 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-from ee_diffusion.calibration import CalibrationSet, SearchSpace, as_target, calibrate_block_forecast, load_policy
+import ee_diffusion
+from ee_diffusion import EarlyExitConfig
+from ee_diffusion.calibration import CalibrationSet, SearchSpace, as_target, calibrate_block_forecast
 from ee_diffusion.calibration.operating_point_search import search_operating_point
 from ee_diffusion.cli import main
 from ee_diffusion.eval.pipeline_sampling import sample_pipeline
@@ -109,7 +111,7 @@ def test_cli_block_forecast_json_drives_the_hook_api_on_the_stock_pipeline(dit_f
     assert saved["kind"] == "block-forecast" and len(saved["trials"]) == 8  # 2 x 1 x 2 x (none, 0.5)
     assert {t["verify_threshold"] for t in saved["trials"]} == {None, 0.5}
     assert saved["calibration_set"]["num_inference_steps"] == 6
-    config = load_policy(out)
+    config = EarlyExitConfig.from_file(out)
     assert isinstance(config.policy, BlockForecast)
     pipe = load(dit_folder)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)  # what --solver ddim sampled with
@@ -117,16 +119,26 @@ def test_cli_block_forecast_json_drives_the_hook_api_on_the_stock_pipeline(dit_f
                           guidance_scale=2.0, seed=9001, batch_size=16, exit_config=config)
     fraction = run.block_evals / (run.model_rows * len(pipe.transformer.transformer_blocks))
     assert fraction == pytest.approx(saved["compute_fraction"]) and fraction < 1.0
+    # The one way back: the stock folder, enabled with the JSON, runs DDIM at 6 steps and guidance 2 with that
+    # forecast on a bare call, and its run summary reports the computed fraction the calibration predicted.
+    pipe = load(dit_folder)
+    ee_diffusion.enable(pipe, out)
+    assert type(pipe.scheduler) is DDIMScheduler
+    pipe(class_labels=[0, 1, 1], output_type="np")
+    stats = ee_diffusion.summary(pipe).denoisers[0].stats
+    assert stats.num_calls == 6 and stats.compute_fraction == pytest.approx(saved["compute_fraction"])
+    ee_diffusion.disable(pipe)
+    assert type(pipe.scheduler) is not DDIMScheduler
 
 
-def test_cli_refuses_a_unet_before_sampling(tmp_path):
+def test_cli_refuses_a_unet_before_sampling(tmp_path, capsys):
     folder = tmp_path / "sd"
     tiny_pipeline("sd").save_pretrained(folder)
     (tmp_path / "p.txt").write_text("a cat\n")
     out = tmp_path / "policy.json"
-    with pytest.raises(ValueError, match="block-forecast calibration needs a transformer denoiser"):
-        main(["calibrate", "--model", str(folder), "--kind", "block-forecast", "--min-psnr", "30", "--prompts",
-              str(tmp_path / "p.txt"), "--out", str(out)])
+    assert main(["calibrate", "--model", str(folder), "--kind", "block-forecast", "--min-psnr", "30", "--prompts",
+                 str(tmp_path / "p.txt"), "--out", str(out)]) == 2
+    assert "block-forecast calibration needs a transformer denoiser" in capsys.readouterr().err
     assert not out.exists()
     with pytest.raises(SystemExit):  # argparse: a window must be W or WL
         main(["calibrate", "--model", str(folder), "--kind", "block-forecast", "--min-psnr", "30",

@@ -5,6 +5,7 @@ forecast does without."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -172,8 +173,7 @@ def test_calibrated_placements_are_real_runs_and_the_pick_is_their_best():
 
 
 @pytest.mark.slow
-def test_cli_searches_placements_on_a_stock_folder(tmp_path):
-    from ee_diffusion.calibration import load_policy
+def test_cli_searches_placements_on_a_stock_folder(tmp_path, capsys):
     from ee_diffusion.cli import main
     from ee_diffusion.testing import tiny_pipeline
 
@@ -185,8 +185,9 @@ def test_cli_searches_placements_on_a_stock_folder(tmp_path):
     assert main([*args[:3], "--kind", "block-forecast", "--min-psnr", "0", *args[3:]]) == 0
     saved = json.loads(out.read_text())["calibration"]
     assert [t["calls"] for t in saved["trials"] if "calls" in t][0][0] == 0 and len(saved["trials"]) > 1
-    assert isinstance(load_policy(out).policy, BlockForecast)
+    assert isinstance(EarlyExitConfig.from_file(out).policy, BlockForecast)
     out.unlink()
-    with pytest.raises(ValueError, match="--forecast-computes places .* needs --kind block-forecast, got --kind schedule"):
-        main([*args[:3], "--kind", "schedule", "--budget", "0.5", *args[3:]])
+    assert main([*args[:3], "--kind", "schedule", "--budget", "0.5", *args[3:]]) == 2
+    assert re.search("--forecast-computes places .* needs --kind block-forecast, got --kind schedule",
+                     capsys.readouterr().err)
     assert not out.exists()

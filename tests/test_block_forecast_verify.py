@@ -54,3 +54,25 @@ def test_rows_decide_alone_as_in_a_batch_and_the_state_adds_the_misses():
         for a, b in zip(alone, batch):
             torch.testing.assert_close(a[0], b[row], atol=1e-5, rtol=0)
     assert policy_from_dict(policy.to_dict()) == policy and policy.to_dict()["verify_threshold"] == 0.3
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_exit_stats_count_the_rows_that_computed_each_call(kind):
+    """`ExitStats.computed`: a row the check let forecast ran every block on forecast outputs (0 computed), a row that
+    computed has every block it ran; the totals are the state's own count."""
+    from ee_diffusion import record_exit_stats
+    from ee_diffusion.hooks import _engine_of
+
+    model, x, cond = _setup(kind)
+    t = torch.full((4,), 500.0)
+    changed = x.clone()
+    changed[2:] = torch.randn(2, *x.shape[1:], generator=torch.Generator().manual_seed(9))
+    apply_early_exit(model, EarlyExitConfig(policy=BlockForecast(interval=10, verify_threshold=0.01)))
+    with record_exit_stats(model) as stats:
+        _call(kind, model, x, t, cond)
+        _call(kind, model, changed, t, cond)
+    n = stats.num_blocks
+    assert [c.tolist() for c in stats.computed] == [[n] * 4, [0, 0, n, n]]
+    assert [b.tolist() for b in stats.blocks_run] == [[n] * 4] * 2 and stats.compute_fraction == 6 / 8
+    assert stats.total_computed == _engine_of(model).policy_state.get(None).rows_computed * n
+    remove_early_exit(model)

@@ -26,7 +26,6 @@ from ee_diffusion.calibration import (
     calibrate_schedule,
     calibrate_thresholds,
     distil_schedule,
-    load_policy,
     save_calibration,
     simulate_depths,
     step_buckets,
@@ -81,7 +80,7 @@ def test_calibrated_schedule_meets_its_budget_and_round_trips(pipe, tmp_path):
         fraction = run.block_evals / (run.model_rows * 4)
         assert fraction <= budget + 1e-9 and fraction == pytest.approx(result.info["block_fraction"])
     save_calibration(result, tmp_path / "policy.json")
-    assert load_policy(tmp_path / "policy.json") == result.exit_config
+    assert EarlyExitConfig.from_file(tmp_path / "policy.json") == result.exit_config
     loose = calibrate_schedule(pipe, tolerance=1e9, calib=CALIB, measurement=result.info["measurement"])
     assert loose.info["block_fraction"] <= 0.25 + 1e-9  # anything goes: the cheapest schedule
 
@@ -227,5 +226,5 @@ def test_calibrate_cli_writes_a_loadable_policy(pipe, tmp_path):
         code = main(["calibrate", "--model", str(tmp_path / "model"), "--kind", kind, *extra, "--images", "4",
                      "--steps", "3", "--buckets", "2", "--out", str(out)])
         assert code == 0
-        config = load_policy(out)
+        config = EarlyExitConfig.from_file(out)
         assert isinstance(config.policy, TimestepSchedule)

@@ -5,20 +5,20 @@ the stock denoiser; PSNR goals hold on the calibration set; schedules hold acros
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
 
 pytest.importorskip("transformers")
 
-from ee_diffusion import UncertaintyHeads, early_exit  # noqa: E402
+from ee_diffusion import EarlyExitConfig, UncertaintyHeads, early_exit  # noqa: E402
 from ee_diffusion.calibration import (  # noqa: E402
     CalibrationSet,
     as_target,
     calibrate_schedule,
     calibrate_tail_cache,
     calibrate_thresholds,
-    load_policy,
 )
 from ee_diffusion.calibration.schedule import psnr_db  # noqa: E402
 from ee_diffusion.cli import main  # noqa: E402
@@ -59,7 +59,7 @@ def test_cli_tail_cache_for_a_psnr_goal_applies_to_the_stock_denoiser(kind, fold
     assert code == 0
     saved = json.loads(out.read_text())["calibration"]
     assert saved["psnr_db_mean"] >= 30 and saved["conditioning"]["kind"] == "prompts"
-    config = load_policy(out)
+    config = EarlyExitConfig.from_file(out)
     assert isinstance(config.policy, CachedTailResidual)
     # The JSON drives the hook API on a freshly loaded stock pipeline and reproduces the calibration's fraction.
     pipe = load(folder[kind])
@@ -144,21 +144,26 @@ def test_thresholds_with_heads_on_a_stock_dit(folder):
     assert result.info["block_fraction"] <= 0.7
 
 
-def test_bad_calibration_inputs_are_refused_before_sampling(folder, tmp_path):
-    args = ["calibrate", "--kind", "tail-cache", "--min-psnr", "30", "--images", "2", "--steps", "2"]
-    with pytest.raises(ValueError, match="conditioned on prompts: give the calibration a prompt file"):
-        main([*args, "--model", str(folder["pixart"])])
-    with pytest.raises(ValueError, match="conditioned on classes, got a prompts conditioning"):
-        prompts = tmp_path / "p.txt"
-        prompts.write_text("a cat\n")
-        main([*args, "--model", str(folder["dit"]), "--prompts", str(prompts)])
-    with pytest.raises(ValueError, match="tail-cache calibration needs a transformer denoiser"):
-        main([*args, "--model", str(folder["sd"]), "--prompts", str(prompts)])
-    with pytest.raises(ValueError, match="needs trained UNetExitBridges"):
-        main(["calibrate", "--model", str(folder["sd"]), "--prompts", str(prompts), "--budget", "0.5"])
-    with pytest.raises(ValueError, match="thresholds calibration needs exit heads"):
-        main(["calibrate", "--model", str(folder["dit"]), "--classes", "1", "--kind", "thresholds", "--budget", "0.5"])
+def test_bad_calibration_inputs_are_refused_before_sampling(folder, tmp_path, capsys):
+    args = ["calibrate", "--kind", "tail-cache", "--min-psnr", "30", "--images", "2", "--steps", "2",
+            "--out", str(tmp_path / "policy.json")]
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\n")
     (tmp_path / "flux").mkdir()
-    (tmp_path / "flux" / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
-    with pytest.raises(ValueError, match="supported pipeline classes"):
-        main([*args, "--model", str(tmp_path / "flux")])
+    (tmp_path / "flux" / "model_index.json").write_text(json.dumps({"_class_name": "StableAudioPipeline"}))
+    for argv, message in [
+        ([*args, "--model", str(folder["pixart"])], "conditioned on prompts: give the calibration a prompt file"),
+        ([*args, "--model", str(folder["dit"]), "--prompts", str(prompts)],
+         "conditioned on classes, got a prompts conditioning"),
+        ([*args, "--model", str(folder["sd"]), "--prompts", str(prompts)],
+         "tail-cache calibration needs a transformer denoiser"),
+        (["calibrate", "--model", str(folder["sd"]), "--prompts", str(prompts), "--budget", "0.5"],
+         "needs trained UNetExitBridges"),
+        (["calibrate", "--model", str(folder["dit"]), "--classes", "1", "--kind", "thresholds", "--budget", "0.5"],
+         "thresholds calibration needs exit heads"),
+        ([*args, "--model", str(tmp_path / "flux")], "supported pipeline classes"),
+    ]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "ee-diffusion calibrate: error: " in err and re.search(message, err) and "Traceback" not in err
+    assert not (tmp_path / "policy.json").exists()

@@ -15,8 +15,8 @@ from ee_diffusion.hooks import apply_early_exit, get_exit_stats
 from ee_diffusion.families import DIT, FAMILIES, BlockStack, FamilyAdapter, ModelFamily
 from ee_diffusion.schedules import StaticDepth
 from ee_diffusion.testing import (
-    tiny_chroma, tiny_cogvideox, tiny_cogview4, tiny_dit, tiny_flux, tiny_hunyuanvideo, tiny_ltx, tiny_pixart,
-    tiny_qwenimage, tiny_sana, tiny_sd3, tiny_wan,
+    flux_inputs, tiny_chroma, tiny_cogvideox, tiny_cogview4, tiny_dit, tiny_flux, tiny_hunyuanvideo, tiny_ltx,
+    tiny_pixart, tiny_qwenimage, tiny_sana, tiny_sd3, tiny_wan,
 )
 
 
@@ -41,6 +41,9 @@ def test_every_shipped_declaration_is_short():
         (dict(attr="blocks", text_arg="encoder_hidden_states"), "needs text_arg"),
         (dict(attr="blocks", row_args=["temb"]), "row_args must be a tuple"),
         (dict(attr="blocks", row_args=("hidden_states",)), "row_args lists the image or text stream"),
+        (dict(attr="blocks", joint=1), "joint must be True or False"),
+        (dict(attr="blocks", joint=True, returns=("text", "image"), text_arg="encoder_hidden_states"),
+         "a joint stack carries no separate text stream"),
     ],
 )
 def test_a_bad_block_stack_is_refused(kwargs, match):
@@ -58,6 +61,8 @@ def test_a_bad_family_is_refused():
         ModelFamily("x", model_classes=(DiTTransformer2DModel,), stacks=(stack,), timestep_scale=0)
     with pytest.raises(ValueError, match="null_class"):
         ModelFamily("x", model_classes=(DiTTransformer2DModel,), stacks=(stack,), null_class=("class_labels",))
+    with pytest.raises(ValueError, match="cannot be joint"):
+        ModelFamily("x", model_classes=(DiTTransformer2DModel,), stacks=(BlockStack("blocks", joint=True),))
 
 
 def test_a_declaration_that_does_not_fit_the_model_is_refused():
@@ -70,6 +75,33 @@ def test_a_declaration_that_does_not_fit_the_model_is_refused():
     )
     with pytest.raises(TypeError, match="must be the first parameter"):
         FamilyAdapter(model, wrong_image)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: tiny_dit(num_layers=0), r"DiTTransformer2DModel has no blocks: `transformer_blocks` .* is empty"),
+    (lambda: tiny_flux(num_layers=0, num_single_layers=0),
+     r"FluxTransformer2DModel has no blocks: `transformer_blocks` and `single_transformer_blocks` .* are empty"),
+])
+def test_a_model_without_blocks_is_refused_by_name(make, match):
+    """An empty block stack is refused where the adapter is built, naming the class and the empty attribute (not an
+    IndexError from the first block the engine or the model reaches)."""
+    model = make()
+    with pytest.raises(ValueError, match=match):
+        get_adapter(model)
+    with pytest.raises(ValueError, match=match):
+        apply_early_exit(model, EarlyExitConfig(policy=StaticDepth(1)))
+
+
+def test_a_partly_empty_model_runs_on_its_other_stack():
+    """One empty stack of two is no error: Flux without single-stream blocks exits among its double-stream ones."""
+    model = tiny_flux(num_layers=2, num_single_layers=0)
+    assert get_adapter(model).num_blocks == 2
+    inputs = flux_inputs(model, batch=2)
+    with torch.no_grad():
+        stock = model(**inputs).sample
+        apply_early_exit(model, EarlyExitConfig(policy=StaticDepth(1)))
+        assert not torch.equal(model(**inputs).sample, stock)
+    assert get_exit_stats(model).blocks_run[0].tolist() == [1, 1]
 
 
 def test_a_family_without_a_decoder_still_exits_but_cannot_decode():

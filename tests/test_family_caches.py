@@ -10,6 +10,7 @@ from ee_diffusion.config import EarlyExitConfig
 from ee_diffusion.hooks import apply_early_exit, get_exit_stats, reset_exit_state
 from ee_diffusion.schedules import BlockForecast, CachedTailResidual
 from ee_diffusion.testing import (
+    auraflow_inputs, lumina2_inputs, tiny_auraflow, tiny_lumina2,
     chroma_inputs, cogvideox_inputs, cogview4_inputs, flux_inputs, hunyuanvideo_inputs, ltx_inputs, qwenimage_inputs,
     sana_inputs, tiny_chroma, tiny_cogvideox, tiny_cogview4, tiny_dit, tiny_flux, tiny_hunyuanvideo, tiny_ltx,
     tiny_pixart, tiny_qwenimage, tiny_sana, tiny_sd3, tiny_wan, wan_inputs,
@@ -61,6 +62,12 @@ def make(family: str):
     if family == "LTX-Video":
         model = tiny_ltx()
         return model, ltx_inputs(model, batch=2), 1.0
+    if family == "AuraFlow":
+        model = tiny_auraflow()
+        return model, auraflow_inputs(model, batch=2), 1 / 1000
+    if family == "Lumina2":
+        model = tiny_lumina2()
+        return model, lumina2_inputs(model, batch=2), -1 / 1000  # the model's timestep is 1 - t/1000
     model = tiny_wan()
     return model, wan_inputs(model, batch=2), 1.0
 
@@ -74,17 +81,20 @@ def sample_run(model, inputs: dict, scale: float) -> list[torch.Tensor]:
     with torch.no_grad():
         for t in RUN:
             batch = next(v for v in inputs.values() if isinstance(v, torch.Tensor)).shape[0]
-            out.append(model(**inputs, timestep=torch.full((batch,), t * scale)).sample)
+            model_t = 1 + t * scale if scale < 0 else t * scale  # Lumina2: 1 - t/1000
+            out.append(model(**inputs, timestep=torch.full((batch,), model_t)).sample)
     return out
 
 
 FAMILIES = [
     "DiT", "PixArt", "SD3", "Flux", "Qwen-Image", "Wan", "CogVideoX", "Sana", "HunyuanVideo", "CogView4", "Chroma",
-    "LTX-Video",
+    "LTX-Video", "AuraFlow", "Lumina2",
 ]
+#: The tail cache's decision block: AuraFlow's and Chroma's tail residual must lie on their joint sequence (blocks 2+).
+EXIT_BLOCK = {"AuraFlow": 3, "Chroma": 3}
 CACHES = {
-    "tail": lambda: CachedTailResidual(threshold=1e9, forecast_order=1),  # every row skips whenever it may
-    "forecast": lambda: BlockForecast(interval=2, forecast_order=1),
+    "tail": lambda k: CachedTailResidual(threshold=1e9, forecast_order=1, exit_block=k),  # rows skip when they may
+    "forecast": lambda k: BlockForecast(interval=2, forecast_order=1),
 }
 
 
@@ -94,10 +104,11 @@ def test_a_cache_works_per_row_on_every_family(family, cache):
     model, inputs, scale = make(family)
     inputs.pop("timestep", None)
     stock = sample_run(model, inputs, scale)
-    apply_early_exit(model, EarlyExitConfig(policy=CACHES[cache]()))
+    exit_block = EXIT_BLOCK.get(family, 1)
+    apply_early_exit(model, EarlyExitConfig(policy=CACHES[cache](exit_block)))
     together = sample_run(model, inputs, scale)
     if cache == "tail":  # rows really skipped the tail on the later calls
-        assert get_exit_stats(model).blocks_run[0].tolist() == [1, 1]
+        assert get_exit_stats(model).blocks_run[0].tolist() == [exit_block] * 2
     assert not torch.allclose(together[-1], stock[-1], atol=1e-4)  # the cache changed something
     for index in range(2):
         reset_exit_state(model)

@@ -16,7 +16,8 @@ import ee_diffusion
 ROOT = Path(ee_diffusion.__file__).parent
 PACKAGE = "ee_diffusion"
 #: The layers by module-name prefix; every other module of the package is core.
-INTEGRATION = ("ee_diffusion.pipelines", "ee_diffusion.training", "ee_diffusion.default_model")
+INTEGRATION = ("ee_diffusion.pipelines", "ee_diffusion.training", "ee_diffusion.default_model",
+               "ee_diffusion.results", "ee_diffusion.pipeline_hooks")
 TOOLS = ("ee_diffusion.calibration", "ee_diffusion.eval", "ee_diffusion.cli", "ee_diffusion.demo")
 #: The package root only re-exports public names lazily (by string, through importlib).
 FACADE = "ee_diffusion"

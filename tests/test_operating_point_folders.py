@@ -15,9 +15,11 @@ pytest.importorskip("transformers")
 from _standard_features import random_inception_weights  # noqa: E402
 from test_user_bench import write_images  # noqa: E402
 
-from ee_diffusion import EarlyExitConfig, apply_early_exit, get_exit_stats, remove_early_exit  # noqa: E402
-from ee_diffusion.calibration.search_command import EXIT_CONFIG_FILE, OPERATING_POINT_FILE  # noqa: E402
+import ee_diffusion  # noqa: E402
+from ee_diffusion import EarlyExitConfig, apply_early_exit, record_exit_stats, remove_early_exit  # noqa: E402
+from ee_diffusion.results import EXIT_CONFIG_FILE, OPERATING_POINT_FILE  # noqa: E402
 from ee_diffusion.cli import main  # noqa: E402
+from ee_diffusion.eval.solvers import scheduler_of_point  # noqa: E402
 from ee_diffusion.operating_point import OperatingPoint  # noqa: E402
 from ee_diffusion.pipelines.stock import denoiser_of, load_pipeline  # noqa: E402
 from ee_diffusion.testing import tiny_pipeline  # noqa: E402
@@ -71,18 +73,26 @@ def test_a_stock_folder_goes_through_search_save_reload_and_a_bare_call(files, k
     assert point == OperatingPoint.from_dict(data["operating_point"])
     config = EarlyExitConfig.from_json((saved / EXIT_CONFIG_FILE).read_text())
     assert config == (point.exit_config or EarlyExitConfig())
-    # Reload the stock folder, hook the point's exit config on, and call it with the point's steps.
-    pipe = load_pipeline(str(files[kind]))
-    pipe.set_progress_bar_config(disable=True)
-    denoiser = denoiser_of(pipe)
-    apply_early_exit(denoiser, config)
+    # The one way back: the stock folder, reloaded, runs the point with `enable(pipe, saved)` and a bare call -
+    # the same images and blocks as the point applied by hand (its scheduler, exit config, steps and guidance).
     call = {"class_labels": [0]} if kind == "dit" else {"prompt": "a red cat"}
     if kind == "pixart":  # the tiny model's size is not one of PixArt's aspect-ratio bins
         call.update(use_resolution_binning=False, clean_caption=False)
-    out = pipe(**call, num_inference_steps=point.num_inference_steps, generator=torch.Generator().manual_seed(0),
-               output_type="np")
-    assert out.images.shape[0] == 1 and get_exit_stats(denoiser) is not None
+    pipe = load_pipeline(str(files[kind]))
+    pipe.set_progress_bar_config(disable=True)
+    ee_diffusion.enable(pipe, saved)
+    out = pipe(**call, generator=torch.Generator().manual_seed(0), output_type="np")
+    stats = ee_diffusion.summary(pipe).denoisers[0].stats
+    ee_diffusion.disable(pipe)
+    pipe.scheduler = scheduler_of_point(point, pipe.scheduler)
+    denoiser = denoiser_of(pipe)
+    apply_early_exit(denoiser, config)
+    with record_exit_stats(denoiser) as by_hand:
+        expected = pipe(**call, num_inference_steps=point.num_inference_steps, guidance_scale=point.guidance_scale,
+                        generator=torch.Generator().manual_seed(0), output_type="np")
     remove_early_exit(denoiser)
+    assert (out.images == expected.images).all() and stats.num_calls == by_hand.num_calls >= point.num_inference_steps
+    assert [b.tolist() for b in stats.blocks_run] == [b.tolist() for b in by_hand.blocks_run]
 
 
 @pytest.mark.slow
@@ -95,17 +105,17 @@ def test_a_stock_unet_folder_searches_solvers_and_steps(files, kind, tmp_path):
     assert {c["solver"] for c in data["candidates"]} == {"ddim", "dpmpp"}
     point = OperatingPoint.from_dict(json.loads((saved / OPERATING_POINT_FILE).read_text()))
     assert point.exit_config is None and point == OperatingPoint.from_dict(data["operating_point"])
-    # The reloaded folder runs the point: its scheduler rebuilt from the saved class and options.
-    from ee_diffusion.eval.solvers import scheduler_of_point
-
+    # The reloaded folder runs the point with `enable(pipe, saved)`: its scheduler rebuilt from the saved class and
+    # options, its steps the bare call's.
     pipe = load_pipeline(str(files[kind]))
     pipe.set_progress_bar_config(disable=True)
-    pipe.scheduler = scheduler_of_point(point, pipe.scheduler)
+    ee_diffusion.enable(pipe, saved)
     assert type(pipe.scheduler).__name__ == point.scheduler
     call = {"prompt": "a red cat"} if kind == "sd" else {}
-    out = pipe(**call, num_inference_steps=point.num_inference_steps, generator=torch.Generator().manual_seed(0),
-               output_type="np")
+    out = pipe(**call, generator=torch.Generator().manual_seed(0), output_type="np")
     assert out.images.shape[0] == 1
+    assert ee_diffusion.summary(pipe).denoisers[0].stats.num_calls == point.num_inference_steps
+    ee_diffusion.disable(pipe)
 
 
 def _shards(folder):
@@ -119,11 +129,11 @@ def _decisions(data):
 
 @pytest.mark.slow
 def test_a_rerun_resumes_from_the_shard_cache_and_samples_nothing(files, tmp_path):
-    assert main(_args(files, "dit", tmp_path)) == 0
+    assert main(_args(files, "dit", tmp_path, "--keep-samples")) == 0
     cache = tmp_path / "search-samples"  # the default: OUT's name with -samples, beside it
     first, shards = json.loads((tmp_path / "search.json").read_text()), _shards(cache)
     assert len(shards) > 10
-    assert main(_args(files, "dit", tmp_path)) == 0
+    assert main(_args(files, "dit", tmp_path, "--keep-samples")) == 0
     assert _shards(cache) == shards  # every shard and feature file read back, none written again
     assert _decisions(json.loads((tmp_path / "search.json").read_text())) == _decisions(first)
 
@@ -192,20 +202,22 @@ def test_a_folder_without_real_images_is_refused(files, tmp_path, capsys):
 
 
 def _readme_commands() -> list[list[str]]:
-    """The `ee-diffusion calibrate` commands of the README's "On your own pipeline folder" block, as argument lists."""
+    """The `ee-diffusion calibrate` commands of docs/calibration.md's "On your own pipeline folder" block (the README
+    links it), as argument lists."""
     import shlex
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = text.split("#### On your own pipeline folder", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    text = (Path(__file__).resolve().parents[1] / "docs" / "calibration.md").read_text()
+    block = text.split("### On your own pipeline folder", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     commands = [c for c in block.replace("\\\n", " ").splitlines() if c.startswith("ee-diffusion calibrate")]
     return [shlex.split(c)[1:] for c in commands]
 
 
 @pytest.mark.slow
 def test_the_readme_commands_run_on_stand_ins(files, tmp_path):
-    """The README's DiT-XL/2 and PixArt commands, as written, on tiny stand-in folders: paths point at the stand-ins
-    and the sizes shrink (steps, images, classes, device); every other flag is the README's."""
+    """docs/calibration.md's DiT-XL/2 and PixArt commands (the README links them), as written, on tiny stand-in
+    folders: paths point at the stand-ins and the sizes shrink (steps, images, classes, device); every other flag is
+    the page's."""
     from test_user_bench import tiny_clip_folder
 
     commands = _readme_commands()
@@ -225,7 +237,7 @@ def test_the_readme_commands_run_on_stand_ins(files, tmp_path):
                 values.append(args[i + 1])
                 i += 1
             i += 1
-            if flag == "--reference":  # the README's reference solver, at a stand-in's step count
+            if flag == "--reference":  # the page's reference solver, at a stand-in's step count
                 values = [values[0].split(":")[0] + ":3"]
             elif flag in ("--out", "--save-to"):
                 values = [str(tmp_path / values[0])]
@@ -246,11 +258,11 @@ def test_the_readme_commands_run_on_stand_ins(files, tmp_path):
 def test_an_unsupported_folder_and_a_reference_its_scheduler_cannot_run_are_refused(files, tmp_path, capsys):
     flux = tmp_path / "flux"
     flux.mkdir()
-    (flux / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    (flux / "model_index.json").write_text(json.dumps({"_class_name": "StableAudioPipeline"}))
     args = _args(files, "dit", tmp_path)
     args[args.index("--model") + 1] = str(flux)
     assert main(args) == 2
-    assert "FluxPipeline" in capsys.readouterr().err
+    assert "StableAudioPipeline" in capsys.readouterr().err
     # DDIM has no flow-matching version: refused on SD3 before any sampling.
     args = _args(files, "sd3", tmp_path, "--reference", "ddim:3")
     del args[args.index("--reference-steps"):args.index("--reference-steps") + 2]

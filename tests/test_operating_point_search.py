@@ -500,7 +500,7 @@ def test_psnr_goal_refuses_feature_networks_before_sampling(counted):
 def test_cli_searches_a_flow_matching_folder_for_a_psnr_goal_and_saves_a_point_that_reloads(tmp_path, capsys,
                                                                                             one_thread):
     pytest.importorskip("transformers")
-    from ee_diffusion.calibration.search_command import EXIT_CONFIG_FILE, OPERATING_POINT_FILE
+    from ee_diffusion.results import EXIT_CONFIG_FILE, OPERATING_POINT_FILE
     from ee_diffusion.cli import SEARCH_SOLVER_NAMES, main
     from ee_diffusion.pipelines.stock import denoiser_of, load_pipeline
     from ee_diffusion.testing import tiny_pipeline

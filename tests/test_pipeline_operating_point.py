@@ -90,11 +90,13 @@ def test_without_a_policy_the_stock_denoiser_runs_unhooked():
 
 
 @pytest.mark.parametrize("data, message", [
-    ({"scheduler": "", "num_inference_steps": 4, "guidance_scale": 1.0}, "scheduler must be a scheduler class name"),
-    ({"scheduler": "S", "num_inference_steps": 0, "guidance_scale": 1.0}, "num_inference_steps must be an integer >= 1"),
-    ({"scheduler": "S", "num_inference_steps": 4, "guidance_scale": -1.0}, "guidance_scale must be a finite number >= 0"),
-    ({"scheduler": "S", "num_inference_steps": 4, "guidance_scale": 1.0, "steps": 3}, r"unknown operating point fields \['steps'\]"),
-    ({"scheduler": "S", "num_inference_steps": 4, "guidance_scale": 1.0, "exit_configs_by_steps": {"x": None}},
+    ({"scheduler": "", "num_inference_steps": 4, "guidance_scale": 1.0}, "'' is not a diffusers scheduler class"),
+    ({"scheduler": "NoSuchScheduler", "num_inference_steps": 4, "guidance_scale": 1.0},
+     "'NoSuchScheduler' is not a diffusers scheduler class"),
+    ({"scheduler": "DDIMScheduler", "num_inference_steps": 0, "guidance_scale": 1.0}, "num_inference_steps must be an integer >= 1"),
+    ({"scheduler": "DDIMScheduler", "num_inference_steps": 4, "guidance_scale": -1.0}, "guidance_scale must be a finite number >= 0"),
+    ({"scheduler": "DDIMScheduler", "num_inference_steps": 4, "guidance_scale": 1.0, "steps": 3}, r"unknown operating point fields \['steps'\]"),
+    ({"scheduler": "DDIMScheduler", "num_inference_steps": 4, "guidance_scale": 1.0, "exit_configs_by_steps": {"x": None}},
      "exit_configs_by_steps keys must be step counts, got 'x'"),
 ])
 def test_bad_operating_points_are_refused(data, message):

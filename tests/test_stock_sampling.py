@@ -74,8 +74,8 @@ def test_unsupported_or_missing_folders_are_refused(tmp_path):
         load_pipeline(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="no model_index.json"):
         load_pipeline(tmp_path)
-    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
-    with pytest.raises(ValueError, match="'FluxPipeline'.*supported pipeline classes: .*DiTPipeline"):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableAudioPipeline"}))
+    with pytest.raises(ValueError, match="'StableAudioPipeline'.*supported pipeline classes: .*DiTPipeline"):
         load_pipeline(tmp_path)
 
 

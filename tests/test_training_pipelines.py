@@ -26,7 +26,10 @@ from ee_diffusion.schedules import UncertaintyThreshold  # noqa: E402
 from ee_diffusion.testing import tiny_pipeline, tiny_t5  # noqa: E402
 from ee_diffusion.training.config import ExperimentConfig, PipelineTrainingConfig, TrainConfig  # noqa: E402
 from ee_diffusion.training.latent_cache import CACHE_FILE, ShardBatches, build_cache  # noqa: E402
-from ee_diffusion.training.pipeline_source import load_exit_parts, prepare_cache  # noqa: E402
+import ee_diffusion  # noqa: E402
+from ee_diffusion.pipelines import EarlyExitDiTPipeline  # noqa: E402
+from ee_diffusion.results import load_result  # noqa: E402
+from ee_diffusion.training.pipeline_source import prepare_cache  # noqa: E402
 from ee_diffusion.training.trainer import Trainer, train  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -146,17 +149,17 @@ def test_prepare_latents_encodes_once_and_refuses_a_cache_of_another_vae(folders
     other = tmp_path / "other-vae"
     pipe.vae = tiny_pipeline("dit", seed=7).vae
     pipe.save_pretrained(other)
-    with pytest.raises(ValueError, match=r"was made differently: vae: cached AutoencoderKL with weights sha256 "
-                                         r"\w{12}, expected AutoencoderKL with weights sha256 \w{12}"):
-        main([*argv[:4], str(other), *argv[5:]])
+    assert main([*argv[:4], str(other), *argv[5:]]) == 2
+    assert re.search(r"prepare-latents: error: the cache in .* was made differently: vae: cached AutoencoderKL with "
+                     r"weights sha256 \w{12}, expected AutoencoderKL with weights sha256 \w{12}", capsys.readouterr().err)
     bigger = tmp_path / "dit-16"
     from ee_diffusion.testing import tiny_dit
 
     pipe = load_pipeline(pipe_dir)
     pipe.transformer = tiny_dit(num_layers=2, sample_size=16, in_channels=4, num_classes=1000, learn_sigma=True)
     pipe.save_pretrained(bigger)
-    with pytest.raises(ValueError, match="resolution: cached 16, expected 32"):
-        main([*argv[:4], str(bigger), *argv[5:]])
+    assert main([*argv[:4], str(bigger), *argv[5:]]) == 2
+    assert "resolution: cached 16, expected 32" in capsys.readouterr().err
     assert shard.read_bytes() == before and sorted(p.name for p in cache_dir.iterdir()) == [CACHE_FILE, shard.name]
 
 
@@ -268,8 +271,20 @@ def test_heads_example_configs_end_in_a_folder_that_samples_with_its_heads(folde
     out = run_example(folders, tmp_path, name, kind)
     folder = out / "pipeline"
     assert type(load_pipeline(folder)).__name__ == type(load_pipeline(folders[kind][0])).__name__
-    exit_config, heads = load_exit_parts(folder)
+    saved = load_result(folder)
+    exit_config, heads = saved.exit_config, saved.load_heads()
     assert isinstance(exit_config.policy, UncertaintyThreshold) and isinstance(heads, UncertaintyHeads)
+    # The one way back: the trained folder runs its heads and exit config with one call.
+    pipe = load_pipeline(folder)
+    pipe.set_progress_bar_config(disable=True)
+    ee_diffusion.enable(pipe, folder)
+    pipe(**({"class_labels": [1]} if kind == "dit" else {"prompt": WORDS[0]}), num_inference_steps=2, output_type="np")
+    run = ee_diffusion.summary(pipe).denoisers[0]
+    assert run.stats.num_calls == 2 and run.policy.startswith("UncertaintyThreshold")
+    ee_diffusion.disable(pipe)
+    if kind == "dit":
+        ours = EarlyExitDiTPipeline.from_pretrained(folder)
+        assert isinstance(ours.exit_heads, UncertaintyHeads) and ours.default_exit_config == exit_config
     # The backbone was frozen: the saved transformer is the original one.
     original = load_pipeline(folders[kind][0]).transformer.state_dict()
     saved = load_pipeline(folder).transformer.state_dict()
@@ -288,7 +303,8 @@ def test_heads_example_configs_end_in_a_folder_that_samples_with_its_heads(folde
 
 def test_pixart_ase_example_config_fine_tunes_and_samples_with_its_schedule(folders, tmp_path):
     out = run_example(folders, tmp_path, "pixart-alpha-ase", "pixart")
-    exit_config, heads = load_exit_parts(out / "pipeline")
+    saved = load_result(out / "pipeline")
+    exit_config, heads = saved.exit_config, saved.load_heads()
     assert heads is None and exit_config.policy.depths == [28, 24, 20, 16]
     original = load_pipeline(folders["pixart"][0]).transformer.state_dict()
     saved = load_pipeline(out / "pipeline").transformer.state_dict()
@@ -302,8 +318,9 @@ def test_pixart_ase_example_config_fine_tunes_and_samples_with_its_schedule(fold
 
 
 def test_readme_train_heads_for_a_local_dit_xl2_folder_runs_on_the_tiny_stand_in(folders, tmp_path, monkeypatch):
-    text = (ROOT / "README.md").read_text()
-    section = text.split("### Train heads for a local DiT-XL/2 folder", 1)[1].split("\n## ", 1)[0]
+    """docs/training.md's "Train heads for a local DiT-XL/2 folder" (the README links it), commands and code."""
+    text = (ROOT / "docs" / "training.md").read_text()
+    section = text.split("## Train heads for a local DiT-XL/2 folder", 1)[1].split("\n## ", 1)[0]
     commands = re.search(r"```bash\n(.*?)```", section, re.S).group(1).strip().splitlines()
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     monkeypatch.chdir(tmp_path)
@@ -316,9 +333,10 @@ def test_readme_train_heads_for_a_local_dit_xl2_folder_runs_on_the_tiny_stand_in
         extra = ["--cpu", "--no-progress"] + (["--max-steps", "2"] if argv[1] == "train" else [])
         assert main(argv[1:] + extra) == 0
     scope: dict = {}
-    exec(compile(code, "README.md", "exec"), scope)
+    exec(compile(code, "docs/training.md", "exec"), scope)
     assert scope["image"].size == (16, 16)
-    assert scope["heads"] is not None and scope["exit_config"].policy.threshold == 0.92
+    run = ee_diffusion.summary(scope["pipe"]).denoisers[0]
+    assert run.policy.startswith("UncertaintyThreshold(threshold=0.92") and run.stats.num_calls == 25
 
 
 def test_captions_from_a_jsonl_file_and_its_bad_lines(tmp_path):

@@ -235,7 +235,7 @@ def no_samples(out: Path) -> bool:
 
 @pytest.mark.parametrize("case, match", [
     ("empty_real", "holds no images"),
-    ("unsupported", "holds a 'FluxPipeline' pipeline; supported pipeline classes: EarlyExitDiTPipeline"),
+    ("unsupported", "holds a 'StableAudioPipeline' pipeline; supported pipeline classes: EarlyExitDiTPipeline"),
     ("no_weights", "pass --inception-weights PATH to pt_inception-2015-12-05-6726825d.pth"),
     ("wrong_weights", "Mixed_7c.branch_pool.conv.weight: expected (192, 2048, 1, 1), got (192, 2047, 1, 1)"),
     ("prompt_lines", "has 2 bad line(s): line 2: blank; line 4: blank"),
@@ -255,7 +255,7 @@ def test_bad_input_is_refused_before_sampling(case, match, files, tmp_path, caps
     elif case == "unsupported":
         folder = tmp_path / "flux"
         folder.mkdir()
-        (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+        (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableAudioPipeline"}))
         files = {**files, "flux": folder}
         kind = "flux"
     elif case == "no_weights":

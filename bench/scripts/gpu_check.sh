@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check on a machine that has torch with CUDA but not diffusers (README, "GPU check"): install the
+# The GPU check on a machine that has torch with CUDA but not diffusers (docs/gpu-check.md): install the
 # carried wheels into a folder of their own, put it and this repo on PYTHONPATH, then run
 # `python -m bench.gpu_check` (under 5 minutes) with its report under $OUT.
 #   bench/scripts/gpu_check.sh [more gpu_check options, e.g. --parts compile --budget-s 150]

@@ -43,5 +43,5 @@ def test_calibrate_takes_our_models_settings(tmp_path, capsys):
     assert main(argv) == 2
     assert "the glyphs setting is scored against its own real images" in capsys.readouterr().err
     assert package_main(argv) == 2
-    assert "setting" not in capsys.readouterr().err
+    assert "--model 'glyphs' is neither a setting (digits) nor a pipeline folder" in capsys.readouterr().err
     assert not (tmp_path / "search.json").exists()

@@ -40,6 +40,8 @@ def test_bench_shapes_writes_every_method_and_the_table_from_its_json(tmp_path, 
     assert "quality is not measured" in capsys.readouterr().out
 
 
-def test_bad_counts_are_refused_before_any_model_is_built(tmp_path):
-    with pytest.raises(ValueError, match=r"--threads, --repeats and --batches must be >= 1"):
-        main(["bench-shapes", "--batches", "0", "--out", str(tmp_path)])
+def test_bad_counts_are_refused_before_any_model_is_built(tmp_path, capsys):
+    assert main(["bench-shapes", "--batches", "0", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "bench-shapes: error: --threads, --repeats and --batches must be >= 1" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

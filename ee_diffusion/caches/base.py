@@ -111,6 +111,11 @@ class SubmoduleForecast:
     def finish(self) -> None:
         """The call completed (a call that raised never gets here). Default: nothing."""
 
+    def computed_rows(self) -> torch.Tensor | None:
+        """After `finish`: (B,) bool, the rows that computed the hooked sub-modules at this call (the others had
+        them forecast), for the exit statistics; None (default): every row computed them."""
+        return None
+
 
 class TrainingFreeCache(ExitPolicy):
     """Base of the training-free caches: every extension point the engine calls, each with a no-op default.

@@ -128,6 +128,7 @@ class ForecastCall(SubmoduleForecast):
         self._columns: dict[tuple, list[torch.Tensor]] = {}  # the gaps per level, shaped for an output's ndim
         self.pending = verify is not None  # True until block 0 has run (`settle`)
         self.held: list[tuple] = []  # block 0's (slot, output, `_split` of it) while pending
+        self.computing: torch.Tensor | None = None  # (B,) bool once settled: the rows that compute
 
     def joined(self, due: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(`due` with guidance partners joined, (B,) the computing rows that take the general update: a repeat, or
@@ -145,6 +146,7 @@ class ForecastCall(SubmoduleForecast):
         state, b, p = self.state, self.state.batch_size, self.order
         t, points, nodes, repeat = self.t, self.points, self.nodes, self.repeat
         count = self.count = code // 2
+        self.computing = due  # (B,) bool, for the exit statistics (`computed_rows`)
         # `simple`: every computing row adds a new node and has every level defined (no Heun repeat, not in the
         # first p calls of its run), so a level is one subtraction and one division (`add_point_simple`).
         self.simple, self.pending = code % 2 == 0, False
@@ -272,6 +274,11 @@ class ForecastCall(SubmoduleForecast):
         state.open = self.broken or self.pending  # pending: no sub-module ran, nothing was committed
         state.rows_computed += self.count
         state.rows_called += state.batch_size
+
+    def computed_rows(self) -> torch.Tensor | None:
+        """(B,) bool, the rows that computed; None (every row) for a call this forecaster could not follow, whose
+        later sub-modules every row computed, or one that never settled (no sub-module ran)."""
+        return None if self.broken or self.pending else self.computing
 
     def _gather(self, values: tuple | dict) -> tuple | dict:
         """The inputs' batch-dimension tensors (B, ...) gathered to the computing rows (R, ...)."""

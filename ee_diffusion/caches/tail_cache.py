@@ -274,6 +274,19 @@ class CachedTailResidual(SerializablePolicy, TrainingFreeCache):
                 f"exit_block must be below the model's {num_blocks} blocks (a skipping row must leave a tail to "
                 f"skip), got {self.exit_block}"
             )
+        earliest = self.earliest_exit_block(adapter)
+        if self.exit_block < earliest:
+            raise ValueError(
+                f"{type(adapter.model).__name__}'s blocks {earliest - 1}..{num_blocks - 1} run on the joint [text; "
+                f"image] sequence, so the tail residual needs its decision block among them: exit_block must be at "
+                f"least {earliest}, got {self.exit_block}"
+            )
+
+    @staticmethod
+    def earliest_exit_block(adapter: BackboneAdapter) -> int:
+        """The smallest `exit_block` the model allows: 1, or on a model with a joint stack (AuraFlow, Chroma) its
+        first block + 1 - the tail residual h_N - h_k needs h_k and h_N on one stream."""
+        return 1 + next((i for i in range(adapter.num_blocks) if adapter.stack(i).joint), 0)
 
     # ------------------------------------------------------------------------------------------ engine protocol
     def create_state(self) -> TailCacheState:

@@ -21,8 +21,9 @@ Every calibration takes a pipeline of ours or a `CalibrationTarget`: any support
 class ids or prompts its calibration images use (`as_target(pipe, conditioning, heads=...)`). Goals in PSNR
 are mean per-image PSNR against the full model's image from the same noise.
 
-`save_calibration(result, path)` writes JSON (`{"exit_config": ..., "calibration": ...}`); `load_policy(path)`
-reads it back as an `EarlyExitConfig`. All measurements use a calibration set whose seeds are disjoint from
+`save_calibration(result, path)` writes JSON (`{"exit_config": ..., "calibration": ...}`);
+`EarlyExitConfig.from_file(path)` reads its exit config back, and `ee_diffusion.enable(pipe, path)` runs it with the
+scheduler, steps and guidance it was found at. All measurements use a calibration set whose seeds are disjoint from
 any evaluation's.
 """
 
@@ -33,7 +34,6 @@ from .common import (
     CalibrationTarget,
     as_target,
     bisect_increasing,
-    load_policy,
     save_calibration,
 )
 from .distil import distil_schedule
@@ -67,7 +67,6 @@ __all__ = [
     "calibrate_tail_cache",
     "calibrate_thresholds",
     "distil_schedule",
-    "load_policy",
     "measure_depth_deviation",
     "record_certainties",
     "run_calibration",

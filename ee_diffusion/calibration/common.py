@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from .._io import atomic_write_text, read_json_file
+from .._io import atomic_write_text
 from .._validation import check_int
 from ..adapters import get_adapter
 from ..config import EarlyExitConfig
@@ -108,15 +108,6 @@ class CalibrationResult:
 def save_calibration(result: CalibrationResult, path: str | Path) -> None:
     """Write `{"exit_config": ..., "calibration": ...}` as JSON (atomically: never a half-written file)."""
     atomic_write_text(path, json.dumps(result.to_dict(), indent=2) + "\n")
-
-
-def load_policy(path: str | Path) -> EarlyExitConfig:
-    """Read a calibration JSON (or a bare `EarlyExitConfig` JSON) back as an `EarlyExitConfig`."""
-    data = read_json_file(path, "calibration JSON")
-    try:
-        return EarlyExitConfig.from_dict(data["exit_config"] if isinstance(data, dict) and "exit_config" in data else data)
-    except (ValueError, TypeError) as error:
-        raise type(error)(f"{str(path)!r}: {error}") from None
 
 
 def sample_calibration_set(pipe: Any, calib: CalibrationSet, exit_config: EarlyExitConfig | None) -> SampleRun:

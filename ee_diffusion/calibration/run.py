@@ -22,6 +22,19 @@ from .tail_threshold import calibrate_tail_cache
 from .thresholds import calibrate_thresholds
 
 KINDS = ("schedule", "thresholds", "distil", "tail-cache", "block-forecast")
+#: The goals each calibration takes (exactly one is given); distil observes a threshold and needs none.
+GOALS = {"schedule": ("budget", "tolerance", "min_psnr"), "thresholds": ("budget",),
+         "distil": ("budget", "tolerance", "min_psnr"), "tail-cache": ("min_psnr", "budget"),
+         "block-forecast": ("min_psnr", "budget")}
+
+
+def goal_error(kind: str, given: dict[str, Any]) -> str | None:
+    """Why the goals `given` (name -> value, None: not given) do not fit a `kind` calibration, or None."""
+    named = [name for name, value in given.items() if value is not None]
+    wrong = [name for name in named if name not in GOALS[kind]]
+    if wrong or (not named and kind != "distil"):
+        return f"{kind} calibration takes {' or '.join(GOALS[kind])}, got {', '.join(named) or 'none'}"
+    return None
 
 
 def run_calibration(
@@ -41,27 +54,38 @@ def run_calibration(
     searched placements of that many computed timesteps, for min_psnr or a budget, at the pipeline's scheduler)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    error = goal_error(kind, {"budget": budget, "tolerance": tolerance, "min_psnr": min_psnr})
+    if error:
+        raise ValueError(error)
     target = as_target(pipe)
     _check_target(target, kind)
     calib = CalibrationSet(num_images=num_images, num_inference_steps=steps, guidance_scale=guidance_scale,
                            num_buckets=num_buckets, batch_size=batch_size)
     if kind == "schedule":
-        return calibrate_schedule(target, budget=budget, tolerance=tolerance, min_psnr=min_psnr, calib=calib,
-                                  feature_net=feature_net, progress=progress)
-    if kind == "tail-cache":
-        return calibrate_tail_cache(target, min_psnr=min_psnr, budget=budget, calib=calib,
-                                    forecast_orders=forecast_orders or (0, 1), progress=progress)
-    if kind == "block-forecast":
-        if tolerance is not None:
-            raise ValueError("block-forecast calibration takes min_psnr or budget, not tolerance")
-        return calibrate_block_forecast(target, min_psnr=min_psnr, budget=budget, calib=calib,
-                                        intervals=forecast_intervals, forecast_orders=forecast_orders or (1, 2),
-                                        windows=forecast_windows, verify_thresholds=verify_thresholds,
-                                        computes=forecast_computes, progress=progress)
-    if kind == "thresholds":
-        if budget is None:
-            raise ValueError("threshold calibration needs a budget (--budget)")
-        return calibrate_thresholds(target, budget, calib=calib, feature_net=feature_net, progress=progress)
+        result = calibrate_schedule(target, budget=budget, tolerance=tolerance, min_psnr=min_psnr, calib=calib,
+                                    feature_net=feature_net, progress=progress)
+    elif kind == "tail-cache":
+        result = calibrate_tail_cache(target, min_psnr=min_psnr, budget=budget, calib=calib,
+                                      forecast_orders=forecast_orders or (0, 1), progress=progress)
+    elif kind == "block-forecast":
+        result = calibrate_block_forecast(target, min_psnr=min_psnr, budget=budget, calib=calib,
+                                          intervals=forecast_intervals, forecast_orders=forecast_orders or (1, 2),
+                                          windows=forecast_windows, verify_thresholds=verify_thresholds,
+                                          computes=forecast_computes, progress=progress)
+    elif kind == "thresholds":
+        result = calibrate_thresholds(target, budget, calib=calib, feature_net=feature_net, progress=progress)
+    else:
+        result = _distil(target, calib, threshold)
+    # The scheduler it was found with, whole, so that `ee_diffusion.enable(pipe, saved_json)` rebuilds it (a
+    # placement of computed timesteps holds for one solver and step count).
+    scheduler = target.pipe.scheduler
+    result.info["scheduler"] = type(scheduler).__name__
+    result.info["scheduler_options"] = {k: v for k, v in scheduler.config.items() if not k.startswith("_")}
+    return result
+
+
+def _distil(target: Any, calib: CalibrationSet, threshold: float) -> CalibrationResult:
+    """Observe `UncertaintyThreshold(threshold)` on the calibration set and distil it into a schedule."""
     run = sample_calibration_set(target, calib, EarlyExitConfig(policy=UncertaintyThreshold(threshold)))
     schedule = distil_schedule(run.extra["exit_stats"])
     n = target.num_blocks

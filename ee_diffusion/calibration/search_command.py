@@ -22,19 +22,22 @@ rebuild the point's scheduler (`eval.solvers.scheduler_of_point`).
 from __future__ import annotations
 
 import argparse
+import re
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .._io import atomic_write_json, atomic_write_text
+from ..results import EXIT_CONFIG_FILE, OPERATING_POINT_FILE
 
 if TYPE_CHECKING:
     from ..default_model import Setting
 
 #: What `--save-to` writes for a stock pipeline folder (no pipeline class of ours stores the point there).
-EXIT_CONFIG_FILE = "exit_config.json"
-OPERATING_POINT_FILE = "operating_point.json"
+#: A folder of one cached run (`eval.sample_cache.run_key`): what the end of a search deletes.
+RUN_FOLDER = re.compile(r"[0-9a-f]{16}")
 
 
 def setting_features(setting: str, data: str, names: list[str] | None) -> dict[str, tuple[Any, torch.Tensor]]:
@@ -175,7 +178,7 @@ def run_search(args: argparse.Namespace, pipe: Any, target: Any, space: Any, ref
         reference_steps=ref_steps, reference_solver=reference, guidance_scale=guidance, calib_images=args.images,
         holdout_images=args.holdout_images or args.images, batch_size=args.batch_size, progress=True,
         baselines=baselines, max_confirmations=args.max_confirmations,
-        cache_dir=args.cache_dir or args.out.with_name(f"{args.out.stem}-samples"), shard_size=args.batch_size)
+        cache_dir=cache_dir(args), shard_size=args.batch_size)
     from accelerate import PartialState
 
     if not PartialState().is_main_process:  # every process took the same decisions; the main one writes them
@@ -211,15 +214,49 @@ def run_search(args: argparse.Namespace, pipe: Any, target: Any, space: Any, ref
             save_point_files(search, Path(args.save_to))
             lines.append(f"exit config and operating point saved to {args.save_to} ({EXIT_CONFIG_FILE}, "
                          f"{OPERATING_POINT_FILE})")
+    lines.append(drop_samples(cache_dir(args), keep=args.keep_samples))
     return lines
 
 
+def drop_samples(folder: Path, keep: bool) -> str:
+    """The line on the search's sample cache: its size, and whether it was kept or deleted. Only the run folders
+    the engine writes (`eval.sample_cache`: one per run, named by its 16-hex run key) are deleted, never another
+    file kept there; the folder too when that empties it."""
+    runs = [p for p in folder.iterdir() if p.is_dir() and RUN_FOLDER.fullmatch(p.name)] if folder.is_dir() else []
+    size = sum(f.stat().st_size for run in runs for f in run.rglob("*") if f.is_file())
+    what = f"{size / 1e6:.1f} MB of samples in {len(runs)} runs"
+    if keep:
+        return f"{what} kept in {folder} (--keep-samples): a rerun reads them back"
+    for run in runs:
+        shutil.rmtree(run)
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+    return f"{what} deleted from {folder} (--keep-samples keeps them for a rerun)"
+
+
+def cache_dir(args: argparse.Namespace) -> Path:
+    """Where the search keeps its images: `--cache-dir`, or OUT's name with '-samples', beside it."""
+    return Path(args.cache_dir or args.out.with_name(f"{args.out.stem}-samples"))
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """The flags that conflict and the paths the search could not write, refused before anything loads."""
+    from .._io import check_output_folder
+
+    if args.reference is not None and args.reference_steps != 25:
+        raise ValueError(f"give --reference {args.reference[0]}:{args.reference[1]} or --reference-steps "
+                         f"{args.reference_steps}, not both")
+    check_output_folder(cache_dir(args), "--cache-dir")
+    if args.save_to is not None:
+        if Path(args.save_to).exists():
+            raise ValueError(f"--save-to {str(args.save_to)!r} exists; give a new folder")
+        check_output_folder(args.save_to, "--save-to")
+
+
 def save_point_files(search: Any, folder: Path) -> None:
-    """For a stock pipeline: the found point's exit config (`apply_early_exit(denoiser,
-    EarlyExitConfig.from_json(text))`; a config without a policy, which never exits, when the point runs full
-    depth) and the whole point (`OperatingPoint.from_dict`: scheduler, steps, guidance, and the options its
-    scheduler was built with: `pipe.scheduler = scheduler_of_point(point, pipe.scheduler)` on the reloaded folder
-    runs the solver the search measured, e.g. DPM-Solver++ in its flow-matching mode)."""
+    """For a stock pipeline: the found point's exit config (a config without a policy, which never exits, when the
+    point runs full depth) and the whole point (scheduler, steps, guidance, and the options its scheduler was built
+    with); `ee_diffusion.enable(pipe, folder)` on the reloaded stock folder runs it with a bare call."""
     from ..config import EarlyExitConfig
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -230,44 +267,34 @@ def save_point_files(search: Any, folder: Path) -> None:
 
 def main(args: argparse.Namespace, setting: Setting | None) -> int:
     """`calibrate --kind operating-point` with parsed `args` on a setting (`setting`, named `args.model`) or a
-    pipeline folder (`args.model`, `setting` None): bad input ends the command with its message and exit status 2,
-    before any sampling."""
-    import sys
-
+    pipeline folder (`args.model`, `setting` None): bad input raises (`ValueError`, `OSError`) before any sampling
+    or writing, and the command line's error boundary ends the command with its message and exit status 2."""
     from ..heads import UncertaintyHeads
     from ..pipelines.conditioning import Conditioning
     from ..pipelines.stock import kind_of
     from .common import as_target
 
-    if args.reference is not None and args.reference_steps != 25:
-        raise SystemExit(f"give --reference {args.reference[0]}:{args.reference[1]} or --reference-steps "
-                         f"{args.reference_steps}, not both")
-    try:
-        check_psnr_args(args)
-        psnr = args.min_psnr is not None  # no feature networks: `features` stays None
-        heads = UncertaintyHeads.from_pretrained(args.heads).to(args.device) if args.heads is not None else None
-        if setting:
-            if args.real is not None or args.real_stats:
-                raise ValueError(f"the {args.model} setting is scored against its own real images; --real and "
-                                 f"--real-stats are for pipeline folders")
-            features = None if psnr else setting_features(args.model, setting.data, args.features)
-            pipe = setting.load(args.model).to(args.device, getattr(torch, args.dtype))
-            conditioning = Conditioning.from_classes(args.classes, pipe) if args.classes else None
-            guidance = args.guidance
-        elif psnr:
-            pipe, conditioning, guidance = load_folder(args)
-            features = None
-        else:
-            prep = prepare_folder(args)
-            pipe, conditioning, guidance = prep.pipe, prep.conditioning, prep.guidance
-            features = folder_features(prep, args.batch_size)
-        if args.save_to is not None and Path(args.save_to).exists():
-            raise ValueError(f"--save-to {str(args.save_to)!r} exists; give a new folder")
-        target = as_target(pipe, conditioning, heads=heads)
-        space, reference = search_space(args, pipe, target)
-    except ValueError as error:
-        print(f"ee-diffusion calibrate: error: {error}", file=sys.stderr)
-        return 2
+    check_paths(args)
+    check_psnr_args(args)
+    psnr = args.min_psnr is not None  # no feature networks: `features` stays None
+    heads = UncertaintyHeads.from_pretrained(args.heads).to(args.device) if args.heads is not None else None
+    if setting:
+        if args.real is not None or args.real_stats:
+            raise ValueError(f"the {args.model} setting is scored against its own real images; --real and "
+                             f"--real-stats are for pipeline folders")
+        features = None if psnr else setting_features(args.model, setting.data, args.features)
+        pipe = setting.load(args.model).to(args.device, getattr(torch, args.dtype))
+        conditioning = Conditioning.from_classes(args.classes, pipe) if args.classes else None
+        guidance = args.guidance
+    elif psnr:
+        pipe, conditioning, guidance = load_folder(args)
+        features = None
+    else:
+        prep = prepare_folder(args)
+        pipe, conditioning, guidance = prep.pipe, prep.conditioning, prep.guidance
+        features = folder_features(prep, args.batch_size)
+    target = as_target(pipe, conditioning, heads=heads)
+    space, reference = search_space(args, pipe, target)
     if guidance is None and kind_of(pipe).ours:
         guidance = pipe.resolve_call(None, None, None).guidance_scale
     lines = run_search(args, pipe, target, space, reference, features, guidance)

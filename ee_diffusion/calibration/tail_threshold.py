@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..adapters import get_adapter
 from ..config import EarlyExitConfig
 from ..schedules import CachedTailResidual
 from .common import CalibrationResult, CalibrationSet, as_target, check_goal, sample_calibration_set
@@ -40,11 +41,13 @@ def calibrate_tail_cache(
         raise ValueError(f"forecast_orders must be a non-empty subset of (0, 1, 2), got {forecast_orders!r}")
     calib = calib or CalibrationSet()
     target = as_target(pipe)
+    exit_block = CachedTailResidual.earliest_exit_block(get_adapter(target.denoiser))  # 1 but on joint stacks
     reference = sample_calibration_set(target, calib, None).images
     trials: list[dict[str, Any]] = []
 
     def measure(order: int, threshold: float) -> dict[str, Any]:
-        policy = CachedTailResidual(threshold=threshold, max_cached_calls=max_cached_calls, forecast_order=order)
+        policy = CachedTailResidual(threshold=threshold, max_cached_calls=max_cached_calls, forecast_order=order,
+                                    exit_block=exit_block)
         run = sample_calibration_set(target, calib, EarlyExitConfig(policy=policy))
         psnr = psnr_db(run.images, reference)
         trial = {"forecast_order": order, "threshold": threshold, "psnr_db_mean": float(psnr.mean()),
@@ -91,7 +94,7 @@ def calibrate_tail_cache(
     else:  # the most faithful within the budget
         best = max(found, key=lambda t: t["psnr_db_mean"])
     policy = CachedTailResidual(threshold=best["threshold"], max_cached_calls=max_cached_calls,
-                                forecast_order=best["forecast_order"])
+                                forecast_order=best["forecast_order"], exit_block=exit_block)
     info = {"kind": "tail-cache", "min_psnr": min_psnr, "budget": budget, "threshold": best["threshold"],
             "forecast_order": best["forecast_order"], "psnr_db_mean": best["psnr_db_mean"],
             "psnr_db_p10": best["psnr_db_p10"], "block_fraction": best["block_fraction"], "trials": trials,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy as copy_module
 import inspect
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +24,7 @@ from .._compat import checkpoint_function, gradient_checkpointing_on, has_first_
 from ..caches.base import BranchStates, CacheState, TrainingFreeCache
 from ..config import EarlyExitConfig
 from ..families.base import BackboneAdapter
-from ..layout import BatchLayout, CacheContextReader
+from ..layout import BatchLayout, CacheContextReader, CallerContext
 from ..policies.base import ExitContext, ExitPolicy, as_exit_policy
 from ..stats import ExitStats
 
@@ -56,6 +57,8 @@ class CallState:
         self.checkpoint: Callable | None = None
         # (B,) bool, made on first use: rows a non-finite certainty or exit state kept from exiting (dynamic).
         self.fallback: torch.Tensor | None = None
+        # (B,) bool, set at the end of a call a sub-module forecast served: the rows that computed (statistics).
+        self.computed_rows: torch.Tensor | None = None
 
     def keep_rows(self, staying: torch.Tensor) -> None:
         """Only the active rows at local indices `staying` (A',) go on to the next block."""
@@ -105,6 +108,8 @@ class EngineBase:
         self.layout: BatchLayout | None = None  # declared by the caller (our pipelines); None: infer pairs
         self.bridges: nn.Module | None = None  # U-Nets: what a truncated row's skipped levels are replaced with
         self.context_reader: CacheContextReader | None = None  # on a CacheMixin model: the pipeline's cache_context
+        # The last call's sample, (B,) timesteps, other tensor inputs (weak references) and branch: `_unnamed_branch`
+        self.last_sample: tuple[weakref.ref, torch.Tensor, dict[str, weakref.ref], int] | None = None
         self._model_params = tuple(inspect.signature(adapter.model.forward).parameters)
         self.configure(config, heads)
 
@@ -137,7 +142,7 @@ class EngineBase:
         memo[id(self)] = copy
         for name, value in vars(self).items():
             setattr(copy, name, copy_module.deepcopy(value, memo))
-        copy.call, copy.recorders = None, []
+        copy.call, copy.recorders, copy.last_sample = None, [], None
         return copy
 
     def hook_targets(self) -> list[tuple[nn.Module, Callable]]:
@@ -197,6 +202,8 @@ class EngineBase:
         if self.policy_state is not None:
             # Keyed by what the caller says: a stock pipeline's cache_context, our pipelines' declared run.
             context = None if self.context_reader is None else self.context_reader.current
+            if context is None:
+                context = self._unnamed_branch(inputs, timesteps)
             state.cache_state = self.policy_state.for_call(context, self.layout is not None and self.layout.one_run)
         depths = policy.plan_depths(timesteps, self.num_blocks)
         if depths is not None:
@@ -208,6 +215,24 @@ class EngineBase:
             # runs, with the model's checkpoint function, and the model's own checkpointing is off until `close`.
             state.checkpoint = checkpoint_function(model)
             model.gradient_checkpointing = False
+
+    def _unnamed_branch(self, inputs: dict[str, Any], timesteps: torch.Tensor) -> CallerContext | None:
+        """Guidance run as two calls that no `cache_context` names (ChromaPipeline): a call on the very same sample
+        tensor at the same timesteps as the previous one, but with other conditioning tensors (the negative prompt),
+        is the next branch, "call k" (None: the first), with a cache state of its own. A call that repeats every input
+        is the same branch again; a new step's sample, or a Heun-type second call, is a new tensor."""
+        if torch.compiler.is_compiling():
+            return None  # a compiled call keeps no Python-side history (the graph would break on it)
+        sample = inputs[self.adapter.sample_arg]
+        others = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor) and v is not sample and k != "timestep"}
+        previous = self.last_sample
+        count = 0
+        if previous is not None and previous[0]() is sample and torch.equal(previous[1], timesteps):
+            repeat = previous[2].keys() == others.keys() and all(previous[2][k]() is v for k, v in others.items())
+            count = previous[3] if repeat else previous[3] + 1
+        # Weak references: the engine keeps no latents or embeddings alive.
+        self.last_sample = (weakref.ref(sample), timesteps, {k: weakref.ref(v) for k, v in others.items()}, count)
+        return CallerContext(f"call {count}") if count else None
 
     def _paired(self, inputs: dict[str, Any], timesteps: torch.Tensor) -> bool:
         """Guidance pairs: as the caller says (our layout; a stock pipeline's cache_context name), else inferred."""
@@ -262,7 +287,9 @@ class EngineBase:
             return  # torch.export traces with fake tensors: nothing to record
         nonfinite = self._nonfinite_rows(state, output)
         stats = ExitStats(self.num_blocks)
-        stats.record(state.timesteps, state.exit_depth, state.paired, state.fallback, nonfinite)
+        computed = None if state.computed_rows is None else \
+            torch.where(state.computed_rows, state.exit_depth, torch.zeros_like(state.exit_depth))
+        stats.record(state.timesteps, state.exit_depth, state.paired, state.fallback, nonfinite, computed)
         self.last_stats = stats
         for recorder in self.recorders:
             recorder.extend(stats)

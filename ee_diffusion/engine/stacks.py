@@ -91,6 +91,7 @@ class SequentialEngine(EngineBase):
         state = self.call
         if state is not None and state.forecast is not None:
             state.forecast.finish()  # a call that raised never gets here: its forecaster's state is dropped
+            state.computed_rows = state.forecast.computed_rows()
         super().end(output)
 
     def run_submodule(self, index: int, name: str, forward: Callable, args: tuple, kwargs: dict[str, Any]) -> Any:
@@ -115,6 +116,11 @@ class SequentialEngine(EngineBase):
         if state.done:
             # Every row has exited: the block is not computed; the parked states flow on to the output head.
             return io.passthrough(hidden, inputs)
+        if io.stack.joint and state.parked is not None and state.parked.shape[1] < hidden.shape[1]:
+            # The first block of a joint stack: the model made its [text; image] sequence of the running rows; a row
+            # parked earlier gets a text part in front of its image stream, which the model slices off unread.
+            b, length, width = state.parked.shape
+            state.parked = torch.cat([state.parked.new_zeros(b, hidden.shape[1] - length, width), state.parked], 1)
         if state.compacted:
             inputs = self.slice_inputs(state, inputs, io.row_args, state.rows, state.sliced)
         # out: (A, L, D); carried: what else the block returns (SD3: the text stream), None for DiT.
@@ -184,6 +190,11 @@ class SequentialEngine(EngineBase):
             if state.parked is None:  # nobody left before, so `source` is the whole batch in order
                 return source, carried
             state.parked.index_copy_(0, leaving_rows, source)
+            if isinstance(carried, torch.Tensor) and carried.ndim > 0 and carried.shape[0] == out.shape[0]:
+                # The text stream goes on beside the whole batch (a joint stack concatenates the two); the rows that
+                # left earlier never read theirs, which stays zero.
+                text = carried.new_zeros((state.batch_size, *carried.shape[1:]))
+                carried = text.index_copy_(0, leaving_rows, carried.index_select(0, leaving))
             return state.parked, carried
         if state.parked is None:
             state.parked = out.new_empty((state.batch_size, *out.shape[1:]))

@@ -1,20 +1,26 @@
 """The `--pipeline` flags of `ee-diffusion bench` (the user's model, data and feature networks; `pipeline_bench.py`).
 
-`add_pipeline_arguments` derives the choices and defaults from `BenchConfig`, so the flags and the config
-cannot drift apart; `run_pipeline_bench` turns the parsed flags into a `BenchConfig` and runs it. Bad input
-(a `ValueError` from the config or from `bench_prepare.prepare`, raised before any sampling) ends the command with
-its message and exit status 2, as argparse does for bad flags.
+`add_pipeline_arguments` derives the choices, defaults and integer ranges from `BenchConfig`, so the flags and the
+config cannot drift apart; `run_pipeline_bench` turns the parsed flags into a `BenchConfig` and runs it. Bad input
+(a `ValueError` from the config or from `bench_prepare.prepare`, raised before any sampling) ends the command in
+the command line's error boundary (`ee_diffusion.cli.run_command`): its message and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+from collections.abc import Callable
 from dataclasses import fields
 
-from .bench_config import DTYPES, SOLVER_CHOICES, BenchConfig
+from .._command_line import check_device, int_at_least, number_in, warn_half_on_cpu
+from .bench_config import DTYPES, INT_LOWS, SOLVER_CHOICES, BenchConfig
 
 _DEFAULTS = {f.name: f.default for f in fields(BenchConfig)}
+
+
+def _count(name: str) -> Callable[[str], int]:
+    """The argparse type of the integer field `name`: refused below its least value, naming the flag."""
+    return int_at_least(INT_LOWS[name])
 
 
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,14 +37,15 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
                        help="feature networks: inception, clip, digits, digits-pool or a saved net (default: inception)")
     group.add_argument("--inception-weights", default=None, metavar="PATH",
                        help="the FID Inception-v3 weights file (pt_inception-2015-12-05-6726825d.pth)")
-    group.add_argument("--inception-resolution", type=int, default=_DEFAULTS["inception_resolution"],
-                       help="Inception input side (default 299, what the field reports)")
+    group.add_argument("--inception-resolution", type=_count("inception_resolution"),
+                       default=_DEFAULTS["inception_resolution"], help="Inception input side (default 299, what the field reports)")
     group.add_argument("--clip", default=None, metavar="FOLDER", help="a local transformers CLIP folder")
     group.add_argument("--methods", nargs="+", default=[], metavar="SPEC",
                        help="steps:K, SOLVER:K (e.g. dpmpp:10), static:D, ase:released, fbc:T, taylorseer:I, sea:T "
                             "or exit-config .json files, each optionally @STEPS or @SOLVER:STEPS")
-    group.add_argument("--steps", type=int, default=_DEFAULTS["steps"], help="the reference's sampling steps")
-    group.add_argument("--frontier-steps", nargs="+", type=int, default=[],
+    group.add_argument("--steps", type=_count("steps"), default=_DEFAULTS["steps"],
+                       help="the reference's sampling steps")
+    group.add_argument("--frontier-steps", nargs="+", type=_count("steps"), default=[],
                        help="fewer-steps points (default: 40%%, 60%%, 80%% of --steps)")
     group.add_argument("--no-match-frontier", action="store_true",
                        help="do not add fewer-steps points at the other methods' block costs")
@@ -47,18 +54,23 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
                             "built from its config (on flow matching: DPM-Solver++ / UniPC in their flow modes)")
     group.add_argument("--classes", nargs="+", default=[], help="class ids or names (default: every class)")
     group.add_argument("--prompts", default=None, metavar="FILE", help="one prompt per line, or JSONL with a seed")
-    group.add_argument("--num-images", type=int, default=_DEFAULTS["num_images"], help="images per method")
-    group.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
-    group.add_argument("--seed", type=int, default=_DEFAULTS["seed"])
-    group.add_argument("--batch-size", type=int, default=_DEFAULTS["batch_size"])
-    group.add_argument("--shard-size", type=int, default=_DEFAULTS["shard_size"], help="images per cached shard")
+    group.add_argument("--num-images", type=_count("num_images"), default=_DEFAULTS["num_images"],
+                       help="images per method")
+    group.add_argument("--guidance", type=number_in(0.0, low_open=False), default=None,
+                       help="guidance scale (default: the pipeline's)")
+    group.add_argument("--seed", type=_count("seed"), default=_DEFAULTS["seed"])
+    group.add_argument("--batch-size", type=_count("batch_size"), default=_DEFAULTS["batch_size"])
+    group.add_argument("--shard-size", type=_count("shard_size"), default=_DEFAULTS["shard_size"],
+                       help="images per cached shard")
     group.add_argument("--device", default=_DEFAULTS["device"], help="cpu, cuda, cuda:1, ...")
     group.add_argument("--dtype", choices=tuple(DTYPES), default=_DEFAULTS["dtype"])
     group.add_argument("--cache-dir", default=None, help="where generated shards are cached (default: OUT/samples)")
-    group.add_argument("--bootstrap", type=int, default=_DEFAULTS["bootstrap"], help="bootstrap resamples")
-    group.add_argument("--timing-repeats", type=int, default=_DEFAULTS["timing_repeats"],
+    group.add_argument("--bootstrap", type=_count("bootstrap"), default=_DEFAULTS["bootstrap"],
+                       help="bootstrap resamples")
+    group.add_argument("--timing-repeats", type=_count("timing_repeats"), default=_DEFAULTS["timing_repeats"],
                        help="interleaved timing rounds (0: no wall-clock)")
-    group.add_argument("--timing-batch", type=int, default=None, help="images per timed call (default: --batch-size)")
+    group.add_argument("--timing-batch", type=_count("timing_batch"), default=None,
+                       help="images per timed call (default: --batch-size)")
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
@@ -69,14 +81,15 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 
 def run_pipeline_bench(args: argparse.Namespace) -> int:
-    """`bench --pipeline`: 0 when the report is written, 2 (with the message) for bad input."""
+    """`bench --pipeline`: 0 when the report is written (bad input raises, before any sampling)."""
+    from .._io import check_output_folder
     from .pipeline_bench import run
 
-    try:
-        report = run(config_from_args(args), args.out, command=args.command_line)
-    except ValueError as error:
-        print(f"ee-diffusion bench: error: {error}", file=sys.stderr)
-        return 2
+    if args.cache_dir is not None:
+        check_output_folder(args.cache_dir, "--cache-dir")
+    check_device(args.device)
+    warn_half_on_cpu(args.dtype, args.device)
+    report = run(config_from_args(args), args.out, command=args.command_line)
     if report is not None:
         for entry in report["settings"]:
             print(f"{entry['setting']}: {entry['decisions']['verdict']}")

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from .._validation import check_int
+from ..adapters import get_adapter
 from ..config import EarlyExitConfig
 from ..pipelines.stock import denoiser_of
 from ..schedules import StaticDepth
@@ -41,6 +42,9 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 #: Method spec prefixes (`--methods`); any other spec is an exit-config JSON file. `@K` runs it at K steps,
 #: `@SOLVER:K` at K steps of that solver; `SOLVER:K` is fewer steps of that solver.
 METHOD_KINDS = ("steps", *SOLVER_CHOICES, "static", "ase", "fbc", "taylorseer", "sea")
+#: The least value of every integer field (`timing_batch` may also be None); the flags of the same names take them.
+INT_LOWS = {"steps": 1, "num_images": 2, "batch_size": 1, "shard_size": 1, "bootstrap": 1, "inception_resolution": 75,
+            "timing_repeats": 0, "seed": 0, "timing_batch": 1}
 
 
 @dataclass
@@ -92,12 +96,9 @@ class BenchConfig:
             raise ValueError(f"solver must be one of {SOLVER_CHOICES}, got {self.solver!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
-        for name, low in (("steps", 1), ("num_images", 2), ("batch_size", 1), ("shard_size", 1), ("bootstrap", 1),
-                          ("inception_resolution", 75), ("timing_repeats", 0)):
-            check_int(getattr(self, name), name, low)
-        check_int(self.seed, "seed", 0)
-        if self.timing_batch is not None:
-            check_int(self.timing_batch, "timing_batch", 1)
+        for name, low in INT_LOWS.items():
+            if getattr(self, name) is not None or name != "timing_batch":
+                check_int(getattr(self, name), name, low)
         bad = [k for k in self.frontier_steps if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.steps]
         if bad:
             raise ValueError(f"frontier_steps must be ints in [1, steps={self.steps}], got {bad}")
@@ -110,8 +111,9 @@ class BenchConfig:
         if len(set(self.features)) != len(self.features):
             raise ValueError(f"features must not repeat, got {self.features}")
         if (self.real is None) == (not self.real_stats):
-            raise ValueError("give the real side as exactly one of: real (an image folder) or real_stats (files of "
-                             f"precomputed statistics); got real={self.real!r}, real_stats={self.real_stats}")
+            raise ValueError("give the real side as exactly one of: real (--real, an image folder) or real_stats "
+                             f"(--real-stats, files of precomputed statistics); got real={self.real!r}, "
+                             f"real_stats={self.real_stats}")
         if self.classes and self.prompts:
             raise ValueError("give classes or prompts, not both")
         if self.guidance_scale is not None and self.guidance_scale < 0:
@@ -143,11 +145,14 @@ def parse_method(spec: str, pipe: Any, steps: int, solver: str) -> Method:
         if not body.endswith(".json"):
             raise ValueError(f"method {spec!r}: expected one of {[k + ':...' for k in METHOD_KINDS]} or an exit-config "
                              f".json file (each optionally @STEPS)")
-        from ..calibration import load_policy
-
         if not Path(body).is_file():
             raise ValueError(f"method {spec!r}: no exit-config file {body!r}")
-        config = load_policy(body)  # a bare exit config, or what `ee-diffusion calibrate` writes
+        config = EarlyExitConfig.from_file(body)  # a bare exit config, or what `ee-diffusion calibrate` writes
+        if config.policy is not None:
+            try:  # a depth the model does not have, a cache on a U-Net: refused before any sampling
+                config.policy.validate_for(get_adapter(denoiser))
+            except ValueError as error:
+                raise ValueError(f"method {spec!r}: {error}") from None
         if config.policy is not None and config.policy.needs_certainty and getattr(pipe, "exit_heads", None) is None:
             raise ValueError(f"method {spec!r}: its policy {type(config.policy).__name__} needs uncertainty heads, "
                              f"and the {type(pipe).__name__} folder has none (train them, or use a schedule)")

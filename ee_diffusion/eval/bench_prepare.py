@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from .._io import check_output_folder
 from ..pipelines.conditioning import Conditioning, num_classes_of
 from ..pipelines.stock import default_guidance_scale, denoiser_of, kind_of, load_pipeline, pipeline_class_name
 from .bench_config import DTYPES, BenchConfig, parse_method
@@ -153,6 +154,8 @@ def pipeline_key(folder: str | os.PathLike, dtype: str, device: str) -> str:
 def prepare(config: BenchConfig, device: str = "cpu") -> Prepared:
     """Load and check everything (`ValueError` for bad input); nothing is sampled."""
     pipeline_class_name(config.pipeline)  # an unsupported class is refused before anything loads
+    if config.cache_dir is not None:
+        check_output_folder(config.cache_dir, "cache_dir")
     if config.real is not None and not Path(config.real).is_dir():
         raise ValueError(f"real image folder {config.real!r} does not exist or is not a folder")
     features = load_features(config, device)

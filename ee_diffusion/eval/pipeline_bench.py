@@ -53,6 +53,7 @@ from typing import Any
 
 import torch
 
+from .._io import check_output_folder
 from ..pipelines.stock import denoiser_of, kind_of
 from . import frontier
 from .bench_config import BenchConfig
@@ -92,7 +93,7 @@ def run(config: BenchConfig, out: str | Path = "bench_out", progress: bool = Tru
 
     state = PartialState(cpu=config.device == "cpu")
     device = str(state.device) if config.device == "cuda" and state.num_processes > 1 else config.device
-    out = Path(out)
+    out = check_output_folder(out, "out")  # a file there is refused before anything loads
     started = time.perf_counter()
     load_before = load_average()
     prep = prepare(config, device)  # every input error surfaces here, before sampling

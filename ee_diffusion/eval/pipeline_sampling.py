@@ -133,9 +133,12 @@ def _call_kwargs(pipe: Any, chunk: list[int], conditioning: Conditioning, guidan
             raise ValueError(f"{type(pipe).__name__} is unconditional and takes no guidance scale, "
                              f"got {guidance_scale}")
         kwargs["guidance_scale"] = guidance_scale
-    if type(pipe).__name__ == "PixArtAlphaPipeline":
+    if type(pipe).__name__ in ("PixArtAlphaPipeline", "SanaPipeline"):
         # The image size is the model's own (no aspect-ratio binning); captions are used as given.
         kwargs.update(use_resolution_binning=False, clean_caption=False)
+    if type(pipe).__name__ in ("SanaPipeline", "AuraFlowPipeline"):  # calls default to 1024 pixels, whatever the model
+        size = pipe.transformer.config.sample_size * pipe.vae_scale_factor
+        kwargs.update(height=size, width=size)
     return kwargs
 
 

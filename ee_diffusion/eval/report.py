@@ -33,7 +33,10 @@ def _reference_interval(row: dict) -> str:
 
 def _speed(row: dict, batch: str) -> str:
     entry = row.get("timing", {}).get(batch)
-    return "" if entry is None else f"{entry['speedup']:.2f}x"
+    if entry is None:
+        return ""
+    low, high = entry.get("speedup_range", (None, None))  # reports written before the range existed have none
+    return f"{entry['speedup']:.2f}x" + ("" if low is None else f" ({low:.2f}-{high:.2f})")
 
 
 def rows_table(entry: dict, names: list[str] | None = None) -> list[str]:

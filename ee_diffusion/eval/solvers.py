@@ -27,10 +27,10 @@ ValueError: solver 'ddim' needs a DDPM-type noise schedule (alphas_cumprod), whi
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..operating_point import build_scheduler, noise_schedule, scheduler_of_point
 from ..schedules import TimestepSchedule
 
 #: Solver name -> (diffusers scheduler class, options over the model's own scheduler config): the benchmark's
@@ -57,14 +57,6 @@ FLOW_SOLVERS: dict[str, tuple[str, dict[str, Any]]] = {
 #: not init arguments of DPM-Solver++ or UniPC, so they are carried into the new scheduler's config by hand:
 #: without them the pipeline falls back to its own defaults (max_shift 1.16, not the scheduler's 1.15).
 DYNAMIC_SHIFT_KEYS = ("base_image_seq_len", "max_image_seq_len", "base_shift", "max_shift")
-
-
-def noise_schedule(scheduler: Any) -> str:
-    """"flow" (flow matching: a `FlowMatch*` scheduler, or one already in flow mode), "ddpm" (`alphas_cumprod`),
-    or "other" (e.g. EDM or consistency schedulers: only their own scheduler is searched)."""
-    if type(scheduler).__name__.startswith("FlowMatch") or scheduler.config.get("use_flow_sigmas"):
-        return "flow"  # checked first: a flow-mode DPM-Solver++ still carries (unused) alphas_cumprod
-    return "ddpm" if hasattr(scheduler, "alphas_cumprod") else "other"
 
 
 def solvers_for(scheduler: Any) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -110,35 +102,6 @@ def solver_spec(name: str, scheduler: Any) -> tuple[str, dict[str, Any]]:
     if dynamic:
         options.update({k: config[k] for k in DYNAMIC_SHIFT_KEYS if config.get(k) is not None})
     return class_name, options
-
-
-def build_scheduler(class_name: str, options: Mapping[str, Any], scheduler: Any) -> Any:
-    """A new `class_name` scheduler from `scheduler`'s config with `options` on top (`scheduler` is untouched).
-
-    A flow-matching config is reduced to the fields the new class takes (its own ones, such as `shift`, would be
-    reported as ignored), and options that are not init arguments (the dynamic-shift fields) are registered in the
-    new config, where the pipeline reads them."""
-    import diffusers
-
-    cls = getattr(diffusers, class_name, None) if isinstance(class_name, str) else None
-    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
-        raise ValueError(f"{class_name!r} is not a diffusers scheduler class")
-    if noise_schedule(scheduler) != "flow":
-        return cls.from_config(scheduler.config, **options)
-    params = inspect.signature(cls.__init__).parameters
-    config = {k: v for k, v in scheduler.config.items() if k in params}
-    out = cls.from_config(config, **{k: v for k, v in options.items() if k in params})
-    extra = {k: v for k, v in options.items() if k not in params}
-    if extra:
-        out.register_to_config(**extra)
-    return out
-
-
-def scheduler_of_point(point: Any, scheduler: Any) -> Any:
-    """The scheduler an `OperatingPoint` was measured with, rebuilt from the model's own `scheduler` and the point's
-    recorded `scheduler_options` (a stock folder's `operating_point.json`: `pipe.scheduler = scheduler_of_point(
-    point, pipe.scheduler)`)."""
-    return build_scheduler(point.scheduler, point.scheduler_options, scheduler)
 
 
 def solver_of(scheduler_class: str, solvers: Mapping[str, tuple[str, dict[str, Any]]] = SOLVERS) -> str | None:

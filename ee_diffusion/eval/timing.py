@@ -120,26 +120,30 @@ class ExitConfigSwitch:
 
 def speedups(times: Mapping[str, list[float]], reference: str) -> dict[str, dict[str, float]]:
     """Per method: median seconds and its speedup, the median over rounds of reference time / method time
-    (round i of each against round i of `reference`: they ran back to back), and the number of rounds.
+    (round i of each against round i of `reference`: they ran back to back), the range of those per-round ratios
+    (the run's timing spread), and the number of rounds.
 
     ```py
     >>> speedups({"full": [2.0, 4.0, 3.0], "fast": [1.0, 1.0, 2.0]}, "full")["fast"]  # ratios 2, 4, 1.5
-    {'median_s': 1.0, 'speedup': 2.0, 'rounds': 3}
+    {'median_s': 1.0, 'speedup': 2.0, 'speedup_range': [1.5, 4.0], 'rounds': 3}
 
     ```
     """
     if reference not in times:
         raise ValueError(f"reference {reference!r} is not among the timed methods {sorted(times)}")
-    return {name: {"median_s": float(statistics.median(values)),
-                   "speedup": float(statistics.median([r / v for v, r in zip(values, times[reference])])),
-                   "rounds": len(values)} for name, values in times.items()}
+    out = {}
+    for name, values in times.items():
+        ratios = [r / v for v, r in zip(values, times[reference])]
+        out[name] = {"median_s": float(statistics.median(values)), "speedup": float(statistics.median(ratios)),
+                     "speedup_range": [float(min(ratios)), float(max(ratios))], "rounds": len(values)}
+    return out
 
 
 def store_times(rows: dict, times: dict[str, list[float]], reference: str, batch: int, primary: bool) -> None:
     """Per-row timing at `batch` into a report's `rows` (name -> row); the primary batch's speedup is the row's
     `speedup` (what decisions use)."""
     for name, entry in speedups(times, reference).items():
-        entry = {"median_s": entry["median_s"], "speedup": entry["speedup"],
+        entry = {"median_s": entry["median_s"], "speedup": entry["speedup"], "speedup_range": entry["speedup_range"],
                  "images_per_s": batch / entry["median_s"], "rounds": entry["rounds"]}
         rows[name].setdefault("timing", {})[str(batch)] = entry
         if primary:

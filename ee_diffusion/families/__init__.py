@@ -6,6 +6,7 @@ family of a model (U-Nets: `ee_diffusion.unet`). How to add one: docs/add-a-fami
 """
 
 from .adapter import FamilyAdapter
+from .auraflow import AURAFLOW
 from .base import BackboneAdapter
 from .chroma import CHROMA
 from .cogvideox import COGVIDEOX
@@ -15,6 +16,7 @@ from .dit import DIT
 from .flux import FLUX
 from .hunyuanvideo import HUNYUAN_VIDEO
 from .ltx import LTX_VIDEO
+from .lumina2 import LUMINA2
 from .pixart import PIXART
 from .qwenimage import QWEN_IMAGE
 from .sana import SANA
@@ -24,10 +26,12 @@ from .wan import WAN
 
 #: Every declared transformer family, in lookup order (the first whose classes match a model serves it).
 FAMILIES: tuple[ModelFamily, ...] = (
-    DIT, PIXART, SD3, FLUX, QWEN_IMAGE, WAN, COGVIDEOX, HUNYUAN_VIDEO, CHROMA, SANA, COGVIEW4, LTX_VIDEO,
+    DIT, PIXART, SD3, FLUX, QWEN_IMAGE, WAN, COGVIDEOX, HUNYUAN_VIDEO, CHROMA, SANA, COGVIEW4, LTX_VIDEO, AURAFLOW,
+    LUMINA2,
 )
 
 __all__ = [
+    "AURAFLOW",
     "CHROMA",
     "COGVIDEOX",
     "COGVIEW4",
@@ -36,6 +40,7 @@ __all__ = [
     "FLUX",
     "HUNYUAN_VIDEO",
     "LTX_VIDEO",
+    "LUMINA2",
     "PIXART",
     "QWEN_IMAGE",
     "SANA",

@@ -30,6 +30,7 @@ class FamilyAdapter(BackboneAdapter):
         super().__init__(model)
         self.family = family
         self.timestep_scale = float(family.timestep_scale)
+        self.timestep_reversed = family.timestep_reversed
         self._blocks: list[nn.Module] = []
         self._stacks: list[BlockStack] = []  # the stack of every block, by index
         self._io: dict[BlockStack, BlockIO] = {}  # each stack's I/O pattern with its blocks' parameter names
@@ -55,8 +56,12 @@ class FamilyAdapter(BackboneAdapter):
             self._blocks += list(modules)
             self._stacks += [stack] * len(modules)
         if not self._blocks:
-            raise ValueError(f"this {type(model).__name__} has no blocks in {[s.attr for s in family.stacks]}")
-        self._decoder = None if family.decoder is None else family.decoder(model, self._blocks)
+            attrs = " and ".join(f"`{stack.attr}`" for stack in family.stacks)
+            raise ValueError(
+                f"{type(model).__name__} has no blocks: {attrs} (where the {family.name} family declares them) "
+                f"{'is' if len(family.stacks) == 1 else 'are'} empty, so there is nothing to exit from or cache"
+            )
+        self._decoder = None if family.decoder is None else family.decoder(model, self._blocks, self._stacks)
 
     @property
     def blocks(self) -> list[nn.Module]:

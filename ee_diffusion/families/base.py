@@ -25,6 +25,9 @@ class BackboneAdapter:
     sample_arg: ClassVar[str] = "hidden_states"
     #: what the model's `timestep` argument is multiplied by to give 0-999 timesteps.
     timestep_scale: float = 1.0
+    #: True for models called with 1 - t/1000, a timestep that grows along a run (Lumina2): 0-999 is then
+    #: timestep_scale x (1 - argument).
+    timestep_reversed: bool = False
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -62,8 +65,15 @@ class BackboneAdapter:
             raise ValueError(
                 f"timestep must be a scalar or have shape (1,) or ({batch},), got {tuple(timestep.shape)}"
             )
-        timestep = timestep.float()
-        return batch, timestep if self.timestep_scale == 1.0 else timestep * self.timestep_scale
+        return batch, self.schedule_timesteps(timestep)
+
+    def schedule_timesteps(self, timestep: torch.Tensor) -> torch.Tensor:
+        """The model's own `timestep` argument -> float 0-999 timesteps, those schedules are written in (and that
+        timestep-conditioned heads embed)."""
+        timestep = torch.as_tensor(timestep).float()
+        if self.timestep_reversed:
+            timestep = 1.0 - timestep
+        return timestep if self.timestep_scale == 1.0 else timestep * self.timestep_scale
 
     def is_cfg_pair_batch(self, inputs: dict[str, Any], timesteps: torch.Tensor) -> bool:
         """Whether the batch is [conditional rows; their unconditional partners] (classifier-free guidance).

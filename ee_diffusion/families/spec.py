@@ -10,10 +10,6 @@ still runs, and the engine only stands in for blocks and sub-modules. See docs/a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .decoder import ExitDecoder
 
 #: Names of the streams a block may return (`BlockStack.returns`).
 STREAMS = ("image", "text")
@@ -39,6 +35,10 @@ class BlockStack:
             to the running rows. Every other argument (rotary tables, kwargs dicts) passes through untouched.
         forecastable: attribute names of a block's expensive sub-modules (attention, feed-forward) whose outputs a
             per-row forecast may stand in for; a block that lacks one (`attn2 = None`) simply has fewer.
+        joint: True when the stack's image stream is the joint sequence [text; image] that the model concatenates
+            from the previous stack's two streams (AuraFlow's single-stream blocks) and slices the image part of
+            after the stack: a row that left before the stack parks its image stream behind a text part it never
+            reads.
 
     ```py
     >>> BlockStack("transformer_blocks", returns=("text", "image"), text_arg="encoder_hidden_states").returns
@@ -53,13 +53,14 @@ class BlockStack:
     text_arg: str | None = None
     row_args: tuple[str, ...] = ()
     forecastable: tuple[str, ...] = ()
+    joint: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.attr, str) or not self.attr:
             raise TypeError(f"attr must name the model's block list, got {self.attr!r}")
         returns = _names(self.returns, "returns")
         if sorted(set(returns)) != sorted(returns) or not set(returns) <= set(STREAMS) or "image" not in returns:
-            raise ValueError(f"returns must list 'image' once and optionally 'text', in the block's order; got {returns}")
+            raise ValueError(f"returns must list 'image' once and optionally 'text', in the block's order: {returns}")
         if ("text" in returns) != (self.text_arg is not None):
             raise ValueError(
                 f"a block that returns the text stream needs text_arg (the argument that carries it), and only then; "
@@ -69,6 +70,9 @@ class BlockStack:
         _names(self.forecastable, "forecastable")
         if self.image_arg in self.row_args or (self.text_arg is not None and self.text_arg in self.row_args):
             raise ValueError(f"row_args lists the image or text stream itself: {self.row_args}")
+        if not isinstance(self.joint, bool) or (self.joint and self.text_arg is not None):
+            raise ValueError(f"joint must be True or False, and a joint stack carries no separate text stream; got "
+                             f"joint={self.joint!r}, text_arg={self.text_arg!r}")
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,8 @@ class ModelFamily:
             (exits, heads and training need it), or None where the head cannot decode an intermediate stream.
         timestep_scale: what the model's `timestep` argument is multiplied by to give the 0-999 timesteps that exit
             schedules are written in (1.0 for 0-999 models; 1000.0 for models called with a 0-1 timestep).
+        timestep_reversed: True for models called with 1 - t/1000, which grows along a run (Lumina2): the 0-999
+            timestep is then timestep_scale x (1 - argument).
         null_class: `(argument, config field)` for class-conditional models whose guidance batch marks its
             unconditional half with a reserved label (DiT: `("class_labels", "num_embeds_ada_norm")`); None where the
             two halves are recognised as `cat([x, x])` with equal timesteps (text-to-image pipelines).
@@ -93,8 +99,9 @@ class ModelFamily:
     name: str
     model_classes: tuple[type, ...]
     stacks: tuple[BlockStack, ...]
-    decoder: type[ExitDecoder] | None = None
+    decoder: type | None = None  # an `ExitDecoder` subclass (decoder.py imports this module, so not named here)
     timestep_scale: float = 1.0
+    timestep_reversed: bool = False
     null_class: tuple[str, str] | None = None
     unsupported_args: tuple[str, ...] = ()
 
@@ -105,6 +112,11 @@ class ModelFamily:
             raise TypeError(f"stacks must be a non-empty tuple of BlockStack, got {self.stacks!r}")
         if not (isinstance(self.timestep_scale, (int, float)) and self.timestep_scale > 0):
             raise ValueError(f"timestep_scale must be a positive number, got {self.timestep_scale!r}")
+        if not isinstance(self.timestep_reversed, bool):
+            raise ValueError(f"timestep_reversed must be True or False, got {self.timestep_reversed!r}")
         if self.null_class is not None and len(_names(self.null_class, "null_class")) != 2:
             raise ValueError(f"null_class must be (argument, config field), got {self.null_class!r}")
         _names(self.unsupported_args, "unsupported_args")
+        if self.stacks[0].joint:
+            raise ValueError(f"the first stack ({self.stacks[0].attr}) cannot be joint: a joint stack's [text; image] "
+                             f"sequence is made from the streams of the stack before it")

@@ -33,6 +33,7 @@ from ..config import EarlyExitConfig
 from ..hooks import early_exit, is_early_exit_applied
 from ..layout import BatchLayout
 from ..operating_point import OperatingPoint, ResolvedCall
+from ..results import adopt_saved_result
 from ..stats import ExitStats
 from .checks import check_finite, check_weights_match, id2label_labels
 
@@ -111,6 +112,7 @@ class ClassConditionalExitPipeline(DiffusionPipeline):
                 component = getattr(pipe, name, None)
                 if component is not None and name not in kwargs:
                     check_weights_match(component, os.path.join(path, name), kwargs.get("variant"))
+            adopt_saved_result(pipe, path, kwargs)
         return pipe
 
     # ------------------------------------------------------------------------------------------ configuration

@@ -50,6 +50,12 @@ PIPELINES: dict[str, PipelineKind] = {
     "DiTPipeline": PipelineKind("transformer", "classes", latent=True),
     "PixArtAlphaPipeline": PipelineKind("transformer", "prompts", latent=True),
     "StableDiffusion3Pipeline": PipelineKind("transformer", "prompts", latent=True),
+    "FluxPipeline": PipelineKind("transformer", "prompts", latent=True),
+    "ChromaPipeline": PipelineKind("transformer", "prompts", latent=True),
+    "QwenImagePipeline": PipelineKind("transformer", "prompts", latent=True),
+    "SanaPipeline": PipelineKind("transformer", "prompts", latent=True),
+    "CogView4Pipeline": PipelineKind("transformer", "prompts", latent=True),
+    "AuraFlowPipeline": PipelineKind("transformer", "prompts", latent=True),
     "StableDiffusionPipeline": PipelineKind("unet", "prompts", latent=True),
     "DDPMPipeline": PipelineKind("unet", "none", latent=False),
 }
@@ -102,7 +108,7 @@ def load_pipeline(folder: str | os.PathLike, torch_dtype: torch.dtype | None = N
     The progress bar of sampling is left to the caller (`pipe.set_progress_bar_config`).
     """
     name = pipeline_class_name(folder)
-    kwargs: dict[str, Any] = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
+    kwargs: dict[str, Any] = {} if torch_dtype is None else {"dtype": torch_dtype}
     if PIPELINES[name].ours:
         from . import EarlyExitDiTPipeline, EarlyExitUNetPipeline
 

@@ -125,8 +125,9 @@ def tiny_pipeline(kind: str, num_layers: int = 4, seed: int = 0) -> Any:
     if kind == "sd":
         return StableDiffusionPipeline(
             vae=vae, text_encoder=tiny_clip(dim=16, projection=False, seed=seed + 2),
-            tokenizer=tiny_tokenizer(clip=True), unet=tiny_unet_condition(seed=seed), scheduler=DDIMScheduler(clip_sample=False),
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+            tokenizer=tiny_tokenizer(clip=True), unet=tiny_unet_condition(seed=seed),
+            scheduler=DDIMScheduler(clip_sample=False), safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False)
     # SD3 joins the two CLIPs' hidden states (8 + 8 features) and pads them to the T5 width (16); the pooled
     # embedding is both projections side by side (4 + 4 = the transformer's pooled_projection_dim 8).
     return StableDiffusion3Pipeline(

@@ -28,7 +28,6 @@ _EXPORTS = {
     "ExperimentConfig": "ee_diffusion.training.config",
     "PipelineTrainingConfig": "ee_diffusion.training.config",
     "prepare_cache": "ee_diffusion.training.pipeline_source",
-    "load_exit_parts": "ee_diffusion.training.pipeline_source",
     "build_denoiser": "ee_diffusion.training.models",
     "TrainingObjective": "ee_diffusion.training.models",
     "get_dataset": "ee_diffusion.training.data",

@@ -10,10 +10,13 @@ Also runnable as `python -m ee_diffusion.training.cli --config ...` (and under `
 from __future__ import annotations
 
 import argparse
+import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from .._command_line import add_debug, int_at_least, run_command
 
 if TYPE_CHECKING:
     from .config import ExperimentConfig
@@ -75,7 +78,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     add_pipeline_arguments(parser)
     parser.add_argument("--output-dir", required=True, help="folder for experiment.json, log.jsonl, checkpoints, pipeline/")
     parser.add_argument("--resume", default=None, help='checkpoint folder to resume from, or "latest"')
-    parser.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
+    parser.add_argument("--max-steps", type=int_at_least(1), default=None, help="override train.max_steps")
     parser.add_argument("--init-from", default=None, help="override model.init_from (a pipeline folder)")
     return parser
 
@@ -99,11 +102,41 @@ def load_config(args: argparse.Namespace) -> ExperimentConfig:
     return ExperimentConfig.from_dict(data)
 
 
+def check_paths(args: argparse.Namespace, config: ExperimentConfig) -> None:
+    """The folders and files a run reads and writes, checked before anything loads: the `pipeline` section's
+    folder, images and captions exist, its cache folder and `--output-dir` could be written, `--resume` exists."""
+    from .._io import check_output_folder
+
+    section = config.pipeline
+    if section is not None:
+        def where(flag: str, key: str) -> str:
+            """The flag that set a path, or the config key it came from."""
+            given = getattr(args, flag) is not None
+            return f"--{flag.replace('_', '-')}" if given else f"pipeline.{key} of {args.config!r}"
+
+        if not (Path(section.folder) / "model_index.json").is_file():
+            raise FileNotFoundError(f"{where('pipeline', 'folder')} {section.folder!r} is not a pipeline folder (no "
+                                    f"model_index.json in it; nothing is downloaded)")
+        if not Path(section.images).is_dir():
+            raise FileNotFoundError(f"{where('images', 'images')} {section.images!r} is not an image folder (it "
+                                    f"does not exist or is a file)")
+        if section.captions is not None and not Path(section.captions).is_file():
+            raise FileNotFoundError(f"{where('captions', 'captions')} {section.captions!r} does not exist (expected "
+                                    f"a captions JSONL file)")
+        check_output_folder(section.cache_dir, where("cache_dir", "cache_dir"))
+    if getattr(args, "output_dir", None) is not None:
+        check_output_folder(args.output_dir, "--output-dir")
+    resume = getattr(args, "resume", None)
+    if resume not in (None, "latest") and not Path(resume).is_dir():
+        raise FileNotFoundError(f"--resume {resume!r} is not a checkpoint folder (give one, or \"latest\")")
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Run `train` with parsed arguments; returns the process exit code."""
     from .trainer import train
 
     config = load_config(args)
+    check_paths(args, config)
     trainer = train(config, args.output_dir, resume=args.resume, cpu=args.cpu, progress=not args.no_progress)
     if trainer.accelerator.is_main_process:
         print(f"trained {trainer.step} steps; pipeline saved to {trainer.output_dir / 'pipeline'}")
@@ -119,6 +152,7 @@ def run_prepare(args: argparse.Namespace) -> int:
     config = load_config(args)
     if config.pipeline is None:
         raise ValueError(f"{args.config!r} has no 'pipeline' section: only stock pipeline runs use a latent cache")
+    check_paths(args, config)
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
     cache = prepare_cache(config.pipeline, device=device, progress=not args.no_progress)
     print(f"{cache.num_items} images in {cache.num_shards} shards, cached in {cache.folder}")
@@ -126,9 +160,12 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ee-diffusion train", description=__doc__, epilog=epilog(),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    return run_train(add_train_arguments(parser).parse_args(argv))
+    """`python -m ee_diffusion.training.cli`: `ee-diffusion train`, in the same error boundary."""
+    parser = argparse.ArgumentParser(prog="python -m ee_diffusion.training.cli", description=__doc__,
+                                     epilog=epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_train_arguments(parser).set_defaults(func=run_train)
+    add_debug(parser)
+    return run_command(parser, list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -345,7 +345,12 @@ class ExperimentConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "ExperimentConfig":
+        from .._io import read_json_file
+
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"experiment config {str(path)!r} does not exist")
-        return cls.from_json(path.read_text())
+        try:
+            return cls.from_dict(read_json_file(path, "experiment config"))
+        except TypeError as error:  # a value of the wrong type deep inside a section
+            raise TypeError(f"experiment config {str(path)!r}: {error}") from None

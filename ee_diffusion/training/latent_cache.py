@@ -47,7 +47,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._io import atomic_save_safetensors, atomic_write_json, load_safetensors, read_json_file
+from .._io import atomic_save_safetensors, atomic_write_json, check_output_folder, load_safetensors, read_json_file
 from .data import StepBatches
 
 CACHE_FILE = "cache.json"
@@ -136,7 +136,7 @@ def build_cache(
     An existing cache of other encoders or items raises a `ValueError` before anything is written; one
     interrupted earlier resumes at its first missing shard (shards are written whole or not at all).
     """
-    folder = Path(folder)
+    folder = check_output_folder(folder, "cache_dir")  # a file there is refused before anything is written
     header_path = folder / CACHE_FILE
     if header_path.exists():
         header = read_json_file(header_path, "latent cache header")

@@ -14,6 +14,7 @@ U-Nets; `noisy = add_noise(x0, eps, t)`), the velocity `eps - x0` for flow-match
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -130,6 +131,13 @@ def block_predictions(
     return get_adapter(model).decoder.exit_outputs(sample, timestep, **conditioning)
 
 
+def heads_condition(model: nn.Module, timestep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, D) what timestep-conditioned heads read for the model's own `timestep` (B,): its embedding of the 0-999
+    timestep, as the engine computes it at inference (`schedule_timesteps`: a 0-1 model's timestep x 1000)."""
+    adapter = get_adapter(model)
+    return adapter.decoder.timestep_embedding(adapter.schedule_timesteps(timestep), dtype)
+
+
 def deediff_loss_terms(
     eps_blocks: list[torch.Tensor],
     certainties: list[torch.Tensor],
@@ -203,11 +211,14 @@ def deediff_loss(
             f"UncertaintyHeads.from_model(model, condition_on_timestep={config.condition_on_timestep})"
         )
     hidden, eps = block_predictions(model, noisy, timestep, class_labels, **conditioning)
-    condition = None
-    if heads.conditioned:
-        condition = get_adapter(model).decoder.timestep_embedding(timestep, hidden[0].dtype)
+    decoder = get_adapter(model).decoder
+    condition = heads_condition(model, timestep, hidden[0].dtype) if heads.conditioned else None
+    arrange = None
+    if heads.config.feature_channels is None:  # token heads: their maps laid out as the model's prediction
+        inputs = {**conditioning, "sample": noisy} if decoder.decode_reads_sample else conditioning
+        arrange = functools.partial(decoder.arrange, **inputs)
     # Heads read detached block outputs (UncertaintyHeads.forward detaches its inputs).
-    certainties = [heads(i, h, condition) for i, h in enumerate(hidden)]
+    certainties = [heads(i, h, condition, arrange=arrange) for i, h in enumerate(hidden)]
     return deediff_loss_terms(eps, certainties, target, config)
 
 

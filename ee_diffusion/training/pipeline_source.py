@@ -14,7 +14,7 @@ same backbone adapters and losses as our own models:
   `x_t = (1 - sigma) x0 + sigma eps` at timestep `1000 sigma` with target `eps - x0` - and the conditioning,
   where guidance dropout puts the null class or the empty-prompt embedding. It samples previews decoded by the
   VAE and saves the trained pipeline: the same class, the trained transformer, `exit_heads/` and
-  `exit_config.json` (`load_exit_parts` reads them back).
+  `exit_config.json` (`ee_diffusion.enable(pipe, folder)` and our pipelines' `from_pretrained` run them).
 
 ```py
 >>> import tempfile
@@ -41,6 +41,7 @@ from torch import nn
 from .._io import atomic_path, atomic_write_json, atomic_write_text, read_json_file
 from ..config import EarlyExitConfig
 from ..heads import UncertaintyHeads
+from ..results import EXIT_CONFIG_FILE, HEADS_FOLDER
 from ..pipelines.stock import load_pipeline, pipeline_class_name
 from .config import PipelineTrainingConfig, TrainConfig
 from .image_items import ImageItem, caption_items, class_items, items_digest, load_image
@@ -50,7 +51,6 @@ from .text_encoding import TEXT_PIPELINES, check_text_shapes, encode_prompts, nu
 #: Pipeline classes whose denoiser the trainer fine-tunes or fits heads to.
 TRAINABLE_PIPELINES = ("DiTPipeline", *TEXT_PIPELINES)
 #: Written beside `exit_heads/` in a trained pipeline folder: the default `EarlyExitConfig` of the run.
-EXIT_CONFIG_FILE = "exit_config.json"
 #: Cached tensors stored in `cache_dtype` (the rest - class ids, attention masks - keep their own dtype).
 _FLOAT_KEYS = ("latent_mean", "latent_std", "encoder_hidden_states", "pooled_projections")
 
@@ -324,15 +324,6 @@ class PipelineSource:
         """The pipeline folder (same class, trained transformer) with `exit_heads/` and `exit_config.json`."""
         self.pipe.save_pretrained(str(folder))
         if heads is not None:
-            heads.save_pretrained(str(folder / "exit_heads"))
+            heads.save_pretrained(str(folder / HEADS_FOLDER))
         if exit_config is not None:
             atomic_write_text(folder / EXIT_CONFIG_FILE, EarlyExitConfig.from_dict(exit_config).to_json() + "\n")
-
-
-def load_exit_parts(folder: str | os.PathLike) -> tuple[EarlyExitConfig | None, UncertaintyHeads | None]:
-    """The exit config (`exit_config.json`) and heads (`exit_heads/`) a trained stock pipeline folder holds,
-    each None when absent: `apply_early_exit(pipe.transformer, config, heads=heads)` hooks them on."""
-    folder = Path(folder)
-    config = EarlyExitConfig.from_file(folder / EXIT_CONFIG_FILE) if (folder / EXIT_CONFIG_FILE).is_file() else None
-    heads = UncertaintyHeads.from_pretrained(folder, subfolder="exit_heads") if (folder / "exit_heads").is_dir() else None
-    return config, heads

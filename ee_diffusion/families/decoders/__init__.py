@@ -1,5 +1,6 @@
 """Exit decoders: each family's output head replayed on an intermediate block's image stream."""
 
+from .auraflow import AuraFlowDecoder
 from .chroma import ChromaDecoder
 from .cogvideox import CogVideoXDecoder
 from .cogview4 import CogView4Decoder
@@ -7,6 +8,7 @@ from .dit import DiTDecoder
 from .flux import FluxDecoder
 from .hunyuanvideo import HunyuanVideoDecoder
 from .ltx import LTXVideoDecoder
+from .lumina2 import Lumina2Decoder
 from .pixart import PixArtDecoder
 from .qwenimage import QwenImageDecoder
 from .sana import SanaDecoder
@@ -14,6 +16,7 @@ from .sd3 import SD3Decoder
 from .wan import WanDecoder
 
 __all__ = [
+    "AuraFlowDecoder",
     "ChromaDecoder",
     "CogVideoXDecoder",
     "CogView4Decoder",
@@ -21,6 +24,7 @@ __all__ = [
     "FluxDecoder",
     "HunyuanVideoDecoder",
     "LTXVideoDecoder",
+    "Lumina2Decoder",
     "PixArtDecoder",
     "QwenImageDecoder",
     "SanaDecoder",

@@ -12,22 +12,10 @@ from ..decoder import ExitDecoder
 
 class ChromaDecoder(ExitDecoder):
     """The model is called with a 0-1 `timestep` that its forward scales by 1000; its approximator turns it into a
-    per-row modulation table (B, 3 * N_single + 12 * N_double + 2, D) that the forward slices per block. The declared
-    blocks are the single-stream ones, whose stream is the joint sequence [text; image] (B, L_text + L, D); `decode`
-    slices its image tokens and repeats the head, so decoding the last block is the model's output bit for bit.
-
-    ```py
-    >>> import torch
-    >>> from ee_diffusion.adapters import get_adapter
-    >>> from ee_diffusion.testing import chroma_inputs, tiny_chroma
-    >>> model = tiny_chroma()
-    >>> inputs = chroma_inputs(model, batch=2)
-    >>> decoder = get_adapter(model).decoder
-    >>> hidden = decoder.hidden_states_per_block(inputs.pop("hidden_states"), inputs.pop("timestep"), **inputs)
-    >>> len(hidden), tuple(hidden[-1].shape)  # 3 single blocks; 5 text + 16 image tokens
-    (3, (2, 21, 16))
-
-    ```
+    per-row modulation table (B, 3 * N_single + 12 * N_double + 2, D) that the forward slices per block. A
+    double-stream block's image stream is (B, L, D), a single-stream block's the joint sequence [text; image]
+    (B, L_text + L, D); `decode` takes the last L tokens (L from `img_ids`) and repeats the head, so decoding the last
+    block is the model's output bit for bit.
     """
 
     token_heads = True
@@ -51,38 +39,37 @@ class ChromaDecoder(ExitDecoder):
         txt_ids: torch.Tensor, img_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
         joint_attention_kwargs: dict | None = None, **unused: Any,
     ) -> list[torch.Tensor]:
-        """Every single-stream block's joint sequence (B, L_text + L, D) from one pass, as the forward computes them
-        (the double-stream blocks, which are not exits, run first)."""
         model = self.model
         hidden_states = model.x_embedder(sample)
-        table = self._modulation(timestep, hidden_states.dtype)
-        text = model.context_embedder(encoder_hidden_states)
-        rotary = model.pos_embed(torch.cat((txt_ids, img_ids), dim=0))  # (L_text + L, d) cos and sin
-        num_single, num_double = len(model.single_transformer_blocks), len(model.transformer_blocks)
-        for index, block in enumerate(model.transformer_blocks):
-            # rows 6 of the image's modulation, then 6 of the text's, from the table's double-stream part
-            image_rows, text_rows = 3 * num_single + 6 * index, 3 * num_single + 6 * (num_double + index)
-            temb = torch.cat((table[:, image_rows : image_rows + 6], table[:, text_rows : text_rows + 6]), dim=1)
-            text, hidden_states = block(
-                hidden_states=hidden_states, encoder_hidden_states=text, temb=temb, image_rotary_emb=rotary,
-                attention_mask=attention_mask, joint_attention_kwargs=joint_attention_kwargs,
-            )
-        hidden_states = torch.cat([text, hidden_states], dim=1)
-        outputs = []
-        for index in range(num_single):
-            hidden_states = self.run_block(
-                index, hidden_states=hidden_states, temb=table[:, 3 * index : 3 * index + 3], image_rotary_emb=rotary,
-                attention_mask=attention_mask, joint_attention_kwargs=joint_attention_kwargs,
-            )
-            outputs.append(hidden_states)
-        return outputs
+        return self.run_blocks(
+            hidden_states, model.context_embedder(encoder_hidden_states),
+            table=self._modulation(timestep, hidden_states.dtype),
+            image_rotary_emb=model.pos_embed(torch.cat((txt_ids, img_ids), dim=0)),  # (L_text + L, d) cos and sin
+            attention_mask=attention_mask, joint_attention_kwargs=joint_attention_kwargs,
+        )
 
-    def decode(
-        self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
-        **unused: Any,
-    ) -> torch.Tensor:
-        """(B, L_text + L, D) joint sequence -> (B, L, C) packed tokens, the same operations as the model's head."""
+    def block_inputs(self, index: int, inputs: dict[str, Any]) -> dict[str, Any]:
+        # The table holds the single blocks' rows first (3 each), then the double blocks' image rows (6 each), then
+        # their text rows (6 each); a double block's modulation is its image rows then its text rows (B, 12, D).
+        inputs = dict(inputs)
+        table = inputs.pop("table")
+        num_single, num_double = len(self.model.single_transformer_blocks), len(self.model.transformer_blocks)
+        if index < num_double:
+            image, text = 3 * num_single + 6 * index, 3 * num_single + 6 * (num_double + index)
+            inputs["temb"] = torch.cat((table[:, image : image + 6], table[:, text : text + 6]), dim=1)
+        else:
+            single = index - num_double
+            inputs["temb"] = table[:, 3 * single : 3 * single + 3]
+        return inputs
+
+    def decode(self, hidden_states: torch.Tensor, timestep: torch.Tensor, img_ids: torch.Tensor, **unused: Any
+               ) -> torch.Tensor:
+        """(B, L, D) image stream or (B, L_text + L, D) joint sequence -> (B, L, C) packed tokens, the same
+        operations as the model's head."""
         model = self.model
         table = self._modulation(timestep, hidden_states.dtype)
-        hidden_states = hidden_states[:, encoder_hidden_states.shape[1] :]
-        return model.proj_out(model.norm_out(hidden_states, table[:, -2:]))
+        return model.proj_out(model.norm_out(self.arrange(hidden_states, img_ids), table[:, -2:]))
+
+    def arrange(self, tokens: torch.Tensor, img_ids: torch.Tensor, **unused: Any) -> torch.Tensor:
+        """The image tokens' (B, L, P) of per-token outputs on either stream: its last L = len(img_ids) tokens."""
+        return tokens[:, -img_ids.shape[-2] :]

@@ -14,19 +14,6 @@ class FluxDecoder(ExitDecoder):
     scales by 1000 before `time_text_embed`; its output is the packed tokens (B, L, C) that the pipeline unpacks.
     `decode` repeats the head on any block's image stream, so decoding the last block is the model's output bit for
     bit.
-
-    ```py
-    >>> import torch
-    >>> from ee_diffusion.adapters import get_adapter
-    >>> from ee_diffusion.testing import flux_inputs, tiny_flux
-    >>> model = tiny_flux()
-    >>> inputs = flux_inputs(model, batch=2)
-    >>> decoder = get_adapter(model).decoder
-    >>> hidden = decoder.hidden_states_per_block(inputs.pop("hidden_states"), inputs.pop("timestep"), **inputs)
-    >>> len(hidden), tuple(hidden[-1].shape)
-    (4, (2, 16, 16))
-
-    ```
     """
 
     token_heads = True
@@ -41,35 +28,17 @@ class FluxDecoder(ExitDecoder):
             return embed(timestep, pooled_projections)
         return embed(timestep, guidance.to(dtype) * 1000, pooled_projections)
 
-    def timestep_embedding(self, timestep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        # `timestep` here is the engine's 0-999 timestep (the model's argument times 1000).
-        emb = self.model.time_text_embed
-        return emb.timestep_embedder(emb.time_proj(timestep).to(dtype=dtype))
-
     def hidden_states_per_block(
-        self,
-        sample: torch.Tensor,
-        timestep: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        pooled_projections: torch.Tensor,
-        txt_ids: torch.Tensor,
-        img_ids: torch.Tensor,
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+        pooled_projections: torch.Tensor, txt_ids: torch.Tensor, img_ids: torch.Tensor,
         guidance: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
-        """Every block's image stream (B, L, D) from one pass over both stacks, as the model's forward computes them."""
         model = self.model
         hidden_states = model.x_embedder(sample)
         temb = self._temb(timestep, pooled_projections, guidance, hidden_states.dtype)
-        encoder_hidden_states = model.context_embedder(encoder_hidden_states)
         rotary = model.pos_embed(torch.cat((txt_ids, img_ids), dim=0))  # (L_text + L, d) cos and sin
-        outputs = []
-        for index in range(len(self.blocks)):
-            encoder_hidden_states, hidden_states = self.run_block(
-                index, hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states, temb=temb,
-                image_rotary_emb=rotary,
-            )
-            outputs.append(hidden_states)
-        return outputs
+        return self.run_blocks(hidden_states, model.context_embedder(encoder_hidden_states), temb=temb,
+                               image_rotary_emb=rotary)
 
     def decode(
         self, hidden_states: torch.Tensor, timestep: torch.Tensor, pooled_projections: torch.Tensor,

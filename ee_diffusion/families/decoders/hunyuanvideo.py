@@ -7,28 +7,13 @@ from typing import Any
 
 import torch
 
-from ..decoder import ExitDecoder
+from ..decoder import ExitDecoder, unpatchify
 
 
 class HunyuanVideoDecoder(ExitDecoder):
     """`decode` repeats the model's head on any block's image stream (B, L, D) -> (B, C, F, H, W), so decoding the
     last block is the model's output bit for bit; it reads the frames, height and width to unpatchify from `sample`,
     the model's input (as the forward does). The image-to-video models' token replacement is not decoded.
-
-    ```py
-    >>> import torch
-    >>> from ee_diffusion.adapters import get_adapter
-    >>> from ee_diffusion.testing import hunyuanvideo_inputs, tiny_hunyuanvideo
-    >>> model = tiny_hunyuanvideo()
-    >>> inputs = hunyuanvideo_inputs(model, batch=2)
-    >>> decoder = get_adapter(model).decoder
-    >>> conditioning = {k: v for k, v in inputs.items() if k not in ("hidden_states", "timestep")}
-    >>> hidden = decoder.hidden_states_per_block(inputs["hidden_states"], inputs["timestep"], **conditioning)
-    >>> out = decoder.decode(hidden[-1], inputs["timestep"], sample=inputs["hidden_states"], **conditioning)
-    >>> torch.equal(out, model(**inputs).sample)
-    True
-
-    ```
     """
 
     token_heads = True
@@ -42,16 +27,17 @@ class HunyuanVideoDecoder(ExitDecoder):
                              "not supported: its blocks modulate the first frame's tokens with a second embedding")
         return self.model.time_text_embed(timestep, pooled_projections, guidance)[0]
 
-    def timestep_embedding(self, timestep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        embed = self.model.time_text_embed
-        return embed.timestep_embedder(embed.time_proj(timestep).to(dtype))
+    def block_inputs(self, index: int, inputs: dict[str, Any]) -> dict[str, Any]:
+        # the dual-stream blocks name the rotary table `freqs_cis`, the single-stream ones `image_rotary_emb`
+        inputs = dict(inputs)
+        inputs["freqs_cis" if index < len(self.model.transformer_blocks) else "image_rotary_emb"] = inputs.pop("rotary")
+        return inputs
 
     def hidden_states_per_block(
         self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor, pooled_projections: torch.Tensor, guidance: torch.Tensor | None = None,
         **unused: Any,
     ) -> list[torch.Tensor]:
-        """Every block's image stream (B, L, D) from one pass over both stacks, as the model's forward computes them."""
         model = self.model
         rotary = model.rope(sample)  # (L, d) cos and sin of the 3-D positions
         temb = self._temb(timestep, pooled_projections, guidance)
@@ -62,16 +48,7 @@ class HunyuanVideoDecoder(ExitDecoder):
         kept = hidden_states.shape[1] + encoder_attention_mask.sum(dim=1, dtype=torch.int)  # (B,)
         positions = torch.arange(hidden_states.shape[1] + text.shape[1], device=sample.device)
         mask = (positions[None, :] < kept[:, None])[:, None, None, :]
-        num_double = len(model.transformer_blocks)
-        outputs = []
-        for index in range(len(self.blocks)):
-            # the dual-stream blocks name the rotary table `freqs_cis`, the single-stream ones `image_rotary_emb`
-            rope = {"freqs_cis" if index < num_double else "image_rotary_emb": rotary}
-            hidden_states, text = self.run_block(
-                index, hidden_states=hidden_states, encoder_hidden_states=text, temb=temb, attention_mask=mask, **rope
-            )
-            outputs.append(hidden_states)
-        return outputs
+        return self.run_blocks(hidden_states, text, temb=temb, attention_mask=mask, rotary=rotary)
 
     def decode(
         self, hidden_states: torch.Tensor, timestep: torch.Tensor, pooled_projections: torch.Tensor,
@@ -80,10 +57,10 @@ class HunyuanVideoDecoder(ExitDecoder):
         """(B, L, D) image stream -> (B, C, F, H, W); `sample` is the model's input (B, C, F, H, W), whose frames,
         height and width the head unpatchifies to."""
         model = self.model
-        batch, _, frames, height, width = sample.shape
-        p, p_t = model.config.patch_size, model.config.patch_size_t
         temb = self._temb(timestep, pooled_projections, guidance)
-        hidden_states = model.proj_out(model.norm_out(hidden_states, temb))
-        hidden_states = hidden_states.reshape(batch, frames // p_t, height // p, width // p, -1, p_t, p, p)
-        hidden_states = hidden_states.permute(0, 4, 1, 5, 2, 6, 3, 7)
-        return hidden_states.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+        return self.arrange(model.proj_out(model.norm_out(hidden_states, temb)), sample)
+
+    def arrange(self, tokens: torch.Tensor, sample: torch.Tensor, **unused: Any) -> torch.Tensor:
+        _, _, frames, height, width = sample.shape
+        p, p_t = self.model.config.patch_size, self.model.config.patch_size_t
+        return unpatchify(tokens, (p_t, p, p), grid=(frames // p_t, height // p, width // p), channels_last=False)

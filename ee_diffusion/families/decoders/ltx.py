@@ -7,39 +7,22 @@ from typing import Any
 
 import torch
 
-from ..decoder import ExitDecoder
+from ..decoder import ExitDecoder, text_mask_bias
 
 
 class LTXVideoDecoder(ExitDecoder):
     """The model predicts packed tokens (B, L, C) that its pipeline unpacks into a video; `decode` repeats its head on
     any block's image stream, so decoding the last block is the model's output bit for bit.
-
-    ```py
-    >>> import torch
-    >>> from ee_diffusion.adapters import get_adapter
-    >>> from ee_diffusion.testing import ltx_inputs, tiny_ltx
-    >>> model = tiny_ltx()
-    >>> inputs = ltx_inputs(model, batch=2)
-    >>> decoder = get_adapter(model).decoder
-    >>> conditioning = {k: v for k, v in inputs.items() if k not in ("hidden_states", "timestep")}
-    >>> hidden = decoder.hidden_states_per_block(inputs["hidden_states"], inputs["timestep"], **conditioning)
-    >>> torch.equal(decoder.decode(hidden[-1], inputs["timestep"]), model(**inputs).sample)
-    True
-
-    ```
     """
 
     token_heads = True
     channel_dim = -1  # predictions are packed tokens (B, L, C)
+    time_embedder = "time_embed.emb"
 
     def _time_embed(self, timestep: torch.Tensor, batch: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the blocks' modulation (B, 1, 6D), the embedded timestep (B, 1, D)), as the model's forward computes them."""
+        """(the blocks' modulation (B, 1, 6D), the embedded timestep (B, 1, D)), as the model's forward makes them."""
         temb, embedded = self.model.time_embed(timestep.flatten(), batch_size=batch, hidden_dtype=dtype)
         return temb.view(batch, -1, temb.size(-1)), embedded.view(batch, -1, embedded.size(-1))
-
-    def timestep_embedding(self, timestep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        emb = self.model.time_embed.emb
-        return emb.timestep_embedder(emb.time_proj(timestep).to(dtype))
 
     def hidden_states_per_block(
         self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
@@ -47,24 +30,16 @@ class LTXVideoDecoder(ExitDecoder):
         width: int | None = None, rope_interpolation_scale: tuple | torch.Tensor | None = None,
         video_coords: torch.Tensor | None = None, **unused: Any,
     ) -> list[torch.Tensor]:
-        """Every block's image stream (B, L, D) from one pass, as the model's forward computes them."""
         model = self.model
         batch = sample.shape[0]
         rotary = model.rope(sample, num_frames, height, width, rope_interpolation_scale, video_coords)
-        if encoder_attention_mask is not None and encoder_attention_mask.ndim == 2:
-            # (B, L_text) keep-mask -> (B, 1, L_text) additive bias, as the model's forward converts it.
-            encoder_attention_mask = ((1 - encoder_attention_mask.to(sample.dtype)) * -10000.0).unsqueeze(1)
         hidden_states = model.proj_in(sample)
         temb, _ = self._time_embed(timestep, batch, hidden_states.dtype)
         text = model.caption_projection(encoder_hidden_states).view(batch, -1, hidden_states.size(-1))
-        outputs = []
-        for index in range(len(self.blocks)):
-            hidden_states = self.run_block(
-                index, hidden_states=hidden_states, encoder_hidden_states=text, temb=temb, image_rotary_emb=rotary,
-                encoder_attention_mask=encoder_attention_mask,
-            )
-            outputs.append(hidden_states)
-        return outputs
+        return self.run_blocks(
+            hidden_states, encoder_hidden_states=text, temb=temb, image_rotary_emb=rotary,
+            encoder_attention_mask=text_mask_bias(encoder_attention_mask, sample.dtype),
+        )
 
     def decode(self, hidden_states: torch.Tensor, timestep: torch.Tensor, **unused: Any) -> torch.Tensor:
         """(B, L, D) image stream -> (B, L, C) packed tokens, the same operations as the model's own output head."""

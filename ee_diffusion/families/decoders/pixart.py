@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ..decoder import ExitDecoder, unpatchify
+from ..decoder import ExitDecoder, text_mask_bias, unpatchify
 
 
 class PixArtDecoder(ExitDecoder):
@@ -14,25 +14,9 @@ class PixArtDecoder(ExitDecoder):
     `timestep` every block receives - and the embedded timestep (B, D) that the output head adds to
     `scale_shift_table` to modulate the final LayerNorm. `decode` repeats those operations, so the decode of the
     last block is the model's output bit for bit.
-
-    ```py
-    >>> import torch
-    >>> from ee_diffusion.adapters import get_adapter
-    >>> from ee_diffusion.testing import tiny_pixart
-    >>> model = tiny_pixart(num_layers=3)
-    >>> decoder = get_adapter(model).decoder
-    >>> x, t, text = torch.randn(2, 4, 8, 8), torch.tensor([10, 900]), torch.randn(2, 5, 16)
-    >>> hidden = decoder.hidden_states_per_block(x, t, encoder_hidden_states=text)
-    >>> out = model(x, encoder_hidden_states=text, timestep=t).sample
-    >>> torch.equal(decoder.decode(hidden[-1], timestep=t), out)
-    True
-
-    ```
     """
 
-    def timestep_embedding(self, timestep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        emb = self.model.adaln_single.emb
-        return emb.timestep_embedder(emb.time_proj(timestep).to(dtype=dtype))
+    time_embedder = "adaln_single.emb"
 
     def _modulation(
         self, timestep: torch.Tensor, batch_size: int, dtype: torch.dtype, added_cond_kwargs: dict | None
@@ -44,33 +28,21 @@ class PixArtDecoder(ExitDecoder):
         return model.adaln_single(timestep, added_cond_kwargs, batch_size=batch_size, hidden_dtype=dtype)
 
     def hidden_states_per_block(
-        self,
-        sample: torch.Tensor,
-        timestep: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        added_cond_kwargs: dict | None = None,
-        encoder_attention_mask: torch.Tensor | None = None,
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+        added_cond_kwargs: dict | None = None, encoder_attention_mask: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
-        """Every block's hidden state (B, L, D) from one pass, as the model's forward computes them."""
         model = self.model
         batch = sample.shape[0]
-        if encoder_attention_mask is not None and encoder_attention_mask.ndim == 2:
-            # (B, L_text) keep-mask -> (B, 1, L_text) additive bias, as the model's forward converts it.
-            encoder_attention_mask = ((1 - encoder_attention_mask.to(sample.dtype)) * -10000.0).unsqueeze(1)
         hidden_states = model.pos_embed(sample)
         modulation, _ = self._modulation(timestep, batch, hidden_states.dtype, added_cond_kwargs)
         if model.caption_projection is not None:
             encoder_hidden_states = model.caption_projection(encoder_hidden_states)
             encoder_hidden_states = encoder_hidden_states.view(batch, -1, hidden_states.shape[-1])
-        outputs = []
-        for index in range(len(self.blocks)):
-            hidden_states = self.run_block(
-                index, hidden_states=hidden_states, attention_mask=None, encoder_hidden_states=encoder_hidden_states,
-                encoder_attention_mask=encoder_attention_mask, timestep=modulation, cross_attention_kwargs=None,
-                class_labels=None,
-            )
-            outputs.append(hidden_states)
-        return outputs
+        return self.run_blocks(
+            hidden_states, attention_mask=None, encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=text_mask_bias(encoder_attention_mask, sample.dtype), timestep=modulation,
+            cross_attention_kwargs=None, class_labels=None,
+        )
 
     def decode(
         self, hidden_states: torch.Tensor, timestep: torch.Tensor, added_cond_kwargs: dict | None = None, **unused: Any
@@ -81,5 +53,7 @@ class PixArtDecoder(ExitDecoder):
         # (1, 2, D) + (B, 1, D) -> shift, scale each (B, 1, D)
         shift, scale = (model.scale_shift_table[None] + embedded[:, None]).chunk(2, dim=1)
         hidden_states = model.norm_out(hidden_states) * (1 + scale) + shift
-        hidden_states = model.proj_out(hidden_states)
-        return unpatchify(hidden_states, model.config.patch_size, model.out_channels)
+        return self.arrange(model.proj_out(hidden_states))
+
+    def arrange(self, tokens: torch.Tensor, **unused: Any) -> torch.Tensor:
+        return unpatchify(tokens, self.model.config.patch_size)

@@ -13,19 +13,6 @@ class QwenImageDecoder(ExitDecoder):
     """The model takes a 0-1 `timestep` (its time projection scales it by 1000) and predicts packed tokens (B, L, C);
     `decode` repeats its head on any block's image stream, so decoding the last block is the model's output bit for
     bit. The edit models' `zero_cond_t` (a second, zero-timestep modulation for the reference image) is not decoded.
-
-    ```py
-    >>> import torch
-    >>> from ee_diffusion.adapters import get_adapter
-    >>> from ee_diffusion.testing import qwenimage_inputs, tiny_qwenimage
-    >>> model = tiny_qwenimage()
-    >>> inputs = qwenimage_inputs(model, batch=2)
-    >>> decoder = get_adapter(model).decoder
-    >>> hidden = decoder.hidden_states_per_block(inputs.pop("hidden_states"), **inputs)
-    >>> torch.equal(decoder.decode(hidden[-1], inputs["timestep"]), model(**qwenimage_inputs(model, batch=2)).sample)
-    True
-
-    ```
     """
 
     token_heads = True
@@ -47,21 +34,13 @@ class QwenImageDecoder(ExitDecoder):
         self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
         img_shapes: list, encoder_hidden_states_mask: torch.Tensor | None = None, **unused: Any,
     ) -> list[torch.Tensor]:
-        """Every block's image stream (B, L, D) from one pass, as the model's forward computes them."""
         model = self.model
         hidden_states = model.img_in(sample)
         temb = self._temb(timestep, hidden_states)
         text = model.txt_in(model.txt_norm(encoder_hidden_states))
         mask = None if encoder_hidden_states_mask is None else encoder_hidden_states_mask.to(torch.bool)
         rotary = model.pos_embed(img_shapes, max_txt_seq_len=text.shape[1], device=sample.device)
-        outputs = []
-        for index in range(len(self.blocks)):
-            text, hidden_states = self.run_block(
-                index, hidden_states=hidden_states, encoder_hidden_states=text, encoder_hidden_states_mask=mask,
-                temb=temb, image_rotary_emb=rotary,
-            )
-            outputs.append(hidden_states)
-        return outputs
+        return self.run_blocks(hidden_states, text, encoder_hidden_states_mask=mask, temb=temb, image_rotary_emb=rotary)
 
     def decode(self, hidden_states: torch.Tensor, timestep: torch.Tensor, **unused: Any) -> torch.Tensor:
         """(B, L, D) image stream -> (B, L, C) packed tokens, the same operations as the model's own output head."""

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..decoder import ExitDecoder
+from ..decoder import ExitDecoder, text_mask_bias, unpatchify
 
 
 class SanaDecoder(ExitDecoder):
@@ -15,21 +15,6 @@ class SanaDecoder(ExitDecoder):
     (with `guidance` on guidance-embedding checkpoints); `decode` repeats the model's head on any block's image
     stream, so decoding the last block is the model's output bit for bit. It reads the grid to unpatchify to from
     `sample`, the model's input, as the forward does.
-
-    ```py
-    >>> import torch
-    >>> from ee_diffusion.adapters import get_adapter
-    >>> from ee_diffusion.testing import sana_inputs, tiny_sana
-    >>> model = tiny_sana()
-    >>> inputs = sana_inputs(model, batch=2)
-    >>> decoder = get_adapter(model).decoder
-    >>> hidden = decoder.hidden_states_per_block(inputs["hidden_states"], inputs["timestep"],
-    ...                                          inputs["encoder_hidden_states"], inputs["encoder_attention_mask"])
-    >>> out = decoder.decode(hidden[-1], inputs["timestep"], inputs["hidden_states"])
-    >>> torch.equal(out, model(**inputs).sample)
-    True
-
-    ```
     """
 
     decode_reads_sample = True
@@ -52,26 +37,17 @@ class SanaDecoder(ExitDecoder):
         self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None = None, guidance: torch.Tensor | None = None, **unused: Any,
     ) -> list[torch.Tensor]:
-        """Every block's image stream (B, L, D) from one pass, as the model's forward computes them."""
         model = self.model
         batch, _, height, width = sample.shape
         p = model.config.patch_size
-        if encoder_attention_mask is not None and encoder_attention_mask.ndim == 2:
-            # (B, L_text) keep-mask -> (B, 1, L_text) additive bias, as the model's forward converts it.
-            encoder_attention_mask = ((1 - encoder_attention_mask.to(sample.dtype)) * -10000.0).unsqueeze(1)
         hidden_states = model.patch_embed(sample)
         modulation, _ = self._time_embed(timestep, guidance, batch, hidden_states.dtype)
         text = model.caption_projection(encoder_hidden_states).view(batch, -1, hidden_states.shape[-1])
         text = model.caption_norm(text)
-        outputs = []
-        for index in range(len(self.blocks)):
-            hidden_states = self.run_block(
-                index, hidden_states=hidden_states, attention_mask=None, encoder_hidden_states=text,
-                encoder_attention_mask=encoder_attention_mask, timestep=modulation, height=height // p,
-                width=width // p,
-            )
-            outputs.append(hidden_states)
-        return outputs
+        return self.run_blocks(
+            hidden_states, attention_mask=None, encoder_hidden_states=text, timestep=modulation, height=height // p,
+            encoder_attention_mask=text_mask_bias(encoder_attention_mask, sample.dtype), width=width // p,
+        )
 
     def decode(
         self, hidden_states: torch.Tensor, timestep: torch.Tensor, sample: torch.Tensor,
@@ -80,9 +56,9 @@ class SanaDecoder(ExitDecoder):
         """(B, L, D) image stream -> (B, C, H, W); `sample` is the model's input (B, C, H, W), whose height and width
         the head unpatchifies to."""
         model = self.model
-        batch, _, height, width = sample.shape
-        p = model.config.patch_size
-        _, embedded = self._time_embed(timestep, guidance, batch, hidden_states.dtype)
-        hidden_states = model.proj_out(model.norm_out(hidden_states, embedded, model.scale_shift_table))
-        hidden_states = hidden_states.reshape(batch, height // p, width // p, p, p, -1)
-        return hidden_states.permute(0, 5, 1, 3, 2, 4).reshape(batch, -1, height, width)
+        _, embedded = self._time_embed(timestep, guidance, sample.shape[0], hidden_states.dtype)
+        return self.arrange(model.proj_out(model.norm_out(hidden_states, embedded, model.scale_shift_table)), sample)
+
+    def arrange(self, tokens: torch.Tensor, sample: torch.Tensor, **unused: Any) -> torch.Tensor:
+        p = self.model.config.patch_size
+        return unpatchify(tokens, p, grid=(sample.shape[2] // p, sample.shape[3] // p))
