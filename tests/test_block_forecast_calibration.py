@@ -56,6 +56,7 @@ def test_windows_sit_midway_between_the_runs_distinct_timesteps():
     assert scheduler.num_inference_steps is None  # the given scheduler is untouched
 
 
+@pytest.mark.slow
 def test_the_cheapest_forecast_that_meets_the_psnr_goal_and_the_most_faithful_within_a_budget(dit_folder):
     target = as_target(load(dit_folder), CLASSES)
     loose = calibrate_block_forecast(target, min_psnr=0.0, calib=CALIB, intervals=(2, 4), forecast_orders=(1,))

@@ -70,6 +70,7 @@ def test_cli_tail_cache_for_a_psnr_goal_applies_to_the_stock_denoiser(kind, fold
     assert stats.depth_fraction == pytest.approx(saved["block_fraction"])
 
 
+@pytest.mark.slow
 def test_tail_cache_bisection_trades_compute_for_fidelity(folder):
     target = as_target(load(folder["sd3"]), PROMPTS)
     loose = calibrate_tail_cache(target, min_psnr=0.0, calib=CALIB, forecast_orders=(0,))  # met at the top
@@ -83,6 +84,7 @@ def test_tail_cache_bisection_trades_compute_for_fidelity(folder):
     assert budget.info["block_fraction"] <= strict.info["block_fraction"] + 1e-9
 
 
+@pytest.mark.slow
 def test_tail_cache_picks_the_cheapest_forecast_order_that_meets_the_goal(folder):
     target = as_target(load(folder["pixart"]), PROMPTS)
     loose = calibrate_tail_cache(target, min_psnr=0.0, calib=CALIB, forecast_orders=(0,))
@@ -100,6 +102,7 @@ def test_tail_cache_picks_the_cheapest_forecast_order_that_meets_the_goal(folder
     assert (policy.forecast_order, policy.threshold) == (result.info["forecast_order"], result.info["threshold"])
 
 
+@pytest.mark.slow
 def test_schedule_for_a_psnr_goal_is_measured_to_meet_it(folder):
     target = as_target(load(folder["pixart"]), PROMPTS)
     cheapest = calibrate_schedule(target, budget=0.25, calib=CALIB)  # one block everywhere
@@ -121,6 +124,7 @@ def test_schedule_for_a_psnr_goal_is_measured_to_meet_it(folder):
     assert float(psnr_db(run.images, reference.images).mean()) == pytest.approx(last["psnr_db_mean"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_schedule_budget_holds_at_other_step_counts(folder):
     """Bucket boundaries are scheduler timesteps, not step indices: a schedule calibrated at 4 steps keeps about
     its block fraction at 8 (SD3's flow-matching sigmas)."""

@@ -195,6 +195,7 @@ TOOL_PIPELINES = {"flux": {}, "qwenimage": {}, "cogview4": {}, "auraflow": {"hei
 @pytest.mark.parametrize("kind", ["block-forecast", "tail-cache"])
 @pytest.mark.parametrize("name", [n if n != "chroma" else pytest.param(n, marks=pytest.mark.slow)
                                   for n in TOOL_PIPELINES])
+@pytest.mark.slow
 def test_calibration_on_the_stock_pipeline_loads_back_into_a_bare_call(name, kind, tmp_path, request):
     if kind == "tail-cache" and name in TAIL_EXIT_BLOCK:
         # The calibration decides at the first joint block there (`CachedTailResidual.earliest_exit_block`); on these
@@ -228,6 +229,7 @@ def test_calibration_on_the_stock_pipeline_loads_back_into_a_bare_call(name, kin
         assert stats.compute_fraction < 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cogview4", "sana", "auraflow"])
 def test_the_calibrate_command_on_a_saved_folder_writes_what_enable_runs(name, tmp_path):
     """`ee-diffusion calibrate` on the folder, then the folder reloaded and `enable`d with its JSON. (Flux, Chroma

@@ -5,6 +5,7 @@ import gc
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 from ee_diffusion import EarlyExitConfig, UncertaintyHeads, apply_early_exit, get_exit_stats, remove_early_exit
@@ -15,6 +16,7 @@ from ee_diffusion.testing import tiny_dit
 X, T, Y = torch.randn(4, 1, 8, 8), torch.tensor([100.0, 900.0, 100.0, 900.0]), torch.tensor([1, 2, 3, 4])
 
 
+@pytest.mark.slow
 def test_thousands_of_calls_keep_engine_state_flat():
     model = tiny_dit(num_layers=4)
     heads = UncertaintyHeads.from_model(model)

@@ -255,6 +255,7 @@ def test_the_readme_commands_run_on_stand_ins(files, tmp_path):
             assert {c["solver"] for c in data["candidates"]} == {"dpmpp", "unipc"}
 
 
+@pytest.mark.slow
 def test_an_unsupported_folder_and_a_reference_its_scheduler_cannot_run_are_refused(files, tmp_path, capsys):
     flux = tmp_path / "flux"
     flux.mkdir()

@@ -193,6 +193,7 @@ def test_prepare_cache_killed_midway_resumes_to_the_same_shards(folders, tmp_pat
 
 
 # ------------------------------------------------------------------------------------------------ learning
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, factor", [("dit", 3.0), ("pixart", 2.0), ("sd3", 1.3)])
 def test_latent_training_learns(folders, tmp_path, kind, factor):
     # DeeDiff on the tiny pipelines' latents, 30 steps of batch 8: L_simple (eps for DiT and PixArt, velocity
@@ -266,6 +267,7 @@ def sample_with_exits(folder, kind, exit_config, heads):
                            guidance_scale=3.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, kind", [("dit-xl2-heads", "dit"), ("sd3-heads", "sd3")])
 def test_heads_example_configs_end_in_a_folder_that_samples_with_its_heads(folders, tmp_path, name, kind):
     out = run_example(folders, tmp_path, name, kind)
@@ -301,6 +303,7 @@ def test_heads_example_configs_end_in_a_folder_that_samples_with_its_heads(folde
     assert Image.open(previews[0]).size == (16, 16)  # decoded by the VAE: 8x8 latents -> 16x16 RGB
 
 
+@pytest.mark.slow
 def test_pixart_ase_example_config_fine_tunes_and_samples_with_its_schedule(folders, tmp_path):
     out = run_example(folders, tmp_path, "pixart-alpha-ase", "pixart")
     saved = load_result(out / "pipeline")
