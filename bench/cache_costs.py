@@ -14,8 +14,9 @@ methods run in a freshly shuffled order each round, after a warm-up round, hooks
 timed region. Per call kind, the median over rounds and calls of the call's time over the stock call's at the same
 position of the same round:
 - `hooks`: hooks applied, no policy (what having exits available costs);
-- `forecast`: `BlockForecast(interval=4, forecast_order=1)` - call 1 computes every block's attention and
-  feed-forward (`compute`: the stock work plus recording the histories), the others forecast them (`forecast`);
+- `forecast`: `BlockForecast(interval=4, forecast_order=1)` - call 1 computes every block's forecastable
+  sub-modules (`compute`: the stock work plus recording the histories; as the run's first call it also allocates
+  them), the others forecast them (`forecast`);
 - `tail`: `CachedTailResidual(criterion="timestep", skip_above_t=0, max_cached_calls=3, forecast_order=1)` - call
   1 runs every block (`full`: plus recording the residual), the others skip every block after the first (`skip`).
 Which calls computed is read from each run's own `ExitStats`, not assumed.

@@ -41,7 +41,7 @@ def test_the_family_declares_both_stacks_the_second_joint():
     assert adapter.num_blocks == 5
     assert [adapter.stack(i).joint for i in range(5)] == [False, False, True, True, True]
     assert [name for name, _ in adapter.forecast_modules(0)] == ["attn", "ff", "ff_context"]
-    assert [name for name, _ in adapter.forecast_modules(2)] == ["attn", "proj_mlp"]
+    assert [name for name, _ in adapter.forecast_modules(2)] == ["attn", "proj_mlp", "proj_out"]
 
 
 def test_rows_that_leave_in_the_double_stream_blocks_skip_the_rest():

@@ -38,7 +38,7 @@ def test_the_family_spans_both_stacks():
     assert adapter.family.name == "Flux"
     assert adapter.num_blocks == 5
     assert [adapter.stack(i).attr for i in (1, 2)] == ["transformer_blocks", "single_transformer_blocks"]
-    assert [name for name, _ in adapter.forecast_modules(4)] == ["attn", "proj_mlp"]
+    assert [name for name, _ in adapter.forecast_modules(4)] == ["attn", "proj_mlp", "proj_out"]
 
 
 def test_timesteps_are_read_in_the_0_999_scale():

@@ -37,7 +37,7 @@ def test_the_family_spans_both_stacks():
     assert adapter.num_blocks == 5
     assert [adapter.stack(i).attr for i in (1, 2)] == ["transformer_blocks", "single_transformer_blocks"]
     assert adapter.stack(4).returns == ("image", "text")
-    assert [name for name, _ in adapter.forecast_modules(4)] == ["attn", "proj_mlp"]
+    assert [name for name, _ in adapter.forecast_modules(4)] == ["attn", "proj_mlp", "proj_out"]
 
 
 def test_an_exit_inside_the_single_stack_keeps_each_rows_text_and_mask():

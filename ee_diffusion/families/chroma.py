@@ -16,7 +16,7 @@ CHROMA = ModelFamily(
         BlockStack("transformer_blocks", returns=("text", "image"), text_arg="encoder_hidden_states",
                    row_args=("temb", "attention_mask"), forecastable=("attn", "ff", "ff_context")),
         BlockStack("single_transformer_blocks", row_args=("temb", "attention_mask"),
-                   forecastable=("attn", "proj_mlp"), joint=True),  # attention and the MLP branch
+                   forecastable=("attn", "proj_mlp", "proj_out"), joint=True),  # as Flux's single blocks
     ),
     decoder=ChromaDecoder,
     timestep_scale=1000.0,

@@ -15,8 +15,9 @@ FLUX = ModelFamily(
     model_classes=(FluxTransformer2DModel,),
     stacks=(
         BlockStack("transformer_blocks", **_JOINT, forecastable=("attn", "ff", "ff_context")),
-        # a single block's attention and MLP branch (`proj_mlp`) act on the joint sequence
-        BlockStack("single_transformer_blocks", **_JOINT, forecastable=("attn", "proj_mlp")),
+        # a single block's attention and MLP branch (`proj_mlp`) act on the joint sequence, and its output projection
+        # (`proj_out`, of both concatenated) is the block's largest matmul: forecast too, a forecast call skips it
+        BlockStack("single_transformer_blocks", **_JOINT, forecastable=("attn", "proj_mlp", "proj_out")),
     ),
     decoder=FluxDecoder,
     timestep_scale=1000.0,

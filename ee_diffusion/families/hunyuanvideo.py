@@ -21,8 +21,8 @@ HUNYUAN_VIDEO = ModelFamily(
     model_classes=(HunyuanVideoTransformer3DModel,),
     stacks=(
         BlockStack("transformer_blocks", **_JOINT, forecastable=("attn", "ff", "ff_context")),
-        # a single block's attention and MLP branch (`proj_mlp`) act on the joint sequence
-        BlockStack("single_transformer_blocks", **_JOINT, forecastable=("attn", "proj_mlp")),
+        # a single block's attention, MLP branch and output projection (on both concatenated), as Flux's
+        BlockStack("single_transformer_blocks", **_JOINT, forecastable=("attn", "proj_mlp", "proj_out")),
     ),
     decoder=HunyuanVideoDecoder,
 )
