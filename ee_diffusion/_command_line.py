@@ -88,7 +88,7 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str]) -> int:
         # One paragraph, whatever line breaks the message had.
         message = " ".join(str(error).split()) or type(error).__name__
         command = " ".join((parser.prog, *([args.command] if getattr(args, "command", None) else [])))
-        print(f"{command}: error: {message}", file=sys.stderr)
+        sys.stderr.write(f"{command}: error: {message}\n")  # argparse's own form for bad arguments
         return 2
 
 

@@ -9,12 +9,9 @@ import torch
 from ee_diffusion.config import EarlyExitConfig
 from ee_diffusion.hooks import apply_early_exit, get_exit_stats, reset_exit_state
 from ee_diffusion.schedules import BlockForecast, CachedTailResidual
-from ee_diffusion.testing import (
-    auraflow_inputs, lumina2_inputs, tiny_auraflow, tiny_lumina2,
-    chroma_inputs, cogvideox_inputs, cogview4_inputs, flux_inputs, hunyuanvideo_inputs, ltx_inputs, qwenimage_inputs,
-    sana_inputs, tiny_chroma, tiny_cogvideox, tiny_cogview4, tiny_dit, tiny_flux, tiny_hunyuanvideo, tiny_ltx,
-    tiny_pixart, tiny_qwenimage, tiny_sana, tiny_sd3, tiny_wan, wan_inputs,
-)
+from ee_diffusion import testing
+from ee_diffusion.adapters import get_adapter
+from ee_diffusion.testing import tiny_dit, tiny_pixart, tiny_sd3
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,63 +23,46 @@ def _randn(*shape, seed):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
+#: The newer families' stand-ins (`ee_diffusion.testing.tiny_<name>`, with `<name>_inputs`), by family name.
+NEWER = {"Flux": "flux", "Qwen-Image": "qwenimage", "Wan": "wan", "CogVideoX": "cogvideox", "Sana": "sana",
+         "HunyuanVideo": "hunyuanvideo", "CogView4": "cogview4", "Chroma": "chroma", "LTX-Video": "ltx",
+         "AuraFlow": "auraflow", "Lumina2": "lumina2"}
+
+
 def make(family: str):
-    """(model, inputs for 2 rows, the model's timestep scale) of a tiny stand-in."""
-    if family == "DiT":
+    """(model, inputs for 2 rows, without the timestep) of a tiny stand-in."""
+    if family in NEWER:
+        model = getattr(testing, f"tiny_{NEWER[family]}")()
+        inputs = getattr(testing, f"{NEWER[family]}_inputs")(model, batch=2)
+    elif family == "DiT":
         model = tiny_dit(num_layers=3)
-        return model, {"hidden_states": _randn(2, 1, 8, 8, seed=1), "class_labels": torch.tensor([1, 2])}, 1.0
-    if family == "PixArt":
-        model = tiny_pixart(num_layers=3)
-        return model, {"hidden_states": _randn(2, 4, 8, 8, seed=1), "encoder_hidden_states": _randn(2, 5, 16, seed=2)}, 1.0
-    if family == "SD3":
-        model = tiny_sd3(num_layers=3)
-        return model, {"hidden_states": _randn(2, 4, 8, 8, seed=1), "encoder_hidden_states": _randn(2, 5, 16, seed=2),
-                       "pooled_projections": _randn(2, 8, seed=3)}, 1.0
-    if family == "Flux":
-        model = tiny_flux()
-        return model, flux_inputs(model, batch=2), 1 / 1000
-    if family == "Qwen-Image":
-        model = tiny_qwenimage()
-        return model, qwenimage_inputs(model, batch=2), 1 / 1000
-    if family == "Chroma":
-        model = tiny_chroma()
-        return model, chroma_inputs(model, batch=2), 1 / 1000
-    if family == "HunyuanVideo":
-        model = tiny_hunyuanvideo()
-        return model, hunyuanvideo_inputs(model, batch=2), 1.0
-    if family == "CogVideoX":
-        model = tiny_cogvideox()
-        return model, cogvideox_inputs(model, batch=2), 1.0
-    if family == "CogView4":
-        model = tiny_cogview4()
-        return model, cogview4_inputs(model, batch=2), 1.0
-    if family == "Sana":
-        model = tiny_sana()
-        return model, sana_inputs(model, batch=2), 1.0
-    if family == "LTX-Video":
-        model = tiny_ltx()
-        return model, ltx_inputs(model, batch=2), 1.0
-    if family == "AuraFlow":
-        model = tiny_auraflow()
-        return model, auraflow_inputs(model, batch=2), 1 / 1000
-    if family == "Lumina2":
-        model = tiny_lumina2()
-        return model, lumina2_inputs(model, batch=2), -1 / 1000  # the model's timestep is 1 - t/1000
-    model = tiny_wan()
-    return model, wan_inputs(model, batch=2), 1.0
+        inputs = {"hidden_states": _randn(2, 1, 8, 8, seed=1), "class_labels": torch.tensor([1, 2])}
+    else:
+        model = tiny_pixart(num_layers=3) if family == "PixArt" else tiny_sd3(num_layers=3)
+        inputs = {"hidden_states": _randn(2, 4, 8, 8, seed=1), "encoder_hidden_states": _randn(2, 5, 16, seed=2)}
+        if family == "SD3":
+            inputs["pooled_projections"] = _randn(2, 8, seed=3)
+    inputs.pop("timestep", None)
+    return model, inputs
+
+
+def model_timestep(model, t: float, batch: int) -> torch.Tensor:
+    """A 0-999 timestep as the model's own argument, by its family's convention (Flux: t/1000; Lumina2: 1 - t/1000)."""
+    adapter = get_adapter(model)
+    value = t / adapter.timestep_scale
+    return torch.full((batch,), 1 - value if adapter.timestep_reversed else value)
 
 
 def rows(inputs: dict, index: int) -> dict:
     return {k: v[index : index + 1] if isinstance(v, torch.Tensor) and k not in SHARED else v for k, v in inputs.items()}
 
 
-def sample_run(model, inputs: dict, scale: float) -> list[torch.Tensor]:
+def sample_run(model, inputs: dict) -> list[torch.Tensor]:
     out = []
     with torch.no_grad():
         for t in RUN:
             batch = next(v for v in inputs.values() if isinstance(v, torch.Tensor)).shape[0]
-            model_t = 1 + t * scale if scale < 0 else t * scale  # Lumina2: 1 - t/1000
-            out.append(model(**inputs, timestep=torch.full((batch,), model_t)).sample)
+            out.append(model(**inputs, timestep=model_timestep(model, t, batch)).sample)
     return out
 
 
@@ -101,18 +81,17 @@ CACHES = {
 @pytest.mark.parametrize("cache", list(CACHES))
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_cache_works_per_row_on_every_family(family, cache):
-    model, inputs, scale = make(family)
-    inputs.pop("timestep", None)
-    stock = sample_run(model, inputs, scale)
+    model, inputs = make(family)
+    stock = sample_run(model, inputs)
     exit_block = EXIT_BLOCK.get(family, 1)
     apply_early_exit(model, EarlyExitConfig(policy=CACHES[cache](exit_block)))
-    together = sample_run(model, inputs, scale)
+    together = sample_run(model, inputs)
     if cache == "tail":  # rows really skipped the tail on the later calls
         assert get_exit_stats(model).blocks_run[0].tolist() == [exit_block] * 2
     assert not torch.allclose(together[-1], stock[-1], atol=1e-4)  # the cache changed something
     for index in range(2):
         reset_exit_state(model)
-        alone = sample_run(model, rows(inputs, index), scale)
+        alone = sample_run(model, rows(inputs, index))
         for call, expected in zip(together, alone):
             torch.testing.assert_close(call[index : index + 1], expected, rtol=0, atol=1e-5)
 
@@ -122,20 +101,19 @@ def test_guidance_branches_run_as_two_calls_keep_their_own_state(family):
     """QwenImagePipeline, WanPipeline and HunyuanVideoPipeline call the model once per branch inside
     `cache_context("cond")` / `cache_context("uncond")`: each branch's cache state is its own, so interleaving the
     branches gives each what it gets in a run of its own."""
-    model, inputs, scale = make(family)
-    inputs.pop("timestep", None)
+    model, inputs = make(family)
     negative = {k: (-v if k == "encoder_hidden_states" else v) for k, v in inputs.items()}
     apply_early_exit(model, EarlyExitConfig(policy=BlockForecast(interval=2, forecast_order=1)))
-    alone = {"cond": sample_run(model, inputs, scale)}
+    alone = {"cond": sample_run(model, inputs)}
     reset_exit_state(model)
-    alone["uncond"] = sample_run(model, negative, scale)
+    alone["uncond"] = sample_run(model, negative)
     reset_exit_state(model)
     interleaved = {"cond": [], "uncond": []}
     with torch.no_grad():
         for step, t in enumerate(RUN):
             for name, branch in (("cond", inputs), ("uncond", negative)):
                 with model.cache_context(name):
-                    interleaved[name].append(model(**branch, timestep=torch.full((2,), t * scale)).sample)
+                    interleaved[name].append(model(**branch, timestep=model_timestep(model, t, 2)).sample)
     for name in ("cond", "uncond"):
         for got, expected in zip(interleaved[name], alone[name]):
             torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
