@@ -116,13 +116,51 @@ class SequentialEngine(EngineBase):
         if state.done:
             # Every row has exited: the block is not computed; the parked states flow on to the output head.
             return io.passthrough(hidden, inputs)
-        if io.stack.joint and state.parked is not None and state.parked.shape[1] < hidden.shape[1]:
+        whole = io.whole_batch and state.compacted and state.masked is None
+        if whole:
+            # The model's loop holds every row (B, L, D): a row that left carries its exit value on, which the block
+            # hands back unchanged (a fresh copy: the model may keep the input, e.g. as a later block's skip). Only
+            # the running rows are computed; what they return is written over their copy below.
+            state.parked = hidden.clone()
+            whole_text = inputs.get(io.stack.text_arg) if io.stack.text_arg is not None else None
+            hidden = hidden.index_select(0, state.rows)
+            names = io.row_args if io.stack.text_arg is None else (*io.row_args, io.stack.text_arg)
+            inputs = self.slice_inputs(state, inputs, names, state.rows, state.sliced)
+        elif io.stack.joint and state.parked is not None and state.parked.shape[1] < hidden.shape[1]:
             # The first block of a joint stack: the model made its [text; image] sequence of the running rows; a row
             # parked earlier gets a text part in front of its image stream, which the model slices off unread.
             b, length, width = state.parked.shape
             state.parked = torch.cat([state.parked.new_zeros(b, hidden.shape[1] - length, width), state.parked], 1)
-        if state.compacted:
+        if state.compacted and not whole:
             inputs = self.slice_inputs(state, inputs, io.row_args, state.rows, state.sliced)
+        output = self.exit_block(state, index, io, forward, hidden, inputs)
+        if not io.whole_batch or state.masked is not None:
+            return output
+        return io.join(*self.whole_batch_out(state, *io.split(output), whole_text if whole else None))
+
+    def whole_batch_out(
+        self, state: SequentialCallState, out: torch.Tensor, carried: Any, text: torch.Tensor | None
+    ) -> tuple[torch.Tensor, Any]:
+        """A `whole_batch` family's block output -> every row: what the running rows go on with, written over the
+        copy of the block's input (`state.parked`, where the rows that left here are parked too)."""
+        batch = state.batch_size
+        if out.shape[0] == batch:  # no row had left and none left here, or the whole batch is parked
+            return out, carried
+        # out: (A', L, D), the rows still running, in the order of state.rows.
+        hidden = state.parked.index_copy_(0, state.rows, out)
+        if isinstance(carried, torch.Tensor) and carried.ndim > 0 and carried.shape[0] == state.rows.shape[0]:
+            # The text stream of the rows that left is never read again: their input's (or zeros, if they had not
+            # left before this block).
+            base = text.clone() if text is not None else carried.new_zeros((batch, *carried.shape[1:]))
+            carried = base.index_copy_(0, state.rows, carried)
+        return hidden, carried
+
+    def exit_block(
+        self, state: SequentialCallState, index: int, io: BlockIO, forward: Callable, hidden: torch.Tensor,
+        inputs: dict[str, Any],
+    ) -> Any:
+        """Run block `index` on the running rows' `hidden` (A, L, D) and `inputs`, and let the rows that stop here
+        leave; returns the block's output for the model (the running rows', or the whole batch once all have left)."""
         # out: (A, L, D); carried: what else the block returns (SD3: the text stream), None for DiT.
         if state.checkpoint is None:
             out, carried = io.split(forward(hidden, **inputs))

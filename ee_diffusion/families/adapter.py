@@ -52,7 +52,7 @@ class FamilyAdapter(BackboneAdapter):
                         f"the {family.name} family declares `{stack.image_arg}` as the image stream of `{stack.attr}`, "
                         f"but {type(modules[0]).__name__}.forward takes {list(params)}: it must be the first parameter"
                     )
-                self._io[stack] = BlockIO(stack, params)
+                self._io[stack] = BlockIO(stack, params, family.whole_batch)
             self._blocks += list(modules)
             self._stacks += [stack] * len(modules)
         if not self._blocks:
@@ -90,8 +90,8 @@ class FamilyAdapter(BackboneAdapter):
     def forecast_modules(self, index: int) -> list[tuple[str, nn.Module]]:
         """(name, module) of block `index`'s expensive sub-modules in declared order, leaving out the ones this block
         lacks (e.g. `attn2 = None`)."""
-        children = dict(self._blocks[index].named_children())
-        return [(name, children[name]) for name in self._stacks[index].forecastable if name in children]
+        modules = dict(self._blocks[index].named_modules())  # dotted names below the block: "attn", "block.ff_i"
+        return [(name, modules[name]) for name in self._stacks[index].forecastable if name in modules]
 
     def is_cfg_pair_batch(self, inputs: dict[str, Any], timesteps: torch.Tensor) -> bool:
         if self.family.null_class is None:
@@ -135,15 +135,16 @@ class BlockIO:
     """What a block hook needs to take a block's call apart and put its return value together: one stack's declared
     pattern and its blocks' forward parameter names. A plain object, copied with the model's hooks."""
 
-    __slots__ = ("stack", "params", "image_arg", "row_args")
+    __slots__ = ("stack", "params", "image_arg", "row_args", "whole_batch")
 
-    def __init__(self, stack: BlockStack, params: tuple[str, ...]) -> None:
+    def __init__(self, stack: BlockStack, params: tuple[str, ...], whole_batch: bool = False) -> None:
         self.stack = stack
         self.params = params  # the block forward's parameter names, in order (names positional arguments)
         self.image_arg = stack.image_arg
         # Arguments to slice to the running rows. The image and text streams are not among them: the engine compacts
-        # those as they flow from block to block.
+        # those as they flow from block to block (or, `whole_batch`, slices them too and hands every row back).
         self.row_args = stack.row_args
+        self.whole_batch = whole_batch  # the family's `ModelFamily.whole_batch`
 
     def named_inputs(self, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Merge positional block arguments into `kwargs` by parameter name."""

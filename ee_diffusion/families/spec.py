@@ -33,8 +33,9 @@ class BlockStack:
         text_arg: the argument carrying the text stream (B, L_text, D) when the block returns it, else None.
         row_args: the other arguments whose first dimension is the batch (temb, masks, per-row modulation): sliced
             to the running rows. Every other argument (rotary tables, kwargs dicts) passes through untouched.
-        forecastable: attribute names of a block's expensive sub-modules (attention, feed-forward) whose outputs a
-            per-row forecast may stand in for; a block that lacks one (`attn2 = None`) simply has fewer.
+        forecastable: names of a block's expensive sub-modules (attention, feed-forward) whose outputs a per-row
+            forecast may stand in for, dotted below a wrapper block (`"block.attn1"`); a block that lacks one
+            (`attn2 = None`) simply has fewer.
         joint: True when the stack's image stream is the joint sequence [text; image] that the model concatenates
             from the previous stack's two streams (AuraFlow's single-stream blocks) and slices the image part of
             after the stack: a row that left before the stack parks its image stream behind a text part it never
@@ -94,6 +95,10 @@ class ModelFamily:
             two halves are recognised as `cat([x, x])` with equal timesteps (text-to-image pipelines).
         unsupported_args: model-call arguments that per-row exits cannot honour (controlnet residuals...): a call
             that gives one is refused while a policy is set.
+        whole_batch: True when the model's own loop works on the streams between its blocks (HunyuanDiT keeps the
+            first half's outputs as the second half's skips; HiDream concatenates per-block tokens to the streams and
+            cuts them off again): every block then hands every row back to the model, a row that left carrying its
+            exit value on, while only the running rows are computed. False: the running rows alone flow on.
     """
 
     name: str
@@ -104,6 +109,7 @@ class ModelFamily:
     timestep_reversed: bool = False
     null_class: tuple[str, str] | None = None
     unsupported_args: tuple[str, ...] = ()
+    whole_batch: bool = False
 
     def __post_init__(self) -> None:
         if not self.model_classes or not all(isinstance(c, type) for c in self.model_classes):
@@ -117,6 +123,8 @@ class ModelFamily:
         if self.null_class is not None and len(_names(self.null_class, "null_class")) != 2:
             raise ValueError(f"null_class must be (argument, config field), got {self.null_class!r}")
         _names(self.unsupported_args, "unsupported_args")
+        if not isinstance(self.whole_batch, bool):
+            raise ValueError(f"whole_batch must be True or False, got {self.whole_batch!r}")
         if self.stacks[0].joint:
             raise ValueError(f"the first stack ({self.stacks[0].attr}) cannot be joint: a joint stack's [text; image] "
                              f"sequence is made from the streams of the stack before it")
