@@ -21,3 +21,19 @@ def check_int(value: Any, name: str, low: int = 1, what: str = "") -> int:
         suffix = f" ({what})" if what else ""
         raise ValueError(f"{name} must be an integer >= {low}{suffix}, got {value!r}")
     return value
+
+
+#: The pipeline-call options the tools pass through (`call_options`): the size of an image or a video.
+CALL_OPTIONS = ("height", "width", "num_frames")
+
+
+def check_call_options(options: dict[str, object]) -> dict[str, int]:
+    """`options` (name -> positive int, names from `CALL_OPTIONS`), checked; `ValueError` naming what is wrong."""
+    if not isinstance(options, dict):
+        raise TypeError(f"call_options must be a dict of {', '.join(CALL_OPTIONS)}, got {type(options).__name__}")
+    for name, value in options.items():
+        if name not in CALL_OPTIONS:
+            raise ValueError(f"call option {name!r} is not one the tools pass through; allowed: "
+                             f"{', '.join(CALL_OPTIONS)}")
+        check_int(value, f"call option {name}", 1)
+    return dict(options)

@@ -123,7 +123,8 @@ def add_calibrate(subparsers, setting_names: tuple[str, ...] = SETTING_NAMES,
                         help=f"a setting ({', '.join(setting_names)}) or a local pipeline folder of a "
                              "supported class (ours, DiTPipeline, PixArtAlphaPipeline, StableDiffusion3Pipeline, "
                              "FluxPipeline, ChromaPipeline, QwenImagePipeline, SanaPipeline, CogView4Pipeline, "
-                             "AuraFlowPipeline, StableDiffusionPipeline, DDPMPipeline)")
+                             "AuraFlowPipeline, HunyuanDiTPipeline, HiDreamImagePipeline, Lumina2Pipeline, "
+                             "StableDiffusionPipeline, DDPMPipeline)")
     parser.add_argument("--kind", choices=(*KINDS, "operating-point"), default="schedule",
                         help="schedule: a TimestepSchedule (layer-wise-trained models); thresholds and distil: "
                              "DeeDiff heads; tail-cache: the training-free residual-change threshold (stock models); "
@@ -178,6 +179,12 @@ def add_calibrate(subparsers, setting_names: tuple[str, ...] = SETTING_NAMES,
     parser.add_argument("--guidance", type=number_in(0.0, low_open=False), default=None,
                         help="guidance scale (default: the operating point's, else the pipeline's default)")
     parser.add_argument("--buckets", type=int_at_least(1), default=4, help="timestep buckets of the schedule")
+    size = parser.add_argument_group("size (default: the pipeline's own; video pipelines default to hundreds of "
+                                     "pixels and dozens of frames)")
+    for flag in ("--height", "--width", "--num-frames"):
+        size.add_argument(flag, type=int_at_least(1), default=None,
+                          help=f"{flag[2:].replace('-', ' ')} of every pipeline call; recorded, and a loaded "
+                               f"result's default")
     parser.add_argument("--batch-size", type=int_at_least(1), default=16, help="images per pipeline call")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
@@ -309,6 +316,8 @@ def _run_calibrate(args: argparse.Namespace) -> int:
                              min_psnr=args.min_psnr, threshold=args.threshold, num_images=args.images, steps=steps,
                              guidance_scale=guidance, num_buckets=args.buckets, batch_size=args.batch_size,
                              forecast_orders=None if args.forecast_orders is None else tuple(args.forecast_orders),
+                             call_options={name: getattr(args, name) for name in ("height", "width", "num_frames")
+                                           if getattr(args, name) is not None},
                              **_forecast_grid(args), progress=True,
                              feature_net=load_feature_net(setting.data) if setting else None)
     save_calibration(result, args.out)
@@ -324,6 +333,7 @@ def check_calibrate_args(args: argparse.Namespace, is_setting: bool, setting_nam
     its kind does not take, flags of another kind, missing input files and an `--out` it could not write."""
     from ._io import check_output_file
     from .calibration.run import GOALS, goal_error
+    from .pipelines.stock import VIDEO_PIPELINES, pipeline_class_name
 
     if not is_setting and not Path(args.model).is_dir():
         raise ValueError(f"--model {args.model!r} is neither a setting ({', '.join(setting_names)}) nor a pipeline "
@@ -338,6 +348,17 @@ def check_calibrate_args(args: argparse.Namespace, is_setting: bool, setting_nam
                          f"block-forecast, got --kind {args.kind}")
     if args.solver is not None and args.kind == "operating-point":
         raise ValueError(f"--solver {args.solver} is for the other kinds; the operating-point search takes --solvers")
+    sizes = [f"--{name.replace('_', '-')}" for name in ("height", "width", "num_frames") if getattr(args, name)]
+    if sizes and is_setting:
+        raise ValueError(f"{' '.join(sizes)} set the size of a pipeline folder's calls; the {args.model} setting "
+                         f"samples at its model's own size")
+    if sizes and args.kind == "operating-point":
+        raise ValueError(f"{' '.join(sizes)} set the size of the calibrations' calls; the operating-point search "
+                         f"samples at the pipeline's own size, and an operating point records none")
+    if args.kind == "operating-point" and not is_setting and pipeline_class_name(args.model) in VIDEO_PIPELINES:
+        raise ValueError(f"the operating-point search scores images (FID, PSNR against a reference image), and "
+                         f"{pipeline_class_name(args.model)} makes videos: calibrate it with --kind block-forecast, "
+                         f"tail-cache or schedule, which score every frame and take --height/--width/--num-frames")
     if args.heads is not None and not (args.heads / "config.json").is_file():
         raise FileNotFoundError(f"--heads {str(args.heads)!r} is not an UncertaintyHeads folder (no config.json "
                                 f"in it; `UncertaintyHeads.save_pretrained` writes one)")

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ._io import read_json_file
+from ._validation import check_call_options
 from .config import EarlyExitConfig
 from .operating_point import OperatingPoint, build_scheduler, scheduler_of_point
 
@@ -57,6 +58,7 @@ class SavedResult:
         point: the operating point (scheduler, steps, guidance, exit config per step count), or None.
         heads_folder: the `exit_heads/` folder of trained `UncertaintyHeads`, or None.
         num_inference_steps / guidance_scale: the defaults of a call that gives none (None: the pipeline's own).
+        call_options: the size (height, width, num_frames) it was calibrated at, also a call's defaults.
         scheduler / scheduler_options: the scheduler class it was measured with and the options it was built with
             over the pipeline's own scheduler config (None: the pipeline's own scheduler).
         source: the path it was read from.
@@ -67,6 +69,7 @@ class SavedResult:
     heads_folder: Path | None = None
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
+    call_options: dict[str, int] = field(default_factory=dict)
     scheduler: str | None = None
     scheduler_options: dict[str, Any] = field(default_factory=dict)
     source: str = ""
@@ -76,7 +79,7 @@ class SavedResult:
         """The pipeline-call keywords a call that gives none of them runs with."""
         steps = self.point.num_inference_steps if self.point is not None else self.num_inference_steps
         guidance = self.point.guidance_scale if self.point is not None else self.guidance_scale
-        values = {"num_inference_steps": steps, "guidance_scale": guidance}
+        values = {**self.call_options, "num_inference_steps": steps, "guidance_scale": guidance}
         return {name: value for name, value in values.items() if value is not None}
 
     def make_scheduler(self, current: Any) -> Any | None:
@@ -141,7 +144,9 @@ def _from_data(data: Any, source: str) -> SavedResult:
             calib = info.get("calibration_set") or {}
             return SavedResult(EarlyExitConfig.from_dict(data.get("exit_config")), source=source,
                                num_inference_steps=calib.get("num_inference_steps"),
-                               guidance_scale=calib.get("guidance_scale"), scheduler=info.get("scheduler"),
+                               guidance_scale=calib.get("guidance_scale"),
+                               call_options=check_call_options(calib.get("call_options") or {}),
+                               scheduler=info.get("scheduler"),
                                scheduler_options=info.get("scheduler_options") or {}, calibration=info)
         return SavedResult(EarlyExitConfig.from_dict(data), source=source)
     except (ValueError, TypeError) as error:

@@ -15,8 +15,8 @@ from ee_diffusion.hooks import apply_early_exit, get_exit_stats
 from ee_diffusion.families import DIT, FAMILIES, BlockStack, FamilyAdapter, ModelFamily
 from ee_diffusion.schedules import StaticDepth
 from ee_diffusion.testing import (
-    flux_inputs, tiny_chroma, tiny_cogvideox, tiny_cogview4, tiny_dit, tiny_flux, tiny_hunyuanvideo, tiny_ltx,
-    tiny_pixart, tiny_qwenimage, tiny_sana, tiny_sd3, tiny_wan,
+    flux_inputs, tiny_chroma, tiny_cogvideox, tiny_cogview4, tiny_dit, tiny_flux, tiny_hidream, tiny_hunyuandit,
+    tiny_hunyuanvideo, tiny_ltx, tiny_pixart, tiny_qwenimage, tiny_sana, tiny_sd3, tiny_wan,
 )
 
 
@@ -120,7 +120,8 @@ def test_a_family_without_a_decoder_still_exits_but_cannot_decode():
                                         (tiny_sana, "Sana"), (tiny_cogview4, "CogView4"),
                                         (tiny_cogvideox, "CogVideoX"),
                                         (tiny_hunyuanvideo, "HunyuanVideo"),
-                                        (tiny_chroma, "Chroma"), (tiny_ltx, "LTX-Video")])
+                                        (tiny_chroma, "Chroma"), (tiny_ltx, "LTX-Video"),
+                                        (tiny_hunyuandit, "HunyuanDiT"), (tiny_hidream, "HiDream")])
 def test_each_family_is_found_for_its_model(make, name):
     assert get_adapter(make()).family.name == name
 

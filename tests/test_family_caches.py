@@ -17,6 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 RUN = (900.0, 860.0, 820.0, 780.0)  # one sampling run's timesteps (0-999)
 SHARED = ("txt_ids", "img_ids", "img_shapes")  # inputs every row shares
+BATCH_SECOND = ("encoder_hidden_states_llama3",)  # (layers, B, L, D): HiDream's Llama layers
 
 
 def _randn(*shape, seed):
@@ -26,7 +27,7 @@ def _randn(*shape, seed):
 #: The newer families' stand-ins (`ee_diffusion.testing.tiny_<name>`, with `<name>_inputs`), by family name.
 NEWER = {"Flux": "flux", "Qwen-Image": "qwenimage", "Wan": "wan", "CogVideoX": "cogvideox", "Sana": "sana",
          "HunyuanVideo": "hunyuanvideo", "CogView4": "cogview4", "Chroma": "chroma", "LTX-Video": "ltx",
-         "AuraFlow": "auraflow", "Lumina2": "lumina2"}
+         "AuraFlow": "auraflow", "Lumina2": "lumina2", "HunyuanDiT": "hunyuandit", "HiDream": "hidream"}
 
 
 def make(family: str):
@@ -42,7 +43,7 @@ def make(family: str):
         inputs = {"hidden_states": _randn(2, 4, 8, 8, seed=1), "encoder_hidden_states": _randn(2, 5, 16, seed=2)}
         if family == "SD3":
             inputs["pooled_projections"] = _randn(2, 8, seed=3)
-    inputs.pop("timestep", None)
+    inputs.pop(get_adapter(model).timestep_arg, None)  # `timestep`; HiDream's `timesteps`
     return model, inputs
 
 
@@ -54,7 +55,9 @@ def model_timestep(model, t: float, batch: int) -> torch.Tensor:
 
 
 def rows(inputs: dict, index: int) -> dict:
-    return {k: v[index : index + 1] if isinstance(v, torch.Tensor) and k not in SHARED else v for k, v in inputs.items()}
+    one = slice(index, index + 1)
+    return {k: v if not isinstance(v, torch.Tensor) or k in SHARED else v[:, one] if k in BATCH_SECOND else v[one]
+            for k, v in inputs.items()}
 
 
 def sample_run(model, inputs: dict) -> list[torch.Tensor]:
@@ -62,16 +65,18 @@ def sample_run(model, inputs: dict) -> list[torch.Tensor]:
     with torch.no_grad():
         for t in RUN:
             batch = next(v for v in inputs.values() if isinstance(v, torch.Tensor)).shape[0]
-            out.append(model(**inputs, timestep=model_timestep(model, t, batch)).sample)
+            timestep = {get_adapter(model).timestep_arg: model_timestep(model, t, batch)}
+            out.append(model(**inputs, **timestep).sample)
     return out
 
 
 FAMILIES = [
     "DiT", "PixArt", "SD3", "Flux", "Qwen-Image", "Wan", "CogVideoX", "Sana", "HunyuanVideo", "CogView4", "Chroma",
-    "LTX-Video", "AuraFlow", "Lumina2",
+    "LTX-Video", "AuraFlow", "Lumina2", "HunyuanDiT", "HiDream",
 ]
-#: The tail cache's decision block: AuraFlow's and Chroma's tail residual must lie on their joint sequence (blocks 2+).
-EXIT_BLOCK = {"AuraFlow": 3, "Chroma": 3}
+#: The tail cache's decision block: AuraFlow's, Chroma's and HiDream's tail residual must lie on their joint sequence
+#: (blocks 2+).
+EXIT_BLOCK = {"AuraFlow": 3, "Chroma": 3, "HiDream": 3}
 CACHES = {
     "tail": lambda k: CachedTailResidual(threshold=1e9, forecast_order=1, exit_block=k),  # rows skip when they may
     "forecast": lambda k: BlockForecast(interval=2, forecast_order=1),

@@ -7,24 +7,24 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ee_diffusion import EarlyExitConfig, UncertaintyHeads, apply_early_exit, remove_early_exit
+from ee_diffusion import EarlyExitConfig, UncertaintyHeads, apply_early_exit, remove_early_exit, testing
 from ee_diffusion.adapters import get_adapter
 from ee_diffusion.schedules import ExitContext, ExitPolicy
-from ee_diffusion.testing import families
 from ee_diffusion.training.losses import deediff_loss, heads_condition
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # about 25 s on one thread
 
-FAMILIES = ("flux", "qwenimage", "wan", "cogvideox", "hunyuanvideo", "chroma", "sana", "cogview4", "ltx", "auraflow", "lumina2")
+FAMILIES = ("flux", "qwenimage", "wan", "cogvideox", "hunyuanvideo", "chroma", "sana", "cogview4", "ltx", "auraflow",
+            "lumina2", "hunyuandit", "hidream")
 STEPS, FACTOR = 30, 4.0  # the prediction's loss must fall at least FACTOR-fold in STEPS Adam steps
 
 
 def _flow_batch(name: str) -> tuple[torch.nn.Module, dict, torch.Tensor, torch.Tensor, torch.Tensor]:
     """A tiny model, its other inputs, and a flow-matching batch: x_t = (1 - s) x0 + s n, target n - x0."""
     torch.manual_seed(0)
-    model = getattr(families, f"tiny_{name}")().train()
-    inputs = getattr(families, f"{name}_inputs")(model, batch=2)
-    x0, timestep = inputs.pop("hidden_states"), inputs.pop("timestep")
+    model = getattr(testing, f"tiny_{name}")().train()
+    inputs = getattr(testing, f"{name}_inputs")(model, batch=2)
+    x0, timestep = inputs.pop("hidden_states"), inputs.pop(get_adapter(model).timestep_arg)  # HiDream: `timesteps`
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
     sigma = get_adapter(model).schedule_timesteps(timestep) / 1000  # the noise level of every family's timestep
     sigma = sigma.view(-1, *[1] * (x0.ndim - 1))
@@ -68,7 +68,8 @@ class _RecordCertainty(ExitPolicy):
         return super().exit_mask(ctx)
 
 
-@pytest.mark.parametrize("name", ["flux", "qwenimage", "chroma", "auraflow", "wan", "lumina2"])
+@pytest.mark.parametrize("name", ["flux", "qwenimage", "chroma", "auraflow", "wan", "lumina2", "hunyuandit",
+                                  "hidream"])
 def test_conditioned_heads_see_the_same_timestep_in_training_and_at_inference(name):
     """The loss embeds a 0-1 model's timestep as the engine does (in 0-999), so timestep-conditioned heads trained
     through `deediff_loss` give at inference the certainties they were trained to give."""
@@ -81,7 +82,7 @@ def test_conditioned_heads_see_the_same_timestep_in_training_and_at_inference(na
     policy = _RecordCertainty()
     apply_early_exit(model, EarlyExitConfig(policy), heads=heads)
     with torch.no_grad():
-        model(hidden_states=noisy, timestep=timestep, **inputs)
+        model(hidden_states=noisy, **{get_adapter(model).timestep_arg: timestep}, **inputs)
     remove_early_exit(model)
     for block, (seen, expected) in enumerate(zip(policy.seen, trained)):
         torch.testing.assert_close(seen, expected.detach(), rtol=0, atol=1e-5, msg=f"block {block}")

@@ -11,7 +11,7 @@ from typing import Any
 from torch import nn
 
 from .._io import atomic_write_text
-from .._validation import check_int
+from .._validation import check_call_options, check_int
 from ..adapters import get_adapter
 from ..config import EarlyExitConfig
 from ..eval.pipeline_sampling import SampleRun, sample_pipeline
@@ -23,7 +23,8 @@ from ..pipelines.stock import default_guidance_scale, denoiser_of, kind_of
 class CalibrationSet:
     """The images calibration samples: `num_images` images with noise seeds `seed`, cycling through the
     target's conditions (class-balanced for class-conditional pipelines). `guidance_scale=None` keeps the
-    pipeline's own default."""
+    pipeline's own default. `call_options` (height, width, num_frames) go to every pipeline call: the size a video
+    pipeline is calibrated at."""
 
     num_images: int = 40
     seed: int = 9001
@@ -31,10 +32,12 @@ class CalibrationSet:
     guidance_scale: float | None = 4.0
     batch_size: int = 64
     num_buckets: int = 4
+    call_options: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("num_images", "num_inference_steps", "batch_size", "num_buckets"):
             check_int(getattr(self, name), name, 1)
+        self.call_options = check_call_options(self.call_options)
 
 
 @dataclass
@@ -119,6 +122,7 @@ def sample_calibration_set(pipe: Any, calib: CalibrationSet, exit_config: EarlyE
         exit_config=exit_config if exit_config is not None else EarlyExitConfig(), heads=target.heads,
         bridges=target.bridges, num_inference_steps=calib.num_inference_steps,
         guidance_scale=target.guidance(calib), seed=calib.seed, batch_size=calib.batch_size,
+        call_options=calib.call_options,
     )
 
 

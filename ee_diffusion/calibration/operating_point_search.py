@@ -80,7 +80,8 @@ from ..eval.solvers import (
 from ..operating_point import OperatingPoint
 from ..pipelines.conditioning import Conditioning
 from ..pipelines.stock import default_guidance_scale, kind_of
-from ..schedules import UncertaintyThreshold
+from ..adapters import get_adapter
+from ..schedules import CachedTailResidual, UncertaintyThreshold
 from .common import CalibrationSet, as_target
 from .operating_point_result import Candidate, Confirmation, OperatingPointSearch
 from .search_checks import (
@@ -211,9 +212,13 @@ def search_operating_point(
     classes = {s: class_name for s, (class_name, _) in specs.items()}
     default = default_guidance_scale(target.pipe)
     guidance = float(guidance_scale if guidance_scale is not None else (1.0 if default is None else default))
-    call_guidance = None if target.conditioning.kind == "none" else guidance
+    # No guidance to pass: an unconditional pipeline, or one whose call leaves it unset (Qwen-Image's default)
+    unset = guidance_scale is None and default is None
+    call_guidance = None if target.conditioning.kind == "none" or unset else guidance
     tol = None if min_psnr is not None else QUALITY_TOLERANCE if tolerance is None else tolerance
-    fixed = space.exit_configs(target.num_blocks)
+    tail_exit_block = CachedTailResidual.earliest_exit_block(get_adapter(target.denoiser)) \
+        if space.tail_thresholds else 1
+    fixed = space.exit_configs(target.num_blocks, tail_exit_block)
     # BlockForecast windows are placed among each (solver, steps)'s timesteps: a scheduler that cannot give them
     # (flow matching with dynamic shifting) is refused here, before any sampling.
     timesteps = {(s, k): solver_timesteps(schedulers[s], k) for s in solvers for k in space.steps} \

@@ -44,6 +44,7 @@ def run_calibration(
     batch_size: int = 64, forecast_orders: tuple[int, ...] | None = None,
     forecast_intervals: tuple[int, ...] = (2, 3, 4), forecast_windows: tuple[tuple[int, bool], ...] = DEFAULT_WINDOWS,
     verify_thresholds: tuple[float | None, ...] = (None,), forecast_computes: tuple[int, ...] = (),
+    call_options: dict[str, int] | None = None,
 ) -> CalibrationResult:
     """What `ee-diffusion calibrate` runs on `pipe` (a pipeline of ours or a `CalibrationTarget`): `kind` is
     "schedule" (budget, tolerance or min_psnr), "thresholds" (needs heads and a budget), "distil" (observe
@@ -51,7 +52,9 @@ def run_calibration(
     training-free residual-change threshold and forecast order among `forecast_orders`, default (0, 1), for
     min_psnr or a budget) or "block-forecast" (the training-free `BlockForecast` among `forecast_intervals` x
     `forecast_orders`, default (1, 2), x `forecast_windows` x `verify_thresholds`, and with `forecast_computes` the
-    searched placements of that many computed timesteps, for min_psnr or a budget, at the pipeline's scheduler)."""
+    searched placements of that many computed timesteps, for min_psnr or a budget, at the pipeline's scheduler).
+    `call_options` (height, width, num_frames) go to every pipeline call; the result records them, and
+    `ee_diffusion.enable(pipe, saved_json)` makes them a call's defaults."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     error = goal_error(kind, {"budget": budget, "tolerance": tolerance, "min_psnr": min_psnr})
@@ -60,7 +63,7 @@ def run_calibration(
     target = as_target(pipe)
     _check_target(target, kind)
     calib = CalibrationSet(num_images=num_images, num_inference_steps=steps, guidance_scale=guidance_scale,
-                           num_buckets=num_buckets, batch_size=batch_size)
+                           num_buckets=num_buckets, batch_size=batch_size, call_options=call_options or {})
     if kind == "schedule":
         result = calibrate_schedule(target, budget=budget, tolerance=tolerance, min_psnr=min_psnr, calib=calib,
                                     feature_net=feature_net, progress=progress)

@@ -135,15 +135,17 @@ class SearchSpace:
         """Whether a candidate forecasts blocks (per-row tail residuals or sub-module outputs)."""
         return bool(self.tail_thresholds or self.block_forecast_intervals)
 
-    def exit_configs(self, num_blocks: int) -> list[tuple[str, str, EarlyExitConfig]]:
+    def exit_configs(self, num_blocks: int, tail_exit_block: int = 1) -> list[tuple[str, str, EarlyExitConfig]]:
         """(name prefix, family, exit config) of every fixed exit config for a model of `num_blocks` blocks (the
-        DeeDiff thresholds are calibrated per (solver, steps) and come on top, the `step_configs` too)."""
+        DeeDiff thresholds are calibrated per (solver, steps) and come on top, the `step_configs` too).
+        `tail_exit_block`: where the tail caches decide (`CachedTailResidual.earliest_exit_block` of the model)."""
         n = num_blocks
         out = [(f"static{d}", "static_depth", EarlyExitConfig(StaticDepth(d)))
                for d in sorted({max(1, min(n - 1, round(f * n))) for f in self.static_fractions})]
         schedules = ase_schedules(n)
         out += [(f"ase_{kind}", "ase", EarlyExitConfig(schedules[kind])) for kind in self.ase]
-        out += [(f"tail{tau:g}_o{order}", "tail_cache", EarlyExitConfig(CachedTailResidual(tau, forecast_order=order)))
+        out += [(f"tail{tau:g}_o{order}", "tail_cache",
+                 EarlyExitConfig(CachedTailResidual(tau, forecast_order=order, exit_block=tail_exit_block)))
                 for tau in self.tail_thresholds for order in self.forecast_orders]
         return out
 

@@ -224,7 +224,8 @@ class EngineBase:
         if torch.compiler.is_compiling():
             return None  # a compiled call keeps no Python-side history (the graph would break on it)
         sample = inputs[self.adapter.sample_arg]
-        others = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor) and v is not sample and k != "timestep"}
+        others = {k: v for k, v in inputs.items()
+                  if isinstance(v, torch.Tensor) and v is not sample and k != self.adapter.timestep_arg}
         previous = self.last_sample
         count = 0
         if previous is not None and previous[0]() is sample and torch.equal(previous[1], timesteps):

@@ -127,10 +127,12 @@ class SequentialEngine(EngineBase):
             names = io.row_args if io.stack.text_arg is None else (*io.row_args, io.stack.text_arg)
             inputs = self.slice_inputs(state, inputs, names, state.rows, state.sliced)
         elif io.stack.joint and state.parked is not None and state.parked.shape[1] < hidden.shape[1]:
-            # The first block of a joint stack: the model made its [text; image] sequence of the running rows; a row
-            # parked earlier gets a text part in front of its image stream, which the model slices off unread.
+            # The first block of a joint stack: the model made its text and image sequence of the running rows; a row
+            # parked earlier gets a text part beside its image stream (in front, or after it: `text_first`), which
+            # the model slices off unread.
             b, length, width = state.parked.shape
-            state.parked = torch.cat([state.parked.new_zeros(b, hidden.shape[1] - length, width), state.parked], 1)
+            text = state.parked.new_zeros(b, hidden.shape[1] - length, width)
+            state.parked = torch.cat([text, state.parked] if io.stack.text_first else [state.parked, text], 1)
         if state.compacted and not whole:
             inputs = self.slice_inputs(state, inputs, io.row_args, state.rows, state.sliced)
         output = self.exit_block(state, index, io, forward, hidden, inputs)

@@ -124,8 +124,12 @@ def diffusers_cache(transformer: nn.Module, baseline: CacheBaseline, scheduler: 
     sigmas = _noise_levels(scheduler)
     record = {"calls": 0}
 
+    from ..adapters import get_adapter
+
+    timestep_arg = get_adapter(transformer).timestep_arg  # HiDream's is `timesteps`
+
     def set_context(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        timestep = kwargs.get(timestep_arg, args[1] if len(args) > 1 else None)
         t = int(timestep.flatten()[0]) if isinstance(timestep, torch.Tensor) else int(timestep)
         context = CacheContext("ee_diffusion.bench", step_index=min(record["calls"], num_inference_steps - 1),
                                num_inference_steps=num_inference_steps, timestep=t, sigma=float(sigmas[t]))

@@ -31,10 +31,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._validation import check_call_options
 from ..config import EarlyExitConfig
 from ..hooks import early_exit
 from ..pipelines.conditioning import Conditioning, Prompt
-from ..pipelines.stock import denoiser_of, kind_of
+from ..pipelines.stock import denoisers_of, kind_of
 from ..stats import ExitStats
 
 __all__ = ["BlockCounter", "Prompt", "SampleRun", "image_generators", "image_noise_generators", "sample_pipeline"]
@@ -62,9 +63,9 @@ class BlockCounter:
 
     @staticmethod
     def _counted(block: nn.Module) -> nn.Module:
-        attention = getattr(block, "attn1", None) or getattr(block, "attn", None)  # DiT/PixArt, SD3
-        query = getattr(attention, "to_q", None)
-        return query if isinstance(query, nn.Module) else block
+        """The block's first attention query projection (`attn1.to_q`, `attn.to_q`, below a wrapper block:
+        `block.attn1.to_q`), in registration order; the block itself where it has none (a U-Net level)."""
+        return next((module for name, module in block.named_modules() if name.rpartition(".")[2] == "to_q"), block)
 
     def _count(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self.rows += int((args[0] if args else kwargs["hidden_states"]).shape[0])
@@ -136,15 +137,22 @@ def _call_kwargs(pipe: Any, chunk: list[int], conditioning: Conditioning, guidan
     if type(pipe).__name__ in ("PixArtAlphaPipeline", "SanaPipeline"):
         # The image size is the model's own (no aspect-ratio binning); captions are used as given.
         kwargs.update(use_resolution_binning=False, clean_caption=False)
+    if type(pipe).__name__ == "HunyuanDiTPipeline":  # binning maps every size to 768-1280 pixels, whatever the model
+        kwargs.update(use_resolution_binning=False)
     if type(pipe).__name__ in ("SanaPipeline", "AuraFlowPipeline"):  # calls default to 1024 pixels, whatever the model
         size = pipe.transformer.config.sample_size * pipe.vae_scale_factor
         kwargs.update(height=size, width=size)
     return kwargs
 
 
-def _as_images(images: Any) -> torch.Tensor:
-    """A pipeline's `output_type="np"` images (N, H, W, C) in [0, 1] -> float32 (N, C, H, W) on the CPU."""
-    array = np.asarray(images, dtype=np.float32)
+def _as_images(out: Any) -> torch.Tensor:
+    """A pipeline output's `output_type="np"` images (N, H, W, C) in [0, 1] -> float32 (N, C, H, W) on the CPU; a
+    video pipeline's frames (N, F, H, W, C) are laid side by side into one (N, C, H, F x W) image per video, so that
+    PSNR and the sample store treat every frame alike."""
+    array = np.asarray(out["frames"] if "frames" in out else out["images"], dtype=np.float32)
+    if array.ndim == 5:
+        n, frames, height, width, channels = array.shape
+        array = array.transpose(0, 2, 1, 3, 4).reshape(n, height, frames * width, channels)
     if array.ndim == 3:
         array = array[..., None]
     return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
@@ -164,6 +172,7 @@ def sample_pipeline(
     batch_size: int = 16,
     call_wrapper: Callable[[], Any] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    call_options: dict[str, int] | None = None,
 ) -> SampleRun:
     """Images `indices` of the set (N, C, H, W) in [0, 1], with their block evaluations and exit statistics.
 
@@ -171,17 +180,20 @@ def sample_pipeline(
     `call_wrapper`, a context-manager factory entered around every call); an `EarlyExitConfig` runs with the
     exit hooks (`heads`: `UncertaintyHeads` for certainty policies; `bridges`: U-Nets). `guidance_scale=None`
     keeps the pipeline's default. `on_batch(n)` is told after every batch of `n` images (progress bars).
+    `call_options` (`CALL_OPTIONS`: height, width, num_frames) go to every call as they are.
     `labels` holds the class ids (classes) or the prompt indices (prompts) of the images.
+    Both of Wan 2.2's experts are hooked and counted (`denoisers_of`).
     """
     indices = [int(i) for i in indices]
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    call_options = check_call_options(call_options or {})
     kind = kind_of(pipe)
-    denoiser = denoiser_of(pipe)
+    denoisers = denoisers_of(pipe)
     from ..adapters import get_adapter
 
-    counter = BlockCounter(get_adapter(denoiser).blocks)
-    rows = _RowCounter(denoiser)
+    counters = [BlockCounter(get_adapter(denoiser).blocks) for denoiser in denoisers]
+    row_counters = [_RowCounter(denoiser) for denoiser in denoisers]
     stats: ExitStats | None = None
     images = []
     try:
@@ -189,33 +201,38 @@ def sample_pipeline(
             chunk = indices[start : start + batch_size]
             kwargs = _call_kwargs(pipe, chunk, conditioning, guidance_scale,
                                   image_noise_generators(chunk, conditioning, seed))
-            kwargs.update(num_inference_steps=num_inference_steps, output_type="np")
+            kwargs.update(call_options, num_inference_steps=num_inference_steps, output_type="np")
             wrapper = call_wrapper() if call_wrapper is not None else contextlib.nullcontext()
             if kind.ours:
                 kwargs["exit_config"] = exit_config if exit_config is not None else EarlyExitConfig()
                 with wrapper:
                     out = pipe(**kwargs)
-                call_stats = out.exit_stats
+                call_stats = [out.exit_stats]
             elif exit_config is None:
                 with wrapper:
                     out = pipe(**kwargs)
-                call_stats = None
+                call_stats = []
             else:
-                with wrapper, early_exit(denoiser, exit_config, heads, bridges) as call_stats:
+                with contextlib.ExitStack() as hooked:
+                    hooked.enter_context(wrapper)
+                    call_stats = [hooked.enter_context(early_exit(denoiser, exit_config, heads, bridges))
+                                  for denoiser in denoisers]
                     out = pipe(**kwargs)
-            if call_stats is not None:
-                stats = ExitStats(call_stats.num_blocks) if stats is None else stats
-                stats.extend(call_stats)
-            images.append(_as_images(out.images))
+            # Wan 2.2's experts take the high-noise steps, then the low-noise ones: their calls in call order.
+            for recorded in call_stats:
+                stats = ExitStats(recorded.num_blocks) if stats is None else stats
+                stats.extend(recorded)
+            images.append(_as_images(out))
             if on_batch is not None:
                 on_batch(len(chunk))
     finally:
-        counter.close()
-        rows.close()
+        for counter in (*counters, *row_counters):
+            counter.close()
     if conditioning.kind == "classes":
         labels = torch.tensor([conditioning.class_id(i) for i in indices])
     else:
         labels = torch.tensor([i % conditioning.size for i in indices])
     extra = {} if stats is None else {"exit_stats": stats}
     return SampleRun(images=torch.cat(images), labels=labels, indices=torch.tensor(indices),
-                     block_evals=counter.rows, model_rows=rows.rows, extra=extra)
+                     block_evals=sum(c.rows for c in counters), model_rows=sum(c.rows for c in row_counters),
+                     extra=extra)

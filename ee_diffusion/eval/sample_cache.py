@@ -68,7 +68,8 @@ def modules_fingerprint(*modules: Any) -> str:
         for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
             data = tensor.detach().cpu().contiguous()
             digest.update(f"{name}:{data.dtype}:{tuple(data.shape)}".encode())
-            digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+            # reshape(-1): a 0-d tensor (a scalar parameter, e.g. a learned scale) cannot be viewed as bytes
+            digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
     return digest.hexdigest()[:16]
 
 

@@ -14,6 +14,8 @@ from .cogview4 import COGVIEW4
 from .decoder import ExitDecoder
 from .dit import DIT
 from .flux import FLUX
+from .hidream import HIDREAM
+from .hunyuandit import HUNYUAN_DIT
 from .hunyuanvideo import HUNYUAN_VIDEO
 from .ltx import LTX_VIDEO
 from .lumina2 import LUMINA2
@@ -27,7 +29,7 @@ from .wan import WAN
 #: Every declared transformer family, in lookup order (the first whose classes match a model serves it).
 FAMILIES: tuple[ModelFamily, ...] = (
     DIT, PIXART, SD3, FLUX, QWEN_IMAGE, WAN, COGVIDEOX, HUNYUAN_VIDEO, CHROMA, SANA, COGVIEW4, LTX_VIDEO, AURAFLOW,
-    LUMINA2,
+    LUMINA2, HUNYUAN_DIT, HIDREAM,
 )
 
 __all__ = [
@@ -38,6 +40,8 @@ __all__ = [
     "DIT",
     "FAMILIES",
     "FLUX",
+    "HIDREAM",
+    "HUNYUAN_DIT",
     "HUNYUAN_VIDEO",
     "LTX_VIDEO",
     "LUMINA2",

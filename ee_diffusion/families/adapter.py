@@ -31,6 +31,7 @@ class FamilyAdapter(BackboneAdapter):
         self.family = family
         self.timestep_scale = float(family.timestep_scale)
         self.timestep_reversed = family.timestep_reversed
+        self.timestep_arg = family.timestep_arg
         self._blocks: list[nn.Module] = []
         self._stacks: list[BlockStack] = []  # the stack of every block, by index
         self._io: dict[BlockStack, BlockIO] = {}  # each stack's I/O pattern with its blocks' parameter names

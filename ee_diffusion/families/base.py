@@ -28,6 +28,8 @@ class BackboneAdapter:
     #: True for models called with 1 - t/1000, a timestep that grows along a run (Lumina2): 0-999 is then
     #: timestep_scale x (1 - argument).
     timestep_reversed: bool = False
+    #: the model-call argument that carries the timesteps (HiDream's is `timesteps`: `ModelFamily.timestep_arg`)
+    timestep_arg: str = "timestep"
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -54,9 +56,9 @@ class BackboneAdapter:
         """From the model's call arguments: the batch size B and a (B,) float tensor of per-row 0-999 timesteps."""
         sample = inputs[self.sample_arg]
         batch = sample.shape[0]
-        timestep = inputs.get("timestep")
+        timestep = inputs.get(self.timestep_arg)
         if timestep is None:
-            raise ValueError("early exit needs the model's `timestep` argument; it was not given")
+            raise ValueError(f"early exit needs the model's `{self.timestep_arg}` argument; it was not given")
         timestep = torch.as_tensor(timestep, device=sample.device)
         if timestep.ndim == 0 or timestep.shape == (1,):
             # One timestep for the whole batch; the stock models broadcast a (1,) timestep too.

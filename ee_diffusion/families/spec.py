@@ -36,10 +36,12 @@ class BlockStack:
         forecastable: names of a block's expensive sub-modules (attention, feed-forward) whose outputs a per-row
             forecast may stand in for, dotted below a wrapper block (`"block.attn1"`); a block that lacks one
             (`attn2 = None`) simply has fewer.
-        joint: True when the stack's image stream is the joint sequence [text; image] that the model concatenates
-            from the previous stack's two streams (AuraFlow's single-stream blocks) and slices the image part of
-            after the stack: a row that left before the stack parks its image stream behind a text part it never
-            reads.
+        joint: True when the stack's image stream is the joint text and image sequence that the model concatenates
+            from the previous stack's two streams (AuraFlow's single-stream blocks, [text; image]; HiDream's,
+            [image; text], a `whole_batch` family) and slices the image part of after the stack: a row that left
+            before the stack parks its image stream beside a text part it never reads.
+        text_first: for a joint stack, whether the text part comes first in its sequence ([text; image], AuraFlow and
+            Chroma) or last ([image; text], HiDream).
 
     ```py
     >>> BlockStack("transformer_blocks", returns=("text", "image"), text_arg="encoder_hidden_states").returns
@@ -55,6 +57,7 @@ class BlockStack:
     row_args: tuple[str, ...] = ()
     forecastable: tuple[str, ...] = ()
     joint: bool = False
+    text_first: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.attr, str) or not self.attr:
@@ -71,6 +74,8 @@ class BlockStack:
         _names(self.forecastable, "forecastable")
         if self.image_arg in self.row_args or (self.text_arg is not None and self.text_arg in self.row_args):
             raise ValueError(f"row_args lists the image or text stream itself: {self.row_args}")
+        if not isinstance(self.text_first, bool):
+            raise ValueError(f"text_first must be True or False, got {self.text_first!r}")
         if not isinstance(self.joint, bool) or (self.joint and self.text_arg is not None):
             raise ValueError(f"joint must be True or False, and a joint stack carries no separate text stream; got "
                              f"joint={self.joint!r}, text_arg={self.text_arg!r}")
@@ -90,6 +95,7 @@ class ModelFamily:
             schedules are written in (1.0 for 0-999 models; 1000.0 for models called with a 0-1 timestep).
         timestep_reversed: True for models called with 1 - t/1000, which grows along a run (Lumina2): the 0-999
             timestep is then timestep_scale x (1 - argument).
+        timestep_arg: the model-call argument that carries the timestep (`"timesteps"` for HiDream).
         null_class: `(argument, config field)` for class-conditional models whose guidance batch marks its
             unconditional half with a reserved label (DiT: `("class_labels", "num_embeds_ada_norm")`); None where the
             two halves are recognised as `cat([x, x])` with equal timesteps (text-to-image pipelines).
@@ -107,6 +113,7 @@ class ModelFamily:
     decoder: type | None = None  # an `ExitDecoder` subclass (decoder.py imports this module, so not named here)
     timestep_scale: float = 1.0
     timestep_reversed: bool = False
+    timestep_arg: str = "timestep"
     null_class: tuple[str, str] | None = None
     unsupported_args: tuple[str, ...] = ()
     whole_batch: bool = False
@@ -120,6 +127,8 @@ class ModelFamily:
             raise ValueError(f"timestep_scale must be a positive number, got {self.timestep_scale!r}")
         if not isinstance(self.timestep_reversed, bool):
             raise ValueError(f"timestep_reversed must be True or False, got {self.timestep_reversed!r}")
+        if not isinstance(self.timestep_arg, str) or not self.timestep_arg:
+            raise TypeError(f"timestep_arg must name the model's timestep argument, got {self.timestep_arg!r}")
         if self.null_class is not None and len(_names(self.null_class, "null_class")) != 2:
             raise ValueError(f"null_class must be (argument, config field), got {self.null_class!r}")
         _names(self.unsupported_args, "unsupported_args")

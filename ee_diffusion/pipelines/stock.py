@@ -56,10 +56,20 @@ PIPELINES: dict[str, PipelineKind] = {
     "SanaPipeline": PipelineKind("transformer", "prompts", latent=True),
     "CogView4Pipeline": PipelineKind("transformer", "prompts", latent=True),
     "AuraFlowPipeline": PipelineKind("transformer", "prompts", latent=True),
+    "HunyuanDiTPipeline": PipelineKind("transformer", "prompts", latent=True),
+    "HiDreamImagePipeline": PipelineKind("transformer", "prompts", latent=True),
+    "Lumina2Pipeline": PipelineKind("transformer", "prompts", latent=True),
+    # video: a call returns `frames` (N, F, H, W, C); the tools score a video as its frames side by side
+    "WanPipeline": PipelineKind("transformer", "prompts", latent=True),
+    "CogVideoXPipeline": PipelineKind("transformer", "prompts", latent=True),
+    "HunyuanVideoPipeline": PipelineKind("transformer", "prompts", latent=True),
+    "LTXPipeline": PipelineKind("transformer", "prompts", latent=True),
     "StableDiffusionPipeline": PipelineKind("unet", "prompts", latent=True),
     "DDPMPipeline": PipelineKind("unet", "none", latent=False),
 }
 SUPPORTED_PIPELINES = tuple(PIPELINES)
+#: The pipelines whose calls return `frames` (videos), not `images`.
+VIDEO_PIPELINES = ("WanPipeline", "CogVideoXPipeline", "HunyuanVideoPipeline", "LTXPipeline")
 
 
 def pipeline_class_name(folder: str | os.PathLike) -> str:
@@ -92,13 +102,21 @@ def denoiser_of(pipe: Any) -> nn.Module:
     return getattr(pipe, kind_of(pipe).denoiser)
 
 
+def denoisers_of(pipe: Any) -> list[nn.Module]:
+    """Every denoiser a call of the pipeline may run: `denoiser_of(pipe)`, and Wan 2.2's second expert
+    (`transformer_2`, which takes the low-noise steps) when the folder has one."""
+    second = pipe.components.get("transformer_2")
+    return [denoiser_of(pipe)] + ([second] if isinstance(second, nn.Module) else [])
+
+
 def default_guidance_scale(pipe: Any) -> float | None:
     """The guidance scale a call without one runs at: ours from their operating point, stock ones from their
-    `__call__` default; None for pipelines that take no guidance (unconditional)."""
+    `__call__` default; None for pipelines that take no guidance (unconditional) or leave it unset by default."""
     if kind_of(pipe).ours:
         return float(pipe.resolve_call(None, None, None).guidance_scale)
     parameter = inspect.signature(type(pipe).__call__).parameters.get("guidance_scale")
-    return None if parameter is None else float(parameter.default)
+    # None also where the call's default is None (Qwen-Image: guidance runs as `true_cfg_scale`)
+    return None if parameter is None or parameter.default is None else float(parameter.default)
 
 
 def load_pipeline(folder: str | os.PathLike, torch_dtype: torch.dtype | None = None,

@@ -1,7 +1,8 @@
 """Tiny real diffusers models for tests, examples and the random-weight benchmarks (no downloads).
 
 `models`: DiT, PixArt, SD3 and the U-Nets; `families`: every newer declared family with one call's inputs
-(`tiny_flux` and `flux_inputs`, ...); `pipelines`: complete stock pipelines with tiny VAEs and text encoders, and
+(`tiny_flux` and `flux_inputs`, ...), `hunyuandit` and `hidream` Hunyuan-DiT's and HiDream's with their pipelines,
+`lumina2` Lumina2's pipeline; `pipelines`: complete stock pipelines with tiny VAEs and text encoders, and
 `family_pipelines` those of the newer families (`tiny_family_pipeline("flux")`, ...).
 """
 
@@ -30,6 +31,9 @@ from .families import (
     wan_inputs,
 )
 from .family_pipelines import FAMILY_PIPELINES, TINY_CALLS, tiny_family_pipeline
+from .hidream import hidream_inputs, tiny_hidream
+from .hunyuandit import hunyuandit_inputs, tiny_hunyuandit
+from .lumina2 import tiny_lumina2_pipeline
 from .models import random_bridges, tiny_dit, tiny_pixart, tiny_sd3, tiny_unet, tiny_unet_condition
 from .pipelines import TINY_PIPELINES, tiny_clip, tiny_pipeline, tiny_t5, tiny_tokenizer, tiny_vae
 
@@ -41,6 +45,8 @@ __all__ = [
     "cogvideox_inputs",
     "cogview4_inputs",
     "flux_inputs",
+    "hidream_inputs",
+    "hunyuandit_inputs",
     "hunyuanvideo_inputs",
     "ltx_inputs",
     "lumina2_inputs",
@@ -55,9 +61,12 @@ __all__ = [
     "tiny_dit",
     "tiny_family_pipeline",
     "tiny_flux",
+    "tiny_hidream",
+    "tiny_hunyuandit",
     "tiny_hunyuanvideo",
     "tiny_ltx",
     "tiny_lumina2",
+    "tiny_lumina2_pipeline",
     "tiny_pipeline",
     "tiny_pixart",
     "tiny_qwenimage",

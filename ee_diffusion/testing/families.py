@@ -269,14 +269,15 @@ def auraflow_inputs(model: AuraFlowTransformer2DModel, batch: int = 4, side: int
                         unit_timestep=True)
 
 
-def tiny_lumina2(num_layers: int = 3, in_channels: int = 4, text_dim: int = 16, seed: int = 0
-                 ) -> Lumina2Transformer2DModel:
-    """A Lumina2 transformer (width 16 as 2 query heads of 8, 1 key-value head) on 8x8 latents in 2x2 patches, with
-    one caption and one noise refiner block before its `num_layers` main blocks."""
-    model = Lumina2Transformer2DModel(sample_size=8, patch_size=2, in_channels=in_channels, hidden_size=16,
+def tiny_lumina2(num_layers: int = 3, in_channels: int = 4, text_dim: int = 16, sample_size: int = 8,
+                 text_positions: int = 32, seed: int = 0) -> Lumina2Transformer2DModel:
+    """A Lumina2 transformer (width 16 as 2 query heads of 8, 1 key-value head) on `sample_size` latents a side (its
+    pipeline's default) in 2x2 patches, with one caption and one noise refiner block before its `num_layers` main
+    blocks. Its rotary table holds `text_positions` caption positions: captions up to one token shorter."""
+    model = Lumina2Transformer2DModel(sample_size=sample_size, patch_size=2, in_channels=in_channels, hidden_size=16,
                                       num_layers=num_layers, num_refiner_layers=1, num_attention_heads=2,
-                                      num_kv_heads=1, multiple_of=16, axes_dim_rope=(4, 2, 2), axes_lens=(32, 16, 16),
-                                      cap_feat_dim=text_dim)
+                                      num_kv_heads=1, multiple_of=16, axes_dim_rope=(4, 2, 2),
+                                      axes_lens=(text_positions, 16, 16), cap_feat_dim=text_dim)
     _randomise(model, seed)
     return model.eval()
 

@@ -7,13 +7,14 @@ and its decoding - in well under a second on a CPU. Each pipeline's VAE has the 
 temporal compression its transformer's patching expects; `TINY_CALLS[name]` is a call of each at its smallest
 size (the pixel size its checks accept, a short text sequence). Flux, Chroma and Qwen-Image built here also make
 that size when a call gives none (`default_sample_size`, which the pipeline does not save: a reloaded folder is
-back at 256 pixels). Every pipeline folder round-trips through `save_pretrained` / `from_pretrained`.
+back at 256 pixels); Lumina2's too, and its reloaded folder as well (the pipeline reads the transformer's
+`sample_size`). Every pipeline folder round-trips through `save_pretrained` / `from_pretrained`.
 
 Every family of `ee_diffusion.families` but DiT, PixArt and SD3 (`testing.pipelines`) has one here; none was left
 out. How their stock calls run the model, which the caches see: Flux (with `true_cfg_scale` and a negative prompt),
 Qwen-Image (the same), Wan, CogView4 and HunyuanVideo (`true_cfg_scale`) call it once per guidance branch inside
-`cache_context("cond")` / `("uncond")`; CogVideoX, Sana, LTX and AuraFlow call it once on the batch of both
-branches; Chroma calls it once per branch with no cache context at all.
+`cache_context("cond")` / `("uncond")`; CogVideoX, Sana, LTX, AuraFlow, HunyuanDiT and HiDream call it once on the
+batch of both branches; Chroma and Lumina2 call it once per branch with no cache context at all.
 
 The prompts of the chat-template text encoders (Qwen-Image's Qwen2.5-VL, HunyuanVideo's Llama) are read by a
 word-level tokenizer whose split gives the pipelines' templates exactly the token counts the pipelines crop
@@ -45,11 +46,14 @@ from .families import (
     tiny_sana,
     tiny_wan,
 )
+from .hidream import tiny_hidream_pipeline
+from .hunyuandit import tiny_hunyuandit_pipeline
+from .lumina2 import tiny_lumina2_pipeline
 from .models import _randomise
 from .pipelines import tiny_clip, tiny_t5, tiny_tokenizer, tiny_vae
 
 FAMILY_PIPELINES = ("flux", "chroma", "qwenimage", "wan", "wan2.2", "cogvideox", "hunyuanvideo", "sana", "cogview4",
-                    "ltx", "auraflow")
+                    "ltx", "auraflow", "hunyuandit", "hidream", "lumina2")
 
 #: Every pipeline's smallest call: its pixel size (and frames for video), and a short text sequence where the
 #: pipeline's default (226 to 1024 tokens) would dominate the run. CogVideoX's transformer holds its default 226.
@@ -66,6 +70,9 @@ TINY_CALLS: dict[str, dict[str, Any]] = {
     "cogview4": {"height": 16, "width": 16, "max_sequence_length": 16},
     "ltx": {"height": 32, "width": 32, "num_frames": 3, "max_sequence_length": 8},
     "auraflow": {"height": 16, "width": 16, "max_sequence_length": 8},
+    "hunyuandit": {"height": 64, "width": 64, "use_resolution_binning": False},  # text: BERT 77, T5 256 tokens
+    "hidream": {"height": 16, "width": 16, "max_sequence_length": 8},
+    "lumina2": {"height": 32, "width": 32, "max_sequence_length": 40},  # the system prompt's 30 tokens, the prompt
 }
 
 #: The chat-template words the tiny chat tokenizer knows besides `tiny_tokenizer`'s (every other word is `<unk>`).
@@ -273,7 +280,8 @@ def _auraflow(seed: int) -> Any:
 
 _BUILDERS = {"flux": _flux, "chroma": _chroma, "qwenimage": _qwenimage, "wan": _wan,
              "wan2.2": lambda seed: _wan(seed, two_stage=True), "cogvideox": _cogvideox,
-             "hunyuanvideo": _hunyuanvideo, "sana": _sana, "cogview4": _cogview4, "ltx": _ltx, "auraflow": _auraflow}
+             "hunyuanvideo": _hunyuanvideo, "sana": _sana, "cogview4": _cogview4, "ltx": _ltx, "auraflow": _auraflow,
+             "hunyuandit": tiny_hunyuandit_pipeline, "hidream": tiny_hidream_pipeline, "lumina2": tiny_lumina2_pipeline}
 
 
 def tiny_family_pipeline(name: str, seed: int = 0) -> Any:
@@ -283,7 +291,10 @@ def tiny_family_pipeline(name: str, seed: int = 0) -> Any:
     Qwen2.5-VL), "wan" and "wan2.2" (`WanPipeline`: UMT5; "wan2.2" with `transformer_2` and `boundary_ratio`
     0.875), "cogvideox" (`CogVideoXPipeline`: T5), "hunyuanvideo" (`HunyuanVideoPipeline`: Llama and CLIP), "sana"
     (`SanaPipeline`: Gemma 2, a deep-compression VAE), "cogview4" (`CogView4Pipeline`: GLM), "ltx" (`LTXPipeline`:
-    T5), "auraflow" (`AuraFlowPipeline`: UMT5). Call it with `TINY_CALLS[name]` (sizes), a prompt and a few steps.
+    T5), "auraflow" (`AuraFlowPipeline`: UMT5), "hunyuandit" (`HunyuanDiTPipeline`: BERT and T5, see
+    `testing.hunyuandit`), "hidream" (`HiDreamImagePipeline`: two CLIPs, T5 and Llama, see `testing.hidream`), "lumina2"
+    (`Lumina2Pipeline`: Gemma 2, see `testing.lumina2`).
+    Call it with `TINY_CALLS[name]` (sizes), a prompt and a few steps.
 
     ```py
     >>> pipe = tiny_family_pipeline("flux")

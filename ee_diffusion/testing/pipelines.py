@@ -71,13 +71,14 @@ def tiny_t5(dim: int = 16, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-def tiny_clip(dim: int = 8, projection_dim: int = 4, projection: bool = True, seed: int = 0) -> torch.nn.Module:
+def tiny_clip(dim: int = 8, projection_dim: int = 4, projection: bool = True, positions: int = 8, seed: int = 0
+              ) -> torch.nn.Module:
     """A random two-layer CLIP text encoder (`CLIPTextModelWithProjection`, or `CLIPTextModel` without
-    `projection`) over `tiny_tokenizer(clip=True)`'s vocabulary, 8 positions."""
+    `projection`) over `tiny_tokenizer(clip=True)`'s vocabulary, `positions` positions."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(vocab_size=20, hidden_size=dim, intermediate_size=2 * dim, num_hidden_layers=2,
-                            num_attention_heads=2, max_position_embeddings=8, projection_dim=projection_dim,
+                            num_attention_heads=2, max_position_embeddings=positions, projection_dim=projection_dim,
                             pad_token_id=0, bos_token_id=3, eos_token_id=2)
     model = (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
     _randomise(model, seed, scale=0.2)

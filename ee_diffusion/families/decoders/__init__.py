@@ -6,6 +6,8 @@ from .cogvideox import CogVideoXDecoder
 from .cogview4 import CogView4Decoder
 from .dit import DiTDecoder
 from .flux import FluxDecoder
+from .hidream import HiDreamDecoder
+from .hunyuandit import HunyuanDiTDecoder
 from .hunyuanvideo import HunyuanVideoDecoder
 from .ltx import LTXVideoDecoder
 from .lumina2 import Lumina2Decoder
@@ -22,6 +24,8 @@ __all__ = [
     "CogView4Decoder",
     "DiTDecoder",
     "FluxDecoder",
+    "HiDreamDecoder",
+    "HunyuanDiTDecoder",
     "HunyuanVideoDecoder",
     "LTXVideoDecoder",
     "Lumina2Decoder",
