@@ -18,13 +18,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/ee-diffusion demo --out demo_out
 
-# The package's tests and bench/'s (the benchmarks on our own models, with their own requirements).
+# The package's tests and bench/'s (the benchmarks on our own models, with their own requirements), on two
+# worker processes (pytest-xdist), each test file on one of them, each on one intra-op thread: the tiny models
+# leave a second thread idle, so two files at a time use both cores of a 2-core machine.
+XDIST := -n 2 --dist loadfile
 test: $(STAMP) $(BENCH_STAMP)
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(XDIST)
 
 # Everything but the tests marked slow (multi-process, SIGKILL, command-line end to end): under 2 minutes.
 test-fast: $(STAMP) $(BENCH_STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(XDIST) -m "not slow"
 
 $(BENCH_STAMP): $(STAMP) bench/requirements.txt
 	$(PY) -m pip install --quiet -r bench/requirements.txt

@@ -92,7 +92,7 @@ def test_the_cheapest_forecast_that_meets_the_psnr_goal_and_the_most_faithful_wi
     (dict(min_psnr=30.0, budget=0.5), "give exactly one of min_psnr and budget"),
     (dict(budget=1.5), r"budget must be a fraction of compute in \(0, 1\], got 1.5"),
     (dict(min_psnr=30.0, intervals=(1,)), "every value of intervals must be an integer >= 2"),
-    (dict(min_psnr=30.0, forecast_orders=(3,)), r"forecast_orders must be a non-empty subset of \(0, 1, 2\)"),
+    (dict(min_psnr=30.0, forecast_orders=(3,)), r"forecast_orders must be among \(0, 1, 2\), got \(3,\)"),
     (dict(min_psnr=30.0, windows=((0, True),)), "every windows entry must be .first timesteps computed >= 1"),
     (dict(min_psnr=30.0, windows=((4, False), (3, True))), "every window of .* computes all 4 timesteps at 4 steps"),
 ])

@@ -20,7 +20,7 @@ from ee_diffusion.calibration import (  # noqa: E402
     calibrate_tail_cache,
     calibrate_thresholds,
 )
-from ee_diffusion.calibration.schedule import psnr_db  # noqa: E402
+from ee_diffusion.calibration.common import psnr_db  # noqa: E402
 from ee_diffusion.cli import main  # noqa: E402
 from ee_diffusion.eval.pipeline_sampling import sample_pipeline  # noqa: E402
 from ee_diffusion.pipelines.conditioning import Conditioning, Prompt  # noqa: E402

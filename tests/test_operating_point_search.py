@@ -14,7 +14,7 @@ from diffusers import DDIMScheduler
 from ee_diffusion import EarlyExitConfig, apply_early_exit
 from ee_diffusion.calibration import SearchSpace, search_operating_point, store_operating_point
 from ee_diffusion.calibration.operating_point_result import search_markdown
-from ee_diffusion.calibration.search_psnr import CONFIRMATION_RULE, SCREENING_RULE
+from ee_diffusion.calibration.search_phases import CONFIRMATION_RULE, SCREENING_RULE
 from ee_diffusion.default_model import SETTINGS
 from ee_diffusion.eval.features import load_feature_net
 from ee_diffusion.eval.pipeline_sampling import sample_pipeline

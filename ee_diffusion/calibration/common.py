@@ -1,4 +1,4 @@
-"""What every calibration shares: the calibration set, the result and its JSON file, sampling, bisection."""
+"""What every calibration shares: the calibration set, the result and its JSON file, sampling, PSNR, bisection."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from .._io import atomic_write_text
@@ -124,6 +125,22 @@ def sample_calibration_set(pipe: Any, calib: CalibrationSet, exit_config: EarlyE
         guidance_scale=target.guidance(calib), seed=calib.seed, batch_size=calib.batch_size,
         call_options=calib.call_options,
     )
+
+
+def psnr_db(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """(N,) PSNR in dB of (N, C, H, W) images in [0, 1] against their reference images (capped at 100 dB)."""
+    mse = ((images.double() - reference.double()) ** 2).flatten(1).mean(1)
+    return (10 * torch.log10(1.0 / mse.clamp(min=1e-10))).clamp(max=100.0)
+
+
+def psnr_trial(target: CalibrationTarget, calib: CalibrationSet, exit_config: EarlyExitConfig,
+               reference: torch.Tensor) -> dict[str, float]:
+    """The calibration set sampled under `exit_config`: its per-image PSNR against `reference` (N, C, H, W), the
+    full model's images from the same noise (mean, 10th percentile, min), and its block fraction."""
+    run = sample_calibration_set(target, calib, exit_config)
+    psnr = psnr_db(run.images, reference)
+    return {"psnr_db_mean": float(psnr.mean()), "psnr_db_p10": float(psnr.quantile(0.1)),
+            "psnr_db_min": float(psnr.min()), "block_fraction": run.block_evals / (run.model_rows * target.num_blocks)}
 
 
 def check_goal(min_psnr: float | None, budget: float | None, what: str = "block evaluations") -> None:

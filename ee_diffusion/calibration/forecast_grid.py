@@ -3,13 +3,10 @@
 A user samples a pretrained transformer at some solver and step count (the pipeline's scheduler) and wants it
 faster at a fidelity goal (`min_psnr`: mean per-image PSNR against the same pipeline without forecasts, from the
 same noise) or a compute budget (`budget`: the fraction of the expensive sub-modules' (row, call) evaluations that
-still compute). Every candidate of the grid - interval x forecast order x window (the first timesteps computed,
-and the last one or not; `BlockForecast.for_calls` places them among this run's timesteps) - is sampled for real
-on the calibration set; the cheapest that meets a PSNR goal wins (ties: the more faithful), or the most faithful
-within a budget. The grid is small (the default 24 candidates), so no bisection: every number in the result was
-measured. With `computes=(k, ...)` the candidates also include placements of k computed timesteps anywhere in the
-run (`forecast_placement.search_placement`, a local search by the same PSNR), per forecast order; the pick's
-placement is `info["calls"]`.
+still compute). The grid is small (the default 24 candidates), so every candidate is sampled on the calibration
+set: no bisection, every number in the result was measured. With `computes=(k, ...)` the candidates also include
+placements of k computed timesteps anywhere in the run (`forecast_placement.search_placement`), per forecast
+order; the pick's placement is `info["calls"]`.
 
 ```py
 >>> from diffusers import DPMSolverMultistepScheduler
@@ -36,11 +33,10 @@ from ..adapters import get_adapter
 from ..config import EarlyExitConfig
 from ..schedules import BlockForecast, policy_from_dict
 from ..caches.block_forecast import distinct_timesteps
-from ..caches.tail_cache import FORECAST_ORDERS
-from .common import CalibrationResult, CalibrationSet, as_target, check_goal, sample_calibration_set
+from .common import CalibrationResult, CalibrationSet, as_target, check_goal, psnr_trial, sample_calibration_set
 from .forecast_placement import search_placement
-from .schedule import call_timesteps, psnr_db
-from .search_space import check_windows
+from .schedule import call_timesteps
+from .search_space import block_forecast_grid, check_orders, check_verify, check_windows
 
 logger = logging.getLogger(__name__)
 
@@ -54,16 +50,15 @@ def calibrate_block_forecast(
     windows: tuple[tuple[int, bool], ...] = DEFAULT_WINDOWS, verify_thresholds: tuple[float | None, ...] = (None,),
     progress: bool = False, computes: tuple[int, ...] = (),
 ) -> CalibrationResult:
-    """The `BlockForecast` of the grid `intervals` x `forecast_orders` x `windows` x `verify_thresholds` (None:
-    no per-row change criterion) that meets `min_psnr` (dB) most cheaply, or `budget` (compute fraction in (0, 1])
-    most faithfully.
+    """The `BlockForecast` of the grid `intervals` x `forecast_orders` x `windows` (first timesteps computed, last
+    one computed; `BlockForecast.for_calls` places them) x `verify_thresholds` (None: no per-row change criterion)
+    that meets `min_psnr` (dB) most cheaply (ties: the more faithful), or `budget` most faithfully.
 
-    `pipe` is a pipeline of ours or a `CalibrationTarget` (`as_target(stock_pipe, conditioning)`) with a
-    transformer denoiser; it samples with its own scheduler at `calib.num_inference_steps`. A window that leaves
-    nothing to forecast at that step count is skipped. A PSNR goal no candidate meets returns `interval=1` (never
-    forecast: the stock model, PSNR 100 dB); a budget no candidate fits raises `ValueError`. Bad arguments raise
-    `ValueError` before any sampling. `computes` adds the searched placements of each count k (1 <= k < the run's
-    distinct timesteps); `intervals=()` with `computes` searches placements only.
+    `pipe` is a pipeline of ours or a `CalibrationTarget` with a transformer denoiser, sampled with its own
+    scheduler at `calib.num_inference_steps`; a window that leaves nothing to forecast there is skipped. A PSNR goal
+    no candidate meets returns `interval=1` (the stock model, PSNR 100 dB); a budget none fits raises `ValueError`,
+    as bad arguments do before any sampling. `computes` adds the searched placements of each count k (1 <= k < the
+    run's distinct timesteps); `intervals=()` with `computes` searches placements only.
     """
     check_goal(min_psnr, budget, "compute")
     calib = calib or CalibrationSet()
@@ -76,47 +71,34 @@ def calibrate_block_forecast(
                              f"(something must be forecast), got {k}")
     for interval in intervals:
         check_int(interval, "every value of intervals", 2, "a row computes every interval-th call")
-    if not forecast_orders or any(isinstance(o, bool) or o not in FORECAST_ORDERS for o in forecast_orders):
-        raise ValueError(f"forecast_orders must be a non-empty subset of {FORECAST_ORDERS}, got {forecast_orders!r}")
+    forecast_orders = check_orders(forecast_orders, "forecast_orders", allow_empty=False)
     windows = check_windows(windows, "windows", allow_empty=False)
-    if not verify_thresholds or any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
-                                                       or not v > 0) for v in verify_thresholds):
-        raise ValueError(f"verify_thresholds must be None or numbers > 0, got {verify_thresholds!r}")
+    verify_thresholds = check_verify(verify_thresholds, "verify_thresholds")
     target = as_target(pipe)
     BlockForecast().validate_for(get_adapter(target.denoiser))  # a U-Net is refused here, before any sampling
-    reference_run = sample_calibration_set(target, calib, None)
-    reference = reference_run.images
-    timesteps = call_timesteps(reference_run, calib)
+    reference = sample_calibration_set(target, calib, None)
+    timesteps = call_timesteps(reference, calib)
     distinct = len(distinct_timesteps(timesteps))
     trials: list[dict[str, Any]] = []
 
     def measure(policy: BlockForecast, first_calls: int | None = None, last_call: bool | None = None) -> dict:
         """One candidate sampled on the calibration set: its PSNR against the full model, its compute fraction."""
-        run = sample_calibration_set(target, calib, EarlyExitConfig(policy=policy))
-        psnr = psnr_db(run.images, reference)
+        scores = psnr_trial(target, calib, EarlyExitConfig(policy=policy), reference.images)
+        fraction = scores.pop("block_fraction")  # of the forecast sub-modules' evaluations: a compute fraction
         return {"interval": policy.interval, "forecast_order": policy.forecast_order, "first_calls": first_calls,
                 "last_call": last_call, "verify_threshold": policy.verify_threshold, "policy": policy.to_dict(),
-                "psnr_db_mean": float(psnr.mean()), "psnr_db_p10": float(psnr.quantile(0.1)),
-                "psnr_db_min": float(psnr.min()),
-                "compute_fraction": run.block_evals / (run.model_rows * target.num_blocks)}
+                **scores, "compute_fraction": fraction}
 
-    for interval in dict.fromkeys(intervals):
-        for order in dict.fromkeys(forecast_orders):
-            for (first, last), verify in ((w, v) for w in windows
-                                          for v in dict.fromkeys(verify_thresholds)):
-                if first + last >= distinct:
-                    continue  # every timestep would compute: nothing forecast
-                policy = BlockForecast.for_calls(timesteps, first, last, interval=interval, forecast_order=order,
-                                                 verify_threshold=verify)
-                trial = measure(policy, first_calls=first, last_call=last)
-                trials.append(trial)
-                if progress:
-                    logger.info("interval %d order %d window (%d, %s): PSNR %.2f dB, compute fraction %.3f", interval,
-                                order, first, last, trial["psnr_db_mean"], trial["compute_fraction"])
+    grid = block_forecast_grid(timesteps, dict.fromkeys(intervals), forecast_orders, windows, verify_thresholds)
+    for _, first, last, policy in grid:
+        trials.append(measure(policy, first_calls=first, last_call=last))
+        if progress:
+            logger.info("interval %d order %d window (%d, %s): PSNR %.2f dB, compute fraction %.3f", policy.interval,
+                        policy.forecast_order, first, last, trials[-1]["psnr_db_mean"], trials[-1]["compute_fraction"])
     for k in dict.fromkeys(computes):
         if k >= distinct:
             raise ValueError(f"computes must be below the run's {distinct} distinct timesteps, got {k}")
-        for order in dict.fromkeys(forecast_orders):
+        for order in forecast_orders:
             def score(calls: tuple[int, ...], order: int = order) -> dict[str, Any]:
                 return measure(BlockForecast.for_calls(timesteps, calls=list(calls), forecast_order=order))
 

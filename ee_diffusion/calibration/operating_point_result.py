@@ -9,7 +9,7 @@ beside it (`search_markdown`).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +53,7 @@ class Candidate:
         return self.fid if self.fid is not None else -self.psnr["mean"]
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"name": self.name, "family": self.family, "solver": self.solver, "scheduler": self.scheduler,
-               "steps": self.steps, "exit_config": None if self.exit_config is None else self.exit_config.to_dict(),
-               "block_fraction": self.block_fraction, "fid": self.fid,
-               "dfid": None if self.dfid is None else dict(self.dfid), "holds": self.holds,
-               "dfid_full_depth": None if self.dfid_full_depth is None else dict(self.dfid_full_depth),
-               "holds_vs_full_depth": self.holds_vs_full_depth, "by_net": copy.deepcopy(self.by_net)}
-        if self.psnr is not None:  # only a PSNR goal's: an FID search's JSON keeps its fields
-            out.update(psnr=dict(self.psnr), psnr_full_depth=copy.deepcopy(self.psnr_full_depth))
-        return out
+        return _record_dict(self)
 
 
 @dataclass
@@ -86,13 +78,18 @@ class Confirmation:
     psnr: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"name": self.name, "block_fraction": self.block_fraction, "fid": self.fid,
-               "dfid": None if self.dfid is None else dict(self.dfid), "holds": self.holds,
-               "within_budget": self.within_budget, "confirmed": self.confirmed,
-               "by_net": copy.deepcopy(self.by_net), "fidelity": copy.deepcopy(self.fidelity)}
-        if self.psnr is not None:
-            out["psnr"] = dict(self.psnr)
-        return out
+        return _record_dict(self)
+
+
+def _record_dict(record: Candidate | Confirmation) -> dict[str, Any]:
+    """A candidate's or try's fields, JSON-ready (exit configs as `EarlyExitConfig.to_dict`)."""
+    out = {}
+    for f in fields(record):
+        value = getattr(record, f.name)
+        if f.name in ("psnr", "psnr_full_depth") and record.psnr is None:
+            continue  # only a PSNR goal's: an FID search's JSON keeps its fields
+        out[f.name] = value.to_dict() if isinstance(value, EarlyExitConfig) else copy.deepcopy(value)
+    return out
 
 
 @dataclass
@@ -233,9 +230,9 @@ def _timing_lines(timing: dict[str, Any] | None) -> list[str]:
                     for name, p in timing["points"].items()]
 
 
-def _db(d: dict[str, float] | None, key: str = "mean") -> str:
-    return "" if d is None else f"{d[key]:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]" if key == "delta" else \
-        f"{d[key]:.2f} [{d['low']:.2f}, {d['high']:.2f}]"
+def _db(d: dict[str, float] | None) -> str:
+    """A mean PSNR (dB) with its interval ('' when not recorded)."""
+    return "" if d is None else f"{d['mean']:.2f} [{d['low']:.2f}, {d['high']:.2f}]"
 
 
 def _psnr_markdown(data: dict[str, Any]) -> str:
@@ -260,10 +257,10 @@ def _psnr_markdown(data: dict[str, Any]) -> str:
     if frontier.get("frontier"):
         lines += ["", f"Against the best fewer-steps point that costs no more (`{frontier['frontier']}`, blocks "
                       f"{frontier['frontier_block_fraction']:.3f}), held-out: dPSNR "
-                      f"{_db(frontier['dpsnr_chosen_minus_frontier'], 'delta')} dB."]
+                      f"{_interval(frontier['dpsnr_chosen_minus_frontier'])} dB."]
     for name, entry in data.get("baselines", {}).items():
         lines += ["", f"Against the {name} (blocks {entry['block_fraction']:.3f}, PSNR {_db(entry['psnr'])} dB), "
-                      f"held-out: dPSNR {_db(entry['dpsnr_chosen_minus_baseline'], 'delta')} dB."]
+                      f"held-out: dPSNR {_interval(entry['dpsnr_chosen_minus_baseline'])} dB."]
     lines += _timing_lines(data.get("timing"))
     lines += ["", "## Candidates (calibration images), by block fraction", "",
               "| candidate | blocks | PSNR dB | holds | PSNR dB vs full depth at its steps |", "|---|---:|---:|---|---|"]

@@ -1,35 +1,22 @@
 """Joint operating-point search: solver, steps, exit policy, thresholds and forecast order, calibrated together.
 
 Early exit competes with running fewer steps (docs/evaluation.md), so what a pipeline should run is an operating
-point, not an exit config alone. `search_operating_point` samples, on calibration seeds, the reference (the model at
-`reference_steps`, full depth) and every candidate of a `SearchSpace` - each solver x steps at full depth, and
-composed with each exit config of the space - and scores each by its block fraction (block evaluations relative to
-the reference's) and its paired bootstrap dFID interval against the reference under every feature network of the
-search (`features=`; one `PairedFID` per network, `search_phases.Phase`). Then, for the goal:
+point, not an exit config alone. `search_operating_point` samples, on calibration seeds, the reference (full depth
+at `reference_steps`) and every candidate of a `SearchSpace` (each solver x steps at full depth, and with each exit
+config), scores each by its block fraction (relative to the reference's) and its paired interval against the
+reference (dFID under every feature network, or for `min_psnr` the per-image PSNR: `search_phases`), and picks by
+the goal: `tolerance=` the cheapest candidate holding quality under every network (`holds_quality`;
+`QUALITY_TOLERANCE` = 0.1 is the benchmark's "unchanged quality"), `budget=` the lowest-FID one within the budget,
+`min_psnr=` the cheapest whose mean PSNR reaches the goal. The pick is re-measured on held-out seeds by a stricter
+bar, and one that fails gives way to the next, up to `max_confirmations` tries.
 
-- `tolerance=`: the cheapest candidate (among those running at most the reference's blocks) that holds quality
-  under every network (`holds_quality`: the interval includes 0 or lies below it, or lies wholly below
-  +tolerance x the reference FID; `QUALITY_TOLERANCE` = 0.1 is the benchmark's "unchanged quality"). It is
-  re-measured against the reference on held-out seeds by a stricter bar (`confirms_quality`, see
-  `search_operating_point`); a pick that fails there gives way to the next cheapest, up to `max_confirmations` tries;
-- `budget=`: the lowest-FID candidate whose block fraction is at most the budget, confirmed when its held-out
-  block fraction stays within it (its held-out dFID interval is reported);
-- `min_psnr=`: for users without real images, no FID: the cheapest candidate whose mean per-image PSNR against
-  the reference image from the same noise is at least `min_psnr` dB, confirmed on the held-out seeds by the low
-  end of its bootstrap interval (`search_psnr`).
-
-Full-depth candidates take part, so "steps alone" is a legitimate answer; the held-out seeds also measure the
-chosen point against the best full-depth point that costs no more. Image i of a set with noise seed s starts from
-noise seeded by s * 1_000_003 + i (`image_generators`): seeds 20_000 (calibration) and 30_000 (held-out) share no
-noise with each other or with the benchmark's seeds 0 and 1. Every image goes through the benchmark engine
-(`search_phases.open_phases`: `eval.runner`), kept as uint8 shards in `cache_dir`: a search run again on the
-same folder reads back what exists, and the processes of an `accelerate launch` split the sampling and take the
-same decisions. (DeeDiff thresholds are the exception: `thresholds_for_fractions` records certainties in memory.)
-
-The solvers are built from the pipeline's own scheduler config (`eval.solvers`): DDIM, DPM-Solver++ and UniPC
-on a DDPM-type noise schedule; DPM-Solver++ and UniPC in their flow-matching modes on a flow-matching one (SD3-class
-pipelines). The result records each solver's class and options (`OperatingPointSearch.solvers`), and so does its
-operating point (`scheduler_options`), from which `eval.solvers.scheduler_of_point` rebuilds the scheduler.
+Full-depth candidates take part, so "steps alone" is a legitimate answer. Image i of a set with noise seed s starts
+from noise seeded by s * 1_000_003 + i: seeds 20_000 (calibration) and 30_000 (held-out) share no noise with each
+other or with the benchmark's seeds 0 and 1. Every image goes through the benchmark engine (`eval.runner`), kept as
+uint8 shards in `cache_dir` (a rerun reads back what exists; the processes of an `accelerate launch` split the
+sampling and take the same decisions); DeeDiff thresholds are calibrated in memory (`thresholds_for_fractions`).
+The solvers are built from the pipeline's own scheduler config (`eval.solvers`; on flow matching, the flow versions
+of DPM-Solver++ and UniPC), and the operating point records their options (`scheduler_options`).
 
 ```py
 >>> import torch
@@ -58,7 +45,6 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -69,24 +55,18 @@ from ..config import EarlyExitConfig
 from ..eval.frontier import QUALITY_TOLERANCE
 from ..eval.paired import FrechetReference
 from ..eval.pipeline_sampling import SampleRun
-from ..eval.solvers import (
-    SEARCH_SOLVERS,
-    SOLVERS,
-    build_scheduler,
-    scheduler_of_point,
-    solver_of,
-    solver_timesteps,
-)
-from ..operating_point import OperatingPoint
+from ..eval.solvers import SEARCH_SOLVERS, SOLVERS, solver_of, solver_timesteps
+from ..operating_point import OperatingPoint, build_scheduler, scheduler_of_point
 from ..pipelines.conditioning import Conditioning
 from ..pipelines.stock import default_guidance_scale, kind_of
 from ..adapters import get_adapter
 from ..schedules import CachedTailResidual, UncertaintyThreshold
 from .common import CalibrationSet, as_target
 from .operating_point_result import Candidate, Confirmation, OperatingPointSearch
-from .search_checks import (
+from .search_space import (
     BENCH_SEEDS,
     OWN_SCHEDULER,
+    SearchSpace,
     check_goal,
     check_seeds,
     check_target,
@@ -94,24 +74,7 @@ from .search_checks import (
     feature_nets,
     solver_specs,
 )
-from .search_phases import (
-    Sampler,
-    fid_baseline,
-    fid_candidate,
-    fid_confirmation,
-    fid_reference,
-    fid_versus_frontier,
-    open_phases,
-)
-from .search_psnr import (
-    CONFIRMATION_RULE,
-    SCREENING_RULE,
-    psnr_baseline,
-    psnr_candidate,
-    psnr_confirmation,
-    psnr_versus_frontier,
-)
-from .search_space import SearchSpace
+from .search_phases import Sampler, open_phases
 from .thresholds import thresholds_for_fractions
 
 __all__ = ["BENCH_SEEDS", "OWN_SCHEDULER", "Candidate", "Confirmation", "OperatingPointSearch", "SearchSpace",
@@ -134,41 +97,33 @@ def search_operating_point(
 
     Args:
         pipe: a pipeline of ours, a supported stock pipeline (with `conditioning`), or a `CalibrationTarget`.
-        space: the candidates (`SearchSpace`); its solvers are built from the pipeline's own scheduler config (on a
-            flow-matching scheduler their flow versions, "dpmpp" and "unipc"; "ddim" is refused there).
-        tolerance: relative FID tolerance of "holds quality" (see the module doc); exactly one of it, `budget` and
-            `min_psnr`.
-        budget: block fraction of the reference, in (0, 1].
-        min_psnr: mean per-image PSNR (dB, in (0, 100]) against the reference image from the same noise; it needs
-            no feature networks or real images, and refuses them.
+        space: the candidates (`SearchSpace`).
+        tolerance, budget, min_psnr: the goal, exactly one: relative FID tolerance of "holds quality"; block fraction
+            of the reference in (0, 1]; or mean per-image PSNR (dB, in (0, 100]) against the reference image from
+            the same noise, which takes no feature networks or real images.
         feature_net: images (N, C, H, W) in [0, 1] -> (N, F) features; `real_features`: (M, F) real features or
-            their `FrechetReference`.
-        features: instead of those two, several feature networks: name -> (feature_net, real_features), the
-            primary one first. Quality must hold under every one of them (`holds_under_every_net`).
+            their `FrechetReference`. `features`: instead, several networks, name -> (feature_net, real_features),
+            the primary first; quality must hold under every one.
         reference_steps, reference_solver: the reference; the solver is a name of `SEARCH_SOLVERS` or "own" (the
             pipeline's scheduler); None: "ddim" on a DDPM-type noise schedule when `space.solvers` names solvers,
-            else "own" (flow matching: the scheduler the model was made with).
+            else "own".
         guidance_scale: None: the pipeline's default (an operating point's, for ours).
         calib_images, calib_seed, holdout_images, holdout_seed: the two image sets (disjoint noise, >= 2 images).
         confidence, bootstrap: the paired percentile intervals.
         max_confirmations: candidates tried on the held-out seeds before giving up.
         on_sample: called as `on_sample(phase, name, run)` after each sampling ("calibration" or "held-out").
-        cache_dir, shard_size: where the engine keeps every run's images (uint8 shards of `shard_size`,
-            `eval.sample_cache.ShardCache`): a search interrupted or run again with the same folder reads back
-            what exists, and under `accelerate launch` (which needs a folder all processes share) each process
-            samples its own shards and all of them take the same decisions. None: a temporary folder, removed after
-            the search.
-        baselines: operating points (name -> `OperatingPoint` of a DDIM or DPM-Solver++ scheduler, built like the
-            searched solvers) sampled on the held-out seeds beside a confirmed pick, e.g. the pipeline's current
-            default: their dFID (dPSNR) against the reference and the pick's against them (`.baselines`).
+        cache_dir, shard_size: where the engine keeps every run's images (`eval.sample_cache.ShardCache`; under
+            `accelerate launch`, a folder all processes share). None: a temporary folder, removed afterwards.
+        baselines: operating points (name -> `OperatingPoint` of a scheduler class of `eval.solvers.SOLVERS`)
+            sampled on the held-out seeds beside a confirmed pick: their dFID (dPSNR) against the reference and the
+            pick's against them.
 
-    The held-out confirmation is stricter than the screening: the cheapest of many screened candidates that
-    passes is biased towards the metric's blind spots (its calibration score upwards), so a tolerance goal needs,
-    under every network, the whole held-out interval at or below +tolerance x the reference FID
-    (`confirms_quality`), and a PSNR goal the low end of the held-out PSNR interval at or above `min_psnr`, both at
-    the confidence 1 - (1 - confidence) / max_confirmations (the tries share the held-out images). `decision` in
-    the result records the networks, the number screened and both bars; each try reports its per-image fidelity
-    (PSNR/SSIM against the reference image from the same noise).
+    The held-out bar is stricter than the screening (the cheapest of many screened candidates that passes is
+    biased towards the metric's blind spots): under every network the whole held-out dFID interval at or below
+    +tolerance x the reference FID (`confirms_quality`), or the low end of the held-out PSNR interval at or above
+    `min_psnr`, both at the confidence 1 - (1 - confidence) / max_confirmations (the tries share the held-out
+    images); a budget pick is confirmed when its held-out block fraction stays within the budget. The result's
+    `decision` records the networks, the number screened and both bars.
 
     Nothing meeting the goal is not an error: the result says why (`confirmed=False`), and its operating point is
     the reference. Bad arguments raise `ValueError` (received and allowed values) before any sampling.
@@ -241,17 +196,13 @@ def search_operating_point(
     phases = open_phases(target, schedulers, call_guidance, batch_size, {n: f for n, (f, _) in nets.items()}, reals,
                          cache, {"calibration": (calib_seed, calib_images, confidence),
                                  "held-out": (holdout_seed, holdout_images, confirm_confidence)},
-                         bootstrap, persistent=temporary is None, progress=progress)
+                         bootstrap, persistent=temporary is None,
+                         goal={"tolerance": tol, "budget": budget, "min_psnr": min_psnr}, progress=progress)
     calib, holdout = phases["calibration"], phases["held-out"]
     sampler = Sampler(bar, on_sample)
-    if min_psnr is None:
-        score, confirm = partial(fid_candidate, tolerance=tol), partial(fid_confirmation, tolerance=tol, budget=budget)
-        versus, baseline = fid_versus_frontier, fid_baseline
-        what = f"quality (tolerance {tolerance})"  # what a candidate holds: "holding quality (tolerance 0.1)"
-    else:
-        score, confirm = partial(psnr_candidate, min_psnr=min_psnr), partial(psnr_confirmation, min_psnr=min_psnr)
-        versus, baseline = psnr_versus_frontier, psnr_baseline
-        what = f"a mean PSNR >= {min_psnr:g} dB against the reference"
+    # What a candidate holds: "holding quality (tolerance 0.1)"
+    what = f"quality (tolerance {tolerance})" if min_psnr is None else \
+        f"a mean PSNR >= {min_psnr:g} dB against the reference"
     try:
         # 1. Calibration seeds: the reference, then every solver x steps at full depth and with every exit config.
         sampler(calib, "reference", ref_solver, reference_steps, None)
@@ -273,7 +224,7 @@ def search_operating_point(
                                 for f, c in zip(space.threshold_fractions, thresholds)]
                 for name, family, config in [(at, "full_depth", None), *configs]:
                     sampler(calib, name, solver, k, config)
-                    candidates.append(score(calib, name, family, solver, classes[solver], k, config))
+                    candidates.append(calib.candidate(name, family, solver, classes[solver], k, config))
 
         # 2. The goal's pool, in the order the held-out seeds try it (`rank`: FID, or minus the mean PSNR).
         if budget is None:
@@ -294,7 +245,7 @@ def search_operating_point(
             sampler(holdout, "reference", ref_solver, reference_steps, None)
             for c in pool[:max_confirmations]:
                 sampler(holdout, c.name, c.solver, c.steps, c.exit_config)
-                tries.append(confirm(holdout, c))
+                tries.append(holdout.confirmation(c))
                 if tries[-1].confirmed:
                     chosen = c
                     break
@@ -303,11 +254,11 @@ def search_operating_point(
                 why = (f"the {len(tries)} best calibration candidates failed on the {holdout_images} held-out images "
                        f"({failed}): {', '.join(t.name for t in tries)}")
             else:
-                vs_frontier = versus(chosen, candidates, holdout, sampler)
+                vs_frontier = holdout.versus_frontier(chosen, candidates, sampler)
                 for name, point in baselines.items():  # measured on the same held-out images
                     row = f"baseline:{name}"
                     sampler(holdout, row, baseline_solvers[name], point.num_inference_steps, point.exit_config)
-                    compared[name] = baseline(holdout, chosen.name, row, point)
+                    compared[name] = holdout.baseline(chosen.name, row, point)
                 why = (f"{chosen.name}: the cheapest candidate holding {what}" if budget is None
                        else f"{chosen.name}: the lowest calibration FID within the budget {budget}")
                 why += f", confirmed on {holdout_images} held-out images"
@@ -318,18 +269,12 @@ def search_operating_point(
         bar.close()
         if temporary is not None:
             temporary.cleanup()
-    if min_psnr is None:
-        goal = {"tolerance": tolerance} if budget is None else {"budget": budget}
-        screening = "holds_quality under every feature network"
-        confirmation = ("interval high <= tolerance x reference FID under every feature network" if budget is None
-                        else "held-out block fraction within the budget")
-        scores = fid_reference(calib, holdout)
-    else:
-        goal, screening, confirmation = {"min_psnr": min_psnr}, SCREENING_RULE, CONFIRMATION_RULE
-        scores = {"fid": None, "holdout_fid": None}  # PSNR against itself says nothing
+    goal = {name: value for name, value in (("tolerance", tolerance), ("budget", budget), ("min_psnr", min_psnr))
+            if value is not None}
+    screening, confirmation = holdout.rules()
     return OperatingPointSearch(
-        goal=goal,
-        reference={"solver": ref_solver, "scheduler": classes[ref_solver], "steps": reference_steps, **scores},
+        goal=goal, reference={"solver": ref_solver, "scheduler": classes[ref_solver], "steps": reference_steps,
+                              **holdout.reference_scores(calib)},
         candidates=candidates, tries=tries, chosen=None if chosen is None else chosen.name,
         confirmed=chosen is not None, why=why, vs_frontier=vs_frontier, baselines=compared, guidance_scale=guidance,
         quality_tolerance=tol,

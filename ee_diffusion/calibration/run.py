@@ -12,7 +12,7 @@ import torch
 from ..adapters import get_adapter
 from ..config import EarlyExitConfig
 from ..pipelines.stock import kind_of
-from ..schedules import TimestepSchedule, UncertaintyThreshold
+from ..schedules import UncertaintyThreshold
 from ..policies.buckets import bucket_index
 from .forecast_grid import DEFAULT_WINDOWS, calibrate_block_forecast
 from .common import CalibrationResult, CalibrationSet, as_target, sample_calibration_set
@@ -92,7 +92,8 @@ def _distil(target: Any, calib: CalibrationSet, threshold: float) -> Calibration
     run = sample_calibration_set(target, calib, EarlyExitConfig(policy=UncertaintyThreshold(threshold)))
     schedule = distil_schedule(run.extra["exit_stats"])
     n = target.num_blocks
-    calls = _bucket_calls(call_timesteps(run, calib), schedule)
+    bucket = bucket_index(torch.tensor(call_timesteps(run, calib)), schedule.boundaries)
+    calls = [int((bucket == j).sum()) for j in range(len(schedule.depths))]  # model calls per bucket
     fraction = sum(c * k for c, k in zip(calls, schedule.depths)) / (sum(calls) * n)
     return CalibrationResult(EarlyExitConfig(policy=schedule),
                              {"kind": "distil", "observed_threshold": threshold, "block_fraction": fraction,
@@ -114,8 +115,3 @@ def _check_target(target: Any, kind: str) -> None:
         raise ValueError(f"{kind} calibration needs exit heads (UncertaintyHeads): pass --heads FOLDER for a stock "
                          f"pipeline, or use --kind schedule / tail-cache")
 
-
-def _bucket_calls(timesteps: list[float], schedule: TimestepSchedule) -> list[int]:
-    """Model calls per bucket of `schedule` for a sampling run with these call timesteps."""
-    bucket = bucket_index(torch.tensor(timesteps), schedule.boundaries)
-    return [int((bucket == j).sum()) for j in range(len(schedule.depths))]

@@ -29,7 +29,7 @@ import torch
 from ..config import EarlyExitConfig
 from ..eval.pipeline_sampling import SampleRun
 from ..schedules import TimestepSchedule
-from .common import CalibrationResult, CalibrationSet, as_target, sample_calibration_set
+from .common import CalibrationResult, CalibrationSet, as_target, psnr_trial, sample_calibration_set
 
 logger = logging.getLogger(__name__)
 
@@ -94,12 +94,6 @@ def call_timesteps(run: SampleRun, calib: CalibrationSet) -> list[float]:
     stats = run.extra["exit_stats"]
     batches = math.ceil(calib.num_images / calib.batch_size)
     return [float(t[0]) for t in stats.timesteps[: stats.num_calls // batches]]
-
-
-def psnr_db(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """(N,) PSNR in dB of (N, C, H, W) images in [0, 1] against their reference images (capped at 100 dB)."""
-    mse = ((images.double() - reference.double()) ** 2).flatten(1).mean(1)
-    return (10 * torch.log10(1.0 / mse.clamp(min=1e-10))).clamp(max=100.0)
 
 
 def _monotone_rows(measured: list[dict[int, float]], num_blocks: int) -> list[list[float]]:
@@ -231,16 +225,13 @@ def calibrate_schedule(
     measurement = measurement or measure_depth_deviation(target, calib, feature_net, progress=progress, reference=full)
     schedule, info = schedule_from_deviation(measurement, budget=budget, tolerance=tolerance, min_psnr=min_psnr)
     if full is not None:
-        reference = full.images
         goal, rounds = min_psnr, []
         for _ in range(max_rounds):
-            run = sample_calibration_set(target, calib, EarlyExitConfig(policy=schedule))
-            psnr = psnr_db(run.images, reference)
-            rounds.append({"goal_db": goal, "depths": list(schedule.depths), "psnr_db_mean": float(psnr.mean()),
-                           "psnr_db_p10": float(psnr.quantile(0.1)), "psnr_db_min": float(psnr.min()),
-                           "block_fraction": run.block_evals / (run.model_rows * target.num_blocks)})
+            rounds.append({"goal_db": goal, "depths": list(schedule.depths),
+                           **psnr_trial(target, calib, EarlyExitConfig(policy=schedule), full.images)})
             if progress:
-                logger.info("depths %s: PSNR %.2f dB (goal %.2f)", schedule.depths, psnr.mean(), min_psnr)
+                logger.info("depths %s: PSNR %.2f dB (goal %.2f)", schedule.depths, rounds[-1]["psnr_db_mean"],
+                            min_psnr)
             if rounds[-1]["psnr_db_mean"] >= min_psnr or all(k == target.num_blocks for k in schedule.depths):
                 break
             goal += min_psnr - rounds[-1]["psnr_db_mean"] + 1.0

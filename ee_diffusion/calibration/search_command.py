@@ -1,22 +1,18 @@
 """`ee-diffusion calibrate --kind operating-point`: the search on a benchmark setting or on any pipeline folder.
 
-- A setting (`--model digits`: the demo model; the repository's `python -m bench calibrate` adds our other models,
-  `glyphs`, `digits-deep`, ...) is scored under both shipped feature networks of
-  its data (`--features` picks among them) against its real reference images.
-- Any supported pipeline folder (`--model FOLDER`: ours, `DiTPipeline`, `PixArtAlphaPipeline`,
-  `StableDiffusion3Pipeline`, `StableDiffusionPipeline`, U-Net pipelines) is scored under the feature networks the
-  user names (`--features inception clip`, from files the user holds: `--inception-weights`, `--clip`) against
-  `--real DIR` or `--real-stats FILE ...`, loaded and checked exactly as `bench --pipeline` does
-  (`eval.bench_prepare.prepare`), so bad input fails before any image is sampled. A flow-matching folder (SD3)
-  searches its own scheduler, or with `--solvers dpmpp unipc` the flow-matching versions of those solvers.
+- A setting (`--model digits`: the demo model; the repository's `python -m bench calibrate` adds our other models)
+  is scored under the shipped feature networks of its data (`--features` picks among them) against its real images.
+- A supported pipeline folder (`--model FOLDER`, ours or stock) is scored under the feature networks the user names
+  (`--features inception clip`, from files the user holds) against `--real DIR` or `--real-stats FILE ...`, loaded
+  and checked as `bench --pipeline` does (`eval.bench_prepare.prepare`), so bad input fails before any sampling. A
+  flow-matching folder (SD3) searches its own scheduler, or with `--solvers dpmpp unipc` their flow versions.
 - `--min-psnr DB` needs no real images or feature networks (and refuses them): a candidate must keep each image
-  within DB of the reference's image from the same noise (`search_psnr`).
+  within DB of the reference's image from the same noise.
 
-Either way the decision is `search_operating_point`'s: quality must hold under every named network (or the PSNR
-goal). The search JSON (and its Markdown) goes to `--out`; `--save-to DIR` writes a pipeline folder of ours whose
-bare call runs the found point, and for a stock pipeline folder the exit config as a JSON file the hook API loads
-(`EarlyExitConfig.from_json`) beside the operating point's JSON, whose scheduler class and `scheduler_options`
-rebuild the point's scheduler (`eval.solvers.scheduler_of_point`).
+The decision is `search_operating_point`'s. The search JSON (and its Markdown) goes to `--out`; `--save-to DIR`
+writes a pipeline folder of ours whose bare call runs the found point, or for a stock folder the exit config JSON
+(`EarlyExitConfig.from_json`) beside the operating point's JSON (`operating_point.scheduler_of_point` rebuilds
+its scheduler).
 """
 
 from __future__ import annotations
@@ -35,7 +31,6 @@ from ..results import EXIT_CONFIG_FILE, OPERATING_POINT_FILE
 if TYPE_CHECKING:
     from ..default_model import Setting
 
-#: What `--save-to` writes for a stock pipeline folder (no pipeline class of ours stores the point there).
 #: A folder of one cached run (`eval.sample_cache.run_key`): what the end of a search deletes.
 RUN_FOLDER = re.compile(r"[0-9a-f]{16}")
 
@@ -115,10 +110,9 @@ def search_space(args: argparse.Namespace, pipe: Any, target: Any) -> tuple[Any,
     schedule, the pipeline's own scheduler otherwise (flow matching). No `--reference`: DDIM for a pipeline of ours
     (where it runs), a stock folder's own scheduler."""
     from ..adapters import get_adapter
-    from ..eval.solvers import noise_schedule
+    from ..operating_point import noise_schedule
     from ..pipelines.stock import kind_of
-    from . import SearchSpace
-    from .search_checks import OWN_SCHEDULER, default_reference_solver, solver_specs
+    from .search_space import OWN_SCHEDULER, SearchSpace, default_reference_solver, solver_specs
 
     ours, adapter = kind_of(pipe).ours, get_adapter(target.denoiser)
     solvers = tuple(args.solvers or ()) or (("ddim", "dpmpp") if noise_schedule(pipe.scheduler) == "ddpm" else None)

@@ -1,11 +1,9 @@
 """Calibrated training-free exits: the residual-change threshold and forecast order of `CachedTailResidual`.
 
-For a stock model (no heads, no layer-wise training), the per-row tail cache decides on the relative change
-of each row's first-block residual. The threshold that meets a goal is found by bisection on the calibration
-set, each trial sampled for real: for `min_psnr`, the largest threshold (the cheapest) whose mean per-image
-PSNR against the full model is at least the goal; for `budget`, the smallest threshold (the most faithful)
-whose block fraction is at most the budget. Both quantities move monotonically with the threshold up to
-sampling noise; the trial that is returned is always one that was measured to meet the goal.
+The per-row tail cache decides on the relative change of each row's first-block residual (no heads, no training).
+The threshold that meets a goal is bisected on the calibration set, each trial sampled for real; both PSNR and
+block fraction move monotonically with the threshold up to sampling noise, and the trial returned is always one
+that was measured to meet the goal.
 """
 
 from __future__ import annotations
@@ -16,8 +14,8 @@ from typing import Any
 from ..adapters import get_adapter
 from ..config import EarlyExitConfig
 from ..schedules import CachedTailResidual
-from .common import CalibrationResult, CalibrationSet, as_target, check_goal, sample_calibration_set
-from .schedule import psnr_db
+from .common import CalibrationResult, CalibrationSet, as_target, check_goal, psnr_trial, sample_calibration_set
+from .search_space import check_orders
 
 logger = logging.getLogger(__name__)
 
@@ -27,18 +25,17 @@ def calibrate_tail_cache(
     forecast_orders: tuple[int, ...] = (0, 1), max_cached_calls: int = 3, max_threshold: float = 1.0,
     iterations: int = 7, progress: bool = False,
 ) -> CalibrationResult:
-    """A `CachedTailResidual(criterion="residual")` threshold and forecast order for `min_psnr` (dB) or `budget`
-    (block fraction).
+    """A `CachedTailResidual(criterion="residual")` threshold and forecast order for `min_psnr` (dB: the largest,
+    cheapest threshold meeting it) or `budget` (block fraction: the smallest, most faithful threshold within it).
 
     Every order of `forecast_orders` (0: reuse the row's last tail residual; 1, 2: extrapolate it in the
     timestep) gets its own bisected threshold; the result is the order that meets the goal most cheaply (PSNR goal)
-    or most faithfully (budget). `pipe` is a pipeline of ours or a `CalibrationTarget` (`as_target(stock_pipe,
-    conditioning)`); transformer backbones only. Raises `ValueError` when no order fits a budget; a PSNR goal that
-    no threshold meets returns threshold 0 (never skip: the full model).
+    or most faithfully (budget). `pipe` is a pipeline of ours or a `CalibrationTarget` with a transformer denoiser.
+    Raises `ValueError` when no order fits a budget; a PSNR goal no threshold meets returns threshold 0 (the full
+    model).
     """
     check_goal(min_psnr, budget)
-    if not forecast_orders or any(o not in (0, 1, 2) for o in forecast_orders):
-        raise ValueError(f"forecast_orders must be a non-empty subset of (0, 1, 2), got {forecast_orders!r}")
+    forecast_orders = check_orders(forecast_orders, "forecast_orders", allow_empty=False)
     calib = calib or CalibrationSet()
     target = as_target(pipe)
     exit_block = CachedTailResidual.earliest_exit_block(get_adapter(target.denoiser))  # 1 but on joint stacks
@@ -48,11 +45,8 @@ def calibrate_tail_cache(
     def measure(order: int, threshold: float) -> dict[str, Any]:
         policy = CachedTailResidual(threshold=threshold, max_cached_calls=max_cached_calls, forecast_order=order,
                                     exit_block=exit_block)
-        run = sample_calibration_set(target, calib, EarlyExitConfig(policy=policy))
-        psnr = psnr_db(run.images, reference)
-        trial = {"forecast_order": order, "threshold": threshold, "psnr_db_mean": float(psnr.mean()),
-                 "psnr_db_p10": float(psnr.quantile(0.1)), "psnr_db_min": float(psnr.min()),
-                 "block_fraction": run.block_evals / (run.model_rows * target.num_blocks)}
+        trial = {"forecast_order": order, "threshold": threshold,
+                 **psnr_trial(target, calib, EarlyExitConfig(policy=policy), reference)}
         trials.append(trial)
         if progress:
             logger.info("order %d threshold %.4f: PSNR %.2f dB, block fraction %.3f", order, threshold,

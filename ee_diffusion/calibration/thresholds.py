@@ -51,13 +51,9 @@ class RecordedCertainties:
     def __init__(self, calls: list[dict[str, torch.Tensor]], num_blocks: int, paired: bool) -> None:
         self.num_blocks = num_blocks
         self.paired = paired
-        if paired:
-            halves = [[c[key].chunk(2) for c in calls] for key in ("certainty", "timesteps")]
-            self.certainty = torch.cat([h[0] for h in halves[0]] + [h[1] for h in halves[0]])
-            self.timesteps = torch.cat([h[0] for h in halves[1]] + [h[1] for h in halves[1]])
-        else:
-            self.certainty = torch.cat([c["certainty"] for c in calls])
-            self.timesteps = torch.cat([c["timesteps"] for c in calls])
+        halves = 2 if paired else 1  # every call's first half (guided: its conditional rows) first
+        self.certainty = torch.cat([c["certainty"].chunk(halves)[h] for h in range(halves) for c in calls])
+        self.timesteps = torch.cat([c["timesteps"].chunk(halves)[h] for h in range(halves) for c in calls])
 
 
 def record_certainties(pipe: Any, calib: CalibrationSet, paired: bool = False) -> RecordedCertainties:

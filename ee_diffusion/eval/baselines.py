@@ -1,22 +1,14 @@
-"""Baselines that are not exit policies: diffusers' own training-free caches on the same transformer.
+"""Baselines that are not exit policies: diffusers' own training-free caches (FirstBlockCache, TaylorSeerCache,
+MagCache, SeaCache, under `diffusers.hooks`) on the same transformer.
 
-diffusers 0.42 ships four caches under `diffusers.hooks`: FirstBlockCache, TaylorSeerCache, MagCache and SeaCache.
-Their hooks keep state per *cache context*, which pipelines with `CacheMixin` transformers open around every
-denoiser call (`transformer.cache_context(...)`). `DiTTransformer2DModel` has no `CacheMixin` and our pipelines
-open no context, so `diffusers_cache` does it by hand: a forward pre-hook on the transformer sets a context before
-every model call, carrying what the caches read - the step index (the call's position in the loop), the step
-count, the timestep and the noise level sigma = sqrt(1 - alpha_bar_t) of the scheduler's training schedule (in
-[0, 1], which SeaCache requires). Every call of one sampling run shares the context name, so the batch (the
-conditional and unconditional rows together) is one trajectory; the caches' decisions are batch-global, as in
-diffusers. After the run the hooks' state is reset and every hook the cache added is removed again.
-
-How each attaches to a DiT (what the report states):
-- FirstBlockCache: as is, on the `transformer_blocks`.
-- TaylorSeerCache: as is; it hooks every block and counts steps itself.
-- MagCache: needs per-step magnitude ratios of the model (`mag_ratios`), from diffusers' own calibration mode
-  (`bench/mag_cache.py` of the repository measures them for our models).
-- SeaCache: needs the raw latents of the trajectory, shaped (C, T, H, W) as for video; an image batch is given as
-  one trajectory of T = 1 frames per sample (`_image_trajectory`).
+Their hooks keep state per *cache context*, which `CacheMixin` pipelines open around every denoiser call; DiT has no
+`CacheMixin` and our pipelines open no context, so `diffusers_cache` sets one in a forward pre-hook before every
+model call, carrying what the caches read: the step index, the step count, the timestep and the noise level
+sigma = sqrt(1 - alpha_bar_t) (in [0, 1], which SeaCache requires). One sampling run shares the context, so the
+batch is one trajectory (the caches decide batch-globally, as in diffusers); afterwards the hooks' state is reset
+and every hook the cache added is removed. FirstBlockCache and TaylorSeerCache attach as they are; MagCache needs
+the model's per-step magnitude ratios (`mag_ratios`: the repository's `bench/mag_cache.py` measures them);
+SeaCache gets an image batch as B clips of one frame (`_image_trajectory`).
 """
 
 from __future__ import annotations
@@ -52,11 +44,8 @@ def taylorseer_steps(steps: int, interval: int, warmup: int, last: bool) -> list
 
 @dataclass(frozen=True)
 class CacheBaseline:
-    """One diffusers cache and its settings (the keyword arguments of its diffusers config class).
-
-    `mag_cache` needs `mag_ratios` (the per-step ratios of diffusers' MagCache calibration: the repository's
-    `bench/mag_cache.py` measures them); the step count is filled in per run.
-    """
+    """One diffusers cache and its settings (the keyword arguments of its diffusers config class; `mag_cache`'s
+    step count is filled in per run)."""
 
     kind: str
     params: dict[str, Any] = field(default_factory=dict)

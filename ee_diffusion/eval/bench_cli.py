@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import fields
+from typing import Any
 
 from .._command_line import check_device, int_at_least, number_in, warn_half_on_cpu
 from .bench_config import DTYPES, INT_LOWS, SOLVER_CHOICES, BenchConfig
@@ -21,6 +22,11 @@ _DEFAULTS = {f.name: f.default for f in fields(BenchConfig)}
 def _count(name: str) -> Callable[[str], int]:
     """The argparse type of the integer field `name`: refused below its least value, naming the flag."""
     return int_at_least(INT_LOWS[name])
+
+
+def _add_count(group: Any, name: str, help: str | None = None) -> None:
+    """The flag of the integer field `name` (`--num-images` for `num_images`), with its least value and default."""
+    group.add_argument(f"--{name.replace('_', '-')}", type=_count(name), default=_DEFAULTS[name], help=help)
 
 
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,14 +43,12 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
                        help="feature networks: inception, clip, digits, digits-pool or a saved net (default: inception)")
     group.add_argument("--inception-weights", default=None, metavar="PATH",
                        help="the FID Inception-v3 weights file (pt_inception-2015-12-05-6726825d.pth)")
-    group.add_argument("--inception-resolution", type=_count("inception_resolution"),
-                       default=_DEFAULTS["inception_resolution"], help="Inception input side (default 299, what the field reports)")
+    _add_count(group, "inception_resolution", "Inception input side (default 299, what the field reports)")
     group.add_argument("--clip", default=None, metavar="FOLDER", help="a local transformers CLIP folder")
     group.add_argument("--methods", nargs="+", default=[], metavar="SPEC",
                        help="steps:K, SOLVER:K (e.g. dpmpp:10), static:D, ase:released, fbc:T, taylorseer:I, sea:T "
                             "or exit-config .json files, each optionally @STEPS or @SOLVER:STEPS")
-    group.add_argument("--steps", type=_count("steps"), default=_DEFAULTS["steps"],
-                       help="the reference's sampling steps")
+    _add_count(group, "steps", "the reference's sampling steps")
     group.add_argument("--frontier-steps", nargs="+", type=_count("steps"), default=[],
                        help="fewer-steps points (default: 40%%, 60%%, 80%% of --steps)")
     group.add_argument("--no-match-frontier", action="store_true",
@@ -54,21 +58,17 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
                             "built from its config (on flow matching: DPM-Solver++ / UniPC in their flow modes)")
     group.add_argument("--classes", nargs="+", default=[], help="class ids or names (default: every class)")
     group.add_argument("--prompts", default=None, metavar="FILE", help="one prompt per line, or JSONL with a seed")
-    group.add_argument("--num-images", type=_count("num_images"), default=_DEFAULTS["num_images"],
-                       help="images per method")
+    _add_count(group, "num_images", "images per method")
     group.add_argument("--guidance", type=number_in(0.0, low_open=False), default=None,
                        help="guidance scale (default: the pipeline's)")
-    group.add_argument("--seed", type=_count("seed"), default=_DEFAULTS["seed"])
-    group.add_argument("--batch-size", type=_count("batch_size"), default=_DEFAULTS["batch_size"])
-    group.add_argument("--shard-size", type=_count("shard_size"), default=_DEFAULTS["shard_size"],
-                       help="images per cached shard")
+    _add_count(group, "seed")
+    _add_count(group, "batch_size")
+    _add_count(group, "shard_size", "images per cached shard")
     group.add_argument("--device", default=_DEFAULTS["device"], help="cpu, cuda, cuda:1, ...")
     group.add_argument("--dtype", choices=tuple(DTYPES), default=_DEFAULTS["dtype"])
     group.add_argument("--cache-dir", default=None, help="where generated shards are cached (default: OUT/samples)")
-    group.add_argument("--bootstrap", type=_count("bootstrap"), default=_DEFAULTS["bootstrap"],
-                       help="bootstrap resamples")
-    group.add_argument("--timing-repeats", type=_count("timing_repeats"), default=_DEFAULTS["timing_repeats"],
-                       help="interleaved timing rounds (0: no wall-clock)")
+    _add_count(group, "bootstrap", "bootstrap resamples")
+    _add_count(group, "timing_repeats", "interleaved timing rounds (0: no wall-clock)")
     group.add_argument("--timing-batch", type=_count("timing_batch"), default=None,
                        help="images per timed call (default: --batch-size)")
 

@@ -1,10 +1,5 @@
-"""The flags of `ee-diffusion bench --pipeline` as a validated config, and the `--methods` specs it names.
-
-A method spec is `steps:K`, `SOLVER:K` (fewer steps of another solver), `static:D`, `ase:NAME`, `fbc:T`,
-`taylorseer:I`, `sea:T` or the path of an exit-config JSON file, each optionally `@K` or `@SOLVER:K` (at K steps
-of that solver; default: the run's solver and steps), so one report can place a DPM-Solver++ point against a
-DDIM reference; `parse_method` turns one into a `method.Method` (a row of the report) and refuses anything else
-with the allowed forms.
+"""The flags of `ee-diffusion bench --pipeline` as a validated config (`BenchConfig`), and `parse_method`, which
+turns one `--methods` spec into a `method.Method` (a row of the report) or refuses it with the allowed forms.
 
 ```py
 >>> config = BenchConfig(pipeline="my-dit", real="imagenet-val", inception_weights="pt_inception.pth",
@@ -39,8 +34,7 @@ from .solvers import SEARCH_SOLVERS, ase_schedules
 #: The pipeline's own scheduler, or one built from its config (on flow matching: the flow-matching versions).
 SOLVER_CHOICES = ("pipeline", *SEARCH_SOLVERS)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-#: Method spec prefixes (`--methods`); any other spec is an exit-config JSON file. `@K` runs it at K steps,
-#: `@SOLVER:K` at K steps of that solver; `SOLVER:K` is fewer steps of that solver.
+#: Method spec prefixes (`--methods`, see `BenchConfig`); any other spec is an exit-config JSON file.
 METHOD_KINDS = ("steps", *SOLVER_CHOICES, "static", "ase", "fbc", "taylorseer", "sea")
 #: The least value of every integer field (`timing_batch` may also be None); the flags of the same names take them.
 INT_LOWS = {"steps": 1, "num_images": 2, "batch_size": 1, "shard_size": 1, "bootstrap": 1, "inception_resolution": 75,
@@ -53,7 +47,8 @@ class BenchConfig:
 
     `methods`: specs `steps:K`, `SOLVER:K` (K steps of another solver), `static:D` (D blocks, or a fraction of
     them), `ase:released|aggressive`, `fbc:T`, `taylorseer:I`, `sea:T` (diffusers' caches; transformers only) or
-    a path to an exit-config JSON file, each optionally `@K` or `@SOLVER:K` (default: `solver` at `steps`).
+    a path to an exit-config JSON file, each optionally `@K` or `@SOLVER:K` (at K steps of that solver, so one
+    report can place a DPM-Solver++ point against a DDIM reference; default: `solver` at `steps`).
     `solver` is the reference's (and the fewer-steps sweep's). `features`: "inception" (needs
     `inception_weights`), "clip" (needs `clip`, a CLIP folder), a shipped feature net ("digits", "digits-pool") or a
     saved one (path). `real` (an image folder) or `real_stats` (files written by an earlier run, one per feature

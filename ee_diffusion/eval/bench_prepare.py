@@ -2,8 +2,7 @@
 conditioning and methods, the real images or their saved statistics, and the warnings about small sets.
 
 `prepare(config)` raises `ValueError` for every bad input (see `BenchConfig`), so a run fails before the first
-image is sampled. `FeatureSpec` is one feature network of the run: its report name with its input resolution,
-the key its cached features are stored under, and `encode` (uint8 images -> float64 features).
+image is sampled.
 
 ```py
 >>> import tempfile

@@ -1,18 +1,12 @@
 """Feature networks for FID/KID: small classifiers trained by the package on real data, shipped as safetensors.
 
-FID needs a network that maps images to feature vectors. The standard one (Inception-v3) cannot be downloaded
-here and says little about 8x8 digits, so the package trains a small CNN classifier per data set on its real
-images and uses its penultimate layer (before the ReLU) as the feature. Its class logits give the "accuracy of
-samples against their conditioning labels". FID values are only comparable under the same feature network.
-
-Shipped networks (`ee_diffusion/assets/feature-nets/<name>.safetensors` + `.json`): `digits` (scikit-learn's
-8x8 digits) and a second, independent one (`digits-pool`: another architecture and width, another seed and data
-order), so that no decision rests on one network's blind spots. `FEATURE_NETS` names them, and any other pair
-registered beside them (the repository's `bench/` adds its glyphs nets). They are rebuilt by the repository's
-`python -m bench.feature_nets --name digits` (deterministic: fixed seed, fixed data order, one thread).
-
-Inception-v3 and CLIP features from files the user holds: `ee_diffusion.eval.standard_features` (what
-`ee-diffusion bench --pipeline` uses).
+Inception-v3 says little about 8x8 digits (and is not downloaded here), so the package trains a small CNN
+classifier per data set and uses its penultimate layer (before the ReLU) as the feature; its logits give the class
+accuracy of samples. Shipped (`ee_diffusion/assets/feature-nets/<name>.safetensors` + `.json`): `digits` and an
+independent `digits-pool` (another architecture, width, seed and data order), so that no decision rests on one
+network's blind spots; the repository's `bench/` registers its glyphs nets in `FEATURE_NETS` too and rebuilds
+them all (`python -m bench.feature_nets --name digits`, deterministic). Inception-v3 and CLIP features from the
+user's files: `standard_features.py`.
 
 ```py
 >>> import torch
@@ -36,10 +30,8 @@ from .._io import atomic_save_safetensors, atomic_write_json, load_safetensors, 
 
 FEATURE_NET_DIR = Path(__file__).resolve().parent.parent / "assets" / "feature-nets"
 
-# Each data set has two independent networks: "<data>" (strided convolutions, global average pooling, 64 features)
-# and "<data>-pool" (5x5 and 3x3 convolutions with GELU and max pooling, the spatial map flattened, 96 features),
-# trained from another seed and so another data order: a decision ("unchanged quality") must hold under both
-# (docs/evaluation.md). name -> (the data set it is trained on, its path without suffix).
+# name -> (the data set it is trained on, its path without suffix). A decision ("unchanged quality") must hold
+# under both networks of a data set (docs/evaluation.md).
 FEATURE_NETS: dict[str, tuple[str, Path]] = {n: ("digits", FEATURE_NET_DIR / n) for n in ("digits", "digits-pool")}
 #: The network architectures of `FeatureNet` (`arch=`).
 ARCHITECTURES = ("conv", "pool")

@@ -1,18 +1,12 @@
-"""The bench's decisions, as functions of the measured rows alone (so `rerender` can redo them from a report).
+"""The bench's decisions, as functions of the measured rows alone (so `report.rerender` can redo them).
 
-Definitions (docs/evaluation.md):
-- reference: the stock model at the conventional steps (`family == "reference"`);
-- dFID intervals are paired: every row stores its FID on the same bootstrap resamples of image indices
-  (`fid_resamples`), so the interval of FID(a) - FID(b) is the percentile interval of the differences;
-- unchanged quality: the interval against the reference includes 0 or lies below it (`low <= 0`), or lies wholly
-  below +10% of the reference FID - under every feature network a report carries (`holds_under_every_net`);
-- a searched operating point is confirmed on held-out seeds by a stricter bar (`confirms_quality`): under every
-  feature network, the interval (at a confidence raised for the candidates tried) lies wholly at or below +10%;
-- the frontier: fewer steps at full depth (every solver), the reference included; the knee of a solver is its
-  fewest steps whose interval against the reference includes 0 (or lies below it);
-- a row beats the frontier at its cost when its whole interval lies below the interval of the best frontier point
-  that costs no more - by wall-clock and by block evaluations, both (`margin` = frontier low - row high > 0). Only
-  measured frontier points count: no interpolation between step counts.
+Definitions (docs/evaluation.md): the reference is the stock model at the conventional steps; dFID intervals are
+paired (every row stores its FID on the same bootstrap resamples of image indices, `fid_resamples`); unchanged
+quality (`holds_under_every_net`) and the held-out bar of a searched point (`confirms_quality`) must hold under
+every feature network a report carries; the frontier is fewer steps at full depth (every solver), whose knee per
+solver is its fewest steps that hold quality by `low <= 0`; a row beats the frontier at its cost when its whole
+interval lies below that of the best measured frontier point that costs no more, by wall-clock and by block
+evaluations (`frontier_comparison`; no interpolation between step counts).
 """
 
 from __future__ import annotations
@@ -60,17 +54,22 @@ def reference_row(rows: dict[str, dict]) -> dict:
 
 
 def holds_quality(interval: dict[str, float], reference_fid: float, tolerance: float = QUALITY_TOLERANCE) -> bool:
-    """Unchanged quality by the paired interval against the reference (docs/evaluation.md)."""
+    """Unchanged quality by the paired interval against the reference: it includes 0 or lies below it (`low <= 0`),
+    or lies wholly below +tolerance x the reference FID."""
     return interval["low"] <= 0 or interval["high"] < tolerance * reference_fid
+
+
+def _check_nets(intervals: dict[str, dict[str, float]], reference_fids: dict[str, float]) -> None:
+    if not intervals or set(intervals) != set(reference_fids):
+        raise ValueError(f"need one interval and one reference FID per feature network, got intervals for "
+                         f"{sorted(intervals)} and reference FIDs for {sorted(reference_fids)}")
 
 
 def holds_under_every_net(intervals: dict[str, dict[str, float]], reference_fids: dict[str, float],
                           tolerance: float = QUALITY_TOLERANCE) -> bool:
     """Unchanged quality under every feature network: `holds_quality` of each net's interval against that net's
     reference FID (FIDs of different networks are never compared with each other)."""
-    if not intervals or set(intervals) != set(reference_fids):
-        raise ValueError(f"need one interval and one reference FID per feature network, got intervals for "
-                         f"{sorted(intervals)} and reference FIDs for {sorted(reference_fids)}")
+    _check_nets(intervals, reference_fids)
     return all(holds_quality(intervals[n], reference_fids[n], tolerance) for n in intervals)
 
 
@@ -80,9 +79,7 @@ def confirms_quality(intervals: dict[str, dict[str, float]], reference_fids: dic
     feature network the whole interval lies at or below +tolerance x the reference FID. A wide interval that
     merely includes 0 does not pass; the caller also widens the interval (a higher confidence) for the number of
     candidates it tries on the same held-out images."""
-    if not intervals or set(intervals) != set(reference_fids):
-        raise ValueError(f"need one interval and one reference FID per feature network, got intervals for "
-                         f"{sorted(intervals)} and reference FIDs for {sorted(reference_fids)}")
+    _check_nets(intervals, reference_fids)
     return all(intervals[n]["high"] <= tolerance * reference_fids[n] for n in intervals)
 
 
@@ -166,18 +163,19 @@ def verdict(recommended: dict, ref: dict, beating: list[str], rows: dict[str, di
     quality = f"dFID {d['delta']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
     holding = [n for n in beating if rows[n]["holds_quality"]]
     points = f"{len(beating)} early-exit point{'s' if len(beating) != 1 else ''}"
+    beat = "beats" if len(beating) == 1 else "beat"
     if not beating:
         return (f"Early exit does not beat the fewer-steps frontier on this model: the recommendation is steps "
                 f"alone. {what}, {quality}.")
     if not holding:
-        return (f"{points} beat{'s' if len(beating) == 1 else ''} the fewer-steps frontier at their cost, but none of them "
-                f"holds quality (all are worse than the reference by the paired interval): the recommendation is "
-                f"steps alone. {what}, {quality}.")
+        return (f"{points} {beat} the fewer-steps frontier at their cost, but none of them holds quality (all are "
+                f"worse than the reference by the paired interval): the recommendation is steps alone. {what}, "
+                f"{quality}.")
     if recommended["family"] in FRONTIER_FAMILIES:
-        return (f"{what}, {quality}. {points} beat{'s' if len(beating) == 1 else ''} the fewer-steps frontier, "
-                f"{len(holding)} at unchanged quality, but steps alone are faster still at unchanged quality.")
-    return (f"{what}, {quality}. {points} beat{'s' if len(beating) == 1 else ''} the fewer-steps frontier, "
-            f"{len(holding)} at unchanged quality; the recommended point uses early exit.")
+        return (f"{what}, {quality}. {points} {beat} the fewer-steps frontier, {len(holding)} at unchanged quality, "
+                f"but steps alone are faster still at unchanged quality.")
+    return (f"{what}, {quality}. {points} {beat} the fewer-steps frontier, {len(holding)} at unchanged quality; "
+            f"the recommended point uses early exit.")
 
 
 def operating_point(rows: dict[str, dict], recommended: str, scheduler_classes: dict[str, str], guidance: float,

@@ -75,11 +75,15 @@ class FrechetReference:
     def distance(self, mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
         """FID of Gaussians with `mean` (..., F) and `cov` (..., F, F) against the real ones; shape (...)."""
         middle = self.cov_sqrt @ cov @ self.cov_sqrt
+        return self._frechet(mean, torch.diagonal(cov, dim1=-2, dim2=-1).sum(-1), middle)
+
+    def _frechet(self, mean: torch.Tensor, trace: torch.Tensor, middle: torch.Tensor) -> torch.Tensor:
+        """||m - m_r||^2 + tr(C) + tr(C_r) - 2 tr(middle^1/2), from the generated mean (..., F), tr(C) (...) and a
+        matrix (..., K, K) with the non-zero eigenvalues of C_r^1/2 C C_r^1/2."""
         middle = (middle + middle.transpose(-1, -2)) / 2  # exact symmetry for eigvalsh
         root_trace = torch.linalg.eigvalsh(middle).clamp(min=0).sqrt().sum(-1)
         diff = mean - self.mean
-        trace = torch.diagonal(cov, dim1=-2, dim2=-1).sum(-1) + torch.trace(self.cov)
-        return ((diff * diff).sum(-1) + trace - 2 * root_trace).clamp(min=0)
+        return ((diff * diff).sum(-1) + (trace + torch.trace(self.cov)) - 2 * root_trace).clamp(min=0)
 
     def of_features(self, features: torch.Tensor) -> torch.Tensor:
         """FID of (..., N, F) generated features; shape (...).
@@ -96,10 +100,7 @@ class FrechetReference:
         centered = x - mean.unsqueeze(-2)  # (..., N, F)
         projected = centered @ self.cov_sqrt  # (..., N, F)
         gram = projected @ projected.transpose(-1, -2) / (n - 1)  # (..., N, N)
-        root_trace = torch.linalg.eigvalsh((gram + gram.transpose(-1, -2)) / 2).clamp(min=0).sqrt().sum(-1)
-        trace = (centered * centered).sum((-2, -1)) / (n - 1) + torch.trace(self.cov)
-        diff = mean - self.mean
-        return ((diff * diff).sum(-1) + trace - 2 * root_trace).clamp(min=0)
+        return self._frechet(mean, (centered * centered).sum((-2, -1)) / (n - 1), gram)
 
     def fid(self, features: torch.Tensor) -> float:
         """FID of (N, F) generated features."""
@@ -125,7 +126,6 @@ class PairedFID:
             raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
         self.reference = real_features if isinstance(real_features, FrechetReference) else FrechetReference(real_features)
         self.num_images = num_images
-        self.num_resamples = num_resamples
         self.confidence = confidence
         generator = torch.Generator().manual_seed(seed)
         # (R, N) image indices, drawn once: every set is resampled with the same rows.

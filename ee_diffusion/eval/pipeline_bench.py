@@ -1,23 +1,14 @@
 """`ee-diffusion bench --pipeline FOLDER`: the paired benchmark on the user's model, data and feature networks.
 
-The same protocol and the same engine (`runner.py`) as the presets on our own models (the repository's
-`bench/presets.py`; definitions in docs/evaluation.md), on any supported pipeline folder
-(`pipelines.stock.SUPPORTED_PIPELINES`):
-- every method samples the same N images (image i from its own noise, condition i % len(conditions)), cached in
-  shards on disk (`sample_cache.py`: resumable, reused, split over `accelerate launch` processes);
-- the reference is the stock pipeline at `steps`; the frontier is fewer steps at full depth (a sweep, plus the
-  step counts matched to every other method's block evaluations); the other methods are early exit (exit-config
-  JSON files, static depth, the ASE schedule) and diffusers' caches;
-- FID against the user's real images (`--real DIR`, or saved statistics `--real-stats FILE`) under each feature
-  network asked for (Inception-v3 from a local weights file, CLIP from a local folder, or our shipped nets),
-  with paired bootstrap intervals on image resamples shared by every network; one report entry whose rows carry
-  every network's FID (`fid_by_net`; FIDs of different networks are never compared), and unchanged quality must
-  hold under each of them (`frontier.decide`);
-- the CLIP score for text-conditioned pipelines (with a full CLIP folder); wall-clock of every method,
-  interleaved (`eval.timing`); `frontier.decide` gives the knee, the recommendation and the one-line verdict.
-
-Everything that can be wrong with the input (the folder, the conditioning, the methods, the weights files, the
-real images) raises `ValueError` in `prepare`, before any sampling.
+The protocol of docs/evaluation.md on any supported pipeline folder (`pipelines.stock.SUPPORTED_PIPELINES`),
+through the one engine (`runner.py`): every method samples the same N images (cached in shards: `sample_cache.py`);
+the reference is the stock pipeline at `steps`, the frontier fewer steps at full depth (a sweep, plus the step
+counts matched to every other method's block evaluations), the other methods early exit and diffusers' caches.
+FID against the user's real images (`--real DIR`, or saved statistics `--real-stats FILE`) under each feature
+network asked for, with paired intervals per network (FIDs of different networks are never compared); the CLIP
+score for text-conditioned pipelines; interleaved wall-clock (`timing.py`); `frontier.decide` gives the knee, the
+recommendation and the verdict, under every network. Every input error raises `ValueError` in
+`bench_prepare.prepare`, before any sampling.
 
 ```py
 >>> import tempfile

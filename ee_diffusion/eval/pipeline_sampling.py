@@ -38,7 +38,8 @@ from ..pipelines.conditioning import Conditioning, Prompt
 from ..pipelines.stock import denoisers_of, kind_of
 from ..stats import ExitStats
 
-__all__ = ["BlockCounter", "Prompt", "SampleRun", "image_generators", "image_noise_generators", "sample_pipeline"]
+__all__ = ["BlockCounter", "Prompt", "SampleRun", "image_generators", "image_labels", "image_noise_generators",
+           "sample_pipeline"]
 
 _SEED_STRIDE = 1_000_003
 
@@ -49,17 +50,19 @@ def image_generators(indices: list[int] | range, seed: int) -> list[torch.Genera
 
 
 class BlockCounter:
-    """Counts block evaluations (rows that really went through a block), whatever skipped the others.
+    """Counts rows that really went through `modules` (summed over calls), whatever skipped the others.
 
-    It hooks the first module of every block that runs only when the block's attention computes (a DiT or PixArt block's
-    `attn1.to_q`, an SD3 block's `attn.to_q`; other blocks, such as a U-Net's levels: the block itself), so it counts early exit,
-    FirstBlockCache (which skips whole blocks) and TaylorSeerCache (which replaces the attention and feed-forward
-    outputs by a forecast) alike.
+    Given a model's blocks it hooks the first module of each that runs only when the block's attention computes
+    (`_counted`: a DiT or PixArt block's `attn1.to_q`, an SD3 block's `attn.to_q`; a U-Net level: the level
+    itself), so it counts early exit, FirstBlockCache (which skips whole blocks) and TaylorSeerCache (which
+    replaces the attention and feed-forward outputs by a forecast) alike. `blocks=False` hooks the modules
+    themselves (the denoiser: the rows it was called with).
     """
 
-    def __init__(self, blocks: nn.ModuleList) -> None:
+    def __init__(self, modules: Sequence[nn.Module], blocks: bool = True) -> None:
         self.rows = 0
-        self._handles = [self._counted(b).register_forward_pre_hook(self._count, with_kwargs=True) for b in blocks]
+        self._handles = [(self._counted(m) if blocks else m).register_forward_pre_hook(self._count, with_kwargs=True)
+                         for m in modules]
 
     @staticmethod
     def _counted(block: nn.Module) -> nn.Module:
@@ -68,7 +71,10 @@ class BlockCounter:
         return next((module for name, module in block.named_modules() if name.rpartition(".")[2] == "to_q"), block)
 
     def _count(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self.rows += int((args[0] if args else kwargs["hidden_states"]).shape[0])
+        # (B, ...) rows: the first positional argument, else `hidden_states` (a transformer, a block) or `sample`
+        # (a U-Net).
+        sample = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
+        self.rows += int(sample.shape[0])
 
     def close(self) -> None:
         for handle in self._handles:
@@ -87,6 +93,13 @@ class SampleRun:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def image_labels(conditioning: Conditioning, indices: Sequence[int]) -> torch.Tensor:
+    """(N,) labels of images `indices`: their class ids (classes), prompt indices (prompts) or zeros (none)."""
+    if conditioning.kind == "classes":
+        return torch.tensor([conditioning.class_id(int(i)) for i in indices])
+    return torch.tensor([int(i) % conditioning.size for i in indices])
+
+
 def image_noise_generators(indices: Sequence[int], conditioning: Conditioning, seed: int) -> list[torch.Generator]:
     """One generator per image: the run's `(seed, i)`, or, for a prompt with its own seed, `(prompt seed, r)`
     where `r` counts the prompt's earlier images in the set (so a prompt's first image is the same in any set)."""
@@ -98,21 +111,6 @@ def image_noise_generators(indices: Sequence[int], conditioning: Conditioning, s
                 generators[position] = torch.Generator().manual_seed(
                     prompt.seed * _SEED_STRIDE + int(i) // conditioning.size)
     return generators
-
-
-class _RowCounter:
-    """Rows the denoiser was called with, summed over calls (whatever hooks or caches are on it)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.rows = 0
-        self._handle = model.register_forward_pre_hook(self._count, with_kwargs=True)
-
-    def _count(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        sample = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
-        self.rows += int(sample.shape[0])
-
-    def close(self) -> None:
-        self._handle.remove()
 
 
 def _call_kwargs(pipe: Any, chunk: list[int], conditioning: Conditioning, guidance_scale: float | None,
@@ -181,7 +179,7 @@ def sample_pipeline(
     exit hooks (`heads`: `UncertaintyHeads` for certainty policies; `bridges`: U-Nets). `guidance_scale=None`
     keeps the pipeline's default. `on_batch(n)` is told after every batch of `n` images (progress bars).
     `call_options` (`CALL_OPTIONS`: height, width, num_frames) go to every call as they are.
-    `labels` holds the class ids (classes) or the prompt indices (prompts) of the images.
+    `labels`: `image_labels`.
     Both of Wan 2.2's experts are hooked and counted (`denoisers_of`).
     """
     indices = [int(i) for i in indices]
@@ -192,8 +190,8 @@ def sample_pipeline(
     denoisers = denoisers_of(pipe)
     from ..adapters import get_adapter
 
-    counters = [BlockCounter(get_adapter(denoiser).blocks) for denoiser in denoisers]
-    row_counters = [_RowCounter(denoiser) for denoiser in denoisers]
+    blocks = BlockCounter([block for denoiser in denoisers for block in get_adapter(denoiser).blocks])
+    rows = BlockCounter(denoisers, blocks=False)
     stats: ExitStats | None = None
     images = []
     try:
@@ -202,22 +200,18 @@ def sample_pipeline(
             kwargs = _call_kwargs(pipe, chunk, conditioning, guidance_scale,
                                   image_noise_generators(chunk, conditioning, seed))
             kwargs.update(call_options, num_inference_steps=num_inference_steps, output_type="np")
-            wrapper = call_wrapper() if call_wrapper is not None else contextlib.nullcontext()
+            with contextlib.ExitStack() as context:
+                if call_wrapper is not None:
+                    context.enter_context(call_wrapper())
+                if kind.ours:
+                    kwargs["exit_config"] = exit_config if exit_config is not None else EarlyExitConfig()
+                # A stock denoiser is hooked for the call only when an exit config is given (none: no hooks at all).
+                hooked = not kind.ours and exit_config is not None
+                call_stats = [context.enter_context(early_exit(denoiser, exit_config, heads, bridges))
+                              for denoiser in denoisers] if hooked else []
+                out = pipe(**kwargs)
             if kind.ours:
-                kwargs["exit_config"] = exit_config if exit_config is not None else EarlyExitConfig()
-                with wrapper:
-                    out = pipe(**kwargs)
                 call_stats = [out.exit_stats]
-            elif exit_config is None:
-                with wrapper:
-                    out = pipe(**kwargs)
-                call_stats = []
-            else:
-                with contextlib.ExitStack() as hooked:
-                    hooked.enter_context(wrapper)
-                    call_stats = [hooked.enter_context(early_exit(denoiser, exit_config, heads, bridges))
-                                  for denoiser in denoisers]
-                    out = pipe(**kwargs)
             # Wan 2.2's experts take the high-noise steps, then the low-noise ones: their calls in call order.
             for recorded in call_stats:
                 stats = ExitStats(recorded.num_blocks) if stats is None else stats
@@ -226,13 +220,8 @@ def sample_pipeline(
             if on_batch is not None:
                 on_batch(len(chunk))
     finally:
-        for counter in (*counters, *row_counters):
-            counter.close()
-    if conditioning.kind == "classes":
-        labels = torch.tensor([conditioning.class_id(i) for i in indices])
-    else:
-        labels = torch.tensor([i % conditioning.size for i in indices])
+        blocks.close()
+        rows.close()
     extra = {} if stats is None else {"exit_stats": stats}
-    return SampleRun(images=torch.cat(images), labels=labels, indices=torch.tensor(indices),
-                     block_evals=sum(c.rows for c in counters), model_rows=sum(c.rows for c in row_counters),
-                     extra=extra)
+    return SampleRun(images=torch.cat(images), labels=image_labels(conditioning, indices),
+                     indices=torch.tensor(indices), block_evals=blocks.rows, model_rows=rows.rows, extra=extra)

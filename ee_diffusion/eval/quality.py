@@ -79,7 +79,6 @@ class QualityEvaluator:
         self.real_features = self.features(real)  # kept for KID
         for chunk in real.split(batch_size):
             self.fid.update(chunk.float(), real=True)
-        self.num_real = real.shape[0]
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from .._io import atomic_save_safetensors
+from .._validation import check_int
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +56,11 @@ class ImageFolder:
 
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
-        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
-            raise ValueError(f"resolution must be an int >= 1, got {resolution!r}")
+        check_int(resolution, "resolution", 1, "the model's image side")
         root = Path(path)
         if not root.is_dir():
             raise ValueError(f"real image folder {str(path)!r} does not exist or is not a folder")
-        self.root, self.resolution, self.channels = root, resolution, channels
+        self.root, self.resolution = root, resolution
         self.mode = "RGB" if channels == 3 else "L"
         self.files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.files:

@@ -1,25 +1,19 @@
 """The one engine of the paired benchmarks: sample a method, cache its images, score them under every network.
 
-`bench --pipeline` (the user's folder, data and feature networks), the operating-point search
-(`calibration.search_phases`), point timing and the repository's benches on our models (`python -m bench bench`)
-measure through here; `bench-caches` samples
-and times through `MethodSampler` and scores with the same `PairedFIDs`, in a loop of its own (its rows at several
-batch sizes and in class-sorted batches are not `Runner` runs):
-- `MethodSampler` samples any `Method` (its solver, its step count, its exit config or diffusers cache, its seed
-  and guidance) on any supported pipeline, ours or stock, with `eval.pipeline_sampling.sample_pipeline`: image i
-  from its own noise and condition i % len(conditions), so an image does not depend on the batch it was drawn in
-  (diffusers' caches excepted: they decide per batch). `timed` gives interleaved wall-clock, hooks and caches put
-  on and taken off outside the timed region.
-- `Runner` keeps a method's N images as uint8 shards on disk (`sample_cache.ShardCache`: resumable, reused by a
-  later run, split over `accelerate launch` processes), encodes them under every feature network, and makes the
-  method's row: its FID under each network on shared bootstrap resamples (`eval.paired.PairedFIDs`: paired
-  intervals per network), its per-image fidelity to the reference image from the same noise, its class accuracy
-  (under our classifier nets), its block evaluations. Every process computes the rows (from the shards all of
-  them can read), so a caller that decides what to measure next, such as the operating-point search, takes the
-  same path on each. A run with no feature networks (the search's PSNR goal) keeps images and fidelity only.
+`bench --pipeline`, the operating-point search (`calibration.search_phases`), point timing and the repository's
+benches measure through here (`bench-caches` samples and times through `MethodSampler` in a loop of its own):
+- `MethodSampler` samples any `Method` on any supported pipeline with `pipeline_sampling.sample_pipeline` (image i
+  from its own noise: it does not depend on the batch, diffusers' caches excepted, which decide per batch);
+  `timed` gives interleaved wall-clock with hooks and caches put on and taken off outside the timed region.
+- `Runner` keeps a method's N images as uint8 shards (`sample_cache.ShardCache`: resumable, split over
+  `accelerate launch` processes), encodes them under every feature network and makes the method's row: its FID
+  under each network on shared bootstrap resamples (`paired.PairedFIDs`), its fidelity to the reference image
+  from the same noise, its class accuracy, its block evaluations. Every process computes the rows, so a caller
+  that decides what to measure next (the search) takes the same path on each. With no feature networks (the
+  search's PSNR goal) it keeps images and fidelity only.
 
 A row's `fid` and `fid_resamples` are the primary (first) network's; `fid_by_net` and `fid_resamples_by_net`
-hold every network's, and `frontier.decide` asks for unchanged quality under all of them.
+hold every network's.
 
 ```py
 >>> import tempfile
@@ -55,7 +49,7 @@ from ..pipelines.stock import denoiser_of, kind_of
 from . import frontier
 from .method import Method
 from .paired import FrechetReference, PairedFIDs, fidelity
-from .pipeline_sampling import SampleRun, sample_pipeline
+from .pipeline_sampling import SampleRun, image_labels, sample_pipeline
 from .sample_cache import ShardCache, run_key
 from .timing import ExitConfigSwitch, interleaved_timings
 
@@ -209,7 +203,6 @@ class Runner:
         self.num_images = num_images
         self.scores = PairedFIDs({spec.key: reals[spec.key] for spec in features}, num_images, bootstrap,
                                  confidence) if features else None
-        self.confidence = confidence
         self.progress = progress and cache.rank == 0
         self.text_features = text_features
         self.image_shape = image_shape
@@ -312,9 +305,7 @@ class Runner:
         """A measured method's images (read back from its shards), labels and block evaluations as a `SampleRun`."""
         n = self.num_images
         images = torch.cat([self.images(name, s, e) for s, e in self.cache.ranges(n)])
-        conditioning = self.sampler.conditioning
-        labels = torch.tensor([conditioning.class_id(i) if conditioning.kind == "classes" else i % conditioning.size
-                               for i in range(n)]) if conditioning.kind != "none" else torch.zeros(n, dtype=torch.long)
+        labels = image_labels(self.sampler.conditioning, range(n))
         evals = round(self.block_evals[name] * n)
         return SampleRun(images, labels, torch.arange(n), evals, round(self.rows[name]["model_rows_per_image"] * n))
 
@@ -342,7 +333,7 @@ class Runner:
         device, hits = next(spec.net.parameters()).device, 0
         for start, end in self.cache.ranges(self.num_images):
             images = (self.cache.read(key, start, end).float() / 255).to(device)
-            labels = torch.tensor([conditioning.class_id(i) for i in range(start, end)])
+            labels = image_labels(conditioning, range(start, end))
             with torch.no_grad():
                 hits += int((spec.net.logits(images).argmax(1).cpu() == labels).sum())
         return hits / self.num_images

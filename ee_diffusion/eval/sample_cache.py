@@ -1,18 +1,11 @@
 """Generated samples and their features cached on disk in shards, split over processes, resumable.
 
-A benchmark set of N images is cut into shards of consecutive image indices, [0, S), [S, 2S), ... A shard is
-one safetensors file under `root/<run key>/`, where the run key hashes everything its images depend on (the
-pipeline folder, the method, its step count, the seed, the conditioning, device and dtype: `run_key`), and the
-file name holds the index range. So:
-- an interrupted run resumes: the shards already written are read back, not sampled again (files are written
-  atomically, so a shard is either complete or absent);
-- a second run with more methods or more images reuses every shard that exists;
-- under `accelerate launch`, shard j belongs to process j % world: each process samples and encodes its own
-  shards, and after a barrier every process reads all of them. Shards are sampled the same way by whichever
-  process owns them (image i from its own noise, the same batches within the shard), so the images and every
-  number computed from them are the same with 1 and with 2 processes.
-
-Features are cached next to their shard, one file per feature network (`<shard>.<feature key>.safetensors`).
+A set of N images is cut into shards of consecutive indices, [0, S), [S, 2S), ...: one safetensors file each
+under `root/<run key>/` (`run_key` hashes everything the images depend on), written atomically. So an interrupted
+run resumes, a later run with more methods or images reuses every shard, and under `accelerate launch` shard j
+belongs to process j % world (each samples and encodes its own, then after a barrier all read all; image i comes
+from its own noise, so the numbers are the same with 1 and 2 processes). Features are cached next to their shard,
+one file per feature network (`<shard>.<feature key>.safetensors`).
 
 ```py
 >>> import tempfile, torch
@@ -42,6 +35,7 @@ from typing import Any
 import torch
 
 from .._io import atomic_save_safetensors
+from .._validation import check_int
 
 #: What a sampler returns for a list of image indices: uint8 images (n, C, H, W) and integer counters.
 Sampler = Callable[[list[int]], tuple[torch.Tensor, dict[str, int]]]
@@ -76,15 +70,12 @@ def modules_fingerprint(*modules: Any) -> str:
 class ShardCache:
     """Shards of `shard_size` images under `root`, owned round-robin by the processes of `state`.
 
-    `state` is an `accelerate.PartialState` (or None: one process). Progress: `on_images(n)` is told after
-    every shard this process samples (not for shards read back).
+    `state` is an `accelerate.PartialState` (or None: one process).
     """
 
     def __init__(self, root: str | Path, shard_size: int = 64, state: Any = None) -> None:
-        if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
-            raise ValueError(f"shard_size must be an int >= 1, got {shard_size!r}")
         self.root = Path(root)
-        self.shard_size = shard_size
+        self.shard_size = check_int(shard_size, "shard_size", 1, "images per shard")
         self.state = state
         self.sampled_shards = 0  # shards this process sampled (not read back), for the report and tests
 
@@ -115,8 +106,7 @@ class ShardCache:
         """Images of this process's shards that are not on disk yet (what `images` will sample)."""
         return sum(e - s for s, e in self.mine(count) if not self.path(key, s, e).is_file())
 
-    def images(self, key: str, count: int, sample: Sampler,
-               on_images: Callable[[int], None] | None = None) -> dict[str, int]:
+    def images(self, key: str, count: int, sample: Sampler) -> dict[str, int]:
         """Make sure images 0..count-1 of run `key` are on disk, sampling the missing shards this process owns;
         returns their counters summed over every shard (the same on every process). Read the images shard by
         shard with `read`: a large set never has to fit in memory."""
@@ -132,8 +122,6 @@ class ShardCache:
             atomic_save_safetensors({"images": images.contiguous()}, path,
                                     metadata={k: str(int(v)) for k, v in counters.items()})
             self.sampled_shards += 1
-            if on_images is not None:
-                on_images(end - start)
         self.barrier()
         from safetensors import safe_open
 

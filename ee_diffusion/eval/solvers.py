@@ -1,13 +1,8 @@
 """The solvers the benchmark and the operating-point search compare, and the ASE schedules scaled to a model.
 
-Its own module so that the calibrations, `bench --pipeline` and the benches on our own models share one definition.
 A solver is a diffusers scheduler class and the options it takes over the model's own scheduler config
-(`make_schedulers`, `solver_spec`, `build_scheduler`):
-
-- on a DDPM-type noise schedule (`alphas_cumprod`: DiT, PixArt, SD, U-Nets): DDIM and DPM-Solver++ (the
-  benchmark's `SOLVERS`), and UniPC, which the operating-point search offers too (`SEARCH_SOLVERS`);
-- on a flow-matching schedule (SD3-class pipelines, `FlowMatchEulerDiscreteScheduler`): DPM-Solver++ and UniPC in
-  their flow modes (`FLOW_SOLVERS`: velocity prediction on the model's shifted sigmas). DDIM has no flow mode.
+(`solver_spec`): on a DDPM-type noise schedule DDIM and DPM-Solver++ (`SOLVERS`), and UniPC for the search
+(`SEARCH_SOLVERS`); on a flow-matching one DPM-Solver++ and UniPC in their flow modes (`FLOW_SOLVERS`).
 
 ```py
 >>> from diffusers import FlowMatchEulerDiscreteScheduler
@@ -34,7 +29,7 @@ from ..operating_point import build_scheduler, noise_schedule, scheduler_of_poin
 from ..schedules import TimestepSchedule
 
 #: Solver name -> (diffusers scheduler class, options over the model's own scheduler config): the benchmark's
-#: solvers on a DDPM-type noise schedule; its fewer-steps frontier runs each of them.
+#: solvers on a DDPM-type noise schedule (`alphas_cumprod`); its fewer-steps frontier runs each of them.
 SOLVERS: dict[str, tuple[str, dict[str, Any]]] = {
     "ddim": ("DDIMScheduler", {}),
     "dpmpp": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
@@ -45,8 +40,8 @@ SOLVERS: dict[str, tuple[str, dict[str, Any]]] = {
 SEARCH_SOLVERS: dict[str, tuple[str, dict[str, Any]]] = {
     **SOLVERS, "unipc": ("UniPCMultistepScheduler", {"solver_order": 2}),
 }
-#: Their flow-matching versions (velocity prediction x0 = x - sigma v on sigmas in [0, 1]); `solver_spec` adds the
-#: model's `flow_shift` and dynamic-shift settings. DDIM is not here: its update needs `alphas_cumprod`.
+#: Their flow-matching versions (velocity prediction x0 = x - sigma v on the model's shifted sigmas in [0, 1]);
+#: `solver_spec` adds the model's `flow_shift` and dynamic-shift settings. DDIM has no flow mode.
 FLOW_SOLVERS: dict[str, tuple[str, dict[str, Any]]] = {
     "dpmpp": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2,
                                               "use_flow_sigmas": True, "prediction_type": "flow_prediction"}),

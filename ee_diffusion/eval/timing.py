@@ -30,13 +30,10 @@ def interleaved_timings(
 ) -> dict[str, list[float]]:
     """Time every method `repeats` times, interleaved, after `warmup` untimed rounds.
 
-    Every round runs each method once, in an order shuffled afresh each round (seeded by the round's index, so a
-    run is repeatable): a method's place in the round, and so what ran before it and how far the machine had
-    drifted (other processes, clock changes, memory state) when it ran, changes from round to round instead of
-    favouring the methods listed early or late. `setup[name]` runs before and `teardown[name]` after every call of
-    that method, outside the timed region (e.g. putting on and taking off the hooks a method needs:
-    `ExitConfigSwitch`).
-    Returns seconds per call, per method, in round order.
+    Every round runs each method once, in an order shuffled afresh each round (seeded by the round's index), so
+    machine drift favours no method. `setup[name]` runs before and `teardown[name]` after every call of that
+    method, outside the timed region (e.g. the hooks a method needs: `ExitConfigSwitch`). Returns seconds per
+    call, per method, in round order.
 
     ```py
     >>> times = interleaved_timings({"a": lambda: sum(range(100)), "b": lambda: None}, repeats=3, warmup=1)
@@ -58,20 +55,16 @@ def interleaved_timings(
     times: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(warmup + repeats):
         for name in random.Random(round_index).sample(names, len(names)):
-            setup.get(name, _nothing)()
+            setup.get(name, lambda: None)()
             _sync(device)
             start = time.perf_counter()
             methods[name]()
             _sync(device)
             elapsed = time.perf_counter() - start
-            teardown.get(name, _nothing)()
+            teardown.get(name, lambda: None)()
             if round_index >= warmup:
                 times[name].append(elapsed)
     return times
-
-
-def _nothing() -> None:
-    return None
 
 
 class ExitConfigSwitch:
@@ -143,8 +136,7 @@ def store_times(rows: dict, times: dict[str, list[float]], reference: str, batch
     """Per-row timing at `batch` into a report's `rows` (name -> row); the primary batch's speedup is the row's
     `speedup` (what decisions use)."""
     for name, entry in speedups(times, reference).items():
-        entry = {"median_s": entry["median_s"], "speedup": entry["speedup"], "speedup_range": entry["speedup_range"],
-                 "images_per_s": batch / entry["median_s"], "rounds": entry["rounds"]}
+        entry["images_per_s"] = batch / entry["median_s"]
         rows[name].setdefault("timing", {})[str(batch)] = entry
         if primary:
             rows[name]["speedup"] = entry["speedup"]

@@ -1,12 +1,7 @@
 """Training for early-exit diffusion models: losses (DeeDiff, ASE), datasets and a thin accelerate trainer.
 
-`losses` (the loss functions), `data` (datasets), `config` (the experiment config), `models` (the denoiser,
-heads and bridges a run builds, with the mode's loss as one module), `checkpoints` (the trainer's checkpoint
-files) and `trainer` (`Trainer`, `train`). Stock pipeline
-folders (DiT, PixArt-alpha, SD3) train in latent space: `pipeline_source` (the folder as a training source),
-`latent_cache` (the encoded images as safetensors shards), `image_items` (the images and their classes or
-captions) and `text_encoding` (prompts through the pipeline's text encoders). Submodules are imported on use,
-so `import ee_diffusion.training` stays cheap.
+Our own pixel-space models and stock DiT, PixArt-alpha and SD3 folders (in latent space, `pipeline_source`)
+train through the same trainer. Submodules are imported on use, so `import ee_diffusion.training` stays cheap.
 """
 
 from __future__ import annotations

@@ -49,14 +49,7 @@ _CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}\d{{7}}$")
 
 
 def checkpoint_name(step: int) -> str:
-    """The folder name of the checkpoint of optimizer step `step`.
-
-    ```py
-    >>> checkpoint_name(12)
-    'step_0000012'
-
-    ```
-    """
+    """The folder name of the checkpoint of optimizer step `step` (`step_0000012`)."""
     return f"{CHECKPOINT_PREFIX}{step:07d}"
 
 

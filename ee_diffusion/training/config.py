@@ -36,8 +36,10 @@ def _choice(value: Any, name: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, (list, tuple)) else value
+def _as_dict(config: Any) -> dict[str, Any]:
+    """A config dataclass's fields as a dict, lists and tuples as fresh lists (as JSON gives them back)."""
+    data = {f.name: getattr(config, f.name) for f in fields(config)}
+    return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in data.items()}
 
 
 def _from_dict(cls: type, data: Any, where: str) -> Any:
@@ -146,11 +148,9 @@ class TrainConfig:
     `lr_schedule`: linear warmup over `warmup_steps`, then constant or cosine decay to 0 at `max_steps`.
     `mixed_precision` ("bf16", "fp16") is accelerate's autocast; the weights, optimizer and EMA stay float32.
 
-    `gradient_checkpointing` (transformer backbones) recomputes each block's inner activations in backward:
-    the one pass that trains every exit keeps only the N block outputs (B, L, D) - which the exits read
-    anyway - instead of every block's attention and MLP activations (`ExitDecoder.run_block`). It costs
-    about one more forward of the trained blocks per step; in `heads` mode the frozen backbone has nothing to
-    recompute (no gradient flows into it) and the flag changes nothing.
+    `gradient_checkpointing` (transformer backbones) recomputes each block's inner activations in backward,
+    keeping only the N block outputs (B, L, D) the exits read anyway, for about one more forward of the trained
+    blocks per step (in `heads` mode, with no gradient into the frozen backbone, it changes nothing).
     """
 
     mode: str = "scratch"
@@ -202,10 +202,7 @@ class TrainConfig:
             raise ValueError(f"gradient_checkpointing must be a bool, got {self.gradient_checkpointing!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["deediff"] = self.deediff.to_dict()
-        data["ase"] = self.ase.to_dict()
-        return data
+        return {**_as_dict(self), "deediff": self.deediff.to_dict(), "ase": self.ase.to_dict()}
 
 
 @dataclass
@@ -276,7 +273,7 @@ class PipelineTrainingConfig:
             self.preview_guidance_scale = check_number(self.preview_guidance_scale, "preview_guidance_scale")
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return _as_dict(self)
 
 
 @dataclass
@@ -322,7 +319,7 @@ class ExperimentConfig:
             return {"pipeline": self.pipeline.to_dict(), **common}
         return {
             "dataset": {"name": self.dataset.name, "options": dict(self.dataset.options)},
-            "model": {f.name: _plain(getattr(self.model, f.name)) for f in fields(self.model)},
+            "model": _as_dict(self.model),
             **common,
             "sampling_scheduler": self.sampling_scheduler,
         }

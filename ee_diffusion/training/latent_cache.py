@@ -42,13 +42,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from .._io import atomic_save_safetensors, atomic_write_json, check_output_folder, load_safetensors, read_json_file
-from .data import StepBatches
+from .data import StepBatches, seeded_generator
 
 CACHE_FILE = "cache.json"
 NULL_FILE = "null.safetensors"
@@ -97,19 +96,15 @@ def _short(value: Any) -> str:
     return repr(value)
 
 
-def _differences(cached: dict[str, Any], expected: dict[str, Any]) -> list[str]:
-    keys = sorted(set(cached) | set(expected))
-    return [f"{k}: cached {_short(cached.get(k))}, expected {_short(expected.get(k))}"
-            for k in keys if cached.get(k) != expected.get(k)]
-
-
 def _check_header(folder: Path, header: dict[str, Any], fingerprint: dict[str, Any], items_digest: str,
                   shard_size: int | None) -> None:
     """Raise a `ValueError` naming every difference between a cache's `cache.json` and what is expected."""
     if header.get("format") != CACHE_FORMAT:
         raise ValueError(f"{str(folder / CACHE_FILE)!r} has format {header.get('format')!r}, this version reads "
                          f"format {CACHE_FORMAT}; use another cache_dir")
-    wrong = _differences(header.get("fingerprint", {}), fingerprint)
+    cached = header.get("fingerprint", {})
+    wrong = [f"{k}: cached {_short(cached.get(k))}, expected {_short(fingerprint.get(k))}"
+             for k in sorted(set(cached) | set(fingerprint)) if cached.get(k) != fingerprint.get(k)]
     if header.get("items_digest") != items_digest:
         wrong.append(f"the images or their labels/captions changed since the cache was built ({header.get('num_items')} "
                      f"items then)")
@@ -172,9 +167,7 @@ def build_cache(
 class LatentCache:
     """A complete cache folder, checked against the expected `fingerprint` and `items_digest` (None: checked by
     whoever built it, e.g. the main process of a distributed run); shards are read on demand and at most
-    `keep` of them are held in memory.
-
-    Example: the module docstring.
+    `keep` of them are held in memory. Example: the module docstring.
     """
 
     def __init__(self, folder: str | Path, fingerprint: dict[str, Any] | None = None, items_digest: str | None = None,
@@ -224,11 +217,8 @@ class ShardBatches(StepBatches):
     """The batches of a run from a `LatentCache`, as a pure function of the step (exact resume, no state).
 
     Epoch e visits the shards in the order `randperm(num_shards)` and each shard's items in the order
-    `randperm(shard size)`, both drawn from generators seeded with (seed, e[, shard]); the epoch is that
-    sequence of items, step s takes its s-th block of `batch_size` items (the tail that fills no block is
-    dropped) and rank r of w processes the r-th slice of the block. A block spans at most two shards, so a
-    process reads one shard at a time and holds at most two. Items mix within a shard and across the shard
-    boundaries of a block; a shard size well above the batch size keeps consecutive batches apart.
+    `randperm(shard size)`, both seeded with (seed, e[, shard]); blocks of that sequence are split as in
+    `StepBatches`. A block spans at most two shards, so a process holds at most two in memory.
 
     Example: the module docstring.
     """
@@ -238,15 +228,10 @@ class ShardBatches(StepBatches):
         self.cache = cache
         self._epoch: tuple[int, torch.Tensor, torch.Tensor] | None = None
 
-    def _generator(self, *parts: int) -> torch.Generator:
-        # Independent, reproducible stream per (seed, epoch[, shard]), with no state to checkpoint.
-        state = np.random.SeedSequence([self.seed, *parts]).generate_state(2, dtype=np.uint64)
-        return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
-
     def _order(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(shard order (S,), the epoch's start offset of each visited shard (S + 1,))."""
         if self._epoch is None or self._epoch[0] != epoch:
-            order = torch.randperm(self.cache.num_shards, generator=self._generator(epoch))
+            order = torch.randperm(self.cache.num_shards, generator=seeded_generator(self.seed, epoch))
             sizes = torch.tensor(self.cache.shard_sizes)[order]
             self._epoch = (epoch, order, torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)]))
         return self._epoch[1], self._epoch[2]
@@ -263,7 +248,8 @@ class ShardBatches(StepBatches):
             visit = int(torch.searchsorted(offsets, p, right=True)) - 1
             shard = int(order[visit])
             if shard not in rows:
-                rows[shard] = torch.randperm(self.cache.shard_sizes[shard], generator=self._generator(epoch, shard))
+                generator = seeded_generator(self.seed, epoch, shard)
+                rows[shard] = torch.randperm(self.cache.shard_sizes[shard], generator=generator)
             out.append((shard, int(rows[shard][p - int(offsets[visit])])))
         return out
 

@@ -44,12 +44,6 @@ class DeeDiffLossConfig:
             i.e. `(1 - u_i)` without normalisation.
         condition_on_timestep: heads see the model's timestep embedding (paper form of the UEM). The heads
             given to the loss must have been built to match (`UncertaintyHeads.from_model(model, True)`).
-
-    ```py
-    >>> DeeDiffLossConfig(layer_weighting="paper").to_dict()["layer_weighting"]
-    'paper'
-
-    ```
     """
 
     lambda_u: float = 1.0
@@ -78,16 +72,8 @@ class DeeDiffLossConfig:
 
 @dataclass
 class ASELossConfig:
-    """Options of the ASE loss: the exit schedule S(t) whose exit blocks are trained.
-
-    `schedule` is a `TimestepSchedule`/`StaticDepth` or its `to_dict()`.
-
-    ```py
-    >>> ASELossConfig(schedule={"type": "TimestepSchedule", "boundaries": [500], "depths": [8, 4]}).schedule.depths
-    [8, 4]
-
-    ```
-    """
+    """Options of the ASE loss: the exit schedule S(t) whose exit blocks are trained, a `TimestepSchedule` or
+    `StaticDepth` or its `to_dict()`."""
 
     schedule: Any = field(default_factory=lambda: TimestepSchedule(boundaries=[200, 400, 600, 800], depths=[8, 7, 6, 5, 4]))
 
@@ -111,6 +97,11 @@ class ASELossConfig:
 def eps_channels(prediction: torch.Tensor, channels: int) -> torch.Tensor:
     """The noise half of a prediction: models with a learned variance output 2C channels, eps is the first C."""
     return prediction[:, :channels]
+
+
+def squared_error(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """`||prediction - target||^2` as a scalar: the mean over every element (batch, channels, pixels), float32."""
+    return (prediction.float() - target.float()).pow(2).mean()
 
 
 def block_predictions(
@@ -152,8 +143,7 @@ def deediff_loss_terms(
     """
     if len(eps_blocks) != len(certainties) or not eps_blocks:
         raise ValueError(f"need one certainty map per block, got {len(eps_blocks)} predictions and {len(certainties)} maps")
-    # Per-block squared error, mean over batch and pixels: (N,)
-    block_mse = torch.stack([(eps_i.float() - target.float()).pow(2).mean() for eps_i in eps_blocks])
+    block_mse = torch.stack([squared_error(eps_i, target) for eps_i in eps_blocks])  # (N,)
     simple = block_mse[-1]
     # L_u: certainty target 1 - tanh|eps_i - eps|, detached (it must not train the backbone).
     u_terms = torch.stack([
@@ -166,14 +156,8 @@ def deediff_loss_terms(
     weights = cbar / cbar.sum() if config.layer_weighting == "normalized" else cbar
     ual = (weights * block_mse).sum()
     loss = config.simple_weight * simple + config.lambda_u * uncertainty + config.beta * ual
-    return {
-        "loss": loss,
-        "simple": simple,
-        "uncertainty": uncertainty,
-        "ual": ual,
-        "block_mse": block_mse.detach(),
-        "certainty": cbar.detach(),
-    }
+    return {"loss": loss, "simple": simple, "uncertainty": uncertainty, "ual": ual,
+            "block_mse": block_mse.detach(), "certainty": cbar.detach()}
 
 
 def deediff_loss(
@@ -228,7 +212,7 @@ def simple_loss(
     """The ordinary diffusion loss ||target - prediction||^2 on the model's own output (eps channels only)."""
     channels = get_adapter(model).decoder.prediction_shape()[0]
     prediction = model(noisy, timestep=timestep, class_labels=class_labels).sample
-    simple = (eps_channels(prediction, channels).float() - target.float()).pow(2).mean()
+    simple = squared_error(eps_channels(prediction, channels), target)
     return {"loss": simple, "simple": simple}
 
 
@@ -267,7 +251,7 @@ def ase_loss(
     stacked = torch.stack(eps)  # (N, B, C, H, W)
     rows = torch.arange(noisy.shape[0], device=noisy.device)
     prediction = stacked[depths.to(stacked.device) - 1, rows]  # (B, C, H, W)
-    ase = (prediction.float() - target.float()).pow(2).mean()
+    ase = squared_error(prediction, target)
     with torch.no_grad():
-        block_mse = torch.stack([(e.float() - target.float()).pow(2).mean() for e in eps])
+        block_mse = torch.stack([squared_error(e, target) for e in eps])
     return {"loss": ase, "ase": ase, "block_mse": block_mse, "depth": depths.float().mean()}

@@ -27,7 +27,7 @@ from ..adapters import get_adapter
 from ..heads import UncertaintyHeads
 from ..unet import UNetExitBridges
 from .config import ExperimentConfig, ModelConfig, TrainConfig
-from .losses import ase_loss, deediff_loss, eps_channels, simple_loss
+from .losses import ase_loss, deediff_loss, eps_channels, simple_loss, squared_error
 
 
 def build_denoiser(config: ModelConfig) -> DiTTransformer2DModel | UNet2DModel:
@@ -69,15 +69,7 @@ def disable_block_label_dropout(model: DiTTransformer2DModel) -> None:
 
 
 def build_unet(config: ModelConfig) -> UNet2DModel:
-    """A fresh class-conditional `UNet2DModel` (class embedding with a null row), or `init_from/unet`.
-
-    ```py
-    >>> from ee_diffusion.training.config import ModelConfig
-    >>> build_unet(ModelConfig(kind="unet", unet_channels=[8, 16], unet_norm_groups=4)).config.num_class_embeds
-    11
-
-    ```
-    """
+    """A fresh class-conditional `UNet2DModel` (class embedding with a null row), or `init_from/unet`."""
     if config.init_from is not None:
         return UNet2DModel.from_pretrained(config.init_from, subfolder="unet")
     attention = set(config.unet_attention_levels)
@@ -97,17 +89,7 @@ def build_unet(config: ModelConfig) -> UNet2DModel:
 
 
 def build_bridges(model: nn.Module, config: ExperimentConfig) -> UNetExitBridges | None:
-    """U-Nets in an exit mode: their bridges, loaded from `init_from/exit_bridges` when present; else None.
-
-    ```py
-    >>> from ee_diffusion.training.config import ExperimentConfig, ModelConfig, TrainConfig
-    >>> config = ExperimentConfig(model=ModelConfig(kind="unet", unet_channels=[8, 16], unet_norm_groups=4),
-    ...                           train=TrainConfig(mode="deediff"))
-    >>> type(build_bridges(build_unet(config.model), config)).__name__
-    'UNetExitBridges'
-
-    ```
-    """
+    """U-Nets in an exit mode: their bridges, loaded from `init_from/exit_bridges` when present; else None."""
     if not isinstance(model, UNet2DModel) or config.train.mode == "scratch":
         return None
     folder = config.model.init_from
@@ -121,16 +103,7 @@ def build_bridges(model: nn.Module, config: ExperimentConfig) -> UNetExitBridges
 def build_heads(model: nn.Module, config: ExperimentConfig) -> UncertaintyHeads | None:
     """The uncertainty heads the mode needs (deediff, heads): loaded from `exit_heads/` of `init_from` (or of
     the trained stock pipeline folder) when present and conditioned as the loss asks, else fresh; None for the
-    other modes.
-
-    ```py
-    >>> from ee_diffusion.training.config import ExperimentConfig, ModelConfig, TrainConfig
-    >>> config = ExperimentConfig(model=ModelConfig(num_layers=2, width=16, num_heads=2), train=TrainConfig(mode="heads"))
-    >>> build_heads(build_denoiser(config.model), config).config.num_blocks
-    2
-
-    ```
-    """
+    other modes."""
     train = config.train
     if train.mode not in ("deediff", "heads"):
         return None
@@ -194,11 +167,11 @@ class TrainingObjective(nn.Module):
         def eps_at(h: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
             return eps_channels(decoder.decode(h, timestep=timestep, **conditioning), channels)
 
-        simple = (eps_at(hidden[-1]).float() - target.float()).pow(2).mean()
+        simple = squared_error(eps_at(hidden[-1]), target)
         out = {"loss": simple, "simple": simple}
         if block_errors:
             with torch.no_grad():
-                out["block_mse"] = torch.stack([(eps_at(h).float() - target.float()).pow(2).mean() for h in hidden])
+                out["block_mse"] = torch.stack([squared_error(eps_at(h), target) for h in hidden])
         return out
 
 
@@ -212,16 +185,7 @@ def _rename_legacy_keys(state_dict: dict[str, Any], prefix: str, *args: Any) -> 
 
 def freeze_for_mode(denoiser: nn.Module, mode: str) -> None:
     """Freeze what the mode does not train: heads, the whole denoiser; ase, its timestep embedders (ASE
-    fine-tuning keeps the embedding of t fixed).
-
-    ```py
-    >>> from ee_diffusion.training.config import ModelConfig
-    >>> model = build_denoiser(ModelConfig(num_layers=2, width=16, num_heads=2))
-    >>> freeze_for_mode(model, "heads"); any(p.requires_grad for p in model.parameters())
-    False
-
-    ```
-    """
+    fine-tuning keeps the embedding of t fixed)."""
     for name, param in denoiser.named_parameters():
         if mode == "heads":
             param.requires_grad_(False)
@@ -230,15 +194,7 @@ def freeze_for_mode(denoiser: nn.Module, mode: str) -> None:
 
 
 def make_noise_scheduler(config: TrainConfig) -> DDPMScheduler:
-    """The training noise schedule (`add_noise`), from `num_train_timesteps` and `beta_schedule`.
-
-    ```py
-    >>> from ee_diffusion.training.config import TrainConfig
-    >>> make_noise_scheduler(TrainConfig(num_train_timesteps=100)).config.num_train_timesteps
-    100
-
-    ```
-    """
+    """The training noise schedule (`add_noise`), from `num_train_timesteps` and `beta_schedule`."""
     return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule)
 
 

@@ -4,17 +4,14 @@
 learned variance) and `StableDiffusion3Pipeline` (CLIP + T5 prompts, flow matching) are trained through the
 same backbone adapters and losses as our own models:
 
-- `prepare_cache` encodes the image folder once (`PipelineTrainingConfig`): the VAE's posterior mean and std,
-  scaled as the pipeline scales latents (`(z - shift_factor) * scaling_factor`), the class ids or the
-  prompt embeddings (`text_encoding`), into a `LatentCache` whose fingerprint (the encoders' config and
-  weights hash, the resolution) refuses a cache made differently. Every input check (pipeline class,
-  VAE and latent sizes, captions, text-encoder widths) runs before the first image is encoded.
+- `prepare_cache` checks every input (pipeline class, VAE and latent sizes, captions, text-encoder widths),
+  then encodes the image folder once into a `LatentCache` (`PipelineTrainingConfig` says what is stored):
+  the prompts through the pipeline's own text encoders (`encode_prompts`).
 - `PipelineSource` gives the trainer each micro-step's model inputs: `x0 = mean + std * n` (a fresh posterior
   sample), noised with the pipeline's own schedule - DDPM `add_noise` with target eps, or flow matching
   `x_t = (1 - sigma) x0 + sigma eps` at timestep `1000 sigma` with target `eps - x0` - and the conditioning,
-  where guidance dropout puts the null class or the empty-prompt embedding. It samples previews decoded by the
-  VAE and saves the trained pipeline: the same class, the trained transformer, `exit_heads/` and
-  `exit_config.json` (`ee_diffusion.enable(pipe, folder)` and our pipelines' `from_pretrained` run them).
+  where guidance dropout puts the null class or the empty-prompt embedding. It samples previews and saves the
+  trained pipeline: the same class, the trained transformer, `exit_heads/` and `exit_config.json`.
 
 ```py
 >>> import tempfile
@@ -31,6 +28,7 @@ same backbone adapters and losses as our own models:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +44,11 @@ from ..pipelines.stock import load_pipeline, pipeline_class_name
 from .config import PipelineTrainingConfig, TrainConfig
 from .image_items import ImageItem, caption_items, class_items, items_digest, load_image
 from .latent_cache import LatentCache, build_cache, module_fingerprint
-from .text_encoding import TEXT_PIPELINES, check_text_shapes, encode_prompts, null_prompt
 
+#: The text-conditioned pipeline classes training supports, with their default prompt length in tokens.
+TEXT_PIPELINES = {"PixArtAlphaPipeline": 120, "StableDiffusion3Pipeline": 256}
 #: Pipeline classes whose denoiser the trainer fine-tunes or fits heads to.
 TRAINABLE_PIPELINES = ("DiTPipeline", *TEXT_PIPELINES)
-#: Written beside `exit_heads/` in a trained pipeline folder: the default `EarlyExitConfig` of the run.
 #: Cached tensors stored in `cache_dtype` (the rest - class ids, attention masks - keep their own dtype).
 _FLOAT_KEYS = ("latent_mean", "latent_std", "encoder_hidden_states", "pooled_projections")
 
@@ -64,22 +62,76 @@ def trainable_pipeline_class(folder: str | os.PathLike) -> str:
     return name
 
 
+# -------------------------------------------------------------------------------------------- the prompts
+@torch.no_grad()
+def encode_prompts(pipe: Any, prompts: Sequence[str], max_sequence_length: int | None = None,
+                   device: str | torch.device | None = None) -> dict[str, torch.Tensor]:
+    """The transformer's text inputs for `prompts` through the pipeline's own text encoders, float32 on the CPU,
+    one row per prompt, named as the transformer's forward (and `decoder.exit_outputs`) takes them:
+
+    - `PixArtAlphaPipeline`: `encoder_hidden_states` (B, L, caption_channels) and `encoder_attention_mask`
+      (B, L), T5 tokens padded to `max_sequence_length`;
+    - `StableDiffusion3Pipeline`: `encoder_hidden_states` (B, L_clip + L_t5, joint_attention_dim) and
+      `pooled_projections` (B, pooled_projection_dim).
+
+    `max_sequence_length`: T5 tokens (None: the pipeline's default, 120 for PixArt, 256 for SD3).
+
+    ```py
+    >>> from ee_diffusion.testing import tiny_pipeline
+    >>> pipe = tiny_pipeline("sd3")
+    >>> out = encode_prompts(pipe, ["a red cat", "a dog"], max_sequence_length=8)
+    >>> {k: tuple(v.shape) for k, v in out.items()}
+    {'encoder_hidden_states': (2, 16, 16), 'pooled_projections': (2, 8)}
+    >>> check_text_shapes(pipe.transformer, encode_prompts(pipe, [""], max_sequence_length=8))
+
+    ```
+    """
+    name = type(pipe).__name__
+    if name not in TEXT_PIPELINES:
+        raise ValueError(f"prompts are encoded for {sorted(TEXT_PIPELINES)}, got a {name}")
+    prompts = list(prompts)
+    length = TEXT_PIPELINES[name] if max_sequence_length is None else max_sequence_length
+    if name == "PixArtAlphaPipeline":
+        # Captions are used as written: `clean_caption` would need bs4 and ftfy and changes the text.
+        embeds, mask, _, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=device,
+                                                clean_caption=False, max_sequence_length=length)
+        return {"encoder_hidden_states": embeds.float().cpu(), "encoder_attention_mask": mask.float().cpu()}
+    embeds, _, pooled, _ = pipe.encode_prompt(prompts, prompts, prompts, device=device,
+                                              do_classifier_free_guidance=False, max_sequence_length=length)
+    return {"encoder_hidden_states": embeds.float().cpu(), "pooled_projections": pooled.float().cpu()}
+
+
+def check_text_shapes(transformer: nn.Module, encoded: dict[str, torch.Tensor]) -> None:
+    """Raise a `ValueError` naming the received and the expected feature sizes when the encoded prompts do not
+    fit `transformer` (a PixArt or SD3 transformer): refused before anything is encoded or cached."""
+    config = transformer.config
+    expected = {"encoder_hidden_states": getattr(config, "caption_channels", None)
+                or getattr(config, "joint_attention_dim", None)}
+    if "pooled_projections" in encoded:
+        expected["pooled_projections"] = config.pooled_projection_dim
+    wrong = [f"{key} has {encoded[key].shape[-1]} features, the transformer takes {size}"
+             for key, size in expected.items() if encoded[key].shape[-1] != size]
+    if wrong:
+        raise ValueError(f"the text encoders' outputs do not fit this {type(transformer).__name__}: "
+                         + "; ".join(wrong) + " (text encoders and transformer from different models?)")
+
+
 # ---------------------------------------------------------------------------------------------- the cache
-def latent_size(vae: nn.Module, resolution: int) -> int:
-    """Side of the latent of an R x R image: R over the VAE's downsampling factor (2^(levels - 1))."""
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    if resolution % factor:
-        raise ValueError(f"resolution {resolution} must be a multiple of the VAE's downsampling factor {factor}")
-    return resolution // factor
+def _vae_factor(vae: nn.Module) -> int:
+    """The VAE's downsampling factor, 2^(levels - 1): an R x R image encodes to an R / factor latent."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def default_resolution(transformer: nn.Module, vae: nn.Module) -> int:
-    return int(transformer.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
+    return int(transformer.config.sample_size) * _vae_factor(vae)
 
 
 def check_latent_shape(transformer: nn.Module, vae: nn.Module, resolution: int) -> None:
     """A `ValueError` naming both shapes unless R x R images encode to latents the transformer takes."""
-    side = latent_size(vae, resolution)
+    factor = _vae_factor(vae)
+    if resolution % factor:
+        raise ValueError(f"resolution {resolution} must be a multiple of the VAE's downsampling factor {factor}")
+    side = resolution // factor
     got = (int(vae.config.latent_channels), side, side)
     size = int(transformer.config.sample_size)
     want = (int(transformer.config.in_channels), size, size)
@@ -134,7 +186,8 @@ def prepare_cache(config: PipelineTrainingConfig, pipe: Any | None = None, devic
     null = None
     if text:
         pipe.to(device)
-        null = null_prompt(pipe, config.max_sequence_length, device)
+        # The empty prompt (one row): the unconditional input of the pipeline's guidance (`negative_prompt=""`).
+        null = encode_prompts(pipe, [""], config.max_sequence_length, device)
         check_text_shapes(transformer, null)
         null = _store(null, config.cache_dtype)
     vae.to(device)
@@ -164,30 +217,36 @@ def prepare_cache(config: PipelineTrainingConfig, pipe: Any | None = None, devic
 
 
 # ------------------------------------------------------------------------------------- training-time inputs
-def _transformer_class(folder: str | os.PathLike) -> type:
-    import diffusers
-
-    index = read_json_file(Path(folder) / "model_index.json", "model_index.json")
-    return getattr(diffusers, index["transformer"][1])
-
-
 class PipelineSource:
     """The model inputs of each training micro-step, drawn from a pipeline's latent cache.
 
-    Built on every process: the main process (`pipe` given) checks the inputs and builds or verifies the cache
-    (`prepare_cache`), then every process opens it; the others load only the transformer. `denoiser` is the
-    transformer to train (`pipe.transformer` on the main process, so that the saved pipeline holds the trained
-    weights).
+    Built on every process: the main process loads the pipeline (`pipe`), checks the inputs and builds or
+    verifies the cache (`prepare_cache`), then every process opens it; the others load only the transformer
+    (`pipe` None). `denoiser` is the transformer to train (`pipe.transformer` on the main process, so that the
+    saved pipeline holds the trained weights).
     """
 
-    def __init__(self, config: PipelineTrainingConfig, train: TrainConfig, pipe: Any | None, denoiser: nn.Module,
-                 cache: LatentCache) -> None:
+    def __init__(self, config: PipelineTrainingConfig, train: TrainConfig, accelerator: Any,
+                 progress: bool = True) -> None:
         self.config = config
         self.train = train
-        self.pipe = pipe
-        self.denoiser = denoiser
-        self.cache = cache
-        self.name = pipeline_class_name(config.folder)
+        self.name = trainable_pipeline_class(config.folder)
+        if accelerator.is_main_process:
+            self.pipe = load_pipeline(config.folder)
+            self.denoiser = self.pipe.transformer
+            self.cache = prepare_cache(config, self.pipe, accelerator.device, progress)
+            # The text encoders served the cache; previews reuse cached embeddings. Free the device.
+            self.pipe.to("cpu")
+        else:
+            import diffusers
+
+            index = read_json_file(Path(config.folder) / "model_index.json", "model_index.json")
+            self.pipe = None
+            self.denoiser = getattr(diffusers, index["transformer"][1]).from_pretrained(config.folder,
+                                                                                        subfolder="transformer")
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            self.cache = LatentCache(config.cache_dir)  # verified by the main process
         scheduler_config = read_json_file(Path(config.folder) / "scheduler" / "scheduler_config.json",
                                           "scheduler config")
         self.flow = self.name == "StableDiffusion3Pipeline"
@@ -205,31 +264,12 @@ class PipelineSource:
             if prediction != "epsilon":
                 raise ValueError(f"the {self.name}'s scheduler predicts {prediction!r}; training supports 'epsilon'")
             self.scheduler = DDPMScheduler.from_config(scheduler_config)
-        if getattr(denoiser, "use_additional_conditions", False):
+        if getattr(self.denoiser, "use_additional_conditions", False):
             raise ValueError(f"{config.folder!r}: PixArt transformers with additional conditions (resolution and "
                              f"aspect ratio, the 1024-MS checkpoints) are not supported for training; got "
                              f"use_additional_conditions=True, expected a 256 or 512 PixArt-alpha")
-        self.null = {k: v.float() for k, v in cache.null().items()}  # the empty prompt (1, ...), text only
-        self.null_class = int(denoiser.config.num_embeds_ada_norm) if self.name == "DiTPipeline" else None
-
-    @classmethod
-    def create(cls, config: PipelineTrainingConfig, train: TrainConfig, accelerator: Any,
-               progress: bool = True) -> "PipelineSource":
-        """Load the pipeline (main process) or its transformer (the others) and prepare the cache (module doc)."""
-        trainable_pipeline_class(config.folder)
-        if accelerator.is_main_process:
-            pipe = load_pipeline(config.folder)
-            denoiser = pipe.transformer
-            cache = prepare_cache(config, pipe, accelerator.device, progress)
-            # The text encoders served the cache; previews reuse cached embeddings. Free the device.
-            pipe.to("cpu")
-        else:
-            pipe, denoiser = None, _transformer_class(config.folder).from_pretrained(config.folder,
-                                                                                       subfolder="transformer")
-        accelerator.wait_for_everyone()
-        if not accelerator.is_main_process:
-            cache = LatentCache(config.cache_dir)  # verified by the main process
-        return cls(config, train, pipe, denoiser, cache)
+        self.null = {k: v.float() for k, v in self.cache.null().items()}  # the empty prompt (1, ...), text only
+        self.null_class = int(self.denoiser.config.num_embeds_ada_norm) if self.name == "DiTPipeline" else None
 
     def micro_batch(self, rows: dict[str, torch.Tensor], generator: torch.Generator
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:

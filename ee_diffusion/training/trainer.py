@@ -1,26 +1,11 @@
 """A thin accelerate trainer for DiT and U-Net diffusion models with early exit (scratch, DeeDiff, heads-only, ASE).
 
-What is trained (the denoiser, heads, bridges and the mode's loss) is built in `training.models`; the
-checkpoint files are `training.checkpoints`. U-Nets (`ModelConfig(kind="unet")`, a class-conditional
-`UNet2DModel`) exit by depth truncation: the exit modes train their `UNetExitBridges` jointly with the U-Net,
-through the same losses (`decoder.exit_outputs`). A config with a `pipeline` section trains the transformer of
-a stock DiT, PixArt-alpha or SD3 folder on its cached latents instead (`pipeline_source`, `latent_cache`).
+What is trained is built in `training.models`, the checkpoint files are `training.checkpoints`; a config with
+a `pipeline` section trains a stock pipeline's transformer on its cached latents (`pipeline_source`).
 
-The run is a pure function of (config, step): the batch of step s comes from `StepBatches`, and the noise,
-timesteps and label dropout of a micro-step come from a generator seeded with (seed, micro-step, rank). A run
-stopped at step k and resumed from its checkpoint (`accelerator.save_state`: weights, optimizer, LR schedule,
-EMA) therefore continues exactly as the uninterrupted run.
-
-```py
->>> import tempfile
->>> from ee_diffusion.training.config import ExperimentConfig, ModelConfig, TrainConfig
->>> config = ExperimentConfig(model=ModelConfig(num_layers=2, width=16, num_heads=2),
-...                           train=TrainConfig(mode="scratch", max_steps=2, batch_size=8, log_every=1))
->>> trainer = Trainer(config, tempfile.mkdtemp(), progress=False)
->>> trainer.train()["step"]
-2
-
-```
+The run is a pure function of (config, step): the batch of step s comes from `StepBatches` (or `ShardBatches`),
+the noise, timesteps and label dropout of a micro-step from a generator seeded with (seed, micro-step, rank). A
+run stopped at step k and resumed from its checkpoint therefore continues exactly as the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -33,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
@@ -60,7 +44,7 @@ from .checkpoints import (
     truncate_log,
 )
 from .config import ExperimentConfig, TrainConfig
-from .data import StepBatches, get_dataset
+from .data import StepBatches, get_dataset, seeded_generator
 from .latent_cache import ShardBatches
 from .models import (
     TrainingObjective,
@@ -101,26 +85,15 @@ def lr_factor(config: TrainConfig) -> Callable[[int], float]:
     return factor
 
 
-def _step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
-    # Independent, reproducible stream per (seed, micro-step, rank), with no state to checkpoint.
-    state = np.random.SeedSequence([seed, micro_step, rank]).generate_state(2, dtype=np.uint64)
-    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
-
-
 class Trainer:
     """Builds everything from an `ExperimentConfig` and trains it under accelerate.
 
     Output folder layout: `experiment.json`, `log.jsonl` (one line per logged step: every loss term,
-    per-block error, lr), `checkpoints/step_XXXXXXX/` (accelerate state + `trainer_state.json`) and
-    `pipeline/` (final `save_pretrained` pipeline folder with EMA weights). `denoiser` is the model trained
-    (the DiT or the U-Net), `heads` and `bridges` its exit heads and U-Net bridges (None when the mode has none).
-
-    Checkpoints are crash-safe: each is written into `checkpoints/.tmp-step_XXXXXXX/`, flushed, completed
-    with `trainer_state.json` and only then renamed to `step_XXXXXXX`; resuming considers complete folders only.
-    The model is saved as safetensors, the EMA weights as `ema.safetensors`, the LR schedule and EMA counters
-    as JSON. The optimizer and RNG states are accelerate's `optimizer.bin` / `random_states_0.pkl`
-    (`torch.save`), which accelerate 1.15 loads with `torch.load(weights_only=True)`: tensors and plain
-    containers only, no arbitrary unpickling. Example: the module docstring.
+    per-block error, lr), `checkpoints/step_XXXXXXX/` (crash-safe, `training.checkpoints`) and `pipeline/`
+    (the final pipeline folder with EMA weights). `denoiser` is the model trained (the DiT or the U-Net),
+    `heads` and `bridges` its exit heads and U-Net bridges (None when the mode has none). The optimizer and
+    RNG states are accelerate's `optimizer.bin` / `random_states_0.pkl`, which accelerate 1.15 loads with
+    `torch.load(weights_only=True)`: no arbitrary unpickling. Example: `train`, which runs one.
     """
 
     def __init__(
@@ -130,12 +103,11 @@ class Trainer:
         *,
         cpu: bool = False,
         progress: bool = True,
-        accelerator: Accelerator | None = None,
     ) -> None:
         self.config = config
         train = config.train
         self.output_dir = Path(output_dir)
-        self.accelerator = accelerator or Accelerator(
+        self.accelerator = Accelerator(
             mixed_precision=train.mixed_precision,
             gradient_accumulation_steps=train.gradient_accumulation_steps,
             cpu=cpu,
@@ -150,7 +122,7 @@ class Trainer:
         self.source: PipelineSource | None = None
         self.dataset = None
         if config.pipeline is not None:
-            self.source = PipelineSource.create(config.pipeline, train, acc, progress=self.progress)
+            self.source = PipelineSource(config.pipeline, train, acc, progress=self.progress)
             self.batches = ShardBatches(self.source.cache, train.batch_size, train.seed, acc.process_index,
                                         acc.num_processes)
         else:
@@ -191,9 +163,8 @@ class Trainer:
         self.objective, self.optimizer = acc.prepare(objective, optimizer)
         if self.ema is not None:
             self.ema.to(acc.device)  # next to the weights `prepare` moved (a no-op on the CPU)
-        # The LR schedule steps once per optimizer step whatever the process count: keep it unprepared.
-        # The LR schedule and the EMA are saved by `save_checkpoint` (JSON + safetensors), not registered with
-        # accelerate, whose custom-object state is pickled and loaded with `weights_only=False`.
+        # The LR schedule steps once per optimizer step whatever the process count: keep it unprepared. It and
+        # the EMA are saved by `save_checkpoint`, not by accelerate, which would pickle them.
         self.step = 0
         self.log_path = self.output_dir / "log.jsonl"
 
@@ -225,7 +196,7 @@ class Trainer:
         `target` is the noise (the velocity for flow-matching pipelines); `conditioning` the denoiser's other
         keyword inputs (`class_labels`, or a text pipeline's embeddings), guidance dropout applied.
         """
-        g = _step_generator(self.config.train.seed, micro_step, self.accelerator.process_index)
+        g = seeded_generator(self.config.train.seed, micro_step, self.accelerator.process_index)
         if self.source is not None:
             noisy, target, timesteps, conditioning = self.source.micro_batch(self.batches.batch(micro_step), g)
         else:
@@ -252,7 +223,7 @@ class Trainer:
                 out = self.objective(noisy, target, timesteps, block_errors=log, **conditioning)
                 acc.backward(out["loss"])
                 if acc.sync_gradients and train.max_grad_norm > 0:
-                    acc.clip_grad_norm_([p for p in self.objective.parameters() if p.requires_grad], train.max_grad_norm)
+                    acc.clip_grad_norm_(self._trainable(), train.max_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             if log:
@@ -314,9 +285,6 @@ class Trainer:
         return record
 
     # --------------------------------------------------------------------------------------------- saving
-    def checkpoint_dir(self, step: int | None = None) -> Path:
-        return self.output_dir / "checkpoints" / checkpoint_name(self.step if step is None else step)
-
     def complete_checkpoints(self) -> list[Path]:
         """Checkpoint folders under `output_dir/checkpoints` that were written to the end, oldest first."""
         return complete_checkpoints(self.output_dir / "checkpoints")
@@ -325,12 +293,10 @@ class Trainer:
         """Write a checkpoint atomically; keeps the newest `checkpoints_total_limit` complete checkpoints.
 
         Every process writes `accelerator.save_state` into a temporary sibling folder; the main process adds the
-        EMA weights (safetensors), the LR schedule (JSON) and last `trainer_state.json`, flushes everything
-        and renames the folder into place. A process killed at any point leaves no folder under a checkpoint
-        name that is incomplete.
+        EMA and LR state and last `trainer_state.json`, then renames the folder into place.
         """
         acc = self.accelerator
-        folder = self.checkpoint_dir()
+        folder = self.output_dir / "checkpoints" / checkpoint_name(self.step)
         tmp = folder.with_name(TMP_PREFIX + folder.name)
         if acc.is_main_process:
             folder.parent.mkdir(parents=True, exist_ok=True)
@@ -376,17 +342,17 @@ class Trainer:
             return {"policy": self.config.train.ase.schedule.to_dict(), "cfg_pairing": "together"}
         return None
 
-    def save_pipeline(self, folder: str | Path | None = None, use_ema: bool = True) -> Path:
-        """Save the trained pipeline folder (default `output_dir/pipeline`) with the EMA weights if any.
+    def save_pipeline(self) -> Path:
+        """Save the trained pipeline folder `output_dir/pipeline` with the EMA weights if any.
 
         DiTs: an `EarlyExitDiTPipeline` folder (pixel space); U-Nets: an `EarlyExitUNetPipeline` folder with the
         trained `exit_bridges/`. Labels and the default exit config go into `model_index.json`. Stock pipeline
         runs: the same stock class with the trained transformer, `exit_heads/` and `exit_config.json`
         (`PipelineSource.save`).
         """
-        folder = Path(folder) if folder is not None else self.output_dir / "pipeline"
+        folder = self.output_dir / "pipeline"
         module = self.objective_module
-        with ema_weights(self.ema if use_ema else None, self._trainable()):
+        with ema_weights(self.ema, self._trainable()):
             if self.accelerator.is_main_process:
                 # Saved next to its destination and renamed into place: never a half-written pipeline folder.
                 tmp = folder.with_name(TMP_PREFIX + folder.name)
@@ -407,14 +373,14 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         return folder
 
-    def preview(self, use_ema: bool = True) -> dict[str, Any] | None:
+    def preview(self) -> dict[str, Any] | None:
         """Pipeline runs: sample the previews (`PipelineTrainingConfig`) with the EMA weights and the run's exits,
         decoded by the pipeline's VAE, into `output_dir/samples/step_XXXXXXX/`; returns the main process's
         record (None elsewhere, and when previews are off)."""
         if self.source is None or self.config.pipeline.num_previews == 0:
             return None
         record = None
-        with ema_weights(self.ema if use_ema else None, self._trainable()):
+        with ema_weights(self.ema, self._trainable()):
             if self.accelerator.is_main_process:
                 folder = self.output_dir / "samples" / checkpoint_name(self.step)
                 record = self.source.preview(folder, self.default_exit_config(), self.objective_module.heads,
@@ -434,6 +400,8 @@ def train(config: ExperimentConfig, output_dir: str | Path, *, resume: str | Non
     >>> config = ExperimentConfig(model=ModelConfig(num_layers=2, width=16, num_heads=2),
     ...                           train=TrainConfig(mode="scratch", max_steps=1, batch_size=8))
     >>> trainer = train(config, tempfile.mkdtemp(), progress=False)
+    >>> trainer.step
+    1
     >>> sorted(p.name for p in (trainer.output_dir / "pipeline").iterdir())
     ['model_index.json', 'scheduler', 'transformer']
 
