@@ -9,6 +9,7 @@ safetensors only; nothing here unpickles.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -197,3 +198,32 @@ def check_output_file(path: str | os.PathLike, what: str) -> Path:
         raise ValueError(f"{what} {str(path)!r} is a folder; expected a file path (e.g. {str(path / 'out.json')!r})")
     _check_writable(path, path.parent, what)
     return path
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 of a module's state dict (names, dtypes, shapes and bytes, in name order).
+
+    ```py
+    >>> a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    >>> weights_digest(a) == weights_digest(a), weights_digest(a) == weights_digest(b)
+    (True, False)
+
+    ```
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        # Bytes through a uint8 view: numpy has no bfloat16.
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def module_fingerprint(module: torch.nn.Module) -> dict[str, Any]:
+    """`{"class", "config", "weights_sha256"}` of a model: diffusers' or transformers' config (`{}` for a module
+    with none; private keys such as `_name_or_path` are left out: moving a folder does not change what it encodes)."""
+    config = getattr(module, "config", None)  # diffusers' FrozenDict, a transformers config, or none
+    config = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
+    public = {k: v for k, v in config.items() if not k.startswith("_") and k not in ("transformers_version",)}
+    return {"class": type(module).__name__, "config": json.loads(json.dumps(public, default=str)),
+            "weights_sha256": weights_digest(module)}

@@ -35,15 +35,12 @@ ValueError: the cache in ... was made differently: vae: cached 'v1', expected 'v
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from .._io import atomic_save_safetensors, atomic_write_json, check_output_folder, load_safetensors, read_json_file
@@ -56,35 +53,6 @@ CACHE_FORMAT = 1
 
 def shard_name(index: int) -> str:
     return f"shard_{index:05d}.safetensors"
-
-
-def weights_digest(module: nn.Module) -> str:
-    """sha256 of a module's state dict (names, dtypes, shapes and bytes, in name order).
-
-    ```py
-    >>> a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
-    >>> weights_digest(a) == weights_digest(a), weights_digest(a) == weights_digest(b)
-    (True, False)
-
-    ```
-    """
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        # Bytes through a uint8 view: numpy has no bfloat16.
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def module_fingerprint(module: nn.Module) -> dict[str, Any]:
-    """`{"class", "config", "weights_sha256"}` of a diffusers or transformers model (private config keys such
-    as `_name_or_path` are left out: moving a folder does not change what it encodes)."""
-    config = module.config
-    config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    public = {k: v for k, v in config.items() if not k.startswith("_") and k not in ("transformers_version",)}
-    return {"class": type(module).__name__, "config": json.loads(json.dumps(public, default=str)),
-            "weights_sha256": weights_digest(module)}
 
 
 def _short(value: Any) -> str:

@@ -36,14 +36,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._io import atomic_path, atomic_write_json, atomic_write_text, read_json_file
+from .._io import atomic_path, atomic_write_json, atomic_write_text, module_fingerprint, read_json_file
 from ..config import EarlyExitConfig
 from ..heads import UncertaintyHeads
 from ..results import EXIT_CONFIG_FILE, HEADS_FOLDER
 from ..pipelines.stock import load_pipeline, pipeline_class_name
 from .config import PipelineTrainingConfig, TrainConfig
 from .image_items import ImageItem, caption_items, class_items, items_digest, load_image
-from .latent_cache import LatentCache, build_cache, module_fingerprint
+from .latent_cache import LatentCache, build_cache
 
 #: The text-conditioned pipeline classes training supports, with their default prompt length in tokens.
 TEXT_PIPELINES = {"PixArtAlphaPipeline": 120, "StableDiffusion3Pipeline": 256}
