@@ -13,8 +13,9 @@ engine (`ee_diffusion.eval`: `runner`, `frontier`, `report`, `solvers`), which t
 - `feature_nets.py`: the training of the package's shipped feature networks (`python -m bench.feature_nets`);
 - `shapes_bench.py`: `bench-shapes`, the cost at real widths with random weights;
 - `engine_bench.py`: `bench-engine`, the engine alone (hook overhead, compaction);
-- `caches_bench.py` (+ `caches_compare.py`, `caches_report.py`): `bench-caches`, per-row tail caches against
-  diffusers' caches at matched speed;
+- `caches_bench.py` (+ `caches_rows.py`, `caches_compare.py`, `caches_report.py`, `caches_state.py`): `bench-caches`,
+  per-row tail caches against diffusers' caches and cache-dit (`cache_dit_rows.py`) at matched speed, by wall-clock
+  and at DiT-XL/2-width cost (`xl_cost.py`);
 - `compile_bench.py`: `bench-compile`, planned policies under torch.compile on one of our models (the measurement is
   `gpu_check.compile_check`);
 - `backbones_bench.py`: the cost of one ASE-style schedule on every supported backbone;

@@ -1,4 +1,4 @@
-"""`python -m bench bench-caches`: per-row tail caches (reuse and forecast) against diffusers' caches, matched in speed.
+"""`python -m bench bench-caches`: per-row caches (reuse and forecast) against diffusers' caches and cache-dit.
 
 Setting: a pre-trained model without heads (default `digits-deep-pretrained`, 28 blocks), one solver at the
 conventional steps, no guidance, image i from the noise seeded by (0, i) for every method. Rows:
@@ -11,9 +11,15 @@ conventional steps, no guidance, image i from the noise seeded by (0, i) for eve
 - diffusers' FirstBlockCache, TaylorSeerCache, SeaCache and MagCache (calibrated) with their thresholds swept.
   They decide once per batch, so their images depend on the batch: each is sampled at every batch size it is
   timed at (`fbc0.1|b64`, `|b8`, `|b1`), and once more at batch 64 with every batch holding a single class
-  (`|b64sorted`), which shows how much the batch's composition moves a batch-global decision.
+  (`|b64sorted`), which shows how much the batch's composition moves a batch-global decision;
+- cache-dit's DBCache (`cachedit_f{Fn}_r{threshold}[_ts{TaylorSeer order}]_w{warm-up}[_m{step mask}]`, see
+  `cache_dit_rows.py`),
+  attached through cache-dit's `BlockAdapter` as a user attaches it; batch-global like diffusers' caches and sampled
+  the same way. Each row records the steps cache-dit reports cached in each pipeline call (`cached_steps`) and the
+  report the cache-dit version that ran.
 
-The presets `dpmpp10`, `dpmpp15`, `dpmpp20` and `ddim25` measure where users sample: every row at that solver and
+The presets `cachedit10` and `cachedit15` sweep cache-dit against the rows that led the earlier runs; the presets
+`dpmpp10`, `dpmpp15`, `dpmpp20` and `ddim25` measure where users sample: every row at that solver and
 step count against the stock model at 25 DDIM steps (`reference_solver`, `reference_steps`), the solver's own
 fewer steps as the frontier (`frontier_comparisons`), `BlockForecast` rows (`bf{interval}_o{order}_w{first calls
 computed}[_l: last call computed][_v{threshold}: with the per-row change criterion]`), `BlockForecast` rows placed
@@ -33,7 +39,10 @@ speedup no lower, or no more block evaluations per image and a speedup lower by 
 b: `caches_compare.as_fast`, `caches_compare.timing_noise`; the fewer-steps frontier is matched by the same rule) with the
 lowest worst-net FID relative to the reference; the paired interval of FID(ours) - FID(cache) says whether ours wins
 (whole interval below 0 under every net), loses (above 0 under any) or ties. This is done for the tail forecasts
-(p >= 1), for all per-row rows and for the `BlockForecast` rows. The per-row state
+(p >= 1), for all per-row rows and for the `BlockForecast` rows, by wall-clock and again by the cost at DiT-XL/2
+width (`comparisons_xl`): every row's model calls, blocks entered, and attention and feed-forward computed are
+counted while it samples (`row["work"]`, per image), and priced by a DiT-XL/2-width block's parts timed once per
+run (`xl_cost.py`; `row["xl_cost"]`). The per-row state
 (`exit_state_nbytes`) is measured after calls at batch 64 and compared with its formula, for this model and for
 DiT-XL/2's hidden states (256 tokens x 1152).
 
@@ -54,29 +63,24 @@ import torch
 from ee_diffusion._command_line import int_at_least
 from ee_diffusion._io import check_output_folder
 from ee_diffusion._validation import check_int
-from ee_diffusion.caches.block_forecast import distinct_timesteps
-from ee_diffusion.calibration.forecast_placement import starts
-from ee_diffusion.config import EarlyExitConfig
-from ee_diffusion.hooks import apply_early_exit, exit_state_nbytes, remove_early_exit
-from ee_diffusion.eval.baselines import taylorseer_steps
 from ee_diffusion.eval.features import feature_nets_of, load_feature_net
 from ee_diffusion.eval.method import Method
 from ee_diffusion.eval.paired import PairedFIDs
 from ee_diffusion.eval.quality import real_images
-from ee_diffusion.eval.runner import MethodSampler
 from ee_diffusion.eval.solvers import SOLVERS, make_schedulers, solver_timesteps
 from ee_diffusion.eval.timing import load_average, speedups
 from ee_diffusion.pipelines.conditioning import Conditioning
-from ee_diffusion.schedules import BlockForecast, BlockForecastState, CachedTailResidual, TailCacheState
 
+from .cache_dit_rows import CacheDitSampler, cache_dit_methods
+from .cache_dit_rows import version as cache_dit_version
 from .caches_compare import frontier_comparisons, matched_comparisons, summarize, timing_noise
 from .caches_report import write
+from .caches_rows import forecast_methods, sorted_by_class, tail_methods
+from .caches_state import state_memory
 from .grid import cache_methods
 from .models import SETTINGS, load_setting_pipeline, setting_dataset
 from .presets import Preset
-
-DIT_XL_TOKENS, DIT_XL_WIDTH = 256, 1152  # DiT-XL/2 at 256 px: 32x32 latents in 2x2 patches, hidden width 1152
-
+from .xl_cost import CostShape, WorkCounter, add_costs, measure_parts
 
 @dataclass
 class CachesPreset:
@@ -113,6 +117,15 @@ class CachesPreset:
     even_computes: tuple[int, ...] = ()
     sea_thresholds: tuple[float, ...] = (0.05, 0.1, 0.2)
     mag_thresholds: tuple[float, ...] = (0.02, 0.05)
+    # cache-dit's DBCache (`cache_dit_rows.py`; Bn 0): every Fn x threshold x TaylorSeer order (0: no calibrator),
+    # x warm-up (calls computed before any is cached), and each (step mask, threshold, order) at Fn 1.
+    cache_dit_fns: tuple[int, ...] = ()
+    cache_dit_thresholds: tuple[float, ...] = (0.1, 0.2, 0.3)
+    cache_dit_orders: tuple[int, ...] = (0, 1, 2)
+    cache_dit_masks: tuple[tuple[str, float, int], ...] = ()
+    cache_dit_warmups: tuple[int, ...] = (2, 4)
+    # The DiT whose block parts are timed to cost every row at DiT-XL/2 width (`xl_cost.py`).
+    cost_shape: CostShape = CostShape()
     batches: tuple[int, ...] = (64, 8, 1)
     sorted_batches: bool = True
     timing_repeats: int = 5
@@ -164,6 +177,19 @@ class CachesPreset:
         for name in ("timing_repeats", "calib_images", "bootstrap"):
             check_int(getattr(self, name), name, 1)
         check_int(self.timing_warmup, "timing_warmup", 0)
+        if self.cache_dit_masks and not self.cache_dit_fns:
+            raise ValueError("cache_dit_masks are rows at Fn 1 beside the Fn sweep: give cache_dit_fns too")
+        if self.cache_dit_fns and not (self.cache_dit_thresholds and self.cache_dit_orders and self.cache_dit_warmups):
+            raise ValueError(f"cache_dit_fns {self.cache_dit_fns} need cache_dit_thresholds, cache_dit_orders and "
+                             f"cache_dit_warmups, got {self.cache_dit_thresholds}, {self.cache_dit_orders} and "
+                             f"{self.cache_dit_warmups}")
+        self.cache_dit_rows()  # each setting checked (`CacheDitBaseline`)
+
+    def cache_dit_rows(self) -> list[Method]:
+        if not self.cache_dit_fns:
+            return []
+        return cache_dit_methods(self.solver, self.steps, self.cache_dit_fns, self.cache_dit_thresholds,
+                                 self.cache_dit_orders, self.cache_dit_masks, self.cache_dit_warmups)
 
 
 # `full` on the deep pre-trained digits DiT takes about 45 minutes on one core; `ci` is a smoke run of every path.
@@ -181,7 +207,21 @@ def _at_user_steps(solver: str, steps: int, frontier: tuple[int, ...], even: tup
         mag_thresholds=(0.05,), batches=(64, 1), sorted_batches=False, timing_repeats=9,
         block_forecasts=tuple((i, o, w, last) for i in (2, 3, 4) for o in (1, 2) for w, last in windows),
         block_verifies=((6, 1, 1, False, 0.2), (6, 1, 2, True, 0.2), (6, 1, 2, True, 0.3)), placed_orders=(1,),
-        even_computes=even)
+        even_computes=even, cache_dit_fns=(1, 4, 8), cache_dit_masks=tuple((m, 0.2, 1) for m in ("slow", "medium", "fast")))
+
+
+def _against_cache_dit(solver: str, steps: int, frontier: tuple[int, ...]) -> CachesPreset:
+    """cache-dit's DBCache swept (Fn 1/4/8, thresholds 0.15 and 0.3, no calibrator and TaylorSeer orders 1-2, warm-ups
+    of 2 and 4 steps, the three step masks) against the rows that led the earlier runs (`BlockForecast` at TaylorSeerCache's interval-3 and -4
+    cadences after 2 warm-up steps, TaylorSeerCache itself, the per-row tail forecast, FirstBlockCache) and the
+    solver's fewer steps: batch 64 only, 320 images, 5 timed rounds, so that both step counts fit in about 30
+    minutes on one core."""
+    return CachesPreset(
+        solver=solver, steps=steps, num_images=320, batch1_images=64, frontier_steps=frontier, tail_thresholds=(0.2,),
+        tail_cadences=(), forecast_orders=(1,), fbc_thresholds=(0.1,), taylorseer_intervals=(3, 4),
+        taylorseer_orders=(1,), taylorseer_windows=((2, False),), sea_thresholds=(), mag_thresholds=(), batches=(64,),
+        sorted_batches=False, timing_repeats=5, placed_orders=(1,), cache_dit_fns=(1, 4, 8),
+        cache_dit_thresholds=(0.15, 0.3), cache_dit_masks=tuple((m, 0.2, 1) for m in ("slow", "medium", "fast")))
 
 
 PRESETS = {
@@ -190,96 +230,17 @@ PRESETS = {
     "dpmpp15": _at_user_steps("dpmpp", 15, (7, 8, 10, 12), (4, 5, 6)),
     "dpmpp20": _at_user_steps("dpmpp", 20, (8, 10, 12, 15), (5, 6, 7)),
     "ddim25": _at_user_steps("ddim", 25, (10, 12, 14, 16, 20), (6, 7, 8)),
+    "cachedit10": _against_cache_dit("dpmpp", 10, (6, 7, 8)),
+    "cachedit15": _against_cache_dit("dpmpp", 15, (8, 10, 12)),
     "ci": CachesPreset(solver="dpmpp", steps=6, reference_steps=8, block_forecasts=((2, 1, 2, True),), block_verifies=((3, 1, 1, False, 0.2),),
                        placed_orders=(1,), even_computes=(3,),
                        taylorseer_windows=((1, False), (2, True)), num_images=24, batch1_images=6, frontier_steps=(3,), tail_thresholds=(0.2,), tail_cadences=(1,),
                        fbc_thresholds=(0.2,), taylorseer_intervals=(2,), sea_thresholds=(0.2,), mag_thresholds=(0.05,),
-                       batches=(8, 1), timing_repeats=1, timing_warmup=0, calib_images=4, bootstrap=20),
+                       batches=(8, 1), timing_repeats=1, timing_warmup=0, calib_images=4, bootstrap=20,
+                       cache_dit_fns=(1, 4), cache_dit_thresholds=(0.3,), cache_dit_orders=(0, 1),
+                       cache_dit_masks=(("fast", 0.3, 1),), cache_dit_warmups=(1,),
+                       cost_shape=CostShape(width=32, heads=2, latent_side=8, repeats=1)),
 }
-
-
-def _tail_methods(preset: CachesPreset) -> list[Method]:
-    at = f"@{preset.solver}{preset.steps}"
-    rules = {f"tail{tau}": {"threshold": tau} for tau in preset.tail_thresholds}
-    rules.update({f"every{c + 1}": {"criterion": "timestep", "skip_above_t": 0.0, "max_cached_calls": c}
-                  for c in preset.tail_cadences})
-    return [Method(f"{rule}_o{p}{at}", "tail_cache", preset.solver, preset.steps,
-                   EarlyExitConfig(CachedTailResidual(**kwargs, forecast_order=p)), notes={"forecast_order": p})
-            for rule, kwargs in rules.items() for p in preset.forecast_orders]
-
-
-def _forecast_methods(preset: CachesPreset, timesteps: list[float]) -> list[Method]:
-    """`BlockForecast` rows, their windows placed among the solver's `timesteps` (`BlockForecast.for_calls`)."""
-    at = f"@{preset.solver}{preset.steps}"
-    out = []
-    for interval, order, first, last, *verify in (*preset.block_forecasts, *preset.block_verifies):
-        tau = verify[0] if verify else None
-        policy = BlockForecast.for_calls(timesteps, first, last, interval=interval, forecast_order=order,
-                                         verify_threshold=tau)
-        name = f"bf{interval}_o{order}_w{first}{'_l' if last else ''}{'' if tau is None else f'_v{tau:g}'}{at}"
-        out.append(Method(name, "block_forecast", preset.solver, preset.steps, EarlyExitConfig(policy),
-                          notes={"forecast_order": order, "interval": interval, "first_calls": first, "last_call": last,
-                                 "verify_threshold": tau}))
-    n = len(distinct_timesteps(timesteps))  # = steps: the bench's solvers make one call per timestep
-    windows = preset.taylorseer_windows or ((max(1, preset.steps // 8), False),)  # as `cache_methods` gives them
-    placements = {f"bfts{i}_o{{order}}_w{w}{'_l' if last else ''}": taylorseer_steps(n, i, w, last)
-                  for i in preset.taylorseer_intervals for w, last in windows}
-    placements |= {f"bfe{k}_o{{order}}": list(starts(n, k)[0]) for k in preset.even_computes}
-    for pattern, calls in placements.items():
-        for order in preset.placed_orders:
-            policy = BlockForecast.for_calls(timesteps, calls=calls, forecast_order=order)
-            out.append(Method(pattern.format(order=order) + at, "block_forecast", preset.solver, preset.steps,
-                              EarlyExitConfig(policy), notes={"forecast_order": order, "interval": None,
-                                                              "first_calls": None, "last_call": None,
-                                                              "verify_threshold": None, "calls": calls}))
-    return out
-
-
-def _sorted_by_class(indices: range, num_classes: int) -> list[int]:
-    """`indices` reordered so that consecutive images share a class (labels are `i % num_classes`)."""
-    return sorted(indices, key=lambda i: (i % num_classes, i))
-
-
-def state_memory(pipe: Any, method: Method, batch: int) -> dict[str, Any]:
-    """`exit_state_nbytes` after three model calls at `batch` rows, with the formula's value
-    (`TailCacheState.bound`) for this model and for DiT-XL/2 hidden states at the same batch, in float32 and
-    bfloat16."""
-    model = pipe.transformer
-    c, h, w = model.config.in_channels, model.config.sample_size, model.config.sample_size
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, c, h, w, generator=generator)
-    labels = torch.arange(batch) % pipe.num_classes
-    apply_early_exit(model, method.exit_config)
-    try:
-        tokens = None
-
-        def grab(_module: Any, args: tuple, kwargs: dict) -> None:  # (B, L, D) hidden states into block 0
-            nonlocal tokens
-            hidden = args[0] if args else kwargs["hidden_states"]
-            tokens = tuple(hidden.shape[1:])
-
-        handle = model.transformer_blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
-        try:
-            for t in (999, 959, 919):
-                model(x, torch.full((batch,), t), labels)
-        finally:
-            handle.remove()
-        measured = exit_state_nbytes(model)
-    finally:
-        remove_early_exit(model)
-    policy = method.exit_config.policy
-    length, width = tokens
-    blocks = len(model.transformer_blocks)
-
-    def formula(length: int, width: int, element_bytes: int) -> int:
-        if isinstance(policy, BlockForecast):  # a DiT block forecasts attn1 and ff: 2 L D values per block
-            return BlockForecastState.bound(batch, 2 * blocks * length * width, policy.forecast_order, element_bytes)
-        return TailCacheState.bound(batch, length, width, policy.forecast_order, element_bytes,
-                                    head_residual=policy.criterion == "residual")
-
-    return {"batch": batch, "measured_bytes": measured, "formula_bytes": formula(length, width, 4),
-            "tokens": length, "width": width, "dit_xl_2_float32_bytes": formula(DIT_XL_TOKENS, DIT_XL_WIDTH, 4),
-            "dit_xl_2_bfloat16_bytes": formula(DIT_XL_TOKENS, DIT_XL_WIDTH, 2)}
 
 
 def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[str, Any]:
@@ -301,15 +262,17 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
     sets = {"all": PairedFIDs(reals, N, preset.bootstrap, preset.confidence),
             "batch1": PairedFIDs(reals, N1, preset.bootstrap, preset.confidence)}
     big = max(b for b in preset.batches)
-    sampler = MethodSampler(pipe, Conditioning("classes", class_ids=list(range(pipe.num_classes))), 1.0,
-                            make_schedulers(pipe.scheduler), big, big)
+    sampler = CacheDitSampler(pipe, Conditioning("classes", class_ids=list(range(pipe.num_classes))), 1.0,
+                              make_schedulers(pipe.scheduler), big, big)
     rows: dict[str, dict[str, Any]] = {}
     methods: dict[str, Method] = {}
     reference_evals: list[float] = []
 
     def score(name: str, method: Method, indices: list[int] | range, batch: int, scored_as: str) -> dict:
         t0 = time.perf_counter()
-        run_ = sampler(method, indices, batch_size=batch)
+        first_call = len(sampler.cached_steps)
+        with WorkCounter(pipe.transformer) as work:  # what ran: the rows' cost at DiT-XL/2 width (`xl_cost.py`)
+            run_ = sampler(method, indices, batch_size=batch)
         order = np.argsort(np.asarray(list(indices)))  # back to index order: pairing is by image index
         with torch.no_grad():
             images = run_.images[torch.as_tensor(order)]
@@ -318,7 +281,11 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
         if not reference_evals:
             reference_evals.append(evals)
         row = {**method.describe(), "name": name, "batch": batch, "scored_on": scored_as,
-               "block_fraction": evals / reference_evals[0], "sample_s": time.perf_counter() - t0}
+               "block_fraction": evals / reference_evals[0], "sample_s": time.perf_counter() - t0,
+               "work": {k: v / len(indices) for k, v in work.counts.items()}}
+        if method.family == "cache_dit":  # the steps cache-dit itself reports cached, one list per pipeline call
+            row["cached_steps"] = sampler.cached_steps[first_call:]
+            row["mean_cached_steps"] = float(np.mean([len(c) for c in row["cached_steps"]]))
         row["fid_by_net"] = sets[scored_as].add(name, features)
         row["fid"] = row["fid_by_net"][sets[scored_as].primary]
         if scored_as == "all" and method.cache is None:  # per-row and full-depth rows: also scored on the first N1
@@ -337,7 +304,7 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
     for k in frontier_steps:
         score(f"{preset.solver}{k}", Method(f"{preset.solver}{k}", "fewer_steps", preset.solver, k), range(N), big, "all")
     sampler.use_solver(preset.solver)
-    tails = _tail_methods(preset) + _forecast_methods(preset, solver_timesteps(pipe.scheduler, S))
+    tails = tail_methods(preset) + forecast_methods(preset, solver_timesteps(pipe.scheduler, S))
     for method in tails:
         score(method.name, method, range(N), big, "all")
 
@@ -348,6 +315,12 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
                           sea_thresholds=preset.sea_thresholds, mag_thresholds=preset.mag_thresholds,
                           calib_images=preset.calib_images)
     caches, mag_ratios, not_attached = cache_methods(pipe, (preset.solver, S), grid_preset, 1.0, sampler)
+    for method in preset.cache_dit_rows():
+        try:  # a two-image trial, as for diffusers' caches: one that cannot attach is reported, not fatal
+            sampler(method, range(2), batch_size=2)
+            caches.append(method)
+        except (ValueError, RuntimeError, TypeError, KeyError, AssertionError) as error:
+            not_attached[method.family] = f"{type(error).__name__}: {error}"
     for method in caches:
         for batch in preset.batches:
             if batch == 1:
@@ -355,7 +328,7 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
             else:
                 score(f"{method.name}|b{batch}", method, range(N), batch, "all")
         if preset.sorted_batches:
-            score(f"{method.name}|b{big}sorted", method, _sorted_by_class(range(N), pipe.num_classes), big, "all")
+            score(f"{method.name}|b{big}sorted", method, sorted_by_class(range(N), pipe.num_classes), big, "all")
 
     # 3. Per-row rows do not depend on the batch: check it at batch 1 on a few images (bitwise is not required,
     #    matmuls of other shapes round differently; decisions are thresholded, so a flip is possible in principle).
@@ -379,13 +352,20 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
     for name, row in rows.items():  # a cache's timing is its method's, whatever batch its images were sampled at
         row["timing"] = timing[name.split("|")[0]]
 
-    # 5. Intervals, matched-speed comparisons, state memory.
+    # 5. Every row's cost at DiT-XL/2 width, from the parts timed once and the work it did.
+    parts = measure_parts(preset.cost_shape)
+    add_costs(rows, parts, reference.name)
+    log(f"DiT-XL/2-width parts timed ({parts['elapsed_s']:.0f}s)")
+
+    # 6. Intervals, matched-speed comparisons (by wall-clock and at DiT-XL/2 width), state memory.
     for name, row in rows.items():
         paired = sets[row["scored_on"]]
         row["dfid_reference"] = paired.difference(name, reference.name)
         row["fid_resamples"] = [round(float(v), 5) for v in paired.resampled[name]]  # the primary net's
     comparisons = matched_comparisons(rows, sets, tails, noise)
     against_frontier = frontier_comparisons(rows, sets, tails, preset.batches, noise)
+    comparisons_xl = matched_comparisons(rows, sets, tails, xl=True)
+    against_frontier_xl = frontier_comparisons(rows, sets, tails, (big,), xl=True)
     composition = {}
     for method in caches if preset.sorted_batches else ():
         composition[method.name] = sets["all"].difference(f"{method.name}|b{big}sorted", f"{method.name}|b{big}")
@@ -400,8 +380,10 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
         "rows": rows, "timing_noise": noise, "comparisons": comparisons, "frontier_comparisons": against_frontier,
         "batch_composition": composition, "mag_ratios": mag_ratios,
         "not_attached": not_attached, "batch_independence": independence, "state_memory": memory,
-        "summary": summarize(comparisons),
+        "summary": summarize(comparisons), "xl_parts": parts, "comparisons_xl": comparisons_xl,
+        "frontier_comparisons_xl": against_frontier_xl, "summary_xl": summarize(comparisons_xl),
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                        "cache_dit": cache_dit_version() if preset.cache_dit_fns else None,
                         "load_average_before": load_before, "load_average_after": load_average()},
         "elapsed_s": time.perf_counter() - started,
     }

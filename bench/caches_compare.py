@@ -24,28 +24,36 @@ def _robust_key(row: dict[str, Any], reference: dict[str, Any], key: str) -> flo
     return max(fid / reference[f"{key}_by_net"][net] for net, fid in row[f"{key}_by_net"].items())
 
 
-def as_fast(row: dict[str, Any], other: dict[str, Any], batch: str, noise: dict[str, float]) -> bool:
+def speedup(row: dict[str, Any], batch: str, xl: bool = False) -> float:
+    """The row's wall-clock speedup at `batch`, or with `xl` its speedup at DiT-XL/2 width (`xl_cost.add_costs`: the
+    same at every batch, from the work the row did)."""
+    return row["xl_cost"]["speedup"] if xl else row["timing"][batch]["speedup"]
+
+
+def as_fast(row: dict[str, Any], other: dict[str, Any], batch: str, noise: dict[str, float], xl: bool = False) -> bool:
     """Whether `row` is at least as fast as `other` at `batch`: its median speedup is no lower, or it does no more
     block evaluations per image and its speedup is below by less than the run's timing noise at that batch
     (`timing_noise`): two rows doing the same work differ by a few percent from run to run either way, and a
-    verdict at equal wall-clock must not turn on that."""
-    mine, theirs = row["timing"][batch]["speedup"], other["timing"][batch]["speedup"]
+    verdict at equal wall-clock must not turn on that. With `xl`, by the speedups at DiT-XL/2 width (pass no noise:
+    they are computed from counted work, the same for two rows doing the same work)."""
+    mine, theirs = speedup(row, batch, xl), speedup(other, batch, xl)
     return mine >= theirs or (row["block_fraction"] <= other["block_fraction"]
                               and mine >= theirs * (1.0 - noise.get(batch, 0.0)))
 
 
-def _match(row: dict[str, Any], other: dict[str, Any], batch: str, interval: dict[str, Any]) -> dict[str, Any]:
-    return {"row": row["name"], "speedup": row["timing"][batch]["speedup"], "dfid": interval,
-            "result": _verdict(interval),
-            "within_noise": row["timing"][batch]["speedup"] < other["timing"][batch]["speedup"]}
+def _match(row: dict[str, Any], other: dict[str, Any], batch: str, interval: dict[str, Any],
+           xl: bool = False) -> dict[str, Any]:
+    return {"row": row["name"], "speedup": speedup(row, batch, xl), "dfid": interval, "result": _verdict(interval),
+            "within_noise": speedup(row, batch, xl) < speedup(other, batch, xl)}
 
 
 def matched_comparisons(rows: dict[str, dict], sets: dict[str, PairedFIDs], tails: list[Method],
-                        noise: dict[str, float] | None = None) -> list[dict[str, Any]]:
+                        noise: dict[str, float] | None = None, xl: bool = False) -> list[dict[str, Any]]:
     """Per cache row at batch b: the best per-row row at least as fast at batch b (`as_fast`; the lowest worst-net
     FID relative to the reference), among the tail forecasts, all per-row rows and the `BlockForecast` rows, with
     the paired interval of FID(ours) - FID(cache) on the cache row's image set and its verdict under every net.
-    `noise`: the run's timing noise per batch (none: a row must be at least as fast by its median)."""
+    `noise`: the run's timing noise per batch (none: a row must be at least as fast by its median). `xl`: speed is
+    the speedup at DiT-XL/2 width (`speedup`) instead of the wall-clock."""
     reference = next(r for r in rows.values() if r["family"] == "reference")
     pools = {"forecast": [m for m in tails if m.family == "tail_cache" and m.notes["forecast_order"] >= 1],
              "per_row": tails, "block_forecast": [m for m in tails if m.family == "block_forecast"]}
@@ -54,37 +62,37 @@ def matched_comparisons(rows: dict[str, dict], sets: dict[str, PairedFIDs], tail
         if row["family"] not in CACHE_FAMILIES or name.endswith("sorted"):
             continue
         b = str(row["batch"])
-        speed = row["timing"][b]["speedup"]
-        entry = {"cache": name, "family": row["family"], "batch": row["batch"], "cache_speedup": speed,
+        entry = {"cache": name, "family": row["family"], "batch": row["batch"], "cache_speedup": speedup(row, b, xl),
                  "cache_fid": row["fid"]}
         for pool_name, pool in pools.items():
-            fast = [rows[m.name] for m in pool if as_fast(rows[m.name], row, b, noise or {})]
+            fast = [rows[m.name] for m in pool if as_fast(rows[m.name], row, b, noise or {}, xl)]
             if not fast:
                 entry[pool_name] = None
                 continue
             key = "fid" if row["scored_on"] == "all" else "fid_batch1_set"
             best = min(fast, key=lambda r: _robust_key(r, reference, key))
-            entry[pool_name] = _match(best, row, b, sets[row["scored_on"]].difference(best["name"], name))
+            entry[pool_name] = _match(best, row, b, sets[row["scored_on"]].difference(best["name"], name), xl)
         out.append(entry)
     return out
 
 
 def frontier_comparisons(rows: dict[str, dict], sets: dict[str, PairedFIDs], tails: list[Method],
-                         batches: tuple[int, ...], noise: dict[str, float] | None = None) -> list[dict[str, Any]]:
+                         batches: tuple[int, ...], noise: dict[str, float] | None = None,
+                         xl: bool = False) -> list[dict[str, Any]]:
     """Per per-row row and batch: the solver's fewer-steps row at least as fast (`as_fast`, the same rule as
-    against the caches) with the lowest worst-net FID, and FID(row) - FID(that row) with its verdict (on all
-    images; the rows do not depend on the batch)."""
+    against the caches; `xl`: at DiT-XL/2 width) with the lowest worst-net FID, and FID(row) - FID(that row) with
+    its verdict (on all images; the rows do not depend on the batch)."""
     reference = next(r for r in rows.values() if r["family"] == "reference")
     steps = [r for r in rows.values() if r["family"] == "fewer_steps"]
     out = []
     for method in tails:
         row = rows[method.name]
         for b in map(str, batches):
-            fast = [r for r in steps if as_fast(r, row, b, noise or {})]
-            entry = {"row": method.name, "batch": int(b), "speedup": row["timing"][b]["speedup"], "frontier": None}
+            fast = [r for r in steps if as_fast(r, row, b, noise or {}, xl)]
+            entry = {"row": method.name, "batch": int(b), "speedup": speedup(row, b, xl), "frontier": None}
             if fast:
                 best = min(fast, key=lambda r: _robust_key(r, reference, "fid"))
-                entry["frontier"] = _match(best, row, b, sets["all"].difference(method.name, best["name"]))
+                entry["frontier"] = _match(best, row, b, sets["all"].difference(method.name, best["name"]), xl)
             out.append(entry)
     return out
 

@@ -168,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_benchmark(subparsers, "bench-shapes", "shapes_bench", "wall-clock of early exit at DiT-XL/2, PixArt-alpha "
                    "and SD3-medium widths (random weights)", _run_bench_shapes)
     _add_benchmark(subparsers, "bench-caches", "caches_bench", "per-row tail caches (reuse and forecast) against "
-                   "diffusers' caches at matched speed, batch 1, 8 and 64, on a pre-trained model", _run_bench_caches)
+                   "diffusers' caches and cache-dit at matched speed (wall-clock and DiT-XL/2-width cost), batch 1, 8 "
+                   "and 64, on a pre-trained model", _run_bench_caches)
     _add_benchmark(subparsers, "bench-compile", "compile_bench", "planned exit policies under torch.compile "
                    "(inductor): graph breaks, equality with eager and wall-clock, on a shipped model", _run_bench_compile)
     add_debug(parser, subparsers)

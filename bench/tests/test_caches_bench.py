@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from bench import caches_bench, caches_compare, caches_report
+from bench import caches_bench, caches_compare, caches_report, caches_state
 from bench.cli import main
 from bench.grid import Method
 from ee_diffusion.config import EarlyExitConfig
@@ -40,6 +40,12 @@ def test_the_ci_preset_scores_times_and_compares_every_row(ci_report):
         if c["per_row"] is not None:
             assert rows[c["per_row"]["row"]]["timing"][str(c["batch"])]["speedup"] >= c["cache_speedup"]
     assert report["batch_independence"]["max_abs_difference"] < 1e-4
+    # cache-dit's rows say which steps it cached, per pipeline call; every row has its cost at DiT-XL/2 width.
+    cache_dit = [r for r in rows.values() if r["family"] == "cache_dit"]
+    assert len(cache_dit) == len(preset.cache_dit_rows()) * (len(preset.batches) + 1) and report["environment"]["cache_dit"]
+    assert all(r["cached_steps"] and r["mean_cached_steps"] > 0 for r in cache_dit)
+    assert rows[report["reference"]]["xl_cost"]["speedup"] == 1.0
+    assert all(r["xl_cost"]["speedup"] > 1.0 for r in cache_dit)
     assert (out / "report.md").read_text() == caches_report.markdown(report)
     assert (out / "pareto.png").stat().st_size > 0
 
@@ -118,6 +124,12 @@ def test_a_row_within_the_timing_noise_doing_no_more_work_counts_as_matched(spee
     assert (entry["forecast"]["row"] == "slow_good") is matched
     assert entry["forecast"]["within_noise"] is (matched and speed < 2.0)
     # The fewer-steps frontier is matched by the same rule: a fewer-steps row within the noise of ours counts.
+    # At DiT-XL/2 width the speedups come from counted work: a row as cheap as the cache is matched, one 1% dearer is not.
+    for name, r in rows.items():
+        r["xl_cost"] = {"speedup": 2.0 if name == "fbc|b8" else 3.0 if name == "fast_bad" else 1.0}
+    rows["slow_good"]["xl_cost"]["speedup"] = 2.0 * (1.0 if matched else 0.99)
+    [entry] = caches_compare.matched_comparisons(rows, sets, tails, xl=True)
+    assert entry["cache_speedup"] == 2.0 and (entry["forecast"]["row"] == "slow_good") is matched
     rows["ref"]["family"] = "fewer_steps"
     rows["ref"]["timing"]["8"]["speedup"], rows["ref"]["block_fraction"] = speed, blocks
     target = {**rows["fbc|b8"], "name": "fbc|b8"}
@@ -152,7 +164,7 @@ def test_the_state_of_a_per_row_row_is_measured_at_the_batch_asked_for():
     pipe = load_setting_pipeline("digits-deep-pretrained")
     method = Method("t", "tail_cache", "ddim", 4, EarlyExitConfig(CachedTailResidual(threshold=0.1, forecast_order=2)),
                     notes={"forecast_order": 2})
-    small, large = caches_bench.state_memory(pipe, method, 2), caches_bench.state_memory(pipe, method, 6)
+    small, large = caches_state.state_memory(pipe, method, 2), caches_state.state_memory(pipe, method, 6)
     assert large["measured_bytes"] == 3 * small["measured_bytes"] == 3 * small["formula_bytes"]
 
 

@@ -13,7 +13,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 RENDERED = [
     ("bench-caches-digits-deep/report.json", "bench-caches-digits-deep/report.md", caches_report.markdown),
     *((f"bench-caches-{p}/report.json", f"bench-caches-{p}/report.md", caches_report.markdown)
-      for p in ("dpmpp10", "dpmpp15", "dpmpp20", "ddim25")),
+      for p in ("dpmpp10", "dpmpp15", "dpmpp20", "ddim25", "cachedit10", "cachedit15")),
     ("bench-compile-digits-deep/compile.json", "bench-compile-digits-deep/compile.md", compile_bench.markdown),
     ("operating-point-search-digits/search.json", "operating-point-search-digits/search.md", search_markdown),
     ("unet-vs-dit/results.json", "unet-vs-dit/table.md", unet_vs_dit.markdown_table),
