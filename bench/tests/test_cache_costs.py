@@ -32,7 +32,9 @@ def test_the_calls_are_labelled_by_what_ran(tmp_path):
         # interval 4: call 1 computes; the tail runs fully on call 1, then skips up to 3 calls
         assert methods["forecast"]["kinds"] == ["compute", "forecast", "forecast", "forecast"]
         assert methods["tail"]["kinds"] == ["full", "skip", "skip", "skip"]
-        assert set(methods["hooks"]["ratio_to_stock"]) == {"full"} and 0 < entry["fixed_share"] < 1
+        # fixed_share is a ratio of two timings of tiny calls: only its sign is certain (on a loaded machine the
+        # block-less call can take longer than the stock call)
+        assert set(methods["hooks"]["ratio_to_stock"]) == {"full"} and entry["fixed_share"] > 0
     report = {"command": "x", "repeats": 1, "environment": {"torch": "t", "threads": 1, "machine": "m"},
               "shapes": {"flux": entry}}
     assert "| flux |" in cache_costs.markdown(report)
