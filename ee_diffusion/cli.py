@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._command_line import add_debug, check_device, int_at_least, number_in, run_command, warn_half_on_cpu
+from ._validation import CALL_OPTIONS
 
 if TYPE_CHECKING:
     from .default_model import Setting
@@ -181,7 +182,7 @@ def add_calibrate(subparsers, setting_names: tuple[str, ...] = SETTING_NAMES,
     parser.add_argument("--buckets", type=int_at_least(1), default=4, help="timestep buckets of the schedule")
     size = parser.add_argument_group("size (default: the pipeline's own; video pipelines default to hundreds of "
                                      "pixels and dozens of frames)")
-    for flag in ("--height", "--width", "--num-frames"):
+    for flag in (f"--{name.replace('_', '-')}" for name in CALL_OPTIONS):
         size.add_argument(flag, type=int_at_least(1), default=None,
                           help=f"{flag[2:].replace('-', ' ')} of every pipeline call; recorded, and a loaded "
                                f"result's default")
@@ -316,7 +317,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
                              min_psnr=args.min_psnr, threshold=args.threshold, num_images=args.images, steps=steps,
                              guidance_scale=guidance, num_buckets=args.buckets, batch_size=args.batch_size,
                              forecast_orders=None if args.forecast_orders is None else tuple(args.forecast_orders),
-                             call_options={name: getattr(args, name) for name in ("height", "width", "num_frames")
+                             call_options={name: getattr(args, name) for name in CALL_OPTIONS
                                            if getattr(args, name) is not None},
                              **_forecast_grid(args), progress=True,
                              feature_net=load_feature_net(setting.data) if setting else None)
@@ -348,7 +349,7 @@ def check_calibrate_args(args: argparse.Namespace, is_setting: bool, setting_nam
                          f"block-forecast, got --kind {args.kind}")
     if args.solver is not None and args.kind == "operating-point":
         raise ValueError(f"--solver {args.solver} is for the other kinds; the operating-point search takes --solvers")
-    sizes = [f"--{name.replace('_', '-')}" for name in ("height", "width", "num_frames") if getattr(args, name)]
+    sizes = [f"--{name.replace('_', '-')}" for name in CALL_OPTIONS if getattr(args, name)]
     if sizes and is_setting:
         raise ValueError(f"{' '.join(sizes)} set the size of a pipeline folder's calls; the {args.model} setting "
                          f"samples at its model's own size")

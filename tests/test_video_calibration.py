@@ -14,7 +14,8 @@ import torch
 import ee_diffusion
 from ee_diffusion.cli import main
 from ee_diffusion.eval.pipeline_sampling import _as_images
-from ee_diffusion.pipelines.stock import denoisers_of, load_pipeline
+from ee_diffusion.pipeline_hooks import find_denoisers
+from ee_diffusion.pipelines.stock import load_pipeline
 from ee_diffusion.testing.family_pipelines import TINY_CALLS, tiny_family_pipeline
 
 
@@ -49,7 +50,7 @@ def test_calibrate_a_video_folder_and_run_it_bare(name, tmp_path):
     assert np.asarray(frames).shape[:4] == (1, size["num_frames"], size["height"], size["width"])
     # both of Wan 2.2's experts ran the saved policy; the calls of every denoiser add up to the calibration's steps
     runs = summary.denoisers
-    assert len(runs) == len(denoisers_of(pipe)) == (2 if name == "wan2.2" else 1)
+    assert len(runs) == len(find_denoisers(pipe)) == (2 if name == "wan2.2" else 1)
     calls = sum(run.stats.num_calls for run in runs if run.stats is not None)
     assert calls in (4, 8)  # one call per step, or one per guidance branch
     computed = sum(run.stats.compute_fraction * run.stats.num_calls for run in runs if run.stats is not None)

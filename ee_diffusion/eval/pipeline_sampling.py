@@ -35,7 +35,8 @@ from .._validation import check_call_options
 from ..config import EarlyExitConfig
 from ..hooks import early_exit
 from ..pipelines.conditioning import Conditioning, Prompt
-from ..pipelines.stock import denoisers_of, kind_of
+from ..pipeline_hooks import find_denoisers
+from ..pipelines.stock import kind_of
 from ..stats import ExitStats
 
 __all__ = ["BlockCounter", "Prompt", "SampleRun", "image_generators", "image_labels", "image_noise_generators",
@@ -180,14 +181,14 @@ def sample_pipeline(
     keeps the pipeline's default. `on_batch(n)` is told after every batch of `n` images (progress bars).
     `call_options` (`CALL_OPTIONS`: height, width, num_frames) go to every call as they are.
     `labels`: `image_labels`.
-    Both of Wan 2.2's experts are hooked and counted (`denoisers_of`).
+    Both of Wan 2.2's experts are hooked and counted (`find_denoisers`, as `ee_diffusion.enable` finds them).
     """
     indices = [int(i) for i in indices]
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     call_options = check_call_options(call_options or {})
     kind = kind_of(pipe)
-    denoisers = denoisers_of(pipe)
+    denoisers = list(find_denoisers(pipe).values())
     from ..adapters import get_adapter
 
     blocks = BlockCounter([block for denoiser in denoisers for block in get_adapter(denoiser).blocks])

@@ -102,13 +102,6 @@ def denoiser_of(pipe: Any) -> nn.Module:
     return getattr(pipe, kind_of(pipe).denoiser)
 
 
-def denoisers_of(pipe: Any) -> list[nn.Module]:
-    """Every denoiser a call of the pipeline may run: `denoiser_of(pipe)`, and Wan 2.2's second expert
-    (`transformer_2`, which takes the low-noise steps) when the folder has one."""
-    second = pipe.components.get("transformer_2")
-    return [denoiser_of(pipe)] + ([second] if isinstance(second, nn.Module) else [])
-
-
 def default_guidance_scale(pipe: Any) -> float | None:
     """The guidance scale a call without one runs at: ours from their operating point, stock ones from their
     `__call__` default; None for pipelines that take no guidance (unconditional) or leave it unset by default."""
