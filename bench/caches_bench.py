@@ -224,6 +224,21 @@ def _against_cache_dit(solver: str, steps: int, frontier: tuple[int, ...]) -> Ca
         cache_dit_thresholds=(0.15, 0.3), cache_dit_masks=tuple((m, 0.2, 1) for m in ("slow", "medium", "fast")))
 
 
+def _lead(solver: str, steps: int, frontier: tuple[int, ...]) -> CachesPreset:
+    """Few computed steps, the last one among them: `BlockForecast` at intervals 4-7 (the first call, or the first
+    two, and the last computed), with the per-row change criterion at interval 8, and on 4-6 evenly placed computes,
+    against TaylorSeerCache at intervals 4-8 with the last step computed and cache-dit's DBCache at Fn 1/4/8 and
+    thresholds 0.3-0.5 (TaylorSeer order 1); batch 64, 320 images, 5 timed rounds (about 15 minutes on one core)."""
+    return CachesPreset(
+        solver=solver, steps=steps, num_images=320, batch1_images=64, frontier_steps=frontier, tail_thresholds=(0.2,),
+        tail_cadences=(), forecast_orders=(1,), fbc_thresholds=(0.1,), taylorseer_intervals=(4, 5, 6, 7, 8),
+        taylorseer_orders=(1,), taylorseer_windows=((1, True), (2, True)), sea_thresholds=(), mag_thresholds=(),
+        batches=(64,), sorted_batches=False, timing_repeats=5,
+        block_forecasts=((4, 1, 2, True), (5, 1, 1, True), (5, 1, 2, True), (6, 1, 1, True), (7, 1, 1, True)),
+        block_verifies=((8, 1, 1, True, 0.3), (8, 1, 1, True, 0.4)), placed_orders=(1,), even_computes=(4, 5, 6),
+        cache_dit_fns=(1, 4, 8), cache_dit_thresholds=(0.3, 0.4, 0.5), cache_dit_orders=(1,), cache_dit_warmups=(2,))
+
+
 PRESETS = {
     "full": CachesPreset(),
     "dpmpp10": _at_user_steps("dpmpp", 10, (6, 7, 8), (3, 4, 5)),
@@ -232,6 +247,7 @@ PRESETS = {
     "ddim25": _at_user_steps("ddim", 25, (10, 12, 14, 16, 20), (6, 7, 8)),
     "cachedit10": _against_cache_dit("dpmpp", 10, (6, 7, 8)),
     "cachedit15": _against_cache_dit("dpmpp", 15, (8, 10, 12)),
+    "lead20": _lead("dpmpp", 20, (10, 12, 15)),
     "ci": CachesPreset(solver="dpmpp", steps=6, reference_steps=8, block_forecasts=((2, 1, 2, True),), block_verifies=((3, 1, 1, False, 0.2),),
                        placed_orders=(1,), even_computes=(3,),
                        taylorseer_windows=((1, False), (2, True)), num_images=24, batch1_images=6, frontier_steps=(3,), tail_thresholds=(0.2,), tail_cadences=(1,),
