@@ -115,6 +115,9 @@ class CachesPreset:
     # among them (`bfe{k}_o{order}`).
     placed_orders: tuple[int, ...] = ()
     even_computes: tuple[int, ...] = ()
+    # ... and on these placements, as given (indices of the run's timesteps, 0 first; `bfp{i-j-...}_o{order}`): e.g.
+    # the ones `calibrate --kind block-forecast --forecast-computes K` picks by PSNR.
+    placements: tuple[tuple[int, ...], ...] = ()
     sea_thresholds: tuple[float, ...] = (0.05, 0.1, 0.2)
     mag_thresholds: tuple[float, ...] = (0.02, 0.05)
     # cache-dit's DBCache (`cache_dit_rows.py`; Bn 0): every Fn x threshold x TaylorSeer order (0: no calibrator),
@@ -155,6 +158,10 @@ class CachesPreset:
             check_int(k, "every value of even_computes", 2, f"timesteps computed; below steps ({self.steps})")
             if k >= self.steps:
                 raise ValueError(f"every value of even_computes must be below steps ({self.steps}), got {k}")
+        for calls in self.placements:
+            if not calls or calls[0] != 0 or list(calls) != sorted(set(calls)) or calls[-1] >= self.steps:
+                raise ValueError(f"every placement must be increasing step indices from 0, below steps "
+                                 f"({self.steps}), got {calls!r}")
         check_int(self.num_images, "num_images", 2, "images per scored set")
         check_int(self.batch1_images, "batch1_images", 2, "images sampled at batch 1")
         if self.batch1_images > self.num_images:
@@ -239,6 +246,19 @@ def _lead(solver: str, steps: int, frontier: tuple[int, ...]) -> CachesPreset:
         cache_dit_fns=(1, 4, 8), cache_dit_thresholds=(0.3, 0.4, 0.5), cache_dit_orders=(1,), cache_dit_warmups=(2,))
 
 
+def _placed(steps: int, placements: tuple[tuple[int, ...], ...], intervals: tuple[int, ...]) -> CachesPreset:
+    """`BlockForecast` at DPM-Solver++ `steps` on given placements of 3-5 computed steps (the picks of `calibrate
+    --kind block-forecast --forecast-computes K` by PSNR, and for comparison others) against TaylorSeerCache at
+    `intervals` with its warm-up step and the last step computed, and DPM-Solver++ 12 (10 for a 12-step run); batch
+    64, 320 images, 5 timed rounds (about 6 minutes on one core)."""
+    return CachesPreset(
+        solver="dpmpp", steps=steps, num_images=320, batch1_images=64, frontier_steps=(12 if steps > 12 else 10,),
+        tail_thresholds=(0.2,), tail_cadences=(), forecast_orders=(1,), fbc_thresholds=(0.1,),
+        taylorseer_intervals=intervals, taylorseer_orders=(1,), taylorseer_windows=((1, True),), sea_thresholds=(),
+        mag_thresholds=(), batches=(64,), sorted_batches=False, timing_repeats=5, placed_orders=(1,),
+        placements=placements)
+
+
 PRESETS = {
     "full": CachesPreset(),
     "dpmpp10": _at_user_steps("dpmpp", 10, (6, 7, 8), (3, 4, 5)),
@@ -248,8 +268,14 @@ PRESETS = {
     "cachedit10": _against_cache_dit("dpmpp", 10, (6, 7, 8)),
     "cachedit15": _against_cache_dit("dpmpp", 15, (8, 10, 12)),
     "lead20": _lead("dpmpp", 20, (10, 12, 15)),
+    # The placements: calibrate's picks (by PSNR on 40 images of other seeds) of 5, 4 and 3 computes at 20 steps, 4
+    # and 3 at 15 and at 12; TaylorSeerCache's own (0, 2, 8, 14, 19); and four more 4-compute ones at 20 steps.
+    "place20": _placed(20, ((0, 4, 9, 14, 18), (0, 5, 12, 18), (0, 7, 16), (0, 2, 8, 14, 19), (0, 2, 10, 18),
+                            (0, 3, 11, 19), (0, 2, 9, 17), (0, 1, 9, 18)), (6, 9, 10, 17)),
+    "place15": _placed(15, ((0, 4, 9, 13), (0, 7, 13)), (5, 6, 12)),
+    "place12": _placed(12, ((0, 4, 9, 11), (0, 5, 10)), (4, 5, 9)),
     "ci": CachesPreset(solver="dpmpp", steps=6, reference_steps=8, block_forecasts=((2, 1, 2, True),), block_verifies=((3, 1, 1, False, 0.2),),
-                       placed_orders=(1,), even_computes=(3,),
+                       placed_orders=(1,), even_computes=(3,), placements=((0, 3),),
                        taylorseer_windows=((1, False), (2, True)), num_images=24, batch1_images=6, frontier_steps=(3,), tail_thresholds=(0.2,), tail_cadences=(1,),
                        fbc_thresholds=(0.2,), taylorseer_intervals=(2,), sea_thresholds=(0.2,), mag_thresholds=(0.05,),
                        batches=(8, 1), timing_repeats=1, timing_warmup=0, calib_images=4, bootstrap=20,

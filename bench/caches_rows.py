@@ -43,6 +43,7 @@ def forecast_methods(preset: CachesPreset, timesteps: list[float]) -> list[Metho
     placements = {f"bfts{i}_o{{order}}_w{w}{'_l' if last else ''}": taylorseer_steps(n, i, w, last)
                   for i in preset.taylorseer_intervals for w, last in windows}
     placements |= {f"bfe{k}_o{{order}}": list(starts(n, k)[0]) for k in preset.even_computes}
+    placements |= {f"bfp{'-'.join(map(str, calls))}_o{{order}}": list(calls) for calls in preset.placements}
     for pattern, calls in placements.items():
         for order in preset.placed_orders:
             policy = BlockForecast.for_calls(timesteps, calls=calls, forecast_order=order)

@@ -53,11 +53,12 @@ def test_the_ci_preset_scores_times_and_compares_every_row(ci_report):
 @pytest.mark.slow
 def test_placed_rows_compute_where_taylorseer_does_and_evenly(ci_report):
     """The ci preset's placed rows (6 DPM-Solver++ steps): at TaylorSeer's compute steps ([0, 2, 4] at interval 2
-    after 1 warm-up step; [0, 1, 3, 5] after 2 with the last) and on 3 evenly spread steps ([0, 2, 5] with the last).
+    after 1 warm-up step; [0, 1, 3, 5] after 2 with the last), on 3 evenly spread steps ([0, 2, 5] with the last) and
+    on a placement given as it is ([0, 3]).
     A placed row computes k of the 6 calls for every image: its block fraction is k / 6 of the 8-step reference's."""
     report, _ = ci_report
     rows = report["rows"]
-    for name, calls in (("bfts2_o1_w1", [0, 2, 4]), ("bfts2_o1_w2_l", [0, 1, 3, 5]), ("bfe3_o1", [0, 2, 5])):
+    for name, calls in (("bfts2_o1_w1", [0, 2, 4]), ("bfts2_o1_w2_l", [0, 1, 3, 5]), ("bfe3_o1", [0, 2, 5]), ("bfp0-3_o1", [0, 3])):
         row = rows[f"{name}@dpmpp6"]
         assert row["notes"]["calls"] == calls and row["family"] == "block_forecast"
         assert row["block_fraction"] == pytest.approx(len(calls) / 8)
@@ -152,6 +153,10 @@ def test_an_unmatched_batch_1_setting_does_not_count_as_never_losing():
     ({"placed_orders": (3,)}, r"placed_orders must be forecast orders 0, 1 or 2, got \(3,\)"),
     ({"even_computes": (25,)}, r"every value of even_computes must be below steps \(25\), got 25"),
     ({"even_computes": (1,)}, "every value of even_computes must be an integer >= 2"),
+    ({"placements": ((1, 4),)},
+     r"every placement must be increasing step indices from 0, below steps \(25\), got \(1, 4\)"),
+    ({"placements": ((0, 4, 4),)}, "every placement must be increasing"),
+    ({"placements": ((0, 25),)}, "every placement must be increasing"),
 ])
 def test_bad_presets_are_refused_with_the_allowed_values(change, match):
     with pytest.raises(ValueError, match=match):
