@@ -93,6 +93,9 @@ class CachesPreset:
     reference_solver: str = "ddim"
     reference_steps: int = 25
     num_images: int = 1000
+    # Image i comes from the noise seeded by (0, i): the scored images are first_image .. first_image + num_images - 1
+    # (a confirmation on images no earlier run of a preset scored takes a first_image past them).
+    first_image: int = 0
     batch1_images: int = 200
     frontier_steps: tuple[int, ...] = (8, 10, 12, 14, 16, 18, 20)
     tail_thresholds: tuple[float, ...] = (0.1, 0.2)
@@ -163,6 +166,7 @@ class CachesPreset:
                 raise ValueError(f"every placement must be increasing step indices from 0, below steps "
                                  f"({self.steps}), got {calls!r}")
         check_int(self.num_images, "num_images", 2, "images per scored set")
+        check_int(self.first_image, "first_image", 0, "the index of the first scored image")
         check_int(self.batch1_images, "batch1_images", 2, "images sampled at batch 1")
         if self.batch1_images > self.num_images:
             raise ValueError(f"batch1_images must be at most num_images ({self.num_images}), got {self.batch1_images}")
@@ -191,6 +195,11 @@ class CachesPreset:
                              f"cache_dit_warmups, got {self.cache_dit_thresholds}, {self.cache_dit_orders} and "
                              f"{self.cache_dit_warmups}")
         self.cache_dit_rows()  # each setting checked (`CacheDitBaseline`)
+
+    def scored_images(self) -> tuple[range, range]:
+        """The indices of the images every batch >= 8 row is scored on, and of those the batch-1 rows are."""
+        return (range(self.first_image, self.first_image + self.num_images),
+                range(self.first_image, self.first_image + self.batch1_images))
 
     def cache_dit_rows(self) -> list[Method]:
         if not self.cache_dit_fns:
@@ -274,6 +283,11 @@ PRESETS = {
                             (0, 3, 11, 19), (0, 2, 9, 17), (0, 1, 9, 18)), (6, 9, 10, 17)),
     "place15": _placed(15, ((0, 4, 9, 13), (0, 7, 13)), (5, 6, 12)),
     "place12": _placed(12, ((0, 4, 9, 11), (0, 5, 10)), (4, 5, 9)),
+    # The glyphs DiT's own picks at 15 steps (calibrate on bench/assets/glyphs-dit, the same flags).
+    "glyphs-place15": replace(_placed(15, ((0, 4, 10, 13), (0, 5, 12)), (5, 6, 12)), setting="glyphs"),
+    # The fastest rows of place12/15 at unchanged quality, again on 640 images none of those runs scored.
+    "confirm15": replace(_placed(15, ((0, 4, 9, 13),), (5, 6)), first_image=320, num_images=640),
+    "confirm12": replace(_placed(12, (), (4, 5)), first_image=320, num_images=640),
     "ci": CachesPreset(solver="dpmpp", steps=6, reference_steps=8, block_forecasts=((2, 1, 2, True),), block_verifies=((3, 1, 1, False, 0.2),),
                        placed_orders=(1,), even_computes=(3,), placements=((0, 3),),
                        taylorseer_windows=((1, False), (2, True)), num_images=24, batch1_images=6, frontier_steps=(3,), tail_thresholds=(0.2,), tail_cadences=(1,),
@@ -301,6 +315,7 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
     with torch.no_grad():
         reals = {name: net(real) for name, net in nets.items()}
     N, N1, S = preset.num_images, preset.batch1_images, preset.steps
+    images, images1 = preset.scored_images()
     sets = {"all": PairedFIDs(reals, N, preset.bootstrap, preset.confidence),
             "batch1": PairedFIDs(reals, N1, preset.bootstrap, preset.confidence)}
     big = max(b for b in preset.batches)
@@ -340,15 +355,15 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
     # 1. Batch-independent rows, on all images: the reference, fewer steps, the per-row caches.
     reference = Method(f"{preset.reference_solver}{preset.reference_steps}", "reference", preset.reference_solver,
                        preset.reference_steps)
-    score(reference.name, reference, range(N), big, "all")
+    score(reference.name, reference, images, big, "all")
     frontier_steps = sorted({*preset.frontier_steps, S} - ({preset.reference_steps}
                                                            if preset.solver == preset.reference_solver else set()))
     for k in frontier_steps:
-        score(f"{preset.solver}{k}", Method(f"{preset.solver}{k}", "fewer_steps", preset.solver, k), range(N), big, "all")
+        score(f"{preset.solver}{k}", Method(f"{preset.solver}{k}", "fewer_steps", preset.solver, k), images, big, "all")
     sampler.use_solver(preset.solver)
     tails = tail_methods(preset) + forecast_methods(preset, solver_timesteps(pipe.scheduler, S))
     for method in tails:
-        score(method.name, method, range(N), big, "all")
+        score(method.name, method, images, big, "all")
 
     # 2. diffusers' caches (MagCache calibrated first), sampled at every batch size they are timed at.
     sampler.use_solver(preset.solver)
@@ -366,11 +381,11 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
     for method in caches:
         for batch in preset.batches:
             if batch == 1:
-                score(f"{method.name}|b1", method, range(N1), 1, "batch1")
+                score(f"{method.name}|b1", method, images1, 1, "batch1")
             else:
-                score(f"{method.name}|b{batch}", method, range(N), batch, "all")
+                score(f"{method.name}|b{batch}", method, images, batch, "all")
         if preset.sorted_batches:
-            score(f"{method.name}|b{big}sorted", method, sorted_by_class(range(N), pipe.num_classes), big, "all")
+            score(f"{method.name}|b{big}sorted", method, sorted_by_class(images, pipe.num_classes), big, "all")
 
     # 3. Per-row rows do not depend on the batch: check it at batch 1 on a few images (bitwise is not required,
     #    matmuls of other shapes round differently; decisions are thresholded, so a flip is possible in principle).
@@ -418,7 +433,7 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
                   and m.notes["interval"] == preset.block_forecasts[0][0])}
     return {
         "command": command, "preset": asdict(preset), "setting": preset.setting, "num_blocks": n,
-        "reference": reference.name, "feature_net": data, "feature_nets": list(nets), "num_images": N, "batch1_images": N1,
+        "reference": reference.name, "feature_net": data, "feature_nets": list(nets), "num_images": N, "batch1_images": N1, "first_image": preset.first_image,
         "rows": rows, "timing_noise": noise, "comparisons": comparisons, "frontier_comparisons": against_frontier,
         "batch_composition": composition, "mag_ratios": mag_ratios,
         "not_attached": not_attached, "batch_independence": independence, "state_memory": memory,

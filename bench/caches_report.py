@@ -32,7 +32,9 @@ def markdown(report: dict) -> str:
         f"FID on the {report['feature_net']} feature net"
         + (f" (dFID columns: every net of {report['feature_nets']})" if "feature_nets" in report else "")
         + "; intervals are paired 90% bootstrap intervals. Rows at batch "
-        f">= 8 are scored on {report['num_images']} images, batch-1 rows on the first {report['batch1_images']}. "
+        f">= 8 are scored on {report['num_images']} images"
+        + (f" (images {report['first_image']} on)" if report.get("first_image") else "")
+        + f", batch-1 rows on the first {report['batch1_images']}. "
         f"Speedup: wall-clock of one pipeline call against the stock model ({report['reference']}) at that batch.",
         *_noise_line(report), *_xl_line(report), "",
         "## Rows", "",

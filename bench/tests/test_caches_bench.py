@@ -157,10 +157,19 @@ def test_an_unmatched_batch_1_setting_does_not_count_as_never_losing():
      r"every placement must be increasing step indices from 0, below steps \(25\), got \(1, 4\)"),
     ({"placements": ((0, 4, 4),)}, "every placement must be increasing"),
     ({"placements": ((0, 25),)}, "every placement must be increasing"),
+    ({"first_image": -1}, "first_image must be an integer >= 0"),
 ])
 def test_bad_presets_are_refused_with_the_allowed_values(change, match):
     with pytest.raises(ValueError, match=match):
         replace(caches_bench.CachesPreset(), **change)
+
+
+def test_a_confirmation_scores_images_past_the_ones_a_preset_scored():
+    preset = replace(caches_bench.CachesPreset(), num_images=320, batch1_images=64)
+    assert preset.scored_images() == (range(320), range(64))
+    confirm = caches_bench.PRESETS["confirm15"]
+    assert confirm.scored_images() == (range(320, 960), range(320, 384))
+    assert set(confirm.scored_images()[0]).isdisjoint(caches_bench.PRESETS["place15"].scored_images()[0])
 
 
 def test_the_state_of_a_per_row_row_is_measured_at_the_batch_asked_for():
