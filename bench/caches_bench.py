@@ -288,6 +288,8 @@ PRESETS = {
     # The fastest rows of place12/15 at unchanged quality, again on 640 images none of those runs scored.
     "confirm15": replace(_placed(15, ((0, 4, 9, 13),), (5, 6)), first_image=320, num_images=640),
     "confirm12": replace(_placed(12, (), (4, 5)), first_image=320, num_images=640),
+    # confirm15 timed at batch 1 too (TaylorSeerCache sampled image by image on the first 64 of them).
+    "confirm15b1": replace(_placed(15, ((0, 4, 9, 13),), (5, 6)), first_image=320, num_images=640, batches=(64, 1)),
     "ci": CachesPreset(solver="dpmpp", steps=6, reference_steps=8, block_forecasts=((2, 1, 2, True),), block_verifies=((3, 1, 1, False, 0.2),),
                        placed_orders=(1,), even_computes=(3,), placements=((0, 3),),
                        taylorseer_windows=((1, False), (2, True)), num_images=24, batch1_images=6, frontier_steps=(3,), tail_thresholds=(0.2,), tail_cadences=(1,),
