@@ -18,7 +18,11 @@ conventional steps, no guidance, image i from the noise seeded by (0, i) for eve
   the same way. Each row records the steps cache-dit reports cached in each pipeline call (`cached_steps`) and the
   report the cache-dit version that ran.
 
-The presets `cachedit10` and `cachedit15` sweep cache-dit against the rows that led the earlier runs; the presets
+The presets `cachedit10` and `cachedit15` sweep cache-dit against the rows that led the earlier runs; `lead20` asks
+how few computed steps hold quality at 20 steps; `place12|15|20` and `glyphs-place15` run `BlockForecast` on given
+placements (`placements`, rows `bfp{calls}`: calibrate's picks) against TaylorSeerCache's cadences of as many
+computes, and `confirm15|confirm12|confirm15b1` score the fastest of those again on images no earlier run scored
+(`first_image`); the presets
 `dpmpp10`, `dpmpp15`, `dpmpp20` and `ddim25` measure where users sample: every row at that solver and
 step count against the stock model at 25 DDIM steps (`reference_solver`, `reference_steps`), the solver's own
 fewer steps as the frontier (`frontier_comparisons`), `BlockForecast` rows (`bf{interval}_o{order}_w{first calls
@@ -268,6 +272,10 @@ def _placed(steps: int, placements: tuple[tuple[int, ...], ...], intervals: tupl
         placements=placements)
 
 
+# The 15-step row of place15 that held quality, and TaylorSeerCache's 4- and 5-compute cadences, on 640 images none
+# of the place runs scored.
+_CONFIRM15 = replace(_placed(15, ((0, 4, 9, 13),), (5, 6)), first_image=320, num_images=640)
+
 PRESETS = {
     "full": CachesPreset(),
     "dpmpp10": _at_user_steps("dpmpp", 10, (6, 7, 8), (3, 4, 5)),
@@ -285,11 +293,10 @@ PRESETS = {
     "place12": _placed(12, ((0, 4, 9, 11), (0, 5, 10)), (4, 5, 9)),
     # The glyphs DiT's own picks at 15 steps (calibrate on bench/assets/glyphs-dit, the same flags).
     "glyphs-place15": replace(_placed(15, ((0, 4, 10, 13), (0, 5, 12)), (5, 6, 12)), setting="glyphs"),
-    # The fastest rows of place12/15 at unchanged quality, again on 640 images none of those runs scored.
-    "confirm15": replace(_placed(15, ((0, 4, 9, 13),), (5, 6)), first_image=320, num_images=640),
-    "confirm12": replace(_placed(12, (), (4, 5)), first_image=320, num_images=640),
-    # confirm15 timed at batch 1 too (TaylorSeerCache sampled image by image on the first 64 of them).
-    "confirm15b1": replace(_placed(15, ((0, 4, 9, 13),), (5, 6)), first_image=320, num_images=640, batches=(64, 1)),
+    "confirm15": _CONFIRM15,
+    "confirm12": replace(_placed(12, (), (4, 5)), first_image=320, num_images=640),  # TaylorSeerCache's, as above
+    # confirm15 timed at batch 1 too (TaylorSeerCache sampled image by image on the first 64 of its images).
+    "confirm15b1": replace(_CONFIRM15, batches=(64, 1)),
     "ci": CachesPreset(solver="dpmpp", steps=6, reference_steps=8, block_forecasts=((2, 1, 2, True),), block_verifies=((3, 1, 1, False, 0.2),),
                        placed_orders=(1,), even_computes=(3,), placements=((0, 3),),
                        taylorseer_windows=((1, False), (2, True)), num_images=24, batch1_images=6, frontier_steps=(3,), tail_thresholds=(0.2,), tail_cadences=(1,),
@@ -435,7 +442,8 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
                   and m.notes["interval"] == preset.block_forecasts[0][0])}
     return {
         "command": command, "preset": asdict(preset), "setting": preset.setting, "num_blocks": n,
-        "reference": reference.name, "feature_net": data, "feature_nets": list(nets), "num_images": N, "batch1_images": N1, "first_image": preset.first_image,
+        "reference": reference.name, "feature_net": data, "feature_nets": list(nets), "num_images": N, "batch1_images": N1,
+        "first_image": preset.first_image,
         "rows": rows, "timing_noise": noise, "comparisons": comparisons, "frontier_comparisons": against_frontier,
         "batch_composition": composition, "mag_ratios": mag_ratios,
         "not_attached": not_attached, "batch_independence": independence, "state_memory": memory,

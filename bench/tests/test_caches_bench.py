@@ -58,7 +58,8 @@ def test_placed_rows_compute_where_taylorseer_does_and_evenly(ci_report):
     A placed row computes k of the 6 calls for every image: its block fraction is k / 6 of the 8-step reference's."""
     report, _ = ci_report
     rows = report["rows"]
-    for name, calls in (("bfts2_o1_w1", [0, 2, 4]), ("bfts2_o1_w2_l", [0, 1, 3, 5]), ("bfe3_o1", [0, 2, 5]), ("bfp0-3_o1", [0, 3])):
+    for name, calls in (("bfts2_o1_w1", [0, 2, 4]), ("bfts2_o1_w2_l", [0, 1, 3, 5]), ("bfe3_o1", [0, 2, 5]),
+                        ("bfp0-3_o1", [0, 3])):
         row = rows[f"{name}@dpmpp6"]
         assert row["notes"]["calls"] == calls and row["family"] == "block_forecast"
         assert row["block_fraction"] == pytest.approx(len(calls) / 8)
