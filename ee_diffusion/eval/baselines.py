@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..adapters import get_adapter
+
 KINDS = ("first_block_cache", "taylorseer_cache", "mag_cache", "sea_cache")
 #: TaylorSeer forecasts the outputs of these modules of a DiT block (diffusers' default patterns expect attention
 #: modules named `attn`; DiT's are `attn1`, so its default would hook nothing).
@@ -112,8 +114,6 @@ def diffusers_cache(transformer: nn.Module, baseline: CacheBaseline, scheduler: 
     forget_child_registries(transformer)
     sigmas = _noise_levels(scheduler)
     record = {"calls": 0}
-
-    from ..adapters import get_adapter
 
     timestep_arg = get_adapter(transformer).timestep_arg  # HiDream's is `timesteps`
 
