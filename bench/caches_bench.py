@@ -456,6 +456,9 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
     against_frontier = frontier_comparisons(rows, sets, tails, preset.batches, noise)
     comparisons_xl = matched_comparisons(rows, sets, tails, xl=True)
     against_frontier_xl = frontier_comparisons(rows, sets, tails, (big,), xl=True)
+    # The whole-stack forecast against BlockForecast on the same placement (`st...` against `bf...`), every net.
+    stack_vs_blocks = {m.name: sets[rows[m.name]["scored_on"]].difference(m.name, "bf" + m.name[2:])
+                       for m in tails if m.name.startswith("st") and "bf" + m.name[2:] in rows}
     composition = {}
     for method in caches if preset.sorted_batches else ():
         composition[method.name] = sets["all"].difference(f"{method.name}|b{big}sorted", f"{method.name}|b{big}")
@@ -469,7 +472,7 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
         "reference": reference.name, "feature_net": data, "feature_nets": list(nets), "num_images": N, "batch1_images": N1,
         "first_image": preset.first_image,
         "rows": rows, "timing_noise": noise, "comparisons": comparisons, "frontier_comparisons": against_frontier,
-        "batch_composition": composition, "mag_ratios": mag_ratios,
+        "batch_composition": composition, "mag_ratios": mag_ratios, "stack_vs_blocks": stack_vs_blocks,
         "not_attached": not_attached, "batch_independence": independence, "state_memory": memory,
         "summary": summarize(comparisons), "xl_parts": parts, "comparisons_xl": comparisons_xl,
         "frontier_comparisons_xl": against_frontier_xl, "summary_xl": summarize(comparisons_xl),

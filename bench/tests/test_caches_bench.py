@@ -68,6 +68,9 @@ def test_placed_rows_compute_where_taylorseer_does_and_evenly(ci_report):
         assert stack["notes"]["exit_block"] == 0
         assert per_block["work"]["entered"] > per_block["work"]["attention"]
         assert stack["work"]["entered"] == stack["work"]["attention"] == per_block["work"]["attention"]
+        paired = report["stack_vs_blocks"][stack["name"]]
+        assert set(paired["by_net"]) == set(report["feature_nets"]) and paired["low"] <= paired["delta"] <= paired["high"]
+    assert "## The whole stack against every block, same placement" in caches_report.markdown(report)
 
 
 @pytest.mark.slow
