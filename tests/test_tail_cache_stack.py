@@ -129,7 +129,8 @@ def test_bad_settings_are_refused(kwargs, match):
 
 
 def test_bad_calls_are_refused():
-    with pytest.raises(ValueError, match=r"calls must be indices of the run's 4 distinct timesteps \(0..3\), got \[4\]"):
+    with pytest.raises(ValueError, match=r"calls must be indices of the run's 4 distinct timesteps \(0..3\), "
+                                         r"got \[4\]"):
         CachedTailResidual.for_calls(RUN, [4])
 
 

@@ -86,11 +86,10 @@ def calibrate_block_forecast(
     windows = check_windows(windows, "windows", allow_empty=False)
     verify_thresholds = check_verify(verify_thresholds, "verify_thresholds")
     target = as_target(pipe)
-    # A U-Net (or, for the stack, a joint sequence) is refused here, before any sampling.
-    placed = BlockForecast if scope == "blocks" else CachedTailResidual
+    # A U-Net (or, for the stack, a model with a joint sequence) is refused here, before any sampling.
+    probe = BlockForecast() if scope == "blocks" else CachedTailResidual(exit_block=0, criterion="timestep")
+    probe.validate_for(get_adapter(target.denoiser))
     placed_fields = {} if scope == "blocks" else {"exit_block": 0}
-    (BlockForecast() if scope == "blocks" else CachedTailResidual(exit_block=0, criterion="timestep")).validate_for(
-        get_adapter(target.denoiser))
     reference = sample_calibration_set(target, calib, None)
     timesteps = call_timesteps(reference, calib)
     distinct = len(distinct_timesteps(timesteps))
@@ -118,7 +117,8 @@ def calibrate_block_forecast(
             raise ValueError(f"computes must be below the run's {distinct} distinct timesteps, got {k}")
         for order in forecast_orders:
             def score(calls: tuple[int, ...], order: int = order) -> dict[str, Any]:
-                return measure(placed.for_calls(timesteps, calls=list(calls), forecast_order=order, **placed_fields))
+                policy = type(probe).for_calls(timesteps, calls=list(calls), forecast_order=order, **placed_fields)
+                return measure(policy)
 
             trials.extend(search_placement(score, distinct, k))
     if not trials:
