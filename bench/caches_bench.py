@@ -125,9 +125,6 @@ class CachesPreset:
     # ... and on these placements, as given (indices of the run's timesteps, 0 first; `bfp{i-j-...}_o{order}`): e.g.
     # the ones `calibrate --kind block-forecast --forecast-computes K` picks by PSNR.
     placements: tuple[tuple[int, ...], ...] = ()
-    # The same placements (every one above) forecasting the whole stack's residual, at each of these orders:
-    # `CachedTailResidual.for_calls(..., exit_block=0)`, rows `st{placement}_o{order}` (`stts...`, `ste...`, `stp...`).
-    stack_orders: tuple[int, ...] = ()
     sea_thresholds: tuple[float, ...] = (0.05, 0.1, 0.2)
     mag_thresholds: tuple[float, ...] = (0.02, 0.05)
     # cache-dit's DBCache (`cache_dit_rows.py`; Bn 0): every Fn x threshold x TaylorSeer order (0: no calibrator),
@@ -162,9 +159,8 @@ class CachesPreset:
                 raise ValueError(f"block_forecasts first calls must be below steps ({self.steps}), got {first}")
             if order not in (0, 1, 2):
                 raise ValueError(f"block_forecasts orders must be 0, 1 or 2, got {order!r}")
-        for name in ("placed_orders", "stack_orders"):
-            if any(order not in (0, 1, 2) for order in getattr(self, name)):
-                raise ValueError(f"{name} must be forecast orders 0, 1 or 2, got {getattr(self, name)!r}")
+        if any(order not in (0, 1, 2) for order in self.placed_orders):
+            raise ValueError(f"placed_orders must be forecast orders 0, 1 or 2, got {self.placed_orders!r}")
         for k in self.even_computes:
             check_int(k, "every value of even_computes", 2, f"timesteps computed; below steps ({self.steps})")
             if k >= self.steps:
@@ -263,15 +259,13 @@ def _lead(solver: str, steps: int, frontier: tuple[int, ...]) -> CachesPreset:
         cache_dit_fns=(1, 4, 8), cache_dit_thresholds=(0.3, 0.4, 0.5), cache_dit_orders=(1,), cache_dit_warmups=(2,))
 
 
-def _placed(steps: int, placements: tuple[tuple[int, ...], ...], intervals: tuple[int, ...],
-            frontier: tuple[int, ...] | None = None) -> CachesPreset:
+def _placed(steps: int, placements: tuple[tuple[int, ...], ...], intervals: tuple[int, ...]) -> CachesPreset:
     """`BlockForecast` at DPM-Solver++ `steps` on given placements of 3-5 computed steps (the picks of `calibrate
     --kind block-forecast --forecast-computes K` by PSNR, and for comparison others) against TaylorSeerCache at
-    `intervals` with its warm-up step and the last step computed, and DPM-Solver++ at `frontier` steps (default 12,
-    10 for a 12-step run); batch 64, 320 images, 5 timed rounds (about 6 minutes on one core)."""
+    `intervals` with its warm-up step and the last step computed, and DPM-Solver++ 12 (10 for a 12-step run); batch
+    64, 320 images, 5 timed rounds (about 6 minutes on one core)."""
     return CachesPreset(
-        solver="dpmpp", steps=steps, num_images=320, batch1_images=64,
-        frontier_steps=frontier or (12 if steps > 12 else 10,),
+        solver="dpmpp", steps=steps, num_images=320, batch1_images=64, frontier_steps=(12 if steps > 12 else 10,),
         tail_thresholds=(0.2,), tail_cadences=(), forecast_orders=(1,), fbc_thresholds=(0.1,),
         taylorseer_intervals=intervals, taylorseer_orders=(1,), taylorseer_windows=((1, True),), sea_thresholds=(),
         mag_thresholds=(), batches=(64,), sorted_batches=False, timing_repeats=5, placed_orders=(1,),
@@ -281,20 +275,6 @@ def _placed(steps: int, placements: tuple[tuple[int, ...], ...], intervals: tupl
 # The 15-step row of place15 that held quality, and TaylorSeerCache's 4- and 5-compute cadences, on 640 images none
 # of the place runs scored.
 _CONFIRM15 = replace(_placed(15, ((0, 4, 9, 13),), (5, 6)), first_image=320, num_images=640)
-
-
-
-def _stack(steps: int, placements: tuple[tuple[int, ...], ...], intervals: tuple[int, ...],
-           frontier: tuple[int, ...]) -> CachesPreset:
-    """The whole-stack forecast (`st...` rows) beside `BlockForecast` on the same placements: calibrate's pick for
-    both (`--forecast-scope stack` picks the same ones), a 3-compute one, and TaylorSeerCache's cadences at `intervals`
-    (warm-up step and last step computed); against TaylorSeerCache itself, cache-dit's DBCache (Fn 1 and 4,
-    thresholds 0.3 and 0.4, TaylorSeer order 1, the settings that held quality fastest in `lead20`) and DPM-Solver++
-    at `frontier` steps. 640 images none of the earlier runs scored (960 on), batch 64 and 1, 7 timed rounds."""
-    return replace(_placed(steps, placements, intervals, frontier), first_image=960, num_images=640,
-                   batches=(64, 1), timing_repeats=7, stack_orders=(1,), cache_dit_fns=(1, 4),
-                   cache_dit_thresholds=(0.3, 0.4), cache_dit_orders=(1,), cache_dit_warmups=(2,))
-
 
 PRESETS = {
     "full": CachesPreset(),
@@ -317,12 +297,8 @@ PRESETS = {
     "confirm12": replace(_placed(12, (), (4, 5)), first_image=320, num_images=640),  # TaylorSeerCache's, as above
     # confirm15 timed at batch 1 too (TaylorSeerCache sampled image by image on the first 64 of its images).
     "confirm15b1": replace(_CONFIRM15, batches=(64, 1)),
-    # calibrate --kind block-forecast --forecast-scope stack picks at 4 and 3 computes (docs/forecast-placement).
-    "stack15": _stack(15, ((0, 4, 9, 13), (0, 7, 13)), (5, 6), (10, 12)),
-    "stack12": _stack(12, ((0, 4, 9, 11), (0, 7, 11)), (4, 5), (8, 10)),
-    "stack10": _stack(10, ((0, 4, 8, 9), (0, 6, 9)), (3, 4), (6, 8)),
     "ci": CachesPreset(solver="dpmpp", steps=6, reference_steps=8, block_forecasts=((2, 1, 2, True),), block_verifies=((3, 1, 1, False, 0.2),),
-                       placed_orders=(1,), stack_orders=(1,), even_computes=(3,), placements=((0, 3),),
+                       placed_orders=(1,), even_computes=(3,), placements=((0, 3),),
                        taylorseer_windows=((1, False), (2, True)), num_images=24, batch1_images=6, frontier_steps=(3,), tail_thresholds=(0.2,), tail_cadences=(1,),
                        fbc_thresholds=(0.2,), taylorseer_intervals=(2,), sea_thresholds=(0.2,), mag_thresholds=(0.05,),
                        batches=(8, 1), timing_repeats=1, timing_warmup=0, calib_images=4, bootstrap=20,
@@ -456,9 +432,6 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
     against_frontier = frontier_comparisons(rows, sets, tails, preset.batches, noise)
     comparisons_xl = matched_comparisons(rows, sets, tails, xl=True)
     against_frontier_xl = frontier_comparisons(rows, sets, tails, (big,), xl=True)
-    # The whole-stack forecast against BlockForecast on the same placement (`st...` against `bf...`), every net.
-    stack_vs_blocks = {m.name: sets[rows[m.name]["scored_on"]].difference(m.name, "bf" + m.name[2:])
-                       for m in tails if m.name.startswith("st") and "bf" + m.name[2:] in rows}
     composition = {}
     for method in caches if preset.sorted_batches else ():
         composition[method.name] = sets["all"].difference(f"{method.name}|b{big}sorted", f"{method.name}|b{big}")
@@ -472,7 +445,7 @@ def run(preset: CachesPreset, progress: bool = True, command: str = "") -> dict[
         "reference": reference.name, "feature_net": data, "feature_nets": list(nets), "num_images": N, "batch1_images": N1,
         "first_image": preset.first_image,
         "rows": rows, "timing_noise": noise, "comparisons": comparisons, "frontier_comparisons": against_frontier,
-        "batch_composition": composition, "mag_ratios": mag_ratios, "stack_vs_blocks": stack_vs_blocks,
+        "batch_composition": composition, "mag_ratios": mag_ratios,
         "not_attached": not_attached, "batch_independence": independence, "state_memory": memory,
         "summary": summarize(comparisons), "xl_parts": parts, "comparisons_xl": comparisons_xl,
         "frontier_comparisons_xl": against_frontier_xl, "summary_xl": summarize(comparisons_xl),

@@ -64,7 +64,6 @@ def markdown(report: dict) -> str:
     if report.get("frontier_comparisons"):
         lines += _frontier_table(report["frontier_comparisons"], "")
     lines += _forecast_against_reuse(report["rows"], report["preset"]["confidence"])
-    lines += _stack_against_blocks(report)
     lines += _summary_table(report, "forecast rows", "by_batch", "forecast",
                             "never loses at batch 1 (all matched, none lost)")
     if any(r["family"] == "block_forecast" for r in report["rows"].values()):
@@ -279,22 +278,6 @@ def _by_net(d: dict | None) -> str:
         return ""
     others = [f"{net} {_fmt(v)}" for net, v in list(d.get("by_net", {}).items())[1:]]
     return _fmt(d) + (f" ({'; '.join(others)})" if others else "")
-
-
-def _stack_against_blocks(report: dict) -> list[str]:
-    """Each whole-stack forecast row (`st...`) against `BlockForecast` on the same placement (`bf...`): speed both ways
-    and the paired FID difference under every net (reports written before `stack_vs_blocks`: none)."""
-    pairs, rows, big = report.get("stack_vs_blocks") or {}, report["rows"], str(max(report["preset"]["batches"]))
-    if not pairs:
-        return []
-    lines = ["", "## The whole stack against every block, same placement (same images, paired)", "",
-             f"| stack row | BlockForecast row | speedup b{big} | at DiT-XL/2 width | FID(stack) - FID(blocks) |",
-             "|---|---|---:|---:|---|"]
-    for name, d in pairs.items():
-        a, b = rows[name], rows["bf" + name[2:]]
-        lines.append(f"| {name} | {b['name']} | {a['timing'][big]['speedup']:.2f}x / {b['timing'][big]['speedup']:.2f}x"
-                     f" | {a['xl_cost']['speedup']:.2f}x / {b['xl_cost']['speedup']:.2f}x | {_by_net(d)} |")
-    return lines
 
 
 def _forecast_against_reuse(rows: dict, confidence: float) -> list[str]:

@@ -27,8 +27,7 @@ def tail_methods(preset: CachesPreset) -> list[Method]:
 
 
 def forecast_methods(preset: CachesPreset, timesteps: list[float]) -> list[Method]:
-    """`BlockForecast` rows, their windows placed among the solver's `timesteps` (`BlockForecast.for_calls`), and the
-    whole-stack forecast (`CachedTailResidual(exit_block=0)`) on the same placements."""
+    """`BlockForecast` rows, their windows placed among the solver's `timesteps` (`BlockForecast.for_calls`)."""
     at = f"@{preset.solver}{preset.steps}"
     out = []
     for interval, order, first, last, *verify in (*preset.block_forecasts, *preset.block_verifies):
@@ -52,12 +51,6 @@ def forecast_methods(preset: CachesPreset, timesteps: list[float]) -> list[Metho
                               EarlyExitConfig(policy), notes={"forecast_order": order, "interval": None,
                                                               "first_calls": None, "last_call": None,
                                                               "verify_threshold": None, "calls": calls}))
-        # The same placement forecasting the whole stack's residual (`st...`): a forecast call runs no block.
-        for order in preset.stack_orders:
-            policy = CachedTailResidual.for_calls(timesteps, calls, exit_block=0, forecast_order=order)
-            out.append(Method("st" + pattern[2:].format(order=order) + at, "tail_cache", preset.solver,
-                              preset.steps, EarlyExitConfig(policy),
-                              notes={"forecast_order": order, "exit_block": 0, "calls": calls}))
     return out
 
 

@@ -170,10 +170,6 @@ def add_calibrate(subparsers, setting_names: tuple[str, ...] = SETTING_NAMES,
     parser.add_argument("--forecast-computes", type=int_at_least(1), nargs="+", default=None, metavar="K",
                         help="block-forecast: also search where K timesteps are computed (any placement, the first "
                              "always; a local search by PSNR against the full model), for each K given")
-    parser.add_argument("--forecast-scope", choices=("blocks", "stack"), default="blocks",
-                        help="block-forecast: what a forecast call forecasts: every block's attention and "
-                             "feed-forward (BlockForecast), or the whole stack's residual, running no block "
-                             "(CachedTailResidual with exit_block 0; placements only: needs --forecast-computes)")
     parser.add_argument("--solver", choices=("ddim", "dpmpp"), default=None,
                         help="sample with this solver, made from the pipeline's scheduler config (default: the "
                              "pipeline's own scheduler; not operating-point, which takes --solvers)")
@@ -270,9 +266,8 @@ def _forecast_grid(args: argparse.Namespace) -> dict:
     """The BlockForecast grid arguments of `run_calibration` that were given (the rest keep their defaults)."""
     grid = {"forecast_intervals": args.forecast_intervals, "forecast_windows": args.forecast_windows,
             "verify_thresholds": None if args.verify_thresholds is None else [None, *args.verify_thresholds],
-            "forecast_computes": args.forecast_computes,
-            "forecast_scope": None if args.forecast_scope == "blocks" else args.forecast_scope}
-    return {k: v if isinstance(v, str) else tuple(v) for k, v in grid.items() if v is not None}
+            "forecast_computes": args.forecast_computes}
+    return {k: tuple(v) for k, v in grid.items() if v is not None}
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:
@@ -352,12 +347,6 @@ def check_calibrate_args(args: argparse.Namespace, is_setting: bool, setting_nam
     if args.forecast_computes and args.kind != "block-forecast":
         raise ValueError(f"--forecast-computes places a BlockForecast's computed timesteps: it needs --kind "
                          f"block-forecast, got --kind {args.kind}")
-    if args.forecast_scope == "stack" and (args.kind != "block-forecast" or not args.forecast_computes
-                                           or args.forecast_intervals or args.verify_thresholds):
-        raise ValueError(f"--forecast-scope stack searches placements of the whole-stack forecast: it needs --kind "
-                         f"block-forecast and --forecast-computes, without --forecast-intervals or "
-                         f"--verify-thresholds; got --kind {args.kind}, --forecast-computes {args.forecast_computes}, "
-                         f"--forecast-intervals {args.forecast_intervals}, --verify-thresholds {args.verify_thresholds}")
     if args.solver is not None and args.kind == "operating-point":
         raise ValueError(f"--solver {args.solver} is for the other kinds; the operating-point search takes --solvers")
     sizes = [f"--{name.replace('_', '-')}" for name in CALL_OPTIONS if getattr(args, name)]

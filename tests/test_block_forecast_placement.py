@@ -19,7 +19,7 @@ from ee_diffusion.eval.baselines import TAYLORSEER_DIT_MODULES, CacheBaseline, d
 from ee_diffusion.eval.solvers import solver_timesteps
 from ee_diffusion.pipelines import EarlyExitDiTPipeline
 from ee_diffusion.pipelines.conditioning import Conditioning
-from ee_diffusion.schedules import BlockForecast, CachedTailResidual
+from ee_diffusion.schedules import BlockForecast
 from ee_diffusion.testing import tiny_dit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -191,31 +191,3 @@ def test_cli_searches_placements_on_a_stock_folder(tmp_path, capsys):
     assert re.search("--forecast-computes places .* needs --kind block-forecast, got --kind schedule",
                      capsys.readouterr().err)
     assert not out.exists()
-    stack = [*args[:3], "--kind", "block-forecast", "--min-psnr", "0", *args[3:16], "--forecast-computes", "2",
-             "--out", str(out), "--forecast-scope", "stack"]
-    assert main(stack) == 0
-    policy = EarlyExitConfig.from_file(out).policy
-    assert isinstance(policy, CachedTailResidual) and policy.exit_block == 0 and policy.full_windows
-    assert main([*stack, "--forecast-intervals", "2"]) == 2
-    assert "--forecast-scope stack searches placements of the whole-stack forecast" in capsys.readouterr().err
-
-
-def test_the_whole_stack_forecast_is_placed_the_same_way():
-    """scope="stack": the placements of `CachedTailResidual(exit_block=0)`, whose forecast calls run no block."""
-    pipe = EarlyExitDiTPipeline(transformer=tiny_dit(num_layers=2), scheduler=DPMSolverMultistepScheduler())
-    pipe.set_progress_bar_config(disable=True)
-    calib = CalibrationSet(num_images=4, num_inference_steps=6, batch_size=4)
-    target = as_target(pipe, Conditioning("classes", class_ids=[0, 1, 2]))
-    result = calibrate_block_forecast(target, min_psnr=0.0, calib=calib, intervals=(), forecast_orders=(1,),
-                                      computes=(2,), scope="stack")
-    policy = result.exit_config.policy
-    assert isinstance(policy, CachedTailResidual) and policy.exit_block == 0 and result.info["scope"] == "stack"
-    # Blocks run on the placed calls only: 2 of the 6 distinct timesteps, whatever the placement.
-    assert all(t["compute_fraction"] == pytest.approx(2 / 6) for t in result.info["trials"])
-    assert policy == CachedTailResidual.for_calls(result.info["timesteps"], result.info["calls"], exit_block=0,
-                                                  forecast_order=1)
-    assert result.info["psnr_db_mean"] == max(t["psnr_db_mean"] for t in result.info["trials"])
-    with pytest.raises(ValueError, match=r"scope='stack' searches placements only: give computes and intervals=\(\)"):
-        calibrate_block_forecast(target, min_psnr=0.0, calib=calib, intervals=(2,), computes=(2,), scope="stack")
-    with pytest.raises(ValueError, match=r"scope must be one of \('blocks', 'stack'\), got 'tail'"):
-        calibrate_block_forecast(target, min_psnr=0.0, calib=calib, intervals=(), computes=(2,), scope="tail")

@@ -80,8 +80,6 @@ EXIT_BLOCK = {"AuraFlow": 3, "Chroma": 3, "HiDream": 3}
 CACHES = {
     "tail": lambda k: CachedTailResidual(threshold=1e9, forecast_order=1, exit_block=k),  # rows skip when they may
     "forecast": lambda k: BlockForecast(interval=2, forecast_order=1),
-    # The whole stack (exit_block=0): a skipping row runs no block; refused where h_N lies on a joint sequence.
-    "stack": lambda k: CachedTailResidual(exit_block=0, criterion="timestep", skip_above_t=0.0, forecast_order=1),
 }
 
 
@@ -90,14 +88,10 @@ CACHES = {
 def test_a_cache_works_per_row_on_every_family(family, cache):
     model, inputs = make(family)
     stock = sample_run(model, inputs)
-    exit_block = 0 if cache == "stack" else EXIT_BLOCK.get(family, 1)
-    if cache == "stack" and family in EXIT_BLOCK:
-        with pytest.raises(ValueError, match=f"exit_block must be at least {EXIT_BLOCK[family]}, got 0"):
-            apply_early_exit(model, EarlyExitConfig(policy=CACHES[cache](exit_block)))
-        return
+    exit_block = EXIT_BLOCK.get(family, 1)
     apply_early_exit(model, EarlyExitConfig(policy=CACHES[cache](exit_block)))
     together = sample_run(model, inputs)
-    if cache != "forecast":  # rows really skipped the tail (or every block) on the later calls
+    if cache == "tail":  # rows really skipped the tail on the later calls
         assert get_exit_stats(model).blocks_run[0].tolist() == [exit_block] * 2
     assert not torch.allclose(together[-1], stock[-1], atol=1e-4)  # the cache changed something
     for index in range(2):

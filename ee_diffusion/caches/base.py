@@ -130,8 +130,7 @@ class TrainingFreeCache(ExitPolicy):
     forecasts_submodules: ClassVar[bool] = False
 
     def decides_after(self, block_index: int, num_blocks: int) -> bool:
-        """Whether rows may leave after this block (`exit_mask`, then `on_decision`); `block_index=-1`: before block 0,
-        on its input (a row that leaves runs no block; sequential transformers). Default: never."""
+        """Whether rows may leave after this block (`exit_mask`, then `on_decision`). Default: never."""
         return False
 
     def create_state(self) -> CacheState | None:

@@ -46,7 +46,6 @@ from ..policies.base import SerializablePolicy
 from .base import CacheState, TrainingFreeCache
 from .block_forecast_call import BlockForecastState, ForecastCall
 from .newton import SAME_TIMESTEP, distinct_timesteps
-from .placement import check_windows, in_windows, placement_windows
 from .tail_cache import FORECAST_ORDERS, STATE_DTYPES
 
 if TYPE_CHECKING:
@@ -120,7 +119,7 @@ class BlockForecast(SerializablePolicy, TrainingFreeCache):
             self.verify_threshold = check_number(self.verify_threshold, "verify_threshold", 0.0, low_open=True)
         if self.state_dtype is not None and self.state_dtype not in STATE_DTYPES:
             raise ValueError(f"state_dtype must be None or one of {tuple(STATE_DTYPES)}, got {self.state_dtype!r}")
-        self.full_windows = check_windows(self.full_windows)
+        self.full_windows = _check_windows(self.full_windows)
 
     def validate_for(self, adapter: BackboneAdapter) -> None:
         if not adapter.sequential or not adapter.forecast_modules(0):
@@ -145,13 +144,20 @@ class BlockForecast(SerializablePolicy, TrainingFreeCache):
         window around each of those timesteps, and an `interval` that never comes due within the run (give
         `interval` to bound the forecast calls between two computed ones too). Index 0 is computed whether listed
         or not: a row's first call has no history to forecast from."""
+        distinct = distinct_timesteps(timesteps)
         if calls is not None:
             if first_calls != 1 or last_call:
                 raise ValueError(f"give calls or first_calls/last_call, not both; got calls={calls!r}, "
                                  f"first_calls={first_calls!r}, last_call={last_call!r}")
+            picked = sorted(set(calls))
+            if any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < len(distinct) for c in picked):
+                raise ValueError(f"calls must be indices of the run's {len(distinct)} distinct timesteps "
+                                 f"(0..{len(distinct) - 1}), got {list(calls)!r}")
+            # Window i spans the midpoints to its neighbours (the last one reaches down to 0, or its own timestep).
+            edges = [*((a + b) / 2 for a, b in zip(distinct, distinct[1:])), min(0.0, distinct[-1])]
+            windows = tuple((edges[i], edges[i - 1]) for i in picked if i > 0)
             fields.setdefault("interval", len(timesteps) + 1)
-            return cls(full_windows=placement_windows(timesteps, calls), **fields)
-        distinct = distinct_timesteps(timesteps)
+            return cls(full_windows=windows, **fields)
         check_int(first_calls, "first_calls", 1, f"timesteps computed first; below the run's {len(distinct)}")
         if first_calls >= len(distinct):
             raise ValueError(f"first_calls must be below the run's {len(distinct)} distinct timesteps, got {first_calls}")
@@ -192,7 +198,11 @@ class BlockForecast(SerializablePolicy, TrainingFreeCache):
         if self.full_above_t is not None:
             due = due | (t > self.full_above_t)
         if self.full_windows:
-            due = due | in_windows(t, self.full_windows, self._window_bounds)
+            key = (t.device, self.full_windows)
+            if key not in self._window_bounds:
+                self._window_bounds[key] = torch.tensor(self.full_windows, device=t.device)
+            bounds = self._window_bounds[key]  # (W, 2) low, high
+            due = due | ((t[:, None] >= bounds[:, 0]) & (t[:, None] <= bounds[:, 1])).any(1)
         repeat = (points > 0) & ((t - state.nodes[:, 0]).abs() <= SAME_TIMESTEP)  # (B,) the newest node again
         call = ForecastCall(state, t, points, since, state.nodes, repeat, due, self.forecast_order, paired,
                             self.verify_threshold)
@@ -215,3 +225,21 @@ class BlockForecast(SerializablePolicy, TrainingFreeCache):
             "full_windows": [list(w) for w in self.full_windows],
         }
 
+
+def _check_windows(windows: Any) -> tuple[tuple[float, float], ...]:
+    """`full_windows` as a tuple of (low, high) float pairs, low <= high, or a ValueError naming what was given."""
+    message = f"full_windows must be a list of (low, high) timestep pairs with low <= high, got {windows!r}"
+    if isinstance(windows, (str, bytes)) or not isinstance(windows, Sequence):
+        raise ValueError(message)
+    out = []
+    for window in windows:
+        if isinstance(window, (str, bytes)) or not isinstance(window, Sequence) or len(window) != 2:
+            raise ValueError(message)
+        try:
+            low, high = (check_number(v, "a full_windows bound") for v in window)
+        except ValueError:
+            raise ValueError(message) from None
+        if low > high:
+            raise ValueError(message)
+        out.append((low, high))
+    return tuple(out)

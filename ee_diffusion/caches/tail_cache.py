@@ -11,8 +11,7 @@ average no longer lets a hard sample be skipped."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -20,7 +19,6 @@ import torch
 from .._validation import check_int, check_number
 from ..policies.base import ExitContext, SerializablePolicy
 from .base import CacheState, TrainingFreeCache
-from .placement import check_windows, in_windows, placement_windows
 
 if TYPE_CHECKING:
     from ..families.base import BackboneAdapter
@@ -176,10 +174,7 @@ class CachedTailResidual(SerializablePolicy, TrainingFreeCache):
 
     After block `exit_block - 1` (FirstBlockCache: the first block), each row decides whether to skip the rest.
     A skipping row returns `h_k + r` (decoded by the model's own output head), `r` standing for the tail
-    residual `h_N - h_k` it skipped, from that row's own full calls (`forecast_order`). With `exit_block=0` the
-    tail is the whole block stack: a row decides on block 0's input `h_0` (the embedded sample, so the row's
-    current input still reaches its output) and a skipping row runs no block at all, where a per-block forecast
-    (`BlockForecast`) still runs every block's norms and modulation:
+    residual `h_N - h_k` it skipped, from that row's own full calls (`forecast_order`):
 
     - 0 (default): its residual from the last call on which it ran fully (FirstBlockCache's reuse);
     - 1 or 2: the polynomial through its residuals at its last 2 or 3 full calls, extrapolated to the row's
@@ -195,15 +190,12 @@ class CachedTailResidual(SerializablePolicy, TrainingFreeCache):
       `threshold=0` never skips and reproduces the stock model exactly);
     - `criterion="uncertainty"`: the row's mean certainty from `UncertaintyHeads` exceeds
       `certainty_threshold` (needs heads; a trained exit that decodes `h_k` plus the forecast tail);
-    - `criterion="timestep"`: the row's timestep is at least `skip_above_t` (the only criterion with
-      `exit_block=0`: the others read a block's output).
+    - `criterion="timestep"`: the row's timestep is at least `skip_above_t`.
 
     Whatever the criterion, a row runs fully on its first call, after `max_cached_calls` consecutive skipped
     (reused or forecast) calls, whenever its timestep is below `full_below_t` (the last steps of sampling), and,
     with `full_above_t` set, whenever its timestep is above it (the first, noisiest steps, where the tail changes
-    most and a forecast has the least history; TaylorSeer's warm-up steps, in timesteps rather than step indices),
-    and whenever its timestep lies in one of `full_windows` (closed intervals `(low, high)`: a placement of the
-    full calls anywhere in the run, which `for_calls(timesteps, calls)` builds from step indices).
+    most and a forecast has the least history; TaylorSeer's warm-up steps, in timesteps rather than step indices).
 
     `join_threshold` (residual criterion; None by default) trades the rows' independence for speed: when the
     tail runs for some row anyway, the rows whose change is at least `join_threshold` (<= `threshold`) run it
@@ -244,18 +236,12 @@ class CachedTailResidual(SerializablePolicy, TrainingFreeCache):
     join_threshold: float | None = None
     forecast_order: int = 0
     state_dtype: str | None = None
-    full_windows: tuple[tuple[float, float], ...] = ()
-    # full_windows as a (W, 2) tensor per device (`placement.in_windows`).
-    _window_bounds: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.threshold = check_number(self.threshold, "threshold", 0.0)
-        check_int(self.exit_block, "exit_block", 0, "blocks run by a skipping row; 0: the whole stack is skipped")
+        check_int(self.exit_block, "exit_block", 1, "blocks run by a skipping row")
         if self.criterion not in CRITERIA:
             raise ValueError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
-        if self.exit_block == 0 and self.criterion != "timestep":
-            raise ValueError(f"exit_block=0 decides before any block has run, so it needs criterion='timestep' (the "
-                             f"{self.criterion!r} criterion reads a block's output), got criterion={self.criterion!r}")
         self.certainty_threshold = check_number(self.certainty_threshold, "certainty_threshold", 0.0, 1.0, True)
         self.skip_above_t = check_number(self.skip_above_t, "skip_above_t", 0.0)
         check_int(self.max_cached_calls, "max_cached_calls", 1)
@@ -270,25 +256,6 @@ class CachedTailResidual(SerializablePolicy, TrainingFreeCache):
             raise ValueError(f"forecast_order must be one of {FORECAST_ORDERS}, got {self.forecast_order!r}")
         if self.state_dtype is not None and self.state_dtype not in STATE_DTYPES:
             raise ValueError(f"state_dtype must be None or one of {tuple(STATE_DTYPES)}, got {self.state_dtype!r}")
-        self.full_windows = check_windows(self.full_windows)
-
-    @classmethod
-    def for_calls(cls, timesteps: list[float], calls: Sequence[int], **fields: Any) -> CachedTailResidual:
-        """The policy that runs fully exactly at the run's distinct timesteps `calls` (indices, 0 first: a row's
-        first call runs fully anyway) and forecasts the tail everywhere else: the timestep criterion with every row
-        willing to skip and `max_cached_calls` never due within the run (`timesteps`: the run's model calls in
-        call order). `fields` sets the rest, e.g. `exit_block=0` (the whole stack) and `forecast_order=1`.
-
-        ```py
-        >>> from ee_diffusion.schedules import CachedTailResidual
-        >>> policy = CachedTailResidual.for_calls([900.0, 700.0, 500.0, 300.0], [0, 2], exit_block=0)
-        >>> policy.full_windows, policy.criterion
-        (((400.0, 600.0),), 'timestep')
-
-        ```
-        """
-        fields = {"criterion": "timestep", "skip_above_t": 0.0, "max_cached_calls": len(timesteps), **fields}
-        return cls(full_windows=placement_windows(timesteps, calls), **fields)
 
     @property
     def needs_certainty(self) -> bool:
@@ -302,14 +269,12 @@ class CachedTailResidual(SerializablePolicy, TrainingFreeCache):
                 f"TimestepSchedule or UncertaintyThreshold on U-Nets"
             )
         num_blocks = adapter.num_blocks
-        earliest = self.earliest_exit_block(adapter)
-        if self.exit_block == 0 and earliest == 1:
-            return  # the whole stack: h_N - h_0, both on the image stream
         if self.exit_block >= num_blocks:
             raise ValueError(
                 f"exit_block must be below the model's {num_blocks} blocks (a skipping row must leave a tail to "
                 f"skip), got {self.exit_block}"
             )
+        earliest = self.earliest_exit_block(adapter)
         if self.exit_block < earliest:
             raise ValueError(
                 f"{type(adapter.model).__name__}'s blocks {earliest - 1}..{num_blocks - 1} run on the joint [text; "
@@ -332,15 +297,14 @@ class CachedTailResidual(SerializablePolicy, TrainingFreeCache):
         return _CallState()
 
     def decides_after(self, block_index: int, num_blocks: int) -> bool:
-        """Rows only ever stop after the decision block (-1 with `exit_block=0`: before block 0)."""
+        """Rows only ever stop after the decision block."""
         return block_index == self.exit_block - 1
 
     def exit_mask(self, ctx: ExitContext) -> torch.Tensor:
         """(A,) bool: at the decision block, rows whose criterion says the tail may be skipped."""
         if ctx.block_index != self.exit_block - 1:
             return torch.zeros(ctx.rows.shape, dtype=torch.bool, device=ctx.rows.device)
-        if ctx.hidden is None or (ctx.block_input is None and self.exit_block > 0) \
-                or not isinstance(ctx.state, TailCacheState):
+        if ctx.hidden is None or ctx.block_input is None or not isinstance(ctx.state, TailCacheState):
             raise ValueError("CachedTailResidual needs a transformer backbone (block inputs and outputs per row) and "
                              "its TailCacheState (ctx.state)")
         cache = self._start_call(ctx)
@@ -366,8 +330,6 @@ class CachedTailResidual(SerializablePolicy, TrainingFreeCache):
         )
         if self.full_above_t is not None:
             allowed = allowed & (ctx.timesteps <= self.full_above_t)
-        if self.full_windows:
-            allowed = allowed & ~in_windows(ctx.timesteps.float(), self.full_windows, self._window_bounds)
         skips = wants & allowed
         if joins is not None:
             # If any row runs the tail, the rows due soon run with it (a 0-dim `any`: no host sync).
@@ -427,5 +389,4 @@ class CachedTailResidual(SerializablePolicy, TrainingFreeCache):
             "join_threshold": self.join_threshold,
             "forecast_order": self.forecast_order,
             "state_dtype": self.state_dtype,
-            "full_windows": [list(w) for w in self.full_windows],
         }

@@ -6,8 +6,7 @@ same noise) or a compute budget (`budget`: the fraction of the expensive sub-mod
 still compute). The grid is small (the default 24 candidates), so every candidate is sampled on the calibration
 set: no bisection, every number in the result was measured. With `computes=(k, ...)` the candidates also include
 placements of k computed timesteps anywhere in the run (`forecast_placement.search_placement`), per forecast
-order; the pick's placement is `info["calls"]`. `scope="stack"` searches placements of the whole-stack forecast
-instead (`CachedTailResidual.for_calls(..., exit_block=0)`: a forecast call runs no block at all).
+order; the pick's placement is `info["calls"]`.
 
 ```py
 >>> from diffusers import DPMSolverMultistepScheduler
@@ -32,7 +31,7 @@ from typing import Any
 from .._validation import check_int
 from ..adapters import get_adapter
 from ..config import EarlyExitConfig
-from ..schedules import BlockForecast, CachedTailResidual, policy_from_dict
+from ..schedules import BlockForecast, policy_from_dict
 from ..caches.block_forecast import distinct_timesteps
 from .common import CalibrationResult, CalibrationSet, as_target, check_goal, psnr_trial, sample_calibration_set
 from .forecast_placement import search_placement
@@ -43,16 +42,13 @@ logger = logging.getLogger(__name__)
 
 #: (first timesteps computed, last timestep computed): none, TaylorSeer's default warm-up, and with the last step.
 DEFAULT_WINDOWS = ((1, False), (2, False), (2, True), (3, True))
-#: What a forecast call forecasts: every block's attention and feed-forward outputs (`BlockForecast`), or the whole
-#: stack's residual h_N - h_0 (`CachedTailResidual(exit_block=0)`).
-SCOPES = ("blocks", "stack")
 
 
 def calibrate_block_forecast(
     pipe: Any, min_psnr: float | None = None, budget: float | None = None, calib: CalibrationSet | None = None,
     intervals: tuple[int, ...] = (2, 3, 4), forecast_orders: tuple[int, ...] = (1, 2),
     windows: tuple[tuple[int, bool], ...] = DEFAULT_WINDOWS, verify_thresholds: tuple[float | None, ...] = (None,),
-    progress: bool = False, computes: tuple[int, ...] = (), scope: str = "blocks",
+    progress: bool = False, computes: tuple[int, ...] = (),
 ) -> CalibrationResult:
     """The `BlockForecast` of the grid `intervals` x `forecast_orders` x `windows` (first timesteps computed, last
     one computed; `BlockForecast.for_calls` places them) x `verify_thresholds` (None: no per-row change criterion)
@@ -62,17 +58,10 @@ def calibrate_block_forecast(
     scheduler at `calib.num_inference_steps`; a window that leaves nothing to forecast there is skipped. A PSNR goal
     no candidate meets returns `interval=1` (the stock model, PSNR 100 dB); a budget none fits raises `ValueError`,
     as bad arguments do before any sampling. `computes` adds the searched placements of each count k (1 <= k < the
-    run's distinct timesteps); `intervals=()` with `computes` searches placements only. `scope="stack"` places
-    the whole-stack forecast (`CachedTailResidual.for_calls(..., exit_block=0)`; placements only: it needs
-    `computes` and `intervals=()`), whose compute fraction is that of the calls that run the blocks.
+    run's distinct timesteps); `intervals=()` with `computes` searches placements only.
     """
     check_goal(min_psnr, budget, "compute")
     calib = calib or CalibrationSet()
-    if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
-    if scope == "stack" and (intervals or not computes):
-        raise ValueError(f"scope='stack' searches placements only: give computes and intervals=(), got computes="
-                         f"{computes!r}, intervals={intervals!r}")
     if not intervals and not computes:
         raise ValueError("intervals must name at least one interval (>= 2) unless computes places some, got ()")
     for k in computes:
@@ -86,24 +75,18 @@ def calibrate_block_forecast(
     windows = check_windows(windows, "windows", allow_empty=False)
     verify_thresholds = check_verify(verify_thresholds, "verify_thresholds")
     target = as_target(pipe)
-    # A U-Net (or, for the stack, a model with a joint sequence) is refused here, before any sampling.
-    probe = BlockForecast() if scope == "blocks" else CachedTailResidual(exit_block=0, criterion="timestep")
-    probe.validate_for(get_adapter(target.denoiser))
-    placed_fields = {} if scope == "blocks" else {"exit_block": 0}
+    BlockForecast().validate_for(get_adapter(target.denoiser))  # a U-Net is refused here, before any sampling
     reference = sample_calibration_set(target, calib, None)
     timesteps = call_timesteps(reference, calib)
     distinct = len(distinct_timesteps(timesteps))
     trials: list[dict[str, Any]] = []
 
-    def measure(policy: BlockForecast | CachedTailResidual, first_calls: int | None = None,
-                last_call: bool | None = None) -> dict:
+    def measure(policy: BlockForecast, first_calls: int | None = None, last_call: bool | None = None) -> dict:
         """One candidate sampled on the calibration set: its PSNR against the full model, its compute fraction."""
         scores = psnr_trial(target, calib, EarlyExitConfig(policy=policy), reference.images)
-        # Of the forecast sub-modules' evaluations (the stack: of the blocks'): a compute fraction.
-        fraction = scores.pop("block_fraction")
-        return {"interval": getattr(policy, "interval", None), "forecast_order": policy.forecast_order,
-                "first_calls": first_calls, "last_call": last_call,
-                "verify_threshold": getattr(policy, "verify_threshold", None), "policy": policy.to_dict(),
+        fraction = scores.pop("block_fraction")  # of the forecast sub-modules' evaluations: a compute fraction
+        return {"interval": policy.interval, "forecast_order": policy.forecast_order, "first_calls": first_calls,
+                "last_call": last_call, "verify_threshold": policy.verify_threshold, "policy": policy.to_dict(),
                 **scores, "compute_fraction": fraction}
 
     grid = block_forecast_grid(timesteps, dict.fromkeys(intervals), forecast_orders, windows, verify_thresholds)
@@ -117,8 +100,7 @@ def calibrate_block_forecast(
             raise ValueError(f"computes must be below the run's {distinct} distinct timesteps, got {k}")
         for order in forecast_orders:
             def score(calls: tuple[int, ...], order: int = order) -> dict[str, Any]:
-                policy = type(probe).for_calls(timesteps, calls=list(calls), forecast_order=order, **placed_fields)
-                return measure(policy)
+                return measure(BlockForecast.for_calls(timesteps, calls=list(calls), forecast_order=order))
 
             trials.extend(search_placement(score, distinct, k))
     if not trials:
@@ -134,7 +116,7 @@ def calibrate_block_forecast(
                              f"{min(t['compute_fraction'] for t in trials):.3f}; raise the budget or the intervals")
         best = max(fitting, key=lambda t: t["psnr_db_mean"])
     policy = BlockForecast(interval=1) if best is None else policy_from_dict(best["policy"])
-    info = {"kind": "block-forecast", "scope": scope, "min_psnr": min_psnr, "budget": budget, "met": best is not None,
+    info = {"kind": "block-forecast", "min_psnr": min_psnr, "budget": budget, "met": best is not None,
             "policy": policy.to_dict(), "calls": None if best is None else best.get("calls"),
             "psnr_db_mean": 100.0 if best is None else best["psnr_db_mean"],
             "compute_fraction": 1.0 if best is None else best["compute_fraction"], "trials": trials,

@@ -44,7 +44,7 @@ def run_calibration(
     batch_size: int = 64, forecast_orders: tuple[int, ...] | None = None,
     forecast_intervals: tuple[int, ...] = (2, 3, 4), forecast_windows: tuple[tuple[int, bool], ...] = DEFAULT_WINDOWS,
     verify_thresholds: tuple[float | None, ...] = (None,), forecast_computes: tuple[int, ...] = (),
-    call_options: dict[str, int] | None = None, forecast_scope: str = "blocks",
+    call_options: dict[str, int] | None = None,
 ) -> CalibrationResult:
     """What `ee-diffusion calibrate` runs on `pipe` (a pipeline of ours or a `CalibrationTarget`): `kind` is
     "schedule" (budget, tolerance or min_psnr), "thresholds" (needs heads and a budget), "distil" (observe
@@ -52,8 +52,7 @@ def run_calibration(
     training-free residual-change threshold and forecast order among `forecast_orders`, default (0, 1), for
     min_psnr or a budget) or "block-forecast" (the training-free `BlockForecast` among `forecast_intervals` x
     `forecast_orders`, default (1, 2), x `forecast_windows` x `verify_thresholds`, and with `forecast_computes` the
-    searched placements of that many computed timesteps, for min_psnr or a budget, at the pipeline's scheduler;
-    `forecast_scope="stack"`: placements of the whole-stack forecast instead, `forecast_intervals` unused).
+    searched placements of that many computed timesteps, for min_psnr or a budget, at the pipeline's scheduler).
     `call_options` (height, width, num_frames) go to every pipeline call; the result records them, and
     `ee_diffusion.enable(pipe, saved_json)` makes them a call's defaults."""
     if kind not in KINDS:
@@ -73,10 +72,9 @@ def run_calibration(
                                       forecast_orders=forecast_orders or (0, 1), progress=progress)
     elif kind == "block-forecast":
         result = calibrate_block_forecast(target, min_psnr=min_psnr, budget=budget, calib=calib,
-                                          intervals=forecast_intervals if forecast_scope == "blocks" else (),
-                                          forecast_orders=forecast_orders or (1, 2), windows=forecast_windows,
-                                          verify_thresholds=verify_thresholds, computes=forecast_computes,
-                                          progress=progress, scope=forecast_scope)
+                                          intervals=forecast_intervals, forecast_orders=forecast_orders or (1, 2),
+                                          windows=forecast_windows, verify_thresholds=verify_thresholds,
+                                          computes=forecast_computes, progress=progress)
     elif kind == "thresholds":
         result = calibrate_thresholds(target, budget, calib=calib, feature_net=feature_net, progress=progress)
     else:

@@ -113,8 +113,6 @@ class SequentialEngine(EngineBase):
             return out
         inputs = io.named_inputs(args, kwargs)
         hidden = inputs.pop(io.image_arg)  # the image stream, the block's first parameter
-        if index == 0 and self.cache is not None and self.cache.decides_after(-1, self.num_blocks):
-            hidden = self.leave_before_blocks(state, io, hidden, inputs)
         if state.done:
             # Every row has exited: the block is not computed; the parked states flow on to the output head.
             return io.passthrough(hidden, inputs)
@@ -141,26 +139,6 @@ class SequentialEngine(EngineBase):
         if not io.whole_batch or state.masked is not None:
             return output
         return io.join(*self.whole_batch_out(state, *io.split(output), whole_text if whole else None))
-
-    def leave_before_blocks(self, state: SequentialCallState, io: BlockIO, hidden: torch.Tensor,
-                            inputs: dict[str, Any]) -> torch.Tensor:
-        """Block 0's input `hidden` (B, L, D): the rows the cache lets leave before any block (`decides_after(-1)`)
-        park its values and run no block; returns what block 0 runs on (the staying rows; the whole batch, the
-        leaving rows' parked values in it, for a `whole_batch` family or once every row has left). A carried text
-        input is compacted with the rows in `inputs`."""
-        if state.plan is not None or state.uniform_depth is not None or state.masked is not None:
-            return hidden  # a planned call (the cache plans nothing; a policy that plans decides by its plan)
-        text_arg = io.stack.text_arg
-        text = inputs.get(text_arg) if text_arg is not None and not io.whole_batch else None
-        out, text = self.decide(state, -1, hidden, text, head_input=hidden, hidden=hidden, block_input=None)
-        if state.done or not state.compacted:
-            return out  # every row left (out: every row's parked value), or none did
-        if io.whole_batch:
-            # The model's loop holds every row: the leaving rows carry their parked values on from here.
-            return state.parked.index_copy(0, state.rows, out)
-        if text is not None:
-            inputs[text_arg] = text
-        return out
 
     def whole_batch_out(
         self, state: SequentialCallState, out: torch.Tensor, carried: Any, text: torch.Tensor | None
