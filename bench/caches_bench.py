@@ -259,13 +259,15 @@ def _lead(solver: str, steps: int, frontier: tuple[int, ...]) -> CachesPreset:
         cache_dit_fns=(1, 4, 8), cache_dit_thresholds=(0.3, 0.4, 0.5), cache_dit_orders=(1,), cache_dit_warmups=(2,))
 
 
-def _placed(steps: int, placements: tuple[tuple[int, ...], ...], intervals: tuple[int, ...]) -> CachesPreset:
+def _placed(steps: int, placements: tuple[tuple[int, ...], ...], intervals: tuple[int, ...],
+            frontier: tuple[int, ...] | None = None) -> CachesPreset:
     """`BlockForecast` at DPM-Solver++ `steps` on given placements of 3-5 computed steps (the picks of `calibrate
     --kind block-forecast --forecast-computes K` by PSNR, and for comparison others) against TaylorSeerCache at
-    `intervals` with its warm-up step and the last step computed, and DPM-Solver++ 12 (10 for a 12-step run); batch
-    64, 320 images, 5 timed rounds (about 6 minutes on one core)."""
+    `intervals` with its warm-up step and the last step computed, and DPM-Solver++ at `frontier` steps (default 12,
+    10 for a 12-step run); batch 64, 320 images, 5 timed rounds (about 6 minutes on one core)."""
     return CachesPreset(
-        solver="dpmpp", steps=steps, num_images=320, batch1_images=64, frontier_steps=(12 if steps > 12 else 10,),
+        solver="dpmpp", steps=steps, num_images=320, batch1_images=64,
+        frontier_steps=frontier or (12 if steps > 12 else 10,),
         tail_thresholds=(0.2,), tail_cadences=(), forecast_orders=(1,), fbc_thresholds=(0.1,),
         taylorseer_intervals=intervals, taylorseer_orders=(1,), taylorseer_windows=((1, True),), sea_thresholds=(),
         mag_thresholds=(), batches=(64,), sorted_batches=False, timing_repeats=5, placed_orders=(1,),
@@ -275,6 +277,19 @@ def _placed(steps: int, placements: tuple[tuple[int, ...], ...], intervals: tupl
 # The 15-step row of place15 that held quality, and TaylorSeerCache's 4- and 5-compute cadences, on 640 images none
 # of the place runs scored.
 _CONFIRM15 = replace(_placed(15, ((0, 4, 9, 13),), (5, 6)), first_image=320, num_images=640)
+
+
+
+def _third_set(steps: int, placements: tuple[tuple[int, ...], ...], intervals: tuple[int, ...],
+               frontier: tuple[int, ...]) -> CachesPreset:
+    """`_placed` on a third set of 640 images (960 on), none of which the place and confirm runs scored, with
+    cache-dit's DBCache beside TaylorSeerCache (Fn 1 and 4, thresholds 0.3 and 0.4, TaylorSeer order 1: the settings
+    that held quality fastest in `lead20`) and DPM-Solver++ at `frontier` steps; batch 64 and 1, 7 timed rounds
+    (about 10 minutes on one core)."""
+    return replace(_placed(steps, placements, intervals, frontier), first_image=960, num_images=640, batches=(64, 1),
+                   timing_repeats=7, cache_dit_fns=(1, 4), cache_dit_thresholds=(0.3, 0.4), cache_dit_orders=(1,),
+                   cache_dit_warmups=(2,))
+
 
 PRESETS = {
     "full": CachesPreset(),
@@ -297,6 +312,9 @@ PRESETS = {
     "confirm12": replace(_placed(12, (), (4, 5)), first_image=320, num_images=640),  # TaylorSeerCache's, as above
     # confirm15 timed at batch 1 too (TaylorSeerCache sampled image by image on the first 64 of its images).
     "confirm15b1": replace(_CONFIRM15, batches=(64, 1)),
+    # The calibrated placements (and a 3-compute one) on images 960-1599, the forecast step on (docs/tail_cache.md).
+    "third15": _third_set(15, ((0, 4, 9, 13), (0, 7, 13)), (5, 6), (10, 12)),
+    "third12": _third_set(12, ((0, 4, 9, 11), (0, 3, 7, 10)), (4, 5), (8, 10)),
     "ci": CachesPreset(solver="dpmpp", steps=6, reference_steps=8, block_forecasts=((2, 1, 2, True),), block_verifies=((3, 1, 1, False, 0.2),),
                        placed_orders=(1,), even_computes=(3,), placements=((0, 3),),
                        taylorseer_windows=((1, False), (2, True)), num_images=24, batch1_images=6, frontier_steps=(3,), tail_thresholds=(0.2,), tail_cadences=(1,),

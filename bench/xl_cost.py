@@ -3,8 +3,9 @@ the row really did.
 
 On our small models (width 64, 16 tokens) a block's norms, adaLN modulation, residual additions and hooks weigh about
 as much as its attention and feed-forward; at DiT-XL/2's width (1152 = 16 heads x 72, 256 tokens) attention and
-feed-forward dominate. A forecast step still runs every block's norms and modulation while a cache that skips whole
-blocks does not, so the small model's wall-clock alone can rank the two wrongly for the models users run.
+feed-forward dominate. A forecast step still runs every block's gates and residual additions (TaylorSeerCache, and
+ours on families without a forecast step, the norms and modulation too) while a cache that skips whole blocks does
+not, so the small model's wall-clock alone can rank the two wrongly for the models users run.
 
 `measure_parts` builds a stock `DiTTransformer2DModel` at the shape's width with a few blocks (random weights, CPU,
 batch 2 by default; quality is not measurable without trained weights) and times, as medians over rounds:
@@ -19,8 +20,9 @@ batch 2 by default; quality is not measurable without trained weights) and times
   and an order-2 extrapolation), which every call of a caching row pays.
 Which calls forecast is read from the parts that ran (`WorkCounter`), not assumed.
 
-`WorkCounter` counts, while a row samples, the rows that went through the model, through each block (its `norm1`:
-entered, computed or forecast), through its attention (`attn1.to_q`) and its feed-forward (its last linear layer).
+`WorkCounter` counts, while a row samples, the rows that went through the model, through each block (its `norm1`'s
+adaLN projection, which a forecast step runs too: entered, computed or forecast), through its attention
+(`attn1.to_q`) and its feed-forward (its last linear layer).
 `row_cost` is then, per image: calls x fixed + computed blocks x block + forecast blocks (entered, attention not
 computed) x forecast_block of the family's implementation (`FORECASTERS`) + caching calls x cache_op. Attention and
 feed-forward are computed or forecast together in every family measured (a row that splits them is refused).
@@ -78,7 +80,7 @@ class CostShape:
 
 
 class WorkCounter:
-    """Rows through the model, its blocks (`norm1`), their attention (`attn1.to_q`) and feed-forward (its last
+    """Rows through the model, its blocks (`norm1.linear`), their attention (`attn1.to_q`) and feed-forward (its last
     linear layer), summed over calls: a skipped block counts in none, a forecast one in `entered` only."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -86,7 +88,7 @@ class WorkCounter:
         self._handles = [model.register_forward_pre_hook(self._hook("calls"), with_kwargs=True)]
         for block in model.transformer_blocks:
             last_linear = [m for m in block.ff.modules() if isinstance(m, nn.Linear)][-1]
-            for key, module in (("entered", block.norm1), ("attention", block.attn1.to_q),
+            for key, module in (("entered", block.norm1.linear), ("attention", block.attn1.to_q),
                                 ("feed_forward", last_linear)):
                 self._handles.append(module.register_forward_pre_hook(self._hook(key), with_kwargs=True))
 

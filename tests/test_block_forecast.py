@@ -316,3 +316,31 @@ def test_compile_adds_no_graph_breaks_beyond_the_tail_cache():
         remove_early_exit(model)
     torch._dynamo.reset()
     assert 0 < counts["forecast"] <= counts["tail"] and 0 < counts["verified"] <= counts["tail"], counts
+
+
+@pytest.mark.parametrize("kind", ["dit", "pixart"])
+def test_a_forecast_step_is_the_block_with_its_forecasts_bit_for_bit(kind, monkeypatch):
+    """On a call where every row forecasts, DiT's and PixArt's blocks run only their gates and residual additions
+    (`BlockStack.forecast_step`): the output equals the block run with its hooked sub-modules forecast, exactly."""
+    from ee_diffusion.engine.stacks import SequentialEngine
+
+    model, x, cond = _setup(kind)
+    calls = [torch.full((4,), t) for t in (950.0, 900.0, 850.0, 800.0, 750.0)]  # computed at calls 0, 2, 4
+
+    def run():
+        norms = []  # the rows through each block's first LayerNorm
+        handles = [(block.norm1.norm if kind == "dit" else block.norm1).register_forward_pre_hook(
+            lambda module, args: norms.append(args[0].shape[0])) for block in model.transformer_blocks]
+        apply_early_exit(model, EarlyExitConfig(policy=BlockForecast(interval=2, forecast_order=1)))
+        outputs = [_call(kind, model, x, t, cond) for t in calls]
+        remove_early_exit(model)
+        for handle in handles:
+            handle.remove()
+        return outputs, len(norms)
+
+    stepped, stepped_norms = run()
+    monkeypatch.setattr(SequentialEngine, "forecast_step", lambda *args: None)  # every block runs as it is
+    as_is, as_is_norms = run()
+    for a, b in zip(stepped, as_is):
+        assert torch.equal(a, b)
+    assert (stepped_norms, as_is_norms) == (3 * 3, 5 * 3)  # 3 blocks: the norms ran on the computed calls only

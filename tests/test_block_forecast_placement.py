@@ -20,7 +20,7 @@ from ee_diffusion.eval.solvers import solver_timesteps
 from ee_diffusion.pipelines import EarlyExitDiTPipeline
 from ee_diffusion.pipelines.conditioning import Conditioning
 from ee_diffusion.schedules import BlockForecast
-from ee_diffusion.testing import tiny_dit
+from ee_diffusion.testing import tiny_dit, tiny_sd3
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -95,13 +95,17 @@ def test_taylorseer_cadence_as_calls_is_diffusers_taylorseer_cache(interval, war
     torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=0)
 
 
-def test_a_bare_forecast_hooks_no_blocks_exits_and_checks_do():
-    model = tiny_dit(num_layers=2)
+@pytest.mark.parametrize("stepped", [False, True])
+def test_a_bare_forecast_hooks_no_blocks_exits_checks_and_forecast_steps_do(stepped):
+    """SD3 declares no forecast step: a plain BlockForecast hooks its sub-modules only; DiT's blocks are hooked for
+    the step that stands in for a block whose every row forecasts."""
+    model = tiny_dit(num_layers=2) if stepped else tiny_sd3(num_layers=2)
 
     def hooked_blocks():
         return [i for i, block in enumerate(model.transformer_blocks) if HOOK_ATTR in vars(block)]
 
-    for policy, blocks in ((BlockForecast(interval=2), []), (BlockForecast(interval=2, depth=2), [0, 1]),
+    for policy, blocks in ((BlockForecast(interval=2), [0, 1] if stepped else []),
+                           (BlockForecast(interval=2, depth=2), [0, 1]),
                            (BlockForecast(interval=2, verify_threshold=0.2), [0, 1])):
         apply_early_exit(model, EarlyExitConfig(policy=policy))
         assert hooked_blocks() == blocks and HOOK_ATTR in vars(model.transformer_blocks[0].ff)

@@ -5,7 +5,8 @@
   (`forecast_order=1` or `2`).
 - `BlockForecast(interval, forecast_order, ...)`: TaylorSeer's structure per row: a row computes every block's
   attention and feed-forward on every `interval`-th call of its own and forecasts their outputs in its timestep on
-  the others; every block's norms, modulation, gates and residual additions always run.
+  the others; every block's norms, modulation, gates and residual additions run, except on a call where every row
+  forecasts a block of a family with a forecast step (DiT, PixArt): then only its gates and residual additions.
 
 Configure one like an exit policy, `EarlyExitConfig(policy=BlockForecast(...))`: one object decides per row what
 the model computes. `ee_diffusion.schedules` re-exports both caches.

@@ -108,6 +108,12 @@ class SubmoduleForecast:
     def settle(self) -> None:
         """Block 0 has run on a `pending` call: settle which rows compute the rest of it. Default: nothing."""
 
+    def forecasts(self, block_index: int, names: list[str]) -> dict[str, torch.Tensor] | None:
+        """When every row forecasts this call: the (B, ...) outputs of block `block_index`'s sub-modules `names`, so
+        that the block need not run (its family's `BlockStack.forecast_step`); None (default) when any row computes
+        or any of them cannot be forecast."""
+        return None
+
     def finish(self) -> None:
         """The call completed (a call that raised never gets here). Default: nothing."""
 

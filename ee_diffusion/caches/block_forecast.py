@@ -58,7 +58,9 @@ __all__ = ["BlockForecast", "BlockForecastState", "distinct_timesteps"]
 class BlockForecast(SerializablePolicy, TrainingFreeCache):
     """Per row: compute every block's attention and feed-forward, or forecast their outputs from the row's history.
 
-    A row computes the expensive sub-modules (all rows run every block's cheap parts) on its first call, on every
+    A row computes the expensive sub-modules (all rows run every block's cheap parts; on a call where every row
+    forecasts, a family's `BlockStack.forecast_step` runs only the parts whose output is used - DiT's and PixArt's
+    gates and residual additions, bit for bit the same result) on its first call, on every
     `interval`-th call of its own (its own counter: `interval - 1` forecast calls between two computed ones),
     whenever its timestep is above `full_above_t` (the first, noisiest steps: TaylorSeer's warm-up, in timesteps),
     whenever it is below `full_below_t` (the last steps), and whenever it lies in one of `full_windows` (closed

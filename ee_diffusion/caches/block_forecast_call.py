@@ -268,6 +268,16 @@ class ForecastCall(SubmoduleForecast):
             merged.append(part)
         return _join(layout, merged)
 
+    def forecasts(self, block_index: int, names: list[str]) -> dict[str, torch.Tensor] | None:
+        """Every row forecasts (settled, nothing broken): each sub-module's forecast, if all are single tensors that
+        were recorded; else None."""
+        if self.pending or self.broken or self.count != 0:
+            return None
+        layouts = self.state.layouts
+        if any(layouts.get((block_index, name)) != _ONE_TENSOR for name in names):
+            return None
+        return {name: self._forecast((block_index, name, 0)) for name in names}
+
     def finish(self) -> None:
         """The call completed: its history is whole (unless it could not be followed)."""
         state = self.state

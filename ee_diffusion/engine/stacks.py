@@ -48,8 +48,10 @@ class SequentialEngine(EngineBase):
     def hook_targets(self) -> list[tuple[nn.Module, Callable]]:
         blocks, cache = self.adapter.blocks, self.cache
         forecasts = cache is not None and cache.forecasts_submodules
-        # A forecast with no block-level work (`needs_block_hooks`) hooks its sub-modules only.
-        bare = forecasts and not cache.needs_block_hooks()
+        # A forecast with no block-level work (`needs_block_hooks`) hooks its sub-modules only, unless the family
+        # declares a forecast step, which stands in for a whole block when every row forecasts.
+        stepped = any(self.adapter.stack(i).forecast_step is not None for i in range(len(blocks)))
+        bare = forecasts and not cache.needs_block_hooks() and not stepped
         targets = [] if bare else [(block, functools.partial(self.run_block, i, self.adapter.block_io(i)))
                                    for i, block in enumerate(blocks)]
         if forecasts:
@@ -107,6 +109,11 @@ class SequentialEngine(EngineBase):
         if state is None or self.policy is None:
             return forward(*args, **kwargs)
         if state.blocks_as_is:
+            step = io.stack.forecast_step
+            if step is not None and state.forecast is not None:
+                out = self.forecast_step(step, index, io, args, kwargs)
+                if out is not None:
+                    return out
             out = forward(*args, **kwargs)
             if index == 0 and state.forecast is not None and state.forecast.pending:
                 state.forecast.settle()  # a forecast whose rows are settled by block 0's check
@@ -139,6 +146,16 @@ class SequentialEngine(EngineBase):
         if not io.whole_batch or state.masked is not None:
             return output
         return io.join(*self.whole_batch_out(state, *io.split(output), whole_text if whole else None))
+
+    def forecast_step(self, step: Callable, index: int, io: BlockIO, args: tuple,
+                      kwargs: dict[str, Any]) -> torch.Tensor | None:
+        """Block `index` on a call where every row forecasts its sub-modules: the family's `step` computes only what
+        the forecasts do not replace; None where it cannot (some row computes, or the step does not know the block)."""
+        names = [name for name, _ in self.adapter.forecast_modules(index)]
+        forecasts = self.call.forecast.forecasts(index, names)
+        if forecasts is None:
+            return None
+        return step(self.adapter.blocks[index], io.named_inputs(args, kwargs), forecasts)
 
     def whole_batch_out(
         self, state: SequentialCallState, out: torch.Tensor, carried: Any, text: torch.Tensor | None

@@ -9,7 +9,13 @@ still runs, and the engine only stands in for blocks and sub-modules. See docs/a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 #: Names of the streams a block may return (`BlockStack.returns`).
 STREAMS = ("image", "text")
@@ -42,6 +48,10 @@ class BlockStack:
             before the stack parks its image stream beside a text part it never reads.
         text_first: for a joint stack, whether the text part comes first in its sequence ([text; image], AuraFlow and
             Chroma) or last ([image; text], HiDream).
+        forecast_step: `step(block, inputs, forecasts)` -> the block's output on a call where every row's
+            `forecastable` outputs are forecast (`forecasts`: name -> (B, ...) tensor), computing only what they do not
+            replace (gates, residual additions), or None to run the block as it is (`forecast_steps.py`); None: the
+            block always runs, its hooked sub-modules returning the forecasts.
 
     ```py
     >>> BlockStack("transformer_blocks", returns=("text", "image"), text_arg="encoder_hidden_states").returns
@@ -58,6 +68,7 @@ class BlockStack:
     forecastable: tuple[str, ...] = ()
     joint: bool = False
     text_first: bool = True
+    forecast_step: Callable[[nn.Module, dict[str, Any], dict[str, torch.Tensor]], torch.Tensor | None] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.attr, str) or not self.attr:
@@ -76,6 +87,9 @@ class BlockStack:
             raise ValueError(f"row_args lists the image or text stream itself: {self.row_args}")
         if not isinstance(self.text_first, bool):
             raise ValueError(f"text_first must be True or False, got {self.text_first!r}")
+        if self.forecast_step is not None and not callable(self.forecast_step):
+            raise TypeError(f"forecast_step must be a function (block, inputs, forecasts) or None, got "
+                            f"{self.forecast_step!r}")
         if not isinstance(self.joint, bool) or (self.joint and self.text_arg is not None):
             raise ValueError(f"joint must be True or False, and a joint stack carries no separate text stream; got "
                              f"joint={self.joint!r}, text_arg={self.text_arg!r}")
