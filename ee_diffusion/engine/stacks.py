@@ -38,6 +38,7 @@ class SequentialCallState(CallState):
         self.parked: torch.Tensor | None = None  # (B, L, D) hidden states of rows that exited
         self.forecast: SubmoduleForecast | None = None  # the cache's forecaster for this call (`start_forecast`)
         self.blocks_as_is = False  # True: no block-level work this call (the sub-module hooks do it all)
+        self.step_memo: dict = {}  # what the blocks' forecast steps share within this call
 
 
 class SequentialEngine(EngineBase):
@@ -51,6 +52,8 @@ class SequentialEngine(EngineBase):
         # A forecast with no block-level work (`needs_block_hooks`) hooks its sub-modules only, unless the family
         # declares a forecast step, which stands in for a whole block when every row forecasts.
         stepped = any(self.adapter.stack(i).forecast_step is not None for i in range(len(blocks)))
+        # Each block's forecast sub-modules by name, looked up once (`forecast_step` runs at every block of a call).
+        self.forecast_names = {i: [name for name, _ in self.adapter.forecast_modules(i)] for i in range(len(blocks))}
         bare = forecasts and not cache.needs_block_hooks() and not stepped
         targets = [] if bare else [(block, functools.partial(self.run_block, i, self.adapter.block_io(i)))
                                    for i, block in enumerate(blocks)]
@@ -151,11 +154,10 @@ class SequentialEngine(EngineBase):
                       kwargs: dict[str, Any]) -> torch.Tensor | None:
         """Block `index` on a call where every row forecasts its sub-modules: the family's `step` computes only what
         the forecasts do not replace; None where it cannot (some row computes, or the step does not know the block)."""
-        names = [name for name, _ in self.adapter.forecast_modules(index)]
-        forecasts = self.call.forecast.forecasts(index, names)
+        forecasts = self.call.forecast.forecasts(index, self.forecast_names[index])
         if forecasts is None:
             return None
-        return step(self.adapter.blocks[index], io.named_inputs(args, kwargs), forecasts)
+        return step(self.adapter.blocks[index], io.named_inputs(args, kwargs), forecasts, self.call.step_memo)
 
     def whole_batch_out(
         self, state: SequentialCallState, out: torch.Tensor, carried: Any, text: torch.Tensor | None

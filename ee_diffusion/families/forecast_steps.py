@@ -5,7 +5,9 @@ wasted; a family's `BlockStack.forecast_step` skips it. It computes only what th
 adaLN gates from the current conditioning and the residual additions - with the block's own operations in the
 block's own order, so its output equals the block's forward with forecast sub-module outputs bit for bit
 (`tests/test_block_forecast.py`). A step returns None for a configuration it does not know (the block then runs as
-it is, its hooked sub-modules returning the forecasts).
+it is, its hooked sub-modules returning the forecasts). `memo` lives for one model call: what every block of the call
+computes alike (a parameter-free timestep projection) is computed once, which matters at batch 1, where a forecast
+call is bound by its count of operations.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from diffusers.models.embeddings import CombinedTimestepLabelEmbeddings, Timesteps
 from torch import nn
 
 
-def basic_block_forecast_step(block: nn.Module, inputs: dict[str, Any],
-                              forecasts: dict[str, torch.Tensor]) -> torch.Tensor | None:
+def basic_block_forecast_step(block: nn.Module, inputs: dict[str, Any], forecasts: dict[str, torch.Tensor],
+                              memo: dict) -> torch.Tensor | None:
     """diffusers' `BasicTransformerBlock` with adaLN-Zero (DiT: gates from the block's own (t, y) embedding) or
     adaLN-single (PixArt: gates from the per-row modulation `timestep` (B, 6D) and the block's `scale_shift_table`):
     h + gate_msa * attn1 [+ attn2] + gate_mlp * ff, the sub-module outputs (B, L, D) forecast.
@@ -34,7 +37,8 @@ def basic_block_forecast_step(block: nn.Module, inputs: dict[str, Any],
         norm = block.norm1
         if norm.emb is None:
             return None
-        emb = norm.linear(norm.silu(norm.emb(inputs["timestep"], inputs.get("class_labels"), hidden_dtype=hidden.dtype)))
+        condition = _conditioning(norm.emb, inputs["timestep"], inputs.get("class_labels"), hidden.dtype, memo)
+        emb = norm.linear(norm.silu(condition))
         gate_msa, gate_mlp = emb.chunk(6, dim=1)[2::3]  # (B, D) each
         gate_msa, gate_mlp = gate_msa.unsqueeze(1), gate_mlp.unsqueeze(1)
     elif norm_type == "ada_norm_single":
@@ -46,3 +50,16 @@ def basic_block_forecast_step(block: nn.Module, inputs: dict[str, Any],
     if attn2 is not None:
         hidden = forecasts["attn2"] + hidden
     return gate_mlp * forecasts["ff"] + hidden
+
+
+def _conditioning(embedding: nn.Module, timestep: torch.Tensor, labels: torch.Tensor | None, dtype: torch.dtype,
+                  memo: dict) -> torch.Tensor:
+    """`embedding(timestep, labels, hidden_dtype=dtype)` (B, D), its sinusoidal projection shared through `memo` by
+    every block of the call that projects this timestep tensor alike (DiT embeds (t, y) in every block)."""
+    proj = getattr(embedding, "time_proj", None)
+    if type(embedding) is not CombinedTimestepLabelEmbeddings or type(proj) is not Timesteps:
+        return embedding(timestep, labels, hidden_dtype=dtype)
+    key = (id(timestep), proj.num_channels, proj.flip_sin_to_cos, proj.downscale_freq_shift, proj.scale)
+    if key not in memo:
+        memo[key] = proj(timestep)  # (B, 256) no parameters: the same for every block
+    return embedding.timestep_embedder(memo[key].to(dtype=dtype)) + embedding.class_embedder(labels)

@@ -48,9 +48,10 @@ class BlockStack:
             before the stack parks its image stream beside a text part it never reads.
         text_first: for a joint stack, whether the text part comes first in its sequence ([text; image], AuraFlow and
             Chroma) or last ([image; text], HiDream).
-        forecast_step: `step(block, inputs, forecasts)` -> the block's output on a call where every row's
+        forecast_step: `step(block, inputs, forecasts, memo)` -> the block's output on a call where every row's
             `forecastable` outputs are forecast (`forecasts`: name -> (B, ...) tensor), computing only what they do not
-            replace (gates, residual additions), or None to run the block as it is (`forecast_steps.py`); None: the
+            replace (gates, residual additions), or None to run the block as it is (`memo`: a dict for the call's
+            blocks to share what they compute alike; `forecast_steps.py`); None: the
             block always runs, its hooked sub-modules returning the forecasts.
 
     ```py
@@ -68,7 +69,8 @@ class BlockStack:
     forecastable: tuple[str, ...] = ()
     joint: bool = False
     text_first: bool = True
-    forecast_step: Callable[[nn.Module, dict[str, Any], dict[str, torch.Tensor]], torch.Tensor | None] | None = None
+    forecast_step: Callable[[nn.Module, dict[str, Any], dict[str, torch.Tensor], dict], torch.Tensor | None] | None \
+        = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.attr, str) or not self.attr:
