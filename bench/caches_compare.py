@@ -13,10 +13,17 @@ from ee_diffusion.eval.paired import PairedFIDs
 from .caches_report import CACHE_FAMILIES
 
 
+#: FID differences this small are ties whatever their sign: below the reports' printed precision, they are the float
+#: rounding of two implementations of one computation (BlockForecast at TaylorSeerCache's own placement: about 1e-6).
+FID_RESOLUTION = 1e-3
+
+
 def _verdict(interval: dict[str, Any]) -> str:
-    """wins: the whole interval below 0 under every net; loses: above 0 under any; else ties."""
-    nets = interval["by_net"].values()
-    return "wins" if all(d["high"] < 0 for d in nets) else "loses" if any(d["low"] > 0 for d in nets) else "ties"
+    """wins: the whole interval below 0 under every net; loses: above 0 under any; else ties. An interval that lies
+    within +-`FID_RESOLUTION` is neither below nor above 0."""
+    nets = [d for d in interval["by_net"].values() if not -FID_RESOLUTION < d["low"] <= d["high"] < FID_RESOLUTION]
+    below = bool(nets) and len(nets) == len(interval["by_net"]) and all(d["high"] < 0 for d in nets)
+    return "wins" if below else "loses" if any(d["low"] > 0 for d in nets) else "ties"
 
 
 def _robust_key(row: dict[str, Any], reference: dict[str, Any], key: str) -> float:

@@ -81,7 +81,8 @@ def _block_forecast_matches(report: dict, key: str, title: str, xl: bool) -> lis
         undominated = own_frontier(report["rows"], xl)
         lines += ["", f"## {title}: the best BlockForecast row at least as fast, FID(ours) - FID(cache)", "",
                   "Best: the lowest worst-net FID relative to the reference. wins: the whole interval below 0 under "
-                  "every net; loses: above 0 under any. Own frontier: no other setting of the cache is at least as "
+                  "every net; loses: above 0 under any; ties: otherwise, or within +-0.001 under every net (float "
+                  "rounding). Own frontier: no other setting of the cache is at least as "
                   "fast at that batch with an FID no higher under every net (a win against a setting off it says "
                   "little: the cache has a faster, better one).", "",
                   "| cache | batch | own frontier | cache speedup | cache FID | BlockForecast row | its speedup | dFID | "

@@ -193,3 +193,15 @@ def test_timing_noise_is_the_typical_round_to_round_spread_of_a_speedup():
     assert caches_compare.timing_noise(noisy, "full") == pytest.approx((0.225 + 0.0) / 2)  # the median of the two spreads
     with pytest.raises(ValueError, match=r"reference 'ful' is not among the timed methods"):
         caches_compare.timing_noise(noisy, "ful")
+
+
+def test_a_difference_below_the_printed_precision_is_a_tie():
+    """The same placement by two implementations differs by float rounding (about 1e-6 FID): never a loss or a win."""
+    def interval(low, high):
+        return {"by_net": {"a": {"low": -1.0, "high": 1.0}, "b": {"low": low, "high": high}}}
+
+    assert caches_compare._verdict({"by_net": {"a": {"low": 1e-7, "high": 2e-6}}}) == "ties"
+    assert caches_compare._verdict({"by_net": {"a": {"low": -2e-6, "high": -1e-7}}}) == "ties"
+    assert caches_compare._verdict({"by_net": {"a": {"low": 0.01, "high": 0.2}}}) == "loses"
+    assert caches_compare._verdict({"by_net": {"a": {"low": -0.2, "high": -0.01}}}) == "wins"
+    assert caches_compare._verdict(interval(1e-7, 2e-6)) == "ties"  # a's interval spans 0, b's is rounding
