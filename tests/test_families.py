@@ -42,6 +42,8 @@ def test_every_shipped_declaration_is_short():
         (dict(attr="blocks", row_args=["temb"]), "row_args must be a tuple"),
         (dict(attr="blocks", row_args=("hidden_states",)), "row_args lists the image or text stream"),
         (dict(attr="blocks", joint=1), "joint must be True or False"),
+        (dict(attr="blocks", forecast_step="attn1"), r"forecast_step must be a function \(block, inputs, forecasts, "
+                                                     r"memo\) or None, got 'attn1'"),
         (dict(attr="blocks", joint=True, returns=("text", "image"), text_arg="encoder_hidden_states"),
          "a joint stack carries no separate text stream"),
     ],

@@ -49,10 +49,10 @@ class BlockStack:
         text_first: for a joint stack, whether the text part comes first in its sequence ([text; image], AuraFlow and
             Chroma) or last ([image; text], HiDream).
         forecast_step: `step(block, inputs, forecasts, memo)` -> the block's output on a call where every row's
-            `forecastable` outputs are forecast (`forecasts`: name -> (B, ...) tensor), computing only what they do not
-            replace (gates, residual additions), or None to run the block as it is (`memo`: a dict for the call's
-            blocks to share what they compute alike; `forecast_steps.py`); None: the
-            block always runs, its hooked sub-modules returning the forecasts.
+            `forecastable` outputs are forecast (`forecasts`: name -> (B, ...) tensor; `memo`: a dict the call's
+            blocks share), computing only what the forecasts do not replace (gates, residual additions), or None to
+            run the block as it is (`forecast_steps.py`). None (default): the block always runs, its hooked
+            sub-modules returning the forecasts.
 
     ```py
     >>> BlockStack("transformer_blocks", returns=("text", "image"), text_arg="encoder_hidden_states").returns
@@ -90,7 +90,7 @@ class BlockStack:
         if not isinstance(self.text_first, bool):
             raise ValueError(f"text_first must be True or False, got {self.text_first!r}")
         if self.forecast_step is not None and not callable(self.forecast_step):
-            raise TypeError(f"forecast_step must be a function (block, inputs, forecasts) or None, got "
+            raise TypeError(f"forecast_step must be a function (block, inputs, forecasts, memo) or None, got "
                             f"{self.forecast_step!r}")
         if not isinstance(self.joint, bool) or (self.joint and self.text_arg is not None):
             raise ValueError(f"joint must be True or False, and a joint stack carries no separate text stream; got "
