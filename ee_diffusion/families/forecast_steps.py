@@ -25,7 +25,8 @@ def basic_block_forecast_step(block: nn.Module, inputs: dict[str, Any], forecast
     adaLN-single (PixArt: gates from the per-row modulation `timestep` (B, 6D) and the block's `scale_shift_table`):
     h + gate_msa * attn1 [+ attn2] + gate_mlp * ff, the sub-module outputs (B, L, D) forecast.
 
-    None for any other norm, positional embedding, GLIGEN input or 4-D stream, or a sub-module without a forecast."""
+    None for any other norm, positional embedding, GLIGEN input or 4-D stream, a sub-module without a forecast, or a
+    block parameter on another device than the stream (offloaded)."""
     hidden = inputs["hidden_states"]  # (B, L, D)
     attn2 = getattr(block, "attn2", None)
     kwargs = inputs.get("cross_attention_kwargs") or {}
@@ -42,6 +43,8 @@ def basic_block_forecast_step(block: nn.Module, inputs: dict[str, Any], forecast
         gate_msa, gate_mlp = emb.chunk(6, dim=1)[2::3]  # (B, D) each
         gate_msa, gate_mlp = gate_msa.unsqueeze(1), gate_mlp.unsqueeze(1)
     elif norm_type == "ada_norm_single":
+        if block.scale_shift_table.device != hidden.device:
+            return None  # a parameter an offloading hook on the block itself would have moved: run the block
         modulation = block.scale_shift_table[None] + inputs["timestep"].reshape(batch, 6, -1)  # (B, 6, D)
         gate_msa, gate_mlp = modulation.chunk(6, dim=1)[2::3]  # (B, 1, D) each
     else:
