@@ -279,7 +279,6 @@ def _placed(steps: int, placements: tuple[tuple[int, ...], ...], intervals: tupl
 _CONFIRM15 = replace(_placed(15, ((0, 4, 9, 13),), (5, 6)), first_image=320, num_images=640)
 
 
-
 def _third_set(steps: int, placements: tuple[tuple[int, ...], ...], intervals: tuple[int, ...],
                frontier: tuple[int, ...]) -> CachesPreset:
     """`_placed` on a third set of 640 images (960 on), none of which the place and confirm runs scored, with

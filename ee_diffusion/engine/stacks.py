@@ -51,7 +51,7 @@ class SequentialEngine(EngineBase):
         forecasts = cache is not None and cache.forecasts_submodules
         # A forecast with no block-level work (`needs_block_hooks`) hooks its sub-modules only, unless the family
         # declares a forecast step, which stands in for a whole block when every row forecasts.
-        stepped = any(self.adapter.stack(i).forecast_step is not None for i in range(len(blocks)))
+        stepped = any(stack.forecast_step is not None for stack in self.adapter.family.stacks)
         # Each block's forecast sub-modules by name, looked up once (`forecast_step` runs at every block of a call).
         self.forecast_names = {i: [name for name, _ in self.adapter.forecast_modules(i)] for i in range(len(blocks))}
         bare = forecasts and not cache.needs_block_hooks() and not stepped
